@@ -1,0 +1,108 @@
+//! The user's configuration: `<config dir>/config.yaml`, every key optional and documented in
+//! assets/config.yaml (written there on first start).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::seeds::Limits;
+use crate::yaml;
+
+/// The commented default configuration, written on first start.
+pub const DEFAULT_FILE: &str = include_str!("../assets/config.yaml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub workspace: Option<PathBuf>,
+    pub theme: String,
+    pub seeds: SeedsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedsConfig {
+    pub autosave_ms: u64,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { workspace: None, theme: "dark".into(), seeds: SeedsConfig::default() }
+    }
+}
+
+impl Default for SeedsConfig {
+    fn default() -> Self {
+        SeedsConfig { autosave_ms: 400, limits: Limits::default() }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file is the default configuration.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        if yaml::parse(&text).ok().flatten().is_none() {
+            // Empty or all comments.
+            return Ok(Config::default());
+        }
+        yaml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: {}; see the documented keys in {} or delete the file to get them back",
+                path.display(),
+                e.pos,
+                e.message,
+                path.display()
+            )
+        })
+    }
+
+    /// Writes the documented default file at `path` unless a file is already there.
+    pub fn write_default(path: &Path) -> anyhow::Result<bool> {
+        if path.exists() {
+            return Ok(false);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        crate::fsutil::atomic_write(path, DEFAULT_FILE.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_file_is_the_default() {
+        let parsed: Config = yaml::from_str(DEFAULT_FILE).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "theme: light\nseeds:\n  autosave: 3\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("config.yaml:3:3: seeds: unknown field `autosave`"), "{err}");
+    }
+
+    #[test]
+    fn partial_files_keep_the_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "seeds:\n  limits:\n    input: 10\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.seeds.limits.input, 10);
+        assert_eq!(c.seeds.limits.output, 8000);
+        assert_eq!(c.theme, "dark");
+    }
+}

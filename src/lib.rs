@@ -1,0 +1,11 @@
+//! selfspec: carve a domain expert out of a general LLM by self-specialization.
+//!
+//! The engine modules are plain synchronous Rust; only [`tui`] (and `main.rs`) know about the
+//! terminal. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod config;
+pub mod fsutil;
+pub mod seeds;
+pub mod tui;
+pub mod workspace;
+pub mod yaml;

@@ -1,0 +1,298 @@
+//! The `selfspec` command: argument parsing and dispatch, nothing else.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use selfspec::config::Config;
+use selfspec::seeds::{self, interchange, stats, Task};
+use selfspec::tui;
+use selfspec::workspace::{Dirs, Workspace};
+
+/// A terminal workbench that carves a domain expert out of a general LLM by self-specialization.
+///
+/// With no command it opens the workbench on the workspace.
+#[derive(Parser)]
+#[command(name = "selfspec", version, about, long_about = None)]
+struct Cli {
+    /// The workspace folder (seeds, corpora, samples, runs). Default: the config's, else
+    /// <data dir>/workspace.
+    #[arg(long, global = true, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// The configuration file. Default: <config dir>/config.yaml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open the workbench (the default command).
+    Tui(TuiArgs),
+    /// Seed triplets: validate, statistics, import, export, format.
+    #[command(subcommand)]
+    Seeds(SeedsCommand),
+    /// Show the workspace and configuration in use (creating the workspace if needed).
+    Workspace,
+    /// Print the configuration in force, and where it came from.
+    Config,
+}
+
+#[derive(Args, Default)]
+struct TuiArgs {
+    /// A seed file to open instead of the workspace's first.
+    file: Option<PathBuf>,
+    /// A theme instead of the configured one (dark, light, or a theme file).
+    #[arg(long)]
+    theme: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SeedsCommand {
+    /// Check seed files; prints every problem with file:line:column, exits 0 only if all are valid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Seeds per task and length statistics.
+    Stats {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a seed file from another tool's format.
+    Import {
+        /// The input format.
+        #[arg(long = "from", value_enum)]
+        format: interchange::Format,
+        input: PathBuf,
+        output: PathBuf,
+        /// Domain name (default: the input's own, else the output file's name).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Give every imported seed this task (qa, ner, re, sa, cls, sum, gen, other).
+        #[arg(long)]
+        task: Option<String>,
+        /// Import the valid records and report the others, instead of importing nothing.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the seeds as JSONL ({id, instruction, input, output, task, tags} a line).
+    Export {
+        file: PathBuf,
+        output: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rewrite seed files in the canonical layout the editor saves (comments are dropped).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only report files that are not canonical; exit 1 if any.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let dirs = Dirs::new()?;
+    let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
+    let config = Config::load(&config_path)?;
+    match cli.command {
+        None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default()),
+        Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args),
+        Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
+        Some(Command::Workspace) => {
+            let root = dirs.workspace(cli.workspace.as_deref(), &config);
+            let (ws, opened) = Workspace::open(&root)?;
+            if opened.created {
+                println!("created workspace {}", ws.root.display());
+            }
+            println!("workspace: {}", ws.root.display());
+            println!("config:    {}", config_path.display());
+            println!("cache:     {}", dirs.cache.display());
+            for file in ws.seed_files()? {
+                let loaded = seeds::load(&file, &config.seeds.limits)?;
+                let state =
+                    if loaded.is_valid() { "ok".to_string() } else { format!("{} problems", loaded.problems.len()) };
+                println!("  seeds/{}: {} seeds, {state}", file_name(&file), loaded.file.seeds.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Config) => {
+            let source =
+                if config_path.exists() { config_path.display().to_string() } else { "defaults (no file)".into() };
+            println!("# from {source}");
+            print!("{}", selfspec::yaml::to_string(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_tui(
+    flag: &Option<PathBuf>,
+    dirs: &Dirs,
+    config_path: &Path,
+    mut config: Config,
+    args: TuiArgs,
+) -> anyhow::Result<ExitCode> {
+    // The first start writes the documented configuration; a failure to do so is not fatal.
+    if let Err(e) = Config::write_default(config_path) {
+        eprintln!("warning: {e:#}");
+    }
+    let root = dirs.workspace(flag.as_deref(), &config);
+    let (workspace, _) = Workspace::open(&root)?;
+    if let Some(theme) = args.theme {
+        config.theme = theme;
+    }
+    let file = match args.file {
+        Some(f) => Some(std::path::absolute(&f).with_context(|| format!("bad path {}", f.display()))?),
+        None => None,
+    };
+    tui::run(tui::Options { workspace, config, config_dir: dirs.config.clone(), file })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seeds_command(cmd: SeedsCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let limits = &config.seeds.limits;
+    match cmd {
+        SeedsCommand::Validate { files } => {
+            let mut all_valid = true;
+            for path in files {
+                let loaded = match seeds::load(&path, limits) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        println!("{}: cannot read: {e}", path.display());
+                        all_valid = false;
+                        continue;
+                    }
+                };
+                for p in &loaded.problems {
+                    println!("{p}");
+                }
+                let n = loaded.file.seeds.len();
+                if loaded.is_valid() {
+                    println!("{}: {n} seeds, valid", path.display());
+                } else {
+                    all_valid = false;
+                    println!("{}: {} problem(s)", path.display(), loaded.problems.len());
+                }
+            }
+            Ok(if all_valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        SeedsCommand::Stats { file, json } => {
+            let loaded = load_usable(&file, limits)?;
+            let s = stats::stats(&loaded.file);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", s.to_text());
+            }
+            if !loaded.is_valid() {
+                eprintln!(
+                    "note: {} has {} problem(s); run `selfspec seeds validate` to see them",
+                    file.display(),
+                    loaded.problems.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SeedsCommand::Import { format, input, output, domain, task, skip_invalid, force } => {
+            refuse_overwrite(&output, force)?;
+            let task = match task {
+                None => None,
+                Some(t) => Some(t.parse::<Task>().map_err(|_| {
+                    anyhow::anyhow!("--task {t}: not a task; use one of qa, ner, re, sa, cls, sum, gen, other")
+                })?),
+            };
+            let default_domain = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let opts = interchange::ImportOptions { domain, default_domain, task, skip_invalid };
+            let imported = interchange::import(format, &input, &opts)?;
+            for p in &imported.skipped {
+                eprintln!("skipped: {p}");
+            }
+            seeds::save(&output, &imported.file)?;
+            println!("{}: {} seeds imported from {}", output.display(), imported.file.seeds.len(), input.display());
+            let problems = seeds::validate(&imported.file, limits, None);
+            if !problems.is_empty() {
+                println!(
+                    "{} problem(s) to fix before use (`selfspec seeds validate {}`):",
+                    problems.len(),
+                    output.display()
+                );
+                for p in problems.iter().take(20) {
+                    println!("  {p}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SeedsCommand::Export { file, output, force } => {
+            refuse_overwrite(&output, force)?;
+            let loaded = load_usable(&file, limits)?;
+            selfspec::fsutil::atomic_write(&output, interchange::export_jsonl(&loaded.file).as_bytes())
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!("{}: {} seeds exported", output.display(), loaded.file.seeds.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        SeedsCommand::Fmt { files, check } => {
+            let mut differing = 0;
+            for path in files {
+                let loaded = load_usable(&path, limits)?;
+                let canonical = seeds::to_yaml(&loaded.file)?;
+                let current = std::fs::read(&path)?;
+                if current == canonical.as_bytes() {
+                    continue;
+                }
+                differing += 1;
+                if check {
+                    println!("{}: not in canonical form", path.display());
+                } else {
+                    seeds::save(&path, &loaded.file)?;
+                    println!("{}: rewritten", path.display());
+                }
+            }
+            Ok(if check && differing > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+/// Loads a seed file that must be complete enough to act on: problems that saving would lose
+/// (syntax errors, unknown keys, wrong types) are an error; content problems are not.
+fn load_usable(path: &Path, limits: &seeds::Limits) -> anyhow::Result<seeds::Loaded> {
+    let loaded = seeds::load(path, limits).with_context(|| format!("cannot read {}", path.display()))?;
+    if !loaded.is_lossless() {
+        let lossy: Vec<_> = loaded.problems.iter().filter(|p| p.lossy).cloned().collect();
+        return Err(seeds::Problems(lossy).into());
+    }
+    Ok(loaded)
+}
+
+fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

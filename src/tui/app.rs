@@ -1,0 +1,429 @@
+//! The workbench: tabs, status bar, overlays, and routing of keys, mouse and paste to the
+//! screen in front. `handle`/`tick` change state; `render` only draws.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::layout::{Constraint, Layout, Position, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+use unicode_width::UnicodeWidthStr;
+
+use super::picker::{Picker, PickerAction};
+use super::seeds::{Focus, Outcome, SaveState, SeedsScreen};
+use super::seeds_view::{self, truncate};
+use super::theme::Theme;
+use super::{help, Options};
+use crate::config::Config;
+use crate::workspace::Workspace;
+
+const NOTICE_FOR: Duration = Duration::from_secs(5);
+
+/// The stages of the method that have a working screen. Only these get a tab.
+const TABS: [&str; 1] = ["Seeds"];
+
+enum Overlay {
+    Help { scroll: usize },
+    Files(Picker),
+}
+
+struct Notice {
+    text: String,
+    error: bool,
+    at: Instant,
+}
+
+pub struct App {
+    pub workspace: Workspace,
+    config: Config,
+    themes: Vec<Theme>,
+    pub theme: Theme,
+    pub seeds: Option<SeedsScreen>,
+    overlay: Option<Overlay>,
+    notice: Option<Notice>,
+    pub quit: bool,
+    /// The frame size at the last draw, for mouse hit-testing.
+    size: Cell<Rect>,
+    /// How far the help overlay could scroll at the last draw.
+    help_max: Cell<usize>,
+}
+
+/// The screen's parts: tab bar, list, detail, status bar.
+pub struct Areas {
+    pub tabs: Rect,
+    pub list: Rect,
+    pub detail: Rect,
+    pub status: Rect,
+}
+
+pub fn areas(size: Rect) -> Areas {
+    let [tabs, body, status] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(size);
+    let list_width = (body.width * 2 / 5).clamp(24.min(body.width), 48);
+    let [list, detail] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(body);
+    Areas { tabs, list, detail, status }
+}
+
+impl App {
+    pub fn new(opts: Options) -> anyhow::Result<App> {
+        let (themes, theme_errors) = Theme::available(&opts.config_dir);
+        let theme = Theme::resolve(&opts.config.theme, &themes)?;
+        let mut app = App {
+            workspace: opts.workspace,
+            config: opts.config,
+            themes,
+            theme,
+            seeds: None,
+            overlay: None,
+            notice: None,
+            quit: false,
+            size: Cell::new(Rect::default()),
+            help_max: Cell::new(0),
+        };
+        let file = match opts.file {
+            Some(f) => Some(f),
+            None => app.workspace.seed_files()?.into_iter().next(),
+        };
+        match file {
+            Some(path) => app.seeds = Some(app.open_screen(&path)?),
+            None => app.open_picker(),
+        }
+        if let Some(e) = theme_errors.first() {
+            app.notify(format!("theme skipped: {e}"), true, Instant::now());
+        }
+        Ok(app)
+    }
+
+    fn open_screen(&self, path: &Path) -> anyhow::Result<SeedsScreen> {
+        SeedsScreen::open(path, self.config.seeds.limits, Duration::from_millis(self.config.seeds.autosave_ms))
+    }
+
+    fn open_picker(&mut self) {
+        let current = self.seeds.as_ref().map(|s| s.path.clone());
+        self.overlay = Some(Overlay::Files(Picker::new(&self.workspace, &self.config.seeds.limits, current.as_ref())));
+    }
+
+    fn notify(&mut self, text: String, error: bool, now: Instant) {
+        self.notice = Some(Notice { text, error, at: now });
+    }
+
+    fn outcome(&mut self, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Notice(text) => self.notify(text, false, now),
+            Outcome::Error(text) => self.notify(text, true, now),
+            Outcome::Ignored | Outcome::Done => {}
+        }
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Key(key) if key.kind != KeyEventKind::Release => self.key(key, now),
+            Event::Mouse(mouse) => self.mouse(mouse, now),
+            Event::Paste(text) => {
+                if let Some(s) = self.seeds.as_mut() {
+                    let o = s.paste(&text, now);
+                    self.outcome(o, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn key(&mut self, key: KeyEvent, now: Instant) {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        if ctrl && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return;
+        }
+        if ctrl && key.code == KeyCode::Char('s') {
+            if let Some(s) = self.seeds.as_mut() {
+                let o = match s.save_now() {
+                    Outcome::Done => Outcome::Notice(format!("saved {}", s.file_name())),
+                    other => other,
+                };
+                self.outcome(o, now);
+            }
+            return;
+        }
+        match self.overlay.as_mut() {
+            Some(Overlay::Help { scroll }) => {
+                let max = self.help_max.get();
+                match key.code {
+                    KeyCode::Char('j') | KeyCode::Down => *scroll = (*scroll + 1).min(max),
+                    KeyCode::Char('k') | KeyCode::Up => *scroll = scroll.saturating_sub(1),
+                    KeyCode::PageDown => *scroll = (*scroll + 10).min(max),
+                    KeyCode::PageUp => *scroll = scroll.saturating_sub(10),
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter => self.overlay = None,
+                    _ => {}
+                }
+                return;
+            }
+            Some(Overlay::Files(picker)) => {
+                let action = picker.key(key, &self.workspace);
+                self.picker_action(action, now);
+                return;
+            }
+            None => {}
+        }
+        let typing = self.seeds.as_ref().is_some_and(|s| s.editing.is_some() || s.searching);
+        if !typing {
+            match key.code {
+                KeyCode::Char('?') => {
+                    self.overlay = Some(Overlay::Help { scroll: 0 });
+                    return;
+                }
+                KeyCode::Char('q') => {
+                    self.quit = true;
+                    return;
+                }
+                KeyCode::Char('o') => {
+                    self.open_picker();
+                    return;
+                }
+                KeyCode::Char('T') => {
+                    self.next_theme(now);
+                    return;
+                }
+                KeyCode::Char('1') => return,
+                _ => {}
+            }
+        }
+        if let Some(s) = self.seeds.as_mut() {
+            let o = s.handle_key(key, now);
+            self.outcome(o, now);
+        }
+    }
+
+    fn picker_action(&mut self, action: PickerAction, now: Instant) {
+        match action {
+            PickerAction::None => {}
+            PickerAction::Close => {
+                if self.seeds.is_some() {
+                    self.overlay = None;
+                } else {
+                    self.notify("no seed file is open: choose one, or n creates one".into(), true, now);
+                }
+            }
+            PickerAction::Error(e) => self.notify(e, true, now),
+            PickerAction::Open(path) => self.switch_to(&path, now),
+        }
+    }
+
+    /// Opens another seed file, saving the current one first; stays put if that save fails.
+    fn switch_to(&mut self, path: &Path, now: Instant) {
+        if let Some(s) = self.seeds.as_mut() {
+            if s.is_dirty() {
+                if let Outcome::Error(e) = s.save_now() {
+                    self.notify(format!("not switching: {e}"), true, now);
+                    return;
+                }
+            }
+        }
+        match self.open_screen(path) {
+            Ok(screen) => {
+                let name = screen.file_name();
+                self.seeds = Some(screen);
+                self.overlay = None;
+                self.notify(format!("opened {name}"), false, now);
+            }
+            Err(e) => self.notify(format!("{e:#}"), true, now),
+        }
+    }
+
+    fn next_theme(&mut self, now: Instant) {
+        let i = self.themes.iter().position(|t| t.name == self.theme.name).map_or(0, |i| (i + 1) % self.themes.len());
+        if let Some(t) = self.themes.get(i) {
+            self.theme = t.clone();
+            self.notify(format!("theme: {} (set `theme:` in config.yaml to keep it)", t.name), false, now);
+        }
+    }
+
+    fn mouse(&mut self, mouse: MouseEvent, now: Instant) {
+        let pos = Position { x: mouse.column, y: mouse.row };
+        if self.overlay.is_some() {
+            if matches!(mouse.kind, MouseEventKind::Down(MouseButton::Left))
+                && matches!(self.overlay, Some(Overlay::Help { .. }))
+            {
+                self.overlay = None;
+            }
+            return;
+        }
+        let a = areas(self.size.get());
+        let theme = &self.theme;
+        let Some(s) = self.seeds.as_mut() else { return };
+        match mouse.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                if a.list.contains(pos) {
+                    let rows = seeds_view::list_layout(s, a.list, theme).rows;
+                    if rows.contains(pos) {
+                        s.click_list((pos.y - rows.y) as usize);
+                    } else {
+                        s.finish_edit();
+                        s.focus = Focus::List;
+                    }
+                } else if a.detail.contains(pos) {
+                    if let Some(field) = seeds_view::field_at(s, a.detail, pos) {
+                        let o = s.click_field(field, now);
+                        self.outcome(o, now);
+                    }
+                }
+            }
+            MouseEventKind::ScrollDown if a.list.contains(pos) => s.move_selection(3),
+            MouseEventKind::ScrollUp if a.list.contains(pos) => s.move_selection(-3),
+            _ => {}
+        }
+    }
+
+    /// Autosave and notice expiry; called on a fixed clock.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(o) = self.seeds.as_mut().and_then(|s| s.tick(now)) {
+            self.outcome(o, now);
+        }
+        if self.notice.as_ref().is_some_and(|n| now.duration_since(n.at) >= NOTICE_FOR) {
+            self.notice = None;
+        }
+    }
+
+    /// Saves before exit. When the file cannot be written (or changed on disk), the edits go to a
+    /// `.yaml.unsaved` file beside it; the message says where.
+    pub fn shutdown(&mut self) -> Option<String> {
+        let s = self.seeds.as_mut()?;
+        if !s.is_dirty() {
+            return None;
+        }
+        if let Outcome::Done = s.save_now() {
+            return None;
+        }
+        match s.rescue() {
+            Ok(p) => Some(format!(
+                "{} could not be saved (it changed on disk, or cannot be written); your edits are in {}",
+                s.path.display(),
+                p.display()
+            )),
+            Err(e) => {
+                Some(format!("{} could not be saved and the edits could not be rescued: {e:#}", s.path.display()))
+            }
+        }
+    }
+
+    pub fn render(&self, frame: &mut Frame) {
+        let size = frame.area();
+        self.size.set(size);
+        let theme = &self.theme;
+        frame.render_widget(Paragraph::new("").style(theme.base), size);
+        let a = areas(size);
+        self.render_tabs(frame, a.tabs);
+        if let Some(s) = &self.seeds {
+            seeds_view::render_list(frame, s, a.list, theme);
+            seeds_view::render_detail(frame, s, a.detail, theme);
+        }
+        self.render_status(frame, a.status);
+        match &self.overlay {
+            Some(Overlay::Help { scroll }) => self.help_max.set(help::render(frame, size, *scroll, theme)),
+            Some(Overlay::Files(p)) => p.render(frame, size, theme),
+            None => {}
+        }
+    }
+
+    fn render_tabs(&self, frame: &mut Frame, area: Rect) {
+        let theme = &self.theme;
+        let mut spans = vec![Span::styled(" selfspec ", theme.accent), Span::styled("│", theme.border)];
+        for (i, tab) in TABS.iter().enumerate() {
+            spans.push(Span::styled(format!(" {} {tab} ", i + 1), theme.tab_active));
+        }
+        let domain = self.seeds.as_ref().map(|s| s.doc.domain.clone()).unwrap_or_default();
+        let right = if domain.is_empty() { String::new() } else { format!("domain: {domain} ") };
+        let used: usize = spans.iter().map(|s| s.content.width()).sum();
+        let fill = (area.width as usize).saturating_sub(used + right.width());
+        spans.push(Span::raw(" ".repeat(fill)));
+        spans.push(Span::styled(right, theme.muted));
+        frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.base), area);
+    }
+
+    fn render_status(&self, frame: &mut Frame, area: Rect) {
+        let theme = &self.theme;
+        let width = area.width as usize;
+        let mut left: Vec<Span> = Vec::new();
+        let mode = match &self.seeds {
+            Some(s) if s.read_only() => " READ-ONLY ",
+            Some(s) if s.editing.is_some() => " EDIT ",
+            Some(s) if s.searching => " SEARCH ",
+            _ => " SEEDS ",
+        };
+        left.push(Span::styled(mode, theme.mode));
+        let mut right: Vec<Span> = Vec::new();
+        if let Some(s) = &self.seeds {
+            let (text, style) = match &s.save {
+                _ if s.read_only() => ("read-only".to_string(), theme.warning),
+                SaveState::Saved => ("✓ saved".to_string(), theme.ok),
+                SaveState::Unsaved { .. } => ("● unsaved".to_string(), theme.warning),
+                SaveState::Failed(_) => ("✗ save failed".to_string(), theme.error),
+                SaveState::Conflict => ("⚠ changed on disk".to_string(), theme.error),
+            };
+            let n = s.problems.len();
+            let (ptext, pstyle) =
+                if n == 0 { ("valid".to_string(), theme.ok) } else { (format!("{n} problem(s)"), theme.warning) };
+            right.push(Span::styled(format!(" {ptext} "), pstyle));
+            right.push(Span::styled("│", theme.muted));
+            right.push(Span::styled(format!(" {text} "), style));
+        }
+        right.push(Span::styled("│", theme.muted));
+        right.push(Span::styled(" ? help ", theme.key));
+        let right_width: usize = right.iter().map(|s| s.content.width()).sum();
+        let mode_width = mode.width();
+        let room = width.saturating_sub(right_width + mode_width + 1);
+        let middle = match &self.notice {
+            Some(n) => Span::styled(
+                format!(" {}", truncate(&n.text, room.saturating_sub(1))),
+                if n.error { theme.error } else { theme.accent },
+            ),
+            None => {
+                let file = self.seeds.as_ref().map(|s| s.file_name()).unwrap_or_default();
+                let ws = display_path(&self.workspace.root);
+                let text = if file.is_empty() { ws } else { format!("{ws} › {file}") };
+                Span::styled(format!(" {}", truncate_start(&text, room.saturating_sub(1))), theme.status)
+            }
+        };
+        let middle_width = middle.content.width();
+        left.push(middle);
+        left.push(Span::styled(
+            " ".repeat(width.saturating_sub(mode_width + middle_width + right_width)),
+            theme.status,
+        ));
+        left.extend(right);
+        frame.render_widget(Paragraph::new(Line::from(left)).style(theme.status), area);
+    }
+}
+
+/// `path` with the home folder written as `~`.
+fn display_path(path: &Path) -> String {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    match home.and_then(|h| path.strip_prefix(&h).ok().map(Path::to_path_buf)) {
+        Some(rest) => format!("~/{}", rest.display()),
+        None => path.display().to_string(),
+    }
+}
+
+/// Keeps the end of `s` (the file name matters more than the folders above it).
+fn truncate_start(s: &str, width: usize) -> String {
+    if s.width() <= width {
+        return s.to_string();
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut out: Vec<char> = Vec::new();
+    let mut w = 1;
+    for &c in chars.iter().rev() {
+        let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if w + cw > width {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out.reverse();
+    out.into_iter().collect()
+}

@@ -1,0 +1,120 @@
+//! The `?` overlay: every key, by where it works. README's key table is this list.
+
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::Frame;
+
+use super::editor::wrap_line;
+use super::theme::Theme;
+
+pub const KEYS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "Everywhere",
+        &[
+            ("?", "this help (j/k scroll, Esc closes)"),
+            ("q, Ctrl-c", "quit, saving first"),
+            ("Ctrl-s", "save now"),
+            ("o", "open or create a seed file"),
+            ("T", "next theme"),
+            ("mouse", "click a seed or a field; click a focused field to edit; wheel scrolls"),
+        ],
+    ),
+    (
+        "Seed list",
+        &[
+            ("j k, ↓ ↑", "next, previous seed"),
+            ("g G, Home End", "first, last seed"),
+            ("Ctrl-d Ctrl-u, PgDn PgUp", "ten seeds down, up"),
+            ("Enter, l, →, Tab", "go to the seed's fields"),
+            ("/", "search all fields (Enter keeps the filter)"),
+            ("Esc", "clear the filter"),
+        ],
+    ),
+    (
+        "Seeds (list or fields)",
+        &[
+            ("a", "add a seed after this one"),
+            ("y", "duplicate this seed"),
+            ("d, Delete", "delete this seed"),
+            ("u, Ctrl-r", "undo, redo"),
+            ("t", "next task"),
+            ("[ ]", "previous, next seed"),
+            ("R", "reload the file from disk"),
+            ("W", "overwrite a file that changed on disk"),
+        ],
+    ),
+    (
+        "Fields",
+        &[
+            ("j k, ↓ ↑, Tab Shift-Tab", "next, previous field"),
+            ("Enter, i, e", "edit the field"),
+            ("h l, ← →, Space", "on task: previous, next task"),
+            ("Esc, h, ←", "back to the list"),
+        ],
+    ),
+    (
+        "Editing a field",
+        &[
+            ("typing, paste", "changes the seed; saved after a short pause"),
+            ("Enter", "new line (in id and tags: done)"),
+            ("Esc", "done"),
+            ("Tab, Shift-Tab", "done, then edit the next, previous field"),
+            ("arrows, Home End", "move the cursor"),
+            ("Ctrl-← Ctrl-→", "word left, right"),
+            ("Ctrl-a Ctrl-e", "line start, end"),
+            ("Ctrl-w Ctrl-u", "delete word, delete to line start"),
+        ],
+    ),
+    (
+        "Search (/)",
+        &[
+            ("typing", "filter seeds"),
+            ("↓ ↑", "move in the results"),
+            ("Enter", "keep the filter"),
+            ("Esc", "clear it"),
+        ],
+    ),
+    ("Files (o)", &[("j k, ↓ ↑", "choose"), ("Enter", "open"), ("n", "new seed file"), ("Esc", "close")]),
+];
+
+/// The help text at `width` columns: keys in a column, descriptions wrapped beside them.
+fn lines(theme: &Theme, width: usize) -> Vec<Line<'static>> {
+    let key_width = KEYS.iter().flat_map(|(_, ks)| ks.iter().map(|(k, _)| k.chars().count())).max().unwrap_or(0);
+    let text_width = width.saturating_sub(key_width + 4).max(10);
+    let mut out = Vec::new();
+    for (i, (section, keys)) in KEYS.iter().enumerate() {
+        if i > 0 {
+            out.push(Line::raw(""));
+        }
+        out.push(Line::styled(*section, theme.title));
+        for (k, what) in keys.iter() {
+            for (j, (start, end)) in wrap_line(what, text_width).into_iter().enumerate() {
+                let part: String = what.chars().skip(start).take(end - start).collect();
+                let key = if j == 0 { *k } else { "" };
+                out.push(Line::from(vec![
+                    Span::styled(format!("  {key:<key_width$}  "), theme.key),
+                    Span::styled(part, theme.base),
+                ]));
+            }
+        }
+    }
+    out
+}
+
+/// Draws the help scrolled by `scroll` lines; returns how far it can scroll at this size.
+pub fn render(frame: &mut Frame, area: Rect, scroll: usize, theme: &Theme) -> usize {
+    let width = area.width.saturating_sub(4).min(78);
+    let height = area.height.saturating_sub(2);
+    let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
+    frame.render_widget(Clear, rect);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border_focus)
+        .title(Span::styled(" keys · j/k scroll · Esc closes ", theme.title));
+    let text = lines(theme, width.saturating_sub(2) as usize);
+    let max_scroll = text.len().saturating_sub(height.saturating_sub(2) as usize);
+    let scroll = scroll.min(max_scroll);
+    frame.render_widget(Paragraph::new(text).style(theme.base).block(block).scroll((scroll as u16, 0)), rect);
+    max_scroll
+}

@@ -1,0 +1,160 @@
+//! Where selfspec keeps things: the user's config, data and cache folders (from `directories`),
+//! and workspaces — a folder holding seeds, corpora, samples and runs.
+//!
+//! ```text
+//! <workspace>/
+//!   seeds/     one YAML seed file per domain
+//!   corpora/   unlabeled domain documents (<domain>.corpus.jsonl)
+//!   samples/   generated samples
+//!   runs/      one folder per run: config, events.jsonl, outputs
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use directories::ProjectDirs;
+
+use crate::config::Config;
+
+/// The sample seeds and corpora shipped inside the binary, copied into every new workspace.
+pub const SAMPLES: [(&str, &str); 6] = [
+    ("seeds/biomedical.yaml", include_str!("../sample-seeds/biomedical.yaml")),
+    ("seeds/finance.yaml", include_str!("../sample-seeds/finance.yaml")),
+    ("seeds/sports.yaml", include_str!("../sample-seeds/sports.yaml")),
+    ("corpora/biomedical.corpus.jsonl", include_str!("../sample-seeds/biomedical.corpus.jsonl")),
+    ("corpora/finance.corpus.jsonl", include_str!("../sample-seeds/finance.corpus.jsonl")),
+    ("corpora/sports.corpus.jsonl", include_str!("../sample-seeds/sports.corpus.jsonl")),
+];
+
+const FOLDERS: [&str; 4] = ["seeds", "corpora", "samples", "runs"];
+
+/// The per-user folders. On Linux they follow XDG: `$XDG_CONFIG_HOME/selfspec` (else
+/// ~/.config/selfspec), `$XDG_DATA_HOME/selfspec`, `$XDG_CACHE_HOME/selfspec`.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> anyhow::Result<Dirs> {
+        let p = ProjectDirs::from("", "", "selfspec")
+            .context("cannot find a home folder for selfspec's files; set HOME, or pass --config and --workspace")?;
+        Ok(Dirs { config: p.config_dir().into(), data: p.data_dir().into(), cache: p.cache_dir().into() })
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.config.join("config.yaml")
+    }
+
+    pub fn default_workspace(&self) -> PathBuf {
+        self.data.join("workspace")
+    }
+
+    /// The workspace to open: `--workspace`, else the config's, else the default.
+    pub fn workspace(&self, flag: Option<&Path>, config: &Config) -> PathBuf {
+        flag.map(Path::to_path_buf).or_else(|| config.workspace.clone()).unwrap_or_else(|| self.default_workspace())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub root: PathBuf,
+}
+
+/// What opening a workspace did to it.
+#[derive(Debug, Default)]
+pub struct Opened {
+    pub created: bool,
+    /// Sample files copied in (relative to the workspace).
+    pub copied: Vec<&'static str>,
+}
+
+impl Workspace {
+    /// Opens `root`, creating it with the sample seeds and corpora when it does not exist yet (or
+    /// has no seeds/ folder). A file already there is never overwritten.
+    pub fn open(root: &Path) -> anyhow::Result<(Workspace, Opened)> {
+        let ws = Workspace { root: root.to_path_buf() };
+        let mut opened = Opened::default();
+        if root.exists() && !root.is_dir() {
+            anyhow::bail!("{} is a file, not a workspace folder; pass --workspace with a folder", root.display());
+        }
+        let fresh = !ws.seeds_dir().exists();
+        for folder in FOLDERS {
+            let dir = root.join(folder);
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+        }
+        if fresh {
+            opened.created = true;
+            for (rel, text) in SAMPLES {
+                let path = root.join(rel);
+                if path.exists() {
+                    continue;
+                }
+                crate::fsutil::atomic_write(&path, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                opened.copied.push(rel);
+            }
+        }
+        Ok((ws, opened))
+    }
+
+    pub fn seeds_dir(&self) -> PathBuf {
+        self.root.join("seeds")
+    }
+
+    pub fn corpora_dir(&self) -> PathBuf {
+        self.root.join("corpora")
+    }
+
+    pub fn samples_dir(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    /// The seed files in seeds/, sorted by name.
+    pub fn seed_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let dir = self.seeds_dir();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let path = entry?.path();
+            let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if is_yaml && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_workspace_gets_the_samples_and_keeps_user_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(root.join("seeds")).unwrap();
+        // A seeds/ folder already there: nothing is copied.
+        let (_, opened) = Workspace::open(&root).unwrap();
+        assert!(!opened.created && opened.copied.is_empty());
+
+        let root = dir.path().join("fresh");
+        std::fs::create_dir_all(root.join("corpora")).unwrap();
+        std::fs::write(root.join("corpora/finance.corpus.jsonl"), "mine").unwrap();
+        let (ws, opened) = Workspace::open(&root).unwrap();
+        assert!(opened.created);
+        assert_eq!(opened.copied.len(), 5);
+        assert_eq!(std::fs::read_to_string(root.join("corpora/finance.corpus.jsonl")).unwrap(), "mine");
+        assert_eq!(ws.seed_files().unwrap().len(), 3);
+        assert!(ws.runs_dir().is_dir() && ws.samples_dir().is_dir());
+    }
+}

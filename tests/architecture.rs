@@ -1,0 +1,65 @@
+//! The invariants ARCHITECTURE.md states that a grep can check.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn sources() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .into_iter()
+        .map(|p| (p.strip_prefix(&src).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .collect()
+}
+
+#[test]
+fn only_the_tui_and_main_touch_the_terminal() {
+    for (name, text) in sources() {
+        if name.starts_with("tui/") || name == "main.rs" {
+            continue;
+        }
+        for needle in ["ratatui", "crossterm"] {
+            assert!(!text.contains(needle), "src/{name} uses {needle}");
+        }
+    }
+}
+
+#[test]
+fn only_yaml_rs_touches_a_yaml_crate() {
+    for (name, text) in sources() {
+        if name == "yaml.rs" {
+            continue;
+        }
+        for needle in ["serde_yaml", "yaml_rust2"] {
+            assert!(!text.contains(needle), "src/{name} uses {needle}");
+        }
+    }
+}
+
+#[test]
+fn readme_lists_every_key_of_the_help_overlay() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let help = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tui/help.rs")).unwrap();
+    // Each description in help.rs is the second string of a ("keys", "description") pair.
+    let descriptions: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("(\""))
+        .filter_map(|l| l.split("\", \"").nth(1))
+        .filter_map(|d| d.strip_suffix("\"),").or_else(|| d.strip_suffix("\")],")).or_else(|| d.strip_suffix("\")]")))
+        .collect();
+    assert!(descriptions.len() > 30, "parsed {descriptions:?}");
+    for d in descriptions {
+        assert!(readme.contains(&format!("| {d} |")), "README's key table lacks \"{d}\"");
+    }
+}

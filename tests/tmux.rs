@@ -1,0 +1,191 @@
+//! End to end in a real terminal: tmux runs the selfspec binary at 80×24, keys are typed
+//! with send-keys, the screen is read with capture-pane. Needs tmux (.ci/run installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use selfspec::seeds::{self, Limits};
+
+struct Tmux {
+    socket: String,
+    home: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn new(name: &str) -> Tmux {
+        let check = Command::new("tmux").arg("-V").output();
+        assert!(
+            check.is_ok_and(|o| o.status.success()),
+            "tmux is needed for the end-to-end tests: apt-get install tmux (.ci/run does)"
+        );
+        Tmux { socket: format!("selfspec-{name}-{}", std::process::id()), home: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-L").arg(&self.socket).arg("-f").arg("/dev/null").args(args).output().unwrap()
+    }
+
+    /// Starts the workbench in a new 80×24 session; its pid is written where `pid()` reads it.
+    fn start(&self) {
+        let home = self.home.path().display().to_string();
+        let command = format!(
+            "echo $$ > '{home}/pid'; exec env HOME='{home}' XDG_CONFIG_HOME='{home}/.config' XDG_DATA_HOME='{home}/.local/share' \
+             XDG_CACHE_HOME='{home}/.cache' TERM=xterm-256color '{}'",
+            env!("CARGO_BIN_EXE_selfspec")
+        );
+        let _ = self.run(&["kill-session", "-t", "main"]);
+        let out = self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "main",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &command,
+            ";",
+            "set-option",
+            "-t",
+            "main",
+            "remain-on-exit",
+            "on",
+        ]);
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn pid(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("pid")).unwrap().trim().to_string()
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "main"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "main"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+        // Esc followed at once by a key reads as Alt+key in any terminal; a person pauses.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-t", "main", "-l", text]);
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn dead(&self) -> bool {
+        let out = self.run(&["display-message", "-p", "-t", "main", "#{pane_dead}"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    fn seeds_file(&self) -> PathBuf {
+        self.home.path().join(".local/share/selfspec/workspace/seeds/biomedical.yaml")
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+fn kill(pid: &str, signal: &str) {
+    assert!(Command::new("kill").args([signal, pid]).status().unwrap().success());
+}
+
+fn load(path: &Path) -> seeds::SeedFile {
+    seeds::load(path, &Limits::default()).unwrap().file
+}
+
+const INSTRUCTION: &str = "Which enzyme converts angiotensin I into angiotensin II?";
+const INPUT: &str = "The renin-angiotensin system regulates blood pressure.";
+const OUTPUT: &str = "Angiotensin-converting enzyme (ACE), mainly in the lungs.";
+
+#[test]
+fn a_seed_typed_and_saved_survives_kill_9() {
+    let t = Tmux::new("kill9");
+    t.start();
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds") && s.contains("✓ saved"));
+    // The first start wrote the documented config and the sample seeds.
+    assert!(t.home.path().join(".config/selfspec/config.yaml").exists());
+
+    t.keys(&["G"]);
+    t.keys(&["a"]);
+    t.wait_for("edit mode", |s| s.contains(" EDIT ") && s.contains("bio-081"));
+    t.type_text(INSTRUCTION);
+    t.keys(&["Tab"]);
+    t.type_text(INPUT);
+    t.keys(&["Tab"]);
+    t.type_text(OUTPUT);
+    // The last keystroke is on screen (the output's full length) and the indicator says saved:
+    // the save came after it.
+    let full = format!("{} chars", OUTPUT.chars().count());
+    t.wait_for("saved after the last key", |s| s.contains(&full) && s.contains("valid │ ✓ saved"));
+
+    kill(&t.pid(), "-9");
+    t.wait_for("the process to die", |_| t.dead());
+    let file = load(&t.seeds_file());
+    assert_eq!(file.seeds.len(), 81);
+    let seed = file.seeds.iter().find(|s| s.id == "bio-081").expect("bio-081 on disk");
+    assert_eq!((seed.instruction.as_str(), seed.input.as_str(), seed.output.as_str()), (INSTRUCTION, INPUT, OUTPUT));
+
+    // Reopen: the seed is there, and search finds it.
+    t.start();
+    t.wait_for("the reopened workbench", |s| s.contains("biomedical.yaml · 81 seeds"));
+    t.keys(&["/"]);
+    t.type_text("renin-angiotensin");
+    let screen = t.wait_for("the search result", |s| s.contains("1/81 match"));
+    assert!(screen.contains("bio-081") && screen.contains("Which enzyme converts angiotensin I into"), "{screen}");
+    t.keys(&["Escape"]);
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
+}
+
+#[test]
+fn sigterm_saves_pending_edits_and_restores_the_terminal() {
+    let t = Tmux::new("sigterm");
+    t.start();
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["d"]);
+    t.wait_for("the delete", |s| s.contains("79 seeds") && s.contains("deleted bio-001"));
+    // SIGTERM before the autosave pause is over: the exit path saves.
+    kill(&t.pid(), "-TERM");
+    t.wait_for("the process to exit", |_| t.dead());
+    let screen = t.screen();
+    assert!(!screen.contains("selfspec │"), "the workbench is still drawn after exit:\n{screen}");
+    assert_eq!(load(&t.seeds_file()).seeds.len(), 79);
+    assert_eq!(load(&t.seeds_file()).seeds[0].id, "bio-002");
+}
+
+#[test]
+fn resizing_redraws_at_the_new_size() {
+    let t = Tmux::new("resize");
+    t.start();
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.run(&["resize-window", "-t", "main", "-x", "120", "-y", "30"]);
+    let screen =
+        t.wait_for("the wider layout", |s| s.lines().any(|l| l.chars().count() >= 119 && l.contains("? help")));
+    assert!(screen.lines().count() >= 29, "{screen}");
+    t.run(&["resize-window", "-t", "main", "-x", "60", "-y", "16"]);
+    t.wait_for("the narrow layout", |s| {
+        s.lines().next().is_some_and(|l| l.starts_with(" selfspec │")) && s.lines().all(|l| l.chars().count() <= 60)
+    });
+    // Ctrl-C quits (the terminal is in raw mode, so it arrives as a key) and restores the screen.
+    t.keys(&["C-c"]);
+    t.wait_for("quit", |_| t.dead());
+    assert!(!t.screen().contains("selfspec │"), "{}", t.screen());
+}

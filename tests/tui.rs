@@ -1,0 +1,368 @@
+//! The workbench driven without a terminal: the real `App` fed key, mouse and paste events,
+//! drawn on ratatui's TestBackend. Snapshots (insta) pin the Seeds screen at 80×24; state tests
+//! check what each action does to the document, the undo stack and the file on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+use selfspec::config::Config;
+use selfspec::seeds::{self, Limits};
+use selfspec::tui::{App, Field, Focus, Options, SaveState};
+use selfspec::workspace::Workspace;
+
+/// A fresh workspace (with the sample seeds) at a fixed path, so snapshots show the same path.
+fn workspace(name: &str) -> Workspace {
+    let root = std::env::temp_dir().join("selfspec-tests").join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    Workspace::open(&root).unwrap().0
+}
+
+fn app_with(name: &str, file: Option<PathBuf>) -> App {
+    let ws = workspace(name);
+    let config_dir = ws.root.join("config");
+    App::new(Options { workspace: ws, config: Config::default(), config_dir, file }).unwrap()
+}
+
+fn app(name: &str) -> App {
+    app_with(name, None)
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        self.0
+    }
+    fn advance(&mut self, ms: u64) -> Instant {
+        self.0 += Duration::from_millis(ms);
+        self.0
+    }
+}
+
+fn press(app: &mut App, clock: &Clock, code: KeyCode) {
+    app.handle(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)), clock.now());
+}
+
+fn ctrl(app: &mut App, clock: &Clock, c: char) {
+    app.handle(Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)), clock.now());
+}
+
+fn keys(app: &mut App, clock: &Clock, text: &str) {
+    for c in text.chars() {
+        press(app, clock, KeyCode::Char(c));
+    }
+}
+
+fn click(app: &mut App, clock: &Clock, column: u16, row: u16) {
+    let ev = MouseEvent { kind: MouseEventKind::Down(MouseButton::Left), column, row, modifiers: KeyModifiers::NONE };
+    app.handle(Event::Mouse(ev), clock.now());
+}
+
+fn draw_at(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| app.render(f)).unwrap();
+    terminal.backend().to_string()
+}
+
+fn draw(app: &App) -> String {
+    draw_at(app, 80, 24)
+}
+
+fn seeds_file(app: &App) -> PathBuf {
+    app.seeds.as_ref().unwrap().path.clone()
+}
+
+fn on_disk(path: &Path) -> seeds::SeedFile {
+    seeds::load(path, &Limits::default()).unwrap().file
+}
+
+// ---------------------------------------------------------------- snapshots
+
+#[test]
+fn snapshot_list_and_first_seed() {
+    let app = app("snap-list");
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_help_overlay() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-help");
+    press(&mut app, &clock, KeyCode::Char('?'));
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_search() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-search");
+    keys(&mut app, &clock, "/hallmark");
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_new_seed_with_inline_problems() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-new");
+    press(&mut app, &clock, KeyCode::Char('G'));
+    press(&mut app, &clock, KeyCode::Char('a'));
+    keys(&mut app, &clock, "Name the organ that produces bile");
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_focused_output_field() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-fields");
+    keys(&mut app, &clock, "jj");
+    press(&mut app, &clock, KeyCode::Enter);
+    keys(&mut app, &clock, "jj");
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_read_only_file() {
+    let ws = workspace("snap-readonly");
+    let path = ws.seeds_dir().join("broken.yaml");
+    std::fs::write(&path, "domain: x\nseeds:\n- id: a\n  task: qa\n  intruction: Typo in the key.\n  output: y\n")
+        .unwrap();
+    let config_dir = ws.root.join("config");
+    let app = App::new(Options { workspace: ws, config: Config::default(), config_dir, file: Some(path) }).unwrap();
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_file_picker() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-picker");
+    press(&mut app, &clock, KeyCode::Char('o'));
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn any_terminal_size_draws() {
+    let clock = Clock(Instant::now());
+    let mut app = app("sizes");
+    for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 12), (80, 24), (132, 43), (300, 80)] {
+        draw_at(&app, w, h);
+    }
+    press(&mut app, &clock, KeyCode::Char('a'));
+    keys(&mut app, &clock, "x");
+    press(&mut app, &clock, KeyCode::Esc);
+    press(&mut app, &clock, KeyCode::Char('?'));
+    for (w, h) in [(1, 1), (12, 4), (80, 24)] {
+        draw_at(&app, w, h);
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+#[test]
+fn typing_a_new_seed_autosaves_after_a_pause() {
+    let mut clock = Clock(Instant::now());
+    let mut app = app("autosave");
+    let path = seeds_file(&app);
+    press(&mut app, &clock, KeyCode::Char('a'));
+    keys(&mut app, &clock, "Which organ stores bile?");
+    press(&mut app, &clock, KeyCode::Tab);
+    keys(&mut app, &clock, "Bile is stored between meals.");
+    press(&mut app, &clock, KeyCode::Tab);
+    keys(&mut app, &clock, "The gallbladder.");
+    // Still typing: nothing written yet.
+    app.tick(clock.advance(100));
+    assert!(matches!(app.seeds.as_ref().unwrap().save, SaveState::Unsaved { .. }));
+    assert_eq!(on_disk(&path).seeds.len(), 80);
+    app.tick(clock.advance(400));
+    assert_eq!(app.seeds.as_ref().unwrap().save, SaveState::Saved);
+    let saved = on_disk(&path);
+    assert_eq!(saved.seeds.len(), 81);
+    let s = &saved.seeds[1];
+    assert_eq!((s.id.as_str(), s.task.as_str()), ("bio-081", "qa"));
+    assert_eq!(s.instruction, "Which organ stores bile?");
+    assert_eq!(s.input, "Bile is stored between meals.");
+    assert_eq!(s.output, "The gallbladder.");
+    assert!(draw(&app).contains("✓ saved"));
+}
+
+#[test]
+fn undo_and_redo_cover_adds_edits_and_deletes() {
+    let clock = Clock(Instant::now());
+    let mut app = app("undo");
+    let original = app.seeds.as_ref().unwrap().doc.clone();
+    // An edit session is one undo step.
+    press(&mut app, &clock, KeyCode::Enter);
+    press(&mut app, &clock, KeyCode::Enter);
+    keys(&mut app, &clock, " Be brief.");
+    press(&mut app, &clock, KeyCode::Esc);
+    let edited = app.seeds.as_ref().unwrap().doc.clone();
+    assert!(edited.seeds[0].instruction.ends_with("described. Be brief."));
+    press(&mut app, &clock, KeyCode::Char('d'));
+    assert_eq!(app.seeds.as_ref().unwrap().doc.seeds.len(), 79);
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().id, "bio-002");
+    press(&mut app, &clock, KeyCode::Char('u'));
+    assert_eq!(app.seeds.as_ref().unwrap().doc, edited);
+    press(&mut app, &clock, KeyCode::Char('u'));
+    assert_eq!(app.seeds.as_ref().unwrap().doc, original);
+    ctrl(&mut app, &clock, 'r');
+    assert_eq!(app.seeds.as_ref().unwrap().doc, edited);
+    press(&mut app, &clock, KeyCode::Char('y'));
+    let s = app.seeds.as_ref().unwrap();
+    assert_eq!(s.doc.seeds.len(), 81);
+    assert_eq!(s.current().unwrap().id, "bio-081");
+    assert_eq!(s.current().unwrap().instruction, edited.seeds[0].instruction);
+    // The duplicate repeats an instruction: the problem shows inline.
+    assert!(draw(&app).contains("✗ instruction: repeats the instruction"), "{}", draw(&app));
+}
+
+#[test]
+fn tasks_cycle_from_the_list_and_the_task_field() {
+    let clock = Clock(Instant::now());
+    let mut app = app("tasks");
+    press(&mut app, &clock, KeyCode::Char('t'));
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().task, "ner");
+    press(&mut app, &clock, KeyCode::Enter);
+    press(&mut app, &clock, KeyCode::Char('k'));
+    press(&mut app, &clock, KeyCode::Char('k'));
+    assert_eq!(app.seeds.as_ref().unwrap().focus, Focus::Detail(Field::Task));
+    press(&mut app, &clock, KeyCode::Left);
+    press(&mut app, &clock, KeyCode::Left);
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().task, "other");
+}
+
+#[test]
+fn a_file_changed_on_disk_is_never_overwritten_silently() {
+    let mut clock = Clock(Instant::now());
+    let mut app = app("conflict");
+    let path = seeds_file(&app);
+    press(&mut app, &clock, KeyCode::Char('d'));
+    // Another program rewrites the file meanwhile.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut theirs = on_disk(&path);
+    theirs.description = "edited elsewhere".into();
+    seeds::save(&path, &theirs).unwrap();
+    app.tick(clock.advance(1000));
+    assert_eq!(app.seeds.as_ref().unwrap().save, SaveState::Conflict);
+    assert_eq!(on_disk(&path), theirs);
+    assert!(draw(&app).contains("changed on disk"));
+    // Quitting now rescues the edits beside the file instead of overwriting it.
+    let message = app.shutdown().unwrap();
+    let rescue = path.with_extension("yaml.unsaved");
+    assert!(message.contains(&rescue.display().to_string()), "{message}");
+    assert_eq!(on_disk(&rescue).seeds.len(), 79);
+    assert_eq!(on_disk(&path), theirs);
+    // R takes theirs (ours stays on the undo stack); W would have kept ours.
+    press(&mut app, &clock, KeyCode::Char('R'));
+    assert_eq!(app.seeds.as_ref().unwrap().doc.description, "edited elsewhere");
+    assert_eq!(app.seeds.as_ref().unwrap().save, SaveState::Saved);
+    press(&mut app, &clock, KeyCode::Char('u'));
+    assert_eq!(app.seeds.as_ref().unwrap().doc.seeds.len(), 79);
+    press(&mut app, &clock, KeyCode::Char('W'));
+    assert_eq!(on_disk(&path).seeds.len(), 79);
+}
+
+#[test]
+fn a_read_only_file_refuses_edits_and_stays_untouched() {
+    let mut clock = Clock(Instant::now());
+    let ws = workspace("readonly");
+    let path = ws.seeds_dir().join("broken.yaml");
+    let text = "domain: x\nextra: 1\nseeds:\n- id: a\n  task: qa\n  instruction: I\n  output: O\n";
+    std::fs::write(&path, text).unwrap();
+    let config_dir = ws.root.join("config");
+    let mut app =
+        App::new(Options { workspace: ws, config: Config::default(), config_dir, file: Some(path.clone()) }).unwrap();
+    for k in ['a', 'd', 'y', 't'] {
+        press(&mut app, &clock, KeyCode::Char(k));
+    }
+    press(&mut app, &clock, KeyCode::Enter);
+    press(&mut app, &clock, KeyCode::Enter);
+    keys(&mut app, &clock, "zzz");
+    app.tick(clock.advance(2000));
+    assert!(app.shutdown().is_none());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert!(draw(&app).contains("READ-ONLY"));
+}
+
+#[test]
+fn search_filters_and_esc_clears() {
+    let clock = Clock(Instant::now());
+    let mut app = app("search");
+    keys(&mut app, &clock, "/serotonin");
+    let s = app.seeds.as_ref().unwrap();
+    assert_eq!(s.visible().len(), 1);
+    assert_eq!(s.current().unwrap().id, "bio-047");
+    press(&mut app, &clock, KeyCode::Enter);
+    // The filter stays; list keys work again.
+    press(&mut app, &clock, KeyCode::Char('j'));
+    assert_eq!(app.seeds.as_ref().unwrap().filter, "serotonin");
+    press(&mut app, &clock, KeyCode::Esc);
+    assert_eq!(app.seeds.as_ref().unwrap().visible().len(), 80);
+    // Words match anywhere, in any field: the tag, or the two words apart.
+    keys(&mut app, &clock, "/drug-review");
+    assert_eq!(app.seeds.as_ref().unwrap().visible().len(), 8);
+}
+
+#[test]
+fn mouse_selects_seeds_and_fields() {
+    let clock = Clock(Instant::now());
+    let mut app = app("mouse");
+    draw(&app);
+    // Row 4 is the first seed (tabs, border, two lines of task counts).
+    click(&mut app, &clock, 5, 6);
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().id, "bio-003");
+    // The output field's header in the detail panel, found by text.
+    let screen = draw(&app);
+    let row = screen.lines().position(|l| l.contains(" output ")).unwrap() as u16;
+    click(&mut app, &clock, 40, row);
+    assert_eq!(app.seeds.as_ref().unwrap().focus, Focus::Detail(Field::Output));
+    assert!(app.seeds.as_ref().unwrap().editing.is_none());
+    click(&mut app, &clock, 40, row);
+    assert!(app.seeds.as_ref().unwrap().editing.is_some());
+    app.handle(Event::Paste("Leptospira\r\ninterrogans".into()), clock.now());
+    assert!(app.seeds.as_ref().unwrap().current().unwrap().output.ends_with("spirochete.Leptospira\ninterrogans"));
+    let scroll = MouseEvent { kind: MouseEventKind::ScrollDown, column: 5, row: 8, modifiers: KeyModifiers::NONE };
+    app.handle(Event::Mouse(scroll), clock.now());
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().id, "bio-006");
+}
+
+#[test]
+fn files_open_and_new_ones_are_created() {
+    let clock = Clock(Instant::now());
+    let mut app = app("picker");
+    press(&mut app, &clock, KeyCode::Char('o'));
+    press(&mut app, &clock, KeyCode::Char('j'));
+    press(&mut app, &clock, KeyCode::Enter);
+    assert_eq!(app.seeds.as_ref().unwrap().file_name(), "finance.yaml");
+    press(&mut app, &clock, KeyCode::Char('o'));
+    press(&mut app, &clock, KeyCode::Char('n'));
+    keys(&mut app, &clock, "bad name");
+    press(&mut app, &clock, KeyCode::Enter);
+    assert!(draw(&app).contains("letters, digits"));
+    for _ in 0.." name".len() {
+        press(&mut app, &clock, KeyCode::Backspace);
+    }
+    keys(&mut app, &clock, "-law");
+    press(&mut app, &clock, KeyCode::Enter);
+    let s = app.seeds.as_ref().unwrap();
+    assert_eq!(s.file_name(), "bad-law.yaml");
+    assert_eq!(s.doc.domain, "bad-law");
+    assert!(s.path.exists());
+    // A new file has no seeds yet: a adds the first.
+    press(&mut app, &clock, KeyCode::Char('a'));
+    assert_eq!(app.seeds.as_ref().unwrap().current().unwrap().id, "bad-001");
+}
+
+#[test]
+fn quitting_saves_pending_edits() {
+    let clock = Clock(Instant::now());
+    let mut app = app("quit");
+    let path = seeds_file(&app);
+    press(&mut app, &clock, KeyCode::Char('d'));
+    press(&mut app, &clock, KeyCode::Char('q'));
+    assert!(app.quit);
+    assert!(app.shutdown().is_none());
+    assert_eq!(on_disk(&path).seeds.len(), 79);
+}
