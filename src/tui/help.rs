@@ -2,7 +2,7 @@
 
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 use super::editor::wrap_line;
@@ -104,17 +104,17 @@ fn lines(theme: &Theme, width: usize) -> Vec<Line<'static>> {
 
 /// Draws the help scrolled by `scroll` lines; returns how far it can scroll at this size.
 pub fn render(frame: &mut Frame, area: Rect, scroll: usize, theme: &Theme) -> usize {
-    let width = area.width.saturating_sub(4).min(78);
-    let height = area.height.saturating_sub(2);
-    let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
-    frame.render_widget(Clear, rect);
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .border_style(theme.border_focus)
-        .title(Span::styled(" keys · j/k scroll · Esc closes ", theme.title));
-    let text = lines(theme, width.saturating_sub(2) as usize);
-    let max_scroll = text.len().saturating_sub(height.saturating_sub(2) as usize);
+    let inner = super::overlay_box(
+        frame,
+        area,
+        area.width.saturating_sub(4).min(78),
+        area.height.saturating_sub(2),
+        " keys · j/k scroll · Esc closes ",
+        theme,
+    );
+    let text = lines(theme, inner.width as usize);
+    let max_scroll = text.len().saturating_sub(inner.height as usize);
     let scroll = scroll.min(max_scroll);
-    frame.render_widget(Paragraph::new(text).style(theme.base).block(block).scroll((scroll as u16, 0)), rect);
+    frame.render_widget(Paragraph::new(text).style(theme.base).scroll((scroll as u16, 0)), inner);
     max_scroll
 }

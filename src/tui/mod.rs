@@ -42,6 +42,31 @@ pub struct Options {
 
 const FRAME: Duration = Duration::from_millis(100);
 
+/// Clears a box of at most `width`×`height` centred in `area`, draws its border and title, and
+/// returns the inside.
+fn overlay_box(
+    frame: &mut ratatui::Frame,
+    area: ratatui::layout::Rect,
+    width: u16,
+    height: u16,
+    title: &str,
+    theme: &theme::Theme,
+) -> ratatui::layout::Rect {
+    use ratatui::layout::Rect;
+    use ratatui::widgets::{Block, Borders, Clear};
+    let width = width.min(area.width);
+    let height = height.min(area.height);
+    let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
+    frame.render_widget(Clear, rect);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border_focus)
+        .title(ratatui::text::Span::styled(title.to_string(), theme.title));
+    let inner = block.inner(rect);
+    frame.render_widget(block.style(theme.base), rect);
+    inner
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
     // Everything that can fail on bad input happens before the terminal is taken over, so its
     // message prints normally.

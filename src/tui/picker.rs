@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Position, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 use super::editor::TextEditor;
@@ -104,16 +104,9 @@ impl Picker {
     }
 
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let width = area.width.saturating_sub(4).min(70);
-        let height = (self.entries.len() as u16 + 5).min(area.height.saturating_sub(2)).max(6.min(area.height));
-        let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
-        frame.render_widget(Clear, rect);
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border_focus)
-            .title(Span::styled(" seed files · Enter opens · n new · Esc closes ", theme.title));
-        let inner = block.inner(rect);
-        frame.render_widget(block, rect);
+        let height = (self.entries.len() as u16 + 5).min(area.height.saturating_sub(2)).max(6);
+        let title = " seed files · Enter opens · n new · Esc closes ";
+        let inner = super::overlay_box(frame, area, area.width.saturating_sub(4).min(70), height, title, theme);
         let mut lines: Vec<Line> = Vec::new();
         if self.entries.is_empty() {
             lines.push(Line::styled("The workspace has no seed files yet.", theme.muted));

@@ -369,25 +369,25 @@ impl SeedsScreen {
     }
 
     pub fn undo(&mut self, now: Instant) -> Outcome {
-        let Some(snap) = self.undo.pop() else { return Outcome::Notice("nothing to undo".into()) };
-        let current = self.snapshot();
-        self.redo.push(current);
-        self.doc = snap.doc;
-        self.selected = snap.selected.min(self.doc.seeds.len().saturating_sub(1));
-        self.touched(now);
-        self.settle_selection();
-        Outcome::Notice("undone".into())
+        self.step_history(true, now)
     }
 
     pub fn redo(&mut self, now: Instant) -> Outcome {
-        let Some(snap) = self.redo.pop() else { return Outcome::Notice("nothing to redo".into()) };
-        let current = self.snapshot();
-        self.undo.push(current);
+        self.step_history(false, now)
+    }
+
+    /// Moves one snapshot from the undo stack to the redo stack (`back`), or the other way.
+    fn step_history(&mut self, back: bool, now: Instant) -> Outcome {
+        let (from, to) = if back { (&mut self.undo, &mut self.redo) } else { (&mut self.redo, &mut self.undo) };
+        let Some(snap) = from.pop() else {
+            return Outcome::Notice(if back { "nothing to undo" } else { "nothing to redo" }.into());
+        };
+        to.push(Snapshot { doc: self.doc.clone(), selected: self.selected });
         self.doc = snap.doc;
         self.selected = snap.selected.min(self.doc.seeds.len().saturating_sub(1));
         self.touched(now);
         self.settle_selection();
-        Outcome::Notice("redone".into())
+        Outcome::Notice(if back { "undone" } else { "redone" }.into())
     }
 
     pub fn cycle_task(&mut self, forward: bool, now: Instant) -> Outcome {
