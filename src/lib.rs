@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod fsutil;
+pub mod generate;
+pub mod model;
 pub mod seeds;
 pub mod tui;
 pub mod workspace;

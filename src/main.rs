@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use selfspec::config::Config;
+use selfspec::generate::{self, Request, Sampling, SamplingParams};
+use selfspec::model::{DTypeChoice, DeviceChoice, Model};
 use selfspec::seeds::{self, interchange, stats, Task};
 use selfspec::tui;
 use selfspec::workspace::{Dirs, Workspace};
@@ -35,6 +37,11 @@ enum Command {
     /// Seed triplets: validate, statistics, import, export, format.
     #[command(subcommand)]
     Seeds(SeedsCommand),
+    /// Continue a prompt with a model (greedy unless --temperature is given).
+    Complete(CompleteArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show the workspace and configuration in use (creating the workspace if needed).
     Workspace,
     /// Print the configuration in force, and where it came from.
@@ -48,6 +55,85 @@ struct TuiArgs {
     /// A theme instead of the configured one (dark, light, or a theme file).
     #[arg(long)]
     theme: Option<String>,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A Hugging Face model folder, or org/name found in the local Hugging Face cache.
+    #[arg(long, value_name = "DIR|ORG/NAME")]
+    model: String,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceChoice,
+    /// Weight and activation type (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value_t)]
+    dtype: DTypeChoice,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<Model> {
+        let (device, note) = self.device.open();
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+        Ok(Model::load(&self.model, self.dtype, &device)?)
+    }
+}
+
+#[derive(Args)]
+struct CompleteArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to continue, tokenized as transformers' `tokenizer(prompt)` does.
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Always take the most likely token (the default unless --temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k"])]
+    greedy: bool,
+    /// Sample with this temperature.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long, requires = "temperature")]
+    top_p: Option<f64>,
+    /// Sample from the K most likely tokens.
+    #[arg(long, requires = "temperature")]
+    top_k: Option<usize>,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Penalise tokens already in the text (transformers' repetition_penalty).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Stop when the text contains this (repeatable); the text ends before it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON object: prompt_ids, ids, text, top5 (logits at the last prompt position).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s of greedy generation on random prompts (EOS ignored).
+    Decode {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// Untimed runs before the measured one.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +207,10 @@ fn run() -> anyhow::Result<ExitCode> {
         None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default()),
         Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args),
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
+        Some(Command::Complete(args)) => complete(args),
+        Some(Command::Bench(BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, json })) => {
+            bench_decode(&model, batch, prompt_len, new_tokens, warmup, json)
+        }
         Some(Command::Workspace) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
             let (ws, opened) = Workspace::open(&root)?;
@@ -146,6 +236,106 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
+    let model = args.model.load()?;
+    let prompt_ids = model.tokenizer.encode(&args.prompt)?;
+    let sampling = match args.temperature {
+        Some(temperature) if !args.greedy => Sampling::Sample { temperature, top_k: args.top_k, top_p: args.top_p },
+        _ => Sampling::Greedy,
+    };
+    let request = Request {
+        prompt: prompt_ids.clone(),
+        max_new_tokens: args.max_new_tokens,
+        stop: args.stop.clone(),
+        sampling: SamplingParams { sampling, seed: args.seed, repetition_penalty: args.repetition_penalty },
+        ignore_eos: false,
+    };
+    let opts = generate::Options { prompt_top: 5, max_batch: 1 };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let json = args.json;
+    let mut out = std::io::stdout();
+    let mut on_event = |event: generate::Event| {
+        if let (false, generate::Event::Token { text, .. }) = (json, event) {
+            use std::io::Write;
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let (completions, timing) = generate::generate(&model, &[request], &opts, &mut on_event, &cancel)?;
+    let c = &completions[0];
+    if json {
+        let value = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "ids": c.ids,
+            "text": c.text,
+            "top5": c.prompt_top.iter().map(|(id, logit)| serde_json::json!([id, logit])).collect::<Vec<_>>(),
+            "finish": c.finish,
+        });
+        println!("{value}");
+    } else {
+        println!();
+        let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
+        eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_decode(
+    args: &ModelArgs,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    warmup: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        batch > 0 && prompt_len > 0 && new_tokens > 1,
+        "--batch and --prompt-len must be ≥ 1, --new-tokens ≥ 2"
+    );
+    let model = args.load()?;
+    let vocab = model.decoder.spec.vocab_size as u64;
+    let mut rng = generate::Rng::new(1234);
+    let requests: Vec<Request> = (0..batch)
+        .map(|_| Request {
+            prompt: (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(),
+            max_new_tokens: new_tokens,
+            stop: vec![],
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        })
+        .collect();
+    let opts = generate::Options { prompt_top: 0, max_batch: batch };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    for _ in 0..warmup {
+        let short: Vec<Request> = requests.iter().map(|r| Request { max_new_tokens: 4, ..r.clone() }).collect();
+        generate::generate(&model, &short, &opts, &mut |_| {}, &cancel)?;
+    }
+    let (_, t) = generate::generate(&model, &requests, &opts, &mut |_| {}, &cancel)?;
+    let prefill = t.prefill_tokens as f64 / t.prefill_secs;
+    let decode = t.decode_tokens as f64 / t.decode_secs;
+    let device = if model.decoder.device().is_cuda() { "cuda" } else { "cpu" };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model, "device": device, "dtype": format!("{:?}", model.decoder.dtype()).to_lowercase(),
+                "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
+                "prefill_secs": t.prefill_secs, "decode_secs": t.decode_secs,
+            })
+        );
+    } else {
+        println!(
+            "model {} on {device} ({:?}), batch {batch}, prompt {prompt_len}, new {new_tokens}",
+            args.model,
+            model.decoder.dtype()
+        );
+        println!("prefill: {prefill:>10.1} tokens/s  ({} tokens in {:.3} s)", t.prefill_tokens, t.prefill_secs);
+        println!("decode:  {decode:>10.1} tokens/s  ({} tokens in {:.3} s)", t.decode_tokens, t.decode_secs);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_tui(

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Tiny random models of every supported architecture, and what transformers says about them.
+
+Writes tests/fixtures/models/<name>/ with config.json, model.safetensors (or shards with an index),
+tokenizer.json, generation_config.json and expected.json: for each prompt, the ids that
+`tokenizer(prompt)` gives, the last-position logits, and the greedy continuation of
+`model.generate(..., do_sample=False, max_new_tokens=32)`, all from transformers in float32 with
+eager attention. The Rust tests compare against these files and need no Python.
+
+    pip install torch transformers tokenizers safetensors
+    python scripts/make_tiny_models.py            # from the repository root
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "models")
+VOCAB = 384
+PROMPTS = [
+    "The patient",
+    "Gross margin fell because memory chip costs rose, while",
+    "Which receptor does losartan block? Answer:",
+    "Café prices rose 3% — 😀 fans of the team cheered the late winner in the final minutes of extra time",
+]
+
+
+def corpus_lines():
+    for name in ("biomedical", "finance", "sports"):
+        with open(os.path.join(ROOT, "sample-seeds", f"{name}.corpus.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                yield rec["title"] + ". " + rec["text"]
+
+
+def make_tokenizer(add_bos):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus_lines()), trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def randomize(model, seed):
+    """Weights large enough that logits differ by far more than float error (the default
+    initialisation gives near-ties that make greedy comparisons fragile)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[-1]
+                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in**0.5))
+
+
+def build(name, config, add_bos, seed, shard=None, old_rope_keys=None):
+    out = os.path.join(OUT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    tokenizer = make_tokenizer(add_bos)
+    config.vocab_size = VOCAB
+    config.bos_token_id = tokenizer.convert_tokens_to_ids("<s>")
+    config.eos_token_id = tokenizer.convert_tokens_to_ids("</s>")
+    config.pad_token_id = tokenizer.convert_tokens_to_ids("<pad>")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    randomize(model, seed)
+    model.eval()
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(out, safe_serialization=True, **kwargs)
+    tokenizer.save_pretrained(out)
+    if old_rope_keys is not None:
+        # The same model described with the older keys: rope_theta and rope_scaling.
+        path = os.path.join(out, "config.json")
+        cfg = json.load(open(path))
+        cfg.pop("rope_parameters", None)
+        cfg.update(old_rope_keys)
+        json.dump(cfg, open(path, "w"), indent=2)
+        model = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32).eval()
+
+    cases = []
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].tolist()
+            generated = model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False, max_new_tokens=32,
+            )[0, len(ids):].tolist()
+        cases.append({
+            "prompt": text,
+            "prompt_ids": ids,
+            "last_logits": logits,
+            "greedy_ids": generated,
+            "greedy_text": tokenizer.decode(generated, skip_special_tokens=True),
+        })
+    expected = {"model": name, "transformers": __import__("transformers").__version__,
+                "torch": torch.__version__, "cases": cases}
+    json.dump(expected, open(os.path.join(out, "expected.json"), "w"))
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
+
+
+def main():
+    common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-6)
+    build("llama2", LlamaConfig(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False, **common),
+          add_bos=True, seed=1)
+    llama3_rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    build("llama3-gqa", LlamaConfig(num_attention_heads=8, num_key_value_heads=2, rope_parameters=llama3_rope,
+                                    tie_word_embeddings=False, **common), add_bos=True, seed=2)
+    old = {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}
+    build("llama3-old-keys-sharded", LlamaConfig(num_attention_heads=8, num_key_value_heads=2,
+                                                 rope_parameters=llama3_rope, tie_word_embeddings=False, **common),
+          add_bos=True, seed=3, shard="100KB", old_rope_keys=old)
+    build("mistral-window", MistralConfig(num_attention_heads=4, num_key_value_heads=1, sliding_window=8,
+                                          tie_word_embeddings=False, **common), add_bos=True, seed=4)
+    build("qwen2-bias-tied", Qwen2Config(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                         **common), add_bos=False, seed=5)
+    build("qwen3-headdim", Qwen3Config(num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                       tie_word_embeddings=False, **common), add_bos=False, seed=6)
+
+
+if __name__ == "__main__":
+    main()

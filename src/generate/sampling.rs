@@ -1,0 +1,186 @@
+//! Choosing the next token: sampling is plain data, and every random draw comes from a seeded
+//! generator owned by the request, so the same seed gives the same text.
+//!
+//! The logit processing follows transformers' order and definitions: repetition penalty,
+//! temperature, top-k (ties with the k-th value kept), top-p (the smallest set whose probability
+//! reaches p, at least one token).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Sampling {
+    Greedy,
+    Sample { temperature: f64, top_k: Option<usize>, top_p: Option<f64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// transformers' `repetition_penalty`: a seen token's logit is divided by it when positive,
+    /// multiplied when negative. 1.0 (or none) leaves logits alone.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams { sampling: Sampling::Greedy, seed: 0, repetition_penalty: None }
+    }
+
+    /// Greedy with no penalty: the argmax can be taken where the logits are (on the GPU).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.sampling == Sampling::Greedy && self.repetition_penalty.is_none_or(|p| p == 1.0)
+    }
+}
+
+/// SplitMix64: small, fast, and the same sequence on every platform.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        // The first of equal maxima, as torch.argmax.
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Picks the next token from one row of logits. `seen` is the prompt and the tokens generated so
+/// far (for the repetition penalty).
+pub fn choose(logits: &mut [f32], params: &SamplingParams, seen: &[u32], rng: &mut Rng) -> u32 {
+    if let Some(p) = params.repetition_penalty.filter(|p| *p != 1.0) {
+        let mut done = std::collections::HashSet::new();
+        for &t in seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                if done.insert(t) {
+                    *l = if *l < 0.0 { *l * p } else { *l / p };
+                }
+            }
+        }
+    }
+    let Sampling::Sample { temperature, top_k, top_p } = params.sampling else {
+        return argmax(logits);
+    };
+    if temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let t = temperature as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let mut keep = logits.len();
+    if let Some(k) = top_k.filter(|k| *k > 0 && *k < logits.len()) {
+        let kth = logits[order[k - 1]];
+        keep = order.iter().take_while(|&&i| logits[i] >= kth).count();
+    }
+    let max = logits[order[0]] / t;
+    let mut probs: Vec<f64> = order[..keep].iter().map(|&i| ((logits[i] / t - max) as f64).exp()).collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if let Some(p) = top_p.filter(|p| *p < 1.0) {
+        // Smallest prefix (most likely first) whose mass reaches p; transformers removes the
+        // tokens whose ascending cumulative mass is ≤ 1 - p, which is the same set.
+        let mut mass = 0.0;
+        let mut n = 0;
+        for q in &probs {
+            n += 1;
+            mass += q;
+            if mass >= p {
+                break;
+            }
+        }
+        probs.truncate(n.max(1));
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= sum);
+    }
+    let mut draw = rng.next_f64();
+    for (j, q) in probs.iter().enumerate() {
+        if draw < *q {
+            return order[j] as u32;
+        }
+        draw -= q;
+    }
+    order[probs.len() - 1] as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SamplingParams {
+        SamplingParams { sampling: Sampling::Sample { temperature, top_k, top_p }, seed: 0, repetition_penalty: None }
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut l = [1.0, 3.0, 3.0, -1.0];
+        assert_eq!(choose(&mut l, &SamplingParams::greedy(), &[], &mut Rng::new(1)), 1);
+    }
+
+    #[test]
+    fn top_k_and_top_p_bound_the_choices() {
+        let logits = [0.0f32, 5.0, 4.9, 1.0, 4.8];
+        let mut rng = Rng::new(7);
+        for _ in 0..200 {
+            let t = choose(&mut logits.clone(), &sample(1.0, Some(2), None), &[], &mut rng);
+            assert!(t == 1 || t == 2, "{t}");
+            // The three near-equal tokens hold ~0.99 of the mass; p 0.5 keeps the top two.
+            let t = choose(&mut logits.clone(), &sample(1.0, None, Some(0.5)), &[], &mut rng);
+            assert!(t == 1 || t == 2, "{t}");
+        }
+    }
+
+    #[test]
+    fn frequencies_follow_the_distribution() {
+        // softmax([0, ln 3]) = [0.25, 0.75]
+        let logits = [0.0f32, 3f32.ln()];
+        let mut rng = Rng::new(42);
+        let n = 20_000;
+        let ones = (0..n).filter(|_| choose(&mut logits.clone(), &sample(1.0, None, None), &[], &mut rng) == 1).count();
+        let share = ones as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.015, "{share}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_draws() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..30)
+                .map(|_| choose(&mut logits.clone(), &sample(0.8, Some(20), Some(0.9)), &[], &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(5), run(5));
+        assert_ne!(run(5), run(6));
+    }
+
+    #[test]
+    fn repetition_penalty_is_transformers_rule() {
+        let mut l = [2.0f32, -2.0, 1.0];
+        let p = SamplingParams { repetition_penalty: Some(2.0), ..SamplingParams::greedy() };
+        choose(&mut l, &p, &[0, 1, 0], &mut Rng::new(0));
+        assert_eq!(l, [1.0, -4.0, 1.0]);
+    }
+}

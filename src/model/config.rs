@@ -1,0 +1,244 @@
+//! Reading a Hugging Face `config.json` into the one decoder description every architecture
+//! maps to ([`DecoderSpec`]), and `generation_config.json`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::ModelError;
+
+/// How rotary position frequencies are computed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent rescaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// Everything the shared decoder needs to know; each architecture file fills one in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderSpec {
+    pub architecture: &'static str,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope: Rope,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Bias on the q, k and v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// Bias on the output projection and the MLP (some Llama variants' `attention_bias`/`mlp_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// RMSNorm over each head of q and k before rotary embedding (Qwen3).
+    pub qk_norm: bool,
+    /// Each token attends to at most this many previous positions in the layers marked in
+    /// `sliding_layers` (Mistral: all of them; Qwen: those from `max_window_layers` on).
+    pub sliding_window: Option<usize>,
+    pub sliding_layers: Vec<bool>,
+    /// Token ids that end generation, from config.json (generation_config.json may override).
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+/// A view of config.json that says which key is missing or wrong.
+pub struct ConfigJson<'a> {
+    pub value: &'a Value,
+    pub file: &'a Path,
+}
+
+impl ConfigJson<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ModelError {
+        ModelError::Config { file: self.file.to_path_buf(), key: key.to_string(), message: message.into() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.value.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        match self.get(key) {
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| self.err(key, format!("must be a whole number, found {v}"))),
+            None => Err(self.err(key, "is missing")),
+        }
+    }
+
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
+        if self.get(key).is_none() {
+            return Ok(default);
+        }
+        self.usize(key)
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
+        if self.get(key).is_none() {
+            return Ok(None);
+        }
+        self.usize(key).map(Some)
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
+        match self.get(key) {
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, format!("must be a number, found {v}"))),
+            None => Ok(default),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
+        match self.get(key) {
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("must be true or false, found {v}"))),
+            None => Ok(default),
+        }
+    }
+
+    pub fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str, ModelError> {
+        match self.get(key) {
+            Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("must be a string, found {v}"))),
+            None => Ok(default),
+        }
+    }
+
+    /// Which layers use the sliding window: `layer_types` when given, else those from
+    /// `first_sliding` on.
+    pub fn sliding_layers(&self, num_layers: usize, first_sliding: usize) -> Result<Vec<bool>, ModelError> {
+        match self.get("layer_types") {
+            Some(serde_json::Value::Array(items)) if items.len() == num_layers => items
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => {
+                        Err(self
+                            .err("layer_types", format!("{t} is neither \"full_attention\" nor \"sliding_attention\"")))
+                    }
+                })
+                .collect(),
+            Some(_) => Err(self.err("layer_types", format!("must list one type for each of the {num_layers} layers"))),
+            None => Ok((0..num_layers).map(|i| i >= first_sliding).collect()),
+        }
+    }
+
+    /// A token id or a list of them.
+    pub fn token_ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
+        token_ids(self.get(key)).ok_or_else(|| self.err(key, "must be a token id or a list of token ids"))
+    }
+
+    /// The activation must be SiLU, the only one these architectures use.
+    pub fn require_silu(&self) -> Result<(), ModelError> {
+        let act = self.str_or("hidden_act", "silu")?;
+        if act != "silu" && act != "swish" {
+            return Err(self.err("hidden_act", format!("\"{act}\" is not supported; only silu is")));
+        }
+        Ok(())
+    }
+
+    /// Rotary settings from either the older keys (`rope_theta`, `rope_scaling`) or the newer
+    /// `rope_parameters`.
+    pub fn rope(&self, default_theta: f64) -> Result<Rope, ModelError> {
+        let (params, key) = match (self.get("rope_parameters"), self.get("rope_scaling")) {
+            (Some(p), _) => (Some(p), "rope_parameters"),
+            (None, Some(s)) => (Some(s), "rope_scaling"),
+            (None, None) => (None, ""),
+        };
+        let mut theta = self.f64_or("rope_theta", default_theta)?;
+        let Some(params) = params else { return Ok(Rope { theta, scaling: RopeScaling::None }) };
+        if !params.is_object() {
+            return Err(self.err(key, "must be an object"));
+        }
+        if let Some(t) = params.get("rope_theta").and_then(Value::as_f64) {
+            theta = t;
+        }
+        let num = |name: &str| -> Result<f64, ModelError> {
+            params
+                .get(name)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| self.err(&format!("{key}.{name}"), "is missing or not a number"))
+        };
+        let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor: num("factor")? },
+            "llama3" => RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(self.err(
+                    &format!("{key}.rope_type"),
+                    format!("\"{other}\" is not supported; selfspec supports default, linear and llama3"),
+                ))
+            }
+        };
+        Ok(Rope { theta, scaling })
+    }
+}
+
+pub fn token_ids(v: Option<&Value>) -> Option<Vec<u32>> {
+    match v {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]),
+        Some(Value::Array(items)) => items.iter().map(|i| i.as_u64().map(|n| n as u32)).collect(),
+        _ => None,
+    }
+}
+
+/// The parts of generation_config.json selfspec uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationConfig {
+    pub eos_token_ids: Option<Vec<u32>>,
+    pub bos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl GenerationConfig {
+    pub fn load(path: &Path) -> Result<GenerationConfig, ModelError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(GenerationConfig::default()),
+            Err(e) => return Err(ModelError::Io { file: path.to_path_buf(), source: e }),
+        };
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Json { file: path.to_path_buf(), source: e })?;
+        let bad = |key: &str| ModelError::Config {
+            file: path.to_path_buf(),
+            key: key.into(),
+            message: "must be a token id or a list of token ids".into(),
+        };
+        let one = |key: &str| -> Result<Option<u32>, ModelError> {
+            Ok(token_ids(value.get(key)).ok_or_else(|| bad(key))?.first().copied())
+        };
+        Ok(GenerationConfig {
+            eos_token_ids: match value.get("eos_token_id") {
+                None | Some(Value::Null) => None,
+                v => Some(token_ids(v).ok_or_else(|| bad("eos_token_id"))?),
+            },
+            bos_token_id: one("bos_token_id")?,
+            pad_token_id: one("pad_token_id")?,
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! The decoder every supported architecture shares: embeddings, pre-norm attention and SwiGLU
+//! blocks, a final norm and the LM head. Architectures differ only in their [`DecoderSpec`].
+//!
+//! Batches are left-padded: row `b` holds `pad[b]` padding slots, then its tokens. Each row's
+//! positions start at 0 after its padding, and the attention mask hides the padding, so a row
+//! computes what it would alone. Rows leave the batch when they finish ([`Cache::retain`]).
+//!
+//! Two passes: [`Pass::Inference`] uses candle's fused `rms_norm`, `softmax_last_dim` and `rope`,
+//! which have no backward; [`Pass::Training`] builds the same maths from differentiable ops.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+use super::config::{DecoderSpec, Rope, RopeScaling};
+use super::linear::Linear;
+use super::weights::Weights;
+use super::ModelError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Inference,
+    Training,
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        match pass {
+            Pass::Inference => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
+            Pass::Training => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?;
+                let norm = x.sqr()?.mean_keepdim(D::Minus1)?;
+                let x = x.broadcast_div(&(norm + self.eps)?.sqrt()?)?;
+                x.to_dtype(dtype)?.broadcast_mul(&self.weight)
+            }
+        }
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    sliding: bool,
+}
+
+/// Keys and values of every layer for the rows of a batch, and each row's left padding.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Padding slots at the start of each row.
+    pub pad: Vec<usize>,
+    /// Slots filled so far (padding included), the same for every row.
+    pub len: usize,
+}
+
+impl Cache {
+    pub fn new(num_layers: usize, pad: Vec<usize>) -> Cache {
+        Cache { layers: vec![None; num_layers], pad, len: 0 }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Keeps only the rows `keep` (in that order), then drops padding columns no row needs.
+    pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.len() == self.pad.len() && keep.iter().enumerate().all(|(i, &k)| i == k) {
+            return Ok(());
+        }
+        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone());
+        self.pad = keep.iter().map(|&i| self.pad[i]).collect();
+        let Some(device) = device else { return Ok(()) };
+        let index = Tensor::new(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
+        let trim = self.pad.iter().copied().min().unwrap_or(0);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let mut nk = k.index_select(&index, 0)?;
+            let mut nv = v.index_select(&index, 0)?;
+            if trim > 0 {
+                nk = nk.narrow(2, trim, self.len - trim)?.contiguous()?;
+                nv = nv.narrow(2, trim, self.len - trim)?.contiguous()?;
+            }
+            *k = nk;
+            *v = nv;
+        }
+        for p in &mut self.pad {
+            *p -= trim;
+        }
+        self.len -= trim;
+        Ok(())
+    }
+}
+
+pub struct Decoder {
+    pub spec: DecoderSpec,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    /// Rotary inverse frequencies, `[head_dim / 2]`, f32.
+    inv_freq: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+/// Inverse frequencies as transformers computes them for each rope type (in f32).
+pub fn inv_freq(rope: &Rope, head_dim: usize) -> Vec<f32> {
+    let base: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / (rope.theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    match rope.scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, old as f32);
+            let low_wavelen = old / low;
+            let high_wavelen = old / high;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    if medium {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+fn norm(w: &Weights, name: &str, size: usize, eps: f64) -> std::result::Result<RmsNorm, ModelError> {
+    Ok(RmsNorm { weight: w.get(name, &[size], "the config's hidden size")?, eps })
+}
+
+fn linear(
+    w: &Weights,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+    why: &str,
+) -> std::result::Result<Linear, ModelError> {
+    let weight = w.get(&format!("{name}.weight"), &[out, inp], why)?;
+    let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out], why)?) } else { None };
+    Ok(Linear::dense(weight, bias))
+}
+
+impl Decoder {
+    pub fn load(spec: DecoderSpec, w: &Weights) -> std::result::Result<Decoder, ModelError> {
+        let s = &spec;
+        let (h, hd) = (s.hidden_size, s.head_dim);
+        let attn = format!("hidden_size {h}, {} heads × head_dim {hd}", s.num_heads);
+        let kv = format!("hidden_size {h}, {} key/value heads × head_dim {hd}", s.num_kv_heads);
+        let mlp = format!("hidden_size {h}, intermediate_size {}", s.intermediate_size);
+        let mut layers = Vec::with_capacity(s.num_layers);
+        for i in 0..s.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: norm(w, &format!("{p}.input_layernorm.weight"), h, s.rms_norm_eps)?,
+                q: linear(w, &format!("{p}.self_attn.q_proj"), s.num_heads * hd, h, s.qkv_bias, &attn)?,
+                k: linear(w, &format!("{p}.self_attn.k_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                v: linear(w, &format!("{p}.self_attn.v_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                o: linear(w, &format!("{p}.self_attn.o_proj"), h, s.num_heads * hd, s.o_bias, &attn)?,
+                q_norm: match s.qk_norm {
+                    true => Some(norm(w, &format!("{p}.self_attn.q_norm.weight"), hd, s.rms_norm_eps)?),
+                    false => None,
+                },
+                k_norm: match s.qk_norm {
+                    true => Some(norm(w, &format!("{p}.self_attn.k_norm.weight"), hd, s.rms_norm_eps)?),
+                    false => None,
+                },
+                post_norm: norm(w, &format!("{p}.post_attention_layernorm.weight"), h, s.rms_norm_eps)?,
+                gate: linear(w, &format!("{p}.mlp.gate_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
+                up: linear(w, &format!("{p}.mlp.up_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
+                down: linear(w, &format!("{p}.mlp.down_proj"), h, s.intermediate_size, s.mlp_bias, &mlp)?,
+                sliding: s.sliding_window.is_some() && s.sliding_layers.get(i).copied().unwrap_or(false),
+            });
+        }
+        let vocab = format!("vocab_size {}, hidden_size {h}", s.vocab_size);
+        let embed = w.get("model.embed_tokens.weight", &[s.vocab_size, h], &vocab)?;
+        // Tied embeddings reuse the embedding matrix; an untied checkpoint must carry lm_head.
+        let lm_head = if s.tie_word_embeddings {
+            Linear::dense(embed.clone(), None)
+        } else {
+            Linear::dense(w.get("lm_head.weight", &[s.vocab_size, h], &vocab)?, None)
+        };
+        let norm = norm(w, "model.norm.weight", h, s.rms_norm_eps)?;
+        let inv_freq = Tensor::new(inv_freq(&s.rope, hd), w.device())?;
+        Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn new_cache(&self, pad: Vec<usize>) -> Cache {
+        Cache::new(self.layers.len(), pad)
+    }
+
+    /// Runs `tokens` (`[rows, new]`, the rows of `cache`) through the model, appending to the
+    /// cache. Returns logits `[rows, new, vocab]`, or `[rows, 1, vocab]` with `last_only`.
+    pub fn forward(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, last_only: bool) -> Result<Tensor> {
+        let (rows, new) = tokens.dims2()?;
+        if rows != cache.rows() {
+            candle_core::bail!("{rows} rows of tokens for a cache of {} rows", cache.rows());
+        }
+        let start = cache.len;
+        let total = start + new;
+        // Row b's token in slot j sits at position j - pad[b].
+        let mut positions = Vec::with_capacity(rows * new);
+        for &pad in &cache.pad {
+            for j in start..total {
+                positions.push(j.saturating_sub(pad) as f32);
+            }
+        }
+        let positions = Tensor::from_vec(positions, (rows, new, 1), &self.device)?;
+        let freqs = positions.broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
+        let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
+        let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
+        let full_mask = self.mask(cache, new, None)?;
+        let window_mask = match self.spec.sliding_window {
+            Some(w) if self.layers.iter().any(|l| l.sliding) => self.mask(cache, new, Some(w))?,
+            _ => None,
+        };
+
+        let ids = tokens.flatten_all()?;
+        let mut x = self.embed.index_select(&ids, 0)?.reshape((rows, new, self.spec.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mask = if layer.sliding { window_mask.as_ref() } else { full_mask.as_ref() };
+            let h = layer.input_norm.forward(&x, pass)?;
+            let a = self.attention(layer, &h, &cos, &sin, mask, &mut cache.layers[i], pass)?;
+            x = (x + a)?;
+            let h = layer.post_norm.forward(&x, pass)?;
+            let m = layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
+            x = (x + m)?;
+        }
+        cache.len = total;
+        if last_only {
+            x = x.narrow(1, new - 1, 1)?.contiguous()?;
+        }
+        let x = self.norm.forward(&x, pass)?;
+        self.lm_head.forward(&x)
+    }
+
+    /// The additive attention mask `[rows, 1, new, total]` (f32): padding, the future and, with
+    /// a window, keys `window` or more positions back are `-inf`. `None` when nothing is hidden.
+    /// A padding slot attends to itself only: a row of all `-inf` would make NaN, and NaN in a
+    /// padding slot's values poisons the real rows through `0 · NaN`.
+    fn mask(&self, cache: &Cache, new: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+        let (start, total, rows) = (cache.len, cache.len + new, cache.rows());
+        let hides = |q: usize, k: usize, pad: usize| {
+            if q < pad {
+                k != q
+            } else {
+                k < pad || k > q || window.is_some_and(|w| q - k >= w)
+            }
+        };
+        let any = cache.pad.iter().any(|&pad| (start..total).any(|q| (0..total).any(|k| hides(q, k, pad))));
+        if !any {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(rows * new * total);
+        for &pad in &cache.pad {
+            for q in start..total {
+                for k in 0..total {
+                    data.push(if hides(q, k, pad) { f32::NEG_INFINITY } else { 0.0 });
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(data, (rows, 1, new, total), &self.device)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        let (rows, new, _) = x.dims3()?;
+        let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
+        let mut q = layer.q.forward(x)?.reshape((rows, new, nh, hd))?;
+        let mut k = layer.k.forward(x)?.reshape((rows, new, nkv, hd))?;
+        let v = layer.v.forward(x)?.reshape((rows, new, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = qn.forward(&q, pass)?;
+            k = kn.forward(&k, pass)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match pass {
+            Pass::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
+            Pass::Training => (rope_differentiable(&q, cos, sin)?, rope_differentiable(&k, cos, sin)?),
+        };
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let total = k.dim(2)?;
+
+        // Grouped-query attention without copying keys and values: the query heads that share a
+        // key/value head are stacked along the sequence axis.
+        let rep = nh / nkv;
+        let q = q.reshape((rows, nkv, rep * new, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let mut scores = scores.to_dtype(DType::F32)?.reshape((rows, nkv, rep, new, total))?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(&mask.unsqueeze(2)?)?;
+        }
+        let scores = scores.reshape((rows, nkv, rep * new, total))?;
+        let probs = match pass {
+            Pass::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Pass::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.to_dtype(self.dtype)?.matmul(&v)?;
+        let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
+        layer.o.forward(&out)
+    }
+
+    /// The embedding matrix (for tied heads and tests).
+    pub fn embeddings(&self) -> &Tensor {
+        &self.embed
+    }
+}
+
+/// `rotate_half` rotary embedding from differentiable ops; `cos`/`sin` are `[rows, new, hd/2]`.
+fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        RmsNorm::forward(self, x, Pass::Inference)
+    }
+}

@@ -1,0 +1,110 @@
+//! The one linear layer every projection uses: a frozen base weight, dense or quantized, an
+//! optional bias, and zero or more LoRA adapters added on top.
+//!
+//! `y = x Wᵀ + b + Σ scale · (x Aᵀ) Bᵀ` over the enabled adapters, with `scale = lora_alpha / r`
+//! as in PEFT. The training issue trains A and B; the base never changes.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Result, Tensor, D};
+
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// `[out_features, in_features]`, as Hugging Face stores it.
+    Dense(Tensor),
+    Quantized(Arc<QMatMul>),
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub name: String,
+    /// `[r, in_features]`.
+    pub a: Tensor,
+    /// `[out_features, r]`.
+    pub b: Tensor,
+    pub scale: f64,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub base: Base,
+    pub bias: Option<Tensor>,
+    pub adapters: Vec<LoraAdapter>,
+}
+
+/// `x` (any leading dims) times `w` stored as `[out, in]`.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (in_features, out_features) = (w.dim(1)?, w.dim(0)?);
+    let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
+    let rows = lead.iter().product::<usize>();
+    let y = x.reshape((rows, in_features))?.matmul(&w.t()?)?;
+    let mut shape = lead;
+    shape.push(out_features);
+    y.reshape(shape)
+}
+
+impl Linear {
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { base: Base::Dense(weight), bias, adapters: Vec::new() }
+    }
+
+    pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Linear {
+        Linear { base: Base::Quantized(Arc::new(weight)), bias, adapters: Vec::new() }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = match &self.base {
+            Base::Dense(w) => matmul_t(x, w)?,
+            Base::Quantized(q) => q.forward(x)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        for adapter in self.adapters.iter().filter(|a| a.enabled) {
+            let down = matmul_t(x, &adapter.a.to_dtype(x.dtype())?)?;
+            let up = matmul_t(&down, &adapter.b.to_dtype(x.dtype())?)?;
+            y = (y + (up * adapter.scale)?)?;
+        }
+        Ok(y)
+    }
+
+    pub fn out_features(&self) -> Result<usize> {
+        match &self.base {
+            Base::Dense(w) => w.dim(0),
+            Base::Quantized(_) => match &self.bias {
+                Some(b) => b.dim(D::Minus1),
+                None => candle_core::bail!("a quantized layer without bias does not record its output size"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn adapters_add_the_scaled_low_rank_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 12., &dev)?.reshape((3, 4))?;
+        let b = Tensor::new(&[1f32, -1., 0.5], &dev)?;
+        let x = Tensor::arange(0f32, 8., &dev)?.reshape((1, 2, 4))?;
+        let mut layer = Linear::dense(w.clone(), Some(b.clone()));
+        let plain = layer.forward(&x)?;
+        // x Wᵀ + b by hand for the first row: [0,1,2,3]·rows of W + b.
+        assert_eq!(plain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[..3], [15., 37., 62.5]);
+        let a = Tensor::ones((2, 4), DType::F32, &dev)?;
+        let bb = Tensor::ones((3, 2), DType::F32, &dev)?;
+        layer.adapters.push(LoraAdapter { name: "x".into(), a, b: bb, scale: 0.5, enabled: true });
+        let with = layer.forward(&x)?;
+        // Each output gains 0.5 · 2 · Σx = Σx.
+        let diff = (with - &plain)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(diff, [6., 6., 6., 22., 22., 22.]);
+        layer.adapters[0].enabled = false;
+        assert_eq!(layer.forward(&x)?.flatten_all()?.to_vec1::<f32>()?, plain.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Loading Hugging Face checkpoints into the shared decoder, on CPU or CUDA.
+//!
+//! A model folder holds config.json, model.safetensors (or shards with
+//! model.safetensors.index.json), tokenizer.json and optionally generation_config.json.
+//! `--model org/name` is looked up in the local Hugging Face cache ([`hub`]).
+
+pub mod arch;
+pub mod config;
+pub mod decoder;
+pub mod hub;
+pub mod linear;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+pub use config::{DecoderSpec, GenerationConfig};
+pub use decoder::{Cache, Decoder, Pass};
+pub use tokenizer::Tokenizer;
+
+/// Everything that can go wrong opening a model, each naming the file and the key or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("{}: not valid JSON: {source}", file.display())]
+    Json { file: PathBuf, source: serde_json::Error },
+    #[error("{}: {key} {message}", file.display())]
+    Config { file: PathBuf, key: String, message: String },
+    #[error("{} is missing: {hint}", path.display())]
+    MissingFile { path: PathBuf, hint: String },
+    #[error("{}: {message}", file.display())]
+    Weights { file: PathBuf, message: String },
+    #[error("{files}: tensor {tensor} is missing; the checkpoint does not match its config.json (another architecture or size?)")]
+    MissingTensor { files: String, tensor: String },
+    #[error("{}: tensor {tensor} has shape {found:?}, but config.json ({why}) needs {expected:?}", file.display())]
+    Shape { file: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize>, why: String },
+    #[error("{}: {message}", file.display())]
+    Tokenizer { file: PathBuf, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Where the model runs. `Auto` takes the first CUDA GPU when selfspec was built with the
+/// `cuda` feature and one is present, else the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The device, and a note when the choice could not be honoured.
+    pub fn open(self) -> (Device, Option<String>) {
+        match self {
+            DeviceChoice::Cpu => (Device::Cpu, None),
+            DeviceChoice::Auto | DeviceChoice::Cuda => {
+                if !cfg!(feature = "cuda") {
+                    let note = (self == DeviceChoice::Cuda).then(|| {
+                        "this selfspec was built without CUDA (cargo build --features cuda); running on the CPU"
+                            .to_string()
+                    });
+                    return (Device::Cpu, note);
+                }
+                match Device::new_cuda(0) {
+                    Ok(d) => (d, None),
+                    Err(e) => (Device::Cpu, Some(format!("no usable CUDA GPU ({e}); running on the CPU"))),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DTypeChoice {
+    /// bf16 on a GPU, f32 on the CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DTypeChoice {
+    pub fn resolve(self, device: &Device) -> DType {
+        match self {
+            DTypeChoice::Auto if device.is_cuda() => DType::BF16,
+            DTypeChoice::Auto | DTypeChoice::F32 => DType::F32,
+            DTypeChoice::Bf16 => DType::BF16,
+            DTypeChoice::F16 => DType::F16,
+        }
+    }
+}
+
+/// A loaded model: the decoder, its tokenizer and the ids that end generation.
+pub struct Model {
+    pub dir: PathBuf,
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Model {
+    /// Opens `dir` (a folder, or `org/name` in the local Hugging Face cache).
+    pub fn load(model: &str, dtype: DTypeChoice, device: &Device) -> Result<Model, ModelError> {
+        let dir = hub::resolve(model)?;
+        let config_path = dir.join("config.json");
+        let spec = read_spec(&config_path)?;
+        let generation = GenerationConfig::load(&dir.join("generation_config.json"))?;
+        let tokenizer = Tokenizer::load(&dir)?;
+        let weights = weights::Weights::open(&dir, dtype.resolve(device), device)?;
+        let eos_token_ids = generation.eos_token_ids.clone().unwrap_or_else(|| spec.eos_token_ids.clone());
+        let decoder = Decoder::load(spec, &weights)?;
+        Ok(Model { dir, decoder, tokenizer, eos_token_ids })
+    }
+}
+
+/// The decoder description of config.json at `path`.
+pub fn read_spec(path: &Path) -> Result<DecoderSpec, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ModelError::MissingFile {
+            path: path.to_path_buf(),
+            hint: "every Hugging Face model folder has a config.json".into(),
+        },
+        _ => ModelError::Io { file: path.to_path_buf(), source: e },
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Json { file: path.to_path_buf(), source: e })?;
+    if !value.is_object() {
+        return Err(ModelError::Config {
+            file: path.to_path_buf(),
+            key: "(top level)".into(),
+            message: "must be a JSON object".into(),
+        });
+    }
+    arch::spec(&config::ConfigJson { value: &value, file: path })
+}
