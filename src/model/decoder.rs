@@ -131,7 +131,7 @@ pub fn inv_freq(rope: &Rope, head_dim: usize) -> Vec<f32> {
                 .map(|&f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     if medium {
                         let smooth = (old / wavelen - low) / (high - low);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -344,9 +344,21 @@ impl Decoder {
         layer.o.forward(&out)
     }
 
-    /// The embedding matrix (for tied heads and tests).
-    pub fn embeddings(&self) -> &Tensor {
-        &self.embed
+    /// Every projection of the blocks, named as in the checkpoint and in PEFT's
+    /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.q));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.k));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.v));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.o));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.up));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.down));
+        }
+        out
     }
 }
 
