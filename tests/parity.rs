@@ -96,6 +96,26 @@ fn greedy_continuations_match_one_at_a_time_and_batched() {
     }
 }
 
+/// Rows that finish early leave the batch (their cache rows dropped, padding trimmed); the rows
+/// that stay must still match transformers.
+#[test]
+fn rows_leaving_the_batch_do_not_disturb_the_others() {
+    let cancel = AtomicBool::new(false);
+    for dir in models() {
+        let model = load(&dir);
+        let cases = cases(&dir);
+        let lengths = [5, 32, 12, 21];
+        let requests: Vec<Request> =
+            cases.iter().zip(lengths).map(|(c, n)| Request { max_new_tokens: n, ..greedy(&c.prompt_ids) }).collect();
+        let opts = generate::Options { prompt_top: 0, max_batch: 64 };
+        let (out, _) = generate::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
+        for ((c, o), n) in cases.iter().zip(&out).zip(lengths) {
+            let want = &c.greedy_ids[..n.min(c.greedy_ids.len())];
+            assert_eq!(o.ids, want, "{}: {:?} with {n} new tokens", dir.display(), c.prompt);
+        }
+    }
+}
+
 #[test]
 fn the_training_pass_computes_the_same_logits() {
     for dir in models() {

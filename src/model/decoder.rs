@@ -57,10 +57,54 @@ struct Layer {
     sliding: bool,
 }
 
+/// One layer's keys and values, `[rows, kv_heads, capacity, head_dim]`; slots from `Cache::len`
+/// on are free. Appending writes in place; the buffer doubles when full.
+#[derive(Debug, Clone)]
+struct Kv {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl Kv {
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    /// Writes `k`/`v` at slot `at`, growing the buffers first if needed.
+    fn append(&mut self, k: &Tensor, v: &Tensor, at: usize) -> Result<()> {
+        let needed = at + k.dim(2)?;
+        if needed > self.capacity() {
+            let capacity = needed.next_power_of_two().max(2 * self.capacity());
+            self.k = grow(&self.k, at, capacity)?;
+            self.v = grow(&self.v, at, capacity)?;
+        }
+        self.k.slice_set(k, 2, at)?;
+        self.v.slice_set(v, 2, at)
+    }
+
+    fn first(k: &Tensor, v: &Tensor) -> Result<Kv> {
+        let capacity = k.dim(2)?.next_power_of_two().max(64);
+        let kv = Kv { k: grow(k, 0, capacity)?, v: grow(v, 0, capacity)? };
+        kv.k.slice_set(k, 2, 0)?;
+        kv.v.slice_set(v, 2, 0)?;
+        Ok(kv)
+    }
+}
+
+/// A buffer of `capacity` slots holding the first `used` slots of `old`.
+fn grow(old: &Tensor, used: usize, capacity: usize) -> Result<Tensor> {
+    let (rows, heads, _, dim) = old.dims4()?;
+    let new = Tensor::zeros((rows, heads, capacity, dim), old.dtype(), old.device())?;
+    if used > 0 {
+        new.slice_set(&old.narrow(2, 0, used)?.contiguous()?, 2, 0)?;
+    }
+    Ok(new)
+}
+
 /// Keys and values of every layer for the rows of a batch, and each row's left padding.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<Kv>>,
     /// Padding slots at the start of each row.
     pub pad: Vec<usize>,
     /// Slots filled so far (padding included), the same for every row.
@@ -81,20 +125,20 @@ impl Cache {
         if keep.len() == self.pad.len() && keep.iter().enumerate().all(|(i, &k)| i == k) {
             return Ok(());
         }
-        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone());
+        let device = self.layers.iter().flatten().next().map(|kv| kv.k.device().clone());
         self.pad = keep.iter().map(|&i| self.pad[i]).collect();
         let Some(device) = device else { return Ok(()) };
         let index = Tensor::new(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
         let trim = self.pad.iter().copied().min().unwrap_or(0);
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let mut nk = k.index_select(&index, 0)?;
-            let mut nv = v.index_select(&index, 0)?;
+        for kv in self.layers.iter_mut().flatten() {
+            let capacity = kv.capacity();
+            let (mut k, mut v) = (kv.k.index_select(&index, 0)?, kv.v.index_select(&index, 0)?);
             if trim > 0 {
-                nk = nk.narrow(2, trim, self.len - trim)?.contiguous()?;
-                nv = nv.narrow(2, trim, self.len - trim)?.contiguous()?;
+                // Shift the slots left by the padding no row needs any more.
+                k = grow(&k.narrow(2, trim, capacity - trim)?.contiguous()?, self.len - trim, capacity)?;
+                v = grow(&v.narrow(2, trim, capacity - trim)?.contiguous()?, self.len - trim, capacity)?;
             }
-            *k = nk;
-            *v = nv;
+            *kv = Kv { k, v };
         }
         for p in &mut self.pad {
             *p -= trim;
@@ -158,7 +202,7 @@ fn linear(
 ) -> std::result::Result<Linear, ModelError> {
     let weight = w.get(&format!("{name}.weight"), &[out, inp], why)?;
     let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out], why)?) } else { None };
-    Ok(Linear::dense(weight, bias))
+    Ok(Linear::dense(weight, bias)?)
 }
 
 impl Decoder {
@@ -196,9 +240,9 @@ impl Decoder {
         let embed = w.get("model.embed_tokens.weight", &[s.vocab_size, h], &vocab)?;
         // Tied embeddings reuse the embedding matrix; an untied checkpoint must carry lm_head.
         let lm_head = if s.tie_word_embeddings {
-            Linear::dense(embed.clone(), None)
+            Linear::dense(embed.clone(), None)?
         } else {
-            Linear::dense(w.get("lm_head.weight", &[s.vocab_size, h], &vocab)?, None)
+            Linear::dense(w.get("lm_head.weight", &[s.vocab_size, h], &vocab)?, None)?
         };
         let norm = norm(w, "model.norm.weight", h, s.rms_norm_eps)?;
         let inv_freq = Tensor::new(inv_freq(&s.rope, hd), w.device())?;
@@ -248,7 +292,7 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = if layer.sliding { window_mask.as_ref() } else { full_mask.as_ref() };
             let h = layer.input_norm.forward(&x, pass)?;
-            let a = self.attention(layer, &h, &cos, &sin, mask, &mut cache.layers[i], pass)?;
+            let a = self.attention(layer, &h, &cos, &sin, mask, &mut cache.layers[i], start, pass)?;
             x = (x + a)?;
             let h = layer.post_norm.forward(&x, pass)?;
             let m = layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
@@ -298,7 +342,8 @@ impl Decoder {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<Kv>,
+        start: usize,
         pass: Pass,
     ) -> Result<Tensor> {
         let s = &self.spec;
@@ -318,12 +363,31 @@ impl Decoder {
             Pass::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
             Pass::Training => (rope_differentiable(&q, cos, sin)?, rope_differentiable(&k, cos, sin)?),
         };
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let total = start + new;
+        let (k, v) = match (pass, cache.as_mut()) {
+            // Training: plain tensors so gradients flow (one forward, no reuse of the cache).
+            (Pass::Training, _) => {
+                let (k, v) = match cache.take() {
+                    Some(kv) => (
+                        Tensor::cat(&[&kv.k.narrow(2, 0, start)?, &k], 2)?,
+                        Tensor::cat(&[&kv.v.narrow(2, 0, start)?, &v], 2)?,
+                    ),
+                    None => (k, v),
+                };
+                *cache = Some(Kv { k: k.clone(), v: v.clone() });
+                (k, v)
+            }
+            (Pass::Inference, Some(kv)) => {
+                kv.append(&k, &v, start)?;
+                (kv.k.narrow(2, 0, total)?, kv.v.narrow(2, 0, total)?)
+            }
+            (Pass::Inference, None) => {
+                let kv = Kv::first(&k, &v)?;
+                let view = (kv.k.narrow(2, 0, total)?, kv.v.narrow(2, 0, total)?);
+                *cache = Some(kv);
+                view
+            }
         };
-        *cache = Some((k.clone(), v.clone()));
-        let total = k.dim(2)?;
 
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.

@@ -13,8 +13,15 @@ use candle_core::{Module, Result, Tensor, D};
 pub enum Base {
     /// `[out_features, in_features]`, as Hugging Face stores it.
     Dense(Tensor),
+    /// The same weight stored `[in_features, out_features]`: on the CPU, candle's matmul is
+    /// about twice as fast this way for a decoder's projections at small batch, but slower for
+    /// a vocabulary-sized head (examples/mm.rs measures both); see [`Linear::dense`].
+    DenseT(Tensor),
     Quantized(Arc<QMatMul>),
 }
+
+/// Output sizes up to this get the `[in, out]` layout on the CPU.
+const PRETRANSPOSE_MAX_OUT: usize = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -45,9 +52,35 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     y.reshape(shape)
 }
 
+/// `x` (any leading dims) times `wt` stored as `[in, out]`.
+fn matmul(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let (in_features, out_features) = wt.dims2()?;
+    let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
+    let rows = lead.iter().product::<usize>();
+    let y = x.reshape((rows, in_features))?.matmul(wt)?;
+    let mut shape = lead;
+    shape.push(out_features);
+    y.reshape(shape)
+}
+
 impl Linear {
-    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { base: Base::Dense(weight), bias, adapters: Vec::new() }
+    /// A dense layer from a `[out, in]` weight, stored in the faster layout for its device.
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let base = if weight.device().is_cpu() && weight.dim(0)? <= PRETRANSPOSE_MAX_OUT {
+            Base::DenseT(weight.t()?.contiguous()?)
+        } else {
+            Base::Dense(weight)
+        };
+        Ok(Linear { base, bias, adapters: Vec::new() })
+    }
+
+    /// The weight as `[out, in]`, whatever the layout (not for quantized layers).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.base {
+            Base::Dense(w) => Ok(w.clone()),
+            Base::DenseT(wt) => wt.t(),
+            Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
+        }
     }
 
     pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Linear {
@@ -57,6 +90,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.base {
             Base::Dense(w) => matmul_t(x, w)?,
+            Base::DenseT(wt) => matmul(x, wt)?,
             Base::Quantized(q) => q.forward(x)?,
         };
         if let Some(b) = &self.bias {
@@ -73,6 +107,7 @@ impl Linear {
     pub fn out_features(&self) -> Result<usize> {
         match &self.base {
             Base::Dense(w) => w.dim(0),
+            Base::DenseT(wt) => wt.dim(1),
             Base::Quantized(_) => match &self.bias {
                 Some(b) => b.dim(D::Minus1),
                 None => candle_core::bail!("a quantized layer without bias does not record its output size"),
@@ -92,7 +127,9 @@ mod tests {
         let w = Tensor::arange(0f32, 12., &dev)?.reshape((3, 4))?;
         let b = Tensor::new(&[1f32, -1., 0.5], &dev)?;
         let x = Tensor::arange(0f32, 8., &dev)?.reshape((1, 2, 4))?;
-        let mut layer = Linear::dense(w.clone(), Some(b.clone()));
+        let mut layer = Linear::dense(w.clone(), Some(b.clone()))?;
+        assert!(matches!(layer.base, Base::DenseT(_)));
+        assert_eq!(layer.weight()?.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
         let plain = layer.forward(&x)?;
         // x Wᵀ + b by hand for the first row: [0,1,2,3]·rows of W + b.
         assert_eq!(plain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[..3], [15., 37., 62.5]);
