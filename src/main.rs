@@ -42,6 +42,21 @@ enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a Hugging Face model folder as a quantized GGUF file (llama.cpp's layout).
+    Quantize {
+        /// The model folder (safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// The quantized type of the projections and embeddings.
+        #[arg(long = "type", value_enum)]
+        qtype: selfspec::model::gguf::QuantType,
+        /// The .gguf file to write (tokenizer.json is copied beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the workspace and configuration in use (creating the workspace if needed).
     Workspace,
     /// Print the configuration in force, and where it came from.
@@ -59,8 +74,8 @@ struct TuiArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A Hugging Face model folder, or org/name found in the local Hugging Face cache.
-    #[arg(long, value_name = "DIR|ORG/NAME")]
+    /// A Hugging Face model folder, org/name found in the local Hugging Face cache, or a .gguf file.
+    #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
     model: String,
     /// Where to run.
     #[arg(long, value_enum, default_value_t)]
@@ -240,6 +255,14 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Bench(BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, json })) => {
             bench_decode(&model, BenchShape { batch, prompt_len, new_tokens, warmup, repeat }, json)
+        }
+        Some(Command::Quantize { model, qtype, out, force }) => {
+            refuse_overwrite(&out, force)?;
+            for note in selfspec::model::gguf::quantize(&model, &out, qtype)? {
+                eprintln!("note: {note}");
+            }
+            println!("{}: written", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Workspace) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);

@@ -56,6 +56,11 @@ pub struct DecoderSpec {
     /// `sliding_layers` (Mistral: all of them; Qwen: those from `max_window_layers` on).
     pub sliding_window: Option<usize>,
     pub sliding_layers: Vec<bool>,
+    /// Rotate adjacent pairs instead of halves (llama.cpp's layout for Llama-family GGUF files,
+    /// whose q/k weights are permuted to match).
+    pub rope_interleaved: bool,
+    /// Per-frequency divisors from a GGUF `rope_freqs.weight` (llama.cpp's Llama 3.1 scaling).
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Token ids that end generation, from config.json (generation_config.json may override).
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,

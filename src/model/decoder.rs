@@ -188,25 +188,57 @@ pub fn inv_freq(rope: &Rope, head_dim: usize) -> Vec<f32> {
     }
 }
 
-fn norm(w: &Weights, name: &str, size: usize, eps: f64) -> std::result::Result<RmsNorm, ModelError> {
-    Ok(RmsNorm { weight: w.get(name, &[size], "the config's hidden size")?, eps })
+/// Where a decoder's tensors come from, addressed by their Hugging Face names: safetensors
+/// ([`Weights`]) or a GGUF file ([`super::gguf`]), which maps the names to llama.cpp's.
+pub trait Source {
+    fn device(&self) -> &Device;
+    /// The type activations (and dense tensors) use.
+    fn dtype(&self) -> DType;
+    /// A dense tensor of `shape`; `why` says where the expected shape comes from.
+    fn tensor(&self, name: &str, shape: &[usize], why: &str) -> std::result::Result<Tensor, ModelError>;
+    /// The projection `name` (`name.weight`, `[out, in]`, and `name.bias` with `bias`).
+    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool, why: &str) -> std::result::Result<Linear, ModelError> {
+        let weight = self.tensor(&format!("{name}.weight"), &[out, inp], why)?;
+        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
+        Ok(Linear::dense(weight, bias)?)
+    }
+    /// The LM head when it is tied to the embeddings.
+    fn tied_head(&self, embed: &Tensor) -> std::result::Result<Linear, ModelError> {
+        Ok(Linear::dense(embed.clone(), None)?)
+    }
+}
+
+impl Source for Weights {
+    fn device(&self) -> &Device {
+        Weights::device(self)
+    }
+
+    fn dtype(&self) -> DType {
+        Weights::dtype(self)
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], why: &str) -> std::result::Result<Tensor, ModelError> {
+        self.get(name, shape, why)
+    }
+}
+
+fn norm(w: &dyn Source, name: &str, size: usize, eps: f64) -> std::result::Result<RmsNorm, ModelError> {
+    Ok(RmsNorm { weight: w.tensor(name, &[size], "the config's hidden size")?, eps })
 }
 
 fn linear(
-    w: &Weights,
+    w: &dyn Source,
     name: &str,
     out: usize,
     inp: usize,
     bias: bool,
     why: &str,
 ) -> std::result::Result<Linear, ModelError> {
-    let weight = w.get(&format!("{name}.weight"), &[out, inp], why)?;
-    let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out], why)?) } else { None };
-    Ok(Linear::dense(weight, bias)?)
+    w.linear(name, out, inp, bias, why)
 }
 
 impl Decoder {
-    pub fn load(spec: DecoderSpec, w: &Weights) -> std::result::Result<Decoder, ModelError> {
+    pub fn load(spec: DecoderSpec, w: &dyn Source) -> std::result::Result<Decoder, ModelError> {
         let s = &spec;
         let (h, hd) = (s.hidden_size, s.head_dim);
         let attn = format!("hidden_size {h}, {} heads × head_dim {hd}", s.num_heads);
@@ -237,15 +269,21 @@ impl Decoder {
             });
         }
         let vocab = format!("vocab_size {}, hidden_size {h}", s.vocab_size);
-        let embed = w.get("model.embed_tokens.weight", &[s.vocab_size, h], &vocab)?;
+        let embed = w.tensor("model.embed_tokens.weight", &[s.vocab_size, h], &vocab)?;
         // Tied embeddings reuse the embedding matrix; an untied checkpoint must carry lm_head.
         let lm_head = if s.tie_word_embeddings {
-            Linear::dense(embed.clone(), None)?
+            w.tied_head(&embed)?
         } else {
-            Linear::dense(w.get("lm_head.weight", &[s.vocab_size, h], &vocab)?, None)?
+            w.linear("lm_head", s.vocab_size, h, false, &vocab)?
         };
         let norm = norm(w, "model.norm.weight", h, s.rms_norm_eps)?;
-        let inv_freq = Tensor::new(inv_freq(&s.rope, hd), w.device())?;
+        let mut freqs = inv_freq(&s.rope, hd);
+        if let Some(factors) = &s.rope_freq_factors {
+            for (f, d) in freqs.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
+        let inv_freq = Tensor::new(freqs, w.device())?;
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })
     }
 
@@ -359,9 +397,17 @@ impl Decoder {
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let (q, k) = match pass {
-            Pass::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
-            Pass::Training => (rope_differentiable(&q, cos, sin)?, rope_differentiable(&k, cos, sin)?),
+        let (q, k) = match (pass, s.rope_interleaved) {
+            (Pass::Inference, false) => {
+                (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+            }
+            (Pass::Inference, true) => {
+                (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+            }
+            (Pass::Training, false) => (rope_differentiable(&q, cos, sin)?, rope_differentiable(&k, cos, sin)?),
+            (Pass::Training, true) => {
+                (rope_interleaved_differentiable(&q, cos, sin)?, rope_interleaved_differentiable(&k, cos, sin)?)
+            }
         };
         let total = start + new;
         let (k, v) = match (pass, cache.as_mut()) {
@@ -435,6 +481,19 @@ fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor>
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// Rotary embedding over adjacent pairs `(x₀, x₁), (x₂, x₃), …`, from differentiable ops.
+fn rope_interleaved_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (rows, heads, new, dim) = x.dims4()?;
+    let pairs = x.reshape((rows, heads, new, dim / 2, 2))?;
+    let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let x1 = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let cos = cos.unsqueeze(1)?;
+    let sin = sin.unsqueeze(1)?;
+    let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::stack(&[&r0, &r1], D::Minus1)?.reshape((rows, heads, new, dim))
 }
 
 impl Module for RmsNorm {

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod config;
 pub mod decoder;
+pub mod gguf;
 pub mod hub;
 pub mod linear;
 pub mod tokenizer;
@@ -107,8 +108,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens `dir` (a folder, or `org/name` in the local Hugging Face cache).
+    /// Opens `model`: a folder, `org/name` in the local Hugging Face cache, or a .gguf file
+    /// (quantized; its activations are f32 whatever `dtype` says).
     pub fn load(model: &str, dtype: DTypeChoice, device: &Device) -> Result<Model, ModelError> {
+        let path = Path::new(model);
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return gguf::load(path, device, gguf::Mode::Quantized);
+        }
         let dir = hub::resolve(model)?;
         let config_path = dir.join("config.json");
         let spec = read_spec(&config_path)?;

@@ -91,6 +91,8 @@ pub(super) fn llama_like(
         qk_norm: false,
         sliding_window: None,
         sliding_layers: vec![false; cfg.usize("num_hidden_layers")?],
+        rope_interleaved: false,
+        rope_freq_factors: None,
         eos_token_ids: cfg.token_ids("eos_token_id")?,
         bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
     })

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""GGUF fixtures and what transformers says about them.
+
+Builds two tiny Hugging Face models whose rows fit every quantized block (hidden 256), writes
+them as GGUF with `selfspec quantize` (Q4_0, Q4_K, Q8_0) and once with the gguf package itself
+(Q8_0, llama.cpp's conventions, no selfspec code involved), then loads every file with
+transformers (`from_pretrained(..., gguf_file=...)`, which dequantizes with the gguf package)
+and records last-position logits and greedy continuations in expected.json.
+
+    python scripts/make_gguf_fixtures.py target/release/selfspec
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_tiny_models import VOCAB, make_tokenizer, randomize  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "gguf")
+PROMPTS = ["The patient", "Gross margin fell because memory chip costs rose, while", "Which receptor does losartan block?"]
+COMMON = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, vocab_size=VOCAB)
+
+
+def hf_model(config, add_bos, seed, where):
+    tokenizer = make_tokenizer(add_bos)
+    config.bos_token_id = tokenizer.convert_tokens_to_ids("<s>")
+    config.eos_token_id = tokenizer.convert_tokens_to_ids("</s>")
+    config.pad_token_id = tokenizer.convert_tokens_to_ids("<pad>")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    randomize(model, seed)
+    model.save_pretrained(where, safe_serialization=True)
+    tokenizer.save_pretrained(where)
+    return tokenizer
+
+
+def permute(w, n_head):
+    """llama.cpp's q/k row permutation for rotary embedding over adjacent pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_with_gguf_package(hf_dir, path):
+    """A Q8_0 llama GGUF written by the gguf package, as llama.cpp's converter lays it out."""
+    from safetensors.numpy import load_file
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    t = load_file(os.path.join(hf_dir, "model.safetensors"))
+    w = GGUFWriter(path, "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for name, data in t.items():
+        if name in names:
+            gname = names[name]
+        else:
+            layer, rest = name[len("model.layers."):].split(".", 1)
+            part, suffix = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{parts[part]}.{suffix}"
+        data = data.astype(np.float32)
+        if name.endswith("q_proj.weight"):
+            data = permute(data, cfg["num_attention_heads"])
+        elif name.endswith("k_proj.weight"):
+            data = permute(data, cfg["num_key_value_heads"])
+        if data.ndim == 2:
+            w.add_tensor(gname, quants.quantize(data, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(gname, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def reference(folder, fname, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    cases = []
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].tolist()
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=16)[0, len(ids):].tolist()
+        cases.append({"prompt": text, "prompt_ids": ids, "last_logits": logits, "greedy_ids": out})
+    return cases
+
+
+def main():
+    selfspec = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "selfspec")
+    shutil.rmtree(OUT, ignore_errors=True)
+    work = tempfile.mkdtemp()
+    models = {
+        "llama": (LlamaConfig(tie_word_embeddings=False, **COMMON), True, 11),
+        "qwen2": (Qwen2Config(tie_word_embeddings=True, **COMMON), False, 12),
+    }
+    for name, (config, add_bos, seed) in models.items():
+        hf = os.path.join(work, name)
+        tokenizer = hf_model(config, add_bos, seed, hf)
+        folder = os.path.join(OUT, name)
+        os.makedirs(folder)
+        types = ["q4_0", "q4k", "q8_0"] if name == "llama" else ["q8_0"]
+        expected = {}
+        for qtype in types:
+            fname = f"{qtype}.gguf"
+            subprocess.run([selfspec, "quantize", "--model", hf, "--type", qtype, "--out",
+                            os.path.join(folder, fname)], check=True)
+            expected[fname] = reference(folder, fname, tokenizer)
+        if name == "llama":
+            fname = "q8_0-gguf-package.gguf"
+            write_with_gguf_package(hf, os.path.join(folder, fname))
+            expected[fname] = reference(folder, fname, tokenizer)
+        json.dump(expected, open(os.path.join(folder, "expected.json"), "w"))
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+//! GGUF files of the supported families, for quantized inference, and writing them.
+//!
+//! Layout and names follow llama.cpp (what its `convert_hf_to_gguf.py` writes): `token_embd`,
+//! `blk.N.attn_q`, …, `output`; metadata under the architecture's prefix (`llama.block_count`,
+//! …). Llama-family files (Mistral included, which llama.cpp files as `llama`) store q/k rows
+//! permuted for rotary embedding over adjacent pairs, so they run with interleaved rope; Qwen2
+//! and Qwen3 files keep Hugging Face's halves layout. Projections stay quantized (candle's
+//! `QMatMul`); norms and embeddings are dequantized to f32.
+//!
+//! GGUF files carry their tokenizer in their own form, which selfspec does not read: the
+//! model's tokenizer.json must sit beside the .gguf file (`selfspec quantize` puts it there).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{DecoderSpec, Rope, RopeScaling};
+use super::decoder::{Decoder, Source};
+use super::linear::Linear;
+use super::weights::Weights;
+use super::{Model, ModelError, Tokenizer};
+
+/// The Hugging Face name of a tensor in llama.cpp's naming.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let parts = [
+        ("input_layernorm.", "attn_norm."),
+        ("self_attn.q_proj.", "attn_q."),
+        ("self_attn.k_proj.", "attn_k."),
+        ("self_attn.v_proj.", "attn_v."),
+        ("self_attn.o_proj.", "attn_output."),
+        ("self_attn.q_norm.", "attn_q_norm."),
+        ("self_attn.k_norm.", "attn_k_norm."),
+        ("post_attention_layernorm.", "ffn_norm."),
+        ("mlp.gate_proj.", "ffn_gate."),
+        ("mlp.up_proj.", "ffn_up."),
+        ("mlp.down_proj.", "ffn_down."),
+    ];
+    let (h, g) = parts.iter().find(|(h, _)| rest.starts_with(h))?;
+    Some(format!("blk.{layer}.{g}{}", &rest[h.len()..]))
+}
+
+struct GgufSource {
+    path: PathBuf,
+    content: gguf_file::Content,
+    file: Mutex<BufReader<File>>,
+    device: Device,
+    dequantize: bool,
+}
+
+/// How a GGUF file's quantized projections run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Quantized matmuls (candle also quantizes the activations to 8 bits): least memory.
+    #[default]
+    Quantized,
+    /// Weights dequantized to f32 once at load: the file's exact values, 4–8× the memory.
+    Dequantized,
+}
+
+impl GgufSource {
+    fn err(&self, message: String) -> ModelError {
+        ModelError::Weights { file: self.path.clone(), message }
+    }
+
+    fn qtensor(&self, hf: &str, shape: &[usize], why: &str) -> Result<QTensor, ModelError> {
+        let name = gguf_name(hf).ok_or_else(|| self.err(format!("no GGUF name for tensor {hf}")))?;
+        let Some(info) = self.content.tensor_infos.get(&name) else {
+            return Err(ModelError::MissingTensor { files: super::weights::file_name(&self.path), tensor: name });
+        };
+        if info.shape.dims() != shape {
+            return Err(ModelError::Shape {
+                file: self.path.clone(),
+                tensor: name,
+                expected: shape.to_vec(),
+                found: info.shape.dims().to_vec(),
+                why: why.to_string(),
+            });
+        }
+        let mut file = self.file.lock().map_err(|_| self.err("reader poisoned".into()))?;
+        self.content
+            .tensor(&mut *file, &name, &self.device)
+            .map_err(|e| self.err(format!("cannot read tensor {name}: {e}; the file may be truncated")))
+    }
+}
+
+impl GgufSource {
+    fn layer(&self, q: QTensor, bias: Option<Tensor>) -> Result<Linear, ModelError> {
+        if self.dequantize {
+            return Ok(Linear::dense(q.dequantize(&self.device)?, bias)?);
+        }
+        Ok(Linear::quantized(QMatMul::from_qtensor(q)?, bias))
+    }
+}
+
+impl Source for GgufSource {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], why: &str) -> Result<Tensor, ModelError> {
+        Ok(self.qtensor(name, shape, why)?.dequantize(&self.device)?)
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool, why: &str) -> Result<Linear, ModelError> {
+        let q = self.qtensor(&format!("{name}.weight"), &[out, inp], why)?;
+        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
+        self.layer(q, bias)
+    }
+
+    fn tied_head(&self, embed: &Tensor) -> Result<Linear, ModelError> {
+        let (vocab, hidden) = embed.dims2()?;
+        let q = self.qtensor("model.embed_tokens.weight", &[vocab, hidden], "the tied embeddings")?;
+        self.layer(q, None)
+    }
+}
+
+fn meta<'a>(c: &'a gguf_file::Content, path: &Path, key: &str) -> Result<&'a Value, ModelError> {
+    c.metadata.get(key).ok_or_else(|| ModelError::Config {
+        file: path.to_path_buf(),
+        key: key.into(),
+        message: "is missing from the GGUF metadata".into(),
+    })
+}
+
+fn meta_u(c: &gguf_file::Content, path: &Path, key: &str) -> Result<usize, ModelError> {
+    let v = meta(c, path, key)?;
+    v.to_u64().or_else(|_| v.to_u32().map(u64::from)).map(|n| n as usize).map_err(|_| ModelError::Config {
+        file: path.to_path_buf(),
+        key: key.into(),
+        message: format!("must be a whole number, found {v:?}"),
+    })
+}
+
+fn meta_f(c: &gguf_file::Content, path: &Path, key: &str, default: f64) -> Result<f64, ModelError> {
+    match c.metadata.get(key) {
+        None => Ok(default),
+        Some(v) => v.to_f32().map(f64::from).map_err(|_| ModelError::Config {
+            file: path.to_path_buf(),
+            key: key.into(),
+            message: format!("must be a number, found {v:?}"),
+        }),
+    }
+}
+
+/// Opens a .gguf file for inference (f32 activations).
+pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelError> {
+    let io = |e: std::io::Error| ModelError::Io { file: path.to_path_buf(), source: e };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Weights {
+        file: path.to_path_buf(),
+        message: format!("is not a readable GGUF file ({e})"),
+    })?;
+    let arch = meta(&content, path, "general.architecture")?
+        .to_string()
+        .map_err(|_| ModelError::Config {
+            file: path.to_path_buf(),
+            key: "general.architecture".into(),
+            message: "must be a string".into(),
+        })?
+        .clone();
+    let (interleaved, qkv_bias, qk_norm) = match arch.as_str() {
+        "llama" | "mistral" => (true, false, false),
+        "qwen2" => (false, true, false),
+        "qwen3" => (false, false, true),
+        other => {
+            return Err(ModelError::Config {
+                file: path.to_path_buf(),
+                key: "general.architecture".into(),
+                message: format!("\"{other}\" is not supported; selfspec reads llama, mistral, qwen2 and qwen3 GGUF files"),
+            })
+        }
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = meta_u(&content, path, &key("embedding_length"))?;
+    let heads = meta_u(&content, path, &key("attention.head_count"))?;
+    let kv_heads = match content.metadata.get(&key("attention.head_count_kv")) {
+        Some(_) => meta_u(&content, path, &key("attention.head_count_kv"))?,
+        None => heads,
+    };
+    let head_dim = match content.metadata.get(&key("attention.key_length")) {
+        Some(_) => meta_u(&content, path, &key("attention.key_length"))?,
+        None => hidden / heads.max(1),
+    };
+    let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
+        files: super::weights::file_name(path),
+        tensor: "token_embd.weight".into(),
+    })?;
+    let vocab = embd.shape.dims()[0];
+    let num_layers = meta_u(&content, path, &key("block_count"))?;
+    let rope_freq_factors = match content.tensor_infos.get("rope_freqs.weight") {
+        None => None,
+        Some(_) => {
+            let q = content.tensor(&mut reader, "rope_freqs.weight", &Device::Cpu)?;
+            Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        }
+    };
+    let one = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
+    let spec = DecoderSpec {
+        architecture: match arch.as_str() {
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            _ => "llama",
+        },
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: meta_u(&content, path, &key("feed_forward_length"))?,
+        num_layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        rms_norm_eps: meta_f(&content, path, &key("attention.layer_norm_rms_epsilon"), 1e-6)?,
+        rope: Rope { theta: meta_f(&content, path, &key("rope.freq_base"), 10_000.0)?, scaling: RopeScaling::None },
+        max_position_embeddings: meta_u(&content, path, &key("context_length")).unwrap_or(4096),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        qkv_bias,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm,
+        sliding_window: None,
+        sliding_layers: vec![false; num_layers],
+        rope_interleaved: interleaved,
+        rope_freq_factors,
+        eos_token_ids: one("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        bos_token_id: one("tokenizer.ggml.bos_token_id"),
+    };
+    let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let tokenizer = Tokenizer::load(&dir).map_err(|e| match e {
+        ModelError::MissingFile { path: p, .. } => ModelError::MissingFile {
+            path: p,
+            hint: "selfspec reads a GGUF model's tokenizer from the tokenizer.json beside it; copy the \
+                   original model's tokenizer.json there"
+                .into(),
+        },
+        other => other,
+    })?;
+    let eos_token_ids = spec.eos_token_ids.clone();
+    let source = GgufSource {
+        path: path.to_path_buf(),
+        content,
+        file: Mutex::new(reader),
+        device: device.clone(),
+        dequantize: mode == Mode::Dequantized,
+    };
+    let decoder = Decoder::load(spec, &source)?;
+    Ok(Model { dir, decoder, tokenizer, eos_token_ids })
+}
+
+/// The quantized types `selfspec quantize` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantType {
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4k")]
+    Q4k,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl QuantType {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            QuantType::Q4_0 => GgmlDType::Q4_0,
+            QuantType::Q4k => GgmlDType::Q4K,
+            QuantType::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+}
+
+/// llama.cpp's permutation of q/k rows for rotary embedding over adjacent pairs.
+fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let rows = dims[0];
+    let mut shape = vec![heads, 2, rows / heads / 2];
+    shape.extend_from_slice(&dims[1..]);
+    w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
+}
+
+/// Writes the Hugging Face model in `dir` as a GGUF file of type `qtype` (projections and
+/// embeddings quantized where their rows fit the type's blocks, everything else f32), and puts
+/// its tokenizer.json beside the output unless one is there. Returns notes for the user.
+pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<String>> {
+    let spec = super::read_spec(&dir.join("config.json"))?;
+    anyhow::ensure!(
+        spec.sliding_window.is_none(),
+        "{}: sliding-window attention is not carried into GGUF by selfspec yet",
+        dir.display()
+    );
+    anyhow::ensure!(
+        matches!(spec.rope.scaling, RopeScaling::None),
+        "{}: rope scaling is not carried into GGUF by selfspec yet (llama.cpp stores it as rope_freqs)",
+        dir.display()
+    );
+    let weights = Weights::open(dir, DType::F32, &Device::Cpu)?;
+    let arch = spec.architecture;
+    let llama = arch == "llama" || arch == "mistral";
+    let gguf_arch = if llama { "llama" } else { arch };
+    let mut notes = Vec::new();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let s = &spec;
+    let mut names: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])];
+    for i in 0..s.num_layers {
+        let p = format!("model.layers.{i}");
+        let (q, kv, h, f) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.hidden_size, s.intermediate_size);
+        names.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        for (n, o, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
+            names.push((format!("{p}.self_attn.{n}.weight"), vec![o, inp]));
+            if s.qkv_bias && n != "o_proj" || s.o_bias && n == "o_proj" {
+                names.push((format!("{p}.self_attn.{n}.bias"), vec![o]));
+            }
+        }
+        if s.qk_norm {
+            names.push((format!("{p}.self_attn.q_norm.weight"), vec![s.head_dim]));
+            names.push((format!("{p}.self_attn.k_norm.weight"), vec![s.head_dim]));
+        }
+        names.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        for (n, o, inp) in [("gate_proj", f, h), ("up_proj", f, h), ("down_proj", h, f)] {
+            names.push((format!("{p}.mlp.{n}.weight"), vec![o, inp]));
+        }
+    }
+    names.push(("model.norm.weight".into(), vec![s.hidden_size]));
+    if !s.tie_word_embeddings {
+        names.push(("lm_head.weight".into(), vec![s.vocab_size, s.hidden_size]));
+    }
+    let block = qtype.ggml().block_size();
+    let mut kept_f32 = 0;
+    for (hf, shape) in &names {
+        let mut t = weights.get(hf, shape, "config.json")?;
+        if llama && hf.ends_with("q_proj.weight") || llama && hf.ends_with("q_proj.bias") {
+            t = permute_for_pairs(&t, s.num_heads)?;
+        } else if llama && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias")) {
+            t = permute_for_pairs(&t, s.num_kv_heads)?;
+        }
+        let name = gguf_name(hf).ok_or_else(|| anyhow::anyhow!("no GGUF name for {hf}"))?;
+        let q = if shape.len() == 2 && shape[1] % block == 0 {
+            QTensor::quantize(&t, qtype.ggml())?
+        } else {
+            if shape.len() == 2 {
+                kept_f32 += 1;
+            }
+            QTensor::quantize(&t, GgmlDType::F32)?
+        };
+        tensors.push((name, q));
+    }
+    if kept_f32 > 0 {
+        notes.push(format!("{kept_f32} matrices have rows not a multiple of {block} and stay f32"));
+    }
+    let u32v = |n: usize| Value::U32(n as u32);
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(gguf_arch.into())),
+        ("general.name".into(), Value::String(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())),
+        ("general.file_type".into(), Value::U32(match qtype { QuantType::Q4_0 => 2, QuantType::Q8_0 => 7, QuantType::Q4k => 15 })),
+        (format!("{gguf_arch}.context_length"), u32v(s.max_position_embeddings)),
+        (format!("{gguf_arch}.embedding_length"), u32v(s.hidden_size)),
+        (format!("{gguf_arch}.feed_forward_length"), u32v(s.intermediate_size)),
+        (format!("{gguf_arch}.block_count"), u32v(s.num_layers)),
+        (format!("{gguf_arch}.attention.head_count"), u32v(s.num_heads)),
+        (format!("{gguf_arch}.attention.head_count_kv"), u32v(s.num_kv_heads)),
+        (format!("{gguf_arch}.attention.key_length"), u32v(s.head_dim)),
+        (format!("{gguf_arch}.attention.value_length"), u32v(s.head_dim)),
+        (format!("{gguf_arch}.attention.layer_norm_rms_epsilon"), Value::F32(s.rms_norm_eps as f32)),
+        (format!("{gguf_arch}.rope.freq_base"), Value::F32(s.rope.theta as f32)),
+        (format!("{gguf_arch}.rope.dimension_count"), u32v(s.head_dim)),
+        (format!("{gguf_arch}.vocab_size"), u32v(s.vocab_size)),
+    ];
+    if let Some(&eos) = s.eos_token_ids.first() {
+        metadata.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
+    }
+    if let Some(bos) = s.bos_token_id {
+        metadata.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+    }
+    let tmp = out.with_extension("gguf.tmp");
+    {
+        let mut w = BufWriter::new(File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?);
+        let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
+        use std::io::Write;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    let tokenizer_out = out.parent().map_or_else(|| PathBuf::from("tokenizer.json"), |p| p.join("tokenizer.json"));
+    if !tokenizer_out.exists() {
+        std::fs::copy(dir.join("tokenizer.json"), &tokenizer_out)?;
+        notes.push(format!("copied tokenizer.json to {}", tokenizer_out.display()));
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_llama_cpp() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("model.layers.0.unknown.weight"), None);
+    }
+}

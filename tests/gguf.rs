@@ -1,0 +1,99 @@
+//! GGUF: files written by `selfspec quantize` (Q4_0, Q4_K, Q8_0) and one written by the gguf
+//! package alone (no selfspec code), against transformers on the same files, which dequantizes
+//! them with the gguf package: scripts/make_gguf_fixtures.py recorded its logits and greedy
+//! tokens.
+//!
+//! Dequantized, selfspec must match exactly (logits to 1e-4, every greedy token): that checks the
+//! reader, llama.cpp's q/k permutation, the rope layout, tied heads and biases. Quantized,
+//! candle's matmul also rounds the activations to 8 bits, so logits move by a few percent (the
+//! bound below is measured, with room) and near-ties may flip.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use selfspec::generate::{self, Request, SamplingParams};
+use selfspec::model::gguf::{self, Mode};
+use selfspec::model::Pass;
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name)
+}
+
+struct Case {
+    prompt: String,
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+    greedy: Vec<u32>,
+}
+
+fn files() -> Vec<(PathBuf, Vec<Case>)> {
+    let mut out = Vec::new();
+    for name in ["llama", "qwen2"] {
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir(name).join("expected.json")).unwrap()).unwrap();
+        let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        for (file, cases) in expected.as_object().unwrap() {
+            let cases = cases
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| Case {
+                    prompt: c["prompt"].as_str().unwrap().into(),
+                    ids: ids(&c["prompt_ids"]),
+                    logits: c["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+                    greedy: ids(&c["greedy_ids"]),
+                })
+                .collect();
+            out.push((dir(name).join(file), cases));
+        }
+    }
+    assert_eq!(out.len(), 5);
+    out
+}
+
+fn run(path: &Path, mode: Mode, case: &Case) -> (Vec<f32>, Vec<u32>) {
+    let model = gguf::load(path, &Device::Cpu, mode).unwrap();
+    assert_eq!(model.tokenizer.encode(&case.prompt).unwrap(), case.ids);
+    let mut cache = model.decoder.new_cache(vec![0]);
+    let input = Tensor::new(case.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap();
+    let req = Request { prompt: case.ids.clone(), max_new_tokens: 16, stop: vec![], sampling: SamplingParams::greedy(), ignore_eos: false };
+    let (out, _) = generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out[0].ids.clone())
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn dequantized_gguf_matches_transformers_exactly() {
+    for (path, cases) in files() {
+        for case in &cases {
+            let (logits, greedy) = run(&path, Mode::Dequantized, case);
+            let d = max_diff(&logits, &case.logits);
+            assert!(d <= 1e-4, "{}: {:?}: max |Δlogit| {d}", path.display(), case.prompt);
+            assert_eq!(greedy, case.greedy, "{}: {:?}", path.display(), case.prompt);
+        }
+    }
+}
+
+#[test]
+fn quantized_gguf_stays_close() {
+    for (path, cases) in files() {
+        for case in &cases {
+            let (logits, _) = run(&path, Mode::Quantized, case);
+            let scale = case.logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let d = max_diff(&logits, &case.logits);
+            assert!(d <= 0.08 * scale, "{}: {:?}: max |Δlogit| {d} of {scale}", path.display(), case.prompt);
+            // The top token agrees unless the reference's own top two are closer than the error.
+            let top = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            let mut sorted = case.logits.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if sorted[0] - sorted[1] > 2.0 * d {
+                assert_eq!(top(&logits), top(&case.logits), "{}: {:?}", path.display(), case.prompt);
+            }
+        }
+    }
+}
