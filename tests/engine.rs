@@ -87,7 +87,7 @@ fn training_pass_gradients_are_real_derivatives() {
         let grads = l.backward().unwrap();
         let lost = grads
             .get(a.as_tensor())
-            .map_or(true, |g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0);
+            .is_none_or(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0);
         assert!(lost, "{name}: the inference pass unexpectedly carried a gradient; the fused ops gained a backward?");
     }
 }

@@ -58,8 +58,15 @@ fn run(path: &Path, mode: Mode, case: &Case) -> (Vec<f32>, Vec<u32>) {
     let mut cache = model.decoder.new_cache(vec![0]);
     let input = Tensor::new(case.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap();
-    let req = Request { prompt: case.ids.clone(), max_new_tokens: 16, stop: vec![], sampling: SamplingParams::greedy(), ignore_eos: false };
-    let (out, _) = generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let req = Request {
+        prompt: case.ids.clone(),
+        max_new_tokens: 16,
+        stop: vec![],
+        sampling: SamplingParams::greedy(),
+        ignore_eos: false,
+    };
+    let (out, _) =
+        generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
     (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out[0].ids.clone())
 }
 
@@ -96,4 +103,31 @@ fn quantized_gguf_stays_close() {
             }
         }
     }
+}
+
+#[test]
+fn broken_gguf_files_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(dir("llama").join("q8_0.gguf")).unwrap();
+    let truncated = tmp.path().join("cut.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::copy(dir("llama").join("tokenizer.json"), tmp.path().join("tokenizer.json")).unwrap();
+    let err = gguf::load(&truncated, &Device::Cpu, Mode::Quantized).err().expect("truncated file loads").to_string();
+    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+
+    let not_gguf = tmp.path().join("text.gguf");
+    std::fs::write(&not_gguf, "not a gguf file at all").unwrap();
+    let err = gguf::load(&not_gguf, &Device::Cpu, Mode::Quantized).err().expect("text loads").to_string();
+    assert!(err.contains("text.gguf: is not a readable GGUF file"), "{err}");
+
+    let alone = tempfile::tempdir().unwrap();
+    let lonely = alone.path().join("model.gguf");
+    std::fs::write(&lonely, &bytes).unwrap();
+    let err = gguf::load(&lonely, &Device::Cpu, Mode::Quantized).err().expect("no tokenizer loads").to_string();
+    assert!(
+        err.contains(
+            "tokenizer.json is missing: selfspec reads a GGUF model's tokenizer from the tokenizer.json beside it"
+        ),
+        "{err}"
+    );
 }

@@ -197,7 +197,14 @@ pub trait Source {
     /// A dense tensor of `shape`; `why` says where the expected shape comes from.
     fn tensor(&self, name: &str, shape: &[usize], why: &str) -> std::result::Result<Tensor, ModelError>;
     /// The projection `name` (`name.weight`, `[out, in]`, and `name.bias` with `bias`).
-    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool, why: &str) -> std::result::Result<Linear, ModelError> {
+    fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        why: &str,
+    ) -> std::result::Result<Linear, ModelError> {
         let weight = self.tensor(&format!("{name}.weight"), &[out, inp], why)?;
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
         Ok(Linear::dense(weight, bias)?)

@@ -185,7 +185,9 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
             return Err(ModelError::Config {
                 file: path.to_path_buf(),
                 key: "general.architecture".into(),
-                message: format!("\"{other}\" is not supported; selfspec reads llama, mistral, qwen2 and qwen3 GGUF files"),
+                message: format!(
+                    "\"{other}\" is not supported; selfspec reads llama, mistral, qwen2 and qwen3 GGUF files"
+                ),
             })
         }
     };
@@ -316,7 +318,8 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
     let mut notes = Vec::new();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let s = &spec;
-    let mut names: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])];
+    let mut names: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])];
     for i in 0..s.num_layers {
         let p = format!("model.layers.{i}");
         let (q, kv, h, f) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.hidden_size, s.intermediate_size);
@@ -366,8 +369,18 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
     let u32v = |n: usize| Value::U32(n as u32);
     let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(gguf_arch.into())),
-        ("general.name".into(), Value::String(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())),
-        ("general.file_type".into(), Value::U32(match qtype { QuantType::Q4_0 => 2, QuantType::Q8_0 => 7, QuantType::Q4k => 15 })),
+        (
+            "general.name".into(),
+            Value::String(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+        ),
+        (
+            "general.file_type".into(),
+            Value::U32(match qtype {
+                QuantType::Q4_0 => 2,
+                QuantType::Q8_0 => 7,
+                QuantType::Q4k => 15,
+            }),
+        ),
         (format!("{gguf_arch}.context_length"), u32v(s.max_position_embeddings)),
         (format!("{gguf_arch}.embedding_length"), u32v(s.hidden_size)),
         (format!("{gguf_arch}.feed_forward_length"), u32v(s.intermediate_size)),
@@ -389,7 +402,8 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
     }
     let tmp = out.with_extension("gguf.tmp");
     {
-        let mut w = BufWriter::new(File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?);
+        let mut w =
+            BufWriter::new(File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?);
         let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
