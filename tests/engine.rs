@@ -312,3 +312,16 @@ fn weights_load_in_bf16_and_f16_too() {
         assert!(v.iter().all(|x| x.is_finite()));
     }
 }
+
+#[test]
+fn asking_for_cuda_without_it_falls_back_to_the_cpu_with_a_note() {
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["complete", "--model", fixture("llama2").to_str().unwrap(), "--prompt", "The patient", "--greedy"])
+        .args(["--max-new-tokens", "4", "--device", "cuda", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = if cfg!(feature = "cuda") { "no usable CUDA GPU" } else { "built without CUDA" };
+    assert!(stderr.contains(expected) && stderr.contains("running on the CPU"), "{stderr}");
+}
