@@ -22,26 +22,13 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_tiny_models import VOCAB, make_tokenizer, randomize  # noqa: E402
+from make_tiny_models import VOCAB, save_random_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "gguf")
 PROMPTS = ["The patient", "Gross margin fell because memory chip costs rose, while", "Which receptor does losartan block?"]
 COMMON = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, vocab_size=VOCAB)
-
-
-def hf_model(config, add_bos, seed, where):
-    tokenizer = make_tokenizer(add_bos)
-    config.bos_token_id = tokenizer.convert_tokens_to_ids("<s>")
-    config.eos_token_id = tokenizer.convert_tokens_to_ids("</s>")
-    config.pad_token_id = tokenizer.convert_tokens_to_ids("<pad>")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    randomize(model, seed)
-    model.save_pretrained(where, safe_serialization=True)
-    tokenizer.save_pretrained(where)
-    return tokenizer
 
 
 def permute(w, n_head):
@@ -118,7 +105,7 @@ def main():
     }
     for name, (config, add_bos, seed) in models.items():
         hf = os.path.join(work, name)
-        tokenizer = hf_model(config, add_bos, seed, hf)
+        _, tokenizer = save_random_model(config, add_bos, seed, hf)
         folder = os.path.join(OUT, name)
         os.makedirs(folder)
         types = ["q4_0", "q4k", "q8_0"] if name == "llama" else ["q8_0"]

@@ -80,10 +80,8 @@ def randomize(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in**0.5))
 
 
-def build(name, config, add_bos, seed, shard=None, old_rope_keys=None):
-    out = os.path.join(OUT, name)
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
+def save_random_model(config, add_bos, seed, out, shard=None):
+    """A model of `config` with weights from `randomize`, and its tokenizer, saved in `out`."""
     tokenizer = make_tokenizer(add_bos)
     config.vocab_size = VOCAB
     config.bos_token_id = tokenizer.convert_tokens_to_ids("<s>")
@@ -96,6 +94,14 @@ def build(name, config, add_bos, seed, shard=None, old_rope_keys=None):
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(out, safe_serialization=True, **kwargs)
     tokenizer.save_pretrained(out)
+    return model, tokenizer
+
+
+def build(name, config, add_bos, seed, shard=None, old_rope_keys=None):
+    out = os.path.join(OUT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    model, tokenizer = save_random_model(config, add_bos, seed, out, shard)
     if old_rope_keys is not None:
         # The same model described with the older keys: rope_theta and rope_scaling.
         path = os.path.join(out, "config.json")

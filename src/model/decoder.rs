@@ -233,17 +233,6 @@ fn norm(w: &dyn Source, name: &str, size: usize, eps: f64) -> std::result::Resul
     Ok(RmsNorm { weight: w.tensor(name, &[size], "the config's hidden size")?, eps })
 }
 
-fn linear(
-    w: &dyn Source,
-    name: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-    why: &str,
-) -> std::result::Result<Linear, ModelError> {
-    w.linear(name, out, inp, bias, why)
-}
-
 impl Decoder {
     pub fn load(spec: DecoderSpec, w: &dyn Source) -> std::result::Result<Decoder, ModelError> {
         let s = &spec;
@@ -256,10 +245,10 @@ impl Decoder {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_norm: norm(w, &format!("{p}.input_layernorm.weight"), h, s.rms_norm_eps)?,
-                q: linear(w, &format!("{p}.self_attn.q_proj"), s.num_heads * hd, h, s.qkv_bias, &attn)?,
-                k: linear(w, &format!("{p}.self_attn.k_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                v: linear(w, &format!("{p}.self_attn.v_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                o: linear(w, &format!("{p}.self_attn.o_proj"), h, s.num_heads * hd, s.o_bias, &attn)?,
+                q: w.linear(&format!("{p}.self_attn.q_proj"), s.num_heads * hd, h, s.qkv_bias, &attn)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                o: w.linear(&format!("{p}.self_attn.o_proj"), h, s.num_heads * hd, s.o_bias, &attn)?,
                 q_norm: match s.qk_norm {
                     true => Some(norm(w, &format!("{p}.self_attn.q_norm.weight"), hd, s.rms_norm_eps)?),
                     false => None,
@@ -269,9 +258,9 @@ impl Decoder {
                     false => None,
                 },
                 post_norm: norm(w, &format!("{p}.post_attention_layernorm.weight"), h, s.rms_norm_eps)?,
-                gate: linear(w, &format!("{p}.mlp.gate_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
-                up: linear(w, &format!("{p}.mlp.up_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
-                down: linear(w, &format!("{p}.mlp.down_proj"), h, s.intermediate_size, s.mlp_bias, &mlp)?,
+                gate: w.linear(&format!("{p}.mlp.gate_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
+                up: w.linear(&format!("{p}.mlp.up_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
+                down: w.linear(&format!("{p}.mlp.down_proj"), h, s.intermediate_size, s.mlp_bias, &mlp)?,
                 sliding: s.sliding_window.is_some() && s.sliding_layers.get(i).copied().unwrap_or(false),
             });
         }
