@@ -4,6 +4,7 @@
 //! terminal. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod config;
+pub mod corpus;
 pub mod fsutil;
 pub mod generate;
 pub mod model;

@@ -37,6 +37,9 @@ enum Command {
     /// Seed triplets: validate, statistics, import, export, format.
     #[command(subcommand)]
     Seeds(SeedsCommand),
+    /// Unlabeled domain corpora: build a BM25 index, search it.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
     /// Measure speed.
@@ -128,6 +131,32 @@ struct CompleteArgs {
     /// Print one JSON object: prompt_ids, ids, text, top5 (logits at the last prompt position).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Index a corpus: a JSONL file ({id, title?, text} a line) or a folder of .txt files.
+    Build {
+        corpus: PathBuf,
+        /// The index folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing index folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The best documents for a query by BM25.
+    Search {
+        /// The index folder.
+        index: PathBuf,
+        query: String,
+        /// How many documents.
+        #[arg(short, long, default_value_t = 5)]
+        k: usize,
+        /// Print a JSON list of {id, score, title, text}, best first.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -252,6 +281,7 @@ fn run() -> anyhow::Result<ExitCode> {
         None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default()),
         Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args),
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
+        Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Bench(BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, json })) => {
             bench_decode(&model, BenchShape { batch, prompt_len, new_tokens, warmup, repeat }, json)
@@ -289,6 +319,49 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn index_command(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
+    use selfspec::corpus;
+    match cmd {
+        IndexCommand::Build { corpus: source, out, force } => {
+            if out.exists() && force {
+                anyhow::ensure!(
+                    out.join("meta.json").exists(),
+                    "{} exists and is not an index; not removing it",
+                    out.display()
+                );
+                std::fs::remove_dir_all(&out).with_context(|| format!("cannot remove {}", out.display()))?;
+            }
+            let stats = corpus::build(&source, &out, &mut |n, secs| {
+                eprint!("\rindexed {n} documents ({:.0} docs/s)", n as f64 / secs.max(1e-9));
+            })?;
+            eprintln!();
+            println!(
+                "{}: {} documents indexed in {:.2} s ({:.0} docs/s)",
+                out.display(),
+                stats.documents,
+                stats.seconds,
+                stats.documents as f64 / stats.seconds.max(1e-9)
+            );
+        }
+        IndexCommand::Search { index, query, k, json } => {
+            let searcher = corpus::Searcher::open(&index)?;
+            let hits = searcher.search(&query, k)?;
+            if json {
+                println!("{}", serde_json::to_string(&hits)?);
+            } else {
+                for (i, h) in hits.iter().enumerate() {
+                    let snippet: String = h.text.chars().take(100).collect();
+                    println!("{:>2}. {:>7.3}  {}  {}\n     {snippet}", i + 1, h.score, h.id, h.title);
+                }
+                if hits.is_empty() {
+                    println!("no document matches");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
