@@ -161,6 +161,18 @@ enum IndexCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// BM25 queries/s over an index: every line of QUERIES is one query.
+    Search {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prefill and decode tokens/s of greedy generation on random prompts (EOS ignored).
     Decode {
         #[command(flatten)]
@@ -283,6 +295,9 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
+        Some(Command::Bench(BenchCommand::Search { index, queries, k, json })) => {
+            bench_search(&index, &queries, k, json)
+        }
         Some(Command::Bench(BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, json })) => {
             bench_decode(&model, BenchShape { batch, prompt_len, new_tokens, warmup, repeat }, json)
         }
@@ -360,6 +375,33 @@ fn index_command(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_search(index: &Path, queries: &Path, k: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let searcher = selfspec::corpus::Searcher::open(index)?;
+    let text = std::fs::read_to_string(queries).with_context(|| format!("cannot read {}", queries.display()))?;
+    let queries: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    anyhow::ensure!(!queries.is_empty(), "{}: no queries", queries.len());
+    let started = std::time::Instant::now();
+    let mut hits = 0;
+    for q in &queries {
+        hits += searcher.search(q, k)?.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = queries.len() as f64 / secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"impl": "selfspec (tantivy)", "documents": searcher.num_docs(), "queries": queries.len(), "k": k, "queries_per_s": rate, "hits": hits})
+        );
+    } else {
+        println!(
+            "{} queries over {} documents: {rate:.0} queries/s (k {k}, one thread)",
+            queries.len(),
+            searcher.num_docs()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
