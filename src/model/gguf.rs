@@ -347,7 +347,7 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
     let mut kept_f32 = 0;
     for (hf, shape) in &names {
         let mut t = weights.get(hf, shape, "config.json")?;
-        if llama && hf.ends_with("q_proj.weight") || llama && hf.ends_with("q_proj.bias") {
+        if llama && (hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias")) {
             t = permute_for_pairs(&t, s.num_heads)?;
         } else if llama && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias")) {
             t = permute_for_pairs(&t, s.num_kv_heads)?;
