@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod model;

@@ -1,0 +1,3 @@
+//! Evaluation. So far the metrics the data-generation filters need.
+
+pub mod metrics;
