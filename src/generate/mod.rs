@@ -1,6 +1,7 @@
 //! Generation: many prompts of different lengths decoded together, each with its own sampling,
 //! stop conditions and length, leaving the batch when done; text streamed as it is made.
 
+pub mod filters;
 pub mod sampling;
 pub mod stream;
 
