@@ -2,6 +2,7 @@
 //! stop conditions and length, leaving the batch when done; text streamed as it is made.
 
 pub mod filters;
+pub mod prompts;
 pub mod sampling;
 pub mod stream;
 

@@ -1,0 +1,242 @@
+//! Prompt templates (assets/prompts/, editable copies may replace them) and reading the task
+//! lists a model writes back.
+//!
+//! A template is text with `{{name}}` variables; rendering names any variable the template uses
+//! but the caller does not provide, with its line, rather than leaving it in the prompt.
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::seeds::Seed;
+
+/// The bundled templates: (name, text).
+pub const BUNDLED: [(&str, &str); 4] = [
+    ("instruction_generation", include_str!("../../assets/prompts/instruction_generation.txt")),
+    ("response_generation", include_str!("../../assets/prompts/response_generation.txt")),
+    ("alpaca", include_str!("../../assets/prompts/alpaca.txt")),
+    ("alpaca_no_input", include_str!("../../assets/prompts/alpaca_no_input.txt")),
+];
+
+pub fn bundled(name: &str) -> &'static str {
+    BUNDLED.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or("")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("template {template}, line {line}: {message}")]
+pub struct TemplateError {
+    pub template: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Fills `{{name}}` from `vars`. `template_name` names the template in errors.
+pub fn render(template_name: &str, template: &str, vars: &[(&str, &str)]) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    let line_of = |at: usize| template[..at].matches('\n').count() + 1;
+    while let Some(open) = rest.find("{{") {
+        let offset = template.len() - rest.len() + open;
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return Err(TemplateError {
+                template: template_name.into(),
+                line: line_of(offset),
+                message: "`{{` is never closed".into(),
+            });
+        };
+        let name = after[..close].trim();
+        match vars.iter().find(|(k, _)| *k == name) {
+            Some((_, v)) => out.push_str(v),
+            None => {
+                let known: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
+                return Err(TemplateError {
+                    template: template_name.into(),
+                    line: line_of(offset),
+                    message: format!("unknown variable {{{{{name}}}}}; this template can use {}", known.join(", ")),
+                });
+            }
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// One seed as a numbered example task, in the layout [`parse_tasks`] reads.
+fn example(number: usize, seed: &Seed) -> String {
+    let input = if seed.input.trim().is_empty() { "<noinput>" } else { seed.input.trim() };
+    format!("Task {number}\nInstruction: {}\nInput: {input}\n", seed.instruction.trim())
+}
+
+/// The instruction-generation prompt: the demos as tasks 1..=n, then the first line of the next
+/// task, which the model continues. Returns the prompt and that primer (to put back in front of
+/// the model's text before parsing).
+pub fn instruction_prompt(
+    template: &str,
+    domain: &str,
+    description: &str,
+    demos: &[&Seed],
+    count: usize,
+) -> Result<(String, String), TemplateError> {
+    let mut examples: String = demos.iter().enumerate().map(|(i, s)| example(i + 1, s) + "\n").collect();
+    let primer = format!("Task {}\nInstruction:", demos.len() + 1);
+    examples.push_str(&primer);
+    let count = count.to_string();
+    let description = if description.trim().is_empty() { "(no description given)" } else { description.trim() };
+    let prompt = render(
+        "instruction_generation",
+        template,
+        &[("domain", domain), ("description", description), ("count", &count), ("examples", &examples)],
+    )?;
+    // The model continues the primer itself, so nothing may follow it.
+    Ok((prompt.trim_end().to_string(), primer))
+}
+
+/// A task the model wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub instruction: String,
+    pub input: String,
+}
+
+/// Why an item of the model's list was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unparsed {
+    EmptyInstruction,
+    NoInput,
+    EmptyInput,
+    /// The last item, cut off by the token limit.
+    Truncated,
+}
+
+fn header_line() -> &'static Regex {
+    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?i)^\s*(?:task\s*#?\s*\d+|\d+\s*[.):])\s*[.:)-]?\s*$").expect("valid regex"))
+}
+
+fn marker(word: &str) -> Regex {
+    Regex::new(&format!(r"(?mi)^[ \t]*(?:(?:task[ \t]*#?[ \t]*)?\d+[ \t]*[.):-]?[ \t]*)?{word}[ \t]*:[ \t]*"))
+        .expect("valid regex")
+}
+
+/// Reads the numbered tasks in `text` (the primer and the model's continuation). Tolerates
+/// `Task N` headers or `N.` numbering, CRLF, extra `Output:` sections and blank lines;
+/// `<noinput>` means an empty input. With `truncated`, the last item is dropped: the token
+/// limit cut it.
+pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
+    static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
+    let (instruction_re, input_re, output_re) =
+        MARKERS.get_or_init(|| (marker("instruction"), marker("input"), marker("output")));
+    let text = text.replace("\r\n", "\n");
+    let starts: Vec<(usize, usize)> = instruction_re.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+    let mut tasks = Vec::new();
+    let mut failures = Vec::new();
+    for (i, &(_, body_start)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(text.len(), |(s, _)| *s);
+        if truncated && i + 1 == starts.len() {
+            failures.push(Unparsed::Truncated);
+            break;
+        }
+        let item = &text[body_start..end];
+        // A model that also writes the answer: keep only instruction and input.
+        let item = output_re.find(item).map_or(item, |m| &item[..m.start()]);
+        let (instruction, input) = match input_re.find(item) {
+            Some(m) => (&item[..m.start()], Some(&item[m.end()..])),
+            None => (item, None),
+        };
+        let instruction = strip_trailing_header(instruction);
+        if instruction.is_empty() {
+            failures.push(Unparsed::EmptyInstruction);
+            continue;
+        }
+        let Some(input) = input else {
+            failures.push(Unparsed::NoInput);
+            continue;
+        };
+        let input = strip_trailing_header(input);
+        let lowered = input.to_lowercase();
+        let input = if lowered == "<noinput>" || lowered == "<no input>" {
+            String::new()
+        } else if input.is_empty() {
+            failures.push(Unparsed::EmptyInput);
+            continue;
+        } else {
+            input
+        };
+        tasks.push(Task { instruction, input });
+    }
+    (tasks, failures)
+}
+
+/// Trims, and drops a `Task N` / `N.` header line at the end (it starts the next item).
+fn strip_trailing_header(s: &str) -> String {
+    let mut lines: Vec<&str> = s.trim().lines().collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty() || header_line().is_match(l)) {
+        lines.pop();
+    }
+    lines.join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_and_names_unknown_variables() {
+        assert_eq!(render("t", "a {{x}} b {{ y }}", &[("x", "1"), ("y", "2")]).unwrap(), "a 1 b 2");
+        let e = render("t", "line\n{{nope}}", &[("x", "1")]).unwrap_err();
+        assert_eq!(e.to_string(), "template t, line 2: unknown variable {{nope}}; this template can use x");
+        assert!(render("t", "{{x", &[("x", "1")]).unwrap_err().message.contains("never closed"));
+    }
+
+    #[test]
+    fn bundled_templates_render_with_their_variables() {
+        let seed = Seed {
+            id: "a".into(),
+            task: "qa".into(),
+            tags: vec![],
+            instruction: "Name the enzyme.".into(),
+            input: "".into(),
+            output: "x".into(),
+        };
+        let (prompt, primer) =
+            instruction_prompt(bundled("instruction_generation"), "biomedical", "", &[&seed], 20).unwrap();
+        assert!(prompt.contains("Write 20 new tasks") && prompt.ends_with("Task 2\nInstruction:"));
+        assert!(prompt.contains("Task 1\nInstruction: Name the enzyme.\nInput: <noinput>\n"));
+        assert_eq!(primer, "Task 2\nInstruction:");
+        let vars = [("domain", "d"), ("document", "doc"), ("instruction", "i"), ("input", "in")];
+        assert!(render("response_generation", bundled("response_generation"), &vars).is_ok());
+        assert!(render("alpaca", bundled("alpaca"), &vars[2..]).unwrap().ends_with("### Response:\n"));
+        assert!(render("alpaca_no_input", bundled("alpaca_no_input"), &vars[2..3]).is_ok());
+    }
+
+    #[test]
+    fn parses_the_layouts_models_write() {
+        let text =
+            "Task 4\nInstruction: Classify the headline's sentiment.\nInput: Shares slump after profit warning.\n\n\
+                    Task 5\r\nInstruction: Summarise the passage\r\nin two sentences.\r\nInput: <noinput>\r\n\
+                    6. Instruction: Extract the KPIs.\n6. Input: Churn fell to 2.1%.\n6. Output: Churn: 2.1%\n\
+                    Task 7\nInstruction: A task without input\n\
+                    Task 8\nInstruction: \nInput: something\n\
+                    Task 9\nInstruction: Cut off by the tok";
+        let (tasks, failures) = parse_tasks(text, true);
+        assert_eq!(
+            tasks,
+            vec![
+                Task {
+                    instruction: "Classify the headline's sentiment.".into(),
+                    input: "Shares slump after profit warning.".into()
+                },
+                Task { instruction: "Summarise the passage\nin two sentences.".into(), input: String::new() },
+                Task { instruction: "Extract the KPIs.".into(), input: "Churn fell to 2.1%.".into() },
+            ]
+        );
+        assert_eq!(failures, vec![Unparsed::NoInput, Unparsed::EmptyInstruction, Unparsed::Truncated]);
+        // Not truncated: the last item counts.
+        let (tasks, _) =
+            parse_tasks("Task 4\nInstruction: Explain deuce.\nInput: In tennis, forty-all is deuce.", false);
+        assert_eq!(tasks.len(), 1);
+    }
+}
