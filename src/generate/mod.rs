@@ -3,6 +3,7 @@
 
 pub mod filters;
 pub mod prompts;
+pub mod samples;
 pub mod sampling;
 pub mod stream;
 

@@ -1,0 +1,214 @@
+//! The samples a run generates: `samples.jsonl`, one JSON object a line, appended and fsynced
+//! one sample at a time, so a run killed at any moment keeps every sample it reported.
+//!
+//! A kill can still cut the line being written; opening the file drops that torn tail (and
+//! says so). Anything else wrong — a bad line in the middle — is an error naming the line:
+//! nothing is dropped silently.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::SamplingParams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Accepted,
+    Rejected,
+    Edited,
+}
+
+/// A retrieved document used for a response, with its mixture weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRef {
+    pub id: String,
+    pub weight: f64,
+}
+
+/// Where a sample came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Provenance {
+    /// Ids of the seeds shown as demonstrations.
+    pub demos: Vec<String>,
+    pub model: String,
+    pub sampling: Option<SamplingParams>,
+    pub documents: Vec<DocumentRef>,
+    /// The filters' record: the most similar instruction and its ROUGE-L.
+    pub most_similar: Option<String>,
+    pub rouge_l: Option<f64>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+    pub status: Status,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}: {message}; the file is left as it is", path.display())]
+    Corrupt { path: PathBuf, line: usize, message: String },
+}
+
+pub struct SampleStore {
+    path: PathBuf,
+    file: File,
+    samples: Vec<Sample>,
+    ids: HashSet<String>,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub samples: usize,
+    /// Bytes of a torn last line that were dropped.
+    pub torn_bytes: usize,
+}
+
+impl SampleStore {
+    /// Opens (or creates) `path`, reading every sample in it.
+    pub fn open(path: &Path) -> Result<(SampleStore, Opened), StoreError> {
+        let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(e)),
+        };
+        // Everything after the last newline is a line whose writing was cut off.
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let torn_bytes = bytes.len() - complete;
+        let mut samples = Vec::new();
+        let mut ids = HashSet::new();
+        for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let corrupt = |message: String| StoreError::Corrupt { path: path.to_path_buf(), line: i + 1, message };
+            let sample: Sample = serde_json::from_slice(line).map_err(|e| corrupt(format!("not a sample: {e}")))?;
+            if !ids.insert(sample.id.clone()) {
+                return Err(corrupt(format!("sample id {} appears twice", sample.id)));
+            }
+            samples.push(sample);
+        }
+        let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).map_err(io)?;
+        if torn_bytes > 0 {
+            file.set_len(complete as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        let opened = Opened { samples: samples.len(), torn_bytes };
+        let mut store = SampleStore { path: path.to_path_buf(), file, samples, ids };
+        store.seek_end()?;
+        Ok((store, opened))
+    }
+
+    fn seek_end(&mut self) -> Result<(), StoreError> {
+        use std::io::Seek;
+        self.file
+            .seek(std::io::SeekFrom::End(0))
+            .map(|_| ())
+            .map_err(|source| StoreError::Io { path: self.path.clone(), source })
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Appends `sample` and fsyncs; `false` (and nothing written) when its id is already there.
+    pub fn append(&mut self, sample: Sample) -> Result<bool, StoreError> {
+        if self.ids.contains(&sample.id) {
+            return Ok(false);
+        }
+        let io = |source| StoreError::Io { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(&sample).map_err(|e| io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.ids.insert(sample.id.clone());
+        self.samples.push(sample);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str) -> Sample {
+        Sample {
+            id: id.into(),
+            instruction: format!("Instruction {id} — with ünïcode and \"quotes\"\nand a newline"),
+            input: String::new(),
+            output: "out".into(),
+            status: Status::Pending,
+            provenance: Provenance {
+                demos: vec!["bio-001".into()],
+                documents: vec![DocumentRef { id: "d1".into(), weight: 0.6 }],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn appends_survive_reopening_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.jsonl");
+        let (mut store, opened) = SampleStore::open(&path).unwrap();
+        assert_eq!(opened, Opened { samples: 0, torn_bytes: 0 });
+        for id in ["s1", "s2", "s3"] {
+            assert!(store.append(sample(id)).unwrap());
+        }
+        assert!(!store.append(sample("s2")).unwrap(), "duplicate ids are refused");
+        drop(store);
+        // A kill while writing the fourth line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"id":"s4","instruction":"cut of"#).unwrap();
+        drop(f);
+        let (mut store, opened) = SampleStore::open(&path).unwrap();
+        assert_eq!(opened.samples, 3);
+        assert!(opened.torn_bytes > 0);
+        assert_eq!(store.samples()[1], sample("s2"));
+        assert!(store.append(sample("s4")).unwrap());
+        drop(store);
+        let (store, opened) = SampleStore::open(&path).unwrap();
+        assert_eq!((opened.samples, opened.torn_bytes), (4, 0));
+        assert!(store.contains("s4"));
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_an_error_and_nothing_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.jsonl");
+        let good = serde_json::to_string(&sample("a")).unwrap();
+        let text = format!("{good}\n{{broken\n{good}\n");
+        std::fs::write(&path, &text).unwrap();
+        let err = SampleStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("samples.jsonl:2: not a sample"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+}
