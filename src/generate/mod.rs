@@ -76,6 +76,8 @@ impl Default for Options {
 
 struct Row {
     request: usize,
+    /// The top logits at the last prompt position (empty unless asked for).
+    prompt_top: Vec<(u32, f32)>,
     stream: TextStream,
     text: String,
     seen: Vec<u32>,
@@ -136,24 +138,23 @@ fn run_wave(
         .iter()
         .map(|&i| Row {
             request: i,
+            prompt_top: Vec::new(),
             stream: TextStream::new(),
             text: String::new(),
             seen: requests[i].prompt.clone(),
             rng: Rng::new(requests[i].sampling.seed),
         })
         .collect();
-    let mut prompt_top: Vec<Vec<(u32, f32)>> = vec![Vec::new(); wave.len()];
-
     let mut cache = decoder.new_cache(pad);
     let started = Instant::now();
     let input = Tensor::from_vec(tokens, (wave.len(), longest), device)?;
     let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
     if opts.prompt_top > 0 {
         let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        prompt_top = all.iter().map(|r| top_logits(r, opts.prompt_top)).collect();
+        for (row, l) in rows.iter_mut().zip(&all) {
+            row.prompt_top = top_logits(l, opts.prompt_top);
+        }
     }
-    let prompt_top_of = |row_in_wave: usize| prompt_top.get(row_in_wave).cloned().unwrap_or_default();
-    let wave_pos = |request: usize| wave.iter().position(|&w| w == request).unwrap_or(0);
     timing.prefill_tokens += wave.iter().map(|&i| requests[i].prompt.len()).sum::<usize>();
     timing.prefill_secs += started.elapsed().as_secs_f64();
 
@@ -208,7 +209,7 @@ fn run_wave(
                         ids: row.seen[req.prompt.len()..].to_vec(),
                         text: std::mem::take(&mut row.text),
                         finish,
-                        prompt_top: prompt_top_of(wave_pos(row.request)),
+                        prompt_top: std::mem::take(&mut row.prompt_top),
                     };
                     on_event(Event::Finished { request: row.request, completion: &completion });
                     done[row.request] = Some(completion);

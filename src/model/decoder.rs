@@ -31,13 +31,7 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match pass {
             Pass::Inference => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
-            Pass::Training => {
-                let dtype = x.dtype();
-                let x = x.to_dtype(DType::F32)?;
-                let norm = x.sqr()?.mean_keepdim(D::Minus1)?;
-                let x = x.broadcast_div(&(norm + self.eps)?.sqrt()?)?;
-                x.to_dtype(dtype)?.broadcast_mul(&self.weight)
-            }
+            Pass::Training => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
         }
     }
 }
@@ -83,11 +77,9 @@ impl Kv {
     }
 
     fn first(k: &Tensor, v: &Tensor) -> Result<Kv> {
-        let capacity = k.dim(2)?.next_power_of_two().max(64);
-        let kv = Kv { k: grow(k, 0, capacity)?, v: grow(v, 0, capacity)? };
-        kv.k.slice_set(k, 2, 0)?;
-        kv.v.slice_set(v, 2, 0)?;
-        Ok(kv)
+        let used = k.dim(2)?;
+        let capacity = used.next_power_of_two().max(64);
+        Ok(Kv { k: grow(k, used, capacity)?, v: grow(v, used, capacity)? })
     }
 }
 
@@ -353,19 +345,18 @@ impl Decoder {
                 k < pad || k > q || window.is_some_and(|w| q - k >= w)
             }
         };
-        let any = cache.pad.iter().any(|&pad| (start..total).any(|q| (0..total).any(|k| hides(q, k, pad))));
-        if !any {
-            return Ok(None);
-        }
         let mut data = Vec::with_capacity(rows * new * total);
+        let mut any = false;
         for &pad in &cache.pad {
             for q in start..total {
                 for k in 0..total {
-                    data.push(if hides(q, k, pad) { f32::NEG_INFINITY } else { 0.0 });
+                    let hidden = hides(q, k, pad);
+                    any |= hidden;
+                    data.push(if hidden { f32::NEG_INFINITY } else { 0.0 });
                 }
             }
         }
-        Ok(Some(Tensor::from_vec(data, (rows, 1, new, total), &self.device)?))
+        any.then(|| Tensor::from_vec(data, (rows, 1, new, total), &self.device)).transpose()
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 
 #[derive(Debug, Clone)]
 pub enum Base {
@@ -41,18 +41,8 @@ pub struct Linear {
     pub adapters: Vec<LoraAdapter>,
 }
 
-/// `x` (any leading dims) times `w` stored as `[out, in]`.
-fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (in_features, out_features) = (w.dim(1)?, w.dim(0)?);
-    let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
-    let rows = lead.iter().product::<usize>();
-    let y = x.reshape((rows, in_features))?.matmul(&w.t()?)?;
-    let mut shape = lead;
-    shape.push(out_features);
-    y.reshape(shape)
-}
-
-/// `x` (any leading dims) times `wt` stored as `[in, out]`.
+/// `x` (any leading dims) times `wt`, an `[in, out]` matrix (a `[out, in]` weight's `.t()` view
+/// works as well).
 fn matmul(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let (in_features, out_features) = wt.dims2()?;
     let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
@@ -89,7 +79,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.base {
-            Base::Dense(w) => matmul_t(x, w)?,
+            Base::Dense(w) => matmul(x, &w.t()?)?,
             Base::DenseT(wt) => matmul(x, wt)?,
             Base::Quantized(q) => q.forward(x)?,
         };
@@ -97,22 +87,11 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         for adapter in self.adapters.iter().filter(|a| a.enabled) {
-            let down = matmul_t(x, &adapter.a.to_dtype(x.dtype())?)?;
-            let up = matmul_t(&down, &adapter.b.to_dtype(x.dtype())?)?;
+            let down = matmul(x, &adapter.a.to_dtype(x.dtype())?.t()?)?;
+            let up = matmul(&down, &adapter.b.to_dtype(x.dtype())?.t()?)?;
             y = (y + (up * adapter.scale)?)?;
         }
         Ok(y)
-    }
-
-    pub fn out_features(&self) -> Result<usize> {
-        match &self.base {
-            Base::Dense(w) => w.dim(0),
-            Base::DenseT(wt) => wt.dim(1),
-            Base::Quantized(_) => match &self.bias {
-                Some(b) => b.dim(D::Minus1),
-                None => candle_core::bail!("a quantized layer without bias does not record its output size"),
-            },
-        }
     }
 }
 

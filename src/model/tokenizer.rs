@@ -37,12 +37,4 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
     }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
 }

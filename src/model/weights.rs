@@ -63,11 +63,6 @@ impl Weights {
         self.entries.contains_key(name)
     }
 
-    /// The file a tensor lives in, or the first file (for messages about missing tensors).
-    fn file_of(&self, name: &str) -> &Path {
-        self.entries.get(name).map_or(&self.files[0], |e| &self.files[e.file])
-    }
-
     /// Tensor `name`, checked to have `shape` (`why` says where the expected shape comes from),
     /// converted to the model's dtype and device.
     pub fn get(&self, name: &str, shape: &[usize], why: &str) -> Result<Tensor, ModelError> {
@@ -85,7 +80,7 @@ impl Weights {
             });
         }
         let tensor = self.data.load(name, &self.device).map_err(|e| ModelError::Weights {
-            file: self.file_of(name).to_path_buf(),
+            file: self.files[entry.file].clone(),
             message: format!("cannot read tensor {name}: {e}"),
         })?;
         Ok(tensor.to_dtype(self.dtype)?)
