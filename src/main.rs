@@ -379,11 +379,12 @@ fn index_command(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_search(index: &Path, queries: &Path, k: usize, json: bool) -> anyhow::Result<ExitCode> {
+fn bench_search(index: &Path, queries_file: &Path, k: usize, json: bool) -> anyhow::Result<ExitCode> {
     let searcher = selfspec::corpus::Searcher::open(index)?;
-    let text = std::fs::read_to_string(queries).with_context(|| format!("cannot read {}", queries.display()))?;
+    let text =
+        std::fs::read_to_string(queries_file).with_context(|| format!("cannot read {}", queries_file.display()))?;
     let queries: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    anyhow::ensure!(!queries.is_empty(), "{}: no queries", queries.len());
+    anyhow::ensure!(!queries.is_empty(), "{}: no queries (one query a line)", queries_file.display());
     let started = std::time::Instant::now();
     let mut hits = 0;
     for q in &queries {
@@ -495,6 +496,7 @@ fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Resu
         prefills.push(t.prefill_tokens as f64 / t.prefill_secs);
         decodes.push(t.decode_tokens as f64 / t.decode_secs);
     }
+    let runs = prefills.len();
     let (prefill, decode) = (median(prefills), median(decodes));
     let device = if model.decoder.device().is_cuda() { "cuda" } else { "cpu" };
     if json {
@@ -504,17 +506,17 @@ fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Resu
                 "model": args.model, "device": device, "dtype": format!("{:?}", model.decoder.dtype()).to_lowercase(),
                 "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeat": repeat,
                 "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
-                "prefill_secs": t.prefill_secs, "decode_secs": t.decode_secs,
+                "prefill_tokens": t.prefill_tokens, "decode_tokens": t.decode_tokens,
             })
         );
     } else {
         println!(
-            "model {} on {device} ({:?}), batch {batch}, prompt {prompt_len}, new {new_tokens}",
+            "model {} on {device} ({:?}), batch {batch}, prompt {prompt_len}, new {new_tokens}, median of {runs} runs",
             args.model,
             model.decoder.dtype()
         );
-        println!("prefill: {prefill:>10.1} tokens/s  ({} tokens in {:.3} s)", t.prefill_tokens, t.prefill_secs);
-        println!("decode:  {decode:>10.1} tokens/s  ({} tokens in {:.3} s)", t.decode_tokens, t.decode_secs);
+        println!("prefill: {prefill:>10.1} tokens/s  ({} tokens a run)", t.prefill_tokens);
+        println!("decode:  {decode:>10.1} tokens/s  ({} tokens a run)", t.decode_tokens);
     }
     Ok(ExitCode::SUCCESS)
 }
