@@ -18,6 +18,7 @@ pub struct Config {
     pub workspace: Option<PathBuf>,
     pub theme: String,
     pub seeds: SeedsConfig,
+    pub generation: crate::generate::pipeline::Settings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub struct SeedsConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { workspace: None, theme: "dark".into(), seeds: SeedsConfig::default() }
+        Config { workspace: None, theme: "dark".into(), seeds: SeedsConfig::default(), generation: Default::default() }
     }
 }
 

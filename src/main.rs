@@ -42,6 +42,9 @@ enum Command {
     Index(IndexCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
+    /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
+    /// a run folder; run the same command again to continue an interrupted run.
+    Generate(GenerateArgs),
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -73,6 +76,9 @@ struct TuiArgs {
     /// A theme instead of the configured one (dark, light, or a theme file).
     #[arg(long)]
     theme: Option<String>,
+    /// The model the Generate screen starts with (a folder, org/name or a .gguf file).
+    #[arg(long)]
+    model: Option<String>,
 }
 
 #[derive(Args)]
@@ -96,6 +102,44 @@ impl ModelArgs {
         }
         Ok(Model::load(&self.model, self.dtype, &device)?)
     }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The seed file whose seeds are the demonstrations.
+    #[arg(long)]
+    seeds: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Samples to keep.
+    #[arg(long)]
+    n: usize,
+    /// The run folder (created; an existing one is continued).
+    #[arg(long)]
+    run: PathBuf,
+    /// A BM25 index of the domain corpus (`selfspec index build`), for top1 and marginal.
+    #[arg(long, value_name = "INDEX_DIR")]
+    corpus: Option<PathBuf>,
+    /// Documents per response in marginal mode (default: the config's generation.k, 5).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Responses without documents, with the best one, or marginalised over the top k
+    /// (default: marginal with --corpus, else none).
+    #[arg(long, value_enum)]
+    mode: Option<generate::pipeline::Mode>,
+    /// Seed of every random choice: the same seed gives the same run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Progress as human-readable lines on stderr, or every event as a JSON line on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    progress: ProgressFormat,
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum ProgressFormat {
+    #[default]
+    Human,
+    Jsonl,
 }
 
 #[derive(Args)]
@@ -169,6 +213,24 @@ enum BenchCommand {
         queries: PathBuf,
         #[arg(short, long, default_value_t = 10)]
         k: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cost of a retrieval-marginalised decoding step (k prompts mixed, eq. 2) against a plain
+    /// one-prompt step, on random prompts of the same length.
+    Marginal {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        #[arg(long, default_value_t = 256)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Measured runs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -295,8 +357,15 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
+        Some(Command::Generate(args)) => {
+            let root = dirs.workspace(cli.workspace.as_deref(), &config);
+            generate_command(args, &config, &root)
+        }
         Some(Command::Bench(BenchCommand::Search { index, queries, k, json })) => {
             bench_search(&index, &queries, k, json)
+        }
+        Some(Command::Bench(BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json })) => {
+            bench_marginal(&model, k, prompt_len, new_tokens, repeat, json)
         }
         Some(Command::Bench(BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, json })) => {
             bench_decode(&model, BenchShape { batch, prompt_len, new_tokens, warmup, repeat }, json)
@@ -415,11 +484,9 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         _ => Sampling::Greedy,
     };
     let request = Request {
-        prompt: prompt_ids.clone(),
-        max_new_tokens: args.max_new_tokens,
         stop: args.stop.clone(),
         sampling: SamplingParams { sampling, seed: args.seed, repetition_penalty: args.repetition_penalty },
-        ignore_eos: false,
+        ..Request::new(prompt_ids.clone(), args.max_new_tokens)
     };
     let opts = generate::Options { prompt_top: 5, max_batch: 1 };
     let cancel = std::sync::atomic::AtomicBool::new(false);
@@ -451,6 +518,179 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> anyhow::Result<ExitCode> {
+    use generate::pipeline::{self, Job, Mode, Outcome, Progress};
+    let loaded = seeds::load(&args.seeds, &config.seeds.limits)
+        .with_context(|| format!("cannot read the seed file {}", args.seeds.display()))?;
+    if !loaded.is_valid() {
+        for p in &loaded.problems {
+            eprintln!("{p}");
+        }
+        anyhow::bail!(
+            "{}: {} problems; fix them (`selfspec seeds validate` lists them) before generating",
+            args.seeds.display(),
+            loaded.problems.len()
+        );
+    }
+    let mut settings = config.generation.clone();
+    if let Some(k) = args.k {
+        settings.k = k;
+    }
+    settings.check().map_err(anyhow::Error::msg)?;
+    let mode = args.mode.unwrap_or(if args.corpus.is_some() { Mode::Marginal } else { Mode::None });
+    let searcher = match &args.corpus {
+        Some(dir) if dir.is_file() => anyhow::bail!(
+            "{} is a file; --corpus takes an index folder: build one with `selfspec index build {} --out DIR`",
+            dir.display(),
+            dir.display()
+        ),
+        Some(dir) => Some(selfspec::corpus::Searcher::open(dir)?),
+        None if mode != Mode::None => {
+            anyhow::bail!("--mode {mode} needs --corpus INDEX_DIR (build one with `selfspec index build`)")
+        }
+        None => None,
+    };
+    anyhow::ensure!(args.n > 0, "--n must be at least 1");
+    let prompts_dir = workspace.join("prompts");
+    let prompts_dir = prompts_dir.is_dir().then_some(prompts_dir);
+    let templates = generate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let job = Job {
+        seeds: absolute(&args.seeds),
+        model: args.model.model.clone(),
+        n: args.n,
+        mode,
+        corpus: args.corpus.as_deref().map(absolute),
+        seed: args.seed,
+        prompts: prompts_dir,
+        settings,
+    };
+    let (mut run, _) = pipeline::Run::open(&args.run, job)?;
+    let model = args.model.load()?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    watch_signals(cancel.clone());
+    let inputs =
+        pipeline::Inputs { model: &model, seeds: &loaded.file, templates: &templates, searcher: searcher.as_ref() };
+    let started = std::time::Instant::now();
+    let mut line = ProgressLine::new(args.n);
+    let outcome = match args.progress {
+        ProgressFormat::Jsonl => {
+            let mut out = std::io::stdout().lock();
+            pipeline::run(&mut run, &inputs, &cancel, &mut |p| {
+                use std::io::Write;
+                if let Ok(text) = serde_json::to_string(p) {
+                    let _ = writeln!(out, "{text}");
+                    let _ = out.flush();
+                }
+            })?
+        }
+        ProgressFormat::Human => pipeline::run(&mut run, &inputs, &cancel, &mut |p: &Progress| {
+            line.update(p, started.elapsed().as_secs_f64())
+        })?,
+    };
+    let c = &run.counters;
+    let reasons = |m: &std::collections::BTreeMap<String, usize>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let summary = format!(
+        "{} samples in {}; {} prompts, {} tasks parsed; unparsed: {}; filtered: {}; empty responses: {}",
+        c.kept,
+        run.dir.join(pipeline::SAMPLES).display(),
+        c.prompts,
+        c.parsed,
+        reasons(&c.unparsed),
+        reasons(&c.filtered),
+        c.empty_responses
+    );
+    match outcome {
+        Outcome::Done => {
+            eprintln!("done: {summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Cancelled => {
+            eprintln!("stopped: {summary}\nrun the same command again to continue");
+            Ok(ExitCode::from(130))
+        }
+        Outcome::Budget { budget } => {
+            eprintln!(
+                "stopped: the prompt budget ({budget} prompts) is spent with {} of {} samples kept.\n{summary}\n\
+                 The model writes too few usable tasks: try a larger model, more or more varied seeds, or raise \
+                 generation.prompt_budget in the config; running the same command continues from here.",
+                c.kept, args.n
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// Sets `cancel` on SIGINT, SIGTERM or SIGHUP (the run stops after the current token and can be
+/// continued).
+fn watch_signals(cancel: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    });
+}
+
+/// The human progress of `selfspec generate`: one line per batch of prompts on stderr.
+struct ProgressLine {
+    n: usize,
+    kept_now: usize,
+}
+
+impl ProgressLine {
+    fn new(n: usize) -> ProgressLine {
+        ProgressLine { n, kept_now: 0 }
+    }
+
+    fn update(&mut self, p: &generate::pipeline::Progress, secs: f64) {
+        use generate::pipeline::Progress;
+        match p {
+            Progress::Started { n, budget, resumed, mode, weighting, .. } => {
+                let resumed = if *resumed > 0 { format!(", continuing with {resumed} kept") } else { String::new() };
+                let weights = if *mode == generate::pipeline::Mode::Marginal {
+                    format!(", weights: {weighting}")
+                } else {
+                    String::new()
+                };
+                eprintln!("generating {n} samples (mode {mode}{weights}; budget {budget} prompts{resumed})");
+            }
+            Progress::Kept { .. } => self.kept_now += 1,
+            Progress::Batch { counters } => {
+                let rate = self.kept_now as f64 / secs.max(1e-9) * 60.0;
+                let left = self.n.saturating_sub(counters.kept);
+                let eta = if self.kept_now > 0 { format!("{:.0}s", left as f64 / (rate / 60.0)) } else { "?".into() };
+                let filtered: usize = counters.filtered.values().sum();
+                let unparsed: usize = counters.unparsed.values().sum();
+                let tokens =
+                    (counters.instruction_tokens + counters.response_tokens) as f64 / counters.seconds.max(1e-9);
+                eprintln!(
+                    "prompts {} · kept {}/{} · parsed {} · filtered {filtered} · unparsed {unparsed} · {rate:.1} samples/min · {tokens:.0} tokens/s · ETA {eta}",
+                    counters.prompts, counters.kept, self.n, counters.parsed
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 struct BenchShape {
     batch: usize,
     prompt_len: usize,
@@ -464,6 +704,61 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn bench_marginal(
+    args: &ModelArgs,
+    k: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    repeat: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(k >= 1 && prompt_len >= 1 && new_tokens >= 2, "--k, --prompt-len ≥ 1 and --new-tokens ≥ 2");
+    let model = args.load()?;
+    let vocab = model.decoder.spec.vocab_size as u64;
+    let mut rng = generate::Rng::new(99);
+    let prompts: Vec<Vec<u32>> =
+        (0..k).map(|_| (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect()).collect();
+    let plain = Request { ignore_eos: true, ..Request::new(prompts[0].clone(), new_tokens) };
+    let weights = generate::pipeline::Weighting::Softmax { temperature: 1.0 }
+        .weights(&(0..k).map(|i| 20.0 - i as f32).collect::<Vec<_>>());
+    let mixed = Request { prompts: prompts.clone(), weights, ..plain.clone() };
+    let opts = generate::Options { prompt_top: 0, max_batch: k };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let step_ms = |req: &Request| -> anyhow::Result<(f64, f64)> {
+        let mut steps = Vec::new();
+        let mut prefills = Vec::new();
+        generate::generate(&model, &[Request { max_new_tokens: 4, ..req.clone() }], &opts, &mut |_| {}, &cancel)?;
+        for _ in 0..repeat.max(1) {
+            let (_, t) = generate::generate(&model, std::slice::from_ref(req), &opts, &mut |_| {}, &cancel)?;
+            // decode_tokens counts rows; a step advances every row of the request once.
+            let steps_done = t.decode_tokens as f64 / req.prompts.len() as f64;
+            steps.push(t.decode_secs * 1e3 / steps_done);
+            prefills.push(t.prefill_secs * 1e3);
+        }
+        Ok((median(steps), median(prefills)))
+    };
+    let (plain_step, plain_prefill) = step_ms(&plain)?;
+    let (mixed_step, mixed_prefill) = step_ms(&mixed)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "k": k, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                "plain_step_ms": plain_step, "marginal_step_ms": mixed_step, "step_ratio": mixed_step / plain_step,
+                "plain_prefill_ms": plain_prefill, "marginal_prefill_ms": mixed_prefill,
+            })
+        );
+    } else {
+        println!("prompt {prompt_len} tokens, {new_tokens} new tokens, median of {} runs", repeat.max(1));
+        println!("plain step:       {plain_step:8.2} ms   (prefill {plain_prefill:.1} ms)");
+        println!(
+            "marginal step:    {mixed_step:8.2} ms   (prefill {mixed_prefill:.1} ms; k = {k} prompts, mixed)  {:.2}× plain",
+            mixed_step / plain_step
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Result<ExitCode> {
     let BenchShape { batch, prompt_len, new_tokens, warmup, repeat } = shape;
     anyhow::ensure!(
@@ -475,11 +770,8 @@ fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Resu
     let mut rng = generate::Rng::new(1234);
     let requests: Vec<Request> = (0..batch)
         .map(|_| Request {
-            prompt: (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(),
-            max_new_tokens: new_tokens,
-            stop: vec![],
-            sampling: SamplingParams::greedy(),
             ignore_eos: true,
+            ..Request::new((0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(), new_tokens)
         })
         .collect();
     let opts = generate::Options { prompt_top: 0, max_batch: batch };
@@ -541,7 +833,14 @@ fn open_tui(
         Some(f) => Some(std::path::absolute(&f).with_context(|| format!("bad path {}", f.display()))?),
         None => None,
     };
-    tui::run(tui::Options { workspace, config, config_dir: dirs.config.clone(), file })?;
+    tui::run(tui::Options {
+        workspace,
+        config,
+        config_dir: dirs.config.clone(),
+        file,
+        config_file: config_path.to_path_buf(),
+        model: args.model,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@
 //!   corpora/   unlabeled domain documents (<domain>.corpus.jsonl)
 //!   samples/   generated samples
 //!   runs/      one folder per run: config, events.jsonl, outputs
+//!   prompts/   the prompt templates, editable (copied from assets/prompts/ when missing)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,7 @@ impl Workspace {
             anyhow::bail!("{} is a file, not a workspace folder; pass --workspace with a folder", root.display());
         }
         let fresh = !ws.seeds_dir().exists();
+        let prompts_fresh = !ws.prompts_dir().exists();
         for folder in FOLDERS {
             let dir = root.join(folder);
             if !dir.exists() {
@@ -99,7 +101,20 @@ impl Workspace {
                 opened.copied.push(rel);
             }
         }
+        if prompts_fresh {
+            let dir = ws.prompts_dir();
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for (name, text) in crate::generate::prompts::BUNDLED {
+                let path = dir.join(format!("{name}.txt"));
+                crate::fsutil::atomic_write(&path, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
         Ok((ws, opened))
+    }
+
+    pub fn prompts_dir(&self) -> PathBuf {
+        self.root.join("prompts")
     }
 
     pub fn seeds_dir(&self) -> PathBuf {

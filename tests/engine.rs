@@ -111,11 +111,9 @@ fn streamed_text_never_splits_a_character() {
 
 fn request(prompt: &[u32], sampling: Sampling, seed: u64) -> Request {
     Request {
-        prompt: prompt.to_vec(),
-        max_new_tokens: 40,
-        stop: vec![],
         sampling: SamplingParams { sampling, seed, repetition_penalty: None },
         ignore_eos: true,
+        ..Request::new(prompt.to_vec(), 40)
     }
 }
 

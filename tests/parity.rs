@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
-use selfspec::generate::{self, Request, SamplingParams};
+use selfspec::generate::{self, Request};
 use selfspec::model::{DTypeChoice, Model, Pass};
 
 struct Case {
@@ -21,9 +21,16 @@ struct Case {
 
 fn models() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    // Every model made by scripts/make_tiny_models.py has its transformers reference beside it
+    // (the writer fixture, trained for the generation tests, has none).
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "writer"))
+        .collect();
     dirs.sort();
     assert_eq!(dirs.len(), 6, "{dirs:?}");
+    assert!(dirs.iter().all(|d| d.join("expected.json").exists()), "{dirs:?}");
     dirs
 }
 
@@ -50,13 +57,7 @@ fn load(dir: &Path) -> Model {
 }
 
 fn greedy(prompt: &[u32]) -> Request {
-    Request {
-        prompt: prompt.to_vec(),
-        max_new_tokens: 32,
-        stop: vec![],
-        sampling: SamplingParams::greedy(),
-        ignore_eos: false,
-    }
+    Request::new(prompt.to_vec(), 32)
 }
 
 #[test]

@@ -28,10 +28,15 @@ impl Tmux {
 
     /// Starts the workbench in a new 80×24 session; its pid is written where `pid()` reads it.
     fn start(&self) {
+        self.start_with("");
+    }
+
+    /// [`Tmux::start`] with more arguments for the workbench.
+    fn start_with(&self, args: &str) {
         let home = self.home.path().display().to_string();
         let command = format!(
             "echo $$ > '{home}/pid'; exec env HOME='{home}' XDG_CONFIG_HOME='{home}/.config' XDG_DATA_HOME='{home}/.local/share' \
-             XDG_CACHE_HOME='{home}/.cache' TERM=xterm-256color '{}'",
+             XDG_CACHE_HOME='{home}/.cache' TERM=xterm-256color '{}' {args}",
             env!("CARGO_BIN_EXE_selfspec")
         );
         let _ = self.run(&["kill-session", "-t", "main"]);
@@ -76,13 +81,17 @@ impl Tmux {
     }
 
     fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        self.wait_within(15, what, ok)
+    }
+
+    fn wait_within(&self, secs: u64, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.screen();
             if ok(&screen) {
                 return screen;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}; screen:\n{screen}");
+            assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; screen:\n{screen}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -188,4 +197,53 @@ fn resizing_redraws_at_the_new_size() {
     t.keys(&["C-c"]);
     t.wait_for("quit", |_| t.dead());
     assert!(!t.screen().contains("selfspec │"), "{}", t.screen());
+}
+
+#[test]
+fn generate_then_review_in_the_workbench() {
+    let t = Tmux::new("generate");
+    let config = t.home.path().join(".config/selfspec");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.yaml"),
+        "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
+         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n",
+    )
+    .unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
+    t.start_with(&format!("tui --model '{}'", model.display()));
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["2"]);
+    t.wait_for("the Generate screen", |s| s.contains("Setup") && s.contains("‹ marginal ›"));
+    // N: the last setting; type 5.
+    t.keys(&["k"]);
+    t.keys(&["Enter"]);
+    t.keys(&["BSpace", "BSpace", "BSpace"]);
+    t.type_text("5");
+    t.keys(&["Enter"]);
+    t.wait_for("N set", |s| s.contains("N       5"));
+    t.keys(&["s"]);
+    let screen = t.wait_within(300, "the run to finish", |s| s.contains("done: 5 samples"));
+    assert!(screen.contains("kept 5/5") && screen.contains("100%"), "{screen}");
+    assert!(screen.contains("Kept (newest first)"), "{screen}");
+    // Review: accept the first, reject the second, undo, accept it; export.
+    t.keys(&["3"]);
+    t.wait_for("the Review screen", |s| s.contains(" REVIEW ") && s.contains("Provenance") && s.contains("· pending"));
+    t.keys(&["a"]);
+    t.wait_for("accepted", |s| s.contains(": accepted"));
+    t.keys(&["r"]);
+    t.wait_for("rejected", |s| s.contains(": rejected"));
+    t.keys(&["u"]);
+    t.wait_for("undone", |s| s.contains("undone"));
+    t.keys(&["a"]);
+    t.keys(&["x"]);
+    t.wait_for("exported", |s| s.contains("2 accepted samples written"));
+    let runs = t.home.path().join(".local/share/selfspec/workspace/runs");
+    let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read_to_string(run.join("samples.jsonl")).unwrap().lines().count(), 5);
+    assert_eq!(std::fs::read_to_string(run.join("accepted.alpaca.jsonl")).unwrap().lines().count(), 2);
+    let decisions = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
+    assert_eq!(decisions.lines().count(), 4, "{decisions}");
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
 }

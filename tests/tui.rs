@@ -24,7 +24,15 @@ fn workspace(name: &str) -> Workspace {
 fn app_with(name: &str, file: Option<PathBuf>) -> App {
     let ws = workspace(name);
     let config_dir = ws.root.join("config");
-    App::new(Options { workspace: ws, config: Config::default(), config_dir, file }).unwrap()
+    App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file,
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+    })
+    .unwrap()
 }
 
 fn app(name: &str) -> App {
@@ -131,7 +139,15 @@ fn snapshot_read_only_file() {
     std::fs::write(&path, "domain: x\nseeds:\n- id: a\n  task: qa\n  intruction: Typo in the key.\n  output: y\n")
         .unwrap();
     let config_dir = ws.root.join("config");
-    let app = App::new(Options { workspace: ws, config: Config::default(), config_dir, file: Some(path) }).unwrap();
+    let app = App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file: Some(path),
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+    })
+    .unwrap();
     insta::assert_snapshot!(draw(&app));
 }
 
@@ -272,8 +288,15 @@ fn a_read_only_file_refuses_edits_and_stays_untouched() {
     let text = "domain: x\nextra: 1\nseeds:\n- id: a\n  task: qa\n  instruction: I\n  output: O\n";
     std::fs::write(&path, text).unwrap();
     let config_dir = ws.root.join("config");
-    let mut app =
-        App::new(Options { workspace: ws, config: Config::default(), config_dir, file: Some(path.clone()) }).unwrap();
+    let mut app = App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file: Some(path.clone()),
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+    })
+    .unwrap();
     for k in ['a', 'd', 'y', 't'] {
         press(&mut app, &clock, KeyCode::Char(k));
     }
@@ -365,4 +388,126 @@ fn quitting_saves_pending_edits() {
     assert!(app.quit);
     assert!(app.shutdown().is_none());
     assert_eq!(on_disk(&path).seeds.len(), 79);
+}
+
+// ---------------------------------------------------------------- Generate and Review
+
+#[test]
+fn snapshot_generate_setup() {
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-generate");
+    press(&mut app, &clock, KeyCode::Char('2'));
+    assert_eq!(app.tab, selfspec::tui::Tab::Generate);
+    // Seeds biomedical.yaml with its corpus matched (marginal); N typed.
+    keys(&mut app, &clock, "k");
+    press(&mut app, &clock, KeyCode::Enter);
+    for _ in 0..3 {
+        press(&mut app, &clock, KeyCode::Backspace);
+    }
+    keys(&mut app, &clock, "250");
+    press(&mut app, &clock, KeyCode::Enter);
+    assert_eq!(app.generate.n, 250);
+    // No model yet: start refuses and says what to do.
+    press(&mut app, &clock, KeyCode::Char('s'));
+    assert!(!app.generate.is_running());
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn snapshot_generate_progress() {
+    use selfspec::generate::pipeline::{Counters, Mode, Progress};
+    let clock = Clock(Instant::now());
+    let mut app = app("snap-generate-progress");
+    press(&mut app, &clock, KeyCode::Char('2'));
+    let g = &mut app.generate;
+    g.apply(Progress::Started {
+        n: 40,
+        budget: 20,
+        resumed: 0,
+        counters: Counters::default(),
+        mode: Mode::Marginal,
+        weighting: "softmax".into(),
+    });
+    let mut counters = Counters { prompts: 8, parsed: 31, kept: 10, ..Default::default() };
+    counters.filtered.insert("too_similar".into(), 17);
+    counters.filtered.insert("blacklisted".into(), 2);
+    counters.unparsed.insert("truncated".into(), 8);
+    g.apply(Progress::Batch { counters });
+    g.apply(Progress::Prompts { first: 8, count: 8 });
+    for piece in
+        [" Explain how", " statins lower", " LDL cholesterol.\nInput: Atorvastatin", " blocks HMG-CoA reductase"]
+    {
+        g.apply(Progress::InstructionText { prompt: 9, text: piece.into() });
+    }
+    insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn review_decides_undoes_filters_and_exports() {
+    use selfspec::generate::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
+    let clock = Clock(Instant::now());
+    let ws = workspace("snap-review");
+    let run = ws.runs_dir().join("gen-biomedical-1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.yaml"), "seeds: x\n").unwrap();
+    let (mut store, _) = SampleStore::open(&run.join("samples.jsonl")).unwrap();
+    let items = [
+        ("Explain how statins lower LDL cholesterol.", "Atorvastatin 20 mg daily.", "They block HMG-CoA reductase."),
+        ("Classify the adverse event by severity.", "Grade 2 rash after dose 3.", "Moderate."),
+        ("List the symptoms in the note.", "Fever, cough and fatigue.", "Fever; cough; fatigue."),
+    ];
+    for (i, (ins, inp, out)) in items.iter().enumerate() {
+        store
+            .append(Sample {
+                id: format!("p00000{i}-00"),
+                instruction: ins.to_string(),
+                input: inp.to_string(),
+                output: out.to_string(),
+                status: Status::Pending,
+                provenance: Provenance {
+                    demos: vec!["bio-003".into(), "bio-041".into(), "bio-077".into()],
+                    model: "models/writer".into(),
+                    documents: vec![
+                        DocumentRef { id: "bio-doc-002".into(), weight: 0.71 },
+                        DocumentRef { id: "bio-doc-090".into(), weight: 0.29 },
+                    ],
+                    most_similar: Some("seed bio-002: Which drug class lowers LDL?".into()),
+                    rouge_l: Some(0.42),
+                    mode: Some(selfspec::generate::pipeline::Mode::Marginal),
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+    }
+    let config_dir = ws.root.join("config");
+    let mut app = App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file: None,
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+    })
+    .unwrap();
+    press(&mut app, &clock, KeyCode::Char('3'));
+    keys(&mut app, &clock, "a");
+    insta::assert_snapshot!(draw(&app));
+    // Reject the second, undo, reject it again; edit the third.
+    keys(&mut app, &clock, "rur");
+    keys(&mut app, &clock, "e");
+    press(&mut app, &clock, KeyCode::End);
+    keys(&mut app, &clock, " Seen on day 2.");
+    press(&mut app, &clock, KeyCode::Esc);
+    let statuses: Vec<Status> = app.review.review.as_ref().unwrap().samples.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [Status::Accepted, Status::Rejected, Status::Edited]);
+    // Filter: accepted only.
+    keys(&mut app, &clock, "ff");
+    assert_eq!(app.review.visible().len(), 1);
+    keys(&mut app, &clock, "x");
+    let exported = std::fs::read_to_string(run.join("accepted.alpaca.jsonl")).unwrap();
+    assert_eq!(exported.lines().count(), 2);
+    assert!(exported.contains("Fever; cough; fatigue. Seen on day 2."), "{exported}");
+    // Saved at once: a new review of the folder sees the decisions.
+    let again = selfspec::generate::review::Review::open(&run).unwrap();
+    assert_eq!(again.samples.iter().map(|s| s.status).collect::<Vec<_>>(), statuses);
 }

@@ -2,7 +2,9 @@
 //! stop conditions and length, leaving the batch when done; text streamed as it is made.
 
 pub mod filters;
+pub mod pipeline;
 pub mod prompts;
+pub mod review;
 pub mod samples;
 pub mod sampling;
 pub mod stream;
@@ -19,7 +21,12 @@ pub use stream::TextStream;
 
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub prompt: Vec<u32>,
+    /// The prompt, or for retrieval-marginalised decoding (the paper's eq. 2) the prompts decoded in
+    /// step: at every step the next token is drawn from Σ_j w_j·p_j (p_j: prompt j's next-token
+    /// distribution) and appended to every prompt.
+    pub prompts: Vec<Vec<u32>>,
+    /// w_j, one per prompt (normalised to sum to 1); empty means equal weights.
+    pub weights: Vec<f64>,
     pub max_new_tokens: usize,
     /// Generation stops when the text contains one of these; the text returned ends before it.
     pub stop: Vec<String>,
@@ -28,7 +35,21 @@ pub struct Request {
     pub ignore_eos: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl Request {
+    /// One prompt, greedy, stopping at end-of-sequence.
+    pub fn new(prompt: Vec<u32>, max_new_tokens: usize) -> Request {
+        Request {
+            prompts: vec![prompt],
+            weights: Vec::new(),
+            max_new_tokens,
+            stop: Vec::new(),
+            sampling: SamplingParams::greedy(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Finish {
     Eos,
@@ -74,13 +95,17 @@ impl Default for Options {
     }
 }
 
+/// One request being decoded: `width` cache rows (its prompts) that share one text.
 struct Row {
     request: usize,
+    width: usize,
     /// The top logits at the last prompt position (empty unless asked for).
     prompt_top: Vec<(u32, f32)>,
     stream: TextStream,
     text: String,
+    /// The first prompt and the tokens generated so far (for the repetition penalty).
     seen: Vec<u32>,
+    prompt_len: usize,
     rng: Rng,
 }
 
@@ -93,17 +118,45 @@ pub fn generate(
 ) -> anyhow::Result<(Vec<Completion>, Timing)> {
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
     let mut timing = Timing::default();
+    let mut weights = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
-        if r.prompt.is_empty() {
-            anyhow::bail!("request {i}: the prompt has no tokens");
+        if r.prompts.is_empty() || r.prompts.iter().any(|p| p.is_empty()) {
+            anyhow::bail!("request {i}: a prompt has no tokens");
         }
+        weights.push(normalised(&r.weights, r.prompts.len()).map_err(|e| anyhow::anyhow!("request {i}: {e}"))?);
     }
-    let wave = opts.max_batch.max(1);
-    for first in (0..requests.len()).step_by(wave) {
-        let ids: Vec<usize> = (first..(first + wave).min(requests.len())).collect();
-        run_wave(model, requests, &ids, opts, on_event, cancel, &mut done, &mut timing)?;
+    // Waves of whole requests, at most `max_batch` rows each (a wider request gets a wave alone).
+    let mut first = 0;
+    while first < requests.len() {
+        let mut end = first;
+        let mut rows = 0;
+        while end < requests.len() && (end == first || rows + requests[end].prompts.len() <= opts.max_batch.max(1)) {
+            rows += requests[end].prompts.len();
+            end += 1;
+        }
+        let ids: Vec<usize> = (first..end).collect();
+        run_wave(model, requests, &weights, &ids, opts, on_event, cancel, &mut done, &mut timing)?;
+        first = end;
     }
     Ok((done.into_iter().map(|c| c.expect("every request finishes")).collect(), timing))
+}
+
+/// The weights of `n` prompts made to sum to 1 (equal when none are given).
+pub fn normalised(weights: &[f64], n: usize) -> Result<Vec<f64>, String> {
+    if weights.is_empty() {
+        return Ok(vec![1.0 / n as f64; n]);
+    }
+    if weights.len() != n {
+        return Err(format!("{} weights for {n} prompts", weights.len()));
+    }
+    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        return Err(format!("weights must be finite and ≥ 0, got {weights:?}"));
+    }
+    let sum: f64 = weights.iter().sum();
+    if sum <= 0.0 {
+        return Err("the weights sum to 0".into());
+    }
+    Ok(weights.iter().map(|w| w / sum).collect())
 }
 
 fn top_logits(row: &[f32], n: usize) -> Vec<(u32, f32)> {
@@ -116,6 +169,7 @@ fn top_logits(row: &[f32], n: usize) -> Vec<(u32, f32)> {
 fn run_wave(
     model: &Model,
     requests: &[Request],
+    weights: &[Vec<f64>],
     wave: &[usize],
     opts: &Options,
     on_event: &mut dyn FnMut(Event),
@@ -125,11 +179,12 @@ fn run_wave(
 ) -> anyhow::Result<()> {
     let decoder = &model.decoder;
     let device = decoder.device();
-    let longest = wave.iter().map(|&i| requests[i].prompt.len()).max().unwrap_or(0);
-    let mut tokens = Vec::with_capacity(wave.len() * longest);
-    let mut pad = Vec::with_capacity(wave.len());
-    for &i in wave {
-        let p = &requests[i].prompt;
+    let prompts = || wave.iter().flat_map(|&i| requests[i].prompts.iter());
+    let longest = prompts().map(Vec::len).max().unwrap_or(0);
+    let row_count = prompts().count();
+    let mut tokens = Vec::with_capacity(row_count * longest);
+    let mut pad = Vec::with_capacity(row_count);
+    for p in prompts() {
         pad.push(longest - p.len());
         tokens.extend(std::iter::repeat_n(0u32, longest - p.len()));
         tokens.extend_from_slice(p);
@@ -138,93 +193,58 @@ fn run_wave(
         .iter()
         .map(|&i| Row {
             request: i,
+            width: requests[i].prompts.len(),
             prompt_top: Vec::new(),
             stream: TextStream::new(),
             text: String::new(),
-            seen: requests[i].prompt.clone(),
+            seen: requests[i].prompts[0].clone(),
+            prompt_len: requests[i].prompts[0].len(),
             rng: Rng::new(requests[i].sampling.seed),
         })
         .collect();
     let mut cache = decoder.new_cache(pad);
     let started = Instant::now();
-    let input = Tensor::from_vec(tokens, (wave.len(), longest), device)?;
+    let input = Tensor::from_vec(tokens, (row_count, longest), device)?;
     let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
     if opts.prompt_top > 0 {
         let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        for (row, l) in rows.iter_mut().zip(&all) {
-            row.prompt_top = top_logits(l, opts.prompt_top);
+        let mut at = 0;
+        for row in rows.iter_mut() {
+            row.prompt_top = top_logits(&all[at], opts.prompt_top);
+            at += row.width;
         }
     }
-    timing.prefill_tokens += wave.iter().map(|&i| requests[i].prompt.len()).sum::<usize>();
+    timing.prefill_tokens += prompts().map(Vec::len).sum::<usize>();
     timing.prefill_secs += started.elapsed().as_secs_f64();
 
     let decode_started = Instant::now();
     loop {
-        let next = pick(&logits, &mut rows, requests)?;
+        let next = pick(&logits, &mut rows, requests, weights)?;
         let mut keep = Vec::with_capacity(rows.len());
-        let mut feed = Vec::with_capacity(rows.len());
+        let mut keep_rows = Vec::with_capacity(cache.rows());
+        let mut feed = Vec::with_capacity(cache.rows());
         let cancelled = cancel.load(Ordering::Relaxed);
+        let mut at = 0;
         for (r, (row, &id)) in rows.iter_mut().zip(&next).enumerate() {
             let req = &requests[row.request];
-            row.seen.push(id);
-            let is_eos = !req.ignore_eos && model.eos_token_ids.contains(&id);
-            let mut finish = None;
-            if is_eos {
-                // The end-of-sequence token is kept in ids, not in text.
-                finish = Some(Finish::Eos);
-            } else {
-                let delta = row.stream.push(id, &model.tokenizer)?;
-                if !delta.is_empty() {
-                    let old = row.text.len();
-                    row.text.push_str(&delta);
-                    if let Some((at, stop)) = find_stop(&row.text, &req.stop, old) {
-                        row.text.truncate(at);
-                        let shown = row.text.get(old.min(at)..).unwrap_or("").to_string();
-                        on_event(Event::Token { request: row.request, id, text: &shown });
-                        finish = Some(Finish::Stop(stop));
-                    } else {
-                        on_event(Event::Token { request: row.request, id, text: &delta });
-                    }
-                } else {
-                    on_event(Event::Token { request: row.request, id, text: "" });
-                }
-            }
-            let generated = row.seen.len() - req.prompt.len();
-            if finish.is_none() && generated >= req.max_new_tokens {
-                finish = Some(Finish::Length);
-            }
-            if finish.is_none() && cancelled {
-                finish = Some(Finish::Cancelled);
-            }
-            match finish {
-                Some(finish) => {
-                    if !matches!(finish, Finish::Stop(_)) {
-                        let rest = row.stream.finish(&model.tokenizer)?;
-                        if !rest.is_empty() {
-                            row.text.push_str(&rest);
-                            on_event(Event::Token { request: row.request, id, text: &rest });
-                        }
-                    }
-                    let completion = Completion {
-                        ids: row.seen[req.prompt.len()..].to_vec(),
-                        text: std::mem::take(&mut row.text),
-                        finish,
-                        prompt_top: std::mem::take(&mut row.prompt_top),
-                    };
+            match advance(model, req, row, id, cancelled, on_event)? {
+                Some(completion) => {
                     on_event(Event::Finished { request: row.request, completion: &completion });
                     done[row.request] = Some(completion);
                 }
                 None => {
                     keep.push(r);
-                    feed.push(id);
+                    keep_rows.extend(at..at + row.width);
+                    feed.extend(std::iter::repeat_n(id, row.width));
                 }
             }
+            at += row.width;
         }
         if keep.is_empty() {
             break;
         }
         if keep.len() < rows.len() {
-            cache.retain(&keep)?;
+            cache.retain(&keep_rows)?;
             let mut kept = Vec::with_capacity(keep.len());
             for (r, row) in rows.into_iter().enumerate() {
                 if keep.contains(&r) {
@@ -233,7 +253,7 @@ fn run_wave(
             }
             rows = kept;
         }
-        let input = Tensor::from_vec(feed, (rows.len(), 1), device)?;
+        let input = Tensor::from_vec(feed, (keep_rows.len(), 1), device)?;
         logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
         timing.decode_tokens += rows.len();
     }
@@ -241,13 +261,90 @@ fn run_wave(
     Ok(())
 }
 
-/// The next token of every row: an argmax where the logits are when every row is plain greedy,
-/// else each row's own sampling on the CPU.
-fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request]) -> anyhow::Result<Vec<u32>> {
-    if rows.iter().all(|r| requests[r.request].sampling.is_plain_greedy()) {
-        return Ok(logits.to_dtype(DType::F32)?.argmax(D::Minus1)?.to_vec1::<u32>()?);
+/// Appends `id` to `row`: streams its text, and returns the completion when it ends the request.
+fn advance(
+    model: &Model,
+    req: &Request,
+    row: &mut Row,
+    id: u32,
+    cancelled: bool,
+    on_event: &mut dyn FnMut(Event),
+) -> anyhow::Result<Option<Completion>> {
+    row.seen.push(id);
+    let mut finish = None;
+    if !req.ignore_eos && model.eos_token_ids.contains(&id) {
+        // The end-of-sequence token is kept in ids, not in text.
+        finish = Some(Finish::Eos);
+    } else {
+        let delta = row.stream.push(id, &model.tokenizer)?;
+        let old = row.text.len();
+        row.text.push_str(&delta);
+        match find_stop(&row.text, &req.stop, old).filter(|_| !delta.is_empty()) {
+            Some((at, stop)) => {
+                row.text.truncate(at);
+                let shown = row.text.get(old.min(at)..).unwrap_or("").to_string();
+                on_event(Event::Token { request: row.request, id, text: &shown });
+                finish = Some(Finish::Stop(stop));
+            }
+            None => on_event(Event::Token { request: row.request, id, text: &delta }),
+        }
     }
-    let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let generated = row.seen.len() - row.prompt_len;
+    if finish.is_none() && generated >= req.max_new_tokens {
+        finish = Some(Finish::Length);
+    }
+    if finish.is_none() && cancelled {
+        finish = Some(Finish::Cancelled);
+    }
+    let Some(finish) = finish else { return Ok(None) };
+    if !matches!(finish, Finish::Stop(_)) {
+        let rest = row.stream.finish(&model.tokenizer)?;
+        if !rest.is_empty() {
+            row.text.push_str(&rest);
+            on_event(Event::Token { request: row.request, id, text: &rest });
+        }
+    }
+    Ok(Some(Completion {
+        ids: row.seen[row.prompt_len..].to_vec(),
+        text: std::mem::take(&mut row.text),
+        finish,
+        prompt_top: std::mem::take(&mut row.prompt_top),
+    }))
+}
+
+/// log Σ_j w_j·softmax(l_j) for each request (its rows' logits `l_j`, weights `w_j`), computed
+/// where the logits are: `[rows, vocab]` → `[requests, vocab]`. Tokens no prompt can produce get
+/// −∞.
+pub fn mix(logits: &Tensor, widths: &[usize], weights: &[&[f64]]) -> candle_core::Result<Tensor> {
+    let total: usize = widths.iter().sum();
+    let mut w = vec![0f32; widths.len() * total];
+    let mut at = 0;
+    for (g, (&width, ws)) in widths.iter().zip(weights).enumerate() {
+        for j in 0..width {
+            w[g * total + at + j] = ws[j] as f32;
+        }
+        at += width;
+    }
+    let w = Tensor::from_vec(w, (widths.len(), total), logits.device())?;
+    let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    w.matmul(&probs)?.log()
+}
+
+/// The next token of every request. Plain requests choose from their logits (an argmax where the
+/// logits are when every request is plain greedy); mixtures from the log of the mixed
+/// distribution, with the same sampling rules.
+fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<f64>]) -> anyhow::Result<Vec<u32>> {
+    let scores = if rows.iter().all(|r| r.width == 1) {
+        logits.to_dtype(DType::F32)?
+    } else {
+        let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
+        let ws: Vec<&[f64]> = rows.iter().map(|r| weights[r.request].as_slice()).collect();
+        mix(logits, &widths, &ws)?
+    };
+    if rows.iter().all(|r| requests[r.request].sampling.is_plain_greedy()) {
+        return Ok(scores.argmax(D::Minus1)?.to_vec1::<u32>()?);
+    }
+    let all = scores.to_vec2::<f32>()?;
     Ok(rows
         .iter_mut()
         .zip(all)

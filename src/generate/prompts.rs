@@ -10,9 +10,10 @@ use serde::Serialize;
 use crate::seeds::Seed;
 
 /// The bundled templates: (name, text).
-pub const BUNDLED: [(&str, &str); 4] = [
+pub const BUNDLED: [(&str, &str); 5] = [
     ("instruction_generation", include_str!("../../assets/prompts/instruction_generation.txt")),
     ("response_generation", include_str!("../../assets/prompts/response_generation.txt")),
+    ("response_generation_no_document", include_str!("../../assets/prompts/response_generation_no_document.txt")),
     ("alpaca", include_str!("../../assets/prompts/alpaca.txt")),
     ("alpaca_no_input", include_str!("../../assets/prompts/alpaca_no_input.txt")),
 ];
@@ -61,6 +62,73 @@ pub fn render(template_name: &str, template: &str, vars: &[(&str, &str)]) -> Res
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The templates a generation run uses: the seed file's own, else the workspace's editable copy
+/// (`<workspace>/prompts/NAME.txt`), else the bundled one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Templates {
+    pub instruction: String,
+    pub response: String,
+    pub response_no_document: String,
+}
+
+impl Templates {
+    pub fn load(
+        dir: Option<&std::path::Path>,
+        overrides: &crate::seeds::PromptOverrides,
+    ) -> std::io::Result<Templates> {
+        let read = |name: &str| -> std::io::Result<String> {
+            if let Some(path) = dir.map(|d| d.join(format!("{name}.txt"))).filter(|p| p.exists()) {
+                return std::fs::read_to_string(&path)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+            }
+            Ok(bundled(name).to_string())
+        };
+        Ok(Templates {
+            instruction: match &overrides.instruction_generation {
+                Some(t) => t.clone(),
+                None => read("instruction_generation")?,
+            },
+            response: match &overrides.response_generation {
+                Some(t) => t.clone(),
+                None => read("response_generation")?,
+            },
+            response_no_document: read("response_generation_no_document")?,
+        })
+    }
+}
+
+/// The response-generation prompt for one task, with or without a retrieved document. Blank
+/// lines an empty variable leaves behind are collapsed, and the prompt ends where the answer
+/// starts.
+pub fn response_prompt(
+    templates: &Templates,
+    domain: &str,
+    document: Option<&str>,
+    instruction: &str,
+    input: &str,
+) -> Result<String, TemplateError> {
+    let (name, template) = match document {
+        Some(_) => ("response_generation", &templates.response),
+        None => ("response_generation_no_document", &templates.response_no_document),
+    };
+    let vars = [
+        ("domain", domain),
+        ("document", document.unwrap_or("").trim()),
+        ("instruction", instruction.trim()),
+        ("input", input.trim()),
+    ];
+    let text = render(name, template, &vars)?;
+    let mut out = String::with_capacity(text.len());
+    let mut newlines = 0;
+    for c in text.chars() {
+        newlines = if c == '\n' { newlines + 1 } else { 0 };
+        if newlines <= 2 {
+            out.push(c);
+        }
+    }
+    Ok(out.trim_end().to_string())
 }
 
 /// One seed as a numbered example task, in the layout [`parse_tasks`] reads.

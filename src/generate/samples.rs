@@ -37,11 +37,18 @@ pub struct Provenance {
     /// Ids of the seeds shown as demonstrations.
     pub demos: Vec<String>,
     pub model: String,
+    /// The instruction prompt's sampling.
     pub sampling: Option<SamplingParams>,
+    pub response_sampling: Option<SamplingParams>,
+    /// How the response was conditioned on documents.
+    pub mode: Option<super::pipeline::Mode>,
+    /// The documents of the response with their mixture weights (best first).
     pub documents: Vec<DocumentRef>,
     /// The filters' record: the most similar instruction and its ROUGE-L.
     pub most_similar: Option<String>,
     pub rouge_l: Option<f64>,
+    /// How the response ended (length: cut by the token limit).
+    pub finish: Option<super::Finish>,
     /// Seconds since the Unix epoch.
     pub created: u64,
 }

@@ -12,7 +12,9 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_width::UnicodeWidthStr;
 
+use super::generate::GenerateScreen;
 use super::picker::{Picker, PickerAction};
+use super::review::ReviewScreen;
 use super::seeds::{Focus, Outcome, SaveState, SeedsScreen};
 use super::seeds_view::{self, truncate};
 use super::theme::Theme;
@@ -23,7 +25,14 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 1] = ["Seeds"];
+const TABS: [&str; 3] = ["Seeds", "Generate", "Review"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Seeds,
+    Generate,
+    Review,
+}
 
 enum Overlay {
     Help { scroll: usize },
@@ -42,6 +51,9 @@ pub struct App {
     themes: Vec<Theme>,
     pub theme: Theme,
     pub seeds: Option<SeedsScreen>,
+    pub tab: Tab,
+    pub generate: GenerateScreen,
+    pub review: ReviewScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -71,7 +83,12 @@ impl App {
     pub fn new(opts: Options) -> anyhow::Result<App> {
         let (themes, theme_errors) = Theme::available(&opts.config_dir);
         let theme = Theme::resolve(&opts.config.theme, &themes)?;
+        let generate = GenerateScreen::new(&opts.workspace, &opts.config_file, opts.model.clone(), None);
+        let review = ReviewScreen::new(&opts.workspace);
         let mut app = App {
+            tab: Tab::Seeds,
+            generate,
+            review,
             workspace: opts.workspace,
             config: opts.config,
             themes,
@@ -123,7 +140,7 @@ impl App {
             Event::Key(key) if key.kind != KeyEventKind::Release => self.key(key, now),
             Event::Mouse(mouse) => self.mouse(mouse, now),
             Event::Paste(text) => {
-                if let Some(s) = self.seeds.as_mut() {
+                if let (Tab::Seeds, Some(s)) = (self.tab, self.seeds.as_mut()) {
                     let o = s.paste(&text, now);
                     self.outcome(o, now);
                 }
@@ -168,7 +185,11 @@ impl App {
             }
             None => {}
         }
-        let typing = self.seeds.as_ref().is_some_and(|s| s.editing.is_some() || s.searching);
+        let typing = match self.tab {
+            Tab::Seeds => self.seeds.as_ref().is_some_and(|s| s.editing.is_some() || s.searching),
+            Tab::Generate => self.generate.is_typing(),
+            Tab::Review => self.review.is_typing(),
+        };
         if !typing {
             match key.code {
                 KeyCode::Char('?') => {
@@ -187,14 +208,37 @@ impl App {
                     self.next_theme(now);
                     return;
                 }
-                KeyCode::Char('1') => return,
+                KeyCode::Char('1') => {
+                    self.tab = Tab::Seeds;
+                    return;
+                }
+                KeyCode::Char('2') => {
+                    self.tab = Tab::Generate;
+                    return;
+                }
+                KeyCode::Char('3') => {
+                    self.show_review(None);
+                    return;
+                }
                 _ => {}
             }
         }
-        if let Some(s) = self.seeds.as_mut() {
-            let o = s.handle_key(key, now);
-            self.outcome(o, now);
-        }
+        let o = match self.tab {
+            Tab::Seeds => match self.seeds.as_mut() {
+                Some(s) => s.handle_key(key, now),
+                None => Outcome::Ignored,
+            },
+            Tab::Generate => self.generate.handle_key(key),
+            Tab::Review => self.review.handle_key(key),
+        };
+        self.outcome(o, now);
+    }
+
+    /// The Review tab, on `run` (else the run being generated, else the newest).
+    fn show_review(&mut self, run: Option<&Path>) {
+        let run = run.map(Path::to_path_buf).or_else(|| self.generate.run_dir().map(Path::to_path_buf));
+        self.review.rescan(&self.workspace, run.as_deref());
+        self.tab = Tab::Review;
     }
 
     fn picker_action(&mut self, action: PickerAction, now: Instant) {
@@ -252,6 +296,16 @@ impl App {
             return;
         }
         let a = areas(self.size.get());
+        if let (Some(tab), MouseEventKind::Down(MouseButton::Left)) = (self.tab_at(pos), mouse.kind) {
+            match tab {
+                Tab::Review => self.show_review(None),
+                t => self.tab = t,
+            }
+            return;
+        }
+        if self.tab != Tab::Seeds {
+            return;
+        }
         let theme = &self.theme;
         let Some(s) = self.seeds.as_mut() else { return };
         match mouse.kind {
@@ -277,8 +331,32 @@ impl App {
         }
     }
 
-    /// Autosave and notice expiry; called on a fixed clock.
+    /// The tab under `pos` in the tab bar.
+    fn tab_at(&self, pos: Position) -> Option<Tab> {
+        if pos.y != 0 {
+            return None;
+        }
+        let mut x = " selfspec │".width() as u16;
+        for (i, tab) in TABS.iter().enumerate() {
+            let w = format!(" {} {tab} ", i + 1).width() as u16;
+            if pos.x >= x && pos.x < x + w {
+                return Some([Tab::Seeds, Tab::Generate, Tab::Review][i]);
+            }
+            x += w;
+        }
+        None
+    }
+
+    /// Autosave, generation progress, new samples and notice expiry; called on a fixed clock.
     pub fn tick(&mut self, now: Instant) {
+        if let Some(o) = self.generate.tick() {
+            self.outcome(o, now);
+        }
+        if self.tab == Tab::Review {
+            if let Some(o) = self.review.tick() {
+                self.outcome(o, now);
+            }
+        }
         if let Some(o) = self.seeds.as_mut().and_then(|s| s.tick(now)) {
             self.outcome(o, now);
         }
@@ -290,6 +368,7 @@ impl App {
     /// Saves before exit. When the file cannot be written (or changed on disk), the edits go to a
     /// `.yaml.unsaved` file beside it; the message says where.
     pub fn shutdown(&mut self) -> Option<String> {
+        self.generate.shutdown();
         let s = self.seeds.as_mut()?;
         if !s.is_dirty() {
             return None;
@@ -316,9 +395,16 @@ impl App {
         frame.render_widget(Paragraph::new("").style(theme.base), size);
         let a = areas(size);
         self.render_tabs(frame, a.tabs);
-        if let Some(s) = &self.seeds {
-            seeds_view::render_list(frame, s, a.list, theme);
-            seeds_view::render_detail(frame, s, a.detail, theme);
+        let body = Rect { y: a.list.y, height: a.list.height, x: size.x, width: size.width };
+        match self.tab {
+            Tab::Seeds => {
+                if let Some(s) = &self.seeds {
+                    seeds_view::render_list(frame, s, a.list, theme);
+                    seeds_view::render_detail(frame, s, a.detail, theme);
+                }
+            }
+            Tab::Generate => self.generate.render(frame, body, theme),
+            Tab::Review => self.review.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -331,8 +417,14 @@ impl App {
     fn render_tabs(&self, frame: &mut Frame, area: Rect) {
         let theme = &self.theme;
         let mut spans = vec![Span::styled(" selfspec ", theme.accent), Span::styled("│", theme.border)];
+        let active = match self.tab {
+            Tab::Seeds => 0,
+            Tab::Generate => 1,
+            Tab::Review => 2,
+        };
         for (i, tab) in TABS.iter().enumerate() {
-            spans.push(Span::styled(format!(" {} {tab} ", i + 1), theme.tab_active));
+            let style = if i == active { theme.tab_active } else { theme.tab };
+            spans.push(Span::styled(format!(" {} {tab} ", i + 1), style));
         }
         let domain = self.seeds.as_ref().map(|s| s.doc.domain.clone()).unwrap_or_default();
         let right = if domain.is_empty() { String::new() } else { format!("domain: {domain} ") };
@@ -347,15 +439,19 @@ impl App {
         let theme = &self.theme;
         let width = area.width as usize;
         let mut left: Vec<Span> = Vec::new();
-        let mode = match &self.seeds {
-            Some(s) if s.read_only() => " READ-ONLY ",
-            Some(s) if s.editing.is_some() => " EDIT ",
-            Some(s) if s.searching => " SEARCH ",
+        let mode = match (&self.seeds, self.tab) {
+            (_, Tab::Generate) if self.generate.is_running() => " GENERATING ",
+            (_, Tab::Generate) => " GENERATE ",
+            (_, Tab::Review) if self.review.is_typing() => " EDIT ",
+            (_, Tab::Review) => " REVIEW ",
+            (Some(s), _) if s.read_only() => " READ-ONLY ",
+            (Some(s), _) if s.editing.is_some() => " EDIT ",
+            (Some(s), _) if s.searching => " SEARCH ",
             _ => " SEEDS ",
         };
         left.push(Span::styled(mode, theme.mode));
         let mut right: Vec<Span> = Vec::new();
-        if let Some(s) = &self.seeds {
+        if let (Tab::Seeds, Some(s)) = (self.tab, &self.seeds) {
             let (text, style) = match &s.save {
                 _ if s.read_only() => ("read-only".to_string(), theme.warning),
                 SaveState::Saved => ("✓ saved".to_string(), theme.ok),
@@ -380,6 +476,9 @@ impl App {
                 format!(" {}", truncate(&n.text, room.saturating_sub(1))),
                 if n.error { theme.error } else { theme.accent },
             ),
+            None if self.tab == Tab::Review => {
+                Span::styled(format!(" {}", truncate(&self.review.status_line(), room.saturating_sub(1))), theme.status)
+            }
             None => {
                 let file = self.seeds.as_ref().map(|s| s.file_name()).unwrap_or_default();
                 let ws = display_path(&self.workspace.root);

@@ -7,8 +7,10 @@
 
 mod app;
 mod editor;
+pub mod generate;
 mod help;
 mod picker;
+pub mod review;
 mod seeds;
 mod seeds_view;
 pub mod theme;
@@ -24,8 +26,10 @@ use crossterm::execute;
 use futures::StreamExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use app::{areas, App};
+pub use app::{areas, App, Tab};
 pub use editor::{wrap_line, TextEditor};
+pub use generate::GenerateScreen;
+pub use review::ReviewScreen;
 pub use seeds::{Field, Focus, Outcome, SaveState, SeedsScreen};
 
 use crate::config::Config;
@@ -38,6 +42,10 @@ pub struct Options {
     pub config_dir: PathBuf,
     /// A seed file to open instead of the workspace's first.
     pub file: Option<PathBuf>,
+    /// The configuration file (generation runs started from the workbench read it too).
+    pub config_file: PathBuf,
+    /// The model the Generate screen starts with.
+    pub model: Option<String>,
 }
 
 const FRAME: Duration = Duration::from_millis(100);

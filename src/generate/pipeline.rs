@@ -1,0 +1,878 @@
+//! Stages 2 and 3 of self-specialization as one resumable run: the base model writes task lists
+//! from random seed demos, the filters keep new and well-formed instructions, and each kept
+//! instruction gets a response — without documents, with the top BM25 document, or marginalised
+//! over the top-k documents (the paper's eq. 2).
+//!
+//! A run folder holds `config.yaml` (the job), `samples.jsonl` (kept samples, fsynced one at a
+//! time), `filtered.jsonl` (instructions the filters dropped, and why) and `events.jsonl` (one
+//! line per finished batch of prompts, with the counters).
+//!
+//! Resuming is a replay. Prompt `p` draws its demos and sampling seed from `(seed, p)` alone, and
+//! a task's sample id is its place, `p{prompt}-{task}`; the counters and the next prompt come
+//! from the last batch event. A batch cut by a kill is decoded again from its start: tasks whose
+//! ids are already stored are skipped, the store refuses a second copy of an id, and so nothing
+//! is duplicated or lost.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::filters::{Filters, Pool, Rejection};
+use super::prompts::{self, Templates, Unparsed};
+use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
+use super::{Event, Finish, Request, Rng, Sampling, SamplingParams};
+use crate::corpus::{Hit, Searcher};
+use crate::model::Model;
+use crate::seeds::{Seed, SeedFile};
+
+/// Which documents a response is conditioned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// No documents: the base model answers from what it knows.
+    None,
+    /// The best BM25 document in the prompt.
+    Top1,
+    /// The top-k documents, one prompt each, next-token distributions mixed by retriever weight.
+    #[default]
+    Marginal,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Top1 => "top1",
+            Mode::Marginal => "marginal",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How BM25 scores become mixture weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Weighting {
+    /// w_j ∝ exp(score_j / temperature): the retriever as a distribution over documents (RAG).
+    Softmax { temperature: f64 },
+    /// w_j = score_j / Σ scores.
+    L1,
+}
+
+impl Weighting {
+    pub fn weights(&self, scores: &[f32]) -> Vec<f64> {
+        match *self {
+            Weighting::Softmax { temperature } => {
+                let t = temperature.max(1e-6);
+                let max = scores.iter().map(|&s| s as f64).fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|&s| ((s as f64 - max) / t).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                e.iter().map(|x| x / sum).collect()
+            }
+            Weighting::L1 => {
+                let sum: f64 = scores.iter().map(|&s| (s as f64).max(0.0)).sum();
+                if sum <= 0.0 {
+                    return vec![1.0 / scores.len() as f64; scores.len()];
+                }
+                scores.iter().map(|&s| (s as f64).max(0.0) / sum).collect()
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Weighting::Softmax { temperature } => format!("softmax of BM25 scores, temperature {temperature}"),
+            Weighting::L1 => "BM25 scores over their sum".into(),
+        }
+    }
+}
+
+/// The generation settings (`generation:` in config.yaml; recorded in each run's config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Seeds shown as demonstrations in each instruction prompt.
+    pub demos: usize,
+    /// Tasks each instruction prompt asks for.
+    pub tasks_per_prompt: usize,
+    pub instruction_temperature: f64,
+    pub instruction_top_p: f64,
+    pub instruction_max_new_tokens: usize,
+    /// Instruction prompts decoded together.
+    pub prompts_per_batch: usize,
+    /// Stop after this many prompts even if fewer than N samples were kept (null: 10 prompts for
+    /// every `tasks_per_prompt` samples asked for, and at least 20).
+    pub prompt_budget: Option<usize>,
+    /// Responses: greedy when null, else sampled at this temperature.
+    pub response_temperature: Option<f64>,
+    pub response_top_p: Option<f64>,
+    pub response_max_new_tokens: usize,
+    /// Samples whose responses are decoded together (each is k rows in marginal mode).
+    pub responses_per_batch: usize,
+    /// Documents retrieved per response in marginal mode.
+    pub k: usize,
+    pub weighting: Weighting,
+    /// A retrieved document is cut to this many characters in the prompt.
+    pub document_max_chars: usize,
+    pub filters: Filters,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            demos: 3,
+            tasks_per_prompt: 20,
+            instruction_temperature: 1.0,
+            instruction_top_p: 0.98,
+            instruction_max_new_tokens: 2048,
+            prompts_per_batch: 8,
+            prompt_budget: None,
+            response_temperature: None,
+            response_top_p: None,
+            response_max_new_tokens: 512,
+            responses_per_batch: 8,
+            k: 5,
+            weighting: Weighting::Softmax { temperature: 1.0 },
+            document_max_chars: 2000,
+            filters: Filters::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn budget(&self, n: usize) -> usize {
+        self.prompt_budget.unwrap_or_else(|| (10 * n.div_ceil(self.tasks_per_prompt.max(1))).max(20))
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("demos", self.demos),
+            ("tasks_per_prompt", self.tasks_per_prompt),
+            ("instruction_max_new_tokens", self.instruction_max_new_tokens),
+            ("prompts_per_batch", self.prompts_per_batch),
+            ("response_max_new_tokens", self.response_max_new_tokens),
+            ("responses_per_batch", self.responses_per_batch),
+            ("k", self.k),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("generation.{name} must be at least 1"));
+        }
+        if !(self.instruction_top_p > 0.0 && self.instruction_top_p <= 1.0) {
+            return Err("generation.instruction_top_p must be in (0, 1]".into());
+        }
+        if self.instruction_temperature < 0.0 || self.response_temperature.is_some_and(|t| t < 0.0) {
+            return Err("generation temperatures must be ≥ 0".into());
+        }
+        if let Weighting::Softmax { temperature } = self.weighting {
+            if temperature <= 0.0 || !temperature.is_finite() {
+                return Err("generation.weighting.temperature must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn instruction_sampling(&self, seed: u64) -> SamplingParams {
+        let sampling = if self.instruction_temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: self.instruction_temperature,
+                top_k: None,
+                top_p: Some(self.instruction_top_p),
+            }
+        };
+        SamplingParams { sampling, seed, repetition_penalty: None }
+    }
+
+    fn response_sampling(&self, seed: u64) -> SamplingParams {
+        let sampling = match self.response_temperature {
+            Some(t) if t > 0.0 => Sampling::Sample { temperature: t, top_k: None, top_p: self.response_top_p },
+            _ => Sampling::Greedy,
+        };
+        SamplingParams { sampling, seed, repetition_penalty: None }
+    }
+}
+
+/// One generation job: what `selfspec generate` was asked, saved as the run's config.yaml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub seeds: PathBuf,
+    pub model: String,
+    /// Samples to keep.
+    pub n: usize,
+    pub mode: Mode,
+    pub corpus: Option<PathBuf>,
+    pub seed: u64,
+    /// Where editable templates are read from (a workspace's prompts/), if anywhere.
+    #[serde(default)]
+    pub prompts: Option<PathBuf>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+impl Job {
+    /// The parts that must not change when a run is resumed (N, the budget and batch sizes may).
+    fn identity(&self) -> Job {
+        let mut j = self.clone();
+        j.n = 0;
+        j.settings.prompt_budget = None;
+        j.settings.prompts_per_batch = 0;
+        j.settings.responses_per_batch = 0;
+        j
+    }
+
+    /// What differs in the parts that must not change, one line per key.
+    pub fn differences(&self, other: &Job) -> Vec<String> {
+        let (a, b) = (self.identity(), other.identity());
+        let (a, b) = (serde_json::to_value(&a).unwrap_or_default(), serde_json::to_value(&b).unwrap_or_default());
+        let mut out = Vec::new();
+        diff("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = serde_json::Value::Null;
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} (run) vs {b} (now)")),
+        _ => {}
+    }
+}
+
+/// Running totals of a run (over all its sessions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Instruction prompts decoded (the next prompt's index).
+    pub prompts: usize,
+    /// Tasks read from the model's lists.
+    pub parsed: usize,
+    /// List items not read, by reason.
+    pub unparsed: BTreeMap<String, usize>,
+    /// Instructions dropped, by filter.
+    pub filtered: BTreeMap<String, usize>,
+    /// Responses dropped (empty, or cut by a stop).
+    pub empty_responses: usize,
+    /// Samples kept.
+    pub kept: usize,
+    pub instruction_tokens: usize,
+    pub response_tokens: usize,
+    /// Seconds spent generating, over all sessions.
+    pub seconds: f64,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Outcome {
+    /// N samples are kept.
+    Done,
+    /// The prompt budget was used up first.
+    Budget { budget: usize },
+    /// Stopped on request; running the same command again continues.
+    Cancelled,
+}
+
+/// What a run reports while it goes (`selfspec generate --progress jsonl` prints these; the TUI
+/// reads them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    Started {
+        n: usize,
+        budget: usize,
+        resumed: usize,
+        counters: Counters,
+        mode: Mode,
+        weighting: String,
+    },
+    /// A batch of instruction prompts starts decoding.
+    Prompts {
+        first: usize,
+        count: usize,
+    },
+    /// Text of instruction prompt `prompt`, as it is decoded.
+    InstructionText {
+        prompt: usize,
+        text: String,
+    },
+    /// Responses for these ids start decoding.
+    Responding {
+        ids: Vec<String>,
+    },
+    ResponseText {
+        id: String,
+        text: String,
+    },
+    Filtered {
+        id: String,
+        instruction: String,
+        rejection: String,
+    },
+    Kept {
+        sample: Box<Sample>,
+    },
+    /// A batch is finished (also written to events.jsonl).
+    Batch {
+        counters: Counters,
+    },
+    Finished {
+        outcome: Outcome,
+        counters: Counters,
+    },
+}
+
+/// A run folder being written.
+pub struct Run {
+    pub dir: PathBuf,
+    pub job: Job,
+    store: SampleStore,
+    filtered: File,
+    filtered_ids: HashSet<String>,
+    events: File,
+    pub counters: Counters,
+    _lock: File,
+}
+
+pub const CONFIG: &str = "config.yaml";
+pub const SAMPLES: &str = "samples.jsonl";
+pub const FILTERED: &str = "filtered.jsonl";
+pub const EVENTS: &str = "events.jsonl";
+
+/// One line of filtered.jsonl.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilteredRecord {
+    pub id: String,
+    pub instruction: String,
+    pub input: String,
+    pub rejection: serde_json::Value,
+    pub most_similar: Option<String>,
+}
+
+/// Reads the JSON lines of `path` that parse (a torn last line is skipped; a bad line elsewhere
+/// is an error naming it).
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    let text = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(
+            serde_json::from_slice(line)
+                .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+fn append_line(file: &mut File, path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    file.write_all(&line).with_context(|| format!("cannot write {}", path.display()))?;
+    file.sync_data().with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(())
+}
+
+/// Opens a file for appending after cutting a torn last line (a kill while writing it).
+fn open_append(path: &Path) -> anyhow::Result<File> {
+    let len = std::fs::read(path).map(|b| b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)).unwrap_or(0);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.metadata().map(|m| m.len()).unwrap_or(0) != len as u64 {
+        file.set_len(len as u64).with_context(|| format!("cannot repair {}", path.display()))?;
+    }
+    Ok(file)
+}
+
+impl Run {
+    /// Opens (or starts) the run in `dir` for `job`. A run started with other settings is refused
+    /// with the differences; so is a run another process is writing.
+    pub fn open(dir: &Path, job: Job) -> anyhow::Result<(Run, usize)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+        let lock_path = dir.join("run.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{} is in use by another selfspec process; wait for it or stop it first",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+        let config_path = dir.join(CONFIG);
+        if config_path.exists() {
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("cannot read {}", config_path.display()))?;
+            let old: Job = crate::yaml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{}:{}: {}; this is not a generation run", config_path.display(), e.pos, e.message)
+            })?;
+            let diffs = old.differences(&job);
+            if !diffs.is_empty() {
+                anyhow::bail!(
+                    "{} was started with other settings:\n  {}\nrun the same command again to continue it, or pass a new --run folder",
+                    dir.display(),
+                    diffs.join("\n  ")
+                );
+            }
+        }
+        crate::fsutil::atomic_write(&config_path, crate::yaml::to_string(&job)?.as_bytes())
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
+        let filtered_path = dir.join(FILTERED);
+        let filtered_ids = read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
+        let filtered = open_append(&filtered_path)?;
+        let events_path = dir.join(EVENTS);
+        let mut counters = Counters::default();
+        for event in read_jsonl::<Progress>(&events_path)? {
+            if let Progress::Batch { counters: c } | Progress::Finished { counters: c, .. } = event {
+                counters = c;
+            }
+        }
+        counters.kept = store.len();
+        let events = open_append(&events_path)?;
+        let resumed = store.len();
+        Ok((Run { dir: dir.to_path_buf(), job, store, filtered, filtered_ids, events, counters, _lock: lock }, resumed))
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        self.store.samples()
+    }
+
+    fn event(&mut self, p: &Progress) -> anyhow::Result<()> {
+        let path = self.dir.join(EVENTS);
+        append_line(&mut self.events, &path, p)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Prompt `p`'s own random stream: the same for every session of the run.
+fn prompt_rng(seed: u64, p: usize) -> Rng {
+    let mut r = Rng::new(seed ^ 0x5eed_5eed_0000_0000);
+    for _ in 0..2 {
+        r.next_u64();
+    }
+    Rng::new(r.next_u64() ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// `count` distinct indices below `n`, drawn with `rng` (a partial Fisher–Yates shuffle).
+pub fn draw(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let count = count.min(n);
+    for i in 0..count {
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(count);
+    idx
+}
+
+fn rejection_name(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::TooShort { .. } => "too_short",
+        Rejection::TooLong { .. } => "too_long",
+        Rejection::Blacklisted { .. } => "blacklisted",
+        Rejection::StartsWithPunctuation => "starts_with_punctuation",
+        Rejection::StartsNonAscii => "starts_non_ascii",
+        Rejection::TooSimilar { .. } => "too_similar",
+    }
+}
+
+fn unparsed_name(u: Unparsed) -> &'static str {
+    match u {
+        Unparsed::EmptyInstruction => "empty_instruction",
+        Unparsed::NoInput => "no_input",
+        Unparsed::EmptyInput => "empty_input",
+        Unparsed::Truncated => "truncated",
+    }
+}
+
+/// A task that passed the filters and waits for its response.
+struct Candidate {
+    id: String,
+    instruction: String,
+    input: String,
+    demos: Vec<String>,
+    instruction_sampling: SamplingParams,
+    most_similar: Option<(String, f64)>,
+    documents: Vec<DocumentRef>,
+}
+
+/// Everything a run needs besides its folder.
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub seeds: &'a SeedFile,
+    pub templates: &'a Templates,
+    pub searcher: Option<&'a Searcher>,
+}
+
+/// Runs `run` until it holds `job.n` samples, the budget is spent, or `cancel` is set.
+pub fn run(
+    run: &mut Run,
+    inputs: &Inputs,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> anyhow::Result<Outcome> {
+    let job = run.job.clone();
+    let s = &job.settings;
+    s.check().map_err(anyhow::Error::msg)?;
+    let seeds: Vec<&Seed> = inputs.seeds.seeds.iter().collect();
+    anyhow::ensure!(!seeds.is_empty(), "{}: the seed file has no seeds", job.seeds.display());
+    anyhow::ensure!(
+        job.mode == Mode::None || inputs.searcher.is_some(),
+        "mode {} needs a corpus index: pass --corpus INDEX_DIR (build one with `selfspec index build`)",
+        job.mode
+    );
+    let budget = s.budget(job.n);
+    let mut pool = Pool::default();
+    let mut pool_text: Vec<String> = Vec::new();
+    for seed in &seeds {
+        pool.add(&seed.instruction);
+        pool_text.push(format!("seed {}: {}", seed.id, seed.instruction.trim()));
+    }
+    for sample in run.samples() {
+        pool.add(&sample.instruction);
+        pool_text.push(format!("sample {}: {}", sample.id, sample.instruction.trim()));
+    }
+    let started = Instant::now();
+    let base_seconds = run.counters.seconds;
+    on_progress(&Progress::Started {
+        n: job.n,
+        budget,
+        resumed: run.store.len(),
+        counters: run.counters.clone(),
+        mode: job.mode,
+        weighting: s.weighting.describe(),
+    });
+    let model_name = job.model.clone();
+    let domain = inputs.seeds.domain.clone();
+    let outcome = loop {
+        if run.store.len() >= job.n {
+            break Outcome::Done;
+        }
+        if run.counters.prompts >= budget {
+            break Outcome::Budget { budget };
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break Outcome::Cancelled;
+        }
+        let first = run.counters.prompts;
+        let count = s.prompts_per_batch.min(budget - first);
+        on_progress(&Progress::Prompts { first, count });
+        // Instruction prompts.
+        let mut requests = Vec::with_capacity(count);
+        let mut shown: Vec<Vec<String>> = Vec::with_capacity(count);
+        let mut primers = Vec::with_capacity(count);
+        for p in first..first + count {
+            let mut rng = prompt_rng(job.seed, p);
+            let demos: Vec<&Seed> = draw(&mut rng, seeds.len(), s.demos).into_iter().map(|i| seeds[i]).collect();
+            let (prompt, primer) = prompts::instruction_prompt(
+                &inputs.templates.instruction,
+                &domain,
+                &inputs.seeds.description,
+                &demos,
+                s.tasks_per_prompt,
+            )?;
+            let ids = inputs.model.tokenizer.encode(&prompt)?;
+            let stop = format!("Task {}", demos.len() + s.tasks_per_prompt + 1);
+            requests.push(Request {
+                stop: vec![stop],
+                sampling: s.instruction_sampling(rng.next_u64()),
+                ..Request::new(ids, s.instruction_max_new_tokens)
+            });
+            shown.push(demos.iter().map(|d| d.id.clone()).collect());
+            primers.push(primer);
+        }
+        let opts = super::Options { prompt_top: 0, max_batch: s.prompts_per_batch };
+        let mut on_event = |e: Event| {
+            if let Event::Token { request, text, .. } = e {
+                if !text.is_empty() {
+                    on_progress(&Progress::InstructionText { prompt: first + request, text: text.to_string() });
+                }
+            }
+        };
+        let (lists, timing) = super::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        if lists.iter().any(|c| c.finish == Finish::Cancelled) {
+            break Outcome::Cancelled;
+        }
+        let mut counters = run.counters.clone();
+        counters.instruction_tokens += timing.decode_tokens + lists.len();
+        // Parse and filter, in prompt order.
+        let mut candidates = Vec::new();
+        for (offset, list) in lists.iter().enumerate() {
+            let p = first + offset;
+            let text = format!("{} {}", primers[offset], list.text);
+            let (tasks, failures) = prompts::parse_tasks(&text, list.finish == Finish::Length);
+            counters.parsed += tasks.len();
+            for f in failures {
+                *counters.unparsed.entry(unparsed_name(f).into()).or_default() += 1;
+            }
+            for (t, task) in tasks.into_iter().enumerate() {
+                let id = format!("p{p:06}-{t:02}");
+                if run.store.contains(&id) {
+                    continue;
+                }
+                let verdict = s.filters.check(&task.instruction, &pool);
+                let most_similar = verdict.most_similar.map(|(i, score)| (pool_text[i].clone(), score));
+                if let Some(rejection) = verdict.rejected {
+                    let name = rejection_name(&rejection);
+                    *counters.filtered.entry(name.into()).or_default() += 1;
+                    on_progress(&Progress::Filtered {
+                        id: id.clone(),
+                        instruction: task.instruction.clone(),
+                        rejection: name.into(),
+                    });
+                    if run.filtered_ids.insert(id.clone()) {
+                        let record = FilteredRecord {
+                            id,
+                            instruction: task.instruction,
+                            input: task.input,
+                            rejection: serde_json::to_value(&rejection)?,
+                            most_similar: most_similar.map(|m| m.0),
+                        };
+                        let path = run.dir.join(FILTERED);
+                        append_line(&mut run.filtered, &path, &record)?;
+                    }
+                    continue;
+                }
+                if run.store.len() + candidates.len() >= job.n {
+                    continue;
+                }
+                pool.add(&task.instruction);
+                pool_text.push(format!("sample {id}: {}", task.instruction.trim()));
+                candidates.push(Candidate {
+                    id,
+                    instruction: task.instruction,
+                    input: task.input,
+                    demos: shown[offset].clone(),
+                    instruction_sampling: requests[offset].sampling,
+                    most_similar,
+                    documents: Vec::new(),
+                });
+            }
+        }
+        // Responses.
+        let outcome = respond(run, inputs, &job, &model_name, &mut candidates, &mut counters, cancel, on_progress)?;
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+        counters.prompts = first + count;
+        counters.kept = run.store.len();
+        counters.seconds = base_seconds + started.elapsed().as_secs_f64();
+        run.counters = counters.clone();
+        let event = Progress::Batch { counters };
+        run.event(&event)?;
+        on_progress(&event);
+    };
+    run.counters.kept = run.store.len();
+    run.counters.seconds = base_seconds + started.elapsed().as_secs_f64();
+    let event = Progress::Finished { outcome: outcome.clone(), counters: run.counters.clone() };
+    if outcome != Outcome::Cancelled {
+        run.event(&event)?;
+    }
+    on_progress(&event);
+    Ok(outcome)
+}
+
+/// The documents of one response and their weights.
+fn retrieve(searcher: &Searcher, mode: Mode, s: &Settings, query: &str) -> anyhow::Result<Vec<(Hit, f64)>> {
+    let k = match mode {
+        Mode::None => return Ok(Vec::new()),
+        Mode::Top1 => 1,
+        Mode::Marginal => s.k,
+    };
+    let hits = searcher.search(query, k)?;
+    let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+    let weights = if hits.is_empty() { Vec::new() } else { s.weighting.weights(&scores) };
+    Ok(hits.into_iter().zip(weights).collect())
+}
+
+fn cut(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    run: &mut Run,
+    inputs: &Inputs,
+    job: &Job,
+    model_name: &str,
+    candidates: &mut [Candidate],
+    counters: &mut Counters,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> anyhow::Result<Option<Outcome>> {
+    let s = &job.settings;
+    let domain = &inputs.seeds.domain;
+    for chunk in candidates.chunks_mut(s.responses_per_batch) {
+        let mut requests = Vec::with_capacity(chunk.len());
+        for c in chunk.iter_mut() {
+            let query = format!("{}\n{}", c.instruction, c.input);
+            let docs = match inputs.searcher {
+                Some(searcher) => retrieve(searcher, job.mode, s, &query)?,
+                None => Vec::new(),
+            };
+            let mut prompts_ids = Vec::new();
+            if docs.is_empty() {
+                let text = prompts::response_prompt(inputs.templates, domain, None, &c.instruction, &c.input)?;
+                prompts_ids.push(inputs.model.tokenizer.encode(&text)?);
+            }
+            for (hit, _) in &docs {
+                let text = prompts::response_prompt(
+                    inputs.templates,
+                    domain,
+                    Some(cut(&hit.text, s.document_max_chars)),
+                    &c.instruction,
+                    &c.input,
+                )?;
+                prompts_ids.push(inputs.model.tokenizer.encode(&text)?);
+            }
+            c.documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
+            let seed = c.instruction_sampling.seed ^ 0xa5a5_a5a5;
+            requests.push(Request {
+                prompts: prompts_ids,
+                weights: docs.iter().map(|(_, w)| *w).collect(),
+                sampling: s.response_sampling(seed),
+                ..Request::new(Vec::new(), s.response_max_new_tokens)
+            });
+        }
+        on_progress(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
+        let opts = super::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
+        let mut finished: Vec<(usize, super::Completion)> = Vec::new();
+        let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
+        let mut on_event = |e: Event| match e {
+            Event::Token { request, text, .. } if !text.is_empty() => {
+                on_progress(&Progress::ResponseText { id: ids[request].clone(), text: text.to_string() })
+            }
+            Event::Finished { request, completion } => finished.push((request, completion.clone())),
+            _ => {}
+        };
+        let (_, timing) = super::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        counters.response_tokens += timing.decode_tokens + requests.len();
+        // Stored in the order they finished, each fsynced before the next.
+        for (i, completion) in finished {
+            if completion.finish == Finish::Cancelled {
+                continue;
+            }
+            let output = completion.text.trim().to_string();
+            let c = &chunk[i];
+            if output.is_empty() {
+                counters.empty_responses += 1;
+                continue;
+            }
+            let sample = Sample {
+                id: c.id.clone(),
+                instruction: c.instruction.clone(),
+                input: c.input.clone(),
+                output,
+                status: Status::Pending,
+                provenance: Provenance {
+                    demos: c.demos.clone(),
+                    model: model_name.to_string(),
+                    sampling: Some(c.instruction_sampling),
+                    response_sampling: Some(requests[i].sampling),
+                    mode: Some(job.mode),
+                    documents: c.documents.clone(),
+                    most_similar: c.most_similar.as_ref().map(|m| m.0.clone()),
+                    rouge_l: c.most_similar.as_ref().map(|m| m.1),
+                    finish: Some(completion.finish.clone()),
+                    created: now_secs(),
+                },
+            };
+            if run.store.append(sample.clone())? {
+                on_progress(&Progress::Kept { sample: Box::new(sample) });
+            }
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Some(Outcome::Cancelled));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_distributions() {
+        let soft = Weighting::Softmax { temperature: 1.0 }.weights(&[3.0, 2.0, 1.0]);
+        let e: Vec<f64> = [0.0f64, -1.0, -2.0].iter().map(|x| x.exp()).collect();
+        let z: f64 = e.iter().sum();
+        for (w, x) in soft.iter().zip(&e) {
+            assert!((w - x / z).abs() < 1e-12);
+        }
+        assert_eq!(Weighting::L1.weights(&[3.0, 1.0]), vec![0.75, 0.25]);
+        let flat = Weighting::Softmax { temperature: 1e9 }.weights(&[10.0, 1.0]);
+        assert!((flat[0] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn draws_are_distinct_and_repeatable() {
+        let a = draw(&mut prompt_rng(7, 3), 80, 3);
+        assert_eq!(a, draw(&mut prompt_rng(7, 3), 80, 3));
+        assert_ne!(a, draw(&mut prompt_rng(7, 4), 80, 3));
+        assert_eq!(a.iter().collect::<HashSet<_>>().len(), 3);
+        assert_eq!(draw(&mut Rng::new(1), 2, 3).len(), 2);
+    }
+
+    #[test]
+    fn a_changed_job_names_what_changed() {
+        let job = Job {
+            seeds: "a.yaml".into(),
+            model: "m".into(),
+            n: 10,
+            mode: Mode::Marginal,
+            corpus: None,
+            seed: 1,
+            prompts: None,
+            settings: Settings::default(),
+        };
+        let mut other = Job { n: 50, ..job.clone() };
+        other.settings.prompts_per_batch = 2;
+        assert!(job.differences(&other).is_empty(), "N and batch sizes may change");
+        other.seed = 2;
+        other.settings.k = 3;
+        assert_eq!(job.differences(&other), vec!["seed: 1 (run) vs 2 (now)", "settings.k: 5 (run) vs 3 (now)"]);
+    }
+}

@@ -1,0 +1,227 @@
+//! The expert's decisions on a run's samples: `decisions.jsonl` beside `samples.jsonl`, one
+//! fsynced line per decision (accept, reject, edit, or back to pending). samples.jsonl is never
+//! rewritten — a generator may still be appending to it — so a sample's status is its last
+//! decision, and undo is a new decision that puts the previous state back.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::pipeline::{read_jsonl, SAMPLES};
+use super::samples::{Sample, Status};
+
+pub const DECISIONS: &str = "decisions.jsonl";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: String,
+    pub status: Status,
+    /// The edited response (with status edited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// A run's samples with the decisions applied.
+pub struct Review {
+    pub dir: PathBuf,
+    pub samples: Vec<Sample>,
+    index: HashMap<String, usize>,
+    decisions: Option<File>,
+    /// Bytes of samples.jsonl read so far (to pick up samples a generator appends).
+    read_to: u64,
+    undo: Vec<Sample>,
+}
+
+impl Review {
+    pub fn open(dir: &Path) -> anyhow::Result<Review> {
+        let mut r = Review {
+            dir: dir.to_path_buf(),
+            samples: Vec::new(),
+            index: HashMap::new(),
+            decisions: None,
+            read_to: 0,
+            undo: Vec::new(),
+        };
+        r.refresh()?;
+        Ok(r)
+    }
+
+    /// Reads samples appended since the last call (and the decisions, on the first call).
+    /// Returns how many new samples arrived.
+    pub fn refresh(&mut self) -> anyhow::Result<usize> {
+        let path = self.dir.join(SAMPLES);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len == self.read_to && self.decisions.is_some() {
+            return Ok(0);
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let start = (self.read_to as usize).min(complete);
+        let mut added = 0;
+        let first_line = bytes[..start].iter().filter(|&&b| b == b'\n').count();
+        for (i, line) in bytes[start..complete].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let sample: Sample = serde_json::from_slice(line)
+                .with_context(|| format!("{}:{}: not a sample", path.display(), first_line + i + 1))?;
+            if !self.index.contains_key(&sample.id) {
+                self.index.insert(sample.id.clone(), self.samples.len());
+                self.samples.push(sample);
+                added += 1;
+            }
+        }
+        self.read_to = complete as u64;
+        if self.decisions.is_none() {
+            let dpath = self.dir.join(DECISIONS);
+            for d in read_jsonl::<Decision>(&dpath)? {
+                self.apply(&d);
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&dpath)
+                .with_context(|| format!("cannot open {}", dpath.display()))?;
+            self.decisions = Some(file);
+        } else if added > 0 {
+            // Decisions may name samples that had not arrived yet when they were read.
+            let dpath = self.dir.join(DECISIONS);
+            for d in read_jsonl::<Decision>(&dpath)? {
+                if self.samples[self.samples.len() - added..].iter().any(|s| s.id == d.id) {
+                    self.apply(&d);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    fn apply(&mut self, d: &Decision) {
+        if let Some(&i) = self.index.get(&d.id) {
+            let s = &mut self.samples[i];
+            s.status = d.status;
+            if let Some(out) = &d.output {
+                s.output = out.clone();
+            }
+        }
+    }
+
+    /// Records a decision on sample `id` (saved at once) and remembers the previous state for undo.
+    pub fn decide(&mut self, id: &str, status: Status, output: Option<String>) -> anyhow::Result<()> {
+        let i = *self.index.get(id).with_context(|| format!("no sample {id} in {}", self.dir.display()))?;
+        let before = self.samples[i].clone();
+        let output = output.filter(|o| *o != before.output);
+        let d = Decision { id: id.to_string(), status, output, at: now() };
+        self.write(&d)?;
+        self.apply(&d);
+        self.undo.push(before);
+        Ok(())
+    }
+
+    /// Puts back the state before the last decision; the id it concerned.
+    pub fn undo(&mut self) -> anyhow::Result<Option<String>> {
+        let Some(before) = self.undo.pop() else { return Ok(None) };
+        let i = self.index[&before.id];
+        let output = (self.samples[i].output != before.output).then(|| before.output.clone());
+        let d = Decision { id: before.id.clone(), status: before.status, output, at: now() };
+        self.write(&d)?;
+        self.apply(&d);
+        Ok(Some(before.id))
+    }
+
+    fn write(&mut self, d: &Decision) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(DECISIONS);
+        let file = self.decisions.as_mut().context("the review is not open")?;
+        let mut line = serde_json::to_vec(d)?;
+        line.push(b'\n');
+        file.write_all(&line).with_context(|| format!("cannot write {}", path.display()))?;
+        file.sync_data().with_context(|| format!("cannot sync {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.samples.iter().filter(|s| s.status == status).count()
+    }
+
+    /// Writes the accepted and edited samples as Alpaca JSONL ({instruction, input, output});
+    /// returns how many.
+    pub fn export_alpaca(&self, out: &Path) -> anyhow::Result<usize> {
+        let mut text = String::new();
+        let mut n = 0;
+        for s in self.samples.iter().filter(|s| matches!(s.status, Status::Accepted | Status::Edited)) {
+            #[derive(Serialize)]
+            struct Alpaca<'a> {
+                instruction: &'a str,
+                input: &'a str,
+                output: &'a str,
+            }
+            let rec = Alpaca { instruction: &s.instruction, input: &s.input, output: &s.output };
+            text.push_str(&serde_json::to_string(&rec)?);
+            text.push('\n');
+            n += 1;
+        }
+        crate::fsutil::atomic_write(out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+        Ok(n)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::samples::{Provenance, SampleStore};
+
+    fn sample(id: &str) -> Sample {
+        Sample {
+            id: id.into(),
+            instruction: format!("Do {id}"),
+            input: String::new(),
+            output: format!("out {id}"),
+            status: Status::Pending,
+            provenance: Provenance::default(),
+        }
+    }
+
+    #[test]
+    fn decisions_persist_undo_and_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = SampleStore::open(&dir.path().join(SAMPLES)).unwrap();
+        store.append(sample("a")).unwrap();
+        store.append(sample("b")).unwrap();
+        let mut r = Review::open(dir.path()).unwrap();
+        r.decide("a", Status::Accepted, None).unwrap();
+        r.decide("b", Status::Edited, Some("better".into())).unwrap();
+        r.decide("a", Status::Rejected, None).unwrap();
+        assert_eq!(r.undo().unwrap().as_deref(), Some("a"));
+        assert_eq!(r.samples[0].status, Status::Accepted);
+        // A sample arrives while reviewing.
+        store.append(sample("c")).unwrap();
+        assert_eq!(r.refresh().unwrap(), 1);
+        drop(r);
+        let r = Review::open(dir.path()).unwrap();
+        assert_eq!(
+            r.samples.iter().map(|s| s.status).collect::<Vec<_>>(),
+            [Status::Accepted, Status::Edited, Status::Pending]
+        );
+        assert_eq!(r.samples[1].output, "better");
+        let out = dir.path().join("accepted.jsonl");
+        assert_eq!(r.export_alpaca(&out).unwrap(), 2);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.lines().nth(1).unwrap(), r#"{"instruction":"Do b","input":"","output":"better"}"#);
+        assert!(r.samples.iter().all(|s| s.status != Status::Rejected));
+        assert!(Review::open(dir.path()).is_ok());
+        assert!(std::fs::read_to_string(dir.path().join(SAMPLES)).unwrap().lines().all(|l| l.contains("pending")));
+    }
+}

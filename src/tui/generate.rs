@@ -1,0 +1,641 @@
+//! The Generate screen: choose seeds, model, corpus, mode and N; start and stop a generation
+//! run; watch instructions stream in, the counters, and a progress bar with ETA.
+//!
+//! The run is `selfspec generate --progress jsonl` in a child process (the same command a user
+//! would type), so the model never blocks the interface and the run folder is the same as a
+//! headless run's. Stopping sends SIGTERM: the run finishes its current token and can be
+//! continued with Start.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::seeds::Outcome;
+use super::seeds_view::truncate;
+use super::theme::Theme;
+use crate::generate::pipeline::{Counters, Mode, Outcome as RunOutcome, Progress};
+use crate::workspace::Workspace;
+
+const FIELDS: [&str; 5] = ["Seeds", "Model", "Corpus", "Mode", "N"];
+const RECENT: usize = 50;
+
+enum Message {
+    Progress(Box<Progress>),
+    /// A line that is not an event (an error message from the child).
+    Text(String),
+    Closed,
+}
+
+struct Running {
+    child: Child,
+    rx: Receiver<Message>,
+    run_dir: PathBuf,
+    started: Instant,
+    stopping: bool,
+}
+
+pub struct GenerateScreen {
+    pub seed_files: Vec<PathBuf>,
+    pub seed_ix: usize,
+    /// Index 0 is "none".
+    pub corpora: Vec<PathBuf>,
+    pub corpus_ix: usize,
+    pub mode: Mode,
+    pub model: String,
+    pub n: usize,
+    pub field: usize,
+    /// The text being typed into Model or N.
+    pub typing: Option<String>,
+    running: Option<Running>,
+    /// The run of the last start, continued by the next start if nothing changed.
+    last_run: Option<(PathBuf, String)>,
+    // What the run reported.
+    pub counters: Counters,
+    pub target: usize,
+    pub budget: usize,
+    kept_at_start: usize,
+    /// Seconds the last run went on (for its rate once it has ended).
+    last_secs: f64,
+    pub weighting: String,
+    /// The prompt being decoded and its text so far.
+    pub current: Option<(usize, String)>,
+    /// The response being decoded.
+    pub response: Option<(String, String)>,
+    /// Kept instructions, newest first.
+    pub recent: VecDeque<String>,
+    pub state: String,
+    pub error: bool,
+    config_file: PathBuf,
+    workspace: Workspace,
+}
+
+impl GenerateScreen {
+    pub fn new(
+        workspace: &Workspace,
+        config_file: &Path,
+        model: Option<String>,
+        seeds: Option<&Path>,
+    ) -> GenerateScreen {
+        let seed_files = workspace.seed_files().unwrap_or_default();
+        let seed_ix = seeds.and_then(|s| seed_files.iter().position(|f| f == s)).unwrap_or(0);
+        let mut corpora = vec![PathBuf::new()];
+        if let Ok(rd) = std::fs::read_dir(workspace.corpora_dir()) {
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl") || p.join("meta.json").exists())
+                .collect();
+            found.sort();
+            corpora.extend(found);
+        }
+        let mut screen = GenerateScreen {
+            seed_files,
+            seed_ix,
+            corpora,
+            corpus_ix: 0,
+            mode: Mode::None,
+            model: model.unwrap_or_default(),
+            n: 100,
+            field: 0,
+            typing: None,
+            running: None,
+            last_run: None,
+            counters: Counters::default(),
+            target: 0,
+            budget: 0,
+            kept_at_start: 0,
+            last_secs: 0.0,
+            weighting: String::new(),
+            current: None,
+            response: None,
+            recent: VecDeque::new(),
+            state: "ready: set the model, then s starts".into(),
+            error: false,
+            config_file: config_file.to_path_buf(),
+            workspace: workspace.clone(),
+        };
+        screen.match_corpus();
+        screen
+    }
+
+    /// Picks the corpus named like the chosen seed file (finance.yaml → finance.corpus.jsonl).
+    fn match_corpus(&mut self) {
+        let Some(stem) =
+            self.seed_files.get(self.seed_ix).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().to_string())
+        else {
+            return;
+        };
+        if let Some(i) = self
+            .corpora
+            .iter()
+            .position(|c| c.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}."))))
+        {
+            self.corpus_ix = i;
+            self.mode = Mode::Marginal;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    pub fn is_typing(&self) -> bool {
+        self.typing.is_some()
+    }
+
+    fn form_key(&self) -> String {
+        format!(
+            "{:?}|{}|{:?}|{:?}",
+            self.seed_files.get(self.seed_ix),
+            self.model,
+            self.corpora.get(self.corpus_ix),
+            self.mode
+        )
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
+        if let Some(text) = self.typing.as_mut() {
+            match key.code {
+                KeyCode::Enter => {
+                    let text = self.typing.take().unwrap_or_default();
+                    if self.field == 4 {
+                        match text.trim().parse::<usize>() {
+                            Ok(n) if n > 0 => self.n = n,
+                            _ => return Outcome::Error(format!("N must be a whole number ≥ 1, not {text:?}")),
+                        }
+                    } else {
+                        self.model = text.trim().to_string();
+                    }
+                }
+                KeyCode::Esc => self.typing = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c) => text.push(c),
+                _ => {}
+            }
+            return Outcome::Done;
+        }
+        match key.code {
+            KeyCode::Char('j') | KeyCode::Down | KeyCode::Tab => self.field = (self.field + 1) % FIELDS.len(),
+            KeyCode::Char('k') | KeyCode::Up | KeyCode::BackTab => {
+                self.field = (self.field + FIELDS.len() - 1) % FIELDS.len()
+            }
+            KeyCode::Left | KeyCode::Char('h') => self.cycle(-1),
+            KeyCode::Right | KeyCode::Char('l') => self.cycle(1),
+            KeyCode::Enter | KeyCode::Char('e') if self.field == 1 || self.field == 4 => {
+                if self.running.is_some() {
+                    return Outcome::Error("stop the run (x) before changing it".into());
+                }
+                self.typing = Some(if self.field == 1 { self.model.clone() } else { self.n.to_string() });
+            }
+            KeyCode::Enter => self.cycle(1),
+            KeyCode::Char('s') => return self.start(),
+            KeyCode::Char('x') => return self.stop(),
+            _ => return Outcome::Ignored,
+        }
+        Outcome::Done
+    }
+
+    fn cycle(&mut self, delta: isize) {
+        if self.running.is_some() {
+            return;
+        }
+        let step = |i: usize, n: usize| ((i as isize + delta).rem_euclid(n.max(1) as isize)) as usize;
+        match self.field {
+            0 => {
+                self.seed_ix = step(self.seed_ix, self.seed_files.len());
+                self.match_corpus();
+            }
+            2 => {
+                self.corpus_ix = step(self.corpus_ix, self.corpora.len());
+                if self.corpus_ix == 0 {
+                    self.mode = Mode::None;
+                } else if self.mode == Mode::None {
+                    self.mode = Mode::Marginal;
+                }
+            }
+            3 => {
+                let modes = [Mode::None, Mode::Top1, Mode::Marginal];
+                let i = modes.iter().position(|m| *m == self.mode).unwrap_or(0);
+                self.mode = modes[step(i, 3)];
+                if self.mode != Mode::None && self.corpus_ix == 0 && self.corpora.len() > 1 {
+                    self.corpus_ix = 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The index folder for the chosen corpus, built first when it is a JSONL file without one.
+    fn index_for(&self, corpus: &Path) -> anyhow::Result<PathBuf> {
+        if corpus.join("meta.json").exists() {
+            return Ok(corpus.to_path_buf());
+        }
+        let name = corpus.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = name.trim_end_matches(".jsonl").trim_end_matches(".corpus");
+        let index = self.workspace.corpora_dir().join(format!("{name}.index"));
+        if !index.join("meta.json").exists() {
+            crate::corpus::build(corpus, &index, &mut |_, _| {})?;
+        }
+        Ok(index)
+    }
+
+    fn start(&mut self) -> Outcome {
+        if self.running.is_some() {
+            return Outcome::Error("a run is going; x stops it".into());
+        }
+        let Some(seeds) = self.seed_files.get(self.seed_ix).cloned() else {
+            return Outcome::Error("no seed file in the workspace's seeds/ folder".into());
+        };
+        if self.model.trim().is_empty() {
+            self.field = 1;
+            return Outcome::Error("choose a model first: Enter on Model, type a model folder".into());
+        }
+        if self.mode != Mode::None && self.corpus_ix == 0 {
+            return Outcome::Error(format!("mode {} needs a corpus", mode_name(self.mode)));
+        }
+        let index = match self.corpora.get(self.corpus_ix).filter(|_| self.corpus_ix > 0 && self.mode != Mode::None) {
+            Some(c) => match self.index_for(c) {
+                Ok(i) => Some(i),
+                Err(e) => return Outcome::Error(format!("cannot index {}: {e:#}", c.display())),
+            },
+            None => None,
+        };
+        let form = self.form_key();
+        let run_dir = match &self.last_run {
+            Some((dir, key)) if *key == form => dir.clone(),
+            _ => {
+                let stem = seeds.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.workspace.runs_dir().join(format!("gen-{stem}-{secs}"))
+            }
+        };
+        let seed = run_seed(&run_dir);
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => return Outcome::Error(format!("cannot find the selfspec program: {e}")),
+        };
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            return Outcome::Error(format!("cannot create {}: {e}", run_dir.display()));
+        }
+        let log = match std::fs::File::create(run_dir.join("generate.log")) {
+            Ok(f) => f,
+            Err(e) => return Outcome::Error(format!("cannot write {}: {e}", run_dir.join("generate.log").display())),
+        };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
+        cmd.arg("generate").arg("--seeds").arg(&seeds).arg("--model").arg(self.model.trim());
+        cmd.args(["--n", &self.n.to_string(), "--seed", &seed.to_string(), "--progress", "jsonl"]);
+        cmd.args(["--mode", mode_name(self.mode)]).arg("--run").arg(&run_dir);
+        if let Some(index) = &index {
+            cmd.arg("--corpus").arg(index);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        // Its own process group: a Ctrl-C meant for the terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Error(format!("cannot start generation: {e}")),
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let msg = match serde_json::from_str::<Progress>(&line) {
+                    Ok(p) => Message::Progress(Box::new(p)),
+                    Err(_) => Message::Text(line),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Message::Closed);
+        });
+        self.current = None;
+        self.response = None;
+        self.error = false;
+        self.state = format!("starting: loading {}", self.model.trim());
+        self.target = self.n;
+        self.last_run = Some((run_dir.clone(), form));
+        self.running = Some(Running { child, rx, run_dir: run_dir.clone(), started: Instant::now(), stopping: false });
+        Outcome::Notice(format!("generating into {}", run_dir.display()))
+    }
+
+    pub fn stop(&mut self) -> Outcome {
+        let Some(run) = self.running.as_mut() else { return Outcome::Error("nothing is running".into()) };
+        run.stopping = true;
+        self.state = "stopping after the current token…".into();
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(run.child.id().to_string()).status();
+        Outcome::Done
+    }
+
+    /// Reads what the run reported since the last call.
+    pub fn tick(&mut self) -> Option<Outcome> {
+        let mut outcome = None;
+        loop {
+            let Some(run) = self.running.as_mut() else { return outcome };
+            match run.rx.try_recv() {
+                Ok(Message::Progress(p)) => self.apply(*p),
+                Ok(Message::Text(t)) => self.state = t,
+                Ok(Message::Closed) | Err(TryRecvError::Disconnected) => {
+                    let status = run.child.wait();
+                    let dir = run.run_dir.clone();
+                    self.last_secs = run.started.elapsed().as_secs_f64();
+                    self.running = None;
+                    self.current = None;
+                    self.response = None;
+                    let ok = status.as_ref().is_ok_and(|s| s.success() || s.code() == Some(130) || s.code() == Some(3));
+                    if !ok {
+                        let log = std::fs::read_to_string(dir.join("generate.log")).unwrap_or_default();
+                        let last = log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").to_string();
+                        self.state = format!("failed: {last}");
+                        self.error = true;
+                        outcome = Some(Outcome::Error(format!(
+                            "generation failed; see {}",
+                            dir.join("generate.log").display()
+                        )));
+                    }
+                    return outcome;
+                }
+                Err(TryRecvError::Empty) => return outcome,
+            }
+        }
+    }
+
+    /// Applies one event of the run (what the reader thread delivers).
+    pub fn apply(&mut self, p: Progress) {
+        match p {
+            Progress::Started { n, budget, resumed, counters, weighting, .. } => {
+                self.target = n;
+                self.budget = budget;
+                self.kept_at_start = resumed;
+                self.counters = counters;
+                self.counters.kept = resumed;
+                self.weighting = weighting;
+                self.state =
+                    if resumed > 0 { format!("running (continued with {resumed} kept)") } else { "running".into() };
+            }
+            Progress::Prompts { first, count } => {
+                self.current = None;
+                self.state = format!("decoding instruction prompts {}–{}", first + 1, first + count);
+            }
+            Progress::InstructionText { prompt, text } => match self.current.as_mut() {
+                Some((p, t)) if *p == prompt => t.push_str(&text),
+                _ => self.current = Some((prompt, text)),
+            },
+            Progress::Responding { ids } => {
+                self.response = None;
+                self.state = format!("decoding {} responses", ids.len());
+            }
+            Progress::ResponseText { id, text } => match self.response.as_mut() {
+                Some((i, t)) if *i == id => t.push_str(&text),
+                _ => self.response = Some((id, text)),
+            },
+            Progress::Filtered { rejection, .. } => {
+                *self.counters.filtered.entry(rejection).or_default() += 1;
+            }
+            Progress::Kept { sample } => {
+                self.counters.kept += 1;
+                self.recent.push_front(sample.instruction.replace('\n', " "));
+                self.recent.truncate(RECENT);
+            }
+            Progress::Batch { counters } => self.counters = counters,
+            Progress::Finished { outcome, counters } => {
+                self.counters = counters;
+                self.state = match outcome {
+                    RunOutcome::Done => format!("done: {} samples; review them on the Review tab", self.counters.kept),
+                    RunOutcome::Cancelled => "stopped; s continues the run".into(),
+                    RunOutcome::Budget { budget } => {
+                        self.error = true;
+                        format!(
+                            "stopped: {budget} prompts gave only {} samples (the prompt budget)",
+                            self.counters.kept
+                        )
+                    }
+                };
+            }
+        }
+    }
+
+    /// On exit: stop the run (it can be continued later with the same settings).
+    pub fn shutdown(&mut self) {
+        if let Some(run) = self.running.as_mut() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(run.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if run.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = run.child.kill();
+        }
+    }
+
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.last_run.as_ref().map(|(d, _)| d.as_path())
+    }
+
+    /// N of the run shown, else of the form.
+    fn goal(&self) -> usize {
+        if self.target == 0 {
+            self.n
+        } else {
+            self.target
+        }
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.running.as_ref().map_or(self.last_secs, |r| r.started.elapsed().as_secs_f64())
+    }
+
+    pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let [top, middle, bottom] =
+            Layout::vertical([Constraint::Length(8), Constraint::Min(4), Constraint::Length(6)]).areas(area);
+        let [setup, stats] = Layout::horizontal([Constraint::Percentage(45), Constraint::Min(0)]).areas(top);
+        self.render_setup(frame, setup, theme);
+        self.render_stats(frame, stats, theme);
+        self.render_stream(frame, middle, theme);
+        self.render_recent(frame, bottom, theme);
+    }
+
+    fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title(Span::styled(" Setup ", theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let width = inner.width.saturating_sub(9) as usize;
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let values = [
+            self.seed_files.get(self.seed_ix).map(|p| format!("‹ {} ›", name(p))).unwrap_or("(no seed files)".into()),
+            match (&self.typing, self.field) {
+                (Some(t), 1) => format!("{t}▏"),
+                _ if self.model.is_empty() => "(Enter to type a model folder)".into(),
+                _ => self.model.clone(),
+            },
+            if self.corpus_ix == 0 {
+                "‹ none ›".into()
+            } else {
+                format!("‹ {} ›", name(&self.corpora[self.corpus_ix]))
+            },
+            format!("‹ {} ›", mode_name(self.mode)),
+            match (&self.typing, self.field) {
+                (Some(t), 4) => format!("{t}▏"),
+                _ => self.n.to_string(),
+            },
+        ];
+        let mut lines: Vec<Line> = FIELDS
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (label, value))| {
+                let style = if i == self.field { theme.field_label_focus } else { theme.field_label };
+                let marker = if i == self.field { "›" } else { " " };
+                Line::from(vec![
+                    Span::styled(format!("{marker}{label:<7} "), style),
+                    Span::styled(truncate(&value, width), if i == self.field { theme.selection } else { theme.base }),
+                ])
+            })
+            .collect();
+        let action = if self.running.is_some() { "x stop" } else { "s start" };
+        lines.push(Line::from(vec![
+            Span::styled(format!(" {action}"), theme.key),
+            Span::styled("  ←→ change  ↑↓ field", theme.muted),
+        ]));
+        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+    }
+
+    fn render_stats(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let title = match self.run_dir() {
+            Some(d) => {
+                format!(" Progress · {} ", d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+            }
+            None => " Progress ".into(),
+        };
+        let block =
+            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let [text, gauge] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
+        let c = &self.counters;
+        let secs = self.elapsed();
+        let new = c.kept.saturating_sub(self.kept_at_start);
+        let per_min = if secs > 0.0 { new as f64 / secs * 60.0 } else { 0.0 };
+        let tokens = if c.seconds > 0.0 { (c.instruction_tokens + c.response_tokens) as f64 / c.seconds } else { 0.0 };
+        let reasons = |m: &BTreeMap<String, usize>| {
+            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{} {v}", k.replace('_', " "))).collect();
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", parts.join(", "))
+            }
+        };
+        let filtered: usize = c.filtered.values().sum();
+        let unparsed: usize = c.unparsed.values().sum();
+        let w = inner.width as usize;
+        let state_style = if self.error { theme.error } else { theme.accent };
+        let lines = vec![
+            Line::from(Span::styled(truncate(&self.state, w), state_style)),
+            Line::from(if self.budget > 0 {
+                format!("kept {}/{} · prompts {}/{} · parsed {}", c.kept, self.goal(), c.prompts, self.budget, c.parsed)
+            } else {
+                format!("kept {}/{} · prompts {} · parsed {}", c.kept, self.goal(), c.prompts, c.parsed)
+            }),
+            Line::from(format!("{per_min:.1} samples/min · {tokens:.0} tokens/s")),
+            Line::from(Span::styled(truncate(&format!("filtered {filtered}{}", reasons(&c.filtered)), w), theme.muted)),
+            Line::from(Span::styled(truncate(&format!("unparsed {unparsed}{}", reasons(&c.unparsed)), w), theme.muted)),
+        ];
+        frame.render_widget(Paragraph::new(lines).style(theme.base), text);
+        let target = self.goal().max(1);
+        let ratio = (c.kept as f64 / target as f64).min(1.0);
+        let eta = if new > 0 && self.running.is_some() {
+            let left = target.saturating_sub(c.kept) as f64 / (new as f64 / secs);
+            format!(" ETA {}", human_secs(left))
+        } else {
+            String::new()
+        };
+        let gauge_widget =
+            Gauge::default().gauge_style(theme.ok).ratio(ratio).label(format!("{:.0}%{eta}", ratio * 100.0));
+        frame.render_widget(gauge_widget, gauge);
+    }
+
+    fn render_stream(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let (title, text) = match (&self.response, &self.current) {
+            (Some((id, t)), _) => (format!(" Response {id} "), t.clone()),
+            (None, Some((p, t))) => (format!(" Instruction prompt {} ", p + 1), t.clone()),
+            _ => (" Decoding ".into(), String::new()),
+        };
+        let block =
+            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        // The newest text: as many trailing lines as fit.
+        let width = inner.width.max(1) as usize;
+        let mut rows: Vec<String> = Vec::new();
+        for line in text.lines() {
+            for (s, e) in super::editor::wrap_line(line, width) {
+                rows.push(line[s..e].to_string());
+            }
+        }
+        let skip = rows.len().saturating_sub(inner.height as usize);
+        let lines: Vec<Line> = rows.into_iter().skip(skip).map(Line::from).collect();
+        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+    }
+
+    fn render_recent(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title(Span::styled(" Kept (newest first) ", theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let w = inner.width as usize;
+        let lines: Vec<Line> =
+            self.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();
+        frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
+    }
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    mode.as_str()
+}
+
+/// The seed of a run: the one its config.yaml records, else a new one from the clock.
+fn run_seed(dir: &Path) -> u64 {
+    let recorded = std::fs::read_to_string(dir.join("config.yaml"))
+        .ok()
+        .and_then(|t| crate::yaml::from_str::<crate::generate::pipeline::Job>(&t).ok())
+        .map(|j| j.seed);
+    recorded.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 1_000_000)
+            .unwrap_or(0)
+    })
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

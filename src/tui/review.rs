@@ -1,0 +1,400 @@
+//! The Review screen: a run's samples as a list and a detail with provenance; single keys accept,
+//! reject, edit or skip, with undo; a status filter; accepted samples export as Alpaca JSONL.
+//! Decisions are saved at once (generate::review), and samples a running generator appends show
+//! up as they arrive.
+
+use std::path::{Path, PathBuf};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::editor::TextEditor;
+use super::seeds::Outcome;
+use super::seeds_view::truncate;
+use super::theme::Theme;
+use crate::generate::review::Review;
+use crate::generate::samples::{Sample, Status};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    Only(Status),
+}
+
+const FILTERS: [Filter; 5] = [
+    Filter::All,
+    Filter::Only(Status::Pending),
+    Filter::Only(Status::Accepted),
+    Filter::Only(Status::Rejected),
+    Filter::Only(Status::Edited),
+];
+
+pub struct ReviewScreen {
+    pub runs: Vec<PathBuf>,
+    pub run_ix: usize,
+    pub review: Option<Review>,
+    pub filter: Filter,
+    /// Position in the filtered list.
+    pub selected: usize,
+    /// The response being edited.
+    pub editing: Option<TextEditor>,
+    pub message: Option<String>,
+    scroll: std::cell::Cell<usize>,
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Accepted => "accepted",
+        Status::Rejected => "rejected",
+        Status::Edited => "edited",
+    }
+}
+
+/// Run folders that hold samples, newest first.
+pub fn sample_runs(workspace: &Workspace) -> Vec<PathBuf> {
+    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(workspace.runs_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join(crate::generate::pipeline::SAMPLES).exists())
+                .map(|p| {
+                    let t = std::fs::metadata(p.join("config.yaml"))
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (t, p)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    runs.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    runs.into_iter().map(|(_, p)| p).collect()
+}
+
+impl ReviewScreen {
+    pub fn new(workspace: &Workspace) -> ReviewScreen {
+        let mut screen = ReviewScreen {
+            runs: sample_runs(workspace),
+            run_ix: 0,
+            review: None,
+            filter: Filter::All,
+            selected: 0,
+            editing: None,
+            message: None,
+            scroll: std::cell::Cell::new(0),
+        };
+        screen.open_current();
+        screen
+    }
+
+    /// Re-lists the runs, keeping `prefer` (or the current run) selected.
+    pub fn rescan(&mut self, workspace: &Workspace, prefer: Option<&Path>) {
+        let current = prefer.map(Path::to_path_buf).or_else(|| self.runs.get(self.run_ix).cloned());
+        self.runs = sample_runs(workspace);
+        if let Some(c) = &current {
+            if !self.runs.contains(c) && c.join(crate::generate::pipeline::SAMPLES).exists() {
+                self.runs.insert(0, c.clone());
+            }
+        }
+        let ix = current.and_then(|c| self.runs.iter().position(|r| *r == c)).unwrap_or(0);
+        let changed = self.review.as_ref().map(|r| r.dir.clone()) != self.runs.get(ix).cloned();
+        self.run_ix = ix;
+        if changed {
+            self.open_current();
+        }
+    }
+
+    fn open_current(&mut self) {
+        self.review = None;
+        self.selected = 0;
+        if let Some(dir) = self.runs.get(self.run_ix) {
+            match Review::open(dir) {
+                Ok(r) => self.review = Some(r),
+                Err(e) => self.message = Some(format!("{e:#}")),
+            }
+        }
+    }
+
+    /// Indices of the samples the filter shows.
+    pub fn visible(&self) -> Vec<usize> {
+        let Some(r) = &self.review else { return Vec::new() };
+        r.samples
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| match self.filter {
+                Filter::All => true,
+                Filter::Only(st) => s.status == st,
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn current(&self) -> Option<&Sample> {
+        let v = self.visible();
+        let i = *v.get(self.selected.min(v.len().saturating_sub(1)))?;
+        self.review.as_ref().map(|r| &r.samples[i])
+    }
+
+    pub fn is_typing(&self) -> bool {
+        self.editing.is_some()
+    }
+
+    /// Picks up new samples.
+    pub fn tick(&mut self) -> Option<Outcome> {
+        let r = self.review.as_mut()?;
+        match r.refresh() {
+            Ok(_) => None,
+            Err(e) => Some(Outcome::Error(format!("{e:#}"))),
+        }
+    }
+
+    fn decide(&mut self, status: Status, output: Option<String>) -> Outcome {
+        let Some(id) = self.current().map(|s| s.id.clone()) else { return Outcome::Error("no sample selected".into()) };
+        let Some(r) = self.review.as_mut() else { return Outcome::Ignored };
+        if let Err(e) = r.decide(&id, status, output) {
+            return Outcome::Error(format!("{e:#}"));
+        }
+        // The next sample; under a status filter the decided one may have left the list.
+        let still_visible = self.visible().iter().any(|&i| self.review.as_ref().is_some_and(|r| r.samples[i].id == id));
+        if still_visible {
+            self.move_by(1);
+        }
+        Outcome::Notice(format!("{id}: {}", status_name(status)))
+    }
+
+    fn move_by(&mut self, delta: isize) {
+        let n = self.visible().len();
+        if n == 0 {
+            self.selected = 0;
+            return;
+        }
+        self.selected = (self.selected as isize + delta).clamp(0, n as isize - 1) as usize;
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
+        if let Some(ed) = self.editing.as_mut() {
+            let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+            match key.code {
+                KeyCode::Esc => {
+                    let text = self.editing.take().map(|e| e.text()).unwrap_or_default();
+                    return self.decide(Status::Edited, Some(text));
+                }
+                KeyCode::Char('c') if ctrl => {
+                    self.editing = None;
+                    return Outcome::Notice("edit discarded".into());
+                }
+                KeyCode::Enter => ed.newline(),
+                KeyCode::Backspace => ed.backspace(),
+                KeyCode::Delete => ed.delete(),
+                KeyCode::Left => ed.left(),
+                KeyCode::Right => ed.right(),
+                KeyCode::Up => ed.vertical(-1, 60),
+                KeyCode::Down => ed.vertical(1, 60),
+                KeyCode::Home => ed.home(),
+                KeyCode::End => ed.end(),
+                KeyCode::Char(c) => ed.insert_char(c),
+                _ => {}
+            }
+            return Outcome::Done;
+        }
+        match key.code {
+            KeyCode::Char('j') | KeyCode::Down => self.move_by(1),
+            KeyCode::Char('k') | KeyCode::Up => self.move_by(-1),
+            KeyCode::PageDown => self.move_by(10),
+            KeyCode::PageUp => self.move_by(-10),
+            KeyCode::Char('g') | KeyCode::Home => self.selected = 0,
+            KeyCode::Char('G') | KeyCode::End => self.move_by(isize::MAX / 2),
+            KeyCode::Char('a') => return self.decide(Status::Accepted, None),
+            KeyCode::Char('r') => return self.decide(Status::Rejected, None),
+            KeyCode::Char('s') => self.move_by(1),
+            KeyCode::Char('e') => match self.current() {
+                Some(s) => self.editing = Some(TextEditor::new(&s.output, true)),
+                None => return Outcome::Error("no sample selected".into()),
+            },
+            KeyCode::Char('u') => {
+                let Some(r) = self.review.as_mut() else { return Outcome::Ignored };
+                return match r.undo() {
+                    Ok(Some(id)) => {
+                        if let Some(pos) = self
+                            .visible()
+                            .iter()
+                            .position(|&i| self.review.as_ref().is_some_and(|r| r.samples[i].id == id))
+                        {
+                            self.selected = pos;
+                        }
+                        Outcome::Notice(format!("undone: {id}"))
+                    }
+                    Ok(None) => Outcome::Notice("nothing to undo".into()),
+                    Err(e) => Outcome::Error(format!("{e:#}")),
+                };
+            }
+            KeyCode::Char('f') => {
+                let i = FILTERS.iter().position(|f| *f == self.filter).unwrap_or(0);
+                self.filter = FILTERS[(i + 1) % FILTERS.len()];
+                self.selected = 0;
+            }
+            KeyCode::Char(']') | KeyCode::Char('[') => {
+                if self.runs.is_empty() {
+                    return Outcome::Error("no run has samples yet: generate some first".into());
+                }
+                let n = self.runs.len();
+                self.run_ix =
+                    if key.code == KeyCode::Char(']') { (self.run_ix + 1) % n } else { (self.run_ix + n - 1) % n };
+                self.open_current();
+            }
+            KeyCode::Char('x') => {
+                let Some(r) = &self.review else { return Outcome::Error("no run open".into()) };
+                let out = r.dir.join("accepted.alpaca.jsonl");
+                return match r.export_alpaca(&out) {
+                    Ok(n) => Outcome::Notice(format!("{n} accepted samples written to {}", out.display())),
+                    Err(e) => Outcome::Error(format!("{e:#}")),
+                };
+            }
+            _ => return Outcome::Ignored,
+        }
+        Outcome::Done
+    }
+
+    pub fn status_line(&self) -> String {
+        match &self.review {
+            Some(r) => format!(
+                "{} pending · {} accepted · {} rejected · {} edited",
+                r.count(Status::Pending),
+                r.count(Status::Accepted),
+                r.count(Status::Rejected),
+                r.count(Status::Edited)
+            ),
+            None => "no samples".into(),
+        }
+    }
+
+    pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let list_width = (area.width * 2 / 5).clamp(24.min(area.width), 48);
+        let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
+        self.render_list(frame, list, theme);
+        let prov_height = 8.min(right.height / 2);
+        let [detail, prov] = Layout::vertical([Constraint::Min(0), Constraint::Length(prov_height)]).areas(right);
+        self.render_detail(frame, detail, theme);
+        self.render_provenance(frame, prov, theme);
+    }
+
+    fn render_list(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let run = self.runs.get(self.run_ix).and_then(|r| r.file_name()).map(|n| n.to_string_lossy().to_string());
+        let filter = match self.filter {
+            Filter::All => "all".to_string(),
+            Filter::Only(s) => status_name(s).to_string(),
+        };
+        let title = format!(" {} · {filter} ", run.unwrap_or_else(|| "no runs".into()));
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border_focus)
+            .title(Span::styled(truncate(&title, area.width.saturating_sub(2) as usize), theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let Some(r) = &self.review else {
+            let text =
+                self.message.clone().unwrap_or_else(|| "No samples yet. Generate some on the Generate tab (2).".into());
+            frame.render_widget(Paragraph::new(text).style(theme.muted).wrap(Wrap { trim: true }), inner);
+            return;
+        };
+        let visible = self.visible();
+        let height = inner.height as usize;
+        let selected = self.selected.min(visible.len().saturating_sub(1));
+        let mut top = self.scroll.get();
+        if selected < top {
+            top = selected;
+        } else if height > 0 && selected >= top + height {
+            top = selected + 1 - height;
+        }
+        self.scroll.set(top);
+        let w = inner.width as usize;
+        let lines: Vec<Line> = visible
+            .iter()
+            .enumerate()
+            .skip(top)
+            .take(height)
+            .map(|(pos, &i)| {
+                let s = &r.samples[i];
+                let (mark, style) = match s.status {
+                    Status::Pending => ("·", theme.muted),
+                    Status::Accepted => ("✓", theme.ok),
+                    Status::Rejected => ("✗", theme.error),
+                    Status::Edited => ("✎", theme.warning),
+                };
+                let text = truncate(&s.instruction.replace('\n', " "), w.saturating_sub(2));
+                let row_style = if pos == selected { theme.selection } else { theme.base };
+                Line::from(vec![Span::styled(format!("{mark} "), style), Span::styled(text, row_style)])
+            })
+            .collect();
+        if lines.is_empty() {
+            frame.render_widget(
+                Paragraph::new("No samples with this status (f changes the filter).")
+                    .style(theme.muted)
+                    .wrap(Wrap { trim: true }),
+                inner,
+            );
+        } else {
+            frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+        }
+    }
+
+    fn render_detail(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let title = match self.current() {
+            Some(s) => format!(" {} · {} ", s.id, status_name(s.status)),
+            None => " Sample ".into(),
+        };
+        let block =
+            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let Some(s) = self.current() else { return };
+        let mut lines = vec![Line::from(Span::styled("Instruction", theme.field_label))];
+        lines.extend(s.instruction.lines().map(|l| Line::from(l.to_string())));
+        if !s.input.is_empty() {
+            lines.push(Line::from(Span::styled("Input", theme.field_label)));
+            lines.extend(s.input.lines().map(|l| Line::from(l.to_string())));
+        }
+        let editing = self.editing.is_some();
+        lines.push(Line::from(Span::styled(
+            if editing { "Response (editing: Esc saves, Ctrl-C discards)" } else { "Response" },
+            if editing { theme.field_label_focus } else { theme.field_label },
+        )));
+        match &self.editing {
+            Some(ed) => lines.extend(ed.lines().iter().map(|l| Line::from(Span::styled(l.clone(), theme.selection)))),
+            None => lines.extend(s.output.lines().map(|l| Line::from(l.to_string()))),
+        }
+        frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
+    }
+
+    fn render_provenance(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title(Span::styled(" Provenance ", theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let Some(s) = self.current() else { return };
+        let p = &s.provenance;
+        let docs = if p.documents.is_empty() {
+            "none".to_string()
+        } else {
+            p.documents.iter().map(|d| format!("{} {:.2}", d.id, d.weight)).collect::<Vec<_>>().join(", ")
+        };
+        let nearest = match (&p.most_similar, p.rouge_l) {
+            (Some(m), Some(r)) => format!("{m} (ROUGE-L {r:.2})"),
+            _ => "—".into(),
+        };
+        let mode = p.mode.map(super::generate::mode_name).unwrap_or("?");
+        let lines = vec![
+            Line::from(vec![Span::styled("demos   ", theme.field_label), Span::raw(p.demos.join(", "))]),
+            Line::from(vec![Span::styled("docs    ", theme.field_label), Span::raw(format!("{docs} ({mode})"))]),
+            Line::from(vec![Span::styled("nearest ", theme.field_label), Span::raw(nearest)]),
+            Line::from(vec![Span::styled("model   ", theme.field_label), Span::raw(p.model.clone())]),
+        ];
+        frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
+    }
+}

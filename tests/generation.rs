@@ -1,0 +1,256 @@
+//! Stages 2 and 3: the task-list parser on messy model output (data-driven), the mixture of
+//! eq. 2, and `selfspec generate` end to end — including resuming after real kill -9s — on a tiny
+//! model trained to write task lists (scripts/make_writer_model.py).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use selfspec::generate::prompts::{parse_tasks, Task};
+use selfspec::generate::{self, Request};
+use selfspec::model::{DTypeChoice, Model};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/models").join(name)
+}
+
+fn load(name: &str) -> Model {
+    Model::load(fixture(name).to_str().unwrap(), DTypeChoice::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn task_lists_parse_as_the_cases_say() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/task_lists.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let (tasks, failures) = parse_tasks(case["text"].as_str().unwrap(), case["truncated"].as_bool().unwrap());
+        let want: Vec<Task> = case["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| Task { instruction: t[0].as_str().unwrap().into(), input: t[1].as_str().unwrap().into() })
+            .collect();
+        assert_eq!(tasks, want, "case {name}");
+        let failures: Vec<String> =
+            failures.iter().map(|f| serde_json::to_value(f).unwrap().as_str().unwrap().to_string()).collect();
+        let want: Vec<String> =
+            case["unparsed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(failures, want, "case {name}");
+    }
+}
+
+#[test]
+fn the_mixture_is_the_weighted_sum_of_the_distributions() {
+    let logits = Tensor::new(
+        &[[1.0f32, 2.0, 0.5, -1.0], [0.0, -3.0, 2.0, 1.0], [4.0, 0.0, 0.0, 0.0], [0.3, 0.2, 0.1, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let rows = logits.to_vec2::<f32>().unwrap();
+    let softmax = |r: &[f32]| {
+        let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = r.iter().map(|x| ((x - m) as f64).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / z).collect::<Vec<f64>>()
+    };
+    // Two requests: rows 0..3 with weights (0.5, 0.3, 0.2), row 3 alone.
+    let w0 = [0.5, 0.3, 0.2];
+    let mixed = generate::mix(&logits, &[3, 1], &[&w0, &[1.0]]).unwrap().to_vec2::<f32>().unwrap();
+    for (v, got) in mixed[0].iter().enumerate() {
+        let want: f64 = (0..3).map(|j| w0[j] * softmax(&rows[j])[v]).sum();
+        assert!((*got as f64 - want.ln()).abs() < 1e-6, "token {v}: {got} vs {}", want.ln());
+        assert!((mixed[1][v] as f64 - softmax(&rows[3])[v].ln()).abs() < 1e-6);
+    }
+}
+
+fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
+    let opts = generate::Options { prompt_top: 0, max_batch: 64 };
+    let (out, _) = generate::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    out.into_iter().map(|c| c.ids).collect()
+}
+
+#[test]
+fn one_document_or_identical_documents_decode_as_plain() {
+    for name in ["llama3-gqa", "qwen2-bias-tied"] {
+        let model = load(name);
+        let doc = model.tokenizer.encode("Background: statins lower LDL cholesterol. Question: which").unwrap();
+        let other = model.tokenizer.encode("Gross margin fell because memory chip costs rose").unwrap();
+        let plain = greedy_text(&model, &[Request::new(doc.clone(), 24)]);
+        // k = 1 through the mixture path: batched with a two-document request so the step mixes.
+        let one = Request { weights: vec![1.0], ..Request::new(doc.clone(), 24) };
+        let two =
+            Request { prompts: vec![other.clone(), doc.clone()], weights: vec![0.7, 0.3], ..Request::new(vec![], 24) };
+        let got = greedy_text(&model, &[one, two]);
+        assert_eq!(got[0], plain[0], "{name}: k = 1");
+        // The same document three times with equal weights.
+        let same = Request { prompts: vec![doc.clone(); 3], ..Request::new(vec![], 24) };
+        assert_eq!(greedy_text(&model, &[same])[0], plain[0], "{name}: identical documents");
+        // A document with (almost) all the weight decides the text.
+        let heavy =
+            Request { prompts: vec![doc.clone(), other.clone()], weights: vec![1.0, 1e-9], ..Request::new(vec![], 24) };
+        assert_eq!(greedy_text(&model, &[heavy])[0], plain[0], "{name}: weight 1 vs 1e-9");
+    }
+}
+
+#[test]
+fn bad_weights_are_refused_by_name() {
+    let model = load("llama2");
+    let bad = Request { prompts: vec![vec![1, 2], vec![3]], weights: vec![1.0], ..Request::new(vec![], 4) };
+    let err = generate::generate(&model, &[bad], &Default::default(), &mut |_| {}, &AtomicBool::new(false))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("request 0: 1 weights for 2 prompts"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `selfspec generate` end to end.
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    workspace: PathBuf,
+    index: PathBuf,
+    base: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
+         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n",
+    )
+    .unwrap();
+    let index = dir.path().join("index");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["index", "build"])
+        .arg(root().join("sample-seeds/finance.corpus.jsonl"))
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Env { workspace: dir.path().join("ws"), base: dir.path().to_path_buf(), _dir: dir, config, index }
+}
+
+fn generate_cmd(env: &Env, run: &Path, n: usize, mode: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    cmd.arg("--config").arg(&env.config).arg("--workspace").arg(&env.workspace);
+    cmd.args(["generate", "--seeds"]).arg(root().join("sample-seeds/finance.yaml"));
+    cmd.arg("--model").arg(fixture("writer")).args(["--n", &n.to_string(), "--seed", "11", "--mode", mode]);
+    cmd.arg("--run").arg(run);
+    if mode != "none" {
+        cmd.arg("--corpus").arg(&env.index);
+    }
+    cmd
+}
+
+/// Every line of samples.jsonl: whole, valid JSON, with its provenance.
+fn check_samples(run: &Path, mode: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
+    let mut ids = HashSet::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: {e}: {line}", i + 1));
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()), "duplicate id on line {}", i + 1);
+        let p = &v["provenance"];
+        assert_eq!(p["demos"].as_array().unwrap().len(), 3, "{line}");
+        assert!(p["model"].as_str().unwrap().ends_with("writer"));
+        assert_eq!(p["mode"], mode);
+        assert!(p["rouge_l"].as_f64().unwrap() <= 0.7);
+        assert!(!v["instruction"].as_str().unwrap().is_empty() && !v["output"].as_str().unwrap().is_empty());
+        let docs = p["documents"].as_array().unwrap();
+        match mode {
+            "none" => assert!(docs.is_empty()),
+            "top1" => assert!(docs.len() <= 1),
+            _ => {
+                assert!(docs.len() <= 3);
+                let sum: f64 = docs.iter().map(|d| d["weight"].as_f64().unwrap()).sum();
+                assert!(docs.is_empty() || (sum - 1.0).abs() < 1e-9, "weights sum to {sum}");
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
+#[test]
+fn generate_writes_samples_in_each_mode() {
+    let env = env();
+    for mode in ["none", "top1", "marginal"] {
+        let run = env.base.join(format!("run-{mode}"));
+        let out = generate_cmd(&env, &run, 6, mode).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(stderr.contains("done: 6 samples"), "{stderr}");
+        assert_eq!(check_samples(&run, mode).len(), 6);
+        let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+        assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
+    }
+    // A run started with other settings is not continued with these.
+    let run = env.base.join("run-none");
+    let out = generate_cmd(&env, &run, 6, "top1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was started with other settings"), "{stderr}");
+    assert!(stderr.contains(r#"mode: "none" (run) vs "top1" (now)"#), "{stderr}");
+}
+
+#[test]
+fn killed_runs_continue_to_n_without_duplicates_or_losses() {
+    let env = env();
+    let run = env.base.join("run");
+    let n = 60;
+    let count = || std::fs::read_to_string(run.join("samples.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    let mut kills = 0;
+    // SIGKILL at a different moment each time: just after the model loads, while instructions
+    // decode, right after a sample is written; then let it finish.
+    for attempt in 0..6u64 {
+        let mut child =
+            generate_cmd(&env, &run, n, "marginal").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let before = count();
+        let started = Instant::now();
+        let deadline = Duration::from_millis(150 + 120 * attempt);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let wrote = count() > before;
+            if started.elapsed() > deadline || (attempt % 2 == 1 && wrote) {
+                child.kill().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        check_samples(&run, "marginal");
+    }
+    assert!(kills >= 3, "only {kills} kills: the run was too quick to test resuming");
+    assert!(count() < n, "the kills came too late to cut the run");
+    let out = generate_cmd(&env, &run, n, "marginal").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let samples = check_samples(&run, "marginal");
+    assert_eq!(samples.len(), n);
+    // The filtered log has no repeated ids either, and events.jsonl ends with the finish.
+    let filtered = std::fs::read_to_string(run.join("filtered.jsonl")).unwrap();
+    let ids: Vec<String> = filtered
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), ids.iter().collect::<HashSet<_>>().len());
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
+}
