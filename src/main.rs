@@ -42,6 +42,9 @@ enum Command {
     Index(IndexCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
+    /// Generated samples: review decisions and export.
+    #[command(subcommand)]
+    Samples(SamplesCommand),
     /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
     /// a run folder; run the same command again to continue an interrupted run.
     Generate(GenerateArgs),
@@ -258,6 +261,36 @@ enum BenchCommand {
 }
 
 #[derive(Subcommand)]
+enum SamplesCommand {
+    /// Write a run's accepted and edited samples as Alpaca JSONL ({instruction, input, output}).
+    Export {
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Record a review decision on one sample (saved at once, as the Review tab does).
+    Decide {
+        run: PathBuf,
+        id: String,
+        #[arg(value_enum)]
+        decision: Decision,
+        /// A new response: the sample becomes edited (implies accepting it).
+        #[arg(long)]
+        output: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Decision {
+    Accept,
+    Reject,
+    Pending,
+}
+
+#[derive(Subcommand)]
 enum SeedsCommand {
     /// Check seed files; prints every problem with file:line:column, exits 0 only if all are valid.
     Validate {
@@ -357,6 +390,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
+        Some(Command::Samples(cmd)) => samples_command(cmd),
         Some(Command::Generate(args)) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
             generate_command(args, &config, &root)
@@ -514,6 +548,38 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         println!();
         let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
         eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn samples_command(cmd: SamplesCommand) -> anyhow::Result<ExitCode> {
+    use generate::review::Review;
+    use generate::samples::Status;
+    let open = |run: &Path| -> anyhow::Result<Review> {
+        anyhow::ensure!(
+            run.join(generate::pipeline::SAMPLES).exists(),
+            "{} has no samples.jsonl: not a generation run folder",
+            run.display()
+        );
+        Review::open(run)
+    };
+    match cmd {
+        SamplesCommand::Export { run, out, force } => {
+            refuse_overwrite(&out, force)?;
+            let n = open(&run)?.export_alpaca(&out)?;
+            println!("{n} samples written to {}", out.display());
+        }
+        SamplesCommand::Decide { run, id, decision, output } => {
+            let mut review = open(&run)?;
+            let status = match (decision, &output) {
+                (_, Some(_)) => Status::Edited,
+                (Decision::Accept, None) => Status::Accepted,
+                (Decision::Reject, None) => Status::Rejected,
+                (Decision::Pending, None) => Status::Pending,
+            };
+            review.decide(&id, status, output)?;
+            println!("{id}: {}", serde_json::to_value(status)?.as_str().unwrap_or_default());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -730,9 +796,8 @@ fn bench_marginal(
         generate::generate(&model, &[Request { max_new_tokens: 4, ..req.clone() }], &opts, &mut |_| {}, &cancel)?;
         for _ in 0..repeat.max(1) {
             let (_, t) = generate::generate(&model, std::slice::from_ref(req), &opts, &mut |_| {}, &cancel)?;
-            // decode_tokens counts rows; a step advances every row of the request once.
-            let steps_done = t.decode_tokens as f64 / req.prompts.len() as f64;
-            steps.push(t.decode_secs * 1e3 / steps_done);
+            // decode_tokens counts tokens generated: one a step for the one request.
+            steps.push(t.decode_secs * 1e3 / t.decode_tokens as f64);
             prefills.push(t.prefill_secs * 1e3);
         }
         Ok((median(steps), median(prefills)))

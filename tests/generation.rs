@@ -200,6 +200,23 @@ fn generate_writes_samples_in_each_mode() {
         let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
         assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
     }
+    // Headless review: decide, then export the accepted ones.
+    let run = env.base.join("run-top1");
+    let samples = check_samples(&run, "top1");
+    let selfspec = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap();
+    let r = run.to_str().unwrap();
+    let id0 = samples[0]["id"].as_str().unwrap();
+    let id1 = samples[1]["id"].as_str().unwrap();
+    assert!(selfspec(&["samples", "decide", r, id0, "accept"]).status.success());
+    assert!(selfspec(&["samples", "decide", r, id1, "accept", "--output", "A better answer."]).status.success());
+    let bad = selfspec(&["samples", "decide", r, "no-such-id", "reject"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no sample no-such-id"), "{bad:?}");
+    let out = env.base.join("accepted.jsonl");
+    let exported = selfspec(&["samples", "export", r, "--out", out.to_str().unwrap()]);
+    assert!(exported.status.success(), "{exported:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    assert!(text.lines().nth(1).unwrap().ends_with(r#""output":"A better answer."}"#), "{text}");
     // A run started with other settings is not continued with these.
     let run = env.base.join("run-none");
     let out = generate_cmd(&env, &run, 6, "top1").output().unwrap();

@@ -45,7 +45,7 @@ impl Awkward {
     fn string(&mut self) -> String {
         const WHOLE: [&str; 12] =
             ["yes", "no", "null", "~", "42", "3.0", "true", "- item", "#tag", "*alias", "&anchor", ""];
-        if self.next() % 6 == 0 {
+        if self.next().is_multiple_of(6) {
             return WHOLE[(self.next() % WHOLE.len() as u64) as usize].to_string();
         }
         const PIECES: [&str; 24] = [

@@ -426,10 +426,9 @@ impl Run {
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "{} is in use by another selfspec process; wait for it or stop it first",
-                dir.display()
-            ),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("{} is in use by another selfspec process; wait for it or stop it first", dir.display())
+            }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
             }
