@@ -42,6 +42,18 @@ enum Command {
     Index(IndexCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
+    /// Score predictions: SQuAD token F1 and ROUGE-L (rouge-score's, stemmed), best over the
+    /// references, means on 0–100 as JSON.
+    Score {
+        /// JSONL: {"prediction": "...", "references": ["...", ...]} a line.
+        file: PathBuf,
+        /// Also print each line's values.
+        #[arg(long)]
+        rows: bool,
+        /// Split each reference on ", " into several (the BoX habit; off by default).
+        #[arg(long)]
+        split_references: bool,
+    },
     /// Generated samples: review decisions and export.
     #[command(subcommand)]
     Samples(SamplesCommand),
@@ -391,6 +403,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Samples(cmd)) => samples_command(cmd),
+        Some(Command::Score { file, rows, split_references }) => score_command(&file, rows, split_references),
         Some(Command::Generate(args)) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
             generate_command(args, &config, &root)
@@ -549,6 +562,48 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
         eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCode> {
+    use selfspec::eval::metrics;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        prediction: String,
+        references: Vec<String>,
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut scorer = metrics::Scorer::default();
+    let (mut f1_sum, mut rouge_sum, mut n) = (0.0, 0.0, 0usize);
+    let mut per_row = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: Line = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: {e}; each line must be {{\"prediction\": \"…\", \"references\": [\"…\", …]}}",
+                file.display(),
+                i + 1
+            )
+        })?;
+        let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
+        let refs = if split { metrics::split_references(&refs) } else { refs };
+        let (f1, rouge) = scorer.score(&rec.prediction, &refs);
+        f1_sum += f1;
+        rouge_sum += rouge;
+        n += 1;
+        if rows {
+            per_row.push(serde_json::json!({"line": i + 1, "f1": f1 * 100.0, "rougeL": rouge * 100.0}));
+        }
+    }
+    let mean = |s: f64| if n == 0 { 0.0 } else { s / n as f64 * 100.0 };
+    let mut out = serde_json::json!({"n": n, "f1": mean(f1_sum), "rougeL": mean(rouge_sum)});
+    if rows {
+        out["rows"] = serde_json::Value::Array(per_row);
+    }
+    println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
