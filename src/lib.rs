@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod seeds;
+pub mod train;
 pub mod tui;
 pub mod workspace;
 pub mod yaml;

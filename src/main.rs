@@ -57,6 +57,20 @@ enum Command {
     /// Generated samples: review decisions and export.
     #[command(subcommand)]
     Samples(SamplesCommand),
+    /// Merge a LoRA adapter into its base model and save the result as a model folder.
+    Merge {
+        /// The base model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The adapter folder (PEFT format).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Tune a LoRA adapter on Alpaca JSONL or a run's accepted samples (stage 4).
+    Train(TrainArgs),
     /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
     /// a run folder; run the same command again to continue an interrupted run.
     Generate(GenerateArgs),
@@ -150,6 +164,25 @@ struct GenerateArgs {
     progress: ProgressFormat,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Alpaca JSONL ({instruction, input?, output} a line) or a generation run folder (its
+    /// accepted and edited samples).
+    #[arg(long)]
+    data: PathBuf,
+    /// The run folder: config.yaml, events.jsonl, checkpoints/, adapter/.
+    #[arg(long)]
+    run: PathBuf,
+    /// Training settings (YAML, Hugging Face/PEFT names); default: the config's `train:`.
+    #[arg(long = "train-config", visible_alias = "train_config", value_name = "FILE")]
+    train_config: Option<PathBuf>,
+    /// Continue the run in --run from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
 #[derive(Clone, Copy, Default, clap::ValueEnum)]
 enum ProgressFormat {
     #[default]
@@ -161,6 +194,13 @@ enum ProgressFormat {
 struct CompleteArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A LoRA adapter (PEFT format) to load over the base, as DIR or NAME=DIR; repeatable: all
+    /// are loaded once and --use picks the one applied (default: the last).
+    #[arg(long, value_name = "[NAME=]DIR")]
+    adapter: Vec<String>,
+    /// The adapter to apply (its NAME, or its folder's name); `none` for the base alone.
+    #[arg(long = "use", value_name = "NAME")]
+    use_adapter: Option<String>,
     /// The text to continue, tokenized as transformers' `tokenizer(prompt)` does.
     #[arg(long)]
     prompt: String,
@@ -403,6 +443,17 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Samples(cmd)) => samples_command(cmd),
+        Some(Command::Merge { model, adapter, out }) => {
+            anyhow::ensure!(
+                !out.join("model.safetensors").exists(),
+                "{} already holds a model; choose another --out",
+                out.display()
+            );
+            let n = selfspec::train::adapter::merge(&model, &adapter, &out)?;
+            println!("{n} projections merged; model written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Train(args)) => train_command(args, cli.config.is_some().then_some(&config)),
         Some(Command::Score { file, rows, split_references }) => score_command(&file, rows, split_references),
         Some(Command::Generate(args)) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
@@ -523,8 +574,45 @@ fn bench_search(index: &Path, queries_file: &Path, k: usize, json: bool) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+/// Loads each `[NAME=]DIR` adapter onto `model` and enables only `use_name` (default: the last).
+fn load_adapters(model: &mut Model, specs: &[String], use_name: Option<&str>) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for spec in specs {
+        let (name, dir) = match spec.split_once('=') {
+            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
+            _ => {
+                let dir = PathBuf::from(spec);
+                let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());
+                (name, dir)
+            }
+        };
+        selfspec::train::adapter::load(model, &dir, &name)?;
+        names.push(name);
+    }
+    let chosen = match use_name {
+        Some("none") => None,
+        Some(n) => {
+            anyhow::ensure!(
+                names.iter().any(|x| x == n),
+                "--use {n}: no adapter of that name (loaded: {})",
+                names.join(", ")
+            );
+            Some(n.to_string())
+        }
+        None => names.last().cloned(),
+    };
+    for (_, linear) in model.decoder.linears_mut() {
+        for a in &mut linear.adapters {
+            a.enabled = chosen.as_deref() == Some(a.name.as_str());
+        }
+    }
+    Ok(())
+}
+
 fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
-    let model = args.model.load()?;
+    let mut model = args.model.load()?;
+    load_adapters(&mut model, &args.adapter, args.use_adapter.as_deref())?;
+    let model = model;
     let prompt_ids = model.tokenizer.encode(&args.prompt)?;
     let sampling = match args.temperature {
         Some(temperature) if !args.greedy => Sampling::Sample { temperature, top_k: args.top_k, top_p: args.top_p },
@@ -563,6 +651,49 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn train_command(args: TrainArgs, _global: Option<&Config>) -> anyhow::Result<ExitCode> {
+    use selfspec::train::{run, TrainConfig};
+    let config: TrainConfig = match &args.train_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            selfspec::yaml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?
+        }
+        None => TrainConfig::default(),
+    };
+    config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
+    let examples = selfspec::train::data::load(&args.data)?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let job = run::TrainJob { model: args.model.model.clone(), data: absolute(&args.data), config };
+    let mut model = args.model.load()?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    watch_signals(cancel.clone());
+    let end = run::train(&mut model, &job, &examples, &args.run, args.resume, &cancel, &mut |e| {
+        match e {
+        run::TrainEvent::Started { examples, truncated, total_steps, resumed_from, .. } => {
+            let from = resumed_from.map(|s| format!(", resuming after step {s}")).unwrap_or_default();
+            eprintln!("{examples} examples ({truncated} cut to max_seq_length), {total_steps} steps{from}");
+        }
+        run::TrainEvent::Step { step, epoch, loss, lr, grad_norm, tokens_per_s, eta_s, .. } => eprintln!(
+            "step {step} · epoch {epoch:.2} · loss {loss:.4} · lr {lr:.2e} · grad norm {grad_norm:.3} · {tokens_per_s:.0} tokens/s · ETA {eta_s:.0}s"
+        ),
+        run::TrainEvent::Checkpoint { path, .. } => eprintln!("checkpoint {}", path.display()),
+        _ => {}
+    }
+    })?;
+    match end {
+        run::TrainEvent::Finished { adapter, .. } => {
+            eprintln!("done: adapter in {}", adapter.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        run::TrainEvent::Stopped { checkpoint, .. } => {
+            eprintln!("stopped; checkpoint {}; continue with --resume", checkpoint.display());
+            Ok(ExitCode::from(130))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCode> {

@@ -22,8 +22,14 @@ fn load(name: &str) -> Model {
 fn loss(model: &mut Model, a: &Tensor, b: &Tensor, ids: &[u32], pass: Pass) -> Tensor {
     for (name, linear) in model.decoder.linears_mut() {
         if name == "model.layers.0.self_attn.q_proj" {
-            linear.adapters =
-                vec![LoraAdapter { name: "t".into(), a: a.clone(), b: b.clone(), scale: 2.0, enabled: true }];
+            linear.adapters = vec![LoraAdapter {
+                name: "t".into(),
+                a: a.clone(),
+                b: b.clone(),
+                scale: 2.0,
+                enabled: true,
+                dropout: None,
+            }];
         }
     }
     let n = ids.len();

@@ -32,6 +32,28 @@ pub struct LoraAdapter {
     pub b: Tensor,
     pub scale: f64,
     pub enabled: bool,
+    /// Training only: dropout on the adapter's input, with the seed of this step's mask (set by
+    /// the trainer each micro-batch, so a resumed run draws the same masks).
+    pub dropout: Option<Dropout>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
+/// `x` with each element zeroed with probability `p` and the others scaled by 1/(1-p); the mask
+/// comes from `seed` alone.
+fn dropout(x: &Tensor, d: Dropout) -> Result<Tensor> {
+    if d.p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = crate::generate::Rng::new(d.seed);
+    let keep = (1.0 / (1.0 - d.p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < d.p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +109,11 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         for adapter in self.adapters.iter().filter(|a| a.enabled) {
-            let down = matmul(x, &adapter.a.to_dtype(x.dtype())?.t()?)?;
+            let input = match adapter.dropout {
+                Some(d) => dropout(x, d)?,
+                None => x.clone(),
+            };
+            let down = matmul(&input, &adapter.a.to_dtype(x.dtype())?.t()?)?;
             let up = matmul(&down, &adapter.b.to_dtype(x.dtype())?.t()?)?;
             y = (y + (up * adapter.scale)?)?;
         }
@@ -114,7 +140,7 @@ mod tests {
         assert_eq!(plain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[..3], [15., 37., 62.5]);
         let a = Tensor::ones((2, 4), DType::F32, &dev)?;
         let bb = Tensor::ones((3, 2), DType::F32, &dev)?;
-        layer.adapters.push(LoraAdapter { name: "x".into(), a, b: bb, scale: 0.5, enabled: true });
+        layer.adapters.push(LoraAdapter { name: "x".into(), a, b: bb, scale: 0.5, enabled: true, dropout: None });
         let with = layer.forward(&x)?;
         // Each output gains 0.5 · 2 · Σx = Σx.
         let diff = (with - &plain)?.flatten_all()?.to_vec1::<f32>()?;

@@ -1,0 +1,159 @@
+//! Training data: Alpaca JSONL or a generation run's accepted samples, formatted with the Alpaca
+//! template, tokenized with the loss on response tokens only, cut to a maximum length, and
+//! batched by length after a seeded shuffle.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::Batch;
+use crate::generate::prompts;
+use crate::generate::Rng;
+use crate::model::Tokenizer;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Example {
+    pub instruction: String,
+    #[serde(default)]
+    pub input: String,
+    pub output: String,
+}
+
+/// The examples in `path`: an Alpaca JSONL file ({instruction, input?, output} a line), or a
+/// generation run folder (its accepted and edited samples).
+pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
+    if path.is_dir() {
+        anyhow::ensure!(
+            path.join(crate::generate::pipeline::SAMPLES).exists(),
+            "{} is a folder without samples.jsonl: pass an Alpaca JSONL file or a generation run folder",
+            path.display()
+        );
+        let review = crate::generate::review::Review::open(path)?;
+        use crate::generate::samples::Status;
+        let out: Vec<Example> = review
+            .samples
+            .iter()
+            .filter(|s| matches!(s.status, Status::Accepted | Status::Edited))
+            .map(|s| Example { instruction: s.instruction.clone(), input: s.input.clone(), output: s.output.clone() })
+            .collect();
+        anyhow::ensure!(!out.is_empty(), "{}: no accepted samples yet; accept some on the Review tab", path.display());
+        return Ok(out);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: Example = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: {e}; each line must be {{\"instruction\": …, \"input\": … (optional), \"output\": …}}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        anyhow::ensure!(
+            !e.instruction.trim().is_empty() && !e.output.trim().is_empty(),
+            "{}:{}: empty instruction or output",
+            path.display(),
+            i + 1
+        );
+        out.push(e);
+    }
+    anyhow::ensure!(!out.is_empty(), "{}: no examples", path.display());
+    Ok(out)
+}
+
+/// An example as token ids with labels (−100 on the prompt).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub truncated: bool,
+}
+
+/// The Alpaca prompt of `e` (the template with or without input).
+pub fn alpaca_prompt(e: &Example) -> String {
+    if e.input.trim().is_empty() {
+        prompts::render(
+            "alpaca_no_input",
+            prompts::bundled("alpaca_no_input"),
+            &[("instruction", e.instruction.trim())],
+        )
+    } else {
+        prompts::render(
+            "alpaca",
+            prompts::bundled("alpaca"),
+            &[("instruction", e.instruction.trim()), ("input", e.input.trim())],
+        )
+    }
+    .expect("the bundled Alpaca templates use only these variables")
+}
+
+pub fn encode(tokenizer: &Tokenizer, eos: Option<u32>, e: &Example, max_len: usize) -> anyhow::Result<Encoded> {
+    let prompt = alpaca_prompt(e);
+    let prompt_ids = tokenizer.encode(&prompt)?;
+    let mut ids = tokenizer.encode(&format!("{prompt}{}", e.output.trim()))?;
+    // Tokens shared with the prompt's own tokenization carry no loss.
+    let masked = prompt_ids.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+    if let Some(eos) = eos {
+        ids.push(eos);
+    }
+    let mut labels: Vec<i64> = ids.iter().enumerate().map(|(i, &t)| if i < masked { -100 } else { t as i64 }).collect();
+    let truncated = ids.len() > max_len;
+    ids.truncate(max_len);
+    labels.truncate(max_len);
+    Ok(Encoded { ids, labels, truncated })
+}
+
+/// The micro-batches of one epoch: a shuffle seeded by (seed, epoch), then megabatches of 50
+/// micro-batches each sorted by length, longest first (transformers' `group_by_length`), so
+/// rows of a batch have similar lengths and little padding.
+pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let mut out = Vec::new();
+    for mega in order.chunks(50 * micro.max(1)) {
+        let mut mega = mega.to_vec();
+        mega.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
+        out.extend(mega.chunks(micro.max(1)).map(<[usize]>::to_vec));
+    }
+    out
+}
+
+/// Left-pads the chosen examples into one micro-batch.
+pub fn batch(examples: &[Encoded], rows: &[usize]) -> Batch {
+    let width = rows.iter().map(|&i| examples[i].ids.len()).max().unwrap_or(0);
+    let mut b = Batch { ids: Vec::new(), labels: Vec::new(), pad: Vec::new() };
+    for &i in rows {
+        let e = &examples[i];
+        let pad = width - e.ids.len();
+        b.ids.push(std::iter::repeat_n(0, pad).chain(e.ids.iter().copied()).collect());
+        b.labels.push(std::iter::repeat_n(-100, pad).chain(e.labels.iter().copied()).collect());
+        b.pad.push(pad);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cover_every_example_once_and_repeat() {
+        let lengths: Vec<usize> = (0..230).map(|i| (i * 37) % 101).collect();
+        let p = plan(&lengths, 4, 9, 0);
+        let mut seen: Vec<usize> = p.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..230).collect::<Vec<_>>());
+        assert_eq!(p, plan(&lengths, 4, 9, 0));
+        assert_ne!(p, plan(&lengths, 4, 9, 1));
+        // Within a batch, longest first.
+        assert!(p.iter().all(|b| b.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]])));
+    }
+}

@@ -1,0 +1,425 @@
+//! Stage 4: LoRA tuning of the frozen base model on the generated samples.
+//!
+//! [`Trainer`] owns the adapter's A and B matrices (as `Var`s attached to the model's linear
+//! layers) and AdamW's moments; [`Trainer::step`] runs the micro-batches of one optimiser step
+//! through the training pass (differentiable ops only), accumulates gradients, clips them and
+//! applies AdamW — the same arithmetic as a PyTorch loop over a PEFT model (tests/lora.rs checks
+//! the losses against PEFT's).
+
+pub mod adapter;
+pub mod data;
+pub mod run;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+
+use crate::model::linear::{Dropout, LoraAdapter};
+use crate::model::{Model, Pass};
+pub use adapter::{AdapterConfig, Targets};
+
+/// The training settings, under Hugging Face's and PEFT's names (`train:` in config.yaml, or
+/// `--config FILE`). Defaults are the paper's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    pub learning_rate: f64,
+    pub num_train_epochs: usize,
+    /// Stop after this many optimiser steps (null: the epochs decide).
+    pub max_steps: Option<usize>,
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub warmup_steps: usize,
+    /// `cosine` or `constant` (both after the linear warm-up).
+    pub lr_scheduler_type: Schedule,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// A checkpoint every this many steps (and at the end, and on SIGTERM).
+    pub save_steps: usize,
+    pub seed: u64,
+    /// Longer examples are cut to this many tokens (and counted).
+    pub max_seq_length: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Cosine,
+    Constant,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: adapter::ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
+            learning_rate: 3e-4,
+            num_train_epochs: 3,
+            max_steps: None,
+            per_device_train_batch_size: 4,
+            gradient_accumulation_steps: 8,
+            warmup_steps: 10,
+            lr_scheduler_type: Schedule::Cosine,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            save_steps: 50,
+            seed: 42,
+            max_seq_length: 1024,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("r", self.r),
+            ("num_train_epochs", self.num_train_epochs),
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("save_steps", self.save_steps),
+            ("max_seq_length", self.max_seq_length),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err("lora_dropout must be in [0, 1)".into());
+        }
+        if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
+            return Err("learning_rate must be > 0".into());
+        }
+        if self.target_modules.is_empty() {
+            return Err("target_modules names no module".into());
+        }
+        if let Some(bad) = self.target_modules.iter().find(|t| !adapter::ALL_TARGETS.contains(&t.as_str())) {
+            return Err(format!(
+                "target_modules: unknown module {bad:?}; choose from {}",
+                adapter::ALL_TARGETS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The learning rate of optimiser step `step` (0-based) of `total`: transformers'
+    /// warm-up-then-cosine (or constant) schedule.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let warm = self.warmup_steps;
+        let factor = if step < warm {
+            step as f64 / warm.max(1) as f64
+        } else {
+            match self.lr_scheduler_type {
+                Schedule::Constant => 1.0,
+                Schedule::Cosine => {
+                    let progress = (step - warm) as f64 / total.saturating_sub(warm).max(1) as f64;
+                    (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+                }
+            }
+        };
+        self.learning_rate * factor
+    }
+}
+
+/// One micro-batch: left-padded token rows and their labels (−100: no loss at that position).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub ids: Vec<Vec<u32>>,
+    pub labels: Vec<Vec<i64>>,
+    pub pad: Vec<usize>,
+}
+
+impl Batch {
+    /// Tokens that count in the loss (each label predicts from the position before it).
+    pub fn targets(&self) -> usize {
+        self.labels.iter().map(|l| l.iter().skip(1).filter(|&&x| x >= 0).count()).sum()
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.iter().zip(&self.pad).map(|(r, p)| r.len() - p).sum()
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub loss: f64,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub tokens: usize,
+}
+
+/// A trainable adapter on one projection.
+pub struct Param {
+    pub linear: String,
+    pub a: Var,
+    pub b: Var,
+}
+
+/// AdamW's state for one tensor.
+pub struct Moments {
+    pub m: Tensor,
+    pub v: Tensor,
+}
+
+pub struct Trainer {
+    pub name: String,
+    pub params: Vec<Param>,
+    pub moments: Vec<(Moments, Moments)>,
+    /// Optimiser steps taken.
+    pub step: usize,
+    pub config: TrainConfig,
+    pub adapter: AdapterConfig,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+impl Trainer {
+    /// Attaches a fresh adapter named `name` to `model` with PEFT's initialisation: A
+    /// uniform in ±1/√in (kaiming-uniform with a = √5), B zero — from `config.seed`.
+    pub fn new(model: &mut Model, name: &str, config: TrainConfig, base: &str) -> anyhow::Result<Trainer> {
+        config.check().map_err(anyhow::Error::msg)?;
+        let device = model.decoder.device().clone();
+        let mut rng = crate::generate::Rng::new(config.seed ^ 0x10_4a);
+        let targets = Targets::List(config.target_modules.clone());
+        let mut params = Vec::new();
+        let scale = config.lora_alpha / config.r as f64;
+        for (linear_name, linear) in model.decoder.linears_mut() {
+            if !targets.matches(&linear_name) {
+                continue;
+            }
+            let (inf, outf) = adapter::features(linear)?;
+            let bound = 1.0 / (inf as f64).sqrt();
+            let a: Vec<f32> = (0..config.r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inf), &device)?)?;
+            let b = Var::from_tensor(&Tensor::zeros((outf, config.r), DType::F32, &device)?)?;
+            attach(linear, name, &a, &b, scale);
+            params.push(Param { linear: linear_name, a, b });
+        }
+        anyhow::ensure!(!params.is_empty(), "target_modules matches no projection of this model");
+        let adapter =
+            AdapterConfig::new(config.r, config.lora_alpha, config.lora_dropout, config.target_modules.clone(), base);
+        Ok(Trainer::with_params(name, params, config, adapter)?)
+    }
+
+    /// A trainer over the adapter `name` already loaded on `model` (a PEFT adapter to go on
+    /// training): its tensors become trainable.
+    pub fn from_loaded(
+        model: &mut Model,
+        name: &str,
+        config: TrainConfig,
+        adapter: AdapterConfig,
+    ) -> anyhow::Result<Trainer> {
+        let mut params = Vec::new();
+        for (linear_name, linear) in model.decoder.linears_mut() {
+            let Some(found) = linear.adapters.iter().find(|x| x.name == name) else { continue };
+            let a = Var::from_tensor(&found.a.to_dtype(DType::F32)?)?;
+            let b = Var::from_tensor(&found.b.to_dtype(DType::F32)?)?;
+            let scale = found.scale;
+            attach(linear, name, &a, &b, scale);
+            params.push(Param { linear: linear_name, a, b });
+        }
+        anyhow::ensure!(!params.is_empty(), "no adapter named {name} is loaded");
+        Ok(Trainer::with_params(name, params, config, adapter)?)
+    }
+
+    fn with_params(
+        name: &str,
+        params: Vec<Param>,
+        config: TrainConfig,
+        adapter: AdapterConfig,
+    ) -> candle_core::Result<Trainer> {
+        let zeros =
+            |t: &Tensor| -> candle_core::Result<Moments> { Ok(Moments { m: t.zeros_like()?, v: t.zeros_like()? }) };
+        let moments = params
+            .iter()
+            .map(|p| Ok((zeros(p.a.as_tensor())?, zeros(p.b.as_tensor())?)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Trainer { name: name.to_string(), params, moments, step: 0, config, adapter })
+    }
+
+    fn set_dropout(&self, model: &mut Model, seed: Option<u64>) {
+        let p = self.config.lora_dropout;
+        for (i, (_, linear)) in model.decoder.linears_mut().into_iter().enumerate() {
+            for a in linear.adapters.iter_mut().filter(|a| a.name == self.name) {
+                a.dropout = match seed {
+                    Some(s) if p > 0.0 => Some(Dropout { p, seed: s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) }),
+                    _ => None,
+                };
+            }
+        }
+    }
+
+    /// The summed negative log-likelihood of `batch`'s targets, built from differentiable ops.
+    fn nll(model: &Model, batch: &Batch) -> candle_core::Result<Tensor> {
+        let device = model.decoder.device();
+        let rows = batch.ids.len();
+        let width = batch.ids.iter().map(Vec::len).max().unwrap_or(0);
+        let flat: Vec<u32> = batch.ids.iter().flat_map(|r| r.iter().copied()).collect();
+        let input = Tensor::from_vec(flat, (rows, width), device)?;
+        let mut cache = model.decoder.new_cache(batch.pad.clone());
+        let logits = model.decoder.forward(&input, &mut cache, Pass::Training, false)?;
+        let vocab = logits.dim(D::Minus1)?;
+        // Position t predicts label t + 1.
+        let mut index = Vec::new();
+        let mut targets = Vec::new();
+        for (r, labels) in batch.labels.iter().enumerate() {
+            for t in 0..width.saturating_sub(1) {
+                let l = labels[t + 1];
+                if l >= 0 {
+                    index.push((r * width + t) as u32);
+                    targets.push(l as u32);
+                }
+            }
+        }
+        if index.is_empty() {
+            return Tensor::zeros((), DType::F32, device);
+        }
+        let n = index.len();
+        let picked = logits
+            .to_dtype(DType::F32)?
+            .reshape((rows * width, vocab))?
+            .index_select(&Tensor::from_vec(index, n, device)?, 0)?;
+        let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let chosen = logp.gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?;
+        chosen.sum_all()?.neg()
+    }
+
+    /// One optimiser step over `micro` (gradient accumulation): the loss is the mean over every
+    /// target token of the step. `total_steps` sets the schedule.
+    pub fn step(&mut self, model: &mut Model, micro: &[Batch], total_steps: usize) -> anyhow::Result<StepStats> {
+        let targets: usize = micro.iter().map(Batch::targets).sum();
+        anyhow::ensure!(targets > 0, "a step with no response tokens to learn from");
+        let lr = self.config.lr_at(self.step, total_steps);
+        let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = self.params.iter().map(|_| (None, None)).collect();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        for (j, batch) in micro.iter().enumerate() {
+            let seed = self.config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((self.step * 1024 + j) as u64);
+            self.set_dropout(model, Some(seed));
+            let loss = (Self::nll(model, batch)? / targets as f64)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            tokens += batch.tokens();
+            let store = loss.backward()?;
+            for (p, g) in self.params.iter().zip(grads.iter_mut()) {
+                for (var, acc) in [(&p.a, &mut g.0), (&p.b, &mut g.1)] {
+                    if let Some(grad) = store.get(var.as_tensor()) {
+                        *acc = Some(match acc.take() {
+                            Some(sum) => (sum + grad)?,
+                            None => grad.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.set_dropout(model, None);
+        // Missing gradients are zeros (an adapter the loss does not reach).
+        let mut all = Vec::with_capacity(grads.len() * 2);
+        for (p, (ga, gb)) in self.params.iter().zip(grads) {
+            all.push(match ga {
+                Some(g) => g,
+                None => p.a.as_tensor().zeros_like()?,
+            });
+            all.push(match gb {
+                Some(g) => g,
+                None => p.b.as_tensor().zeros_like()?,
+            });
+        }
+        let mut sq = 0.0f64;
+        for g in &all {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        let grad_norm = sq.sqrt();
+        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        let clip = (self.config.max_grad_norm / (grad_norm + 1e-6)).min(1.0);
+        self.step += 1;
+        let t = self.step as i32;
+        let (bc1, bc2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let wd = self.config.weight_decay;
+        for (i, p) in self.params.iter().enumerate() {
+            for (k, var) in [&p.a, &p.b].into_iter().enumerate() {
+                let g = all[2 * i + k].detach();
+                let g = if clip < 1.0 && self.config.max_grad_norm > 0.0 { (g * clip)? } else { g };
+                let mom = if k == 0 { &mut self.moments[i].0 } else { &mut self.moments[i].1 };
+                mom.m = ((&mom.m * BETA1)? + (&g * (1.0 - BETA1))?)?;
+                mom.v = ((&mom.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                let mut theta = var.as_tensor().clone();
+                if wd != 0.0 {
+                    theta = (theta * (1.0 - lr * wd))?;
+                }
+                let denom = ((mom.v.sqrt()? / bc2.sqrt())? + EPS)?;
+                let update = ((&mom.m / denom)? * (lr / bc1))?;
+                var.set(&(theta - update)?)?;
+            }
+        }
+        Ok(StepStats { loss: loss_sum, grad_norm, lr, tokens })
+    }
+
+    /// The adapter's tensors as PEFT names them, with AdamW's moments (for checkpoints).
+    pub fn state(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (p, (ma, mb)) in self.params.iter().zip(&self.moments) {
+            let a = adapter::tensor_name(&p.linear, 'A');
+            let b = adapter::tensor_name(&p.linear, 'B');
+            out.push((format!("{a}.exp_avg"), ma.m.clone()));
+            out.push((format!("{a}.exp_avg_sq"), ma.v.clone()));
+            out.push((format!("{b}.exp_avg"), mb.m.clone()));
+            out.push((format!("{b}.exp_avg_sq"), mb.v.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Puts back AdamW's moments saved by [`Trainer::state`].
+    pub fn restore_moments(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> anyhow::Result<()> {
+        for (p, (ma, mb)) in self.params.iter().zip(self.moments.iter_mut()) {
+            for (which, mom) in [('A', ma), ('B', mb)] {
+                let base = adapter::tensor_name(&p.linear, which);
+                for (suffix, slot) in [("exp_avg", &mut mom.m), ("exp_avg_sq", &mut mom.v)] {
+                    let key = format!("{base}.{suffix}");
+                    let t = saved.get(&key).ok_or_else(|| anyhow::anyhow!("optimizer.safetensors has no {key}"))?;
+                    *slot = t.to_device(device)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces (or adds) adapter `name` on `linear` with the trainable `a`, `b`.
+fn attach(linear: &mut crate::model::linear::Linear, name: &str, a: &Var, b: &Var, scale: f64) {
+    linear.adapters.retain(|x| x.name != name);
+    linear.adapters.push(LoraAdapter {
+        name: name.to_string(),
+        a: a.as_tensor().clone(),
+        b: b.as_tensor().clone(),
+        scale,
+        enabled: true,
+        dropout: None,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_warms_up_then_decays() {
+        let c = TrainConfig { learning_rate: 1.0, warmup_steps: 2, ..Default::default() };
+        let lrs: Vec<f64> = (0..6).map(|s| c.lr_at(s, 6)).collect();
+        assert_eq!(lrs[..3], [0.0, 0.5, 1.0]);
+        assert!((lrs[4] - 0.5).abs() < 1e-12 && lrs[5] < lrs[4]);
+        let flat = TrainConfig { lr_scheduler_type: Schedule::Constant, ..c };
+        assert_eq!(flat.lr_at(5, 6), 1.0);
+    }
+}

@@ -1,0 +1,261 @@
+//! A training run folder: `config.yaml` (the job), `events.jsonl` (one JSON object per line —
+//! what the Train screen shows), `checkpoints/checkpoint-N/` every `save_steps` (the adapter in
+//! PEFT's format, AdamW's moments, the step and data position) and the final adapter in
+//! `adapter/`.
+//!
+//! Resuming loads the newest checkpoint and goes on from its step; the data order of an epoch
+//! depends only on (seed, epoch) and dropout masks only on (seed, step), so every later step's
+//! loss equals the uninterrupted run's.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::data::{self, Encoded, Example};
+use super::{adapter, Batch, TrainConfig, Trainer};
+use crate::model::Model;
+
+pub const ADAPTER_NAME: &str = "train";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainJob {
+    pub model: String,
+    pub data: PathBuf,
+    pub config: TrainConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        examples: usize,
+        truncated: usize,
+        total_steps: usize,
+        steps_per_epoch: usize,
+        resumed_from: Option<usize>,
+    },
+    Step {
+        step: usize,
+        epoch: f64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens_per_s: f64,
+        peak_memory_mb: f64,
+        eta_s: f64,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Finished {
+        step: usize,
+        adapter: PathBuf,
+    },
+    Stopped {
+        step: usize,
+        checkpoint: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), 0 where unknown.
+pub fn peak_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
+pub fn schedule(lengths: &[usize], c: &TrainConfig) -> (Vec<Vec<Vec<usize>>>, usize) {
+    let mut steps = Vec::new();
+    let mut per_epoch = 0;
+    for epoch in 0..c.num_train_epochs {
+        let micro = data::plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
+        let epoch_steps: Vec<Vec<Vec<usize>>> =
+            micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec).collect();
+        per_epoch = epoch_steps.len();
+        steps.extend(epoch_steps);
+        if c.max_steps.is_some_and(|m| steps.len() >= m) {
+            break;
+        }
+    }
+    if let Some(m) = c.max_steps {
+        // max_steps may run past the epochs: go round again.
+        let mut epoch = c.num_train_epochs;
+        while steps.len() < m && per_epoch > 0 {
+            let micro = data::plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
+            steps.extend(micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec));
+            epoch += 1;
+        }
+        steps.truncate(m);
+    }
+    (steps, per_epoch)
+}
+
+fn newest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
+    std::fs::read_dir(dir.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path().join("trainer_state.json").exists().then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+}
+
+fn save_checkpoint(model: &mut Model, trainer: &Trainer, dir: &Path, total_steps: usize) -> anyhow::Result<PathBuf> {
+    let final_dir = dir.join("checkpoints").join(format!("checkpoint-{}", trainer.step));
+    let tmp = dir.join("checkpoints").join(format!(".checkpoint-{}.partial", trainer.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    adapter::save(model, &trainer.name, &trainer.adapter, &tmp)?;
+    let moments: HashMap<String, candle_core::Tensor> = trainer.state()?.into_iter().collect();
+    candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
+    let state = TrainerState { step: trainer.step, total_steps };
+    // trainer_state.json last: a checkpoint without it is never read.
+    crate::fsutil::atomic_write(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot write {}", final_dir.display()))?;
+    Ok(final_dir)
+}
+
+/// Trains to the end (or until `cancel`), writing the run folder. `on_event` sees every event
+/// written to events.jsonl.
+pub fn train(
+    model: &mut Model,
+    job: &TrainJob,
+    examples: &[Example],
+    dir: &Path,
+    resume: bool,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> anyhow::Result<TrainEvent> {
+    let c = &job.config;
+    c.check().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_path = dir.join("config.yaml");
+    let checkpoint = newest_checkpoint(dir);
+    if resume {
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("--resume: {} has no config.yaml, so no run to resume", dir.display()))?;
+        let old: TrainJob = crate::yaml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", config_path.display(), e.pos, e.message))?;
+        anyhow::ensure!(
+            old == *job,
+            "{} was started with other settings; run --resume with the same --model, --data and config",
+            dir.display()
+        );
+    } else {
+        anyhow::ensure!(
+            checkpoint.is_none() && !dir.join("adapter").exists(),
+            "{} already holds a training run; pass --resume to continue it, or choose a new --run folder",
+            dir.display()
+        );
+        crate::fsutil::atomic_write(&config_path, crate::yaml::to_string(job)?.as_bytes())?;
+    }
+    let eos = model.eos_token_ids.first().copied();
+    let encoded: Vec<Encoded> = examples
+        .iter()
+        .map(|e| data::encode(&model.tokenizer, eos, e, c.max_seq_length))
+        .collect::<anyhow::Result<_>>()?;
+    let truncated = encoded.iter().filter(|e| e.truncated).count();
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    let (steps, per_epoch) = schedule(&lengths, c);
+    let total = steps.len();
+    let base = job.model.clone();
+    let mut trainer = match (&checkpoint, resume) {
+        (Some((_, path)), true) => {
+            let cfg = adapter::load(model, path, ADAPTER_NAME)?;
+            let mut t = Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?;
+            let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(path.join("trainer_state.json"))?)?;
+            let device = model.decoder.device().clone();
+            let moments = candle_core::safetensors::load(path.join("optimizer.safetensors"), &device)?;
+            t.restore_moments(&moments, &device)?;
+            t.step = state.step;
+            t
+        }
+        _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
+    };
+    let mut events = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("events.jsonl"))
+        .with_context(|| format!("cannot open {}", dir.join("events.jsonl").display()))?;
+    let mut emit = |e: &TrainEvent, on_event: &mut dyn FnMut(&TrainEvent)| -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(e)?;
+        line.push(b'\n');
+        events.write_all(&line)?;
+        events.sync_data()?;
+        on_event(e);
+        Ok(())
+    };
+    let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };
+    emit(
+        &TrainEvent::Started {
+            examples: examples.len(),
+            truncated,
+            total_steps: total,
+            steps_per_epoch: per_epoch,
+            resumed_from,
+        },
+        on_event,
+    )?;
+    let started = Instant::now();
+    let first = trainer.step;
+    while trainer.step < total {
+        if cancel.load(Ordering::Relaxed) {
+            let path = save_checkpoint(model, &trainer, dir, total)?;
+            let e = TrainEvent::Stopped { step: trainer.step, checkpoint: path };
+            emit(&e, on_event)?;
+            return Ok(e);
+        }
+        let micro: Vec<Batch> = steps[trainer.step].iter().map(|rows| data::batch(&encoded, rows)).collect();
+        let t0 = Instant::now();
+        let stats = trainer.step(model, &micro, total)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let done = trainer.step - first;
+        let eta = started.elapsed().as_secs_f64() / done as f64 * (total - trainer.step) as f64;
+        emit(
+            &TrainEvent::Step {
+                step: trainer.step,
+                epoch: trainer.step as f64 / per_epoch.max(1) as f64,
+                loss: stats.loss,
+                lr: stats.lr,
+                grad_norm: stats.grad_norm,
+                tokens_per_s: stats.tokens as f64 / secs.max(1e-9),
+                peak_memory_mb: peak_memory_mb(),
+                eta_s: eta,
+            },
+            on_event,
+        )?;
+        if trainer.step % c.save_steps == 0 && trainer.step < total {
+            let path = save_checkpoint(model, &trainer, dir, total)?;
+            emit(&TrainEvent::Checkpoint { step: trainer.step, path }, on_event)?;
+        }
+    }
+    let out = dir.join("adapter");
+    let tmp = dir.join(".adapter.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    adapter::save(model, &trainer.name, &trainer.adapter, &tmp)?;
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&tmp, &out)?;
+    let e = TrainEvent::Finished { step: trainer.step, adapter: out };
+    emit(&e, on_event)?;
+    Ok(e)
+}

@@ -1,0 +1,300 @@
+//! LoRA against PEFT (fixtures by scripts/make_lora_fixtures.py): a PEFT adapter loads and gives
+//! PEFT's logits; ours saves under PEFT's names and loads back; four training steps from PEFT's
+//! initial adapter on the same micro-batches give PEFT's losses, gradient norms and final
+//! weights; and `selfspec train` killed with SIGKILL resumes to the same losses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use selfspec::model::{DTypeChoice, Model, Pass};
+use selfspec::train::{adapter, Batch, TrainConfig, Trainer};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn base() -> Model {
+    Model::load(root().join("tests/fixtures/models/llama3-gqa").to_str().unwrap(), DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+}
+
+fn last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut cache = model.decoder.new_cache(vec![0]);
+    model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn a_peft_adapter_gives_pefts_logits() {
+    let dir = root().join("tests/fixtures/lora/peft-adapter");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let mut model = base();
+    let cfg = adapter::load(&mut model, &dir, "peft").unwrap();
+    assert_eq!((cfg.r, cfg.scale()), (4, 2.0));
+    for case in expected["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<f64> = serde_json::from_value(case["logits"].clone()).unwrap();
+        let base_want: Vec<f64> = serde_json::from_value(case["base_logits"].clone()).unwrap();
+        let d = max_diff(&last_logits(&model, &ids), &want);
+        assert!(d < 1e-4, "with the adapter: max |Δlogit| {d}");
+        for (_, l) in model.decoder.linears_mut() {
+            l.adapters.iter_mut().for_each(|a| a.enabled = false);
+        }
+        let d = max_diff(&last_logits(&model, &ids), &base_want);
+        assert!(d < 1e-4, "adapter disabled: max |Δlogit| {d}");
+        for (_, l) in model.decoder.linears_mut() {
+            l.adapters.iter_mut().for_each(|a| a.enabled = true);
+        }
+    }
+}
+
+#[test]
+fn our_adapters_use_pefts_names_and_load_back() {
+    let src = root().join("tests/fixtures/lora/peft-adapter");
+    let mut model = base();
+    let cfg = adapter::load(&mut model, &src, "x").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    adapter::save(&mut model, "x", &cfg, out.path()).unwrap();
+    let theirs = candle_core::safetensors::load(src.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let ours = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = ours.keys().collect();
+    names.sort();
+    let mut want: Vec<&String> = theirs.keys().collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (k, t) in &theirs {
+        let d = (t - &ours[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{k}");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+    for key in ["peft_type", "r", "lora_alpha", "target_modules", "task_type", "bias"] {
+        assert!(saved.get(key).is_some(), "adapter_config.json lacks {key}");
+    }
+    // Broken adapters are named with the file and the tensor.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("adapter_config.json"), bad.path().join("adapter_config.json")).unwrap();
+    let mut partial: HashMap<String, Tensor> = theirs.clone();
+    partial.remove("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight");
+    candle_core::safetensors::save(&partial, bad.path().join("adapter_model.safetensors")).unwrap();
+    let err = adapter::load(&mut base(), bad.path(), "y").unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "adapter_model.safetensors: tensor base_model.model.model.layers.1.mlp.up_proj.lora_B.weight is missing"
+        ),
+        "{err}"
+    );
+    std::fs::write(
+        bad.path().join("adapter_config.json"),
+        r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": true}"#,
+    )
+    .unwrap();
+    let err = adapter::load(&mut base(), bad.path(), "y").unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json: use_dora"), "{err}");
+    let err = adapter::load(&mut base(), Path::new("/nonexistent-adapter"), "y").unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json: missing"), "{err}");
+}
+
+#[test]
+fn training_steps_match_peft() {
+    let dir = root().join("tests/fixtures/lora/train");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("steps.json")).unwrap()).unwrap();
+    let hp = &fixture["hyperparameters"];
+    let mut model = base();
+    let cfg = adapter::load(&mut model, &dir.join("init"), "t").unwrap();
+    let config = TrainConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        learning_rate: hp["learning_rate"].as_f64().unwrap(),
+        warmup_steps: hp["warmup_steps"].as_u64().unwrap() as usize,
+        weight_decay: hp["weight_decay"].as_f64().unwrap(),
+        max_grad_norm: hp["max_grad_norm"].as_f64().unwrap(),
+        ..Default::default()
+    };
+    let total = hp["max_steps"].as_u64().unwrap() as usize;
+    let mut trainer = Trainer::from_loaded(&mut model, "t", config, cfg).unwrap();
+    let steps: Vec<Vec<Batch>> = serde_json::from_value(fixture["steps"].clone()).unwrap();
+    for (i, (micro, want)) in steps.iter().zip(fixture["report"].as_array().unwrap()).enumerate() {
+        let s = trainer.step(&mut model, micro, total).unwrap();
+        let rel = |ours: f64, key: &str| {
+            (ours - want[key].as_f64().unwrap()).abs() / want[key].as_f64().unwrap().abs().max(1e-3)
+        };
+        assert!(rel(s.loss, "loss") < 1e-5, "step {i}: loss {} vs PEFT {}", s.loss, want["loss"]);
+        assert!(
+            rel(s.grad_norm, "grad_norm") < 1e-4,
+            "step {i}: grad norm {} vs PEFT {}",
+            s.grad_norm,
+            want["grad_norm"]
+        );
+        assert!((s.lr - want["lr"].as_f64().unwrap()).abs() < 1e-12, "step {i}: lr");
+    }
+    let fin = candle_core::safetensors::load(dir.join("final.safetensors"), &Device::Cpu).unwrap();
+    for p in &trainer.params {
+        for (which, var) in [('A', &p.a), ('B', &p.b)] {
+            let key = adapter::tensor_name(&p.linear, which);
+            let d =
+                (var.as_tensor() - &fin[&key]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "{key}: max |Δ| {d} after four steps");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `selfspec train`, killed and resumed.
+
+fn alpaca(dir: &Path) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    let mut text = String::new();
+    for i in 0..24 {
+        let rec = serde_json::json!({
+            "instruction": format!("Name the drug class of compound {i}."),
+            "input": if i % 3 == 0 { String::new() } else { format!("Compound {i} lowers LDL by blocking HMG-CoA reductase.") },
+            "output": format!("Compound {i} is a statin{}", ".".repeat(i % 4)),
+        });
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train_cmd(data: &Path, run: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    cmd.args(["train", "--model"]).arg(root().join("tests/fixtures/models/llama3-gqa"));
+    cmd.arg("--data").arg(data).arg("--run").arg(run).arg("--train-config").arg(config);
+    cmd
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("train.yaml");
+    std::fs::write(
+        &config,
+        "r: 4\nlora_alpha: 8\nlora_dropout: 0.1\nlearning_rate: 0.003\nnum_train_epochs: 3\n\
+         per_device_train_batch_size: 2\ngradient_accumulation_steps: 2\nwarmup_steps: 2\nsave_steps: 3\nseed: 7\n",
+    )
+    .unwrap();
+    let whole = dir.path().join("whole");
+    let out = train_cmd(&data, &whole, &config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = losses(&whole);
+    assert_eq!(reference.len(), 18, "3 epochs of 6 steps");
+    assert!(whole.join("adapter/adapter_model.safetensors").exists());
+
+    let cut = dir.path().join("cut");
+    let mut child = train_cmd(&data, &cut, &config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    // SIGKILL once a checkpoint exists and a step or two past it.
+    while losses(&cut).len() < 8 {
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = train_cmd(&data, &cut, &config).arg("--resume").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = losses(&cut);
+    // Every step after the resume point equals the uninterrupted run's.
+    let after: HashMap<u64, f64> = resumed.iter().copied().collect();
+    for (step, want) in &reference {
+        let got = after[step];
+        assert!((got - want).abs() <= 1e-6, "step {step}: {got} vs uninterrupted {want}");
+    }
+    let final_a =
+        candle_core::safetensors::load(whole.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let final_b = candle_core::safetensors::load(cut.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    for (k, t) in &final_a {
+        let d = (t - &final_b[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-6, "{k}: {d}");
+    }
+    // Not resuming into a used folder.
+    let out = train_cmd(&data, &cut, &config).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a training run"));
+}
+
+#[test]
+fn merged_models_and_complete_with_adapters_give_pefts_logits() {
+    let adapter_dir = root().join("tests/fixtures/lora/peft-adapter");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter_dir.join("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"][1];
+    let want: Vec<f64> = serde_json::from_value(case["logits"].clone()).unwrap();
+    let base_want: Vec<f64> = serde_json::from_value(case["base_logits"].clone()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let merged = out.path().join("merged");
+    let st = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["merge", "--model"])
+        .arg(root().join("tests/fixtures/models/llama3-gqa"))
+        .arg("--adapter")
+        .arg(&adapter_dir)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let model = Model::load(merged.to_str().unwrap(), DTypeChoice::F32, &Device::Cpu).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+    let d = max_diff(&last_logits(&model, &ids), &want);
+    assert!(d < 1e-4, "merged: max |Δlogit| {d}");
+    // complete --adapter: top-5 logits with the adapter, and with --use none the base's.
+    let top5 = |extra: &[&str]| -> Vec<(u32, f64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+            .args(["complete", "--model"])
+            .arg(root().join("tests/fixtures/models/llama3-gqa"))
+            .args(["--prompt", case["prompt"].as_str().unwrap(), "--json", "--max-new-tokens", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["top5"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap())).collect()
+    };
+    let spec = format!("peft={}", adapter_dir.display());
+    for (got, reference) in
+        [(top5(&["--adapter", &spec]), &want), (top5(&["--adapter", &spec, "--use", "none"]), &base_want)]
+    {
+        for (id, logit) in got {
+            assert!((logit - reference[id as usize]).abs() < 1e-4);
+        }
+    }
+}
+
+/// An adapter `selfspec train` wrote (committed in tests/fixtures/lora/ours), loaded by PEFT:
+/// PEFT's logits with it (expected.json) equal ours.
+#[test]
+fn our_trained_adapter_loads_in_peft() {
+    let dir = root().join("tests/fixtures/lora/ours");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let mut model = base();
+    adapter::load(&mut model, &dir, "ours").unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<f64> = serde_json::from_value(case["logits"].clone()).unwrap();
+        let d = max_diff(&last_logits(&model, &ids), &want);
+        assert!(d < 1e-4, "max |Δlogit| {d} against PEFT with our adapter");
+    }
+}
