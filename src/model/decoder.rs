@@ -290,6 +290,28 @@ impl Decoder {
     /// Runs `tokens` (`[rows, new]`, the rows of `cache`) through the model, appending to the
     /// cache. Returns logits `[rows, new, vocab]`, or `[rows, 1, vocab]` with `last_only`.
     pub fn forward(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, last_only: bool) -> Result<Tensor> {
+        let mut x = self.hidden(tokens, cache, pass)?;
+        if last_only {
+            let new = x.dim(1)?;
+            x = x.narrow(1, new - 1, 1)?.contiguous()?;
+        }
+        let x = self.norm.forward(&x, pass)?;
+        self.lm_head.forward(&x)
+    }
+
+    /// Logits `[n, vocab]` at the positions `at` only (indices into the `rows × new` tokens,
+    /// row-major): training needs them where there are labels, and the vocabulary projection
+    /// is the costliest step to spend on prompt tokens.
+    pub fn forward_at(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, at: &Tensor) -> Result<Tensor> {
+        let x = self.hidden(tokens, cache, pass)?;
+        let (rows, new, hidden) = x.dims3()?;
+        let x = x.reshape((rows * new, hidden))?.index_select(at, 0)?;
+        let x = self.norm.forward(&x, pass)?;
+        self.lm_head.forward(&x)
+    }
+
+    /// The blocks' output before the final norm, `[rows, new, hidden]`.
+    fn hidden(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass) -> Result<Tensor> {
         let (rows, new) = tokens.dims2()?;
         if rows != cache.rows() {
             candle_core::bail!("{rows} rows of tokens for a cache of {} rows", cache.rows());
@@ -325,11 +347,7 @@ impl Decoder {
             x = (x + m)?;
         }
         cache.len = total;
-        if last_only {
-            x = x.narrow(1, new - 1, 1)?.contiguous()?;
-        }
-        let x = self.norm.forward(&x, pass)?;
-        self.lm_head.forward(&x)
+        Ok(x)
     }
 
     /// The additive attention mask `[rows, 1, new, total]` (f32): padding, the future and, with

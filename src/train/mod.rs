@@ -265,8 +265,6 @@ impl Trainer {
         let flat: Vec<u32> = batch.ids.iter().flat_map(|r| r.iter().copied()).collect();
         let input = Tensor::from_vec(flat, (rows, width), device)?;
         let mut cache = model.decoder.new_cache(batch.pad.clone());
-        let logits = model.decoder.forward(&input, &mut cache, Pass::Training, false)?;
-        let vocab = logits.dim(D::Minus1)?;
         // Position t predicts label t + 1.
         let mut index = Vec::new();
         let mut targets = Vec::new();
@@ -283,11 +281,9 @@ impl Trainer {
             return Tensor::zeros((), DType::F32, device);
         }
         let n = index.len();
-        let picked = logits
-            .to_dtype(DType::F32)?
-            .reshape((rows * width, vocab))?
-            .index_select(&Tensor::from_vec(index, n, device)?, 0)?;
-        let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let at = Tensor::from_vec(index, n, device)?;
+        let logits = model.decoder.forward_at(&input, &mut cache, Pass::Training, &at)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let chosen = logp.gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?;
         chosen.sum_all()?.neg()
     }

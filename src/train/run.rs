@@ -47,6 +47,8 @@ pub enum TrainEvent {
         loss: f64,
         lr: f64,
         grad_norm: f64,
+        /// Seconds this step took.
+        step_s: f64,
         tokens_per_s: f64,
         peak_memory_mb: f64,
         eta_s: f64,
@@ -238,6 +240,7 @@ pub fn train(
                 loss: stats.loss,
                 lr: stats.lr,
                 grad_norm: stats.grad_norm,
+                step_s: secs,
                 tokens_per_s: stats.tokens as f64 / secs.max(1e-9),
                 peak_memory_mb: peak_memory_mb(),
                 eta_s: eta,
