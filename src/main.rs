@@ -162,6 +162,16 @@ struct GenerateArgs {
     /// Progress as human-readable lines on stderr, or every event as a JSON line on stdout.
     #[arg(long, value_enum, default_value_t)]
     progress: ProgressFormat,
+    /// The second round: generate with the tuned model, a LoRA adapter (PEFT format) over --model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Decode contrastively against the base (log p_tuned − log p_base over the tokens with
+    /// p_tuned ≥ α·max p_tuned); needs --adapter.
+    #[arg(long, requires = "adapter")]
+    contrastive: bool,
+    /// α of --contrastive.
+    #[arg(long, default_value_t = 0.1, requires = "contrastive")]
+    alpha: f64,
 }
 
 #[derive(Args)]
@@ -815,10 +825,17 @@ fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> an
         corpus: args.corpus.as_deref().map(absolute),
         seed: args.seed,
         prompts: prompts_dir,
+        adapter: args.adapter.as_deref().map(absolute),
+        contrastive: args.contrastive.then_some(args.alpha),
         settings,
     };
+    anyhow::ensure!(args.alpha > 0.0 && args.alpha <= 1.0, "--alpha must be in (0, 1]");
     let (mut run, _) = pipeline::Run::open(&args.run, job)?;
-    let model = args.model.load()?;
+    let mut model = args.model.load()?;
+    if let Some(dir) = &args.adapter {
+        selfspec::train::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
+    }
+    let model = model;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     watch_signals(cancel.clone());
     let inputs =

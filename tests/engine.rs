@@ -29,6 +29,7 @@ fn loss(model: &mut Model, a: &Tensor, b: &Tensor, ids: &[u32], pass: Pass) -> T
                 scale: 2.0,
                 enabled: true,
                 dropout: None,
+                gate: selfspec::model::linear::new_gate(),
             }];
         }
     }

@@ -271,3 +271,40 @@ fn killed_runs_continue_to_n_without_duplicates_or_losses() {
     let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
     assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
 }
+
+/// The second round: tune an adapter on the first round's samples, then generate with it,
+/// contrastively against the base.
+#[test]
+fn a_second_round_generates_with_the_tuned_model() {
+    let env = env();
+    let first = env.base.join("round-1");
+    assert!(generate_cmd(&env, &first, 8, "top1").output().unwrap().status.success());
+    let selfspec = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap();
+    let r = first.to_str().unwrap();
+    for s in check_samples(&first, "top1") {
+        assert!(selfspec(&["samples", "decide", r, s["id"].as_str().unwrap(), "accept"]).status.success());
+    }
+    let cfg = env.base.join("train.yaml");
+    std::fs::write(&cfg, "r: 4\nmax_steps: 3\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 1\nwarmup_steps: 0\nlearning_rate: 0.01\n").unwrap();
+    let lora = env.base.join("lora");
+    let writer = fixture("writer");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["train", "--model", writer.to_str().unwrap(), "--data", r, "--run", lora.to_str().unwrap()])
+        .args(["--train-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = env.base.join("round-2");
+    let out = generate_cmd(&env, &second, 4, "top1")
+        .args(["--adapter", lora.join("adapter").to_str().unwrap(), "--contrastive", "--alpha", "0.2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for s in check_samples(&second, "top1") {
+        assert!(s["provenance"]["adapter"].as_str().unwrap().ends_with("adapter"));
+        assert_eq!(s["provenance"]["contrastive_alpha"], 0.2);
+    }
+    // The run remembers the adapter: continuing without it is refused.
+    let out = generate_cmd(&env, &second, 6, "top1").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adapter:"), "{}", String::from_utf8_lossy(&out.stderr));
+}

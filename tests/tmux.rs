@@ -40,7 +40,7 @@ impl Tmux {
             env!("CARGO_BIN_EXE_selfspec")
         );
         let _ = self.run(&["kill-session", "-t", "main"]);
-        let out = self.run(&[
+        let args = [
             "new-session",
             "-d",
             "-s",
@@ -56,7 +56,17 @@ impl Tmux {
             "main",
             "remain-on-exit",
             "on",
-        ]);
+        ];
+        // Servers starting at the same moment can race on tmux's socket folder: try again.
+        let mut out = self.run(&args);
+        for _ in 0..3 {
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = self.run(&["kill-session", "-t", "main"]);
+            out = self.run(&args);
+        }
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
     }
 

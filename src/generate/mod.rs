@@ -33,6 +33,20 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// The LoRA adapter this request runs with. When any request of a batch names one (or
+    /// decodes contrastively), the batch's rows are gated: each gets only its own adapter, and a
+    /// request naming none runs on the base.
+    pub adapter: Option<String>,
+    /// Contrastive decoding (the paper's eq. 3): the prompt is decoded twice in the batch, with
+    /// the adapter and without it, and the token is chosen from log p_tuned − log p_base over
+    /// the tokens with p_tuned ≥ α·max p_tuned.
+    pub contrast: Option<Contrast>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contrast {
+    pub adapter: String,
+    pub alpha: f64,
 }
 
 impl Request {
@@ -45,6 +59,17 @@ impl Request {
             stop: Vec::new(),
             sampling: SamplingParams::greedy(),
             ignore_eos: false,
+            adapter: None,
+            contrast: None,
+        }
+    }
+
+    /// The cache rows of this request: its prompts, or one prompt twice when contrastive
+    /// (with the adapter, then without).
+    fn rows(&self) -> Vec<&Vec<u32>> {
+        match &self.contrast {
+            Some(_) => vec![&self.prompts[0], &self.prompts[0]],
+            None => self.prompts.iter().collect(),
         }
     }
 }
@@ -125,15 +150,26 @@ pub fn generate(
         if r.prompts.is_empty() || r.prompts.iter().any(|p| p.is_empty()) {
             anyhow::bail!("request {i}: a prompt has no tokens");
         }
-        weights.push(normalised(&r.weights, r.prompts.len()).map_err(|e| anyhow::anyhow!("request {i}: {e}"))?);
+        if let Some(c) = &r.contrast {
+            anyhow::ensure!(r.prompts.len() == 1, "request {i}: contrastive decoding takes one prompt");
+            anyhow::ensure!(c.alpha > 0.0 && c.alpha <= 1.0, "request {i}: the contrastive α must be in (0, 1]");
+        }
+        for name in r.adapter.iter().chain(r.contrast.as_ref().map(|c| &c.adapter)) {
+            anyhow::ensure!(model.decoder.gate(name).is_some(), "request {i}: no adapter named {name} is loaded");
+        }
+        weights.push(match r.contrast {
+            // The mixture of a contrastive pair is its tuned row (used only for shapes).
+            Some(_) => vec![1.0, 0.0],
+            None => normalised(&r.weights, r.prompts.len()).map_err(|e| anyhow::anyhow!("request {i}: {e}"))?,
+        });
     }
     // Waves of whole requests, at most `max_batch` rows each (a wider request gets a wave alone).
     let mut first = 0;
     while first < requests.len() {
         let mut end = first;
         let mut rows = 0;
-        while end < requests.len() && (end == first || rows + requests[end].prompts.len() <= opts.max_batch.max(1)) {
-            rows += requests[end].prompts.len();
+        while end < requests.len() && (end == first || rows + requests[end].rows().len() <= opts.max_batch.max(1)) {
+            rows += requests[end].rows().len();
             end += 1;
         }
         let ids: Vec<usize> = (first..end).collect();
@@ -181,7 +217,7 @@ fn run_wave(
 ) -> anyhow::Result<()> {
     let decoder = &model.decoder;
     let device = decoder.device();
-    let prompts = || wave.iter().flat_map(|&i| requests[i].prompts.iter());
+    let prompts = || wave.iter().flat_map(|&i| requests[i].rows());
     let longest = prompts().map(Vec::len).max().unwrap_or(0);
     let row_count = prompts().count();
     let mut tokens = Vec::with_capacity(row_count * longest);
@@ -195,7 +231,7 @@ fn run_wave(
         .iter()
         .map(|&i| Row {
             request: i,
-            width: requests[i].prompts.len(),
+            width: requests[i].rows().len(),
             prompt_top: Vec::new(),
             stream: TextStream::new(),
             text: String::new(),
@@ -206,6 +242,8 @@ fn run_wave(
         .collect();
     let mut cache = decoder.new_cache(pad);
     let started = Instant::now();
+    let gates = Gates::new(model, requests, wave);
+    gates.set(requests, &rows)?;
     let input = Tensor::from_vec(tokens, (row_count, longest), device)?;
     let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
     if opts.prompt_top > 0 {
@@ -256,11 +294,78 @@ fn run_wave(
             rows = kept;
         }
         let input = Tensor::from_vec(feed, (keep_rows.len(), 1), device)?;
+        gates.set(requests, &rows)?;
         logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
         timing.decode_tokens += rows.len();
     }
     timing.decode_secs += decode_started.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// The adapters' row gates while a batch with per-request adapters decodes; put back to "every
+/// row" when dropped.
+struct Gates {
+    gates: Vec<(String, crate::model::linear::Gate)>,
+    device: candle_core::Device,
+}
+
+impl Gates {
+    fn new(model: &Model, requests: &[Request], wave: &[usize]) -> Gates {
+        let gated = wave.iter().any(|&i| requests[i].adapter.is_some() || requests[i].contrast.is_some());
+        let names = if gated { model.decoder.adapter_names() } else { Vec::new() };
+        let gates = names.into_iter().filter_map(|n| model.decoder.gate(&n).map(|g| (n, g))).collect();
+        Gates { gates, device: model.decoder.device().clone() }
+    }
+
+    /// Each adapter on exactly the rows that use it.
+    fn set(&self, requests: &[Request], rows: &[Row]) -> candle_core::Result<()> {
+        use crate::model::linear::GateState;
+        for (name, gate) in &self.gates {
+            let mut mask = Vec::new();
+            for row in rows {
+                let req = &requests[row.request];
+                for j in 0..row.width {
+                    let on = match &req.contrast {
+                        Some(c) => j == 0 && c.adapter == *name,
+                        None => req.adapter.as_deref() == Some(name.as_str()),
+                    };
+                    mask.push(if on { 1f32 } else { 0f32 });
+                }
+            }
+            let state = if mask.iter().all(|&m| m == 1.0) {
+                GateState::All
+            } else if mask.iter().all(|&m| m == 0.0) {
+                GateState::Off
+            } else {
+                let n = mask.len();
+                GateState::Rows(Tensor::from_vec(mask, (n, 1, 1), &self.device)?)
+            };
+            *gate.write().unwrap_or_else(|e| e.into_inner()) = state;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gates {
+    fn drop(&mut self) {
+        for (_, gate) in &self.gates {
+            *gate.write().unwrap_or_else(|e| e.into_inner()) = crate::model::linear::GateState::All;
+        }
+    }
+}
+
+/// Contrastive scores (eq. 3) from the tuned and base logits of one step: log p_tuned −
+/// log p_base where p_tuned ≥ α·max p_tuned, −∞ elsewhere.
+pub fn contrast_scores(tuned: &[f32], base: &[f32], alpha: f64) -> Vec<f32> {
+    let log_softmax = |l: &[f32]| {
+        let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z = l.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
+        l.iter().map(|x| x - z).collect::<Vec<f32>>()
+    };
+    let (lt, lb) = (log_softmax(tuned), log_softmax(base));
+    let best = lt.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let floor = best + alpha.ln() as f32;
+    lt.iter().zip(&lb).map(|(&t, &b)| if t >= floor { t - b } else { f32::NEG_INFINITY }).collect()
 }
 
 /// Appends `id` to `row`: streams its text, and returns the completion when it ends the request.
@@ -336,6 +441,26 @@ pub fn mix(logits: &Tensor, widths: &[usize], weights: &[&[f64]]) -> candle_core
 /// logits are when every request is plain greedy); mixtures from the log of the mixed
 /// distribution, with the same sampling rules.
 fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<f64>]) -> anyhow::Result<Vec<u32>> {
+    if rows.iter().any(|r| requests[r.request].contrast.is_some()) {
+        // Per request on the CPU: contrastive pairs, mixtures and plain rows side by side.
+        let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
+        let ws: Vec<&[f64]> = rows.iter().map(|r| weights[r.request].as_slice()).collect();
+        let mixed = mix(logits, &widths, &ws)?.to_vec2::<f32>()?;
+        let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(rows.len());
+        for (g, row) in rows.iter_mut().enumerate() {
+            let req = &requests[row.request];
+            let mut scores = match &req.contrast {
+                Some(c) => contrast_scores(&all[at], &all[at + 1], c.alpha),
+                None if row.width == 1 => all[at].clone(),
+                None => mixed[g].clone(),
+            };
+            at += row.width;
+            out.push(sampling::choose(&mut scores, &req.sampling, &row.seen, &mut row.rng));
+        }
+        return Ok(out);
+    }
     let scores = if rows.iter().all(|r| r.width == 1) {
         logits.to_dtype(DType::F32)?
     } else {

@@ -218,6 +218,12 @@ pub struct Job {
     /// Where editable templates are read from (a workspace's prompts/), if anywhere.
     #[serde(default)]
     pub prompts: Option<PathBuf>,
+    /// The second round: a LoRA adapter (the tuned model) over `model`.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// Contrastive decoding against the base with this α (needs `adapter`).
+    #[serde(default)]
+    pub contrastive: Option<f64>,
     #[serde(default)]
     pub settings: Settings,
 }
@@ -354,6 +360,8 @@ pub struct Run {
 }
 
 pub const CONFIG: &str = "config.yaml";
+/// The name the second round's adapter is loaded under.
+pub const ADAPTER: &str = "tuned";
 pub const SAMPLES: &str = "samples.jsonl";
 pub const FILTERED: &str = "filtered.jsonl";
 pub const EVENTS: &str = "events.jsonl";
@@ -536,6 +544,7 @@ struct Candidate {
 
 /// Everything a run needs besides its folder.
 pub struct Inputs<'a> {
+    /// The model, with the job's adapter (if any) loaded under [`ADAPTER`].
     pub model: &'a Model,
     pub seeds: &'a SeedFile,
     pub templates: &'a Templates,
@@ -614,7 +623,7 @@ pub fn run(
             requests.push(Request {
                 stop: vec![stop],
                 sampling: s.instruction_sampling(rng.next_u64()),
-                ..Request::new(ids, s.instruction_max_new_tokens)
+                ..tuned(&job, Request::new(ids, s.instruction_max_new_tokens))
             });
             shown.push(demos.iter().map(|d| d.id.clone()).collect());
             primers.push(primer);
@@ -710,6 +719,20 @@ pub fn run(
     Ok(outcome)
 }
 
+/// `request` as the job's model runs it: with the tuned adapter, contrastively against the base
+/// where asked (a mixture of documents keeps the adapter but is not contrastive).
+fn tuned(job: &Job, request: Request) -> Request {
+    if job.adapter.is_none() {
+        return request;
+    }
+    match job.contrastive {
+        Some(alpha) if request.prompts.len() == 1 => {
+            Request { contrast: Some(super::Contrast { adapter: ADAPTER.into(), alpha }), ..request }
+        }
+        _ => Request { adapter: Some(ADAPTER.into()), ..request },
+    }
+}
+
 /// The documents of one response and their weights.
 fn retrieve(searcher: &Searcher, mode: Mode, s: &Settings, query: &str) -> anyhow::Result<Vec<(Hit, f64)>> {
     let k = match mode {
@@ -768,12 +791,13 @@ fn respond(
             }
             c.documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
             let seed = c.instruction_sampling.seed ^ 0xa5a5_a5a5;
-            requests.push(Request {
+            let request = Request {
                 prompts: prompts_ids,
                 weights: docs.iter().map(|(_, w)| *w).collect(),
                 sampling: s.response_sampling(seed),
                 ..Request::new(Vec::new(), s.response_max_new_tokens)
-            });
+            };
+            requests.push(tuned(job, request));
         }
         on_progress(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
         let opts = super::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
@@ -815,6 +839,8 @@ fn respond(
                     most_similar: c.most_similar.as_ref().map(|m| m.0.clone()),
                     rouge_l: c.most_similar.as_ref().map(|m| m.1),
                     finish: Some(completion.finish.clone()),
+                    adapter: job.adapter.as_ref().map(|p| p.display().to_string()),
+                    contrastive_alpha: job.contrastive.filter(|_| job.adapter.is_some()),
                     created: now_secs(),
                 },
             };
@@ -865,6 +891,8 @@ mod tests {
             corpus: None,
             seed: 1,
             prompts: None,
+            adapter: None,
+            contrastive: None,
             settings: Settings::default(),
         };
         let mut other = Job { n: 50, ..job.clone() };

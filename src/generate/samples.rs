@@ -49,6 +49,9 @@ pub struct Provenance {
     pub rouge_l: Option<f64>,
     /// How the response ended (length: cut by the token limit).
     pub finish: Option<super::Finish>,
+    /// The second round: the adapter of the tuned model, and α when decoding was contrastive.
+    pub adapter: Option<String>,
+    pub contrastive_alpha: Option<f64>,
     /// Seconds since the Unix epoch.
     pub created: u64,
 }

@@ -459,6 +459,19 @@ impl Decoder {
         layer.o.forward(&out)
     }
 
+    /// The row gate of the adapter `name` (shared by all its layers), if it is loaded.
+    pub fn gate(&self, name: &str) -> Option<crate::model::linear::Gate> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .find_map(|lin| lin.adapters.iter().find(|a| a.name == name).map(|a| a.gate.clone()))
+    }
+
+    /// The names of the adapters loaded (in the first layer's order).
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.layers.first().map(|l| l.q.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
+    }
+
     /// Every projection of the blocks, named as in the checkpoint and in PEFT's
     /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

@@ -32,9 +32,28 @@ pub struct LoraAdapter {
     pub b: Tensor,
     pub scale: f64,
     pub enabled: bool,
+    /// Which rows of the batch the adapter applies to (shared by every layer's copy of one
+    /// adapter, so generation can switch it per row: contrastive decoding, per-request adapters).
+    pub gate: Gate,
     /// Training only: dropout on the adapter's input, with the seed of this step's mask (set by
     /// the trainer each micro-batch, so a resumed run draws the same masks).
     pub dropout: Option<Dropout>,
+}
+
+/// Where an adapter applies: every row, no row, or the rows whose mask (`[rows, 1, 1]`, 1 or 0)
+/// is 1.
+#[derive(Debug, Clone, Default)]
+pub enum GateState {
+    #[default]
+    All,
+    Off,
+    Rows(Tensor),
+}
+
+pub type Gate = Arc<std::sync::RwLock<GateState>>;
+
+pub fn new_gate() -> Gate {
+    Arc::new(std::sync::RwLock::new(GateState::All))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,13 +128,21 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         for adapter in self.adapters.iter().filter(|a| a.enabled) {
+            let mask = match &*adapter.gate.read().unwrap_or_else(|e| e.into_inner()) {
+                GateState::Off => continue,
+                GateState::All => None,
+                GateState::Rows(m) => Some(m.clone()),
+            };
             let input = match adapter.dropout {
                 Some(d) => dropout(x, d)?,
                 None => x.clone(),
             };
             let down = matmul(&input, &adapter.a.to_dtype(x.dtype())?.t()?)?;
-            let up = matmul(&down, &adapter.b.to_dtype(x.dtype())?.t()?)?;
-            y = (y + (up * adapter.scale)?)?;
+            let mut up = (matmul(&down, &adapter.b.to_dtype(x.dtype())?.t()?)? * adapter.scale)?;
+            if let Some(m) = mask {
+                up = up.broadcast_mul(&m.to_dtype(up.dtype())?)?;
+            }
+            y = (y + up)?;
         }
         Ok(y)
     }
@@ -140,7 +167,15 @@ mod tests {
         assert_eq!(plain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[..3], [15., 37., 62.5]);
         let a = Tensor::ones((2, 4), DType::F32, &dev)?;
         let bb = Tensor::ones((3, 2), DType::F32, &dev)?;
-        layer.adapters.push(LoraAdapter { name: "x".into(), a, b: bb, scale: 0.5, enabled: true, dropout: None });
+        layer.adapters.push(LoraAdapter {
+            name: "x".into(),
+            a,
+            b: bb,
+            scale: 0.5,
+            enabled: true,
+            dropout: None,
+            gate: new_gate(),
+        });
         let with = layer.forward(&x)?;
         // Each output gains 0.5 · 2 · Σx = Σx.
         let diff = (with - &plain)?.flatten_all()?.to_vec1::<f32>()?;

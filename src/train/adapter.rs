@@ -201,6 +201,7 @@ pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, 
         candle_core::safetensors::load(&path, &device).map_err(|e| bad(&path, format!("cannot read: {e}")))?;
     let mut used = 0;
     let scale = cfg.scale();
+    let gate = crate::model::linear::new_gate();
     for (linear_name, linear) in model.decoder.linears_mut() {
         if !cfg.target_modules.matches(&linear_name) {
             continue;
@@ -228,7 +229,15 @@ pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, 
         let b = get('B', (outf, cfg.r))?;
         used += 2;
         linear.adapters.retain(|x| x.name != name);
-        linear.adapters.push(LoraAdapter { name: name.to_string(), a, b, scale, enabled: true, dropout: None });
+        linear.adapters.push(LoraAdapter {
+            name: name.to_string(),
+            a,
+            b,
+            scale,
+            enabled: true,
+            dropout: None,
+            gate: gate.clone(),
+        });
     }
     if used == 0 {
         return Err(bad(&path, "target_modules matches no projection of this model"));

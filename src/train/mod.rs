@@ -191,6 +191,7 @@ impl Trainer {
         let targets = Targets::List(config.target_modules.clone());
         let mut params = Vec::new();
         let scale = config.lora_alpha / config.r as f64;
+        let gate = crate::model::linear::new_gate();
         for (linear_name, linear) in model.decoder.linears_mut() {
             if !targets.matches(&linear_name) {
                 continue;
@@ -200,7 +201,7 @@ impl Trainer {
             let a: Vec<f32> = (0..config.r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
             let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inf), &device)?)?;
             let b = Var::from_tensor(&Tensor::zeros((outf, config.r), DType::F32, &device)?)?;
-            attach(linear, name, &a, &b, scale);
+            attach(linear, name, &a, &b, scale, &gate);
             params.push(Param { linear: linear_name, a, b });
         }
         anyhow::ensure!(!params.is_empty(), "target_modules matches no projection of this model");
@@ -218,12 +219,13 @@ impl Trainer {
         adapter: AdapterConfig,
     ) -> anyhow::Result<Trainer> {
         let mut params = Vec::new();
+        let gate = crate::model::linear::new_gate();
         for (linear_name, linear) in model.decoder.linears_mut() {
             let Some(found) = linear.adapters.iter().find(|x| x.name == name) else { continue };
             let a = Var::from_tensor(&found.a.to_dtype(DType::F32)?)?;
             let b = Var::from_tensor(&found.b.to_dtype(DType::F32)?)?;
             let scale = found.scale;
-            attach(linear, name, &a, &b, scale);
+            attach(linear, name, &a, &b, scale, &gate);
             params.push(Param { linear: linear_name, a, b });
         }
         anyhow::ensure!(!params.is_empty(), "no adapter named {name} is loaded");
@@ -393,7 +395,14 @@ impl Trainer {
 }
 
 /// Replaces (or adds) adapter `name` on `linear` with the trainable `a`, `b`.
-fn attach(linear: &mut crate::model::linear::Linear, name: &str, a: &Var, b: &Var, scale: f64) {
+fn attach(
+    linear: &mut crate::model::linear::Linear,
+    name: &str,
+    a: &Var,
+    b: &Var,
+    scale: f64,
+    gate: &crate::model::linear::Gate,
+) {
     linear.adapters.retain(|x| x.name != name);
     linear.adapters.push(LoraAdapter {
         name: name.to_string(),
@@ -402,6 +411,7 @@ fn attach(linear: &mut crate::model::linear::Linear, name: &str, a: &Var, b: &Va
         scale,
         enabled: true,
         dropout: None,
+        gate: gate.clone(),
     });
 }
 
