@@ -19,6 +19,7 @@ pub struct Config {
     pub theme: String,
     pub seeds: SeedsConfig,
     pub generation: crate::generate::pipeline::Settings,
+    pub train: crate::train::TrainConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +31,13 @@ pub struct SeedsConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { workspace: None, theme: "dark".into(), seeds: SeedsConfig::default(), generation: Default::default() }
+        Config {
+            workspace: None,
+            theme: "dark".into(),
+            seeds: SeedsConfig::default(),
+            generation: Default::default(),
+            train: Default::default(),
+        }
     }
 }
 

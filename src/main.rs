@@ -92,6 +92,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Open the workbench's Train screen on a training run: it replays events.jsonl, then follows
+    /// it (from any terminal or SSH session, while the run goes on).
+    Attach {
+        /// The training run folder.
+        run: PathBuf,
+    },
     /// Show the workspace and configuration in use (creating the workspace if needed).
     Workspace,
     /// Print the configuration in force, and where it came from.
@@ -191,6 +197,9 @@ struct TrainArgs {
     /// Continue the run in --run from its newest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
+    #[arg(long, hide = true)]
+    detached: bool,
 }
 
 #[derive(Clone, Copy, Default, clap::ValueEnum)]
@@ -447,8 +456,12 @@ fn run() -> anyhow::Result<ExitCode> {
     let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
     let config = Config::load(&config_path)?;
     match cli.command {
-        None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default()),
-        Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args),
+        None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default(), None),
+        Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args, None),
+        Some(Command::Attach { run }) => {
+            let run = std::path::absolute(&run).unwrap_or(run);
+            open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default(), Some(run))
+        }
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
@@ -463,7 +476,7 @@ fn run() -> anyhow::Result<ExitCode> {
             println!("{n} projections merged; model written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Train(args)) => train_command(args, cli.config.is_some().then_some(&config)),
+        Some(Command::Train(args)) => train_command(args, &config),
         Some(Command::Score { file, rows, split_references }) => score_command(&file, rows, split_references),
         Some(Command::Generate(args)) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
@@ -663,7 +676,7 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn train_command(args: TrainArgs, _global: Option<&Config>) -> anyhow::Result<ExitCode> {
+fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
     use selfspec::train::{run, TrainConfig};
     let config: TrainConfig = match &args.train_config {
         Some(path) => {
@@ -671,15 +684,18 @@ fn train_command(args: TrainArgs, _global: Option<&Config>) -> anyhow::Result<Ex
             selfspec::yaml::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?
         }
-        None => TrainConfig::default(),
+        None => global.train.clone(),
     };
     config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
     let examples = selfspec::train::data::load(&args.data)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = run::TrainJob { model: args.model.model.clone(), data: absolute(&args.data), config };
+    std::fs::create_dir_all(&args.run).with_context(|| format!("cannot create {}", args.run.display()))?;
+    std::fs::write(args.run.join(run::PID), std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", args.run.join(run::PID).display()))?;
     let mut model = args.model.load()?;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    watch_signals(cancel.clone());
+    watch_signals_with(cancel.clone(), !args.detached);
     let end = run::train(&mut model, &job, &examples, &args.run, args.resume, &cancel, &mut |e| {
         match e {
         run::TrainEvent::Started { examples, truncated, total_steps, resumed_from, .. } => {
@@ -899,6 +915,12 @@ fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> an
 /// Sets `cancel` on SIGINT, SIGTERM or SIGHUP (the run stops after the current token and can be
 /// continued).
 fn watch_signals(cancel: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    watch_signals_with(cancel, true);
+}
+
+/// [`watch_signals`]; with `hangup_stops` false a SIGHUP (a closed terminal or SSH session) is
+/// ignored, for runs that must outlive the terminal that started them.
+fn watch_signals_with(cancel: std::sync::Arc<std::sync::atomic::AtomicBool>, hangup_stops: bool) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async move {
@@ -908,10 +930,12 @@ fn watch_signals(cancel: std::sync::Arc<std::sync::atomic::AtomicBool>) {
             else {
                 return;
             };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = int.recv() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => if hangup_stops { break },
+                }
             }
             cancel.store(true, std::sync::atomic::Ordering::SeqCst);
         });
@@ -1087,6 +1111,7 @@ fn open_tui(
     config_path: &Path,
     mut config: Config,
     args: TuiArgs,
+    attach: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     // The first start writes the documented configuration; a failure to do so is not fatal.
     if let Err(e) = Config::write_default(config_path) {
@@ -1108,6 +1133,7 @@ fn open_tui(
         file,
         config_file: config_path.to_path_buf(),
         model: args.model,
+        attach,
     })?;
     Ok(ExitCode::SUCCESS)
 }

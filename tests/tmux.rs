@@ -217,7 +217,9 @@ fn generate_then_review_in_the_workbench() {
     std::fs::write(
         config.join("config.yaml"),
         "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
-         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n",
+         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n\
+         train:\n  r: 4\n  max_steps: 400\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 1\n  \
+         save_steps: 100\n",
     )
     .unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
@@ -254,6 +256,33 @@ fn generate_then_review_in_the_workbench() {
     assert_eq!(std::fs::read_to_string(run.join("accepted.alpaca.jsonl")).unwrap().lines().count(), 2);
     let decisions = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
     assert_eq!(decisions.lines().count(), 4, "{decisions}");
+
+    // Train on the two accepted samples, detached; then the terminal goes away (SIGHUP, as when
+    // an SSH connection drops) while it runs.
+    t.keys(&["4"]);
+    t.wait_for("the Train screen", |s| s.contains(" TRAIN ") && s.contains("No training runs yet"));
+    t.keys(&["s"]);
+    let screen = t.wait_within(60, "the first steps", |s| s.contains("running") && s.contains("step "));
+    assert!(screen.contains("Loss ·"), "{screen}");
+    let train = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("train-"))
+        .unwrap();
+    kill(&t.pid(), "-HUP");
+    t.wait_for("the workbench to exit", |_| t.dead());
+    let events = || std::fs::read_to_string(train.join("events.jsonl")).unwrap_or_default();
+    assert!(!events().contains("\"finished\""), "the run ended before the terminal did; make it longer");
+    let start = Instant::now();
+    while !events().contains("\"finished\"") {
+        assert!(start.elapsed() < Duration::from_secs(120), "the detached run stopped:\n{}", events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(train.join("adapter/adapter_model.safetensors").exists());
+    // Attach from a new terminal: the whole run replays.
+    t.start_with(&format!("attach '{}'", train.display()));
+    let screen = t.wait_for("the attached run", |s| s.contains("finished · step 400/400"));
+    assert!(screen.contains("adapter:"), "{screen}");
     t.keys(&["q"]);
     t.wait_for("quit", |_| t.dead());
 }

@@ -31,6 +31,7 @@ fn app_with(name: &str, file: Option<PathBuf>) -> App {
         file,
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
+        attach: None,
     })
     .unwrap()
 }
@@ -146,6 +147,7 @@ fn snapshot_read_only_file() {
         file: Some(path),
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
+        attach: None,
     })
     .unwrap();
     insta::assert_snapshot!(draw(&app));
@@ -295,6 +297,7 @@ fn a_read_only_file_refuses_edits_and_stays_untouched() {
         file: Some(path.clone()),
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
+        attach: None,
     })
     .unwrap();
     for k in ['a', 'd', 'y', 't'] {
@@ -487,6 +490,7 @@ fn review_decides_undoes_filters_and_exports() {
         file: None,
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
+        attach: None,
     })
     .unwrap();
     press(&mut app, &clock, KeyCode::Char('3'));
@@ -510,4 +514,43 @@ fn review_decides_undoes_filters_and_exports() {
     // Saved at once: a new review of the folder sees the decisions.
     let again = selfspec::generate::review::Review::open(&run).unwrap();
     assert_eq!(again.samples.iter().map(|s| s.status).collect::<Vec<_>>(), statuses);
+}
+
+#[test]
+fn snapshot_train_screen_attached_to_a_run() {
+    let ws = workspace("snap-train");
+    let run = ws.runs_dir().join("train-gen-biomedical-1");
+    std::fs::create_dir_all(&run).unwrap();
+    let job = selfspec::train::run::TrainJob {
+        model: "models/llama-3-8b".into(),
+        data: ws.runs_dir().join("gen-biomedical-1"),
+        config: selfspec::train::TrainConfig::default(),
+    };
+    std::fs::write(run.join("config.yaml"), selfspec::yaml::to_string(&job).unwrap()).unwrap();
+    let mut events = vec![serde_json::json!({"event": "started", "examples": 480, "truncated": 3, "total_steps": 45,
+        "steps_per_epoch": 15, "resumed_from": null})];
+    for step in 1..=30u32 {
+        let loss = 2.5 * (-(step as f64) / 12.0).exp() + 0.6 + 0.08 * ((step * 7 % 5) as f64 - 2.0);
+        events.push(serde_json::json!({"event": "step", "step": step, "epoch": step as f64 / 15.0, "loss": loss,
+            "lr": 3e-4, "grad_norm": 0.8, "step_s": 1.2, "tokens_per_s": 2150.0, "peak_memory_mb": 900.0, "eta_s": 18.0}));
+    }
+    events
+        .push(serde_json::json!({"event": "stopped", "step": 30, "checkpoint": run.join("checkpoints/checkpoint-30")}));
+    let text: String = events.iter().map(|e| e.to_string() + "\n").collect();
+    std::fs::write(run.join("events.jsonl"), text).unwrap();
+    let config_dir = ws.root.join("config");
+    let app = App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file: None,
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+        attach: Some(run.clone()),
+    })
+    .unwrap();
+    assert_eq!(app.tab, selfspec::tui::Tab::Train);
+    let screen = draw(&app);
+    assert!(screen.contains("stopped") && screen.contains("step 30/45"), "{screen}");
+    insta::assert_snapshot!(screen);
 }

@@ -22,6 +22,8 @@ use super::{adapter, Batch, TrainConfig, Trainer};
 use crate::model::Model;
 
 pub const ADAPTER_NAME: &str = "train";
+/// The file holding the training process's id while it runs.
+pub const PID: &str = "pid";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

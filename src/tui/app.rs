@@ -18,6 +18,7 @@ use super::review::ReviewScreen;
 use super::seeds::{Focus, Outcome, SaveState, SeedsScreen};
 use super::seeds_view::{self, truncate};
 use super::theme::Theme;
+use super::train::TrainScreen;
 use super::{help, Options};
 use crate::config::Config;
 use crate::workspace::Workspace;
@@ -25,13 +26,14 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 3] = ["Seeds", "Generate", "Review"];
+const TABS: [&str; 4] = ["Seeds", "Generate", "Review", "Train"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Seeds,
     Generate,
     Review,
+    Train,
 }
 
 enum Overlay {
@@ -54,6 +56,7 @@ pub struct App {
     pub tab: Tab,
     pub generate: GenerateScreen,
     pub review: ReviewScreen,
+    pub train: TrainScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -85,10 +88,24 @@ impl App {
         let theme = Theme::resolve(&opts.config.theme, &themes)?;
         let generate = GenerateScreen::new(&opts.workspace, &opts.config_file, opts.model.clone(), None);
         let review = ReviewScreen::new(&opts.workspace);
+        let mut train = TrainScreen::new(&opts.workspace, &opts.config_file);
+        let tab = match &opts.attach {
+            Some(run) => {
+                anyhow::ensure!(
+                    run.join("events.jsonl").exists() || run.join("config.yaml").exists(),
+                    "{} is not a training run folder (no config.yaml or events.jsonl)",
+                    run.display()
+                );
+                train.rescan(Some(run));
+                Tab::Train
+            }
+            None => Tab::Seeds,
+        };
         let mut app = App {
-            tab: Tab::Seeds,
+            tab,
             generate,
             review,
+            train,
             workspace: opts.workspace,
             config: opts.config,
             themes,
@@ -189,6 +206,7 @@ impl App {
             Tab::Seeds => self.seeds.as_ref().is_some_and(|s| s.editing.is_some() || s.searching),
             Tab::Generate => self.generate.is_typing(),
             Tab::Review => self.review.is_typing(),
+            Tab::Train => false,
         };
         if !typing {
             match key.code {
@@ -220,6 +238,11 @@ impl App {
                     self.show_review(None);
                     return;
                 }
+                KeyCode::Char('4') => {
+                    self.train.rescan(None);
+                    self.tab = Tab::Train;
+                    return;
+                }
                 _ => {}
             }
         }
@@ -230,6 +253,11 @@ impl App {
             },
             Tab::Generate => self.generate.handle_key(key),
             Tab::Review => self.review.handle_key(key),
+            Tab::Train => {
+                let data = self.review.runs.get(self.review.run_ix).cloned();
+                let model = self.generate.model.clone();
+                self.train.handle_key(key, data.as_deref(), &model)
+            }
         };
         self.outcome(o, now);
     }
@@ -299,6 +327,10 @@ impl App {
         if let (Some(tab), MouseEventKind::Down(MouseButton::Left)) = (self.tab_at(pos), mouse.kind) {
             match tab {
                 Tab::Review => self.show_review(None),
+                Tab::Train => {
+                    self.train.rescan(None);
+                    self.tab = Tab::Train;
+                }
                 t => self.tab = t,
             }
             return;
@@ -340,7 +372,7 @@ impl App {
         for (i, tab) in TABS.iter().enumerate() {
             let w = format!(" {} {tab} ", i + 1).width() as u16;
             if pos.x >= x && pos.x < x + w {
-                return Some([Tab::Seeds, Tab::Generate, Tab::Review][i]);
+                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train][i]);
             }
             x += w;
         }
@@ -356,6 +388,9 @@ impl App {
             if let Some(o) = self.review.tick() {
                 self.outcome(o, now);
             }
+        }
+        if self.tab == Tab::Train {
+            self.train.tick();
         }
         if let Some(o) = self.seeds.as_mut().and_then(|s| s.tick(now)) {
             self.outcome(o, now);
@@ -405,6 +440,7 @@ impl App {
             }
             Tab::Generate => self.generate.render(frame, body, theme),
             Tab::Review => self.review.render(frame, body, theme),
+            Tab::Train => self.train.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -421,6 +457,7 @@ impl App {
             Tab::Seeds => 0,
             Tab::Generate => 1,
             Tab::Review => 2,
+            Tab::Train => 3,
         };
         for (i, tab) in TABS.iter().enumerate() {
             let style = if i == active { theme.tab_active } else { theme.tab };
@@ -444,6 +481,7 @@ impl App {
             (_, Tab::Generate) => " GENERATE ",
             (_, Tab::Review) if self.review.is_typing() => " EDIT ",
             (_, Tab::Review) => " REVIEW ",
+            (_, Tab::Train) => " TRAIN ",
             (Some(s), _) if s.read_only() => " READ-ONLY ",
             (Some(s), _) if s.editing.is_some() => " EDIT ",
             (Some(s), _) if s.searching => " SEARCH ",

@@ -14,6 +14,7 @@ pub mod review;
 mod seeds;
 mod seeds_view;
 pub mod theme;
+pub mod train;
 
 use std::io::stdout;
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub struct Options {
     pub config_file: PathBuf,
     /// The model the Generate screen starts with.
     pub model: Option<String>,
+    /// Open on the Train tab following this run (`selfspec attach RUN`).
+    pub attach: Option<PathBuf>,
 }
 
 const FRAME: Duration = Duration::from_millis(100);
