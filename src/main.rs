@@ -197,6 +197,10 @@ struct TrainArgs {
     /// Continue the run in --run from its newest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// QLoRA: store the frozen base's projections in this 4-bit (or 8-bit) block type and
+    /// dequantize them on the fly (q4k needs input sizes that are multiples of 256).
+    #[arg(long, value_enum)]
+    qlora: Option<selfspec::model::gguf::QuantType>,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     detached: bool,
@@ -308,6 +312,14 @@ enum BenchCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// QLoRA's choice of block type: bytes of the projections and the logit error against the
+    /// full-precision model, for q4_0, q4k and q8_0 (dequantized on the fly, as training uses them).
+    Qlora {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
     },
     /// Prefill and decode tokens/s of greedy generation on random prompts (EOS ignored).
     Decode {
@@ -485,6 +497,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Bench(BenchCommand::Search { index, queries, k, json })) => {
             bench_search(&index, &queries, k, json)
         }
+        Some(Command::Bench(BenchCommand::Qlora { model, prompt_len })) => bench_qlora(&model, prompt_len),
         Some(Command::Bench(BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json })) => {
             bench_marginal(&model, k, prompt_len, new_tokens, repeat, json)
         }
@@ -689,11 +702,20 @@ fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
     config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
     let examples = selfspec::train::data::load(&args.data)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let job = run::TrainJob { model: args.model.model.clone(), data: absolute(&args.data), config };
+    let qlora = args.qlora.map(|q| format!("{q:?}").to_lowercase());
+    let job = run::TrainJob { model: args.model.model.clone(), data: absolute(&args.data), config, qlora };
     std::fs::create_dir_all(&args.run).with_context(|| format!("cannot create {}", args.run.display()))?;
     std::fs::write(args.run.join(run::PID), std::process::id().to_string())
         .with_context(|| format!("cannot write {}", args.run.join(run::PID).display()))?;
     let mut model = args.model.load()?;
+    if let Some(q) = args.qlora {
+        let (before, after) = selfspec::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())?;
+        eprintln!(
+            "QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB",
+            after as f64 / 1e6,
+            before as f64 / 1e6
+        );
+    }
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     watch_signals_with(cancel.clone(), !args.detached);
     let end = run::train(&mut model, &job, &examples, &args.run, args.resume, &cancel, &mut |e| {
@@ -995,6 +1017,49 @@ struct BenchShape {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn bench_qlora(args: &ModelArgs, prompt_len: usize) -> anyhow::Result<ExitCode> {
+    use selfspec::model::gguf::QuantType;
+    let dense = args.load()?;
+    let vocab = dense.decoder.spec.vocab_size as u64;
+    let mut rng = generate::Rng::new(5);
+    let ids: Vec<u32> = (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let logits = |m: &Model| -> anyhow::Result<Vec<f32>> {
+        let input = candle_core::Tensor::new(ids.as_slice(), m.decoder.device())?.unsqueeze(0)?;
+        let mut cache = m.decoder.new_cache(vec![0]);
+        let out = m.decoder.forward(&input, &mut cache, selfspec::model::Pass::Inference, false)?;
+        Ok(out.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+    };
+    let reference = logits(&dense)?;
+    let range = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    drop(dense);
+    println!("{prompt_len} random tokens, logits at every position against the full-precision model");
+    println!("{:<6} {:>14} {:>10} {:>14} {:>14}", "type", "projections", "bits/w", "mean |Δlogit|", "max |Δ|/max|l|");
+    for t in [QuantType::Q4_0, QuantType::Q4k, QuantType::Q8_0] {
+        let mut m = args.load()?;
+        let count: usize = m.decoder.linears_mut().iter().map(|(_, l)| l.weight().map_or(0, |w| w.elem_count())).sum();
+        let (_, after) = match selfspec::model::linear::quantize_projections(m.decoder.linears_mut(), t.ggml()) {
+            Ok(x) => x,
+            Err(e) => {
+                println!("{:<6} {e}", format!("{t:?}").to_lowercase());
+                continue;
+            }
+        };
+        let got = logits(&m)?;
+        let diffs: Vec<f32> = got.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
+        let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().fold(0f32, |m, &d| m.max(d));
+        println!(
+            "{:<6} {:>11.1} MB {:>10.2} {:>14.5} {:>13.2}%",
+            format!("{t:?}").to_lowercase(),
+            after as f64 / 1e6,
+            after as f64 * 8.0 / count as f64,
+            mean,
+            max / range * 100.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_marginal(

@@ -361,3 +361,56 @@ fn contrastive_decoding_matches_two_separate_passes() {
     let plain = greedy(&model, &[Request { ignore_eos: true, ..Request::new(prompt, 12) }])[0].clone();
     assert_ne!(got, plain);
 }
+
+/// QLoRA: the same training steps with the base stored in 4-bit blocks (dequantized on the fly)
+/// and with the dequantized base stored dense give the same losses — and close to full-precision
+/// LoRA's.
+#[test]
+fn qlora_trains_like_lora_on_the_dequantized_base() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use selfspec::model::linear::{quantize_projections, Linear};
+    let dir = root().join("tests/fixtures/lora/train");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("steps.json")).unwrap()).unwrap();
+    let steps: Vec<Vec<Batch>> = serde_json::from_value(fixture["steps"].clone()).unwrap();
+    let run = |model: &mut Model| -> (Vec<f64>, Vec<Tensor>) {
+        let cfg = adapter::load(model, &dir.join("init"), "t").unwrap();
+        let config = TrainConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            learning_rate: 1e-2,
+            warmup_steps: 1,
+            ..Default::default()
+        };
+        let mut t = Trainer::from_loaded(model, "t", config, cfg).unwrap();
+        let losses = steps.iter().map(|m| t.step(model, m, 4).unwrap().loss).collect();
+        (losses, t.params.iter().map(|p| p.b.as_tensor().clone()).collect())
+    };
+    let mut q = base();
+    let (before, after) = quantize_projections(q.decoder.linears_mut(), GgmlDType::Q4_0).unwrap();
+    assert!(after * 6 < before, "4-bit storage: {after} bytes against {before}");
+    let mut deq = base();
+    for (_, linear) in deq.decoder.linears_mut() {
+        let w =
+            QTensor::quantize(&linear.weight().unwrap(), GgmlDType::Q4_0).unwrap().dequantize(&Device::Cpu).unwrap();
+        linear.base = Linear::dense(w, None).unwrap().base;
+    }
+    let (ql, qb) = run(&mut q);
+    let (dl, db) = run(&mut deq);
+    let (fl, _) = run(&mut base());
+    for ((a, b), f) in ql.iter().zip(&dl).zip(&fl) {
+        assert!((a - b).abs() < 1e-5, "QLoRA {a} vs LoRA on the dequantized base {b}");
+        assert!((a - f).abs() / f < 0.05, "QLoRA {a} vs full-precision LoRA {f}");
+    }
+    for (x, y) in qb.iter().zip(&db) {
+        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "adapter weights differ by {d}");
+    }
+    // A block that does not fit the layer is named.
+    let err = quantize_projections(base().decoder.linears_mut(), GgmlDType::Q4K).unwrap_err().to_string();
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj: 64 input features are not a multiple of Q4K's block of 256"),
+        "{err}"
+    );
+}

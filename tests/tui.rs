@@ -525,6 +525,7 @@ fn snapshot_train_screen_attached_to_a_run() {
         model: "models/llama-3-8b".into(),
         data: ws.runs_dir().join("gen-biomedical-1"),
         config: selfspec::train::TrainConfig::default(),
+        qlora: None,
     };
     std::fs::write(run.join("config.yaml"), selfspec::yaml::to_string(&job).unwrap()).unwrap();
     let mut events = vec![serde_json::json!({"event": "started", "examples": 480, "truncated": 3, "total_steps": 45,

@@ -278,7 +278,7 @@ pub enum QuantType {
 }
 
 impl QuantType {
-    fn ggml(self) -> GgmlDType {
+    pub fn ggml(self) -> GgmlDType {
         match self {
             QuantType::Q4_0 => GgmlDType::Q4_0,
             QuantType::Q4k => GgmlDType::Q4K,

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
 #[derive(Debug, Clone)]
 pub enum Base {
@@ -18,6 +18,40 @@ pub enum Base {
     /// a vocabulary-sized head (examples/mm.rs measures both); see [`Linear::dense`].
     DenseT(Tensor),
     Quantized(Arc<QMatMul>),
+    /// QLoRA's frozen base: the weight stored in a GGML block type (`[out, in]`), dequantized
+    /// to the activations' type for each forward and again for each backward, and dropped right
+    /// after, so no dequantized weight stays alive between the two.
+    Dequant(Arc<QTensor>),
+}
+
+/// The gradient path through a [`Base::Dequant`] layer: its value is zero (the product itself is
+/// computed on a detached input), and its backward is `grad · W` with W dequantized just for it.
+struct InputGrad {
+    weight: Arc<QTensor>,
+    out_features: usize,
+}
+
+impl CustomOp1 for InputGrad {
+    fn name(&self) -> &'static str {
+        "qlora-input-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut dims = layout.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_features;
+        }
+        let n = dims.iter().product();
+        match storage {
+            CpuStorage::F32(_) => Ok((CpuStorage::F32(vec![0.0; n]), Shape::from(dims))),
+            _ => candle_core::bail!("4-bit (QLoRA) training on the CPU runs in f32; pass --dtype f32"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.weight.dequantize(arg.device())?.to_dtype(grad.dtype())?;
+        Ok(Some(matmul(grad, &w)?))
+    }
 }
 
 /// Output sizes up to this get the `[in, out]` layout on the CPU.
@@ -111,6 +145,7 @@ impl Linear {
             Base::Dense(w) => Ok(w.clone()),
             Base::DenseT(wt) => wt.t(),
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
+            Base::Dequant(q) => q.dequantize(&q.device()),
         }
     }
 
@@ -123,6 +158,17 @@ impl Linear {
             Base::Dense(w) => matmul(x, &w.t()?)?,
             Base::DenseT(wt) => matmul(x, wt)?,
             Base::Quantized(q) => q.forward(x)?,
+            Base::Dequant(q) => {
+                let out_features = q.shape().dims()[0];
+                let w = q.dequantize(x.device())?.to_dtype(x.dtype())?;
+                let y = matmul(&x.detach(), &w.t()?)?;
+                drop(w);
+                if x.track_op() {
+                    (y + x.apply_op1(InputGrad { weight: q.clone(), out_features })?)?
+                } else {
+                    y
+                }
+            }
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -146,6 +192,31 @@ impl Linear {
         }
         Ok(y)
     }
+}
+
+/// QLoRA: stores every dense projection's weight as `dtype` blocks ([`Base::Dequant`]), so
+/// training keeps a 4-bit base. Returns (bytes before, bytes after) of the projections. A
+/// projection whose input size is not a multiple of the block is named.
+pub fn quantize_projections(linears: Vec<(String, &mut Linear)>, dtype: GgmlDType) -> anyhow::Result<(usize, usize)> {
+    let (mut before, mut after) = (0, 0);
+    for (name, linear) in linears {
+        let w = match &linear.base {
+            Base::Dense(_) | Base::DenseT(_) => linear.weight()?.contiguous()?,
+            _ => continue,
+        };
+        let (out, inp) = w.dims2()?;
+        if inp % dtype.block_size() != 0 {
+            anyhow::bail!(
+                "{name}: {inp} input features are not a multiple of {dtype:?}'s block of {}; choose another --qlora type (q4_0 and q8_0 use blocks of 32)",
+                dtype.block_size()
+            );
+        }
+        before += out * inp * w.dtype().size_in_bytes();
+        let q = QTensor::quantize(&w.to_dtype(candle_core::DType::F32)?, dtype)?;
+        after += q.storage_size_in_bytes();
+        linear.base = Base::Dequant(Arc::new(q));
+    }
+    Ok((before, after))
 }
 
 #[cfg(test)]

@@ -178,6 +178,10 @@ pub fn features(linear: &crate::model::linear::Linear) -> candle_core::Result<(u
             }
             QMatMul::Tensor(w) | QMatMul::TensorF16(w) => (w.dim(1)?, w.dim(0)?),
         },
+        Base::Dequant(q) => {
+            let d = q.shape().dims();
+            (d[1], d[0])
+        }
     })
 }
 

@@ -31,6 +31,9 @@ pub struct TrainJob {
     pub model: String,
     pub data: PathBuf,
     pub config: TrainConfig,
+    /// QLoRA's block type for the frozen base (null: full precision).
+    #[serde(default)]
+    pub qlora: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
