@@ -25,7 +25,7 @@ use super::theme::Theme;
 use crate::generate::pipeline::{Counters, Mode, Outcome as RunOutcome, Progress};
 use crate::workspace::Workspace;
 
-const FIELDS: [&str; 5] = ["Seeds", "Model", "Corpus", "Mode", "N"];
+const FIELDS: [&str; 6] = ["Seeds", "Model", "Adapter", "Corpus", "Mode", "N"];
 const RECENT: usize = 50;
 
 enum Message {
@@ -43,7 +43,17 @@ struct Running {
     stopping: bool,
 }
 
+/// A choice of the Adapter setting: a trained adapter (the second round), plain or contrastive.
+pub struct AdapterChoice {
+    pub label: String,
+    pub dir: Option<PathBuf>,
+    pub contrastive: bool,
+}
+
 pub struct GenerateScreen {
+    /// Index 0 is "none" (the base model).
+    pub adapters: Vec<AdapterChoice>,
+    pub adapter_ix: usize,
     pub seed_files: Vec<PathBuf>,
     pub seed_ix: usize,
     /// Index 0 is "none".
@@ -97,6 +107,8 @@ impl GenerateScreen {
             corpora.extend(found);
         }
         let mut screen = GenerateScreen {
+            adapters: Vec::new(),
+            adapter_ix: 0,
             seed_files,
             seed_ix,
             corpora,
@@ -123,7 +135,25 @@ impl GenerateScreen {
             workspace: workspace.clone(),
         };
         screen.match_corpus();
+        screen.rescan_adapters();
         screen
+    }
+
+    /// The adapters of finished training runs, each plain and contrastive.
+    pub fn rescan_adapters(&mut self) {
+        let current = self.adapters.get(self.adapter_ix).map(|a| (a.dir.clone(), a.contrastive));
+        let mut list = vec![AdapterChoice { label: "none".into(), dir: None, contrastive: false }];
+        for run in super::train::train_runs(&self.workspace) {
+            let dir = run.join("adapter");
+            if dir.join("adapter_model.safetensors").exists() {
+                let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                list.push(AdapterChoice { label: name.clone(), dir: Some(dir.clone()), contrastive: false });
+                list.push(AdapterChoice { label: format!("{name}, contrastive"), dir: Some(dir), contrastive: true });
+            }
+        }
+        self.adapters = list;
+        self.adapter_ix =
+            current.and_then(|(d, c)| self.adapters.iter().position(|a| a.dir == d && a.contrastive == c)).unwrap_or(0);
     }
 
     /// Picks the corpus named like the chosen seed file (finance.yaml → finance.corpus.jsonl).
@@ -153,11 +183,12 @@ impl GenerateScreen {
 
     fn form_key(&self) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}",
+            "{:?}|{}|{:?}|{:?}|{:?}",
             self.seed_files.get(self.seed_ix),
             self.model,
             self.corpora.get(self.corpus_ix),
-            self.mode
+            self.mode,
+            self.adapters.get(self.adapter_ix).map(|a| (&a.dir, a.contrastive))
         )
     }
 
@@ -166,7 +197,7 @@ impl GenerateScreen {
             match key.code {
                 KeyCode::Enter => {
                     let text = self.typing.take().unwrap_or_default();
-                    if self.field == 4 {
+                    if self.field == 5 {
                         match text.trim().parse::<usize>() {
                             Ok(n) if n > 0 => self.n = n,
                             _ => return Outcome::Error(format!("N must be a whole number ≥ 1, not {text:?}")),
@@ -191,7 +222,7 @@ impl GenerateScreen {
             }
             KeyCode::Left | KeyCode::Char('h') => self.cycle(-1),
             KeyCode::Right | KeyCode::Char('l') => self.cycle(1),
-            KeyCode::Enter | KeyCode::Char('e') if self.field == 1 || self.field == 4 => {
+            KeyCode::Enter | KeyCode::Char('e') if self.field == 1 || self.field == 5 => {
                 if self.running.is_some() {
                     return Outcome::Error("stop the run (x) before changing it".into());
                 }
@@ -216,6 +247,10 @@ impl GenerateScreen {
                 self.match_corpus();
             }
             2 => {
+                self.rescan_adapters();
+                self.adapter_ix = step(self.adapter_ix, self.adapters.len());
+            }
+            3 => {
                 self.corpus_ix = step(self.corpus_ix, self.corpora.len());
                 if self.corpus_ix == 0 {
                     self.mode = Mode::None;
@@ -223,7 +258,7 @@ impl GenerateScreen {
                     self.mode = Mode::Marginal;
                 }
             }
-            3 => {
+            4 => {
                 let modes = [Mode::None, Mode::Top1, Mode::Marginal];
                 let i = modes.iter().position(|m| *m == self.mode).unwrap_or(0);
                 self.mode = modes[step(i, 3)];
@@ -301,6 +336,12 @@ impl GenerateScreen {
         cmd.args(["--mode", mode_name(self.mode)]).arg("--run").arg(&run_dir);
         if let Some(index) = &index {
             cmd.arg("--corpus").arg(index);
+        }
+        if let Some(a) = self.adapters.get(self.adapter_ix).filter(|a| a.dir.is_some()) {
+            cmd.arg("--adapter").arg(a.dir.as_ref().expect("filtered"));
+            if a.contrastive {
+                cmd.arg("--contrastive");
+            }
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
         // Its own process group: a Ctrl-C meant for the terminal does not reach it.
@@ -464,7 +505,7 @@ impl GenerateScreen {
 
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let [top, middle, bottom] =
-            Layout::vertical([Constraint::Length(8), Constraint::Min(4), Constraint::Length(6)]).areas(area);
+            Layout::vertical([Constraint::Length(9), Constraint::Min(4), Constraint::Length(5)]).areas(area);
         let [setup, stats] = Layout::horizontal([Constraint::Percentage(45), Constraint::Min(0)]).areas(top);
         self.render_setup(frame, setup, theme);
         self.render_stats(frame, stats, theme);
@@ -488,6 +529,7 @@ impl GenerateScreen {
                 _ if self.model.is_empty() => "(Enter to type a model folder)".into(),
                 _ => self.model.clone(),
             },
+            format!("‹ {} ›", self.adapters.get(self.adapter_ix).map_or("none", |a| a.label.as_str())),
             if self.corpus_ix == 0 {
                 "‹ none ›".into()
             } else {
@@ -495,7 +537,7 @@ impl GenerateScreen {
             },
             format!("‹ {} ›", mode_name(self.mode)),
             match (&self.typing, self.field) {
-                (Some(t), 4) => format!("{t}▏"),
+                (Some(t), 5) => format!("{t}▏"),
                 _ => self.n.to_string(),
             },
         ];

@@ -80,7 +80,7 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         "Generate (2)",
         &[
             ("j k, ↓ ↑, Tab", "next, previous setting"),
-            ("h l, ← →", "change seeds, corpus or mode"),
+            ("h l, ← →", "change seeds, adapter (a trained one, plain or contrastive), corpus or mode"),
             ("Enter, e", "type the model folder or N (Enter keeps, Esc cancels)"),
             ("s", "start, or continue a stopped run with the same settings"),
             ("x", "stop after the current token (the run can be continued)"),
