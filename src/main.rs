@@ -69,6 +69,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Evaluate the base model and adapters on datasets at k shots; writes predictions and a
+    /// report (JSON, CSV, Markdown) to the run folder and prints the Markdown.
+    Eval(EvalArgs),
     /// Tune a LoRA adapter on Alpaca JSONL or a run's accepted samples (stage 4).
     Train(TrainArgs),
     /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
@@ -178,6 +181,39 @@ struct GenerateArgs {
     /// α of --contrastive.
     #[arg(long, default_value_t = 0.1, requires = "contrastive")]
     alpha: f64,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An adapter to compare with the base, as DIR or NAME=DIR (repeatable).
+    #[arg(long, value_name = "[NAME=]DIR")]
+    adapter: Vec<String>,
+    /// A folder of datasets (NAME.jsonl, optional NAME.train.jsonl for demonstrations).
+    #[arg(long)]
+    data: PathBuf,
+    /// Only these datasets (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    datasets: Vec<String>,
+    /// Numbers of demonstrations (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,5")]
+    shots: Vec<usize>,
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// New tokens per answer instead of the per-task limits.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Keep only the first line of each prediction (off by default).
+    #[arg(long, value_parser = ["first-line"])]
+    postprocess: Option<String>,
+    /// Split each reference on ", " into several (the BoX habit).
+    #[arg(long)]
+    split_references: bool,
+    /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
+    #[arg(long, hide = true)]
+    detached: bool,
 }
 
 #[derive(Args)]
@@ -489,6 +525,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Train(args)) => train_command(args, &config),
+        Some(Command::Eval(args)) => eval_command(args),
         Some(Command::Score { file, rows, split_references }) => score_command(&file, rows, split_references),
         Some(Command::Generate(args)) => {
             let root = dirs.workspace(cli.workspace.as_deref(), &config);
@@ -686,6 +723,60 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
         eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    use selfspec::eval::run::{evaluate, EvalEvent, EvalJob};
+    anyhow::ensure!(!args.shots.is_empty(), "--shots names no k");
+    let datasets = selfspec::eval::data::load_dir(&args.data, &args.datasets)?;
+    for d in &datasets {
+        let most = args.shots.iter().max().copied().unwrap_or(0);
+        if d.train.len() < most {
+            eprintln!(
+                "note: {} has {} demonstrations ({}.train.jsonl); {most}-shot prompts use what there is",
+                d.name,
+                d.train.len(),
+                d.name
+            );
+        }
+    }
+    let mut model = args.model.load()?;
+    let mut adapters = Vec::new();
+    for spec in &args.adapter {
+        let (name, dir) = match spec.split_once('=') {
+            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
+            _ => {
+                let dir = PathBuf::from(spec);
+                let parent = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
+                let own = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());
+                // runs/train-x/adapter is named train-x.
+                let name = if own == "adapter" { parent.unwrap_or(own) } else { own };
+                (name, dir)
+            }
+        };
+        anyhow::ensure!(name != selfspec::eval::run::BASE, "the name {name:?} is taken by the base model");
+        selfspec::train::adapter::load(&mut model, &dir, &name)?;
+        adapters.push((name, std::path::absolute(&dir).unwrap_or(dir)));
+    }
+    let job = EvalJob {
+        model: args.model.model.clone(),
+        adapters,
+        data: std::path::absolute(&args.data).unwrap_or(args.data.clone()),
+        datasets: args.datasets.clone(),
+        shots: args.shots.clone(),
+        max_new_tokens: args.max_new_tokens,
+        postprocess: args.postprocess.clone(),
+        split_references: args.split_references,
+    };
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    watch_signals_with(cancel.clone(), !args.detached);
+    let report = evaluate(&model, &job, &datasets, &args.run, &cancel, &mut |e| match e {
+        EvalEvent::Started { requests } => eprintln!("{requests} answers to generate"),
+        EvalEvent::Progress { done, requests } => eprintln!("{done}/{requests}"),
+        EvalEvent::Finished { report } => eprintln!("report: {}", report.display()),
+    })?;
+    println!("{}", report.to_markdown());
     Ok(ExitCode::SUCCESS)
 }
 

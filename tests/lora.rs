@@ -414,3 +414,22 @@ fn qlora_trains_like_lora_on_the_dequantized_base() {
         "{err}"
     );
 }
+
+/// A wave of base-only requests in a call where other requests name an adapter runs on the base.
+#[test]
+fn base_requests_stay_on_the_base_in_any_wave() {
+    use selfspec::generate::{Options, Request};
+    let mut model = base();
+    adapter::load(&mut model, &root().join("tests/fixtures/lora/peft-adapter"), "peft").unwrap();
+    let a = model.tokenizer.encode("The patient").unwrap();
+    set_enabled(&mut model, false);
+    let base_ids = greedy(&model, &[Request::new(a.clone(), 12)])[0].clone();
+    set_enabled(&mut model, true);
+    let reqs = [Request::new(a.clone(), 12), Request { adapter: Some("peft".into()), ..Request::new(a.clone(), 12) }];
+    let flag = std::sync::atomic::AtomicBool::new(false);
+    // One request per wave.
+    let opts = Options { prompt_top: 0, max_batch: 1 };
+    let (out, _) = selfspec::generate::generate(&model, &reqs, &opts, &mut |_| {}, &flag).unwrap();
+    assert_eq!(out[0].ids, base_ids);
+    assert_ne!(out[1].ids, base_ids);
+}

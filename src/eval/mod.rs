@@ -1,4 +1,6 @@
-//! Evaluation. So far the metrics the data-generation filters need.
+//! Evaluation: datasets, k-shot prompting, metrics identical to the references, runs and reports.
 
+pub mod data;
 pub mod metrics;
 pub mod porter;
+pub mod run;

@@ -33,9 +33,9 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
-    /// The LoRA adapter this request runs with. When any request of a batch names one (or
-    /// decodes contrastively), the batch's rows are gated: each gets only its own adapter, and a
-    /// request naming none runs on the base.
+    /// The LoRA adapter this request runs with. When any request of a `generate` call names one
+    /// (or decodes contrastively), every row is gated: each gets only its own adapter, and a
+    /// request naming none runs on the base. Otherwise the enabled adapters apply to all.
     pub adapter: Option<String>,
     /// Contrastive decoding (the paper's eq. 3): the prompt is decoded twice in the batch, with
     /// the adapter and without it, and the token is chosen from log p_tuned − log p_base over
@@ -242,7 +242,7 @@ fn run_wave(
         .collect();
     let mut cache = decoder.new_cache(pad);
     let started = Instant::now();
-    let gates = Gates::new(model, requests, wave);
+    let gates = Gates::new(model, requests);
     gates.set(requests, &rows)?;
     let input = Tensor::from_vec(tokens, (row_count, longest), device)?;
     let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
@@ -310,8 +310,10 @@ struct Gates {
 }
 
 impl Gates {
-    fn new(model: &Model, requests: &[Request], wave: &[usize]) -> Gates {
-        let gated = wave.iter().any(|&i| requests[i].adapter.is_some() || requests[i].contrast.is_some());
+    /// Gated when any request of the whole call names an adapter or decodes contrastively (so a
+    /// wave of base-only requests still runs without adapters).
+    fn new(model: &Model, requests: &[Request]) -> Gates {
+        let gated = requests.iter().any(|r| r.adapter.is_some() || r.contrast.is_some());
         let names = if gated { model.decoder.adapter_names() } else { Vec::new() };
         let gates = names.into_iter().filter_map(|n| model.decoder.gate(&n).map(|g| (n, g))).collect();
         Gates { gates, device: model.decoder.device().clone() }

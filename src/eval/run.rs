@@ -1,0 +1,347 @@
+//! An evaluation run: every dataset at every k, for the base model and each adapter, decoded
+//! greedily in batches (one batch can hold base and adapter requests together), scored with F1
+//! and ROUGE-L, written as predictions.jsonl and a report in JSON, CSV and Markdown.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::data::{Dataset, Example};
+use super::metrics::{split_references, Scorer};
+use crate::generate::{self, Request};
+use crate::model::Model;
+use crate::train::data::{alpaca_prompt, Example as Alpaca};
+
+/// The name the base model goes by in reports.
+pub const BASE: &str = "base";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalJob {
+    pub model: String,
+    /// (name, folder) of each adapter compared with the base.
+    pub adapters: Vec<(String, PathBuf)>,
+    pub data: PathBuf,
+    /// Only these datasets (empty: all).
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    pub shots: Vec<usize>,
+    /// Overrides the per-task limits.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// `first-line` keeps a prediction's first line; none by default.
+    #[serde(default)]
+    pub postprocess: Option<String>,
+    /// Split references on ", " (the BoX habit).
+    #[serde(default)]
+    pub split_references: bool,
+}
+
+/// New tokens allowed per task.
+pub fn max_new_tokens(task: &str) -> usize {
+    match task {
+        "sa" => 8,
+        "cls" => 12,
+        "qa" | "re" => 32,
+        "ner" => 64,
+        _ => 128,
+    }
+}
+
+/// The k-shot prompt: k demonstrations (the train split's first k) each as an Alpaca prompt with
+/// its answer, then the example's Alpaca prompt.
+pub fn prompt(demos: &[Example], k: usize, e: &Example) -> String {
+    let as_alpaca =
+        |x: &Example| Alpaca { instruction: x.instruction.clone(), input: x.input.clone(), output: String::new() };
+    let mut out = String::new();
+    for d in demos.iter().take(k) {
+        out.push_str(&alpaca_prompt(&as_alpaca(d)));
+        out.push_str(d.references[0].trim());
+        out.push_str("\n\n");
+    }
+    out.push_str(&alpaca_prompt(&as_alpaca(e)));
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub model: String,
+    pub dataset: String,
+    pub k: usize,
+    pub index: usize,
+    pub prediction: String,
+    pub references: Vec<String>,
+    pub f1: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub model: String,
+    pub dataset: String,
+    pub task: String,
+    pub k: usize,
+    pub n: usize,
+    /// Means on 0–100.
+    pub f1: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub models: Vec<String>,
+    pub datasets: Vec<String>,
+    pub shots: Vec<usize>,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EvalEvent {
+    Started { requests: usize },
+    Progress { done: usize, requests: usize },
+    Finished { report: PathBuf },
+}
+
+impl Report {
+    pub fn cell(&self, model: &str, dataset: &str, k: usize) -> Option<&Cell> {
+        self.cells.iter().find(|c| c.model == model && c.dataset == dataset && c.k == k)
+    }
+
+    /// The mean over datasets of a model at k.
+    pub fn average(&self, model: &str, k: usize, f1: bool) -> f64 {
+        let v: Vec<f64> = self
+            .cells
+            .iter()
+            .filter(|c| c.model == model && c.k == k)
+            .map(|c| if f1 { c.f1 } else { c.rouge_l })
+            .collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("model,dataset,task,k,n,f1,rougeL,delta_f1,delta_rougeL\n");
+        for c in &self.cells {
+            let base = self.cell(BASE, &c.dataset, c.k);
+            let d = |x: f64, b: Option<f64>| b.map_or(String::new(), |b| format!("{:.4}", x - b));
+            out.push_str(&format!(
+                "{},{},{},{},{},{:.4},{:.4},{},{}\n",
+                c.model,
+                c.dataset,
+                c.task,
+                c.k,
+                c.n,
+                c.f1,
+                c.rouge_l,
+                d(c.f1, base.map(|b| b.f1)),
+                d(c.rouge_l, base.map(|b| b.rouge_l))
+            ));
+        }
+        out
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        for (metric, f1) in [("F1", true), ("ROUGE-L", false)] {
+            out.push_str(&format!("## {metric} (0–100; Δ against the base)\n\n| dataset |"));
+            for k in &self.shots {
+                for m in &self.models {
+                    out.push_str(&format!(" {m} {k}-shot |"));
+                }
+            }
+            out.push_str("\n|---|");
+            out.push_str(&"---:|".repeat(self.shots.len() * self.models.len()));
+            out.push('\n');
+            let value = |c: &Cell| if f1 { c.f1 } else { c.rouge_l };
+            for d in &self.datasets {
+                out.push_str(&format!("| {d} |"));
+                for &k in &self.shots {
+                    let base = self.cell(BASE, d, k).map(value);
+                    for m in &self.models {
+                        match self.cell(m, d, k).map(value) {
+                            Some(v) if m != BASE => {
+                                out.push_str(&format!(" {v:.1} ({:+.1}) |", v - base.unwrap_or(0.0)))
+                            }
+                            Some(v) => out.push_str(&format!(" {v:.1} |")),
+                            None => out.push_str(" – |"),
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+            out.push_str("| **average** |");
+            for &k in &self.shots {
+                let base = self.average(BASE, k, f1);
+                for m in &self.models {
+                    let v = self.average(m, k, f1);
+                    if m == BASE {
+                        out.push_str(&format!(" **{v:.1}** |"));
+                    } else {
+                        out.push_str(&format!(" **{v:.1}** ({:+.1}) |", v - base));
+                    }
+                }
+            }
+            out.push_str("\n\n");
+        }
+        out.push_str("## F1 across k: worst / average / best\n\n| dataset |");
+        for m in &self.models {
+            out.push_str(&format!(" {m} |"));
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(self.models.len()));
+        out.push('\n');
+        for d in &self.datasets {
+            out.push_str(&format!("| {d} |"));
+            for m in &self.models {
+                let v: Vec<f64> = self.shots.iter().filter_map(|&k| self.cell(m, d, k).map(|c| c.f1)).collect();
+                if v.is_empty() {
+                    out.push_str(" – |");
+                } else {
+                    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                    out.push_str(&format!(" {lo:.1} / {:.1} / {hi:.1} |", v.iter().sum::<f64>() / v.len() as f64));
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Runs `job` with `model` (its adapters already loaded under their names), writing the run
+/// folder `dir`.
+pub fn evaluate(
+    model: &Model,
+    job: &EvalJob,
+    datasets: &[Dataset],
+    dir: &Path,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&EvalEvent),
+) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;
+    let mut events = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("events.jsonl"))?;
+    let mut emit = |e: &EvalEvent, on_event: &mut dyn FnMut(&EvalEvent)| -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(e)?;
+        line.push(b'\n');
+        events.write_all(&line)?;
+        events.sync_data()?;
+        on_event(e);
+        Ok(())
+    };
+    let models: Vec<String> =
+        std::iter::once(BASE.to_string()).chain(job.adapters.iter().map(|(n, _)| n.clone())).collect();
+    // (model, dataset index, k, example index) of each request.
+    let mut keys = Vec::new();
+    let mut requests = Vec::new();
+    for m in &models {
+        for (di, d) in datasets.iter().enumerate() {
+            for &k in &job.shots {
+                for (i, e) in d.test.iter().enumerate() {
+                    let ids = model.tokenizer.encode(&prompt(&d.train, k, e))?;
+                    let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
+                    requests.push(Request {
+                        stop: vec!["\n\n".into()],
+                        adapter: (m != BASE).then(|| m.clone()),
+                        ..Request::new(ids, limit)
+                    });
+                    keys.push((m.clone(), di, k, i));
+                }
+            }
+        }
+    }
+    let total = requests.len();
+    emit(&EvalEvent::Started { requests: total }, on_event)?;
+    let mut done = 0;
+    let mut progress_log = std::fs::OpenOptions::new().append(true).open(dir.join("events.jsonl"))?;
+    let opts = generate::Options { prompt_top: 0, max_batch: 16 };
+    let (completions, _) = generate::generate(
+        model,
+        &requests,
+        &opts,
+        &mut |e| {
+            if let generate::Event::Finished { .. } = e {
+                done += 1;
+                if done % 8 == 0 || done == total {
+                    let ev = EvalEvent::Progress { done, requests: total };
+                    if let Ok(line) = serde_json::to_string(&ev) {
+                        let _ = writeln!(progress_log, "{line}");
+                    }
+                    on_event(&ev);
+                }
+            }
+        },
+        cancel,
+    )?;
+    anyhow::ensure!(
+        !completions.iter().any(|c| c.finish == generate::Finish::Cancelled),
+        "stopped before the end; nothing was scored"
+    );
+    let mut scorer = Scorer::default();
+    let mut predictions = Vec::with_capacity(total);
+    for ((m, di, k, i), c) in keys.into_iter().zip(completions) {
+        let d = &datasets[di];
+        let mut text = c.text.trim().to_string();
+        if job.postprocess.as_deref() == Some("first-line") {
+            text = text.lines().next().unwrap_or("").trim().to_string();
+        }
+        let refs: Vec<&str> = d.test[i].references.iter().map(String::as_str).collect();
+        let refs = if job.split_references { split_references(&refs) } else { refs };
+        let (f1, rouge_l) = scorer.score(&text, &refs);
+        predictions.push(Prediction {
+            model: m,
+            dataset: d.name.clone(),
+            k,
+            index: i,
+            prediction: text,
+            references: d.test[i].references.clone(),
+            f1: f1 * 100.0,
+            rouge_l: rouge_l * 100.0,
+        });
+    }
+    let mut sums: BTreeMap<(String, String, usize), (usize, f64, f64)> = BTreeMap::new();
+    for p in &predictions {
+        let e = sums.entry((p.model.clone(), p.dataset.clone(), p.k)).or_default();
+        e.0 += 1;
+        e.1 += p.f1;
+        e.2 += p.rouge_l;
+    }
+    let mut cells = Vec::new();
+    for m in &models {
+        for d in datasets {
+            for &k in &job.shots {
+                if let Some((n, f, r)) = sums.get(&(m.clone(), d.name.clone(), k)) {
+                    let n = *n;
+                    cells.push(Cell {
+                        model: m.clone(),
+                        dataset: d.name.clone(),
+                        task: d.task.clone(),
+                        k,
+                        n,
+                        f1: f / n as f64,
+                        rouge_l: r / n as f64,
+                    });
+                }
+            }
+        }
+    }
+    let report =
+        Report { models, datasets: datasets.iter().map(|d| d.name.clone()).collect(), shots: job.shots.clone(), cells };
+    let lines: String =
+        predictions.iter().map(|p| serde_json::to_string(p).map(|s| s + "\n")).collect::<Result<_, _>>()?;
+    crate::fsutil::atomic_write(&dir.join("predictions.jsonl"), lines.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
+    emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
+    Ok(report)
+}

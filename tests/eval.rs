@@ -1,0 +1,124 @@
+//! Evaluation runs: datasets with their errors, k-shot prompts, and `selfspec eval` on the
+//! bundled sample sets with the base and an adapter in one run.
+
+use std::path::Path;
+use std::process::Command;
+
+use selfspec::eval::data::load_dir;
+use selfspec::eval::metrics::Scorer;
+use selfspec::eval::run::{prompt, Report};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_sample_sets_load_and_cover_the_tasks() {
+    for (domain, tasks) in
+        [("biomedical", ["qa", "ner", "re", "sa", "cls"]), ("finance", ["qa", "ner", "re", "sa", "cls"])]
+    {
+        let sets = load_dir(&root().join("sample-seeds/eval").join(domain), &[]).unwrap();
+        assert!(sets.len() >= 5, "{domain}");
+        for t in tasks {
+            assert!(sets.iter().any(|d| d.task == t), "{domain} lacks {t}");
+        }
+        for d in &sets {
+            assert!(
+                d.test.len() >= 30 && d.train.len() >= 5,
+                "{}: {} test, {} train",
+                d.name,
+                d.test.len(),
+                d.train.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_datasets_are_named_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |text: &str| std::fs::write(dir.path().join("x.jsonl"), text).unwrap();
+    let err = |only: &[String]| load_dir(dir.path(), only).unwrap_err().to_string();
+    write("{\"task\": \"qa\", \"instruction\": \"Q\", \"input\": \"\", \"output\": \"a\"}\n{\"task\": \"qa\", \"instruction\": \"Q\"}\n");
+    assert!(err(&[]).contains("x.jsonl:2: no output"), "{}", err(&[]));
+    write("{\"task\": \"qna\", \"instruction\": \"Q\", \"output\": \"a\"}\n");
+    assert!(err(&[]).contains("x.jsonl:1: unknown task \"qna\""), "{}", err(&[]));
+    write("{\"task\": \"qa\", \"instruction\": \"Q\", \"output\": \"a\", \"outputs\": [\"b\"]}\n");
+    assert!(err(&[]).contains("both output and outputs"));
+    write("not json\n");
+    assert!(err(&[]).contains("x.jsonl:1:"));
+    write("{\"task\": \"qa\", \"instruction\": \"Q\", \"output\": \"a\"}\n");
+    assert!(err(&["y".to_string()]).contains("no dataset y.jsonl"));
+}
+
+#[test]
+fn k_shot_prompts_put_k_answered_demonstrations_first() {
+    let sets = load_dir(&root().join("sample-seeds/eval/finance"), &["fin-sentiment".into()]).unwrap();
+    let d = &sets[0];
+    let p0 = prompt(&d.train, 0, &d.test[0]);
+    let p2 = prompt(&d.train, 2, &d.test[0]);
+    assert!(p0.starts_with("Below is an instruction") && p0.ends_with("### Response:\n"));
+    assert_eq!(p2.matches("### Response:").count(), 3);
+    assert!(p2.contains(&format!("### Response:\n{}\n\n", d.train[0].references[0])));
+    assert!(p2.ends_with(&p0));
+}
+
+#[test]
+fn an_eval_run_writes_predictions_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = root().join("tests/fixtures/models/writer");
+    // An adapter for the writer model, trained for a few steps.
+    let data = dir.path().join("alpaca.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| serde_json::json!({"instruction": format!("Classify headline {i}."), "input": "Shares jump", "output": "positive"}).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let cfg = dir.path().join("t.yaml");
+    std::fs::write(&cfg, "r: 4\nmax_steps: 3\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 1\nwarmup_steps: 0\nlearning_rate: 0.01\n").unwrap();
+    let lora = dir.path().join("lora");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["train", "--model"])
+        .arg(&writer)
+        .arg("--data")
+        .arg(&data)
+        .arg("--run")
+        .arg(&lora)
+        .arg("--train-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = dir.path().join("eval");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "--model"])
+        .arg(&writer)
+        .arg("--adapter")
+        .arg(lora.join("adapter"))
+        .arg("--data")
+        .arg(root().join("sample-seeds/eval/finance"))
+        .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| fin-qa |") && md.contains("lora 1-shot") && md.contains("worst / average / best"), "{md}");
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report.models, ["base", "lora"]);
+    assert_eq!(report.cells.len(), 2 * 2 * 2);
+    assert!(report.cells.iter().all(|c| c.n == 30));
+    // Every prediction's scores are the metrics' own.
+    let mut scorer = Scorer::default();
+    let text = std::fs::read_to_string(run.join("predictions.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 2 * 2 * 2 * 30);
+    for line in text.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let refs: Vec<&str> = p["references"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        let (f1, rouge) = scorer.score(p["prediction"].as_str().unwrap(), &refs);
+        assert!((f1 * 100.0 - p["f1"].as_f64().unwrap()).abs() < 1e-9);
+        assert!((rouge * 100.0 - p["rougeL"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    let csv = std::fs::read_to_string(run.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 8);
+    assert!(run.join("report.md").exists());
+}
