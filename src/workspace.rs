@@ -8,6 +8,7 @@
 //!   samples/   generated samples
 //!   runs/      one folder per run: config, events.jsonl, outputs
 //!   prompts/   the prompt templates, editable (copied from assets/prompts/ when missing)
+//!   eval/      evaluation sets, one folder of datasets per domain (the samples when missing)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,30 @@ pub const SAMPLES: [(&str, &str); 6] = [
     ("corpora/biomedical.corpus.jsonl", include_str!("../sample-seeds/biomedical.corpus.jsonl")),
     ("corpora/finance.corpus.jsonl", include_str!("../sample-seeds/finance.corpus.jsonl")),
     ("corpora/sports.corpus.jsonl", include_str!("../sample-seeds/sports.corpus.jsonl")),
+];
+
+/// The sample evaluation sets, copied into a workspace's eval/ folder when it has none.
+pub const EVAL_SAMPLES: [(&str, &str); 20] = [
+    ("biomedical/bio-ddi.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-ddi.jsonl")),
+    ("biomedical/bio-ddi.train.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-ddi.train.jsonl")),
+    ("biomedical/bio-ner.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-ner.jsonl")),
+    ("biomedical/bio-ner.train.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-ner.train.jsonl")),
+    ("biomedical/bio-qa.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-qa.jsonl")),
+    ("biomedical/bio-qa.train.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-qa.train.jsonl")),
+    ("biomedical/bio-sentiment.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-sentiment.jsonl")),
+    ("biomedical/bio-sentiment.train.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-sentiment.train.jsonl")),
+    ("biomedical/bio-topic.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-topic.jsonl")),
+    ("biomedical/bio-topic.train.jsonl", include_str!("../sample-seeds/eval/biomedical/bio-topic.train.jsonl")),
+    ("finance/fin-kpi.jsonl", include_str!("../sample-seeds/eval/finance/fin-kpi.jsonl")),
+    ("finance/fin-kpi.train.jsonl", include_str!("../sample-seeds/eval/finance/fin-kpi.train.jsonl")),
+    ("finance/fin-ner.jsonl", include_str!("../sample-seeds/eval/finance/fin-ner.jsonl")),
+    ("finance/fin-ner.train.jsonl", include_str!("../sample-seeds/eval/finance/fin-ner.train.jsonl")),
+    ("finance/fin-qa.jsonl", include_str!("../sample-seeds/eval/finance/fin-qa.jsonl")),
+    ("finance/fin-qa.train.jsonl", include_str!("../sample-seeds/eval/finance/fin-qa.train.jsonl")),
+    ("finance/fin-sentiment.jsonl", include_str!("../sample-seeds/eval/finance/fin-sentiment.jsonl")),
+    ("finance/fin-sentiment.train.jsonl", include_str!("../sample-seeds/eval/finance/fin-sentiment.train.jsonl")),
+    ("finance/fin-topic.jsonl", include_str!("../sample-seeds/eval/finance/fin-topic.jsonl")),
+    ("finance/fin-topic.train.jsonl", include_str!("../sample-seeds/eval/finance/fin-topic.train.jsonl")),
 ];
 
 const FOLDERS: [&str; 4] = ["seeds", "corpora", "samples", "runs"];
@@ -83,6 +108,7 @@ impl Workspace {
         }
         let fresh = !ws.seeds_dir().exists();
         let prompts_fresh = !ws.prompts_dir().exists();
+        let eval_fresh = !ws.eval_dir().exists();
         for folder in FOLDERS {
             let dir = root.join(folder);
             if !dir.exists() {
@@ -110,7 +136,21 @@ impl Workspace {
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
         }
+        if eval_fresh {
+            for (rel, text) in EVAL_SAMPLES {
+                let path = ws.eval_dir().join(rel);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                crate::fsutil::atomic_write(&path, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
         Ok((ws, opened))
+    }
+
+    pub fn eval_dir(&self) -> PathBuf {
+        self.root.join("eval")
     }
 
     pub fn prompts_dir(&self) -> PathBuf {

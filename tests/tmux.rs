@@ -286,3 +286,25 @@ fn generate_then_review_in_the_workbench() {
     t.keys(&["q"]);
     t.wait_for("quit", |_| t.dead());
 }
+
+#[test]
+fn eval_in_the_workbench() {
+    let t = Tmux::new("eval");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
+    t.start_with(&format!("tui --model '{}'", model.display()));
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["5"]);
+    t.wait_for("the Eval screen", |s| s.contains(" EVAL ") && s.contains("set ‹biomedical›"));
+    // 0-shot only, base only: 150 answers from the tiny model.
+    t.keys(&["n"]);
+    t.wait_for("shots 0", |s| s.contains("shots ‹0›"));
+    t.keys(&["s"]);
+    let screen = t.wait_within(180, "the report", |s| s.contains("average") && s.contains("bio-topic"));
+    assert!(screen.contains("base 0s") && screen.contains("F1 by model and k"), "{screen}");
+    t.keys(&["Enter"]);
+    let screen = t.wait_for("the pairs", |s| s.contains("pred ") && s.contains("gold "));
+    assert!(screen.contains("bio-ddi · base · 0-shot (30 pairs"), "{screen}");
+    t.keys(&["Escape"]);
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
+}

@@ -555,3 +555,67 @@ fn snapshot_train_screen_attached_to_a_run() {
     assert!(screen.contains("stopped") && screen.contains("step 30/45"), "{screen}");
     insta::assert_snapshot!(screen);
 }
+
+#[test]
+fn snapshot_eval_screen_with_a_report_and_its_pairs() {
+    use selfspec::eval::run::{Cell, Prediction, Report};
+    let clock = Clock(Instant::now());
+    let ws = workspace("snap-eval");
+    let run = ws.runs_dir().join("eval-finance-1");
+    std::fs::create_dir_all(&run).unwrap();
+    let datasets = ["fin-qa", "fin-ner", "fin-sentiment"];
+    let mut cells = Vec::new();
+    let mut preds = String::new();
+    for (i, d) in datasets.iter().enumerate() {
+        for k in [0, 5] {
+            for (m, bonus) in [("base", 0.0), ("train-fin", 6.5 - 4.0 * i as f64)] {
+                let f1 = 30.0 + 10.0 * i as f64 + k as f64 + bonus;
+                cells.push(Cell {
+                    model: m.into(),
+                    dataset: d.to_string(),
+                    task: "qa".into(),
+                    k,
+                    n: 30,
+                    f1,
+                    rouge_l: f1 - 2.0,
+                });
+                let p = Prediction {
+                    model: m.into(),
+                    dataset: d.to_string(),
+                    k,
+                    index: 0,
+                    prediction: "$0.94".into(),
+                    references: vec!["$0.94".into()],
+                    f1: 100.0,
+                    rouge_l: 100.0,
+                };
+                preds.push_str(&(serde_json::to_string(&p).unwrap() + "\n"));
+            }
+        }
+    }
+    let report = Report {
+        models: vec!["base".into(), "train-fin".into()],
+        datasets: datasets.iter().map(|d| d.to_string()).collect(),
+        shots: vec![0, 5],
+        cells,
+    };
+    std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
+    std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
+    let config_dir = ws.root.join("config");
+    let mut app = App::new(Options {
+        workspace: ws,
+        config: Config::default(),
+        config_dir,
+        file: None,
+        config_file: PathBuf::from("/nonexistent/config.yaml"),
+        model: None,
+        attach: None,
+    })
+    .unwrap();
+    press(&mut app, &clock, KeyCode::Char('5'));
+    keys(&mut app, &clock, "jl");
+    insta::assert_snapshot!(draw(&app));
+    press(&mut app, &clock, KeyCode::Enter);
+    let screen = draw(&app);
+    assert!(screen.contains("fin-ner · train-fin · 0-shot (1 pairs") && screen.contains("pred $0.94"), "{screen}");
+}

@@ -12,6 +12,7 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_width::UnicodeWidthStr;
 
+use super::eval::EvalScreen;
 use super::generate::GenerateScreen;
 use super::picker::{Picker, PickerAction};
 use super::review::ReviewScreen;
@@ -26,7 +27,7 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 4] = ["Seeds", "Generate", "Review", "Train"];
+const TABS: [&str; 5] = ["Seeds", "Generate", "Review", "Train", "Eval"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -34,6 +35,7 @@ pub enum Tab {
     Generate,
     Review,
     Train,
+    Eval,
 }
 
 enum Overlay {
@@ -57,6 +59,7 @@ pub struct App {
     pub generate: GenerateScreen,
     pub review: ReviewScreen,
     pub train: TrainScreen,
+    pub eval: EvalScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -101,7 +104,9 @@ impl App {
             }
             None => Tab::Seeds,
         };
+        let eval = EvalScreen::new(&opts.workspace, &opts.config_file);
         let mut app = App {
+            eval,
             tab,
             generate,
             review,
@@ -207,6 +212,7 @@ impl App {
             Tab::Generate => self.generate.is_typing(),
             Tab::Review => self.review.is_typing(),
             Tab::Train => false,
+            Tab::Eval => self.eval.is_typing(),
         };
         if !typing {
             match key.code {
@@ -243,6 +249,11 @@ impl App {
                     self.tab = Tab::Train;
                     return;
                 }
+                KeyCode::Char('5') => {
+                    self.eval.rescan();
+                    self.tab = Tab::Eval;
+                    return;
+                }
                 _ => {}
             }
         }
@@ -257,6 +268,10 @@ impl App {
                 let data = self.review.runs.get(self.review.run_ix).cloned();
                 let model = self.generate.model.clone();
                 self.train.handle_key(key, data.as_deref(), &model)
+            }
+            Tab::Eval => {
+                let model = self.generate.model.clone();
+                self.eval.handle_key(key, &model)
             }
         };
         self.outcome(o, now);
@@ -331,6 +346,10 @@ impl App {
                     self.train.rescan(None);
                     self.tab = Tab::Train;
                 }
+                Tab::Eval => {
+                    self.eval.rescan();
+                    self.tab = Tab::Eval;
+                }
                 t => self.tab = t,
             }
             return;
@@ -372,7 +391,7 @@ impl App {
         for (i, tab) in TABS.iter().enumerate() {
             let w = format!(" {} {tab} ", i + 1).width() as u16;
             if pos.x >= x && pos.x < x + w {
-                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train][i]);
+                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval][i]);
             }
             x += w;
         }
@@ -391,6 +410,9 @@ impl App {
         }
         if self.tab == Tab::Train {
             self.train.tick();
+        }
+        if self.tab == Tab::Eval {
+            self.eval.tick();
         }
         if let Some(o) = self.seeds.as_mut().and_then(|s| s.tick(now)) {
             self.outcome(o, now);
@@ -441,6 +463,7 @@ impl App {
             Tab::Generate => self.generate.render(frame, body, theme),
             Tab::Review => self.review.render(frame, body, theme),
             Tab::Train => self.train.render(frame, body, theme),
+            Tab::Eval => self.eval.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -458,6 +481,7 @@ impl App {
             Tab::Generate => 1,
             Tab::Review => 2,
             Tab::Train => 3,
+            Tab::Eval => 4,
         };
         for (i, tab) in TABS.iter().enumerate() {
             let style = if i == active { theme.tab_active } else { theme.tab };
@@ -482,6 +506,7 @@ impl App {
             (_, Tab::Review) if self.review.is_typing() => " EDIT ",
             (_, Tab::Review) => " REVIEW ",
             (_, Tab::Train) => " TRAIN ",
+            (_, Tab::Eval) => " EVAL ",
             (Some(s), _) if s.read_only() => " READ-ONLY ",
             (Some(s), _) if s.editing.is_some() => " EDIT ",
             (Some(s), _) if s.searching => " SEARCH ",

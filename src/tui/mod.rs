@@ -7,6 +7,7 @@
 
 mod app;
 mod editor;
+pub mod eval;
 pub mod generate;
 mod help;
 mod picker;

@@ -1,0 +1,374 @@
+//! The Eval screen: choose the evaluation set, the adapters to compare with the base and the
+//! shots; start (a detached `selfspec eval`, like training); the F1 table of the newest run with
+//! colour-coded deltas against the base, a bar chart for the selected dataset, and Enter on a
+//! cell for the prediction/reference pairs behind it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Bar, BarChart, BarGroup, Block, Borders, Clear, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::seeds::Outcome;
+use super::seeds_view::truncate;
+use super::theme::Theme;
+use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
+use crate::workspace::Workspace;
+
+const SHOTS: [&str; 5] = ["0,1,5", "0", "1", "5", "0,1"];
+
+pub struct EvalScreen {
+    pub sets: Vec<PathBuf>,
+    pub set_ix: usize,
+    /// Trained adapters: (name, folder); compared with the base when chosen.
+    pub adapters: Vec<(String, PathBuf)>,
+    /// Index into `adapters` + 1; 0: every adapter.
+    pub adapter_ix: usize,
+    pub shots_ix: usize,
+    /// The run shown.
+    pub run: Option<PathBuf>,
+    pub report: Option<Report>,
+    pub progress: (usize, usize),
+    pub row: usize,
+    pub col: usize,
+    /// The predictions of the cell opened with Enter, and the scroll.
+    pub detail: Option<(String, Vec<Prediction>, usize)>,
+    config_file: PathBuf,
+    workspace: Workspace,
+}
+
+impl EvalScreen {
+    pub fn new(workspace: &Workspace, config_file: &Path) -> EvalScreen {
+        let mut sets: Vec<PathBuf> = std::fs::read_dir(workspace.eval_dir())
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        sets.sort();
+        let mut s = EvalScreen {
+            sets,
+            set_ix: 0,
+            adapters: Vec::new(),
+            adapter_ix: 0,
+            shots_ix: 0,
+            run: None,
+            report: None,
+            progress: (0, 0),
+            row: 0,
+            col: 0,
+            detail: None,
+            config_file: config_file.to_path_buf(),
+            workspace: workspace.clone(),
+        };
+        s.rescan();
+        s
+    }
+
+    /// Trained adapters, and the newest evaluation run.
+    pub fn rescan(&mut self) {
+        self.adapters = super::train::train_runs(&self.workspace)
+            .into_iter()
+            .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
+            .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
+            .collect();
+        self.adapter_ix = self.adapter_ix.min(self.adapters.len());
+        if self.run.is_none() {
+            let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.workspace.runs_dir())
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("eval-")))
+                        .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            runs.sort();
+            self.run = runs.pop().map(|(_, p)| p);
+        }
+        self.tick();
+    }
+
+    /// Follows the run: progress, then its report.
+    pub fn tick(&mut self) {
+        let Some(run) = &self.run else { return };
+        if self.report.is_none() {
+            if let Ok(text) = std::fs::read_to_string(run.join("report.json")) {
+                self.report = serde_json::from_str(&text).ok();
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(run.join("events.jsonl")) {
+            for line in text.lines() {
+                match serde_json::from_str::<EvalEvent>(line) {
+                    Ok(EvalEvent::Started { requests }) => self.progress = (0, requests),
+                    Ok(EvalEvent::Progress { done, requests }) => self.progress = (done, requests),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn columns(&self) -> Vec<(String, usize)> {
+        let Some(r) = &self.report else { return Vec::new() };
+        r.shots.iter().flat_map(|&k| r.models.iter().map(move |m| (m.clone(), k))).collect()
+    }
+
+    pub fn is_typing(&self) -> bool {
+        false
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent, model: &str) -> Outcome {
+        if let Some((_, preds, scroll)) = self.detail.as_mut() {
+            match key.code {
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') => self.detail = None,
+                KeyCode::Char('j') | KeyCode::Down => *scroll = (*scroll + 1).min(preds.len().saturating_sub(1)),
+                KeyCode::Char('k') | KeyCode::Up => *scroll = scroll.saturating_sub(1),
+                _ => {}
+            }
+            return Outcome::Done;
+        }
+        let rows = self.report.as_ref().map_or(0, |r| r.datasets.len());
+        let cols = self.columns().len();
+        match key.code {
+            KeyCode::Char('j') | KeyCode::Down => self.row = (self.row + 1).min(rows.saturating_sub(1)),
+            KeyCode::Char('k') | KeyCode::Up => self.row = self.row.saturating_sub(1),
+            KeyCode::Char('l') | KeyCode::Right => self.col = (self.col + 1).min(cols.saturating_sub(1)),
+            KeyCode::Char('h') | KeyCode::Left => self.col = self.col.saturating_sub(1),
+            KeyCode::Char('d') => self.set_ix = (self.set_ix + 1) % self.sets.len().max(1),
+            KeyCode::Char('a') => {
+                self.rescan();
+                self.adapter_ix = (self.adapter_ix + 1) % (self.adapters.len() + 1);
+            }
+            KeyCode::Char('n') => self.shots_ix = (self.shots_ix + 1) % SHOTS.len(),
+            KeyCode::Enter => return self.open_cell(),
+            KeyCode::Char('s') => return self.start(model),
+            _ => return Outcome::Ignored,
+        }
+        Outcome::Done
+    }
+
+    fn open_cell(&mut self) -> Outcome {
+        let (Some(run), Some(report)) = (&self.run, &self.report) else {
+            return Outcome::Error("no report yet".into());
+        };
+        let Some(dataset) = report.datasets.get(self.row).cloned() else { return Outcome::Ignored };
+        let Some((model, k)) = self.columns().get(self.col).cloned() else { return Outcome::Ignored };
+        let text = match std::fs::read_to_string(run.join("predictions.jsonl")) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Error(format!("{}: {e}", run.join("predictions.jsonl").display())),
+        };
+        let preds: Vec<Prediction> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Prediction>(l).ok())
+            .filter(|p| p.model == model && p.dataset == dataset && p.k == k)
+            .collect();
+        self.detail = Some((format!(" {dataset} · {model} · {k}-shot ({} pairs; Esc closes) ", preds.len()), preds, 0));
+        Outcome::Done
+    }
+
+    fn start(&mut self, model: &str) -> Outcome {
+        if model.trim().is_empty() {
+            return Outcome::Error("no model: set it on the Generate tab (2)".into());
+        }
+        let Some(set) = self.sets.get(self.set_ix).cloned() else {
+            return Outcome::Error(format!("no evaluation sets in {}", self.workspace.eval_dir().display()));
+        };
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let name = set.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let dir = self.workspace.runs_dir().join(format!("eval-{name}-{secs}"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
+        }
+        let (Ok(exe), Ok(log)) = (std::env::current_exe(), std::fs::File::create(dir.join("eval.log"))) else {
+            return Outcome::Error("cannot start the evaluation".into());
+        };
+        let Ok(err) = log.try_clone() else { return Outcome::Error("cannot open the run's log".into()) };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
+        cmd.args(["eval", "--detached", "--model", model.trim()]).arg("--data").arg(&set).arg("--run").arg(&dir);
+        cmd.args(["--shots", SHOTS[self.shots_ix]]);
+        let chosen: Vec<&(String, PathBuf)> = match self.adapter_ix {
+            0 => self.adapters.iter().collect(),
+            i => self.adapters.get(i - 1).into_iter().collect(),
+        };
+        for (name, path) in chosen {
+            cmd.arg("--adapter").arg(format!("{name}={}", path.display()));
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        match cmd.spawn() {
+            Ok(child) => {
+                std::mem::forget(child);
+                self.run = Some(dir.clone());
+                self.report = None;
+                self.progress = (0, 0);
+                Outcome::Notice(format!("evaluating into {} (detached)", dir.display()))
+            }
+            Err(e) => Outcome::Error(format!("cannot start the evaluation: {e}")),
+        }
+    }
+
+    pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let [setup, table, chart] =
+            Layout::vertical([Constraint::Length(4), Constraint::Min(5), Constraint::Length(7)]).areas(area);
+        self.render_setup(frame, setup, theme);
+        self.render_table(frame, table, theme);
+        self.render_chart(frame, chart, theme);
+        if let Some((title, preds, scroll)) = &self.detail {
+            let inner = super::overlay_box(
+                frame,
+                area,
+                area.width.saturating_sub(4),
+                area.height.saturating_sub(2),
+                title,
+                theme,
+            );
+            let mut lines = Vec::new();
+            for p in preds.iter().skip(*scroll) {
+                lines.push(Line::from(vec![Span::styled(
+                    format!("#{} F1 {:.0} ROUGE-L {:.0}  ", p.index, p.f1, p.rouge_l),
+                    theme.muted,
+                )]));
+                lines.push(Line::from(vec![Span::styled("pred ", theme.field_label), Span::raw(p.prediction.clone())]));
+                lines.push(Line::from(vec![
+                    Span::styled("gold ", theme.field_label),
+                    Span::raw(p.references.join(" | ")),
+                ]));
+            }
+            frame.render_widget(Clear, inner);
+            frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
+        }
+    }
+
+    fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title(Span::styled(" Evaluate ", theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let set = self
+            .sets
+            .get(self.set_ix)
+            .and_then(|p| p.file_name())
+            .map_or("(none)".into(), |n| n.to_string_lossy().to_string());
+        let adapters = match self.adapter_ix {
+            0 if self.adapters.is_empty() => "none trained yet".to_string(),
+            0 => format!("all {}", self.adapters.len()),
+            i => self.adapters.get(i - 1).map(|a| a.0.clone()).unwrap_or_default(),
+        };
+        let [text, gauge] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
+        let line = Line::from(vec![
+            Span::styled("d ", theme.key),
+            Span::raw(format!("set ‹{set}›  ")),
+            Span::styled("a ", theme.key),
+            Span::raw(format!("adapters ‹{adapters}›  ")),
+            Span::styled("n ", theme.key),
+            Span::raw(format!("shots ‹{}›  ", SHOTS[self.shots_ix])),
+            Span::styled("s ", theme.key),
+            Span::raw("start"),
+        ]);
+        frame.render_widget(Paragraph::new(line).style(theme.base), text);
+        let (done, total) = self.progress;
+        let ratio = if total > 0 { done as f64 / total as f64 } else { 0.0 };
+        let run =
+            self.run.as_ref().and_then(|r| r.file_name()).map_or(String::new(), |n| n.to_string_lossy().to_string());
+        let label = if total > 0 { format!("{run}: {done}/{total} answers") } else { run };
+        frame.render_widget(Gauge::default().gauge_style(theme.ok).ratio(ratio.min(1.0)).label(label), gauge);
+    }
+
+    fn render_table(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border_focus)
+            .title(Span::styled(" F1 (Δ against the base; Enter: the pairs) ", theme.title));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let Some(r) = &self.report else {
+            let text = if self.run.is_some() {
+                "Running…"
+            } else {
+                "No evaluation yet: s evaluates the base and the trained adapters."
+            };
+            frame.render_widget(Paragraph::new(text).style(theme.muted), inner);
+            return;
+        };
+        let cols = self.columns();
+        let name_w = 14usize;
+        let col_w = ((inner.width as usize).saturating_sub(name_w) / cols.len().max(1)).clamp(6, 14);
+        let mut header = vec![Span::styled(format!("{:<name_w$}", "dataset"), theme.field_label)];
+        for (m, k) in &cols {
+            header.push(Span::styled(
+                format!("{:>col_w$}", truncate(&format!("{m} {k}s"), col_w - 1)),
+                theme.field_label,
+            ));
+        }
+        let mut lines = vec![Line::from(header)];
+        for (i, d) in r.datasets.iter().enumerate() {
+            let mut spans = vec![Span::styled(format!("{:<name_w$}", truncate(d, name_w - 1)), theme.base)];
+            for (j, (m, k)) in cols.iter().enumerate() {
+                let v = r.cell(m, d, *k).map(|c| c.f1);
+                let base = r.cell(BASE, d, *k).map(|c| c.f1);
+                let (text, style) = match (v, base) {
+                    (Some(v), Some(b)) if m != BASE => {
+                        let delta = v - b;
+                        let style = if delta > 0.05 {
+                            theme.ok
+                        } else if delta < -0.05 {
+                            theme.error
+                        } else {
+                            theme.base
+                        };
+                        (format!("{v:.1} {:+.1}", delta), style)
+                    }
+                    (Some(v), _) => (format!("{v:.1}"), theme.base),
+                    _ => ("–".into(), theme.muted),
+                };
+                let style = if i == self.row && j == self.col { theme.selection } else { style };
+                spans.push(Span::styled(format!("{:>col_w$}", truncate(&text, col_w - 1)), style));
+            }
+            lines.push(Line::from(spans));
+        }
+        let mut avg = vec![Span::styled(format!("{:<name_w$}", "average"), theme.field_label)];
+        for (m, k) in &cols {
+            avg.push(Span::styled(format!("{:>col_w$}", format!("{:.1}", r.average(m, *k, true))), theme.field_label));
+        }
+        lines.push(Line::from(avg));
+        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+    }
+
+    fn render_chart(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let Some(r) = &self.report else {
+            frame.render_widget(Block::default().borders(Borders::ALL).border_style(theme.border), area);
+            return;
+        };
+        let dataset = r.datasets.get(self.row).cloned().unwrap_or_default();
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title(Span::styled(format!(" {dataset}: F1 by model and k "), theme.title));
+        let top = r.cells.iter().filter(|c| c.dataset == dataset).map(|c| c.f1).fold(1.0f64, f64::max);
+        let mut chart = BarChart::default()
+            .block(block)
+            .bar_width(5)
+            .bar_gap(1)
+            .group_gap(2)
+            .max(top.ceil() as u64)
+            .style(theme.base);
+        for &k in &r.shots {
+            let bars: Vec<Bar> = r
+                .models
+                .iter()
+                .map(|m| {
+                    let v = r.cell(m, &dataset, k).map_or(0.0, |c| c.f1);
+                    Bar::default().value(v.round() as u64).label(Line::from(truncate(m, 5))).style(if m == BASE {
+                        theme.muted
+                    } else {
+                        theme.accent
+                    })
+                })
+                .collect();
+            chart = chart.data(BarGroup::default().label(Line::from(format!("{k}-shot"))).bars(&bars));
+        }
+        frame.render_widget(chart, area);
+    }
+}
