@@ -208,6 +208,10 @@ struct EvalArgs {
     /// Keep only the first line of each prediction (off by default).
     #[arg(long, value_parser = ["first-line"])]
     postprocess: Option<String>,
+    /// Take the demonstrations from this seed file (seeds of the dataset's task first, as the
+    /// paper did) instead of each dataset's NAME.train.jsonl.
+    #[arg(long, value_name = "SEEDS.yaml")]
+    demos_from: Option<PathBuf>,
     /// Split each reference on ", " into several (the BoX habit).
     #[arg(long)]
     split_references: bool,
@@ -227,8 +231,9 @@ struct TrainArgs {
     /// The run folder: config.yaml, events.jsonl, checkpoints/, adapter/.
     #[arg(long)]
     run: PathBuf,
-    /// Training settings (YAML, Hugging Face/PEFT names); default: the config's `train:`.
-    #[arg(long = "train-config", visible_alias = "train_config", value_name = "FILE")]
+    /// Training settings (YAML, Hugging Face/PEFT names; `--config FILE` works too); default:
+    /// the `train:` section of config.yaml.
+    #[arg(long = "train-config", value_name = "FILE")]
     train_config: Option<PathBuf>,
     /// Continue the run in --run from its newest checkpoint.
     #[arg(long)]
@@ -499,8 +504,16 @@ fn tune_process() {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let dirs = Dirs::new()?;
+    // `selfspec train --config FILE` names the training settings (Hugging Face/PEFT keys), as
+    // --train-config does; a whole selfspec config.yaml is read for its `train:` section.
+    if let (Some(Command::Train(args)), Some(path)) = (&mut cli.command, &cli.config) {
+        if args.train_config.is_none() && train_settings_file(path) {
+            args.train_config = Some(path.clone());
+            cli.config = None;
+        }
+    }
     let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
     let config = Config::load(&config_path)?;
     match cli.command {
@@ -726,10 +739,30 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `path` holds training settings (top-level Hugging Face/PEFT keys) rather than a
+/// selfspec configuration.
+fn train_settings_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    selfspec::yaml::from_str::<selfspec::train::TrainConfig>(&text).is_ok()
+        && selfspec::yaml::from_str::<Config>(&text).is_err()
+}
+
 fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
     use selfspec::eval::run::{evaluate, EvalEvent, EvalJob};
     anyhow::ensure!(!args.shots.is_empty(), "--shots names no k");
-    let datasets = selfspec::eval::data::load_dir(&args.data, &args.datasets)?;
+    let mut datasets = selfspec::eval::data::load_dir(&args.data, &args.datasets)?;
+    if let Some(path) = &args.demos_from {
+        let loaded = seeds::load(path, &seeds::Limits::default())
+            .with_context(|| format!("cannot read the seed file {}", path.display()))?;
+        anyhow::ensure!(
+            loaded.is_lossless() && !loaded.file.seeds.is_empty(),
+            "{}: not a usable seed file (`selfspec seeds validate` says why)",
+            path.display()
+        );
+        for d in &mut datasets {
+            d.train = selfspec::eval::data::demos_from_seeds(&loaded.file, &d.task);
+        }
+    }
     for d in &datasets {
         let most = args.shots.iter().max().copied().unwrap_or(0);
         if d.train.len() < most {
@@ -768,6 +801,7 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_new_tokens: args.max_new_tokens,
         postprocess: args.postprocess.clone(),
         split_references: args.split_references,
+        demos_from: args.demos_from.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf())),
     };
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     watch_signals_with(cancel.clone(), !args.detached);

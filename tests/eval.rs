@@ -118,6 +118,21 @@ fn an_eval_run_writes_predictions_and_reports() {
         assert!((f1 * 100.0 - p["f1"].as_f64().unwrap()).abs() < 1e-9);
         assert!((rouge * 100.0 - p["rougeL"].as_f64().unwrap()).abs() < 1e-9);
     }
+    // Demonstrations from the seeds, as the paper did.
+    let run2 = dir.path().join("eval-seeds");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "--model"])
+        .arg(&writer)
+        .arg("--data")
+        .arg(root().join("sample-seeds/eval/finance"))
+        .args(["--datasets", "fin-sentiment", "--shots", "1", "--demos-from"])
+        .arg(root().join("sample-seeds/finance.yaml"))
+        .arg("--run")
+        .arg(&run2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(run2.join("config.yaml")).unwrap().contains("finance.yaml"));
     let csv = std::fs::read_to_string(run.join("report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 8);
     assert!(run.join("report.md").exists());

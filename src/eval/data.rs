@@ -109,3 +109,15 @@ pub fn load_dir(dir: &Path, only: &[String]) -> anyhow::Result<Vec<Dataset>> {
     anyhow::ensure!(!out.is_empty(), "{}: no datasets (NAME.jsonl files)", dir.display());
     Ok(out)
 }
+
+/// Demonstrations from a seed file: the seeds of `task` first, then the others, in file order.
+pub fn demos_from_seeds(file: &crate::seeds::SeedFile, task: &str) -> Vec<Example> {
+    let as_example = |s: &crate::seeds::Seed| Example {
+        instruction: s.instruction.clone(),
+        input: s.input.clone(),
+        references: vec![s.output.clone()],
+    };
+    let same = file.seeds.iter().filter(|s| s.task == task).map(as_example);
+    let other = file.seeds.iter().filter(|s| s.task != task).map(as_example);
+    same.chain(other).collect()
+}

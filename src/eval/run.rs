@@ -39,6 +39,9 @@ pub struct EvalJob {
     /// Split references on ", " (the BoX habit).
     #[serde(default)]
     pub split_references: bool,
+    /// The seed file the demonstrations came from (none: each dataset's train split).
+    #[serde(default)]
+    pub demos_from: Option<PathBuf>,
 }
 
 /// New tokens allowed per task.
