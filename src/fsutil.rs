@@ -30,6 +30,38 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// An append-only JSON-lines log (events.jsonl, filtered.jsonl): each line is fsynced as it is
+/// written, and opening cuts a torn last line left by a kill.
+pub struct JsonLog {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl JsonLog {
+    pub fn open(path: &Path) -> anyhow::Result<JsonLog> {
+        use anyhow::Context;
+        let complete = fs::read(path).map(|b| b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)).unwrap_or(0);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) != complete as u64 {
+            file.set_len(complete as u64).with_context(|| format!("cannot repair {}", path.display()))?;
+        }
+        Ok(JsonLog { file, path: path.to_path_buf() })
+    }
+
+    pub fn append(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        self.file.write_all(&line).with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 //! and ROUGE-L, written as predictions.jsonl and a report in JSON, CSV and Markdown.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -232,12 +231,9 @@ pub fn evaluate(
 ) -> anyhow::Result<Report> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;
-    let mut events = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("events.jsonl"))?;
+    let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
     let mut emit = |e: &EvalEvent, on_event: &mut dyn FnMut(&EvalEvent)| -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(e)?;
-        line.push(b'\n');
-        events.write_all(&line)?;
-        events.sync_data()?;
+        events.append(e)?;
         on_event(e);
         Ok(())
     };
@@ -265,7 +261,7 @@ pub fn evaluate(
     let total = requests.len();
     emit(&EvalEvent::Started { requests: total }, on_event)?;
     let mut done = 0;
-    let mut progress_log = std::fs::OpenOptions::new().append(true).open(dir.join("events.jsonl"))?;
+    let mut progress_log = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
     let opts = generate::Options { prompt_top: 0, max_batch: 16 };
     let (completions, _) = generate::generate(
         model,
@@ -276,9 +272,8 @@ pub fn evaluate(
                 done += 1;
                 if done % 8 == 0 || done == total {
                     let ev = EvalEvent::Progress { done, requests: total };
-                    if let Ok(line) = serde_json::to_string(&ev) {
-                        let _ = writeln!(progress_log, "{line}");
-                    }
+                    // Progress lines are a convenience: a failed write does not stop the run.
+                    let _ = progress_log.append(&ev);
                     on_event(&ev);
                 }
             }

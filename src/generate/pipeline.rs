@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +27,7 @@ use super::prompts::{self, Templates, Unparsed};
 use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
 use super::{Event, Finish, Request, Rng, Sampling, SamplingParams};
 use crate::corpus::{Hit, Searcher};
+use crate::fsutil::JsonLog;
 use crate::model::Model;
 use crate::seeds::{Seed, SeedFile};
 
@@ -352,9 +352,9 @@ pub struct Run {
     pub dir: PathBuf,
     pub job: Job,
     store: SampleStore,
-    filtered: File,
+    filtered: JsonLog,
     filtered_ids: HashSet<String>,
-    events: File,
+    events: JsonLog,
     pub counters: Counters,
     _lock: File,
 }
@@ -396,28 +396,6 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
         );
     }
     Ok(out)
-}
-
-fn append_line(file: &mut File, path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let mut line = serde_json::to_vec(value)?;
-    line.push(b'\n');
-    file.write_all(&line).with_context(|| format!("cannot write {}", path.display()))?;
-    file.sync_data().with_context(|| format!("cannot sync {}", path.display()))?;
-    Ok(())
-}
-
-/// Opens a file for appending after cutting a torn last line (a kill while writing it).
-fn open_append(path: &Path) -> anyhow::Result<File> {
-    let len = std::fs::read(path).map(|b| b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)).unwrap_or(0);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) != len as u64 {
-        file.set_len(len as u64).with_context(|| format!("cannot repair {}", path.display()))?;
-    }
-    Ok(file)
 }
 
 impl Run {
@@ -462,7 +440,7 @@ impl Run {
         let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
         let filtered_ids = read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
-        let filtered = open_append(&filtered_path)?;
+        let filtered = JsonLog::open(&filtered_path)?;
         let events_path = dir.join(EVENTS);
         let mut counters = Counters::default();
         for event in read_jsonl::<Progress>(&events_path)? {
@@ -471,7 +449,7 @@ impl Run {
             }
         }
         counters.kept = store.len();
-        let events = open_append(&events_path)?;
+        let events = JsonLog::open(&events_path)?;
         let resumed = store.len();
         Ok((Run { dir: dir.to_path_buf(), job, store, filtered, filtered_ids, events, counters, _lock: lock }, resumed))
     }
@@ -481,8 +459,7 @@ impl Run {
     }
 
     fn event(&mut self, p: &Progress) -> anyhow::Result<()> {
-        let path = self.dir.join(EVENTS);
-        append_line(&mut self.events, &path, p)
+        self.events.append(p)
     }
 }
 
@@ -675,8 +652,7 @@ pub fn run(
                             rejection: serde_json::to_value(&rejection)?,
                             most_similar: most_similar.map(|m| m.0),
                         };
-                        let path = run.dir.join(FILTERED);
-                        append_line(&mut run.filtered, &path, &record)?;
+                        run.filtered.append(&record)?;
                     }
                     continue;
                 }

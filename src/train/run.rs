@@ -8,8 +8,6 @@
 //! loss equals the uninterrupted run's.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -199,16 +197,9 @@ pub fn train(
         }
         _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
     };
-    let mut events = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("events.jsonl"))
-        .with_context(|| format!("cannot open {}", dir.join("events.jsonl").display()))?;
+    let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
     let mut emit = |e: &TrainEvent, on_event: &mut dyn FnMut(&TrainEvent)| -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(e)?;
-        line.push(b'\n');
-        events.write_all(&line)?;
-        events.sync_data()?;
+        events.append(e)?;
         on_event(e);
         Ok(())
     };
