@@ -845,9 +845,11 @@ fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
     watch_signals_with(cancel.clone(), !args.detached);
     let end = run::train(&mut model, &job, &examples, &args.run, args.resume, &cancel, &mut |e| {
         match e {
-        run::TrainEvent::Started { examples, truncated, total_steps, resumed_from, .. } => {
+        run::TrainEvent::Started { examples, truncated, dropped, total_steps, resumed_from, .. } => {
             let from = resumed_from.map(|s| format!(", resuming after step {s}")).unwrap_or_default();
-            eprintln!("{examples} examples ({truncated} cut to max_seq_length), {total_steps} steps{from}");
+            eprintln!(
+                "{examples} examples ({truncated} cut to max_seq_length, {dropped} left out: no response token fits), {total_steps} steps{from}"
+            );
         }
         run::TrainEvent::Step { step, epoch, loss, lr, grad_norm, tokens_per_s, eta_s, .. } => eprintln!(
             "step {step} · epoch {epoch:.2} · loss {loss:.4} · lr {lr:.2e} · grad norm {grad_norm:.3} · {tokens_per_s:.0} tokens/s · ETA {eta_s:.0}s"

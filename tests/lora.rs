@@ -434,3 +434,14 @@ fn base_requests_stay_on_the_base_in_any_wave() {
     assert_eq!(out[0].ids, base_ids);
     assert_ne!(out[1].ids, base_ids);
 }
+
+#[test]
+fn examples_without_room_for_a_response_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("short.yaml");
+    std::fs::write(&config, "max_seq_length: 20\nmax_steps: 1\n").unwrap();
+    let out = train_cmd(&data, &dir.path().join("run"), &config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("every example's prompt fills max_seq_length (20)"), "{err}");
+}

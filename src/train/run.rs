@@ -40,6 +40,10 @@ pub enum TrainEvent {
     Started {
         examples: usize,
         truncated: usize,
+        /// Examples left out: their prompt alone fills max_seq_length, so no response token
+        /// remains to learn from.
+        #[serde(default)]
+        dropped: usize,
         total_steps: usize,
         steps_per_epoch: usize,
         resumed_from: Option<usize>,
@@ -70,10 +74,20 @@ pub enum TrainEvent {
     },
 }
 
+/// What a checkpoint needs besides the adapter and AdamW's moments. The data position and every
+/// random draw follow from these: epoch e's order comes from (seed, e), dropout masks from
+/// (seed, step, micro-batch, layer).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TrainerState {
     step: usize,
     total_steps: usize,
+    #[serde(default)]
+    seed: u64,
+    /// The next batch: its epoch and its index within the epoch.
+    #[serde(default)]
+    epoch: usize,
+    #[serde(default)]
+    batch_in_epoch: usize,
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), 0 where unknown.
@@ -125,14 +139,27 @@ fn newest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
         .max_by_key(|(n, _)| *n)
 }
 
-fn save_checkpoint(model: &mut Model, trainer: &Trainer, dir: &Path, total_steps: usize) -> anyhow::Result<PathBuf> {
+fn save_checkpoint(
+    model: &mut Model,
+    trainer: &Trainer,
+    dir: &Path,
+    total_steps: usize,
+    steps_per_epoch: usize,
+) -> anyhow::Result<PathBuf> {
     let final_dir = dir.join("checkpoints").join(format!("checkpoint-{}", trainer.step));
     let tmp = dir.join("checkpoints").join(format!(".checkpoint-{}.partial", trainer.step));
     let _ = std::fs::remove_dir_all(&tmp);
     adapter::save(model, &trainer.name, &trainer.adapter, &tmp)?;
     let moments: HashMap<String, candle_core::Tensor> = trainer.state()?.into_iter().collect();
     candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
-    let state = TrainerState { step: trainer.step, total_steps };
+    let per_epoch = steps_per_epoch.max(1);
+    let state = TrainerState {
+        step: trainer.step,
+        total_steps,
+        seed: trainer.config.seed,
+        epoch: trainer.step / per_epoch,
+        batch_in_epoch: trainer.step % per_epoch,
+    };
     // trainer_state.json last: a checkpoint without it is never read.
     crate::fsutil::atomic_write(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
     let _ = std::fs::remove_dir_all(&final_dir);
@@ -180,6 +207,14 @@ pub fn train(
         .map(|e| data::encode(&model.tokenizer, eos, e, c.max_seq_length))
         .collect::<anyhow::Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.truncated).count();
+    let before = encoded.len();
+    let encoded: Vec<Encoded> = encoded.into_iter().filter(|e| e.labels.iter().skip(1).any(|&l| l >= 0)).collect();
+    let dropped = before - encoded.len();
+    anyhow::ensure!(
+        !encoded.is_empty(),
+        "every example's prompt fills max_seq_length ({}): raise it, nothing is left to learn from",
+        c.max_seq_length
+    );
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
     let (steps, per_epoch) = schedule(&lengths, c);
     let total = steps.len();
@@ -208,6 +243,7 @@ pub fn train(
         &TrainEvent::Started {
             examples: examples.len(),
             truncated,
+            dropped,
             total_steps: total,
             steps_per_epoch: per_epoch,
             resumed_from,
@@ -218,7 +254,7 @@ pub fn train(
     let first = trainer.step;
     while trainer.step < total {
         if cancel.load(Ordering::Relaxed) {
-            let path = save_checkpoint(model, &trainer, dir, total)?;
+            let path = save_checkpoint(model, &trainer, dir, total, per_epoch)?;
             let e = TrainEvent::Stopped { step: trainer.step, checkpoint: path };
             emit(&e, on_event)?;
             return Ok(e);
@@ -244,7 +280,7 @@ pub fn train(
             on_event,
         )?;
         if trainer.step % c.save_steps == 0 && trainer.step < total {
-            let path = save_checkpoint(model, &trainer, dir, total)?;
+            let path = save_checkpoint(model, &trainer, dir, total, per_epoch)?;
             emit(&TrainEvent::Checkpoint { step: trainer.step, path }, on_event)?;
         }
     }
