@@ -834,6 +834,10 @@ fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", args.run.join(run::PID).display()))?;
     let mut model = args.model.load()?;
     if let Some(q) = args.qlora {
+        anyhow::ensure!(
+            model.decoder.device().is_cpu(),
+            "--qlora runs on the CPU for now (its gradient op has no CUDA kernel yet); pass --device cpu, or train without --qlora"
+        );
         let (before, after) = selfspec::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())?;
         eprintln!(
             "QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB",

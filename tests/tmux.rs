@@ -297,7 +297,7 @@ fn eval_in_the_workbench() {
     t.wait_for("the Eval screen", |s| s.contains(" EVAL ") && s.contains("set ‹biomedical›"));
     // 0-shot only, base only: 150 answers from the tiny model.
     t.keys(&["n"]);
-    t.wait_for("shots 0", |s| s.contains("shots ‹0›"));
+    t.wait_for("shots 0", |s| s.contains("k ‹0›"));
     t.keys(&["s"]);
     let screen = t.wait_within(180, "the report", |s| s.contains("average") && s.contains("bio-topic"));
     assert!(screen.contains("base 0s") && screen.contains("F1 by model and k"), "{screen}");

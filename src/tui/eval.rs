@@ -28,6 +28,9 @@ pub struct EvalScreen {
     /// Index into `adapters` + 1; 0: every adapter.
     pub adapter_ix: usize,
     pub shots_ix: usize,
+    /// The datasets of the chosen set; `dataset_ix` 0 is all of them, else one.
+    pub datasets: Vec<String>,
+    pub dataset_ix: usize,
     /// The run shown.
     pub run: Option<PathBuf>,
     pub report: Option<Report>,
@@ -52,6 +55,8 @@ impl EvalScreen {
             adapters: Vec::new(),
             adapter_ix: 0,
             shots_ix: 0,
+            datasets: Vec::new(),
+            dataset_ix: 0,
             run: None,
             report: None,
             progress: (0, 0),
@@ -65,8 +70,9 @@ impl EvalScreen {
         s
     }
 
-    /// Trained adapters, and the newest evaluation run.
+    /// Trained adapters, the chosen set's datasets, and the newest evaluation run.
     pub fn rescan(&mut self) {
+        self.list_datasets();
         self.adapters = super::train::train_runs(&self.workspace)
             .into_iter()
             .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
@@ -107,6 +113,21 @@ impl EvalScreen {
         }
     }
 
+    fn list_datasets(&mut self) {
+        let Some(set) = self.sets.get(self.set_ix) else { return };
+        let mut names: Vec<String> = std::fs::read_dir(set)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+                    .filter(|n| n.ends_with(".jsonl") && !n.ends_with(".train.jsonl"))
+                    .map(|n| n.trim_end_matches(".jsonl").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        self.datasets = names;
+        self.dataset_ix = self.dataset_ix.min(self.datasets.len());
+    }
+
     fn columns(&self) -> Vec<(String, usize)> {
         let Some(r) = &self.report else { return Vec::new() };
         r.shots.iter().flat_map(|&k| r.models.iter().map(move |m| (m.clone(), k))).collect()
@@ -133,7 +154,12 @@ impl EvalScreen {
             KeyCode::Char('k') | KeyCode::Up => self.row = self.row.saturating_sub(1),
             KeyCode::Char('l') | KeyCode::Right => self.col = (self.col + 1).min(cols.saturating_sub(1)),
             KeyCode::Char('h') | KeyCode::Left => self.col = self.col.saturating_sub(1),
-            KeyCode::Char('d') => self.set_ix = (self.set_ix + 1) % self.sets.len().max(1),
+            KeyCode::Char('d') => {
+                self.set_ix = (self.set_ix + 1) % self.sets.len().max(1);
+                self.dataset_ix = 0;
+                self.list_datasets();
+            }
+            KeyCode::Char('t') => self.dataset_ix = (self.dataset_ix + 1) % (self.datasets.len() + 1),
             KeyCode::Char('a') => {
                 self.rescan();
                 self.adapter_ix = (self.adapter_ix + 1) % (self.adapters.len() + 1);
@@ -186,6 +212,9 @@ impl EvalScreen {
         cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
         cmd.args(["eval", "--detached", "--model", model.trim()]).arg("--data").arg(&set).arg("--run").arg(&dir);
         cmd.args(["--shots", SHOTS[self.shots_ix]]);
+        if let Some(name) = self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)) {
+            cmd.args(["--datasets", name]);
+        }
         let chosen: Vec<&(String, PathBuf)> = match self.adapter_ix {
             0 => self.adapters.iter().collect(),
             i => self.adapters.get(i - 1).into_iter().collect(),
@@ -252,18 +281,24 @@ impl EvalScreen {
             .and_then(|p| p.file_name())
             .map_or("(none)".into(), |n| n.to_string_lossy().to_string());
         let adapters = match self.adapter_ix {
-            0 if self.adapters.is_empty() => "none trained yet".to_string(),
-            0 => format!("all {}", self.adapters.len()),
+            0 if self.adapters.is_empty() => "no adapters".to_string(),
+            0 => format!("all {} adapters", self.adapters.len()),
             i => self.adapters.get(i - 1).map(|a| a.0.clone()).unwrap_or_default(),
         };
         let [text, gauge] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
+        let which = match self.dataset_ix {
+            0 => "all".to_string(),
+            i => self.datasets.get(i - 1).cloned().unwrap_or_default(),
+        };
         let line = Line::from(vec![
             Span::styled("d ", theme.key),
             Span::raw(format!("set ‹{set}›  ")),
+            Span::styled("t ", theme.key),
+            Span::raw(format!("‹{which}›  ")),
             Span::styled("a ", theme.key),
-            Span::raw(format!("adapters ‹{adapters}›  ")),
+            Span::raw(format!("‹{adapters}›  ")),
             Span::styled("n ", theme.key),
-            Span::raw(format!("shots ‹{}›  ", SHOTS[self.shots_ix])),
+            Span::raw(format!("k ‹{}›  ", SHOTS[self.shots_ix])),
             Span::styled("s ", theme.key),
             Span::raw("start"),
         ]);

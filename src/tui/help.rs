@@ -114,6 +114,7 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         "Eval (5)",
         &[
             ("d", "next evaluation set (the workspace's eval/ folders)"),
+            ("t", "all datasets of the set, or one"),
             ("a", "adapters to compare with the base: all, or one"),
             ("n", "shots: 0,1,5 or one k"),
             ("s", "evaluate (detached) with the Generate tab's model"),
