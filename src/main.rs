@@ -660,18 +660,20 @@ fn bench_search(index: &Path, queries_file: &Path, k: usize, json: bool) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+/// An `--adapter [NAME=]DIR` value: the name when one is given, and the folder.
+fn adapter_spec(spec: &str) -> (Option<String>, PathBuf) {
+    match spec.split_once('=') {
+        Some((n, d)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(d)),
+        _ => (None, PathBuf::from(spec)),
+    }
+}
+
 /// Loads each `[NAME=]DIR` adapter onto `model` and enables only `use_name` (default: the last).
 fn load_adapters(model: &mut Model, specs: &[String], use_name: Option<&str>) -> anyhow::Result<()> {
     let mut names = Vec::new();
     for spec in specs {
-        let (name, dir) = match spec.split_once('=') {
-            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
-            _ => {
-                let dir = PathBuf::from(spec);
-                let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());
-                (name, dir)
-            }
-        };
+        let (name, dir) = adapter_spec(spec);
+        let name = name.unwrap_or_else(|| dir.file_name().map_or(spec.clone(), |n| n.to_string_lossy().to_string()));
         selfspec::train::adapter::load(model, &dir, &name)?;
         names.push(name);
     }
@@ -777,17 +779,17 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut model = args.model.load()?;
     let mut adapters = Vec::new();
     for spec in &args.adapter {
-        let (name, dir) = match spec.split_once('=') {
-            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
-            _ => {
-                let dir = PathBuf::from(spec);
-                let parent = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
-                let own = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());
-                // runs/train-x/adapter is named train-x.
-                let name = if own == "adapter" { parent.unwrap_or(own) } else { own };
-                (name, dir)
+        let (name, dir) = adapter_spec(spec);
+        let name = name.unwrap_or_else(|| {
+            let parent = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
+            let own = dir.file_name().map_or(spec.clone(), |n| n.to_string_lossy().to_string());
+            // runs/train-x/adapter is named train-x.
+            if own == "adapter" {
+                parent.unwrap_or(own)
+            } else {
+                own
             }
-        };
+        });
         anyhow::ensure!(name != selfspec::eval::run::BASE, "the name {name:?} is taken by the base model");
         selfspec::train::adapter::load(&mut model, &dir, &name)?;
         adapters.push((name, std::path::absolute(&dir).unwrap_or(dir)));

@@ -173,6 +173,27 @@ impl Workspace {
         self.root.join("runs")
     }
 
+    /// The folders in runs/ for which `keep` holds, newest first: by the modification time of
+    /// their config.yaml (else of the folder itself), ties by name, last first.
+    pub fn runs_newest_first(&self, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+        let modified = |p: &Path| {
+            std::fs::metadata(p.join("config.yaml"))
+                .or_else(|_| std::fs::metadata(p))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH)
+        };
+        let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.runs_dir())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir() && keep(p))
+                    .map(|p| (modified(&p), p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        runs.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        runs.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The seed files in seeds/, sorted by name.
     pub fn seed_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         let dir = self.seeds_dir();

@@ -232,11 +232,6 @@ pub fn evaluate(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;
     let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
-    let mut emit = |e: &EvalEvent, on_event: &mut dyn FnMut(&EvalEvent)| -> anyhow::Result<()> {
-        events.append(e)?;
-        on_event(e);
-        Ok(())
-    };
     let models: Vec<String> =
         std::iter::once(BASE.to_string()).chain(job.adapters.iter().map(|(n, _)| n.clone())).collect();
     // (model, dataset index, k, example index) of each request.
@@ -259,9 +254,10 @@ pub fn evaluate(
         }
     }
     let total = requests.len();
-    emit(&EvalEvent::Started { requests: total }, on_event)?;
+    let started = EvalEvent::Started { requests: total };
+    events.append(&started)?;
+    on_event(&started);
     let mut done = 0;
-    let mut progress_log = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
     let opts = generate::Options { prompt_top: 0, max_batch: 16 };
     let (completions, _) = generate::generate(
         model,
@@ -273,7 +269,7 @@ pub fn evaluate(
                 if done % 8 == 0 || done == total {
                     let ev = EvalEvent::Progress { done, requests: total };
                     // Progress lines are a convenience: a failed write does not stop the run.
-                    let _ = progress_log.append(&ev);
+                    let _ = events.append(&ev);
                     on_event(&ev);
                 }
             }
@@ -340,6 +336,8 @@ pub fn evaluate(
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
-    emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
+    let finished = EvalEvent::Finished { report: dir.join("report.json") };
+    events.append(&finished)?;
+    on_event(&finished);
     Ok(report)
 }

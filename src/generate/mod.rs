@@ -445,9 +445,15 @@ pub fn mix(logits: &Tensor, widths: &[usize], weights: &[&[f64]]) -> candle_core
 fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<f64>]) -> anyhow::Result<Vec<u32>> {
     if rows.iter().any(|r| requests[r.request].contrast.is_some()) {
         // Per request on the CPU: contrastive pairs, mixtures and plain rows side by side.
-        let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
-        let ws: Vec<&[f64]> = rows.iter().map(|r| weights[r.request].as_slice()).collect();
-        let mixed = mix(logits, &widths, &ws)?.to_vec2::<f32>()?;
+        // Mixtures (if any in the batch) are mixed where the logits are, all in one product.
+        let any_mixture = rows.iter().any(|r| r.width > 1 && requests[r.request].contrast.is_none());
+        let mixed = if any_mixture {
+            let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
+            let ws: Vec<&[f64]> = rows.iter().map(|r| weights[r.request].as_slice()).collect();
+            mix(logits, &widths, &ws)?.to_vec2::<f32>()?
+        } else {
+            Vec::new()
+        };
         let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut at = 0;
         let mut out = Vec::with_capacity(rows.len());

@@ -22,8 +22,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::filters::{Filters, Pool, Rejection};
-use super::prompts::{self, Templates, Unparsed};
+use super::filters::{Filters, Pool};
+use super::prompts::{self, Templates};
 use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
 use super::{Event, Finish, Request, Rng, Sampling, SamplingParams};
 use crate::corpus::{Hit, Searcher};
@@ -488,24 +488,15 @@ pub fn draw(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
     idx
 }
 
-fn rejection_name(r: &Rejection) -> &'static str {
-    match r {
-        Rejection::TooShort { .. } => "too_short",
-        Rejection::TooLong { .. } => "too_long",
-        Rejection::Blacklisted { .. } => "blacklisted",
-        Rejection::StartsWithPunctuation => "starts_with_punctuation",
-        Rejection::StartsNonAscii => "starts_non_ascii",
-        Rejection::TooSimilar { .. } => "too_similar",
-    }
-}
-
-fn unparsed_name(u: Unparsed) -> &'static str {
-    match u {
-        Unparsed::EmptyInstruction => "empty_instruction",
-        Unparsed::NoInput => "no_input",
-        Unparsed::EmptyInput => "empty_input",
-        Unparsed::Truncated => "truncated",
-    }
+/// The name a filter or parse failure goes by in counters: its serde name (`too_similar`,
+/// `truncated`, …), so counters, filtered.jsonl and samples spell it one way.
+fn serde_name(value: &impl Serialize, tag: Option<&str>) -> String {
+    let v = serde_json::to_value(value).unwrap_or_default();
+    let v = match tag {
+        Some(t) => &v[t],
+        None => &v,
+    };
+    v.as_str().unwrap_or("unknown").to_string()
 }
 
 /// A task that passed the filters and waits for its response.
@@ -627,7 +618,7 @@ pub fn run(
             let (tasks, failures) = prompts::parse_tasks(&text, list.finish == Finish::Length);
             counters.parsed += tasks.len();
             for f in failures {
-                *counters.unparsed.entry(unparsed_name(f).into()).or_default() += 1;
+                *counters.unparsed.entry(serde_name(&f, None)).or_default() += 1;
             }
             for (t, task) in tasks.into_iter().enumerate() {
                 let id = format!("p{p:06}-{t:02}");
@@ -637,12 +628,12 @@ pub fn run(
                 let verdict = s.filters.check(&task.instruction, &pool);
                 let most_similar = verdict.most_similar.map(|(i, score)| (pool_text[i].clone(), score));
                 if let Some(rejection) = verdict.rejected {
-                    let name = rejection_name(&rejection);
-                    *counters.filtered.entry(name.into()).or_default() += 1;
+                    let name = serde_name(&rejection, Some("filter"));
+                    *counters.filtered.entry(name.clone()).or_default() += 1;
                     on_progress(&Progress::Filtered {
                         id: id.clone(),
                         instruction: task.instruction.clone(),
-                        rejection: name.into(),
+                        rejection: name,
                     });
                     if run.filtered_ids.insert(id.clone()) {
                         let record = FilteredRecord {
@@ -846,6 +837,15 @@ mod tests {
         assert_eq!(Weighting::L1.weights(&[3.0, 1.0]), vec![0.75, 0.25]);
         let flat = Weighting::Softmax { temperature: 1e9 }.weights(&[10.0, 1.0]);
         assert!((flat[0] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn counters_name_failures_as_serde_does() {
+        use super::super::filters::Rejection;
+        use super::super::prompts::Unparsed;
+        assert_eq!(serde_name(&Rejection::TooSimilar { to: 1, rouge_l: 0.8 }, Some("filter")), "too_similar");
+        assert_eq!(serde_name(&Rejection::StartsNonAscii, Some("filter")), "starts_non_ascii");
+        assert_eq!(serde_name(&Unparsed::NoInput, None), "no_input");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! cell for the prediction/reference pairs behind it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -80,16 +79,11 @@ impl EvalScreen {
             .collect();
         self.adapter_ix = self.adapter_ix.min(self.adapters.len());
         if self.run.is_none() {
-            let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.workspace.runs_dir())
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("eval-")))
-                        .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
-                        .collect()
-                })
-                .unwrap_or_default();
-            runs.sort();
-            self.run = runs.pop().map(|(_, p)| p);
+            self.run = self
+                .workspace
+                .runs_newest_first(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("eval-")))
+                .into_iter()
+                .next();
         }
         self.tick();
     }
@@ -97,10 +91,11 @@ impl EvalScreen {
     /// Follows the run: progress, then its report.
     pub fn tick(&mut self) {
         let Some(run) = &self.run else { return };
-        if self.report.is_none() {
-            if let Ok(text) = std::fs::read_to_string(run.join("report.json")) {
-                self.report = serde_json::from_str(&text).ok();
-            }
+        if self.report.is_some() {
+            return;
+        }
+        if let Ok(text) = std::fs::read_to_string(run.join("report.json")) {
+            self.report = serde_json::from_str(&text).ok();
         }
         if let Ok(text) = std::fs::read_to_string(run.join("events.jsonl")) {
             for line in text.lines() {
@@ -204,27 +199,21 @@ impl EvalScreen {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
-        let (Ok(exe), Ok(log)) = (std::env::current_exe(), std::fs::File::create(dir.join("eval.log"))) else {
-            return Outcome::Error("cannot start the evaluation".into());
-        };
-        let Ok(err) = log.try_clone() else { return Outcome::Error("cannot open the run's log".into()) };
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
-        cmd.args(["eval", "--detached", "--model", model.trim()]).arg("--data").arg(&set).arg("--run").arg(&dir);
-        cmd.args(["--shots", SHOTS[self.shots_ix]]);
+        let mut args: Vec<std::ffi::OsString> =
+            ["eval", "--detached", "--model", model.trim(), "--data"].map(Into::into).to_vec();
+        args.extend([set.into_os_string(), "--run".into(), dir.clone().into_os_string()]);
+        args.extend(["--shots", SHOTS[self.shots_ix]].map(Into::into));
         if let Some(name) = self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)) {
-            cmd.args(["--datasets", name]);
+            args.extend(["--datasets".into(), name.into()]);
         }
         let chosen: Vec<&(String, PathBuf)> = match self.adapter_ix {
             0 => self.adapters.iter().collect(),
             i => self.adapters.get(i - 1).into_iter().collect(),
         };
         for (name, path) in chosen {
-            cmd.arg("--adapter").arg(format!("{name}={}", path.display()));
+            args.extend(["--adapter".into(), format!("{name}={}", path.display()).into()]);
         }
-        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        match cmd.spawn() {
+        match super::spawn_run(&self.config_file, &self.workspace, &args, &dir.join("eval.log"), false) {
             Ok(child) => {
                 std::mem::forget(child);
                 self.run = Some(dir.clone());
@@ -232,7 +221,7 @@ impl EvalScreen {
                 self.progress = (0, 0);
                 Outcome::Notice(format!("evaluating into {} (detached)", dir.display()))
             }
-            Err(e) => Outcome::Error(format!("cannot start the evaluation: {e}")),
+            Err(e) => Outcome::Error(e),
         }
     }
 

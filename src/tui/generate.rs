@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -296,7 +296,7 @@ impl GenerateScreen {
             return Outcome::Error("choose a model first: Enter on Model, type a model folder".into());
         }
         if self.mode != Mode::None && self.corpus_ix == 0 {
-            return Outcome::Error(format!("mode {} needs a corpus", mode_name(self.mode)));
+            return Outcome::Error(format!("mode {} needs a corpus", self.mode.as_str()));
         }
         let index = match self.corpora.get(self.corpus_ix).filter(|_| self.corpus_ix > 0 && self.mode != Mode::None) {
             Some(c) => match self.index_for(c) {
@@ -318,37 +318,29 @@ impl GenerateScreen {
             }
         };
         let seed = run_seed(&run_dir);
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(e) => return Outcome::Error(format!("cannot find the selfspec program: {e}")),
-        };
         if let Err(e) = std::fs::create_dir_all(&run_dir) {
             return Outcome::Error(format!("cannot create {}: {e}", run_dir.display()));
         }
-        let log = match std::fs::File::create(run_dir.join("generate.log")) {
-            Ok(f) => f,
-            Err(e) => return Outcome::Error(format!("cannot write {}: {e}", run_dir.join("generate.log").display())),
-        };
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
-        cmd.arg("generate").arg("--seeds").arg(&seeds).arg("--model").arg(self.model.trim());
-        cmd.args(["--n", &self.n.to_string(), "--seed", &seed.to_string(), "--progress", "jsonl"]);
-        cmd.args(["--mode", mode_name(self.mode)]).arg("--run").arg(&run_dir);
-        if let Some(index) = &index {
-            cmd.arg("--corpus").arg(index);
+        let mut args: Vec<std::ffi::OsString> = vec!["generate".into(), "--seeds".into(), seeds.into_os_string()];
+        args.extend(["--model", self.model.trim()].map(Into::into));
+        args.extend(["--n", &self.n.to_string(), "--seed", &seed.to_string(), "--progress", "jsonl"].map(Into::into));
+        args.extend(["--mode", self.mode.as_str(), "--run"].map(Into::into));
+        args.push(run_dir.clone().into_os_string());
+        if let Some(index) = index {
+            args.extend(["--corpus".into(), index.into_os_string()]);
         }
-        if let Some(a) = self.adapters.get(self.adapter_ix).filter(|a| a.dir.is_some()) {
-            cmd.arg("--adapter").arg(a.dir.as_ref().expect("filtered"));
-            if a.contrastive {
-                cmd.arg("--contrastive");
+        if let Some(a) = self.adapters.get(self.adapter_ix) {
+            if let Some(dir) = &a.dir {
+                args.extend(["--adapter".into(), dir.clone().into_os_string()]);
+                if a.contrastive {
+                    args.push("--contrastive".into());
+                }
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-        // Its own process group: a Ctrl-C meant for the terminal does not reach it.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = match cmd.spawn() {
+        let log = run_dir.join("generate.log");
+        let mut child = match super::spawn_run(&self.config_file, &self.workspace, &args, &log, true) {
             Ok(c) => c,
-            Err(e) => return Outcome::Error(format!("cannot start generation: {e}")),
+            Err(e) => return Outcome::Error(e),
         };
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -535,7 +527,7 @@ impl GenerateScreen {
             } else {
                 format!("‹ {} ›", name(&self.corpora[self.corpus_ix]))
             },
-            format!("‹ {} ›", mode_name(self.mode)),
+            format!("‹ {} ›", self.mode.as_str()),
             match (&self.typing, self.field) {
                 (Some(t), 5) => format!("{t}▏"),
                 _ => self.n.to_string(),
@@ -651,10 +643,6 @@ impl GenerateScreen {
             self.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();
         frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
     }
-}
-
-pub fn mode_name(mode: Mode) -> &'static str {
-    mode.as_str()
 }
 
 /// The seed of a run: the one its config.yaml records, else a new one from the clock.

@@ -79,6 +79,32 @@ fn overlay_box(
     inner
 }
 
+/// Starts `selfspec --config C --workspace W ARGS…` for a run, in its own process group (out of
+/// the terminal's, so a Ctrl-C or a closed SSH session meant for the workbench does not reach
+/// it), stdin closed, stderr — and stdout unless `pipe_stdout` — going to `log`.
+fn spawn_run(
+    config_file: &std::path::Path,
+    workspace: &Workspace,
+    args: &[std::ffi::OsString],
+    log: &std::path::Path,
+    pipe_stdout: bool,
+) -> Result<std::process::Child, String> {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the selfspec program: {e}"))?;
+    let log_file = std::fs::File::create(log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
+    let stdout = if pipe_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::from(log_file.try_clone().map_err(|e| format!("cannot open {}: {e}", log.display()))?)
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config").arg(config_file).arg("--workspace").arg(&workspace.root).args(args);
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(log_file);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let what = args.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
+    cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
     // Everything that can fail on bad input happens before the terminal is taken over, so its
     // message prints normally.

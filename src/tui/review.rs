@@ -57,22 +57,7 @@ fn status_name(s: Status) -> &'static str {
 
 /// Run folders that hold samples, newest first.
 pub fn sample_runs(workspace: &Workspace) -> Vec<PathBuf> {
-    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(workspace.runs_dir())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.join(crate::generate::pipeline::SAMPLES).exists())
-                .map(|p| {
-                    let t = std::fs::metadata(p.join("config.yaml"))
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH);
-                    (t, p)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    runs.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    runs.into_iter().map(|(_, p)| p).collect()
+    workspace.runs_newest_first(|p| p.join(crate::generate::pipeline::SAMPLES).exists())
 }
 
 impl ReviewScreen {
@@ -388,7 +373,7 @@ impl ReviewScreen {
             (Some(m), Some(r)) => format!("{m} (ROUGE-L {r:.2})"),
             _ => "—".into(),
         };
-        let mode = p.mode.map(super::generate::mode_name).unwrap_or("?");
+        let mode = p.mode.map(crate::generate::pipeline::Mode::as_str).unwrap_or("?");
         let lines = vec![
             Line::from(vec![Span::styled("demos   ", theme.field_label), Span::raw(p.demos.join(", "))]),
             Line::from(vec![Span::styled("docs    ", theme.field_label), Span::raw(format!("{docs} ({mode})"))]),

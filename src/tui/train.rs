@@ -8,7 +8,6 @@
 //! `selfspec attach RUN` (or this screen in any other workbench) follows it from events.jsonl.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -73,8 +72,8 @@ fn alive(pid: u32) -> bool {
 
 impl RunView {
     fn open(dir: &Path) -> RunView {
-        let job = std::fs::read_to_string(dir.join("config.yaml")).ok().and_then(|t| crate::yaml::from_str(&t).ok());
-        let mut v = RunView { dir: dir.to_path_buf(), job, steps: Vec::new(), total_steps: 0, last: None, read_to: 0 };
+        let mut v =
+            RunView { dir: dir.to_path_buf(), job: None, steps: Vec::new(), total_steps: 0, last: None, read_to: 0 };
         v.refresh();
         v
     }
@@ -125,13 +124,6 @@ impl RunView {
             Some(TrainEvent::Finished { .. }) => State::Finished,
             Some(TrainEvent::Stopped { .. }) => State::Stopped,
             _ if self.pid().is_some_and(alive) => State::Running,
-            // Just started: the process has not written its pid yet.
-            None if self.pid().is_none()
-                && self.dir.join("train.log").exists()
-                && std::fs::metadata(self.dir.join("train.log")).is_ok_and(|m| m.len() == 0) =>
-            {
-                State::Running
-            }
             _ => State::Failed,
         }
     }
@@ -143,27 +135,11 @@ impl RunView {
 
 /// Training run folders under the workspace's runs/, newest first.
 pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
-    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(workspace.runs_dir())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    std::fs::read_to_string(p.join("config.yaml"))
-                        .ok()
-                        .is_some_and(|t| crate::yaml::from_str::<TrainJob>(&t).is_ok())
-                })
-                .map(|p| {
-                    (
-                        std::fs::metadata(p.join("config.yaml"))
-                            .and_then(|m| m.modified())
-                            .unwrap_or(std::time::UNIX_EPOCH),
-                        p,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    runs.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    runs.into_iter().map(|(_, p)| p).collect()
+    workspace.runs_newest_first(|p| {
+        std::fs::read_to_string(p.join("config.yaml"))
+            .ok()
+            .is_some_and(|t| crate::yaml::from_str::<TrainJob>(&t).is_ok())
+    })
 }
 
 pub struct TrainScreen {
@@ -251,30 +227,22 @@ impl TrainScreen {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(e) => return Outcome::Error(format!("cannot find the selfspec program: {e}")),
-        };
-        let log = match std::fs::File::create(dir.join("train.log")) {
-            Ok(f) => f,
-            Err(e) => return Outcome::Error(format!("cannot write {}: {e}", dir.join("train.log").display())),
-        };
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--config").arg(&self.config_file).arg("--workspace").arg(&self.workspace.root);
-        cmd.args(["train", "--detached", "--model", model.trim()]).arg("--data").arg(data).arg("--run").arg(&dir);
-        let Ok(err) = log.try_clone() else { return Outcome::Error("cannot open the run's log".into()) };
-        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
-        // Its own process group, out of the terminal's: it outlives the workbench and the SSH
-        // session (and ignores SIGHUP); x or SIGTERM stops it with a checkpoint.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        match cmd.spawn() {
+        let mut args: Vec<std::ffi::OsString> =
+            ["train", "--detached", "--model", model.trim(), "--data"].map(Into::into).to_vec();
+        args.extend([data.as_os_str().to_owned(), "--run".into(), dir.clone().into_os_string()]);
+        // Detached: it outlives the workbench and the SSH session (and ignores SIGHUP); x or
+        // SIGTERM stops it with a checkpoint.
+        match super::spawn_run(&self.config_file, &self.workspace, &args, &dir.join("train.log"), false) {
             Ok(child) => {
+                // The pid file, written before the first look at the run: `state` reads it.
+                // (The run writes the same pid itself once it starts.)
+                let _ = std::fs::write(dir.join(PID), child.id().to_string());
                 // Not waited for: the run belongs to its folder, not to this workbench.
                 std::mem::forget(child);
                 self.rescan(Some(&dir));
                 Outcome::Notice(format!("training in {} (detached; q leaves it running)", dir.display()))
             }
-            Err(e) => Outcome::Error(format!("cannot start training: {e}")),
+            Err(e) => Outcome::Error(e),
         }
     }
 
