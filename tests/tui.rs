@@ -21,19 +21,22 @@ fn workspace(name: &str) -> Workspace {
     Workspace::open(&root).unwrap().0
 }
 
-fn app_with(name: &str, file: Option<PathBuf>) -> App {
-    let ws = workspace(name);
+/// The workbench's options for `ws`: default config, no file, model or run given.
+fn options(ws: Workspace) -> Options {
     let config_dir = ws.root.join("config");
-    App::new(Options {
+    Options {
         workspace: ws,
         config: Config::default(),
         config_dir,
-        file,
+        file: None,
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
         attach: None,
-    })
-    .unwrap()
+    }
+}
+
+fn app_with(name: &str, file: Option<PathBuf>) -> App {
+    App::new(Options { file, ..options(workspace(name)) }).unwrap()
 }
 
 fn app(name: &str) -> App {
@@ -139,17 +142,7 @@ fn snapshot_read_only_file() {
     let path = ws.seeds_dir().join("broken.yaml");
     std::fs::write(&path, "domain: x\nseeds:\n- id: a\n  task: qa\n  intruction: Typo in the key.\n  output: y\n")
         .unwrap();
-    let config_dir = ws.root.join("config");
-    let app = App::new(Options {
-        workspace: ws,
-        config: Config::default(),
-        config_dir,
-        file: Some(path),
-        config_file: PathBuf::from("/nonexistent/config.yaml"),
-        model: None,
-        attach: None,
-    })
-    .unwrap();
+    let app = App::new(Options { file: Some(path), ..options(ws) }).unwrap();
     insta::assert_snapshot!(draw(&app));
 }
 
@@ -289,17 +282,7 @@ fn a_read_only_file_refuses_edits_and_stays_untouched() {
     let path = ws.seeds_dir().join("broken.yaml");
     let text = "domain: x\nextra: 1\nseeds:\n- id: a\n  task: qa\n  instruction: I\n  output: O\n";
     std::fs::write(&path, text).unwrap();
-    let config_dir = ws.root.join("config");
-    let mut app = App::new(Options {
-        workspace: ws,
-        config: Config::default(),
-        config_dir,
-        file: Some(path.clone()),
-        config_file: PathBuf::from("/nonexistent/config.yaml"),
-        model: None,
-        attach: None,
-    })
-    .unwrap();
+    let mut app = App::new(Options { file: Some(path.clone()), ..options(ws) }).unwrap();
     for k in ['a', 'd', 'y', 't'] {
         press(&mut app, &clock, KeyCode::Char(k));
     }
@@ -482,17 +465,7 @@ fn review_decides_undoes_filters_and_exports() {
             })
             .unwrap();
     }
-    let config_dir = ws.root.join("config");
-    let mut app = App::new(Options {
-        workspace: ws,
-        config: Config::default(),
-        config_dir,
-        file: None,
-        config_file: PathBuf::from("/nonexistent/config.yaml"),
-        model: None,
-        attach: None,
-    })
-    .unwrap();
+    let mut app = App::new(Options { ..options(ws) }).unwrap();
     press(&mut app, &clock, KeyCode::Char('3'));
     keys(&mut app, &clock, "a");
     insta::assert_snapshot!(draw(&app));
@@ -539,17 +512,7 @@ fn snapshot_train_screen_attached_to_a_run() {
         .push(serde_json::json!({"event": "stopped", "step": 30, "checkpoint": run.join("checkpoints/checkpoint-30")}));
     let text: String = events.iter().map(|e| e.to_string() + "\n").collect();
     std::fs::write(run.join("events.jsonl"), text).unwrap();
-    let config_dir = ws.root.join("config");
-    let app = App::new(Options {
-        workspace: ws,
-        config: Config::default(),
-        config_dir,
-        file: None,
-        config_file: PathBuf::from("/nonexistent/config.yaml"),
-        model: None,
-        attach: Some(run.clone()),
-    })
-    .unwrap();
+    let app = App::new(Options { attach: Some(run.clone()), ..options(ws) }).unwrap();
     assert_eq!(app.tab, selfspec::tui::Tab::Train);
     let screen = draw(&app);
     assert!(screen.contains("stopped") && screen.contains("step 30/45"), "{screen}");
@@ -601,17 +564,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     };
     std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
-    let config_dir = ws.root.join("config");
-    let mut app = App::new(Options {
-        workspace: ws,
-        config: Config::default(),
-        config_dir,
-        file: None,
-        config_file: PathBuf::from("/nonexistent/config.yaml"),
-        model: None,
-        attach: None,
-    })
-    .unwrap();
+    let mut app = App::new(Options { ..options(ws) }).unwrap();
     press(&mut app, &clock, KeyCode::Char('5'));
     keys(&mut app, &clock, "jl");
     insta::assert_snapshot!(draw(&app));
