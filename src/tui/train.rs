@@ -66,8 +66,16 @@ pub struct Step {
     pub epoch: f64,
 }
 
+/// Whether process `pid` is running. A run this workbench started and that has ended stays a
+/// zombie (it is never waited for), so state `Z` counts as ended.
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S …": the state follows the last ')'.
+        Ok(stat) => {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c != 'Z')
+        }
+        Err(_) => false,
+    }
 }
 
 impl RunView {
@@ -435,4 +443,22 @@ fn downsample(points: &[(f64, f64)], width: usize) -> Vec<(f64, f64)> {
             (c.iter().map(|p| p.0).sum::<f64>() / n, c.iter().map(|p| p.1).sum::<f64>() / n)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive;
+
+    #[test]
+    fn an_ended_child_never_waited_for_is_not_alive() {
+        let mut child = std::process::Command::new("sh").args(["-c", "exit 1"]).spawn().unwrap();
+        let pid = child.id();
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "still alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(alive(std::process::id()));
+        child.wait().unwrap();
+    }
 }
