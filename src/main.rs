@@ -1171,7 +1171,7 @@ fn bench_qlora(args: &ModelArgs, prompt_len: usize) -> anyhow::Result<ExitCode> 
     println!("{:<6} {:>14} {:>10} {:>14} {:>14}", "type", "projections", "bits/w", "mean |Δlogit|", "max |Δ|/max|l|");
     for t in [QuantType::Q4_0, QuantType::Q4k, QuantType::Q8_0] {
         let mut m = args.load()?;
-        let count: usize = m.decoder.linears_mut().iter().map(|(_, l)| l.weight().map_or(0, |w| w.elem_count())).sum();
+        let count: usize = m.decoder.linears_mut().iter().map(|(_, l)| l.features().map_or(0, |(i, o)| i * o)).sum();
         let (_, after) = match selfspec::model::linear::quantize_projections(m.decoder.linears_mut(), t.ggml()) {
             Ok(x) => x,
             Err(e) => {

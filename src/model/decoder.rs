@@ -8,10 +8,13 @@
 //! Two passes: [`Pass::Inference`] uses candle's fused `rms_norm`, `softmax_last_dim` and `rope`,
 //! which have no backward; [`Pass::Training`] builds the same maths from differentiable ops.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::{DecoderSpec, Rope, RopeScaling};
-use super::linear::Linear;
+use super::linear::{Base, Linear};
+use super::packed::Packed;
 use super::weights::Weights;
 use super::ModelError;
 
@@ -140,9 +143,33 @@ impl Cache {
     }
 }
 
+/// Where token embeddings are looked up.
+enum Embeddings {
+    Table(Tensor),
+    /// The tied LM head's packed weight, whose rows are the embeddings: one copy of the
+    /// vocabulary matrix instead of two.
+    Head(Arc<Packed>),
+}
+
+impl Embeddings {
+    /// The embeddings of `ids` (`[n]`, u32), `[n, hidden]`.
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embeddings::Table(t) => t.index_select(ids, 0),
+            Embeddings::Head(p) => {
+                let ids = ids.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= p.out_features()) {
+                    candle_core::bail!("token id {bad} is outside the vocabulary of {}", p.out_features())
+                }
+                Tensor::from_vec(p.gather_rows(&ids), (ids.len(), p.in_features()), &Device::Cpu)
+            }
+        }
+    }
+}
+
 pub struct Decoder {
     pub spec: DecoderSpec,
-    embed: Tensor,
+    embed: Embeddings,
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -272,6 +299,12 @@ impl Decoder {
             }
         }
         let inv_freq = Tensor::new(freqs, w.device())?;
+        let embed = match &lm_head.base {
+            Base::Packed(p) if s.tie_word_embeddings && embed.dtype() == DType::F32 && embed.device().is_cpu() => {
+                Embeddings::Head(p.clone())
+            }
+            _ => Embeddings::Table(embed),
+        };
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })
     }
 
@@ -336,7 +369,7 @@ impl Decoder {
         };
 
         let ids = tokens.flatten_all()?;
-        let mut x = self.embed.index_select(&ids, 0)?.reshape((rows, new, self.spec.hidden_size))?;
+        let mut x = self.embed.lookup(&ids)?.reshape((rows, new, self.spec.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = if layer.sliding { window_mask.as_ref() } else { full_mask.as_ref() };
             let h = layer.input_norm.forward(&x, pass)?;

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+
+use super::packed::Packed;
 
 #[derive(Debug, Clone)]
 pub enum Base {
@@ -15,8 +17,13 @@ pub enum Base {
     Dense(Tensor),
     /// The same weight stored `[in_features, out_features]`: on the CPU, candle's matmul is
     /// about twice as fast this way for a decoder's projections at small batch, but slower for
-    /// a vocabulary-sized head (examples/mm.rs measures both); see [`Linear::dense`].
+    /// a vocabulary-sized head (examples/mm.rs measures both); see [`Linear::dense`]. Used for
+    /// 16-bit weights on the CPU.
     DenseT(Tensor),
+    /// An f32 weight on the CPU in the panel layout of [`crate::model::packed`], multiplied by
+    /// its own kernel (3× candle's matmul at decode's 8 rows: `cargo run --release --example
+    /// packed`). Differentiable with respect to the input, so training runs through it too.
+    Packed(Arc<Packed>),
     Quantized(Arc<QMatMul>),
     /// QLoRA's frozen base: the weight stored in a GGML block type (`[out, in]`), dequantized
     /// to the activations' type for each forward and again for each backward, and dropped right
@@ -54,7 +61,44 @@ impl CustomOp1 for InputGrad {
     }
 }
 
-/// Output sizes up to this get the `[in, out]` layout on the CPU.
+/// `x Wᵀ` through a [`Base::Packed`] weight; the backward is `grad · W`, with W unpacked just
+/// for it (the base is frozen: no gradient for W).
+struct PackedMatmul(Arc<Packed>);
+
+impl CustomOp1 for PackedMatmul {
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("a packed f32 weight takes f32 activations, not {:?}", candle_core::backend::BackendStorage::dtype(storage))
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-matmul: the input is not contiguous")
+        };
+        let w = &self.0;
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&w.in_features()) {
+            candle_core::bail!("packed-matmul: input {dims:?} against a weight of {} inputs", w.in_features())
+        }
+        let rows = (end - start) / w.in_features().max(1);
+        let mut y = vec![0f32; rows * w.out_features()];
+        w.matmul(&data[start..end], rows, &mut y);
+        if let Some(last) = dims.last_mut() {
+            *last = w.out_features();
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = &self.0;
+        let w = Tensor::from_vec(w.unpack(), (w.out_features(), w.in_features()), arg.device())?;
+        Ok(Some(matmul(grad, &w)?))
+    }
+}
+
+/// Output sizes up to this get the `[in, out]` layout for 16-bit weights on the CPU.
 const PRETRANSPOSE_MAX_OUT: usize = 16_384;
 
 #[derive(Debug, Clone)]
@@ -131,7 +175,12 @@ fn matmul(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
 impl Linear {
     /// A dense layer from a `[out, in]` weight, stored in the faster layout for its device.
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        let base = if weight.device().is_cpu() && weight.dim(0)? <= PRETRANSPOSE_MAX_OUT {
+        let (out, inp) = weight.dims2()?;
+        let base = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            drop(weight);
+            Base::Packed(Arc::new(Packed::new(&values, out, inp)))
+        } else if weight.device().is_cpu() && out <= PRETRANSPOSE_MAX_OUT {
             Base::DenseT(weight.t()?.contiguous()?)
         } else {
             Base::Dense(weight)
@@ -144,9 +193,30 @@ impl Linear {
         match &self.base {
             Base::Dense(w) => Ok(w.clone()),
             Base::DenseT(wt) => wt.t(),
+            Base::Packed(p) => Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu),
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
             Base::Dequant(q) => q.dequantize(&q.device()),
         }
+    }
+
+    /// (in_features, out_features), whatever the base.
+    pub fn features(&self) -> Result<(usize, usize)> {
+        Ok(match &self.base {
+            Base::Dense(w) => (w.dim(1)?, w.dim(0)?),
+            Base::DenseT(wt) => (wt.dim(0)?, wt.dim(1)?),
+            Base::Packed(p) => (p.in_features(), p.out_features()),
+            Base::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => {
+                    let d = t.shape().dims();
+                    (d[1], d[0])
+                }
+                QMatMul::Tensor(w) | QMatMul::TensorF16(w) => (w.dim(1)?, w.dim(0)?),
+            },
+            Base::Dequant(q) => {
+                let d = q.shape().dims();
+                (d[1], d[0])
+            }
+        })
     }
 
     pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Linear {
@@ -157,6 +227,7 @@ impl Linear {
         let mut y = match &self.base {
             Base::Dense(w) => matmul(x, &w.t()?)?,
             Base::DenseT(wt) => matmul(x, wt)?,
+            Base::Packed(p) => x.contiguous()?.apply_op1(PackedMatmul(p.clone()))?,
             Base::Quantized(q) => q.forward(x)?,
             Base::Dequant(q) => {
                 let out_features = q.shape().dims()[0];
@@ -201,7 +272,7 @@ pub fn quantize_projections(linears: Vec<(String, &mut Linear)>, dtype: GgmlDTyp
     let (mut before, mut after) = (0, 0);
     for (name, linear) in linears {
         let w = match &linear.base {
-            Base::Dense(_) | Base::DenseT(_) => linear.weight()?.contiguous()?,
+            Base::Dense(_) | Base::DenseT(_) | Base::Packed(_) => linear.weight()?.contiguous()?,
             _ => continue,
         };
         let (out, inp) = w.dims2()?;
@@ -231,7 +302,7 @@ mod tests {
         let b = Tensor::new(&[1f32, -1., 0.5], &dev)?;
         let x = Tensor::arange(0f32, 8., &dev)?.reshape((1, 2, 4))?;
         let mut layer = Linear::dense(w.clone(), Some(b.clone()))?;
-        assert!(matches!(layer.base, Base::DenseT(_)));
+        assert!(matches!(layer.base, Base::Packed(_)));
         assert_eq!(layer.weight()?.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
         let plain = layer.forward(&x)?;
         // x Wᵀ + b by hand for the first row: [0,1,2,3]·rows of W + b.

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod gguf;
 pub mod hub;
 pub mod linear;
+pub mod packed;
 pub mod tokenizer;
 pub mod weights;
 

@@ -164,27 +164,6 @@ pub fn tensor_name(linear: &str, which: char) -> String {
     format!("base_model.model.{linear}.lora_{which}.weight")
 }
 
-/// A linear layer's (in, out) features.
-pub fn features(linear: &crate::model::linear::Linear) -> candle_core::Result<(usize, usize)> {
-    use crate::model::linear::Base;
-    use candle_core::quantized::QMatMul;
-    Ok(match &linear.base {
-        Base::Dense(w) => (w.dim(1)?, w.dim(0)?),
-        Base::DenseT(wt) => (wt.dim(0)?, wt.dim(1)?),
-        Base::Quantized(q) => match q.as_ref() {
-            QMatMul::QTensor(t) => {
-                let d = t.shape().dims();
-                (d[1], d[0])
-            }
-            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => (w.dim(1)?, w.dim(0)?),
-        },
-        Base::Dequant(q) => {
-            let d = q.shape().dims();
-            (d[1], d[0])
-        }
-    })
-}
-
 /// Loads the adapter in `dir` onto `model` under `name` (enabled). Every targeted projection
 /// must have both tensors with the right shapes; a tensor for anything else is an error.
 pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, AdapterError> {
@@ -210,7 +189,7 @@ pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, 
         if !cfg.target_modules.matches(&linear_name) {
             continue;
         }
-        let (inf, outf) = features(linear).map_err(|e| bad(&path, e.to_string()))?;
+        let (inf, outf) = linear.features().map_err(|e| bad(&path, e.to_string()))?;
         let get = |which: char, shape: (usize, usize)| -> Result<Tensor, AdapterError> {
             let key = tensor_name(&linear_name, which);
             let t = tensors

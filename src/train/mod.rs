@@ -196,7 +196,7 @@ impl Trainer {
             if !targets.matches(&linear_name) {
                 continue;
             }
-            let (inf, outf) = adapter::features(linear)?;
+            let (inf, outf) = linear.features()?;
             let bound = 1.0 / (inf as f64).sqrt();
             let a: Vec<f32> = (0..config.r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
             let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inf), &device)?)?;

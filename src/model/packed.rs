@@ -1,0 +1,354 @@
+//! `y = x Wᵀ` for f32 weights on the CPU, with W packed once at load into column panels.
+//!
+//! Decoding a batch of a few rows is a product of a thin `x` (`[rows, in]`) with every weight of
+//! the model, which no cache holds: its speed is how fast the weights stream through the cores.
+//! A general GEMM (candle's, through the `gemm` crate) packs and re-reads W for such shapes and
+//! moves a cold weight at about a third of the memory's bandwidth at eight rows. Here W is stored
+//! the way the micro-kernel reads it — panels of [`NR`] output columns, each panel's `in` rows of
+//! [`NR`] floats back to back — so one pass walks the whole weight once, front to back, with
+//! every row of `x` consuming each loaded vector.
+//!
+//! The same layout serves large row counts (prefill, training's forward) in blocks of [`KC`]
+//! depth, and gathers the rows of a tied embedding ([`Packed::gather_rows`]).
+//!
+//! Invariants: panels are zero beyond `out` (the last panel's padding), so no masked arithmetic
+//! is needed on the inner loop; only the final stores are masked.
+
+use rayon::prelude::*;
+
+/// Output columns per panel: three 16-float vectors.
+pub const NR: usize = 48;
+/// Rows of `x` per micro-tile: 8 × 3 accumulators plus 3 weight vectors fit AVX-512's 32 registers.
+const MR: usize = 8;
+/// Depth per pass: a panel block of `KC × NR` floats (96 KiB) stays in L2 while every row tile
+/// of a large `x` runs over it.
+const KC: usize = 512;
+
+/// One cache line of a panel row (16 floats, 64-byte aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A `[out, in]` weight in panel layout.
+pub struct Packed {
+    /// `panels × in × NR` floats.
+    lines: Vec<Line>,
+    out: usize,
+    inp: usize,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed[{}, {}]", self.out, self.inp)
+    }
+}
+
+/// A raw pointer the workers write disjoint column ranges through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Packed {
+    /// Packs a row-major `[out, inp]` weight.
+    pub fn new(w: &[f32], out: usize, inp: usize) -> Packed {
+        assert_eq!(w.len(), out * inp, "weight of {} floats is not [{out}, {inp}]", w.len());
+        let panels = out.div_ceil(NR);
+        let lines_per_panel = inp * NR / 16;
+        if lines_per_panel == 0 {
+            return Packed { lines: Vec::new(), out, inp };
+        }
+        let mut lines = vec![Line([0.0; 16]); panels * lines_per_panel];
+        lines.par_chunks_mut(lines_per_panel).enumerate().for_each(|(p, panel)| {
+            let cols = (out - p * NR).min(NR);
+            let flat: &mut [f32] =
+                unsafe { std::slice::from_raw_parts_mut(panel.as_mut_ptr().cast::<f32>(), lines_per_panel * 16) };
+            for j in 0..cols {
+                let row = &w[(p * NR + j) * inp..][..inp];
+                for (k, v) in row.iter().enumerate() {
+                    flat[k * NR + j] = *v;
+                }
+            }
+        });
+        Packed { lines, out, inp }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    fn floats(&self) -> &[f32] {
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.lines.len() * 16) }
+    }
+
+    /// The weight back as row-major `[out, in]`.
+    pub fn unpack(&self) -> Vec<f32> {
+        self.gather_rows(&(0..self.out as u32).collect::<Vec<_>>())
+    }
+
+    /// Rows `ids` of the `[out, in]` weight, back to back: an embedding lookup when the
+    /// weight is a tied embedding matrix. Panics on an id ≥ `out` (callers check ids).
+    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let f = self.floats();
+        let mut rows = vec![0f32; ids.len() * self.inp];
+        for (dst, &id) in rows.chunks_mut(self.inp.max(1)).zip(ids) {
+            let id = id as usize;
+            assert!(id < self.out, "row {id} of a [{}, {}] weight", self.out, self.inp);
+            let panel = &f[(id / NR) * self.inp * NR..];
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = panel[k * NR + id % NR];
+            }
+        }
+        rows
+    }
+
+    /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten).
+    pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), rows * self.inp, "x is not [{rows}, {}]", self.inp);
+        assert_eq!(y.len(), rows * self.out, "y is not [{rows}, {}]", self.out);
+        if rows == 0 || self.out == 0 {
+            return;
+        }
+        if self.inp == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let kernel = Kernel::detect();
+        let panels = self.out.div_ceil(NR);
+        // Contiguous panel ranges, a few per thread so a slow core does not hold the rest up.
+        let workers = rayon::current_num_threads().max(1);
+        let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
+        let y_out = Out(y.as_mut_ptr());
+        let run = |first: usize| {
+            for p in first..(first + per).min(panels) {
+                self.panel(kernel, p, x, rows, y_out);
+            }
+        };
+        if panels <= per {
+            run(0);
+        } else {
+            (0..panels).step_by(per).collect::<Vec<_>>().into_par_iter().for_each(run);
+        }
+    }
+
+    /// Columns `p·NR ..` of every row of `y`.
+    fn panel(&self, kernel: Kernel, p: usize, x: &[f32], rows: usize, y: Out) {
+        let cols = (self.out - p * NR).min(NR);
+        let panel = &self.floats()[p * self.inp * NR..][..self.inp * NR];
+        let mut k0 = 0;
+        while k0 < self.inp {
+            let kc = (self.inp - k0).min(KC);
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = (rows - r0).min(MR);
+                let tile = Tile {
+                    depth: kc,
+                    a: unsafe { x.as_ptr().add(r0 * self.inp + k0) },
+                    lda: self.inp,
+                    b: unsafe { panel.as_ptr().add(k0 * NR) },
+                    c: unsafe { y.0.add(r0 * self.out + p * NR) },
+                    ldc: self.out,
+                    cols,
+                    accumulate: k0 > 0,
+                };
+                unsafe { kernel.run(mr, &tile) };
+                r0 += mr;
+            }
+            k0 += kc;
+        }
+    }
+}
+
+/// One micro-tile: `c[r][0..cols] (+)= Σ_k a[r][k] · b[k][0..cols]` for `r < rows`.
+struct Tile {
+    depth: usize,
+    a: *const f32,
+    lda: usize,
+    /// `depth × NR`, 64-byte aligned.
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+
+    /// # Safety
+    /// The tile's pointers cover `rows × depth` (a), `depth × NR` (b) and `rows × cols` (c).
+    unsafe fn run(self, rows: usize, t: &Tile) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::tile(rows, t) },
+            Kernel::Portable => unsafe { portable_tile(rows, t) },
+        }
+    }
+}
+
+/// The reference micro-kernel: plain loops, for CPUs without AVX-512 (and to test it against).
+unsafe fn portable_tile(rows: usize, t: &Tile) {
+    for r in 0..rows {
+        let mut acc = [0f32; NR];
+        for k in 0..t.depth {
+            let a = unsafe { *t.a.add(r * t.lda + k) };
+            let b = unsafe { std::slice::from_raw_parts(t.b.add(k * NR), NR) };
+            for (s, w) in acc.iter_mut().zip(b) {
+                *s += a * w;
+            }
+        }
+        let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols) };
+        for (dst, s) in c.iter_mut().zip(acc) {
+            *dst = if t.accumulate { *dst + s } else { s };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F present; the tile's pointers as [`super::Kernel::run`] requires.
+    pub(super) unsafe fn tile(rows: usize, t: &Tile) {
+        unsafe {
+            match rows {
+                8 => rows_n::<8>(t),
+                7 => rows_n::<7>(t),
+                6 => rows_n::<6>(t),
+                5 => rows_n::<5>(t),
+                4 => rows_n::<4>(t),
+                3 => rows_n::<3>(t),
+                2 => rows_n::<2>(t),
+                1 => rows_n::<1>(t),
+                _ => unreachable!("a tile has 1 to 8 rows"),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_n<const R: usize>(t: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        let mut b = t.b;
+        let mut a = t.a;
+        for _ in 0..t.depth {
+            unsafe {
+                let b0 = _mm512_load_ps(b);
+                let b1 = _mm512_load_ps(b.add(16));
+                let b2 = _mm512_load_ps(b.add(32));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * t.lda));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                    acc[2] = _mm512_fmadd_ps(x, b2, acc[2]);
+                }
+                b = b.add(NR);
+                a = a.add(1);
+            }
+        }
+        let masks: [__mmask16; 3] = std::array::from_fn(|v| {
+            let n = t.cols.saturating_sub(v * 16).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        });
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, &m) in masks.iter().enumerate() {
+                unsafe {
+                    let dst = t.c.add(r * t.ldc + v * 16);
+                    let mut s = acc[v];
+                    if t.accumulate {
+                        s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, dst));
+                    }
+                    _mm512_mask_storeu_ps(dst, m, s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(w: &[f32], out: usize, inp: usize, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                y[r * out + o] = (0..inp).map(|k| (x[r * inp + k] as f64) * (w[o * inp + k] as f64)).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::generate::Rng::new(seed);
+        (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matches_the_naive_product_on_ragged_shapes() {
+        // Outputs that leave a partial last panel (and a panel with under 16 columns), depths
+        // over one KC block, and row counts on both sides of a tile.
+        for &(out, inp) in &[(1usize, 1usize), (5, 3), (47, 17), (48, 64), (50, 600), (100, 1100), (200, 40)] {
+            let w = values(out * inp, out as u64 * 31 + inp as u64);
+            let packed = Packed::new(&w, out, inp);
+            assert_eq!(packed.unpack(), w, "[{out}, {inp}] round trip");
+            for rows in [1usize, 3, 8, 9, 21] {
+                let x = values(rows * inp, rows as u64);
+                let want = naive(&w, out, inp, &x, rows);
+                let mut got = vec![f32::NAN; rows * out];
+                packed.matmul(&x, rows, &mut got);
+                let tol = 1e-5 * (inp as f32).sqrt();
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() <= tol, "[{out}, {inp}] rows {rows} at {i}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_matches_the_detected_one() {
+        let (out, inp, rows) = (70, 530, 11);
+        let w = values(out * inp, 7);
+        let x = values(rows * inp, 8);
+        let packed = Packed::new(&w, out, inp);
+        let mut detected = vec![0f32; rows * out];
+        packed.matmul(&x, rows, &mut detected);
+        let mut portable = vec![0f32; rows * out];
+        let out_ptr = Out(portable.as_mut_ptr());
+        for p in 0..out.div_ceil(NR) {
+            packed.panel(Kernel::Portable, p, &x, rows, out_ptr);
+        }
+        for (a, b) in detected.iter().zip(&portable) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gathers_embedding_rows() {
+        let (out, inp) = (130, 9);
+        let w = values(out * inp, 3);
+        let packed = Packed::new(&w, out, inp);
+        let rows = packed.gather_rows(&[129, 0, 48, 47]);
+        for (i, id) in [129usize, 0, 48, 47].iter().enumerate() {
+            assert_eq!(&rows[i * inp..][..inp], &w[id * inp..][..inp]);
+        }
+    }
+}
