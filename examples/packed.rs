@@ -9,10 +9,19 @@ fn main() -> candle_core::Result<()> {
     let d = Device::Cpu;
     let mut shapes = Vec::new();
     for _ in 0..6 {
-        shapes.extend([(512usize, 512usize), (512, 512), (512, 512), (512, 512), (1376, 512), (1376, 512), (512, 1376)]);
+        shapes.extend([
+            (512usize, 512usize),
+            (512, 512),
+            (512, 512),
+            (512, 512),
+            (1376, 512),
+            (1376, 512),
+            (512, 1376),
+        ]);
     }
     shapes.push((32000, 512));
-    let weights: Vec<Tensor> = shapes.iter().map(|&(o, i)| Tensor::randn(0f32, 1., (o, i), &d)).collect::<candle_core::Result<_>>()?;
+    let weights: Vec<Tensor> =
+        shapes.iter().map(|&(o, i)| Tensor::randn(0f32, 1., (o, i), &d)).collect::<candle_core::Result<_>>()?;
     // candle's fastest layouts: [in, out] for projections, [out, in] for the head.
     let candle_w: Vec<Tensor> = weights
         .iter()

@@ -7,6 +7,11 @@ them as GGUF with `selfspec quantize` (Q4_0, Q4_K, Q8_0) and once with the gguf 
 transformers (`from_pretrained(..., gguf_file=...)`, which dequantizes with the gguf package)
 and records last-position logits and greedy continuations in expected.json.
 
+Two more files come from the gguf package alone, f32, for what llama.cpp stores outside the
+weights: Llama 3 rope scaling as the `rope_freqs` tensor (computed here with llama.cpp's
+converter formula) and Mistral's `attention.sliding_window`. transformers' GGUF loader reads
+neither, so their expected.json comes from transformers on the original Hugging Face model.
+
     python scripts/make_gguf_fixtures.py target/release/selfspec
 """
 import json
@@ -19,7 +24,7 @@ import tempfile
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter, quants
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_tiny_models import VOCAB, save_random_model  # noqa: E402
@@ -36,12 +41,38 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_with_gguf_package(hf_dir, path):
-    """A Q8_0 llama GGUF written by the gguf package, as llama.cpp's converter lays it out."""
+def llama3_rope_factors(rope, head_dim):
+    """llama.cpp's `rope_freqs` for Llama 3 scaling (convert_hf_to_gguf.py's formula)."""
+    import math
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / (base ** (i / head_dim))
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
+    """A llama GGUF written by the gguf package, as llama.cpp's converter lays it out."""
     from safetensors.numpy import load_file
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
     w = GGUFWriter(path, "llama")
+    rope = cfg["rope_parameters"]
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    if rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, head_dim))
+    if cfg.get("sliding_window"):
+        w.add_sliding_window(cfg["sliding_window"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -71,8 +102,8 @@ def write_with_gguf_package(hf_dir, path):
             data = permute(data, cfg["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
             data = permute(data, cfg["num_key_value_heads"])
-        if data.ndim == 2:
-            w.add_tensor(gname, quants.quantize(data, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
+        if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
+            w.add_tensor(gname, quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(gname, data)
     w.write_header_to_file()
@@ -84,6 +115,20 @@ def write_with_gguf_package(hf_dir, path):
 def reference(folder, fname, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
                                                  attn_implementation="eager").eval()
+    cases = []
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].tolist()
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=16)[0, len(ids):].tolist()
+        cases.append({"prompt": text, "prompt_ids": ids, "last_logits": logits, "greedy_ids": out})
+    return cases
+
+
+def reference_hf(hf_dir, tokenizer):
+    """transformers on the Hugging Face model itself."""
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     cases = []
     for text in PROMPTS:
         ids = tokenizer(text)["input_ids"]
@@ -120,6 +165,24 @@ def main():
             write_with_gguf_package(hf, os.path.join(folder, fname))
             expected[fname] = reference(folder, fname, tokenizer)
         json.dump(expected, open(os.path.join(folder, "expected.json"), "w"))
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, vocab_size=VOCAB,
+                 tie_word_embeddings=False)
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    extra = {
+        "llama3-rope": (LlamaConfig(rope_parameters=llama3, **small), 13),
+        "mistral-window": (MistralConfig(sliding_window=4, **small), 14),
+    }
+    for name, (config, seed) in extra.items():
+        hf = os.path.join(work, name)
+        _, tokenizer = save_random_model(config, True, seed, hf)
+        folder = os.path.join(OUT, name)
+        os.makedirs(folder)
+        shutil.copy(os.path.join(hf, "tokenizer.json"), folder)
+        fname = "f32-gguf-package.gguf"
+        write_with_gguf_package(hf, os.path.join(folder, fname), GGMLQuantizationType.F32)
+        json.dump({fname: reference_hf(hf, tokenizer)}, open(os.path.join(folder, "expected.json"), "w"))
     shutil.rmtree(work)
 
 

@@ -85,9 +85,9 @@ enum Command {
         /// The model folder (safetensors).
         #[arg(long)]
         model: PathBuf,
-        /// The quantized type of the projections and embeddings.
+        /// The type of the projections and embeddings (f32 and f16 keep them unquantized).
         #[arg(long = "type", value_enum)]
-        qtype: selfspec::model::gguf::QuantType,
+        qtype: selfspec::model::gguf::FileType,
         /// The .gguf file to write (tokenizer.json is copied beside it).
         #[arg(long)]
         out: PathBuf,

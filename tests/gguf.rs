@@ -1,7 +1,10 @@
-//! GGUF: files written by `selfspec quantize` (Q4_0, Q4_K, Q8_0) and one written by the gguf
+//! GGUF: files written by `selfspec quantize` (Q4_0, Q4_K, Q8_0) and three written by the gguf
 //! package alone (no selfspec code), against transformers on the same files, which dequantizes
 //! them with the gguf package: scripts/make_gguf_fixtures.py recorded its logits and greedy
-//! tokens.
+//! tokens. Two of the package's files carry what llama.cpp keeps outside the weights — Llama 3
+//! rope scaling as `rope_freqs`, Mistral's sliding window — and are checked against transformers
+//! on the original model. Every parity model (tests/fixtures/models) also goes through
+//! `selfspec quantize --type f32` and must still match transformers exactly.
 //!
 //! Dequantized, selfspec must match exactly (logits to 1e-4, every greedy token): that checks the
 //! reader, llama.cpp's q/k permutation, the rope layout, tied heads and biases. Quantized,
@@ -29,7 +32,7 @@ struct Case {
 
 fn files() -> Vec<(PathBuf, Vec<Case>)> {
     let mut out = Vec::new();
-    for name in ["llama", "qwen2"] {
+    for name in ["llama", "qwen2", "llama3-rope", "mistral-window"] {
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir(name).join("expected.json")).unwrap()).unwrap();
         let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
@@ -48,7 +51,7 @@ fn files() -> Vec<(PathBuf, Vec<Case>)> {
             out.push((dir(name).join(file), cases));
         }
     }
-    assert_eq!(out.len(), 5);
+    assert_eq!(out.len(), 7);
     out
 }
 
@@ -62,6 +65,58 @@ fn run(path: &Path, mode: Mode, case: &Case) -> (Vec<f32>, Vec<u32>) {
     let (out, _) =
         generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
     (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out[0].ids.clone())
+}
+
+/// The parity models and transformers' record for them (see tests/parity.rs).
+fn parity_models() -> Vec<(PathBuf, Vec<Case>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("expected.json")) else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let cases = v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Case {
+                prompt: c["prompt"].as_str().unwrap().into(),
+                ids: ids(&c["prompt_ids"]),
+                logits: c["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+                greedy: ids(&c["greedy_ids"]),
+            })
+            .collect();
+        out.push((dir, cases));
+    }
+    assert_eq!(out.len(), 6);
+    out
+}
+
+#[test]
+fn every_parity_model_survives_an_f32_round_trip_through_gguf() {
+    // Llama 3 rope (rope_freqs), a sliding window, GQA, biases, q/k norms, tied heads, shards.
+    for (dir, cases) in parity_models() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (qtype, bound) in [(gguf::FileType::F32, None), (gguf::FileType::F16, Some(0.02))] {
+            let out = tmp.path().join(format!("{qtype:?}.gguf"));
+            gguf::quantize(&dir, &out, qtype).unwrap();
+            for case in &cases {
+                let (logits, greedy) = run(&out, Mode::Dequantized, case);
+                let d = max_diff(&logits, &case.logits);
+                match bound {
+                    None => {
+                        assert!(d <= 1e-4, "{} as {qtype:?}: {:?}: max |Δlogit| {d}", dir.display(), case.prompt);
+                        assert_eq!(greedy, case.greedy[..greedy.len()], "{} {:?}", dir.display(), case.prompt);
+                    }
+                    Some(rel) => {
+                        let scale = case.logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        assert!(d <= rel * scale, "{} as {qtype:?}: max |Δlogit| {d} of {scale}", dir.display());
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -216,6 +216,26 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         }
     };
     let one = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
+    let scaling = match content.metadata.get(&key("rope.scaling.type")) {
+        None => RopeScaling::None,
+        Some(v) => match v.to_string().map(String::as_str) {
+            Ok("none") => RopeScaling::None,
+            Ok("linear") => RopeScaling::Linear { factor: meta_f(&content, path, &key("rope.scaling.factor"), 1.0)? },
+            other => {
+                return Err(ModelError::Config {
+                    file: path.to_path_buf(),
+                    key: key("rope.scaling.type"),
+                    message: format!(
+                        "{other:?} is not supported; selfspec reads none and linear (and Llama 3's rope_freqs tensor)"
+                    ),
+                })
+            }
+        },
+    };
+    let sliding_window = match content.metadata.get(&key("attention.sliding_window")) {
+        Some(_) => Some(meta_u(&content, path, &key("attention.sliding_window"))?),
+        None => None,
+    };
     let spec = DecoderSpec {
         architecture: match arch.as_str() {
             "qwen2" => "qwen2",
@@ -230,15 +250,15 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         num_kv_heads: kv_heads,
         head_dim,
         rms_norm_eps: meta_f(&content, path, &key("attention.layer_norm_rms_epsilon"), 1e-6)?,
-        rope: Rope { theta: meta_f(&content, path, &key("rope.freq_base"), 10_000.0)?, scaling: RopeScaling::None },
+        rope: Rope { theta: meta_f(&content, path, &key("rope.freq_base"), 10_000.0)?, scaling },
         max_position_embeddings: meta_u(&content, path, &key("context_length")).unwrap_or(4096),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         qkv_bias,
         o_bias: false,
         mlp_bias: false,
         qk_norm,
-        sliding_window: None,
-        sliding_layers: vec![false; num_layers],
+        sliding_window,
+        sliding_layers: vec![sliding_window.is_some(); num_layers],
         rope_interleaved: interleaved,
         rope_freq_factors,
         eos_token_ids: one("tokenizer.ggml.eos_token_id").into_iter().collect(),
@@ -287,6 +307,44 @@ impl QuantType {
     }
 }
 
+/// The types `selfspec quantize` writes a model's matrices in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FileType {
+    #[value(name = "f32")]
+    F32,
+    #[value(name = "f16")]
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4k")]
+    Q4k,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl FileType {
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            FileType::F32 => GgmlDType::F32,
+            FileType::F16 => GgmlDType::F16,
+            FileType::Q8_0 => GgmlDType::Q8_0,
+            FileType::Q4k => GgmlDType::Q4K,
+            FileType::Q4_0 => GgmlDType::Q4_0,
+        }
+    }
+
+    /// llama.cpp's `general.file_type` (its `llama_ftype`).
+    fn llama_cpp_id(self) -> u32 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q8_0 => 7,
+            FileType::Q4k => 15,
+        }
+    }
+}
+
 /// llama.cpp's permutation of q/k rows for rotary embedding over adjacent pairs.
 fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = w.dims().to_vec();
@@ -299,18 +357,19 @@ fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// Writes the Hugging Face model in `dir` as a GGUF file of type `qtype` (projections and
 /// embeddings quantized where their rows fit the type's blocks, everything else f32), and puts
 /// its tokenizer.json beside the output unless one is there. Returns notes for the user.
-pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<String>> {
+///
+/// Rope scaling goes where llama.cpp puts it: Llama 3's as the `rope_freqs` tensor (each
+/// frequency's divisor), linear as `rope.scaling.type`/`rope.scaling.factor`. A sliding window
+/// over every layer is written as `attention.sliding_window` (llama.cpp's key; its `llama`
+/// architecture ignores it, selfspec applies it).
+pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<String>> {
     let spec = super::read_spec(&dir.join("config.json"))?;
-    anyhow::ensure!(
-        spec.sliding_window.is_none(),
-        "{}: sliding-window attention is not carried into GGUF by selfspec yet",
-        dir.display()
-    );
-    anyhow::ensure!(
-        matches!(spec.rope.scaling, RopeScaling::None),
-        "{}: rope scaling is not carried into GGUF by selfspec yet (llama.cpp stores it as rope_freqs)",
-        dir.display()
-    );
+    if spec.sliding_window.is_some() && !spec.sliding_layers.iter().all(|&s| s) {
+        anyhow::bail!(
+            "{}: a sliding window on some layers only (max_window_layers) has no GGUF key; only a window over every layer is carried",
+            dir.display()
+        );
+    }
     let weights = Weights::open(dir, DType::F32, &Device::Cpu)?;
     let arch = spec.architecture;
     let llama = arch == "llama" || arch == "mistral";
@@ -363,6 +422,16 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
         };
         tensors.push((name, q));
     }
+    if let RopeScaling::Llama3 { .. } = s.rope.scaling {
+        let plain = super::decoder::inv_freq(&Rope { theta: s.rope.theta, scaling: RopeScaling::None }, s.head_dim);
+        let scaled = super::decoder::inv_freq(&s.rope, s.head_dim);
+        let divisors: Vec<f32> = plain.iter().zip(&scaled).map(|(p, q)| p / q).collect();
+        let n = divisors.len();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&Tensor::from_vec(divisors, n, &Device::Cpu)?, GgmlDType::F32)?,
+        ));
+    }
     if kept_f32 > 0 {
         notes.push(format!("{kept_f32} matrices have rows not a multiple of {block} and stay f32"));
     }
@@ -373,14 +442,7 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
             "general.name".into(),
             Value::String(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
         ),
-        (
-            "general.file_type".into(),
-            Value::U32(match qtype {
-                QuantType::Q4_0 => 2,
-                QuantType::Q8_0 => 7,
-                QuantType::Q4k => 15,
-            }),
-        ),
+        ("general.file_type".into(), Value::U32(qtype.llama_cpp_id())),
         (format!("{gguf_arch}.context_length"), u32v(s.max_position_embeddings)),
         (format!("{gguf_arch}.embedding_length"), u32v(s.hidden_size)),
         (format!("{gguf_arch}.feed_forward_length"), u32v(s.intermediate_size)),
@@ -394,6 +456,13 @@ pub fn quantize(dir: &Path, out: &Path, qtype: QuantType) -> anyhow::Result<Vec<
         (format!("{gguf_arch}.rope.dimension_count"), u32v(s.head_dim)),
         (format!("{gguf_arch}.vocab_size"), u32v(s.vocab_size)),
     ];
+    if let RopeScaling::Linear { factor } = s.rope.scaling {
+        metadata.push((format!("{gguf_arch}.rope.scaling.type"), Value::String("linear".into())));
+        metadata.push((format!("{gguf_arch}.rope.scaling.factor"), Value::F32(factor as f32)));
+    }
+    if let Some(window) = s.sliding_window {
+        metadata.push((format!("{gguf_arch}.attention.sliding_window"), u32v(window)));
+    }
     if let Some(&eos) = s.eos_token_ids.first() {
         metadata.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
     }

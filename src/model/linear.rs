@@ -72,7 +72,10 @@ impl CustomOp1 for PackedMatmul {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("a packed f32 weight takes f32 activations, not {:?}", candle_core::backend::BackendStorage::dtype(storage))
+            candle_core::bail!(
+                "a packed f32 weight takes f32 activations, not {:?}",
+                candle_core::backend::BackendStorage::dtype(storage)
+            )
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("packed-matmul: the input is not contiguous")
@@ -193,7 +196,9 @@ impl Linear {
         match &self.base {
             Base::Dense(w) => Ok(w.clone()),
             Base::DenseT(wt) => wt.t(),
-            Base::Packed(p) => Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu),
+            Base::Packed(p) => {
+                Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu)
+            }
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
             Base::Dequant(q) => q.dequantize(&q.device()),
         }

@@ -291,7 +291,8 @@ mod tests {
         let mut y = vec![0f32; rows * out];
         for r in 0..rows {
             for o in 0..out {
-                y[r * out + o] = (0..inp).map(|k| (x[r * inp + k] as f64) * (w[o * inp + k] as f64)).sum::<f64>() as f32;
+                y[r * out + o] =
+                    (0..inp).map(|k| (x[r * inp + k] as f64) * (w[o * inp + k] as f64)).sum::<f64>() as f32;
             }
         }
         y
