@@ -164,6 +164,7 @@ impl Packed {
 }
 
 /// One micro-tile: `c[r][0..cols] (+)= Σ_k a[r][k] · b[k][0..cols]` for `r < rows`.
+#[derive(Clone, Copy)]
 struct Tile {
     depth: usize,
     a: *const f32,
@@ -180,16 +181,48 @@ struct Tile {
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU runs, or the one `SELFSPEC_MATMUL_KERNEL` (avx512, avx2,
+    /// portable) names, for benchmarks; one this CPU cannot run is ignored.
     fn detect() -> Kernel {
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Kernel::runnable()[0];
+            let asked = match std::env::var("SELFSPEC_MATMUL_KERNEL").as_deref() {
+                #[cfg(target_arch = "x86_64")]
+                Ok("avx512") => Kernel::Avx512,
+                #[cfg(target_arch = "x86_64")]
+                Ok("avx2") => Kernel::Avx2,
+                Ok("portable") => Kernel::Portable,
+                _ => return best,
+            };
+            if Kernel::runnable().contains(&asked) {
+                asked
+            } else {
+                best
+            }
+        })
+    }
+
+    /// Every kernel this CPU can run, fastest first.
+    fn runnable() -> Vec<Kernel> {
+        let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Kernel::Avx512;
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(Kernel::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                all.push(Kernel::Avx2);
+            }
         }
-        Kernel::Portable
+        all.push(Kernel::Portable);
+        all
     }
 
     /// # Safety
@@ -198,6 +231,8 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => unsafe { avx512::tile(rows, t) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::tile(rows, t) },
             Kernel::Portable => unsafe { portable_tile(rows, t) },
         }
     }
@@ -283,6 +318,83 @@ mod avx512 {
     }
 }
 
+/// AVX2 + FMA (16 registers): tiles of 4 rows × 24 columns (half a panel), 12 accumulators,
+/// over depth blocks of [`avx2::KB`] so the panel block (24 KiB) is read from L1 by every row
+/// group.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    const KB: usize = 128;
+
+    /// # Safety
+    /// AVX2 and FMA present; the tile's pointers as [`super::Kernel::run`] requires.
+    pub(super) unsafe fn tile(rows: usize, t: &Tile) {
+        let mut k0 = 0;
+        while k0 < t.depth {
+            let sub = Tile {
+                depth: (t.depth - k0).min(KB),
+                a: unsafe { t.a.add(k0) },
+                b: unsafe { t.b.add(k0 * NR) },
+                accumulate: t.accumulate || k0 > 0,
+                ..*t
+            };
+            let mut r0 = 0;
+            while r0 < rows {
+                let n = (rows - r0).min(4);
+                for c0 in [0, 24] {
+                    if c0 >= t.cols {
+                        break;
+                    }
+                    unsafe {
+                        match n {
+                            4 => quarter::<4>(&sub, r0, c0),
+                            3 => quarter::<3>(&sub, r0, c0),
+                            2 => quarter::<2>(&sub, r0, c0),
+                            _ => quarter::<1>(&sub, r0, c0),
+                        }
+                    }
+                }
+                r0 += n;
+            }
+            k0 += KB;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quarter<const R: usize>(t: &Tile, r0: usize, c0: usize) {
+        let mut acc = [[_mm256_setzero_ps(); 3]; R];
+        unsafe {
+            let mut b = t.b.add(c0);
+            let a = t.a.add(r0 * t.lda);
+            for k in 0..t.depth {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                let b2 = _mm256_loadu_ps(b.add(16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*a.add(r * t.lda + k));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                    acc[2] = _mm256_fmadd_ps(x, b2, acc[2]);
+                }
+                b = b.add(NR);
+            }
+            let cols = (t.cols - c0).min(24);
+            for (r, acc) in acc.iter().enumerate() {
+                let mut sums = [0f32; 24];
+                for (v, s) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(v * 8), *s);
+                }
+                let dst = std::slice::from_raw_parts_mut(t.c.add((r0 + r) * t.ldc + c0), cols);
+                for (d, s) in dst.iter_mut().zip(sums) {
+                    *d = if t.accumulate { *d + s } else { s };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,20 +437,24 @@ mod tests {
     }
 
     #[test]
-    fn the_portable_kernel_matches_the_detected_one() {
-        let (out, inp, rows) = (70, 530, 11);
-        let w = values(out * inp, 7);
-        let x = values(rows * inp, 8);
-        let packed = Packed::new(&w, out, inp);
-        let mut detected = vec![0f32; rows * out];
-        packed.matmul(&x, rows, &mut detected);
-        let mut portable = vec![0f32; rows * out];
-        let out_ptr = Out(portable.as_mut_ptr());
-        for p in 0..out.div_ceil(NR) {
-            packed.panel(Kernel::Portable, p, &x, rows, out_ptr);
-        }
-        for (a, b) in detected.iter().zip(&portable) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    fn every_kernel_this_cpu_runs_matches_the_naive_product() {
+        let kernels = Kernel::runnable();
+        assert!(kernels.contains(&Kernel::Portable), "{kernels:?}");
+        for &(out, inp, rows) in &[(70usize, 530usize, 11usize), (5, 3, 1), (24, 9, 4), (25, 600, 6), (96, 40, 17)] {
+            let w = values(out * inp, 7);
+            let x = values(rows * inp, 8);
+            let want = naive(&w, out, inp, &x, rows);
+            let packed = Packed::new(&w, out, inp);
+            for &kernel in &kernels {
+                let mut got = vec![f32::NAN; rows * out];
+                let out_ptr = Out(got.as_mut_ptr());
+                for p in 0..out.div_ceil(NR) {
+                    packed.panel(kernel, p, &x, rows, out_ptr);
+                }
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() < 1e-4, "{kernel:?} [{out}, {inp}] rows {rows} at {i}: {g} vs {e}");
+                }
+            }
         }
     }
 
