@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--selfspec", default=os.path.join(ROOT, "target/release/selfspec"))
+    ap.add_argument("--qlora", choices=["q4k", "q4_0", "q8_0"],
+                    help="train selfspec's side as QLoRA with this block type (PEFT's stays f32 LoRA)")
     args = ap.parse_args()
     data = examples(args.batch * args.steps)
     with tempfile.TemporaryDirectory() as d:
@@ -89,7 +91,8 @@ def main():
                     f"max_steps: {args.steps}\nnum_train_epochs: 1\nwarmup_steps: 0\nsave_steps: 100000\n")
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
         subprocess.run([args.selfspec, "train", "--model", args.model, "--data", path, "--run",
-                        os.path.join(d, "run"), "--train-config", cfg], check=True, env=env,
+                        os.path.join(d, "run"), "--train-config", cfg]
+                       + (["--qlora", args.qlora] if args.qlora else []), check=True, env=env,
                        stderr=subprocess.DEVNULL)
         events = [json.loads(line) for line in open(os.path.join(d, "run", "events.jsonl"))]
     steps = [e for e in events if e["event"] == "step"]
@@ -102,7 +105,8 @@ def main():
     print(f"model {args.model}, batch {args.batch}, r 8 on all 7 projections, {args.threads} threads, "
           f"median of steps {skip + 1}..{args.steps}")
     print(f"PEFT (PyTorch {torch.__version__}): {theirs * 1e3:8.1f} ms/step  peak RSS {peak:7.0f} MiB")
-    print(f"selfspec train:            {mine * 1e3:8.1f} ms/step  peak RSS {ours_peak:7.0f} MiB")
+    label = f"selfspec train --qlora {args.qlora}:" if args.qlora else "selfspec train:"
+    print(f"{label:<27}{mine * 1e3:8.1f} ms/step  peak RSS {ours_peak:7.0f} MiB")
     print(f"speed: {theirs / mine:.2f}x PEFT")
 
 
