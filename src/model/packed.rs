@@ -188,7 +188,8 @@ enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU runs, or the one `SELFSPEC_MATMUL_KERNEL` (avx512, avx2,
-    /// portable) names, for benchmarks; one this CPU cannot run is ignored.
+    /// portable) names, for benchmarks; one this CPU cannot run (or an unknown name) is
+    /// replaced by the fastest, with a warning.
     fn detect() -> Kernel {
         static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
@@ -199,11 +200,18 @@ impl Kernel {
                 #[cfg(target_arch = "x86_64")]
                 Ok("avx2") => Kernel::Avx2,
                 Ok("portable") => Kernel::Portable,
-                _ => return best,
+                Err(_) => return best,
+                Ok(other) => {
+                    eprintln!(
+                        "warning: SELFSPEC_MATMUL_KERNEL={other} is not avx512, avx2 or portable; using {best:?}"
+                    );
+                    return best;
+                }
             };
             if Kernel::runnable().contains(&asked) {
                 asked
             } else {
+                eprintln!("warning: this CPU cannot run the {asked:?} matmul kernel; using {best:?}");
                 best
             }
         })
