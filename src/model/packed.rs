@@ -119,32 +119,42 @@ impl Packed {
         }
         let kernel = Kernel::detect();
         let panels = self.out.div_ceil(NR);
-        // Contiguous panel ranges, a few per thread so a slow core does not hold the rest up.
+        // Contiguous panel ranges, a few per thread so a slow core does not hold the rest up;
+        // when there are too few panels to go round (a small projection over many rows), the
+        // rows are split too.
         let workers = rayon::current_num_threads().max(1);
         let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
+        let row_block = if panels < 2 * workers && rows >= 16 * workers {
+            rows.div_ceil(workers).next_multiple_of(MR)
+        } else {
+            rows
+        };
         let y_out = Out(y.as_mut_ptr());
-        let run = |first: usize| {
+        let run = |(first, r0): (usize, usize)| {
+            let r1 = (r0 + row_block).min(rows);
             for p in first..(first + per).min(panels) {
-                self.panel(kernel, p, x, rows, y_out);
+                self.panel(kernel, p, x, r0..r1, y_out);
             }
         };
-        if panels <= per {
-            run(0);
+        let items: Vec<(usize, usize)> =
+            (0..panels).step_by(per).flat_map(|p| (0..rows).step_by(row_block).map(move |r| (p, r))).collect();
+        if items.len() == 1 {
+            run(items[0]);
         } else {
-            (0..panels).step_by(per).collect::<Vec<_>>().into_par_iter().for_each(run);
+            items.into_par_iter().for_each(run);
         }
     }
 
-    /// Columns `p·NR ..` of every row of `y`.
-    fn panel(&self, kernel: Kernel, p: usize, x: &[f32], rows: usize, y: Out) {
+    /// Columns `p·NR ..` of the rows `rows` of `y`.
+    fn panel(&self, kernel: Kernel, p: usize, x: &[f32], rows: std::ops::Range<usize>, y: Out) {
         let cols = (self.out - p * NR).min(NR);
         let panel = &self.floats()[p * self.inp * NR..][..self.inp * NR];
         let mut k0 = 0;
         while k0 < self.inp {
             let kc = (self.inp - k0).min(KC);
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = (rows - r0).min(MR);
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let mr = (rows.end - r0).min(MR);
                 let tile = Tile {
                     depth: kc,
                     a: unsafe { x.as_ptr().add(r0 * self.inp + k0) },
@@ -428,10 +438,11 @@ mod tests {
         // Outputs that leave a partial last panel (and a panel with under 16 columns), depths
         // over one KC block, and row counts on both sides of a tile.
         for &(out, inp) in &[(1usize, 1usize), (5, 3), (47, 17), (48, 64), (50, 600), (100, 1100), (200, 40)] {
+            // 300 rows over few panels also splits the rows between threads.
             let w = values(out * inp, out as u64 * 31 + inp as u64);
             let packed = Packed::new(&w, out, inp);
             assert_eq!(packed.unpack(), w, "[{out}, {inp}] round trip");
-            for rows in [1usize, 3, 8, 9, 21] {
+            for rows in [1usize, 3, 8, 9, 21, 300] {
                 let x = values(rows * inp, rows as u64);
                 let want = naive(&w, out, inp, &x, rows);
                 let mut got = vec![f32::NAN; rows * out];
@@ -457,7 +468,7 @@ mod tests {
                 let mut got = vec![f32::NAN; rows * out];
                 let out_ptr = Out(got.as_mut_ptr());
                 for p in 0..out.div_ceil(NR) {
-                    packed.panel(kernel, p, &x, rows, out_ptr);
+                    packed.panel(kernel, p, &x, 0..rows, out_ptr);
                 }
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!((g - e).abs() < 1e-4, "{kernel:?} [{out}, {inp}] rows {rows} at {i}: {g} vs {e}");
