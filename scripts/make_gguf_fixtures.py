@@ -112,9 +112,8 @@ def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
     w.close()
 
 
-def reference(folder, fname, tokenizer):
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+def record(model, tokenizer):
+    """Per prompt: `tokenizer(prompt)` ids, last-position logits and 16 greedy tokens."""
     cases = []
     for text in PROMPTS:
         ids = tokenizer(text)["input_ids"]
@@ -124,20 +123,18 @@ def reference(folder, fname, tokenizer):
                                  do_sample=False, max_new_tokens=16)[0, len(ids):].tolist()
         cases.append({"prompt": text, "prompt_ids": ids, "last_logits": logits, "greedy_ids": out})
     return cases
+
+
+def reference(folder, fname, tokenizer):
+    """transformers on the GGUF file (dequantized by the gguf package)."""
+    return record(AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
+                                                       attn_implementation="eager").eval(), tokenizer)
 
 
 def reference_hf(hf_dir, tokenizer):
     """transformers on the Hugging Face model itself."""
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    cases = []
-    for text in PROMPTS:
-        ids = tokenizer(text)["input_ids"]
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0, -1].tolist()
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=16)[0, len(ids):].tolist()
-        cases.append({"prompt": text, "prompt_ids": ids, "last_logits": logits, "greedy_ids": out})
-    return cases
+    return record(AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32,
+                                                       attn_implementation="eager").eval(), tokenizer)
 
 
 def main():

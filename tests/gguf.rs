@@ -30,25 +30,28 @@ struct Case {
     greedy: Vec<u32>,
 }
 
+/// The cases of one expected.json list (the fixture scripts write the same fields).
+fn cases(list: &serde_json::Value) -> Vec<Case> {
+    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            prompt: c["prompt"].as_str().unwrap().into(),
+            ids: ids(&c["prompt_ids"]),
+            logits: c["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+            greedy: ids(&c["greedy_ids"]),
+        })
+        .collect()
+}
+
 fn files() -> Vec<(PathBuf, Vec<Case>)> {
     let mut out = Vec::new();
     for name in ["llama", "qwen2", "llama3-rope", "mistral-window"] {
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir(name).join("expected.json")).unwrap()).unwrap();
-        let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        for (file, cases) in expected.as_object().unwrap() {
-            let cases = cases
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| Case {
-                    prompt: c["prompt"].as_str().unwrap().into(),
-                    ids: ids(&c["prompt_ids"]),
-                    logits: c["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
-                    greedy: ids(&c["greedy_ids"]),
-                })
-                .collect();
-            out.push((dir(name).join(file), cases));
+        for (file, list) in expected.as_object().unwrap() {
+            out.push((dir(name).join(file), cases(list)));
         }
     }
     assert_eq!(out.len(), 7);
@@ -75,19 +78,7 @@ fn parity_models() -> Vec<(PathBuf, Vec<Case>)> {
         let dir = entry.unwrap().path();
         let Ok(text) = std::fs::read_to_string(dir.join("expected.json")) else { continue };
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let cases = v["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| Case {
-                prompt: c["prompt"].as_str().unwrap().into(),
-                ids: ids(&c["prompt_ids"]),
-                logits: c["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
-                greedy: ids(&c["greedy_ids"]),
-            })
-            .collect();
-        out.push((dir, cases));
+        out.push((dir, cases(&v["cases"])));
     }
     assert_eq!(out.len(), 6);
     out
