@@ -48,6 +48,20 @@ fn only_yaml_rs_touches_a_yaml_crate() {
 }
 
 #[test]
+fn only_download_rs_reaches_the_network() {
+    for (name, text) in sources() {
+        if name == "model/download.rs" {
+            continue;
+        }
+        for needle in ["ureq", "TcpStream", "std::net"] {
+            assert!(!text.contains(needle), "src/{name} uses {needle}");
+        }
+    }
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/mod.rs")).unwrap();
+    assert!(lib.contains("#[cfg(feature = \"hub-download\")]\npub mod download;"), "download.rs is behind its feature");
+}
+
+#[test]
 fn readme_lists_every_key_of_the_help_overlay() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let help = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tui/help.rs")).unwrap();

@@ -1,6 +1,7 @@
 //! `--model` as a folder, or as `org/name` found in the local Hugging Face cache
-//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`). Nothing here
-//! downloads: a model not in the cache is an error that says how to fetch it.
+//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`). A model not in the
+//! cache is an error that says how to fetch it — or, built with the `hub-download` feature and
+//! unless `HF_HUB_OFFLINE` is set, downloaded into the cache ([`super::download`]).
 
 use std::path::{Path, PathBuf};
 
@@ -41,13 +42,33 @@ pub fn resolve(model: &str) -> Result<PathBuf, ModelError> {
             "{model}: no such folder, and no Hugging Face cache (HOME is not set)"
         )));
     };
-    snapshot(&root, model).ok_or_else(|| {
-        ModelError::NotFound(format!(
-            "{model} is neither a folder nor in the Hugging Face cache at {}; fetch it with \
-             `huggingface-cli download {model}` or pass the model's folder",
-            root.display()
-        ))
-    })
+    let found = snapshot(&root, model);
+    #[cfg(feature = "hub-download")]
+    if !offline() && !found.as_deref().is_some_and(super::download::is_complete) {
+        return super::download::fetch(&root, model).map_err(|e| {
+            ModelError::NotFound(format!(
+                "{model} is {} the Hugging Face cache at {}, and downloading it failed: {e}",
+                if found.is_some() { "only partly in" } else { "not in" },
+                root.display()
+            ))
+        });
+    }
+    if let Some(dir) = found {
+        return Ok(dir);
+    }
+    Err(ModelError::NotFound(format!(
+        "{model} is neither a folder nor in the Hugging Face cache at {}; fetch it with \
+         `huggingface-cli download {model}`{}, or pass the model's folder",
+        root.display(),
+        if cfg!(feature = "hub-download") { " (HF_HUB_OFFLINE is set)" } else { "" }
+    )))
+}
+
+/// `HF_HUB_OFFLINE` set to anything but empty, 0, false or no.
+#[cfg(feature = "hub-download")]
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"))
 }
 
 /// `<root>/models--org--name/snapshots/<revision>`: the one `refs/main` names, else the most

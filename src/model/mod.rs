@@ -7,6 +7,8 @@
 pub mod arch;
 pub mod config;
 pub mod decoder;
+#[cfg(feature = "hub-download")]
+pub mod download;
 pub mod gguf;
 pub mod hub;
 pub mod linear;
