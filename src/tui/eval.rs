@@ -258,12 +258,7 @@ impl EvalScreen {
     }
 
     fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border)
-            .title(Span::styled(" Evaluate ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " Evaluate ", theme.border, theme);
         let set = self
             .sets
             .get(self.set_ix)
@@ -301,12 +296,7 @@ impl EvalScreen {
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border_focus)
-            .title(Span::styled(" F1 (Δ against the base; Enter: the pairs) ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " F1 (Δ against the base; Enter: the pairs) ", theme.border_focus, theme);
         let Some(r) = &self.report else {
             let text = if self.run.is_some() {
                 "Running…"

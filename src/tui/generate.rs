@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Gauge, Paragraph, Wrap};
+use ratatui::widgets::{Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::seeds::Outcome;
@@ -506,12 +506,7 @@ impl GenerateScreen {
     }
 
     fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border)
-            .title(Span::styled(" Setup ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " Setup ", theme.border, theme);
         let width = inner.width.saturating_sub(9) as usize;
         let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let values = [
@@ -561,10 +556,7 @@ impl GenerateScreen {
             }
             None => " Progress ".into(),
         };
-        let block =
-            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, &title, theme.border, theme);
         let [text, gauge] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
         let c = &self.counters;
         let secs = self.elapsed();
@@ -614,10 +606,7 @@ impl GenerateScreen {
             (None, Some((p, t))) => (format!(" Instruction prompt {} ", p + 1), t.clone()),
             _ => (" Decoding ".into(), String::new()),
         };
-        let block =
-            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, &title, theme.border, theme);
         // The newest text: as many trailing lines as fit.
         let width = inner.width.max(1) as usize;
         let mut rows: Vec<String> = Vec::new();
@@ -632,12 +621,7 @@ impl GenerateScreen {
     }
 
     fn render_recent(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border)
-            .title(Span::styled(" Kept (newest first) ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " Kept (newest first) ", theme.border, theme);
         let w = inner.width as usize;
         let lines: Vec<Line> =
             self.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();

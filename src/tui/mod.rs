@@ -79,6 +79,25 @@ fn overlay_box(
     inner
 }
 
+/// Draws a bordered panel over `area` with `title` in the theme's title style and the border in
+/// `border`; returns the area inside the borders.
+pub fn panel(
+    frame: &mut ratatui::Frame,
+    area: ratatui::layout::Rect,
+    title: &str,
+    border: ratatui::style::Style,
+    theme: &theme::Theme,
+) -> ratatui::layout::Rect {
+    use ratatui::widgets::{Block, Borders};
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(border)
+        .title(ratatui::text::Span::styled(title.to_string(), theme.title));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    inner
+}
+
 /// Starts `selfspec --config C --workspace W ARGS…` for a run, in its own process group (out of
 /// the terminal's, so a Ctrl-C or a closed SSH session meant for the workbench does not reach
 /// it), stdin closed, stderr — and stdout unless `pipe_stdout` — going to `log`.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::editor::TextEditor;
@@ -274,12 +274,13 @@ impl ReviewScreen {
             Filter::Only(s) => status_name(s).to_string(),
         };
         let title = format!(" {} · {filter} ", run.unwrap_or_else(|| "no runs".into()));
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border_focus)
-            .title(Span::styled(truncate(&title, area.width.saturating_sub(2) as usize), theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(
+            frame,
+            area,
+            &truncate(&title, area.width.saturating_sub(2) as usize),
+            theme.border_focus,
+            theme,
+        );
         let Some(r) = &self.review else {
             let text =
                 self.message.clone().unwrap_or_else(|| "No samples yet. Generate some on the Generate tab (2).".into());
@@ -332,10 +333,7 @@ impl ReviewScreen {
             Some(s) => format!(" {} · {} ", s.id, status_name(s.status)),
             None => " Sample ".into(),
         };
-        let block =
-            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, &title, theme.border, theme);
         let Some(s) = self.current() else { return };
         let mut lines = vec![Line::from(Span::styled("Instruction", theme.field_label))];
         lines.extend(s.instruction.lines().map(|l| Line::from(l.to_string())));
@@ -356,12 +354,7 @@ impl ReviewScreen {
     }
 
     fn render_provenance(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border)
-            .title(Span::styled(" Provenance ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " Provenance ", theme.border, theme);
         let Some(s) = self.current() else { return };
         let p = &s.provenance;
         let docs = if p.documents.is_empty() {

@@ -276,12 +276,7 @@ impl TrainScreen {
     }
 
     fn render_list(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border_focus)
-            .title(Span::styled(" Runs ", theme.title));
-        let inner = block.inner(area);
-        frame.render_widget(block, area);
+        let inner = super::panel(frame, area, " Runs ", theme.border_focus, theme);
         if self.runs.is_empty() {
             let text = "No training runs yet. s trains on the accepted samples of the run shown on the Review tab.";
             frame.render_widget(
