@@ -299,10 +299,9 @@ impl Decoder {
             }
         }
         let inv_freq = Tensor::new(freqs, w.device())?;
+        // A packed head is f32 on the CPU, as the embeddings it was made from.
         let embed = match &lm_head.base {
-            Base::Packed(p) if s.tie_word_embeddings && embed.dtype() == DType::F32 && embed.device().is_cpu() => {
-                Embeddings::Head(p.clone())
-            }
+            Base::Packed(p) if s.tie_word_embeddings => Embeddings::Head(p.clone()),
             _ => Embeddings::Table(embed),
         };
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })

@@ -299,10 +299,16 @@ pub enum QuantType {
 
 impl QuantType {
     pub fn ggml(self) -> GgmlDType {
-        match self {
-            QuantType::Q4_0 => GgmlDType::Q4_0,
-            QuantType::Q4k => GgmlDType::Q4K,
-            QuantType::Q8_0 => GgmlDType::Q8_0,
+        FileType::from(self).ggml()
+    }
+}
+
+impl From<QuantType> for FileType {
+    fn from(q: QuantType) -> FileType {
+        match q {
+            QuantType::Q4_0 => FileType::Q4_0,
+            QuantType::Q4k => FileType::Q4k,
+            QuantType::Q8_0 => FileType::Q8_0,
         }
     }
 }

@@ -94,11 +94,14 @@ impl CustomOp1 for PackedMatmul {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let w = &self.0;
-        let w = Tensor::from_vec(w.unpack(), (w.out_features(), w.in_features()), arg.device())?;
-        Ok(Some(matmul(grad, &w)?))
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(matmul(grad, &unpacked(&self.0)?)?))
     }
+}
+
+/// A packed weight back as a `[out, in]` tensor on the CPU.
+fn unpacked(p: &Packed) -> Result<Tensor> {
+    Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu)
 }
 
 /// Output sizes up to this get the `[in, out]` layout for 16-bit weights on the CPU.
@@ -196,9 +199,7 @@ impl Linear {
         match &self.base {
             Base::Dense(w) => Ok(w.clone()),
             Base::DenseT(wt) => wt.t(),
-            Base::Packed(p) => {
-                Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu)
-            }
+            Base::Packed(p) => unpacked(p),
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
             Base::Dequant(q) => q.dequantize(&q.device()),
         }
