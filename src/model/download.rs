@@ -107,16 +107,15 @@ struct Hub {
     token: Option<String>,
     /// Redirects are taken by hand: the commit and etag are on the hub's own answer.
     agent: ureq::Agent,
+    /// For the redirected download itself (no token: it goes to another host).
+    cdn: ureq::Agent,
 }
 
 impl Hub {
     fn from_env() -> Hub {
         let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
         let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()).or_else(|| {
-            let home = std::env::var_os("HF_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))?;
-            std::fs::read_to_string(home.join("token")).ok().filter(|t| !t.trim().is_empty())
+            std::fs::read_to_string(super::hub::hf_home()?.join("token")).ok().filter(|t| !t.trim().is_empty())
         });
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .max_redirects(0)
@@ -126,7 +125,17 @@ impl Hub {
             .user_agent(format!("selfspec/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Hub { endpoint: endpoint.trim_end_matches('/').to_string(), token: token.map(|t| t.trim().to_string()), agent }
+        let cdn: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Hub {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: token.map(|t| t.trim().to_string()),
+            agent,
+            cdn,
+        }
     }
 
     /// `file` of `repo` at `revision`, stored as a blob in the cache: (commit, blob), or None
@@ -178,14 +187,7 @@ impl Hub {
             } else {
                 let location = header("location").ok_or_else(|| format!("{url}: HTTP {status} without a location"))?;
                 let target = if location.starts_with('/') { format!("{}{location}", self.endpoint) } else { location };
-                let redirected = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_connect(Some(Duration::from_secs(30)))
-                    .build()
-                    .new_agent()
-                    .get(&target)
-                    .call()
-                    .map_err(|e| format!("{target}: {e}"))?;
+                let redirected = self.cdn.get(&target).call().map_err(|e| format!("{target}: {e}"))?;
                 if redirected.status().as_u16() != 200 {
                     return Err(format!("{target} (for {file}): HTTP {}", redirected.status().as_u16()));
                 }

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 
 use super::ModelError;
 
+/// `$HF_HOME`, else `~/.cache/huggingface`.
+pub(crate) fn hf_home() -> Option<PathBuf> {
+    std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
+}
+
 fn cache_root() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+    std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| hf_home().map(|h| h.join("hub")))
 }
 
 fn looks_like_repo_id(s: &str) -> bool {
