@@ -1,4 +1,5 @@
-//! File-system helpers with the durability guarantees the rest of selfspec relies on.
+//! File-system helpers: writes with the durability guarantees the rest of selfspec relies on, and
+//! the records of a user's JSON-lines file with their line numbers.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -60,6 +61,21 @@ impl JsonLog {
         self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
         Ok(())
     }
+}
+
+/// The records of a user's JSON-lines `text` (read from `path`), in order, each with its line
+/// number (1-based); blank lines are skipped. A line that is not a `T` is an error
+/// `path:line: <serde's message>; <shape>`, where `shape` tells what a line must hold.
+pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
+    path: &'a Path,
+    text: &'a str,
+    shape: &'a str,
+) -> impl Iterator<Item = anyhow::Result<(usize, T)>> + 'a {
+    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
+        serde_json::from_str(line)
+            .map(|record| (i + 1, record))
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}; {shape}", path.display(), i + 1))
+    })
 }
 
 #[cfg(test)]

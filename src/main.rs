@@ -889,17 +889,9 @@ fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCod
     let mut scorer = metrics::Scorer::default();
     let (mut f1_sum, mut rouge_sum, mut n) = (0.0, 0.0, 0usize);
     let mut per_row = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let rec: Line = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}: {e}; each line must be {{\"prediction\": \"…\", \"references\": [\"…\", …]}}",
-                file.display(),
-                i + 1
-            )
-        })?;
+    let shape = r#"each line must be {"prediction": "…", "references": ["…", …]}"#;
+    for record in selfspec::fsutil::jsonl_records::<Line>(file, &text, shape) {
+        let (line, rec) = record?;
         let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
         let refs = if split { metrics::split_references(&refs) } else { refs };
         let (f1, rouge) = scorer.score(&rec.prediction, &refs);
@@ -907,7 +899,7 @@ fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCod
         rouge_sum += rouge;
         n += 1;
         if rows {
-            per_row.push(serde_json::json!({"line": i + 1, "f1": f1 * 100.0, "rougeL": rouge * 100.0}));
+            per_row.push(serde_json::json!({"line": line, "f1": f1 * 100.0, "rougeL": rouge * 100.0}));
         }
     }
     let mean = |s: f64| if n == 0 { 0.0 } else { s / n as f64 * 100.0 };

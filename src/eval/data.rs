@@ -43,17 +43,10 @@ fn read(path: &Path) -> anyhow::Result<(String, Vec<Example>)> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut task = None;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let l: Line = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}; each line is {{dataset, task, instruction, input, output}} (or outputs: [...])",
-                at()
-            )
-        })?;
+    let shape = "each line is {dataset, task, instruction, input, output} (or outputs: [...])";
+    for record in crate::fsutil::jsonl_records::<Line>(path, &text, shape) {
+        let (line, l) = record?;
+        let at = || format!("{}:{line}", path.display());
         anyhow::ensure!(
             TASKS.contains(&l.task.as_str()),
             "{}: unknown task {:?}; use one of {}",

@@ -42,22 +42,13 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: Example = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}: {e}; each line must be {{\"instruction\": …, \"input\": … (optional), \"output\": …}}",
-                path.display(),
-                i + 1
-            )
-        })?;
+    let shape = r#"each line must be {"instruction": …, "input": … (optional), "output": …}"#;
+    for record in crate::fsutil::jsonl_records::<Example>(path, &text, shape) {
+        let (line, e) = record?;
         anyhow::ensure!(
             !e.instruction.trim().is_empty() && !e.output.trim().is_empty(),
-            "{}:{}: empty instruction or output",
+            "{}:{line}: empty instruction or output",
             path.display(),
-            i + 1
         );
         out.push(e);
     }
