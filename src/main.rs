@@ -42,6 +42,27 @@ enum Command {
     Index(IndexCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
+    /// Token ids of text as the model's tokenizer gives them (transformers' `tokenizer(text)`),
+    /// one JSON object a line: {"ids": [...]} (with --chat, the text rendered by the chat template
+    /// first, as `apply_chat_template(..., tokenize=True)` does).
+    Tokenize {
+        /// A model folder, org/name in the Hugging Face cache, or a .gguf file (only the tokenizer is read).
+        #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
+        model: String,
+        /// The text (or give --jsonl).
+        #[arg(required_unless_present = "jsonl")]
+        text: Option<String>,
+        /// JSONL with {"text": "..."} a line: one output line per input line.
+        #[arg(long, conflicts_with = "text")]
+        jsonl: Option<PathBuf>,
+        /// Render the text as one user message with the model's chat template, with the
+        /// assistant's turn opened, and tokenize that (nothing added).
+        #[arg(long)]
+        chat: bool,
+        /// Also print the decoded text and the token strings.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Score predictions: SQuAD token F1 and ROUGE-L (rouge-score's, stemmed), best over the
     /// references, means on 0–100 as JSON.
     Score {
@@ -268,6 +289,13 @@ struct CompleteArgs {
     /// The text to continue, tokenized as transformers' `tokenizer(prompt)` does.
     #[arg(long)]
     prompt: String,
+    /// Send the prompt as a user message through the model's chat template (with the
+    /// assistant's turn opened), as `apply_chat_template(..., add_generation_prompt=True)` does.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Always take the most likely token (the default unless --temperature is given).
@@ -526,6 +554,9 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
         Some(Command::Complete(args)) => complete(args),
+        Some(Command::Tokenize { model, text, jsonl, chat, verbose }) => {
+            tokenize_command(&model, text.as_deref(), jsonl.as_deref(), chat, verbose)
+        }
         Some(Command::Samples(cmd)) => samples_command(cmd),
         Some(Command::Merge { model, adapter, out }) => {
             anyhow::ensure!(
@@ -701,7 +732,17 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     let mut model = args.model.load()?;
     load_adapters(&mut model, &args.adapter, args.use_adapter.as_deref())?;
     let model = model;
-    let prompt_ids = model.tokenizer.encode(&args.prompt)?;
+    let prompt_ids = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(selfspec::model::chat::Message::new("system", system));
+        }
+        messages.push(selfspec::model::chat::Message::new("user", &args.prompt));
+        let text = model.tokenizer.apply_chat_template(&messages, true)?;
+        model.tokenizer.encode_plain(&text)?
+    } else {
+        model.tokenizer.encode(&args.prompt)?
+    };
     let sampling = match args.temperature {
         Some(temperature) if !args.greedy => Sampling::Sample { temperature, top_k: args.top_k, top_p: args.top_p },
         _ => Sampling::Greedy,
@@ -737,6 +778,42 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
         println!();
         let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
         eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokenize_command(model: &str, text: Option<&str>, jsonl: Option<&Path>, chat: bool, verbose: bool) -> anyhow::Result<ExitCode> {
+    let tokenizer = selfspec::model::load_tokenizer(model)?;
+    let texts: Vec<String> = match (text, jsonl) {
+        (Some(t), _) => vec![t.to_string()],
+        (None, Some(path)) => {
+            #[derive(serde::Deserialize)]
+            struct Line {
+                text: String,
+            }
+            let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            selfspec::fsutil::jsonl_records::<Line>(path, &content, "each line is {\"text\": \"...\"}")
+                .map(|r| r.map(|(_, line)| line.text))
+                .collect::<anyhow::Result<_>>()?
+        }
+        (None, None) => anyhow::bail!("give the text or --jsonl FILE"),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for t in &texts {
+        let ids = if chat {
+            let rendered =
+                tokenizer.apply_chat_template(&[selfspec::model::chat::Message::new("user", t)], true)?;
+            tokenizer.encode_plain(&rendered)?
+        } else {
+            tokenizer.encode(t)?
+        };
+        let value = if verbose {
+            serde_json::json!({"ids": ids, "text": tokenizer.decode(&ids)?})
+        } else {
+            serde_json::json!({"ids": ids})
+        };
+        use std::io::Write;
+        writeln!(out, "{value}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,11 +4,12 @@
 //! `blk.N.attn_q`, …, `output`; metadata under the architecture's prefix (`llama.block_count`,
 //! …). Llama-family files (Mistral included, which llama.cpp files as `llama`) store q/k rows
 //! permuted for rotary embedding over adjacent pairs, so they run with interleaved rope; Qwen2
-//! and Qwen3 files keep Hugging Face's halves layout. Projections stay quantized (candle's
-//! `QMatMul`); norms and embeddings are dequantized to f32.
+//! and Qwen3 files keep Hugging Face's halves layout. On the CPU, projections in the block types
+//! real files carry run through selfspec's own kernels ([`super::qpacked`]); other types, and
+//! every type on a GPU, through candle's `QMatMul`. Norms and embeddings are dequantized to f32.
 //!
-//! GGUF files carry their tokenizer in their own form, which selfspec does not read: the
-//! model's tokenizer.json must sit beside the .gguf file (`selfspec quantize` puts it there).
+//! The tokenizer is the one the file's metadata describes ([`super::gguf_tokenizer`]); a file
+//! without one (`selfspec quantize` writes none) takes the tokenizer.json beside it.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -103,6 +104,11 @@ impl GgufSource {
         if self.dequantize {
             return Ok(Linear::dense(q.dequantize(&self.device)?, bias)?);
         }
+        if self.device.is_cpu() {
+            if let Some(packed) = super::qpacked::QPacked::new(&q)? {
+                return Ok(Linear::qpacked(packed, bias));
+            }
+        }
         Ok(Linear::quantized(QMatMul::from_qtensor(q)?, bias))
     }
 }
@@ -159,6 +165,33 @@ fn meta_f(c: &gguf_file::Content, path: &Path, key: &str, default: f64) -> Resul
             message: format!("must be a number, found {v:?}"),
         }),
     }
+}
+
+/// The tokenizer of a .gguf file (from its metadata, else the tokenizer.json beside it).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+    let io = |e: std::io::Error| ModelError::Io { file: path.to_path_buf(), source: e };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Weights {
+        file: path.to_path_buf(),
+        message: format!("is not a readable GGUF file ({e})"),
+    })?;
+    tokenizer_of(&content, path)
+}
+
+fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
+    if let Some(t) = super::gguf_tokenizer::from_metadata(&content.metadata, path)? {
+        return Tokenizer::from_gguf(t, path);
+    }
+    let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Tokenizer::load(&dir).map_err(|e| match e {
+        ModelError::MissingFile { path: p, .. } => ModelError::MissingFile {
+            path: p,
+            hint: "this GGUF file carries no tokenizer (no tokenizer.ggml.model), so selfspec reads the \
+                   tokenizer.json beside it; copy the original model's tokenizer.json there"
+                .into(),
+        },
+        other => other,
+    })
 }
 
 /// Opens a .gguf file for inference (f32 activations).
@@ -265,15 +298,7 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         bos_token_id: one("tokenizer.ggml.bos_token_id"),
     };
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let tokenizer = Tokenizer::load(&dir).map_err(|e| match e {
-        ModelError::MissingFile { path: p, .. } => ModelError::MissingFile {
-            path: p,
-            hint: "selfspec reads a GGUF model's tokenizer from the tokenizer.json beside it; copy the \
-                   original model's tokenizer.json there"
-                .into(),
-        },
-        other => other,
-    })?;
+    let tokenizer = tokenizer_of(&content, path)?;
     let eos_token_ids = spec.eos_token_ids.clone();
     let source = GgufSource {
         path: path.to_path_buf(),

@@ -10,6 +10,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
 use super::packed::Packed;
+use super::qpacked::QPacked;
 
 #[derive(Debug, Clone)]
 pub enum Base {
@@ -25,6 +26,11 @@ pub enum Base {
     /// packed`). Differentiable with respect to the input, so training runs through it too.
     Packed(Arc<Packed>),
     Quantized(Arc<QMatMul>),
+    /// A GGML block-type weight on the CPU, decoded at load into selfspec's own quantized
+    /// layout ([`crate::model::qpacked`]) and multiplied by its kernels. Differentiable with
+    /// respect to the input (the backward dequantizes the weight just for it), so QLoRA trains
+    /// directly over a GGUF file's blocks.
+    QPacked(Arc<QPacked>),
     /// QLoRA's frozen base: the weight stored in a GGML block type (`[out, in]`), dequantized
     /// to the activations' type for each forward and again for each backward, and dropped right
     /// after, so no dequantized weight stays alive between the two.
@@ -96,6 +102,45 @@ impl CustomOp1 for PackedMatmul {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(matmul(grad, &unpacked(&self.0)?)?))
+    }
+}
+
+/// `x Wᵀ` through a [`Base::QPacked`] weight; the backward is `grad · W`, with W dequantized
+/// just for it.
+struct QPackedMatmul(Arc<QPacked>);
+
+impl CustomOp1 for QPackedMatmul {
+    fn name(&self) -> &'static str {
+        "qpacked-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!(
+                "a quantized weight takes f32 activations, not {:?}",
+                candle_core::backend::BackendStorage::dtype(storage)
+            )
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("qpacked-matmul: the input is not contiguous")
+        };
+        let w = &self.0;
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&w.in_features()) {
+            candle_core::bail!("qpacked-matmul: input {dims:?} against a weight of {} inputs", w.in_features())
+        }
+        let rows = (end - start) / w.in_features().max(1);
+        let mut y = vec![0f32; rows * w.out_features()];
+        w.matmul(&data[start..end], rows, &mut y);
+        if let Some(last) = dims.last_mut() {
+            *last = w.out_features();
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = Tensor::from_vec(self.0.dequantize(), (self.0.out_features(), self.0.in_features()), grad.device())?;
+        Ok(Some(matmul(grad, &w)?))
     }
 }
 
@@ -201,6 +246,9 @@ impl Linear {
             Base::DenseT(wt) => wt.t(),
             Base::Packed(p) => unpacked(p),
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
+            Base::QPacked(q) => {
+                Tensor::from_vec(q.dequantize(), (q.out_features(), q.in_features()), &candle_core::Device::Cpu)
+            }
             Base::Dequant(q) => q.dequantize(&q.device()),
         }
     }
@@ -222,11 +270,16 @@ impl Linear {
                 let d = q.shape().dims();
                 (d[1], d[0])
             }
+            Base::QPacked(q) => (q.in_features(), q.out_features()),
         })
     }
 
     pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Linear {
         Linear { base: Base::Quantized(Arc::new(weight)), bias, adapters: Vec::new() }
+    }
+
+    pub fn qpacked(weight: QPacked, bias: Option<Tensor>) -> Linear {
+        Linear { base: Base::QPacked(Arc::new(weight)), bias, adapters: Vec::new() }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -235,6 +288,7 @@ impl Linear {
             Base::DenseT(wt) => matmul(x, wt)?,
             Base::Packed(p) => x.contiguous()?.apply_op1(PackedMatmul(p.clone()))?,
             Base::Quantized(q) => q.forward(x)?,
+            Base::QPacked(q) => x.contiguous()?.apply_op1(QPackedMatmul(q.clone()))?,
             Base::Dequant(q) => {
                 let out_features = q.shape().dims()[0];
                 let w = q.dequantize(x.device())?.to_dtype(x.dtype())?;

@@ -5,14 +5,17 @@
 //! `--model org/name` is looked up in the local Hugging Face cache ([`hub`]).
 
 pub mod arch;
+pub mod chat;
 pub mod config;
 pub mod decoder;
 #[cfg(feature = "hub-download")]
 pub mod download;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod hub;
 pub mod linear;
 pub mod packed;
+pub mod qpacked;
 pub mod tokenizer;
 pub mod weights;
 
@@ -128,6 +131,16 @@ impl Model {
         let decoder = Decoder::load(spec, &weights)?;
         Ok(Model { dir, decoder, tokenizer, eos_token_ids })
     }
+}
+
+/// The tokenizer of `model` (a folder, `org/name` in the local cache, or a .gguf file) without
+/// loading its weights.
+pub fn load_tokenizer(model: &str) -> Result<Tokenizer, ModelError> {
+    let path = Path::new(model);
+    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return gguf::load_tokenizer(path);
+    }
+    Tokenizer::load(&hub::resolve(model)?)
 }
 
 /// The decoder description of config.json at `path`.

@@ -188,7 +188,7 @@ struct Tile {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Kernel {
+pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -200,7 +200,7 @@ impl Kernel {
     /// The fastest kernel this CPU runs, or the one `SELFSPEC_MATMUL_KERNEL` (avx512, avx2,
     /// portable) names, for benchmarks; one this CPU cannot run (or an unknown name) is
     /// replaced by the fastest, with a warning.
-    fn detect() -> Kernel {
+    pub(crate) fn detect() -> Kernel {
         static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let best = Kernel::runnable()[0];
@@ -228,7 +228,7 @@ impl Kernel {
     }
 
     /// Every kernel this CPU can run, fastest first.
-    fn runnable() -> Vec<Kernel> {
+    pub(crate) fn runnable() -> Vec<Kernel> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {

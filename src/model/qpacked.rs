@@ -1,0 +1,696 @@
+//! `y = x Wᵀ` for a weight in one of the GGML block types real GGUF files carry (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), on the CPU, with f32 activations.
+//!
+//! Every one of these types stores, for each group of 16 or 32 consecutive inputs of an output
+//! row, small integers `q` and a scale `d` (and for the "_1" and K types a minimum `m`), with
+//! `w = d·q + m`. At load the blocks are decoded once into that common form — `q` as one `i8`
+//! per weight, `d` and `m` as f32 per group — and laid out in panels of [`NR`] output columns
+//! like [`super::packed`]: within a panel, input `k`'s [`NR`] quants sit back to back, then each
+//! group's [`NR`] scales and minimums. The decoding is exact (the `i8`, the f16 scales widened to
+//! f32 and the K types' 6-bit sub-scales multiplied out are the file's values); the product is
+//! `Σ_g d_g · (Σ_{k∈g} q_k x_k) + m_g · (Σ_{k∈g} x_k)`, so no weight is ever dequantized and the
+//! activations stay f32 (llama.cpp rounds them to 8 bits; candle's `QMatMul` too).
+//!
+//! One pass over each panel serves every row of `x` (up to [`MR`] at a time): at decode's few
+//! rows the weights stream once per step. The per-group sums of `x` are computed once per call.
+//! A weight costs one byte plus 8 bytes per group (1.25–1.5 bytes), against 0.56–1.06 in the
+//! file: the price of a kernel with no bit-unpacking in its inner loop.
+//!
+//! Invariants: panels are zero beyond `out` (quants, scales and minimums), so the inner loop
+//! needs no masks; only the final stores are masked.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use rayon::prelude::*;
+
+use super::packed::Kernel;
+
+/// Output columns per panel: three 16-float vectors.
+pub const NR: usize = 48;
+/// Rows of `x` per micro-tile.
+const MR: usize = 8;
+
+/// A `[out, in]` GGML weight decoded into panels of 8-bit quants with per-group scales.
+pub struct QPacked {
+    out: usize,
+    inp: usize,
+    /// Inputs per scale: 32, or 16 for Q6_K.
+    group: usize,
+    /// `panels × inp × NR`.
+    q: Vec<i8>,
+    /// `panels × groups × NR`.
+    scale: Vec<f32>,
+    /// `panels × groups × NR`; empty for the types without a minimum.
+    min: Vec<f32>,
+    dtype: GgmlDType,
+}
+
+impl std::fmt::Debug for QPacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QPacked[{:?}, {}, {}]", self.dtype, self.out, self.inp)
+    }
+}
+
+/// A raw pointer the workers write disjoint column ranges through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer `off` floats in (a method, so closures capture the whole `Out`).
+    fn at(self, off: usize) -> *mut f32 {
+        unsafe { self.0.add(off) }
+    }
+}
+
+/// IEEE half to single precision (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: normalise.
+            let shift = f.leading_zeros() - 21;
+            let f = (f << shift) & 0x3ff;
+            sign | ((113 - shift) << 23) | (f << 13)
+        }
+        (31, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+fn half(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// A K type's 6-bit scale and minimum of sub-block `j` (0..8) from its 12 packed bytes.
+fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((s[j] & 63) as f32, (s[j + 4] & 63) as f32)
+    } else {
+        (((s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4)) as f32, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as f32)
+    }
+}
+
+/// The block types this module decodes: (elements per block, bytes per block, group).
+pub fn layout(dtype: GgmlDType) -> Option<(usize, usize, usize)> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => (32, 18, 32),
+        GgmlDType::Q4_1 => (32, 20, 32),
+        GgmlDType::Q5_0 => (32, 22, 32),
+        GgmlDType::Q5_1 => (32, 24, 32),
+        GgmlDType::Q8_0 => (32, 34, 32),
+        GgmlDType::Q4K => (256, 144, 32),
+        GgmlDType::Q5K => (256, 176, 32),
+        GgmlDType::Q6K => (256, 210, 16),
+        _ => return None,
+    })
+}
+
+/// Decodes one block of `dtype` into quants `q` (one per element), and a scale and minimum per
+/// group (`d`, `m`), with `w = d·q + m`.
+fn decode_block(dtype: GgmlDType, b: &[u8], q: &mut [i8], d: &mut [f32], m: &mut [f32]) {
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+            let (body, bias) = if dtype == GgmlDType::Q4_0 { (2, 8) } else { (4, 0) };
+            d[0] = half(b, 0);
+            m[0] = if dtype == GgmlDType::Q4_1 { half(b, 2) } else { 0.0 };
+            for j in 0..16 {
+                q[j] = (b[body + j] & 0xf) as i8 - bias;
+                q[j + 16] = (b[body + j] >> 4) as i8 - bias;
+            }
+        }
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let one = dtype == GgmlDType::Q5_1;
+            let (hi, body, bias) = if one { (4, 8, 0) } else { (2, 6, 16) };
+            d[0] = half(b, 0);
+            m[0] = if one { half(b, 2) } else { 0.0 };
+            let qh = u32::from_le_bytes([b[hi], b[hi + 1], b[hi + 2], b[hi + 3]]);
+            for j in 0..16 {
+                let h0 = (((qh >> j) << 4) & 0x10) as u8;
+                let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+                q[j] = ((b[body + j] & 0xf) | h0) as i8 - bias;
+                q[j + 16] = ((b[body + j] >> 4) | h1) as i8 - bias;
+            }
+        }
+        GgmlDType::Q8_0 => {
+            d[0] = half(b, 0);
+            m[0] = 0.0;
+            for j in 0..32 {
+                q[j] = b[2 + j] as i8;
+            }
+        }
+        GgmlDType::Q4K | GgmlDType::Q5K => {
+            let five = dtype == GgmlDType::Q5K;
+            let (dd, dmin) = (half(b, 0), half(b, 2));
+            let scales = &b[4..16];
+            let (qh, qs) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+            for chunk in 0..4 {
+                let ql = &qs[chunk * 32..][..32];
+                for half_ in 0..2 {
+                    let sub = chunk * 2 + half_;
+                    let (sc, mn) = scale_min_k4(sub, scales);
+                    d[sub] = dd * sc;
+                    m[sub] = -(dmin * mn);
+                    for l in 0..32 {
+                        let low = if half_ == 0 { ql[l] & 0xf } else { ql[l] >> 4 };
+                        let high = if five && qh[l] & (1 << sub) != 0 { 16 } else { 0 };
+                        q[sub * 32 + l] = (low + high) as i8;
+                    }
+                }
+            }
+        }
+        GgmlDType::Q6K => {
+            let (ql_all, qh_all, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            let dd = half(b, 208);
+            for (g, (dst, s)) in d.iter_mut().zip(sc).enumerate() {
+                *dst = dd * (*s as i8) as f32;
+                m[g] = 0.0;
+            }
+            for n in 0..2 {
+                let (ql, qh) = (&ql_all[n * 64..], &qh_all[n * 32..]);
+                let y = &mut q[n * 128..];
+                for l in 0..32 {
+                    y[l] = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i8 - 32;
+                    y[l + 32] = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                    y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                    y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                }
+            }
+        }
+        other => unreachable!("{other:?} has no block layout here"),
+    }
+}
+
+impl QPacked {
+    /// Decodes and packs a `[out, in]` weight of a supported block type. `None` for any other
+    /// type (or an input size that is not a whole number of blocks).
+    pub fn new(t: &QTensor) -> candle_core::Result<Option<QPacked>> {
+        let Some((block, bytes, _)) = layout(t.dtype()) else { return Ok(None) };
+        let (out, inp) = t.shape().dims2()?;
+        if inp == 0 || inp % block != 0 {
+            return Ok(None);
+        }
+        let data = t.data()?;
+        let row_bytes = inp / block * bytes;
+        if data.len() != out * row_bytes {
+            candle_core::bail!("a {:?} weight [{out}, {inp}] has {} bytes, not {}", t.dtype(), data.len(), out * row_bytes)
+        }
+        Ok(Some(Self::from_rows(&data, t.dtype(), out, inp)))
+    }
+
+    fn from_rows(data: &[u8], dtype: GgmlDType, out: usize, inp: usize) -> QPacked {
+        let (block, bytes, group) = layout(dtype).expect("a supported type");
+        let row_bytes = inp / block * bytes;
+        let groups = inp / group;
+        let panels = out.div_ceil(NR);
+        let has_min = matches!(
+            dtype,
+            GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K
+        );
+        let mut q = vec![0i8; panels * inp * NR];
+        let mut scale = vec![0f32; panels * groups * NR];
+        let mut min = vec![0f32; if has_min { panels * groups * NR } else { 0 }];
+        let per_block = block / group;
+        let mins: Vec<&mut [f32]> = if has_min {
+            min.chunks_mut(groups * NR).collect()
+        } else {
+            (0..panels).map(|_| &mut [][..]).collect()
+        };
+        q.par_chunks_mut(inp * NR)
+            .zip(scale.par_chunks_mut(groups * NR))
+            .zip(mins.into_par_iter())
+            .enumerate()
+            .for_each(|(p, ((qp, sp), mp))| {
+                let mut rq = vec![0i8; inp];
+                let mut rd = vec![0f32; groups];
+                let mut rm = vec![0f32; groups];
+                for c in 0..(out - p * NR).min(NR) {
+                    let row = &data[(p * NR + c) * row_bytes..][..row_bytes];
+                    for (b, raw) in row.chunks_exact(bytes).enumerate() {
+                        decode_block(
+                            dtype,
+                            raw,
+                            &mut rq[b * block..][..block],
+                            &mut rd[b * per_block..][..per_block],
+                            &mut rm[b * per_block..][..per_block],
+                        );
+                    }
+                    for (k, v) in rq.iter().enumerate() {
+                        qp[k * NR + c] = *v;
+                    }
+                    for g in 0..groups {
+                        sp[g * NR + c] = rd[g];
+                        if !mp.is_empty() {
+                            mp[g * NR + c] = rm[g];
+                        }
+                    }
+                }
+            });
+        QPacked { out, inp, group, q, scale, min, dtype }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Bytes held (quants, scales, minimums).
+    pub fn size_in_bytes(&self) -> usize {
+        self.q.len() + 4 * (self.scale.len() + self.min.len())
+    }
+
+    fn groups(&self) -> usize {
+        self.inp / self.group
+    }
+
+    /// The weight's values as row-major `[out, in]` f32 (`d·q + m`).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.gather_rows(&(0..self.out as u32).collect::<Vec<_>>())
+    }
+
+    /// Rows `ids` of the `[out, in]` weight as f32, back to back (an embedding lookup when the
+    /// weight is a tied embedding). Panics on an id ≥ `out` (callers check ids).
+    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let groups = self.groups();
+        let mut rows = vec![0f32; ids.len() * self.inp];
+        for (dst, &id) in rows.chunks_mut(self.inp.max(1)).zip(ids) {
+            let id = id as usize;
+            assert!(id < self.out, "row {id} of a [{}, {}] weight", self.out, self.inp);
+            let (p, c) = (id / NR, id % NR);
+            let q = &self.q[p * self.inp * NR..];
+            for (k, v) in dst.iter_mut().enumerate() {
+                let g = (p * groups + k / self.group) * NR + c;
+                let m = if self.min.is_empty() { 0.0 } else { self.min[g] };
+                *v = self.scale[g] * q[k * NR + c] as f32 + m;
+            }
+        }
+        rows
+    }
+
+    /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten).
+    pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), rows * self.inp, "x is not [{rows}, {}]", self.inp);
+        assert_eq!(y.len(), rows * self.out, "y is not [{rows}, {}]", self.out);
+        if rows == 0 || self.out == 0 {
+            return;
+        }
+        let kernel = Kernel::detect();
+        let groups = self.groups();
+        // Σ x over each group, for the minimums.
+        let sums: Vec<f32> = if self.min.is_empty() {
+            Vec::new()
+        } else {
+            x.chunks_exact(self.group).map(|g| g.iter().sum()).collect()
+        };
+        let panels = self.out.div_ceil(NR);
+        let workers = rayon::current_num_threads().max(1);
+        let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
+        let y_out = Out(y.as_mut_ptr());
+        let run = |first: usize| {
+            for p in first..(first + per).min(panels) {
+                let tile = Tile {
+                    q: self.q[p * self.inp * NR..].as_ptr(),
+                    scale: self.scale[p * groups * NR..].as_ptr(),
+                    min: if self.min.is_empty() { std::ptr::null() } else { self.min[p * groups * NR..].as_ptr() },
+                    groups,
+                    group: self.group,
+                    inp: self.inp,
+                    cols: (self.out - p * NR).min(NR),
+                };
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = (rows - r0).min(MR);
+                    let rt = RowTile {
+                        x: x[r0 * self.inp..].as_ptr(),
+                        sums: if sums.is_empty() { std::ptr::null() } else { sums[r0 * groups..].as_ptr() },
+                        y: y_out.at(r0 * self.out + p * NR),
+                        ldc: self.out,
+                    };
+                    unsafe { run_tile(kernel, mr, &tile, &rt) };
+                    r0 += mr;
+                }
+            }
+        };
+        if panels <= per {
+            run(0);
+        } else {
+            (0..panels).into_par_iter().step_by(per).for_each(run);
+        }
+    }
+}
+
+/// One panel: its quants, scales and minimums (null when the type has none).
+struct Tile {
+    q: *const i8,
+    scale: *const f32,
+    min: *const f32,
+    groups: usize,
+    group: usize,
+    inp: usize,
+    cols: usize,
+}
+
+/// Up to [`MR`] rows of `x`, their group sums and where their outputs go.
+struct RowTile {
+    x: *const f32,
+    sums: *const f32,
+    y: *mut f32,
+    ldc: usize,
+}
+
+/// # Safety
+/// The pointers cover one panel and `rows` rows as [`QPacked::matmul`] lays them out.
+unsafe fn run_tile(kernel: Kernel, rows: usize, t: &Tile, r: &RowTile) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::tile(rows, t, r) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::tile(rows, t, r) },
+        Kernel::Portable => unsafe { portable_tile(rows, t, r) },
+    }
+}
+
+/// The reference kernel: plain loops, for other CPUs and to test the others against.
+unsafe fn portable_tile(rows: usize, t: &Tile, r: &RowTile) {
+    for row in 0..rows {
+        let mut out = [0f32; NR];
+        for g in 0..t.groups {
+            let mut acc = [0f32; NR];
+            for kk in 0..t.group {
+                let k = g * t.group + kk;
+                let a = unsafe { *r.x.add(row * t.inp + k) };
+                let w = unsafe { std::slice::from_raw_parts(t.q.add(k * NR), NR) };
+                for (s, q) in acc.iter_mut().zip(w) {
+                    *s += a * *q as f32;
+                }
+            }
+            let d = unsafe { std::slice::from_raw_parts(t.scale.add(g * NR), NR) };
+            for (c, o) in out.iter_mut().enumerate() {
+                *o += acc[c] * d[c];
+            }
+            if !t.min.is_null() {
+                let m = unsafe { std::slice::from_raw_parts(t.min.add(g * NR), NR) };
+                let s = unsafe { *r.sums.add(row * t.groups + g) };
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o += s * m[c];
+                }
+            }
+        }
+        let dst = unsafe { std::slice::from_raw_parts_mut(r.y.add(row * r.ldc), t.cols) };
+        dst.copy_from_slice(&out[..t.cols]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{RowTile, Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F present; the pointers as [`super::run_tile`] requires.
+    pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &RowTile) {
+        unsafe {
+            match rows {
+                8 => rows_n::<8>(t, r),
+                7 => rows_n::<7>(t, r),
+                6 => rows_n::<6>(t, r),
+                5 => rows_n::<5>(t, r),
+                4 => rows_n::<4>(t, r),
+                3 => rows_n::<3>(t, r),
+                2 => rows_n::<2>(t, r),
+                1 => rows_n::<1>(t, r),
+                _ => unreachable!("a tile has 1 to 8 rows"),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_n<const R: usize>(t: &Tile, r: &RowTile) {
+        let mut out = [[_mm512_setzero_ps(); 3]; R];
+        unsafe {
+            for g in 0..t.groups {
+                let mut acc = [[_mm512_setzero_ps(); 3]; R];
+                let k0 = g * t.group;
+                let mut w = t.q.add(k0 * NR);
+                for kk in 0..t.group {
+                    let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.cast())));
+                    let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(16).cast())));
+                    let w2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(32).cast())));
+                    for (row, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*r.x.add(row * t.inp + k0 + kk));
+                        acc[0] = _mm512_fmadd_ps(x, w0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(x, w1, acc[1]);
+                        acc[2] = _mm512_fmadd_ps(x, w2, acc[2]);
+                    }
+                    w = w.add(NR);
+                }
+                let s = t.scale.add(g * NR);
+                let d = [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))];
+                for (o, a) in out.iter_mut().zip(&acc) {
+                    for v in 0..3 {
+                        o[v] = _mm512_fmadd_ps(a[v], d[v], o[v]);
+                    }
+                }
+                if !t.min.is_null() {
+                    let mp = t.min.add(g * NR);
+                    let m = [_mm512_loadu_ps(mp), _mm512_loadu_ps(mp.add(16)), _mm512_loadu_ps(mp.add(32))];
+                    for (row, o) in out.iter_mut().enumerate() {
+                        let sx = _mm512_set1_ps(*r.sums.add(row * t.groups + g));
+                        for v in 0..3 {
+                            o[v] = _mm512_fmadd_ps(sx, m[v], o[v]);
+                        }
+                    }
+                }
+            }
+            let masks: [__mmask16; 3] = std::array::from_fn(|v| {
+                let n = t.cols.saturating_sub(v * 16).min(16);
+                ((1u32 << n) - 1) as __mmask16
+            });
+            for (row, o) in out.iter().enumerate() {
+                for (v, &m) in masks.iter().enumerate() {
+                    _mm512_mask_storeu_ps(r.y.add(row * r.ldc + v * 16), m, o[v]);
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA (16 registers): half panels of 24 columns, 4 rows at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{RowTile, Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2 and FMA present; the pointers as [`super::run_tile`] requires.
+    pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &RowTile) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = (rows - r0).min(4);
+            let sub = RowTile {
+                x: unsafe { r.x.add(r0 * t.inp) },
+                sums: if r.sums.is_null() { r.sums } else { unsafe { r.sums.add(r0 * t.groups) } },
+                y: unsafe { r.y.add(r0 * r.ldc) },
+                ldc: r.ldc,
+            };
+            for c0 in [0, 24] {
+                if c0 >= t.cols {
+                    break;
+                }
+                unsafe {
+                    match n {
+                        4 => half_panel::<4>(t, &sub, c0),
+                        3 => half_panel::<3>(t, &sub, c0),
+                        2 => half_panel::<2>(t, &sub, c0),
+                        _ => half_panel::<1>(t, &sub, c0),
+                    }
+                }
+            }
+            r0 += n;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn half_panel<const R: usize>(t: &Tile, r: &RowTile, c0: usize) {
+        let mut out = [[_mm256_setzero_ps(); 3]; R];
+        unsafe {
+            for g in 0..t.groups {
+                let mut acc = [[_mm256_setzero_ps(); 3]; R];
+                let k0 = g * t.group;
+                let mut w = t.q.add(k0 * NR + c0);
+                for kk in 0..t.group {
+                    let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.cast())));
+                    let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(8).cast())));
+                    let w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(16).cast())));
+                    for (row, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*r.x.add(row * t.inp + k0 + kk));
+                        acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+                        acc[2] = _mm256_fmadd_ps(x, w2, acc[2]);
+                    }
+                    w = w.add(NR);
+                }
+                let s = t.scale.add(g * NR + c0);
+                let d = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(s.add(16))];
+                for (o, a) in out.iter_mut().zip(&acc) {
+                    for v in 0..3 {
+                        o[v] = _mm256_fmadd_ps(a[v], d[v], o[v]);
+                    }
+                }
+                if !t.min.is_null() {
+                    let mp = t.min.add(g * NR + c0);
+                    let m = [_mm256_loadu_ps(mp), _mm256_loadu_ps(mp.add(8)), _mm256_loadu_ps(mp.add(16))];
+                    for (row, o) in out.iter_mut().enumerate() {
+                        let sx = _mm256_set1_ps(*r.sums.add(row * t.groups + g));
+                        for v in 0..3 {
+                            o[v] = _mm256_fmadd_ps(sx, m[v], o[v]);
+                        }
+                    }
+                }
+            }
+            let cols = (t.cols - c0).min(24);
+            for (row, o) in out.iter().enumerate() {
+                let mut sums = [0f32; 24];
+                for (v, s) in o.iter().enumerate() {
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(v * 8), *s);
+                }
+                let dst = std::slice::from_raw_parts_mut(r.y.add(row * r.ldc + c0), cols);
+                dst.copy_from_slice(&sums[..cols]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::generate::Rng::new(seed);
+        (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    /// The reference: candle's own dequantization of the blocks, then a plain f64 product.
+    fn reference(t: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
+        let (out, inp) = t.shape().dims2().unwrap();
+        let w = t.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                y[r * out + o] =
+                    (0..inp).map(|k| x[r * inp + k] as f64 * w[o * inp + k] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    const TYPES: [GgmlDType; 8] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+
+    #[test]
+    fn decoding_gives_candles_dequantized_values() {
+        for dtype in TYPES {
+            let (out, inp) = (50, 512);
+            let w = Tensor::from_vec(values(out * inp, 5), (out, inp), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let packed = QPacked::new(&q).unwrap().expect("a supported type");
+            let got = packed.dequantize();
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                // d·q + m in one rounding here, two in candle.
+                assert!((g - e).abs() <= 1e-6 * (1.0 + e.abs()), "{dtype:?} at {i}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_this_cpu_runs_matches_dequantize_then_multiply() {
+        for dtype in TYPES {
+            // A partial last panel, and row counts on both sides of a tile.
+            for &(out, inp) in &[(70usize, 256usize), (5, 512), (96, 768)] {
+                let w = Tensor::from_vec(values(out * inp, out as u64), (out, inp), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let packed = QPacked::new(&q).unwrap().expect("a supported type");
+                for rows in [1usize, 3, 8, 11] {
+                    let x = values(rows * inp, rows as u64 + 100);
+                    let want = reference(&q, &x, rows);
+                    let groups = packed.groups();
+                    let sums: Vec<f32> = x.chunks_exact(packed.group).map(|g| g.iter().sum()).collect();
+                    for kernel in Kernel::runnable() {
+                        let mut got = vec![f32::NAN; rows * out];
+                        for p in 0..out.div_ceil(NR) {
+                            let tile = Tile {
+                                q: packed.q[p * inp * NR..].as_ptr(),
+                                scale: packed.scale[p * groups * NR..].as_ptr(),
+                                min: if packed.min.is_empty() {
+                                    std::ptr::null()
+                                } else {
+                                    packed.min[p * groups * NR..].as_ptr()
+                                },
+                                groups,
+                                group: packed.group,
+                                inp,
+                                cols: (out - p * NR).min(NR),
+                            };
+                            let mut r0 = 0;
+                            while r0 < rows {
+                                let mr = (rows - r0).min(MR);
+                                let rt = RowTile {
+                                    x: x[r0 * inp..].as_ptr(),
+                                    sums: if packed.min.is_empty() {
+                                        std::ptr::null()
+                                    } else {
+                                        sums[r0 * groups..].as_ptr()
+                                    },
+                                    y: unsafe { got.as_mut_ptr().add(r0 * out + p * NR) },
+                                    ldc: out,
+                                };
+                                unsafe { run_tile(kernel, mr, &tile, &rt) };
+                                r0 += mr;
+                            }
+                        }
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - e).abs() <= 2e-4 * (1.0 + e.abs()),
+                                "{kernel:?} {dtype:?} [{out}, {inp}] rows {rows} at {i}: {g} vs {e}"
+                            );
+                        }
+                    }
+                    let mut whole = vec![f32::NAN; rows * out];
+                    packed.matmul(&x, rows, &mut whole);
+                    for (i, (g, e)) in whole.iter().zip(&want).enumerate() {
+                        assert!((g - e).abs() <= 2e-4 * (1.0 + e.abs()), "matmul {dtype:?} rows {rows} at {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn halves_convert_exactly() {
+        for (bits, want) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0), (0x0000, 0.0)]
+        {
+            assert_eq!(f16_to_f32(bits), want, "{bits:#x}");
+        }
+    }
+}
