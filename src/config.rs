@@ -16,6 +16,9 @@ pub const DEFAULT_FILE: &str = include_str!("../assets/config.yaml");
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub workspace: Option<PathBuf>,
+    /// The model every command and tab uses when none is named: a folder, org/name or .gguf.
+    /// None: the default model if it has been fetched (`selfspec model fetch`).
+    pub model: Option<String>,
     pub theme: String,
     pub seeds: SeedsConfig,
     pub generation: crate::generate::pipeline::Settings,
@@ -33,6 +36,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workspace: None,
+            model: None,
             theme: "dark".into(),
             seeds: SeedsConfig::default(),
             generation: Default::default(),

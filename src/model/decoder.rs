@@ -491,6 +491,16 @@ impl Decoder {
         layer.o.forward(&out)
     }
 
+    /// Bytes of weights one decoding step reads: every projection and the vocabulary head.
+    pub fn step_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .chain([&self.lm_head])
+            .map(Linear::weight_bytes)
+            .sum()
+    }
+
     /// The row gate of the adapter `name` (shared by all its layers), if it is loaded.
     pub fn gate(&self, name: &str) -> Option<crate::model::linear::Gate> {
         self.layers

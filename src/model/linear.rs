@@ -274,6 +274,20 @@ impl Linear {
         })
     }
 
+    /// Bytes of the base weight as held (what a forward pass streams).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.base {
+            Base::Dense(w) | Base::DenseT(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Base::Packed(p) => p.out_features() * p.in_features() * 4,
+            Base::QPacked(q) => q.size_in_bytes(),
+            Base::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+                QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            },
+            Base::Dequant(q) => q.storage_size_in_bytes(),
+        }
+    }
+
     pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Linear {
         Linear { base: Base::Quantized(Arc::new(weight)), bias, adapters: Vec::new() }
     }

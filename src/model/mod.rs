@@ -10,6 +10,7 @@ pub mod config;
 pub mod decoder;
 #[cfg(feature = "hub-download")]
 pub mod download;
+pub mod fetch;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
@@ -141,6 +142,23 @@ pub fn load_tokenizer(model: &str) -> Result<Tokenizer, ModelError> {
         return gguf::load_tokenizer(path);
     }
     Tokenizer::load(&hub::resolve(model)?)
+}
+
+/// The model to use when a command names none: the configuration's `model`, else the default
+/// model if it has been fetched into `cache`; an error that says how to get one otherwise.
+pub fn default_model(configured: Option<&str>, cache: &Path) -> anyhow::Result<String> {
+    if let Some(m) = configured.filter(|m| !m.trim().is_empty()) {
+        return Ok(m.to_string());
+    }
+    match fetch::installed(cache) {
+        Some(p) => Ok(p.display().to_string()),
+        None => anyhow::bail!(
+            "no model named: pass --model (a model folder, org/name or .gguf file), set `model:` in the \
+             configuration, or run `selfspec model fetch` to get the default model, {} ({} MB)",
+            fetch::NAME,
+            fetch::GGUF_BYTES / 1_000_000
+        ),
+    }
 }
 
 /// The decoder description of config.json at `path`.

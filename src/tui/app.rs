@@ -89,7 +89,8 @@ impl App {
     pub fn new(opts: Options) -> anyhow::Result<App> {
         let (themes, theme_errors) = Theme::available(&opts.config_dir);
         let theme = Theme::resolve(&opts.config.theme, &themes)?;
-        let generate = GenerateScreen::new(&opts.workspace, &opts.config_file, opts.model.clone(), None);
+        let mut generate = GenerateScreen::new(&opts.workspace, &opts.config_file, opts.model.clone(), None);
+        generate.cache_dir = opts.cache_dir.clone();
         let review = ReviewScreen::new(&opts.workspace);
         let mut train = TrainScreen::new(&opts.workspace, &opts.config_file);
         let tab = match &opts.attach {

