@@ -9,6 +9,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod model;
+pub mod parallel;
 pub mod seeds;
 pub mod train;
 pub mod tui;

@@ -1190,7 +1190,8 @@ fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> an
     let mut line = ProgressLine::new(args.n);
     let outcome = match args.progress {
         ProgressFormat::Jsonl => {
-            let mut out = std::io::stdout().lock();
+            // Not a lock held across the run: the decoding runs on a pool worker (generate::generate).
+            let mut out = std::io::stdout();
             pipeline::run(&mut run, &inputs, &cancel, &mut |p| {
                 use std::io::Write;
                 if let Ok(text) = serde_json::to_string(p) {

@@ -227,7 +227,7 @@ pub fn evaluate(
     datasets: &[Dataset],
     dir: &Path,
     cancel: &AtomicBool,
-    on_event: &mut dyn FnMut(&EvalEvent),
+    on_event: &mut (dyn FnMut(&EvalEvent) + Send),
 ) -> anyhow::Result<Report> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;

@@ -140,7 +140,17 @@ pub fn generate(
     model: &Model,
     requests: &[Request],
     opts: &Options,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut (dyn FnMut(Event) + Send),
+    cancel: &AtomicBool,
+) -> anyhow::Result<(Vec<Completion>, Timing)> {
+    crate::parallel::on_worker(|| generate_on_worker(model, requests, opts, on_event, cancel))
+}
+
+fn generate_on_worker(
+    model: &Model,
+    requests: &[Request],
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
     cancel: &AtomicBool,
 ) -> anyhow::Result<(Vec<Completion>, Timing)> {
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];

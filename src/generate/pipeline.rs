@@ -524,7 +524,7 @@ pub fn run(
     run: &mut Run,
     inputs: &Inputs,
     cancel: &AtomicBool,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> anyhow::Result<Outcome> {
     let job = run.job.clone();
     let s = &job.settings;
@@ -729,7 +729,7 @@ fn respond(
     candidates: &mut [Candidate],
     counters: &mut Counters,
     cancel: &AtomicBool,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> anyhow::Result<Option<Outcome>> {
     let s = &job.settings;
     let domain = &inputs.seeds.domain;
