@@ -48,14 +48,16 @@ fn main() -> candle_core::Result<()> {
             Packed::new(&q.dequantize(&d).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), o, i)
         })
         .collect();
-    let candle: Vec<QMatMul> =
-        weights.into_iter().map(QMatMul::from_qtensor).collect::<candle_core::Result<_>>()?;
+    let candle: Vec<QMatMul> = weights.into_iter().map(QMatMul::from_qtensor).collect::<candle_core::Result<_>>()?;
     let file_mb: f64 = shapes.iter().map(|(o, i)| o * i).sum::<usize>() as f64 * dtype.type_size() as f64
         / dtype.block_size() as f64
         / 1e6;
     let ours_mb: f64 = ours.iter().map(|q| q.size_in_bytes()).sum::<usize>() as f64 / 1e6;
     let f32_mb: f64 = shapes.iter().map(|(o, i)| o * i * 4).sum::<usize>() as f64 / 1e6;
-    println!("{dtype:?}: {} weights, {file_mb:.0} MB in the file, {ours_mb:.0} MB decoded, {f32_mb:.0} MB as f32", shapes.len());
+    println!(
+        "{dtype:?}: {} weights, {file_mb:.0} MB in the file, {ours_mb:.0} MB decoded, {f32_mb:.0} MB as f32",
+        shapes.len()
+    );
     println!("{:>5} {:>14} {:>14} {:>14} {:>10}", "rows", "selfspec ms", "candle ms", "f32 packed ms", "ours GB/s");
     for rows in [1usize, 4, 8, 64] {
         let reps = if rows >= 64 { 3 } else { 10 };
@@ -83,11 +85,8 @@ fn main() -> candle_core::Result<()> {
                 w.matmul(x, rows, &mut y);
             }
         });
-        let txs: Vec<Tensor> = xs
-            .iter()
-            .zip(&shapes)
-            .map(|(x, &(_, i))| Tensor::from_vec(x.clone(), (rows, i), &d).unwrap())
-            .collect();
+        let txs: Vec<Tensor> =
+            xs.iter().zip(&shapes).map(|(x, &(_, i))| Tensor::from_vec(x.clone(), (rows, i), &d).unwrap()).collect();
         let t_candle = time(&|| {
             for (w, x) in candle.iter().zip(&txs) {
                 w.forward(x).unwrap();

@@ -848,14 +848,20 @@ fn model_command(cmd: ModelCommand, config: &Config, dirs: &Dirs) -> anyhow::Res
                     let pct = if total == 0 { 100 } else { done * 100 / total };
                     if tty {
                         let bar = "#".repeat((pct / 4) as usize);
-                        eprint!("\r{stage:<8} [{bar:<25}] {pct:>3}%  {:.1}/{:.1} MB", done as f64 / 1e6, total as f64 / 1e6);
+                        eprint!(
+                            "\r{stage:<8} [{bar:<25}] {pct:>3}%  {:.1}/{:.1} MB",
+                            done as f64 / 1e6,
+                            total as f64 / 1e6
+                        );
                         let _ = std::io::stderr().flush();
                     } else if pct / 10 != last_tenth {
                         last_tenth = pct / 10;
                         eprintln!("{stage}: {pct}% ({done} of {total} bytes)");
                     }
                 }
-                fetch::Event::Log(line) if line.contains("ERROR") || line.contains("WARNING") => eprintln!("pip: {line}"),
+                fetch::Event::Log(line) if line.contains("ERROR") || line.contains("WARNING") => {
+                    eprintln!("pip: {line}")
+                }
                 fetch::Event::Log(_) => {}
             };
             let cancel = std::sync::atomic::AtomicBool::new(false);
@@ -888,7 +894,13 @@ fn model_command(cmd: ModelCommand, config: &Config, dirs: &Dirs) -> anyhow::Res
     }
 }
 
-fn tokenize_command(model: &str, text: Option<&str>, jsonl: Option<&Path>, chat: bool, verbose: bool) -> anyhow::Result<ExitCode> {
+fn tokenize_command(
+    model: &str,
+    text: Option<&str>,
+    jsonl: Option<&Path>,
+    chat: bool,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     let tokenizer = selfspec::model::load_tokenizer(model)?;
     let texts: Vec<String> = match (text, jsonl) {
         (Some(t), _) => vec![t.to_string()],
@@ -907,8 +919,7 @@ fn tokenize_command(model: &str, text: Option<&str>, jsonl: Option<&Path>, chat:
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for t in &texts {
         let ids = if chat {
-            let rendered =
-                tokenizer.apply_chat_template(&[selfspec::model::chat::Message::new("user", t)], true)?;
+            let rendered = tokenizer.apply_chat_template(&[selfspec::model::chat::Message::new("user", t)], true)?;
             tokenizer.encode_plain(&rendered)?
         } else {
             tokenizer.encode(t)?
@@ -1448,7 +1459,10 @@ fn bench_memory(json: bool) -> anyhow::Result<ExitCode> {
     let (copy, read) = (median(copies), median(reads));
     let threads = rayon::current_num_threads();
     if json {
-        println!("{}", serde_json::json!({"copy_gb_per_s": copy, "read_gb_per_s": read, "threads": threads, "bytes": n * 4}));
+        println!(
+            "{}",
+            serde_json::json!({"copy_gb_per_s": copy, "read_gb_per_s": read, "threads": threads, "bytes": n * 4})
+        );
     } else {
         println!("copy: {copy:.1} GB/s (bytes copied)  read: {read:.1} GB/s  ({threads} threads, 512 MiB)");
     }

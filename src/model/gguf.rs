@@ -167,15 +167,20 @@ fn meta_f(c: &gguf_file::Content, path: &Path, key: &str, default: f64) -> Resul
     }
 }
 
-/// The tokenizer of a .gguf file (from its metadata, else the tokenizer.json beside it).
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+/// The file opened and its header (metadata and tensor directory) read.
+fn open(path: &Path) -> Result<(BufReader<File>, gguf_file::Content), ModelError> {
     let io = |e: std::io::Error| ModelError::Io { file: path.to_path_buf(), source: e };
     let mut reader = BufReader::new(File::open(path).map_err(io)?);
     let content = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Weights {
         file: path.to_path_buf(),
         message: format!("is not a readable GGUF file ({e})"),
     })?;
-    tokenizer_of(&content, path)
+    Ok((reader, content))
+}
+
+/// The tokenizer of a .gguf file (from its metadata, else the tokenizer.json beside it).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+    tokenizer_of(&open(path)?.1, path)
 }
 
 fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
@@ -196,12 +201,7 @@ fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, 
 
 /// Opens a .gguf file for inference (f32 activations).
 pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelError> {
-    let io = |e: std::io::Error| ModelError::Io { file: path.to_path_buf(), source: e };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Weights {
-        file: path.to_path_buf(),
-        message: format!("is not a readable GGUF file ({e})"),
-    })?;
+    let (mut reader, content) = open(path)?;
     let arch = meta(&content, path, "general.architecture")?
         .to_string()
         .map_err(|_| ModelError::Config {

@@ -138,10 +138,8 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
     let types: Vec<i32> = match m.array("tokenizer.ggml.token_type")? {
         None => vec![1; n],
         Some(items) => {
-            let types: Vec<i32> = items
-                .iter()
-                .map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).unwrap_or(1))
-                .collect();
+            let types: Vec<i32> =
+                items.iter().map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).unwrap_or(1)).collect();
             if types.len() != n {
                 return Err(m.err("tokenizer.ggml.token_type", format!("has {} entries for {n} tokens", types.len())));
             }

@@ -67,29 +67,73 @@ impl CustomOp1 for InputGrad {
     }
 }
 
-/// `x Wᵀ` through a [`Base::Packed`] weight; the backward is `grad · W`, with W unpacked just
-/// for it (the base is frozen: no gradient for W).
-struct PackedMatmul(Arc<Packed>);
+/// A frozen CPU weight with its own `y = x Wᵀ` kernel: packed f32 ([`Packed`]) or decoded GGML
+/// blocks ([`QPacked`]).
+trait CpuWeight: Send + Sync {
+    const NAME: &'static str;
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]);
+    /// The weight as row-major `[out, in]` f32.
+    fn values(&self) -> Vec<f32>;
+}
 
-impl CustomOp1 for PackedMatmul {
+impl CpuWeight for Packed {
+    const NAME: &'static str = "packed-matmul";
+    fn in_features(&self) -> usize {
+        Packed::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        Packed::out_features(self)
+    }
+    fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        Packed::matmul(self, x, rows, y)
+    }
+    fn values(&self) -> Vec<f32> {
+        self.unpack()
+    }
+}
+
+impl CpuWeight for QPacked {
+    const NAME: &'static str = "qpacked-matmul";
+    fn in_features(&self) -> usize {
+        QPacked::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        QPacked::out_features(self)
+    }
+    fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        QPacked::matmul(self, x, rows, y)
+    }
+    fn values(&self) -> Vec<f32> {
+        self.dequantize()
+    }
+}
+
+/// `x Wᵀ` through a [`CpuWeight`]; the backward is `grad · W`, with W rebuilt as f32 just for it
+/// (the base is frozen: no gradient for W). Training runs through packed and GGUF weights alike.
+struct CpuMatmul<W: CpuWeight>(Arc<W>);
+
+impl<W: CpuWeight> CustomOp1 for CpuMatmul<W> {
     fn name(&self) -> &'static str {
-        "packed-matmul"
+        W::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!(
-                "a packed f32 weight takes f32 activations, not {:?}",
+                "{}: the weight takes f32 activations, not {:?}",
+                W::NAME,
                 candle_core::backend::BackendStorage::dtype(storage)
             )
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-matmul: the input is not contiguous")
+            candle_core::bail!("{}: the input is not contiguous", W::NAME)
         };
         let w = &self.0;
         let mut dims = layout.shape().dims().to_vec();
         if dims.last() != Some(&w.in_features()) {
-            candle_core::bail!("packed-matmul: input {dims:?} against a weight of {} inputs", w.in_features())
+            candle_core::bail!("{}: input {dims:?} against a weight of {} inputs", W::NAME, w.in_features())
         }
         let rows = (end - start) / w.in_features().max(1);
         let mut y = vec![0f32; rows * w.out_features()];
@@ -101,52 +145,13 @@ impl CustomOp1 for PackedMatmul {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(matmul(grad, &unpacked(&self.0)?)?))
+        Ok(Some(matmul(grad, &dense(self.0.as_ref())?)?))
     }
 }
 
-/// `x Wᵀ` through a [`Base::QPacked`] weight; the backward is `grad · W`, with W dequantized
-/// just for it.
-struct QPackedMatmul(Arc<QPacked>);
-
-impl CustomOp1 for QPackedMatmul {
-    fn name(&self) -> &'static str {
-        "qpacked-matmul"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!(
-                "a quantized weight takes f32 activations, not {:?}",
-                candle_core::backend::BackendStorage::dtype(storage)
-            )
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("qpacked-matmul: the input is not contiguous")
-        };
-        let w = &self.0;
-        let mut dims = layout.shape().dims().to_vec();
-        if dims.last() != Some(&w.in_features()) {
-            candle_core::bail!("qpacked-matmul: input {dims:?} against a weight of {} inputs", w.in_features())
-        }
-        let rows = (end - start) / w.in_features().max(1);
-        let mut y = vec![0f32; rows * w.out_features()];
-        w.matmul(&data[start..end], rows, &mut y);
-        if let Some(last) = dims.last_mut() {
-            *last = w.out_features();
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let w = Tensor::from_vec(self.0.dequantize(), (self.0.out_features(), self.0.in_features()), grad.device())?;
-        Ok(Some(matmul(grad, &w)?))
-    }
-}
-
-/// A packed weight back as a `[out, in]` tensor on the CPU.
-fn unpacked(p: &Packed) -> Result<Tensor> {
-    Tensor::from_vec(p.unpack(), (p.out_features(), p.in_features()), &candle_core::Device::Cpu)
+/// A CPU weight back as a `[out, in]` f32 tensor.
+fn dense<W: CpuWeight>(w: &W) -> Result<Tensor> {
+    Tensor::from_vec(w.values(), (w.out_features(), w.in_features()), &candle_core::Device::Cpu)
 }
 
 /// Output sizes up to this get the `[in, out]` layout for 16-bit weights on the CPU.
@@ -244,11 +249,9 @@ impl Linear {
         match &self.base {
             Base::Dense(w) => Ok(w.clone()),
             Base::DenseT(wt) => wt.t(),
-            Base::Packed(p) => unpacked(p),
+            Base::Packed(p) => dense(p.as_ref()),
             Base::Quantized(_) => candle_core::bail!("a quantized layer has no dense weight"),
-            Base::QPacked(q) => {
-                Tensor::from_vec(q.dequantize(), (q.out_features(), q.in_features()), &candle_core::Device::Cpu)
-            }
+            Base::QPacked(q) => dense(q.as_ref()),
             Base::Dequant(q) => q.dequantize(&q.device()),
         }
     }
@@ -300,9 +303,9 @@ impl Linear {
         let mut y = match &self.base {
             Base::Dense(w) => matmul(x, &w.t()?)?,
             Base::DenseT(wt) => matmul(x, wt)?,
-            Base::Packed(p) => x.contiguous()?.apply_op1(PackedMatmul(p.clone()))?,
+            Base::Packed(p) => x.contiguous()?.apply_op1(CpuMatmul(p.clone()))?,
             Base::Quantized(q) => q.forward(x)?,
-            Base::QPacked(q) => x.contiguous()?.apply_op1(QPackedMatmul(q.clone()))?,
+            Base::QPacked(q) => x.contiguous()?.apply_op1(CpuMatmul(q.clone()))?,
             Base::Dequant(q) => {
                 let out_features = q.shape().dims()[0];
                 let w = q.dequantize(x.device())?.to_dtype(x.dtype())?;
@@ -398,6 +401,27 @@ mod tests {
         assert_eq!(diff, [6., 6., 6., 22., 22., 22.]);
         layer.adapters[0].enabled = false;
         assert_eq!(layer.forward(&x)?.flatten_all()?.to_vec1::<f32>()?, plain.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_gguf_block_weight_trains_like_its_dequantized_copy() -> Result<()> {
+        // The input's gradient through the quantized kernel's op equals the one through the
+        // packed f32 weight holding the same (dequantized) values: QLoRA on a GGUF file.
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (40, 64), &dev)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1)?;
+        let quant = Linear::qpacked(QPacked::new(&q)?.expect("Q4_1 is supported"), None);
+        let plain = Linear::dense(q.dequantize(&dev)?, None)?;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (3, 64), &dev)?)?;
+        let grad = |layer: &Linear| -> Result<Vec<f32>> {
+            let y = layer.forward(x.as_tensor())?;
+            let g = (y.sqr()?.sum_all()?).backward()?;
+            g.get(x.as_tensor()).expect("x has a gradient").flatten_all()?.to_vec1::<f32>()
+        };
+        for (a, b) in grad(&quant)?.iter().zip(grad(&plain)?) {
+            assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
         Ok(())
     }
 }

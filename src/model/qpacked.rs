@@ -197,7 +197,12 @@ impl QPacked {
         let data = t.data()?;
         let row_bytes = inp / block * bytes;
         if data.len() != out * row_bytes {
-            candle_core::bail!("a {:?} weight [{out}, {inp}] has {} bytes, not {}", t.dtype(), data.len(), out * row_bytes)
+            candle_core::bail!(
+                "a {:?} weight [{out}, {inp}] has {} bytes, not {}",
+                t.dtype(),
+                data.len(),
+                out * row_bytes
+            )
         }
         Ok(Some(Self::from_rows(&data, t.dtype(), out, inp)))
     }
@@ -207,19 +212,13 @@ impl QPacked {
         let row_bytes = inp / block * bytes;
         let groups = inp / group;
         let panels = out.div_ceil(NR);
-        let has_min = matches!(
-            dtype,
-            GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K
-        );
+        let has_min = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K);
         let mut q = vec![0i8; panels * inp * NR];
         let mut scale = vec![0f32; panels * groups * NR];
         let mut min = vec![0f32; if has_min { panels * groups * NR } else { 0 }];
         let per_block = block / group;
-        let mins: Vec<&mut [f32]> = if has_min {
-            min.chunks_mut(groups * NR).collect()
-        } else {
-            (0..panels).map(|_| &mut [][..]).collect()
-        };
+        let mins: Vec<&mut [f32]> =
+            if has_min { min.chunks_mut(groups * NR).collect() } else { (0..panels).map(|_| &mut [][..]).collect() };
         q.par_chunks_mut(inp * NR)
             .zip(scale.par_chunks_mut(groups * NR))
             .zip(mins.into_par_iter())
@@ -308,11 +307,8 @@ impl QPacked {
         let kernel = Kernel::detect();
         let groups = self.groups();
         // Σ x over each group, for the minimums.
-        let sums: Vec<f32> = if self.min.is_empty() {
-            Vec::new()
-        } else {
-            x.chunks_exact(self.group).map(|g| g.iter().sum()).collect()
-        };
+        let sums: Vec<f32> =
+            if self.min.is_empty() { Vec::new() } else { x.chunks_exact(self.group).map(|g| g.iter().sum()).collect() };
         let panels = self.out.div_ceil(NR);
         let workers = rayon::current_num_threads().max(1);
         let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
@@ -594,8 +590,7 @@ mod tests {
         let mut y = vec![0f32; rows * out];
         for r in 0..rows {
             for o in 0..out {
-                y[r * out + o] =
-                    (0..inp).map(|k| x[r * inp + k] as f64 * w[o * inp + k] as f64).sum::<f64>() as f32;
+                y[r * out + o] = (0..inp).map(|k| x[r * inp + k] as f64 * w[o * inp + k] as f64).sum::<f64>() as f32;
             }
         }
         y
@@ -693,7 +688,8 @@ mod tests {
 
     #[test]
     fn halves_convert_exactly() {
-        for (bits, want) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0), (0x0000, 0.0)]
+        for (bits, want) in
+            [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0), (0x0000, 0.0)]
         {
             assert_eq!(f16_to_f32(bits), want, "{bits:#x}");
         }

@@ -32,7 +32,11 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer { file: path.clone(), message: format!("cannot be read: {e}") })?;
         let chat = super::chat::template_in_folder(dir)
             .map_err(|e| ModelError::Tokenizer { file: dir.to_path_buf(), message: e.to_string() })?
-            .map(|(source, origin)| ChatTemplate { source, special: super::chat::special_tokens_in_folder(dir), origin });
+            .map(|(source, origin)| ChatTemplate {
+                source,
+                special: super::chat::special_tokens_in_folder(dir),
+                origin,
+            });
         Ok(Tokenizer { inner, chat })
     }
 
