@@ -136,6 +136,9 @@ struct Row {
     rng: Rng,
 }
 
+/// Decodes `requests` in batches of at most `opts.max_batch`, reporting through `on_event`.
+/// The decoding runs on a worker of rayon's pool ([`crate::parallel::on_worker`]), so
+/// `on_event` is called from that thread (hence `Send`); the caller waits for the result.
 pub fn generate(
     model: &Model,
     requests: &[Request],
