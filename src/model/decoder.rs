@@ -13,8 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::{DecoderSpec, Rope, RopeScaling};
-use super::linear::{Base, Linear};
-use super::packed::Packed;
+use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -146,12 +145,9 @@ impl Cache {
 /// Where token embeddings are looked up.
 enum Embeddings {
     Table(Tensor),
-    /// The tied LM head's packed weight, whose rows are the embeddings: one copy of the
-    /// vocabulary matrix instead of two.
-    Head(Arc<Packed>),
-    /// The same for a tied head in GGML blocks (a GGUF file's `token_embd`): rows decoded on
-    /// lookup, the file's values exactly.
-    QHead(Arc<crate::model::qpacked::QPacked>),
+    /// The tied LM head's CPU weight (packed f32, or a GGUF file's decoded blocks), whose rows
+    /// are the embeddings: one copy of the vocabulary matrix instead of two.
+    Head(Arc<dyn CpuWeight>),
 }
 
 impl Embeddings {
@@ -165,13 +161,6 @@ impl Embeddings {
                     candle_core::bail!("token id {bad} is outside the vocabulary of {}", p.out_features())
                 }
                 Tensor::from_vec(p.gather_rows(&ids), (ids.len(), p.in_features()), &Device::Cpu)
-            }
-            Embeddings::QHead(q) => {
-                let ids = ids.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-                if let Some(bad) = ids.iter().find(|&&id| id as usize >= q.out_features()) {
-                    candle_core::bail!("token id {bad} is outside the vocabulary of {}", q.out_features())
-                }
-                Tensor::from_vec(q.gather_rows(&ids), (ids.len(), q.in_features()), &Device::Cpu)
             }
         }
     }
@@ -311,8 +300,8 @@ impl Decoder {
         let inv_freq = Tensor::new(freqs, w.device())?;
         // A packed head is f32 on the CPU, as the embeddings it was made from.
         let embed = match &lm_head.base {
-            Base::Packed(p) if s.tie_word_embeddings => Embeddings::Head(p.clone()),
-            Base::QPacked(q) if s.tie_word_embeddings => Embeddings::QHead(q.clone()),
+            Base::Packed(p) if s.tie_word_embeddings => Embeddings::Head(p.clone() as Arc<dyn CpuWeight>),
+            Base::QPacked(q) if s.tie_word_embeddings => Embeddings::Head(q.clone() as Arc<dyn CpuWeight>),
             _ => Embeddings::Table(embed),
         };
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })

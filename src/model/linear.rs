@@ -69,17 +69,24 @@ impl CustomOp1 for InputGrad {
 
 /// A frozen CPU weight with its own `y = x Wᵀ` kernel: packed f32 ([`Packed`]) or decoded GGML
 /// blocks ([`QPacked`]).
-trait CpuWeight: Send + Sync {
-    const NAME: &'static str;
+pub trait CpuWeight: Send + Sync {
+    fn name(&self) -> &'static str;
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]);
+    /// Rows `ids` of the `[out, in]` weight as f32, back to back: an embedding lookup when the
+    /// weight is a tied head. Panics on an id ≥ `out` (callers check ids).
+    fn gather_rows(&self, ids: &[u32]) -> Vec<f32>;
     /// The weight as row-major `[out, in]` f32.
-    fn values(&self) -> Vec<f32>;
+    fn values(&self) -> Vec<f32> {
+        self.gather_rows(&(0..self.out_features() as u32).collect::<Vec<_>>())
+    }
 }
 
 impl CpuWeight for Packed {
-    const NAME: &'static str = "packed-matmul";
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
     fn in_features(&self) -> usize {
         Packed::in_features(self)
     }
@@ -89,13 +96,15 @@ impl CpuWeight for Packed {
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         Packed::matmul(self, x, rows, y)
     }
-    fn values(&self) -> Vec<f32> {
-        self.unpack()
+    fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        Packed::gather_rows(self, ids)
     }
 }
 
 impl CpuWeight for QPacked {
-    const NAME: &'static str = "qpacked-matmul";
+    fn name(&self) -> &'static str {
+        "qpacked-matmul"
+    }
     fn in_features(&self) -> usize {
         QPacked::in_features(self)
     }
@@ -105,8 +114,8 @@ impl CpuWeight for QPacked {
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         QPacked::matmul(self, x, rows, y)
     }
-    fn values(&self) -> Vec<f32> {
-        self.dequantize()
+    fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        QPacked::gather_rows(self, ids)
     }
 }
 
@@ -116,24 +125,24 @@ struct CpuMatmul<W: CpuWeight>(Arc<W>);
 
 impl<W: CpuWeight> CustomOp1 for CpuMatmul<W> {
     fn name(&self) -> &'static str {
-        W::NAME
+        self.0.name()
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!(
                 "{}: the weight takes f32 activations, not {:?}",
-                W::NAME,
+                self.0.name(),
                 candle_core::backend::BackendStorage::dtype(storage)
             )
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: the input is not contiguous", W::NAME)
+            candle_core::bail!("{}: the input is not contiguous", self.0.name())
         };
         let w = &self.0;
         let mut dims = layout.shape().dims().to_vec();
         if dims.last() != Some(&w.in_features()) {
-            candle_core::bail!("{}: input {dims:?} against a weight of {} inputs", W::NAME, w.in_features())
+            candle_core::bail!("{}: input {dims:?} against a weight of {} inputs", w.name(), w.in_features())
         }
         let rows = (end - start) / w.in_features().max(1);
         let mut y = vec![0f32; rows * w.out_features()];
@@ -150,7 +159,7 @@ impl<W: CpuWeight> CustomOp1 for CpuMatmul<W> {
 }
 
 /// A CPU weight back as a `[out, in]` f32 tensor.
-fn dense<W: CpuWeight>(w: &W) -> Result<Tensor> {
+fn dense<W: CpuWeight + ?Sized>(w: &W) -> Result<Tensor> {
     Tensor::from_vec(w.values(), (w.out_features(), w.in_features()), &candle_core::Device::Cpu)
 }
 

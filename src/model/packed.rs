@@ -87,7 +87,7 @@ impl Packed {
 
     /// The weight back as row-major `[out, in]`.
     pub fn unpack(&self) -> Vec<f32> {
-        self.gather_rows(&(0..self.out as u32).collect::<Vec<_>>())
+        crate::model::linear::CpuWeight::values(self)
     }
 
     /// Rows `ids` of the `[out, in]` weight, back to back: an embedding lookup when the

@@ -275,7 +275,7 @@ impl QPacked {
 
     /// The weight's values as row-major `[out, in]` f32 (`d·q + m`).
     pub fn dequantize(&self) -> Vec<f32> {
-        self.gather_rows(&(0..self.out as u32).collect::<Vec<_>>())
+        crate::model::linear::CpuWeight::values(self)
     }
 
     /// Rows `ids` of the `[out, in]` weight as f32, back to back (an embedding lookup when the
