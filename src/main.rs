@@ -49,9 +49,10 @@ enum Command {
     /// one JSON object a line: {"ids": [...]} (with --chat, the text rendered by the chat template
     /// first, as `apply_chat_template(..., tokenize=True)` does).
     Tokenize {
-        /// A model folder, org/name in the Hugging Face cache, or a .gguf file (only the tokenizer is read).
+        /// A model folder, org/name in the Hugging Face cache, or a .gguf file (only the tokenizer
+        /// is read). Default: the configured or fetched default model, as for every command.
         #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
-        model: String,
+        model: Option<String>,
         /// The text (or give --jsonl).
         #[arg(required_unless_present = "jsonl")]
         text: Option<String>,
@@ -62,7 +63,7 @@ enum Command {
         /// assistant's turn opened, and tokenize that (nothing added).
         #[arg(long)]
         chat: bool,
-        /// Also print the decoded text and the token strings.
+        /// Also print the ids decoded back to text (special tokens left out).
         #[arg(long)]
         verbose: bool,
     },
@@ -600,7 +601,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Model(cmd)) => model_command(cmd, &config, &dirs),
         Some(Command::Complete(args)) => complete(args),
         Some(Command::Tokenize { model, text, jsonl, chat, verbose }) => {
-            tokenize_command(&model, text.as_deref(), jsonl.as_deref(), chat, verbose)
+            tokenize_command(&model_name(model.as_deref())?, text.as_deref(), jsonl.as_deref(), chat, verbose)
         }
         Some(Command::Samples(cmd)) => samples_command(cmd),
         Some(Command::Merge { model, adapter, out }) => {
@@ -784,8 +785,7 @@ fn complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
             messages.push(selfspec::model::chat::Message::new("system", system));
         }
         messages.push(selfspec::model::chat::Message::new("user", &args.prompt));
-        let text = model.tokenizer.apply_chat_template(&messages, true)?;
-        model.tokenizer.encode_plain(&text)?
+        model.tokenizer.encode_chat(&messages)?
     } else {
         model.tokenizer.encode(&args.prompt)?
     };
@@ -919,8 +919,7 @@ fn tokenize_command(
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for t in &texts {
         let ids = if chat {
-            let rendered = tokenizer.apply_chat_template(&[selfspec::model::chat::Message::new("user", t)], true)?;
-            tokenizer.encode_plain(&rendered)?
+            tokenizer.encode_chat(&[selfspec::model::chat::Message::new("user", t)])?
         } else {
             tokenizer.encode(t)?
         };

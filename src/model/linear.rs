@@ -74,9 +74,19 @@ pub trait CpuWeight: Send + Sync {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]);
+    /// Row `id` (< `out`) of the `[out, in]` weight as f32, into `dst` (`in` long).
+    fn row(&self, id: usize, dst: &mut [f32]);
     /// Rows `ids` of the `[out, in]` weight as f32, back to back: an embedding lookup when the
     /// weight is a tied head. Panics on an id ≥ `out` (callers check ids).
-    fn gather_rows(&self, ids: &[u32]) -> Vec<f32>;
+    fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let (out, inp) = (self.out_features(), self.in_features());
+        let mut rows = vec![0f32; ids.len() * inp];
+        for (dst, &id) in rows.chunks_mut(inp.max(1)).zip(ids) {
+            assert!((id as usize) < out, "row {id} of a [{out}, {inp}] weight");
+            self.row(id as usize, dst);
+        }
+        rows
+    }
     /// The weight as row-major `[out, in]` f32.
     fn values(&self) -> Vec<f32> {
         self.gather_rows(&(0..self.out_features() as u32).collect::<Vec<_>>())
@@ -96,8 +106,8 @@ impl CpuWeight for Packed {
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         Packed::matmul(self, x, rows, y)
     }
-    fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
-        Packed::gather_rows(self, ids)
+    fn row(&self, id: usize, dst: &mut [f32]) {
+        Packed::row(self, id, dst)
     }
 }
 
@@ -114,8 +124,8 @@ impl CpuWeight for QPacked {
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         QPacked::matmul(self, x, rows, y)
     }
-    fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
-        QPacked::gather_rows(self, ids)
+    fn row(&self, id: usize, dst: &mut [f32]) {
+        QPacked::row(self, id, dst)
     }
 }
 

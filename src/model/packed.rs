@@ -9,7 +9,7 @@
 //! every row of `x` consuming each loaded vector.
 //!
 //! The same layout serves large row counts (prefill, training's forward) in blocks of [`KC`]
-//! depth, and gathers the rows of a tied embedding ([`Packed::gather_rows`]).
+//! depth, and gives the rows of a tied embedding ([`Packed::row`]).
 //!
 //! Invariants: panels are zero beyond `out` (the last panel's padding), so no masked arithmetic
 //! is needed on the inner loop; only the final stores are masked.
@@ -90,20 +90,13 @@ impl Packed {
         crate::model::linear::CpuWeight::values(self)
     }
 
-    /// Rows `ids` of the `[out, in]` weight, back to back: an embedding lookup when the
-    /// weight is a tied embedding matrix. Panics on an id ≥ `out` (callers check ids).
-    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
-        let f = self.floats();
-        let mut rows = vec![0f32; ids.len() * self.inp];
-        for (dst, &id) in rows.chunks_mut(self.inp.max(1)).zip(ids) {
-            let id = id as usize;
-            assert!(id < self.out, "row {id} of a [{}, {}] weight", self.out, self.inp);
-            let panel = &f[(id / NR) * self.inp * NR..];
-            for (k, d) in dst.iter_mut().enumerate() {
-                *d = panel[k * NR + id % NR];
-            }
+    /// Row `id` (< `out`) of the `[out, in]` weight into `dst` (`in` long): an embedding when the
+    /// weight is a tied embedding matrix.
+    pub fn row(&self, id: usize, dst: &mut [f32]) {
+        let panel = &self.floats()[(id / NR) * self.inp * NR..];
+        for (k, d) in dst.iter_mut().enumerate() {
+            *d = panel[k * NR + id % NR];
         }
-        rows
     }
 
     /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten).
@@ -482,7 +475,7 @@ mod tests {
         let (out, inp) = (130, 9);
         let w = values(out * inp, 3);
         let packed = Packed::new(&w, out, inp);
-        let rows = packed.gather_rows(&[129, 0, 48, 47]);
+        let rows = crate::model::linear::CpuWeight::gather_rows(&packed, &[129, 0, 48, 47]);
         for (i, id) in [129usize, 0, 48, 47].iter().enumerate() {
             assert_eq!(&rows[i * inp..][..inp], &w[id * inp..][..inp]);
         }

@@ -96,7 +96,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
 }
 
 /// The block types this module decodes: (elements per block, bytes per block, group).
-pub fn layout(dtype: GgmlDType) -> Option<(usize, usize, usize)> {
+fn layout(dtype: GgmlDType) -> Option<(usize, usize, usize)> {
     Some(match dtype {
         GgmlDType::Q4_0 => (32, 18, 32),
         GgmlDType::Q4_1 => (32, 20, 32),
@@ -189,7 +189,8 @@ impl QPacked {
     /// Decodes and packs a `[out, in]` weight of a supported block type. `None` for any other
     /// type (or an input size that is not a whole number of blocks).
     pub fn new(t: &QTensor) -> candle_core::Result<Option<QPacked>> {
-        let Some((block, bytes, _)) = layout(t.dtype()) else { return Ok(None) };
+        let dtype = t.dtype();
+        let Some((block, bytes, group)) = layout(dtype) else { return Ok(None) };
         let (out, inp) = t.shape().dims2()?;
         if inp == 0 || inp % block != 0 {
             return Ok(None);
@@ -197,19 +198,8 @@ impl QPacked {
         let data = t.data()?;
         let row_bytes = inp / block * bytes;
         if data.len() != out * row_bytes {
-            candle_core::bail!(
-                "a {:?} weight [{out}, {inp}] has {} bytes, not {}",
-                t.dtype(),
-                data.len(),
-                out * row_bytes
-            )
+            candle_core::bail!("a {dtype:?} weight [{out}, {inp}] has {} bytes, not {}", data.len(), out * row_bytes)
         }
-        Ok(Some(Self::from_rows(&data, t.dtype(), out, inp)))
-    }
-
-    fn from_rows(data: &[u8], dtype: GgmlDType, out: usize, inp: usize) -> QPacked {
-        let (block, bytes, group) = layout(dtype).expect("a supported type");
-        let row_bytes = inp / block * bytes;
         let groups = inp / group;
         let panels = out.div_ceil(NR);
         let has_min = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K);
@@ -249,7 +239,7 @@ impl QPacked {
                     }
                 }
             });
-        QPacked { out, inp, group, q, scale, min, dtype }
+        Ok(Some(QPacked { out, inp, group, q, scale, min, dtype }))
     }
 
     pub fn out_features(&self) -> usize {
@@ -258,10 +248,6 @@ impl QPacked {
 
     pub fn in_features(&self) -> usize {
         self.inp
-    }
-
-    pub fn dtype(&self) -> GgmlDType {
-        self.dtype
     }
 
     /// Bytes held (quants, scales, minimums).
@@ -278,23 +264,17 @@ impl QPacked {
         crate::model::linear::CpuWeight::values(self)
     }
 
-    /// Rows `ids` of the `[out, in]` weight as f32, back to back (an embedding lookup when the
-    /// weight is a tied embedding). Panics on an id ≥ `out` (callers check ids).
-    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+    /// Row `id` (< `out`) of the `[out, in]` weight as f32 into `dst` (`in` long): an embedding
+    /// when the weight is a tied embedding.
+    pub fn row(&self, id: usize, dst: &mut [f32]) {
         let groups = self.groups();
-        let mut rows = vec![0f32; ids.len() * self.inp];
-        for (dst, &id) in rows.chunks_mut(self.inp.max(1)).zip(ids) {
-            let id = id as usize;
-            assert!(id < self.out, "row {id} of a [{}, {}] weight", self.out, self.inp);
-            let (p, c) = (id / NR, id % NR);
-            let q = &self.q[p * self.inp * NR..];
-            for (k, v) in dst.iter_mut().enumerate() {
-                let g = (p * groups + k / self.group) * NR + c;
-                let m = if self.min.is_empty() { 0.0 } else { self.min[g] };
-                *v = self.scale[g] * q[k * NR + c] as f32 + m;
-            }
+        let (p, c) = (id / NR, id % NR);
+        let q = &self.q[p * self.inp * NR..];
+        for (k, v) in dst.iter_mut().enumerate() {
+            let g = (p * groups + k / self.group) * NR + c;
+            let m = if self.min.is_empty() { 0.0 } else { self.min[g] };
+            *v = self.scale[g] * q[k * NR + c] as f32 + m;
         }
-        rows
     }
 
     /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten).

@@ -74,11 +74,6 @@ impl Tokenizer {
         self.inner.decode(ids, true).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
     }
 
-    /// The model's chat template, if it has one.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat.as_ref()
-    }
-
     /// `messages` rendered with the chat template (`apply_chat_template(messages,
     /// tokenize=False, add_generation_prompt=...)`).
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> anyhow::Result<String> {
@@ -88,5 +83,11 @@ impl Tokenizer {
             )
         })?;
         chat.render(messages, add_generation_prompt)
+    }
+
+    /// Ids of `messages` with the assistant's turn opened, as `apply_chat_template(messages,
+    /// add_generation_prompt=True, tokenize=True)` gives them: the rendered text, nothing added.
+    pub fn encode_chat(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        self.encode_plain(&self.apply_chat_template(messages, true)?)
     }
 }
