@@ -845,7 +845,7 @@ fn model_command(cmd: ModelCommand, config: &Config, dirs: &Dirs) -> anyhow::Res
                     last_tenth = u64::MAX;
                 }
                 fetch::Event::Progress { done, total } => {
-                    let pct = if total == 0 { 100 } else { done * 100 / total };
+                    let pct = (done * 100).checked_div(total).unwrap_or(100);
                     if tty {
                         let bar = "#".repeat((pct / 4) as usize);
                         eprint!(

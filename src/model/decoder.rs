@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::{DecoderSpec, Rope, RopeScaling};
+use super::fused;
 use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
@@ -33,6 +34,7 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match pass {
             Pass::Inference => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
+            Pass::Training if fused::usable(x) => fused::rms_norm(x, &self.weight, self.eps as f32),
             Pass::Training => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
         }
     }
@@ -367,15 +369,38 @@ impl Decoder {
             _ => None,
         };
 
+        // Training on the CPU in f32 goes through the fused ops; they share one copy of the
+        // angles and masks.
+        let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 {
+            let as_mask = |m: &Option<Tensor>| -> Result<Option<fused::Mask>> {
+                m.as_ref()
+                    .map(|m| Ok(fused::Mask { values: std::sync::Arc::new(m.flatten_all()?.to_vec1()?), new, total }))
+                    .transpose()
+            };
+            Some(Fused {
+                angles: fused::Angles::new(&cos, &sin)?,
+                full: as_mask(&full_mask)?,
+                window: as_mask(&window_mask)?,
+            })
+        } else {
+            None
+        };
+
         let ids = tokens.flatten_all()?;
         let mut x = self.embed.lookup(&ids)?.reshape((rows, new, self.spec.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = if layer.sliding { window_mask.as_ref() } else { full_mask.as_ref() };
             let h = layer.input_norm.forward(&x, pass)?;
-            let a = self.attention(layer, &h, &cos, &sin, mask, &mut cache.layers[i], start, pass)?;
+            let rope = Rotary { cos: &cos, sin: &sin, fused: fused.as_ref() };
+            let a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], start, pass)?;
             x = (x + a)?;
             let h = layer.post_norm.forward(&x, pass)?;
-            let m = layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
+            let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+            let product = match fused {
+                Some(_) => fused::silu_mul(&g, &u)?,
+                None => (g.silu()? * u)?,
+            };
+            let m = layer.down.forward(&product)?;
             x = (x + m)?;
         }
         cache.len = total;
@@ -414,8 +439,7 @@ impl Decoder {
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: Rotary,
         mask: Option<&Tensor>,
         cache: &mut Option<Kv>,
         start: usize,
@@ -434,7 +458,12 @@ impl Decoder {
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
+        let (cos, sin) = (rope.cos, rope.sin);
         let (q, k) = match (pass, s.rope_interleaved) {
+            _ if rope.fused.is_some() => {
+                let angles = &rope.fused.expect("matched").angles;
+                (fused::rope(&q, angles, s.rope_interleaved)?, fused::rope(&k, angles, s.rope_interleaved)?)
+            }
             (Pass::Inference, false) => {
                 (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
             }
@@ -476,6 +505,13 @@ impl Decoder {
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;
         let q = q.reshape((rows, nkv, rep * new, hd))?;
+        if let Some(f) = rope.fused {
+            let mask = if layer.sliding { f.window.as_ref() } else { f.full.as_ref() };
+            let probs = fused::softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f32).sqrt(), mask)?;
+            let out = probs.matmul(&v)?;
+            let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
+            return layer.o.forward(&out);
+        }
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let mut scores = scores.to_dtype(DType::F32)?.reshape((rows, nkv, rep, new, total))?;
         if let Some(mask) = mask {
@@ -530,6 +566,22 @@ impl Decoder {
         }
         out
     }
+}
+
+/// Training's fused-op inputs for one forward: the rotary angles and the masks as flat values.
+struct Fused {
+    angles: fused::Angles,
+    full: Option<fused::Mask>,
+    window: Option<fused::Mask>,
+}
+
+/// The rotary angles `[rows, new, hd/2]` for one forward, and their fused form when training
+/// on the CPU.
+#[derive(Clone, Copy)]
+struct Rotary<'a> {
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    fused: Option<&'a Fused>,
 }
 
 /// `rotate_half` rotary embedding from differentiable ops; `cos`/`sin` are `[rows, new, hd/2]`.

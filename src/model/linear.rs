@@ -87,6 +87,14 @@ pub trait CpuWeight: Send + Sync {
         }
         rows
     }
+    /// Panel `p` (outputs `p·NR ..`) as f32 `[in][NR]`: W[p·NR + j][i] at `i·NR + j`, zero past
+    /// `out`. Borrowed when stored so, else decoded into `scratch`.
+    fn panel<'a>(&'a self, p: usize, scratch: &'a mut Vec<f32>) -> &'a [f32];
+    /// `dx = dy W` for `rows` rows (`dy` `rows × out`, `dx` `rows × in`, overwritten): the
+    /// input gradient of `y = x Wᵀ`.
+    fn input_grad(&self, dy: &[f32], rows: usize, dx: &mut [f32]) {
+        super::fused::input_grad(self, dy, rows, dx)
+    }
     /// The weight as row-major `[out, in]` f32.
     fn values(&self) -> Vec<f32> {
         self.gather_rows(&(0..self.out_features() as u32).collect::<Vec<_>>())
@@ -109,6 +117,12 @@ impl CpuWeight for Packed {
     fn row(&self, id: usize, dst: &mut [f32]) {
         Packed::row(self, id, dst)
     }
+    fn panel<'a>(&'a self, p: usize, _scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        Packed::panel_values(self, p)
+    }
+    fn input_grad(&self, dy: &[f32], rows: usize, dx: &mut [f32]) {
+        Packed::input_grad(self, dy, rows, dx)
+    }
 }
 
 impl CpuWeight for QPacked {
@@ -127,9 +141,14 @@ impl CpuWeight for QPacked {
     fn row(&self, id: usize, dst: &mut [f32]) {
         QPacked::row(self, id, dst)
     }
+    fn panel<'a>(&'a self, p: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        QPacked::panel(self, p, scratch);
+        scratch
+    }
 }
 
-/// `x Wᵀ` through a [`CpuWeight`]; the backward is `grad · W`, with W rebuilt as f32 just for it
+/// `x Wᵀ` through a [`CpuWeight`]; the backward is `grad · W`, read panel by panel from the
+/// packed weight ([`super::fused::input_grad`])
 /// (the base is frozen: no gradient for W). Training runs through packed and GGUF weights alike.
 struct CpuMatmul<W: CpuWeight>(Arc<W>);
 
@@ -163,8 +182,8 @@ impl<W: CpuWeight> CustomOp1 for CpuMatmul<W> {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(matmul(grad, &dense(self.0.as_ref())?)?))
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(super::fused::input_grad_tensor(self.0.as_ref(), grad, arg.shape())?))
     }
 }
 
@@ -319,6 +338,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused_training(x)? {
+            return Ok(y);
+        }
         let mut y = match &self.base {
             Base::Dense(w) => matmul(x, &w.t()?)?,
             Base::DenseT(wt) => matmul(x, wt)?,
@@ -358,6 +380,32 @@ impl Linear {
             y = (y + up)?;
         }
         Ok(y)
+    }
+}
+
+impl Linear {
+    /// Training's one-node LoRA ([`super::fused::lora`]): a CPU weight in panels, no bias, one
+    /// adapter on every row whose A and B are being trained, f32 activations.
+    fn fused_training(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let base: Arc<dyn CpuWeight> = match &self.base {
+            Base::Packed(p) => p.clone(),
+            Base::QPacked(q) => q.clone(),
+            _ => return Ok(None),
+        };
+        let mut enabled = self.adapters.iter().filter(|a| a.enabled);
+        let (Some(adapter), None) = (enabled.next(), enabled.next()) else { return Ok(None) };
+        let everywhere = matches!(&*adapter.gate.read().unwrap_or_else(|e| e.into_inner()), GateState::All);
+        let trained = adapter.a.track_op() || adapter.b.track_op();
+        if !everywhere
+            || !trained
+            || self.bias.is_some()
+            || !super::fused::usable(x)
+            || !super::fused::usable(&adapter.a)
+            || !super::fused::usable(&adapter.b)
+        {
+            return Ok(None);
+        }
+        super::fused::lora(x, base, &adapter.a, &adapter.b, adapter.scale, adapter.dropout).map(Some)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod decoder;
 #[cfg(feature = "hub-download")]
 pub mod download;
 pub mod fetch;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;

@@ -35,6 +35,9 @@ pub struct Packed {
     lines: Vec<Line>,
     out: usize,
     inp: usize,
+    /// Wᵀ packed the same way, built at the first backward ([`Packed::input_grad`]): training
+    /// holds it, inference never does.
+    transposed: std::sync::OnceLock<Box<Packed>>,
 }
 
 impl std::fmt::Debug for Packed {
@@ -56,7 +59,7 @@ impl Packed {
         let panels = out.div_ceil(NR);
         let lines_per_panel = inp * NR / 16;
         if lines_per_panel == 0 {
-            return Packed { lines: Vec::new(), out, inp };
+            return Packed { lines: Vec::new(), out, inp, transposed: Default::default() };
         }
         let mut lines = vec![Line([0.0; 16]); panels * lines_per_panel];
         lines.par_chunks_mut(lines_per_panel).enumerate().for_each(|(p, panel)| {
@@ -70,7 +73,25 @@ impl Packed {
                 }
             }
         });
-        Packed { lines, out, inp }
+        Packed { lines, out, inp, transposed: Default::default() }
+    }
+
+    /// `dx = dy W` (`dy` is `rows × out`, `dx` `rows × in`, overwritten): the forward kernel
+    /// over Wᵀ, which is packed at the first call and kept.
+    pub fn input_grad(&self, dy: &[f32], rows: usize, dx: &mut [f32]) {
+        let t = self.transposed.get_or_init(|| {
+            // Panel p's row i is W[p·NR .. p·NR + NR][i]: row i of Wᵀ, columns p·NR on.
+            let mut wt = vec![0f32; self.inp * self.out];
+            for p in 0..self.out.div_ceil(NR) {
+                let cols = (self.out - p * NR).min(NR);
+                let panel = self.panel_values(p);
+                for i in 0..self.inp {
+                    wt[i * self.out + p * NR..][..cols].copy_from_slice(&panel[i * NR..][..cols]);
+                }
+            }
+            Box::new(Packed::new(&wt, self.inp, self.out))
+        });
+        t.matmul(dy, rows, dx);
     }
 
     pub fn out_features(&self) -> usize {
@@ -88,6 +109,11 @@ impl Packed {
     /// The weight back as row-major `[out, in]`.
     pub fn unpack(&self) -> Vec<f32> {
         crate::model::linear::CpuWeight::values(self)
+    }
+
+    /// Panel `p` as stored: `[in][NR]`, output `p·NR + j` of input `i` at `i·NR + j`.
+    pub fn panel_values(&self, p: usize) -> &[f32] {
+        &self.floats()[p * self.inp * NR..(p + 1) * self.inp * NR]
     }
 
     /// Row `id` (< `out`) of the `[out, in]` weight into `dst` (`in` long): an embedding when the
@@ -465,6 +491,24 @@ mod tests {
                 }
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!((g - e).abs() < 1e-4, "{kernel:?} [{out}, {inp}] rows {rows} at {i}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_is_dy_times_w() {
+        for &(out, inp, rows) in &[(50usize, 20usize, 7usize), (96, 130, 1), (5, 48, 9)] {
+            let w = values(out * inp, 31);
+            let p = Packed::new(&w, out, inp);
+            let dy = values(rows * out, 32);
+            let mut dx = vec![0f32; rows * inp];
+            p.input_grad(&dy, rows, &mut dx);
+            for r in 0..rows {
+                for i in 0..inp {
+                    let want: f64 = (0..out).map(|o| dy[r * out + o] as f64 * w[o * inp + i] as f64).sum();
+                    let got = dx[r * inp + i] as f64;
+                    assert!((got - want).abs() < 1e-4, "[{out}, {inp}] at ({r}, {i}): {got} vs {want}");
                 }
             }
         }

@@ -264,6 +264,27 @@ impl QPacked {
         crate::model::linear::CpuWeight::values(self)
     }
 
+    /// Panel `p` decoded to f32 `[in][NR]` (output `p·NR + j` of input `i` at `i·NR + j`) into
+    /// `dst`, resized to fit.
+    pub fn panel(&self, p: usize, dst: &mut Vec<f32>) {
+        let groups = self.groups();
+        dst.resize(self.inp * NR, 0.0);
+        let q = &self.q[p * self.inp * NR..(p + 1) * self.inp * NR];
+        for (k, (d, q)) in dst.chunks_mut(NR).zip(q.chunks(NR)).enumerate() {
+            let g = (p * groups + k / self.group) * NR;
+            let scale = &self.scale[g..g + NR];
+            if self.min.is_empty() {
+                for ((d, &q), s) in d.iter_mut().zip(q).zip(scale) {
+                    *d = s * q as f32;
+                }
+            } else {
+                for (((d, &q), s), m) in d.iter_mut().zip(q).zip(scale).zip(&self.min[g..g + NR]) {
+                    *d = s * q as f32 + m;
+                }
+            }
+        }
+    }
+
     /// Row `id` (< `out`) of the `[out, in]` weight as f32 into `dst` (`in` long): an embedding
     /// when the weight is a tied embedding.
     pub fn row(&self, id: usize, dst: &mut [f32]) {
@@ -586,6 +607,29 @@ mod tests {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
+
+    /// Training's input gradient `dy · W` straight from the panels equals the product with
+    /// candle's dequantized weight, for every type and a ragged last panel.
+    #[test]
+    fn the_input_gradient_reads_the_panels_right() {
+        for dtype in TYPES {
+            let (out, inp, rows) = (70, 256, 5);
+            let w = Tensor::from_vec(values(out * inp, 21), (out, inp), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let packed = QPacked::new(&q).unwrap().expect("a supported type");
+            let dy = values(rows * out, 22);
+            let mut dx = vec![0f32; rows * inp];
+            crate::model::fused::input_grad(&packed, &dy, rows, &mut dx);
+            for r in 0..rows {
+                for i in 0..inp {
+                    let want: f64 = (0..out).map(|o| dy[r * out + o] as f64 * dense[o * inp + i] as f64).sum();
+                    let got = dx[r * inp + i] as f64;
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{dtype:?} [{r}, {i}]: {got} vs {want}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn decoding_gives_candles_dequantized_values() {

@@ -285,6 +285,9 @@ impl Trainer {
         let n = index.len();
         let at = Tensor::from_vec(index, n, device)?;
         let logits = model.decoder.forward_at(&input, &mut cache, Pass::Training, &at)?.to_dtype(DType::F32)?;
+        if crate::model::fused::usable(&logits) {
+            return crate::model::fused::nll(&logits, targets)?.sum_all();
+        }
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let chosen = logp.gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?;
         chosen.sum_all()?.neg()

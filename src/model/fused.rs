@@ -1,0 +1,831 @@
+//! Training's CPU ops, each one autograd node with its own backward.
+//!
+//! candle's autograd keeps every node's output alive until the backward has run: an op built
+//! from five element-wise steps holds five tensors of its size per layer, where PyTorch keeps
+//! only what the backward reads. On a 30-layer model that is most of the memory of a training
+//! step, and allocating it afresh each micro-batch is most of its page faults. These ops keep
+//! one output each and recompute the rest in the backward:
+//!
+//! - [`rms_norm`]: `x / √(mean(x²) + ε) · w` (w frozen);
+//! - [`softmax`]: `softmax(s · scale + mask)` over the last axis, the attention's probabilities;
+//! - [`rope`]: rotary embedding, half-split or interleaved;
+//! - [`silu_mul`]: `silu(g) · u`, the SwiGLU product;
+//! - [`nll`]: `logsumexp(z) − z[target]` per row, the loss without a `[n, vocab]` log-softmax;
+//! - [`lora`]: `x Wᵀ + scale · drop(x) Aᵀ Bᵀ` over a frozen [`CpuWeight`], the dropout mask
+//!   regenerated from its seed in the backward instead of stored.
+//!
+//! Each takes f32 on the CPU ([`usable`]); other devices and dtypes build the same maths from
+//! candle's differentiable ops. Invariant: every op's backward is checked against candle's
+//! autograd through those ops (the tests below), and training against PEFT (tests/lora.rs).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::linear::{CpuWeight, Dropout};
+
+/// Whether `t` can go through these ops: f32 on the CPU.
+pub fn usable(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The f32 values of a storage under a contiguous layout.
+fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: f32 only") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: input not contiguous") };
+    Ok(&v[a..b])
+}
+
+/// Runs `f` over `t`'s values (made contiguous first).
+fn with<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(c) = &*s else { candle_core::bail!("{op}: CPU only") };
+    Ok(f(slice(op, c, l)?))
+}
+
+fn tensor(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu)
+}
+
+/// Rows per parallel task: at least `min_elems` values each.
+fn rows_per_task(width: usize, min_elems: usize) -> usize {
+    (min_elems / width.max(1)).max(1)
+}
+
+fn gemm_threads(work: usize) -> Parallelism {
+    if work < 1 << 18 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, each matrix given by (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts bound every index the strides reach in the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+struct RmsNormOp {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNormOp {
+    fn weight(&self) -> Result<Vec<f32>> {
+        self.weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+    }
+}
+
+/// `1 / √(mean(x²) + ε)` of one row.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    (1.0 / (ms + eps as f64).sqrt()) as f32
+}
+
+impl CustomOp1 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(self.name(), s, l)?;
+        let w = self.weight()?;
+        let h = w.len();
+        let mut y = vec![0f32; x.len()];
+        let rows = rows_per_task(h, 1 << 14);
+        y.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
+                let r = inv_rms(x, self.eps);
+                for ((y, x), w) in y.iter_mut().zip(x).zip(&w) {
+                    *y = x * r * w;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    /// With `r = 1/√(mean(x²)+ε)` and `g = dy·w`: `dx = r·g − x · r³ · (g·x) / h`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.weight()?;
+        let h = w.len();
+        let dx = with(self.name(), arg, |x| {
+            with(self.name(), grad, |dy| {
+                let mut dx = vec![0f32; x.len()];
+                let rows = rows_per_task(h, 1 << 14);
+                dx.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h).zip(dy.par_chunks(rows * h))).for_each(
+                    |(dx, (x, dy))| {
+                        for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                            let r = inv_rms(x, self.eps);
+                            let dot: f32 = x.iter().zip(dy).zip(&w).map(|((x, dy), w)| x * dy * w).sum();
+                            let c = r * r * r * dot / h as f32;
+                            for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(&w) {
+                                *dx = r * dy * w - x * c;
+                            }
+                        }
+                    },
+                );
+                dx
+            })
+        })??;
+        Ok(Some(tensor(dx, arg.shape())?))
+    }
+}
+
+/// RMSNorm over the last axis with a frozen `weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(RmsNormOp { weight: weight.clone(), eps })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention softmax
+
+/// An additive mask `[rows, new, total]` (0 or −∞), shared by every head and layer.
+#[derive(Clone)]
+pub struct Mask {
+    pub values: Arc<Vec<f32>>,
+    pub new: usize,
+    pub total: usize,
+}
+
+struct SoftmaxOp {
+    scale: f32,
+    mask: Option<Mask>,
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    /// Scores `[rows, heads, q, total]` where query slot `i` is position `i % new` (grouped
+    /// heads stack their queries along that axis).
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(self.name(), s, l)?;
+        let dims = l.shape().dims();
+        let total = *dims.last().unwrap_or(&1);
+        let (q_slots, heads) = (dims[dims.len() - 2], dims[dims.len() - 3]);
+        if let Some(m) = &self.mask {
+            if m.total != total
+                || q_slots % m.new != 0
+                || m.values.len() < (x.len() / total) / (heads * q_slots) * m.new * total
+            {
+                candle_core::bail!("fused-softmax: mask [{}, {}] against scores {dims:?}", m.new, m.total)
+            }
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(total).zip(x.par_chunks(total)).enumerate().for_each(|(t, (y, x))| {
+            let mask = self.mask.as_ref().map(|m| {
+                let (row, pos) = (t / (heads * q_slots), (t % q_slots) % m.new);
+                &m.values[(row * m.new + pos) * total..][..total]
+            });
+            let mut max = f32::NEG_INFINITY;
+            for (k, (y, x)) in y.iter_mut().zip(x).enumerate() {
+                *y = x * self.scale + mask.map_or(0.0, |m| m[k]);
+                max = max.max(*y);
+            }
+            let mut sum = 0.0;
+            for y in y.iter_mut() {
+                *y = (*y - max).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    /// `ds = scale · p ⊙ (dp − Σ dp·p)`.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let total = res.dim(candle_core::D::Minus1)?;
+        let ds = with(self.name(), res, |p| {
+            with(self.name(), grad, |dp| {
+                let mut ds = vec![0f32; p.len()];
+                let rows = rows_per_task(total, 1 << 13);
+                ds.par_chunks_mut(rows * total)
+                    .zip(p.par_chunks(rows * total).zip(dp.par_chunks(rows * total)))
+                    .for_each(|(ds, (p, dp))| {
+                        for ((ds, p), dp) in ds.chunks_mut(total).zip(p.chunks(total)).zip(dp.chunks(total)) {
+                            let dot: f32 = p.iter().zip(dp).map(|(p, d)| p * d).sum();
+                            for ((ds, p), dp) in ds.iter_mut().zip(p).zip(dp) {
+                                *ds = self.scale * p * (dp - dot);
+                            }
+                        }
+                    });
+                ds
+            })
+        })??;
+        Ok(Some(tensor(ds, res.shape())?))
+    }
+}
+
+/// `softmax(scores · scale + mask)` over the last axis of `[rows, heads, q, total]`.
+pub fn softmax(scores: &Tensor, scale: f32, mask: Option<&Mask>) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1(SoftmaxOp { scale, mask: mask.cloned() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+struct RopeOp {
+    /// `[rows, new, hd/2]` each.
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    interleaved: bool,
+}
+
+impl RopeOp {
+    /// Rotates `x` `[rows, heads, new, hd]` by the angles; `sign` −1 applies the inverse rotation
+    /// (the backward: a rotation's transpose).
+    fn rotate(&self, x: &[f32], dims: &[usize], sign: f32) -> Result<Vec<f32>> {
+        let [rows, heads, new, hd] = dims else { candle_core::bail!("fused-rope: {dims:?} is not 4-d") };
+        let (rows, heads, new, hd) = (*rows, *heads, *new, *hd);
+        let half = hd / 2;
+        if hd % 2 != 0 || self.cos.len() != rows * new * half {
+            candle_core::bail!("fused-rope: angles for {} values against x {dims:?}", self.cos.len())
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(new * hd).zip(x.par_chunks(new * hd)).enumerate().for_each(|(rh, (y, x))| {
+            let row = rh / heads;
+            for t in 0..new {
+                let at = (row * new + t) * half;
+                let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+                let (x, y) = (&x[t * hd..(t + 1) * hd], &mut y[t * hd..(t + 1) * hd]);
+                for i in 0..half {
+                    let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                    let (c, s) = (cos[i], sign * sin[i]);
+                    y[a] = x[a] * c - x[b] * s;
+                    y[b] = x[b] * c + x[a] * s;
+                }
+            }
+        });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = self.rotate(slice(self.name(), s, l)?, l.shape().dims(), 1.0)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with(self.name(), grad, |dy| self.rotate(dy, grad.dims(), -1.0))??;
+        Ok(Some(tensor(dx, arg.shape())?))
+    }
+}
+
+/// The rotary angles of one forward, shared by every layer's [`rope`].
+#[derive(Clone)]
+pub struct Angles {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+}
+
+impl Angles {
+    /// From `cos` and `sin` `[rows, new, hd/2]`.
+    pub fn new(cos: &Tensor, sin: &Tensor) -> Result<Angles> {
+        let v =
+            |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)) };
+        Ok(Angles { cos: v(cos)?, sin: v(sin)? })
+    }
+}
+
+/// Rotary embedding of `x` `[rows, heads, new, hd]`: halves (`rotate_half`) or adjacent pairs.
+pub fn rope(x: &Tensor, angles: &Angles, interleaved: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(RopeOp { cos: angles.cos.clone(), sin: angles.sin.clone(), interleaved })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+struct SiluMulOp;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SiluMulOp {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(self.name(), s1, l1)?, slice(self.name(), s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("fused-silu-mul: {:?} against {:?}", l1.shape(), l2.shape())
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(u.par_chunks(1 << 14))).for_each(|(y, (g, u))| {
+            for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                *y = g * sigmoid(*g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// `dg = dy · u · σ(g)(1 + g(1 − σ(g)))`, `du = dy · g σ(g)`.
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with(self.name(), g, |g| {
+            with(self.name(), u, |u| {
+                with(self.name(), grad, |dy| {
+                    let mut dg = vec![0f32; g.len()];
+                    let mut du = vec![0f32; g.len()];
+                    let c = 1 << 14;
+                    dg.par_chunks_mut(c)
+                        .zip(du.par_chunks_mut(c))
+                        .zip(g.par_chunks(c).zip(u.par_chunks(c)).zip(dy.par_chunks(c)))
+                        .for_each(|((dg, du), ((g, u), dy))| {
+                            for i in 0..g.len() {
+                                let s = sigmoid(g[i]);
+                                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                                du[i] = dy[i] * g[i] * s;
+                            }
+                        });
+                    (dg, du)
+                })
+            })
+        })???;
+        Ok((Some(tensor(dg, g.shape())?), Some(tensor(du, u.shape())?)))
+    }
+}
+
+/// `silu(gate) · up`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMulOp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Negative log-likelihood
+
+struct NllOp {
+    targets: Arc<Vec<u32>>,
+}
+
+/// `(max, Σ exp(z − max))` of one row, the sum in f64: a vocabulary's worth of f32 terms
+/// added in order loses the fifth digit of the loss.
+fn exp_sum(z: &[f32]) -> (f32, f32) {
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    (max, z.iter().map(|v| (v - max).exp() as f64).sum::<f64>() as f32)
+}
+
+impl CustomOp1 for NllOp {
+    fn name(&self) -> &'static str {
+        "fused-nll"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = slice(self.name(), s, l)?;
+        let (n, vocab) = l.shape().dims2()?;
+        if self.targets.len() != n || self.targets.iter().any(|&t| t as usize >= vocab) {
+            candle_core::bail!("fused-nll: {} targets (below {vocab}) for {n} rows", self.targets.len())
+        }
+        let loss: Vec<f32> = z
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(z, &t)| {
+                let (max, sum) = exp_sum(z);
+                max + sum.ln() - z[t as usize]
+            })
+            .collect();
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+
+    /// `dz = dy · (softmax(z) − onehot(target))`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let vocab = arg.dim(1)?;
+        let dy = grad.to_vec1::<f32>()?;
+        let dz = with(self.name(), arg, |z| {
+            let mut dz = vec![0f32; z.len()];
+            dz.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).enumerate().for_each(|(i, (dz, z))| {
+                let (max, sum) = exp_sum(z);
+                let c = dy[i] / sum;
+                for (d, v) in dz.iter_mut().zip(z) {
+                    *d = c * (v - max).exp();
+                }
+                dz[self.targets[i] as usize] -= dy[i];
+            });
+            dz
+        })?;
+        Ok(Some(tensor(dz, arg.shape())?))
+    }
+}
+
+/// `−log softmax(logits)[target]` for each row of `logits` `[n, vocab]`: `[n]`.
+pub fn nll(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+    logits.contiguous()?.apply_op1(NllOp { targets: Arc::new(targets) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA over a frozen CPU weight
+
+/// The dropout mask's value at element `i`: 0 with probability `p`, else `1/(1−p)`. Element
+/// `i` is draw `i + 1` of [`crate::generate::Rng`] seeded with `seed` (SplitMix64 is a counter
+/// hashed, so any element is computed alone and the mask never needs storing).
+fn keep(d: Dropout, i: usize) -> f32 {
+    let mut z = d.seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    if u < d.p {
+        0.0
+    } else {
+        (1.0 / (1.0 - d.p)) as f32
+    }
+}
+
+/// `x ⊙ mask`, or `None` without dropout.
+fn dropped(x: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
+    let d = d.filter(|d| d.p > 0.0)?;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).enumerate().for_each(|(c, (y, x))| {
+        for (j, (y, x)) in y.iter_mut().zip(x).enumerate() {
+            *y = x * keep(d, c * (1 << 14) + j);
+        }
+    });
+    Some(y)
+}
+
+struct LoraOp {
+    base: Arc<dyn CpuWeight>,
+    scale: f32,
+    dropout: Option<Dropout>,
+}
+
+impl CustomOp3 for LoraOp {
+    fn name(&self) -> &'static str {
+        "fused-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (slice(self.name(), sx, lx)?, slice(self.name(), sa, la)?, slice(self.name(), sb, lb)?);
+        let (inp, out) = (self.base.in_features(), self.base.out_features());
+        let (r, r_in) = la.shape().dims2()?;
+        let mut dims = lx.shape().dims().to_vec();
+        if dims.last() != Some(&inp) || r_in != inp || lb.shape().dims2()? != (out, r) {
+            candle_core::bail!(
+                "fused-lora: x {dims:?}, A {:?}, B {:?} over a [{out}, {inp}] weight",
+                la.shape(),
+                lb.shape()
+            )
+        }
+        let n = x.len() / inp.max(1);
+        let mut y = vec![0f32; n * out];
+        self.base.matmul(x, n, &mut y);
+        let d = dropped(x, self.dropout);
+        let d = d.as_deref().unwrap_or(x);
+        let mut down = vec![0f32; n * r];
+        gemm(n, r, inp, &mut down, false, d, (inp, 1), a, (1, inp), 1.0, gemm_threads(n * inp * r));
+        gemm(n, out, r, &mut y, true, &down, (r, 1), b, (1, r), self.scale, gemm_threads(n * out * r));
+        *dims.last_mut().expect("checked above") = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// With `d = drop(x)`, `down = d Aᵀ` and `g = scale · dy B`: `dB = scale · dyᵀ down`,
+    /// `dA = gᵀ d`, `dx = dy W + mask ⊙ (g A)`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (inp, out) = (self.base.in_features(), self.base.out_features());
+        let r = a.dim(0)?;
+        let name = self.name();
+        let (dx, da, db) = with(name, x, |x| {
+            with(name, a, |a| {
+                with(name, b, |b| {
+                    with(name, grad, |dy| {
+                        let n = x.len() / inp.max(1);
+                        let d = dropped(x, self.dropout);
+                        let d = d.as_deref().unwrap_or(x);
+                        let mut down = vec![0f32; n * r];
+                        gemm(n, r, inp, &mut down, false, d, (inp, 1), a, (1, inp), 1.0, gemm_threads(n * inp * r));
+                        let mut g = vec![0f32; n * r];
+                        gemm(n, r, out, &mut g, false, dy, (out, 1), b, (r, 1), self.scale, gemm_threads(n * out * r));
+                        let mut db = vec![0f32; out * r];
+                        gemm(
+                            out,
+                            r,
+                            n,
+                            &mut db,
+                            false,
+                            dy,
+                            (1, out),
+                            &down,
+                            (r, 1),
+                            self.scale,
+                            gemm_threads(n * out * r),
+                        );
+                        let mut da = vec![0f32; r * inp];
+                        gemm(r, inp, n, &mut da, false, &g, (1, r), d, (inp, 1), 1.0, gemm_threads(n * inp * r));
+                        let mut dx = vec![0f32; n * inp];
+                        self.base.input_grad(dy, n, &mut dx);
+                        match self.dropout.filter(|d| d.p > 0.0) {
+                            None => {
+                                gemm(n, inp, r, &mut dx, true, &g, (r, 1), a, (inp, 1), 1.0, gemm_threads(n * inp * r))
+                            }
+                            Some(drop) => {
+                                let mut ga = vec![0f32; n * inp];
+                                gemm(
+                                    n,
+                                    inp,
+                                    r,
+                                    &mut ga,
+                                    false,
+                                    &g,
+                                    (r, 1),
+                                    a,
+                                    (inp, 1),
+                                    1.0,
+                                    gemm_threads(n * inp * r),
+                                );
+                                dx.par_chunks_mut(1 << 14).zip(ga.par_chunks(1 << 14)).enumerate().for_each(
+                                    |(c, (dx, ga))| {
+                                        for (j, (dx, ga)) in dx.iter_mut().zip(ga).enumerate() {
+                                            *dx += ga * keep(drop, c * (1 << 14) + j);
+                                        }
+                                    },
+                                );
+                            }
+                        }
+                        (dx, da, db)
+                    })
+                })
+            })
+        })????;
+        Ok((Some(tensor(dx, x.shape())?), Some(tensor(da, a.shape())?), Some(tensor(db, b.shape())?)))
+    }
+}
+
+/// `x Wᵀ + scale · drop(x) Aᵀ Bᵀ` with `A` `[r, in]` and `B` `[out, r]` trainable and W frozen.
+pub fn lora(
+    x: &Tensor,
+    base: Arc<dyn CpuWeight>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<Dropout>,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(a, b, LoraOp { base, scale: scale as f32, dropout })
+}
+
+/// `dx = dy W` for a frozen weight in panel layout: one rank-[`NR`] update of `dx` per panel,
+/// straight from the panel's memory (decoded for GGML blocks), rows split across the threads in
+/// blocks that stay in cache. [`CpuWeight::input_grad`]'s default; packed f32 weights have a
+/// faster one.
+pub fn input_grad<W: CpuWeight + ?Sized>(w: &W, dy: &[f32], rows: usize, dx: &mut [f32]) {
+    use super::packed::NR;
+    let (out, inp) = (w.out_features(), w.in_features());
+    assert_eq!(dy.len(), rows * out);
+    assert_eq!(dx.len(), rows * inp);
+    if rows == 0 || inp == 0 {
+        return;
+    }
+    let block = rows_per_task(inp, 1 << 15).min(rows.div_ceil(rayon::current_num_threads())).max(1);
+    dx.par_chunks_mut(block * inp).zip(dy.par_chunks(block * out)).for_each(|(dx, dy)| {
+        let n = dx.len() / inp;
+        let mut scratch = Vec::new();
+        for p in 0..out.div_ceil(NR) {
+            let cols = NR.min(out - p * NR);
+            let panel = w.panel(p, &mut scratch);
+            // The panel is `[in][NR]`: W[p·NR + j][i] at i·NR + j.
+            gemm(n, inp, cols, dx, p > 0, &dy[p * NR..], (out, 1), panel, (1, NR), 1.0, Parallelism::None);
+        }
+    });
+}
+
+/// [`input_grad`] for a gradient tensor, giving `dx` in `shape` (the op's input shape).
+pub fn input_grad_tensor(w: &dyn CpuWeight, grad: &Tensor, shape: &Shape) -> Result<Tensor> {
+    let rows = grad.elem_count() / w.out_features().max(1);
+    let dx = with("input-grad", grad, |dy| {
+        let mut dx = vec![0f32; rows * w.in_features()];
+        w.input_grad(dy, rows, &mut dx);
+        dx
+    })?;
+    tensor(dx, shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::packed::Packed;
+    use candle_core::{Device, Var, D};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::generate::Rng::new(seed);
+        (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        Var::from_tensor(&Tensor::from_vec(values(shape.iter().product(), seed), shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Asserts two tensors agree to `tol` relative to the larger's scale.
+    fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = a.iter().chain(&b).fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} against {y}");
+        }
+    }
+
+    /// Forward and input gradient of `fused` and `reference` agree, under a random upstream grad.
+    fn same_op(x: &Var, fused: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor, what: &str) {
+        let (yf, yr) = (fused(x.as_tensor()), reference(x.as_tensor()));
+        close(&yf, &yr, 1e-5, what);
+        let w = Tensor::from_vec(values(yf.elem_count(), 99), yf.shape(), &Device::Cpu).unwrap();
+        let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap(), 1e-4, &format!("{what} grad"));
+    }
+
+    #[test]
+    fn rms_norm_matches_candles_ops() {
+        let x = var(&[3, 5, 24], 1);
+        let w = Tensor::from_vec(values(24, 2), 24, &Device::Cpu).unwrap();
+        same_op(&x, |x| rms_norm(x, &w, 1e-5).unwrap(), |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-5).unwrap(), "rms");
+    }
+
+    #[test]
+    fn masked_softmax_matches_candles_ops() {
+        // 2 rows, 2 kv heads of 3 grouped queries, 4 new positions over 6 keys.
+        let (rows, heads, rep, new, total) = (2, 2, 3, 4, 6);
+        let x = var(&[rows, heads, rep * new, total], 3);
+        let mask: Vec<f32> = (0..rows * new * total)
+            .map(|i| if (i % total) > (i / total) % new + 2 || i % 5 == 0 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let m = Mask { values: Arc::new(mask.clone()), new, total };
+        let mt = Tensor::from_vec(mask, (rows, 1, 1, new, total), &Device::Cpu).unwrap();
+        same_op(
+            &x,
+            |x| softmax(x, 0.7, Some(&m)).unwrap(),
+            |x| {
+                let s = (x * 0.7).unwrap().reshape((rows, heads, rep, new, total)).unwrap().broadcast_add(&mt).unwrap();
+                candle_nn::ops::softmax(&s.reshape((rows, heads, rep * new, total)).unwrap(), D::Minus1).unwrap()
+            },
+            "softmax",
+        );
+    }
+
+    #[test]
+    fn rope_matches_candles_kernels_and_inverts() {
+        let (rows, heads, new, hd) = (2, 3, 5, 8);
+        let x = var(&[rows, heads, new, hd], 4);
+        let cos = Tensor::from_vec(values(rows * new * hd / 2, 5), (rows, new, hd / 2), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(values(rows * new * hd / 2, 6), (rows, new, hd / 2), &Device::Cpu).unwrap();
+        let angles = Angles::new(&cos, &sin).unwrap();
+        for interleaved in [false, true] {
+            let y = rope(x.as_tensor(), &angles, interleaved).unwrap();
+            let expected = if interleaved {
+                candle_nn::rotary_emb::rope_i(x.as_tensor(), &cos, &sin).unwrap()
+            } else {
+                candle_nn::rotary_emb::rope(x.as_tensor(), &cos, &sin).unwrap()
+            };
+            close(&y, &expected, 1e-6, "rope");
+            // The backward of a linear map y = R x is Rᵀ dy: check ⟨R x, w⟩ = ⟨x, Rᵀ w⟩.
+            let w = Tensor::from_vec(values(y.elem_count(), 7), y.shape(), &Device::Cpu).unwrap();
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let lhs = (rope(x.as_tensor(), &angles, interleaved).unwrap() * &w).unwrap().sum_all().unwrap();
+            let rhs = (x.as_tensor() * g.get(x.as_tensor()).unwrap()).unwrap().sum_all().unwrap();
+            close(&lhs, &rhs, 1e-5, "rope adjoint");
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_candles_ops() {
+        let g = var(&[4, 33], 8);
+        let u = var(&[4, 33], 9);
+        let y = silu_mul(g.as_tensor(), u.as_tensor()).unwrap();
+        let r = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+        close(&y, &r, 1e-6, "silu-mul");
+        let w = Tensor::from_vec(values(y.elem_count(), 10), y.shape(), &Device::Cpu).unwrap();
+        let gf = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&g, &u] {
+            close(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap(), 1e-5, "silu-mul grad");
+        }
+    }
+
+    #[test]
+    fn nll_matches_log_softmax_and_gather() {
+        let z = var(&[5, 70], 11);
+        let targets = vec![0u32, 69, 3, 3, 40];
+        let t = Tensor::from_vec(targets.clone(), (5, 1), &Device::Cpu).unwrap();
+        same_op(
+            &z,
+            |z| nll(z, targets.clone()).unwrap(),
+            |z| {
+                candle_nn::ops::log_softmax(z, D::Minus1)
+                    .unwrap()
+                    .gather(&t, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .neg()
+                    .unwrap()
+            },
+            "nll",
+        );
+    }
+
+    #[test]
+    fn lora_matches_candles_ops_with_and_without_dropout() {
+        // 50 outputs: a full panel and a ragged one.
+        let (n, inp, out, r) = (7, 20, 50, 3);
+        let w = values(out * inp, 12);
+        let base: Arc<dyn CpuWeight> = Arc::new(Packed::new(&w, out, inp));
+        let wt = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+        let x = var(&[n, inp], 13);
+        let a = var(&[r, inp], 14);
+        let b = var(&[out, r], 15);
+        for p in [0.0, 0.3] {
+            let d = Dropout { p, seed: 5 };
+            let y = lora(x.as_tensor(), base.clone(), a.as_tensor(), b.as_tensor(), 1.5, Some(d)).unwrap();
+            // The reference draws the mask from the generator in sequence.
+            let mut rng = crate::generate::Rng::new(5);
+            let mask: Vec<f32> =
+                (0..n * inp).map(|_| if rng.next_f64() < p { 0.0 } else { 1.0 / (1.0 - p) as f32 }).collect();
+            let mask = Tensor::from_vec(mask, (n, inp), &Device::Cpu).unwrap();
+            let xd = (x.as_tensor() * mask).unwrap();
+            let lora = xd.matmul(&a.as_tensor().t().unwrap()).unwrap().matmul(&b.as_tensor().t().unwrap()).unwrap();
+            let r = (x.as_tensor().matmul(&wt.t().unwrap()).unwrap() + (lora * 1.5).unwrap()).unwrap();
+            close(&y, &r, 1e-5, "lora");
+            let up = Tensor::from_vec(values(n * out, 16), (n, out), &Device::Cpu).unwrap();
+            let gf = (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (r * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &a, &b] {
+                close(
+                    gf.get(v.as_tensor()).unwrap(),
+                    gr.get(v.as_tensor()).unwrap(),
+                    1e-5,
+                    &format!("lora grad p={p}"),
+                );
+            }
+        }
+    }
+}
