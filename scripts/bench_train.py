@@ -3,7 +3,7 @@
 scripts/make_lora_fixtures.py) against `selfspec train`, same model, data, batch and settings.
 
     cargo build --release
-    python scripts/bench_cpu.py --make-model target/bench-model   # once: the 6-layer model
+    python scripts/bench_cpu.py make target/bench-model   # once: the 6-layer model
     python scripts/bench_train.py --model target/bench-model [--steps 12]
 """
 import argparse
