@@ -13,10 +13,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::{DecoderSpec, Rope, RopeScaling};
-use super::fused;
 use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
+use super::{cpu_attention, fused};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -501,6 +501,9 @@ impl Decoder {
             }
         };
 
+        if pass == Pass::Inference && cpu_attention::usable(&q) {
+            return layer.o.forward(&cpu_attention::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), mask)?);
+        }
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;

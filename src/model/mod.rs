@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod chat;
 pub mod config;
+pub mod cpu_attention;
 pub mod decoder;
 #[cfg(feature = "hub-download")]
 pub mod download;
