@@ -229,9 +229,9 @@ pub trait Source {
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
         Ok(Linear::dense(weight, bias)?)
     }
-    /// The LM head when it is tied to the embeddings.
-    fn tied_head(&self, embed: &Tensor) -> std::result::Result<Linear, ModelError> {
-        Ok(Linear::dense(embed.clone(), None)?)
+    /// The LM head when it is tied to the embeddings `[vocab, hidden]`.
+    fn tied_head(&self, vocab: usize, hidden: usize, why: &str) -> std::result::Result<Linear, ModelError> {
+        Ok(Linear::dense(self.tensor("model.embed_tokens.weight", &[vocab, hidden], why)?, None)?)
     }
 }
 
@@ -285,12 +285,21 @@ impl Decoder {
             });
         }
         let vocab = format!("vocab_size {}, hidden_size {h}", s.vocab_size);
-        let embed = w.tensor("model.embed_tokens.weight", &[s.vocab_size, h], &vocab)?;
-        // Tied embeddings reuse the embedding matrix; an untied checkpoint must carry lm_head.
-        let lm_head = if s.tie_word_embeddings {
-            w.tied_head(&embed)?
+        let table = || w.tensor("model.embed_tokens.weight", &[s.vocab_size, h], &vocab);
+        // Tied embeddings: one matrix is the head and the table. A packed or GGML-block head on
+        // the CPU gives the embedding rows itself, so no f32 table is ever loaded for it.
+        // An untied checkpoint must carry lm_head.
+        let (embed, lm_head) = if s.tie_word_embeddings {
+            let head = w.tied_head(s.vocab_size, h, &vocab)?;
+            let embed = match &head.base {
+                Base::Packed(p) => Embeddings::Head(p.clone() as Arc<dyn CpuWeight>),
+                Base::QPacked(q) => Embeddings::Head(q.clone() as Arc<dyn CpuWeight>),
+                Base::Dense(t) => Embeddings::Table(t.clone()),
+                _ => Embeddings::Table(table()?),
+            };
+            (embed, head)
         } else {
-            w.linear("lm_head", s.vocab_size, h, false, &vocab)?
+            (Embeddings::Table(table()?), w.linear("lm_head", s.vocab_size, h, false, &vocab)?)
         };
         let norm = norm(w, "model.norm.weight", h, s.rms_norm_eps)?;
         let mut freqs = inv_freq(&s.rope, hd);
@@ -300,12 +309,6 @@ impl Decoder {
             }
         }
         let inv_freq = Tensor::new(freqs, w.device())?;
-        // A packed head is f32 on the CPU, as the embeddings it was made from.
-        let embed = match &lm_head.base {
-            Base::Packed(p) if s.tie_word_embeddings => Embeddings::Head(p.clone() as Arc<dyn CpuWeight>),
-            Base::QPacked(q) if s.tie_word_embeddings => Embeddings::Head(q.clone() as Arc<dyn CpuWeight>),
-            _ => Embeddings::Table(embed),
-        };
         Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })
     }
 

@@ -132,9 +132,8 @@ impl Source for GgufSource {
         self.layer(q, bias)
     }
 
-    fn tied_head(&self, embed: &Tensor) -> Result<Linear, ModelError> {
-        let (vocab, hidden) = embed.dims2()?;
-        let q = self.qtensor("model.embed_tokens.weight", &[vocab, hidden], "the tied embeddings")?;
+    fn tied_head(&self, vocab: usize, hidden: usize, why: &str) -> Result<Linear, ModelError> {
+        let q = self.qtensor("model.embed_tokens.weight", &[vocab, hidden], why)?;
         self.layer(q, None)
     }
 }
