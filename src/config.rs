@@ -59,8 +59,18 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        if yaml::parse(&text).ok().flatten().is_none() {
-            // Empty or all comments.
+        let bad = |e: yaml::SyntaxError| {
+            anyhow::anyhow!(
+                "{}:{}: {}; see the documented keys in {} or delete the file to get them back",
+                path.display(),
+                e.pos,
+                e.message,
+                path.display()
+            )
+        };
+        // Empty or all comments: the defaults. A syntax error is the user's to fix, never
+        // silently the defaults.
+        if yaml::parse(&text).map_err(bad)?.is_none() {
             return Ok(Config::default());
         }
         yaml::from_str(&text).map_err(|e| {
@@ -105,6 +115,23 @@ mod tests {
         std::fs::write(&path, "theme: light\nseeds:\n  autosave: 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.yaml:3:3: seeds: unknown field `autosave`"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_or_exploding_file_is_an_error_not_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "theme: light\n  seeds: [\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("config.yaml:"), "{err}");
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (i, c) in "bcdefghi".chars().enumerate() {
+            let prev = (b'a' + i as u8) as char;
+            laughs.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        }
+        std::fs::write(&path, laughs).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("billion laughs"), "{err}");
     }
 
     #[test]

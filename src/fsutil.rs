@@ -63,6 +63,11 @@ impl JsonLog {
     }
 }
 
+/// `text` without a leading UTF-8 byte-order mark, which some editors write and JSON forbids.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// The records of a user's JSON-lines `text` (read from `path`), in order, each with its line
 /// number (1-based); blank lines are skipped. A line that is not a `T` is an error
 /// `path:line: <serde's message>; <shape>`, where `shape` tells what a line must hold.
@@ -71,7 +76,7 @@ pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
     text: &'a str,
     shape: &'a str,
 ) -> impl Iterator<Item = anyhow::Result<(usize, T)>> + 'a {
-    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
+    strip_bom(text).lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
         serde_json::from_str(line)
             .map(|record| (i + 1, record))
             .map_err(|e| anyhow::anyhow!("{}:{}: {e}; {shape}", path.display(), i + 1))
@@ -81,6 +86,15 @@ pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_does_not_spoil_the_first_record() {
+        let text = "\u{feff}{\"a\": 1}\n{\"a\": 2}\n";
+        let got: Vec<(usize, serde_json::Value)> =
+            jsonl_records(Path::new("x.jsonl"), text, "").collect::<anyhow::Result<_>>().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1["a"], 1);
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

@@ -1019,7 +1019,10 @@ fn train_command(args: TrainArgs, global: &Config) -> anyhow::Result<ExitCode> {
         }
         None => global.train.clone(),
     };
-    config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
+    config.check().map_err(|e| match &args.train_config {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::anyhow!("training settings (`train:` in the configuration): {e}"),
+    })?;
     let examples = selfspec::train::data::load(&args.data)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let qlora = args.qlora.map(|q| format!("{q:?}").to_lowercase());

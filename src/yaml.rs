@@ -107,7 +107,7 @@ impl Node {
 /// Parses the first document of `text`. `Ok(None)` for a text with no document at all (empty,
 /// or only comments).
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
-    let mut builder = TreeBuilder::default();
+    let mut builder = TreeBuilder::new(text);
     let mut parser = Parser::new_from_str(text);
     parser
         .load(&mut builder, false)
@@ -121,6 +121,12 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
 /// Deserialises `text` into `T`; a syntax or type error carries its position when serde_yaml
 /// knows it.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, SyntaxError> {
+    // serde_yaml expands aliases without bound: the tree builder's count runs first.
+    let mut builder = TreeBuilder::new(text);
+    let _ = Parser::new_from_str(text).load(&mut builder, false);
+    if let Some(e) = builder.expansion {
+        return Err(e);
+    }
     serde_yaml::from_str(text).map_err(|e| {
         let pos = e.location().map(|l| Pos { line: l.line(), column: l.column() }).unwrap_or_default();
         // serde_yaml appends " at line X column Y" to its message; the position is ours to print.
@@ -143,7 +149,22 @@ enum Open {
     Map(Pos, Vec<(Node, Node)>, Option<Node>),
 }
 
-#[derive(Default)]
+/// Values a document of `bytes` bytes may hold once its aliases are expanded: far above what
+/// written-out text can spell (a value takes at least two bytes), far below what nested aliases
+/// can (a few hundred bytes of "billion laughs" spell 10⁹ values).
+fn value_limit(bytes: usize) -> usize {
+    10_000 + 16 * bytes
+}
+
+/// How many values `node` holds, itself included.
+fn size(node: &Node) -> usize {
+    1 + match &node.value {
+        Value::Null | Value::Text(_) => 0,
+        Value::List(items) => items.iter().map(size).sum(),
+        Value::Map(entries) => entries.iter().map(|(k, v)| size(k) + size(v)).sum(),
+    }
+}
+
 struct TreeBuilder {
     stack: Vec<Open>,
     anchors: Vec<(usize, Node)>,
@@ -152,9 +173,28 @@ struct TreeBuilder {
     root: Option<Node>,
     done: bool,
     error: Option<SyntaxError>,
+    /// Values built so far, aliases counted expanded, and the most allowed.
+    values: usize,
+    limit: usize,
+    /// The error of an alias that would pass `limit` (also in `error`).
+    expansion: Option<SyntaxError>,
 }
 
 impl TreeBuilder {
+    fn new(text: &str) -> TreeBuilder {
+        TreeBuilder {
+            stack: Vec::new(),
+            anchors: Vec::new(),
+            open_anchors: Vec::new(),
+            root: None,
+            done: false,
+            error: None,
+            values: 0,
+            limit: value_limit(text.len()),
+            expansion: None,
+        }
+    }
+
     fn push_value(&mut self, node: Node) {
         match self.stack.last_mut() {
             None => {
@@ -189,6 +229,7 @@ impl MarkedEventReceiver for TreeBuilder {
         let pos = Pos::from_marker(&mark);
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
+                self.values += 1;
                 let value = if is_null_scalar(&text, style) { Value::Null } else { Value::Text(text) };
                 let node = Node { value, pos };
                 self.remember(anchor, &node);
@@ -196,6 +237,21 @@ impl MarkedEventReceiver for TreeBuilder {
             }
             Event::Alias(anchor) => match self.anchors.iter().rev().find(|(id, _)| *id == anchor) {
                 Some((_, node)) => {
+                    let grows = size(node);
+                    if self.values + grows > self.limit {
+                        let e = SyntaxError {
+                            pos,
+                            message: format!(
+                                "this alias expands the document past {} values (nested aliases that \
+                                 multiply, a \"billion laughs\"); write the values out instead",
+                                self.limit
+                            ),
+                        };
+                        self.expansion = Some(e.clone());
+                        self.error = Some(e);
+                        return;
+                    }
+                    self.values += grows;
                     let node = Node { value: node.value.clone(), pos };
                     self.push_value(node);
                 }
@@ -212,6 +268,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 self.stack.push(Open::Map(pos, Vec::new(), None));
             }
             Event::SequenceEnd | Event::MappingEnd => {
+                self.values += 1;
                 let anchor = self.open_anchors.pop().unwrap_or(0);
                 let node = match self.stack.pop() {
                     Some(Open::List(pos, items)) => Node { value: Value::List(items), pos },
@@ -263,6 +320,34 @@ mod tests {
     fn aliases_resolve() {
         let root = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
         assert_eq!(root.get("b").unwrap().kind(), "a list");
+    }
+
+    /// Nine levels of ten aliases each: 10⁹ values from a few hundred bytes.
+    fn laughs() -> String {
+        let mut text =
+            String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for (i, c) in "bcdefghi".chars().enumerate() {
+            let prev = (b'a' + i as u8) as char;
+            text.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(",")));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_with_the_line_named() {
+        let text = laughs();
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("billion laughs"), "{err}");
+        assert!(err.pos.line >= 2, "{err}");
+        #[derive(serde::Deserialize)]
+        struct Any {
+            #[allow(dead_code)]
+            a: serde_yaml::Value,
+        }
+        let err = from_str::<Any>(&text).err().expect("refused");
+        assert!(err.message.contains("billion laughs"), "{err}");
+        // Modest aliasing still reads.
+        assert!(parse("a: &x [1, 2]\nb: [*x, *x, *x]\n").is_ok());
     }
 
     #[test]

@@ -44,6 +44,11 @@ fn the_right_passage_comes_first() {
         // Query syntax characters are plain text.
         assert!(searcher.search("\"(unbalanced: [quotes AND OR -", 3).is_ok());
         assert!(searcher.search("?!.,", 3).unwrap().is_empty());
+        // A k past the documents returns them all, without sizing anything by k.
+        for k in [usize::MAX, 1_000_000_000] {
+            let all = searcher.search("the", k).unwrap();
+            assert!(all.len() <= documents && !all.is_empty(), "{k}: {}", all.len());
+        }
     }
 }
 

@@ -103,6 +103,8 @@ pub fn read(source: &Path, each: &mut dyn FnMut(Document) -> Result<(), CorpusEr
                 errors.push(bad("is not UTF-8".into()));
                 continue;
             };
+            // A byte-order mark (editors on Windows write one) is not part of the first record.
+            let text = if line_no == 1 { crate::fsutil::strip_bom(text) } else { text };
             if text.trim().is_empty() {
                 continue;
             }
@@ -266,6 +268,8 @@ impl Searcher {
                 terms.push(t);
             }
         }
+        // No more hits than documents: a huge k must not size a huge heap.
+        let k = k.min(self.reader.searcher().num_docs() as usize);
         if terms.is_empty() || k == 0 {
             return Ok(Vec::new());
         }

@@ -104,7 +104,7 @@ type RecordFn = fn(&serde_json::Map<String, Json>, Pos) -> Result<Vec<Seed>, Pro
 fn from_records(text: &str, read: RecordFn) -> Partial {
     let mut file = SeedFile::default();
     let mut bad = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in crate::fsutil::strip_bom(text).lines().enumerate() {
         let pos = Pos { line: i + 1, column: 1 };
         if line.trim().is_empty() {
             continue;

@@ -88,8 +88,20 @@ impl TrainConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.max_steps == Some(0) {
+            return Err("max_steps must be at least 1 (or null: the epochs decide)".into());
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err("lora_dropout must be in [0, 1)".into());
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return Err("lora_alpha must be > 0".into());
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return Err("max_grad_norm must be ≥ 0 (0 turns clipping off)".into());
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err("weight_decay must be ≥ 0".into());
         }
         if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
             return Err("learning_rate must be > 0".into());
@@ -421,6 +433,23 @@ fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        for (yaml, name) in [
+            ("max_steps: 0", "max_steps"),
+            ("max_grad_norm: -1", "max_grad_norm"),
+            ("lora_alpha: 0", "lora_alpha"),
+            ("weight_decay: -0.1", "weight_decay"),
+            ("lora_dropout: 1.0", "lora_dropout"),
+        ] {
+            let c: TrainConfig = crate::yaml::from_str(yaml).unwrap();
+            let e = c.check().unwrap_err();
+            assert!(e.starts_with(name), "{yaml}: {e}");
+        }
+        let off: TrainConfig = crate::yaml::from_str("max_grad_norm: 0").unwrap();
+        assert!(off.check().is_ok(), "0 turns clipping off");
+    }
 
     #[test]
     fn the_schedule_warms_up_then_decays() {
