@@ -7,6 +7,7 @@
 //! the run folder: closing the workbench or losing the SSH connection does not stop it, and
 //! `selfspec attach RUN` (or this screen in any other workbench) follows it from events.jsonl.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent};
@@ -78,6 +79,28 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is alive and is the run in `dir`: its command line has `--run` naming
+/// that folder (resolved from the process's own working directory). A pid file outlives its
+/// process, and the kernel hands the number to others; only a proven owner is signalled.
+fn runs(pid: u32, dir: &Path) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { return false };
+    let Ok(want) = std::fs::canonicalize(dir) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let named = args
+        .windows(2)
+        .filter(|w| w[0] == b"--run")
+        .map(|w| w[1])
+        .chain(args.iter().filter_map(|a| a.strip_prefix(b"--run=")));
+    named.into_iter().any(|run| {
+        let run = Path::new(std::ffi::OsStr::from_bytes(run));
+        std::fs::canonicalize(cwd.join(run)).is_ok_and(|p| p == want)
+    })
+}
+
 impl RunView {
     fn open(dir: &Path) -> RunView {
         let mut v =
@@ -131,7 +154,7 @@ impl RunView {
         match &self.last {
             Some(TrainEvent::Finished { .. }) => State::Finished,
             Some(TrainEvent::Stopped { .. }) => State::Stopped,
-            _ if self.pid().is_some_and(alive) => State::Running,
+            _ if self.pid().is_some_and(|pid| runs(pid, &self.dir)) => State::Running,
             _ => State::Failed,
         }
     }
@@ -260,6 +283,9 @@ impl TrainScreen {
             return Outcome::Error(format!("{} is not running", r.name()));
         }
         let Some(pid) = r.pid() else { return Outcome::Error("the run has no pid file".into()) };
+        if !runs(pid, &r.dir) {
+            return Outcome::Error(format!("process {pid} is no longer {}: nothing was signalled", r.name()));
+        }
         match std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status() {
             Ok(s) if s.success() => Outcome::Notice(format!("stopping {}: it writes a checkpoint first", r.name())),
             _ => Outcome::Error(format!("cannot signal process {pid}")),
@@ -442,7 +468,35 @@ fn downsample(points: &[(f64, f64)], width: usize) -> Vec<(f64, f64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::alive;
+    use super::{alive, runs};
+
+    #[test]
+    fn only_the_process_running_the_folder_owns_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        // A stranger holding some pid: alive, but not this run.
+        let mut stranger = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        // The run's own process, named by a relative path from its working directory.
+        let mut owner = std::process::Command::new("sh")
+            // "; true" keeps the shell (and its arguments) from being replaced by sleep.
+            .args(["-c", "sleep 5; true", "selfspec", "train", "--run", "run"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        assert!(alive(stranger.id()) && !runs(stranger.id(), &run));
+        // Just after the spawn the new process's command line can still read empty.
+        let start = std::time::Instant::now();
+        while !runs(owner.id(), &run) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "the owner is never recognised");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!runs(owner.id(), dir.path()));
+        for c in [&mut stranger, &mut owner] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
 
     #[test]
     fn an_ended_child_never_waited_for_is_not_alive() {
