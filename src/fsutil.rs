@@ -63,6 +63,18 @@ impl JsonLog {
     }
 }
 
+/// The text of a user's file; bytes that are not UTF-8 are an error naming their line and byte.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at - bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        anyhow::anyhow!("{}:{line}: byte {column} of the line is not UTF-8; save the file as UTF-8", path.display())
+    })
+}
+
 /// `text` without a leading UTF-8 byte-order mark, which some editors write and JSON forbids.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
@@ -86,6 +98,15 @@ pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_utf8_is_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.jsonl");
+        fs::write(&path, b"{\"a\": 1}\n{\"a\": \"caf\xe9\"}\n").unwrap();
+        let err = read_text(&path).unwrap_err().to_string();
+        assert!(err.ends_with("data.jsonl:2: byte 11 of the line is not UTF-8; save the file as UTF-8"), "{err}");
+    }
 
     #[test]
     fn a_byte_order_mark_does_not_spoil_the_first_record() {

@@ -909,7 +909,7 @@ fn tokenize_command(
             struct Line {
                 text: String,
             }
-            let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let content = selfspec::fsutil::read_text(path)?;
             selfspec::fsutil::jsonl_records::<Line>(path, &content, "each line is {\"text\": \"...\"}")
                 .map(|r| r.map(|(_, line)| line.text))
                 .collect::<anyhow::Result<_>>()?
@@ -945,6 +945,7 @@ fn train_settings_file(path: &Path) -> bool {
 fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
     use selfspec::eval::run::{evaluate, EvalEvent, EvalJob};
     anyhow::ensure!(!args.shots.is_empty(), "--shots names no k");
+    selfspec::eval::run::refuse_existing(&args.run)?;
     let mut datasets = selfspec::eval::data::load_dir(&args.data, &args.datasets)?;
     if let Some(path) = &args.demos_from {
         let loaded = seeds::load(path, &seeds::Limits::default())
@@ -960,14 +961,17 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     for d in &datasets {
         let most = args.shots.iter().max().copied().unwrap_or(0);
-        if d.train.len() < most {
-            eprintln!(
-                "note: {} has {} demonstrations ({}.train.jsonl); {most}-shot prompts use what there is",
-                d.name,
-                d.train.len(),
-                d.name
-            );
-        }
+        // A k-shot row must hold k demonstrations, or its label is false.
+        anyhow::ensure!(
+            d.train.len() >= most,
+            "--shots {most}: {} has only {} demonstrations ({}.train.jsonl{}); ask for at most {} shots or add \
+             demonstrations",
+            d.name,
+            d.train.len(),
+            d.name,
+            if args.demos_from.is_some() { " or the --demos-from seeds of its task" } else { "" },
+            d.train.len()
+        );
     }
     let mut model = args.model.load()?;
     let mut adapters = Vec::new();
@@ -1081,13 +1085,18 @@ fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCod
         prediction: String,
         references: Vec<String>,
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = selfspec::fsutil::read_text(file)?;
     let mut scorer = metrics::Scorer::default();
     let (mut f1_sum, mut rouge_sum, mut n) = (0.0, 0.0, 0usize);
     let mut per_row = Vec::new();
     let shape = r#"each line must be {"prediction": "…", "references": ["…", …]}"#;
     for record in selfspec::fsutil::jsonl_records::<Line>(file, &text, shape) {
         let (line, rec) = record?;
+        anyhow::ensure!(
+            rec.references.iter().any(|r| !r.trim().is_empty()),
+            "{}:{line}: no reference answer to score against; give at least one non-empty reference",
+            file.display()
+        );
         let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
         let refs = if split { metrics::split_references(&refs) } else { refs };
         let (f1, rouge) = scorer.score(&rec.prediction, &refs);
@@ -1098,7 +1107,8 @@ fn score_command(file: &Path, rows: bool, split: bool) -> anyhow::Result<ExitCod
             per_row.push(serde_json::json!({"line": line, "f1": f1 * 100.0, "rougeL": rouge * 100.0}));
         }
     }
-    let mean = |s: f64| if n == 0 { 0.0 } else { s / n as f64 * 100.0 };
+    anyhow::ensure!(n > 0, "{} holds no records to score; {shape}", file.display());
+    let mean = |s: f64| s / n as f64 * 100.0;
     let mut out = serde_json::json!({"n": n, "f1": mean(f1_sum), "rougeL": mean(rouge_sum)});
     if rows {
         out["rows"] = serde_json::Value::Array(per_row);

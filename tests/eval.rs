@@ -136,4 +136,54 @@ fn an_eval_run_writes_predictions_and_reports() {
     let csv = std::fs::read_to_string(run.join("report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 8);
     assert!(run.join("report.md").exists());
+
+    // The same folder again: refused, the predictions kept as they were.
+    let before = std::fs::read(run.join("predictions.jsonl")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "--model"])
+        .arg(&writer)
+        .arg("--data")
+        .arg(root().join("sample-seeds/eval/finance"))
+        .args(["--datasets", "fin-qa", "--shots", "0", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds an evaluation run"));
+    assert_eq!(std::fs::read(run.join("predictions.jsonl")).unwrap(), before);
+}
+
+#[test]
+fn more_shots_than_demonstrations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "--model"])
+        .arg(root().join("tests/fixtures/models/writer"))
+        .arg("--data")
+        .arg(root().join("sample-seeds/eval/finance"))
+        .args(["--datasets", "fin-qa", "--shots", "0,99", "--run"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shots 99: fin-qa has only 5 demonstrations"), "{err}");
+}
+
+#[test]
+fn score_refuses_empty_input_and_empty_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let score = |text: &str| {
+        let path = dir.path().join("p.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).arg("score").arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = score("");
+    assert!(!ok && err.contains("holds no records"), "{err}");
+    let (ok, err) =
+        score("{\"prediction\": \"a\", \"references\": [\"a\"]}\n{\"prediction\": \"b\", \"references\": []}\n");
+    assert!(!ok && err.contains("p.jsonl:2: no reference answer"), "{err}");
+    let (ok, err) = score("{\"prediction\": \"a b\", \"references\": [\"a\"]}\n");
+    assert!(ok, "{err}");
 }

@@ -40,7 +40,7 @@ struct Line {
 const TASKS: [&str; 8] = ["qa", "ner", "re", "sa", "cls", "sum", "gen", "other"];
 
 fn read(path: &Path) -> anyhow::Result<(String, Vec<Example>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = crate::fsutil::read_text(path)?;
     let mut task = None;
     let mut out = Vec::new();
     let shape = "each line is {dataset, task, instruction, input, output} (or outputs: [...])";

@@ -221,6 +221,19 @@ impl Report {
 
 /// Runs `job` with `model` (its adapters already loaded under their names), writing the run
 /// folder `dir`.
+/// Refuses a folder that already holds an evaluation run: its predictions and report are kept,
+/// never overwritten.
+pub fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
+    for file in ["config.yaml", "events.jsonl", "predictions.jsonl"] {
+        anyhow::ensure!(
+            !dir.join(file).exists(),
+            "{} already holds an evaluation run ({file}); choose a new --run folder",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn evaluate(
     model: &Model,
     job: &EvalJob,
@@ -229,6 +242,7 @@ pub fn evaluate(
     cancel: &AtomicBool,
     on_event: &mut (dyn FnMut(&EvalEvent) + Send),
 ) -> anyhow::Result<Report> {
+    refuse_existing(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;
     let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;

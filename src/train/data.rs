@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use super::Batch;
@@ -40,7 +39,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
         anyhow::ensure!(!out.is_empty(), "{}: no accepted samples yet; accept some on the Review tab", path.display());
         return Ok(out);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::fsutil::read_text(path)?;
     let mut out = Vec::new();
     let shape = r#"each line must be {"instruction": …, "input": … (optional), "output": …}"#;
     for record in crate::fsutil::jsonl_records::<Example>(path, &text, shape) {
