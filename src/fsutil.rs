@@ -8,7 +8,27 @@ use std::path::Path;
 /// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
 /// new one, never a mix: write a temporary file beside it, fsync it, rename it over `path`, then
 /// fsync the folder so the rename itself is durable.
+///
+/// An existing file keeps its permissions; a symbolic link is written through (its target is
+/// replaced, the link stays); a read-only file is refused (`PermissionDenied`, saying so) rather
+/// than replaced behind its owner's back.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let resolved;
+    let mut mode = None;
+    let path = match fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().readonly() {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{} is read-only; make it writable (chmod u+w) or save elsewhere", path.display()),
+                ));
+            }
+            mode = Some(meta.permissions());
+            resolved = fs::canonicalize(path)?;
+            resolved.as_path()
+        }
+        Err(_) => path,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -19,6 +39,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
+        if let Some(mode) = &mode {
+            f.set_permissions(mode.clone())?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -98,6 +121,32 @@ pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saving_keeps_the_mode_writes_through_links_and_refuses_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private.yaml");
+        fs::write(&private, "a").unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+        atomic_write(&private, b"b").unwrap();
+        assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&private).unwrap(), b"b");
+
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        atomic_write(&link, b"c").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays a link");
+        assert_eq!(fs::read(&private).unwrap(), b"c");
+
+        let locked = dir.path().join("locked.yaml");
+        fs::write(&locked, "keep").unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o444)).unwrap();
+        let err = atomic_write(&locked, b"lost").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("read-only"), "{err}");
+        assert_eq!(fs::read(&locked).unwrap(), b"keep");
+    }
 
     #[test]
     fn bad_utf8_is_named_by_line() {
