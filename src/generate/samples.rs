@@ -98,8 +98,14 @@ impl SampleStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
-        // Everything after the last newline is a line whose writing was cut off.
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Everything after the last newline is a line whose writing was cut off — unless it is a
+        // whole sample that only lacks its newline (a file edited by hand): that one is kept.
+        let mut complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let tail = &bytes[complete..];
+        let unterminated = !tail.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<Sample>(tail).is_ok();
+        if unterminated {
+            complete = bytes.len();
+        }
         let torn_bytes = bytes.len() - complete;
         let mut samples = Vec::new();
         let mut ids = HashSet::new();
@@ -117,6 +123,13 @@ impl SampleStore {
         let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).map_err(io)?;
         if torn_bytes > 0 {
             file.set_len(complete as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        if unterminated {
+            use std::io::{Seek, Write};
+            let mut f = &file;
+            f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+            f.write_all(b"\n").map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         let opened = Opened { samples: samples.len(), torn_bytes };
@@ -208,6 +221,25 @@ mod tests {
         let (store, opened) = SampleStore::open(&path).unwrap();
         assert_eq!((opened.samples, opened.torn_bytes), (4, 0));
         assert!(store.contains("s4"));
+    }
+
+    #[test]
+    fn a_whole_last_sample_without_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.jsonl");
+        let (mut store, _) = SampleStore::open(&path).unwrap();
+        assert!(store.append(sample("s1")).unwrap());
+        drop(store);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(serde_json::to_string(&sample("s2")).unwrap().as_bytes()).unwrap();
+        drop(f);
+        let (mut store, opened) = SampleStore::open(&path).unwrap();
+        assert_eq!((opened.samples, opened.torn_bytes), (2, 0));
+        assert!(store.append(sample("s3")).unwrap());
+        drop(store);
+        let (store, opened) = SampleStore::open(&path).unwrap();
+        assert_eq!(opened.samples, 3);
+        assert!(store.contains("s2") && store.contains("s3"));
     }
 
     #[test]
