@@ -234,6 +234,13 @@ fn a_killed_run_resumes_to_the_same_losses() {
     // Not resuming into a used folder.
     let out = train_cmd(&data, &cut, &config).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a training run"));
+    // Resuming a finished run does nothing: no step is redone, the adapter stays.
+    let adapter = std::fs::read(whole.join("adapter/adapter_model.safetensors")).unwrap();
+    let out = train_cmd(&data, &whole, &config).arg("--resume").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has finished"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(losses(&whole), reference);
+    assert_eq!(std::fs::read(whole.join("adapter/adapter_model.safetensors")).unwrap(), adapter);
 }
 
 #[test]

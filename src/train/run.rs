@@ -193,6 +193,14 @@ pub fn train(
             "{} was started with other settings; run --resume with the same --model, --data and config",
             dir.display()
         );
+        // The adapter folder appears only when the last step is done (checkpoints stop before
+        // it): resuming from the newest checkpoint would redo finished steps and replace it.
+        anyhow::ensure!(
+            !dir.join("adapter").exists(),
+            "{} has finished (its adapter is in {}); there is nothing to resume",
+            dir.display(),
+            dir.join("adapter").display()
+        );
     } else {
         anyhow::ensure!(
             checkpoint.is_none() && !dir.join("adapter").exists(),
