@@ -1190,8 +1190,12 @@ fn generate_command(args: GenerateArgs, config: &Config, workspace: &Path) -> an
         None => None,
     };
     anyhow::ensure!(args.n > 0, "--n must be at least 1");
-    let prompts_dir = workspace.join("prompts");
-    let prompts_dir = prompts_dir.is_dir().then_some(prompts_dir);
+    // A run keeps the templates it started with: a run begun before the workspace had its
+    // prompts/ folder continues on the built-in ones.
+    let prompts_dir = match pipeline::recorded_prompts(&args.run) {
+        Some(recorded) => recorded,
+        None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
+    };
     let templates = generate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {

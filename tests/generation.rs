@@ -272,6 +272,24 @@ fn killed_runs_continue_to_n_without_duplicates_or_losses() {
     assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
 }
 
+/// A run begun before the workspace had its prompts/ folder (config `prompts: null`) continues
+/// on the built-in templates it started with, instead of being refused as changed.
+#[test]
+fn a_run_keeps_the_templates_it_started_with() {
+    let env = env();
+    let run = env.base.join("run");
+    let out = generate_cmd(&env, &run, 2, "none").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = run.join("config.yaml");
+    assert!(std::fs::read_to_string(&config).unwrap().contains("prompts: null"), "no prompts/ folder yet");
+    // The workspace gains its prompts/ folder (the workbench writes one on first start).
+    std::fs::create_dir_all(env.workspace.join("prompts")).unwrap();
+    let out = generate_cmd(&env, &run, 3, "none").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&config).unwrap().contains("prompts: null"));
+    assert_eq!(check_samples(&run, "none").len(), 3);
+}
+
 /// The second round: tune an adapter on the first round's samples, then generate with it,
 /// contrastively against the base.
 #[test]

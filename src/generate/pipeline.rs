@@ -398,6 +398,13 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
     Ok(out)
 }
 
+/// The templates folder the generation run in `dir` was started with (`Some(None)`: the
+/// built-in templates), or `None` when `dir` holds no readable run config.
+pub fn recorded_prompts(dir: &Path) -> Option<Option<PathBuf>> {
+    let text = std::fs::read_to_string(dir.join(CONFIG)).ok()?;
+    crate::yaml::from_str::<Job>(&text).ok().map(|job| job.prompts)
+}
+
 impl Run {
     /// Opens (or starts) the run in `dir` for `job`. A run started with other settings is refused
     /// with the differences; so is a run another process is writing.
