@@ -11,6 +11,8 @@
 use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::qpacked::Out;
+
 /// New positions up to which [`attend`] is used; larger (prefill) goes through GEMMs.
 pub const MAX_NEW: usize = 16;
 
@@ -23,19 +25,6 @@ fn values(s: &Storage) -> Result<&[f32]> {
     match s {
         Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v),
         _ => candle_core::bail!("cpu attention: f32 on the CPU only"),
-    }
-}
-
-/// A raw pointer the tasks write disjoint head slices through.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, off: usize) -> *mut f32 {
-        // SAFETY (callers): `off` is within the output buffer.
-        unsafe { self.0.add(off) }
     }
 }
 

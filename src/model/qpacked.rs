@@ -50,15 +50,16 @@ impl std::fmt::Debug for QPacked {
     }
 }
 
-/// A raw pointer the workers write disjoint column ranges through.
+/// A raw pointer the workers write disjoint ranges through (column ranges here, head slices in
+/// [`super::cpu_attention`]).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(crate) struct Out(pub(crate) *mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
     /// The pointer `off` floats in (a method, so closures capture the whole `Out`).
-    fn at(self, off: usize) -> *mut f32 {
+    pub(crate) fn at(self, off: usize) -> *mut f32 {
         unsafe { self.0.add(off) }
     }
 }
