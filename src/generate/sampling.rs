@@ -55,6 +55,12 @@ impl Rng {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// Draw `i` (0-based) of `Rng::new(seed).next_f64()`, computed alone: SplitMix64 hashes a
+    /// counter, so no earlier draw is needed (dropout masks are regenerated element by element).
+    pub fn nth_f64(seed: u64, i: u64) -> f64 {
+        Rng(seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).next_f64()
+    }
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -128,6 +134,14 @@ pub fn choose(logits: &mut [f32], params: &SamplingParams, seen: &[u32], rng: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_draw_is_computed_alone() {
+        let mut rng = Rng::new(77);
+        for i in 0..100 {
+            assert_eq!(Rng::nth_f64(77, i), rng.next_f64());
+        }
+    }
 
     fn sample(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SamplingParams {
         SamplingParams { sampling: Sampling::Sample { temperature, top_k, top_p }, seed: 0, repetition_penalty: None }

@@ -470,29 +470,13 @@ pub fn nll(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // LoRA over a frozen CPU weight
 
-/// The dropout mask's value at element `i`: 0 with probability `p`, else `1/(1−p)`. Element
-/// `i` is draw `i + 1` of [`crate::generate::Rng`] seeded with `seed` (SplitMix64 is a counter
-/// hashed, so any element is computed alone and the mask never needs storing).
-fn keep(d: Dropout, i: usize) -> f32 {
-    let mut z = d.seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
-    if u < d.p {
-        0.0
-    } else {
-        (1.0 / (1.0 - d.p)) as f32
-    }
-}
-
-/// `x ⊙ mask`, or `None` without dropout.
+/// `x ⊙ mask` ([`Dropout::mask`], never stored), or `None` without dropout.
 fn dropped(x: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
     let d = d.filter(|d| d.p > 0.0)?;
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).enumerate().for_each(|(c, (y, x))| {
         for (j, (y, x)) in y.iter_mut().zip(x).enumerate() {
-            *y = x * keep(d, c * (1 << 14) + j);
+            *y = x * d.mask(c * (1 << 14) + j);
         }
     });
     Some(y)
@@ -605,7 +589,7 @@ impl CustomOp3 for LoraOp {
                                 dx.par_chunks_mut(1 << 14).zip(ga.par_chunks(1 << 14)).enumerate().for_each(
                                     |(c, (dx, ga))| {
                                         for (j, (dx, ga)) in dx.iter_mut().zip(ga).enumerate() {
-                                            *dx += ga * keep(drop, c * (1 << 14) + j);
+                                            *dx += ga * drop.mask(c * (1 << 14) + j);
                                         }
                                     },
                                 );

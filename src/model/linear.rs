@@ -234,15 +234,25 @@ pub struct Dropout {
     pub seed: u64,
 }
 
+impl Dropout {
+    /// The mask's value at element `i`: 0 with probability `p`, else `1/(1−p)`, from draw `i` of
+    /// the generator seeded with `seed` — computed alone, so a backward can regenerate it.
+    pub fn mask(self, i: usize) -> f32 {
+        if crate::generate::Rng::nth_f64(self.seed, i as u64) < self.p {
+            0.0
+        } else {
+            (1.0 / (1.0 - self.p)) as f32
+        }
+    }
+}
+
 /// `x` with each element zeroed with probability `p` and the others scaled by 1/(1-p); the mask
-/// comes from `seed` alone.
+/// comes from `seed` alone ([`Dropout::mask`]).
 fn dropout(x: &Tensor, d: Dropout) -> Result<Tensor> {
     if d.p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = crate::generate::Rng::new(d.seed);
-    let keep = (1.0 / (1.0 - d.p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < d.p { 0.0 } else { keep }).collect();
+    let mask: Vec<f32> = (0..x.elem_count()).map(|i| d.mask(i)).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }
