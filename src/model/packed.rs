@@ -106,11 +106,6 @@ impl Packed {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.lines.len() * 16) }
     }
 
-    /// The weight back as row-major `[out, in]`.
-    pub fn unpack(&self) -> Vec<f32> {
-        crate::model::linear::CpuWeight::values(self)
-    }
-
     /// Panel `p` as stored: `[in][NR]`, output `p·NR + j` of input `i` at `i·NR + j`.
     pub fn panel_values(&self, p: usize) -> &[f32] {
         &self.floats()[p * self.inp * NR..(p + 1) * self.inp * NR]
@@ -460,7 +455,7 @@ mod tests {
             // 300 rows over few panels also splits the rows between threads.
             let w = values(out * inp, out as u64 * 31 + inp as u64);
             let packed = Packed::new(&w, out, inp);
-            assert_eq!(packed.unpack(), w, "[{out}, {inp}] round trip");
+            assert_eq!(crate::model::linear::CpuWeight::values(&packed), w, "[{out}, {inp}] round trip");
             for rows in [1usize, 3, 8, 9, 21, 300] {
                 let x = values(rows * inp, rows as u64);
                 let want = naive(&w, out, inp, &x, rows);

@@ -260,11 +260,6 @@ impl QPacked {
         self.inp / self.group
     }
 
-    /// The weight's values as row-major `[out, in]` f32 (`d·q + m`).
-    pub fn dequantize(&self) -> Vec<f32> {
-        crate::model::linear::CpuWeight::values(self)
-    }
-
     /// Panel `p` decoded to f32 `[in][NR]` (output `p·NR + j` of input `i` at `i·NR + j`) into
     /// `dst`, resized to fit.
     pub fn panel(&self, p: usize, dst: &mut Vec<f32>) {
@@ -640,7 +635,7 @@ mod tests {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let packed = QPacked::new(&q).unwrap().expect("a supported type");
-            let got = packed.dequantize();
+            let got = crate::model::linear::CpuWeight::values(&packed);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 // d·q + m in one rounding here, two in candle.
                 assert!((g - e).abs() <= 1e-6 * (1.0 + e.abs()), "{dtype:?} at {i}: {g} vs {e}");
