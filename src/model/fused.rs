@@ -20,7 +20,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -38,12 +40,22 @@ fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     Ok(&v[a..b])
 }
 
-/// Runs `f` over `t`'s values (made contiguous first).
-fn with<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    let Storage::Cpu(c) = &*s else { candle_core::bail!("{op}: CPU only") };
-    Ok(f(slice(op, c, l)?))
+/// The f32 values behind a tensor's read-locked storage (see [`read!`]).
+fn f32s<'a>(op: &str, (s, l): &'a (StorageRef<'_>, &Layout)) -> Result<&'a [f32]> {
+    let Storage::Cpu(c) = &**s else { candle_core::bail!("{op}: CPU only") };
+    slice(op, c, l)
+}
+
+/// Shadows each named tensor with its f32 values: made contiguous, its storage read-locked until
+/// the end of the enclosing block.
+macro_rules! read {
+    ($op:expr; $($t:ident),+) => {
+        $(
+            let $t = $t.contiguous()?;
+            let $t = $t.storage_and_layout();
+            let $t = f32s($op, &$t)?;
+        )+
+    };
 }
 
 fn tensor(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
@@ -156,25 +168,22 @@ impl CustomOp1 for RmsNormOp {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let w = self.weight()?;
         let h = w.len();
-        let dx = with(self.name(), arg, |x| {
-            with(self.name(), grad, |dy| {
-                let mut dx = vec![0f32; x.len()];
-                let rows = rows_per_task(h, 1 << 14);
-                dx.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h).zip(dy.par_chunks(rows * h))).for_each(
-                    |(dx, (x, dy))| {
-                        for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
-                            let r = inv_rms(x, self.eps);
-                            let dot: f32 = x.iter().zip(dy).zip(&w).map(|((x, dy), w)| x * dy * w).sum();
-                            let c = r * r * r * dot / h as f32;
-                            for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(&w) {
-                                *dx = r * dy * w - x * c;
-                            }
-                        }
-                    },
-                );
-                dx
-            })
-        })??;
+        let (x, dy) = (arg, grad);
+        read!(self.name(); x, dy);
+        let mut dx = vec![0f32; x.len()];
+        let rows = rows_per_task(h, 1 << 14);
+        dx.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h).zip(dy.par_chunks(rows * h))).for_each(
+            |(dx, (x, dy))| {
+                for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                    let r = inv_rms(x, self.eps);
+                    let dot: f32 = x.iter().zip(dy).zip(&w).map(|((x, dy), w)| x * dy * w).sum();
+                    let c = r * r * r * dot / h as f32;
+                    for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(&w) {
+                        *dx = r * dy * w - x * c;
+                    }
+                }
+            },
+        );
         Ok(Some(tensor(dx, arg.shape())?))
     }
 }
@@ -245,23 +254,20 @@ impl CustomOp1 for SoftmaxOp {
     /// `ds = scale · p ⊙ (dp − Σ dp·p)`.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let total = res.dim(candle_core::D::Minus1)?;
-        let ds = with(self.name(), res, |p| {
-            with(self.name(), grad, |dp| {
-                let mut ds = vec![0f32; p.len()];
-                let rows = rows_per_task(total, 1 << 13);
-                ds.par_chunks_mut(rows * total)
-                    .zip(p.par_chunks(rows * total).zip(dp.par_chunks(rows * total)))
-                    .for_each(|(ds, (p, dp))| {
-                        for ((ds, p), dp) in ds.chunks_mut(total).zip(p.chunks(total)).zip(dp.chunks(total)) {
-                            let dot: f32 = p.iter().zip(dp).map(|(p, d)| p * d).sum();
-                            for ((ds, p), dp) in ds.iter_mut().zip(p).zip(dp) {
-                                *ds = self.scale * p * (dp - dot);
-                            }
-                        }
-                    });
-                ds
-            })
-        })??;
+        let (p, dp) = (res, grad);
+        read!(self.name(); p, dp);
+        let mut ds = vec![0f32; p.len()];
+        let rows = rows_per_task(total, 1 << 13);
+        ds.par_chunks_mut(rows * total).zip(p.par_chunks(rows * total).zip(dp.par_chunks(rows * total))).for_each(
+            |(ds, (p, dp))| {
+                for ((ds, p), dp) in ds.chunks_mut(total).zip(p.chunks(total)).zip(dp.chunks(total)) {
+                    let dot: f32 = p.iter().zip(dp).map(|(p, d)| p * d).sum();
+                    for ((ds, p), dp) in ds.iter_mut().zip(p).zip(dp) {
+                        *ds = self.scale * p * (dp - dot);
+                    }
+                }
+            },
+        );
         Ok(Some(tensor(ds, res.shape())?))
     }
 }
@@ -321,7 +327,9 @@ impl CustomOp1 for RopeOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with(self.name(), grad, |dy| self.rotate(dy, grad.dims(), -1.0))??;
+        let dy = grad;
+        read!(self.name(); dy);
+        let dx = self.rotate(dy, grad.dims(), -1.0)?;
         Ok(Some(tensor(dx, arg.shape())?))
     }
 }
@@ -377,27 +385,23 @@ impl CustomOp2 for SiluMulOp {
 
     /// `dg = dy · u · σ(g)(1 + g(1 − σ(g)))`, `du = dy · g σ(g)`.
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = with(self.name(), g, |g| {
-            with(self.name(), u, |u| {
-                with(self.name(), grad, |dy| {
-                    let mut dg = vec![0f32; g.len()];
-                    let mut du = vec![0f32; g.len()];
-                    let c = 1 << 14;
-                    dg.par_chunks_mut(c)
-                        .zip(du.par_chunks_mut(c))
-                        .zip(g.par_chunks(c).zip(u.par_chunks(c)).zip(dy.par_chunks(c)))
-                        .for_each(|((dg, du), ((g, u), dy))| {
-                            for i in 0..g.len() {
-                                let s = sigmoid(g[i]);
-                                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                                du[i] = dy[i] * g[i] * s;
-                            }
-                        });
-                    (dg, du)
-                })
-            })
-        })???;
-        Ok((Some(tensor(dg, g.shape())?), Some(tensor(du, u.shape())?)))
+        let (g_shape, u_shape) = (g.shape().clone(), u.shape().clone());
+        let dy = grad;
+        read!(self.name(); g, u, dy);
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        let c = 1 << 14;
+        dg.par_chunks_mut(c)
+            .zip(du.par_chunks_mut(c))
+            .zip(g.par_chunks(c).zip(u.par_chunks(c)).zip(dy.par_chunks(c)))
+            .for_each(|((dg, du), ((g, u), dy))| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                    du[i] = dy[i] * g[i] * s;
+                }
+            });
+        Ok((Some(tensor(dg, &g_shape)?), Some(tensor(du, &u_shape)?)))
     }
 }
 
@@ -446,18 +450,17 @@ impl CustomOp1 for NllOp {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let vocab = arg.dim(1)?;
         let dy = grad.to_vec1::<f32>()?;
-        let dz = with(self.name(), arg, |z| {
-            let mut dz = vec![0f32; z.len()];
-            dz.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).enumerate().for_each(|(i, (dz, z))| {
-                let (max, sum) = exp_sum(z);
-                let c = dy[i] / sum;
-                for (d, v) in dz.iter_mut().zip(z) {
-                    *d = c * (v - max).exp();
-                }
-                dz[self.targets[i] as usize] -= dy[i];
-            });
-            dz
-        })?;
+        let z = arg;
+        read!(self.name(); z);
+        let mut dz = vec![0f32; z.len()];
+        dz.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).enumerate().for_each(|(i, (dz, z))| {
+            let (max, sum) = exp_sum(z);
+            let c = dy[i] / sum;
+            for (d, v) in dz.iter_mut().zip(z) {
+                *d = c * (v - max).exp();
+            }
+            dz[self.targets[i] as usize] -= dy[i];
+        });
         Ok(Some(tensor(dz, arg.shape())?))
     }
 }
@@ -538,69 +541,35 @@ impl CustomOp3 for LoraOp {
         let (inp, out) = (self.base.in_features(), self.base.out_features());
         let r = a.dim(0)?;
         let name = self.name();
-        let (dx, da, db) = with(name, x, |x| {
-            with(name, a, |a| {
-                with(name, b, |b| {
-                    with(name, grad, |dy| {
-                        let n = x.len() / inp.max(1);
-                        let d = dropped(x, self.dropout);
-                        let d = d.as_deref().unwrap_or(x);
-                        let mut down = vec![0f32; n * r];
-                        gemm(n, r, inp, &mut down, false, d, (inp, 1), a, (1, inp), 1.0, gemm_threads(n * inp * r));
-                        let mut g = vec![0f32; n * r];
-                        gemm(n, r, out, &mut g, false, dy, (out, 1), b, (r, 1), self.scale, gemm_threads(n * out * r));
-                        let mut db = vec![0f32; out * r];
-                        gemm(
-                            out,
-                            r,
-                            n,
-                            &mut db,
-                            false,
-                            dy,
-                            (1, out),
-                            &down,
-                            (r, 1),
-                            self.scale,
-                            gemm_threads(n * out * r),
-                        );
-                        let mut da = vec![0f32; r * inp];
-                        gemm(r, inp, n, &mut da, false, &g, (1, r), d, (inp, 1), 1.0, gemm_threads(n * inp * r));
-                        let mut dx = vec![0f32; n * inp];
-                        self.base.input_grad(dy, n, &mut dx);
-                        match self.dropout.filter(|d| d.p > 0.0) {
-                            None => {
-                                gemm(n, inp, r, &mut dx, true, &g, (r, 1), a, (inp, 1), 1.0, gemm_threads(n * inp * r))
-                            }
-                            Some(drop) => {
-                                let mut ga = vec![0f32; n * inp];
-                                gemm(
-                                    n,
-                                    inp,
-                                    r,
-                                    &mut ga,
-                                    false,
-                                    &g,
-                                    (r, 1),
-                                    a,
-                                    (inp, 1),
-                                    1.0,
-                                    gemm_threads(n * inp * r),
-                                );
-                                dx.par_chunks_mut(1 << 14).zip(ga.par_chunks(1 << 14)).enumerate().for_each(
-                                    |(c, (dx, ga))| {
-                                        for (j, (dx, ga)) in dx.iter_mut().zip(ga).enumerate() {
-                                            *dx += ga * drop.mask(c * (1 << 14) + j);
-                                        }
-                                    },
-                                );
-                            }
-                        }
-                        (dx, da, db)
-                    })
-                })
-            })
-        })????;
-        Ok((Some(tensor(dx, x.shape())?), Some(tensor(da, a.shape())?), Some(tensor(db, b.shape())?)))
+        let shapes = (x.shape().clone(), a.shape().clone(), b.shape().clone());
+        let dy = grad;
+        read!(name; x, a, b, dy);
+        let n = x.len() / inp.max(1);
+        let d = dropped(x, self.dropout);
+        let d = d.as_deref().unwrap_or(x);
+        let mut down = vec![0f32; n * r];
+        gemm(n, r, inp, &mut down, false, d, (inp, 1), a, (1, inp), 1.0, gemm_threads(n * inp * r));
+        let mut g = vec![0f32; n * r];
+        gemm(n, r, out, &mut g, false, dy, (out, 1), b, (r, 1), self.scale, gemm_threads(n * out * r));
+        let mut db = vec![0f32; out * r];
+        gemm(out, r, n, &mut db, false, dy, (1, out), &down, (r, 1), self.scale, gemm_threads(n * out * r));
+        let mut da = vec![0f32; r * inp];
+        gemm(r, inp, n, &mut da, false, &g, (1, r), d, (inp, 1), 1.0, gemm_threads(n * inp * r));
+        let mut dx = vec![0f32; n * inp];
+        self.base.input_grad(dy, n, &mut dx);
+        match self.dropout.filter(|d| d.p > 0.0) {
+            None => gemm(n, inp, r, &mut dx, true, &g, (r, 1), a, (inp, 1), 1.0, gemm_threads(n * inp * r)),
+            Some(drop) => {
+                let mut ga = vec![0f32; n * inp];
+                gemm(n, inp, r, &mut ga, false, &g, (r, 1), a, (inp, 1), 1.0, gemm_threads(n * inp * r));
+                dx.par_chunks_mut(1 << 14).zip(ga.par_chunks(1 << 14)).enumerate().for_each(|(c, (dx, ga))| {
+                    for (j, (dx, ga)) in dx.iter_mut().zip(ga).enumerate() {
+                        *dx += ga * drop.mask(c * (1 << 14) + j);
+                    }
+                });
+            }
+        }
+        Ok((Some(tensor(dx, &shapes.0)?), Some(tensor(da, &shapes.1)?), Some(tensor(db, &shapes.2)?)))
     }
 }
 
@@ -644,11 +613,10 @@ pub fn input_grad<W: CpuWeight + ?Sized>(w: &W, dy: &[f32], rows: usize, dx: &mu
 /// [`input_grad`] for a gradient tensor, giving `dx` in `shape` (the op's input shape).
 pub fn input_grad_tensor(w: &dyn CpuWeight, grad: &Tensor, shape: &Shape) -> Result<Tensor> {
     let rows = grad.elem_count() / w.out_features().max(1);
-    let dx = with("input-grad", grad, |dy| {
-        let mut dx = vec![0f32; rows * w.in_features()];
-        w.input_grad(dy, rows, &mut dx);
-        dx
-    })?;
+    let dy = grad;
+    read!("input-grad"; dy);
+    let mut dx = vec![0f32; rows * w.in_features()];
+    w.input_grad(dy, rows, &mut dx);
     tensor(dx, shape)
 }
 
