@@ -124,12 +124,7 @@ mod tests {
         std::fs::write(&path, "theme: light\n  seeds: [\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.yaml:"), "{err}");
-        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
-        for (i, c) in "bcdefghi".chars().enumerate() {
-            let prev = (b'a' + i as u8) as char;
-            laughs.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
-        }
-        std::fs::write(&path, laughs).unwrap();
+        std::fs::write(&path, crate::yaml::tests::laughs()).unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("billion laughs"), "{err}");
     }

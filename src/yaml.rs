@@ -292,7 +292,7 @@ impl MarkedEventReceiver for TreeBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -322,8 +322,9 @@ mod tests {
         assert_eq!(root.get("b").unwrap().kind(), "a list");
     }
 
-    /// Nine levels of ten aliases each: 10⁹ values from a few hundred bytes.
-    fn laughs() -> String {
+    /// Nine levels of ten aliases each: 10⁹ values from a few hundred bytes (also the config
+    /// tests' input).
+    pub(crate) fn laughs() -> String {
         let mut text =
             String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         for (i, c) in "bcdefghi".chars().enumerate() {

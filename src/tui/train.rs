@@ -90,12 +90,12 @@ fn runs(pid: u32, dir: &Path) -> bool {
     let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { return false };
     let Ok(want) = std::fs::canonicalize(dir) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let named = args
+    let mut named = args
         .windows(2)
         .filter(|w| w[0] == b"--run")
         .map(|w| w[1])
         .chain(args.iter().filter_map(|a| a.strip_prefix(b"--run=")));
-    named.into_iter().any(|run| {
+    named.any(|run| {
         let run = Path::new(std::ffi::OsStr::from_bytes(run));
         std::fs::canonicalize(cwd.join(run)).is_ok_and(|p| p == want)
     })
