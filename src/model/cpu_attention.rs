@@ -1,16 +1,18 @@
 //! Attention for decoding steps on the CPU: `softmax(q kᵀ · scale + mask) v` for a few new
-//! positions against the KV cache, in one pass per query head.
+//! positions against the KV cache, in one pass per key/value head.
 //!
 //! At decode sizes (one new token per row) candle's route — a batched GEMM for the scores, a
 //! softmax, a second GEMM — spends most of its time packing operands for products of one row,
-//! and wakes the threads three times per layer. Here each (row, head) is one task: the dot
-//! products with the cached keys, the softmax and the weighted sum of the values, reading the
-//! cache in place (any strides with contiguous head vectors, as `Kv`'s narrowed buffers are).
+//! and wakes the threads three times per layer. Here each (row, key/value head) is one task: the
+//! dot products with the cached keys, the softmax and the weighted sum of the values for every
+//! query head sharing that key/value head, reading the cache in place (any strides with
+//! contiguous head vectors, as `Kv`'s narrowed buffers are).
 //! The output comes out as `[rows, new, heads · hd]`, the layout the output projection takes.
 
 use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::packed::Kernel;
 use super::qpacked::Out;
 
 /// New positions up to which [`attend`] is used; larger (prefill) goes through GEMMs.
@@ -127,7 +129,7 @@ fn group(c: &Ctx, task: usize, dot: impl Fn(&[f32], &[f32]) -> f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn head_avx512(c: &Ctx, task: usize) {
+unsafe fn group_avx512(c: &Ctx, task: usize) {
     use std::arch::x86_64::*;
     group(c, task, |a, b| {
         let n = a.len().min(b.len());
@@ -145,7 +147,7 @@ unsafe fn head_avx512(c: &Ctx, task: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2(c: &Ctx, task: usize) {
+unsafe fn group_avx2(c: &Ctx, task: usize) {
     group(c, task, dot)
 }
 
@@ -153,6 +155,18 @@ unsafe fn head_avx2(c: &Ctx, task: usize) {
 /// contiguous); `mask` `[rows, 1, new, total]` additive (0 or −∞) or none. Returns
 /// `[rows, new, heads · hd]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, mask: Option<&Tensor>) -> Result<Tensor> {
+    attend_with(Kernel::detect(), q, k, v, scale, mask)
+}
+
+/// [`attend`] through a given kernel (the tests run each one this CPU has).
+fn attend_with(
+    kernel: Kernel,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (rows, nh, new, hd) = q.dims4()?;
     let (k_rows, nkv, total, k_hd) = k.dims4()?;
     if k_rows != rows || k_hd != hd || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
@@ -200,14 +214,13 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, mask: Option<&Tens
             scale,
             out: Out(out.as_mut_ptr()),
         };
-        let kernel = super::packed::Kernel::detect();
         (0..rows * nkv).into_par_iter().for_each(|task| match kernel {
-            // SAFETY: detect() returns only kernels this CPU runs.
+            // SAFETY: callers pass detect()'s kernel or one of runnable()'s: this CPU runs it.
             #[cfg(target_arch = "x86_64")]
-            super::packed::Kernel::Avx512 => unsafe { head_avx512(&c, task) },
+            Kernel::Avx512 => unsafe { group_avx512(&c, task) },
             #[cfg(target_arch = "x86_64")]
-            super::packed::Kernel::Avx2 => unsafe { head_avx2(&c, task) },
-            super::packed::Kernel::Portable => group(&c, task, dot),
+            Kernel::Avx2 => unsafe { group_avx2(&c, task) },
+            Kernel::Portable => group(&c, task, dot),
         });
     }
     Tensor::from_vec(out, (rows, new, nh * hd), q.device())
@@ -224,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_gemm_softmax_gemm_on_a_strided_cache() {
+    fn every_kernel_matches_gemm_softmax_gemm_on_a_strided_cache() {
         let (rows, nh, nkv, hd, cap) = (3, 6, 2, 40, 9);
         for (new, total) in [(1usize, 7usize), (3, 9)] {
             let q = Tensor::from_vec(values(rows * nh * new * hd, 1), (rows, nh, new, hd), &Device::Cpu).unwrap();
@@ -240,7 +253,6 @@ mod tests {
                 .map(|i| if (i % total) % 4 == 3 && i % total != total - 1 { f32::NEG_INFINITY } else { 0.0 })
                 .collect();
             let mask = Tensor::from_vec(mask, (rows, 1, new, total), &Device::Cpu).unwrap();
-            let got = attend(&q, &k, &v, 0.3, Some(&mask)).unwrap();
 
             let rep = nh / nkv;
             let qg = q.reshape((rows, nkv, rep * new, hd)).unwrap();
@@ -256,12 +268,13 @@ mod tests {
                 .unwrap()
                 .reshape((rows, new, nh * hd))
                 .unwrap();
-            let (g, w) = (
-                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-                assert!((a - b).abs() < 1e-5, "new {new} at {i}: {a} vs {b}");
+            let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for kernel in Kernel::runnable() {
+                let got = attend_with(kernel, &q, &k, &v, 0.3, Some(&mask)).unwrap();
+                let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "{kernel:?}, new {new} at {i}: {a} vs {b}");
+                }
             }
         }
     }
