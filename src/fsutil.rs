@@ -55,35 +55,60 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// An append-only JSON-lines log (events.jsonl, filtered.jsonl): each line is fsynced as it is
-/// written, and opening cuts a torn last line left by a kill.
+/// written, and opening cuts a torn last line left by a kill (`cut` says which).
 pub struct JsonLog {
     file: File,
     path: std::path::PathBuf,
+    /// The torn last line cut at opening: its line number and length in bytes.
+    pub cut: Option<(usize, usize)>,
 }
 
 impl JsonLog {
     pub fn open(path: &Path) -> anyhow::Result<JsonLog> {
         use anyhow::Context;
-        let complete = fs::read(path).map(|b| b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)).unwrap_or(0);
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let complete = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        if file.metadata().map(|m| m.len()).unwrap_or(0) != complete as u64 {
+        let mut cut = None;
+        if bytes.len() != complete {
             file.set_len(complete as u64).with_context(|| format!("cannot repair {}", path.display()))?;
+            let line = bytes[..complete].iter().filter(|&&b| b == b'\n').count() + 1;
+            cut = Some((line, bytes.len() - complete));
         }
-        Ok(JsonLog { file, path: path.to_path_buf() })
+        Ok(JsonLog { file, path: path.to_path_buf(), cut })
     }
 
     pub fn append(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         use anyhow::Context;
-        let mut line = serde_json::to_vec(value)?;
-        line.push(b'\n');
-        self.file.write_all(&line).with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.append_unsynced(value)?;
         self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
         Ok(())
     }
+
+    /// Appends without waiting for the disk: for lines whose loss in a crash costs nothing.
+    pub fn append_unsynced(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        self.file.write_all(&line).with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+/// Refuses to replace an existing `path` unless `force`.
+pub fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    Ok(())
 }
 
 /// The text of a user's file; bytes that are not UTF-8 are an error naming their line and byte.

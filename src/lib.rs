@@ -3,6 +3,7 @@
 //! The engine modules are plain synchronous Rust; only [`tui`] (and `main.rs`) know about the
 //! terminal. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod bench;
 pub mod config;
 pub mod corpus;
 pub mod eval;
@@ -10,7 +11,9 @@ pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod parallel;
+pub mod runs;
 pub mod seeds;
+pub mod signals;
 pub mod train;
 pub mod tui;
 pub mod workspace;

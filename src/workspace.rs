@@ -210,6 +210,25 @@ impl Workspace {
     }
 }
 
+/// `selfspec workspace`: the workspace (created if needed), the configuration and cache in use,
+/// and each seed file's state.
+pub fn describe(root: &Path, config: &crate::config::Config, config_file: &Path, cache: &Path) -> anyhow::Result<()> {
+    let (ws, opened) = Workspace::open(root)?;
+    if opened.created {
+        println!("created workspace {}", ws.root.display());
+    }
+    println!("workspace: {}", ws.root.display());
+    println!("config:    {}", config_file.display());
+    println!("cache:     {}", cache.display());
+    for file in ws.seed_files()? {
+        let loaded = crate::seeds::load(&file, &config.seeds.limits)?;
+        let state = if loaded.is_valid() { "ok".to_string() } else { format!("{} problems", loaded.errors()) };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("  seeds/{name}: {} seeds, {state}", loaded.file.seeds.len());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

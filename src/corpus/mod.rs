@@ -7,6 +7,8 @@
 //! instructions full of quotes, colons and parentheses search as they read), scored with
 //! tantivy's BM25 (k1 1.2, b 0.75) over title and text.
 
+pub mod command;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Evaluation: datasets, k-shot prompting, metrics identical to the references, runs and reports.
 
+pub mod command;
 pub mod data;
+pub mod follow;
 pub mod metrics;
 pub mod porter;
 pub mod run;

@@ -106,10 +106,42 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EvalEvent {
-    Started { requests: usize },
-    Progress { done: usize, requests: usize },
-    Finished { report: PathBuf },
+    /// `requests` answers in all, `scored` of them kept from before (a continued run).
+    Started {
+        requests: usize,
+        #[serde(default)]
+        scored: usize,
+    },
+    Progress {
+        done: usize,
+        requests: usize,
+    },
+    /// Stopped on request with `done` answers scored; running the same command continues.
+    Stopped {
+        done: usize,
+        requests: usize,
+    },
+    Finished {
+        report: PathBuf,
+    },
+    /// Something the user should know (a torn line cut on continuing).
+    Note {
+        text: String,
+    },
 }
+
+impl crate::runs::RunEvent for EvalEvent {
+    fn end(&self) -> Option<crate::runs::End> {
+        match self {
+            EvalEvent::Finished { .. } => Some(crate::runs::End::Finished),
+            EvalEvent::Stopped { .. } => Some(crate::runs::End::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// The predictions file of an evaluation run (one line per scored answer, appended as they come).
+pub const PREDICTIONS: &str = "predictions.jsonl";
 
 impl Report {
     pub fn cell(&self, model: &str, dataset: &str, k: usize) -> Option<&Cell> {
@@ -219,42 +251,80 @@ impl Report {
     }
 }
 
-/// Runs `job` with `model` (its adapters already loaded under their names), writing the run
-/// folder `dir`.
-/// Refuses a folder that already holds an evaluation run: its predictions and report are kept,
+/// Opens the evaluation run in `dir` for `job`: a new folder, or a run of the same job to
+/// continue. A run of another job, or a folder holding something else, is refused: results are
 /// never overwritten.
-pub fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
-    for file in ["config.yaml", "events.jsonl", "predictions.jsonl"] {
-        anyhow::ensure!(
-            !dir.join(file).exists(),
-            "{} already holds an evaluation run ({file}); choose a new --run folder",
+pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
+    match crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)? {
+        Some(old) if old == *job => Ok(()),
+        Some(_) => anyhow::bail!(
+            "{} already holds an evaluation run with other settings; its results are kept: run its own command to continue it, or choose a new --run folder",
             dir.display()
-        );
+        ),
+        None => {
+            for file in [crate::runs::EVENTS, PREDICTIONS, "report.json"] {
+                anyhow::ensure!(
+                    !dir.join(file).exists(),
+                    "{} already holds {file} but no evaluation config; choose a new --run folder",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }
 
+/// Runs `job` with `model` (its adapters already loaded under their names), writing the run
+/// folder `dir`, whose lock the caller holds. Each answer is scored and appended to
+/// predictions.jsonl as it finishes, so a run stopped (`cancel`) or killed continues where it
+/// was: answers already scored are not generated again. Returns None when stopped.
 pub fn evaluate(
+    _lock: &crate::runs::Lock,
     model: &Model,
     job: &EvalJob,
     datasets: &[Dataset],
     dir: &Path,
     cancel: &AtomicBool,
     on_event: &mut (dyn FnMut(&EvalEvent) + Send),
-) -> anyhow::Result<Report> {
-    refuse_existing(dir)?;
+) -> anyhow::Result<Option<Report>> {
+    check_folder(dir, job)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::fsutil::atomic_write(&dir.join("config.yaml"), crate::yaml::to_string(job)?.as_bytes())?;
-    let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
+    crate::runs::write_config(dir, crate::runs::Kind::Eval, job)?;
+    let (mut events, torn) = crate::runs::Log::<EvalEvent>::open(dir)?;
+    let mut emit = |e: &EvalEvent, on_event: &mut (dyn FnMut(&EvalEvent) + Send)| -> anyhow::Result<()> {
+        events.append(e)?;
+        on_event(e);
+        Ok(())
+    };
+    if let Some(text) = torn {
+        emit(&EvalEvent::Note { text }, on_event)?;
+    }
     let models: Vec<String> =
         std::iter::once(BASE.to_string()).chain(job.adapters.iter().map(|(n, _)| n.clone())).collect();
-    // (model, dataset index, k, example index) of each request.
+    let path = dir.join(PREDICTIONS);
+    let mut log = crate::fsutil::JsonLog::open(&path)?;
+    if let Some((line, bytes)) = log.cut {
+        let text = format!(
+            "{}: line {line} was torn ({bytes} bytes) and is cut; that answer is generated again",
+            path.display()
+        );
+        emit(&EvalEvent::Note { text }, on_event)?;
+    }
+    let mut predictions: Vec<Prediction> = crate::generate::pipeline::read_jsonl(&path)?;
+    let mut seen = std::collections::HashSet::new();
+    predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
+    // (model, dataset index, k, example index) of each request still to answer.
     let mut keys = Vec::new();
     let mut requests = Vec::new();
+    let mut total = 0;
     for m in &models {
         for (di, d) in datasets.iter().enumerate() {
             for &k in &job.shots {
                 for (i, e) in d.test.iter().enumerate() {
+                    total += 1;
+                    if seen.contains(&(m.clone(), d.name.clone(), k, i)) {
+                        continue;
+                    }
                     let ids = model.tokenizer.encode(&prompt(&d.train, k, e))?;
                     let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
                     requests.push(Request {
@@ -267,66 +337,82 @@ pub fn evaluate(
             }
         }
     }
-    let total = requests.len();
-    let started = EvalEvent::Started { requests: total };
-    events.append(&started)?;
-    on_event(&started);
-    let mut done = 0;
+    let scored = total - requests.len();
+    emit(&EvalEvent::Started { requests: total, scored }, on_event)?;
+    let mut done = scored;
     let opts = generate::Options { prompt_top: 0, max_batch: 16 };
-    let (completions, _) = generate::generate(
+    let mut scorer = Scorer::default();
+    let mut failure: Option<anyhow::Error> = None;
+    generate::generate(
         model,
         &requests,
         &opts,
         &mut |e| {
-            if let generate::Event::Finished { .. } = e {
-                done += 1;
-                if done % 8 == 0 || done == total {
-                    let ev = EvalEvent::Progress { done, requests: total };
-                    // Progress lines are a convenience: a failed write does not stop the run.
-                    let _ = events.append(&ev);
-                    on_event(&ev);
-                }
+            let generate::Event::Finished { request, completion } = e else { return };
+            if completion.finish == generate::Finish::Cancelled || failure.is_some() {
+                return;
+            }
+            let (m, di, k, i) = &keys[request];
+            let d = &datasets[*di];
+            let mut text = completion.text.trim().to_string();
+            if job.postprocess.as_deref() == Some("first-line") {
+                text = text.lines().next().unwrap_or("").trim().to_string();
+            }
+            let refs: Vec<&str> = d.test[*i].references.iter().map(String::as_str).collect();
+            let refs = if job.split_references { split_references(&refs) } else { refs };
+            let (f1, rouge_l) = scorer.score(&text, &refs);
+            let p = Prediction {
+                model: m.clone(),
+                dataset: d.name.clone(),
+                k: *k,
+                index: *i,
+                prediction: text,
+                references: d.test[*i].references.clone(),
+                f1: f1 * 100.0,
+                rouge_l: rouge_l * 100.0,
+            };
+            if let Err(err) = log.append(&p) {
+                failure = Some(err);
+                return;
+            }
+            predictions.push(p);
+            done += 1;
+            if done % 8 == 0 || done == total {
+                let ev = EvalEvent::Progress { done, requests: total };
+                // Progress lines are a convenience: a failed write does not stop the run.
+                let _ = emit(&ev, on_event);
             }
         },
         cancel,
     )?;
-    anyhow::ensure!(
-        !completions.iter().any(|c| c.finish == generate::Finish::Cancelled),
-        "stopped before the end; nothing was scored"
-    );
-    let mut scorer = Scorer::default();
-    let mut predictions = Vec::with_capacity(total);
-    for ((m, di, k, i), c) in keys.into_iter().zip(completions) {
-        let d = &datasets[di];
-        let mut text = c.text.trim().to_string();
-        if job.postprocess.as_deref() == Some("first-line") {
-            text = text.lines().next().unwrap_or("").trim().to_string();
-        }
-        let refs: Vec<&str> = d.test[i].references.iter().map(String::as_str).collect();
-        let refs = if job.split_references { split_references(&refs) } else { refs };
-        let (f1, rouge_l) = scorer.score(&text, &refs);
-        predictions.push(Prediction {
-            model: m,
-            dataset: d.name.clone(),
-            k,
-            index: i,
-            prediction: text,
-            references: d.test[i].references.clone(),
-            f1: f1 * 100.0,
-            rouge_l: rouge_l * 100.0,
-        });
+    if let Some(err) = failure {
+        return Err(err);
     }
+    if done < total {
+        emit(&EvalEvent::Stopped { done, requests: total }, on_event)?;
+        return Ok(None);
+    }
+    let report = report(&models, datasets, &job.shots, &predictions);
+    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
+    emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
+    Ok(Some(report))
+}
+
+/// The report of scored predictions: each (model, dataset, k)'s mean F1 and ROUGE-L.
+pub fn report(models: &[String], datasets: &[Dataset], shots: &[usize], predictions: &[Prediction]) -> Report {
     let mut sums: BTreeMap<(String, String, usize), (usize, f64, f64)> = BTreeMap::new();
-    for p in &predictions {
+    for p in predictions {
         let e = sums.entry((p.model.clone(), p.dataset.clone(), p.k)).or_default();
         e.0 += 1;
         e.1 += p.f1;
         e.2 += p.rouge_l;
     }
     let mut cells = Vec::new();
-    for m in &models {
+    for m in models {
         for d in datasets {
-            for &k in &job.shots {
+            for &k in shots {
                 if let Some((n, f, r)) = sums.get(&(m.clone(), d.name.clone(), k)) {
                     let n = *n;
                     cells.push(Cell {
@@ -342,16 +428,10 @@ pub fn evaluate(
             }
         }
     }
-    let report =
-        Report { models, datasets: datasets.iter().map(|d| d.name.clone()).collect(), shots: job.shots.clone(), cells };
-    let lines: String =
-        predictions.iter().map(|p| serde_json::to_string(p).map(|s| s + "\n")).collect::<Result<_, _>>()?;
-    crate::fsutil::atomic_write(&dir.join("predictions.jsonl"), lines.as_bytes())?;
-    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
-    crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
-    let finished = EvalEvent::Finished { report: dir.join("report.json") };
-    events.append(&finished)?;
-    on_event(&finished);
-    Ok(report)
+    Report {
+        models: models.to_vec(),
+        datasets: datasets.iter().map(|d| d.name.clone()).collect(),
+        shots: shots.to_vec(),
+        cells,
+    }
 }

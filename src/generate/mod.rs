@@ -1,7 +1,9 @@
 //! Generation: many prompts of different lengths decoded together, each with its own sampling,
 //! stop conditions and length, leaving the batch when done; text streamed as it is made.
 
+pub mod command;
 pub mod filters;
+pub mod follow;
 pub mod pipeline;
 pub mod prompts;
 pub mod review;

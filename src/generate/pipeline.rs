@@ -14,7 +14,6 @@
 //! is duplicated or lost.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -32,7 +31,7 @@ use crate::model::Model;
 use crate::seeds::{Seed, SeedFile};
 
 /// Which documents a response is conditioned on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// No documents: the base model answers from what it knows.
@@ -345,6 +344,67 @@ pub enum Progress {
         outcome: Outcome,
         counters: Counters,
     },
+    /// Something the user should know (a torn log line cut on continuing).
+    Note {
+        text: String,
+    },
+}
+
+impl crate::runs::RunEvent for Progress {
+    fn end(&self) -> Option<crate::runs::End> {
+        match self {
+            Progress::Finished { outcome: Outcome::Cancelled, .. } => Some(crate::runs::End::Stopped),
+            Progress::Finished { .. } => Some(crate::runs::End::Finished),
+            _ => None,
+        }
+    }
+
+    fn durable(&self) -> bool {
+        !matches!(self, Progress::InstructionText { .. } | Progress::ResponseText { .. })
+    }
+}
+
+/// Text events gathered for the log: one line per stream every quarter second, not one per
+/// token (the caller's sink still sees every token).
+#[derive(Default)]
+struct Coalesced {
+    pending: Option<Progress>,
+    since: Option<Instant>,
+}
+
+impl Coalesced {
+    /// Adds a text event; returns the events to write now.
+    fn push(&mut self, p: &Progress) -> Vec<Progress> {
+        let mut out = Vec::new();
+        let same = match (&mut self.pending, p) {
+            (Some(Progress::InstructionText { prompt: a, text }), Progress::InstructionText { prompt: b, text: t })
+                if a == b =>
+            {
+                text.push_str(t);
+                true
+            }
+            (Some(Progress::ResponseText { id: a, text }), Progress::ResponseText { id: b, text: t }) if a == b => {
+                text.push_str(t);
+                true
+            }
+            _ => false,
+        };
+        if !same {
+            out.extend(self.pending.take());
+            self.pending = Some(p.clone());
+            self.since = Some(Instant::now());
+        }
+        if self.since.is_some_and(|t| t.elapsed().as_millis() >= 250) {
+            out.extend(self.pending.take());
+            self.since = None;
+        }
+        out
+    }
+
+    fn flush(&mut self) -> Option<Progress> {
+        self.since = None;
+        self.pending.take()
+    }
 }
 
 /// A run folder being written.
@@ -354,12 +414,13 @@ pub struct Run {
     store: SampleStore,
     filtered: JsonLog,
     filtered_ids: HashSet<String>,
-    events: JsonLog,
+    /// events.jsonl's writer (lent to the [`Sink`] while [`run`] goes).
+    events: Option<crate::runs::Log<Progress>>,
     pub counters: Counters,
-    _lock: File,
+    /// What opening found that the user should know (a torn log line cut).
+    pub notes: Vec<String>,
 }
 
-pub const CONFIG: &str = "config.yaml";
 /// The name the second round's adapter is loaded under.
 pub const ADAPTER: &str = "tuned";
 pub const SAMPLES: &str = "samples.jsonl";
@@ -401,38 +462,16 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
 /// The templates folder the generation run in `dir` was started with (`Some(None)`: the
 /// built-in templates), or `None` when `dir` holds no readable run config.
 pub fn recorded_prompts(dir: &Path) -> Option<Option<PathBuf>> {
-    let text = std::fs::read_to_string(dir.join(CONFIG)).ok()?;
-    crate::yaml::from_str::<Job>(&text).ok().map(|job| job.prompts)
+    crate::runs::read_job::<Job>(dir, crate::runs::Kind::Generate).ok().flatten().map(|job| job.prompts)
 }
 
 impl Run {
-    /// Opens (or starts) the run in `dir` for `job`. A run started with other settings is refused
-    /// with the differences; so is a run another process is writing.
-    pub fn open(dir: &Path, job: Job) -> anyhow::Result<(Run, usize)> {
+    /// Opens (or starts) the run in `dir` for `job`; the caller holds the folder's lock. A run
+    /// started with other settings is refused with the differences.
+    pub fn open(_lock: &crate::runs::Lock, dir: &Path, job: Job) -> anyhow::Result<(Run, usize)> {
+        use crate::runs::Kind;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-        let lock_path = dir.join("run.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                anyhow::bail!("{} is in use by another selfspec process; wait for it or stop it first", dir.display())
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-            }
-        }
-        let config_path = dir.join(CONFIG);
-        if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot read {}", config_path.display()))?;
-            let old: Job = crate::yaml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("{}:{}: {}; this is not a generation run", config_path.display(), e.pos, e.message)
-            })?;
+        if let Some(old) = crate::runs::read_job::<Job>(dir, Kind::Generate)? {
             let diffs = old.differences(&job);
             if !diffs.is_empty() {
                 anyhow::bail!(
@@ -442,31 +481,61 @@ impl Run {
                 );
             }
         }
-        crate::fsutil::atomic_write(&config_path, crate::yaml::to_string(&job)?.as_bytes())
-            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        crate::runs::write_config(dir, Kind::Generate, &job)?;
         let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
         let filtered_ids = read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
         let filtered = JsonLog::open(&filtered_path)?;
-        let events_path = dir.join(EVENTS);
+        let (events, torn) = crate::runs::Log::<Progress>::open(dir)?;
         let mut counters = Counters::default();
-        for event in read_jsonl::<Progress>(&events_path)? {
-            if let Progress::Batch { counters: c } | Progress::Finished { counters: c, .. } = event {
+        let mut tail = crate::runs::Tail::new(dir);
+        let read = tail.read::<Progress>();
+        for entry in read.entries {
+            if let Some(Progress::Batch { counters: c } | Progress::Finished { counters: c, .. }) = entry.event {
                 counters = c;
             }
         }
         counters.kept = store.len();
-        let events = JsonLog::open(&events_path)?;
+        let mut notes: Vec<String> = torn.into_iter().collect();
+        notes.extend(read.dropped);
         let resumed = store.len();
-        Ok((Run { dir: dir.to_path_buf(), job, store, filtered, filtered_ids, events, counters, _lock: lock }, resumed))
+        let run =
+            Run { dir: dir.to_path_buf(), job, store, filtered, filtered_ids, events: Some(events), counters, notes };
+        Ok((run, resumed))
     }
 
     pub fn samples(&self) -> &[Sample] {
         self.store.samples()
     }
+}
 
-    fn event(&mut self, p: &Progress) -> anyhow::Result<()> {
-        self.events.append(p)
+/// Where a run's events go: events.jsonl (text gathered, see [`Coalesced`]) and the caller.
+struct Sink<'a> {
+    log: crate::runs::Log<Progress>,
+    text: Coalesced,
+    on_progress: &'a mut (dyn FnMut(&Progress) + Send),
+    /// The first failed write; the run stops with it at the next check.
+    error: Option<anyhow::Error>,
+}
+
+impl Sink<'_> {
+    fn emit(&mut self, p: &Progress) {
+        let written = if crate::runs::RunEvent::durable(p) {
+            match self.text.flush() {
+                Some(e) => self.log.append(&e).and_then(|()| self.log.append(p)),
+                None => self.log.append(p),
+            }
+        } else {
+            self.text.push(p).iter().try_for_each(|e| self.log.append(e))
+        };
+        if let Err(e) = written {
+            self.error.get_or_insert(e);
+        }
+        (self.on_progress)(p);
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
     }
 }
 
@@ -556,7 +625,33 @@ pub fn run(
     }
     let started = Instant::now();
     let base_seconds = run.counters.seconds;
-    on_progress(&Progress::Started {
+    let log = run.events.take().context("the run's event log is in use")?;
+    let mut sink = Sink { log, text: Coalesced::default(), on_progress, error: None };
+    let outcome = go(run, inputs, cancel, &mut sink, &mut pool, &mut pool_text, budget, started, base_seconds);
+    run.events = Some(sink.log);
+    let outcome = outcome?;
+    sink.error.map_or(Ok(outcome), Err)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn go(
+    run: &mut Run,
+    inputs: &Inputs,
+    cancel: &AtomicBool,
+    sink: &mut Sink,
+    pool: &mut Pool,
+    pool_text: &mut Vec<String>,
+    budget: usize,
+    started: Instant,
+    base_seconds: f64,
+) -> anyhow::Result<Outcome> {
+    let job = run.job.clone();
+    let s = &job.settings;
+    let seeds: Vec<&Seed> = inputs.seeds.seeds.iter().collect();
+    for note in std::mem::take(&mut run.notes) {
+        sink.emit(&Progress::Note { text: note });
+    }
+    sink.emit(&Progress::Started {
         n: job.n,
         budget,
         resumed: run.store.len(),
@@ -578,7 +673,7 @@ pub fn run(
         }
         let first = run.counters.prompts;
         let count = s.prompts_per_batch.min(budget - first);
-        on_progress(&Progress::Prompts { first, count });
+        sink.emit(&Progress::Prompts { first, count });
         // Instruction prompts.
         let mut requests = Vec::with_capacity(count);
         let mut shown: Vec<Vec<String>> = Vec::with_capacity(count);
@@ -607,7 +702,7 @@ pub fn run(
         let mut on_event = |e: Event| {
             if let Event::Token { request, text, .. } = e {
                 if !text.is_empty() {
-                    on_progress(&Progress::InstructionText { prompt: first + request, text: text.to_string() });
+                    sink.emit(&Progress::InstructionText { prompt: first + request, text: text.to_string() });
                 }
             }
         };
@@ -632,12 +727,12 @@ pub fn run(
                 if run.store.contains(&id) {
                     continue;
                 }
-                let verdict = s.filters.check(&task.instruction, &pool);
+                let verdict = s.filters.check(&task.instruction, pool);
                 let most_similar = verdict.most_similar.map(|(i, score)| (pool_text[i].clone(), score));
                 if let Some(rejection) = verdict.rejected {
                     let name = serde_name(&rejection, Some("filter"));
                     *counters.filtered.entry(name.clone()).or_default() += 1;
-                    on_progress(&Progress::Filtered {
+                    sink.emit(&Progress::Filtered {
                         id: id.clone(),
                         instruction: task.instruction.clone(),
                         rejection: name,
@@ -671,7 +766,7 @@ pub fn run(
             }
         }
         // Responses.
-        let outcome = respond(run, inputs, &job, &model_name, &mut candidates, &mut counters, cancel, on_progress)?;
+        let outcome = respond(run, inputs, &job, &model_name, &mut candidates, &mut counters, cancel, sink)?;
         if let Some(outcome) = outcome {
             break outcome;
         }
@@ -679,17 +774,12 @@ pub fn run(
         counters.kept = run.store.len();
         counters.seconds = base_seconds + started.elapsed().as_secs_f64();
         run.counters = counters.clone();
-        let event = Progress::Batch { counters };
-        run.event(&event)?;
-        on_progress(&event);
+        sink.emit(&Progress::Batch { counters });
+        sink.check()?;
     };
     run.counters.kept = run.store.len();
     run.counters.seconds = base_seconds + started.elapsed().as_secs_f64();
-    let event = Progress::Finished { outcome: outcome.clone(), counters: run.counters.clone() };
-    if outcome != Outcome::Cancelled {
-        run.event(&event)?;
-    }
-    on_progress(&event);
+    sink.emit(&Progress::Finished { outcome: outcome.clone(), counters: run.counters.clone() });
     Ok(outcome)
 }
 
@@ -736,7 +826,7 @@ fn respond(
     candidates: &mut [Candidate],
     counters: &mut Counters,
     cancel: &AtomicBool,
-    on_progress: &mut (dyn FnMut(&Progress) + Send),
+    sink: &mut Sink,
 ) -> anyhow::Result<Option<Outcome>> {
     let s = &job.settings;
     let domain = &inputs.seeds.domain;
@@ -773,13 +863,13 @@ fn respond(
             };
             requests.push(tuned(job, request));
         }
-        on_progress(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
+        sink.emit(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
         let opts = super::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
         let mut finished: Vec<(usize, super::Completion)> = Vec::new();
         let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
         let mut on_event = |e: Event| match e {
             Event::Token { request, text, .. } if !text.is_empty() => {
-                on_progress(&Progress::ResponseText { id: ids[request].clone(), text: text.to_string() })
+                sink.emit(&Progress::ResponseText { id: ids[request].clone(), text: text.to_string() })
             }
             Event::Finished { request, completion } => finished.push((request, completion.clone())),
             _ => {}
@@ -819,7 +909,7 @@ fn respond(
                 },
             };
             if run.store.append(sample.clone())? {
-                on_progress(&Progress::Kept { sample: Box::new(sample) });
+                sink.emit(&Progress::Kept { sample: Box::new(sample) });
             }
         }
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {

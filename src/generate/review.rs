@@ -31,7 +31,10 @@ pub struct Review {
     pub dir: PathBuf,
     pub samples: Vec<Sample>,
     index: HashMap<String, usize>,
+    /// decisions.jsonl, opened for appending at the first decision written: reading a run (to
+    /// train on it, to export it) creates nothing in its folder.
     decisions: Option<File>,
+    decisions_read: bool,
     /// Bytes of samples.jsonl read so far (to pick up samples a generator appends).
     read_to: u64,
     undo: Vec<Sample>,
@@ -44,6 +47,7 @@ impl Review {
             samples: Vec::new(),
             index: HashMap::new(),
             decisions: None,
+            decisions_read: false,
             read_to: 0,
             undo: Vec::new(),
         };
@@ -56,7 +60,7 @@ impl Review {
     pub fn refresh(&mut self) -> anyhow::Result<usize> {
         let path = self.dir.join(SAMPLES);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len == self.read_to && self.decisions.is_some() {
+        if len == self.read_to && self.decisions_read {
             return Ok(0);
         }
         let bytes = match std::fs::read(&path) {
@@ -81,17 +85,11 @@ impl Review {
             }
         }
         self.read_to = complete as u64;
-        if self.decisions.is_none() {
-            let dpath = self.dir.join(DECISIONS);
-            for d in read_jsonl::<Decision>(&dpath)? {
+        if !self.decisions_read {
+            for d in read_jsonl::<Decision>(&self.dir.join(DECISIONS))? {
                 self.apply(&d);
             }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&dpath)
-                .with_context(|| format!("cannot open {}", dpath.display()))?;
-            self.decisions = Some(file);
+            self.decisions_read = true;
         } else if added > 0 {
             // Decisions may name samples that had not arrived yet when they were read.
             let dpath = self.dir.join(DECISIONS);
@@ -140,6 +138,14 @@ impl Review {
     fn write(&mut self, d: &Decision) -> anyhow::Result<()> {
         use std::io::Write;
         let path = self.dir.join(DECISIONS);
+        if self.decisions.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            self.decisions = Some(file);
+        }
         let file = self.decisions.as_mut().context("the review is not open")?;
         let mut line = serde_json::to_vec(d)?;
         line.push(b'\n');
@@ -200,6 +206,9 @@ mod tests {
         let (mut store, _) = SampleStore::open(&dir.path().join(SAMPLES)).unwrap();
         store.append(sample("a")).unwrap();
         store.append(sample("b")).unwrap();
+        // Reading a run for training or export writes nothing into it.
+        assert!(crate::train::data::load(dir.path()).is_err(), "nothing accepted yet");
+        assert!(!dir.path().join(DECISIONS).exists());
         let mut r = Review::open(dir.path()).unwrap();
         r.decide("a", Status::Accepted, None).unwrap();
         r.decide("b", Status::Edited, Some("better".into())).unwrap();
@@ -211,6 +220,7 @@ mod tests {
         assert_eq!(r.refresh().unwrap(), 1);
         drop(r);
         let r = Review::open(dir.path()).unwrap();
+        assert!(crate::train::data::load(dir.path()).is_ok());
         assert_eq!(
             r.samples.iter().map(|s| s.status).collect::<Vec<_>>(),
             [Status::Accepted, Status::Edited, Status::Pending]

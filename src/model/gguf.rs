@@ -311,13 +311,10 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
 }
 
 /// The quantized types `selfspec quantize` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantType {
-    #[value(name = "q4_0")]
     Q4_0,
-    #[value(name = "q4k")]
     Q4k,
-    #[value(name = "q8_0")]
     Q8_0,
 }
 
@@ -338,17 +335,12 @@ impl From<QuantType> for FileType {
 }
 
 /// The types `selfspec quantize` writes a model's matrices in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
-    #[value(name = "f32")]
     F32,
-    #[value(name = "f16")]
     F16,
-    #[value(name = "q8_0")]
     Q8_0,
-    #[value(name = "q4k")]
     Q4k,
-    #[value(name = "q4_0")]
     Q4_0,
 }
 

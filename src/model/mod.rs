@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod chat;
+pub mod command;
 pub mod config;
 pub mod cpu_attention;
 pub mod decoder;
@@ -57,7 +58,7 @@ pub enum ModelError {
 
 /// Where the model runs. `Auto` takes the first CUDA GPU when selfspec was built with the
 /// `cuda` feature and one is present, else the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     #[default]
     Auto,
@@ -87,7 +88,7 @@ impl DeviceChoice {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeChoice {
     /// bf16 on a GPU, f32 on the CPU.
     #[default]
@@ -109,6 +110,26 @@ impl DTypeChoice {
 }
 
 /// A loaded model: the decoder, its tokenizer and the ids that end generation.
+/// A model as a command names it: where it is (resolved: a folder, org/name or a .gguf file),
+/// where it runs and in what type.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub name: String,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+}
+
+impl Choice {
+    /// Loads it; a device that cannot be honoured is said on stderr (the CPU is used instead).
+    pub fn load(&self) -> anyhow::Result<Model> {
+        let (device, note) = self.device.open();
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+        Ok(Model::load(&self.name, self.dtype, &device)?)
+    }
+}
+
 pub struct Model {
     pub dir: PathBuf,
     pub decoder: Decoder,

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use super::{Problem, Problems, Seed, SeedFile, Task};
 use crate::yaml::{self, Node, Pos, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// One JSON object a line: {instruction, input?, output} (Alpaca, BoX); optional id, task, tags.
     AlpacaJsonl,
@@ -91,7 +91,7 @@ fn problems(path: &Path, mut list: Vec<Problem>) -> Problems {
 }
 
 fn issue(pos: Option<Pos>, field: &str, message: String) -> Problem {
-    Problem { file: None, pos, seed: None, seed_id: None, field: field.into(), message, lossy: true }
+    Problem { file: None, pos, seed: None, seed_id: None, field: field.into(), message, lossy: true, warning: false }
 }
 
 /// Seeds read so far and the records that could not be read.

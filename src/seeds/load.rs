@@ -25,8 +25,14 @@ impl Loaded {
         !self.problems.iter().any(|p| p.lossy)
     }
 
+    /// Whether nothing but warnings was found.
     pub fn is_valid(&self) -> bool {
-        self.problems.is_empty()
+        self.errors() == 0
+    }
+
+    /// Problems that are not warnings.
+    pub fn errors(&self) -> usize {
+        self.problems.iter().filter(|p| !p.warning).count()
     }
 }
 
@@ -86,6 +92,7 @@ fn fatal(pos: Pos, message: String) -> Loaded {
             field: String::new(),
             message,
             lossy: true,
+            warning: false,
         }],
     }
 }
@@ -131,6 +138,7 @@ impl Reader {
             field: field.to_string(),
             message,
             lossy: true,
+            warning: false,
         });
     }
 

@@ -6,6 +6,7 @@
 //! - [`save`] writes the canonical form atomically; loading and saving again is byte-stable.
 //! - [`interchange`] imports Alpaca/BoX JSONL, self-instruct and InstructLab files, exports JSONL.
 
+pub mod command;
 pub mod interchange;
 mod load;
 mod problem;

@@ -21,6 +21,9 @@ pub struct Problem {
     /// does not know, a value of the wrong type, text that is not YAML): such a file is read-only
     /// in the TUI until fixed by hand.
     pub lossy: bool,
+    /// Worth knowing but not wrong: the file is still valid (an instruction repeated with another
+    /// input, as classification seeds do).
+    pub warning: bool,
 }
 
 impl Problem {
@@ -44,6 +47,9 @@ impl fmt::Display for Problem {
         }
         if self.file.is_some() || self.pos.is_some() {
             f.write_str(" ")?;
+        }
+        if self.warning {
+            f.write_str("warning: ")?;
         }
         let path = self.path();
         if !path.is_empty() {

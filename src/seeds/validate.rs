@@ -53,7 +53,7 @@ const TASK_NAMES: [&str; 8] = ["qa", "ner", "re", "sa", "cls", "sum", "gen", "ot
 /// unknown tasks. With `spans`, each problem carries the position of the value it is about.
 pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut add = |seed: Option<usize>, field: &str, message: String| {
+    let mut push = |seed: Option<usize>, field: &str, message: String, warning: bool| {
         let seed_id = seed.and_then(|i| file.seeds.get(i)).map(|s| s.id.clone());
         out.push(Problem {
             file: None,
@@ -63,8 +63,10 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
             field: field.to_string(),
             message,
             lossy: false,
+            warning,
         });
     };
+    let mut add = |seed: Option<usize>, field: &str, message: String| push(seed, field, message, false);
     let line_of = |i: usize| -> String {
         match spans.and_then(|s| s.locate(Some(i), "")) {
             Some(pos) => format!("seeds[{i}] (line {})", pos.line),
@@ -81,6 +83,9 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
 
     let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut instructions: HashMap<String, usize> = HashMap::new();
+    let mut pairs: HashMap<(String, String), usize> = HashMap::new();
+    // Repeated instructions with other inputs are warnings, said after the errors' pass.
+    let mut repeated: Vec<(usize, usize)> = Vec::new();
     for (i, seed) in file.seeds.iter().enumerate() {
         let id = seed.id.trim();
         if id.is_empty() {
@@ -113,16 +118,22 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
             add(Some(i), "instruction", "is missing or empty; write the task this seed demonstrates".into());
         } else {
             let key = normalize(&seed.instruction);
-            match instructions.get(&key) {
-                Some(&first) => add(
+            let pair = (key.clone(), normalize(&seed.input));
+            match (pairs.get(&pair), instructions.get(&key)) {
+                (Some(&first), _) => add(
                     Some(i),
                     "instruction",
                     format!(
-                        "repeats the instruction of {}; each seed should teach a different instruction",
+                        "repeats the instruction and input of {}; each seed should teach something new",
                         line_of(first)
                     ),
                 ),
-                None => {
+                (None, Some(&first)) => {
+                    pairs.insert(pair, i);
+                    repeated.push((i, first));
+                }
+                (None, None) => {
+                    pairs.insert(pair, i);
                     instructions.insert(key, i);
                 }
             }
@@ -145,6 +156,17 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
                 );
             }
         }
+    }
+    for (i, first) in repeated {
+        push(
+            Some(i),
+            "instruction",
+            format!(
+                "repeats the instruction of {} with another input (fine for classification seeds; distinct instructions teach more)",
+                line_of(first)
+            ),
+            true,
+        );
     }
     out
 }

@@ -325,3 +325,65 @@ pub fn merge(base_dir: &Path, adapter_dir: &Path, out: &Path) -> anyhow::Result<
     std::fs::rename(&tmp, out.join("model.safetensors"))?;
     Ok(merged)
 }
+
+/// An adapter as a command names it: `DIR` or `NAME=DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Spec {
+    /// Parses `[NAME=]DIR`. Without a name the adapter goes by its folder's name, or, for a run's
+    /// `adapter/` folder, by the run's (runs/train-x/adapter is `train-x`).
+    pub fn parse(spec: &str) -> Spec {
+        let (name, dir) = match spec.split_once('=') {
+            Some((n, d)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(d)),
+            _ => (None, PathBuf::from(spec)),
+        };
+        let name = name.unwrap_or_else(|| {
+            let own = dir.file_name().map_or(spec.to_string(), |n| n.to_string_lossy().to_string());
+            let parent = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
+            match parent {
+                Some(p) if own == "adapter" => p,
+                _ => own,
+            }
+        });
+        Spec { name, dir }
+    }
+}
+
+/// Loads each adapter onto `model` under its name; two adapters of one name are refused.
+pub fn load_all(model: &mut Model, specs: &[Spec]) -> anyhow::Result<()> {
+    for (i, s) in specs.iter().enumerate() {
+        anyhow::ensure!(
+            !specs[..i].iter().any(|o| o.name == s.name),
+            "two adapters are named {:?}; name them apart with NAME=DIR",
+            s.name
+        );
+        load(model, &s.dir, &s.name)?;
+    }
+    Ok(())
+}
+
+/// Enables only the adapter named `name` (None: the base alone).
+pub fn enable_only(model: &mut Model, name: Option<&str>) {
+    for (_, linear) in model.decoder.linears_mut() {
+        for a in &mut linear.adapters {
+            a.enabled = name == Some(a.name.as_str());
+        }
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn an_adapter_is_named_one_way() {
+        assert_eq!(Spec::parse("a=x/y").name, "a");
+        assert_eq!(Spec::parse("runs/train-1/adapter").name, "train-1");
+        assert_eq!(Spec::parse("loras/math").name, "math");
+        assert_eq!(Spec::parse("/abs/a=b/c").dir, PathBuf::from("/abs/a=b/c"));
+    }
+}

@@ -7,7 +7,9 @@
 //! the losses against PEFT's).
 
 pub mod adapter;
+pub mod command;
 pub mod data;
+pub mod follow;
 pub mod run;
 
 use candle_core::{DType, Device, Tensor, Var, D};

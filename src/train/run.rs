@@ -20,8 +20,6 @@ use super::{adapter, Batch, TrainConfig, Trainer};
 use crate::model::Model;
 
 pub const ADAPTER_NAME: &str = "train";
-/// The file holding the training process's id while it runs.
-pub const PID: &str = "pid";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +70,20 @@ pub enum TrainEvent {
         step: usize,
         checkpoint: PathBuf,
     },
+    /// Something the user should know (a torn log line cut on resuming).
+    Note {
+        text: String,
+    },
+}
+
+impl crate::runs::RunEvent for TrainEvent {
+    fn end(&self) -> Option<crate::runs::End> {
+        match self {
+            TrainEvent::Finished { .. } => Some(crate::runs::End::Finished),
+            TrainEvent::Stopped { .. } => Some(crate::runs::End::Stopped),
+            _ => None,
+        }
+    }
 }
 
 /// What a checkpoint needs besides the adapter and AdamW's moments. The data position and every
@@ -167,9 +179,11 @@ fn save_checkpoint(
     Ok(final_dir)
 }
 
-/// Trains to the end (or until `cancel`), writing the run folder. `on_event` sees every event
-/// written to events.jsonl.
+/// Trains to the end (or until `cancel`), writing the run folder `dir`, whose lock the caller
+/// holds. `on_event` sees every event written to events.jsonl.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
+    _lock: &crate::runs::Lock,
     model: &mut Model,
     job: &TrainJob,
     examples: &[Example],
@@ -180,14 +194,12 @@ pub fn train(
 ) -> anyhow::Result<TrainEvent> {
     let c = &job.config;
     c.check().map_err(anyhow::Error::msg)?;
+    use crate::runs::{Kind, Log};
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config_path = dir.join("config.yaml");
     let checkpoint = newest_checkpoint(dir);
     if resume {
-        let text = std::fs::read_to_string(&config_path)
+        let old: TrainJob = crate::runs::read_job(dir, Kind::Train)?
             .with_context(|| format!("--resume: {} has no config.yaml, so no run to resume", dir.display()))?;
-        let old: TrainJob = crate::yaml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {}", config_path.display(), e.pos, e.message))?;
         anyhow::ensure!(
             old == *job,
             "{} was started with other settings; run --resume with the same --model, --data and config",
@@ -207,7 +219,7 @@ pub fn train(
             "{} already holds a training run; pass --resume to continue it, or choose a new --run folder",
             dir.display()
         );
-        crate::fsutil::atomic_write(&config_path, crate::yaml::to_string(job)?.as_bytes())?;
+        crate::runs::write_config(dir, Kind::Train, job)?;
     }
     let eos = model.eos_token_ids.first().copied();
     let encoded: Vec<Encoded> = examples
@@ -240,12 +252,15 @@ pub fn train(
         }
         _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
     };
-    let mut events = crate::fsutil::JsonLog::open(&dir.join("events.jsonl"))?;
+    let (mut events, torn) = Log::<TrainEvent>::open(dir)?;
     let mut emit = |e: &TrainEvent, on_event: &mut dyn FnMut(&TrainEvent)| -> anyhow::Result<()> {
         events.append(e)?;
         on_event(e);
         Ok(())
     };
+    if let Some(text) = torn {
+        emit(&TrainEvent::Note { text }, on_event)?;
+    }
     let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };
     emit(
         &TrainEvent::Started {

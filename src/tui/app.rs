@@ -93,19 +93,28 @@ impl App {
         generate.cache_dir = opts.cache_dir.clone();
         let review = ReviewScreen::new(&opts.workspace);
         let mut train = TrainScreen::new(&opts.workspace, &opts.config_file);
+        let mut eval = EvalScreen::new(&opts.workspace, &opts.config_file);
         let tab = match &opts.attach {
-            Some(run) => {
-                anyhow::ensure!(
-                    run.join("events.jsonl").exists() || run.join("config.yaml").exists(),
-                    "{} is not a training run folder (no config.yaml or events.jsonl)",
+            Some(run) => match crate::runs::kind(run) {
+                Some(crate::runs::Kind::Train) => {
+                    train.rescan(Some(run));
+                    Tab::Train
+                }
+                Some(crate::runs::Kind::Generate) => {
+                    generate.follow(run, None);
+                    Tab::Generate
+                }
+                Some(crate::runs::Kind::Eval) => {
+                    eval.show(run);
+                    Tab::Eval
+                }
+                None => anyhow::bail!(
+                    "{} is not a run folder (no config.yaml naming its kind); `selfspec runs` lists the workspace's runs",
                     run.display()
-                );
-                train.rescan(Some(run));
-                Tab::Train
-            }
+                ),
+            },
             None => Tab::Seeds,
         };
-        let eval = EvalScreen::new(&opts.workspace, &opts.config_file);
         let mut app = App {
             eval,
             tab,
@@ -426,7 +435,15 @@ impl App {
     /// Saves before exit. When the file cannot be written (or changed on disk), the edits go to a
     /// `.yaml.unsaved` file beside it; the message says where.
     pub fn shutdown(&mut self) -> Option<String> {
-        self.generate.shutdown();
+        let going = self.generate.shutdown();
+        let saved = self.save_on_exit();
+        match (going, saved) {
+            (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn save_on_exit(&mut self) -> Option<String> {
         let s = self.seeds.as_mut()?;
         if !s.is_dirty() {
             return None;

@@ -14,7 +14,9 @@ use ratatui::Frame;
 use super::seeds::Outcome;
 use super::seeds_view::truncate;
 use super::theme::Theme;
+use crate::eval::follow::Evaluation;
 use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
+use crate::runs::Following;
 use crate::workspace::Workspace;
 
 const SHOTS: [&str; 5] = ["0,1,5", "0", "1", "5", "0,1"];
@@ -33,7 +35,9 @@ pub struct EvalScreen {
     /// The run shown.
     pub run: Option<PathBuf>,
     pub report: Option<Report>,
-    pub progress: (usize, usize),
+    /// What the shown run's events say.
+    pub view: Evaluation,
+    following: Option<Following>,
     pub row: usize,
     pub col: usize,
     /// The predictions of the cell opened with Enter, and the scroll.
@@ -58,7 +62,8 @@ impl EvalScreen {
             dataset_ix: 0,
             run: None,
             report: None,
-            progress: (0, 0),
+            view: Evaluation::default(),
+            following: None,
             row: 0,
             col: 0,
             detail: None,
@@ -79,32 +84,65 @@ impl EvalScreen {
             .collect();
         self.adapter_ix = self.adapter_ix.min(self.adapters.len());
         if self.run.is_none() {
-            self.run = self
+            let newest = self
                 .workspace
-                .runs_newest_first(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("eval-")))
+                .runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Eval))
                 .into_iter()
                 .next();
+            if let Some(dir) = newest {
+                self.show(&dir);
+            }
         }
         self.tick();
     }
 
-    /// Follows the run: progress, then its report.
+    /// Shows the evaluation run in `dir` (from its first event), following it while it goes.
+    pub fn show(&mut self, dir: &Path) {
+        self.run = Some(dir.to_path_buf());
+        self.report = None;
+        self.view = Evaluation::default();
+        self.following = Some(Following::new(dir, None));
+        self.tick();
+    }
+
+    /// Follows the run: its new events, then its report.
     pub fn tick(&mut self) {
-        let Some(run) = &self.run else { return };
-        if self.report.is_some() {
-            return;
+        let Some(f) = self.following.as_mut() else { return };
+        let running = f.running();
+        let batch = f.poll::<EvalEvent>();
+        for e in &batch.entries {
+            self.view.apply_entry(e);
         }
-        if let Ok(text) = std::fs::read_to_string(run.join("report.json")) {
-            self.report = serde_json::from_str(&text).ok();
-        }
-        if let Ok(text) = std::fs::read_to_string(run.join("events.jsonl")) {
-            for line in text.lines() {
-                match serde_json::from_str::<EvalEvent>(line) {
-                    Ok(EvalEvent::Started { requests }) => self.progress = (0, requests),
-                    Ok(EvalEvent::Progress { done, requests }) => self.progress = (done, requests),
-                    _ => {}
-                }
+        self.view.notes.extend(batch.dropped);
+        if self.report.is_none() && self.view.report.is_some() {
+            if let Ok(text) = std::fs::read_to_string(f.dir.join("report.json")) {
+                self.report = serde_json::from_str(&text).ok();
             }
+        }
+        if !running {
+            self.view.notes.extend(f.torn());
+            self.following = None;
+        }
+    }
+
+    /// The shown run's state, said in a few words.
+    fn state_label(&self) -> String {
+        let Some(dir) = &self.run else { return String::new() };
+        match crate::runs::state(dir) {
+            crate::runs::State::Stopped => "stopped (s with the same settings continues)".into(),
+            crate::runs::State::Interrupted => "killed (s with the same settings continues)".into(),
+            crate::runs::State::Failed(e) => format!("failed: {e}"),
+            crate::runs::State::Running(_) => "running (x stops)".into(),
+            crate::runs::State::Finished => "finished".into(),
+            crate::runs::State::New => "starting".into(),
+        }
+    }
+
+    fn stop(&mut self) -> Outcome {
+        let Some(dir) = &self.run else { return Outcome::Error("no evaluation run shown".into()) };
+        match crate::runs::stop(dir) {
+            Ok(_) => Outcome::Notice(format!("stopping {}: its scored answers are kept", dir.display())),
+            Err(e) => Outcome::Error(e),
         }
     }
 
@@ -162,6 +200,7 @@ impl EvalScreen {
             KeyCode::Char('n') => self.shots_ix = (self.shots_ix + 1) % SHOTS.len(),
             KeyCode::Enter => return self.open_cell(),
             KeyCode::Char('s') => return self.start(model),
+            KeyCode::Char('x') => return self.stop(),
             _ => return Outcome::Ignored,
         }
         Outcome::Done
@@ -199,8 +238,7 @@ impl EvalScreen {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
-        let mut args: Vec<std::ffi::OsString> =
-            ["eval", "--detached", "--model", model.trim(), "--data"].map(Into::into).to_vec();
+        let mut args: Vec<std::ffi::OsString> = ["eval", "--model", model.trim(), "--data"].map(Into::into).to_vec();
         args.extend([set.into_os_string(), "--run".into(), dir.clone().into_os_string()]);
         args.extend(["--shots", SHOTS[self.shots_ix]].map(Into::into));
         if let Some(name) = self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)) {
@@ -213,13 +251,11 @@ impl EvalScreen {
         for (name, path) in chosen {
             args.extend(["--adapter".into(), format!("{name}={}", path.display()).into()]);
         }
-        match super::spawn_run(&self.config_file, &self.workspace, &args, &dir.join("eval.log"), false) {
+        match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
             Ok(child) => {
-                std::mem::forget(child);
-                self.run = Some(dir.clone());
-                self.report = None;
-                self.progress = (0, 0);
-                Outcome::Notice(format!("evaluating into {} (detached)", dir.display()))
+                self.show(&dir);
+                self.following = Some(Following::new(&dir, Some(child)));
+                Outcome::Notice(format!("evaluating into {} (detached; x stops it)", dir.display()))
             }
             Err(e) => Outcome::Error(e),
         }
@@ -287,11 +323,13 @@ impl EvalScreen {
             Span::raw("start"),
         ]);
         frame.render_widget(Paragraph::new(line).style(theme.base), text);
-        let (done, total) = self.progress;
+        let (done, total) = (self.view.done, self.view.requests);
         let ratio = if total > 0 { done as f64 / total as f64 } else { 0.0 };
         let run =
             self.run.as_ref().and_then(|r| r.file_name()).map_or(String::new(), |n| n.to_string_lossy().to_string());
-        let label = if total > 0 { format!("{run}: {done}/{total} answers") } else { run };
+        let state = self.state_label();
+        let label =
+            if total > 0 { format!("{run}: {done}/{total} answers · {state}") } else { format!("{run} {state}") };
         frame.render_widget(Gauge::default().gauge_style(theme.ok).ratio(ratio.min(1.0)).label(label), gauge);
     }
 

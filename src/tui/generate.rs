@@ -1,20 +1,19 @@
 //! The Generate screen: choose seeds, model, corpus, mode and N; start and stop a generation
 //! run; watch instructions stream in, the counters, and a progress bar with ETA.
 //!
-//! The run is `selfspec generate --progress jsonl` in a child process (the same command a user
-//! would type), so the model never blocks the interface and the run folder is the same as a
-//! headless run's. Stopping sends SIGTERM: the run finishes its current token and can be
-//! continued with Start.
+//! The run is `selfspec generate` started detached ([`crate::runs::spawn`]; the same command a
+//! user would type), followed through its events.jsonl: the model never blocks the interface,
+//! the run outlives the workbench and the SSH session, and `selfspec attach RUN` shows it from
+//! any terminal. `x` asks it to stop (SIGTERM to the proven holder of the run's lock): it
+//! finishes its current token and is continued by starting it again.
 //!
 //! With no model set, `F` fetches the default model ([`crate::model::fetch`]) on a thread, with
 //! a progress bar, and sets it as the model when its hash checks out.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::BufRead;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -25,20 +24,14 @@ use ratatui::Frame;
 use super::seeds::Outcome;
 use super::seeds_view::truncate;
 use super::theme::Theme;
-use crate::generate::pipeline::{Counters, Mode, Outcome as RunOutcome, Progress};
+use crate::generate::follow::Generation;
+use crate::generate::pipeline::{Mode, Progress};
+use crate::runs::Following;
 use crate::workspace::Workspace;
 
 const FETCH_NAME: &str = crate::model::fetch::NAME;
 const FETCH_MB: u64 = crate::model::fetch::GGUF_BYTES / 1_000_000;
 const FIELDS: [&str; 6] = ["Seeds", "Model", "Adapter", "Corpus", "Mode", "N"];
-const RECENT: usize = 50;
-
-enum Message {
-    Progress(Box<Progress>),
-    /// A line that is not an event (an error message from the child).
-    Text(String),
-    Closed,
-}
 
 /// A fetch of the default model in progress.
 struct Fetching {
@@ -52,14 +45,6 @@ struct Fetching {
 enum FetchMessage {
     Event(crate::model::fetch::Event),
     Done(anyhow::Result<PathBuf>),
-}
-
-struct Running {
-    child: Child,
-    rx: Receiver<Message>,
-    run_dir: PathBuf,
-    started: Instant,
-    stopping: bool,
 }
 
 /// A choice of the Adapter setting: a trained adapter (the second round), plain or contrastive.
@@ -84,25 +69,12 @@ pub struct GenerateScreen {
     pub field: usize,
     /// The text being typed into Model or N.
     pub typing: Option<String>,
-    running: Option<Running>,
+    /// The run being followed (started here, or attached).
+    following: Option<Following>,
     /// The run of the last start, continued by the next start if nothing changed.
     last_run: Option<(PathBuf, String)>,
-    // What the run reported.
-    pub counters: Counters,
-    pub target: usize,
-    pub budget: usize,
-    kept_at_start: usize,
-    /// Seconds the last run went on (for its rate once it has ended).
-    last_secs: f64,
-    pub weighting: String,
-    /// The prompt being decoded and its text so far.
-    pub current: Option<(usize, String)>,
-    /// The response being decoded.
-    pub response: Option<(String, String)>,
-    /// Kept instructions, newest first.
-    pub recent: VecDeque<String>,
-    pub state: String,
-    pub error: bool,
+    /// What the run reported.
+    pub view: Generation,
     config_file: PathBuf,
     workspace: Workspace,
     /// selfspec's cache folder (where `F` fetches the default model to).
@@ -141,23 +113,16 @@ impl GenerateScreen {
             n: 100,
             field: 0,
             typing: None,
-            running: None,
+            following: None,
             last_run: None,
-            counters: Counters::default(),
-            target: 0,
-            budget: 0,
-            kept_at_start: 0,
-            last_secs: 0.0,
-            weighting: String::new(),
-            current: None,
-            response: None,
-            recent: VecDeque::new(),
-            state: if model_set {
-                "ready: s starts".into()
-            } else {
-                format!("no model: F fetches {} ({} MB), or Enter on Model to type one", FETCH_NAME, FETCH_MB)
+            view: Generation {
+                state: if model_set {
+                    "ready: s starts".into()
+                } else {
+                    format!("no model: F fetches {} ({} MB), or Enter on Model to type one", FETCH_NAME, FETCH_MB)
+                },
+                ..Generation::default()
             },
-            error: false,
             config_file: config_file.to_path_buf(),
             workspace: workspace.clone(),
             cache_dir: PathBuf::new(),
@@ -203,7 +168,7 @@ impl GenerateScreen {
     }
 
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.following.is_some()
     }
 
     pub fn is_typing(&self) -> bool {
@@ -252,7 +217,7 @@ impl GenerateScreen {
             KeyCode::Left | KeyCode::Char('h') => self.cycle(-1),
             KeyCode::Right | KeyCode::Char('l') => self.cycle(1),
             KeyCode::Enter | KeyCode::Char('e') if self.field == 1 || self.field == 5 => {
-                if self.running.is_some() {
+                if self.following.is_some() {
                     return Outcome::Error("stop the run (x) before changing it".into());
                 }
                 self.typing = Some(if self.field == 1 { self.model.clone() } else { self.n.to_string() });
@@ -272,7 +237,7 @@ impl GenerateScreen {
     }
 
     fn cycle(&mut self, delta: isize) {
-        if self.running.is_some() {
+        if self.following.is_some() {
             return;
         }
         let step = |i: usize, n: usize| ((i as isize + delta).rem_euclid(n.max(1) as isize)) as usize;
@@ -320,7 +285,7 @@ impl GenerateScreen {
     }
 
     fn start(&mut self) -> Outcome {
-        if self.running.is_some() {
+        if self.following.is_some() {
             return Outcome::Error("a run is going; x stops it".into());
         }
         let Some(seeds) = self.seed_files.get(self.seed_ix).cloned() else {
@@ -358,7 +323,7 @@ impl GenerateScreen {
         }
         let mut args: Vec<std::ffi::OsString> = vec!["generate".into(), "--seeds".into(), seeds.into_os_string()];
         args.extend(["--model", self.model.trim()].map(Into::into));
-        args.extend(["--n", &self.n.to_string(), "--seed", &seed.to_string(), "--progress", "jsonl"].map(Into::into));
+        args.extend(["--n", &self.n.to_string(), "--seed", &seed.to_string()].map(Into::into));
         args.extend(["--mode", self.mode.as_str(), "--run"].map(Into::into));
         args.push(run_dir.clone().into_os_string());
         if let Some(index) = index {
@@ -372,42 +337,35 @@ impl GenerateScreen {
                 }
             }
         }
-        let log = run_dir.join("generate.log");
-        let mut child = match super::spawn_run(&self.config_file, &self.workspace, &args, &log, true) {
+        let child = match super::start_run(&self.config_file, &self.workspace, &args, &run_dir) {
             Ok(c) => c,
             Err(e) => return Outcome::Error(e),
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let msg = match serde_json::from_str::<Progress>(&line) {
-                    Ok(p) => Message::Progress(Box::new(p)),
-                    Err(_) => Message::Text(line),
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(Message::Closed);
-        });
-        self.current = None;
-        self.response = None;
-        self.error = false;
-        self.state = format!("starting: loading {}", self.model.trim());
-        self.target = self.n;
         self.last_run = Some((run_dir.clone(), form));
-        self.running = Some(Running { child, rx, run_dir: run_dir.clone(), started: Instant::now(), stopping: false });
-        Outcome::Notice(format!("generating into {}", run_dir.display()))
+        self.follow(&run_dir, Some(child));
+        self.view.state = format!("starting: loading {}", self.model.trim());
+        Outcome::Notice(format!("generating into {} (detached; q leaves it running)", run_dir.display()))
+    }
+
+    /// Shows the run in `dir` (from its first event) and follows it while it goes.
+    pub fn follow(&mut self, dir: &Path, child: Option<crate::runs::Spawned>) {
+        self.view = Generation { target: self.n, ..Generation::default() };
+        self.following = Some(Following::new(dir, child));
+        if self.last_run.as_ref().is_none_or(|(d, _)| d != dir) {
+            self.last_run = Some((dir.to_path_buf(), String::new()));
+        }
+        self.tick();
     }
 
     pub fn stop(&mut self) -> Outcome {
-        let Some(run) = self.running.as_mut() else { return Outcome::Error("nothing is running".into()) };
-        run.stopping = true;
-        self.state = "stopping after the current token…".into();
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(run.child.id().to_string()).status();
-        Outcome::Done
+        let Some(f) = self.following.as_ref() else { return Outcome::Error("nothing is running".into()) };
+        match crate::runs::stop(&f.dir) {
+            Ok(_) => {
+                self.view.state = "stopping after the current token…".into();
+                Outcome::Done
+            }
+            Err(e) => Outcome::Error(e),
+        }
     }
 
     /// Reads what the run reported since the last call.
@@ -416,7 +374,7 @@ impl GenerateScreen {
         if self.fetching.is_some() {
             return Outcome::Error("the default model is being fetched already (x cancels)".into());
         }
-        if self.running.is_some() {
+        if self.following.is_some() {
             return Outcome::Error("stop the run (x) before fetching a model".into());
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -431,8 +389,8 @@ impl GenerateScreen {
             let _ = tx.send(FetchMessage::Done(result));
         });
         self.fetching = Some(Fetching { rx, cancel, stage: "start", done: 0, total: 0 });
-        self.error = false;
-        self.state = format!("fetching {FETCH_NAME} with pip (x cancels)");
+        self.view.error = false;
+        self.view.state = format!("fetching {FETCH_NAME} with pip (x cancels)");
         Outcome::Done
     }
 
@@ -454,12 +412,12 @@ impl GenerateScreen {
                     return Some(match result {
                         Ok(path) => {
                             self.model = path.display().to_string();
-                            self.state = format!("{FETCH_NAME} fetched and checked; s starts");
+                            self.view.state = format!("{FETCH_NAME} fetched and checked; s starts");
                             Outcome::Done
                         }
                         Err(e) => {
-                            self.state = format!("fetch failed: {e}");
-                            self.error = true;
+                            self.view.state = format!("fetch failed: {e}");
+                            self.view.error = true;
                             Outcome::Error(format!("fetch failed: {e}"))
                         }
                     });
@@ -467,9 +425,9 @@ impl GenerateScreen {
                 Err(TryRecvError::Empty) => return None,
                 Err(TryRecvError::Disconnected) => {
                     self.fetching = None;
-                    self.error = true;
-                    self.state = "the fetch stopped without a result".into();
-                    return Some(Outcome::Error(self.state.clone()));
+                    self.view.error = true;
+                    self.view.state = "the fetch stopped without a result".into();
+                    return Some(Outcome::Error(self.view.state.clone()));
                 }
             }
         }
@@ -479,111 +437,58 @@ impl GenerateScreen {
         if let Some(outcome) = self.tick_fetch() {
             return Some(outcome);
         }
-        let mut outcome = None;
-        loop {
-            let Some(run) = self.running.as_mut() else { return outcome };
-            match run.rx.try_recv() {
-                Ok(Message::Progress(p)) => self.apply(*p),
-                Ok(Message::Text(t)) => self.state = t,
-                Ok(Message::Closed) | Err(TryRecvError::Disconnected) => {
-                    let status = run.child.wait();
-                    let dir = run.run_dir.clone();
-                    self.last_secs = run.started.elapsed().as_secs_f64();
-                    self.running = None;
-                    self.current = None;
-                    self.response = None;
-                    let ok = status.as_ref().is_ok_and(|s| s.success() || s.code() == Some(130) || s.code() == Some(3));
-                    if !ok {
-                        let log = std::fs::read_to_string(dir.join("generate.log")).unwrap_or_default();
-                        let last = log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").to_string();
-                        self.state = format!("failed: {last}");
-                        self.error = true;
-                        outcome = Some(Outcome::Error(format!(
-                            "generation failed; see {}",
-                            dir.join("generate.log").display()
-                        )));
-                    }
-                    return outcome;
-                }
-                Err(TryRecvError::Empty) => return outcome,
-            }
+        let f = self.following.as_mut()?;
+        // Asked before reading, so no event written before the end is missed.
+        let running = f.running();
+        let batch = f.poll::<Progress>();
+        for entry in &batch.entries {
+            self.view.apply_entry(entry);
         }
+        self.view.notes.extend(batch.dropped);
+        if running {
+            return None;
+        }
+        let f = self.following.take()?;
+        self.view.notes.extend(f.torn());
+        self.view.current = None;
+        self.view.response = None;
+        match crate::runs::state(&f.dir) {
+            crate::runs::State::Failed(e) if !self.view.ended => self.view.fail(&e),
+            crate::runs::State::Interrupted | crate::runs::State::New if !self.view.ended => {
+                let said = crate::runs::last_output(&f.dir).unwrap_or_else(|| "no message".into());
+                self.view.fail(&said);
+            }
+            _ => {}
+        }
+        if self.view.error && self.view.state.starts_with("failed") {
+            return Some(Outcome::Error(format!(
+                "generation failed; see {}",
+                f.dir.join(crate::runs::OUTPUT).display()
+            )));
+        }
+        None
     }
 
-    /// Applies one event of the run (what the reader thread delivers).
+    /// Applies one event of the run.
     pub fn apply(&mut self, p: Progress) {
-        match p {
-            Progress::Started { n, budget, resumed, counters, weighting, .. } => {
-                self.target = n;
-                self.budget = budget;
-                self.kept_at_start = resumed;
-                self.counters = counters;
-                self.counters.kept = resumed;
-                self.weighting = weighting;
-                self.state =
-                    if resumed > 0 { format!("running (continued with {resumed} kept)") } else { "running".into() };
-            }
-            Progress::Prompts { first, count } => {
-                self.current = None;
-                self.state = format!("decoding instruction prompts {}–{}", first + 1, first + count);
-            }
-            Progress::InstructionText { prompt, text } => match self.current.as_mut() {
-                Some((p, t)) if *p == prompt => t.push_str(&text),
-                _ => self.current = Some((prompt, text)),
-            },
-            Progress::Responding { ids } => {
-                self.response = None;
-                self.state = format!("decoding {} responses", ids.len());
-            }
-            Progress::ResponseText { id, text } => match self.response.as_mut() {
-                Some((i, t)) if *i == id => t.push_str(&text),
-                _ => self.response = Some((id, text)),
-            },
-            Progress::Filtered { rejection, .. } => {
-                *self.counters.filtered.entry(rejection).or_default() += 1;
-            }
-            Progress::Kept { sample } => {
-                self.counters.kept += 1;
-                self.recent.push_front(sample.instruction.replace('\n', " "));
-                self.recent.truncate(RECENT);
-            }
-            Progress::Batch { counters } => self.counters = counters,
-            Progress::Finished { outcome, counters } => {
-                self.counters = counters;
-                self.state = match outcome {
-                    RunOutcome::Done => format!("done: {} samples; review them on the Review tab", self.counters.kept),
-                    RunOutcome::Cancelled => "stopped; s continues the run".into(),
-                    RunOutcome::Budget { budget } => {
-                        self.error = true;
-                        format!(
-                            "stopped: {budget} prompts gave only {} samples (the prompt budget)",
-                            self.counters.kept
-                        )
-                    }
-                };
-            }
-        }
+        self.view.apply(p);
     }
 
-    /// On exit: stop the run (it can be continued later with the same settings).
-    pub fn shutdown(&mut self) {
+    /// On exit: a run going on is left to go on (it is detached); the message says where.
+    pub fn shutdown(&mut self) -> Option<String> {
         if let Some(f) = self.fetching.take() {
             // The fetch thread kills pip and removes its temporary folder when it sees this.
             f.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = f.rx.recv_timeout(Duration::from_secs(3));
             while let Ok(FetchMessage::Event(_)) = f.rx.recv_timeout(Duration::from_secs(3)) {}
         }
-        if let Some(run) = self.running.as_mut() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(run.child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if run.child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = run.child.kill();
-        }
+        let f = self.following.as_ref()?;
+        Some(format!(
+            "generation goes on in {}; `selfspec attach {}` follows it, `selfspec stop {}` stops it",
+            f.dir.display(),
+            f.dir.display(),
+            f.dir.display()
+        ))
     }
 
     pub fn run_dir(&self) -> Option<&Path> {
@@ -592,15 +497,22 @@ impl GenerateScreen {
 
     /// N of the run shown, else of the form.
     fn goal(&self) -> usize {
-        if self.target == 0 {
+        if self.view.target == 0 {
             self.n
         } else {
-            self.target
+            self.view.target
         }
     }
 
+    /// Seconds the shown session has gone on: to now while it runs, else to its last event.
     fn elapsed(&self) -> f64 {
-        self.running.as_ref().map_or(self.last_secs, |r| r.started.elapsed().as_secs_f64())
+        if self.following.is_some() && self.view.session_start > 0.0 {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            (now - self.view.session_start).max(0.0)
+        } else {
+            self.view.session_secs()
+        }
     }
 
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
@@ -650,7 +562,7 @@ impl GenerateScreen {
                 ])
             })
             .collect();
-        let action = if self.running.is_some() || self.fetching.is_some() {
+        let action = if self.following.is_some() || self.fetching.is_some() {
             "x stop"
         } else if self.model.is_empty() {
             "F fetch"
@@ -673,10 +585,9 @@ impl GenerateScreen {
         };
         let inner = super::panel(frame, area, &title, theme.border, theme);
         let [text, gauge] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
-        let c = &self.counters;
+        let c = &self.view.counters;
         let secs = self.elapsed();
-        let new = c.kept.saturating_sub(self.kept_at_start);
-        let per_min = if secs > 0.0 { new as f64 / secs * 60.0 } else { 0.0 };
+        let (per_min, eta) = self.view.rate(secs);
         let tokens = if c.seconds > 0.0 { (c.instruction_tokens + c.response_tokens) as f64 / c.seconds } else { 0.0 };
         let reasons = |m: &BTreeMap<String, usize>| {
             let parts: Vec<String> = m.iter().map(|(k, v)| format!("{} {v}", k.replace('_', " "))).collect();
@@ -689,11 +600,18 @@ impl GenerateScreen {
         let filtered: usize = c.filtered.values().sum();
         let unparsed: usize = c.unparsed.values().sum();
         let w = inner.width as usize;
-        let state_style = if self.error { theme.error } else { theme.accent };
+        let state_style = if self.view.error { theme.error } else { theme.accent };
         let lines = vec![
-            Line::from(Span::styled(truncate(&self.state, w), state_style)),
-            Line::from(if self.budget > 0 {
-                format!("kept {}/{} · prompts {}/{} · parsed {}", c.kept, self.goal(), c.prompts, self.budget, c.parsed)
+            Line::from(Span::styled(truncate(&self.view.state, w), state_style)),
+            Line::from(if self.view.budget > 0 {
+                format!(
+                    "kept {}/{} · prompts {}/{} · parsed {}",
+                    c.kept,
+                    self.goal(),
+                    c.prompts,
+                    self.view.budget,
+                    c.parsed
+                )
             } else {
                 format!("kept {}/{} · prompts {} · parsed {}", c.kept, self.goal(), c.prompts, c.parsed)
             }),
@@ -716,11 +634,9 @@ impl GenerateScreen {
         }
         let target = self.goal().max(1);
         let ratio = (c.kept as f64 / target as f64).min(1.0);
-        let eta = if new > 0 && self.running.is_some() {
-            let left = target.saturating_sub(c.kept) as f64 / (new as f64 / secs);
-            format!(" ETA {}", human_secs(left))
-        } else {
-            String::new()
+        let eta = match eta {
+            Some(left) if self.following.is_some() => format!(" ETA {}", human_secs(left)),
+            _ => String::new(),
         };
         let gauge_widget =
             Gauge::default().gauge_style(theme.ok).ratio(ratio).label(format!("{:.0}%{eta}", ratio * 100.0));
@@ -728,7 +644,7 @@ impl GenerateScreen {
     }
 
     fn render_stream(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let (title, text) = match (&self.response, &self.current) {
+        let (title, text) = match (&self.view.response, &self.view.current) {
             (Some((id, t)), _) => (format!(" Response {id} "), t.clone()),
             (None, Some((p, t))) => (format!(" Instruction prompt {} ", p + 1), t.clone()),
             _ => (" Decoding ".into(), String::new()),
@@ -753,16 +669,16 @@ impl GenerateScreen {
         let inner = super::panel(frame, area, " Kept (newest first) ", theme.border, theme);
         let w = inner.width as usize;
         let lines: Vec<Line> =
-            self.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();
+            self.view.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();
         frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
     }
 }
 
 /// The seed of a run: the one its config.yaml records, else a new one from the clock.
 fn run_seed(dir: &Path) -> u64 {
-    let recorded = std::fs::read_to_string(dir.join("config.yaml"))
+    let recorded = crate::runs::read_job::<crate::generate::pipeline::Job>(dir, crate::runs::Kind::Generate)
         .ok()
-        .and_then(|t| crate::yaml::from_str::<crate::generate::pipeline::Job>(&t).ok())
+        .flatten()
         .map(|j| j.seed);
     recorded.unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -26,7 +26,6 @@ use crossterm::event::{
 };
 use crossterm::execute;
 use futures::StreamExt;
-use tokio::signal::unix::{signal, SignalKind};
 
 pub use app::{areas, App, Tab};
 pub use editor::{wrap_line, TextEditor};
@@ -100,30 +99,22 @@ pub fn panel(
     inner
 }
 
-/// Starts `selfspec --config C --workspace W ARGS…` for a run, in its own process group (out of
-/// the terminal's, so a Ctrl-C or a closed SSH session meant for the workbench does not reach
-/// it), stdin closed, stderr — and stdout unless `pipe_stdout` — going to `log`.
-fn spawn_run(
+/// Starts `selfspec --config C --workspace W COMMAND --detached ARGS…` for the run in `dir`,
+/// detached ([`crate::runs::spawn`]): it outlives the workbench and the SSH session.
+fn start_run(
     config_file: &std::path::Path,
     workspace: &Workspace,
     args: &[std::ffi::OsString],
-    log: &std::path::Path,
-    pipe_stdout: bool,
-) -> Result<std::process::Child, String> {
-    use std::process::Stdio;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the selfspec program: {e}"))?;
-    let log_file = std::fs::File::create(log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
-    let stdout = if pipe_stdout {
-        Stdio::piped()
-    } else {
-        Stdio::from(log_file.try_clone().map_err(|e| format!("cannot open {}: {e}", log.display()))?)
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--config").arg(config_file).arg("--workspace").arg(&workspace.root).args(args);
-    cmd.stdin(Stdio::null()).stdout(stdout).stderr(log_file);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let what = args.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
-    cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))
+    dir: &std::path::Path,
+) -> Result<crate::runs::Spawned, String> {
+    let mut all: Vec<std::ffi::OsString> =
+        vec!["--config".into(), config_file.into(), "--workspace".into(), workspace.root.clone().into_os_string()];
+    if let Some((command, rest)) = args.split_first() {
+        all.push(command.clone());
+        all.push("--detached".into());
+        all.extend(rest.iter().cloned());
+    }
+    crate::runs::spawn(&all, dir)
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -151,9 +142,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 async fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App) -> anyhow::Result<()> {
     let mut events = EventStream::new();
     let mut clock = tokio::time::interval(FRAME);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut signals = crate::signals::Signals::new()?;
     loop {
         terminal.draw(|f| app.render(f))?;
         tokio::select! {
@@ -163,9 +152,7 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App) -> a
                 None => return Ok(()),
             },
             _ = clock.tick() => app.tick(Instant::now()),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+            _ = signals.recv() => return Ok(()),
         }
         if app.quit {
             return Ok(());

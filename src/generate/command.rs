@@ -1,0 +1,286 @@
+//! The bodies of `selfspec generate`, `complete` and `samples`: building a generation job from
+//! what the command was given, running it under the run protocol, and printing its progress.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::follow::Generation;
+use super::pipeline::{self, Job, Mode, Outcome, Progress};
+use super::{Request, Sampling, SamplingParams};
+use crate::config::Config;
+use crate::model::Choice;
+use crate::seeds;
+use crate::train::adapter::Spec;
+
+/// What `selfspec generate` was asked.
+pub struct Options {
+    pub seeds: PathBuf,
+    pub model: Choice,
+    pub n: usize,
+    pub run: PathBuf,
+    pub corpus: Option<PathBuf>,
+    pub k: Option<usize>,
+    pub mode: Option<Mode>,
+    pub seed: u64,
+    /// Every event as a JSON line on stdout instead of progress lines on stderr.
+    pub jsonl: bool,
+    pub adapter: Option<PathBuf>,
+    pub contrastive: bool,
+    pub alpha: f64,
+    /// Started by the workbench: a SIGHUP does not stop it.
+    pub detached: bool,
+}
+
+/// Runs `selfspec generate`; the exit code (0 done, 130 stopped, 3 budget spent).
+pub fn generate(opts: Options, config: &Config, workspace: &Path) -> anyhow::Result<u8> {
+    let lock = crate::runs::Lock::acquire(&opts.run)?;
+    let result = generate_locked(&lock, &opts, config, workspace);
+    if let Err(e) = &result {
+        crate::runs::record_failure(&opts.run, &format!("{e:#}"));
+    }
+    result
+}
+
+fn generate_locked(lock: &crate::runs::Lock, opts: &Options, config: &Config, workspace: &Path) -> anyhow::Result<u8> {
+    let loaded = seeds::load(&opts.seeds, &config.seeds.limits)
+        .with_context(|| format!("cannot read the seed file {}", opts.seeds.display()))?;
+    for p in loaded.problems.iter().filter(|p| p.warning) {
+        eprintln!("warning: {p}");
+    }
+    if !loaded.is_valid() {
+        for p in loaded.problems.iter().filter(|p| !p.warning) {
+            eprintln!("{p}");
+        }
+        anyhow::bail!(
+            "{}: {} problems; fix them (`selfspec seeds validate` lists them) before generating",
+            opts.seeds.display(),
+            loaded.errors()
+        );
+    }
+    let mut settings = config.generation.clone();
+    if let Some(k) = opts.k {
+        settings.k = k;
+    }
+    settings.check().map_err(anyhow::Error::msg)?;
+    let mode = opts.mode.unwrap_or(if opts.corpus.is_some() { Mode::Marginal } else { Mode::None });
+    let searcher = match &opts.corpus {
+        Some(dir) if dir.is_file() => anyhow::bail!(
+            "{} is a file; --corpus takes an index folder: build one with `selfspec index build {} --out DIR`",
+            dir.display(),
+            dir.display()
+        ),
+        Some(dir) => Some(crate::corpus::Searcher::open(dir)?),
+        None if mode != Mode::None => {
+            anyhow::bail!("--mode {mode} needs --corpus INDEX_DIR (build one with `selfspec index build`)")
+        }
+        None => None,
+    };
+    anyhow::ensure!(opts.n > 0, "--n must be at least 1");
+    anyhow::ensure!(opts.alpha > 0.0 && opts.alpha <= 1.0, "--alpha must be in (0, 1]");
+    // A run keeps the templates it started with: a run begun before the workspace had its
+    // prompts/ folder continues on the built-in ones.
+    let prompts_dir = match pipeline::recorded_prompts(&opts.run) {
+        Some(recorded) => recorded,
+        None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
+    };
+    let templates = super::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let job = Job {
+        seeds: absolute(&opts.seeds),
+        model: opts.model.name.clone(),
+        n: opts.n,
+        mode,
+        corpus: opts.corpus.as_deref().map(absolute),
+        seed: opts.seed,
+        prompts: prompts_dir,
+        adapter: opts.adapter.as_deref().map(absolute),
+        contrastive: opts.contrastive.then_some(opts.alpha),
+        settings,
+    };
+    let (mut run, _) = pipeline::Run::open(lock, &opts.run, job)?;
+    let mut model = opts.model.load()?;
+    if let Some(dir) = &opts.adapter {
+        crate::train::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
+    }
+    let model = model;
+    let cancel = Arc::new(AtomicBool::new(false));
+    crate::signals::watch(cancel.clone(), opts.detached);
+    let inputs =
+        pipeline::Inputs { model: &model, seeds: &loaded.file, templates: &templates, searcher: searcher.as_ref() };
+    let started = std::time::Instant::now();
+    let mut view = Generation::default();
+    let jsonl = opts.jsonl;
+    let outcome = pipeline::run(&mut run, &inputs, &cancel, &mut |p: &Progress| {
+        if jsonl {
+            use std::io::Write;
+            // Not a lock held across the run: the decoding runs on a pool worker.
+            if let Ok(text) = serde_json::to_string(p) {
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        view.apply(p.clone());
+        match p {
+            Progress::Started { n, budget, resumed, mode, weighting, .. } => {
+                let resumed = if *resumed > 0 { format!(", continuing with {resumed} kept") } else { String::new() };
+                let weights = if *mode == Mode::Marginal { format!(", weights: {weighting}") } else { String::new() };
+                eprintln!("generating {n} samples (mode {mode}{weights}; budget {budget} prompts{resumed})");
+            }
+            Progress::Batch { .. } => eprintln!("{}", view.line(started.elapsed().as_secs_f64())),
+            Progress::Note { text } => eprintln!("note: {text}"),
+            _ => {}
+        }
+    })?;
+    let view = Generation { counters: run.counters.clone(), ..Generation::default() };
+    let summary = view.summary(&run.dir.join(pipeline::SAMPLES));
+    Ok(match outcome {
+        Outcome::Done => {
+            eprintln!("done: {summary}");
+            0
+        }
+        Outcome::Cancelled => {
+            eprintln!("stopped: {summary}\nrun the same command again to continue");
+            130
+        }
+        Outcome::Budget { budget } => {
+            eprintln!(
+                "stopped: the prompt budget ({budget} prompts) is spent with {} of {} samples kept.\n{summary}\n\
+                 The model writes too few usable tasks: try a larger model, more or more varied seeds, or raise \
+                 generation.prompt_budget in the config; running the same command continues from here.",
+                run.counters.kept, opts.n
+            );
+            3
+        }
+    })
+}
+
+/// What `selfspec complete` was asked.
+pub struct CompleteOptions {
+    pub model: Choice,
+    pub adapters: Vec<Spec>,
+    /// The adapter applied (`none`: the base alone; default: the last loaded).
+    pub use_adapter: Option<String>,
+    pub prompt: String,
+    pub chat: bool,
+    pub system: Option<String>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub json: bool,
+}
+
+/// Runs `selfspec complete`: the continuation streamed to stdout, or one JSON object.
+pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
+    let mut model = opts.model.load()?;
+    crate::train::adapter::load_all(&mut model, &opts.adapters)?;
+    let chosen = match opts.use_adapter.as_deref() {
+        Some("none") => None,
+        Some(n) => {
+            anyhow::ensure!(
+                opts.adapters.iter().any(|s| s.name == n),
+                "--use {n}: no adapter of that name (loaded: {})",
+                opts.adapters.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            Some(n.to_string())
+        }
+        None => opts.adapters.last().map(|s| s.name.clone()),
+    };
+    crate::train::adapter::enable_only(&mut model, chosen.as_deref());
+    let model = model;
+    let prompt_ids = if opts.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &opts.system {
+            messages.push(crate::model::chat::Message::new("system", system));
+        }
+        messages.push(crate::model::chat::Message::new("user", &opts.prompt));
+        model.tokenizer.encode_chat(&messages)?
+    } else {
+        model.tokenizer.encode(&opts.prompt)?
+    };
+    let request = Request {
+        stop: opts.stop.clone(),
+        sampling: opts.sampling,
+        ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
+    };
+    let options = super::Options { prompt_top: 5, max_batch: 1 };
+    let cancel = AtomicBool::new(false);
+    let json = opts.json;
+    let mut out = std::io::stdout();
+    let mut on_event = |event: super::Event| {
+        if let (false, super::Event::Token { text, .. }) = (json, event) {
+            use std::io::Write;
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let (completions, timing) = super::generate(&model, &[request], &options, &mut on_event, &cancel)?;
+    let c = &completions[0];
+    if json {
+        let value = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "ids": c.ids,
+            "text": c.text,
+            "top5": c.prompt_top.iter().map(|(id, logit)| serde_json::json!([id, logit])).collect::<Vec<_>>(),
+            "finish": c.finish,
+        });
+        println!("{value}");
+    } else {
+        println!();
+        let rate = timing.decode_tokens as f64 / timing.decode_secs.max(1e-9);
+        eprintln!("[{} new tokens, {:?}, decode {rate:.1} tokens/s]", c.ids.len(), c.finish);
+    }
+    Ok(())
+}
+
+/// The sampling `complete` asks for: greedy unless a temperature is given.
+pub fn sampling(temperature: Option<f64>, top_k: Option<usize>, top_p: Option<f64>) -> Sampling {
+    match temperature {
+        Some(temperature) => Sampling::Sample { temperature, top_k, top_p },
+        None => Sampling::Greedy,
+    }
+}
+
+/// A review decision given on the command line.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    Accept,
+    Reject,
+    Pending,
+}
+
+fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
+    anyhow::ensure!(
+        run.join(pipeline::SAMPLES).exists(),
+        "{} has no samples.jsonl: not a generation run folder",
+        run.display()
+    );
+    super::review::Review::open(run)
+}
+
+/// `selfspec samples export`: the accepted and edited samples as Alpaca JSONL.
+pub fn export(run: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+    crate::fsutil::refuse_overwrite(out, force)?;
+    let n = open_review(run)?.export_alpaca(out)?;
+    println!("{n} samples written to {}", out.display());
+    Ok(())
+}
+
+/// `selfspec samples decide`: one review decision, saved at once.
+pub fn decide(run: &Path, id: &str, decision: Decision, output: Option<String>) -> anyhow::Result<()> {
+    use super::samples::Status;
+    let mut review = open_review(run)?;
+    let status = match (decision, &output) {
+        (_, Some(_)) => Status::Edited,
+        (Decision::Accept, None) => Status::Accepted,
+        (Decision::Reject, None) => Status::Rejected,
+        (Decision::Pending, None) => Status::Pending,
+    };
+    review.decide(id, status, output)?;
+    println!("{id}: {}", serde_json::to_value(status)?.as_str().unwrap_or_default());
+    Ok(())
+}

