@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::generate::Request;
+use crate::decode::Request;
 use crate::model::{Choice, Model};
 
 pub fn search(index: &Path, queries_file: &Path, k: usize, json: bool) -> anyhow::Result<()> {
@@ -54,7 +54,7 @@ pub fn qlora(choice: &Choice, prompt_len: usize) -> anyhow::Result<()> {
     use crate::model::gguf::QuantType;
     let dense = choice.load()?;
     let vocab = dense.decoder.spec.vocab_size as u64;
-    let mut rng = crate::generate::Rng::new(5);
+    let mut rng = crate::rng::Rng::new(5);
     let ids: Vec<u32> = (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let logits = |m: &Model| -> anyhow::Result<Vec<f32>> {
         let input = candle_core::Tensor::new(ids.as_slice(), m.decoder.device())?.unsqueeze(0)?;
@@ -104,27 +104,21 @@ pub fn marginal(
     anyhow::ensure!(k >= 1 && prompt_len >= 1 && new_tokens >= 2, "--k, --prompt-len ≥ 1 and --new-tokens ≥ 2");
     let model = choice.load()?;
     let vocab = model.decoder.spec.vocab_size as u64;
-    let mut rng = crate::generate::Rng::new(99);
+    let mut rng = crate::rng::Rng::new(99);
     let prompts: Vec<Vec<u32>> =
         (0..k).map(|_| (0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect()).collect();
     let plain = Request { ignore_eos: true, ..Request::new(prompts[0].clone(), new_tokens) };
     let weights = crate::generate::pipeline::Weighting::Softmax { temperature: 1.0 }
         .weights(&(0..k).map(|i| 20.0 - i as f32).collect::<Vec<_>>());
     let mixed = Request { prompts: prompts.clone(), weights, ..plain.clone() };
-    let opts = crate::generate::Options { prompt_top: 0, max_batch: k };
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: k };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let step_ms = |req: &Request| -> anyhow::Result<(f64, f64)> {
         let mut steps = Vec::new();
         let mut prefills = Vec::new();
-        crate::generate::generate(
-            &model,
-            &[Request { max_new_tokens: 4, ..req.clone() }],
-            &opts,
-            &mut |_| {},
-            &cancel,
-        )?;
+        crate::decode::generate(&model, &[Request { max_new_tokens: 4, ..req.clone() }], &opts, &mut |_| {}, &cancel)?;
         for _ in 0..repeat.max(1) {
-            let (_, t) = crate::generate::generate(&model, std::slice::from_ref(req), &opts, &mut |_| {}, &cancel)?;
+            let (_, t) = crate::decode::generate(&model, std::slice::from_ref(req), &opts, &mut |_| {}, &cancel)?;
             // decode_tokens counts tokens generated: one a step for the one request.
             steps.push(t.decode_secs * 1e3 / t.decode_tokens as f64);
             prefills.push(t.prefill_secs * 1e3);
@@ -194,24 +188,24 @@ pub fn decode(choice: &Choice, shape: Shape, json: bool) -> anyhow::Result<()> {
     );
     let model = choice.load()?;
     let vocab = model.decoder.spec.vocab_size as u64;
-    let mut rng = crate::generate::Rng::new(1234);
+    let mut rng = crate::rng::Rng::new(1234);
     let requests: Vec<Request> = (0..batch)
         .map(|_| Request {
             ignore_eos: true,
             ..Request::new((0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(), new_tokens)
         })
         .collect();
-    let opts = crate::generate::Options { prompt_top: 0, max_batch: batch };
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: batch };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     for _ in 0..warmup {
         let short: Vec<Request> = requests.iter().map(|r| Request { max_new_tokens: 4, ..r.clone() }).collect();
-        crate::generate::generate(&model, &short, &opts, &mut |_| {}, &cancel)?;
+        crate::decode::generate(&model, &short, &opts, &mut |_| {}, &cancel)?;
     }
     let mut prefills = Vec::new();
     let mut decodes = Vec::new();
-    let mut t = crate::generate::Timing::default();
+    let mut t = crate::decode::Timing::default();
     for _ in 0..repeat.max(1) {
-        t = crate::generate::generate(&model, &requests, &opts, &mut |_| {}, &cancel)?.1;
+        t = crate::decode::generate(&model, &requests, &opts, &mut |_| {}, &cancel)?.1;
         prefills.push(t.prefill_tokens as f64 / t.prefill_secs);
         decodes.push(t.decode_tokens as f64 / t.decode_secs);
     }

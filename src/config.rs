@@ -98,6 +98,14 @@ impl Config {
     }
 }
 
+/// Whether `path` holds training settings (top-level Hugging Face/PEFT keys) rather than a
+/// selfspec configuration.
+pub fn is_settings_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    crate::yaml::from_str::<crate::train::TrainConfig>(&text).is_ok()
+        && crate::yaml::from_str::<crate::config::Config>(&text).is_err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,29 @@ pub fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the JSON lines of `path` that parse (a torn last line is skipped; a bad line elsewhere
+/// is an error naming it).
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    use anyhow::Context;
+    let text = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(
+            serde_json::from_slice(line)
+                .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
 /// The text of a user's file; bytes that are not UTF-8 are an error naming their line and byte.
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;

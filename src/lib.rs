@@ -6,11 +6,14 @@
 pub mod bench;
 pub mod config;
 pub mod corpus;
+pub mod decode;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod parallel;
+pub mod prompts;
+pub mod rng;
 pub mod runs;
 pub mod seeds;
 pub mod signals;

@@ -12,7 +12,7 @@ use clap::Parser;
 use cli::{BenchCommand, Cli, Command, Defaults, IndexCommand, ModelCommand, SamplesCommand, SeedsCommand, TuiArgs};
 use selfspec::config::Config;
 use selfspec::workspace::Dirs;
-use selfspec::{bench, corpus, eval, generate, model, runs, seeds, train};
+use selfspec::{bench, corpus, decode, eval, generate, model, runs, seeds, train};
 
 fn main() -> ExitCode {
     tune_process();
@@ -61,7 +61,7 @@ fn run() -> anyhow::Result<u8> {
     // `selfspec train --config FILE` names the training settings (Hugging Face/PEFT keys), as
     // --train-config does; a whole selfspec config.yaml is read for its `train:` section.
     if let (Some(Command::Train(args)), Some(path)) = (&mut cli.command, &cli.config) {
-        if args.train_config.is_none() && train::command::is_settings_file(path) {
+        if args.train_config.is_none() && selfspec::config::is_settings_file(path) {
             args.train_config = Some(path.clone());
             cli.config = None;
         }
@@ -110,18 +110,18 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Complete(a)) => {
             let sampling = match a.temperature {
-                Some(_) if a.greedy => generate::Sampling::Greedy,
+                Some(_) if a.greedy => decode::Sampling::Greedy,
                 t => generate::command::sampling(t, a.top_k, a.top_p),
             };
             ok(generate::command::complete(generate::command::CompleteOptions {
                 model: a.model.choice(&defaults)?,
-                adapters: a.adapter.iter().map(|s| train::adapter::Spec::parse(s)).collect(),
+                adapters: a.adapter.iter().map(|s| model::adapter::Spec::parse(s)).collect(),
                 use_adapter: a.use_adapter,
                 prompt: a.prompt,
                 chat: a.chat,
                 system: a.system,
                 max_new_tokens: a.max_new_tokens,
-                sampling: generate::SamplingParams { sampling, seed: a.seed, repetition_penalty: a.repetition_penalty },
+                sampling: decode::SamplingParams { sampling, seed: a.seed, repetition_penalty: a.repetition_penalty },
                 stop: a.stop,
                 json: a.json,
             }))
@@ -157,7 +157,7 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Eval(a)) => eval::command::eval(eval::command::Options {
             model: a.model.choice(&defaults)?,
-            adapters: a.adapter.iter().map(|s| train::adapter::Spec::parse(s)).collect(),
+            adapters: a.adapter.iter().map(|s| model::adapter::Spec::parse(s)).collect(),
             data: a.data,
             datasets: a.datasets,
             shots: a.shots,
@@ -184,7 +184,7 @@ fn run() -> anyhow::Result<u8> {
                 alpha: a.alpha,
                 detached: a.detached,
             };
-            generate::command::generate(opts, &config, &workspace())
+            generate::command::generate(opts, &config.generation, limits, &workspace())
         }
         Some(Command::Bench(b)) => ok(match b {
             BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),

@@ -130,7 +130,7 @@ impl Workspace {
         if prompts_fresh {
             let dir = ws.prompts_dir();
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            for (name, text) in crate::generate::prompts::BUNDLED {
+            for (name, text) in crate::prompts::BUNDLED {
                 let path = dir.join(format!("{name}.txt"));
                 crate::fsutil::atomic_write(&path, text.as_bytes())
                     .with_context(|| format!("cannot write {}", path.display()))?;

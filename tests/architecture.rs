@@ -101,3 +101,74 @@ fn runs_are_signalled_only_through_the_run_lock() {
         }
     }
 }
+
+/// The engine's module graph: for each top-level module (and each folder's submodules), the
+/// modules its code names. Test modules are left out: what a test reads is not a dependency.
+fn edges(level: Option<&str>) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for (name, text) in sources() {
+        if name == "main.rs" || name == "cli.rs" || name == "lib.rs" || name.starts_with("tui/") {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let (node, pattern) = match level {
+            None => (name.split(['/', '.']).next().unwrap().to_string(), "crate::".to_string()),
+            Some(folder) => {
+                let Some(file) = name.strip_prefix(&format!("{folder}/")) else { continue };
+                (file.trim_end_matches(".rs").to_string(), "super::".to_string())
+            }
+        };
+        let targets = graph.entry(node.clone()).or_default();
+        for piece in code.split(pattern.as_str()).skip(1) {
+            let target: String = piece.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !target.is_empty() && target != node && target != "super" {
+                targets.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+fn cycle(graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        g: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut c = path[i..].to_vec();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for m in g.get(n).into_iter().flatten() {
+            if g.contains_key(m) {
+                if let Some(c) = visit(m, g, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = Default::default();
+    graph.keys().find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_engine_has_no_import_loops() {
+    let top = edges(None);
+    assert!(top.contains_key("decode") && top["model"].contains("rng"), "{top:?}");
+    assert_eq!(cycle(&top), None, "a loop between top-level modules");
+    // Inside src/model/ the kernels and their layers know each other (a packed weight's op and
+    // the linear that holds it); the stages' folders keep one direction.
+    for folder in ["generate", "train", "eval", "runs", "seeds", "decode"] {
+        let graph = edges(Some(folder));
+        assert_eq!(cycle(&graph), None, "a loop inside src/{folder}/: {graph:?}");
+    }
+}

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var};
-use selfspec::generate::{self, Request, Sampling, SamplingParams, TextStream};
+use selfspec::decode::{self, Request, Sampling, SamplingParams, TextStream};
 use selfspec::model::linear::LoraAdapter;
 use selfspec::model::{DTypeChoice, Model, Pass};
 
@@ -129,7 +129,7 @@ fn events_stream_the_final_text_and_seeds_repeat() {
     let model = load("qwen2-bias-tied");
     let prompt = model.tokenizer.encode("The patient").unwrap();
     let cancel = AtomicBool::new(false);
-    let opts = generate::Options::default();
+    let opts = decode::Options::default();
     let sample = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.98) };
     let requests = [
         request(&prompt, sample, 7),
@@ -139,13 +139,13 @@ fn events_stream_the_final_text_and_seeds_repeat() {
     ];
     let mut streamed = vec![String::new(); requests.len()];
     let mut finished = 0;
-    let (out, _) = generate::generate(
+    let (out, _) = decode::generate(
         &model,
         &requests,
         &opts,
         &mut |e| match e {
-            generate::Event::Token { request, text, .. } => streamed[request].push_str(text),
-            generate::Event::Finished { .. } => finished += 1,
+            decode::Event::Token { request, text, .. } => streamed[request].push_str(text),
+            decode::Event::Finished { .. } => finished += 1,
         },
         &cancel,
     )
@@ -165,7 +165,7 @@ fn stop_strings_end_the_text_before_them() {
     let prompt = model.tokenizer.encode("The patient").unwrap();
     let cancel = AtomicBool::new(false);
     let (full, _) =
-        generate::generate(&model, &[request(&prompt, Sampling::Greedy, 0)], &Default::default(), &mut |_| {}, &cancel)
+        decode::generate(&model, &[request(&prompt, Sampling::Greedy, 0)], &Default::default(), &mut |_| {}, &cancel)
             .unwrap();
     // A stop string taken from the middle of the greedy text.
     let text = &full[0].text;
@@ -173,8 +173,8 @@ fn stop_strings_end_the_text_before_them() {
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let mut req = request(&prompt, Sampling::Greedy, 0);
     req.stop = vec![stop.clone()];
-    let (out, _) = generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &cancel).unwrap();
-    assert_eq!(out[0].finish, generate::Finish::Stop(stop.clone()));
+    let (out, _) = decode::generate(&model, &[req], &Default::default(), &mut |_| {}, &cancel).unwrap();
+    assert_eq!(out[0].finish, decode::Finish::Stop(stop.clone()));
     assert_eq!(out[0].text, text[..text.find(&stop).unwrap()]);
     assert!(out[0].ids.len() < full[0].ids.len());
 }

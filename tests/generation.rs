@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use selfspec::generate::prompts::{parse_tasks, Task};
-use selfspec::generate::{self, Request};
+use selfspec::decode::{self, Request};
 use selfspec::model::{DTypeChoice, Model};
+use selfspec::prompts::{parse_tasks, Task};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -65,7 +65,7 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
     };
     // Two requests: rows 0..3 with weights (0.5, 0.3, 0.2), row 3 alone.
     let w0 = [0.5, 0.3, 0.2];
-    let mixed = generate::mix(&logits, &[3, 1], &[&w0, &[1.0]]).unwrap().to_vec2::<f32>().unwrap();
+    let mixed = decode::mix(&logits, &[3, 1], &[&w0, &[1.0]]).unwrap().to_vec2::<f32>().unwrap();
     for (v, got) in mixed[0].iter().enumerate() {
         let want: f64 = (0..3).map(|j| w0[j] * softmax(&rows[j])[v]).sum();
         assert!((*got as f64 - want.ln()).abs() < 1e-6, "token {v}: {got} vs {}", want.ln());
@@ -74,8 +74,8 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts = generate::Options { prompt_top: 0, max_batch: 64 };
-    let (out, _) = generate::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let opts = decode::Options { prompt_top: 0, max_batch: 64 };
+    let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }
 
@@ -106,7 +106,7 @@ fn one_document_or_identical_documents_decode_as_plain() {
 fn bad_weights_are_refused_by_name() {
     let model = load("llama2");
     let bad = Request { prompts: vec![vec![1, 2], vec![3]], weights: vec![1.0], ..Request::new(vec![], 4) };
-    let err = generate::generate(&model, &[bad], &Default::default(), &mut |_| {}, &AtomicBool::new(false))
+    let err = decode::generate(&model, &[bad], &Default::default(), &mut |_| {}, &AtomicBool::new(false))
         .err()
         .unwrap()
         .to_string();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
-use selfspec::generate::{self, Request};
+use selfspec::decode::{self, Request};
 use selfspec::model::gguf::{self, Mode};
 use selfspec::model::Pass;
 
@@ -65,8 +65,7 @@ fn run(path: &Path, mode: Mode, case: &Case) -> (Vec<f32>, Vec<u32>) {
     let input = Tensor::new(case.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap();
     let req = Request::new(case.ids.clone(), 16);
-    let (out, _) =
-        generate::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let (out, _) = decode::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
     (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out[0].ids.clone())
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
-use selfspec::generate::{self, Request};
+use selfspec::decode::{self, Request};
 use selfspec::model::chat::Message;
 use selfspec::model::gguf::{self, Mode};
 
@@ -91,7 +91,7 @@ fn a_lone_gguf_file_loads_and_matches_transformers() {
             let prompt_ids = model.tokenizer.encode(c["prompt"].as_str().unwrap()).unwrap();
             assert_eq!(prompt_ids, ids(&c["prompt_ids"]));
             let want = ids(&c["greedy_ids"]);
-            let (out, _) = generate::generate(
+            let (out, _) = decode::generate(
                 &model,
                 &[Request::new(prompt_ids, want.len())],
                 &Default::default(),

@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use selfspec::model::adapter;
 use selfspec::model::{DTypeChoice, Model, Pass};
-use selfspec::train::{adapter, Batch, TrainConfig, Trainer};
+use selfspec::train::{Batch, TrainConfig, Trainer};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -307,9 +308,9 @@ fn our_trained_adapter_loads_in_peft() {
     }
 }
 
-fn greedy(model: &Model, reqs: &[selfspec::generate::Request]) -> Vec<Vec<u32>> {
+fn greedy(model: &Model, reqs: &[selfspec::decode::Request]) -> Vec<Vec<u32>> {
     let flag = std::sync::atomic::AtomicBool::new(false);
-    let (out, _) = selfspec::generate::generate(model, reqs, &Default::default(), &mut |_| {}, &flag).unwrap();
+    let (out, _) = selfspec::decode::generate(model, reqs, &Default::default(), &mut |_| {}, &flag).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }
 
@@ -322,7 +323,7 @@ fn set_enabled(model: &mut Model, on: bool) {
 /// One batch, two requests: one with the adapter, one on the base — each as it would alone.
 #[test]
 fn adapters_are_chosen_per_request_in_one_batch() {
-    use selfspec::generate::Request;
+    use selfspec::decode::Request;
     let mut model = base();
     adapter::load(&mut model, &root().join("tests/fixtures/lora/peft-adapter"), "peft").unwrap();
     let a = model.tokenizer.encode("The patient").unwrap();
@@ -340,7 +341,7 @@ fn adapters_are_chosen_per_request_in_one_batch() {
 /// separate full forward passes at every step.
 #[test]
 fn contrastive_decoding_matches_two_separate_passes() {
-    use selfspec::generate::{contrast_scores, Contrast, Request};
+    use selfspec::decode::{contrast_scores, Contrast, Request};
     let mut model = base();
     adapter::load(&mut model, &root().join("tests/fixtures/lora/peft-adapter"), "peft").unwrap();
     let prompt = model.tokenizer.encode("The patient").unwrap();
@@ -426,7 +427,7 @@ fn qlora_trains_like_lora_on_the_dequantized_base() {
 /// A wave of base-only requests in a call where other requests name an adapter runs on the base.
 #[test]
 fn base_requests_stay_on_the_base_in_any_wave() {
-    use selfspec::generate::{Options, Request};
+    use selfspec::decode::{Options, Request};
     let mut model = base();
     adapter::load(&mut model, &root().join("tests/fixtures/lora/peft-adapter"), "peft").unwrap();
     let a = model.tokenizer.encode("The patient").unwrap();
@@ -437,7 +438,7 @@ fn base_requests_stay_on_the_base_in_any_wave() {
     let flag = std::sync::atomic::AtomicBool::new(false);
     // One request per wave.
     let opts = Options { prompt_top: 0, max_batch: 1 };
-    let (out, _) = selfspec::generate::generate(&model, &reqs, &opts, &mut |_| {}, &flag).unwrap();
+    let (out, _) = selfspec::decode::generate(&model, &reqs, &opts, &mut |_| {}, &flag).unwrap();
     assert_eq!(out[0].ids, base_ids);
     assert_ne!(out[1].ids, base_ids);
 }

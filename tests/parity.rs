@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
-use selfspec::generate::{self, Request};
+use selfspec::decode::{self, Request};
 use selfspec::model::{DTypeChoice, Model, Pass};
 
 struct Case {
@@ -82,14 +82,13 @@ fn greedy_continuations_match_one_at_a_time_and_batched() {
     for dir in models() {
         let model = load(&dir);
         let cases = cases(&dir);
-        let opts = generate::Options { prompt_top: 0, max_batch: 64 };
+        let opts = decode::Options { prompt_top: 0, max_batch: 64 };
         for case in &cases {
-            let (out, _) =
-                generate::generate(&model, &[greedy(&case.prompt_ids)], &opts, &mut |_| {}, &cancel).unwrap();
+            let (out, _) = decode::generate(&model, &[greedy(&case.prompt_ids)], &opts, &mut |_| {}, &cancel).unwrap();
             assert_eq!(out[0].ids, case.greedy_ids, "{}: {:?} alone", dir.display(), case.prompt);
         }
         let requests: Vec<Request> = cases.iter().map(|c| greedy(&c.prompt_ids)).collect();
-        let (out, _) = generate::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
+        let (out, _) = decode::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
         for (c, o) in cases.iter().zip(&out) {
             assert_eq!(o.ids, c.greedy_ids, "{}: {:?} in a batch of {}", dir.display(), c.prompt, cases.len());
             assert_eq!(o.text, model.tokenizer.decode(&c.greedy_ids).unwrap());
@@ -108,8 +107,8 @@ fn rows_leaving_the_batch_do_not_disturb_the_others() {
         let lengths = [5, 32, 12, 21];
         let requests: Vec<Request> =
             cases.iter().zip(lengths).map(|(c, n)| Request { max_new_tokens: n, ..greedy(&c.prompt_ids) }).collect();
-        let opts = generate::Options { prompt_top: 0, max_batch: 64 };
-        let (out, _) = generate::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
+        let opts = decode::Options { prompt_top: 0, max_batch: 64 };
+        let (out, _) = decode::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
         for ((c, o), n) in cases.iter().zip(&out).zip(lengths) {
             let want = &c.greedy_ids[..n.min(c.greedy_ids.len())];
             assert_eq!(o.ids, want, "{}: {:?} with {n} new tokens", dir.display(), c.prompt);

@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use super::follow::Evaluation;
 use super::run::{evaluate, EvalJob, BASE};
+use crate::model::adapter::Spec;
 use crate::model::Choice;
-use crate::train::adapter::Spec;
 
 /// What `selfspec eval` was asked.
 pub struct Options {
@@ -77,7 +77,7 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     let lock = crate::runs::Lock::acquire(&opts.run)?;
     let result = (|| {
         let mut model = opts.model.load()?;
-        crate::train::adapter::load_all(&mut model, &opts.adapters)?;
+        crate::model::adapter::load_all(&mut model, &opts.adapters)?;
         let cancel = Arc::new(AtomicBool::new(false));
         crate::signals::watch(cancel.clone(), opts.detached);
         let report = evaluate(&lock, &model, &job, &datasets, &opts.run, &cancel, &mut |e| {

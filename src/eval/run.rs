@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Dataset, Example};
 use super::metrics::{split_references, Scorer};
-use crate::generate::{self, Request};
+use crate::decode::{self, Request};
 use crate::model::Model;
-use crate::train::data::{alpaca_prompt, Example as Alpaca};
 
 /// The name the base model goes by in reports.
 pub const BASE: &str = "base";
@@ -57,15 +56,13 @@ pub fn max_new_tokens(task: &str) -> usize {
 /// The k-shot prompt: k demonstrations (the train split's first k) each as an Alpaca prompt with
 /// its answer, then the example's Alpaca prompt.
 pub fn prompt(demos: &[Example], k: usize, e: &Example) -> String {
-    let as_alpaca =
-        |x: &Example| Alpaca { instruction: x.instruction.clone(), input: x.input.clone(), output: String::new() };
     let mut out = String::new();
     for d in demos.iter().take(k) {
-        out.push_str(&alpaca_prompt(&as_alpaca(d)));
+        out.push_str(&crate::prompts::alpaca(&d.instruction, &d.input));
         out.push_str(d.references[0].trim());
         out.push_str("\n\n");
     }
-    out.push_str(&alpaca_prompt(&as_alpaca(e)));
+    out.push_str(&crate::prompts::alpaca(&e.instruction, &e.input));
     out
 }
 
@@ -310,7 +307,7 @@ pub fn evaluate(
         );
         emit(&EvalEvent::Note { text }, on_event)?;
     }
-    let mut predictions: Vec<Prediction> = crate::generate::pipeline::read_jsonl(&path)?;
+    let mut predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&path)?;
     let mut seen = std::collections::HashSet::new();
     predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
     // (model, dataset index, k, example index) of each request still to answer.
@@ -340,16 +337,16 @@ pub fn evaluate(
     let scored = total - requests.len();
     emit(&EvalEvent::Started { requests: total, scored }, on_event)?;
     let mut done = scored;
-    let opts = generate::Options { prompt_top: 0, max_batch: 16 };
+    let opts = decode::Options { prompt_top: 0, max_batch: 16 };
     let mut scorer = Scorer::default();
     let mut failure: Option<anyhow::Error> = None;
-    generate::generate(
+    decode::generate(
         model,
         &requests,
         &opts,
         &mut |e| {
-            let generate::Event::Finished { request, completion } = e else { return };
-            if completion.finish == generate::Finish::Cancelled || failure.is_some() {
+            let decode::Event::Finished { request, completion } = e else { return };
+            if completion.finish == decode::Finish::Cancelled || failure.is_some() {
                 return;
             }
             let (m, di, k, i) = &keys[request];

@@ -9,11 +9,10 @@ use anyhow::Context;
 
 use super::follow::Generation;
 use super::pipeline::{self, Job, Mode, Outcome, Progress};
-use super::{Request, Sampling, SamplingParams};
-use crate::config::Config;
+use crate::decode::{Request, Sampling, SamplingParams};
+use crate::model::adapter::Spec;
 use crate::model::Choice;
 use crate::seeds;
-use crate::train::adapter::Spec;
 
 /// What `selfspec generate` was asked.
 pub struct Options {
@@ -35,17 +34,28 @@ pub struct Options {
 }
 
 /// Runs `selfspec generate`; the exit code (0 done, 130 stopped, 3 budget spent).
-pub fn generate(opts: Options, config: &Config, workspace: &Path) -> anyhow::Result<u8> {
+pub fn generate(
+    opts: Options,
+    settings: &pipeline::Settings,
+    limits: &seeds::Limits,
+    workspace: &Path,
+) -> anyhow::Result<u8> {
     let lock = crate::runs::Lock::acquire(&opts.run)?;
-    let result = generate_locked(&lock, &opts, config, workspace);
+    let result = generate_locked(&lock, &opts, settings, limits, workspace);
     if let Err(e) = &result {
         crate::runs::record_failure(&opts.run, &format!("{e:#}"));
     }
     result
 }
 
-fn generate_locked(lock: &crate::runs::Lock, opts: &Options, config: &Config, workspace: &Path) -> anyhow::Result<u8> {
-    let loaded = seeds::load(&opts.seeds, &config.seeds.limits)
+fn generate_locked(
+    lock: &crate::runs::Lock,
+    opts: &Options,
+    settings: &pipeline::Settings,
+    limits: &seeds::Limits,
+    workspace: &Path,
+) -> anyhow::Result<u8> {
+    let loaded = seeds::load(&opts.seeds, limits)
         .with_context(|| format!("cannot read the seed file {}", opts.seeds.display()))?;
     for p in loaded.problems.iter().filter(|p| p.warning) {
         eprintln!("warning: {p}");
@@ -60,7 +70,7 @@ fn generate_locked(lock: &crate::runs::Lock, opts: &Options, config: &Config, wo
             loaded.errors()
         );
     }
-    let mut settings = config.generation.clone();
+    let mut settings = settings.clone();
     if let Some(k) = opts.k {
         settings.k = k;
     }
@@ -86,7 +96,7 @@ fn generate_locked(lock: &crate::runs::Lock, opts: &Options, config: &Config, wo
         Some(recorded) => recorded,
         None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
     };
-    let templates = super::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
+    let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
         seeds: absolute(&opts.seeds),
@@ -103,7 +113,7 @@ fn generate_locked(lock: &crate::runs::Lock, opts: &Options, config: &Config, wo
     let (mut run, _) = pipeline::Run::open(lock, &opts.run, job)?;
     let mut model = opts.model.load()?;
     if let Some(dir) = &opts.adapter {
-        crate::train::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
+        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
     }
     let model = model;
     let cancel = Arc::new(AtomicBool::new(false));
@@ -177,7 +187,7 @@ pub struct CompleteOptions {
 /// Runs `selfspec complete`: the continuation streamed to stdout, or one JSON object.
 pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
     let mut model = opts.model.load()?;
-    crate::train::adapter::load_all(&mut model, &opts.adapters)?;
+    crate::model::adapter::load_all(&mut model, &opts.adapters)?;
     let chosen = match opts.use_adapter.as_deref() {
         Some("none") => None,
         Some(n) => {
@@ -190,7 +200,7 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         }
         None => opts.adapters.last().map(|s| s.name.clone()),
     };
-    crate::train::adapter::enable_only(&mut model, chosen.as_deref());
+    crate::model::adapter::enable_only(&mut model, chosen.as_deref());
     let model = model;
     let prompt_ids = if opts.chat {
         let mut messages = Vec::new();
@@ -207,18 +217,18 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = super::Options { prompt_top: 5, max_batch: 1 };
+    let options = crate::decode::Options { prompt_top: 5, max_batch: 1 };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();
-    let mut on_event = |event: super::Event| {
-        if let (false, super::Event::Token { text, .. }) = (json, event) {
+    let mut on_event = |event: crate::decode::Event| {
+        if let (false, crate::decode::Event::Token { text, .. }) = (json, event) {
             use std::io::Write;
             let _ = out.write_all(text.as_bytes());
             let _ = out.flush();
         }
     };
-    let (completions, timing) = super::generate(&model, &[request], &options, &mut on_event, &cancel)?;
+    let (completions, timing) = crate::decode::generate(&model, &[request], &options, &mut on_event, &cancel)?;
     let c = &completions[0];
     if json {
         let value = serde_json::json!({

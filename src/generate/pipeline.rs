@@ -22,42 +22,16 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::filters::{Filters, Pool};
-use super::prompts::{self, Templates};
 use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
-use super::{Event, Finish, Request, Rng, Sampling, SamplingParams};
 use crate::corpus::{Hit, Searcher};
+use crate::decode::{Event, Finish, Request, Sampling, SamplingParams};
 use crate::fsutil::JsonLog;
 use crate::model::Model;
+use crate::prompts::{self, Templates};
+use crate::rng::Rng;
 use crate::seeds::{Seed, SeedFile};
 
-/// Which documents a response is conditioned on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// No documents: the base model answers from what it knows.
-    None,
-    /// The best BM25 document in the prompt.
-    Top1,
-    /// The top-k documents, one prompt each, next-token distributions mixed by retriever weight.
-    #[default]
-    Marginal,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::None => "none",
-            Mode::Top1 => "top1",
-            Mode::Marginal => "marginal",
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use super::samples::Mode;
 
 /// How BM25 scores become mixture weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -437,28 +411,6 @@ pub struct FilteredRecord {
     pub most_similar: Option<String>,
 }
 
-/// Reads the JSON lines of `path` that parse (a torn last line is skipped; a bad line elsewhere
-/// is an error naming it).
-pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let text = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut out = Vec::new();
-    for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.push(
-            serde_json::from_slice(line)
-                .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))?,
-        );
-    }
-    Ok(out)
-}
-
 /// The templates folder the generation run in `dir` was started with (`Some(None)`: the
 /// built-in templates), or `None` when `dir` holds no readable run config.
 pub fn recorded_prompts(dir: &Path) -> Option<Option<PathBuf>> {
@@ -484,7 +436,8 @@ impl Run {
         crate::runs::write_config(dir, Kind::Generate, &job)?;
         let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
-        let filtered_ids = read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
+        let filtered_ids =
+            crate::fsutil::read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
         let filtered = JsonLog::open(&filtered_path)?;
         let (events, torn) = crate::runs::Log::<Progress>::open(dir)?;
         let mut counters = Counters::default();
@@ -698,7 +651,7 @@ fn go(
             shown.push(demos.iter().map(|d| d.id.clone()).collect());
             primers.push(primer);
         }
-        let opts = super::Options { prompt_top: 0, max_batch: s.prompts_per_batch };
+        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch };
         let mut on_event = |e: Event| {
             if let Event::Token { request, text, .. } = e {
                 if !text.is_empty() {
@@ -706,7 +659,7 @@ fn go(
                 }
             }
         };
-        let (lists, timing) = super::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        let (lists, timing) = crate::decode::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
         if lists.iter().any(|c| c.finish == Finish::Cancelled) {
             break Outcome::Cancelled;
         }
@@ -791,7 +744,7 @@ fn tuned(job: &Job, request: Request) -> Request {
     }
     match job.contrastive {
         Some(alpha) if request.prompts.len() == 1 => {
-            Request { contrast: Some(super::Contrast { adapter: ADAPTER.into(), alpha }), ..request }
+            Request { contrast: Some(crate::decode::Contrast { adapter: ADAPTER.into(), alpha }), ..request }
         }
         _ => Request { adapter: Some(ADAPTER.into()), ..request },
     }
@@ -864,8 +817,8 @@ fn respond(
             requests.push(tuned(job, request));
         }
         sink.emit(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
-        let opts = super::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
-        let mut finished: Vec<(usize, super::Completion)> = Vec::new();
+        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
+        let mut finished: Vec<(usize, crate::decode::Completion)> = Vec::new();
         let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
         let mut on_event = |e: Event| match e {
             Event::Token { request, text, .. } if !text.is_empty() => {
@@ -874,7 +827,7 @@ fn respond(
             Event::Finished { request, completion } => finished.push((request, completion.clone())),
             _ => {}
         };
-        let (_, timing) = super::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        let (_, timing) = crate::decode::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
         counters.response_tokens += timing.decode_tokens + requests.len();
         // Stored in the order they finished, each fsynced before the next.
         for (i, completion) in finished {
@@ -939,7 +892,7 @@ mod tests {
     #[test]
     fn counters_name_failures_as_serde_does() {
         use super::super::filters::Rejection;
-        use super::super::prompts::Unparsed;
+        use crate::prompts::Unparsed;
         assert_eq!(serde_name(&Rejection::TooSimilar { to: 1, rouge_l: 0.8 }, Some("filter")), "too_similar");
         assert_eq!(serde_name(&Rejection::StartsNonAscii, Some("filter")), "starts_non_ascii");
         assert_eq!(serde_name(&Unparsed::NoInput, None), "no_input");

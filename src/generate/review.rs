@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::{read_jsonl, SAMPLES};
+use super::pipeline::SAMPLES;
 use super::samples::{Sample, Status};
+use crate::fsutil::read_jsonl;
 
 pub const DECISIONS: &str = "decisions.jsonl";
 
@@ -24,6 +25,13 @@ pub struct Decision {
     pub output: Option<String>,
     /// Seconds since the Unix epoch.
     pub at: u64,
+}
+
+/// The accepted and edited samples of the run in `dir`, decisions applied, read without opening
+/// anything for writing (what training reads).
+pub fn accepted(dir: &Path) -> anyhow::Result<Vec<Sample>> {
+    let review = Review::open(dir)?;
+    Ok(review.samples.into_iter().filter(|s| matches!(s.status, Status::Accepted | Status::Edited)).collect())
 }
 
 /// A run's samples with the decisions applied.
@@ -207,7 +215,7 @@ mod tests {
         store.append(sample("a")).unwrap();
         store.append(sample("b")).unwrap();
         // Reading a run for training or export writes nothing into it.
-        assert!(crate::train::data::load(dir.path()).is_err(), "nothing accepted yet");
+        assert!(accepted(dir.path()).unwrap().is_empty(), "nothing accepted yet");
         assert!(!dir.path().join(DECISIONS).exists());
         let mut r = Review::open(dir.path()).unwrap();
         r.decide("a", Status::Accepted, None).unwrap();
@@ -220,7 +228,7 @@ mod tests {
         assert_eq!(r.refresh().unwrap(), 1);
         drop(r);
         let r = Review::open(dir.path()).unwrap();
-        assert!(crate::train::data::load(dir.path()).is_ok());
+        assert_eq!(accepted(dir.path()).unwrap().len(), 2);
         assert_eq!(
             r.samples.iter().map(|s| s.status).collect::<Vec<_>>(),
             [Status::Accepted, Status::Edited, Status::Pending]

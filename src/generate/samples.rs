@@ -12,7 +12,36 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::SamplingParams;
+use crate::decode::SamplingParams;
+
+/// Which documents a response is conditioned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// No documents: the base model answers from what it knows.
+    None,
+    /// The best BM25 document in the prompt.
+    Top1,
+    /// The top-k documents, one prompt each, next-token distributions mixed by retriever weight.
+    #[default]
+    Marginal,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Top1 => "top1",
+            Mode::Marginal => "marginal",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,14 +70,14 @@ pub struct Provenance {
     pub sampling: Option<SamplingParams>,
     pub response_sampling: Option<SamplingParams>,
     /// How the response was conditioned on documents.
-    pub mode: Option<super::pipeline::Mode>,
+    pub mode: Option<Mode>,
     /// The documents of the response with their mixture weights (best first).
     pub documents: Vec<DocumentRef>,
     /// The filters' record: the most similar instruction and its ROUGE-L.
     pub most_similar: Option<String>,
     pub rouge_l: Option<f64>,
     /// How the response ended (length: cut by the token limit).
-    pub finish: Option<super::Finish>,
+    pub finish: Option<crate::decode::Finish>,
     /// The second round: the adapter of the tuned model, and α when decoding was contrastive.
     pub adapter: Option<String>,
     pub contrastive_alpha: Option<f64>,

@@ -115,7 +115,7 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<()> {
         "{} already holds a model; choose another --out",
         out.display()
     );
-    let n = crate::train::adapter::merge(model, adapter, out)?;
+    let n = crate::model::adapter::merge(model, adapter, out)?;
     println!("{n} projections merged; model written to {}", out.display());
     Ok(())
 }

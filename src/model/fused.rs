@@ -627,7 +627,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::generate::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect()
     }
 
@@ -759,7 +759,7 @@ mod tests {
             let d = Dropout { p, seed: 5 };
             let y = lora(x.as_tensor(), base.clone(), a.as_tensor(), b.as_tensor(), 1.5, Some(d)).unwrap();
             // The reference draws the mask from the generator in sequence.
-            let mut rng = crate::generate::Rng::new(5);
+            let mut rng = crate::rng::Rng::new(5);
             let mask: Vec<f32> =
                 (0..n * inp).map(|_| if rng.next_f64() < p { 0.0 } else { 1.0 / (1.0 - p) as f32 }).collect();
             let mask = Tensor::from_vec(mask, (n, inp), &Device::Cpu).unwrap();

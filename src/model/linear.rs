@@ -238,7 +238,7 @@ impl Dropout {
     /// The mask's value at element `i`: 0 with probability `p`, else `1/(1−p)`, from draw `i` of
     /// the generator seeded with `seed` — computed alone, so a backward can regenerate it.
     pub fn mask(self, i: usize) -> f32 {
-        if crate::generate::Rng::nth_f64(self.seed, i as u64) < self.p {
+        if crate::rng::Rng::nth_f64(self.seed, i as u64) < self.p {
             0.0
         } else {
             (1.0 / (1.0 - self.p)) as f32

@@ -4,6 +4,7 @@
 //! model.safetensors.index.json), tokenizer.json and optionally generation_config.json.
 //! `--model org/name` is looked up in the local Hugging Face cache ([`hub`]).
 
+pub mod adapter;
 pub mod arch;
 pub mod chat;
 pub mod command;

@@ -25,14 +25,6 @@ pub struct Options {
     pub detached: bool,
 }
 
-/// Whether `path` holds training settings (top-level Hugging Face/PEFT keys) rather than a
-/// selfspec configuration.
-pub fn is_settings_file(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
-    crate::yaml::from_str::<TrainConfig>(&text).is_ok()
-        && crate::yaml::from_str::<crate::config::Config>(&text).is_err()
-}
-
 /// Runs `selfspec train`; the exit code (0 finished, 130 stopped).
 pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
     let config: TrainConfig = match &opts.settings_file {

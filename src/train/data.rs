@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Batch;
-use crate::generate::prompts;
-use crate::generate::Rng;
 use crate::model::Tokenizer;
+use crate::prompts;
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Example {
@@ -28,13 +28,9 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
             "{} is a folder without samples.jsonl: pass an Alpaca JSONL file or a generation run folder",
             path.display()
         );
-        let review = crate::generate::review::Review::open(path)?;
-        use crate::generate::samples::Status;
-        let out: Vec<Example> = review
-            .samples
-            .iter()
-            .filter(|s| matches!(s.status, Status::Accepted | Status::Edited))
-            .map(|s| Example { instruction: s.instruction.clone(), input: s.input.clone(), output: s.output.clone() })
+        let out: Vec<Example> = crate::generate::review::accepted(path)?
+            .into_iter()
+            .map(|s| Example { instruction: s.instruction, input: s.input, output: s.output })
             .collect();
         anyhow::ensure!(!out.is_empty(), "{}: no accepted samples yet; accept some on the Review tab", path.display());
         return Ok(out);
@@ -65,20 +61,7 @@ pub struct Encoded {
 
 /// The Alpaca prompt of `e` (the template with or without input).
 pub fn alpaca_prompt(e: &Example) -> String {
-    if e.input.trim().is_empty() {
-        prompts::render(
-            "alpaca_no_input",
-            prompts::bundled("alpaca_no_input"),
-            &[("instruction", e.instruction.trim())],
-        )
-    } else {
-        prompts::render(
-            "alpaca",
-            prompts::bundled("alpaca"),
-            &[("instruction", e.instruction.trim()), ("input", e.input.trim())],
-        )
-    }
-    .expect("the bundled Alpaca templates use only these variables")
+    prompts::alpaca(&e.instruction, &e.input)
 }
 
 pub fn encode(tokenizer: &Tokenizer, eos: Option<u32>, e: &Example, max_len: usize) -> anyhow::Result<Encoded> {

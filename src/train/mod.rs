@@ -6,7 +6,6 @@
 //! applies AdamW — the same arithmetic as a PyTorch loop over a PEFT model (tests/lora.rs checks
 //! the losses against PEFT's).
 
-pub mod adapter;
 pub mod command;
 pub mod data;
 pub mod follow;
@@ -15,9 +14,10 @@ pub mod run;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+use crate::model::adapter;
+pub use crate::model::adapter::{AdapterConfig, Targets};
 use crate::model::linear::{Dropout, LoraAdapter};
 use crate::model::{Model, Pass};
-pub use adapter::{AdapterConfig, Targets};
 
 /// The training settings, under Hugging Face's and PEFT's names (`train:` in config.yaml, or
 /// `--config FILE`). Defaults are the paper's.
@@ -201,7 +201,7 @@ impl Trainer {
     pub fn new(model: &mut Model, name: &str, config: TrainConfig, base: &str) -> anyhow::Result<Trainer> {
         config.check().map_err(anyhow::Error::msg)?;
         let device = model.decoder.device().clone();
-        let mut rng = crate::generate::Rng::new(config.seed ^ 0x10_4a);
+        let mut rng = crate::rng::Rng::new(config.seed ^ 0x10_4a);
         let targets = Targets::List(config.target_modules.clone());
         let mut params = Vec::new();
         let scale = config.lora_alpha / config.r as f64;

@@ -16,7 +16,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, Encoded, Example};
-use super::{adapter, Batch, TrainConfig, Trainer};
+use super::{Batch, TrainConfig, Trainer};
+use crate::model::adapter;
 use crate::model::Model;
 
 pub const ADAPTER_NAME: &str = "train";

@@ -11,11 +11,11 @@ use crate::seeds::Seed;
 
 /// The bundled templates: (name, text).
 pub const BUNDLED: [(&str, &str); 5] = [
-    ("instruction_generation", include_str!("../../assets/prompts/instruction_generation.txt")),
-    ("response_generation", include_str!("../../assets/prompts/response_generation.txt")),
-    ("response_generation_no_document", include_str!("../../assets/prompts/response_generation_no_document.txt")),
-    ("alpaca", include_str!("../../assets/prompts/alpaca.txt")),
-    ("alpaca_no_input", include_str!("../../assets/prompts/alpaca_no_input.txt")),
+    ("instruction_generation", include_str!("../assets/prompts/instruction_generation.txt")),
+    ("response_generation", include_str!("../assets/prompts/response_generation.txt")),
+    ("response_generation_no_document", include_str!("../assets/prompts/response_generation_no_document.txt")),
+    ("alpaca", include_str!("../assets/prompts/alpaca.txt")),
+    ("alpaca_no_input", include_str!("../assets/prompts/alpaca_no_input.txt")),
 ];
 
 pub fn bundled(name: &str) -> &'static str {
@@ -245,6 +245,17 @@ fn strip_trailing_header(s: &str) -> String {
         lines.pop();
     }
     lines.join("\n").trim().to_string()
+}
+
+/// The Alpaca prompt of an instruction and its input (the template with or without input): the
+/// training template, and the evaluation's k-shot prompts.
+pub fn alpaca(instruction: &str, input: &str) -> String {
+    if input.trim().is_empty() {
+        render("alpaca_no_input", bundled("alpaca_no_input"), &[("instruction", instruction.trim())])
+    } else {
+        render("alpaca", bundled("alpaca"), &[("instruction", instruction.trim()), ("input", input.trim())])
+    }
+    .expect("the bundled Alpaca templates use only these variables")
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rng::Rng;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Sampling {
@@ -31,35 +33,6 @@ impl SamplingParams {
     /// Greedy with no penalty: the argmax can be taken where the logits are (on the GPU).
     pub fn is_plain_greedy(&self) -> bool {
         self.sampling == Sampling::Greedy && self.repetition_penalty.is_none_or(|p| p == 1.0)
-    }
-}
-
-/// SplitMix64: small, fast, and the same sequence on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Draw `i` (0-based) of `Rng::new(seed).next_f64()`, computed alone: SplitMix64 hashes a
-    /// counter, so no earlier draw is needed (dropout masks are regenerated element by element).
-    pub fn nth_f64(seed: u64, i: u64) -> f64 {
-        Rng(seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).next_f64()
     }
 }
 
