@@ -34,6 +34,12 @@ fn tune_process() {
         // SAFETY (of set_var): no other thread exists yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    // A closed pipe (`selfspec runs | head`) ends the process quietly, as for any Unix tool,
+    // instead of a panic in println!.
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // glibc serves allocations over 128 KiB with fresh mmaps and unmaps them on free, so every
     // activation tensor costs page faults. Keep such blocks in the heap for reuse instead.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -338,46 +338,44 @@ impl crate::runs::RunEvent for Progress {
     }
 }
 
-/// Text events gathered for the log: one line per stream every quarter second, not one per
-/// token (the caller's sink still sees every token).
+/// Text events gathered for the log: each stream's text (a batch decodes many at once) written
+/// as one line per quarter second, not one per token (the caller's sink still sees every token).
 #[derive(Default)]
 struct Coalesced {
-    pending: Option<Progress>,
+    /// One pending text event per stream, in order of first arrival.
+    pending: Vec<Progress>,
     since: Option<Instant>,
 }
 
 impl Coalesced {
     /// Adds a text event; returns the events to write now.
     fn push(&mut self, p: &Progress) -> Vec<Progress> {
-        let mut out = Vec::new();
-        let same = match (&mut self.pending, p) {
-            (Some(Progress::InstructionText { prompt: a, text }), Progress::InstructionText { prompt: b, text: t })
+        let merged = self.pending.iter_mut().any(|q| match (q, p) {
+            (Progress::InstructionText { prompt: a, text }, Progress::InstructionText { prompt: b, text: t })
                 if a == b =>
             {
                 text.push_str(t);
                 true
             }
-            (Some(Progress::ResponseText { id: a, text }), Progress::ResponseText { id: b, text: t }) if a == b => {
+            (Progress::ResponseText { id: a, text }, Progress::ResponseText { id: b, text: t }) if a == b => {
                 text.push_str(t);
                 true
             }
             _ => false,
-        };
-        if !same {
-            out.extend(self.pending.take());
-            self.pending = Some(p.clone());
-            self.since = Some(Instant::now());
+        });
+        if !merged {
+            self.pending.push(p.clone());
         }
-        if self.since.is_some_and(|t| t.elapsed().as_millis() >= 250) {
-            out.extend(self.pending.take());
-            self.since = None;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed().as_millis() >= 250 {
+            return self.flush();
         }
-        out
+        Vec::new()
     }
 
-    fn flush(&mut self) -> Option<Progress> {
+    fn flush(&mut self) -> Vec<Progress> {
         self.since = None;
-        self.pending.take()
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -474,10 +472,7 @@ struct Sink<'a> {
 impl Sink<'_> {
     fn emit(&mut self, p: &Progress) {
         let written = if crate::runs::RunEvent::durable(p) {
-            match self.text.flush() {
-                Some(e) => self.log.append(&e).and_then(|()| self.log.append(p)),
-                None => self.log.append(p),
-            }
+            self.text.flush().iter().try_for_each(|e| self.log.append(e)).and_then(|()| self.log.append(p))
         } else {
             self.text.push(p).iter().try_for_each(|e| self.log.append(e))
         };
@@ -875,6 +870,18 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaved_streams_are_logged_one_line_each() {
+        let mut c = Coalesced::default();
+        for (prompt, text) in [(5, "a"), (7, "x"), (5, "b"), (7, "y")] {
+            assert!(c.push(&Progress::InstructionText { prompt, text: text.into() }).is_empty());
+        }
+        let out = c.flush();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0], Progress::InstructionText { prompt: 5, text } if text == "ab"));
+        assert!(matches!(&out[1], Progress::InstructionText { prompt: 7, text } if text == "xy"));
+    }
 
     #[test]
     fn weights_are_distributions() {

@@ -38,6 +38,8 @@ pub struct EvalScreen {
     /// What the shown run's events say.
     pub view: Evaluation,
     following: Option<Following>,
+    /// The shown run's state as of the last tick.
+    state: Option<crate::runs::State>,
     pub row: usize,
     pub col: usize,
     /// The predictions of the cell opened with Enter, and the scroll.
@@ -64,6 +66,7 @@ impl EvalScreen {
             report: None,
             view: Evaluation::default(),
             following: None,
+            state: None,
             row: 0,
             col: 0,
             detail: None,
@@ -108,6 +111,7 @@ impl EvalScreen {
     /// Follows the run: its new events, then its report.
     pub fn tick(&mut self) {
         let Some(f) = self.following.as_mut() else { return };
+        self.state = Some(crate::runs::state(&f.dir));
         let running = f.running();
         let batch = f.poll::<EvalEvent>();
         for e in &batch.entries {
@@ -121,14 +125,21 @@ impl EvalScreen {
         }
         if !running {
             self.view.notes.extend(f.torn());
+            self.state = Some(crate::runs::state(&f.dir));
             self.following = None;
         }
     }
 
     /// The shown run's state, said in a few words.
     fn state_label(&self) -> String {
-        let Some(dir) = &self.run else { return String::new() };
-        match crate::runs::state(dir) {
+        match &self.state {
+            None => String::new(),
+            Some(s) => Self::label(s),
+        }
+    }
+
+    fn label(state: &crate::runs::State) -> String {
+        match state.clone() {
             crate::runs::State::Stopped => "stopped (s with the same settings continues)".into(),
             crate::runs::State::Interrupted => "killed (s with the same settings continues)".into(),
             crate::runs::State::Failed(e) => format!("failed: {e}"),

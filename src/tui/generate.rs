@@ -349,11 +349,21 @@ impl GenerateScreen {
 
     /// Shows the run in `dir` (from its first event) and follows it while it goes.
     pub fn follow(&mut self, dir: &Path, child: Option<crate::runs::Spawned>) {
-        self.view = Generation { target: self.n, ..Generation::default() };
-        self.following = Some(Following::new(dir, child));
-        if self.last_run.as_ref().is_none_or(|(d, _)| d != dir) {
+        // The form shows the run's own settings, so `s` after it ends continues this run.
+        if let Ok(Some(job)) = crate::runs::read_job::<crate::generate::pipeline::Job>(dir, crate::runs::Kind::Generate)
+        {
+            self.n = job.n;
+            self.mode = job.mode;
+            self.model = job.model.clone();
+            if let Some(i) = self.seed_files.iter().position(|f| *f == job.seeds) {
+                self.seed_ix = i;
+            }
+            self.last_run = Some((dir.to_path_buf(), self.form_key()));
+        } else if self.last_run.as_ref().is_none_or(|(d, _)| d != dir) {
             self.last_run = Some((dir.to_path_buf(), String::new()));
         }
+        self.view = Generation { target: self.n, ..Generation::default() };
+        self.following = Some(Following::new(dir, child));
         self.tick();
     }
 

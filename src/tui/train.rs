@@ -33,11 +33,14 @@ pub struct RunView {
     pub dir: PathBuf,
     pub view: Training,
     tail: Tail,
+    /// The run's state as of the last tick (asked of its lock and log, not on every draw).
+    state: RunState,
 }
 
 impl RunView {
     fn open(dir: &Path) -> RunView {
-        let mut v = RunView { dir: dir.to_path_buf(), view: Training::default(), tail: Tail::new(dir) };
+        let mut v =
+            RunView { dir: dir.to_path_buf(), view: Training::default(), tail: Tail::new(dir), state: RunState::New };
         v.refresh();
         v
     }
@@ -52,11 +55,12 @@ impl RunView {
             self.view.apply_entry(e);
         }
         self.view.notes.extend(batch.dropped);
+        self.state = crate::runs::state(&self.dir);
         !batch.entries.is_empty()
     }
 
     pub fn state(&self) -> RunState {
-        crate::runs::state(&self.dir)
+        self.state.clone()
     }
 
     pub fn name(&self) -> String {
@@ -74,6 +78,7 @@ pub struct TrainScreen {
     pub selected: usize,
     /// The whole history instead of the recent window.
     pub whole: bool,
+    ticks: u32,
     config_file: PathBuf,
     workspace: Workspace,
 }
@@ -84,6 +89,7 @@ impl TrainScreen {
             runs: Vec::new(),
             selected: 0,
             whole: false,
+            ticks: 0,
             config_file: config_file.to_path_buf(),
             workspace: workspace.clone(),
         };
@@ -116,8 +122,14 @@ impl TrainScreen {
         self.runs.get(self.selected)
     }
 
-    /// Follows the selected run's events (and notices runs that end).
+    /// Follows the selected run's events; once a second, every listed run's state.
     pub fn tick(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(10) {
+            for r in &mut self.runs {
+                r.state = crate::runs::state(&r.dir);
+            }
+        }
         if let Some(r) = self.runs.get_mut(self.selected) {
             r.refresh();
         }
