@@ -177,6 +177,8 @@ pub enum Unparsed {
     EmptyInput,
     /// The last item, cut off by the token limit.
     Truncated,
+    /// The last item, caught in a repetition loop (the list was stopped there).
+    Loop,
 }
 
 fn header_line() -> &'static Regex {

@@ -39,6 +39,8 @@ pub struct Request {
     /// the adapter and without it, and the token is chosen from log p_tuned − log p_base over
     /// the tokens with p_tuned ≥ α·max p_tuned.
     pub contrast: Option<Contrast>,
+    /// End the text when it is caught in a repetition loop ([`looping`]): `Finish::Loop`.
+    pub stop_on_loop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,7 @@ impl Request {
             ignore_eos: false,
             adapter: None,
             contrast: None,
+            stop_on_loop: false,
         }
     }
 
@@ -79,6 +82,28 @@ pub enum Finish {
     Stop(String),
     Length,
     Cancelled,
+    /// Caught in a repetition loop (with `stop_on_loop`): the text ends in one short stretch of
+    /// tokens repeated over and over.
+    Loop,
+}
+
+/// The shortest period of a repetition loop at the end of `tokens`: the last `p` tokens (p ≤ 32)
+/// repeated back to back at least 4 times and over at least 48 tokens — "The answer is: The
+/// answer is: …", a list item written again and again. A list whose items only share a layout
+/// is not a loop: its items differ.
+pub fn looping(tokens: &[u32]) -> Option<usize> {
+    (1..=32usize).find(|&p| {
+        if tokens.len() < 2 * p {
+            return false;
+        }
+        let tail = &tokens[tokens.len() - p..];
+        let mut reps = 1;
+        while (reps + 1) * p <= tokens.len() && &tokens[tokens.len() - (reps + 1) * p..tokens.len() - reps * p] == tail
+        {
+            reps += 1;
+        }
+        reps >= 4 && reps * p >= 48
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -410,6 +435,9 @@ fn advance(
         }
     }
     let generated = row.seen.len() - row.prompt_len;
+    if finish.is_none() && req.stop_on_loop && looping(&row.seen[row.prompt_len..]).is_some() {
+        finish = Some(Finish::Loop);
+    }
     if finish.is_none() && generated >= req.max_new_tokens {
         finish = Some(Finish::Length);
     }
@@ -510,4 +538,24 @@ fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(usize, String
             text[start..].find(s.as_str()).map(|at| (start + at, s.clone()))
         })
         .min_by_key(|(at, _)| *at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looping;
+
+    #[test]
+    fn a_loop_is_a_short_stretch_repeated_and_a_list_is_not() {
+        // "The answer is:" as 4 tokens, 12 times.
+        let phrase = [10, 11, 12, 13];
+        let tokens: Vec<u32> = (0..12).flat_map(|_| phrase).collect();
+        assert_eq!(looping(&tokens), Some(4));
+        // Only 8 repeats of 4 tokens: 32 < 48, not yet.
+        assert_eq!(looping(&tokens[..32]), None);
+        // A numbered list shares its layout, but its items differ.
+        let list: Vec<u32> = (0..40).flat_map(|i| [1, 2, 100 + i, 3, 4, 200 + i]).collect();
+        assert_eq!(looping(&list), None);
+        // One token repeated.
+        assert_eq!(looping(&[7; 60]), Some(1));
+    }
 }

@@ -97,6 +97,25 @@ fn generate_locked(
         None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
     };
     let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
+    let mut model = opts.model.load()?;
+    if let Some(dir) = &opts.adapter {
+        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
+    }
+    let model = model;
+    // A new run resolves what the configuration leaves to selfspec (the prompt format, the
+    // sampling of task lists) for this model; a continued run keeps what it resolved.
+    let settings = match crate::runs::read_job::<Job>(&opts.run, crate::runs::Kind::Generate).ok().flatten() {
+        Some(old) => {
+            let mut s = settings;
+            if s.prompt_format == pipeline::PromptFormat::Auto {
+                s.prompt_format = old.settings.prompt_format;
+            }
+            s.instruction_temperature = s.instruction_temperature.or(old.settings.instruction_temperature);
+            s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
+            s
+        }
+        None => settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template()),
+    };
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
         seeds: absolute(&opts.seeds),
@@ -111,11 +130,16 @@ fn generate_locked(
         settings,
     };
     let (mut run, _) = pipeline::Run::open(lock, &opts.run, job)?;
-    let mut model = opts.model.load()?;
-    if let Some(dir) = &opts.adapter {
-        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
-    }
-    let model = model;
+    let s = &run.job.settings;
+    let format = match s.prompt_format {
+        pipeline::PromptFormat::Chat => "chat (the model's template)",
+        _ => "plain text",
+    };
+    eprintln!(
+        "prompts as {format}; task lists sampled at temperature {}, top-p {}",
+        s.instruction_temperature.unwrap_or(1.0),
+        s.instruction_top_p.unwrap_or(0.98)
+    );
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), opts.detached);
     let inputs =

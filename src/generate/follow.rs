@@ -173,14 +173,15 @@ impl Generation {
             }
         };
         format!(
-            "{} samples in {}; {} prompts, {} tasks parsed; unparsed: {}; filtered: {}; empty responses: {}",
+            "{} samples in {}; {} prompts, {} tasks parsed; unparsed: {}; filtered: {}; empty responses: {}; looping responses: {}",
             c.kept,
             samples.display(),
             c.prompts,
             c.parsed,
             reasons(&c.unparsed),
             reasons(&c.filtered),
-            c.empty_responses
+            c.empty_responses,
+            c.looping_responses
         )
     }
 }

@@ -33,6 +33,21 @@ use crate::seeds::{Seed, SeedFile};
 
 pub use super::samples::Mode;
 
+/// How a stage's prompt reaches the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFormat {
+    /// Chat when the model has a chat template, else plain (resolved when a run starts; a run
+    /// recorded as `auto` was started before formats existed and runs plain).
+    #[default]
+    Auto,
+    /// The paper's text prompts, continued by the model.
+    Plain,
+    /// Each prompt as one user message in the model's chat template, the assistant's turn opened
+    /// (and, for task lists, begun with the next task's header so the list goes on).
+    Chat,
+}
+
 /// How BM25 scores become mixture weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -79,8 +94,14 @@ pub struct Settings {
     pub demos: usize,
     /// Tasks each instruction prompt asks for.
     pub tasks_per_prompt: usize,
-    pub instruction_temperature: f64,
-    pub instruction_top_p: f64,
+    /// How prompts reach the model: the paper's plain text, or each prompt as a user message in
+    /// the model's chat template. `auto` picks chat when the model has a chat template; a run
+    /// records what was picked.
+    pub prompt_format: PromptFormat,
+    /// Sampling of the task lists; null: chosen by the model's size ([`Settings::resolve`]) and
+    /// recorded in the run.
+    pub instruction_temperature: Option<f64>,
+    pub instruction_top_p: Option<f64>,
     pub instruction_max_new_tokens: usize,
     /// Instruction prompts decoded together.
     pub prompts_per_batch: usize,
@@ -106,8 +127,9 @@ impl Default for Settings {
         Settings {
             demos: 3,
             tasks_per_prompt: 20,
-            instruction_temperature: 1.0,
-            instruction_top_p: 0.98,
+            prompt_format: PromptFormat::Auto,
+            instruction_temperature: None,
+            instruction_top_p: None,
             instruction_max_new_tokens: 2048,
             prompts_per_batch: 8,
             prompt_budget: None,
@@ -141,10 +163,10 @@ impl Settings {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("generation.{name} must be at least 1"));
         }
-        if !(self.instruction_top_p > 0.0 && self.instruction_top_p <= 1.0) {
+        if self.instruction_top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return Err("generation.instruction_top_p must be in (0, 1]".into());
         }
-        if self.instruction_temperature < 0.0 || self.response_temperature.is_some_and(|t| t < 0.0) {
+        if self.instruction_temperature.is_some_and(|t| t < 0.0) || self.response_temperature.is_some_and(|t| t < 0.0) {
             return Err("generation temperatures must be ≥ 0".into());
         }
         if let Weighting::Softmax { temperature } = self.weighting {
@@ -155,15 +177,34 @@ impl Settings {
         Ok(())
     }
 
+    /// The settings a new run records for a model of `parameters` weights with (or without) a
+    /// chat template: `auto` and null resolved. The paper sampled its 30B base model's task lists
+    /// at temperature 1.0 and top-p 0.98; a model under 1B parameters writes noise at those
+    /// (docs/RESULTS.md), so smaller models sample cooler: under 1B 0.7 and 0.9, under 7B 0.9 and
+    /// 0.95, the paper's values from 7B up.
+    pub fn resolve(&self, parameters: u64, chat_template: bool) -> Settings {
+        let mut s = self.clone();
+        if s.prompt_format == PromptFormat::Auto {
+            s.prompt_format = if chat_template { PromptFormat::Chat } else { PromptFormat::Plain };
+        }
+        let (t, p) = match parameters {
+            n if n < 1_000_000_000 => (0.7, 0.9),
+            n if n < 7_000_000_000 => (0.9, 0.95),
+            _ => (1.0, 0.98),
+        };
+        s.instruction_temperature.get_or_insert(t);
+        s.instruction_top_p.get_or_insert(p);
+        s
+    }
+
+    /// The task lists' sampling; a run recorded before these were chosen by size used the
+    /// paper's values.
     fn instruction_sampling(&self, seed: u64) -> SamplingParams {
-        let sampling = if self.instruction_temperature == 0.0 {
+        let temperature = self.instruction_temperature.unwrap_or(1.0);
+        let sampling = if temperature == 0.0 {
             Sampling::Greedy
         } else {
-            Sampling::Sample {
-                temperature: self.instruction_temperature,
-                top_k: None,
-                top_p: Some(self.instruction_top_p),
-            }
+            Sampling::Sample { temperature, top_k: None, top_p: Some(self.instruction_top_p.unwrap_or(0.98)) }
         };
         SamplingParams { sampling, seed, repetition_penalty: None }
     }
@@ -251,6 +292,8 @@ pub struct Counters {
     pub filtered: BTreeMap<String, usize>,
     /// Responses dropped (empty, or cut by a stop).
     pub empty_responses: usize,
+    /// Responses dropped: caught in a repetition loop.
+    pub looping_responses: usize,
     /// Samples kept.
     pub kept: usize,
     pub instruction_tokens: usize,
@@ -636,11 +679,12 @@ fn go(
                 &demos,
                 s.tasks_per_prompt,
             )?;
-            let ids = inputs.model.tokenizer.encode(&prompt)?;
+            let ids = encode(inputs.model, s.prompt_format, &prompt, &primer)?;
             let stop = format!("Task {}", demos.len() + s.tasks_per_prompt + 1);
             requests.push(Request {
                 stop: vec![stop],
                 sampling: s.instruction_sampling(rng.next_u64()),
+                stop_on_loop: true,
                 ..tuned(&job, Request::new(ids, s.instruction_max_new_tokens))
             });
             shown.push(demos.iter().map(|d| d.id.clone()).collect());
@@ -665,7 +709,14 @@ fn go(
         for (offset, list) in lists.iter().enumerate() {
             let p = first + offset;
             let text = format!("{} {}", primers[offset], list.text);
-            let (tasks, failures) = prompts::parse_tasks(&text, list.finish == Finish::Length);
+            let (tasks, mut failures) =
+                prompts::parse_tasks(&text, matches!(list.finish, Finish::Length | Finish::Loop));
+            if list.finish == Finish::Loop {
+                // The item the loop is in is dropped, and counted as the loop it is.
+                if let Some(last) = failures.iter_mut().rfind(|f| **f == prompts::Unparsed::Truncated) {
+                    *last = prompts::Unparsed::Loop;
+                }
+            }
             counters.parsed += tasks.len();
             for f in failures {
                 *counters.unparsed.entry(serde_name(&f, None)).or_default() += 1;
@@ -731,6 +782,22 @@ fn go(
     Ok(outcome)
 }
 
+/// The ids of `prompt` in `format`: the text as it is (plain), or the prompt as a user message in
+/// the chat template with the assistant's turn opened and begun with `primer` (which `prompt`
+/// ends with, for task lists; empty for responses).
+fn encode(model: &Model, format: PromptFormat, prompt: &str, primer: &str) -> anyhow::Result<Vec<u32>> {
+    match format {
+        PromptFormat::Chat => {
+            let question = prompt.strip_suffix(primer).unwrap_or(prompt).trim_end();
+            let mut text =
+                model.tokenizer.apply_chat_template(&[crate::model::chat::Message::new("user", question)], true)?;
+            text.push_str(primer);
+            model.tokenizer.encode_plain(&text)
+        }
+        PromptFormat::Plain | PromptFormat::Auto => model.tokenizer.encode(prompt),
+    }
+}
+
 /// `request` as the job's model runs it: with the tuned adapter, contrastively against the base
 /// where asked (a mixture of documents keeps the adapter but is not contrastive).
 fn tuned(job: &Job, request: Request) -> Request {
@@ -789,7 +856,7 @@ fn respond(
             let mut prompts_ids = Vec::new();
             if docs.is_empty() {
                 let text = prompts::response_prompt(inputs.templates, domain, None, &c.instruction, &c.input)?;
-                prompts_ids.push(inputs.model.tokenizer.encode(&text)?);
+                prompts_ids.push(encode(inputs.model, s.prompt_format, &text, "")?);
             }
             for (hit, _) in &docs {
                 let text = prompts::response_prompt(
@@ -799,7 +866,7 @@ fn respond(
                     &c.instruction,
                     &c.input,
                 )?;
-                prompts_ids.push(inputs.model.tokenizer.encode(&text)?);
+                prompts_ids.push(encode(inputs.model, s.prompt_format, &text, "")?);
             }
             c.documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
             let seed = c.instruction_sampling.seed ^ 0xa5a5_a5a5;
@@ -807,6 +874,7 @@ fn respond(
                 prompts: prompts_ids,
                 weights: docs.iter().map(|(_, w)| *w).collect(),
                 sampling: s.response_sampling(seed),
+                stop_on_loop: true,
                 ..Request::new(Vec::new(), s.response_max_new_tokens)
             };
             requests.push(tuned(job, request));
@@ -831,6 +899,10 @@ fn respond(
             }
             let output = completion.text.trim().to_string();
             let c = &chunk[i];
+            if completion.finish == Finish::Loop {
+                counters.looping_responses += 1;
+                continue;
+            }
             if output.is_empty() {
                 counters.empty_responses += 1;
                 continue;
@@ -870,6 +942,21 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_run_resolves_the_format_and_sampling_for_its_model() {
+        let auto = Settings::default();
+        let small = auto.resolve(135_000_000, true);
+        assert_eq!(small.prompt_format, PromptFormat::Chat);
+        assert_eq!((small.instruction_temperature, small.instruction_top_p), (Some(0.7), Some(0.9)));
+        let large = auto.resolve(30_000_000_000, false);
+        assert_eq!(large.prompt_format, PromptFormat::Plain);
+        assert_eq!((large.instruction_temperature, large.instruction_top_p), (Some(1.0), Some(0.98)));
+        // What the configuration sets is kept.
+        let set = Settings { prompt_format: PromptFormat::Plain, instruction_temperature: Some(0.3), ..auto };
+        let kept = set.resolve(135_000_000, true);
+        assert_eq!((kept.prompt_format, kept.instruction_temperature), (PromptFormat::Plain, Some(0.3)));
+    }
 
     #[test]
     fn interleaved_streams_are_logged_one_line_each() {

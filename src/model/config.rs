@@ -66,6 +66,17 @@ pub struct DecoderSpec {
     pub bos_token_id: Option<u32>,
 }
 
+impl DecoderSpec {
+    /// The number of weights: embeddings (and an untied head), attention and MLP projections.
+    pub fn parameters(&self) -> u64 {
+        let (h, v, i) = (self.hidden_size as u64, self.vocab_size as u64, self.intermediate_size as u64);
+        let (q, kv) = ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
+        let embed = v * h * if self.tie_word_embeddings { 1 } else { 2 };
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+        embed + self.num_layers as u64 * layer
+    }
+}
+
 /// A view of config.json that says which key is missing or wrong.
 pub struct ConfigJson<'a> {
     pub value: &'a Value,

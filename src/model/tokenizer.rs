@@ -74,6 +74,11 @@ impl Tokenizer {
         self.inner.decode(ids, true).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
     }
 
+    /// Whether the model has a chat template (an instruct model).
+    pub fn has_chat_template(&self) -> bool {
+        self.chat.is_some()
+    }
+
     /// `messages` rendered with the chat template (`apply_chat_template(messages,
     /// tokenize=False, add_generation_prompt=...)`).
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> anyhow::Result<String> {
