@@ -159,6 +159,18 @@ pub enum Command {
     /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
     /// a run folder; run the same command again to continue an interrupted run.
     Generate(GenerateArgs),
+    /// Run (or continue) a sweep: the seed-count and sample-count ablations, each point
+    /// generated, trained and evaluated inside the sweep folder; writes report.json/csv/md.
+    Sweep {
+        /// The sweep file (YAML: model, seeds, corpus, eval, shots, base, axes, generation, train).
+        spec: PathBuf,
+        /// The sweep folder (created; an existing one with the same spec is continued).
+        #[arg(long)]
+        run: PathBuf,
+        /// Keep going when the terminal closes (SIGHUP).
+        #[arg(long, hide = true)]
+        detached: bool,
+    },
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -17,6 +17,7 @@ pub mod rng;
 pub mod runs;
 pub mod seeds;
 pub mod signals;
+pub mod sweep;
 pub mod train;
 pub mod tui;
 pub mod workspace;

@@ -192,6 +192,9 @@ fn run() -> anyhow::Result<u8> {
             };
             generate::command::generate(opts, &config.generation, limits, &workspace())
         }
+        Some(Command::Sweep { spec, run, detached }) => {
+            selfspec::sweep::run(&selfspec::sweep::Spec::load(&spec)?, &run, limits, detached)
+        }
         Some(Command::Bench(b)) => ok(match b {
             BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),
             BenchCommand::Qlora { model, prompt_len } => bench::qlora(&model.choice(&defaults)?, prompt_len),

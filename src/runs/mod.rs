@@ -29,6 +29,7 @@ pub enum Kind {
     Generate,
     Train,
     Eval,
+    Sweep,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Generate => "generate",
             Kind::Train => "train",
             Kind::Eval => "eval",
+            Kind::Sweep => "sweep",
         }
     }
 }
@@ -68,6 +70,7 @@ pub fn read_config(dir: &Path) -> anyhow::Result<Option<(Option<Kind>, String)>>
         "generate" => Some(Kind::Generate),
         "train" => Some(Kind::Train),
         "eval" => Some(Kind::Eval),
+        "sweep" => Some(Kind::Sweep),
         _ => None,
     });
     let body = if kind.is_some() { text[first.len()..].to_string() } else { text };

@@ -108,6 +108,10 @@ impl App {
                     eval.show(run);
                     Tab::Eval
                 }
+                Some(crate::runs::Kind::Sweep) => anyhow::bail!(
+                    "{} is a sweep: the workbench has no Sweeps tab yet; `selfspec runs` shows its state and its stages' runs can be attached",
+                    run.display()
+                ),
                 None => anyhow::bail!(
                     "{} is not a run folder (no config.yaml naming its kind); `selfspec runs` lists the workspace's runs",
                     run.display()

@@ -1,0 +1,512 @@
+//! `selfspec sweep`: the ablations the paper never ran — the number of seed instructions and the
+//! quantity of synthetic samples — as points around a base point, each generated, trained and
+//! evaluated by the run protocol inside the sweep folder.
+//!
+//! Seed subsets are nested: the seed file's seeds are shuffled once with the sweep's seed and a
+//! point with s seeds takes the first s. A sample-count axis trains on prefixes of one generation
+//! run per seed count, generated to the largest count any point asks for. Every stage is a run
+//! folder that continues where it stopped, so a sweep killed at any moment (even `kill -9`) and
+//! run again redoes no finished stage.
+//!
+//! Folder: `config.yaml` (kind sweep, the spec), `run.lock`, `events.jsonl`, `index/` (a corpus
+//! given as JSONL), `gen-s{S}/` (a generation run per seed count, with its `seeds.yaml`),
+//! `points/s{S}-n{N}/` (`train.jsonl`, the first N samples, and `train/`), `eval/` (the base and
+//! every point's adapter), `report.json`, `report.csv`, `report.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::generate::pipeline::{Mode, Settings};
+use crate::model::{Choice, DTypeChoice, DeviceChoice};
+use crate::runs::{End, Kind, RunEvent};
+use crate::train::TrainConfig;
+
+/// A sweep as its YAML file states it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Anything `--model` takes.
+    pub model: String,
+    /// The seed file the subsets are drawn from.
+    pub seeds: PathBuf,
+    /// An unlabeled corpus (JSONL or a folder of .txt files, indexed into the sweep folder) or an
+    /// index folder; none: responses without documents.
+    #[serde(default)]
+    pub corpus: Option<PathBuf>,
+    /// Responses: none, top1 or marginal (default: marginal with a corpus, else none).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// The evaluation datasets' folder.
+    pub eval: PathBuf,
+    /// Only these datasets (empty: all).
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    #[serde(default = "default_shots")]
+    pub shots: Vec<usize>,
+    /// The point every axis varies around.
+    pub base: Point,
+    pub axes: Axes,
+    /// Every combination of the axes' values instead of one axis at a time.
+    #[serde(default)]
+    pub grid: bool,
+    /// The seed of the subsets and of every generation run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Generation settings (over the built-in defaults).
+    #[serde(default)]
+    pub generation: Settings,
+    /// Training settings (over the built-in defaults).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_shots() -> Vec<usize> {
+    vec![0, 1, 5]
+}
+
+/// Seeds and samples of one point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Point {
+    pub seeds: usize,
+    pub samples: usize,
+}
+
+impl Point {
+    pub fn name(&self) -> String {
+        format!("s{}-n{}", self.seeds, self.samples)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Axes {
+    #[serde(default)]
+    pub seeds: Vec<usize>,
+    #[serde(default)]
+    pub samples: Vec<usize>,
+}
+
+impl Spec {
+    /// Reads a sweep file; errors name the file and line.
+    pub fn load(path: &Path) -> anyhow::Result<Spec> {
+        let text = crate::fsutil::read_text(path)?;
+        let mut spec: Spec =
+            crate::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?;
+        // Paths in the file are relative to it.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
+        spec.seeds = resolve(&spec.seeds);
+        spec.eval = resolve(&spec.eval);
+        spec.corpus = spec.corpus.as_deref().map(resolve);
+        // A model path relative to the file; org/name (the Hugging Face cache) stays as written.
+        if base.join(&spec.model).exists() {
+            spec.model = resolve(Path::new(&spec.model)).display().to_string();
+        }
+        Ok(spec)
+    }
+
+    /// The points: each axis's values with the other quantity at the base's (or, with `grid`,
+    /// every combination), the base included, without repeats, in order.
+    pub fn points(&self) -> Vec<Point> {
+        let seeds = if self.axes.seeds.is_empty() { vec![self.base.seeds] } else { self.axes.seeds.clone() };
+        let samples = if self.axes.samples.is_empty() { vec![self.base.samples] } else { self.axes.samples.clone() };
+        let mut out = vec![self.base];
+        if self.grid {
+            for &s in &seeds {
+                for &n in &samples {
+                    out.push(Point { seeds: s, samples: n });
+                }
+            }
+        } else {
+            out.extend(self.axes.seeds.iter().map(|&s| Point { seeds: s, samples: self.base.samples }));
+            out.extend(self.axes.samples.iter().map(|&n| Point { seeds: self.base.seeds, samples: n }));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|p| seen.insert(*p));
+        out
+    }
+
+    /// What is wrong with the spec before anything starts: empty values, more seeds than the file
+    /// holds (with the count), shots the datasets cannot serve.
+    pub fn check(&self, available: usize) -> anyhow::Result<()> {
+        for p in self.points() {
+            anyhow::ensure!(p.seeds > 0 && p.samples > 0, "point {}: seeds and samples must be at least 1", p.name());
+            anyhow::ensure!(
+                p.seeds <= available,
+                "point {} asks for {} seeds but {} holds {available}; lower it or add seeds",
+                p.name(),
+                p.seeds,
+                self.seeds.display()
+            );
+        }
+        anyhow::ensure!(!self.shots.is_empty(), "shots: name at least one k");
+        self.generation.check().map_err(anyhow::Error::msg)?;
+        self.train.check().map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+}
+
+/// What a sweep reports as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SweepEvent {
+    Started {
+        points: Vec<Point>,
+    },
+    /// A stage starts (or continues): `generate` (per seed count), `train` (per point), `eval`.
+    Stage {
+        stage: String,
+        name: String,
+    },
+    /// A generation run stopped at its prompt budget with fewer samples than asked.
+    Short {
+        seeds: usize,
+        asked: usize,
+        kept: usize,
+    },
+    Stopped {
+        stage: String,
+        name: String,
+    },
+    Finished {
+        report: PathBuf,
+    },
+}
+
+impl RunEvent for SweepEvent {
+    fn end(&self) -> Option<End> {
+        match self {
+            SweepEvent::Finished { .. } => Some(End::Finished),
+            SweepEvent::Stopped { .. } => Some(End::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// One row of report.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub axis: String,
+    pub value: usize,
+    /// `base` or `tuned`.
+    pub model: String,
+    pub dataset: String,
+    pub k: usize,
+    pub f1: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+    /// Samples the point trained on (fewer than asked when generation spent its budget).
+    pub samples_used: Option<usize>,
+}
+
+/// Runs (or continues) the sweep of `spec` in `dir`; the exit code (0 finished, 130 stopped).
+pub fn run(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
+    let lock = crate::runs::Lock::acquire(dir)?;
+    let result = run_locked(&lock, spec, dir, limits, detached);
+    if let Err(e) = &result {
+        crate::runs::record_failure(dir, &format!("{e:#}"));
+    }
+    result
+}
+
+fn run_locked(
+    _lock: &crate::runs::Lock,
+    spec: &Spec,
+    dir: &Path,
+    limits: &crate::seeds::Limits,
+    detached: bool,
+) -> anyhow::Result<u8> {
+    let loaded = crate::seeds::load(&spec.seeds, limits)
+        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
+    anyhow::ensure!(
+        loaded.is_valid(),
+        "{}: {} problems; fix them (`selfspec seeds validate`) before sweeping",
+        spec.seeds.display(),
+        loaded.errors()
+    );
+    spec.check(loaded.file.seeds.len())?;
+    match crate::runs::read_job::<Spec>(dir, Kind::Sweep)? {
+        Some(old) => anyhow::ensure!(
+            old == *spec,
+            "{} holds a sweep of another spec; run the same spec to continue it, or choose a new --run folder",
+            dir.display()
+        ),
+        None => crate::runs::write_config(dir, Kind::Sweep, spec)?,
+    }
+    let (mut log, torn) = crate::runs::Log::<SweepEvent>::open(dir)?;
+    if let Some(note) = torn {
+        eprintln!("note: {note}");
+    }
+    let points = spec.points();
+    log.append(&SweepEvent::Started { points: points.clone() })?;
+    let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto };
+    let corpus = match &spec.corpus {
+        Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => {
+            let index = dir.join("index");
+            if !index.join("meta.json").exists() {
+                eprintln!("indexing {}", c.display());
+                crate::corpus::build(c, &index, &mut |_, _| {})?;
+            }
+            Some(index)
+        }
+        other => other.clone(),
+    };
+    let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });
+    // Nested subsets: one shuffle, each point takes a prefix.
+    let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
+    let mut rng = crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e);
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    // One generation run per seed count, to the most samples asked at that count.
+    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
+    for p in &points {
+        let m = most.entry(p.seeds).or_default();
+        *m = (*m).max(p.samples);
+    }
+    let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
+    for (&s, &n) in &most {
+        let gen = dir.join(format!("gen-s{s}"));
+        std::fs::create_dir_all(&gen).with_context(|| format!("cannot create {}", gen.display()))?;
+        let seed_file = gen.join("seeds.yaml");
+        if !seed_file.exists() {
+            let mut subset = loaded.file.clone();
+            subset.seeds = order[..s].iter().map(|&i| loaded.file.seeds[i].clone()).collect();
+            crate::seeds::save(&seed_file, &subset)?;
+        }
+        let name = format!("gen-s{s}");
+        log.append(&SweepEvent::Stage { stage: "generate".into(), name: name.clone() })?;
+        eprintln!("── generate {name}: {n} samples from {s} seeds");
+        let opts = crate::generate::command::Options {
+            seeds: seed_file,
+            model: choice.clone(),
+            n,
+            run: gen.clone(),
+            corpus: corpus.clone(),
+            k: None,
+            mode: Some(mode),
+            seed: spec.seed,
+            jsonl: false,
+            adapter: None,
+            contrastive: false,
+            alpha: 0.1,
+            detached,
+        };
+        let code = crate::generate::command::generate(opts, &spec.generation, limits, dir)?;
+        if code == 130 {
+            log.append(&SweepEvent::Stopped { stage: "generate".into(), name })?;
+            return Ok(130);
+        }
+        let samples = crate::generate::samples::SampleStore::open(&gen.join(crate::generate::pipeline::SAMPLES))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .0
+            .samples()
+            .to_vec();
+        if samples.len() < n {
+            log.append(&SweepEvent::Short { seeds: s, asked: n, kept: samples.len() })?;
+        }
+        anyhow::ensure!(!samples.is_empty(), "{name}: the model kept no sample; nothing to train on");
+        kept.insert(s, samples);
+    }
+    let mut adapters = Vec::new();
+    let mut used = BTreeMap::new();
+    for p in &points {
+        let name = p.name();
+        let point_dir = dir.join("points").join(&name);
+        std::fs::create_dir_all(&point_dir).with_context(|| format!("cannot create {}", point_dir.display()))?;
+        let samples = &kept[&p.seeds];
+        let count = p.samples.min(samples.len());
+        used.insert(*p, count);
+        let data = point_dir.join("train.jsonl");
+        if !data.exists() {
+            let mut text = String::new();
+            for s in &samples[..count] {
+                let line = serde_json::json!({"instruction": s.instruction, "input": s.input, "output": s.output});
+                text.push_str(&line.to_string());
+                text.push('\n');
+            }
+            crate::fsutil::atomic_write(&data, text.as_bytes())
+                .with_context(|| format!("cannot write {}", data.display()))?;
+        }
+        let train_dir = point_dir.join("train");
+        let adapter = train_dir.join("adapter");
+        if !adapter.join("adapter_model.safetensors").exists() {
+            log.append(&SweepEvent::Stage { stage: "train".into(), name: name.clone() })?;
+            eprintln!("── train {name} on {count} samples");
+            let opts = crate::train::command::Options {
+                model: choice.clone(),
+                data,
+                run: train_dir.clone(),
+                settings_file: None,
+                resume: train_dir.join(crate::runs::CONFIG).exists(),
+                qlora: None,
+                detached,
+            };
+            if crate::train::command::train(opts, &spec.train)? == 130 {
+                log.append(&SweepEvent::Stopped { stage: "train".into(), name })?;
+                return Ok(130);
+            }
+        }
+        adapters.push(crate::model::adapter::Spec { name, dir: adapter });
+    }
+    log.append(&SweepEvent::Stage { stage: "eval".into(), name: "eval".into() })?;
+    eprintln!("── eval: the base and {} adapters", adapters.len());
+    let opts = crate::eval::command::Options {
+        model: choice,
+        adapters,
+        data: spec.eval.clone(),
+        datasets: spec.datasets.clone(),
+        shots: spec.shots.clone(),
+        run: dir.join("eval"),
+        max_new_tokens: None,
+        postprocess: None,
+        demos_from: None,
+        split_references: false,
+        detached,
+    };
+    if crate::eval::command::eval(opts)? == 130 {
+        log.append(&SweepEvent::Stopped { stage: "eval".into(), name: "eval".into() })?;
+        return Ok(130);
+    }
+    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
+    let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+    let rows = rows(spec, &report, &used);
+    write_report(dir, spec, &rows)?;
+    log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
+    eprintln!("report: {}", dir.join("report.md").display());
+    Ok(0)
+}
+
+/// The report rows: for each axis value, the tuned point's scores and the base's.
+pub fn rows(spec: &Spec, report: &crate::eval::run::Report, used: &BTreeMap<Point, usize>) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut axes: Vec<(&str, Vec<(usize, Point)>)> = Vec::new();
+    if spec.grid {
+        for p in spec.points() {
+            axes.push(("seeds", vec![(p.seeds, p)]));
+            axes.push(("samples", vec![(p.samples, p)]));
+        }
+    } else {
+        let base = spec.base;
+        let mut seeds: Vec<(usize, Point)> =
+            spec.axes.seeds.iter().map(|&s| (s, Point { seeds: s, samples: base.samples })).collect();
+        let mut samples: Vec<(usize, Point)> =
+            spec.axes.samples.iter().map(|&n| (n, Point { seeds: base.seeds, samples: n })).collect();
+        if seeds.is_empty() {
+            seeds.push((base.seeds, base));
+        }
+        if samples.is_empty() {
+            samples.push((base.samples, base));
+        }
+        axes.push(("seeds", seeds));
+        axes.push(("samples", samples));
+    }
+    for (axis, values) in axes {
+        for (value, point) in values {
+            for c in &report.cells {
+                let model = if c.model == crate::eval::run::BASE {
+                    "base"
+                } else if c.model == point.name() {
+                    "tuned"
+                } else {
+                    continue;
+                };
+                out.push(Row {
+                    axis: axis.to_string(),
+                    value,
+                    model: model.into(),
+                    dataset: c.dataset.clone(),
+                    k: c.k,
+                    f1: c.f1,
+                    rouge_l: c.rouge_l,
+                    samples_used: (model == "tuned").then(|| used.get(&point).copied()).flatten(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
+    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(rows)?.as_bytes())?;
+    let mut csv = String::from("axis,value,model,dataset,k,f1,rougeL,samples_used\n");
+    for r in rows {
+        let used = r.samples_used.map(|n| n.to_string()).unwrap_or_default();
+        csv.push_str(&format!(
+            "{},{},{},{},{},{:.4},{:.4},{used}\n",
+            r.axis, r.value, r.model, r.dataset, r.k, r.f1, r.rouge_l
+        ));
+    }
+    crate::fsutil::atomic_write(&dir.join("report.csv"), csv.as_bytes())?;
+    // Markdown: per axis and k, dataset × value, the tuned F1 with its Δ against the base.
+    let mut md =
+        format!("# Sweep of {}\n\nF1 (0–100) of the tuned model; Δ against the base model in brackets.\n", spec.model);
+    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).collect();
+    datasets.sort();
+    datasets.dedup();
+    for axis in ["seeds", "samples"] {
+        let mut values: Vec<usize> = rows.iter().filter(|r| r.axis == axis).map(|r| r.value).collect();
+        values.sort();
+        values.dedup();
+        for &k in &spec.shots {
+            md.push_str(&format!("\n## {axis}, {k}-shot\n\n| dataset |"));
+            for v in &values {
+                md.push_str(&format!(" {axis} {v} |"));
+            }
+            md.push_str("\n|---|");
+            md.push_str(&"---:|".repeat(values.len()));
+            md.push('\n');
+            for d in &datasets {
+                md.push_str(&format!("| {d} |"));
+                for &v in &values {
+                    let find = |m: &str| {
+                        rows.iter()
+                            .find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == *d && r.model == m)
+                    };
+                    match (find("tuned"), find("base")) {
+                        (Some(t), Some(b)) => md.push_str(&format!(" {:.1} ({:+.1}) |", t.f1, t.f1 - b.f1)),
+                        _ => md.push_str(" – |"),
+                    }
+                }
+                md.push('\n');
+            }
+        }
+    }
+    crate::fsutil::atomic_write(&dir.join("report.md"), md.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_vary_one_axis_around_the_base_without_repeats() {
+        let spec = Spec {
+            model: "m".into(),
+            seeds: "s.yaml".into(),
+            corpus: None,
+            mode: None,
+            eval: "e".into(),
+            datasets: Vec::new(),
+            shots: vec![0],
+            base: Point { seeds: 80, samples: 1000 },
+            axes: Axes { seeds: vec![20, 40, 80], samples: vec![250, 1000] },
+            grid: false,
+            seed: 0,
+            generation: Settings::default(),
+            train: TrainConfig::default(),
+        };
+        let names: Vec<String> = spec.points().iter().map(Point::name).collect();
+        assert_eq!(names, ["s80-n1000", "s20-n1000", "s40-n1000", "s80-n250"]);
+        let err = spec.check(30).unwrap_err().to_string();
+        assert!(err.contains("asks for 80 seeds but s.yaml holds 30"), "{err}");
+        let grid = Spec { grid: true, ..spec };
+        assert_eq!(grid.points().len(), 1 + 6 - 1);
+    }
+}

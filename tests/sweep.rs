@@ -1,0 +1,113 @@
+//! `selfspec sweep` on the writer fixture: nested seed subsets, sample counts as prefixes of one
+//! generation run, a kill -9 in the middle and a rerun that redoes no finished stage, and the
+//! report's rows.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn spec(dir: &Path) -> PathBuf {
+    let path = dir.join("sweep.yaml");
+    let text = format!(
+        "model: {}\nseeds: {}\ncorpus: {}\neval: {}\ndatasets: [bio-topic]\nshots: [0]\n\
+         base: {{seeds: 20, samples: 8}}\naxes:\n  seeds: [10, 20]\n  samples: [4, 8]\nseed: 3\n\
+         generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
+         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n\
+         train:\n  r: 4\n  max_steps: 3\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 1\n  \
+         warmup_steps: 0\n  learning_rate: 0.01\n",
+        root().join("tests/fixtures/models/writer").display(),
+        root().join("sample-seeds/biomedical.yaml").display(),
+        root().join("sample-seeds/biomedical.corpus.jsonl").display(),
+        root().join("sample-seeds/eval/biomedical").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn sweep(spec: &Path, run: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    let home = spec.parent().unwrap().join("home");
+    cmd.env("HOME", &home).env("XDG_CONFIG_HOME", home.join(".config")).env("XDG_DATA_HOME", home.join(".local"));
+    cmd.arg("sweep").arg(spec).arg("--run").arg(run);
+    cmd
+}
+
+fn ids(path: &Path, key: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(key).map(|s| s.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let run = dir.path().join("run");
+    // Killed once the first point's training has started: both generation runs are finished.
+    let mut child = sweep(&spec, &run).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !run.join("points/s20-n8/train").exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "the sweep never reached training");
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run.join("report.json").exists(), "the sweep was killed before its end");
+    assert_eq!(selfspec::runs::state(&run), selfspec::runs::State::Interrupted, "no end line and no lock: killed");
+    let samples = |s: usize| std::fs::read_to_string(run.join(format!("gen-s{s}/samples.jsonl"))).unwrap();
+    let (before10, before20) = (samples(10), samples(20));
+    let out = sweep(&spec, &run).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The finished generation runs only continue (nothing is generated again).
+    assert!(stderr.contains("continuing with 8 kept"), "{stderr}");
+    assert_eq!((samples(10), samples(20)), (before10, before20));
+    // Nested seed subsets: the 10 seeds are the first 10 of the 20.
+    let (ten, twenty) = (ids(&run.join("gen-s10/seeds.yaml"), "- id:"), ids(&run.join("gen-s20/seeds.yaml"), "- id:"));
+    assert_eq!((ten.len(), twenty.len()), (10, 20));
+    assert_eq!(ten[..], twenty[..10]);
+    // A smaller sample count trains on a prefix of the same generation run.
+    let four = std::fs::read_to_string(run.join("points/s20-n4/train.jsonl")).unwrap();
+    let eight = std::fs::read_to_string(run.join("points/s20-n8/train.jsonl")).unwrap();
+    assert_eq!(four.lines().count(), 4);
+    assert!(eight.starts_with(&four));
+    // Every point has its adapter, and the report one row per axis value, model and dataset.
+    for p in ["s20-n8", "s10-n8", "s20-n4"] {
+        assert!(run.join(format!("points/{p}/train/adapter/adapter_model.safetensors")).exists(), "{p}");
+    }
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r["axis"] == "seeds" && r["value"] == 10 && r["model"] == "tuned"));
+    assert!(rows.iter().any(|r| r["axis"] == "samples" && r["value"] == 4 && r["samples_used"] == 4));
+    assert!(run.join("report.csv").exists() && run.join("report.md").exists());
+    // Once more: everything is finished, nothing is trained again.
+    let adapter = run.join("points/s10-n8/train/adapter/adapter_model.safetensors");
+    let modified = std::fs::metadata(&adapter).unwrap().modified().unwrap();
+    let out = sweep(&spec, &run).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("── train"));
+    assert_eq!(std::fs::metadata(&adapter).unwrap().modified().unwrap(), modified);
+}
+
+#[test]
+fn more_seeds_than_the_file_holds_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let text = std::fs::read_to_string(&spec).unwrap().replace("seeds: [10, 20]", "seeds: [10, 320]");
+    std::fs::write(&spec, text).unwrap();
+    let run = dir.path().join("run");
+    let out = sweep(&spec, &run).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("point s320-n8 asks for 320 seeds but"), "{stderr}");
+    assert!(stderr.contains("holds 80"), "{stderr}");
+    assert!(!run.join("gen-s10").exists(), "nothing started");
+}
