@@ -68,6 +68,14 @@ choice!(Format => selfspec::seeds::interchange::Format {
     /// {context, questions_and_answers: [{question, answer}]}.
     Instructlab,
 });
+choice!(PromptFormat => selfspec::prompts::PromptFormat {
+    /// Chat when the model has a chat template, else plain.
+    Auto,
+    /// The paper's text prompts (Alpaca for training and evaluation).
+    Plain,
+    /// The model's chat template.
+    Chat,
+});
 choice!(Decision => selfspec::generate::command::Decision { Accept, Reject, Pending });
 
 /// A terminal workbench that carves a domain expert out of a general LLM by self-specialization.
@@ -359,6 +367,10 @@ pub struct EvalArgs {
     /// Split each reference on ", " into several (the BoX habit).
     #[arg(long)]
     pub split_references: bool,
+    /// k-shot prompts as plain Alpaca text or in the model's chat template (auto: chat when the
+    /// model has one; a continued run keeps its own).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub prompt_format: PromptFormat,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     pub detached: bool,
@@ -386,6 +398,10 @@ pub struct TrainArgs {
     /// dequantize them on the fly (q4k needs input sizes that are multiples of 256).
     #[arg(long, value_enum)]
     pub qlora: Option<QuantType>,
+    /// Examples in the Alpaca template or the model's chat template (auto: chat when the model
+    /// has one; --resume keeps the run's own).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub prompt_format: PromptFormat,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     pub detached: bool,

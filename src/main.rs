@@ -157,6 +157,7 @@ fn run() -> anyhow::Result<u8> {
                 settings_file: a.train_config,
                 resume: a.resume,
                 qlora: a.qlora.map(Into::into),
+                prompt_format: a.prompt_format.into(),
                 detached: a.detached,
             };
             train::command::train(opts, &config.train)
@@ -172,6 +173,7 @@ fn run() -> anyhow::Result<u8> {
             postprocess: a.postprocess,
             demos_from: a.demos_from,
             split_references: a.split_references,
+            prompt_format: a.prompt_format.into(),
             detached: a.detached,
         }),
         Some(Command::Generate(a)) => {

@@ -249,6 +249,50 @@ fn strip_trailing_header(s: &str) -> String {
     lines.join("\n").trim().to_string()
 }
 
+/// How a stage's prompt reaches the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFormat {
+    /// Chat when the model has a chat template, else plain (resolved when a run starts; a run
+    /// recorded as `auto` was started before formats existed and runs plain).
+    #[default]
+    Auto,
+    /// The paper's text prompts, continued by the model.
+    Plain,
+    /// Each prompt as one user message in the model's chat template, the assistant's turn opened
+    /// (and, for task lists, begun with the next task's header so the list goes on).
+    Chat,
+}
+
+impl PromptFormat {
+    /// `auto` resolved for a model with (or without) a chat template; plain and chat stay.
+    pub fn resolve(self, chat_template: bool) -> PromptFormat {
+        match self {
+            PromptFormat::Auto if chat_template => PromptFormat::Chat,
+            PromptFormat::Auto => PromptFormat::Plain,
+            f => f,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptFormat::Auto => "auto",
+            PromptFormat::Plain => "plain",
+            PromptFormat::Chat => "chat",
+        }
+    }
+}
+
+/// The user's message of an instruction and its input in the chat format: the instruction, then
+/// the input after a blank line.
+pub fn chat_user(instruction: &str, input: &str) -> String {
+    if input.trim().is_empty() {
+        instruction.trim().to_string()
+    } else {
+        format!("{}\n\n{}", instruction.trim(), input.trim())
+    }
+}
+
 /// The Alpaca prompt of an instruction and its input (the template with or without input): the
 /// training template, and the evaluation's k-shot prompts.
 pub fn alpaca(instruction: &str, input: &str) -> String {

@@ -345,6 +345,7 @@ fn run_locked(
                 settings_file: None,
                 resume: train_dir.join(crate::runs::CONFIG).exists(),
                 qlora: None,
+                prompt_format: crate::prompts::PromptFormat::Auto,
                 detached,
             };
             if crate::train::command::train(opts, &spec.train)? == 130 {
@@ -367,6 +368,7 @@ fn run_locked(
         postprocess: None,
         demos_from: None,
         split_references: false,
+        prompt_format: crate::prompts::PromptFormat::Auto,
         detached,
     };
     if crate::eval::command::eval(opts)? == 130 {

@@ -542,6 +542,7 @@ fn snapshot_train_screen_attached_to_a_run() {
         data: ws.runs_dir().join("gen-biomedical-1"),
         config: selfspec::train::TrainConfig::default(),
         qlora: None,
+        prompt_format: Default::default(),
     };
     selfspec::runs::write_config(&run, selfspec::runs::Kind::Train, &job).unwrap();
     let mut events = vec![serde_json::json!({"event": "started", "examples": 480, "truncated": 3, "total_steps": 45,
@@ -617,6 +618,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         postprocess: None,
         split_references: false,
         demos_from: None,
+        prompt_format: Default::default(),
     };
     selfspec::runs::write_config(&run, selfspec::runs::Kind::Eval, &job).unwrap();
     let events = [

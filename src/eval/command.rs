@@ -24,6 +24,9 @@ pub struct Options {
     pub postprocess: Option<String>,
     pub demos_from: Option<PathBuf>,
     pub split_references: bool,
+    /// Plain k-shot text or the model's chat template; `auto`: chat when the model has one (a
+    /// continued run keeps what it used).
+    pub prompt_format: crate::prompts::PromptFormat,
     pub detached: bool,
 }
 
@@ -34,7 +37,20 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     for s in &opts.adapters {
         anyhow::ensure!(s.name != BASE, "the name {:?} is taken by the base model; name the adapter NAME=DIR", s.name);
     }
+    let prompt_format = match opts.prompt_format {
+        crate::prompts::PromptFormat::Auto => {
+            match crate::runs::read_job::<EvalJob>(&opts.run, crate::runs::Kind::Eval).ok().flatten() {
+                Some(old) => old.prompt_format,
+                None => {
+                    let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
+                    crate::prompts::PromptFormat::Auto.resolve(template)
+                }
+            }
+        }
+        f => f,
+    };
     let job = EvalJob {
+        prompt_format,
         model: opts.model.name.clone(),
         adapters: opts.adapters.iter().map(|s| (s.name.clone(), absolute(&s.dir))).collect(),
         data: absolute(&opts.data),

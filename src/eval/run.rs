@@ -40,6 +40,10 @@ pub struct EvalJob {
     /// The seed file the demonstrations came from (none: each dataset's train split).
     #[serde(default)]
     pub demos_from: Option<PathBuf>,
+    /// Plain (Alpaca k-shot text) or chat (demonstrations as earlier turns of a conversation);
+    /// `auto` in a run recorded before formats existed means plain.
+    #[serde(default)]
+    pub prompt_format: crate::prompts::PromptFormat,
 }
 
 /// New tokens allowed per task.
@@ -51,6 +55,29 @@ pub fn max_new_tokens(task: &str) -> usize {
         "ner" => 64,
         _ => 128,
     }
+}
+
+/// The ids of the k-shot prompt in `format`: plain ([`prompt`]), or a conversation whose first k
+/// exchanges are the demonstrations (user: instruction and input; assistant: the answer), then
+/// the example, with the assistant's turn opened.
+pub fn prompt_ids(
+    tokenizer: &crate::model::Tokenizer,
+    format: crate::prompts::PromptFormat,
+    demos: &[Example],
+    k: usize,
+    e: &Example,
+) -> anyhow::Result<Vec<u32>> {
+    use crate::model::chat::Message;
+    if format != crate::prompts::PromptFormat::Chat {
+        return tokenizer.encode(&prompt(demos, k, e));
+    }
+    let mut messages = Vec::new();
+    for d in demos.iter().take(k) {
+        messages.push(Message::new("user", &crate::prompts::chat_user(&d.instruction, &d.input)));
+        messages.push(Message::new("assistant", d.references[0].trim()));
+    }
+    messages.push(Message::new("user", &crate::prompts::chat_user(&e.instruction, &e.input)));
+    tokenizer.encode_chat(&messages)
 }
 
 /// The k-shot prompt: k demonstrations (the train split's first k) each as an Alpaca prompt with
@@ -322,7 +349,7 @@ pub fn evaluate(
                     if seen.contains(&(m.clone(), d.name.clone(), k, i)) {
                         continue;
                     }
-                    let ids = model.tokenizer.encode(&prompt(&d.train, k, e))?;
+                    let ids = prompt_ids(&model.tokenizer, job.prompt_format, &d.train, k, e)?;
                     let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
                     requests.push(Request {
                         stop: vec!["\n\n".into()],

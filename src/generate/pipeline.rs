@@ -33,20 +33,7 @@ use crate::seeds::{Seed, SeedFile};
 
 pub use super::samples::Mode;
 
-/// How a stage's prompt reaches the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptFormat {
-    /// Chat when the model has a chat template, else plain (resolved when a run starts; a run
-    /// recorded as `auto` was started before formats existed and runs plain).
-    #[default]
-    Auto,
-    /// The paper's text prompts, continued by the model.
-    Plain,
-    /// Each prompt as one user message in the model's chat template, the assistant's turn opened
-    /// (and, for task lists, begun with the next task's header so the list goes on).
-    Chat,
-}
+pub use crate::prompts::PromptFormat;
 
 /// How BM25 scores become mixture weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

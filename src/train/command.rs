@@ -22,6 +22,9 @@ pub struct Options {
     pub settings_file: Option<PathBuf>,
     pub resume: bool,
     pub qlora: Option<QuantType>,
+    /// How examples are written: the Alpaca template, the model's chat template, or `auto`
+    /// (chat when the model has one; a continued run keeps what it used).
+    pub prompt_format: crate::prompts::PromptFormat,
     pub detached: bool,
 }
 
@@ -55,7 +58,25 @@ fn train_locked(
 ) -> anyhow::Result<u8> {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let qlora = opts.qlora.map(|q| format!("{q:?}").to_lowercase());
-    let job = run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora };
+    let prompt_format = match opts.prompt_format {
+        crate::prompts::PromptFormat::Auto => {
+            let recorded = crate::runs::read_job::<run::TrainJob>(&opts.run, crate::runs::Kind::Train).ok().flatten();
+            match recorded {
+                Some(old) if opts.resume => old.prompt_format,
+                _ => {
+                    let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
+                    crate::prompts::PromptFormat::Auto.resolve(template)
+                }
+            }
+        }
+        f => f,
+    };
+    eprintln!(
+        "examples written in the {} template",
+        if prompt_format == crate::prompts::PromptFormat::Chat { "model's chat" } else { "Alpaca" }
+    );
+    let job =
+        run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora, prompt_format };
     let mut model = opts.model.load()?;
     if let Some(q) = opts.qlora {
         anyhow::ensure!(

@@ -64,7 +64,19 @@ pub fn alpaca_prompt(e: &Example) -> String {
     prompts::alpaca(&e.instruction, &e.input)
 }
 
-pub fn encode(tokenizer: &Tokenizer, eos: Option<u32>, e: &Example, max_len: usize) -> anyhow::Result<Encoded> {
+/// `e` as token ids with labels, in `format`: the Alpaca template (plain) with end-of-sequence
+/// appended, or the chat template (the user's message, then the assistant's response and the
+/// template's own end of turn). The loss is on the response tokens only.
+pub fn encode(
+    tokenizer: &Tokenizer,
+    eos: Option<u32>,
+    e: &Example,
+    max_len: usize,
+    format: prompts::PromptFormat,
+) -> anyhow::Result<Encoded> {
+    if format == prompts::PromptFormat::Chat {
+        return encode_chat(tokenizer, e, max_len);
+    }
     let prompt = alpaca_prompt(e);
     let prompt_ids = tokenizer.encode(&prompt)?;
     let mut ids = tokenizer.encode(&format!("{prompt}{}", e.output.trim()))?;
@@ -74,6 +86,32 @@ pub fn encode(tokenizer: &Tokenizer, eos: Option<u32>, e: &Example, max_len: usi
         ids.push(eos);
     }
     let mut labels: Vec<i64> = ids.iter().enumerate().map(|(i, &t)| if i < masked { -100 } else { t as i64 }).collect();
+    let truncated = ids.len() > max_len;
+    ids.truncate(max_len);
+    labels.truncate(max_len);
+    Ok(Encoded { ids, labels, truncated })
+}
+
+fn encode_chat(tokenizer: &Tokenizer, e: &Example, max_len: usize) -> anyhow::Result<Encoded> {
+    use crate::model::chat::Message;
+    let user = [Message::new("user", &prompts::chat_user(&e.instruction, &e.input))];
+    let prompt = tokenizer.apply_chat_template(&user, true)?;
+    let whole = [user[0].clone(), Message::new("assistant", e.output.trim())];
+    let text = tokenizer.apply_chat_template(&whole, false)?;
+    anyhow::ensure!(
+        text.starts_with(&prompt),
+        "the model's chat template renders a conversation that does not begin with its own prompt; \
+         train with --prompt-format plain"
+    );
+    let prompt_ids = tokenizer.encode_plain(&prompt)?;
+    let mut ids = tokenizer.encode_plain(&text)?;
+    if !ids.starts_with(&prompt_ids) {
+        // The boundary tokenized differently: keep the prompt's own tokens, then the rest.
+        let rest = tokenizer.encode_plain(&text[prompt.len()..])?;
+        ids = prompt_ids.iter().copied().chain(rest).collect();
+    }
+    let mut labels: Vec<i64> =
+        ids.iter().enumerate().map(|(i, &t)| if i < prompt_ids.len() { -100 } else { t as i64 }).collect();
     let truncated = ids.len() > max_len;
     ids.truncate(max_len);
     labels.truncate(max_len);

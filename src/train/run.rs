@@ -31,6 +31,10 @@ pub struct TrainJob {
     /// QLoRA's block type for the frozen base (null: full precision).
     #[serde(default)]
     pub qlora: Option<String>,
+    /// The template examples are written in: plain (Alpaca) or chat (the model's); `auto` in a
+    /// run recorded before formats existed means plain.
+    #[serde(default)]
+    pub prompt_format: crate::prompts::PromptFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,7 +229,7 @@ pub fn train(
     let eos = model.eos_token_ids.first().copied();
     let encoded: Vec<Encoded> = examples
         .iter()
-        .map(|e| data::encode(&model.tokenizer, eos, e, c.max_seq_length))
+        .map(|e| data::encode(&model.tokenizer, eos, e, c.max_seq_length, job.prompt_format))
         .collect::<anyhow::Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.truncated).count();
     let before = encoded.len();
