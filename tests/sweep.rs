@@ -88,6 +88,19 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     assert!(rows.iter().any(|r| r["axis"] == "seeds" && r["value"] == 10 && r["model"] == "tuned"));
     assert!(rows.iter().any(|r| r["axis"] == "samples" && r["value"] == 4 && r["samples_used"] == 4));
     assert!(run.join("report.csv").exists() && run.join("report.md").exists());
+    // Plots of each metric against each axis, per dataset and averaged, as SVG and PNG (when a
+    // TrueType font is there to write their text).
+    if stderr.contains("no TrueType font found") {
+        println!("skipped the plot check: no TrueType font on this machine");
+    } else {
+        for stem in ["f1-seeds-bio-topic", "f1-samples-average", "rougeL-seeds-average"] {
+            let svg = std::fs::read_to_string(run.join(format!("plots/{stem}.svg"))).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("tuned 0-shot"), "{stem}");
+            let png = std::fs::read(run.join(format!("plots/{stem}.png"))).unwrap();
+            assert_eq!(&png[1..4], b"PNG", "{stem}");
+        }
+        assert_eq!(std::fs::read_dir(run.join("plots")).unwrap().count(), 16);
+    }
     // Once more: everything is finished, nothing is trained again.
     let adapter = run.join("points/s10-n8/train/adapter/adapter_model.safetensors");
     let modified = std::fs::metadata(&adapter).unwrap().modified().unwrap();

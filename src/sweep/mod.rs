@@ -13,6 +13,8 @@
 //! `points/s{S}-n{N}/` (`train.jsonl`, the first N samples, and `train/`), `eval/` (the base and
 //! every point's adapter), `report.json`, `report.csv`, `report.md`.
 
+pub mod plot;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -379,6 +381,11 @@ fn run_locked(
     let report: crate::eval::run::Report = serde_json::from_str(&text)?;
     let rows = rows(spec, &report, &used);
     write_report(dir, spec, &rows)?;
+    match plot::write(dir, &rows) {
+        Ok(files) if !files.is_empty() => eprintln!("{} plots in {}", files.len(), dir.join("plots").display()),
+        Ok(_) => eprintln!("no plots: each axis needs two values or more"),
+        Err(e) => eprintln!("warning: no plots: {e:#}"),
+    }
     log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
     eprintln!("report: {}", dir.join("report.md").display());
     Ok(0)

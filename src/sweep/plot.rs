@@ -1,0 +1,142 @@
+//! The sweep's curves: each metric against each axis, per dataset and averaged over datasets,
+//! one line per (model, k), written as SVG and PNG with plotters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use super::Row;
+
+/// Where a TrueType font is looked for (plotters draws text with it): `SELFSPEC_FONT`, then the
+/// usual places of DejaVu Sans and Liberation Sans.
+const FONTS: [&str; 5] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+];
+
+/// Registers a font for plotters' text, once; None (with the reason) when none is found.
+fn font() -> Result<(), String> {
+    static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("SELFSPEC_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(FONTS.iter().map(PathBuf::from))
+            .collect();
+        for path in &candidates {
+            if let Ok(bytes) = std::fs::read(path) {
+                // plotters keeps the font for the process's life.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err("no TrueType font found for the plots' text; set SELFSPEC_FONT=FILE.ttf".into())
+    })
+    .clone()
+}
+
+/// Line colours (the Okabe–Ito palette, told apart by colour-blind readers too).
+const COLORS: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 0, 0),
+];
+
+/// One line of a plot: its label and (axis value, score) points.
+type Line = (String, Vec<(f64, f64)>);
+
+/// Writes every plot under `dir/plots/`; returns the files written.
+pub fn write(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<PathBuf>> {
+    font().map_err(anyhow::Error::msg)?;
+    let out = dir.join("plots");
+    std::fs::create_dir_all(&out)?;
+    let mut written = Vec::new();
+    let mut datasets: Vec<String> = rows.iter().map(|r| r.dataset.clone()).collect();
+    datasets.sort();
+    datasets.dedup();
+    for axis in ["seeds", "samples"] {
+        let on_axis: Vec<&Row> = rows.iter().filter(|r| r.axis == axis).collect();
+        if on_axis.iter().map(|r| r.value).collect::<std::collections::BTreeSet<_>>().len() < 2 {
+            continue;
+        }
+        for (metric, get) in [("f1", (|r: &Row| r.f1) as fn(&Row) -> f64), ("rougeL", |r: &Row| r.rouge_l)] {
+            for which in datasets.iter().map(String::as_str).chain(["average"]) {
+                // (model, k) → value → scores (one per dataset for the average).
+                let mut series: BTreeMap<(String, usize), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+                for r in on_axis.iter().filter(|r| which == "average" || r.dataset == which) {
+                    series.entry((r.model.clone(), r.k)).or_default().entry(r.value).or_default().push(get(r));
+                }
+                let lines: Vec<Line> = series
+                    .into_iter()
+                    .map(|((model, k), points)| {
+                        let pts = points.into_iter().map(|(v, s)| (v as f64, s.iter().sum::<f64>() / s.len() as f64));
+                        (format!("{model} {k}-shot"), pts.collect())
+                    })
+                    .collect();
+                let title = format!("{metric} against {axis} · {which}");
+                let stem = format!("{metric}-{axis}-{which}");
+                let svg = out.join(format!("{stem}.svg"));
+                draw(SVGBackend::new(&svg, (720, 440)).into_drawing_area(), &title, axis, metric, &lines)?;
+                let png = out.join(format!("{stem}.png"));
+                draw(BitMapBackend::new(&png, (720, 440)).into_drawing_area(), &title, axis, metric, &lines)?;
+                written.extend([svg, png]);
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    axis: &str,
+    metric: &str,
+    lines: &[Line],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("cannot draw {title}: {e:?}");
+    area.fill(&WHITE).map_err(error)?;
+    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.0));
+    let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
+    let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+    let pad = ((y1 - y0) * 0.1).max(1.0);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad).max(0.0)..(y1 + pad).min(100.0).max(y0 + pad))
+        .map_err(error)?;
+    chart
+        .configure_mesh()
+        .x_desc(axis)
+        .y_desc(format!("{metric} (0-100)"))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(error)?;
+    for (i, (label, points)) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .map_err(error)?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(error)?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(error)?;
+    area.present().map_err(error)?;
+    Ok(())
+}
