@@ -175,6 +175,12 @@ pub enum Command {
         /// The sweep folder (created; an existing one with the same spec is continued).
         #[arg(long)]
         run: PathBuf,
+        /// Print the plan (work and rough time per stage, from a short decoding probe) and stop.
+        #[arg(long)]
+        plan: bool,
+        /// Start no stage after this many hours: the sweep stops cleanly between stages.
+        #[arg(long, value_name = "H")]
+        max_hours: Option<f64>,
         /// Keep going when the terminal closes (SIGHUP).
         #[arg(long, hide = true)]
         detached: bool,

@@ -194,8 +194,13 @@ fn run() -> anyhow::Result<u8> {
             };
             generate::command::generate(opts, &config.generation, limits, &workspace())
         }
-        Some(Command::Sweep { spec, run, detached }) => {
-            selfspec::sweep::run(&selfspec::sweep::Spec::load(&spec)?, &run, limits, detached)
+        Some(Command::Sweep { spec, run, plan, max_hours, detached }) => {
+            let spec = selfspec::sweep::Spec::load(&spec)?;
+            if plan {
+                print!("{}", selfspec::sweep::plan(&spec, &run, limits)?);
+                return Ok(0);
+            }
+            selfspec::sweep::run(&spec, &run, limits, detached, max_hours)
         }
         Some(Command::Bench(b)) => ok(match b {
             BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),

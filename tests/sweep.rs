@@ -124,3 +124,24 @@ fn more_seeds_than_the_file_holds_is_refused_before_anything_starts() {
     assert!(stderr.contains("holds 80"), "{stderr}");
     assert!(!run.join("gen-s10").exists(), "nothing started");
 }
+
+#[test]
+fn the_plan_says_the_work_and_a_spent_budget_stops_between_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let run = dir.path().join("run");
+    let out = sweep(&spec, &run).arg("--plan").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in
+        ["generate gen-s10: 8 samples", "train s20-n4: 4 samples, 3 steps", "eval: 120 answers", "in all: about"]
+    {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(!run.exists(), "a plan starts nothing");
+    let out = sweep(&spec, &run).args(["--max-hours", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped before generate gen-s10: --max-hours 0 is spent"));
+    assert_eq!(selfspec::runs::state(&run), selfspec::runs::State::Stopped);
+    assert!(!run.join("gen-s10/samples.jsonl").exists());
+}

@@ -206,9 +206,18 @@ pub struct Row {
 }
 
 /// Runs (or continues) the sweep of `spec` in `dir`; the exit code (0 finished, 130 stopped).
-pub fn run(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
+/// With `max_hours`, no stage starts once that much time has passed: the sweep stops cleanly
+/// between stages (exit 130) and the same command continues it.
+pub fn run(
+    spec: &Spec,
+    dir: &Path,
+    limits: &crate::seeds::Limits,
+    detached: bool,
+    max_hours: Option<f64>,
+) -> anyhow::Result<u8> {
     let lock = crate::runs::Lock::acquire(dir)?;
-    let result = run_locked(&lock, spec, dir, limits, detached);
+    let budget = Budget { start: std::time::Instant::now(), hours: max_hours };
+    let result = run_locked(&lock, spec, dir, limits, detached, &budget);
     if let Err(e) = &result {
         crate::runs::record_failure(dir, &format!("{e:#}"));
     }
@@ -221,6 +230,7 @@ fn run_locked(
     dir: &Path,
     limits: &crate::seeds::Limits,
     detached: bool,
+    budget: &Budget,
 ) -> anyhow::Result<u8> {
     let loaded = crate::seeds::load(&spec.seeds, limits)
         .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
@@ -282,6 +292,9 @@ fn run_locked(
             crate::seeds::save(&seed_file, &subset)?;
         }
         let name = format!("gen-s{s}");
+        if budget.spent() {
+            return budget.stop(&mut log, "generate", &name);
+        }
         log.append(&SweepEvent::Stage { stage: "generate".into(), name: name.clone() })?;
         eprintln!("── generate {name}: {n} samples from {s} seeds");
         let opts = crate::generate::command::Options {
@@ -338,6 +351,9 @@ fn run_locked(
         let train_dir = point_dir.join("train");
         let adapter = train_dir.join("adapter");
         if !adapter.join("adapter_model.safetensors").exists() {
+            if budget.spent() {
+                return budget.stop(&mut log, "train", &name);
+            }
             log.append(&SweepEvent::Stage { stage: "train".into(), name: name.clone() })?;
             eprintln!("── train {name} on {count} samples");
             let opts = crate::train::command::Options {
@@ -356,6 +372,9 @@ fn run_locked(
             }
         }
         adapters.push(crate::model::adapter::Spec { name, dir: adapter });
+    }
+    if budget.spent() && !dir.join("eval/report.json").exists() {
+        return budget.stop(&mut log, "eval", "eval");
     }
     log.append(&SweepEvent::Stage { stage: "eval".into(), name: "eval".into() })?;
     eprintln!("── eval: the base and {} adapters", adapters.len());
@@ -389,6 +408,117 @@ fn run_locked(
     log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
     eprintln!("report: {}", dir.join("report.md").display());
     Ok(0)
+}
+
+/// The time a sweep may take (`--max-hours`), checked before each stage.
+pub struct Budget {
+    start: std::time::Instant,
+    hours: Option<f64>,
+}
+
+impl Budget {
+    fn spent(&self) -> bool {
+        self.hours.is_some_and(|h| self.start.elapsed().as_secs_f64() >= h * 3600.0)
+    }
+
+    fn stop(&self, log: &mut crate::runs::Log<SweepEvent>, stage: &str, name: &str) -> anyhow::Result<u8> {
+        eprintln!(
+            "stopped before {stage} {name}: --max-hours {} is spent; run the same command to continue",
+            self.hours.unwrap_or(0.0)
+        );
+        log.append(&SweepEvent::Stopped { stage: stage.into(), name: name.into() })?;
+        Ok(130)
+    }
+}
+
+/// What a sweep will do, before it starts: per stage the work (prompts, tokens, steps, answers)
+/// and a rough time from this machine's speed on the model (a short decoding probe), or from the
+/// sweep's own finished stages where there are some.
+pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let loaded = crate::seeds::load(&spec.seeds, limits)
+        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
+    spec.check(loaded.file.seeds.len())?;
+    let points = spec.points();
+    let g = &spec.generation;
+    let mode = spec.mode.unwrap_or(if spec.corpus.is_some() { Mode::Marginal } else { Mode::None });
+    let rows = if mode == Mode::Marginal { g.k.max(1) } else { 1 };
+    // Decode speed: 8 prompts of 128 random tokens, 32 new tokens each, batched.
+    let model = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto }.load()?;
+    let vocab = model.decoder.spec.vocab_size as u64;
+    let mut rng = crate::rng::Rng::new(7);
+    let probe: Vec<crate::decode::Request> = (0..8)
+        .map(|_| crate::decode::Request {
+            ignore_eos: true,
+            ..crate::decode::Request::new((0..128).map(|_| (rng.next_u64() % vocab) as u32).collect(), 32)
+        })
+        .collect();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: 8 };
+    let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
+    let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
+    let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);
+    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
+    for p in &points {
+        let m = most.entry(p.seeds).or_default();
+        *m = (*m).max(p.samples);
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "sweep of {} ({} points), {}", spec.model, points.len(), dir.display());
+    let _ = writeln!(
+        out,
+        "speed on this machine: decode {decode_rate:.0} tokens/s (batch 8), prefill {prefill_rate:.0} tokens/s"
+    );
+    let mut total = 0.0;
+    for (&s, &n) in &most {
+        let gen = dir.join(format!("gen-s{s}"));
+        let done = crate::generate::samples::SampleStore::open(&gen.join(crate::generate::pipeline::SAMPLES))
+            .map(|(st, _)| st.len())
+            .unwrap_or(0);
+        let budget = g.budget(n);
+        // Every prompt's list at its token limit, every response at its limit: the upper bound.
+        let tokens = budget * g.instruction_max_new_tokens + n * g.response_max_new_tokens * rows;
+        let secs = tokens as f64 / decode_rate;
+        total += secs;
+        let _ = writeln!(
+            out,
+            "generate gen-s{s}: {n} samples ({done} kept already) from {s} seeds; at most {budget} prompts, {tokens} tokens: at most {}",
+            human(secs)
+        );
+    }
+    let c = &spec.train;
+    for p in &points {
+        let per_step = c.per_device_train_batch_size * c.gradient_accumulation_steps;
+        let steps = c.max_steps.unwrap_or_else(|| p.samples.div_ceil(per_step.max(1)) * c.num_train_epochs);
+        // A step reads its examples forward and backward: about three forward passes.
+        let tokens = steps * per_step * c.max_seq_length.min(512);
+        let secs = 3.0 * tokens as f64 / prefill_rate;
+        total += secs;
+        let _ = writeln!(out, "train {}: {} samples, {steps} steps: about {}", p.name(), p.samples, human(secs));
+    }
+    let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
+    let tests: usize = datasets.iter().map(|d| d.test.len()).sum();
+    let answers = (points.len() + 1) * tests * spec.shots.len();
+    let secs = answers as f64 * 32.0 / decode_rate;
+    total += secs;
+    let _ = writeln!(
+        out,
+        "eval: {answers} answers ({} models × {tests} examples × {} k): about {}",
+        points.len() + 1,
+        spec.shots.len(),
+        human(secs)
+    );
+    let _ = writeln!(out, "in all: about {} (rough: generation counted at its token limits)", human(total));
+    Ok(out)
+}
+
+fn human(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// The report rows: for each axis value, the tuned point's scores and the base's.
