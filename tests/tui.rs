@@ -634,3 +634,32 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     let screen = draw(&app);
     assert!(screen.contains("fin-ner · train-fin · 0-shot (1 pairs") && screen.contains("pred $0.94"), "{screen}");
 }
+
+/// The Compare tab: a prompt from the evaluation sets, answered by the base model (the only
+/// model of a fresh workspace), streamed into its column until it ends.
+#[test]
+fn compare_answers_a_prompt_from_the_evaluation_sets() {
+    let mut clock = Clock(Instant::now());
+    let ws = workspace("compare");
+    let writer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
+    let mut app = App::new(Options { model: Some(writer.display().to_string()), ..options(ws) }).unwrap();
+    press(&mut app, &clock, KeyCode::Char('6'));
+    assert_eq!(app.tab, selfspec::tui::Tab::Compare);
+    press(&mut app, &clock, KeyCode::Char('s'));
+    assert!(draw(&app).contains("no prompt"), "{}", draw(&app));
+    press(&mut app, &clock, KeyCode::Char('p'));
+    assert!(!app.compare.prompt.is_empty());
+    press(&mut app, &clock, KeyCode::Char('s'));
+    let start = Instant::now();
+    while app.compare.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the answer never ended");
+        std::thread::sleep(Duration::from_millis(20));
+        app.tick(clock.advance(100));
+    }
+    assert_eq!(app.compare.columns.len(), 1);
+    let base = &app.compare.columns[0];
+    assert_eq!(base.name, "base");
+    assert!(base.finish.is_some() && !base.text.is_empty(), "{}", app.compare.state);
+    let screen = draw(&app);
+    assert!(screen.contains(" base (") && screen.contains("6 Compare"), "{screen}");
+}

@@ -27,7 +27,7 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 5] = ["Seeds", "Generate", "Review", "Train", "Eval"];
+const TABS: [&str; 6] = ["Seeds", "Generate", "Review", "Train", "Eval", "Compare"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -36,6 +36,7 @@ pub enum Tab {
     Review,
     Train,
     Eval,
+    Compare,
 }
 
 enum Overlay {
@@ -60,6 +61,7 @@ pub struct App {
     pub review: ReviewScreen,
     pub train: TrainScreen,
     pub eval: EvalScreen,
+    pub compare: super::compare::CompareScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -120,6 +122,7 @@ impl App {
             None => Tab::Seeds,
         };
         let mut app = App {
+            compare: super::compare::CompareScreen::new(&opts.workspace),
             eval,
             tab,
             generate,
@@ -227,6 +230,7 @@ impl App {
             Tab::Review => self.review.is_typing(),
             Tab::Train => false,
             Tab::Eval => self.eval.is_typing(),
+            Tab::Compare => self.compare.is_typing(),
         };
         if !typing {
             match key.code {
@@ -268,6 +272,10 @@ impl App {
                     self.tab = Tab::Eval;
                     return;
                 }
+                KeyCode::Char('6') => {
+                    self.tab = Tab::Compare;
+                    return;
+                }
                 _ => {}
             }
         }
@@ -286,6 +294,10 @@ impl App {
             Tab::Eval => {
                 let model = self.generate.model.clone();
                 self.eval.handle_key(key, &model)
+            }
+            Tab::Compare => {
+                let model = self.generate.model.clone();
+                self.compare.handle_key(key, &model)
             }
         };
         self.outcome(o, now);
@@ -405,7 +417,7 @@ impl App {
         for (i, tab) in TABS.iter().enumerate() {
             let w = format!(" {} {tab} ", i + 1).width() as u16;
             if pos.x >= x && pos.x < x + w {
-                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval][i]);
+                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval, Tab::Compare][i]);
             }
             x += w;
         }
@@ -427,6 +439,9 @@ impl App {
         }
         if self.tab == Tab::Eval {
             self.eval.tick();
+        }
+        if let Some(o) = self.compare.tick() {
+            self.outcome(o, now);
         }
         if let Some(o) = self.seeds.as_mut().and_then(|s| s.tick(now)) {
             self.outcome(o, now);
@@ -486,6 +501,7 @@ impl App {
             Tab::Review => self.review.render(frame, body, theme),
             Tab::Train => self.train.render(frame, body, theme),
             Tab::Eval => self.eval.render(frame, body, theme),
+            Tab::Compare => self.compare.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -504,14 +520,20 @@ impl App {
             Tab::Review => 2,
             Tab::Train => 3,
             Tab::Eval => 4,
+            Tab::Compare => 5,
         };
         for (i, tab) in TABS.iter().enumerate() {
             let style = if i == active { theme.tab_active } else { theme.tab };
             spans.push(Span::styled(format!(" {} {tab} ", i + 1), style));
         }
         let domain = self.seeds.as_ref().map(|s| s.doc.domain.clone()).unwrap_or_default();
-        let right = if domain.is_empty() { String::new() } else { format!("domain: {domain} ") };
         let used: usize = spans.iter().map(|s| s.content.width()).sum();
+        // The domain where it fits whole (the status bar names the file either way).
+        let right = match format!(" domain: {domain} ") {
+            _ if domain.is_empty() => String::new(),
+            r if used + r.width() <= area.width as usize => r,
+            _ => String::new(),
+        };
         let fill = (area.width as usize).saturating_sub(used + right.width());
         spans.push(Span::raw(" ".repeat(fill)));
         spans.push(Span::styled(right, theme.muted));
@@ -529,6 +551,8 @@ impl App {
             (_, Tab::Review) => " REVIEW ",
             (_, Tab::Train) => " TRAIN ",
             (_, Tab::Eval) => " EVAL ",
+            (_, Tab::Compare) if self.compare.is_running() => " ANSWERING ",
+            (_, Tab::Compare) => " COMPARE ",
             (Some(s), _) if s.read_only() => " READ-ONLY ",
             (Some(s), _) if s.editing.is_some() => " EDIT ",
             (Some(s), _) if s.searching => " SEARCH ",

@@ -6,6 +6,7 @@
 //! and bracketed paste off), on Ctrl-C, and on SIGTERM/SIGHUP/SIGINT; every path saves first.
 
 mod app;
+pub mod compare;
 mod editor;
 pub mod eval;
 pub mod generate;
