@@ -159,7 +159,8 @@ fn generate_cmd(env: &Env, run: &Path, n: usize, mode: &str) -> Command {
 
 /// Every line of samples.jsonl: whole, valid JSON, with its provenance.
 fn check_samples(run: &Path, mode: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    // A run killed while its model loads has not opened its store yet.
+    let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap_or_default();
     assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
     let mut ids = HashSet::new();
     let mut out = Vec::new();

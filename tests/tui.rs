@@ -663,3 +663,47 @@ fn compare_answers_a_prompt_from_the_evaluation_sets() {
     let screen = draw(&app);
     assert!(screen.contains(" base (") && screen.contains("6 Compare"), "{screen}");
 }
+
+/// The Sweeps tab attached to a sweep: its stages with their states and the F1 curve from the
+/// evaluation's predictions so far.
+#[test]
+fn the_sweeps_tab_shows_stages_and_live_curves() {
+    use selfspec::sweep::{Axes, Point, Spec};
+    let ws = workspace("sweeps");
+    let dir = ws.runs_dir().join("sweep-bio");
+    std::fs::create_dir_all(dir.join("eval")).unwrap();
+    let spec = Spec {
+        model: "models/smollm2".into(),
+        seeds: "seeds.yaml".into(),
+        corpus: None,
+        mode: None,
+        eval: "eval".into(),
+        datasets: Vec::new(),
+        shots: vec![0],
+        base: Point { seeds: 40, samples: 100 },
+        axes: Axes { seeds: vec![20, 40], samples: vec![50, 100] },
+        grid: false,
+        seed: 0,
+        generation: Default::default(),
+        train: Default::default(),
+    };
+    selfspec::runs::write_config(&dir, selfspec::runs::Kind::Sweep, &spec).unwrap();
+    let events = [
+        serde_json::json!({"time": 1.0, "event": "started", "points": []}),
+        serde_json::json!({"time": 2.0, "event": "stage", "stage": "eval", "name": "eval"}),
+    ];
+    std::fs::write(dir.join("events.jsonl"), events.iter().map(|e| e.to_string() + "\n").collect::<String>()).unwrap();
+    let mut preds = String::new();
+    for (model, f1) in [("base", 10.0), ("s20-n100", 12.0), ("s40-n100", 16.0), ("s40-n50", 14.0)] {
+        let p = serde_json::json!({"model": model, "dataset": "bio-qa", "k": 0, "index": 0, "prediction": "x",
+            "references": ["x"], "f1": f1, "rougeL": f1});
+        preds.push_str(&(p.to_string() + "\n"));
+    }
+    std::fs::write(dir.join("eval/predictions.jsonl"), preds).unwrap();
+    let app = App::new(Options { attach: Some(dir.clone()), ..options(ws) }).unwrap();
+    assert_eq!(app.tab, selfspec::tui::Tab::Sweeps);
+    let screen = draw_at(&app, 100, 30);
+    for text in ["sweep-bio", "generate gen-s20", "train s40-n50", "F1 (mean over datasets, 0-shot) against seeds", "tuned"] {
+        assert!(screen.contains(text), "{text}:\n{screen}");
+    }
+}

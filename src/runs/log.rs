@@ -111,7 +111,7 @@ pub struct Entry<E> {
 /// What one [`Tail::read`] found.
 #[derive(Debug)]
 pub struct Batch<E> {
-    pub entries: Vec<Entry<E>>,
+    pub entries: Vec<E>,
     /// One message per line left out (not JSON, or not an event of this kind), naming the line.
     pub dropped: Vec<String>,
 }
@@ -135,39 +135,66 @@ impl Tail {
         Tail { path: dir.join(EVENTS), offset: 0, line: 0, pending: 0 }
     }
 
+    /// Follows any JSON-lines file a run appends to (its predictions, its samples) the same way.
+    pub fn file(path: &Path) -> Tail {
+        Tail { path: path.to_path_buf(), offset: 0, line: 0, pending: 0 }
+    }
+
+    /// The whole lines appended since the last call as plain `T` records (no envelope).
+    pub fn read_records<T: DeserializeOwned>(&mut self) -> Batch<T> {
+        let mut batch = Batch { entries: Vec::new(), dropped: Vec::new() };
+        let path = self.path.clone();
+        for (line, bytes) in self.new_lines() {
+            match serde_json::from_slice::<T>(&bytes) {
+                Ok(t) => batch.entries.push(t),
+                Err(e) => batch.dropped.push(format!("{}:{line}: {e}; line left out", path.display())),
+            }
+        }
+        batch
+    }
+
     /// Whether nothing has been read yet.
     pub fn at_start(&self) -> bool {
         self.offset == 0
     }
 
-    pub fn read<E: DeserializeOwned>(&mut self) -> Batch<E> {
+    pub fn read<E: DeserializeOwned>(&mut self) -> Batch<Entry<E>> {
         let mut batch = Batch { entries: Vec::new(), dropped: Vec::new() };
-        let Ok(mut file) = std::fs::File::open(&self.path) else { return batch };
+        let path = self.path.clone();
+        for (line, bytes) in self.new_lines() {
+            match parse::<E>(&bytes) {
+                Ok(entry) => batch.entries.push(entry),
+                Err(why) => batch.dropped.push(format!("{}:{line}: {why}; line left out", path.display())),
+            }
+        }
+        batch
+    }
+
+    /// The whole non-blank lines appended since the last call, with their line numbers.
+    fn new_lines(&mut self) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Ok(mut file) = std::fs::File::open(&self.path) else { return out };
         let len = file.metadata().map_or(0, |m| m.len());
         self.offset = self.offset.min(len);
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return batch;
+            return out;
         }
         let mut bytes = Vec::new();
         // At most 64 MiB a read, so a huge log is followed in bounded steps.
-        let Ok(_) = (&mut file).take(64 << 20).read_to_end(&mut bytes) else { return batch };
+        let Ok(_) = (&mut file).take(64 << 20).read_to_end(&mut bytes) else { return out };
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         self.pending = bytes.len() - complete;
         self.offset += complete as u64;
         if complete == 0 {
-            return batch;
+            return out;
         }
         for line in bytes[..complete - 1].split(|&b| b == b'\n') {
             self.line += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match parse::<E>(line) {
-                Ok(entry) => batch.entries.push(entry),
-                Err(why) => batch.dropped.push(format!("{}:{}: {why}; line left out", self.path.display(), self.line)),
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push((self.line, line.to_vec()));
             }
         }
-        batch
+        out
     }
 
     /// The unterminated last line, said as a dropped line: call once the writer is gone.

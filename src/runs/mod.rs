@@ -259,7 +259,7 @@ impl Following {
     }
 
     /// The events appended since the last call.
-    pub fn poll<E: serde::de::DeserializeOwned>(&mut self) -> log::Batch<E> {
+    pub fn poll<E: serde::de::DeserializeOwned>(&mut self) -> log::Batch<Entry<E>> {
         self.tail.read()
     }
 

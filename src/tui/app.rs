@@ -27,7 +27,7 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 6] = ["Seeds", "Generate", "Review", "Train", "Eval", "Compare"];
+const TABS: [&str; 7] = ["Seeds", "Generate", "Review", "Train", "Eval", "Compare", "Sweeps"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -37,6 +37,7 @@ pub enum Tab {
     Train,
     Eval,
     Compare,
+    Sweeps,
 }
 
 enum Overlay {
@@ -62,6 +63,7 @@ pub struct App {
     pub train: TrainScreen,
     pub eval: EvalScreen,
     pub compare: super::compare::CompareScreen,
+    pub sweeps: super::sweeps::SweepsScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -96,6 +98,7 @@ impl App {
         let review = ReviewScreen::new(&opts.workspace);
         let mut train = TrainScreen::new(&opts.workspace, &opts.config_file);
         let mut eval = EvalScreen::new(&opts.workspace, &opts.config_file);
+        let mut sweeps = super::sweeps::SweepsScreen::new(&opts.workspace);
         let tab = match &opts.attach {
             Some(run) => match crate::runs::kind(run) {
                 Some(crate::runs::Kind::Train) => {
@@ -110,10 +113,10 @@ impl App {
                     eval.show(run);
                     Tab::Eval
                 }
-                Some(crate::runs::Kind::Sweep) => anyhow::bail!(
-                    "{} is a sweep: the workbench has no Sweeps tab yet; `selfspec runs` shows its state and its stages' runs can be attached",
-                    run.display()
-                ),
+                Some(crate::runs::Kind::Sweep) => {
+                    sweeps.rescan(Some(run));
+                    Tab::Sweeps
+                }
                 None => anyhow::bail!(
                     "{} is not a run folder (no config.yaml naming its kind); `selfspec runs` lists the workspace's runs",
                     run.display()
@@ -123,6 +126,7 @@ impl App {
         };
         let mut app = App {
             compare: super::compare::CompareScreen::new(&opts.workspace),
+            sweeps,
             eval,
             tab,
             generate,
@@ -231,6 +235,7 @@ impl App {
             Tab::Train => false,
             Tab::Eval => self.eval.is_typing(),
             Tab::Compare => self.compare.is_typing(),
+            Tab::Sweeps => false,
         };
         if !typing {
             match key.code {
@@ -276,6 +281,11 @@ impl App {
                     self.tab = Tab::Compare;
                     return;
                 }
+                KeyCode::Char('7') => {
+                    self.sweeps.rescan(None);
+                    self.tab = Tab::Sweeps;
+                    return;
+                }
                 _ => {}
             }
         }
@@ -299,6 +309,7 @@ impl App {
                 let model = self.generate.model.clone();
                 self.compare.handle_key(key, &model)
             }
+            Tab::Sweeps => self.sweeps.handle_key(key),
         };
         self.outcome(o, now);
     }
@@ -417,7 +428,9 @@ impl App {
         for (i, tab) in TABS.iter().enumerate() {
             let w = format!(" {} {tab} ", i + 1).width() as u16;
             if pos.x >= x && pos.x < x + w {
-                return Some([Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval, Tab::Compare][i]);
+                return Some(
+                    [Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval, Tab::Compare, Tab::Sweeps][i],
+                );
             }
             x += w;
         }
@@ -439,6 +452,9 @@ impl App {
         }
         if self.tab == Tab::Eval {
             self.eval.tick();
+        }
+        if self.tab == Tab::Sweeps {
+            self.sweeps.tick();
         }
         if let Some(o) = self.compare.tick() {
             self.outcome(o, now);
@@ -502,6 +518,7 @@ impl App {
             Tab::Train => self.train.render(frame, body, theme),
             Tab::Eval => self.eval.render(frame, body, theme),
             Tab::Compare => self.compare.render(frame, body, theme),
+            Tab::Sweeps => self.sweeps.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -521,6 +538,7 @@ impl App {
             Tab::Train => 3,
             Tab::Eval => 4,
             Tab::Compare => 5,
+            Tab::Sweeps => 6,
         };
         for (i, tab) in TABS.iter().enumerate() {
             let style = if i == active { theme.tab_active } else { theme.tab };
@@ -553,6 +571,7 @@ impl App {
             (_, Tab::Eval) => " EVAL ",
             (_, Tab::Compare) if self.compare.is_running() => " ANSWERING ",
             (_, Tab::Compare) => " COMPARE ",
+            (_, Tab::Sweeps) => " SWEEPS ",
             (Some(s), _) if s.read_only() => " READ-ONLY ",
             (Some(s), _) if s.editing.is_some() => " EDIT ",
             (Some(s), _) if s.searching => " SEARCH ",

@@ -15,6 +15,7 @@ mod picker;
 pub mod review;
 mod seeds;
 mod seeds_view;
+mod sweeps;
 pub mod theme;
 pub mod train;
 
