@@ -23,6 +23,14 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Shuffles `items` in place (Fisher–Yates from the end): the same seed, the same order.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+
     /// Draw `i` (0-based) of `Rng::new(seed).next_f64()`, computed alone: SplitMix64 hashes a
     /// counter, so no earlier draw is needed (dropout masks are regenerated element by element).
     pub fn nth_f64(seed: u64, i: u64) -> f64 {

@@ -703,7 +703,9 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
     let app = App::new(Options { attach: Some(dir.clone()), ..options(ws) }).unwrap();
     assert_eq!(app.tab, selfspec::tui::Tab::Sweeps);
     let screen = draw_at(&app, 100, 30);
-    for text in ["sweep-bio", "generate gen-s20", "train s40-n50", "F1 (mean over datasets, 0-shot) against seeds", "tuned"] {
+    for text in
+        ["sweep-bio", "generate gen-s20", "train s40-n50", "F1 (mean over datasets, 0-shot) against seeds", "tuned"]
+    {
         assert!(screen.contains(text), "{text}:\n{screen}");
     }
 }

@@ -153,11 +153,6 @@ impl Tail {
         batch
     }
 
-    /// Whether nothing has been read yet.
-    pub fn at_start(&self) -> bool {
-        self.offset == 0
-    }
-
     pub fn read<E: DeserializeOwned>(&mut self) -> Batch<Entry<E>> {
         let mut batch = Batch { entries: Vec::new(), dropped: Vec::new() };
         let path = self.path.clone();

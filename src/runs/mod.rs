@@ -315,6 +315,18 @@ pub fn stop_command(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds as a person reads them: `42s`, `3m07s`, `2h05m`.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// The last non-blank line of a run's output.log (what a failed process said last).
 pub fn last_output(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(OUTPUT)).ok()?;

@@ -132,6 +132,17 @@ impl Spec {
         out
     }
 
+    /// One generation run per seed count, to the most samples any point at that count asks for:
+    /// seed count → samples.
+    pub fn generation_runs(&self) -> BTreeMap<usize, usize> {
+        let mut most: BTreeMap<usize, usize> = BTreeMap::new();
+        for p in self.points() {
+            let m = most.entry(p.seeds).or_default();
+            *m = (*m).max(p.samples);
+        }
+        most
+    }
+
     /// What is wrong with the spec before anything starts: empty values, more seeds than the file
     /// holds (with the count), shots the datasets cannot serve.
     pub fn check(&self, available: usize) -> anyhow::Result<()> {
@@ -270,17 +281,8 @@ fn run_locked(
     let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });
     // Nested subsets: one shuffle, each point takes a prefix.
     let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
-    let mut rng = crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e);
-    for i in (1..order.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    // One generation run per seed count, to the most samples asked at that count.
-    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
-    for p in &points {
-        let m = most.entry(p.seeds).or_default();
-        *m = (*m).max(p.samples);
-    }
+    crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e).shuffle(&mut order);
+    let most = spec.generation_runs();
     let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
     for (&s, &n) in &most {
         let gen = dir.join(format!("gen-s{s}"));
@@ -458,11 +460,7 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
     let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
     let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
     let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);
-    let mut most: BTreeMap<usize, usize> = BTreeMap::new();
-    for p in &points {
-        let m = most.entry(p.seeds).or_default();
-        *m = (*m).max(p.samples);
-    }
+    let most = spec.generation_runs();
     let mut out = String::new();
     let _ = writeln!(out, "sweep of {} ({} points), {}", spec.model, points.len(), dir.display());
     let _ = writeln!(
@@ -483,7 +481,7 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         let _ = writeln!(
             out,
             "generate gen-s{s}: {n} samples ({done} kept already) from {s} seeds; at most {budget} prompts, {tokens} tokens: at most {}",
-            human(secs)
+            crate::runs::duration(secs)
         );
     }
     let c = &spec.train;
@@ -494,7 +492,13 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         let tokens = steps * per_step * c.max_seq_length.min(512);
         let secs = 3.0 * tokens as f64 / prefill_rate;
         total += secs;
-        let _ = writeln!(out, "train {}: {} samples, {steps} steps: about {}", p.name(), p.samples, human(secs));
+        let _ = writeln!(
+            out,
+            "train {}: {} samples, {steps} steps: about {}",
+            p.name(),
+            p.samples,
+            crate::runs::duration(secs)
+        );
     }
     let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
     let tests: usize = datasets.iter().map(|d| d.test.len()).sum();
@@ -506,19 +510,11 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         "eval: {answers} answers ({} models × {tests} examples × {} k): about {}",
         points.len() + 1,
         spec.shots.len(),
-        human(secs)
+        crate::runs::duration(secs)
     );
-    let _ = writeln!(out, "in all: about {} (rough: generation counted at its token limits)", human(total));
+    let _ =
+        writeln!(out, "in all: about {} (rough: generation counted at its token limits)", crate::runs::duration(total));
     Ok(out)
-}
-
-fn human(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// The report rows: for each axis value, the tuned point's scores and the base's.

@@ -123,11 +123,7 @@ fn encode_chat(tokenizer: &Tokenizer, e: &Example, max_len: usize) -> anyhow::Re
 /// rows of a batch have similar lengths and little padding.
 pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
-    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
-    for i in (1..order.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f)).shuffle(&mut order);
     let mut out = Vec::new();
     for mega in order.chunks(50 * micro.max(1)) {
         let mut mega = mega.to_vec();

@@ -39,8 +39,9 @@ pub struct CompareScreen {
     pub prompt: String,
     /// The prompt being typed.
     pub typing: Option<String>,
-    /// Examples of the workspace's evaluation sets, for `p`: (dataset, instruction, input).
-    examples: Vec<(String, String, String)>,
+    /// Examples of the workspace's evaluation sets, for `p`: (dataset, instruction, input);
+    /// read at the first `p`, not when the workbench opens.
+    examples: Option<Vec<(String, String, String)>>,
     next_example: usize,
     pub columns: Vec<Column>,
     /// Sampled at temperature 0.7 (seeded) instead of greedy.
@@ -52,20 +53,10 @@ pub struct CompareScreen {
 
 impl CompareScreen {
     pub fn new(workspace: &Workspace) -> CompareScreen {
-        let mut examples = Vec::new();
-        let mut sets: Vec<PathBuf> = std::fs::read_dir(workspace.eval_dir())
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
-            .unwrap_or_default();
-        sets.sort();
-        for set in sets {
-            for d in crate::eval::data::load_dir(&set, &[]).unwrap_or_default() {
-                examples.extend(d.test.into_iter().take(5).map(|e| (d.name.clone(), e.instruction, e.input)));
-            }
-        }
         CompareScreen {
             prompt: String::new(),
             typing: None,
-            examples,
+            examples: None,
             next_example: 0,
             columns: Vec::new(),
             sampled: false,
@@ -84,15 +75,6 @@ impl CompareScreen {
         self.running.is_some()
     }
 
-    /// Trained adapters of the workspace: (run name, adapter folder).
-    fn adapters(&self) -> Vec<(String, PathBuf)> {
-        super::train::train_runs(&self.workspace)
-            .into_iter()
-            .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
-            .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
-            .collect()
-    }
-
     pub fn handle_key(&mut self, key: KeyEvent, model: &str) -> Outcome {
         if let Some(text) = self.typing.as_mut() {
             match key.code {
@@ -109,10 +91,11 @@ impl CompareScreen {
         match key.code {
             KeyCode::Char('e') | KeyCode::Enter => self.typing = Some(self.prompt.clone()),
             KeyCode::Char('p') => {
-                let Some((dataset, instruction, input)) = self.examples.get(self.next_example).cloned() else {
+                let examples = self.examples.get_or_insert_with(|| eval_examples(&self.workspace));
+                let Some((dataset, instruction, input)) = examples.get(self.next_example).cloned() else {
                     return Outcome::Error(format!("no evaluation sets in {}", self.workspace.eval_dir().display()));
                 };
-                self.next_example = (self.next_example + 1) % self.examples.len();
+                self.next_example = (self.next_example + 1) % examples.len();
                 self.prompt = crate::prompts::chat_user(&instruction, &input);
                 self.state = format!("from {dataset}");
             }
@@ -140,7 +123,7 @@ impl CompareScreen {
         if self.prompt.trim().is_empty() {
             return Outcome::Error("no prompt: e types one, p takes one from the evaluation sets".into());
         }
-        let adapters = self.adapters();
+        let adapters = super::train::trained_adapters(&self.workspace);
         self.columns = std::iter::once("base".to_string())
             .chain(adapters.iter().map(|(n, _)| n.clone()))
             .map(|name| Column { name, text: String::new(), finish: None })
@@ -233,6 +216,21 @@ impl CompareScreen {
             frame.render_widget(Paragraph::new(c.text.clone()).style(theme.base).wrap(Wrap { trim: false }), inner);
         }
     }
+}
+
+/// The first five examples of each dataset of the workspace's evaluation sets.
+fn eval_examples(workspace: &Workspace) -> Vec<(String, String, String)> {
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(workspace.eval_dir())
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    sets.sort();
+    let mut examples = Vec::new();
+    for set in sets {
+        for d in crate::eval::data::load_dir(&set, &[]).unwrap_or_default() {
+            examples.extend(d.test.into_iter().take(5).map(|e| (d.name.clone(), e.instruction, e.input)));
+        }
+    }
+    examples
 }
 
 /// Loads the model and adapters, then decodes the prompt once per column in one batch.

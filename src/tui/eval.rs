@@ -80,11 +80,7 @@ impl EvalScreen {
     /// Trained adapters, the chosen set's datasets, and the newest evaluation run.
     pub fn rescan(&mut self) {
         self.list_datasets();
-        self.adapters = super::train::train_runs(&self.workspace)
-            .into_iter()
-            .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
-            .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
-            .collect();
+        self.adapters = super::train::trained_adapters(&self.workspace);
         self.adapter_ix = self.adapter_ix.min(self.adapters.len());
         if self.run.is_none() {
             let newest = self

@@ -137,13 +137,9 @@ impl GenerateScreen {
     pub fn rescan_adapters(&mut self) {
         let current = self.adapters.get(self.adapter_ix).map(|a| (a.dir.clone(), a.contrastive));
         let mut list = vec![AdapterChoice { label: "none".into(), dir: None, contrastive: false }];
-        for run in super::train::train_runs(&self.workspace) {
-            let dir = run.join("adapter");
-            if dir.join("adapter_model.safetensors").exists() {
-                let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                list.push(AdapterChoice { label: name.clone(), dir: Some(dir.clone()), contrastive: false });
-                list.push(AdapterChoice { label: format!("{name}, contrastive"), dir: Some(dir), contrastive: true });
-            }
+        for (name, dir) in super::train::trained_adapters(&self.workspace) {
+            list.push(AdapterChoice { label: name.clone(), dir: Some(dir.clone()), contrastive: false });
+            list.push(AdapterChoice { label: format!("{name}, contrastive"), dir: Some(dir), contrastive: true });
         }
         self.adapters = list;
         self.adapter_ix =
@@ -645,7 +641,7 @@ impl GenerateScreen {
         let target = self.goal().max(1);
         let ratio = (c.kept as f64 / target as f64).min(1.0);
         let eta = match eta {
-            Some(left) if self.following.is_some() => format!(" ETA {}", human_secs(left)),
+            Some(left) if self.following.is_some() => format!(" ETA {}", crate::runs::duration(left)),
             _ => String::new(),
         };
         let gauge_widget =
@@ -696,15 +692,4 @@ fn run_seed(dir: &Path) -> u64 {
             .map(|d| d.as_nanos() as u64 % 1_000_000)
             .unwrap_or(0)
     })
-}
-
-fn human_secs(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s / 60 % 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }

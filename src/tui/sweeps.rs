@@ -14,7 +14,6 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragrap
 use ratatui::Frame;
 
 use super::seeds::Outcome;
-use super::seeds_view::truncate;
 use super::theme::Theme;
 use crate::eval::run::Prediction;
 use crate::runs::{Kind, State, Tail};
@@ -29,6 +28,8 @@ pub struct SweepView {
     /// The stage being run, as the sweep's log says.
     pub stage: Option<(String, String)>,
     predictions: Tail,
+    /// Each stage, its run folder and its state as of the last refresh.
+    pub stages: Vec<(String, PathBuf, State)>,
     /// (model, k) → (sum of F1, count), over every dataset.
     scores: BTreeMap<(String, usize), (f64, usize)>,
     pub state: State,
@@ -43,6 +44,7 @@ impl SweepView {
             stage: None,
             predictions: Tail::file(&dir.join("eval").join(crate::eval::run::PREDICTIONS)),
             scores: BTreeMap::new(),
+            stages: Vec::new(),
             state: State::New,
         };
         v.refresh();
@@ -62,14 +64,22 @@ impl SweepView {
             s.1 += 1;
         }
         self.state = crate::runs::state(&self.dir);
+        self.stages = self
+            .stage_dirs()
+            .into_iter()
+            .map(|(label, dir)| {
+                let state = crate::runs::state(&dir);
+                (label, dir, state)
+            })
+            .collect();
     }
 
     fn name(&self) -> String {
         self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
     }
 
-    /// Each stage's folder and what it is.
-    fn stages(&self) -> Vec<(String, PathBuf)> {
+    /// Each stage's label and run folder.
+    fn stage_dirs(&self) -> Vec<(String, PathBuf)> {
         let Some(spec) = &self.spec else { return Vec::new() };
         let points = spec.points();
         let mut seeds: Vec<usize> = points.iter().map(|p| p.seeds).collect();
@@ -175,35 +185,15 @@ impl SweepsScreen {
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let list_width = (area.width / 3).clamp(20.min(area.width), 34);
         let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
-        let inner = super::panel(frame, list, " Sweeps ", theme.border_focus, theme);
+        let empty =
+            "No sweeps yet. `selfspec sweep SPEC.yaml --run <workspace>/runs/NAME` starts one (see README, Sweeps).";
+        let rows: Vec<(State, String)> = self.sweeps.iter().map(|s| (s.state.clone(), s.name())).collect();
+        super::train::render_runs(frame, list, " Sweeps ", empty, &rows, self.selected, theme);
         if self.sweeps.is_empty() {
-            let text = "No sweeps yet. `selfspec sweep SPEC.yaml --run <workspace>/runs/NAME` starts one (see README, Sweeps).";
-            frame.render_widget(
-                Paragraph::new(text).style(theme.muted).wrap(ratatui::widgets::Wrap { trim: true }),
-                inner,
-            );
             return;
         }
-        let w = inner.width as usize;
-        let lines: Vec<Line> = self
-            .sweeps
-            .iter()
-            .enumerate()
-            .take(inner.height as usize)
-            .map(|(i, s)| {
-                let row = if i == self.selected { theme.selection } else { theme.base };
-                Line::from(vec![
-                    Span::styled(
-                        format!("{:<9}", super::train::short(&s.state)),
-                        super::train::state_style(&s.state, theme),
-                    ),
-                    Span::styled(truncate(&s.name(), w.saturating_sub(10)), row),
-                ])
-            })
-            .collect();
-        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
         let Some(s) = self.sweeps.get(self.selected) else { return };
-        let stages = s.stages();
+        let stages = &s.stages;
         let height = (stages.len() as u16 + 2).min(right.height / 2).max(3);
         let [table, chart] = Layout::vertical([Constraint::Length(height), Constraint::Min(4)]).areas(right);
         let title = match &s.stage {
@@ -213,13 +203,9 @@ impl SweepsScreen {
         let inner = super::panel(frame, table, &title, theme.border, theme);
         let lines: Vec<Line> = stages
             .iter()
-            .map(|(label, dir)| {
-                let state = crate::runs::state(dir);
+            .map(|(label, _, state)| {
                 Line::from(vec![
-                    Span::styled(
-                        format!("{:<9}", super::train::short(&state)),
-                        super::train::state_style(&state, theme),
-                    ),
+                    Span::styled(format!("{:<9}", super::train::short(state)), super::train::state_style(state, theme)),
                     Span::raw(label.clone()),
                 ])
             })

@@ -68,6 +68,15 @@ impl RunView {
     }
 }
 
+/// The finished adapters of the workspace's training runs, newest first: (run name, folder).
+pub fn trained_adapters(workspace: &Workspace) -> Vec<(String, PathBuf)> {
+    train_runs(workspace)
+        .into_iter()
+        .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
+        .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
+        .collect()
+}
+
 /// Training run folders under the workspace's runs/, newest first.
 pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
     workspace.runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Train))
@@ -197,32 +206,9 @@ impl TrainScreen {
     }
 
     fn render_list(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Runs ", theme.border_focus, theme);
-        if self.runs.is_empty() {
-            let text = "No training runs yet. s trains on the accepted samples of the run shown on the Review tab.";
-            frame.render_widget(
-                Paragraph::new(text).style(theme.muted).wrap(ratatui::widgets::Wrap { trim: true }),
-                inner,
-            );
-            return;
-        }
-        let w = inner.width as usize;
-        let lines: Vec<Line> = self
-            .runs
-            .iter()
-            .enumerate()
-            .take(inner.height as usize)
-            .map(|(i, r)| {
-                let state = r.state();
-                let name = truncate(&r.name(), w.saturating_sub(10));
-                let row = if i == self.selected { theme.selection } else { theme.base };
-                Line::from(vec![
-                    Span::styled(format!("{:<9}", short(&state)), state_style(&state, theme)),
-                    Span::styled(name, row),
-                ])
-            })
-            .collect();
-        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+        let empty = "No training runs yet. s trains on the accepted samples of the run shown on the Review tab.";
+        let rows: Vec<(RunState, String)> = self.runs.iter().map(|r| (r.state(), r.name())).collect();
+        render_runs(frame, area, " Runs ", empty, &rows, self.selected, theme);
     }
 
     fn render_chart(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
@@ -327,6 +313,39 @@ impl TrainScreen {
             gauge,
         );
     }
+}
+
+/// A list of runs, one a line: its state in a word (coloured), then its name; `selected`
+/// highlighted; `empty` said when there are none.
+pub fn render_runs(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    empty: &str,
+    rows: &[(RunState, String)],
+    selected: usize,
+    theme: &Theme,
+) {
+    let inner = super::panel(frame, area, title, theme.border_focus, theme);
+    if rows.is_empty() {
+        frame
+            .render_widget(Paragraph::new(empty).style(theme.muted).wrap(ratatui::widgets::Wrap { trim: true }), inner);
+        return;
+    }
+    let w = inner.width as usize;
+    let lines: Vec<Line> = rows
+        .iter()
+        .enumerate()
+        .take(inner.height as usize)
+        .map(|(i, (state, name))| {
+            let row = if i == selected { theme.selection } else { theme.base };
+            Line::from(vec![
+                Span::styled(format!("{:<9}", short(state)), state_style(state, theme)),
+                Span::styled(truncate(name, w.saturating_sub(10)), row),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
 }
 
 /// A run's state in one word (the list's column).
