@@ -170,8 +170,9 @@ pub enum Command {
     /// Run (or continue) a sweep: the seed-count and sample-count ablations, each point
     /// generated, trained and evaluated inside the sweep folder; writes report.json/csv/md.
     Sweep {
-        /// The sweep file (YAML: model, seeds, corpus, eval, shots, base, axes, generation, train).
-        spec: PathBuf,
+        /// The sweep file (YAML: model, seeds, corpus, eval, shots, base, axes, generation, train);
+        /// left out, the sweep recorded in --run is continued.
+        spec: Option<PathBuf>,
         /// The sweep folder (created; an existing one with the same spec is continued).
         #[arg(long)]
         run: PathBuf,
@@ -184,6 +185,10 @@ pub enum Command {
         /// Keep going when the terminal closes (SIGHUP).
         #[arg(long, hide = true)]
         detached: bool,
+        /// Run one stage of the sweep in --run (the sweep starts each stage so, in a process of
+        /// its own): gen-s<SEEDS>, a point's name, or eval.
+        #[arg(long, hide = true, conflicts_with_all = ["spec", "plan", "max_hours"])]
+        stage: Option<String>,
     },
     /// Measure speed.
     #[command(subcommand)]

@@ -194,8 +194,14 @@ fn run() -> anyhow::Result<u8> {
             };
             generate::command::generate(opts, &config.generation, limits, &workspace())
         }
-        Some(Command::Sweep { spec, run, plan, max_hours, detached }) => {
-            let spec = selfspec::sweep::Spec::load(&spec)?;
+        Some(Command::Sweep { spec, run, plan, max_hours, detached, stage }) => {
+            if let Some(stage) = stage {
+                return selfspec::sweep::stage(&run, &stage, limits, detached);
+            }
+            let spec = match spec {
+                Some(file) => selfspec::sweep::Spec::load(&file)?,
+                None => selfspec::sweep::recorded(&run)?,
+            };
             if plan {
                 print!("{}", selfspec::sweep::plan(&spec, &run, limits)?);
                 return Ok(0);

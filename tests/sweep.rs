@@ -61,6 +61,13 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     child.wait().unwrap();
     assert!(!run.join("report.json").exists(), "the sweep was killed before its end");
     assert_eq!(selfspec::runs::state(&run), selfspec::runs::State::Interrupted, "no end line and no lock: killed");
+    // Each stage runs in a process of its own, told to stop when the sweep dies: the training
+    // stage ends by itself, stopped (or finished, if it was that close).
+    let start = Instant::now();
+    while let selfspec::runs::State::Running(_) = selfspec::runs::state(&run.join("points/s20-n8/train")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the training stage outlived the sweep");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let samples = |s: usize| std::fs::read_to_string(run.join(format!("gen-s{s}/samples.jsonl"))).unwrap();
     let (before10, before20) = (samples(10), samples(20));
     let out = sweep(&spec, &run).output().unwrap();

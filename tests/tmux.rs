@@ -363,3 +363,42 @@ fn a_generation_outlives_its_terminal_and_attach_shows_it() {
     t.keys(&["q"]);
     t.wait_for("quit", |_| t.dead());
 }
+
+/// A sweep started from the Sweeps tab: `n` lists the workspace's sweep files with the chosen
+/// one's plan, `s` starts it detached, and the tab follows it to its end.
+#[test]
+fn a_sweep_planned_and_started_in_the_workbench() {
+    let t = Tmux::new("sweep");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("tests/fixtures/models/writer");
+    let sweeps = t.home.path().join(".local/share/selfspec/workspace/sweeps");
+    std::fs::create_dir_all(&sweeps).unwrap();
+    std::fs::write(
+        sweeps.join("small.yaml"),
+        format!(
+            "model: {}\nseeds: ../seeds/biomedical.yaml\ncorpus: ../corpora/biomedical.corpus.jsonl\n\
+             eval: ../eval/biomedical\ndatasets: [bio-topic]\nshots: [0]\nbase: {{seeds: 20, samples: 4}}\n\
+             axes:\n  seeds: [10, 20]\nseed: 3\ngeneration:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  \
+             response_max_new_tokens: 40\n  prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n\
+             train:\n  r: 4\n  max_steps: 2\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 1\n  \
+             warmup_steps: 0\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    t.start_with(&format!("tui --model '{}'", model.display()));
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["7"]);
+    t.wait_for("the Sweeps tab", |s| s.contains("No sweeps yet"));
+    t.keys(&["n"]);
+    let screen = t.wait_within(60, "the plan", |s| s.contains("speed on this machine") && s.contains("in all"));
+    assert!(screen.contains("small.yaml") && screen.contains("generate gen-s10"), "{screen}");
+    t.keys(&["s"]);
+    let screen = t.wait_within(300, "the finished sweep", |s| s.contains("│finished sweep-small"));
+    assert!(screen.contains("train s10-n4"), "{screen}");
+    let run = t.home.path().join(".local/share/selfspec/workspace/runs/sweep-small");
+    let log = std::fs::read_to_string(run.join("output.log")).unwrap_or_default();
+    assert!(run.join("report.json").exists(), "{screen}\n{log}");
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
+}

@@ -709,3 +709,34 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
         assert!(screen.contains(text), "{text}:\n{screen}");
     }
 }
+
+/// `n` on an empty Sweeps tab writes a starter sweep file per domain with seeds and eval sets
+/// (for the workbench's model), and shows the first one's plan once it is measured.
+#[test]
+fn new_sweep_writes_starter_files_and_shows_the_plan() {
+    let ws = workspace("sweep-start");
+    let root = ws.root.clone();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer");
+    let mut app = App::new(Options { model: Some(model.display().to_string()), ..options(ws) }).unwrap();
+    let clock = Clock(Instant::now());
+    press(&mut app, &clock, KeyCode::Char('7'));
+    press(&mut app, &clock, KeyCode::Char('n'));
+    let starter = std::fs::read_to_string(root.join("sweeps/biomedical.yaml")).unwrap();
+    assert!(starter.contains("base: {seeds: 80, samples: 60}") && starter.contains("axes: {seeds: [20, 40, 80]"));
+    assert!(root.join("sweeps/finance.yaml").exists() && !root.join("sweeps/sports.yaml").exists());
+    // The starter is a valid sweep file whose paths resolve inside the workspace.
+    let spec = selfspec::sweep::Spec::load(&root.join("sweeps/biomedical.yaml")).unwrap();
+    assert!(spec.seeds.exists() && spec.eval.is_dir() && spec.corpus.as_ref().unwrap().exists());
+    let start = Instant::now();
+    while app.sweeps.starting.as_ref().unwrap().plan.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no plan");
+        std::thread::sleep(Duration::from_millis(50));
+        app.tick(clock.now());
+    }
+    let screen = draw_at(&app, 120, 30);
+    for text in ["biomedical.yaml", "finance.yaml", "speed on this machine", "generate gen-s20", "train s80-n20"] {
+        assert!(screen.contains(text), "{text}:\n{screen}");
+    }
+    press(&mut app, &clock, KeyCode::Esc);
+    assert!(app.sweeps.starting.is_none());
+}

@@ -111,6 +111,38 @@ pub fn stop(dir: &Path) -> Result<u32, String> {
     }
 }
 
+/// Runs `cmd` as a child that belongs to this process: it is told SIGTERM if this process dies
+/// (even by kill -9: PR_SET_PDEATHSIG), and SIGTERM once `cancel` is set; waits for its end.
+pub fn run_child(
+    cmd: &mut std::process::Command,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and changes only the child being started.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let mut told = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) && !told {
+            // SAFETY: kill with the pid of a child this process started and has not reaped yet,
+            // so it cannot have been recycled.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            told = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

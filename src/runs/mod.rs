@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-pub use lock::{holder, stop, Holder, Lock};
+pub use lock::{holder, run_child, stop, Holder, Lock};
 pub use log::{last_end, record_failure, End, Entry, Log, RunEvent, Tail, EVENTS};
 
 /// The job file of every run folder.

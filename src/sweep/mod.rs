@@ -17,6 +17,8 @@ pub mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -243,15 +245,7 @@ fn run_locked(
     detached: bool,
     budget: &Budget,
 ) -> anyhow::Result<u8> {
-    let loaded = crate::seeds::load(&spec.seeds, limits)
-        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
-    anyhow::ensure!(
-        loaded.is_valid(),
-        "{}: {} problems; fix them (`selfspec seeds validate`) before sweeping",
-        spec.seeds.display(),
-        loaded.errors()
-    );
-    spec.check(loaded.file.seeds.len())?;
+    let prepared = prepare(spec, dir, limits)?;
     match crate::runs::read_job::<Spec>(dir, Kind::Sweep)? {
         Some(old) => anyhow::ensure!(
             old == *spec,
@@ -266,56 +260,27 @@ fn run_locked(
     }
     let points = spec.points();
     log.append(&SweepEvent::Started { points: points.clone() })?;
-    let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto };
-    let corpus = match &spec.corpus {
-        Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => {
-            let index = dir.join("index");
-            if !index.join("meta.json").exists() {
-                eprintln!("indexing {}", c.display());
-                crate::corpus::build(c, &index, &mut |_, _| {})?;
-            }
-            Some(index)
+    if let Some(c) = &spec.corpus {
+        let index = dir.join("index");
+        if prepared.corpus.as_deref() == Some(index.as_path()) && !index.join("meta.json").exists() {
+            eprintln!("indexing {}", c.display());
+            crate::corpus::build(c, &index, &mut |_, _| {})?;
         }
-        other => other.clone(),
-    };
-    let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });
-    // Nested subsets: one shuffle, each point takes a prefix.
-    let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
-    crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e).shuffle(&mut order);
-    let most = spec.generation_runs();
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    crate::signals::watch(cancel.clone(), detached);
+    // Each stage runs in a process of its own (`sweep --stage`): a stage's memory is returned to
+    // the system when it ends, so the sweep's peak is its largest stage's, not their sum.
     let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
-    for (&s, &n) in &most {
-        let gen = dir.join(format!("gen-s{s}"));
-        std::fs::create_dir_all(&gen).with_context(|| format!("cannot create {}", gen.display()))?;
-        let seed_file = gen.join("seeds.yaml");
-        if !seed_file.exists() {
-            let mut subset = loaded.file.clone();
-            subset.seeds = order[..s].iter().map(|&i| loaded.file.seeds[i].clone()).collect();
-            crate::seeds::save(&seed_file, &subset)?;
-        }
+    for (&s, &n) in &spec.generation_runs() {
         let name = format!("gen-s{s}");
+        let gen = dir.join(&name);
         if budget.spent() {
             return budget.stop(&mut log, "generate", &name);
         }
         log.append(&SweepEvent::Stage { stage: "generate".into(), name: name.clone() })?;
         eprintln!("── generate {name}: {n} samples from {s} seeds");
-        let opts = crate::generate::command::Options {
-            seeds: seed_file,
-            model: choice.clone(),
-            n,
-            run: gen.clone(),
-            corpus: corpus.clone(),
-            k: None,
-            mode: Some(mode),
-            seed: spec.seed,
-            jsonl: false,
-            adapter: None,
-            contrastive: false,
-            alpha: 0.1,
-            detached,
-        };
-        let code = crate::generate::command::generate(opts, &spec.generation, limits, dir)?;
-        if code == 130 {
+        if child(dir, &name, &gen, detached, &cancel)? == 130 {
             log.append(&SweepEvent::Stopped { stage: "generate".into(), name })?;
             return Ok(130);
         }
@@ -330,7 +295,6 @@ fn run_locked(
         anyhow::ensure!(!samples.is_empty(), "{name}: the model kept no sample; nothing to train on");
         kept.insert(s, samples);
     }
-    let mut adapters = Vec::new();
     let mut used = BTreeMap::new();
     for p in &points {
         let name = p.name();
@@ -351,50 +315,24 @@ fn run_locked(
                 .with_context(|| format!("cannot write {}", data.display()))?;
         }
         let train_dir = point_dir.join("train");
-        let adapter = train_dir.join("adapter");
-        if !adapter.join("adapter_model.safetensors").exists() {
+        if !train_dir.join("adapter").join("adapter_model.safetensors").exists() {
             if budget.spent() {
                 return budget.stop(&mut log, "train", &name);
             }
             log.append(&SweepEvent::Stage { stage: "train".into(), name: name.clone() })?;
             eprintln!("── train {name} on {count} samples");
-            let opts = crate::train::command::Options {
-                model: choice.clone(),
-                data,
-                run: train_dir.clone(),
-                settings_file: None,
-                resume: train_dir.join(crate::runs::CONFIG).exists(),
-                qlora: None,
-                prompt_format: crate::prompts::PromptFormat::Auto,
-                detached,
-            };
-            if crate::train::command::train(opts, &spec.train)? == 130 {
+            if child(dir, &name, &train_dir, detached, &cancel)? == 130 {
                 log.append(&SweepEvent::Stopped { stage: "train".into(), name })?;
                 return Ok(130);
             }
         }
-        adapters.push(crate::model::adapter::Spec { name, dir: adapter });
     }
     if budget.spent() && !dir.join("eval/report.json").exists() {
         return budget.stop(&mut log, "eval", "eval");
     }
     log.append(&SweepEvent::Stage { stage: "eval".into(), name: "eval".into() })?;
-    eprintln!("── eval: the base and {} adapters", adapters.len());
-    let opts = crate::eval::command::Options {
-        model: choice,
-        adapters,
-        data: spec.eval.clone(),
-        datasets: spec.datasets.clone(),
-        shots: spec.shots.clone(),
-        run: dir.join("eval"),
-        max_new_tokens: None,
-        postprocess: None,
-        demos_from: None,
-        split_references: false,
-        prompt_format: crate::prompts::PromptFormat::Auto,
-        detached,
-    };
-    if crate::eval::command::eval(opts)? == 130 {
+    eprintln!("── eval: the base and {} adapters", points.len());
+    if child(dir, "eval", &dir.join("eval"), detached, &cancel)? == 130 {
         log.append(&SweepEvent::Stopped { stage: "eval".into(), name: "eval".into() })?;
         return Ok(130);
     }
@@ -410,6 +348,157 @@ fn run_locked(
     log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
     eprintln!("report: {}", dir.join("report.md").display());
     Ok(0)
+}
+
+/// What every stage of a sweep shares: the seeds, their one shuffle, the corpus index and the mode.
+struct Prepared {
+    seeds: crate::seeds::SeedFile,
+    order: Vec<usize>,
+    corpus: Option<PathBuf>,
+    mode: Mode,
+    choice: Choice,
+}
+
+fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Result<Prepared> {
+    let loaded = crate::seeds::load(&spec.seeds, limits)
+        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
+    anyhow::ensure!(
+        loaded.is_valid(),
+        "{}: {} problems; fix them (`selfspec seeds validate`) before sweeping",
+        spec.seeds.display(),
+        loaded.errors()
+    );
+    spec.check(loaded.file.seeds.len())?;
+    let corpus = match &spec.corpus {
+        Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => Some(dir.join("index")),
+        other => other.clone(),
+    };
+    let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });
+    // Nested subsets: one shuffle, each point takes a prefix.
+    let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
+    crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e).shuffle(&mut order);
+    let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto };
+    Ok(Prepared { seeds: loaded.file, order, corpus, mode, choice })
+}
+
+/// The spec a sweep folder records (`selfspec sweep --run DIR` continues it without its file).
+pub fn recorded(dir: &Path) -> anyhow::Result<Spec> {
+    crate::runs::read_job::<Spec>(dir, Kind::Sweep)?.with_context(|| {
+        format!("{} holds no sweep; name its file: `selfspec sweep SPEC.yaml --run {}`", dir.display(), dir.display())
+    })
+}
+
+/// Runs one stage of the sweep in `dir` in this process (`sweep --run DIR --stage NAME`, started
+/// by the sweep itself): `gen-s{S}`, a point's name (its training) or `eval`. The spec is the one
+/// the sweep folder records. The exit code (0 finished, 130 stopped).
+pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
+    let spec = recorded(dir)?;
+    let p = prepare(&spec, dir, limits)?;
+    let points = spec.points();
+    if let Some(s) = name.strip_prefix("gen-s").and_then(|s| s.parse::<usize>().ok()) {
+        let n = *spec.generation_runs().get(&s).with_context(|| format!("the sweep has no point with {s} seeds"))?;
+        let gen = dir.join(name);
+        std::fs::create_dir_all(&gen).with_context(|| format!("cannot create {}", gen.display()))?;
+        let seed_file = gen.join("seeds.yaml");
+        if !seed_file.exists() {
+            let mut subset = p.seeds.clone();
+            subset.seeds = p.order[..s].iter().map(|&i| p.seeds.seeds[i].clone()).collect();
+            crate::seeds::save(&seed_file, &subset)?;
+        }
+        let opts = crate::generate::command::Options {
+            seeds: seed_file,
+            model: p.choice,
+            n,
+            run: gen,
+            corpus: p.corpus,
+            k: None,
+            mode: Some(p.mode),
+            seed: spec.seed,
+            jsonl: false,
+            adapter: None,
+            contrastive: false,
+            alpha: 0.1,
+            detached,
+        };
+        return crate::generate::command::generate(opts, &spec.generation, limits, dir);
+    }
+    if name == "eval" {
+        let adapters = points
+            .iter()
+            .map(|q| crate::model::adapter::Spec {
+                name: q.name(),
+                dir: dir.join("points").join(q.name()).join("train").join("adapter"),
+            })
+            .collect();
+        let opts = crate::eval::command::Options {
+            model: p.choice,
+            adapters,
+            data: spec.eval.clone(),
+            datasets: spec.datasets.clone(),
+            shots: spec.shots.clone(),
+            run: dir.join("eval"),
+            max_new_tokens: None,
+            postprocess: None,
+            demos_from: None,
+            split_references: false,
+            prompt_format: crate::prompts::PromptFormat::Auto,
+            detached,
+        };
+        return crate::eval::command::eval(opts);
+    }
+    let point = points
+        .iter()
+        .find(|q| q.name() == name)
+        .with_context(|| format!("the sweep has no stage {name:?}: gen-s<seeds>, a point's name or eval"))?;
+    let train_dir = dir.join("points").join(point.name()).join("train");
+    let opts = crate::train::command::Options {
+        model: p.choice,
+        data: dir.join("points").join(point.name()).join("train.jsonl"),
+        resume: train_dir.join(crate::runs::CONFIG).exists(),
+        run: train_dir,
+        settings_file: None,
+        qlora: None,
+        prompt_format: crate::prompts::PromptFormat::Auto,
+        detached,
+    };
+    crate::train::command::train(opts, &spec.train)
+}
+
+/// Runs stage `name` as a child process (this program, `sweep --stage`) and waits for it; a
+/// cancelled sweep passes SIGTERM on, and the child is told SIGTERM if the sweep dies (even by
+/// kill -9). Before starting it waits for a stopping stage process of an earlier sweep process.
+fn child(dir: &Path, name: &str, stage_dir: &Path, detached: bool, cancel: &AtomicBool) -> anyhow::Result<u8> {
+    let waited = std::time::Instant::now();
+    while let crate::runs::State::Running(_) = crate::runs::state(stage_dir) {
+        if waited.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!(
+                "{} is still in use by another process; stop it (`selfspec stop {}`) and run the sweep again",
+                stage_dir.display(),
+                stage_dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let exe = std::env::current_exe().context("cannot find this program to run the stage")?;
+    let mut cmd = std::process::Command::new(exe);
+    // The options before the command (--config, --workspace) hold for the stage too.
+    cmd.args(std::env::args_os().skip(1).take_while(|a| a != "sweep"));
+    cmd.arg("sweep").arg("--run").arg(dir).arg("--stage").arg(name);
+    if detached {
+        cmd.arg("--detached");
+    }
+    let status = crate::runs::run_child(&mut cmd, cancel).with_context(|| format!("cannot run the stage {name}"))?;
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(0),
+        (Some(130), _) => Ok(130),
+        (Some(code), _) => anyhow::bail!("the stage {name} failed (exit code {code}); its error is above"),
+        (None, Some(sig)) => anyhow::bail!(
+            "the stage {name} was killed by signal {sig}{}; run the sweep again to continue it",
+            if sig == libc::SIGKILL { " (out of memory?)" } else { "" }
+        ),
+        (None, None) => anyhow::bail!("the stage {name} ended without an exit code"),
+    }
 }
 
 /// The time a sweep may take (`--max-hours`), checked before each stage.

@@ -98,7 +98,8 @@ impl App {
         let review = ReviewScreen::new(&opts.workspace);
         let mut train = TrainScreen::new(&opts.workspace, &opts.config_file);
         let mut eval = EvalScreen::new(&opts.workspace, &opts.config_file);
-        let mut sweeps = super::sweeps::SweepsScreen::new(&opts.workspace);
+        let mut sweeps =
+            super::sweeps::SweepsScreen::new(&opts.workspace, &opts.config_file, &opts.config.seeds.limits);
         let tab = match &opts.attach {
             Some(run) => match crate::runs::kind(run) {
                 Some(crate::runs::Kind::Train) => {
@@ -309,7 +310,10 @@ impl App {
                 let model = self.generate.model.clone();
                 self.compare.handle_key(key, &model)
             }
-            Tab::Sweeps => self.sweeps.handle_key(key),
+            Tab::Sweeps => {
+                let model = self.generate.model.clone();
+                self.sweeps.handle_key(key, &model)
+            }
         };
         self.outcome(o, now);
     }

@@ -140,6 +140,8 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("j k, ↓ ↑", "choose a sweep"),
             ("a", "the chart's axis: seed count or sample count"),
+            ("n", "new: choose a sweep file in sweeps/ and see its plan; s starts it, Esc closes"),
+            ("s", "continue the chosen sweep (stopped, interrupted or failed)"),
             ("x", "stop the sweep (its current stage saves its work)"),
             ("R", "look for new sweeps"),
         ],

@@ -2,6 +2,11 @@
 //! seed count, training per point, the evaluation) with its state, and the curves of F1 against
 //! the chosen axis — live: the scores are the means of the evaluation's predictions as they are
 //! appended, read by offset.
+//!
+//! `n` opens the start panel: the workspace's sweep files (`<workspace>/sweeps/*.yaml`; a starter
+//! file per domain is written when there is none), the chosen file's plan (`selfspec sweep
+//! --plan`, computed on a thread), and `s` to start it detached into `runs/sweep-<file>`. `s` on a
+//! sweep that is not running continues it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +41,7 @@ pub struct SweepView {
 }
 
 impl SweepView {
-    fn open(dir: &Path) -> SweepView {
+    pub fn open(dir: &Path) -> SweepView {
         let mut v = SweepView {
             dir: dir.to_path_buf(),
             spec: crate::runs::read_job(dir, Kind::Sweep).ok().flatten(),
@@ -53,6 +58,9 @@ impl SweepView {
 
     /// Reads what was appended since the last call.
     fn refresh(&mut self) {
+        if self.spec.is_none() {
+            self.spec = crate::runs::read_job(&self.dir, Kind::Sweep).ok().flatten();
+        }
         for e in self.events.read::<SweepEvent>().entries {
             if let Some(SweepEvent::Stage { stage, name }) = e.event {
                 self.stage = Some((stage, name));
@@ -120,13 +128,122 @@ pub struct SweepsScreen {
     /// The chart's axis: `seeds` or `samples`.
     pub axis: &'static str,
     workspace: Workspace,
+    config_file: PathBuf,
+    limits: crate::seeds::Limits,
+    /// The start panel, while open.
+    pub starting: Option<Starting>,
     ticks: u32,
 }
 
+/// The start panel: sweep files, the chosen one's plan.
+pub struct Starting {
+    pub files: Vec<PathBuf>,
+    pub selected: usize,
+    /// The plan of a file (or why there is none), once computed.
+    pub plan: Option<(PathBuf, Result<String, String>)>,
+    rx: Option<std::sync::mpsc::Receiver<(PathBuf, Result<String, String>)>>,
+}
+
+/// The run folder a sweep file starts in: `runs/sweep-<stem>`, or the first `-2`, `-3`… that is
+/// free or holds the same spec (which continues it).
+pub fn run_dir(workspace: &Workspace, file: &Path, spec: &Spec) -> PathBuf {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sweep".into());
+    let runs = workspace.root.join("runs");
+    (1..)
+        .map(|i| runs.join(if i == 1 { format!("sweep-{stem}") } else { format!("sweep-{stem}-{i}") }))
+        .find(|d| match crate::runs::read_job::<Spec>(d, Kind::Sweep) {
+            Ok(Some(old)) => old == *spec,
+            Ok(None) => !d.join(crate::runs::CONFIG).exists(),
+            Err(_) => false,
+        })
+        .expect("an unbounded range finds a free folder")
+}
+
+/// Writes a starter sweep file per domain that has seeds, a corpus and evaluation sets, sized
+/// for a CPU (the two axes around 80 seeds and 60 samples, or the seeds the file holds); the
+/// files written.
+pub fn write_starters(
+    workspace: &Workspace,
+    model: &str,
+    limits: &crate::seeds::Limits,
+) -> Result<Vec<PathBuf>, String> {
+    let root = &workspace.root;
+    let dir = root.join("sweeps");
+    let mut written = Vec::new();
+    let mut seeds: Vec<PathBuf> = std::fs::read_dir(root.join("seeds"))
+        .map_err(|e| format!("cannot list {}: {e}", root.join("seeds").display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    seeds.sort();
+    for file in seeds {
+        let Some(domain) = file.file_stem().map(|s| s.to_string_lossy().to_string()) else { continue };
+        let corpus = root.join("corpora").join(format!("{domain}.corpus.jsonl"));
+        if !root.join("eval").join(&domain).is_dir() {
+            continue;
+        }
+        let Ok(loaded) = crate::seeds::load(&file, limits) else { continue };
+        let n = loaded.file.seeds.len().min(80);
+        if n < 4 || !loaded.is_valid() {
+            continue;
+        }
+        let corpus_line = if corpus.is_file() {
+            format!("corpus: ../corpora/{domain}.corpus.jsonl   # retrieval for the responses (eq. 2)\n")
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "# A sweep of the paper's two missing ablations, sized for a CPU: edit it, then `n` and `s` on the\n\
+             # Sweeps tab, or `selfspec sweep sweeps/{domain}.yaml --run runs/sweep-{domain}`.\n\
+             model: {model:?}\n\
+             seeds: ../seeds/{domain}.yaml\n\
+             {corpus_line}\
+             eval: ../eval/{domain}\n\
+             shots: [0, 1]\n\
+             base: {{seeds: {n}, samples: 60}}\n\
+             axes: {{seeds: [{}, {}, {n}], samples: [20, 40, 60]}}\n\
+             seed: 1\n\
+             generation: {{k: 5, prompt_budget: 120, response_max_new_tokens: 256}}\n\
+             train: {{max_seq_length: 512, per_device_train_batch_size: 4, gradient_accumulation_steps: 2, warmup_steps: 2}}\n",
+            n / 4,
+            n / 2
+        );
+        let path = dir.join(format!("{domain}.yaml"));
+        if path.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::fsutil::atomic_write(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn sweep_files(workspace: &Workspace) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace.root.join("sweeps"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 impl SweepsScreen {
-    pub fn new(workspace: &Workspace) -> SweepsScreen {
-        let mut s =
-            SweepsScreen { sweeps: Vec::new(), selected: 0, axis: "seeds", workspace: workspace.clone(), ticks: 0 };
+    pub fn new(workspace: &Workspace, config_file: &Path, limits: &crate::seeds::Limits) -> SweepsScreen {
+        let mut s = SweepsScreen {
+            sweeps: Vec::new(),
+            selected: 0,
+            axis: "seeds",
+            workspace: workspace.clone(),
+            config_file: config_file.to_path_buf(),
+            limits: *limits,
+            starting: None,
+            ticks: 0,
+        };
         s.rescan(None);
         s
     }
@@ -160,10 +277,126 @@ impl SweepsScreen {
         if let Some(s) = self.sweeps.get_mut(self.selected) {
             s.refresh();
         }
+        if let Some(st) = &mut self.starting {
+            if let Some(plan) = st.rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                st.plan = Some(plan);
+                st.rx = None;
+            }
+        }
     }
 
-    pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
+    /// Opens the start panel (writing starter files when the workspace has no sweep file).
+    fn open_start(&mut self, model: &str) -> Outcome {
+        let mut files = sweep_files(&self.workspace);
+        let mut notice = None;
+        if files.is_empty() {
+            if model.is_empty() {
+                return Outcome::Error(
+                    "no sweep file in sweeps/ and no model to write one for: fetch or choose a model (Generate tab)"
+                        .into(),
+                );
+            }
+            match write_starters(&self.workspace, model, &self.limits) {
+                Ok(written) if !written.is_empty() => {
+                    notice = Some(format!(
+                        "wrote {} starter sweep file(s) in {}; edit them to change the points",
+                        written.len(),
+                        self.workspace.root.join("sweeps").display()
+                    ));
+                }
+                Ok(_) => {
+                    return Outcome::Error(
+                        "no sweep file in sweeps/, and no domain has seeds and eval sets to write one for".into(),
+                    )
+                }
+                Err(e) => return Outcome::Error(e),
+            }
+            files = sweep_files(&self.workspace);
+        }
+        self.starting = Some(Starting { files, selected: 0, plan: None, rx: None });
+        self.plan_selected();
+        notice.map_or(Outcome::Done, Outcome::Notice)
+    }
+
+    /// Computes the chosen file's plan on a thread (it loads the model and probes its speed).
+    fn plan_selected(&mut self) {
+        let Some(st) = &mut self.starting else { return };
+        let Some(file) = st.files.get(st.selected).cloned() else { return };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (workspace, limits) = (self.workspace.clone(), self.limits);
+        std::thread::spawn(move || {
+            let plan = Spec::load(&file).and_then(|spec| {
+                let dir = run_dir(&workspace, &file, &spec);
+                crate::sweep::plan(&spec, &dir, &limits)
+            });
+            let _ = tx.send((file, plan.map_err(|e| format!("{e:#}"))));
+        });
+        st.plan = None;
+        st.rx = Some(rx);
+    }
+
+    fn start_key(&mut self, key: KeyEvent) -> Outcome {
+        let Some(st) = &mut self.starting else { return Outcome::Ignored };
         match key.code {
+            KeyCode::Esc => self.starting = None,
+            KeyCode::Char('j') | KeyCode::Down | KeyCode::Char('k') | KeyCode::Up => {
+                let last = st.files.len().saturating_sub(1);
+                let next = match key.code {
+                    KeyCode::Char('j') | KeyCode::Down => (st.selected + 1).min(last),
+                    _ => st.selected.saturating_sub(1),
+                };
+                if next != st.selected {
+                    st.selected = next;
+                    self.plan_selected();
+                }
+            }
+            KeyCode::Char('s') | KeyCode::Enter => {
+                let Some(file) = st.files.get(st.selected).cloned() else { return Outcome::Ignored };
+                let spec = match Spec::load(&file) {
+                    Ok(s) => s,
+                    Err(e) => return Outcome::Error(format!("{e:#}")),
+                };
+                if let Some((_, Err(e))) = st.plan.as_ref().filter(|(f, _)| *f == file) {
+                    return Outcome::Error(format!("not started: {e}"));
+                }
+                let dir = run_dir(&self.workspace, &file, &spec);
+                let args: Vec<std::ffi::OsString> =
+                    vec!["sweep".into(), file.into(), "--run".into(), dir.clone().into()];
+                return match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+                    Ok(_) => {
+                        self.starting = None;
+                        self.rescan(Some(&dir));
+                        Outcome::Notice(format!(
+                            "sweep started in {} (it goes on after the workbench closes)",
+                            dir.display()
+                        ))
+                    }
+                    Err(e) => Outcome::Error(e),
+                };
+            }
+            _ => return Outcome::Ignored,
+        }
+        Outcome::Done
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent, model: &str) -> Outcome {
+        if self.starting.is_some() {
+            return self.start_key(key);
+        }
+        match key.code {
+            KeyCode::Char('n') => return self.open_start(model),
+            KeyCode::Char('s') => {
+                let Some(s) = self.sweeps.get(self.selected) else { return Outcome::Error("no sweep selected".into()) };
+                if s.state.is_running() {
+                    return Outcome::Error(format!("{} is running already", s.name()));
+                }
+                let dir = s.dir.clone();
+                let args: Vec<std::ffi::OsString> = vec!["sweep".into(), "--run".into(), dir.clone().into()];
+                return match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+                    Ok(_) => Outcome::Notice(format!("continuing the sweep in {}", dir.display())),
+                    Err(e) => Outcome::Error(e),
+                };
+            }
             KeyCode::Char('j') | KeyCode::Down => {
                 self.selected = (self.selected + 1).min(self.sweeps.len().saturating_sub(1))
             }
@@ -185,8 +418,11 @@ impl SweepsScreen {
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let list_width = (area.width / 3).clamp(20.min(area.width), 34);
         let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
-        let empty =
-            "No sweeps yet. `selfspec sweep SPEC.yaml --run <workspace>/runs/NAME` starts one (see README, Sweeps).";
+        if let Some(st) = &self.starting {
+            self.render_start(st, frame, area, theme);
+            return;
+        }
+        let empty = "No sweeps yet. n: choose a sweep file, see its plan and start it (README, Sweeps).";
         let rows: Vec<(State, String)> = self.sweeps.iter().map(|s| (s.state.clone(), s.name())).collect();
         super::train::render_runs(frame, list, " Sweeps ", empty, &rows, self.selected, theme);
         if self.sweeps.is_empty() {
@@ -212,6 +448,35 @@ impl SweepsScreen {
             .collect();
         frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
         self.render_chart(s, frame, chart, theme);
+    }
+
+    fn render_start(&self, st: &Starting, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let list_width = (area.width / 3).clamp(20.min(area.width), 34);
+        let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
+        let inner = super::panel(frame, list, " Sweep files · s start · Esc ", theme.border_focus, theme);
+        let lines: Vec<Line> = st
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let style = if i == st.selected { theme.selection } else { theme.base };
+                Line::styled(format!("{} {name}", if i == st.selected { "›" } else { " " }), style)
+            })
+            .collect();
+        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+        let file = st.files.get(st.selected);
+        let title = match file {
+            Some(f) => format!(" Plan · {} ", f.display()),
+            None => " Plan ".into(),
+        };
+        let inner = super::panel(frame, right, &title, theme.border, theme);
+        let (text, style) = match (&st.plan, file) {
+            (Some((f, Ok(plan))), Some(g)) if f == g => (plan.clone(), theme.base),
+            (Some((f, Err(e))), Some(g)) if f == g => (format!("This sweep cannot start:\n{e}"), theme.error),
+            _ => ("Planning: loading the model and measuring its speed on this machine…".into(), theme.muted),
+        };
+        frame.render_widget(Paragraph::new(text).style(style).wrap(ratatui::widgets::Wrap { trim: false }), inner);
     }
 
     fn render_chart(&self, s: &SweepView, frame: &mut Frame, area: Rect, theme: &Theme) {
