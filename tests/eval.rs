@@ -173,6 +173,27 @@ fn an_eval_run_writes_predictions_and_reports() {
     let again: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert!(again.cells.iter().all(|c| c.n == 30));
 
+    // The same evaluation with one more adapter after the first (as a sweep grows its evaluation
+    // point by point): what was scored is kept, only the new adapter's answers are generated.
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "--model"])
+        .arg(&writer)
+        .arg("--adapter")
+        .arg(lora.join("adapter"))
+        .arg("--adapter")
+        .arg(format!("twin={}", lora.join("adapter").display()))
+        .arg("--data")
+        .arg(root().join("sample-seeds/eval/finance"))
+        .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("360 answers; 240 scored before are kept, 120 to generate"), "{stderr}");
+    let text = std::fs::read_to_string(run.join("predictions.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 360);
+
     // The same folder with other settings: refused, the predictions kept as they were.
     let before = std::fs::read(run.join("predictions.jsonl")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))

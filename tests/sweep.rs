@@ -85,6 +85,12 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     let eight = std::fs::read_to_string(run.join("points/s20-n8/train.jsonl")).unwrap();
     assert_eq!(four.lines().count(), 4);
     assert!(eight.starts_with(&four));
+    // Each point is evaluated as soon as it is trained, in the one evaluation run.
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    for p in ["s20-n8", "s10-n8", "s20-n4"] {
+        let stage = format!("\"stage\":\"eval\",\"name\":\"{p}\"");
+        assert!(events.contains(&stage), "{p}: {events}");
+    }
     // Every point has its adapter, and the report one row per axis value, model and dataset.
     for p in ["s20-n8", "s10-n8", "s20-n4"] {
         assert!(run.join(format!("points/{p}/train/adapter/adapter_model.safetensors")).exists(), "{p}");
@@ -113,7 +119,8 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     let modified = std::fs::metadata(&adapter).unwrap().modified().unwrap();
     let out = sweep(&spec, &run).output().unwrap();
     assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("── train"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("── train") && !stderr.contains("── eval"), "{stderr}");
     assert_eq!(std::fs::metadata(&adapter).unwrap().modified().unwrap(), modified);
 }
 

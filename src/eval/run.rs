@@ -281,6 +281,14 @@ impl Report {
 pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
     match crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)? {
         Some(old) if old == *job => Ok(()),
+        // The same evaluation with more adapters after the old ones (a sweep adds each point's
+        // adapter as it is trained): what was scored is kept, only the new answers are generated.
+        Some(old)
+            if job.adapters.len() > old.adapters.len()
+                && EvalJob { adapters: job.adapters[..old.adapters.len()].to_vec(), ..job.clone() } == old =>
+        {
+            Ok(())
+        }
         Some(_) => anyhow::bail!(
             "{} already holds an evaluation run with other settings; its results are kept: run its own command to continue it, or choose a new --run folder",
             dir.display()

@@ -326,15 +326,26 @@ fn run_locked(
                 return Ok(130);
             }
         }
-    }
-    if budget.spent() && !dir.join("eval/report.json").exists() {
-        return budget.stop(&mut log, "eval", "eval");
-    }
-    log.append(&SweepEvent::Stage { stage: "eval".into(), name: "eval".into() })?;
-    eprintln!("── eval: the base and {} adapters", points.len());
-    if child(dir, "eval", &dir.join("eval"), detached, &cancel)? == 130 {
-        log.append(&SweepEvent::Stopped { stage: "eval".into(), name: "eval".into() })?;
-        return Ok(130);
+        // The point is evaluated as soon as it is trained (the base with the first point), in
+        // the one evaluation run, which grows by each point's adapter: the curves fill in as
+        // points finish.
+        let eval_dir = dir.join("eval");
+        let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
+            && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, Kind::Eval)
+                .ok()
+                .flatten()
+                .is_some_and(|job| job.adapters.iter().any(|(n, _)| *n == name));
+        if !evaluated {
+            if budget.spent() {
+                return budget.stop(&mut log, "eval", &name);
+            }
+            log.append(&SweepEvent::Stage { stage: "eval".into(), name: name.clone() })?;
+            eprintln!("── eval {name}{}", if p == &points[0] { " and the base" } else { "" });
+            if child(dir, &format!("eval:{name}"), &eval_dir, detached, &cancel)? == 130 {
+                log.append(&SweepEvent::Stopped { stage: "eval".into(), name })?;
+                return Ok(130);
+            }
+        }
     }
     let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
     let report: crate::eval::run::Report = serde_json::from_str(&text)?;
@@ -389,7 +400,8 @@ pub fn recorded(dir: &Path) -> anyhow::Result<Spec> {
 }
 
 /// Runs one stage of the sweep in `dir` in this process (`sweep --run DIR --stage NAME`, started
-/// by the sweep itself): `gen-s{S}`, a point's name (its training) or `eval`. The spec is the one
+/// by the sweep itself): `gen-s{S}`, a point's name (its training) or `eval:POINT` (the base and
+/// every point up to that one). The spec is the one
 /// the sweep folder records. The exit code (0 finished, 130 stopped).
 pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
     let spec = recorded(dir)?;
@@ -422,8 +434,12 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         };
         return crate::generate::command::generate(opts, &spec.generation, limits, dir);
     }
-    if name == "eval" {
-        let adapters = points
+    if let Some(last) = name.strip_prefix("eval:") {
+        let upto = points
+            .iter()
+            .position(|q| q.name() == last)
+            .with_context(|| format!("the sweep has no point {last:?} to evaluate"))?;
+        let adapters = points[..=upto]
             .iter()
             .map(|q| crate::model::adapter::Spec {
                 name: q.name(),
@@ -449,7 +465,7 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
     let point = points
         .iter()
         .find(|q| q.name() == name)
-        .with_context(|| format!("the sweep has no stage {name:?}: gen-s<seeds>, a point's name or eval"))?;
+        .with_context(|| format!("the sweep has no stage {name:?}: gen-s<seeds>, a point's name or eval:<point>"))?;
     let train_dir = dir.join("points").join(point.name()).join("train");
     let opts = crate::train::command::Options {
         model: p.choice,
