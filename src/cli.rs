@@ -31,6 +31,7 @@ choice!(#[derive(Default)] DType => selfspec::model::DTypeChoice {
     Bf16,
     F16,
 });
+choice!(Combine => selfspec::model::combine::Method { Linear, Cat, Svd });
 choice!(Mode => selfspec::generate::pipeline::Mode {
     /// No documents: the base model answers from what it knows.
     None,
@@ -159,6 +160,9 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// LoRA adapters: combine several into one.
+    #[command(subcommand)]
+    Adapters(AdaptersCommand),
     /// Evaluate the base model and adapters on datasets at k shots; writes predictions and a
     /// report (JSON, CSV, Markdown) to the run folder and prints the Markdown.
     Eval(EvalArgs),
@@ -413,6 +417,10 @@ pub struct TrainArgs {
     /// has one; --resume keeps the run's own).
     #[arg(long, value_enum, default_value = "auto")]
     pub prompt_format: PromptFormat,
+    /// Start from this adapter's A and B (a seed expert, say) instead of PEFT's initialisation,
+    /// with a fresh optimiser; its r, lora_alpha and targets are the run's (`init: from:DIR`).
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    pub init_from: Option<PathBuf>,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     pub detached: bool,
@@ -641,5 +649,28 @@ pub enum SeedsCommand {
         /// Only report files that are not canonical; exit 1 if any.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdaptersCommand {
+    /// Combine adapters of one base model into one PEFT adapter, as PEFT's add_weighted_adapter
+    /// does: linear (equal ranks; sums the factors), cat (stacks them: exact, rank Σr) or svd
+    /// (the best rank-R approximation of the weighted sum of updates).
+    Merge {
+        /// The adapter folders (PEFT format).
+        #[arg(required = true, num_args = 1..)]
+        adapters: Vec<PathBuf>,
+        /// One weight per adapter, comma-separated (default: 1/n each, the average).
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+        weights: Vec<f64>,
+        #[arg(long, value_enum)]
+        method: Combine,
+        /// The merged rank for svd (default: the largest rank among the adapters).
+        #[arg(long)]
+        rank: Option<usize>,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
     },
 }

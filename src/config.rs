@@ -102,8 +102,16 @@ impl Config {
 /// selfspec configuration.
 pub fn is_settings_file(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else { return false };
-    crate::yaml::from_str::<crate::train::TrainConfig>(&text).is_ok()
-        && crate::yaml::from_str::<crate::config::Config>(&text).is_err()
+    if crate::yaml::from_str::<crate::config::Config>(&text).is_ok() {
+        return false;
+    }
+    // Every top-level key a training setting (even with a bad value, so that its error is the
+    // one told).
+    let Ok(serde_json::Value::Object(keys)) = crate::yaml::from_str::<serde_json::Value>(&text) else { return false };
+    let Ok(serde_json::Value::Object(known)) = serde_json::to_value(crate::train::TrainConfig::default()) else {
+        return false;
+    };
+    !keys.is_empty() && keys.keys().all(|k| known.contains_key(k))
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{BenchCommand, Cli, Command, Defaults, IndexCommand, ModelCommand, SamplesCommand, SeedsCommand, TuiArgs};
+use cli::{
+    AdaptersCommand, BenchCommand, Cli, Command, Defaults, IndexCommand, ModelCommand, SamplesCommand, SeedsCommand,
+    TuiArgs,
+};
 use selfspec::config::Config;
 use selfspec::workspace::Dirs;
 use selfspec::{bench, corpus, decode, eval, generate, model, runs, seeds, train};
@@ -146,6 +149,9 @@ fn run() -> anyhow::Result<u8> {
             ok(generate::command::decide(&run, &id, decision.into(), output))
         }
         Some(Command::Merge { model, adapter, out }) => ok(model::command::merge(&model, &adapter, &out)),
+        Some(Command::Adapters(AdaptersCommand::Merge { adapters, weights, method, rank, out })) => {
+            ok(model::command::combine(&adapters, &weights, method.into(), rank, &out))
+        }
         Some(Command::Quantize { model, qtype, out, force }) => {
             ok(model::command::quantize(&model, &out, qtype.into(), force))
         }
@@ -158,6 +164,7 @@ fn run() -> anyhow::Result<u8> {
                 resume: a.resume,
                 qlora: a.qlora.map(Into::into),
                 prompt_format: a.prompt_format.into(),
+                init_from: a.init_from,
                 detached: a.detached,
             };
             train::command::train(opts, &config.train)

@@ -23,6 +23,13 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Standard normal (Box–Muller from two uniform draws).
+    pub fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.next_f64(); // (0, 1]: the logarithm stays finite
+        let v = self.next_f64();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Shuffles `items` in place (Fisher–Yates from the end): the same seed, the same order.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

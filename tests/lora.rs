@@ -453,3 +453,56 @@ fn examples_without_room_for_a_response_are_reported() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("every example's prompt fills max_seq_length (20)"), "{err}");
 }
+
+/// `train --init-from ADAPTER` starts from that adapter's A and B (its r, alpha and targets
+/// recorded in the run's config): after one step at a vanishing learning rate the adapter still
+/// gives PEFT's logits for it. `init: random:σ` starts with both factors drawn at σ; a bad
+/// `init` is refused with its name.
+#[test]
+fn training_starts_from_an_adapter_or_at_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("train.yaml");
+    std::fs::write(&config, "r: 8\nlearning_rate: 1.0e-12\nmax_steps: 1\nwarmup_steps: 0\nlora_dropout: 0.0\n")
+        .unwrap();
+    let peft = root().join("tests/fixtures/lora/peft-adapter");
+    let run = dir.path().join("from");
+    let out = train_cmd(&data, &run, &config).arg("--init-from").arg(&peft).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("r 4, lora_alpha 8"), "{stderr}");
+    let recorded = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(recorded.contains(&format!("init: from:{}", peft.display())) && recorded.contains("r: 4"), "{recorded}");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("expected.json")).unwrap()).unwrap();
+    let mut model = base();
+    adapter::load(&mut model, &run.join("adapter"), "started").unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<f64> = serde_json::from_value(case["logits"].clone()).unwrap();
+        let d = max_diff(&last_logits(&model, &ids), &want);
+        assert!(d < 1e-4, "started from PEFT's adapter: max |Δlogit| {d}");
+    }
+    // random:σ: B is not zero, and both factors have about that spread.
+    std::fs::write(&config, "r: 4\nlearning_rate: 1.0e-12\nmax_steps: 1\nwarmup_steps: 0\ninit: random:0.05\n")
+        .unwrap();
+    let run = dir.path().join("random");
+    let out = train_cmd(&data, &run, &config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("init: random:0.05"));
+    let saved: HashMap<String, Tensor> =
+        candle_core::safetensors::load(run.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    for which in ["lora_A", "lora_B"] {
+        let all: Vec<f32> = saved
+            .iter()
+            .filter(|(k, _)| k.contains(which))
+            .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        let sd = (all.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / all.len() as f64).sqrt();
+        assert!((sd - 0.05).abs() < 0.005, "{which}: spread {sd}");
+    }
+    std::fs::write(&config, "init: warm\n").unwrap();
+    let out = train_cmd(&data, &dir.path().join("bad"), &config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("train.yaml") && stderr.contains("init \"warm\""), "{stderr}");
+}

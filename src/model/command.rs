@@ -109,6 +109,33 @@ pub fn quantize(model: &Path, out: &Path, qtype: super::gguf::FileType, force: b
 }
 
 /// `merge`: an adapter merged into its base, saved as a model folder.
+/// `selfspec adapters merge`: the adapters combined into one (weights default to the average).
+pub fn combine(
+    adapters: &[std::path::PathBuf],
+    weights: &[f64],
+    method: crate::model::combine::Method,
+    rank: Option<usize>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.join("adapter_model.safetensors").exists(),
+        "{} already holds an adapter; choose another --out",
+        out.display()
+    );
+    let average = vec![1.0 / adapters.len().max(1) as f64; adapters.len()];
+    let weights = if weights.is_empty() { &average[..] } else { weights };
+    let m = crate::model::combine::merge(adapters, weights, method, rank, out)?;
+    println!(
+        "{} adapters merged by {} with weights {weights:?}: rank {}, {} projections; written to {}",
+        adapters.len(),
+        format!("{:?}", m.method).to_lowercase(),
+        m.rank,
+        m.projections,
+        out.display()
+    );
+    Ok(())
+}
+
 pub fn merge(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         !out.join("model.safetensors").exists(),

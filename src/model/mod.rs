@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod arch;
 pub mod chat;
+pub mod combine;
 pub mod command;
 pub mod config;
 pub mod cpu_attention;

@@ -475,6 +475,7 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         settings_file: None,
         qlora: None,
         prompt_format: crate::prompts::PromptFormat::Auto,
+        init_from: None,
         detached,
     };
     crate::train::command::train(opts, &spec.train)

@@ -25,6 +25,8 @@ pub struct Options {
     /// How examples are written: the Alpaca template, the model's chat template, or `auto`
     /// (chat when the model has one; a continued run keeps what it used).
     pub prompt_format: crate::prompts::PromptFormat,
+    /// Start from this adapter's A and B (`init: from:DIR`).
+    pub init_from: Option<PathBuf>,
     pub detached: bool,
 }
 
@@ -37,6 +39,41 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
         }
         None => configured.clone(),
     };
+    let mut config = config;
+    if let Some(dir) = &opts.init_from {
+        config.init = super::Init::From(dir.clone());
+    }
+    if let super::Init::From(dir) = &config.init {
+        // The starting adapter decides the shape: its r, lora_alpha and targets are the run's.
+        let cfg = crate::model::adapter::AdapterConfig::read(dir)?;
+        let path = dir.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+            .with_context(|| format!("cannot read {} (the adapter to start from)", path.display()))?;
+        let mut targets: Vec<String> = tensors
+            .keys()
+            .filter_map(|k| k.strip_suffix(".lora_A.weight").and_then(|l| l.rsplit('.').next()).map(String::from))
+            .collect();
+        targets.sort_by_key(|t| crate::model::adapter::ALL_TARGETS.iter().position(|x| x == t));
+        targets.dedup();
+        if (config.r, config.lora_alpha, &config.target_modules) != (cfg.r, cfg.lora_alpha, &targets) {
+            eprintln!(
+                "starting from {}: r {}, lora_alpha {}, targets {} (the adapter's)",
+                dir.display(),
+                cfg.r,
+                cfg.lora_alpha,
+                targets.join(",")
+            );
+        }
+        anyhow::ensure!(
+            !cfg.use_rslora,
+            "{}: an rsLoRA adapter cannot be a starting point yet (its scaling differs)",
+            dir.display()
+        );
+        config.r = cfg.r;
+        config.lora_alpha = cfg.lora_alpha;
+        config.target_modules = targets;
+        config.init = super::Init::From(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+    }
     config.check().map_err(|e| match &opts.settings_file {
         Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
         None => anyhow::anyhow!("training settings (`train:` in the configuration): {e}"),

@@ -44,6 +44,51 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Longer examples are cut to this many tokens (and counted).
     pub max_seq_length: usize,
+    /// How the adapter starts: `standard` (PEFT's), `random:SIGMA` or `from:DIR`.
+    pub init: Init,
+}
+
+/// How a new adapter starts (`init:` in the training settings; `train --init-from DIR` is
+/// `from:DIR`). Recorded in the run's config as its string.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Init {
+    /// PEFT's default: A kaiming-uniform (±1/√in), B zero, so the adapter starts as the identity.
+    #[default]
+    Standard,
+    /// A and B both drawn from N(0, σ²) (`random:σ`; `random` is σ = 0.01): the adapter starts
+    /// away from the identity.
+    Random(f64),
+    /// Another adapter's A and B — a seed expert's, say — with its r, lora_alpha and targets, and
+    /// a fresh optimiser.
+    From(std::path::PathBuf),
+}
+
+impl TryFrom<String> for Init {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Init, String> {
+        match s.split_once(':') {
+            None if s == "standard" => Ok(Init::Standard),
+            None if s == "random" => Ok(Init::Random(0.01)),
+            Some(("random", sigma)) => match sigma.trim().parse::<f64>() {
+                Ok(x) if x > 0.0 && x.is_finite() => Ok(Init::Random(x)),
+                _ => Err(format!("init {s:?}: random:SIGMA takes a positive number")),
+            },
+            Some(("from", dir)) if !dir.trim().is_empty() => Ok(Init::From(dir.trim().into())),
+            _ => Err(format!("init {s:?}: choose standard, random[:SIGMA] or from:ADAPTER_DIR")),
+        }
+    }
+}
+
+impl From<Init> for String {
+    fn from(i: Init) -> String {
+        match i {
+            Init::Standard => "standard".into(),
+            Init::Random(x) => format!("random:{x}"),
+            Init::From(d) => format!("from:{}", d.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +117,7 @@ impl Default for TrainConfig {
             save_steps: 50,
             seed: 42,
             max_seq_length: 1024,
+            init: Init::Standard,
         }
     }
 }
@@ -197,7 +243,8 @@ const EPS: f64 = 1e-8;
 
 impl Trainer {
     /// Attaches a fresh adapter named `name` to `model` with PEFT's initialisation: A
-    /// uniform in ±1/√in (kaiming-uniform with a = √5), B zero — from `config.seed`.
+    /// uniform in ±1/√in (kaiming-uniform with a = √5), B zero — from `config.seed` (or, with
+    /// `init: random:σ`, A and B both normal with σ).
     pub fn new(model: &mut Model, name: &str, config: TrainConfig, base: &str) -> anyhow::Result<Trainer> {
         config.check().map_err(anyhow::Error::msg)?;
         let device = model.decoder.device().clone();
@@ -211,10 +258,19 @@ impl Trainer {
                 continue;
             }
             let (inf, outf) = linear.features()?;
-            let bound = 1.0 / (inf as f64).sqrt();
-            let a: Vec<f32> = (0..config.r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            let (a, b) = match config.init {
+                Init::Random(sigma) => {
+                    let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.normal() * sigma) as f32).collect() };
+                    (normal(config.r * inf), normal(outf * config.r))
+                }
+                _ => {
+                    let bound = 1.0 / (inf as f64).sqrt();
+                    let a = (0..config.r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+                    (a, vec![0.0; outf * config.r])
+                }
+            };
             let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inf), &device)?)?;
-            let b = Var::from_tensor(&Tensor::zeros((outf, config.r), DType::F32, &device)?)?;
+            let b = Var::from_tensor(&Tensor::from_vec(b, (outf, config.r), &device)?)?;
             attach(linear, name, &a, &b, scale, &gate);
             params.push(Param { linear: linear_name, a, b });
         }

@@ -255,7 +255,15 @@ pub fn train(
             t.step = state.step;
             t
         }
-        _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
+        _ => match &c.init {
+            super::Init::From(dir) => {
+                adapter::load(model, dir, ADAPTER_NAME)?;
+                let cfg =
+                    adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, c.target_modules.clone(), &base);
+                Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
+            }
+            _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
+        },
     };
     let (mut events, torn) = Log::<TrainEvent>::open(dir)?;
     let mut emit = |e: &TrainEvent, on_event: &mut dyn FnMut(&TrainEvent)| -> anyhow::Result<()> {
