@@ -160,6 +160,31 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Linear mode connectivity: the loss on a data set along the straight line between two
+    /// adapters, in merged-weight space and in (A, B) space, with the barrier height.
+    Lmc {
+        /// The adapter at α = 0.
+        a: PathBuf,
+        /// The adapter at α = 1.
+        b: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Alpaca JSONL or a generation run (its accepted samples), as `train --data` takes.
+        #[arg(long)]
+        data: PathBuf,
+        /// Evenly spaced α from 0 to 1, both ends included.
+        #[arg(long, default_value_t = 11)]
+        points: usize,
+        /// Examples are cut to this many tokens, as in training.
+        #[arg(long, default_value_t = 1024)]
+        max_seq_length: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        prompt_format: PromptFormat,
+        /// A folder for lmc.json and each point's adapter (default: a temporary folder; only the
+        /// table is printed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// LoRA adapters: combine several into one.
     #[command(subcommand)]
     Adapters(AdaptersCommand),

@@ -149,6 +149,19 @@ fn run() -> anyhow::Result<u8> {
             ok(generate::command::decide(&run, &id, decision.into(), output))
         }
         Some(Command::Merge { model, adapter, out }) => ok(model::command::merge(&model, &adapter, &out)),
+        Some(Command::Lmc { a, b, model, data, points, max_seq_length, prompt_format, out }) => {
+            let choice = model.choice(&defaults)?;
+            ok(train::command::lmc(
+                &choice,
+                &a,
+                &b,
+                &data,
+                points,
+                max_seq_length,
+                prompt_format.into(),
+                out.as_deref(),
+            ))
+        }
         Some(Command::Adapters(AdaptersCommand::Merge { adapters, weights, method, rank, out })) => {
             ok(model::command::combine(&adapters, &weights, method.into(), rank, &out))
         }

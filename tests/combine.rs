@@ -141,3 +141,73 @@ fn the_command_merges_and_refuses_what_peft_refuses() {
         selfspec(&["adapters", "merge", &s(&a), "/nonexistent", "--method", "cat", "--out", &s(&dir.path().join("z"))]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/adapter_config.json"));
 }
+
+/// `selfspec lmc`: the loss along the line between two adapters. At α = 0 and 1 both lines are
+/// the adapters themselves (each adapter's own loss, loaded alone); adapters of unequal rank get
+/// the merged-weight line only.
+#[test]
+fn lmc_endpoints_are_each_adapters_own_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    let mut text = String::new();
+    for i in 0..6 {
+        let rec = serde_json::json!({"instruction": format!("Name the drug class of compound {i}."),
+            "input": "", "output": format!("Compound {i} is a statin.")});
+        text.push_str(&(rec.to_string() + "\n"));
+    }
+    std::fs::write(&data, text).unwrap();
+    let model_dir = root().join("tests/fixtures/models/llama3-gqa");
+    let s = |p: &Path| p.display().to_string();
+    let run = |b: &str, out: &Path| {
+        let o = selfspec(&[
+            "lmc",
+            &s(&fixture().join("a")),
+            &s(&fixture().join(b)),
+            "--model",
+            &s(&model_dir),
+            "--data",
+            &s(&data),
+            "--points",
+            "3",
+            "--out",
+            &s(out),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("lmc.json")).unwrap()).unwrap();
+        (v, String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    // Each adapter's own loss, loaded alone.
+    let own = |name: &str| {
+        let model = with_adapter(&fixture().join(name));
+        let examples = selfspec::train::data::load(&data).unwrap();
+        let eos = model.eos_token_ids.first().copied();
+        let encoded: Vec<_> = examples
+            .iter()
+            .map(|e| {
+                selfspec::train::data::encode(&model.tokenizer, eos, e, 1024, selfspec::prompts::PromptFormat::Plain)
+            })
+            .collect::<Result<_, _>>()
+            .unwrap();
+        selfspec::train::lmc::mean_loss(&model, &encoded).unwrap().0
+    };
+    let (la, lc) = (own("a"), own("c"));
+    let (v, stdout) = run("c", &dir.path().join("ac"));
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    for (p, want) in [(&points[0], la), (&points[2], lc)] {
+        for line in ["merged", "factors"] {
+            let got = p[line].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-4, "{line} at α {}: {got} vs {want}", p["alpha"]);
+        }
+    }
+    let chord = (la + lc) / 2.0;
+    let merged_mid = points[1]["merged"].as_f64().unwrap();
+    let barrier = v["barrier_merged"].as_f64().unwrap();
+    assert!((barrier - (merged_mid - chord).max(0.0)).abs() < 1e-9, "{barrier} {merged_mid} {chord}");
+    assert!(stdout.contains("barrier (ΔW line)") && stdout.contains("barrier ((A, B) line)"), "{stdout}");
+    // Unequal ranks (4 and 2): the merged-weight line only.
+    let (v, stdout) = run("b", &dir.path().join("ab"));
+    assert!(v["barrier_factors"].is_null() && v["points"][1]["factors"].is_null());
+    assert!(stdout.contains("not measured"), "{stdout}");
+}

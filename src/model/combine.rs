@@ -188,19 +188,69 @@ pub fn merge(
         tensors.insert(tensor_name(linear, 'A'), a.to_tensor()?);
         tensors.insert(tensor_name(linear, 'B'), b.to_tensor()?);
     }
-    let mut cfg = adapters[0].cfg.clone();
-    cfg.r = new_rank;
-    cfg.lora_alpha = new_rank as f64;
+    write(out, &adapters[0].cfg, new_rank, &linears, &tensors)?;
+    Ok(Merged { rank: new_rank, projections: linears.len(), method })
+}
+
+/// Writes an adapter of rank `rank` with scaling 1 (lora_alpha = r, as PEFT writes merges).
+fn write(
+    out: &Path,
+    first: &AdapterConfig,
+    rank: usize,
+    linears: &BTreeSet<&String>,
+    tensors: &HashMap<String, Tensor>,
+) -> anyhow::Result<()> {
+    let mut cfg = first.clone();
+    cfg.r = rank;
+    cfg.lora_alpha = rank as f64;
+    cfg.use_rslora = false;
     let names: BTreeSet<String> =
         linears.iter().map(|l| l.rsplit('.').next().unwrap_or(l.as_str()).to_string()).collect();
     cfg.target_modules = Targets::List(names.into_iter().collect());
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let tmp = out.join("adapter_model.safetensors.partial");
-    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, out.join("adapter_model.safetensors"))?;
     crate::fsutil::atomic_write(&out.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    Ok(Merged { rank: new_rank, projections: linears.len(), method })
+    Ok(())
+}
+
+/// The point θ(α) = (1−α)·θ_A + α·θ_B between two adapters of equal rank and projections, in
+/// (A, B) space with each adapter's scaling folded into its B (so the result has scaling 1):
+/// A(α) = (1−α)·A_a + α·A_b and B(α) = (1−α)·s_a·B_a + α·s_b·B_b. Written to `out`.
+pub fn interpolate_factors(a: &Path, b: &Path, alpha: f64, out: &Path) -> anyhow::Result<()> {
+    let (x, y) = (read(a)?, read(b)?);
+    anyhow::ensure!(
+        x.cfg.r == y.cfg.r,
+        "{} has r {} and {} r {}: (A, B) space needs equal ranks (the merged-weight line has no such need)",
+        a.display(),
+        x.cfg.r,
+        b.display(),
+        y.cfg.r
+    );
+    anyhow::ensure!(
+        x.factors.keys().eq(y.factors.keys()),
+        "{} and {} adapt different projections: (A, B) space needs the same ones",
+        a.display(),
+        b.display()
+    );
+    let (sx, sy) = (x.cfg.scale(), y.cfg.scale());
+    let mut tensors = HashMap::new();
+    for (linear, (xa, xb)) in &x.factors {
+        let (ya, yb) = &y.factors[linear];
+        anyhow::ensure!(xa.cols == ya.cols && xb.rows == yb.rows, "{linear}: the two adapters' shapes differ");
+        let mut fa = Mat::zeros(xa.rows, xa.cols);
+        fa.add_scaled(xa, 1.0 - alpha);
+        fa.add_scaled(ya, alpha);
+        let mut fb = Mat::zeros(xb.rows, xb.cols);
+        fb.add_scaled(xb, (1.0 - alpha) * sx);
+        fb.add_scaled(yb, alpha * sy);
+        tensors.insert(tensor_name(linear, 'A'), fa.to_tensor()?);
+        tensors.insert(tensor_name(linear, 'B'), fb.to_tensor()?);
+    }
+    let linears: BTreeSet<&String> = x.factors.keys().collect();
+    write(out, &x.cfg, x.cfg.r, &linears, &tensors)
 }
 
 /// The best rank-`k` factors (A k×in, B out×k) of Bc·Acᵀ, from thin QRs and a small SVD.

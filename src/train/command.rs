@@ -142,3 +142,50 @@ fn train_locked(
     }
     Ok(if matches!(end, TrainEvent::Stopped { .. }) { 130 } else { 0 })
 }
+
+/// `selfspec lmc`: the loss along the line between two adapters, printed as a table with the
+/// barriers; with `out`, lmc.json and each point's adapter are kept there.
+#[allow(clippy::too_many_arguments)]
+pub fn lmc(
+    model: &Choice,
+    a: &Path,
+    b: &Path,
+    data: &Path,
+    points: usize,
+    max_seq_length: usize,
+    format: crate::prompts::PromptFormat,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(max_seq_length > 0, "--max-seq-length must be at least 1");
+    let examples = super::data::load(data)?;
+    let format = match format {
+        crate::prompts::PromptFormat::Auto => {
+            let template = crate::model::load_tokenizer(&model.name)?.has_chat_template();
+            crate::prompts::PromptFormat::Auto.resolve(template)
+        }
+        f => f,
+    };
+    let mut loaded = model.load()?;
+    let temp = std::env::temp_dir().join(format!("selfspec-lmc-{}", std::process::id()));
+    let scratch = out.unwrap_or(&temp);
+    println!("{:>5}  {:>12}  {:>12}", "α", "ΔW line", "(A, B) line");
+    let mut show = |p: &super::lmc::Point| {
+        let factors = p.factors.map_or("–".to_string(), |f| format!("{f:.4}"));
+        println!("{:>5.2}  {:>12.4}  {:>12}", p.alpha, p.merged, factors);
+    };
+    let result = super::lmc::measure(&mut loaded, a, b, &examples, points, max_seq_length, format, scratch, &mut show);
+    let _ = std::fs::remove_dir_all(&temp);
+    let result = result?;
+    println!("barrier (ΔW line): {:.4}", result.barrier_merged);
+    match result.barrier_factors {
+        Some(x) => println!("barrier ((A, B) line): {x:.4}"),
+        None => println!("(A, B) line: not measured (the adapters' ranks or projections differ)"),
+    }
+    println!("loss: mean over {} response tokens of {} examples", result.tokens, examples.len());
+    if let Some(dir) = out {
+        let path = dir.join("lmc.json");
+        crate::fsutil::atomic_write(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
+        println!("written: {}", path.display());
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 pub mod command;
 pub mod data;
 pub mod follow;
+pub mod lmc;
 pub mod run;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -330,7 +331,8 @@ impl Trainer {
     }
 
     /// The summed negative log-likelihood of `batch`'s targets, built from differentiable ops.
-    fn nll(model: &Model, batch: &Batch) -> candle_core::Result<Tensor> {
+    /// The summed negative log-likelihood of `batch`'s labelled tokens under `model`.
+    pub fn nll(model: &Model, batch: &Batch) -> candle_core::Result<Tensor> {
         let device = model.decoder.device();
         let rows = batch.ids.len();
         let width = batch.ids.iter().map(Vec::len).max().unwrap_or(0);
