@@ -89,17 +89,18 @@ fn an_eval_run_writes_predictions_and_reports() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.path().join("eval");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
-        .args(["eval", "--model"])
-        .arg(&writer)
-        .arg("--adapter")
-        .arg(lora.join("adapter"))
-        .arg("--data")
-        .arg(root().join("sample-seeds/eval/finance"))
-        .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
-        .arg(&run)
-        .output()
-        .unwrap();
+    // The evaluation of the base and the adapters named, into `run`.
+    let eval_with = |adapters: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+        cmd.args(["eval", "--model"]).arg(&writer);
+        for a in adapters {
+            cmd.arg("--adapter").arg(a);
+        }
+        cmd.arg("--data").arg(root().join("sample-seeds/eval/finance"));
+        cmd.args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"]).arg(&run).output().unwrap()
+    };
+    let adapter = lora.join("adapter").display().to_string();
+    let out = eval_with(std::slice::from_ref(&adapter));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(md.contains("| fin-qa |") && md.contains("lora 1-shot") && md.contains("worst / average / best"), "{md}");
@@ -138,19 +139,7 @@ fn an_eval_run_writes_predictions_and_reports() {
     assert!(run.join("report.md").exists());
 
     // The same command again: nothing is generated again, nothing changes.
-    let eval_again = || {
-        Command::new(env!("CARGO_BIN_EXE_selfspec"))
-            .args(["eval", "--model"])
-            .arg(&writer)
-            .arg("--adapter")
-            .arg(lora.join("adapter"))
-            .arg("--data")
-            .arg(root().join("sample-seeds/eval/finance"))
-            .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
-            .arg(&run)
-            .output()
-            .unwrap()
-    };
+    let eval_again = || eval_with(std::slice::from_ref(&adapter));
     let all = std::fs::read(run.join("predictions.jsonl")).unwrap();
     let out = eval_again();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -175,19 +164,7 @@ fn an_eval_run_writes_predictions_and_reports() {
 
     // The same evaluation with one more adapter after the first (as a sweep grows its evaluation
     // point by point): what was scored is kept, only the new adapter's answers are generated.
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
-        .args(["eval", "--model"])
-        .arg(&writer)
-        .arg("--adapter")
-        .arg(lora.join("adapter"))
-        .arg("--adapter")
-        .arg(format!("twin={}", lora.join("adapter").display()))
-        .arg("--data")
-        .arg(root().join("sample-seeds/eval/finance"))
-        .args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = eval_with(&[adapter.clone(), format!("twin={adapter}")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("360 answers; 240 scored before are kept, 120 to generate"), "{stderr}");

@@ -12,7 +12,7 @@
 //!
 //! The merged adapter has r = the new rank and lora_alpha = r (scaling 1), as PEFT writes it.
 //! A projection that only some adapters target gets only their terms. The SVD is exact without
-//! forming ΔW: with the stacked factors Bc = [w₁s₁B₁ …] (out × K) and Ac = [A₁; …] (K × in),
+//! forming ΔW: with the stacked factors Bc = [B₁ B₂ …] (out × K) and Ac = [w₁s₁A₁; …] (K × in),
 //! ΔW = Bc·Ac = Q_b·(R_b·R_aᵀ)·Q_aᵀ from thin QRs Bc = Q_b·R_b and Acᵀ = Q_a·R_a, so only the
 //! K × K middle needs an SVD (one-sided Jacobi). Singular vectors are unique only up to sign
 //! (and within repeated singular values), so an svd merge equals PEFT's in B·A, not factor by
@@ -44,13 +44,14 @@ pub struct Merged {
 }
 
 /// One adapter read from its folder: its config and its (A, B) per projection, in f64.
-struct Read {
+pub struct Loaded {
     dir: PathBuf,
     cfg: AdapterConfig,
     factors: BTreeMap<String, (Mat, Mat)>,
 }
 
-fn read(dir: &Path) -> anyhow::Result<Read> {
+/// Reads the adapter in `dir`.
+pub fn read(dir: &Path) -> anyhow::Result<Loaded> {
     let cfg = AdapterConfig::read(dir)?;
     let path = dir.join("adapter_model.safetensors");
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
@@ -74,7 +75,7 @@ fn read(dir: &Path) -> anyhow::Result<Read> {
         factors.insert(linear, (a, b));
     }
     anyhow::ensure!(!factors.is_empty(), "{}: no LoRA tensors", path.display());
-    Ok(Read { dir: dir.to_path_buf(), cfg, factors })
+    Ok(Loaded { dir: dir.to_path_buf(), cfg, factors })
 }
 
 /// Merges the adapters in `dirs` with `weights` by `method` into a new PEFT adapter in `out`.
@@ -92,8 +93,20 @@ pub fn merge(
         weights.len(),
         dirs.len()
     );
+    let adapters: Vec<Loaded> = dirs.iter().map(|d| read(d)).collect::<anyhow::Result<_>>()?;
+    merge_loaded(&adapters, weights, method, rank, out)
+}
+
+/// [`merge`] of adapters already read.
+pub fn merge_loaded(
+    adapters: &[Loaded],
+    weights: &[f64],
+    method: Method,
+    rank: Option<usize>,
+    out: &Path,
+) -> anyhow::Result<Merged> {
+    anyhow::ensure!(weights.len() == adapters.len(), "one weight per adapter");
     anyhow::ensure!(weights.iter().all(|w| w.is_finite()), "every weight must be a finite number");
-    let adapters: Vec<Read> = dirs.iter().map(|d| read(d)).collect::<anyhow::Result<_>>()?;
     // PEFT merges a single adapter linearly, whatever was asked.
     let method = if adapters.len() == 1 { Method::Linear } else { method };
     let ranks: Vec<usize> = adapters.iter().map(|a| a.cfg.r).collect();
@@ -149,40 +162,10 @@ pub fn merge(
                 }
                 (a, b)
             }
-            Method::Cat => {
-                let mut a = Mat::zeros(new_rank, inf);
-                let mut b = Mat::zeros(outf, new_rank);
-                let mut at = 0;
-                for (ws, fa, fb) in &terms {
-                    for r in 0..fa.rows {
-                        for c in 0..inf {
-                            a.set(at + r, c, ws * fa.get(r, c));
-                        }
-                        for o in 0..outf {
-                            b.set(o, at + r, fb.get(o, r));
-                        }
-                    }
-                    at += fa.rows;
-                }
-                (a, b)
-            }
+            Method::Cat => stack(&terms, new_rank),
             Method::Svd => {
-                let k: usize = terms.iter().map(|t| t.1.rows).sum();
-                let mut bc = Mat::zeros(outf, k);
-                let mut ac_t = Mat::zeros(inf, k);
-                let mut at = 0;
-                for (ws, fa, fb) in &terms {
-                    for r in 0..fa.rows {
-                        for o in 0..outf {
-                            bc.set(o, at + r, ws * fb.get(o, r));
-                        }
-                        for c in 0..inf {
-                            ac_t.set(c, at + r, fa.get(r, c));
-                        }
-                    }
-                    at += fa.rows;
-                }
-                truncated_svd(&bc, &ac_t, new_rank)
+                let (ac, bc) = stack(&terms, terms.iter().map(|t| t.1.rows).sum());
+                truncated_svd(&bc, &ac.transpose(), new_rank)
             }
         };
         tensors.insert(tensor_name(linear, 'A'), a.to_tensor()?);
@@ -216,30 +199,39 @@ fn write(
     Ok(())
 }
 
+/// Why the (A, B) line between `x` and `y` cannot be drawn (unequal ranks, other projections or
+/// shapes); None when it can.
+pub fn factor_line_refused(x: &Loaded, y: &Loaded) -> Option<String> {
+    if x.cfg.r != y.cfg.r {
+        return Some(format!(
+            "{} has r {} and {} r {}: (A, B) space needs equal ranks",
+            x.dir.display(),
+            x.cfg.r,
+            y.dir.display(),
+            y.cfg.r
+        ));
+    }
+    if !x.factors.keys().eq(y.factors.keys()) {
+        return Some(format!("{} and {} adapt different projections", x.dir.display(), y.dir.display()));
+    }
+    let shapes = |(a, b): &(Mat, Mat)| (a.cols, b.rows);
+    x.factors
+        .iter()
+        .find(|(l, f)| shapes(f) != shapes(&y.factors[*l]))
+        .map(|(l, _)| format!("{l}: the two adapters' shapes differ"))
+}
+
 /// The point θ(α) = (1−α)·θ_A + α·θ_B between two adapters of equal rank and projections, in
 /// (A, B) space with each adapter's scaling folded into its B (so the result has scaling 1):
 /// A(α) = (1−α)·A_a + α·A_b and B(α) = (1−α)·s_a·B_a + α·s_b·B_b. Written to `out`.
-pub fn interpolate_factors(a: &Path, b: &Path, alpha: f64, out: &Path) -> anyhow::Result<()> {
-    let (x, y) = (read(a)?, read(b)?);
-    anyhow::ensure!(
-        x.cfg.r == y.cfg.r,
-        "{} has r {} and {} r {}: (A, B) space needs equal ranks (the merged-weight line has no such need)",
-        a.display(),
-        x.cfg.r,
-        b.display(),
-        y.cfg.r
-    );
-    anyhow::ensure!(
-        x.factors.keys().eq(y.factors.keys()),
-        "{} and {} adapt different projections: (A, B) space needs the same ones",
-        a.display(),
-        b.display()
-    );
+pub fn interpolate_factors(x: &Loaded, y: &Loaded, alpha: f64, out: &Path) -> anyhow::Result<()> {
+    if let Some(why) = factor_line_refused(x, y) {
+        anyhow::bail!("{why}");
+    }
     let (sx, sy) = (x.cfg.scale(), y.cfg.scale());
     let mut tensors = HashMap::new();
     for (linear, (xa, xb)) in &x.factors {
         let (ya, yb) = &y.factors[linear];
-        anyhow::ensure!(xa.cols == ya.cols && xb.rows == yb.rows, "{linear}: the two adapters' shapes differ");
         let mut fa = Mat::zeros(xa.rows, xa.cols);
         fa.add_scaled(xa, 1.0 - alpha);
         fa.add_scaled(ya, alpha);
@@ -251,6 +243,27 @@ pub fn interpolate_factors(a: &Path, b: &Path, alpha: f64, out: &Path) -> anyhow
     }
     let linears: BTreeSet<&String> = x.factors.keys().collect();
     write(out, &x.cfg, x.cfg.r, &linears, &tensors)
+}
+
+/// The terms' factors stacked, `rank` wide (zero-padded): A = [w₁s₁A₁; w₂s₂A₂; …] by rows and
+/// B = [B₁ B₂ …] by columns, so that B·A = Σ wᵢsᵢ·BᵢAᵢ.
+fn stack(terms: &[(f64, &Mat, &Mat)], rank: usize) -> (Mat, Mat) {
+    let (inf, outf) = (terms[0].1.cols, terms[0].2.rows);
+    let mut a = Mat::zeros(rank, inf);
+    let mut b = Mat::zeros(outf, rank);
+    let mut at = 0;
+    for (ws, fa, fb) in terms {
+        for r in 0..fa.rows {
+            for c in 0..inf {
+                a.set(at + r, c, ws * fa.get(r, c));
+            }
+            for o in 0..outf {
+                b.set(o, at + r, fb.get(o, r));
+            }
+        }
+        at += fa.rows;
+    }
+    (a, b)
 }
 
 /// The best rank-`k` factors (A k×in, B out×k) of Bc·Acᵀ, from thin QRs and a small SVD.

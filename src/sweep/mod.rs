@@ -254,12 +254,11 @@ fn run_locked(
         ),
         None => crate::runs::write_config(dir, Kind::Sweep, spec)?,
     }
-    let (mut log, torn) = crate::runs::Log::<SweepEvent>::open(dir)?;
+    let (log, torn) = crate::runs::Log::<SweepEvent>::open(dir)?;
     if let Some(note) = torn {
         eprintln!("note: {note}");
     }
     let points = spec.points();
-    log.append(&SweepEvent::Started { points: points.clone() })?;
     if let Some(c) = &spec.corpus {
         let index = dir.join("index");
         if prepared.corpus.as_deref() == Some(index.as_path()) && !index.join("meta.json").exists() {
@@ -269,20 +268,15 @@ fn run_locked(
     }
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), detached);
-    // Each stage runs in a process of its own (`sweep --stage`): a stage's memory is returned to
-    // the system when it ends, so the sweep's peak is its largest stage's, not their sum.
+    let mut stages = Stages { dir, log, budget, detached, cancel };
+    stages.log.append(&SweepEvent::Started { points: points.clone() })?;
     let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
     for (&s, &n) in &spec.generation_runs() {
         let name = format!("gen-s{s}");
         let gen = dir.join(&name);
-        if budget.spent() {
-            return budget.stop(&mut log, "generate", &name);
-        }
-        log.append(&SweepEvent::Stage { stage: "generate".into(), name: name.clone() })?;
-        eprintln!("── generate {name}: {n} samples from {s} seeds");
-        if child(dir, &name, &gen, detached, &cancel)? == 130 {
-            log.append(&SweepEvent::Stopped { stage: "generate".into(), name })?;
-            return Ok(130);
+        let what = format!("{name}: {n} samples from {s} seeds");
+        if let Some(code) = stages.run("generate", &name, &name, &gen, &what)? {
+            return Ok(code);
         }
         let samples = crate::generate::samples::SampleStore::open(&gen.join(crate::generate::pipeline::SAMPLES))
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -290,7 +284,7 @@ fn run_locked(
             .samples()
             .to_vec();
         if samples.len() < n {
-            log.append(&SweepEvent::Short { seeds: s, asked: n, kept: samples.len() })?;
+            stages.log.append(&SweepEvent::Short { seeds: s, asked: n, kept: samples.len() })?;
         }
         anyhow::ensure!(!samples.is_empty(), "{name}: the model kept no sample; nothing to train on");
         kept.insert(s, samples);
@@ -316,14 +310,8 @@ fn run_locked(
         }
         let train_dir = point_dir.join("train");
         if !train_dir.join("adapter").join("adapter_model.safetensors").exists() {
-            if budget.spent() {
-                return budget.stop(&mut log, "train", &name);
-            }
-            log.append(&SweepEvent::Stage { stage: "train".into(), name: name.clone() })?;
-            eprintln!("── train {name} on {count} samples");
-            if child(dir, &name, &train_dir, detached, &cancel)? == 130 {
-                log.append(&SweepEvent::Stopped { stage: "train".into(), name })?;
-                return Ok(130);
+            if let Some(code) = stages.run("train", &name, &name, &train_dir, &format!("{name} on {count} samples"))? {
+                return Ok(code);
             }
         }
         // The point is evaluated as soon as it is trained (the base with the first point), in
@@ -336,14 +324,9 @@ fn run_locked(
                 .flatten()
                 .is_some_and(|job| job.adapters.iter().any(|(n, _)| *n == name));
         if !evaluated {
-            if budget.spent() {
-                return budget.stop(&mut log, "eval", &name);
-            }
-            log.append(&SweepEvent::Stage { stage: "eval".into(), name: name.clone() })?;
-            eprintln!("── eval {name}{}", if p == &points[0] { " and the base" } else { "" });
-            if child(dir, &format!("eval:{name}"), &eval_dir, detached, &cancel)? == 130 {
-                log.append(&SweepEvent::Stopped { stage: "eval".into(), name })?;
-                return Ok(130);
+            let what = format!("{name}{}", if p == &points[0] { " and the base" } else { "" });
+            if let Some(code) = stages.run("eval", &name, &format!("eval:{name}"), &eval_dir, &what)? {
+                return Ok(code);
             }
         }
     }
@@ -356,9 +339,44 @@ fn run_locked(
         Ok(_) => eprintln!("no plots: each axis needs two values or more"),
         Err(e) => eprintln!("warning: no plots: {e:#}"),
     }
-    log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
+    stages.log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
     eprintln!("report: {}", dir.join("report.md").display());
     Ok(0)
+}
+
+/// How a sweep runs its stages. Each stage runs in a process of its own (`sweep --stage`): a
+/// stage's memory is returned to the system when it ends, so the sweep's peak is its largest
+/// stage's, not their sum.
+struct Stages<'a> {
+    dir: &'a Path,
+    log: crate::runs::Log<SweepEvent>,
+    budget: &'a Budget,
+    detached: bool,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Stages<'_> {
+    /// Runs the stage `stage` `name` (the child's stage `child_name`, its run folder `stage_dir`)
+    /// unless the budget is spent; Some(exit code) when the sweep stops there.
+    fn run(
+        &mut self,
+        stage: &str,
+        name: &str,
+        child_name: &str,
+        stage_dir: &Path,
+        what: &str,
+    ) -> anyhow::Result<Option<u8>> {
+        if self.budget.spent() {
+            return self.budget.stop(&mut self.log, stage, name).map(Some);
+        }
+        self.log.append(&SweepEvent::Stage { stage: stage.into(), name: name.into() })?;
+        eprintln!("── {stage} {what}");
+        if child(self.dir, child_name, stage_dir, self.detached, &self.cancel)? == 130 {
+            self.log.append(&SweepEvent::Stopped { stage: stage.into(), name: name.into() })?;
+            return Ok(Some(130));
+        }
+        Ok(None)
+    }
 }
 
 /// What every stage of a sweep shares: the seeds, their one shuffle, the corpus index and the mode.
@@ -401,8 +419,8 @@ pub fn recorded(dir: &Path) -> anyhow::Result<Spec> {
 
 /// Runs one stage of the sweep in `dir` in this process (`sweep --run DIR --stage NAME`, started
 /// by the sweep itself): `gen-s{S}`, a point's name (its training) or `eval:POINT` (the base and
-/// every point up to that one). The spec is the one
-/// the sweep folder records. The exit code (0 finished, 130 stopped).
+/// every point up to that one). The spec is the one the sweep folder records. The exit code (0
+/// finished, 130 stopped).
 pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
     let spec = recorded(dir)?;
     let p = prepare(&spec, dir, limits)?;

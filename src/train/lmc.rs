@@ -77,19 +77,20 @@ pub fn measure(
         .iter()
         .map(|e| data::encode(&model.tokenizer, eos, e, max_len, format))
         .collect::<anyhow::Result<_>>()?;
-    let both_ways = combine::interpolate_factors(a, b, 0.0, &scratch.join("probe")).is_ok();
+    let ends = [combine::read(a)?, combine::read(b)?];
+    let both_ways = combine::factor_line_refused(&ends[0], &ends[1]).is_none();
     let mut out = Vec::with_capacity(points);
     let mut tokens = 0;
     for i in 0..points {
         let alpha = i as f64 / (points - 1) as f64;
         let dir = scratch.join(format!("merged-{i}"));
-        combine::merge(&[a.to_path_buf(), b.to_path_buf()], &[1.0 - alpha, alpha], Method::Cat, None, &dir)?;
+        combine::merge_loaded(&ends, &[1.0 - alpha, alpha], Method::Cat, None, &dir)?;
         adapter::load(model, &dir, "lmc")?;
         let (merged, n) = mean_loss(model, &encoded)?;
         tokens = n;
         let factors = if both_ways {
             let dir = scratch.join(format!("factors-{i}"));
-            combine::interpolate_factors(a, b, alpha, &dir)?;
+            combine::interpolate_factors(&ends[0], &ends[1], alpha, &dir)?;
             adapter::load(model, &dir, "lmc")?;
             Some(mean_loss(model, &encoded)?.0)
         } else {
