@@ -180,10 +180,20 @@ pub enum Command {
         max_seq_length: usize,
         #[arg(long, value_enum, default_value = "auto")]
         prompt_format: PromptFormat,
-        /// A folder for lmc.json and each point's adapter (default: a temporary folder; only the
-        /// table is printed).
+        /// A folder for lmc.json, the plots and each point's adapter (default: a temporary
+        /// folder; only the table is printed).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also score every point of both lines on these evaluation datasets (F1 and ROUGE-L;
+        /// the evaluation run is kept in OUT/eval and continues if stopped).
+        #[arg(long, value_name = "DIR", requires = "out")]
+        eval: Option<PathBuf>,
+        /// With --eval: only these datasets.
+        #[arg(long, value_delimiter = ',', requires = "eval")]
+        datasets: Vec<String>,
+        /// With --eval: the k of k-shot.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        shots: Vec<usize>,
     },
     /// LoRA adapters: combine several into one.
     #[command(subcommand)]
@@ -444,8 +454,13 @@ pub struct TrainArgs {
     pub prompt_format: PromptFormat,
     /// Start from this adapter's A and B (a seed expert, say) instead of PEFT's initialisation,
     /// with a fresh optimiser; its r, lora_alpha and targets are the run's (`init: from:DIR`).
-    #[arg(long, value_name = "ADAPTER_DIR")]
+    #[arg(long, value_name = "ADAPTER_DIR", conflicts_with = "init")]
     pub init_from: Option<PathBuf>,
+    /// How the adapter starts (over the settings' `init:`): standard, random[:SIGMA],
+    /// from:ADAPTER_DIR, task:NAME (the expert of that task, trained first on the examples whose
+    /// "task" is NAME) or reptile[:OUTER[:INNER]] (first-order Reptile over the data's tasks).
+    #[arg(long, value_name = "STRATEGY", value_parser = parse_init)]
+    pub init: Option<crate::train::Init>,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     pub detached: bool,
@@ -698,4 +713,8 @@ pub enum AdaptersCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+fn parse_init(s: &str) -> Result<crate::train::Init, String> {
+    crate::train::Init::try_from(s.to_string())
 }

@@ -149,8 +149,9 @@ fn run() -> anyhow::Result<u8> {
             ok(generate::command::decide(&run, &id, decision.into(), output))
         }
         Some(Command::Merge { model, adapter, out }) => ok(model::command::merge(&model, &adapter, &out)),
-        Some(Command::Lmc { a, b, model, data, points, max_seq_length, prompt_format, out }) => {
+        Some(Command::Lmc { a, b, model, data, points, max_seq_length, prompt_format, out, eval, datasets, shots }) => {
             let choice = model.choice(&defaults)?;
+            let eval = eval.map(|data| train::command::LmcEval { data, datasets, shots });
             ok(train::command::lmc(
                 &choice,
                 &a,
@@ -160,6 +161,7 @@ fn run() -> anyhow::Result<u8> {
                 max_seq_length,
                 prompt_format.into(),
                 out.as_deref(),
+                eval.as_ref(),
             ))
         }
         Some(Command::Adapters(AdaptersCommand::Merge { adapters, weights, method, rank, out })) => {
@@ -177,7 +179,7 @@ fn run() -> anyhow::Result<u8> {
                 resume: a.resume,
                 qlora: a.qlora.map(Into::into),
                 prompt_format: a.prompt_format.into(),
-                init_from: a.init_from,
+                init: a.init.or(a.init_from.map(train::Init::From)),
                 detached: a.detached,
             };
             train::command::train(opts, &config.train)

@@ -32,8 +32,12 @@ fn chat_model(dir: &Path) -> PathBuf {
 fn chat_examples_carry_the_loss_on_the_assistant_turn_only() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = selfspec::model::Tokenizer::load(&chat_model(dir.path())).unwrap();
-    let e =
-        Example { instruction: "Name the organ.".into(), input: "It makes bile.".into(), output: "The liver.".into() };
+    let e = Example {
+        instruction: "Name the organ.".into(),
+        input: "It makes bile.".into(),
+        output: "The liver.".into(),
+        task: None,
+    };
     let enc = encode(&tokenizer, None, &e, 1024, PromptFormat::Chat).unwrap();
     let masked = enc.labels.iter().take_while(|&&l| l == -100).count();
     assert!(masked > 0 && masked < enc.ids.len());

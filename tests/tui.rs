@@ -686,6 +686,7 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
         seed: 0,
         generation: Default::default(),
         train: Default::default(),
+        seeded: None,
     };
     selfspec::runs::write_config(&dir, selfspec::runs::Kind::Sweep, &spec).unwrap();
     let events = [
@@ -708,6 +709,49 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
     {
         assert!(screen.contains(text), "{text}:\n{screen}");
     }
+}
+
+/// A Seeded LoRA sweep on the Sweeps tab: its seed-expert, expert and LMC stages, and the loss
+/// between each pair of a point's experts; `a` shows the next point's.
+#[test]
+fn the_sweeps_tab_shows_a_seeded_sweeps_stages_and_lmc_curves() {
+    let ws = workspace("seeded");
+    let dir = ws.runs_dir().join("sweep-seeded");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec: selfspec::sweep::Spec = serde_yaml::from_str(
+        "model: m\nseeds: s.yaml\neval: e\nshots: [0]\nseeded:\n  base: {share: 0.1, init: standard}\n  init: [reptile]\n",
+    )
+    .unwrap();
+    selfspec::runs::write_config(&dir, selfspec::runs::Kind::Sweep, &spec).unwrap();
+    std::fs::create_dir_all(dir.join("tasks")).unwrap();
+    for t in ["bio-ner", "bio-topic"] {
+        std::fs::write(dir.join("tasks").join(format!("{t}.jsonl")), "").unwrap();
+    }
+    let events = [serde_json::json!({"time": 1.0, "event": "started", "points": []})];
+    std::fs::write(dir.join("events.jsonl"), events.iter().map(|e| e.to_string() + "\n").collect::<String>()).unwrap();
+    for (point, barrier) in [("p10-standard", 0.0), ("p10-reptile-20-4", 0.0125)] {
+        let pd = dir.join("points").join(point);
+        std::fs::create_dir_all(&pd).unwrap();
+        let pair = serde_json::json!([{"a": "bio-ner", "b": "bio-topic", "barrier_merged": barrier,
+            "barrier_factors": null, "alpha": [0.0, 0.5, 1.0], "merged": [1.2, 1.1 + barrier, 1.0], "factors": null}]);
+        std::fs::write(pd.join("lmc.json"), pair.to_string()).unwrap();
+    }
+    let mut app = App::new(Options { attach: Some(dir.clone()), ..options(ws) }).unwrap();
+    assert_eq!(app.tab, selfspec::tui::Tab::Sweeps);
+    let screen = draw_at(&app, 110, 34);
+    for text in [
+        "seed p10-standard",
+        "expert p10-standard bio-topic",
+        "lmc p10-reptile-20-4",
+        "Loss between experts · p10-standard (ΔW line) · a: next point (1/2)",
+        "bio-ner–bio-topic barrier 0.000",
+    ] {
+        assert!(screen.contains(text), "{text}:\n{screen}");
+    }
+    press(&mut app, &Clock(Instant::now()), KeyCode::Char('a'));
+    let screen = draw_at(&app, 110, 34);
+    assert!(screen.contains("p10-reptile-20-4 (ΔW line) · a: next point (2/2)"), "{screen}");
+    assert!(screen.contains("barrier 0.013"), "{screen}");
 }
 
 /// `n` on an empty Sweeps tab writes a starter sweep file per domain with seeds and eval sets

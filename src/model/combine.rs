@@ -27,7 +27,8 @@ use candle_core::{Device, Tensor};
 use super::adapter::{tensor_name, AdapterConfig, Targets};
 
 /// How the adapters are combined (PEFT's `combination_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Method {
     Linear,
     Cat,

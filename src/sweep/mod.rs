@@ -14,6 +14,7 @@
 //! every point's adapter), `report.json`, `report.csv`, `report.md`.
 
 pub mod plot;
+pub mod seeded;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,9 @@ pub struct Spec {
     #[serde(default = "default_shots")]
     pub shots: Vec<usize>,
     /// The point every axis varies around.
+    #[serde(default)]
     pub base: Point,
+    #[serde(default)]
     pub axes: Axes,
     /// Every combination of the axes' values instead of one axis at a time.
     #[serde(default)]
@@ -65,6 +68,9 @@ pub struct Spec {
     /// Training settings (over the built-in defaults).
     #[serde(default)]
     pub train: TrainConfig,
+    /// A Seeded LoRA sweep (see [`seeded`]) instead of the seeds and samples axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded: Option<seeded::Seeded>,
 }
 
 fn default_shots() -> Vec<usize> {
@@ -72,7 +78,7 @@ fn default_shots() -> Vec<usize> {
 }
 
 /// Seeds and samples of one point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Point {
     pub seeds: usize,
@@ -148,7 +154,20 @@ impl Spec {
     /// What is wrong with the spec before anything starts: empty values, more seeds than the file
     /// holds (with the count), shots the datasets cannot serve.
     pub fn check(&self, available: usize) -> anyhow::Result<()> {
-        for p in self.points() {
+        let points = if self.seeded.is_some() {
+            anyhow::ensure!(
+                self.axes == Axes::default() && self.base == Point::default() && !self.grid,
+                "a sweep file with seeded: takes its points from there; remove base:, axes: and grid:"
+            );
+            anyhow::ensure!(
+                self.corpus.is_none(),
+                "a seeded sweep trains on the datasets' demonstrations and seeds, not on generated samples; remove corpus:"
+            );
+            Vec::new()
+        } else {
+            self.points()
+        };
+        for p in points {
             anyhow::ensure!(p.seeds > 0 && p.samples > 0, "point {}: seeds and samples must be at least 1", p.name());
             anyhow::ensure!(
                 p.seeds <= available,
@@ -269,6 +288,10 @@ fn run_locked(
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), detached);
     let mut stages = Stages { dir, log, budget, detached, cancel };
+    if let Some(seeded) = &spec.seeded {
+        stages.log.append(&SweepEvent::Started { points: Vec::new() })?;
+        return seeded::run(spec, seeded, &mut stages, limits);
+    }
     stages.log.append(&SweepEvent::Started { points: points.clone() })?;
     let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
     for (&s, &n) in &spec.generation_runs() {
@@ -398,6 +421,11 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
         loaded.errors()
     );
     spec.check(loaded.file.seeds.len())?;
+    if let Some(seeded) = &spec.seeded {
+        // Checked before the folder records the spec: a wrong file is fixed and run again.
+        let names: Vec<String> = seeded::tasks(spec, limits)?.into_keys().collect();
+        seeded.check(&names)?;
+    }
     let corpus = match &spec.corpus {
         Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => Some(dir.join("index")),
         other => other.clone(),
@@ -423,6 +451,9 @@ pub fn recorded(dir: &Path) -> anyhow::Result<Spec> {
 /// finished, 130 stopped).
 pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bool) -> anyhow::Result<u8> {
     let spec = recorded(dir)?;
+    if let Some(seeded) = &spec.seeded {
+        return seeded::stage(&spec, seeded, dir, name, limits, detached);
+    }
     let p = prepare(&spec, dir, limits)?;
     let points = spec.points();
     if let Some(s) = name.strip_prefix("gen-s").and_then(|s| s.parse::<usize>().ok()) {
@@ -493,7 +524,7 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         settings_file: None,
         qlora: None,
         prompt_format: crate::prompts::PromptFormat::Auto,
-        init_from: None,
+        init: None,
         detached,
     };
     crate::train::command::train(opts, &spec.train)
@@ -565,25 +596,14 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
     let loaded = crate::seeds::load(&spec.seeds, limits)
         .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
     spec.check(loaded.file.seeds.len())?;
+    let (decode_rate, prefill_rate) = speed(spec)?;
+    if let Some(seeded) = &spec.seeded {
+        return seeded::plan(spec, seeded, dir, limits, decode_rate, prefill_rate);
+    }
     let points = spec.points();
     let g = &spec.generation;
     let mode = spec.mode.unwrap_or(if spec.corpus.is_some() { Mode::Marginal } else { Mode::None });
     let rows = if mode == Mode::Marginal { g.k.max(1) } else { 1 };
-    // Decode speed: 8 prompts of 128 random tokens, 32 new tokens each, batched.
-    let model = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto }.load()?;
-    let vocab = model.decoder.spec.vocab_size as u64;
-    let mut rng = crate::rng::Rng::new(7);
-    let probe: Vec<crate::decode::Request> = (0..8)
-        .map(|_| crate::decode::Request {
-            ignore_eos: true,
-            ..crate::decode::Request::new((0..128).map(|_| (rng.next_u64() % vocab) as u32).collect(), 32)
-        })
-        .collect();
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: 8 };
-    let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
-    let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
-    let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);
     let most = spec.generation_runs();
     let mut out = String::new();
     let _ = writeln!(out, "sweep of {} ({} points), {}", spec.model, points.len(), dir.display());
@@ -639,6 +659,26 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
     let _ =
         writeln!(out, "in all: about {} (rough: generation counted at its token limits)", crate::runs::duration(total));
     Ok(out)
+}
+
+/// This machine's speed on the sweep's model (a short decoding probe): decode and prefill tokens
+/// per second. Decode: 8 prompts of 128 random tokens, 32 new tokens each, batched.
+pub fn speed(spec: &Spec) -> anyhow::Result<(f64, f64)> {
+    let model = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto }.load()?;
+    let vocab = model.decoder.spec.vocab_size as u64;
+    let mut rng = crate::rng::Rng::new(7);
+    let probe: Vec<crate::decode::Request> = (0..8)
+        .map(|_| crate::decode::Request {
+            ignore_eos: true,
+            ..crate::decode::Request::new((0..128).map(|_| (rng.next_u64() % vocab) as u32).collect(), 32)
+        })
+        .collect();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: 8 };
+    let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
+    let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
+    let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);
+    Ok((decode_rate, prefill_rate))
 }
 
 /// The report rows: for each axis value, the tuned point's scores and the base's.
@@ -760,6 +800,7 @@ mod tests {
             seed: 0,
             generation: Settings::default(),
             train: TrainConfig::default(),
+            seeded: None,
         };
         let names: Vec<String> = spec.points().iter().map(Point::name).collect();
         assert_eq!(names, ["s80-n1000", "s20-n1000", "s40-n1000", "s80-n250"]);

@@ -84,23 +84,32 @@ pub fn write(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<PathBuf>> {
                     })
                     .collect();
                 let title = format!("{metric} against {axis} · {which}");
-                let stem = format!("{metric}-{axis}-{which}");
-                let svg = out.join(format!("{stem}.svg"));
-                draw(SVGBackend::new(&svg, (720, 440)).into_drawing_area(), &title, axis, metric, &lines)?;
-                let png = out.join(format!("{stem}.png"));
-                draw(BitMapBackend::new(&png, (720, 440)).into_drawing_area(), &title, axis, metric, &lines)?;
-                written.extend([svg, png]);
+                let y = format!("{metric} (0-100)");
+                written.extend(chart(dir, &format!("{metric}-{axis}-{which}"), &title, axis, &y, &lines)?);
             }
         }
     }
     Ok(written)
 }
 
+/// Writes one plot as `dir/plots/STEM.svg` and `.png`: `lines` against `x`, scored by `y` (a
+/// label with "0-100" keeps the axis within 0–100); returns the two files.
+pub fn chart(dir: &Path, stem: &str, title: &str, x: &str, y: &str, lines: &[Line]) -> anyhow::Result<Vec<PathBuf>> {
+    font().map_err(anyhow::Error::msg)?;
+    let out = dir.join("plots");
+    std::fs::create_dir_all(&out)?;
+    let svg = out.join(format!("{stem}.svg"));
+    draw(SVGBackend::new(&svg, (720, 440)).into_drawing_area(), title, x, y, lines)?;
+    let png = out.join(format!("{stem}.png"));
+    draw(BitMapBackend::new(&png, (720, 440)).into_drawing_area(), title, x, y, lines)?;
+    Ok(vec![svg, png])
+}
+
 fn draw<DB: DrawingBackend>(
     area: DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
     axis: &str,
-    metric: &str,
+    y_desc: &str,
     lines: &[Line],
 ) -> anyhow::Result<()>
 where
@@ -112,19 +121,27 @@ where
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
     let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
-    let pad = ((y1 - y0) * 0.1).max(1.0);
+    let percent = y_desc.contains("0-100");
+    let (y0, y1) = if percent {
+        let pad = ((y1 - y0) * 0.1).max(1.0);
+        ((y0 - pad).max(0.0), (y1 + pad).min(100.0).max(y0 + pad))
+    } else {
+        let pad = ((y1 - y0) * 0.1).max(1e-3);
+        (y0 - pad, y1 + pad)
+    };
+    let decimals = if x1 - x0 <= 2.0 { 2 } else { 0 };
     let mut chart = ChartBuilder::on(&area)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad).max(0.0)..(y1 + pad).min(100.0).max(y0 + pad))
+        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), y0..y1)
         .map_err(error)?;
     chart
         .configure_mesh()
         .x_desc(axis)
-        .y_desc(format!("{metric} (0-100)"))
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.decimals$}"))
         .draw()
         .map_err(error)?;
     for (i, (label, points)) in lines.iter().enumerate() {

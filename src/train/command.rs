@@ -25,8 +25,8 @@ pub struct Options {
     /// How examples are written: the Alpaca template, the model's chat template, or `auto`
     /// (chat when the model has one; a continued run keeps what it used).
     pub prompt_format: crate::prompts::PromptFormat,
-    /// Start from this adapter's A and B (`init: from:DIR`).
-    pub init_from: Option<PathBuf>,
+    /// How the adapter starts, over the settings' `init:` (`--init`, `--init-from DIR`).
+    pub init: Option<super::Init>,
     pub detached: bool,
 }
 
@@ -40,8 +40,8 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
         None => configured.clone(),
     };
     let mut config = config;
-    if let Some(dir) = &opts.init_from {
-        config.init = super::Init::From(dir.clone());
+    if let Some(init) = &opts.init {
+        config.init = init.clone();
     }
     if let super::Init::From(dir) = &config.init {
         // The starting adapter decides the shape: its r, lora_alpha and targets are the run's.
@@ -143,6 +143,13 @@ fn train_locked(
     Ok(if matches!(end, TrainEvent::Stopped { .. }) { 130 } else { 0 })
 }
 
+/// `lmc --eval`: the evaluation datasets scored at every point of both lines.
+pub struct LmcEval {
+    pub data: PathBuf,
+    pub datasets: Vec<String>,
+    pub shots: Vec<usize>,
+}
+
 /// `selfspec lmc`: the loss along the line between two adapters, printed as a table with the
 /// barriers; with `out`, lmc.json and each point's adapter are kept there.
 #[allow(clippy::too_many_arguments)]
@@ -155,8 +162,13 @@ pub fn lmc(
     max_seq_length: usize,
     format: crate::prompts::PromptFormat,
     out: Option<&Path>,
+    eval: Option<&LmcEval>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(max_seq_length > 0, "--max-seq-length must be at least 1");
+    anyhow::ensure!(
+        eval.is_none() || out.is_some(),
+        "--eval keeps its evaluation run and the points' adapters: name a folder with --out"
+    );
     let examples = super::data::load(data)?;
     let format = match format {
         crate::prompts::PromptFormat::Auto => {
@@ -175,14 +187,96 @@ pub fn lmc(
     };
     let result = super::lmc::measure(&mut loaded, a, b, &examples, points, max_seq_length, format, scratch, &mut show);
     let _ = std::fs::remove_dir_all(&temp);
-    let result = result?;
+    let mut result = result?;
     println!("barrier (ΔW line): {:.4}", result.barrier_merged);
     match result.barrier_factors {
         Some(x) => println!("barrier ((A, B) line): {x:.4}"),
         None => println!("(A, B) line: not measured (the adapters' ranks or projections differ)"),
     }
     println!("loss: mean over {} response tokens of {} examples", result.tokens, examples.len());
+    if let (Some(e), Some(dir)) = (eval, out) {
+        drop(loaded);
+        let mut adapters = Vec::new();
+        for (i, p) in result.points.iter().enumerate() {
+            for line in ["merged", "factors"] {
+                if line == "merged" || p.factors.is_some() {
+                    let (name, dir) = super::lmc::point_adapter(dir, line, i, p.alpha);
+                    adapters.push(crate::model::adapter::Spec { name, dir });
+                }
+            }
+        }
+        let code = crate::eval::command::eval(crate::eval::command::Options {
+            model: model.clone(),
+            adapters,
+            data: e.data.clone(),
+            datasets: e.datasets.clone(),
+            shots: e.shots.clone(),
+            run: dir.join("eval"),
+            max_new_tokens: None,
+            postprocess: None,
+            demos_from: None,
+            split_references: false,
+            prompt_format: crate::prompts::PromptFormat::Auto,
+            detached: false,
+        })?;
+        anyhow::ensure!(code == 0, "the evaluation stopped; run the same command to continue it");
+        let path = dir.join("eval").join("report.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+        result.scores = super::lmc::scores(&result, dir, &report);
+        println!(
+            "\n{:>5}  {:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
+            "α", "k", "F1 ΔW", "F1 (A, B)", "ROUGE-L ΔW", "ROUGE-L (A, B)"
+        );
+        for p in &result.points {
+            for &k in &e.shots {
+                let at = |line: &str| result.scores.iter().find(|s| s.line == line && s.k == k && s.alpha == p.alpha);
+                let show = |s: Option<&super::lmc::Score>, f: fn(&super::lmc::Score) -> f64| {
+                    s.map_or("–".to_string(), |s| format!("{:.1}", f(s)))
+                };
+                let (m, fa) = (at("merged"), at("factors"));
+                println!(
+                    "{:>5.2}  {k:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
+                    p.alpha,
+                    show(m, |s| s.f1),
+                    show(fa, |s| s.f1),
+                    show(m, |s| s.rouge_l),
+                    show(fa, |s| s.rouge_l)
+                );
+            }
+        }
+    }
     if let Some(dir) = out {
+        let mut lines =
+            vec![("ΔW line".to_string(), result.points.iter().map(|p| (p.alpha, p.merged)).collect::<Vec<_>>())];
+        if result.barrier_factors.is_some() {
+            lines.push((
+                "(A, B) line".into(),
+                result.points.iter().filter_map(|p| Some((p.alpha, p.factors?))).collect(),
+            ));
+        }
+        let title = "loss between the two adapters";
+        match crate::sweep::plot::chart(dir, "lmc-loss", title, "α", "loss per token", &lines) {
+            Ok(files) => println!("plot: {}", files[0].display()),
+            Err(e) => eprintln!("warning: no plot: {e:#}"),
+        }
+        if !result.scores.is_empty() {
+            let mut lines = Vec::new();
+            for &k in eval.map(|e| e.shots.as_slice()).unwrap_or_default() {
+                for (line, label) in [("merged", "ΔW"), ("factors", "(A, B)")] {
+                    let pts: Vec<(f64, f64)> =
+                        result.scores.iter().filter(|s| s.line == line && s.k == k).map(|s| (s.alpha, s.f1)).collect();
+                    if !pts.is_empty() {
+                        lines.push((format!("{label} {k}-shot"), pts));
+                    }
+                }
+            }
+            if let Err(e) =
+                crate::sweep::plot::chart(dir, "lmc-f1", "F1 between the two adapters", "α", "F1 (0-100)", &lines)
+            {
+                eprintln!("warning: no plot: {e:#}");
+            }
+        }
         let path = dir.join("lmc.json");
         crate::fsutil::atomic_write(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
         println!("written: {}", path.display());

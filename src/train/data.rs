@@ -17,9 +17,12 @@ pub struct Example {
     #[serde(default)]
     pub input: String,
     pub output: String,
+    /// The task the example belongs to (needed by the `task:` and `reptile` starts only).
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
-/// The examples in `path`: an Alpaca JSONL file ({instruction, input?, output} a line), or a
+/// The examples in `path`: an Alpaca JSONL file ({instruction, input?, output, task?} a line), or a
 /// generation run folder (its accepted and edited samples).
 pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
     if path.is_dir() {
@@ -30,7 +33,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
         );
         let out: Vec<Example> = crate::generate::review::accepted(path)?
             .into_iter()
-            .map(|s| Example { instruction: s.instruction, input: s.input, output: s.output })
+            .map(|s| Example { instruction: s.instruction, input: s.input, output: s.output, task: None })
             .collect();
         anyhow::ensure!(!out.is_empty(), "{}: no accepted samples yet; accept some on the Review tab", path.display());
         return Ok(out);

@@ -35,6 +35,58 @@ pub struct Lmc {
     pub barrier_factors: Option<f64>,
     /// Response tokens the loss is the mean over.
     pub tokens: usize,
+    /// F1 and ROUGE-L along the lines (`--eval`), the mean over the datasets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<Score>,
+}
+
+/// The scores of one point of one line at k shots.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Score {
+    /// `merged` (ΔW line) or `factors` ((A, B) line).
+    pub line: String,
+    pub alpha: f64,
+    pub k: usize,
+    pub f1: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+}
+
+/// The eval name of point `i` of a line (`dW-0.50`, `AB-0.50`) and its adapter folder in `dir`
+/// (as [`measure`] leaves them there).
+pub fn point_adapter(dir: &Path, line: &str, i: usize, alpha: f64) -> (String, std::path::PathBuf) {
+    match line {
+        "merged" => (format!("dW-{alpha:.2}"), dir.join(format!("merged-{i}"))),
+        _ => (format!("AB-{alpha:.2}"), dir.join(format!("factors-{i}"))),
+    }
+}
+
+/// The scores along both lines from an evaluation report of the points' adapters.
+pub fn scores(lmc: &Lmc, dir: &Path, report: &crate::eval::run::Report) -> Vec<Score> {
+    let mut out = Vec::new();
+    for (i, p) in lmc.points.iter().enumerate() {
+        for line in ["merged", "factors"] {
+            if line == "factors" && p.factors.is_none() {
+                continue;
+            }
+            let (name, _) = point_adapter(dir, line, i, p.alpha);
+            for &k in &report.shots {
+                let cells: Vec<_> = report.cells.iter().filter(|c| c.model == name && c.k == k).collect();
+                if cells.is_empty() {
+                    continue;
+                }
+                let n = cells.len() as f64;
+                out.push(Score {
+                    line: line.into(),
+                    alpha: p.alpha,
+                    k,
+                    f1: cells.iter().map(|c| c.f1).sum::<f64>() / n,
+                    rouge_l: cells.iter().map(|c| c.rouge_l).sum::<f64>() / n,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The largest excess of `loss` over the line between its endpoints.
@@ -108,6 +160,7 @@ pub fn measure(
         barrier_factors: factors.map(|f| barrier(&alphas, &f)),
         points: out,
         tokens,
+        scores: Vec::new(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod data;
 pub mod follow;
 pub mod lmc;
 pub mod run;
+pub mod warm;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -45,7 +46,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Longer examples are cut to this many tokens (and counted).
     pub max_seq_length: usize,
-    /// How the adapter starts: `standard` (PEFT's), `random:SIGMA` or `from:DIR`.
+    /// How the adapter starts: `standard` (PEFT's), `random:SIGMA`, `from:DIR`, `task:NAME` or
+    /// `reptile[:OUTER[:INNER]]`.
     pub init: Init,
 }
 
@@ -63,7 +65,16 @@ pub enum Init {
     /// Another adapter's A and B — a seed expert's, say — with its r, lora_alpha and targets, and
     /// a fresh optimiser.
     From(std::path::PathBuf),
+    /// The expert of task NAME as the start: a standard adapter trained first, with the run's
+    /// settings, on the data's examples whose `task` is NAME (see [`warm`]).
+    Task(String),
+    /// Meta-learned: first-order Reptile over the data's tasks for `outer` steps of `inner`
+    /// AdamW steps each (see [`warm`]).
+    Reptile { outer: usize, inner: usize },
 }
+
+/// Reptile's outer and inner steps when `reptile` names neither.
+pub const REPTILE_DEFAULT: (usize, usize) = (20, 4);
 
 impl TryFrom<String> for Init {
     type Error = String;
@@ -77,7 +88,21 @@ impl TryFrom<String> for Init {
                 _ => Err(format!("init {s:?}: random:SIGMA takes a positive number")),
             },
             Some(("from", dir)) if !dir.trim().is_empty() => Ok(Init::From(dir.trim().into())),
-            _ => Err(format!("init {s:?}: choose standard, random[:SIGMA] or from:ADAPTER_DIR")),
+            Some(("task", name)) if !name.trim().is_empty() => Ok(Init::Task(name.trim().into())),
+            None if s == "reptile" => Ok(Init::Reptile { outer: REPTILE_DEFAULT.0, inner: REPTILE_DEFAULT.1 }),
+            Some(("reptile", steps)) => {
+                let mut parts = steps.split(':').map(|x| x.trim().parse::<usize>());
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Ok(outer)), None, None) if outer > 0 => Ok(Init::Reptile { outer, inner: REPTILE_DEFAULT.1 }),
+                    (Some(Ok(outer)), Some(Ok(inner)), None) if outer > 0 && inner > 0 => {
+                        Ok(Init::Reptile { outer, inner })
+                    }
+                    _ => Err(format!("init {s:?}: reptile:OUTER[:INNER] takes step counts of at least 1")),
+                }
+            }
+            _ => Err(format!(
+                "init {s:?}: choose standard, random[:SIGMA], from:ADAPTER_DIR, task:NAME or reptile[:OUTER[:INNER]]"
+            )),
         }
     }
 }
@@ -88,6 +113,8 @@ impl From<Init> for String {
             Init::Standard => "standard".into(),
             Init::Random(x) => format!("random:{x}"),
             Init::From(d) => format!("from:{}", d.display()),
+            Init::Task(name) => format!("task:{name}"),
+            Init::Reptile { outer, inner } => format!("reptile:{outer}:{inner}"),
         }
     }
 }

@@ -233,7 +233,11 @@ pub fn train(
         .collect::<anyhow::Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.truncated).count();
     let before = encoded.len();
-    let encoded: Vec<Encoded> = encoded.into_iter().filter(|e| e.labels.iter().skip(1).any(|&l| l >= 0)).collect();
+    let (encoded, tasks): (Vec<Encoded>, Vec<Option<String>>) = encoded
+        .into_iter()
+        .zip(examples.iter().map(|e| e.task.clone()))
+        .filter(|(e, _)| e.labels.iter().skip(1).any(|&l| l >= 0))
+        .unzip();
     let dropped = before - encoded.len();
     anyhow::ensure!(
         !encoded.is_empty(),
@@ -244,6 +248,7 @@ pub fn train(
     let (steps, per_epoch) = schedule(&lengths, c);
     let total = steps.len();
     let base = job.model.clone();
+    let mut warm_note = None;
     let mut trainer = match (&checkpoint, resume) {
         (Some((_, path)), true) => {
             let cfg = adapter::load(model, path, ADAPTER_NAME)?;
@@ -262,6 +267,23 @@ pub fn train(
                     adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, c.target_modules.clone(), &base);
                 Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
             }
+            super::Init::Task(_) | super::Init::Reptile { .. } => {
+                match super::warm::start(model, c, &encoded, &tasks, &base, dir, cancel)? {
+                    Some(s) => {
+                        warm_note = Some(s.note);
+                        s.trainer
+                    }
+                    None => {
+                        // Stopped while finding the start: nothing to keep, the next run starts
+                        // it again.
+                        let (mut events, _) = Log::<TrainEvent>::open(dir)?;
+                        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.join("start") };
+                        events.append(&e)?;
+                        on_event(&e);
+                        return Ok(e);
+                    }
+                }
+            }
             _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
         },
     };
@@ -271,7 +293,7 @@ pub fn train(
         on_event(e);
         Ok(())
     };
-    if let Some(text) = torn {
+    for text in torn.into_iter().chain(warm_note) {
         emit(&TrainEvent::Note { text }, on_event)?;
     }
     let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };

@@ -7,6 +7,10 @@
 //! file per domain is written when there is none), the chosen file's plan (`selfspec sweep
 //! --plan`, computed on a thread), and `s` to start it detached into `runs/sweep-<file>`. `s` on a
 //! sweep that is not running continues it.
+//!
+//! A Seeded LoRA sweep (`seeded:` in its file) lists its seed-expert, expert, LMC and eval
+//! stages, and its chart is the loss along the line between each pair of a point's experts
+//! (each point's `lmc.json`); `a` moves to the next point.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,8 @@ pub struct SweepView {
     /// (model, k) → (sum of F1, count), over every dataset.
     scores: BTreeMap<(String, usize), (f64, usize)>,
     pub state: State,
+    /// A seeded sweep's LMC per point, as its points' `lmc.json` hold it (in point order).
+    pub lmc: Vec<(String, Vec<crate::sweep::seeded::Pair>)>,
 }
 
 impl SweepView {
@@ -51,6 +57,7 @@ impl SweepView {
             scores: BTreeMap::new(),
             stages: Vec::new(),
             state: State::New,
+            lmc: Vec::new(),
         };
         v.refresh();
         v
@@ -72,11 +79,22 @@ impl SweepView {
             s.1 += 1;
         }
         self.state = crate::runs::state(&self.dir);
+        if let Some(seeded) = self.spec.as_ref().and_then(|s| s.seeded.as_ref()) {
+            let have: Vec<String> = self.lmc.iter().map(|(p, _)| p.clone()).collect();
+            for p in seeded.points().iter().map(|p| p.name()).filter(|p| !have.contains(p)) {
+                let path = self.dir.join("points").join(&p).join("lmc.json");
+                if let Some(pairs) = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+                    self.lmc.push((p, pairs));
+                }
+            }
+        }
         self.stages = self
             .stage_dirs()
             .into_iter()
             .map(|(label, dir)| {
-                let state = crate::runs::state(&dir);
+                // An LMC stage's folder holds only its lock; its result is the point's lmc.json.
+                let done = label.starts_with("lmc ") && dir.parent().is_some_and(|p| p.join("lmc.json").exists());
+                let state = if done { State::Finished } else { crate::runs::state(&dir) };
                 (label, dir, state)
             })
             .collect();
@@ -89,6 +107,24 @@ impl SweepView {
     /// Each stage's label and run folder.
     fn stage_dirs(&self) -> Vec<(String, PathBuf)> {
         let Some(spec) = &self.spec else { return Vec::new() };
+        if let Some(seeded) = &spec.seeded {
+            // The tasks as the sweep wrote them (tasks/NAME.jsonl).
+            let mut tasks: Vec<String> = std::fs::read_dir(self.dir.join("tasks"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(String::from)).collect()
+                })
+                .unwrap_or_default();
+            tasks.sort();
+            let mut out = Vec::new();
+            for p in seeded.points() {
+                let pd = self.dir.join("points").join(p.name());
+                out.push((format!("seed {}", p.name()), pd.join("seed")));
+                out.extend(tasks.iter().map(|t| (format!("expert {} {t}", p.name()), pd.join("experts").join(t))));
+                out.push((format!("lmc {}", p.name()), pd.join("lmc-run")));
+            }
+            out.push(("eval".into(), self.dir.join("eval")));
+            return out;
+        }
         let points = spec.points();
         let mut seeds: Vec<usize> = points.iter().map(|p| p.seeds).collect();
         seeds.sort();
@@ -127,6 +163,8 @@ pub struct SweepsScreen {
     pub selected: usize,
     /// The chart's axis: `seeds` or `samples`.
     pub axis: &'static str,
+    /// A seeded sweep's chart: the point whose LMC curves are shown.
+    pub lmc_point: usize,
     workspace: Workspace,
     config_file: PathBuf,
     limits: crate::seeds::Limits,
@@ -238,6 +276,7 @@ impl SweepsScreen {
             sweeps: Vec::new(),
             selected: 0,
             axis: "seeds",
+            lmc_point: 0,
             workspace: workspace.clone(),
             config_file: config_file.to_path_buf(),
             limits: *limits,
@@ -401,7 +440,12 @@ impl SweepsScreen {
                 self.selected = (self.selected + 1).min(self.sweeps.len().saturating_sub(1))
             }
             KeyCode::Char('k') | KeyCode::Up => self.selected = self.selected.saturating_sub(1),
-            KeyCode::Char('a') => self.axis = if self.axis == "seeds" { "samples" } else { "seeds" },
+            KeyCode::Char('a') => match self.sweeps.get(self.selected) {
+                Some(s) if s.spec.as_ref().is_some_and(|sp| sp.seeded.is_some()) => {
+                    self.lmc_point = (self.lmc_point + 1) % s.lmc.len().max(1)
+                }
+                _ => self.axis = if self.axis == "seeds" { "samples" } else { "seeds" },
+            },
             KeyCode::Char('R') => self.rescan(None),
             KeyCode::Char('x') => {
                 let Some(s) = self.sweeps.get(self.selected) else { return Outcome::Error("no sweep selected".into()) };
@@ -480,6 +524,9 @@ impl SweepsScreen {
     }
 
     fn render_chart(&self, s: &SweepView, frame: &mut Frame, area: Rect, theme: &Theme) {
+        if s.spec.as_ref().is_some_and(|sp| sp.seeded.is_some()) {
+            return self.render_lmc(s, frame, area, theme);
+        }
         let k = s.spec.as_ref().and_then(|sp| sp.shots.first().copied()).unwrap_or(0);
         let title = format!(" F1 (mean over datasets, {k}-shot) against {} · a: other axis ", self.axis);
         let block =
@@ -521,6 +568,64 @@ impl SweepsScreen {
                     .bounds([(lo - pad).max(0.0), hi + pad])
                     .labels([format!("{:.1}", (lo - pad).max(0.0)), format!("{:.1}", hi + pad)]),
             );
+        frame.render_widget(chart, area);
+    }
+
+    /// A seeded sweep's chart: the loss per token along the ΔW line between each pair of the
+    /// chosen point's experts, with the pairs' barriers in the legend.
+    fn render_lmc(&self, s: &SweepView, frame: &mut Frame, area: Rect, theme: &Theme) {
+        let Some((point, pairs)) = s.lmc.get(self.lmc_point.min(s.lmc.len().saturating_sub(1))) else {
+            let block = Block::default()
+                .borders(Borders::ALL)
+                .border_style(theme.border)
+                .title(Span::styled(" Loss between experts ", theme.title));
+            let inner = block.inner(area);
+            frame.render_widget(block, area);
+            let text = "No LMC yet: each point's curves appear when its experts' LMC stage ends.";
+            frame.render_widget(Paragraph::new(text).style(theme.muted), inner);
+            return;
+        };
+        let title = format!(
+            " Loss between experts · {point} (ΔW line) · a: next point ({}/{}) ",
+            self.lmc_point.min(s.lmc.len() - 1) + 1,
+            s.lmc.len()
+        );
+        let block =
+            Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
+        let data: Vec<(String, Vec<(f64, f64)>)> = pairs
+            .iter()
+            .map(|p| {
+                let name = format!("{}–{} barrier {:.3}", p.a, p.b, p.barrier_merged);
+                (name, p.alpha.iter().copied().zip(p.merged.iter().copied()).collect())
+            })
+            .collect();
+        let ys = data.iter().flat_map(|(_, d)| d.iter().map(|p| p.1));
+        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+        let pad = ((hi - lo) * 0.1).max(1e-3);
+        let styles = [theme.accent, theme.ok, theme.warning, theme.error, theme.title, theme.muted];
+        let datasets: Vec<Dataset> = data
+            .iter()
+            .enumerate()
+            .map(|(i, (name, d))| {
+                Dataset::default()
+                    .name(name.clone())
+                    .marker(Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(styles[i % styles.len()])
+                    .data(d)
+            })
+            .collect();
+        let axis = |st| Axis::default().style(st);
+        let chart = Chart::new(datasets)
+            .block(block)
+            .style(theme.base)
+            .x_axis(axis(theme.muted).bounds([0.0, 1.0]).labels(["α 0", "1"]))
+            .y_axis(
+                axis(theme.muted)
+                    .bounds([lo - pad, hi + pad])
+                    .labels([format!("{:.3}", lo - pad), format!("{:.3}", hi + pad)]),
+            )
+            .hidden_legend_constraints((Constraint::Percentage(90), Constraint::Percentage(60)));
         frame.render_widget(chart, area);
     }
 }

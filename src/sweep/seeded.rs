@@ -1,0 +1,767 @@
+//! The Seeded LoRA sweep (`seeded:` in a sweep file): a seed expert trained on a share of the
+//! pooled data of several tasks, one expert per task grown from it, and the experts merged —
+//! with the seed expert's data share and its starting point as the two axes.
+//!
+//! The tasks are the evaluation datasets. A task's examples are its dataset's demonstrations
+//! (`NAME.train.jsonl`) and the seed file's seeds of the dataset's task (ner, qa, …), each
+//! tagged with the dataset's name; the test examples are never trained on. The pool's examples
+//! are shuffled once per task with the sweep's seed; a share p takes the first ⌈p·n⌉ (at least
+//! one) of each task's, so smaller shares are subsets of larger ones and every task is present.
+//!
+//! Per point (share, init): `seed/` trains on the share from `init`; `experts/TASK/` trains on
+//! all of TASK's examples from the seed expert's A and B; `merged/` is the experts' equal-weight
+//! merge and `merged-seed/` the same with the seed expert as one more member; `lmc.json` holds the
+//! loss along the line between every pair of experts on the union of their two tasks' data. The
+//! one `eval/` run scores the base and every point's adapters on every task's dataset.
+//!
+//! Folder: `tasks/TASK.jsonl`, `points/POINT/{seed.jsonl, seed/, experts/TASK/, merged/,
+//! merged-seed/, lmc.json}`, `eval/`, `report.json`, `report.md`, `plots/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::{Spec, Stages, SweepEvent};
+use crate::model::combine::Method;
+use crate::train::Init;
+
+/// The `seeded:` section of a sweep file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seeded {
+    /// The point the axes vary around.
+    pub base: SeedPoint,
+    /// Shares of the pooled data the seed expert trains on (0 < share ≤ 1).
+    #[serde(default)]
+    pub share: Vec<f64>,
+    /// The seed expert's starting points: standard, random[:σ], task:DATASET, reptile[:T[:K]].
+    #[serde(default)]
+    pub init: Vec<Init>,
+    /// How experts are merged (PEFT's combination types); cat is the exact mean of their updates.
+    #[serde(default = "default_merge")]
+    pub merge: Method,
+    /// Points along each line between two experts (lmc).
+    #[serde(default = "default_lmc_points")]
+    pub lmc_points: usize,
+}
+
+fn default_merge() -> Method {
+    Method::Cat
+}
+
+fn default_lmc_points() -> usize {
+    5
+}
+
+/// One point: the seed expert's share of the pool and its start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPoint {
+    pub share: f64,
+    pub init: Init,
+}
+
+impl SeedPoint {
+    /// `p10-standard`, `p5-task-bio-ner`, `p0.5-reptile-20-4`.
+    pub fn name(&self) -> String {
+        let pct = format!("{:.3}", self.share * 100.0);
+        let pct = pct.trim_end_matches('0').trim_end_matches('.');
+        let init: String = String::from(self.init.clone())
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+            .collect();
+        format!("p{pct}-{init}")
+    }
+}
+
+impl Seeded {
+    /// The base, then each share at the base's init, then each init at the base's share.
+    pub fn points(&self) -> Vec<SeedPoint> {
+        let mut out = vec![self.base.clone()];
+        out.extend(self.share.iter().map(|&share| SeedPoint { share, init: self.base.init.clone() }));
+        out.extend(self.init.iter().map(|init| SeedPoint { share: self.base.share, init: init.clone() }));
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|p| seen.insert(p.name()));
+        out
+    }
+
+    /// What is wrong before anything starts.
+    pub fn check(&self, tasks: &[String]) -> anyhow::Result<()> {
+        anyhow::ensure!(tasks.len() >= 2, "seeded: needs two tasks (datasets) or more to merge experts of");
+        anyhow::ensure!(self.lmc_points >= 2, "seeded: lmc_points must be at least 2");
+        for p in self.points() {
+            anyhow::ensure!(
+                p.share > 0.0 && p.share <= 1.0,
+                "seeded: share {} is not in (0, 1]; write 0.05 for 5 %",
+                p.share
+            );
+            match &p.init {
+                Init::From(d) => anyhow::bail!(
+                    "seeded: init from:{} is not a sweep choice; use standard, random, task:DATASET or reptile",
+                    d.display()
+                ),
+                Init::Task(t) => anyhow::ensure!(
+                    tasks.contains(t),
+                    "seeded: init task:{t} names no task of the sweep; its tasks: {}",
+                    tasks.join(", ")
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tasks and their examples: dataset name → examples (tagged with the name), in pool order.
+pub fn tasks(spec: &Spec, limits: &crate::seeds::Limits) -> anyhow::Result<BTreeMap<String, Vec<serde_json::Value>>> {
+    let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
+    let seeds = crate::seeds::load(&spec.seeds, limits)
+        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
+    let mut out = BTreeMap::new();
+    for d in datasets {
+        let mut examples: Vec<serde_json::Value> = d
+            .train
+            .iter()
+            .map(|e| serde_json::json!({"task": d.name, "instruction": e.instruction, "input": e.input, "output": e.references[0]}))
+            .collect();
+        examples.extend(seeds.file.seeds.iter().filter(|s| s.task == d.task).map(
+            |s| serde_json::json!({"task": d.name, "instruction": s.instruction, "input": s.input, "output": s.output}),
+        ));
+        anyhow::ensure!(
+            !examples.is_empty(),
+            "{}: task {} has no training examples: add {}.train.jsonl or seeds of task {}",
+            spec.eval.display(),
+            d.name,
+            d.name,
+            d.task
+        );
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        crate::rng::Rng::new(spec.seed ^ 0x5eed_ed10).shuffle(&mut order);
+        out.insert(d.name.clone(), order.into_iter().map(|i| examples[i].clone()).collect());
+    }
+    Ok(out)
+}
+
+fn write_jsonl(path: &Path, lines: &[&serde_json::Value]) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    crate::fsutil::atomic_write(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn adapter(dir: &Path) -> PathBuf {
+    dir.join("adapter")
+}
+
+fn trained(dir: &Path) -> bool {
+    dir.join("adapter").join("adapter_model.safetensors").exists()
+}
+
+/// Eval names of a point's adapters with their folders: seed, each expert, merged, merged+seed.
+fn members(point_dir: &Path, name: &str, tasks: &[String]) -> Vec<(String, PathBuf)> {
+    let mut out = vec![(format!("{name}.seed"), adapter(&point_dir.join("seed")))];
+    out.extend(tasks.iter().map(|t| (format!("{name}.{t}"), adapter(&point_dir.join("experts").join(t)))));
+    out.push((format!("{name}.merged"), point_dir.join("merged")));
+    out.push((format!("{name}.merged+seed"), point_dir.join("merged-seed")));
+    out
+}
+
+/// Runs (or continues) the seeded sweep; the lock is held and the log open (`stages`).
+pub(super) fn run(
+    spec: &Spec,
+    seeded: &Seeded,
+    stages: &mut Stages,
+    limits: &crate::seeds::Limits,
+) -> anyhow::Result<u8> {
+    let dir = stages.dir.to_path_buf();
+    let by_task = tasks(spec, limits)?;
+    let names: Vec<String> = by_task.keys().cloned().collect();
+    seeded.check(&names)?;
+    std::fs::create_dir_all(dir.join("tasks"))?;
+    for (t, ex) in &by_task {
+        write_jsonl(&dir.join("tasks").join(format!("{t}.jsonl")), &ex.iter().collect::<Vec<_>>())?;
+    }
+    let points = seeded.points();
+    for p in &points {
+        let name = p.name();
+        let pd = dir.join("points").join(&name);
+        std::fs::create_dir_all(&pd).with_context(|| format!("cannot create {}", pd.display()))?;
+        let share: Vec<&serde_json::Value> = by_task
+            .values()
+            .flat_map(|ex| ex.iter().take(((p.share * ex.len() as f64).ceil() as usize).clamp(1, ex.len())))
+            .collect();
+        write_jsonl(&pd.join("seed.jsonl"), &share)?;
+        let steps: Vec<(String, String, PathBuf, String)> = std::iter::once((
+            "seed".to_string(),
+            format!("seed:{name}"),
+            pd.join("seed"),
+            format!("{name}: the seed expert on {} examples from {}", share.len(), String::from(p.init.clone())),
+        ))
+        .chain(names.iter().map(|t| {
+            (
+                "expert".to_string(),
+                format!("expert:{name}:{t}"),
+                pd.join("experts").join(t),
+                format!("{name}: the {t} expert on {} examples", by_task[t].len()),
+            )
+        }))
+        .collect();
+        for (stage, child, train_dir, what) in steps {
+            if !trained(&train_dir) {
+                if let Some(code) = stages.run(&stage, &child, &child, &train_dir, &what)? {
+                    return Ok(code);
+                }
+            }
+        }
+        let experts: Vec<PathBuf> = names.iter().map(|t| adapter(&pd.join("experts").join(t))).collect();
+        let n = experts.len() as f64;
+        if !pd.join("merged").join("adapter_model.safetensors").exists() {
+            crate::model::combine::merge(
+                &experts,
+                &vec![1.0 / n; experts.len()],
+                seeded.merge,
+                None,
+                &pd.join("merged"),
+            )?;
+        }
+        if !pd.join("merged-seed").join("adapter_model.safetensors").exists() {
+            let mut all = experts.clone();
+            all.push(adapter(&pd.join("seed")));
+            let w = vec![1.0 / (n + 1.0); all.len()];
+            crate::model::combine::merge(&all, &w, seeded.merge, None, &pd.join("merged-seed"))?;
+        }
+        if !pd.join("lmc.json").exists() {
+            let child = format!("lmc:{name}");
+            if let Some(code) =
+                stages.run("lmc", &name, &child, &pd.join("lmc-run"), &format!("{name}: experts' LMC"))?
+            {
+                return Ok(code);
+            }
+        }
+        let eval_dir = dir.join("eval");
+        let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
+            && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, crate::runs::Kind::Eval)
+                .ok()
+                .flatten()
+                .is_some_and(|job| job.adapters.iter().any(|(n, _)| *n == format!("{name}.merged+seed")));
+        if !evaluated {
+            let what = format!("{name}{}", if p == &points[0] { " and the base" } else { "" });
+            if let Some(code) = stages.run("eval", &name, &format!("eval:{name}"), &eval_dir, &what)? {
+                return Ok(code);
+            }
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
+    let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+    let (rows, lmc) = report_rows(&dir, seeded, &names, &report)?;
+    write_report(&dir, spec, seeded, &names, &rows, &lmc)?;
+    match plot(&dir, &rows, &lmc) {
+        Ok(files) => eprintln!("{} plots in {}", files.len(), dir.join("plots").display()),
+        Err(e) => eprintln!("warning: no plots: {e:#}"),
+    }
+    stages.log.append(&SweepEvent::Finished { report: dir.join("report.json") })?;
+    eprintln!("report: {}", dir.join("report.md").display());
+    Ok(0)
+}
+
+/// One stage in this process: `seed:POINT`, `expert:POINT:TASK`, `lmc:POINT` or `eval:POINT`.
+pub(super) fn stage(
+    spec: &Spec,
+    seeded: &Seeded,
+    dir: &Path,
+    name: &str,
+    limits: &crate::seeds::Limits,
+    detached: bool,
+) -> anyhow::Result<u8> {
+    let names: Vec<String> = tasks(spec, limits)?.keys().cloned().collect();
+    let points = seeded.points();
+    let find =
+        |n: &str| points.iter().position(|p| p.name() == n).with_context(|| format!("the sweep has no point {n:?}"));
+    let choice = crate::model::Choice {
+        name: spec.model.clone(),
+        device: crate::model::DeviceChoice::Auto,
+        dtype: crate::model::DTypeChoice::Auto,
+    };
+    let (kind, rest) = name.split_once(':').with_context(|| {
+        format!("the sweep has no stage {name:?}: seed:POINT, expert:POINT:TASK, lmc:POINT or eval:POINT")
+    })?;
+    let train = |data: PathBuf, run: PathBuf, init: Init| {
+        let opts = crate::train::command::Options {
+            model: choice.clone(),
+            data,
+            resume: run.join(crate::runs::CONFIG).exists(),
+            run,
+            settings_file: None,
+            qlora: None,
+            prompt_format: crate::prompts::PromptFormat::Auto,
+            init: Some(init),
+            detached,
+        };
+        crate::train::command::train(opts, &spec.train)
+    };
+    match kind {
+        "seed" => {
+            let p = &points[find(rest)?];
+            let pd = dir.join("points").join(rest);
+            train(pd.join("seed.jsonl"), pd.join("seed"), p.init.clone())
+        }
+        "expert" => {
+            let (point, task) = rest.split_once(':').context("expert:POINT:TASK")?;
+            find(point)?;
+            anyhow::ensure!(names.iter().any(|t| t == task), "the sweep has no task {task:?}");
+            let pd = dir.join("points").join(point);
+            let start = adapter(&pd.join("seed"));
+            train(dir.join("tasks").join(format!("{task}.jsonl")), pd.join("experts").join(task), Init::From(start))
+        }
+        "lmc" => {
+            find(rest)?;
+            let pd = dir.join("points").join(rest);
+            lmc(&choice, &pd, dir, &names, seeded.lmc_points, spec.train.max_seq_length, detached)
+        }
+        "eval" => {
+            let upto = find(rest)?;
+            let adapters = points[..=upto]
+                .iter()
+                .flat_map(|q| members(&dir.join("points").join(q.name()), &q.name(), &names))
+                .map(|(name, dir)| crate::model::adapter::Spec { name, dir })
+                .collect();
+            crate::eval::command::eval(crate::eval::command::Options {
+                model: choice,
+                adapters,
+                data: spec.eval.clone(),
+                datasets: spec.datasets.clone(),
+                shots: spec.shots.clone(),
+                run: dir.join("eval"),
+                max_new_tokens: None,
+                postprocess: None,
+                demos_from: None,
+                split_references: false,
+                prompt_format: crate::prompts::PromptFormat::Auto,
+                detached,
+            })
+        }
+        _ => anyhow::bail!("the sweep has no stage {name:?}: seed:POINT, expert:POINT:TASK, lmc:POINT or eval:POINT"),
+    }
+}
+
+/// The barrier between two experts, with the loss along both lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pair {
+    pub a: String,
+    pub b: String,
+    pub barrier_merged: f64,
+    pub barrier_factors: Option<f64>,
+    pub alpha: Vec<f64>,
+    pub merged: Vec<f64>,
+    pub factors: Option<Vec<f64>>,
+}
+
+/// The LMC of every pair of a point's experts, on the union of the two tasks' examples, written
+/// to the point's `lmc.json` (a pair at a time is kept in `lmc-run/` so a stop loses one pair).
+fn lmc(
+    choice: &crate::model::Choice,
+    pd: &Path,
+    dir: &Path,
+    names: &[String],
+    points: usize,
+    max_len: usize,
+    detached: bool,
+) -> anyhow::Result<u8> {
+    let work = pd.join("lmc-run");
+    let lock = crate::runs::Lock::acquire(&work)?;
+    let mut model = choice.load()?;
+    let template = model.tokenizer.has_chat_template();
+    let format = crate::prompts::PromptFormat::Auto.resolve(template);
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::signals::watch(cancel.clone(), detached);
+    let mut pairs = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let done = work.join(format!("{a}--{b}.json"));
+            if let Ok(text) = std::fs::read_to_string(&done) {
+                if let Ok(p) = serde_json::from_str::<Pair>(&text) {
+                    pairs.push(p);
+                    continue;
+                }
+            }
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(lock);
+                return Ok(130);
+            }
+            let mut examples = crate::train::data::load(&dir.join("tasks").join(format!("{a}.jsonl")))?;
+            examples.extend(crate::train::data::load(&dir.join("tasks").join(format!("{b}.jsonl")))?);
+            let (ea, eb) = (adapter(&pd.join("experts").join(a)), adapter(&pd.join("experts").join(b)));
+            let scratch = work.join("scratch");
+            let r = crate::train::lmc::measure(
+                &mut model,
+                &ea,
+                &eb,
+                &examples,
+                points,
+                max_len,
+                format,
+                &scratch,
+                &mut |_| {},
+            )?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            eprintln!("lmc {a} – {b}: barrier {:.4} (ΔW line)", r.barrier_merged);
+            let p = Pair {
+                a: a.clone(),
+                b: b.clone(),
+                barrier_merged: r.barrier_merged,
+                barrier_factors: r.barrier_factors,
+                alpha: r.points.iter().map(|x| x.alpha).collect(),
+                merged: r.points.iter().map(|x| x.merged).collect(),
+                factors: r.points.iter().map(|x| x.factors).collect(),
+            };
+            crate::fsutil::atomic_write(&done, serde_json::to_string(&p)?.as_bytes())?;
+            pairs.push(p);
+        }
+    }
+    crate::fsutil::atomic_write(&pd.join("lmc.json"), serde_json::to_string_pretty(&pairs)?.as_bytes())?;
+    Ok(0)
+}
+
+/// One row of a seeded sweep's report.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// `share` or `init` (the base point appears on both).
+    pub axis: String,
+    pub value: String,
+    pub point: String,
+    /// `base`, `seed`, `expert`, `merged` or `merged+seed`.
+    pub model: String,
+    /// The expert's task (experts only).
+    pub expert: Option<String>,
+    pub dataset: String,
+    pub k: usize,
+    pub f1: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+}
+
+/// A point's LMC barriers, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointLmc {
+    pub point: String,
+    pub pairs: Vec<Pair>,
+}
+
+fn report_rows(
+    dir: &Path,
+    seeded: &Seeded,
+    names: &[String],
+    report: &crate::eval::run::Report,
+) -> anyhow::Result<(Vec<Row>, Vec<PointLmc>)> {
+    let mut rows = Vec::new();
+    let mut lmc = Vec::new();
+    let mut axes: Vec<(&str, String, SeedPoint)> = Vec::new();
+    // The base point sits on both axes.
+    let mut shares = seeded.share.clone();
+    if !shares.contains(&seeded.base.share) {
+        shares.push(seeded.base.share);
+    }
+    shares.sort_by(f64::total_cmp);
+    for s in shares {
+        axes.push(("share", format!("{s}"), SeedPoint { share: s, init: seeded.base.init.clone() }));
+    }
+    let mut inits = vec![seeded.base.init.clone()];
+    inits.extend(seeded.init.iter().filter(|i| **i != seeded.base.init).cloned());
+    for i in inits {
+        axes.push(("init", String::from(i.clone()), SeedPoint { share: seeded.base.share, init: i }));
+    }
+    for (axis, value, p) in &axes {
+        let name = p.name();
+        for c in &report.cells {
+            let (model, expert) = if c.model == crate::eval::run::BASE {
+                ("base".to_string(), None)
+            } else if let Some(what) = c.model.strip_prefix(&format!("{name}.")) {
+                match what {
+                    "seed" | "merged" | "merged+seed" => (what.to_string(), None),
+                    t if names.iter().any(|n| n == t) => ("expert".to_string(), Some(t.to_string())),
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            rows.push(Row {
+                axis: axis.to_string(),
+                value: value.clone(),
+                point: name.clone(),
+                model,
+                expert,
+                dataset: c.dataset.clone(),
+                k: c.k,
+                f1: c.f1,
+                rouge_l: c.rouge_l,
+            });
+        }
+    }
+    for p in seeded.points() {
+        let path = dir.join("points").join(p.name()).join("lmc.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        lmc.push(PointLmc { point: p.name(), pairs: serde_json::from_str(&text)? });
+    }
+    Ok((rows, lmc))
+}
+
+/// The mean F1 of `rows` matching `keep`, None when none does.
+fn mean(rows: &[Row], keep: impl Fn(&Row) -> bool) -> Option<f64> {
+    let v: Vec<f64> = rows.iter().filter(|r| keep(r)).map(|r| r.f1).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Per point and k: (experts on their own task, experts on the others, seed, merged,
+/// merged+seed, base) mean F1.
+pub fn summary(rows: &[Row], point: &str, k: usize) -> [Option<f64>; 6] {
+    let at = |r: &Row| r.point == point && r.k == k;
+    [
+        mean(rows, |r| at(r) && r.model == "expert" && r.expert.as_deref() == Some(&r.dataset)),
+        mean(rows, |r| at(r) && r.model == "expert" && r.expert.as_deref() != Some(&r.dataset)),
+        mean(rows, |r| at(r) && r.model == "seed"),
+        mean(rows, |r| at(r) && r.model == "merged"),
+        mean(rows, |r| at(r) && r.model == "merged+seed"),
+        mean(rows, |r| at(r) && r.model == "base"),
+    ]
+}
+
+fn write_report(
+    dir: &Path,
+    spec: &Spec,
+    seeded: &Seeded,
+    names: &[String],
+    rows: &[Row],
+    lmc: &[PointLmc],
+) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        rows: &'a [Row],
+        lmc: &'a [PointLmc],
+    }
+    crate::fsutil::atomic_write(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(&Out { rows, lmc })?.as_bytes(),
+    )?;
+    let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}"));
+    let mut md = format!(
+        "# Seeded LoRA sweep of {}\n\nTasks: {}. F1 (0–100), the mean over datasets; experts on their own task and on \
+         the others; merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) between pairs of \
+         experts, in loss per token.\n",
+        spec.model,
+        names.join(", "),
+        format!("{:?}", seeded.merge).to_lowercase()
+    );
+    let barrier = |point: &str| {
+        lmc.iter().find(|l| l.point == point).and_then(|l| {
+            (!l.pairs.is_empty()).then(|| l.pairs.iter().map(|p| p.barrier_merged).sum::<f64>() / l.pairs.len() as f64)
+        })
+    };
+    for axis in ["share", "init"] {
+        for &k in &spec.shots {
+            md.push_str(&format!(
+                "\n## {axis}, {k}-shot\n\n| {axis} | experts, own | experts, others | seed | merged | merged+seed | base | barrier |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            ));
+            let mut seen = Vec::new();
+            for r in rows.iter().filter(|r| r.axis == axis) {
+                if seen.contains(&(&r.value, &r.point)) {
+                    continue;
+                }
+                seen.push((&r.value, &r.point));
+                let s = summary(rows, &r.point, k);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    r.value,
+                    f(s[0]),
+                    f(s[1]),
+                    f(s[2]),
+                    f(s[3]),
+                    f(s[4]),
+                    f(s[5]),
+                    barrier(&r.point).map_or("–".into(), |b| format!("{b:.4}"))
+                ));
+            }
+        }
+    }
+    md.push_str("\n## Per point and dataset\n");
+    let mut points: Vec<&str> = rows.iter().map(|r| r.point.as_str()).collect();
+    points.dedup();
+    let mut unique = Vec::new();
+    for p in points {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
+    for point in unique {
+        for &k in &spec.shots {
+            md.push_str(&format!("\n### {point}, {k}-shot\n\n| model |"));
+            for d in names {
+                md.push_str(&format!(" {d} |"));
+            }
+            md.push_str("\n|---|");
+            md.push_str(&"---:|".repeat(names.len()));
+            md.push('\n');
+            let mut models: Vec<(String, Option<String>)> = vec![("base".into(), None), ("seed".into(), None)];
+            models.extend(names.iter().map(|t| ("expert".to_string(), Some(t.clone()))));
+            models.push(("merged".into(), None));
+            models.push(("merged+seed".into(), None));
+            for (m, e) in models {
+                let label = e.as_ref().map_or(m.clone(), |t| format!("expert {t}"));
+                md.push_str(&format!("| {label} |"));
+                for d in names {
+                    let v = rows
+                        .iter()
+                        .find(|r| r.point == point && r.k == k && r.model == m && r.expert == e && r.dataset == *d)
+                        .map(|r| r.f1);
+                    md.push_str(&format!(" {} |", f(v)));
+                }
+                md.push('\n');
+            }
+        }
+        if let Some(l) = lmc.iter().find(|l| l.point == point) {
+            md.push_str("\n| experts | barrier (ΔW) | barrier (A, B) |\n|---|---:|---:|\n");
+            for p in &l.pairs {
+                let fb = p.barrier_factors.map_or("–".into(), |b| format!("{b:.4}"));
+                md.push_str(&format!("| {} – {} | {:.4} | {fb} |\n", p.a, p.b, p.barrier_merged));
+            }
+        }
+    }
+    crate::fsutil::atomic_write(&dir.join("report.md"), md.as_bytes())?;
+    Ok(())
+}
+
+/// The plots: F1 against the share (experts on their own tasks, seed, merged, merged+seed, one
+/// line each per k) when the share axis has two values or more, and each point's LMC curves.
+fn plot(dir: &Path, rows: &[Row], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut shares: Vec<(f64, String)> = rows
+        .iter()
+        .filter(|r| r.axis == "share")
+        .filter_map(|r| r.value.parse::<f64>().ok().map(|v| (v, r.point.clone())))
+        .collect();
+    shares.sort_by(|a, b| a.0.total_cmp(&b.0));
+    shares.dedup();
+    if shares.len() >= 2 {
+        let mut ks: Vec<usize> = rows.iter().map(|r| r.k).collect();
+        ks.sort();
+        ks.dedup();
+        let mut lines = Vec::new();
+        for k in ks {
+            for (i, label) in [(0, "experts, own"), (2, "seed"), (3, "merged"), (4, "merged+seed")] {
+                let pts: Vec<(f64, f64)> =
+                    shares.iter().filter_map(|(v, p)| summary(rows, p, k)[i].map(|f| (v * 100.0, f))).collect();
+                lines.push((format!("{label} {k}-shot"), pts));
+            }
+        }
+        written.extend(super::plot::chart(
+            dir,
+            "f1-share",
+            "F1 against the seed expert's share",
+            "share (%)",
+            "F1 (0-100)",
+            &lines,
+        )?);
+    }
+    for l in lmc {
+        let mut lines = Vec::new();
+        for p in &l.pairs {
+            lines.push((
+                format!("{} – {} ΔW", p.a, p.b),
+                p.alpha.iter().copied().zip(p.merged.iter().copied()).collect(),
+            ));
+            if let Some(f) = &p.factors {
+                lines.push((
+                    format!("{} – {} (A, B)", p.a, p.b),
+                    p.alpha.iter().copied().zip(f.iter().copied()).collect(),
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            let title = format!("loss between experts · {}", l.point);
+            written.extend(super::plot::chart(
+                dir,
+                &format!("lmc-{}", l.point),
+                &title,
+                "α",
+                "loss per token",
+                &lines,
+            )?);
+        }
+    }
+    Ok(written)
+}
+
+/// What a seeded sweep will do (`sweep --plan`): per stage its steps or answers and a rough time
+/// from this machine's speed on the model.
+pub(super) fn plan(
+    spec: &Spec,
+    seeded: &Seeded,
+    dir: &Path,
+    limits: &crate::seeds::Limits,
+    decode_rate: f64,
+    prefill_rate: f64,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let by_task = tasks(spec, limits)?;
+    let names: Vec<String> = by_task.keys().cloned().collect();
+    seeded.check(&names)?;
+    let points = seeded.points();
+    let c = &spec.train;
+    let per_step = (c.per_device_train_batch_size * c.gradient_accumulation_steps).max(1);
+    let steps = |n: usize| c.max_steps.unwrap_or_else(|| n.div_ceil(per_step) * c.num_train_epochs);
+    // A step reads its examples forward and backward: about three forward passes.
+    let train_secs = |steps: usize| 3.0 * (steps * per_step * c.max_seq_length.min(512)) as f64 / prefill_rate;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "seeded sweep of {} ({} points, tasks {}), {}",
+        spec.model,
+        points.len(),
+        names.join(", "),
+        dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "speed on this machine: decode {decode_rate:.0} tokens/s (batch 8), prefill {prefill_rate:.0} tokens/s"
+    );
+    let mut total = 0.0;
+    for p in &points {
+        let share: usize =
+            by_task.values().map(|ex| ((p.share * ex.len() as f64).ceil() as usize).clamp(1, ex.len())).sum();
+        let mut s = steps(share);
+        s += match &p.init {
+            Init::Task(t) => steps(by_task[t].len()),
+            Init::Reptile { outer, inner } => outer * inner / c.gradient_accumulation_steps.max(1),
+            _ => 0,
+        };
+        let expert_steps: usize = by_task.values().map(|ex| steps(ex.len())).sum();
+        let pairs = names.len() * (names.len() - 1) / 2;
+        let lmc_tokens: usize =
+            pairs * seeded.lmc_points * 2 * 2 * (by_task.values().map(Vec::len).sum::<usize>() * 2 / names.len()) * 128;
+        let secs = train_secs(s) + train_secs(expert_steps) + lmc_tokens as f64 / prefill_rate;
+        total += secs;
+        let _ = writeln!(
+            out,
+            "{}: seed expert on {share} examples ({s} steps), {} experts ({expert_steps} steps), LMC of {pairs} pairs: about {}",
+            p.name(),
+            names.len(),
+            crate::runs::duration(secs)
+        );
+    }
+    let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
+    let tests: usize = datasets.iter().map(|d| d.test.len()).sum();
+    let models = 1 + points.len() * (names.len() + 3);
+    let answers = models * tests * spec.shots.len();
+    let secs = answers as f64 * 32.0 / decode_rate;
+    total += secs;
+    let _ = writeln!(
+        out,
+        "eval: {answers} answers ({models} models × {tests} examples × {} k): about {}",
+        spec.shots.len(),
+        crate::runs::duration(secs)
+    );
+    let _ = writeln!(out, "in all: about {} (rough)", crate::runs::duration(total));
+    Ok(out)
+}

@@ -1,0 +1,170 @@
+//! Starting points learned from the training data itself, before the run's own steps:
+//!
+//! - `task:NAME` — the expert of task NAME: a standard adapter (A kaiming-uniform, B zero)
+//!   trained with the run's settings (its epochs or max_steps, batch, schedule) on the examples
+//!   whose `task` is NAME. The run then trains that adapter on all its data, with a fresh
+//!   optimiser.
+//! - `reptile:T:K` — meta-learned by first-order Reptile (Nichol, Achiam & Schulman, 2018) over
+//!   the data's tasks. From the standard start φ₀, for outer step t = 0 … T−1:
+//!
+//!   ```text
+//!   τ   ~ uniform over the tasks                      (seeded)
+//!   φ'  = K AdamW steps on τ from φ_t                  (fresh moments, constant lr, one
+//!                                                       micro-batch of τ's examples per step)
+//!   φ_{t+1} = φ_t + ε_t · (φ' − φ_t),  ε_t = 1 − t/T  (the outer step size, annealed to 0)
+//!   ```
+//!
+//!   φ is every A and B of the adapter; φ_T is the run's start.
+//!
+//! Either start is saved to the run's `start/` (a PEFT adapter) and read from there when the run
+//! is continued before its first checkpoint.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+
+use super::data::{self, Encoded};
+use super::run::ADAPTER_NAME;
+use super::{Init, Schedule, TrainConfig, Trainer};
+use crate::model::{adapter, Model};
+
+/// What the warm start did, for the run's log.
+pub struct Started {
+    pub trainer: Trainer,
+    pub note: String,
+}
+
+/// The examples of each task (sorted by name): indices into `tasks`. Every example must name
+/// its task.
+fn by_task(tasks: &[Option<String>]) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let missing = tasks.iter().filter(|t| t.is_none()).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} training examples have no \"task\"; task: and reptile starts need every line to \
+         name its task ({{\"task\": \"NAME\", \"instruction\": …}})",
+        tasks.len()
+    );
+    let mut out: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, t) in tasks.iter().enumerate() {
+        out.entry(t.clone().unwrap_or_default()).or_default().push(i);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Builds the start named by `config.init` (`task:` or `reptile`) on `model` and returns a
+/// trainer over it with the run's settings and a fresh optimiser; None when `cancel` was set
+/// on the way. `tasks[i]` is `encoded[i]`'s task.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    model: &mut Model,
+    config: &TrainConfig,
+    encoded: &[Encoded],
+    tasks: &[Option<String>],
+    base: &str,
+    dir: &Path,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<Started>> {
+    let saved = dir.join("start");
+    let adapter_cfg = adapter::AdapterConfig::new(
+        config.r,
+        config.lora_alpha,
+        config.lora_dropout,
+        config.target_modules.clone(),
+        base,
+    );
+    if saved.join("adapter_model.safetensors").exists() {
+        adapter::load(model, &saved, ADAPTER_NAME)?;
+        let trainer = Trainer::from_loaded(model, ADAPTER_NAME, config.clone(), adapter_cfg)?;
+        return Ok(Some(Started { trainer, note: format!("start read from {}", saved.display()) }));
+    }
+    let groups = by_task(tasks)?;
+    let standard = TrainConfig { init: Init::Standard, ..config.clone() };
+    let mut trainer = Trainer::new(model, ADAPTER_NAME, standard.clone(), base)?;
+    let note = match &config.init {
+        Init::Task(name) => {
+            let Some((_, rows)) = groups.iter().find(|(t, _)| t == name) else {
+                let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
+                anyhow::bail!(
+                    "init task:{name}: no training example has task {name:?}; the data's tasks: {}",
+                    names.join(", ")
+                );
+            };
+            let lengths: Vec<usize> = rows.iter().map(|&i| encoded[i].ids.len()).collect();
+            let (steps, _) = super::run::schedule(&lengths, &standard);
+            let mut losses = Vec::new();
+            for step in &steps {
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let micro: Vec<_> = step
+                    .iter()
+                    .map(|b| data::batch(encoded, &b.iter().map(|&j| rows[j]).collect::<Vec<_>>()))
+                    .collect();
+                losses.push(trainer.step(model, &micro, steps.len())?.loss);
+            }
+            format!(
+                "start: the expert of task {name}, {} steps on its {} examples (loss {:.4} → {:.4})",
+                steps.len(),
+                rows.len(),
+                losses.first().copied().unwrap_or(f64::NAN),
+                losses.last().copied().unwrap_or(f64::NAN)
+            )
+        }
+        Init::Reptile { outer, inner } => {
+            let inner_config =
+                TrainConfig { lr_scheduler_type: Schedule::Constant, warmup_steps: 0, ..standard.clone() };
+            trainer.config = inner_config;
+            let mut rng = crate::rng::Rng::new(config.seed ^ 0x7e97_11e5);
+            let mut last = Vec::new();
+            for t in 0..*outer {
+                let (_, rows) = &groups[(rng.next_u64() % groups.len() as u64) as usize];
+                let before: Vec<(Tensor, Tensor)> = trainer
+                    .params
+                    .iter()
+                    .map(|p| Ok((p.a.as_tensor().copy()?, p.b.as_tensor().copy()?)))
+                    .collect::<candle_core::Result<_>>()?;
+                for (m, v) in trainer.moments.iter_mut() {
+                    m.m = m.m.zeros_like()?;
+                    m.v = m.v.zeros_like()?;
+                    v.m = v.m.zeros_like()?;
+                    v.v = v.v.zeros_like()?;
+                }
+                trainer.step = 0;
+                for _ in 0..*inner {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    let pick: Vec<usize> = (0..config.per_device_train_batch_size.min(rows.len()))
+                        .map(|_| rows[(rng.next_u64() % rows.len() as u64) as usize])
+                        .collect();
+                    let loss = trainer.step(model, &[data::batch(encoded, &pick)], *inner)?.loss;
+                    if t + 1 == *outer {
+                        last.push(loss);
+                    }
+                }
+                let eps = 1.0 - t as f64 / *outer as f64;
+                for (p, (a0, b0)) in trainer.params.iter().zip(before) {
+                    for (var, old) in [(&p.a, a0), (&p.b, b0)] {
+                        let moved = (&old + ((var.as_tensor() - &old)? * eps)?)?;
+                        var.set(&moved)?;
+                    }
+                }
+            }
+            format!(
+                "start: Reptile over {} tasks, {outer} outer steps of {inner} (last inner losses {})",
+                groups.len(),
+                last.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" ")
+            )
+        }
+        other => anyhow::bail!("init {}: not a learned start", String::from(other.clone())),
+    };
+    let tmp = dir.join(".start.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    adapter::save(model, ADAPTER_NAME, &trainer.adapter, &tmp)?;
+    let _ = std::fs::remove_dir_all(&saved);
+    std::fs::rename(&tmp, &saved)?;
+    let params = std::mem::take(&mut trainer.params);
+    let trainer = Trainer::with_params(ADAPTER_NAME, params, config.clone(), adapter_cfg)?;
+    Ok(Some(Started { trainer, note }))
+}
