@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod parallel;
+pub mod plot;
 pub mod prompts;
 pub mod rng;
 pub mod runs;

@@ -508,23 +508,29 @@ fn report_rows(
     Ok((rows, lmc))
 }
 
-/// The mean F1 of `rows` matching `keep`, None when none does.
-fn mean(rows: &[Row], keep: impl Fn(&Row) -> bool) -> Option<f64> {
-    let v: Vec<f64> = rows.iter().filter(|r| keep(r)).map(|r| r.f1).collect();
+/// A score of a row: F1 or ROUGE-L.
+pub type Metric = fn(&Row) -> f64;
+
+/// The metrics the report gives, by name.
+pub const METRICS: [(&str, Metric); 2] = [("F1", |r| r.f1), ("ROUGE-L", |r| r.rouge_l)];
+
+/// The mean `metric` of `rows` matching `keep`, None when none does.
+fn mean(rows: &[Row], metric: Metric, keep: impl Fn(&Row) -> bool) -> Option<f64> {
+    let v: Vec<f64> = rows.iter().filter(|r| keep(r)).map(metric).collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// Per point and k: (experts on their own task, experts on the others, seed, merged,
-/// merged+seed, base) mean F1.
-pub fn summary(rows: &[Row], point: &str, k: usize) -> [Option<f64>; 6] {
+/// merged+seed, base) mean `metric`.
+pub fn summary(rows: &[Row], point: &str, k: usize, metric: Metric) -> [Option<f64>; 6] {
     let at = |r: &Row| r.point == point && r.k == k;
     [
-        mean(rows, |r| at(r) && r.model == "expert" && r.expert.as_deref() == Some(&r.dataset)),
-        mean(rows, |r| at(r) && r.model == "expert" && r.expert.as_deref() != Some(&r.dataset)),
-        mean(rows, |r| at(r) && r.model == "seed"),
-        mean(rows, |r| at(r) && r.model == "merged"),
-        mean(rows, |r| at(r) && r.model == "merged+seed"),
-        mean(rows, |r| at(r) && r.model == "base"),
+        mean(rows, metric, |r| at(r) && r.model == "expert" && r.expert.as_deref() == Some(&r.dataset)),
+        mean(rows, metric, |r| at(r) && r.model == "expert" && r.expert.as_deref() != Some(&r.dataset)),
+        mean(rows, metric, |r| at(r) && r.model == "seed"),
+        mean(rows, metric, |r| at(r) && r.model == "merged"),
+        mean(rows, metric, |r| at(r) && r.model == "merged+seed"),
+        mean(rows, metric, |r| at(r) && r.model == "base"),
     ]
 }
 
@@ -547,8 +553,8 @@ fn write_report(
     )?;
     let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}"));
     let mut md = format!(
-        "# Seeded LoRA sweep of {}\n\nTasks: {}. F1 (0–100), the mean over datasets; experts on their own task and on \
-         the others; merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) between pairs of \
+        "# Seeded LoRA sweep of {}\n\nTasks: {}. F1 and ROUGE-L (0–100), the means over datasets; experts on their own \
+         task and on the others; merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) between pairs of \
          experts, in loss per token.\n",
         spec.model,
         names.join(", "),
@@ -559,10 +565,14 @@ fn write_report(
             (!l.pairs.is_empty()).then(|| l.pairs.iter().map(|p| p.barrier_merged).sum::<f64>() / l.pairs.len() as f64)
         })
     };
-    for axis in ["share", "init"] {
-        for &k in &spec.shots {
+    for ((axis, k), (metric, score)) in ["share", "init"]
+        .into_iter()
+        .flat_map(|a| spec.shots.iter().map(move |&k| (a, k)))
+        .flat_map(|ak| METRICS.into_iter().map(move |m| (ak, m)))
+    {
+        {
             md.push_str(&format!(
-                "\n## {axis}, {k}-shot\n\n| {axis} | experts, own | experts, others | seed | merged | merged+seed | base | barrier |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+                "\n## {axis}, {k}-shot, {metric}\n\n| {axis} | experts, own | experts, others | seed | merged | merged+seed | base | barrier |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
             ));
             let mut seen = Vec::new();
             for r in rows.iter().filter(|r| r.axis == axis) {
@@ -570,7 +580,7 @@ fn write_report(
                     continue;
                 }
                 seen.push((&r.value, &r.point));
-                let s = summary(rows, &r.point, k);
+                let s = summary(rows, &r.point, k, score);
                 md.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     r.value,
@@ -585,7 +595,7 @@ fn write_report(
             }
         }
     }
-    md.push_str("\n## Per point and dataset\n");
+    md.push_str("\n## Per point and dataset (F1)\n");
     let mut points: Vec<&str> = rows.iter().map(|r| r.point.as_str()).collect();
     points.dedup();
     let mut unique = Vec::new();
@@ -650,12 +660,14 @@ fn plot(dir: &Path, rows: &[Row], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBu
         let mut lines = Vec::new();
         for k in ks {
             for (i, label) in [(0, "experts, own"), (2, "seed"), (3, "merged"), (4, "merged+seed")] {
-                let pts: Vec<(f64, f64)> =
-                    shares.iter().filter_map(|(v, p)| summary(rows, p, k)[i].map(|f| (v * 100.0, f))).collect();
+                let pts: Vec<(f64, f64)> = shares
+                    .iter()
+                    .filter_map(|(v, p)| summary(rows, p, k, METRICS[0].1)[i].map(|f| (v * 100.0, f)))
+                    .collect();
                 lines.push((format!("{label} {k}-shot"), pts));
             }
         }
-        written.extend(super::plot::chart(
+        written.extend(crate::plot::chart(
             dir,
             "f1-share",
             "F1 against the seed expert's share",
@@ -680,7 +692,7 @@ fn plot(dir: &Path, rows: &[Row], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBu
         }
         if !lines.is_empty() {
             let title = format!("loss between experts · {}", l.point);
-            written.extend(super::plot::chart(
+            written.extend(crate::plot::chart(
                 dir,
                 &format!("lmc-{}", l.point),
                 &title,

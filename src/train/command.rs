@@ -256,7 +256,7 @@ pub fn lmc(
             ));
         }
         let title = "loss between the two adapters";
-        match crate::sweep::plot::chart(dir, "lmc-loss", title, "α", "loss per token", &lines) {
+        match crate::plot::chart(dir, "lmc-loss", title, "α", "loss per token", &lines) {
             Ok(files) => println!("plot: {}", files[0].display()),
             Err(e) => eprintln!("warning: no plot: {e:#}"),
         }
@@ -271,8 +271,7 @@ pub fn lmc(
                     }
                 }
             }
-            if let Err(e) =
-                crate::sweep::plot::chart(dir, "lmc-f1", "F1 between the two adapters", "α", "F1 (0-100)", &lines)
+            if let Err(e) = crate::plot::chart(dir, "lmc-f1", "F1 between the two adapters", "α", "F1 (0-100)", &lines)
             {
                 eprintln!("warning: no plot: {e:#}");
             }

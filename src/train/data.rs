@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::Batch;
+use super::{Batch, TrainConfig};
 use crate::model::Tokenizer;
 use crate::prompts;
 use crate::rng::Rng;
@@ -134,6 +134,33 @@ pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec
         out.extend(mega.chunks(micro.max(1)).map(<[usize]>::to_vec));
     }
     out
+}
+
+/// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
+pub fn schedule(lengths: &[usize], c: &TrainConfig) -> (Vec<Vec<Vec<usize>>>, usize) {
+    let mut steps = Vec::new();
+    let mut per_epoch = 0;
+    for epoch in 0..c.num_train_epochs {
+        let micro = plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
+        let epoch_steps: Vec<Vec<Vec<usize>>> =
+            micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec).collect();
+        per_epoch = epoch_steps.len();
+        steps.extend(epoch_steps);
+        if c.max_steps.is_some_and(|m| steps.len() >= m) {
+            break;
+        }
+    }
+    if let Some(m) = c.max_steps {
+        // max_steps may run past the epochs: go round again.
+        let mut epoch = c.num_train_epochs;
+        while steps.len() < m && per_epoch > 0 {
+            let micro = plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
+            steps.extend(micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec));
+            epoch += 1;
+        }
+        steps.truncate(m);
+    }
+    (steps, per_epoch)
 }
 
 /// Left-pads the chosen examples into one micro-batch.

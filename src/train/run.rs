@@ -117,33 +117,6 @@ pub fn peak_memory_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
-pub fn schedule(lengths: &[usize], c: &TrainConfig) -> (Vec<Vec<Vec<usize>>>, usize) {
-    let mut steps = Vec::new();
-    let mut per_epoch = 0;
-    for epoch in 0..c.num_train_epochs {
-        let micro = data::plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
-        let epoch_steps: Vec<Vec<Vec<usize>>> =
-            micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec).collect();
-        per_epoch = epoch_steps.len();
-        steps.extend(epoch_steps);
-        if c.max_steps.is_some_and(|m| steps.len() >= m) {
-            break;
-        }
-    }
-    if let Some(m) = c.max_steps {
-        // max_steps may run past the epochs: go round again.
-        let mut epoch = c.num_train_epochs;
-        while steps.len() < m && per_epoch > 0 {
-            let micro = data::plan(lengths, c.per_device_train_batch_size, c.seed, epoch);
-            steps.extend(micro.chunks(c.gradient_accumulation_steps).map(<[Vec<usize>]>::to_vec));
-            epoch += 1;
-        }
-        steps.truncate(m);
-    }
-    (steps, per_epoch)
-}
-
 fn newest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
     std::fs::read_dir(dir.join("checkpoints"))
         .ok()?
@@ -245,7 +218,7 @@ pub fn train(
         c.max_seq_length
     );
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    let (steps, per_epoch) = schedule(&lengths, c);
+    let (steps, per_epoch) = data::schedule(&lengths, c);
     let total = steps.len();
     let base = job.model.clone();
     let mut warm_note = None;
@@ -268,7 +241,7 @@ pub fn train(
                 Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
             }
             super::Init::Task(_) | super::Init::Reptile { .. } => {
-                match super::warm::start(model, c, &encoded, &tasks, &base, dir, cancel)? {
+                match super::warm::start(model, ADAPTER_NAME, c, &encoded, &tasks, &base, dir, cancel)? {
                     Some(s) => {
                         warm_note = Some(s.note);
                         s.trainer

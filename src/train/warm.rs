@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 
 use super::data::{self, Encoded};
-use super::run::ADAPTER_NAME;
 use super::{Init, Schedule, TrainConfig, Trainer};
 use crate::model::{adapter, Model};
 
@@ -52,12 +51,13 @@ fn by_task(tasks: &[Option<String>]) -> anyhow::Result<Vec<(String, Vec<usize>)>
     Ok(out.into_iter().collect())
 }
 
-/// Builds the start named by `config.init` (`task:` or `reptile`) on `model` and returns a
+/// Builds the start named by `config.init` (`task:` or `reptile`) on `model` as adapter `name` and returns a
 /// trainer over it with the run's settings and a fresh optimiser; None when `cancel` was set
 /// on the way. `tasks[i]` is `encoded[i]`'s task.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     model: &mut Model,
+    name: &str,
     config: &TrainConfig,
     encoded: &[Encoded],
     tasks: &[Option<String>],
@@ -74,24 +74,24 @@ pub fn start(
         base,
     );
     if saved.join("adapter_model.safetensors").exists() {
-        adapter::load(model, &saved, ADAPTER_NAME)?;
-        let trainer = Trainer::from_loaded(model, ADAPTER_NAME, config.clone(), adapter_cfg)?;
+        adapter::load(model, &saved, name)?;
+        let trainer = Trainer::from_loaded(model, name, config.clone(), adapter_cfg)?;
         return Ok(Some(Started { trainer, note: format!("start read from {}", saved.display()) }));
     }
     let groups = by_task(tasks)?;
     let standard = TrainConfig { init: Init::Standard, ..config.clone() };
-    let mut trainer = Trainer::new(model, ADAPTER_NAME, standard.clone(), base)?;
+    let mut trainer = Trainer::new(model, name, standard.clone(), base)?;
     let note = match &config.init {
-        Init::Task(name) => {
-            let Some((_, rows)) = groups.iter().find(|(t, _)| t == name) else {
+        Init::Task(task) => {
+            let Some((_, rows)) = groups.iter().find(|(t, _)| t == task) else {
                 let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
                 anyhow::bail!(
-                    "init task:{name}: no training example has task {name:?}; the data's tasks: {}",
+                    "init task:{task}: no training example has task {task:?}; the data's tasks: {}",
                     names.join(", ")
                 );
             };
             let lengths: Vec<usize> = rows.iter().map(|&i| encoded[i].ids.len()).collect();
-            let (steps, _) = super::run::schedule(&lengths, &standard);
+            let (steps, _) = data::schedule(&lengths, &standard);
             let mut losses = Vec::new();
             for step in &steps {
                 if cancel.load(Ordering::Relaxed) {
@@ -104,7 +104,7 @@ pub fn start(
                 losses.push(trainer.step(model, &micro, steps.len())?.loss);
             }
             format!(
-                "start: the expert of task {name}, {} steps on its {} examples (loss {:.4} → {:.4})",
+                "start: the expert of task {task}, {} steps on its {} examples (loss {:.4} → {:.4})",
                 steps.len(),
                 rows.len(),
                 losses.first().copied().unwrap_or(f64::NAN),
@@ -161,10 +161,10 @@ pub fn start(
     };
     let tmp = dir.join(".start.partial");
     let _ = std::fs::remove_dir_all(&tmp);
-    adapter::save(model, ADAPTER_NAME, &trainer.adapter, &tmp)?;
+    adapter::save(model, name, &trainer.adapter, &tmp)?;
     let _ = std::fs::remove_dir_all(&saved);
     std::fs::rename(&tmp, &saved)?;
     let params = std::mem::take(&mut trainer.params);
-    let trainer = Trainer::with_params(ADAPTER_NAME, params, config.clone(), adapter_cfg)?;
+    let trainer = Trainer::with_params(name, params, config.clone(), adapter_cfg)?;
     Ok(Some(Started { trainer, note }))
 }

@@ -139,7 +139,7 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         "Sweeps (7)",
         &[
             ("j k, ↓ ↑", "choose a sweep"),
-            ("a", "the chart's axis: seed count or sample count (Seeded LoRA: the next point's LMC)"),
+            ("a", "the chart's axis: seed count or sample count (a Seeded LoRA sweep: the next point's LMC curves)"),
             ("n", "new: choose a sweep file in sweeps/ and see its plan; s starts it, Esc closes"),
             ("s", "continue the chosen sweep (stopped, interrupted or failed)"),
             ("x", "stop the sweep (its current stage saves its work)"),
