@@ -295,3 +295,39 @@ fn lmc_eval_scores_each_end_as_the_adapter_itself() {
         assert_eq!(at(line, 1.0), cell("b"), "{line} at α 1");
     }
 }
+
+#[test]
+fn a_run_stopped_while_finding_its_start_finds_the_same_start_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, lines(&[("alpha", 3), ("beta", 3)])).unwrap();
+    let config = settings(dir.path(), "max_steps: 1\n");
+    let init = "reptile:300:2";
+    let run = dir.path().join("stopped");
+    let mut cmd = selfspec(&home);
+    cmd.args(["train", "--init", init, "--prompt-format", "plain", "--model"]).arg(writer());
+    cmd.arg("--data").arg(&data).arg("--run").arg(&run).arg("--train-config").arg(&config);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // SIGTERM once the run has begun (its config is written), long before 600 inner steps end.
+    let start = Instant::now();
+    while !run.join("config.yaml").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped while finding the start (reptile:300:2); --resume finds it again"), "{err}");
+    assert!(!run.join("start").exists() && !run.join("adapter").exists());
+    let mut cmd = selfspec(&home);
+    cmd.args(["train", "--resume", "--init", init, "--prompt-format", "plain", "--model"]).arg(writer());
+    cmd.arg("--data").arg(&data).arg("--run").arg(&run).arg("--train-config").arg(&config);
+    run_ok(&mut cmd);
+    // The same start as a run never stopped: every draw comes from the seed.
+    train(&home, &data, &dir.path().join("whole"), &config, Some(init));
+    assert_eq!(tensors(&run.join("start")), tensors(&dir.path().join("whole/start")));
+    assert_eq!(tensors(&run.join("adapter")), tensors(&dir.path().join("whole/adapter")));
+}

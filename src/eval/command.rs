@@ -30,6 +30,36 @@ pub struct Options {
     pub detached: bool,
 }
 
+impl Options {
+    /// An evaluation of `model` with `adapters` on the datasets in `data` (only `datasets`, if
+    /// named) at `shots`, into the run folder `run`, everything else as `eval` defaults it
+    /// (used by the sweeps and `lmc --eval`).
+    pub fn new(
+        model: Choice,
+        adapters: Vec<Spec>,
+        data: PathBuf,
+        datasets: Vec<String>,
+        shots: Vec<usize>,
+        run: PathBuf,
+        detached: bool,
+    ) -> Options {
+        Options {
+            model,
+            adapters,
+            data,
+            datasets,
+            shots,
+            run,
+            max_new_tokens: None,
+            postprocess: None,
+            demos_from: None,
+            split_references: false,
+            prompt_format: crate::prompts::PromptFormat::Auto,
+            detached,
+        }
+    }
+}
+
 /// Runs `selfspec eval`; the exit code (0 finished, 130 stopped: the same command continues).
 pub fn eval(opts: Options) -> anyhow::Result<u8> {
     anyhow::ensure!(!opts.shots.is_empty(), "--shots names no k");

@@ -495,20 +495,9 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
                 dir: dir.join("points").join(q.name()).join("train").join("adapter"),
             })
             .collect();
-        let opts = crate::eval::command::Options {
-            model: p.choice,
-            adapters,
-            data: spec.eval.clone(),
-            datasets: spec.datasets.clone(),
-            shots: spec.shots.clone(),
-            run: dir.join("eval"),
-            max_new_tokens: None,
-            postprocess: None,
-            demos_from: None,
-            split_references: false,
-            prompt_format: crate::prompts::PromptFormat::Auto,
-            detached,
-        };
+        let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
+        let opts =
+            crate::eval::command::Options::new(p.choice, adapters, data, datasets, shots, dir.join("eval"), detached);
         return crate::eval::command::eval(opts);
     }
     let point = points

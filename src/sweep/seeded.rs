@@ -328,20 +328,10 @@ pub(super) fn stage(
                 .flat_map(|q| members(&dir.join("points").join(q.name()), &q.name(), &names))
                 .map(|(name, dir)| crate::model::adapter::Spec { name, dir })
                 .collect();
-            crate::eval::command::eval(crate::eval::command::Options {
-                model: choice,
-                adapters,
-                data: spec.eval.clone(),
-                datasets: spec.datasets.clone(),
-                shots: spec.shots.clone(),
-                run: dir.join("eval"),
-                max_new_tokens: None,
-                postprocess: None,
-                demos_from: None,
-                split_references: false,
-                prompt_format: crate::prompts::PromptFormat::Auto,
-                detached,
-            })
+            let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
+            let opts =
+                crate::eval::command::Options::new(choice, adapters, data, datasets, shots, dir.join("eval"), detached);
+            crate::eval::command::eval(opts)
         }
         _ => anyhow::bail!("the sweep has no stage {name:?}: seed:POINT, expert:POINT:TASK, lmc:POINT or eval:POINT"),
     }

@@ -205,20 +205,10 @@ pub fn lmc(
                 }
             }
         }
-        let code = crate::eval::command::eval(crate::eval::command::Options {
-            model: model.clone(),
-            adapters,
-            data: e.data.clone(),
-            datasets: e.datasets.clone(),
-            shots: e.shots.clone(),
-            run: dir.join("eval"),
-            max_new_tokens: None,
-            postprocess: None,
-            demos_from: None,
-            split_references: false,
-            prompt_format: crate::prompts::PromptFormat::Auto,
-            detached: false,
-        })?;
+        let (data, datasets, shots) = (e.data.clone(), e.datasets.clone(), e.shots.clone());
+        let opts =
+            crate::eval::command::Options::new(model.clone(), adapters, data, datasets, shots, dir.join("eval"), false);
+        let code = crate::eval::command::eval(opts)?;
         anyhow::ensure!(code == 0, "the evaluation stopped; run the same command to continue it");
         let path = dir.join("eval").join("report.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;

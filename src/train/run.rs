@@ -250,7 +250,14 @@ pub fn train(
                         // Stopped while finding the start: nothing to keep, the next run starts
                         // it again.
                         let (mut events, _) = Log::<TrainEvent>::open(dir)?;
-                        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.join("start") };
+                        let text = format!(
+                            "stopped while finding the start ({}); --resume finds it again",
+                            String::from(c.init.clone())
+                        );
+                        let note = TrainEvent::Note { text };
+                        events.append(&note)?;
+                        on_event(&note);
+                        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.to_path_buf() };
                         events.append(&e)?;
                         on_event(&e);
                         return Ok(e);
