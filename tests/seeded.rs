@@ -308,7 +308,7 @@ fn a_run_stopped_while_finding_its_start_finds_the_same_start_on_resume() {
     let mut cmd = selfspec(&home);
     cmd.args(["train", "--init", init, "--prompt-format", "plain", "--model"]).arg(writer());
     cmd.arg("--data").arg(&data).arg("--run").arg(&run).arg("--train-config").arg(&config);
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // SIGTERM once the run has begun (its config is written), long before 600 inner steps end.
     let start = Instant::now();
     while !run.join("config.yaml").exists() {
