@@ -39,10 +39,11 @@ fn lines(tasks: &[(&str, usize)]) -> String {
     out
 }
 
-fn settings(dir: &Path, extra: &str) -> PathBuf {
+/// Training settings for the writer fixture, micro-batches of `batch`, then `extra`.
+fn settings(dir: &Path, batch: usize, extra: &str) -> PathBuf {
     let path = dir.join("train.yaml");
     let text = format!(
-        "r: 4\nnum_train_epochs: 1\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 1\n\
+        "r: 4\nnum_train_epochs: 1\nper_device_train_batch_size: {batch}\ngradient_accumulation_steps: 1\n\
          warmup_steps: 0\nlearning_rate: 0.01\nlora_dropout: 0.0\n{extra}"
     );
     std::fs::write(&path, text).unwrap();
@@ -69,14 +70,17 @@ fn assert_close(a: &Path, b: &Path, tol: f32) {
     }
 }
 
-fn train(home: &Path, data: &Path, run: &Path, config: &Path, init: Option<&str>) -> String {
+/// `selfspec train` on the writer fixture in the Alpaca template, with `args` after it.
+fn train_cmd(home: &Path, data: &Path, run: &Path, config: &Path, args: &[&str]) -> Command {
     let mut cmd = selfspec(home);
     cmd.arg("train").arg("--model").arg(writer()).arg("--data").arg(data).arg("--run").arg(run);
-    cmd.arg("--train-config").arg(config).arg("--prompt-format").arg("plain");
-    if let Some(i) = init {
-        cmd.arg("--init").arg(i);
-    }
-    run_ok(&mut cmd)
+    cmd.arg("--train-config").arg(config).arg("--prompt-format").arg("plain").args(args);
+    cmd
+}
+
+fn train(home: &Path, data: &Path, run: &Path, config: &Path, init: Option<&str>) -> String {
+    let args: Vec<&str> = init.map(|i| vec!["--init", i]).unwrap_or_default();
+    run_ok(&mut train_cmd(home, data, run, config, &args))
 }
 
 #[test]
@@ -87,7 +91,7 @@ fn a_task_start_is_that_tasks_expert_trained_first() {
     std::fs::write(&mixed, lines(&[("alpha", 3), ("beta", 4), ("gamma", 2)])).unwrap();
     let only_beta = dir.path().join("beta.jsonl");
     std::fs::write(&only_beta, lines(&[("beta", 4)])).unwrap();
-    let config = settings(dir.path(), "");
+    let config = settings(dir.path(), 2, "");
     let text = train(&home, &mixed, &dir.path().join("task"), &config, Some("task:beta"));
     assert!(text.contains("the expert of task beta, 2 steps on its 4 examples"), "{text}");
     // The start is exactly what a standard run on beta's examples alone gives.
@@ -98,18 +102,13 @@ fn a_task_start_is_that_tasks_expert_trained_first() {
     // The run then trains that start on all the data: its adapter moved away from it.
     assert_ne!(tensors(&dir.path().join("task/adapter")), tensors(&dir.path().join("task/start")));
     // A task the data lacks, and data without tasks, are refused by name.
-    let mut cmd = selfspec(&home);
-    cmd.args(["train", "--init", "task:delta", "--prompt-format", "plain", "--model"]).arg(writer());
-    cmd.arg("--data").arg(&mixed).arg("--run").arg(dir.path().join("bad")).arg("--train-config").arg(&config);
-    let out = cmd.output().unwrap();
+    let out = train_cmd(&home, &mixed, &dir.path().join("bad"), &config, &["--init", "task:delta"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no training example has task \"delta\"; the data's tasks: alpha, beta, gamma"), "{err}");
     let plain = dir.path().join("plain.jsonl");
     std::fs::write(&plain, "{\"instruction\": \"Say hi.\", \"output\": \"hi\"}\n").unwrap();
-    let mut cmd = selfspec(&home);
-    cmd.args(["train", "--init", "reptile", "--prompt-format", "plain", "--model"]).arg(writer());
-    cmd.arg("--data").arg(&plain).arg("--run").arg(dir.path().join("bad2")).arg("--train-config").arg(&config);
-    let err = String::from_utf8_lossy(&cmd.output().unwrap().stderr).to_string();
+    let out = train_cmd(&home, &plain, &dir.path().join("bad2"), &config, &["--init", "reptile"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 of 1 training examples have no \"task\""), "{err}");
 }
 
@@ -122,9 +121,8 @@ fn one_reptile_outer_step_is_its_inner_steps() {
     let home = dir.path().join("home");
     let one = dir.path().join("one.jsonl");
     std::fs::write(&one, lines(&[("solo", 1)])).unwrap();
-    let config = settings(dir.path(), "");
-    let config_text = std::fs::read_to_string(&config).unwrap().replace("batch_size: 2", "batch_size: 1");
-    std::fs::write(&config, &config_text).unwrap();
+    let config = settings(dir.path(), 1, "");
+    let config_text = std::fs::read_to_string(&config).unwrap();
     let text = train(&home, &one, &dir.path().join("rep"), &config, Some("reptile:1:3"));
     assert!(text.contains("Reptile over 1 tasks, 1 outer steps of 3"), "{text}");
     let plain = dir.path().join("plain.yaml");
@@ -243,7 +241,7 @@ fn lmc_eval_scores_each_end_as_the_adapter_itself() {
     let home = dir.path().join("home");
     let data = dir.path().join("d.jsonl");
     std::fs::write(&data, lines(&[("one", 4)])).unwrap();
-    let config = settings(dir.path(), "max_steps: 2\nseed: 1\n");
+    let config = settings(dir.path(), 2, "max_steps: 2\nseed: 1\n");
     train(&home, &data, &dir.path().join("a"), &config, None);
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("seed: 1", "seed: 2")).unwrap();
     train(&home, &data, &dir.path().join("b"), &config, None);
@@ -302,13 +300,14 @@ fn a_run_stopped_while_finding_its_start_finds_the_same_start_on_resume() {
     let home = dir.path().join("home");
     let data = dir.path().join("d.jsonl");
     std::fs::write(&data, lines(&[("alpha", 3), ("beta", 3)])).unwrap();
-    let config = settings(dir.path(), "max_steps: 1\n");
+    let config = settings(dir.path(), 2, "max_steps: 1\n");
     let init = "reptile:300:2";
     let run = dir.path().join("stopped");
-    let mut cmd = selfspec(&home);
-    cmd.args(["train", "--init", init, "--prompt-format", "plain", "--model"]).arg(writer());
-    cmd.arg("--data").arg(&data).arg("--run").arg(&run).arg("--train-config").arg(&config);
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = train_cmd(&home, &data, &run, &config, &["--init", init])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // SIGTERM once the run has begun (its config is written), long before 600 inner steps end.
     let start = Instant::now();
     while !run.join("config.yaml").exists() {
@@ -322,10 +321,7 @@ fn a_run_stopped_while_finding_its_start_finds_the_same_start_on_resume() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("stopped while finding the start (reptile:300:2); --resume finds it again"), "{err}");
     assert!(!run.join("start").exists() && !run.join("adapter").exists());
-    let mut cmd = selfspec(&home);
-    cmd.args(["train", "--resume", "--init", init, "--prompt-format", "plain", "--model"]).arg(writer());
-    cmd.arg("--data").arg(&data).arg("--run").arg(&run).arg("--train-config").arg(&config);
-    run_ok(&mut cmd);
+    run_ok(&mut train_cmd(&home, &data, &run, &config, &["--resume", "--init", init]));
     // The same start as a run never stopped: every draw comes from the seed.
     train(&home, &data, &dir.path().join("whole"), &config, Some(init));
     assert_eq!(tensors(&run.join("start")), tensors(&dir.path().join("whole/start")));

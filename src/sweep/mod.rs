@@ -290,7 +290,7 @@ fn run_locked(
     let mut stages = Stages { dir, log, budget, detached, cancel };
     if let Some(seeded) = &spec.seeded {
         stages.log.append(&SweepEvent::Started { points: Vec::new() })?;
-        return seeded::run(spec, seeded, &mut stages, limits);
+        return seeded::run(spec, seeded, &mut stages, &prepared.tasks);
     }
     stages.log.append(&SweepEvent::Started { points: points.clone() })?;
     let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
@@ -337,24 +337,11 @@ fn run_locked(
                 return Ok(code);
             }
         }
-        // The point is evaluated as soon as it is trained (the base with the first point), in
-        // the one evaluation run, which grows by each point's adapter: the curves fill in as
-        // points finish.
-        let eval_dir = dir.join("eval");
-        let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
-            && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, Kind::Eval)
-                .ok()
-                .flatten()
-                .is_some_and(|job| job.adapters.iter().any(|(n, _)| *n == name));
-        if !evaluated {
-            let what = format!("{name}{}", if p == &points[0] { " and the base" } else { "" });
-            if let Some(code) = stages.run("eval", &name, &format!("eval:{name}"), &eval_dir, &what)? {
-                return Ok(code);
-            }
+        if let Some(code) = stages.eval_point(&name, &name, p == &points[0])? {
+            return Ok(code);
         }
     }
-    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
-    let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+    let report = eval_report(dir)?;
     let rows = rows(spec, &report, &used);
     write_report(dir, spec, &rows)?;
     match plot::write(dir, &rows) {
@@ -402,6 +389,32 @@ impl Stages<'_> {
     }
 }
 
+impl Stages<'_> {
+    /// Evaluates point `name` as soon as it is trained (the base with the first point) in the
+    /// one evaluation run, which grows by each point's adapters, so the curves fill in as points
+    /// finish; nothing to do when that run already finished with `last`, the point's last
+    /// adapter. Some(exit code) when the sweep stops there.
+    fn eval_point(&mut self, name: &str, last: &str, first: bool) -> anyhow::Result<Option<u8>> {
+        let eval_dir = self.dir.join("eval");
+        let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
+            && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, Kind::Eval)
+                .ok()
+                .flatten()
+                .is_some_and(|job| job.adapters.iter().any(|(n, _)| n == last));
+        if evaluated {
+            return Ok(None);
+        }
+        let what = format!("{name}{}", if first { " and the base" } else { "" });
+        self.run("eval", name, &format!("eval:{name}"), &eval_dir, &what)
+    }
+}
+
+/// The report of a sweep's evaluation run.
+fn eval_report(dir: &Path) -> anyhow::Result<crate::eval::run::Report> {
+    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// What every stage of a sweep shares: the seeds, their one shuffle, the corpus index and the mode.
 struct Prepared {
     seeds: crate::seeds::SeedFile,
@@ -409,6 +422,8 @@ struct Prepared {
     corpus: Option<PathBuf>,
     mode: Mode,
     choice: Choice,
+    /// A seeded sweep's tasks (empty otherwise).
+    tasks: seeded::Tasks,
 }
 
 fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Result<Prepared> {
@@ -421,10 +436,11 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
         loaded.errors()
     );
     spec.check(loaded.file.seeds.len())?;
+    let mut tasks = seeded::Tasks::new();
     if let Some(seeded) = &spec.seeded {
         // Checked before the folder records the spec: a wrong file is fixed and run again.
-        let names: Vec<String> = seeded::tasks(spec, limits)?.into_keys().collect();
-        seeded.check(&names)?;
+        tasks = seeded::tasks(spec, &loaded.file)?;
+        seeded.check(&tasks.keys().cloned().collect::<Vec<_>>())?;
     }
     let corpus = match &spec.corpus {
         Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => Some(dir.join("index")),
@@ -435,7 +451,7 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
     let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
     crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e).shuffle(&mut order);
     let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto };
-    Ok(Prepared { seeds: loaded.file, order, corpus, mode, choice })
+    Ok(Prepared { seeds: loaded.file, order, corpus, mode, choice, tasks })
 }
 
 /// The spec a sweep folder records (`selfspec sweep --run DIR` continues it without its file).

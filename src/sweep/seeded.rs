@@ -114,11 +114,13 @@ impl Seeded {
     }
 }
 
-/// The tasks and their examples: dataset name → examples (tagged with the name), in pool order.
-pub fn tasks(spec: &Spec, limits: &crate::seeds::Limits) -> anyhow::Result<BTreeMap<String, Vec<serde_json::Value>>> {
+/// A task's examples, in pool order (JSON lines tagged with the dataset's name), by task.
+pub type Tasks = BTreeMap<String, Vec<serde_json::Value>>;
+
+/// The tasks and their examples: dataset name → examples (tagged with the name), in pool order,
+/// from the sweep's datasets and its seed file `seeds` (already read).
+pub fn tasks(spec: &Spec, seeds: &crate::seeds::SeedFile) -> anyhow::Result<Tasks> {
     let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
-    let seeds = crate::seeds::load(&spec.seeds, limits)
-        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
     let mut out = BTreeMap::new();
     for d in datasets {
         let mut examples: Vec<serde_json::Value> = d
@@ -126,7 +128,7 @@ pub fn tasks(spec: &Spec, limits: &crate::seeds::Limits) -> anyhow::Result<BTree
             .iter()
             .map(|e| serde_json::json!({"task": d.name, "instruction": e.instruction, "input": e.input, "output": e.references[0]}))
             .collect();
-        examples.extend(seeds.file.seeds.iter().filter(|s| s.task == d.task).map(
+        examples.extend(seeds.seeds.iter().filter(|s| s.task == d.task).map(
             |s| serde_json::json!({"task": d.name, "instruction": s.instruction, "input": s.input, "output": s.output}),
         ));
         anyhow::ensure!(
@@ -142,6 +144,18 @@ pub fn tasks(spec: &Spec, limits: &crate::seeds::Limits) -> anyhow::Result<BTree
         out.insert(d.name.clone(), order.into_iter().map(|i| examples[i].clone()).collect());
     }
     Ok(out)
+}
+
+/// [`tasks`], reading the seed file first (a stage process, the plan).
+fn read_tasks(spec: &Spec, limits: &crate::seeds::Limits) -> anyhow::Result<Tasks> {
+    let seeds = crate::seeds::load(&spec.seeds, limits)
+        .with_context(|| format!("cannot read the seed file {}", spec.seeds.display()))?;
+    tasks(spec, &seeds.file)
+}
+
+/// Examples a share takes of a task's `n`: ⌈share·n⌉, at least one.
+fn share_count(share: f64, n: usize) -> usize {
+    ((share * n as f64).ceil() as usize).clamp(1, n)
 }
 
 fn write_jsonl(path: &Path, lines: &[&serde_json::Value]) -> anyhow::Result<()> {
@@ -169,19 +183,13 @@ fn members(point_dir: &Path, name: &str, tasks: &[String]) -> Vec<(String, PathB
     out
 }
 
-/// Runs (or continues) the seeded sweep; the lock is held and the log open (`stages`).
-pub(super) fn run(
-    spec: &Spec,
-    seeded: &Seeded,
-    stages: &mut Stages,
-    limits: &crate::seeds::Limits,
-) -> anyhow::Result<u8> {
+/// Runs (or continues) the seeded sweep on `by_task` (read and checked by the sweep's
+/// preparation); the lock is held and the log open (`stages`).
+pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &Tasks) -> anyhow::Result<u8> {
     let dir = stages.dir.to_path_buf();
-    let by_task = tasks(spec, limits)?;
     let names: Vec<String> = by_task.keys().cloned().collect();
-    seeded.check(&names)?;
     std::fs::create_dir_all(dir.join("tasks"))?;
-    for (t, ex) in &by_task {
+    for (t, ex) in by_task {
         write_jsonl(&dir.join("tasks").join(format!("{t}.jsonl")), &ex.iter().collect::<Vec<_>>())?;
     }
     let points = seeded.points();
@@ -189,10 +197,8 @@ pub(super) fn run(
         let name = p.name();
         let pd = dir.join("points").join(&name);
         std::fs::create_dir_all(&pd).with_context(|| format!("cannot create {}", pd.display()))?;
-        let share: Vec<&serde_json::Value> = by_task
-            .values()
-            .flat_map(|ex| ex.iter().take(((p.share * ex.len() as f64).ceil() as usize).clamp(1, ex.len())))
-            .collect();
+        let share: Vec<&serde_json::Value> =
+            by_task.values().flat_map(|ex| ex.iter().take(share_count(p.share, ex.len()))).collect();
         write_jsonl(&pd.join("seed.jsonl"), &share)?;
         let steps: Vec<(String, String, PathBuf, String)> = std::iter::once((
             "seed".to_string(),
@@ -241,21 +247,11 @@ pub(super) fn run(
                 return Ok(code);
             }
         }
-        let eval_dir = dir.join("eval");
-        let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
-            && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, crate::runs::Kind::Eval)
-                .ok()
-                .flatten()
-                .is_some_and(|job| job.adapters.iter().any(|(n, _)| *n == format!("{name}.merged+seed")));
-        if !evaluated {
-            let what = format!("{name}{}", if p == &points[0] { " and the base" } else { "" });
-            if let Some(code) = stages.run("eval", &name, &format!("eval:{name}"), &eval_dir, &what)? {
-                return Ok(code);
-            }
+        if let Some(code) = stages.eval_point(&name, &format!("{name}.merged+seed"), p == &points[0])? {
+            return Ok(code);
         }
     }
-    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
-    let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+    let report = super::eval_report(&dir)?;
     let (rows, lmc) = report_rows(&dir, seeded, &names, &report)?;
     write_report(&dir, spec, seeded, &names, &rows, &lmc)?;
     match plot(&dir, &rows, &lmc) {
@@ -276,7 +272,7 @@ pub(super) fn stage(
     limits: &crate::seeds::Limits,
     detached: bool,
 ) -> anyhow::Result<u8> {
-    let names: Vec<String> = tasks(spec, limits)?.keys().cloned().collect();
+    let names: Vec<String> = read_tasks(spec, limits)?.into_keys().collect();
     let points = seeded.points();
     let find =
         |n: &str| points.iter().position(|p| p.name() == n).with_context(|| format!("the sweep has no point {n:?}"));
@@ -706,7 +702,7 @@ pub(super) fn plan(
     prefill_rate: f64,
 ) -> anyhow::Result<String> {
     use std::fmt::Write;
-    let by_task = tasks(spec, limits)?;
+    let by_task = read_tasks(spec, limits)?;
     let names: Vec<String> = by_task.keys().cloned().collect();
     seeded.check(&names)?;
     let points = seeded.points();
@@ -730,8 +726,7 @@ pub(super) fn plan(
     );
     let mut total = 0.0;
     for p in &points {
-        let share: usize =
-            by_task.values().map(|ex| ((p.share * ex.len() as f64).ceil() as usize).clamp(1, ex.len())).sum();
+        let share: usize = by_task.values().map(|ex| share_count(p.share, ex.len())).sum();
         let mut s = steps(share);
         s += match &p.init {
             Init::Task(t) => steps(by_task[t].len()),

@@ -336,13 +336,22 @@ impl Trainer {
         config: TrainConfig,
         adapter: AdapterConfig,
     ) -> candle_core::Result<Trainer> {
+        let mut t = Trainer { name: name.to_string(), params, moments: Vec::new(), step: 0, config, adapter };
+        t.reset_optimizer()?;
+        Ok(t)
+    }
+
+    /// A fresh AdamW: zero moments, step 0 (the adapter's tensors are kept).
+    fn reset_optimizer(&mut self) -> candle_core::Result<()> {
         let zeros =
             |t: &Tensor| -> candle_core::Result<Moments> { Ok(Moments { m: t.zeros_like()?, v: t.zeros_like()? }) };
-        let moments = params
+        self.moments = self
+            .params
             .iter()
             .map(|p| Ok((zeros(p.a.as_tensor())?, zeros(p.b.as_tensor())?)))
             .collect::<candle_core::Result<_>>()?;
-        Ok(Trainer { name: name.to_string(), params, moments, step: 0, config, adapter })
+        self.step = 0;
+        Ok(())
     }
 
     fn set_dropout(&self, model: &mut Model, seed: Option<u64>) {

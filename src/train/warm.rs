@@ -66,14 +66,14 @@ pub fn start(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Option<Started>> {
     let saved = dir.join("start");
-    let adapter_cfg = adapter::AdapterConfig::new(
-        config.r,
-        config.lora_alpha,
-        config.lora_dropout,
-        config.target_modules.clone(),
-        base,
-    );
     if saved.join("adapter_model.safetensors").exists() {
+        let adapter_cfg = adapter::AdapterConfig::new(
+            config.r,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.target_modules.clone(),
+            base,
+        );
         adapter::load(model, &saved, name)?;
         let trainer = Trainer::from_loaded(model, name, config.clone(), adapter_cfg)?;
         return Ok(Some(Started { trainer, note: format!("start read from {}", saved.display()) }));
@@ -124,13 +124,7 @@ pub fn start(
                     .iter()
                     .map(|p| Ok((p.a.as_tensor().copy()?, p.b.as_tensor().copy()?)))
                     .collect::<candle_core::Result<_>>()?;
-                for (m, v) in trainer.moments.iter_mut() {
-                    m.m = m.m.zeros_like()?;
-                    m.v = m.v.zeros_like()?;
-                    v.m = v.m.zeros_like()?;
-                    v.v = v.v.zeros_like()?;
-                }
-                trainer.step = 0;
+                trainer.reset_optimizer()?;
                 for _ in 0..*inner {
                     if cancel.load(Ordering::Relaxed) {
                         return Ok(None);
@@ -164,7 +158,8 @@ pub fn start(
     adapter::save(model, name, &trainer.adapter, &tmp)?;
     let _ = std::fs::remove_dir_all(&saved);
     std::fs::rename(&tmp, &saved)?;
-    let params = std::mem::take(&mut trainer.params);
-    let trainer = Trainer::with_params(name, params, config.clone(), adapter_cfg)?;
+    // The run's own settings (and schedule) from here, with a fresh optimiser.
+    trainer.config = config.clone();
+    trainer.reset_optimizer()?;
     Ok(Some(Started { trainer, note }))
 }
