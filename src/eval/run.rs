@@ -127,6 +127,16 @@ pub struct Report {
     pub cells: Vec<Cell>,
 }
 
+impl Report {
+    /// The report an evaluation run in `dir` wrote when it finished.
+    pub fn read(dir: &Path) -> anyhow::Result<Report> {
+        let path = dir.join("report.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}: the evaluation wrote no report", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation report", path.display()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EvalEvent {

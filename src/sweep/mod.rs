@@ -341,7 +341,7 @@ fn run_locked(
             return Ok(code);
         }
     }
-    let report = eval_report(dir)?;
+    let report = crate::eval::run::Report::read(&dir.join("eval"))?;
     let rows = rows(spec, &report, &used);
     write_report(dir, spec, &rows)?;
     match plot::write(dir, &rows) {
@@ -407,12 +407,6 @@ impl Stages<'_> {
         let what = format!("{name}{}", if first { " and the base" } else { "" });
         self.run("eval", name, &format!("eval:{name}"), &eval_dir, &what)
     }
-}
-
-/// The report of a sweep's evaluation run.
-fn eval_report(dir: &Path) -> anyhow::Result<crate::eval::run::Report> {
-    let text = std::fs::read_to_string(dir.join("eval/report.json")).context("the evaluation wrote no report")?;
-    Ok(serde_json::from_str(&text)?)
 }
 
 /// What every stage of a sweep shares: the seeds, their one shuffle, the corpus index and the mode.

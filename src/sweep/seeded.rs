@@ -251,7 +251,7 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
             return Ok(code);
         }
     }
-    let report = super::eval_report(&dir)?;
+    let report = crate::eval::run::Report::read(&dir.join("eval"))?;
     let (rows, lmc) = report_rows(&dir, seeded, &names, &report)?;
     write_report(&dir, spec, seeded, &names, &rows, &lmc)?;
     match plot(&dir, &rows, &lmc) {

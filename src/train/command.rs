@@ -196,23 +196,16 @@ pub fn lmc(
     println!("loss: mean over {} response tokens of {} examples", result.tokens, examples.len());
     if let (Some(e), Some(dir)) = (eval, out) {
         drop(loaded);
-        let mut adapters = Vec::new();
-        for (i, p) in result.points.iter().enumerate() {
-            for line in ["merged", "factors"] {
-                if line == "merged" || p.factors.is_some() {
-                    let (name, dir) = super::lmc::point_adapter(dir, line, i, p.alpha);
-                    adapters.push(crate::model::adapter::Spec { name, dir });
-                }
-            }
-        }
+        let adapters = super::lmc::point_adapters(&result, dir)
+            .into_iter()
+            .map(|(_, _, name, dir)| crate::model::adapter::Spec { name, dir })
+            .collect();
         let (data, datasets, shots) = (e.data.clone(), e.datasets.clone(), e.shots.clone());
         let opts =
             crate::eval::command::Options::new(model.clone(), adapters, data, datasets, shots, dir.join("eval"), false);
         let code = crate::eval::command::eval(opts)?;
         anyhow::ensure!(code == 0, "the evaluation stopped; run the same command to continue it");
-        let path = dir.join("eval").join("report.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let report: crate::eval::run::Report = serde_json::from_str(&text)?;
+        let report = crate::eval::run::Report::read(&dir.join("eval"))?;
         result.scores = super::lmc::scores(&result, dir, &report);
         println!(
             "\n{:>5}  {:>3}  {:>10}  {:>10}  {:>13}  {:>13}",

@@ -52,38 +52,36 @@ pub struct Score {
     pub rouge_l: f64,
 }
 
-/// The eval name of point `i` of a line (`dW-0.50`, `AB-0.50`) and its adapter folder in `dir`
-/// (as [`measure`] leaves them there).
-pub fn point_adapter(dir: &Path, line: &str, i: usize, alpha: f64) -> (String, std::path::PathBuf) {
-    match line {
-        "merged" => (format!("dW-{alpha:.2}"), dir.join(format!("merged-{i}"))),
-        _ => (format!("AB-{alpha:.2}"), dir.join(format!("factors-{i}"))),
-    }
-}
-
-/// The scores along both lines from an evaluation report of the points' adapters.
-pub fn scores(lmc: &Lmc, dir: &Path, report: &crate::eval::run::Report) -> Vec<Score> {
+/// Every measured point of both lines as an adapter to evaluate: (line, α, eval name —
+/// `dW-0.50`, `AB-0.50` —, its folder in `dir`, as [`measure`] leaves it there).
+pub fn point_adapters(lmc: &Lmc, dir: &Path) -> Vec<(&'static str, f64, String, std::path::PathBuf)> {
     let mut out = Vec::new();
     for (i, p) in lmc.points.iter().enumerate() {
-        for line in ["merged", "factors"] {
-            if line == "factors" && p.factors.is_none() {
+        out.push(("merged", p.alpha, format!("dW-{:.2}", p.alpha), dir.join(format!("merged-{i}"))));
+        if p.factors.is_some() {
+            out.push(("factors", p.alpha, format!("AB-{:.2}", p.alpha), dir.join(format!("factors-{i}"))));
+        }
+    }
+    out
+}
+
+/// The scores along both lines from an evaluation report of [`point_adapters`].
+pub fn scores(lmc: &Lmc, dir: &Path, report: &crate::eval::run::Report) -> Vec<Score> {
+    let mut out = Vec::new();
+    for (line, alpha, name, _) in point_adapters(lmc, dir) {
+        for &k in &report.shots {
+            let cells: Vec<_> = report.cells.iter().filter(|c| c.model == name && c.k == k).collect();
+            if cells.is_empty() {
                 continue;
             }
-            let (name, _) = point_adapter(dir, line, i, p.alpha);
-            for &k in &report.shots {
-                let cells: Vec<_> = report.cells.iter().filter(|c| c.model == name && c.k == k).collect();
-                if cells.is_empty() {
-                    continue;
-                }
-                let n = cells.len() as f64;
-                out.push(Score {
-                    line: line.into(),
-                    alpha: p.alpha,
-                    k,
-                    f1: cells.iter().map(|c| c.f1).sum::<f64>() / n,
-                    rouge_l: cells.iter().map(|c| c.rouge_l).sum::<f64>() / n,
-                });
-            }
+            let n = cells.len() as f64;
+            out.push(Score {
+                line: line.into(),
+                alpha,
+                k,
+                f1: cells.iter().map(|c| c.f1).sum::<f64>() / n,
+                rouge_l: cells.iter().map(|c| c.rouge_l).sum::<f64>() / n,
+            });
         }
     }
     out

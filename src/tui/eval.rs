@@ -115,9 +115,7 @@ impl EvalScreen {
         }
         self.view.notes.extend(batch.dropped);
         if self.report.is_none() && self.view.report.is_some() {
-            if let Ok(text) = std::fs::read_to_string(f.dir.join("report.json")) {
-                self.report = serde_json::from_str(&text).ok();
-            }
+            self.report = crate::eval::run::Report::read(&f.dir).ok();
         }
         if !running {
             self.view.notes.extend(f.torn());
