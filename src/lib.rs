@@ -3,6 +3,7 @@
 //! The engine modules are plain synchronous Rust; only [`tui`] (and `main.rs`) know about the
 //! terminal. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod corpus;
@@ -17,6 +18,7 @@ pub mod prompts;
 pub mod rng;
 pub mod runs;
 pub mod seeds;
+pub mod serve;
 pub mod signals;
 pub mod sweep;
 pub mod train;

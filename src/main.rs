@@ -167,6 +167,7 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Adapters(AdaptersCommand::Merge { adapters, weights, method, rank, out })) => {
             ok(model::command::combine(&adapters, &weights, method.into(), rank, &out))
         }
+        Some(Command::Serve(args)) => ok(selfspec::serve::serve(args.options(&defaults)?)),
         Some(Command::Quantize { model, qtype, out, force }) => {
             ok(model::command::quantize(&model, &out, qtype.into(), force))
         }
@@ -185,7 +186,7 @@ fn run() -> anyhow::Result<u8> {
             train::command::train(opts, &config.train)
         }
         Some(Command::Eval(a)) => eval::command::eval(eval::command::Options {
-            model: a.model.choice(&defaults)?,
+            backend: a.server.backend(&a.model, &defaults, |s| s.to_string())?,
             adapters: a.adapter.iter().map(|s| model::adapter::Spec::parse(s)).collect(),
             data: a.data,
             datasets: a.datasets,
@@ -201,7 +202,7 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Generate(a)) => {
             let opts = generate::command::Options {
                 seeds: a.seeds,
-                model: a.model.choice(&defaults)?,
+                backend: a.server.for_generation(&a.model, &defaults)?,
                 n: a.n,
                 run: a.run,
                 corpus: a.corpus,

@@ -74,7 +74,7 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts = decode::Options { prompt_top: 0, max_batch: 64 };
+    let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: false };
     let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }

@@ -41,6 +41,10 @@ pub struct Request {
     pub contrast: Option<Contrast>,
     /// End the text when it is caught in a repetition loop ([`looping`]): `Finish::Loop`.
     pub stop_on_loop: bool,
+    /// Record each generated token's log-probability and the `n` most likely tokens of its step
+    /// (under the distribution it was chosen from: the model's, or the mixture's), as
+    /// OpenAI-compatible servers report them.
+    pub top_logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +66,7 @@ impl Request {
             adapter: None,
             contrast: None,
             stop_on_loop: false,
+            top_logprobs: None,
         }
     }
 
@@ -114,6 +119,16 @@ pub struct Completion {
     pub finish: Finish,
     /// The highest logits at the last prompt position, best first (as many as asked for).
     pub prompt_top: Vec<(u32, f32)>,
+    /// Per generated token, when the request asked (`top_logprobs`).
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// One generated token's log-probability and the most likely tokens of its step, best first.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// What generation reports while it runs.
@@ -137,11 +152,14 @@ pub struct Options {
     pub prompt_top: usize,
     /// Most rows decoded at once; more requests run in successive waves.
     pub max_batch: usize,
+    /// Every row gets only its own adapter (none for a request naming none), even when no
+    /// request of the call names one: a server's base requests never see its adapters.
+    pub gated: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { prompt_top: 0, max_batch: 64 }
+        Options { prompt_top: 0, max_batch: 64, gated: false }
     }
 }
 
@@ -157,6 +175,7 @@ struct Row {
     seen: Vec<u32>,
     prompt_len: usize,
     rng: Rng,
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// Decodes `requests` in batches of at most `opts.max_batch`, reporting through `on_event`.
@@ -274,11 +293,12 @@ fn run_wave(
             seen: requests[i].prompts[0].clone(),
             prompt_len: requests[i].prompts[0].len(),
             rng: Rng::new(requests[i].sampling.seed),
+            logprobs: Vec::new(),
         })
         .collect();
     let mut cache = decoder.new_cache(pad);
     let started = Instant::now();
-    let gates = Gates::new(model, requests);
+    let gates = Gates::new(model, requests, opts.gated);
     gates.set(requests, &rows)?;
     let input = Tensor::from_vec(tokens, (row_count, longest), device)?;
     let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
@@ -348,8 +368,8 @@ struct Gates {
 impl Gates {
     /// Gated when any request of the whole call names an adapter or decodes contrastively (so a
     /// wave of base-only requests still runs without adapters).
-    fn new(model: &Model, requests: &[Request]) -> Gates {
-        let gated = requests.iter().any(|r| r.adapter.is_some() || r.contrast.is_some());
+    fn new(model: &Model, requests: &[Request], always: bool) -> Gates {
+        let gated = always || requests.iter().any(|r| r.adapter.is_some() || r.contrast.is_some());
         let names = if gated { model.decoder.adapter_names() } else { Vec::new() };
         let gates = names.into_iter().filter_map(|n| model.decoder.gate(&n).map(|g| (n, g))).collect();
         Gates { gates, device: model.decoder.device().clone() }
@@ -392,14 +412,16 @@ impl Drop for Gates {
     }
 }
 
+/// log softmax(l), summed in f64.
+pub fn log_softmax(l: &[f32]) -> Vec<f32> {
+    let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let z = l.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
+    l.iter().map(|x| x - z).collect()
+}
+
 /// Contrastive scores (eq. 3) from the tuned and base logits of one step: log p_tuned −
 /// log p_base where p_tuned ≥ α·max p_tuned, −∞ elsewhere.
 pub fn contrast_scores(tuned: &[f32], base: &[f32], alpha: f64) -> Vec<f32> {
-    let log_softmax = |l: &[f32]| {
-        let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let z = l.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
-        l.iter().map(|x| x - z).collect::<Vec<f32>>()
-    };
     let (lt, lb) = (log_softmax(tuned), log_softmax(base));
     let best = lt.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let floor = best + alpha.ln() as f32;
@@ -457,6 +479,7 @@ fn advance(
         text: std::mem::take(&mut row.text),
         finish,
         prompt_top: std::mem::take(&mut row.prompt_top),
+        logprobs: std::mem::take(&mut row.logprobs),
     }))
 }
 
@@ -482,7 +505,8 @@ pub fn mix(logits: &Tensor, widths: &[usize], weights: &[&[f64]]) -> candle_core
 /// logits are when every request is plain greedy); mixtures from the log of the mixed
 /// distribution, with the same sampling rules.
 fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<f64>]) -> anyhow::Result<Vec<u32>> {
-    if rows.iter().any(|r| requests[r.request].contrast.is_some()) {
+    let per_row = |r: &Row| requests[r.request].contrast.is_some() || requests[r.request].top_logprobs.is_some();
+    if rows.iter().any(per_row) {
         // Per request on the CPU: contrastive pairs, mixtures and plain rows side by side.
         // Mixtures (if any in the batch) are mixed where the logits are, all in one product.
         let any_mixture = rows.iter().any(|r| r.width > 1 && requests[r.request].contrast.is_none());
@@ -503,8 +527,18 @@ fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<
                 None if row.width == 1 => all[at].clone(),
                 None => mixed[g].clone(),
             };
+            // A contrastive step reports the tuned model's distribution.
+            let logprobs = req.top_logprobs.map(|n| {
+                let source = if req.contrast.is_some() || row.width == 1 { &all[at] } else { &scores };
+                (n, log_softmax(source))
+            });
             at += row.width;
-            out.push(sampling::choose(&mut scores, &req.sampling, &row.seen, &mut row.rng));
+            let id = sampling::choose(&mut scores, &req.sampling, &row.seen, &mut row.rng);
+            if let Some((n, lp)) = logprobs {
+                let top = top_logits(&lp, n);
+                row.logprobs.push(TokenLogprob { id, logprob: lp[id as usize], top });
+            }
+            out.push(id);
         }
         return Ok(out);
     }
@@ -528,7 +562,7 @@ fn pick(logits: &Tensor, rows: &mut [Row], requests: &[Request], weights: &[Vec<
 
 /// The first stop string in `text` that ends after byte `from` (so it was completed by the
 /// newest text), with where it starts.
-fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(usize, String)> {
+pub(crate) fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(usize, String)> {
     stops
         .iter()
         .filter(|s| !s.is_empty())

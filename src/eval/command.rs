@@ -9,12 +9,14 @@ use anyhow::Context;
 
 use super::follow::Evaluation;
 use super::run::{evaluate, EvalJob, BASE};
+use crate::backend::{Backend, Engine};
 use crate::model::adapter::Spec;
 use crate::model::Choice;
 
 /// What `selfspec eval` was asked.
 pub struct Options {
-    pub model: Choice,
+    /// The model here, or a server (whose adapters are compared by their served names).
+    pub backend: Backend,
     pub adapters: Vec<Spec>,
     pub data: PathBuf,
     pub datasets: Vec<String>,
@@ -44,7 +46,7 @@ impl Options {
         detached: bool,
     ) -> Options {
         Options {
-            model,
+            backend: Backend::Local(model),
             adapters,
             data,
             datasets,
@@ -71,17 +73,28 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
         crate::prompts::PromptFormat::Auto => {
             match crate::runs::read_job::<EvalJob>(&opts.run, crate::runs::Kind::Eval).ok().flatten() {
                 Some(old) => old.prompt_format,
-                None => {
-                    let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
-                    crate::prompts::PromptFormat::Auto.resolve(template)
-                }
+                None => match &opts.backend {
+                    Backend::Local(choice) => {
+                        let template = crate::model::load_tokenizer(&choice.name)?.has_chat_template();
+                        crate::prompts::PromptFormat::Auto.resolve(template)
+                    }
+                    // A served model's template is not known here: the paper's plain prompts.
+                    Backend::Remote(_) => crate::prompts::PromptFormat::Plain,
+                },
             }
         }
         f => f,
     };
     let job = EvalJob {
         prompt_format,
-        model: opts.model.name.clone(),
+        model: match &opts.backend {
+            Backend::Local(choice) => choice.name.clone(),
+            Backend::Remote(remote) => remote.served_model.clone(),
+        },
+        backend: match &opts.backend {
+            Backend::Local(_) => None,
+            Backend::Remote(remote) => Some(remote.clone()),
+        },
         adapters: opts.adapters.iter().map(|s| (s.name.clone(), absolute(&s.dir))).collect(),
         data: absolute(&opts.data),
         datasets: opts.datasets.clone(),
@@ -122,11 +135,29 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     }
     let lock = crate::runs::Lock::acquire(&opts.run)?;
     let result = (|| {
-        let mut model = opts.model.load()?;
-        crate::model::adapter::load_all(&mut model, &opts.adapters)?;
+        let (model, client) = match &opts.backend {
+            Backend::Local(choice) => {
+                let mut model = choice.load()?;
+                crate::model::adapter::load_all(&mut model, &opts.adapters)?;
+                (Some(model), None)
+            }
+            Backend::Remote(remote) => {
+                anyhow::ensure!(
+                    opts.adapters.is_empty(),
+                    "--adapter loads a folder into this process; through a server, compare the adapters it serves \
+                     with --served-adapter NAME[=SERVED_NAME]"
+                );
+                (None, Some(crate::backend::openai::Client::connect(remote.clone())?))
+            }
+        };
+        let engine = match (&model, &client) {
+            (Some(model), _) => Engine::Local(model),
+            (None, Some(client)) => Engine::Remote(client),
+            (None, None) => unreachable!("one of the two is built above"),
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         crate::signals::watch(cancel.clone(), opts.detached);
-        let report = evaluate(&lock, &model, &job, &datasets, &opts.run, &cancel, &mut |e| {
+        let report = evaluate(&lock, engine, &job, &datasets, &opts.run, &cancel, &mut |e| {
             eprintln!("{}", Evaluation::line(e));
         })?;
         Ok(match report {

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Dataset, Example};
 use super::metrics::{split_references, Scorer};
+use crate::backend::{Engine, Job, Prompt};
 use crate::decode::{self, Request};
-use crate::model::Model;
 
 /// The name the base model goes by in reports.
 pub const BASE: &str = "base";
@@ -44,6 +44,18 @@ pub struct EvalJob {
     /// `auto` in a run recorded before formats existed means plain.
     #[serde(default)]
     pub prompt_format: crate::prompts::PromptFormat,
+    /// The server the answers come from (none: this process); its adapters are compared with
+    /// the base under their names here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::Remote>,
+}
+
+impl EvalJob {
+    /// The base, then every adapter, by the names the report uses.
+    pub fn models(&self) -> Vec<String> {
+        let served = self.backend.iter().flat_map(|b| b.adapters.iter().map(|(n, _)| n.clone()));
+        std::iter::once(BASE.to_string()).chain(self.adapters.iter().map(|(n, _)| n.clone())).chain(served).collect()
+    }
 }
 
 /// New tokens allowed per task.
@@ -57,19 +69,13 @@ pub fn max_new_tokens(task: &str) -> usize {
     }
 }
 
-/// The ids of the k-shot prompt in `format`: plain ([`prompt`]), or a conversation whose first k
-/// exchanges are the demonstrations (user: instruction and input; assistant: the answer), then
-/// the example, with the assistant's turn opened.
-pub fn prompt_ids(
-    tokenizer: &crate::model::Tokenizer,
-    format: crate::prompts::PromptFormat,
-    demos: &[Example],
-    k: usize,
-    e: &Example,
-) -> anyhow::Result<Vec<u32>> {
+/// The k-shot prompt in `format`: plain ([`prompt`]), or a conversation whose first k exchanges
+/// are the demonstrations (user: instruction and input; assistant: the answer), then the
+/// example, with the assistant's turn opened.
+pub fn k_shot(format: crate::prompts::PromptFormat, demos: &[Example], k: usize, e: &Example) -> Prompt {
     use crate::model::chat::Message;
     if format != crate::prompts::PromptFormat::Chat {
-        return tokenizer.encode(&prompt(demos, k, e));
+        return Prompt::Text(prompt(demos, k, e));
     }
     let mut messages = Vec::new();
     for d in demos.iter().take(k) {
@@ -77,7 +83,7 @@ pub fn prompt_ids(
         messages.push(Message::new("assistant", d.references[0].trim()));
     }
     messages.push(Message::new("user", &crate::prompts::chat_user(&e.instruction, &e.input)));
-    tokenizer.encode_chat(&messages)
+    Prompt::Chat { messages, primer: String::new() }
 }
 
 /// The k-shot prompt: k demonstrations (the train split's first k) each as an Alpaca prompt with
@@ -316,13 +322,14 @@ pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `job` with `model` (its adapters already loaded under their names), writing the run
+/// Runs `job` on `engine` (a local model with its adapters loaded under their names, or a
+/// server that serves them), writing the run
 /// folder `dir`, whose lock the caller holds. Each answer is scored and appended to
 /// predictions.jsonl as it finishes, so a run stopped (`cancel`) or killed continues where it
 /// was: answers already scored are not generated again. Returns None when stopped.
 pub fn evaluate(
     _lock: &crate::runs::Lock,
-    model: &Model,
+    engine: Engine,
     job: &EvalJob,
     datasets: &[Dataset],
     dir: &Path,
@@ -341,8 +348,7 @@ pub fn evaluate(
     if let Some(text) = torn {
         emit(&EvalEvent::Note { text }, on_event)?;
     }
-    let models: Vec<String> =
-        std::iter::once(BASE.to_string()).chain(job.adapters.iter().map(|(n, _)| n.clone())).collect();
+    let models = job.models();
     let path = dir.join(PREDICTIONS);
     let mut log = crate::fsutil::JsonLog::open(&path)?;
     if let Some((line, bytes)) = log.cut {
@@ -367,13 +373,13 @@ pub fn evaluate(
                     if seen.contains(&(m.clone(), d.name.clone(), k, i)) {
                         continue;
                     }
-                    let ids = prompt_ids(&model.tokenizer, job.prompt_format, &d.train, k, e)?;
                     let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
-                    requests.push(Request {
+                    let request = Request {
                         stop: vec!["\n\n".into()],
                         adapter: (m != BASE).then(|| m.clone()),
-                        ..Request::new(ids, limit)
-                    });
+                        ..Request::new(Vec::new(), limit)
+                    };
+                    requests.push(Job::new(vec![k_shot(job.prompt_format, &d.train, k, e)], request));
                     keys.push((m.clone(), di, k, i));
                 }
             }
@@ -382,11 +388,10 @@ pub fn evaluate(
     let scored = total - requests.len();
     emit(&EvalEvent::Started { requests: total, scored }, on_event)?;
     let mut done = scored;
-    let opts = decode::Options { prompt_top: 0, max_batch: 16 };
+    let opts = decode::Options { prompt_top: 0, max_batch: 16, gated: false };
     let mut scorer = Scorer::default();
     let mut failure: Option<anyhow::Error> = None;
-    decode::generate(
-        model,
+    engine.generate(
         &requests,
         &opts,
         &mut |e| {

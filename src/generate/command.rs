@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use super::follow::Generation;
 use super::pipeline::{self, Job, Mode, Outcome, Progress};
+use crate::backend::{Backend, Engine};
 use crate::decode::{Request, Sampling, SamplingParams};
 use crate::model::adapter::Spec;
 use crate::model::Choice;
@@ -17,7 +18,9 @@ use crate::seeds;
 /// What `selfspec generate` was asked.
 pub struct Options {
     pub seeds: PathBuf,
-    pub model: Choice,
+    /// The model here, or a server (its tuned model, for a second round, among its adapters
+    /// under [`pipeline::ADAPTER`]).
+    pub backend: Backend,
     pub n: usize,
     pub run: PathBuf,
     pub corpus: Option<PathBuf>,
@@ -97,13 +100,36 @@ fn generate_locked(
         None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
     };
     let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
-    let mut model = opts.model.load()?;
-    if let Some(dir) = &opts.adapter {
-        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
-    }
-    let model = model;
+    let (model, client) = match &opts.backend {
+        Backend::Local(choice) => {
+            let mut model = choice.load()?;
+            if let Some(dir) = &opts.adapter {
+                crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
+            }
+            (Some(model), None)
+        }
+        Backend::Remote(remote) => {
+            anyhow::ensure!(
+                opts.adapter.is_none(),
+                "--adapter loads a folder into this process; through a server, name the tuned model the server                  serves with --served-adapter NAME"
+            );
+            (None, Some(crate::backend::openai::Client::connect(remote.clone())?))
+        }
+    };
+    let engine = match (&model, &client) {
+        (Some(model), _) => Engine::Local(model),
+        (None, Some(client)) => Engine::Remote(client),
+        (None, None) => unreachable!("one of the two is built above"),
+    };
+    let tuned = opts.adapter.is_some() || client.as_ref().is_some_and(|c| !c.remote.adapters.is_empty());
+    anyhow::ensure!(
+        !opts.contrastive || tuned,
+        "--contrastive needs the tuned model: --adapter DIR (or --served-adapter NAME through a server)"
+    );
     // A new run resolves what the configuration leaves to selfspec (the prompt format, the
-    // sampling of task lists) for this model; a continued run keeps what it resolved.
+    // sampling of task lists) for this model; a continued run keeps what it resolved. A served
+    // model's size and template are not known here: it gets the paper's sampling and plain
+    // prompts unless the configuration says otherwise.
     let settings = match crate::runs::read_job::<Job>(&opts.run, crate::runs::Kind::Generate).ok().flatten() {
         Some(old) => {
             let mut s = settings;
@@ -114,19 +140,26 @@ fn generate_locked(
             s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
             s
         }
-        None => settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template()),
+        None => match &model {
+            Some(model) => settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template()),
+            None => settings.resolve(u64::MAX, false),
+        },
     };
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
         seeds: absolute(&opts.seeds),
-        model: opts.model.name.clone(),
+        model: match &opts.backend {
+            Backend::Local(choice) => choice.name.clone(),
+            Backend::Remote(remote) => remote.served_model.clone(),
+        },
+        backend: client.as_ref().map(|c| c.remote.clone()),
         n: opts.n,
         mode,
         corpus: opts.corpus.as_deref().map(absolute),
         seed: opts.seed,
         prompts: prompts_dir,
         adapter: opts.adapter.as_deref().map(absolute),
-        contrastive: opts.contrastive.then_some(opts.alpha),
+        contrastive: (opts.contrastive && tuned).then_some(opts.alpha),
         settings,
     };
     let (mut run, _) = pipeline::Run::open(lock, &opts.run, job)?;
@@ -135,6 +168,12 @@ fn generate_locked(
         pipeline::PromptFormat::Chat => "chat (the model's template)",
         _ => "plain text",
     };
+    if let Some(remote) = &run.job.backend {
+        eprintln!(
+            "decoding on {} at {} ({} requests at a time)",
+            remote.served_model, remote.endpoint, remote.concurrency
+        );
+    }
     eprintln!(
         "prompts as {format}; task lists sampled at temperature {}, top-p {}",
         s.instruction_temperature.unwrap_or(1.0),
@@ -142,8 +181,7 @@ fn generate_locked(
     );
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), opts.detached);
-    let inputs =
-        pipeline::Inputs { model: &model, seeds: &loaded.file, templates: &templates, searcher: searcher.as_ref() };
+    let inputs = pipeline::Inputs { engine, seeds: &loaded.file, templates: &templates, searcher: searcher.as_ref() };
     let started = std::time::Instant::now();
     let mut view = Generation::default();
     let jsonl = opts.jsonl;
@@ -241,7 +279,7 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = crate::decode::Options { prompt_top: 5, max_batch: 1 };
+    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, gated: false };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();

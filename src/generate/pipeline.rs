@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::filters::{Filters, Pool};
 use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
+use crate::backend::{self, Engine, Prompt, Remote};
 use crate::corpus::{Hit, Searcher};
 use crate::decode::{Event, Finish, Request, Sampling, SamplingParams};
 use crate::fsutil::JsonLog;
-use crate::model::Model;
 use crate::prompts::{self, Templates};
 use crate::rng::Rng;
 use crate::seeds::{Seed, SeedFile};
@@ -222,14 +222,24 @@ pub struct Job {
     /// The second round: a LoRA adapter (the tuned model) over `model`.
     #[serde(default)]
     pub adapter: Option<PathBuf>,
-    /// Contrastive decoding against the base with this α (needs `adapter`).
+    /// Contrastive decoding against the base with this α (needs `adapter`, or a served adapter).
     #[serde(default)]
     pub contrastive: Option<f64>,
+    /// The server the run decodes on (none: this process). Its tuned model, for a second round,
+    /// is its adapter named [`ADAPTER`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Remote>,
     #[serde(default)]
     pub settings: Settings,
 }
 
 impl Job {
+    /// The tuned model of a second round: its adapter folder, or its name on the server.
+    pub fn tuned_model(&self) -> Option<String> {
+        let served = self.backend.as_ref().and_then(|b| b.adapters.iter().find(|(n, _)| n == ADAPTER));
+        self.adapter.as_ref().map(|p| p.display().to_string()).or_else(|| served.map(|(_, s)| s.clone()))
+    }
+
     /// The parts that must not change when a run is resumed (N, the budget and batch sizes may).
     fn identity(&self) -> Job {
         let mut j = self.clone();
@@ -237,6 +247,7 @@ impl Job {
         j.settings.prompt_budget = None;
         j.settings.prompts_per_batch = 0;
         j.settings.responses_per_batch = 0;
+        j.backend = j.backend.map(|b| b.identity());
         j
     }
 
@@ -566,8 +577,9 @@ struct Candidate {
 
 /// Everything a run needs besides its folder.
 pub struct Inputs<'a> {
-    /// The model, with the job's adapter (if any) loaded under [`ADAPTER`].
-    pub model: &'a Model,
+    /// The engine: the local model (with the job's adapter, if any, loaded under [`ADAPTER`]),
+    /// or a server (the tuned model's served name under [`ADAPTER`]).
+    pub engine: Engine<'a>,
     pub seeds: &'a SeedFile,
     pub templates: &'a Templates,
     pub searcher: Option<&'a Searcher>,
@@ -666,18 +678,18 @@ fn go(
                 &demos,
                 s.tasks_per_prompt,
             )?;
-            let ids = encode(inputs.model, s.prompt_format, &prompt, &primer)?;
             let stop = format!("Task {}", demos.len() + s.tasks_per_prompt + 1);
-            requests.push(Request {
+            let request = Request {
                 stop: vec![stop],
                 sampling: s.instruction_sampling(rng.next_u64()),
                 stop_on_loop: true,
-                ..tuned(&job, Request::new(ids, s.instruction_max_new_tokens))
-            });
+                ..tuned(&job, 1, Request::new(Vec::new(), s.instruction_max_new_tokens))
+            };
+            requests.push(backend::Job::new(vec![prompt_of(s.prompt_format, &prompt, &primer)], request));
             shown.push(demos.iter().map(|d| d.id.clone()).collect());
             primers.push(primer);
         }
-        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch };
+        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch, gated: false };
         let mut on_event = |e: Event| {
             if let Event::Token { request, text, .. } = e {
                 if !text.is_empty() {
@@ -685,7 +697,7 @@ fn go(
                 }
             }
         };
-        let (lists, timing) = crate::decode::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        let (lists, timing) = inputs.engine.generate(&requests, &opts, &mut on_event, cancel)?;
         if lists.iter().any(|c| c.finish == Finish::Cancelled) {
             break Outcome::Cancelled;
         }
@@ -745,7 +757,7 @@ fn go(
                     instruction: task.instruction,
                     input: task.input,
                     demos: shown[offset].clone(),
-                    instruction_sampling: requests[offset].sampling,
+                    instruction_sampling: requests[offset].request.sampling,
                     most_similar,
                     documents: Vec::new(),
                 });
@@ -769,30 +781,30 @@ fn go(
     Ok(outcome)
 }
 
-/// The ids of `prompt` in `format`: the text as it is (plain), or the prompt as a user message in
-/// the chat template with the assistant's turn opened and begun with `primer` (which `prompt`
-/// ends with, for task lists; empty for responses).
-fn encode(model: &Model, format: PromptFormat, prompt: &str, primer: &str) -> anyhow::Result<Vec<u32>> {
+/// `prompt` in `format`: the text as it is (plain), or the prompt as a user message in the chat
+/// template with the assistant's turn opened and begun with `primer` (which `prompt` ends with,
+/// for task lists; empty for responses).
+fn prompt_of(format: PromptFormat, prompt: &str, primer: &str) -> Prompt {
     match format {
         PromptFormat::Chat => {
             let question = prompt.strip_suffix(primer).unwrap_or(prompt).trim_end();
-            let mut text =
-                model.tokenizer.apply_chat_template(&[crate::model::chat::Message::new("user", question)], true)?;
-            text.push_str(primer);
-            model.tokenizer.encode_plain(&text)
+            Prompt::Chat {
+                messages: vec![crate::model::chat::Message::new("user", question)],
+                primer: primer.to_string(),
+            }
         }
-        PromptFormat::Plain | PromptFormat::Auto => model.tokenizer.encode(prompt),
+        PromptFormat::Plain | PromptFormat::Auto => Prompt::Text(prompt.to_string()),
     }
 }
 
 /// `request` as the job's model runs it: with the tuned adapter, contrastively against the base
 /// where asked (a mixture of documents keeps the adapter but is not contrastive).
-fn tuned(job: &Job, request: Request) -> Request {
-    if job.adapter.is_none() {
+fn tuned(job: &Job, prompts: usize, request: Request) -> Request {
+    if job.tuned_model().is_none() {
         return request;
     }
     match job.contrastive {
-        Some(alpha) if request.prompts.len() == 1 => {
+        Some(alpha) if prompts == 1 => {
             Request { contrast: Some(crate::decode::Contrast { adapter: ADAPTER.into(), alpha }), ..request }
         }
         _ => Request { adapter: Some(ADAPTER.into()), ..request },
@@ -840,10 +852,10 @@ fn respond(
                 Some(searcher) => retrieve(searcher, job.mode, s, &query)?,
                 None => Vec::new(),
             };
-            let mut prompts_ids = Vec::new();
+            let mut texts = Vec::new();
             if docs.is_empty() {
                 let text = prompts::response_prompt(inputs.templates, domain, None, &c.instruction, &c.input)?;
-                prompts_ids.push(encode(inputs.model, s.prompt_format, &text, "")?);
+                texts.push(prompt_of(s.prompt_format, &text, ""));
             }
             for (hit, _) in &docs {
                 let text = prompts::response_prompt(
@@ -853,21 +865,22 @@ fn respond(
                     &c.instruction,
                     &c.input,
                 )?;
-                prompts_ids.push(encode(inputs.model, s.prompt_format, &text, "")?);
+                texts.push(prompt_of(s.prompt_format, &text, ""));
             }
             c.documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
             let seed = c.instruction_sampling.seed ^ 0xa5a5_a5a5;
             let request = Request {
-                prompts: prompts_ids,
                 weights: docs.iter().map(|(_, w)| *w).collect(),
                 sampling: s.response_sampling(seed),
                 stop_on_loop: true,
                 ..Request::new(Vec::new(), s.response_max_new_tokens)
             };
-            requests.push(tuned(job, request));
+            let request = tuned(job, texts.len(), request);
+            requests.push(backend::Job::new(texts, request));
         }
         sink.emit(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
-        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1) };
+        let opts =
+            crate::decode::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1), gated: false };
         let mut finished: Vec<(usize, crate::decode::Completion)> = Vec::new();
         let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
         let mut on_event = |e: Event| match e {
@@ -877,7 +890,7 @@ fn respond(
             Event::Finished { request, completion } => finished.push((request, completion.clone())),
             _ => {}
         };
-        let (_, timing) = crate::decode::generate(inputs.model, &requests, &opts, &mut on_event, cancel)?;
+        let (_, timing) = inputs.engine.generate(&requests, &opts, &mut on_event, cancel)?;
         counters.response_tokens += timing.decode_tokens + requests.len();
         // Stored in the order they finished, each fsynced before the next.
         for (i, completion) in finished {
@@ -904,14 +917,14 @@ fn respond(
                     demos: c.demos.clone(),
                     model: model_name.to_string(),
                     sampling: Some(c.instruction_sampling),
-                    response_sampling: Some(requests[i].sampling),
+                    response_sampling: Some(requests[i].request.sampling),
                     mode: Some(job.mode),
                     documents: c.documents.clone(),
                     most_similar: c.most_similar.as_ref().map(|m| m.0.clone()),
                     rouge_l: c.most_similar.as_ref().map(|m| m.1),
                     finish: Some(completion.finish.clone()),
-                    adapter: job.adapter.as_ref().map(|p| p.display().to_string()),
-                    contrastive_alpha: job.contrastive.filter(|_| job.adapter.is_some()),
+                    adapter: job.tuned_model(),
+                    contrastive_alpha: job.contrastive.filter(|_| job.tuned_model().is_some()),
                     created: now_secs(),
                 },
             };
@@ -1000,8 +1013,17 @@ mod tests {
             prompts: None,
             adapter: None,
             contrastive: None,
+            backend: None,
             settings: Settings::default(),
         };
+        // A server's endpoint, key variable and concurrency may change; its served name not.
+        let served = Job { backend: Some(Remote::new("http://a:1", "m")), ..job.clone() };
+        let mut moved = Remote::new("https://b/v1", "m");
+        moved.concurrency = 64;
+        moved.api_key_env = Some("KEY".into());
+        assert!(served.differences(&Job { backend: Some(moved), ..job.clone() }).is_empty());
+        let renamed = Job { backend: Some(Remote::new("http://a:1", "other")), ..job.clone() };
+        assert_eq!(served.differences(&renamed).len(), 1, "{:?}", served.differences(&renamed));
         let mut other = Job { n: 50, ..job.clone() };
         other.settings.prompts_per_batch = 2;
         assert!(job.differences(&other).is_empty(), "N and batch sizes may change");

@@ -71,6 +71,11 @@ pub struct Spec {
     /// A Seeded LoRA sweep (see [`seeded`]) instead of the seeds and samples axes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded: Option<seeded::Seeded>,
+    /// An OpenAI-compatible server serving `model` that the generation stages decode on (`endpoint`,
+    /// `served_model`, …, as `generate --backend openai` takes them). Training, and so the
+    /// evaluation of the adapters it makes, stays on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::Remote>,
 }
 
 fn default_shots() -> Vec<usize> {
@@ -154,6 +159,9 @@ impl Spec {
     /// What is wrong with the spec before anything starts: empty values, more seeds than the file
     /// holds (with the count), shots the datasets cannot serve.
     pub fn check(&self, available: usize) -> anyhow::Result<()> {
+        if let Some(remote) = &self.backend {
+            remote.check().map_err(|e| anyhow::anyhow!("backend: {e:#}"))?;
+        }
         let points = if self.seeded.is_some() {
             anyhow::ensure!(
                 self.axes == Axes::default() && self.base == Point::default() && !self.grid,
@@ -162,6 +170,10 @@ impl Spec {
             anyhow::ensure!(
                 self.corpus.is_none(),
                 "a seeded sweep trains on the datasets' demonstrations and seeds, not on generated samples; remove corpus:"
+            );
+            anyhow::ensure!(
+                self.backend.is_none(),
+                "a seeded sweep generates nothing, so a server has nothing to do; remove backend:"
             );
             Vec::new()
         } else {
@@ -476,9 +488,13 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             subset.seeds = p.order[..s].iter().map(|&i| p.seeds.seeds[i].clone()).collect();
             crate::seeds::save(&seed_file, &subset)?;
         }
+        let backend = match &spec.backend {
+            Some(remote) => crate::backend::Backend::Remote(remote.clone()),
+            None => crate::backend::Backend::Local(p.choice),
+        };
         let opts = crate::generate::command::Options {
             seeds: seed_file,
-            model: p.choice,
+            backend,
             n,
             run: gen,
             corpus: p.corpus,
@@ -673,7 +689,7 @@ pub fn speed(spec: &Spec) -> anyhow::Result<(f64, f64)> {
         })
         .collect();
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: 8 };
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: 8, gated: false };
     let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
     let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
     let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);
@@ -800,6 +816,7 @@ mod tests {
             generation: Settings::default(),
             train: TrainConfig::default(),
             seeded: None,
+            backend: None,
         };
         let names: Vec<String> = spec.points().iter().map(Point::name).collect();
         assert_eq!(names, ["s80-n1000", "s20-n1000", "s40-n1000", "s80-n250"]);

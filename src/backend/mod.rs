@@ -1,0 +1,201 @@
+//! Where decoding runs: in this process (the local engine, [`crate::decode`]) or on an
+//! OpenAI-compatible server ([`openai`]: vLLM, llama.cpp, TGI, `selfspec serve`). Generation and
+//! evaluation build text-level [`Job`]s; the local engine tokenizes them, a server is sent text.
+
+pub mod openai;
+
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{Completion, Event, Request, Timing};
+use crate::model::chat::Message;
+use crate::model::Model;
+
+/// A prompt as text, before any tokenizer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text the model continues (a server's completions endpoint).
+    Text(String),
+    /// A conversation in the model's chat template with the assistant's turn opened and begun
+    /// with `primer` (empty: nothing), as `add_generation_prompt` renders it.
+    Chat { messages: Vec<Message>, primer: String },
+}
+
+impl Prompt {
+    /// The ids the local engine decodes: plain text with the tokenizer's special tokens, or the
+    /// rendered template with the primer appended, tokenized as it is.
+    pub fn encode(&self, tokenizer: &crate::model::Tokenizer) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Prompt::Text(text) => tokenizer.encode(text),
+            Prompt::Chat { messages, primer } => {
+                let mut text = tokenizer.apply_chat_template(messages, true)?;
+                text.push_str(primer);
+                tokenizer.encode_plain(&text)
+            }
+        }
+    }
+}
+
+/// One request as text: its prompts (several for the eq. 2 mixture), and everything else as
+/// [`Request`] says (its `prompts` are filled by the local engine).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompts: Vec<Prompt>,
+    pub request: Request,
+}
+
+impl Job {
+    pub fn new(prompts: Vec<Prompt>, request: Request) -> Job {
+        Job { prompts, request }
+    }
+}
+
+/// The engine a run decodes with.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    Local(&'a Model),
+    Remote(&'a openai::Client),
+}
+
+impl Engine<'_> {
+    /// Decodes `jobs` (as [`crate::decode::generate`] does, events included): locally, in
+    /// batches of at most `opts.max_batch` rows; on a server, `concurrency` requests at a time.
+    pub fn generate(
+        &self,
+        jobs: &[Job],
+        opts: &crate::decode::Options,
+        on_event: &mut (dyn FnMut(Event) + Send),
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<(Vec<Completion>, Timing)> {
+        match self {
+            Engine::Local(model) => {
+                let mut requests = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let prompts =
+                        job.prompts.iter().map(|p| p.encode(&model.tokenizer)).collect::<anyhow::Result<Vec<_>>>()?;
+                    requests.push(Request { prompts, ..job.request.clone() });
+                }
+                crate::decode::generate(model, &requests, opts, on_event, cancel)
+            }
+            Engine::Remote(client) => client.generate(jobs, on_event, cancel),
+        }
+    }
+}
+
+/// What a command decodes with: a model loaded here, or a server.
+pub enum Backend {
+    Local(crate::model::Choice),
+    Remote(Remote),
+}
+
+/// An OpenAI-compatible server as a run records it (never the API key itself: the name of the
+/// variable that holds it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// The API's base URL, `…/v1` (a bare `http://host:port` gets `/v1`).
+    pub endpoint: String,
+    /// The base model's name on the server.
+    pub served_model: String,
+    /// (name in selfspec, name on the server) of each adapter the run uses: the tuned model of a
+    /// second round, or the adapters an evaluation compares (vLLM serves LoRA adapters by name).
+    #[serde(default)]
+    pub adapters: Vec<(String, String)>,
+    /// The environment variable holding the API key, sent as a bearer token.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Alternatives asked for at each step of a mixture (eq. 2) or contrastive (eq. 3) decoding
+    /// through the server: the mixture is exact over the union of every prompt's top N, and
+    /// treats every other token as probability 0.
+    #[serde(default = "default_top_logprobs")]
+    pub top_logprobs: usize,
+    /// Seconds one HTTP request may take before it is retried.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    /// Tries after the first on a dropped connection, a timeout, 429 or 5xx, with backoff.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+fn default_top_logprobs() -> usize {
+    20
+}
+fn default_timeout() -> f64 {
+    600.0
+}
+fn default_retries() -> usize {
+    6
+}
+
+impl Remote {
+    pub fn new(endpoint: &str, served_model: &str) -> Remote {
+        Remote {
+            endpoint: normalise_endpoint(endpoint),
+            served_model: served_model.to_string(),
+            adapters: Vec::new(),
+            api_key_env: None,
+            concurrency: default_concurrency(),
+            top_logprobs: default_top_logprobs(),
+            timeout_secs: default_timeout(),
+            retries: default_retries(),
+        }
+    }
+
+    /// The settings that decide what a run produces (what a resumed run must keep): the served
+    /// names and N. The endpoint, key, concurrency, timeout and retries may change.
+    pub fn identity(&self) -> Remote {
+        Remote {
+            endpoint: String::new(),
+            api_key_env: None,
+            concurrency: 0,
+            timeout_secs: 0.0,
+            retries: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Checks the settings alone (before any connection).
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"),
+            "--endpoint {}: not an http:// or https:// URL",
+            self.endpoint
+        );
+        anyhow::ensure!(!self.served_model.trim().is_empty(), "--served-model names no model");
+        anyhow::ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(self.top_logprobs >= 1, "--top-logprobs must be at least 1");
+        anyhow::ensure!(self.timeout_secs > 0.0 && self.timeout_secs.is_finite(), "--timeout must be > 0 seconds");
+        Ok(())
+    }
+}
+
+/// `http://host:port` (or with a trailing slash) gets `/v1`; a URL with a path is kept as given.
+pub fn normalise_endpoint(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if after_scheme.contains('/') {
+        url.to_string()
+    } else {
+        format!("{url}/v1")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_endpoint;
+
+    #[test]
+    fn endpoints_get_v1_only_without_a_path() {
+        assert_eq!(normalise_endpoint("http://127.0.0.1:8000"), "http://127.0.0.1:8000/v1");
+        assert_eq!(normalise_endpoint("http://127.0.0.1:8000/"), "http://127.0.0.1:8000/v1");
+        assert_eq!(normalise_endpoint("https://h/v1/"), "https://h/v1");
+        assert_eq!(normalise_endpoint("https://h/openai/v1"), "https://h/openai/v1");
+    }
+}

@@ -1,0 +1,676 @@
+//! A client of an OpenAI-compatible server: `/v1/models` checked at connect, plain requests
+//! streamed from `/v1/completions` or `/v1/chat/completions`, and the paper's two step-wise
+//! decodings done here over the server's top log-probabilities: the eq. 2 mixture (each step
+//! asks the k prompts for one token) and the eq. 3 contrast (the tuned and the base model's
+//! names). Many requests are in flight at once; a dropped connection, a timeout, 429 or 5xx is
+//! retried with backoff; anything else fails with the server's own message.
+//!
+//! Truncation: a server reports only its top N log-probabilities per step. The mixture here is
+//! Σ_j w_j·p_j(t) over the union of the prompts' top-N tokens, each p_j(t) outside prompt j's
+//! top N taken as 0; the contrast bounds log p_base(t) of a token outside the base's top N by
+//! the smallest log-probability reported. Tokens are keyed by their text, so the chosen token
+//! is appended as text and the server tokenizes the grown prompt again. llama.cpp's server
+//! reports no log-probabilities when its own greedy token ends the text; such a step counts as
+//! the end with certainty for that prompt. Tied scores are ranked by token text (the local
+//! engine ranks them by id), so a sampled step may draw another of the tied tokens.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::{Job, Prompt, Remote};
+use crate::decode::{sampling, Completion, Event, Finish, Rng, Sampling, Timing};
+
+/// Token texts servers give the end of a sequence in their log-probabilities (llama.cpp gives
+/// special tokens an empty text).
+const END_TEXTS: &[&str] = &["", "</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
+/// The most a response body may hold (a step's log-probabilities included).
+const BODY_LIMIT: u64 = 64 << 20;
+
+pub struct Client {
+    pub remote: Remote,
+    agent: ureq::Agent,
+    key: Option<String>,
+}
+
+/// What one try of a request came to.
+enum Try {
+    /// Worth trying again (a dropped connection, a timeout, 429, 5xx): what happened.
+    Again(String),
+    Fail(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Try {
+    fn from(e: anyhow::Error) -> Try {
+        Try::Fail(e)
+    }
+}
+
+/// What a worker tells the caller's thread.
+enum Msg {
+    Token { request: usize, text: String },
+    Finished { request: usize, completion: Completion, timing: Timing },
+    Failed(anyhow::Error),
+}
+
+impl Client {
+    /// Checks `remote`, reads its key, and asks the server which models it serves: an
+    /// unreachable endpoint, a refused key and a name the server does not serve are errors here,
+    /// before any work.
+    pub fn connect(remote: Remote) -> anyhow::Result<Client> {
+        remote.check()?;
+        let key = match &remote.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "--api-key-env {var}: the environment variable {var} is not set (it must hold the API key)"
+                )
+            })?),
+            None => None,
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs_f64(remote.timeout_secs)))
+            .max_idle_connections_per_host(remote.concurrency.max(1) * 2)
+            .build();
+        let client = Client { agent: config.into(), key, remote };
+        client.check_models()?;
+        Ok(client)
+    }
+
+    /// The server name of the model a request runs on: the base, or its adapter's served name.
+    fn served(&self, adapter: Option<&str>) -> anyhow::Result<&str> {
+        match adapter {
+            None => Ok(&self.remote.served_model),
+            Some(name) => {
+                self.remote.adapters.iter().find(|(n, _)| n == name).map(|(_, s)| s.as_str()).with_context(|| {
+                    format!("no served model is named for the adapter {name}: pass --served-adapter {name}=SERVED_NAME")
+                })
+            }
+        }
+    }
+
+    fn check_models(&self) -> anyhow::Result<()> {
+        let endpoint = &self.remote.endpoint;
+        let url = format!("{endpoint}/models");
+        let mut req = self.agent.get(&url);
+        if let Some(key) = &self.key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        let resp = req.call().map_err(|e| {
+            anyhow::anyhow!("cannot reach the server at {endpoint}: {e}; is it running, and is --endpoint right?")
+        })?;
+        let status = resp.status().as_u16();
+        let body = read_body(resp).unwrap_or_default();
+        match status {
+            200..=299 => {}
+            401 | 403 => anyhow::bail!(
+                "the server at {endpoint} refused the API key (HTTP {status}): {}; put the key in an environment \
+                 variable and name it with --api-key-env",
+                message(&body)
+            ),
+            404 => {
+                eprintln!("warning: {url} answers 404: the served model names cannot be checked before the run");
+                return Ok(());
+            }
+            _ => anyhow::bail!("{url}: HTTP {status}: {}", message(&body)),
+        }
+        let v: Value = serde_json::from_str(&body)
+            .with_context(|| format!("{url}: not the JSON of an OpenAI-compatible model list: {}", cut(&body, 200)))?;
+        let ids: Vec<&str> =
+            v["data"].as_array().map(|d| d.iter().filter_map(|m| m["id"].as_str()).collect()).unwrap_or_default();
+        let wanted = std::iter::once(self.remote.served_model.as_str())
+            .chain(self.remote.adapters.iter().map(|(_, s)| s.as_str()));
+        for name in wanted {
+            anyhow::ensure!(
+                ids.contains(&name),
+                "the server at {endpoint} does not serve a model named {name:?}; it serves: {}. Name one of these \
+                 (llama.cpp's server names its model by the file's path unless started with --model_alias)",
+                if ids.is_empty() { "nothing".to_string() } else { ids.join(", ") }
+            );
+        }
+        Ok(())
+    }
+
+    fn post(&self, path: &str, body: &str) -> Result<ureq::http::Response<ureq::Body>, Try> {
+        let url = format!("{}/{path}", self.remote.endpoint);
+        let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+        if let Some(key) = &self.key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        let resp = req.send(body).map_err(|e| Try::Again(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status < 300 {
+            return Ok(resp);
+        }
+        let text = read_body(resp).unwrap_or_default();
+        let msg = message(&text);
+        if status == 429 || status >= 500 {
+            return Err(Try::Again(format!("HTTP {status}: {msg}")));
+        }
+        Err(Try::Fail(anyhow::anyhow!("{url}: the server refused the request (HTTP {status}): {msg}")))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `retries` more tries (waiting 0.5,
+    /// 1, 2, 4, 8, 8 … s between them) have failed too.
+    fn with_retries<T>(
+        &self,
+        path: &str,
+        cancel: &AtomicBool,
+        mut attempt: impl FnMut() -> Result<T, Try>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let mut last = String::new();
+        for n in 0..=self.remote.retries {
+            if n > 0 {
+                let wait = Duration::from_secs_f64((0.5 * 2f64.powi(n as i32 - 1)).min(8.0));
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    anyhow::ensure!(!cancel.load(Ordering::Relaxed), "stopped");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(Try::Fail(e)) => return Err(e),
+                Err(Try::Again(what)) => last = what,
+            }
+        }
+        anyhow::bail!(
+            "{}/{path}: no answer after {} tries over {:.0} s (last: {last}); what the run finished is kept: when the \
+             server is back, run the same command again to continue",
+            self.remote.endpoint,
+            self.remote.retries + 1,
+            started.elapsed().as_secs_f64()
+        )
+    }
+
+    fn post_json(&self, path: &str, body: &Value, cancel: &AtomicBool) -> anyhow::Result<Value> {
+        let text = body.to_string();
+        self.with_retries(path, cancel, || {
+            let resp = self.post(path, &text)?;
+            let body = read_body(resp).map_err(|e| Try::Again(format!("reading the answer: {e}")))?;
+            serde_json::from_str(&body).map_err(|e| {
+                Try::Fail(anyhow::anyhow!("{path}: the server's answer is not JSON ({e}): {}", cut(&body, 300)))
+            })
+        })
+    }
+
+    /// Decodes `jobs`, `concurrency` at a time, reporting through `on_event` on this thread.
+    pub fn generate(
+        &self,
+        jobs: &[Job],
+        on_event: &mut (dyn FnMut(Event) + Send),
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<(Vec<Completion>, Timing)> {
+        for (i, job) in jobs.iter().enumerate() {
+            anyhow::ensure!(!job.prompts.is_empty(), "request {i}: no prompt");
+            if let Some(c) = &job.request.contrast {
+                anyhow::ensure!(job.prompts.len() == 1, "request {i}: contrastive decoding takes one prompt");
+                self.served(Some(&c.adapter))?;
+            }
+            self.served(job.request.adapter.as_deref())?;
+            anyhow::ensure!(
+                job.request.sampling.repetition_penalty.is_none_or(|p| p == 1.0),
+                "request {i}: a repetition penalty cannot be sent to a server"
+            );
+        }
+        let mut done: Vec<Option<Completion>> = vec![None; jobs.len()];
+        let mut timing = Timing::default();
+        let next = AtomicUsize::new(0);
+        let abort = AtomicBool::new(false);
+        let stop = || cancel.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
+        let workers = self.remote.concurrency.clamp(1, jobs.len().max(1));
+        let mut failure = None;
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<Msg>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let mut timing = Timing::default();
+                    let result = self.run_job(i, job, &tx, &stop, &mut timing);
+                    let msg = match result {
+                        Ok(completion) => Msg::Finished { request: i, completion, timing },
+                        Err(_) if stop() => Msg::Finished { request: i, completion: cancelled(), timing },
+                        Err(e) => Msg::Failed(e.context(format!("request {} of {}", i + 1, jobs.len()))),
+                    };
+                    if tx.send(msg).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            for msg in rx {
+                match msg {
+                    Msg::Token { request, text } => on_event(Event::Token { request, id: 0, text: &text }),
+                    Msg::Finished { request, completion, timing: t } => {
+                        timing.prefill_tokens += t.prefill_tokens;
+                        timing.decode_tokens += t.decode_tokens;
+                        on_event(Event::Finished { request, completion: &completion });
+                        done[request] = Some(completion);
+                    }
+                    Msg::Failed(e) => {
+                        abort.store(true, Ordering::Relaxed);
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        // Requests never started (stopped before their turn) end as cancelled.
+        let completions = done.into_iter().map(|c| c.unwrap_or_else(cancelled)).collect();
+        Ok((completions, timing))
+    }
+
+    fn run_job(
+        &self,
+        i: usize,
+        job: &Job,
+        tx: &mpsc::Sender<Msg>,
+        stop: &(dyn Fn() -> bool + Sync),
+        timing: &mut Timing,
+    ) -> anyhow::Result<Completion> {
+        let started = Instant::now();
+        let cancel = StopFlag(stop);
+        let result = if job.request.contrast.is_some() || job.prompts.len() > 1 {
+            self.stepwise(i, job, tx, &cancel, timing)
+        } else {
+            self.plain(i, job, tx, &cancel, timing)
+        };
+        timing.decode_secs += started.elapsed().as_secs_f64();
+        result
+    }
+
+    /// One prompt, streamed: the server samples (with the request's seed).
+    fn plain(
+        &self,
+        i: usize,
+        job: &Job,
+        tx: &mpsc::Sender<Msg>,
+        cancel: &StopFlag,
+        timing: &mut Timing,
+    ) -> anyhow::Result<Completion> {
+        let r = &job.request;
+        let model = self.served(r.adapter.as_deref())?;
+        let (path, mut body) = prompt_body(model, &job.prompts[0], "");
+        body["max_tokens"] = json!(r.max_new_tokens);
+        body["stream"] = json!(true);
+        body["seed"] = json!(r.sampling.seed);
+        match r.sampling.sampling {
+            Sampling::Greedy => body["temperature"] = json!(0.0),
+            Sampling::Sample { temperature, top_k, top_p } => {
+                body["temperature"] = json!(temperature);
+                if let Some(p) = top_p {
+                    body["top_p"] = json!(p);
+                }
+                if let Some(k) = top_k {
+                    body["top_k"] = json!(k);
+                }
+            }
+        }
+        if !r.stop.is_empty() {
+            body["stop"] = json!(r.stop);
+        }
+        if r.ignore_eos {
+            body["ignore_eos"] = json!(true);
+        }
+        // llama.cpp's Python server penalises repeats (1.1) and cuts to min-p 0.05 unless told
+        // otherwise, which changes even greedy text; vLLM reads min_p and ignores the other.
+        body["repeat_penalty"] = json!(1.0);
+        body["min_p"] = json!(0.0);
+        let text_body = body.to_string();
+        let flag = AtomicBool::new(false);
+        let (text, finish, chunks) = self.with_retries(path, &flag, || {
+            let resp = self.post(path, &text_body)?;
+            let mut text = String::new();
+            let mut words = Words::default();
+            let mut chunks = 0;
+            let reader = std::io::BufReader::new(resp.into_body().into_reader());
+            for line in reader.lines() {
+                let line = line.map_err(|e| Try::Again(format!("the connection broke mid-answer: {e}")))?;
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+                if data == "[DONE]" {
+                    break;
+                }
+                let v: Value = serde_json::from_str(data).map_err(|e| {
+                    Try::Fail(anyhow::anyhow!("{path}: a streamed chunk is not JSON ({e}): {}", cut(data, 300)))
+                })?;
+                if v.get("error").is_some() {
+                    return Err(Try::Again(format!("the server failed mid-answer: {}", message(data))));
+                }
+                let choice = &v["choices"][0];
+                let delta = choice["text"].as_str().or_else(|| choice["delta"]["content"].as_str()).unwrap_or("");
+                if !delta.is_empty() {
+                    chunks += 1;
+                    text.push_str(delta);
+                    words.push(delta);
+                    let _ = tx.send(Msg::Token { request: i, text: delta.to_string() });
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    let finish = if reason == "length" { Finish::Length } else { Finish::Eos };
+                    return Ok((text, finish, chunks));
+                }
+                if r.stop_on_loop && words.looping() {
+                    return Ok((text, Finish::Loop, chunks));
+                }
+                if cancel.get() {
+                    return Ok((text, Finish::Cancelled, chunks));
+                }
+            }
+            Err(Try::Again("the connection closed before the answer ended".into()))
+        })?;
+        timing.decode_tokens += chunks;
+        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new() })
+    }
+
+    /// The top log-probabilities of the next token after `prompt` continued by `generated`.
+    fn top(
+        &self,
+        model: &str,
+        prompt: &Prompt,
+        generated: &str,
+        cancel: &StopFlag,
+        timing: &mut Timing,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        let n = self.remote.top_logprobs;
+        let (path, mut body) = prompt_body(model, prompt, generated);
+        body["max_tokens"] = json!(1);
+        body["temperature"] = json!(0.0);
+        if path == "chat/completions" {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(n);
+        } else {
+            body["logprobs"] = json!(n);
+        }
+        let flag = AtomicBool::new(cancel.get());
+        let v = self.post_json(path, &body, &flag)?;
+        timing.prefill_tokens += v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        let lp = &v["choices"][0]["logprobs"];
+        let mut out: Vec<(String, f64)> = if let Some(content) = lp["content"].as_array() {
+            content
+                .first()
+                .and_then(|c| c["top_logprobs"].as_array())
+                .map(|a| {
+                    a.iter().filter_map(|t| Some((t["token"].as_str()?.to_string(), t["logprob"].as_f64()?))).collect()
+                })
+                .unwrap_or_default()
+        } else {
+            lp["top_logprobs"]
+                .get(0)
+                .and_then(Value::as_object)
+                .map(|m| m.iter().filter_map(|(t, l)| Some((t.clone(), l.as_f64()?))).collect())
+                .unwrap_or_default()
+        };
+        // llama.cpp's server reports nothing when its own greedy choice ends the text: that step's
+        // distribution is taken as the end, with certainty.
+        if out.is_empty() && v["choices"][0]["finish_reason"].as_str() == Some("stop") {
+            return Ok(vec![(String::new(), 0.0)]);
+        }
+        anyhow::ensure!(
+            !out.is_empty(),
+            "{path}: the server sent no log-probabilities for {model}; mixing documents (eq. 2) and contrastive \
+             decoding (eq. 3) through a server need them (llama-cpp-python: start it with --logits_all true)"
+        );
+        out.retain(|(_, l)| l.is_finite());
+        Ok(out)
+    }
+
+    /// The eq. 2 mixture or the eq. 3 contrast, a token a step, chosen here.
+    fn stepwise(
+        &self,
+        i: usize,
+        job: &Job,
+        tx: &mpsc::Sender<Msg>,
+        cancel: &StopFlag,
+        timing: &mut Timing,
+    ) -> anyhow::Result<Completion> {
+        let r = &job.request;
+        let weights = crate::decode::normalised(&r.weights, job.prompts.len()).map_err(anyhow::Error::msg)?;
+        let mut rng = Rng::new(r.sampling.seed);
+        let mut text = String::new();
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let finish = loop {
+            if cancel.get() {
+                break Finish::Cancelled;
+            }
+            let mut candidates: Vec<(String, f32)> = match &r.contrast {
+                Some(c) => {
+                    let tuned = self.top(self.served(Some(&c.adapter))?, &job.prompts[0], &text, cancel, timing)?;
+                    let base = self.top(self.served(r.adapter.as_deref())?, &job.prompts[0], &text, cancel, timing)?;
+                    contrast(&tuned, &base, c.alpha)
+                }
+                None => {
+                    let model = self.served(r.adapter.as_deref())?;
+                    let mut tops = Vec::with_capacity(job.prompts.len());
+                    for p in &job.prompts {
+                        tops.push(self.top(model, p, &text, cancel, timing)?);
+                    }
+                    mixture(&tops, &weights)
+                }
+            };
+            // Best first, ties by text: the order decides the argmax and the draws.
+            candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let mut scores: Vec<f32> = candidates.iter().map(|c| c.1).collect();
+            let pick = sampling::choose(&mut scores, &r.sampling, &[], &mut rng) as usize;
+            let token = &candidates[pick].0;
+            if !r.ignore_eos && END_TEXTS.contains(&token.as_str()) {
+                break Finish::Eos;
+            }
+            let next = vocab.len() as u32;
+            tokens.push(*vocab.entry(token.clone()).or_insert(next));
+            timing.decode_tokens += 1;
+            let old = text.len();
+            text.push_str(token);
+            if let Some((at, stop)) = crate::decode::find_stop(&text, &r.stop, old) {
+                text.truncate(at);
+                if at > old {
+                    let _ = tx.send(Msg::Token { request: i, text: text[old..].to_string() });
+                }
+                break Finish::Stop(stop);
+            }
+            let _ = tx.send(Msg::Token { request: i, text: token.clone() });
+            if r.stop_on_loop && crate::decode::looping(&tokens).is_some() {
+                break Finish::Loop;
+            }
+            if tokens.len() >= r.max_new_tokens {
+                break Finish::Length;
+            }
+        };
+        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new() })
+    }
+}
+
+/// The stop test a worker polls (the caller's cancel or another worker's failure).
+struct StopFlag<'a>(&'a (dyn Fn() -> bool + Sync));
+
+impl StopFlag<'_> {
+    fn get(&self) -> bool {
+        (self.0)()
+    }
+}
+
+fn cancelled() -> Completion {
+    Completion {
+        ids: Vec::new(),
+        text: String::new(),
+        finish: Finish::Cancelled,
+        prompt_top: Vec::new(),
+        logprobs: Vec::new(),
+    }
+}
+
+/// The endpoint and body of `prompt` continued by `generated` on `model`: a text prompt goes to
+/// completions; a conversation to chat completions, where a begun assistant turn (primer and
+/// generated text) is continued with `continue_final_message` (vLLM's and `selfspec serve`'s
+/// extension).
+fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, Value) {
+    match prompt {
+        Prompt::Text(text) => ("completions", json!({"model": model, "prompt": format!("{text}{generated}")})),
+        Prompt::Chat { messages, primer } => {
+            let mut messages = serde_json::to_value(messages).unwrap_or_default();
+            let begun = format!("{primer}{generated}");
+            let mut body = json!({"model": model});
+            if !begun.is_empty() {
+                if let Some(list) = messages.as_array_mut() {
+                    list.push(json!({"role": "assistant", "content": begun}));
+                }
+                body["continue_final_message"] = json!(true);
+                body["add_generation_prompt"] = json!(false);
+            }
+            body["messages"] = messages;
+            ("chat/completions", body)
+        }
+    }
+}
+
+/// log Σ_j w_j·p_j(t) over the union of the tops (a token outside prompt j's top N counts 0).
+pub fn mixture(tops: &[Vec<(String, f64)>], weights: &[f64]) -> Vec<(String, f32)> {
+    let mut sum: HashMap<&str, f64> = HashMap::new();
+    for (top, w) in tops.iter().zip(weights) {
+        // A text reported twice (two special tokens with one text) counts once, at its best.
+        let mut best: HashMap<&str, f64> = HashMap::new();
+        for (t, l) in top {
+            let e = best.entry(t.as_str()).or_insert(f64::NEG_INFINITY);
+            *e = e.max(*l);
+        }
+        for (t, l) in best {
+            *sum.entry(t).or_default() += w * l.exp();
+        }
+    }
+    sum.into_iter().filter(|(_, p)| *p > 0.0).map(|(t, p)| (t.to_string(), p.ln() as f32)).collect()
+}
+
+/// Eq. 3 over two tops: log p_tuned − log p_base on the tuned tokens with p_tuned ≥ α·max; a
+/// token outside the base's top N gets the smallest base log-probability reported (an upper
+/// bound of its own).
+pub fn contrast(tuned: &[(String, f64)], base: &[(String, f64)], alpha: f64) -> Vec<(String, f32)> {
+    let best = tuned.iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
+    let floor = best + alpha.ln();
+    let base_map: HashMap<&str, f64> = base.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+    let bound = base.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+    tuned
+        .iter()
+        .filter(|(_, l)| *l >= floor)
+        .map(|(t, l)| (t.clone(), (l - base_map.get(t.as_str()).copied().unwrap_or(bound)) as f32))
+        .collect()
+}
+
+/// Words of a streamed text as ids, to see a repetition loop without the server's tokens.
+#[derive(Default)]
+struct Words {
+    ids: Vec<u32>,
+    vocab: HashMap<String, u32>,
+    partial: String,
+}
+
+impl Words {
+    fn push(&mut self, delta: &str) {
+        self.partial.push_str(delta);
+        while let Some(at) = self.partial.find(char::is_whitespace) {
+            let word: String = self.partial.drain(..=at).collect();
+            let word = word.trim();
+            if !word.is_empty() {
+                let next = self.vocab.len() as u32;
+                self.ids.push(*self.vocab.entry(word.to_string()).or_insert(next));
+            }
+        }
+    }
+
+    fn looping(&self) -> bool {
+        crate::decode::looping(&self.ids).is_some()
+    }
+}
+
+fn read_body(resp: ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {
+    resp.into_body().with_config().limit(BODY_LIMIT).read_to_string()
+}
+
+/// The server's own words in an error body: OpenAI's `error.message`, FastAPI's `detail`, or the
+/// text itself.
+fn message(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        for m in [&v["error"]["message"], &v["error"], &v["detail"], &v["message"]] {
+            if let Some(s) = m.as_str() {
+                return cut(s, 500).to_string();
+            }
+            if !m.is_null() && !m.is_object() {
+                return cut(&m.to_string(), 500).to_string();
+            }
+        }
+    }
+    let body = body.trim();
+    if body.is_empty() {
+        "(no message)".into()
+    } else {
+        cut(body, 500).to_string()
+    }
+}
+
+fn cut(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(t, l)| (t.to_string(), *l)).collect()
+    }
+
+    #[test]
+    fn the_mixture_sums_weighted_probabilities_over_the_union() {
+        let a = top(&[("x", 0.5f64.ln()), ("y", 0.25f64.ln())]);
+        let b = top(&[("y", 0.5f64.ln()), ("z", 0.5f64.ln())]);
+        let mut m = mixture(&[a, b], &[0.75, 0.25]);
+        m.sort_by(|p, q| p.0.cmp(&q.0));
+        let p: Vec<f64> = m.iter().map(|(_, l)| (*l as f64).exp()).collect();
+        assert_eq!(m.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["x", "y", "z"]);
+        for (got, want) in p.iter().zip([0.375, 0.75 * 0.25 + 0.25 * 0.5, 0.125]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_contrast_keeps_plausible_tokens_and_bounds_missing_base_ones() {
+        let tuned = top(&[("a", -0.1), ("b", -1.0), ("c", -5.0)]);
+        let base = top(&[("a", -0.2), ("z", -3.0)]);
+        let mut s = contrast(&tuned, &base, 0.1);
+        s.sort_by(|p, q| p.0.cmp(&q.0));
+        // c is below 0.1·max; b is not in the base's top and gets the bound −3.
+        assert_eq!(s.len(), 2);
+        assert!((s[0].1 - 0.1).abs() < 1e-6 && (s[1].1 - 2.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn server_messages_are_found_where_servers_put_them() {
+        assert_eq!(message(r#"{"error":{"message":"bad model"}}"#), "bad model");
+        assert_eq!(message(r#"{"detail":"Not Found"}"#), "Not Found");
+        assert_eq!(message("plain words"), "plain words");
+        assert_eq!(message(""), "(no message)");
+    }
+
+    #[test]
+    fn words_see_a_loop() {
+        let mut w = Words::default();
+        for _ in 0..30 {
+            w.push("the answer is ");
+        }
+        assert!(w.looping());
+    }
+}

@@ -1,0 +1,469 @@
+//! `selfspec serve`: an OpenAI-compatible server on selfspec's engine. `/v1/completions` and
+//! `/v1/chat/completions` (streamed or whole, with log-probabilities), `/v1/models` (the base and
+//! each adapter by name, all over one loaded base). Requests that arrive together are decoded in
+//! one batch; a request arriving while a batch decodes waits for the next one.
+
+pub mod http;
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::decode::{Completion, Event, Finish, Request, Sampling, SamplingParams};
+use crate::model::adapter::Spec;
+use crate::model::chat::Message;
+use crate::model::{Choice, Model};
+
+/// Connections handled at once; more are answered 503.
+const MAX_CONNECTIONS: usize = 256;
+
+pub struct Options {
+    pub model: Choice,
+    pub adapters: Vec<Spec>,
+    /// The base model's name in `/v1/models` and requests (default: what --model says).
+    pub name: Option<String>,
+    pub host: String,
+    /// 0: any free port (the one taken is printed).
+    pub port: u16,
+    /// Most rows decoded at once.
+    pub max_batch: usize,
+    /// Requests must carry this key as a bearer token (read from the named variable).
+    pub api_key_env: Option<String>,
+}
+
+/// What the decoding thread sends back to a request's connection.
+enum Reply {
+    Token(String),
+    Done(Completion),
+    Failed(String),
+}
+
+struct Work {
+    request: Request,
+    reply: mpsc::Sender<Reply>,
+}
+
+struct Shared {
+    model: Arc<Model>,
+    base: String,
+    adapters: Vec<String>,
+    key: Option<String>,
+    work: mpsc::Sender<Work>,
+    next_id: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// Runs the server until the process is stopped.
+pub fn serve(opts: Options) -> anyhow::Result<()> {
+    let key = match &opts.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("--api-key-env {var}: {var} is not set"))?),
+        None => None,
+    };
+    let mut model = opts.model.load()?;
+    crate::model::adapter::load_all(&mut model, &opts.adapters)?;
+    let base = opts.name.clone().unwrap_or_else(|| opts.model.name.clone());
+    let adapters: Vec<String> = opts.adapters.iter().map(|s| s.name.clone()).collect();
+    anyhow::ensure!(
+        !adapters.contains(&base),
+        "the adapter name {base:?} is the base model's; name it apart with NAME=DIR"
+    );
+    let listener = TcpListener::bind((opts.host.as_str(), opts.port))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", opts.host, opts.port))?;
+    let address = listener.local_addr()?;
+    let model = Arc::new(model);
+    let (tx, rx) = mpsc::channel::<Work>();
+    let decoder = model.clone();
+    let max_batch = opts.max_batch.max(1);
+    std::thread::spawn(move || decode_loop(&decoder, rx, max_batch));
+    let shared = Arc::new(Shared {
+        model,
+        base: base.clone(),
+        adapters: adapters.clone(),
+        key,
+        work: tx,
+        next_id: AtomicU64::new(1),
+        connections: AtomicUsize::new(0),
+    });
+    let names = std::iter::once(base.as_str()).chain(adapters.iter().map(String::as_str)).collect::<Vec<_>>();
+    eprintln!("serving {} on http://{address}/v1", names.join(", "));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            let _ = http::error(&mut stream, 503, "too many connections; try again");
+            continue;
+        }
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+            handle(&shared, stream);
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    Ok(())
+}
+
+/// Takes every request waiting (up to `max_batch` rows), decodes them as one batch, repeats.
+fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        // Requests sent together arrive a few milliseconds apart: wait that long for company.
+        while batch.len() < max_batch {
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let requests: Vec<Request> = batch.iter().map(|w| w.request.clone()).collect();
+        let replies: Vec<mpsc::Sender<Reply>> = batch.iter().map(|w| w.reply.clone()).collect();
+        let opts = crate::decode::Options { prompt_top: 0, max_batch, gated: true };
+        let cancel = AtomicBool::new(false);
+        let mut on_event = |e: Event| match e {
+            Event::Token { request, text, .. } if !text.is_empty() => {
+                let _ = replies[request].send(Reply::Token(text.to_string()));
+            }
+            Event::Finished { request, completion } => {
+                let _ = replies[request].send(Reply::Done(completion.clone()));
+            }
+            _ => {}
+        };
+        if let Err(e) = crate::decode::generate(model, &requests, &opts, &mut on_event, &cancel) {
+            for r in &replies {
+                let _ = r.send(Reply::Failed(format!("{e:#}")));
+            }
+        }
+    }
+}
+
+fn handle(shared: &Shared, mut stream: TcpStream) {
+    let req = match http::read_request(&stream) {
+        Ok(r) => r,
+        Err(http::Refusal(status, message)) => {
+            let _ = http::error(&mut stream, status, &message);
+            return;
+        }
+    };
+    if let Some(key) = &shared.key {
+        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        if given != Some(key.as_str()) {
+            let _ = http::error(&mut stream, 401, "a missing or wrong API key (send Authorization: Bearer KEY)");
+            return;
+        }
+    }
+    let path = req.path.trim_end_matches('/');
+    let result = match (req.method.as_str(), path) {
+        ("GET", "/v1/models") => {
+            let created = now();
+            let data: Vec<Value> = std::iter::once(&shared.base)
+                .chain(&shared.adapters)
+                .map(|n| json!({"id": n, "object": "model", "created": created, "owned_by": "selfspec"}))
+                .collect();
+            http::json(&mut stream, 200, &json!({"object": "list", "data": data}))
+        }
+        ("GET", "/health") => http::json(&mut stream, 200, &json!({"status": "ok"})),
+        ("POST", "/v1/completions") => complete(shared, &req, &mut stream, false),
+        ("POST", "/v1/chat/completions") => complete(shared, &req, &mut stream, true),
+        (_, "/v1/models" | "/health" | "/v1/completions" | "/v1/chat/completions") => {
+            http::error(&mut stream, 405, &format!("{} is not allowed on {path}", req.method))
+        }
+        _ => http::error(
+            &mut stream,
+            404,
+            &format!("no route {path}: /v1/models, /v1/completions, /v1/chat/completions"),
+        ),
+    };
+    // A client that went away is not an error of the server's.
+    let _ = result;
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A request's fields, read and checked.
+struct Asked {
+    model: String,
+    ids: Vec<u32>,
+    request: Request,
+    stream: bool,
+    logprobs: Option<usize>,
+}
+
+fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, String)> {
+    let bad = |m: String| (400, m);
+    let model = body["model"].as_str().ok_or_else(|| bad("`model` is required (see /v1/models)".into()))?;
+    let adapter = if model == shared.base {
+        None
+    } else if shared.adapters.iter().any(|a| a == model) {
+        Some(model.to_string())
+    } else {
+        let mut known = vec![shared.base.clone()];
+        known.extend(shared.adapters.iter().cloned());
+        return Err((404, format!("the model `{model}` does not exist; this server serves: {}", known.join(", "))));
+    };
+    if body["n"].as_u64().is_some_and(|n| n != 1) {
+        return Err(bad("only n = 1 is served".into()));
+    }
+    if body["echo"].as_bool() == Some(true) {
+        return Err(bad("echo is not served".into()));
+    }
+    for field in ["presence_penalty", "frequency_penalty"] {
+        if body[field].as_f64().is_some_and(|v| v != 0.0) {
+            return Err(bad(format!("{field} is not served (repetition_penalty is)")));
+        }
+    }
+    let number = |field: &str| -> Result<Option<f64>, (u16, String)> {
+        match &body[field] {
+            Value::Null => Ok(None),
+            v => v.as_f64().map(Some).ok_or_else(|| bad(format!("`{field}` must be a number"))),
+        }
+    };
+    let tokenizer = &shared.model.tokenizer;
+    let ids = if chat {
+        let messages = messages(&body["messages"]).map_err(bad)?;
+        let add_generation_prompt = body["add_generation_prompt"].as_bool().unwrap_or(true);
+        let continue_final = body["continue_final_message"].as_bool().unwrap_or(false);
+        if continue_final && add_generation_prompt && body["add_generation_prompt"].as_bool() == Some(true) {
+            return Err(bad("continue_final_message and add_generation_prompt cannot both be true".into()));
+        }
+        if !tokenizer.has_chat_template() {
+            return Err(bad("this model has no chat template: use /v1/completions".into()));
+        }
+        let text = if continue_final {
+            let last = messages
+                .last()
+                .filter(|m| m.role == "assistant")
+                .ok_or_else(|| bad("continue_final_message needs the last message to be the assistant's".into()))?;
+            let rendered = tokenizer.apply_chat_template(&messages, false).map_err(|e| bad(format!("{e:#}")))?;
+            // The template closes the final turn; the text is cut right after its content.
+            let at = rendered
+                .rfind(last.content.as_str())
+                .ok_or_else(|| bad("the chat template changes the final message, so it cannot be continued".into()))?;
+            rendered[..at + last.content.len()].to_string()
+        } else {
+            tokenizer.apply_chat_template(&messages, add_generation_prompt).map_err(|e| bad(format!("{e:#}")))?
+        };
+        tokenizer.encode_plain(&text).map_err(|e| bad(format!("{e:#}")))?
+    } else {
+        match &body["prompt"] {
+            Value::String(s) => tokenizer.encode(s).map_err(|e| bad(format!("{e:#}")))?,
+            Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                tokenizer.encode(a[0].as_str().unwrap_or("")).map_err(|e| bad(format!("{e:#}")))?
+            }
+            Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_u64) => {
+                a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
+            }
+            Value::Array(_) => return Err(bad("one prompt per request: a string, or an array of token ids".into())),
+            _ => return Err(bad("`prompt` is required: a string or an array of token ids".into())),
+        }
+    };
+    let vocab = shared.model.decoder.spec.vocab_size;
+    if ids.is_empty() {
+        return Err(bad("the prompt has no tokens".into()));
+    }
+    if let Some(id) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(bad(format!("token id {id} is outside the vocabulary ({vocab})")));
+    }
+    let max_tokens = match body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()) {
+        Some(n) => n as usize,
+        None if chat => 1024,
+        None => 16,
+    };
+    if max_tokens == 0 {
+        return Err(bad("max_tokens must be at least 1".into()));
+    }
+    let context = shared.model.decoder.spec.max_position_embeddings;
+    if context > 0 && ids.len() + max_tokens > context {
+        return Err(bad(format!(
+            "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's context of {context} tokens",
+            ids.len()
+        )));
+    }
+    let temperature = number("temperature")?.unwrap_or(1.0);
+    if !(0.0..=100.0).contains(&temperature) {
+        return Err(bad("temperature must be in [0, 100]".into()));
+    }
+    let top_p = number("top_p")?;
+    if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return Err(bad("top_p must be in (0, 1]".into()));
+    }
+    let top_k = number("top_k")?.filter(|k| *k > 0.0).map(|k| k as usize);
+    let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, top_p } };
+    let seed = body["seed"].as_u64().unwrap_or(0);
+    let repetition_penalty = number("repetition_penalty")?.map(|p| p as f32).filter(|p| *p != 1.0);
+    let stop = match &body["stop"] {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
+        _ => return Err(bad("`stop` must be a string or an array of strings".into())),
+    };
+    let logprobs = if chat {
+        match body["logprobs"].as_bool() {
+            Some(true) => Some(body["top_logprobs"].as_u64().unwrap_or(0) as usize),
+            _ => None,
+        }
+    } else {
+        body["logprobs"].as_u64().map(|n| n as usize)
+    };
+    if logprobs.is_some_and(|n| n > vocab) {
+        return Err(bad(format!("at most {vocab} log-probabilities (the vocabulary)")));
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if stream && logprobs.is_some() {
+        return Err(bad("log-probabilities are served without streaming only".into()));
+    }
+    let request = Request {
+        stop,
+        sampling: SamplingParams { sampling, seed, repetition_penalty },
+        ignore_eos: body["ignore_eos"].as_bool().unwrap_or(false),
+        adapter,
+        top_logprobs: logprobs,
+        ..Request::new(ids.clone(), max_tokens)
+    };
+    Ok(Asked { model: model.to_string(), ids, request, stream, logprobs })
+}
+
+/// Chat messages: `content` a string or a list of text parts.
+fn messages(v: &Value) -> Result<Vec<Message>, String> {
+    let list = v.as_array().filter(|a| !a.is_empty()).ok_or("`messages` must be a non-empty list")?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let role = m["role"].as_str().ok_or(format!("messages[{i}] has no role"))?;
+        let content = match &m["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""),
+            Value::Null => String::new(),
+            _ => return Err(format!("messages[{i}].content must be text")),
+        };
+        out.push(Message::new(role, &content));
+    }
+    Ok(out)
+}
+
+fn finish_reason(f: &Finish) -> &'static str {
+    match f {
+        Finish::Eos | Finish::Stop(_) => "stop",
+        Finish::Length | Finish::Loop => "length",
+        Finish::Cancelled => "abort",
+    }
+}
+
+fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: bool) -> std::io::Result<()> {
+    let body: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => return http::error(stream, 400, &format!("the body is not JSON: {e}")),
+    };
+    let asked = match parse(shared, &body, chat) {
+        Ok(a) => a,
+        Err((status, message)) => return http::error(stream, status, &message),
+    };
+    let (tx, rx) = mpsc::channel();
+    if shared.work.send(Work { request: asked.request.clone(), reply: tx }).is_err() {
+        return http::error(stream, 503, "the decoder has stopped");
+    }
+    let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = if chat { format!("chatcmpl-{n}") } else { format!("cmpl-{n}") };
+    let object = if chat { "chat.completion" } else { "text_completion" };
+    let created = now();
+    let model = asked.model.as_str();
+    if asked.stream {
+        http::start_events(stream)?;
+        let chunk = |choice: Value| {
+            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]}).to_string()
+        };
+        if chat {
+            http::event(stream, &chunk(json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": null})))?;
+        }
+        for reply in rx {
+            match reply {
+                Reply::Token(text) => {
+                    let choice = if chat {
+                        json!({"index": 0, "delta": {"content": text}, "finish_reason": null})
+                    } else {
+                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
+                    };
+                    http::event(stream, &chunk(choice))?;
+                }
+                Reply::Done(c) => {
+                    let reason = finish_reason(&c.finish);
+                    let choice = if chat {
+                        json!({"index": 0, "delta": {}, "finish_reason": reason})
+                    } else {
+                        json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason})
+                    };
+                    http::event(stream, &chunk(choice))?;
+                    return http::event(stream, "[DONE]");
+                }
+                Reply::Failed(message) => {
+                    let e = json!({"error": {"message": message, "type": "server_error", "code": 500}});
+                    return http::event(stream, &e.to_string());
+                }
+            }
+        }
+        return Ok(());
+    }
+    let completion = loop {
+        match rx.recv() {
+            Ok(Reply::Token(_)) => continue,
+            Ok(Reply::Done(c)) => break c,
+            Ok(Reply::Failed(message)) => return http::error(stream, 500, &message),
+            Err(_) => return http::error(stream, 500, "the decoder stopped"),
+        }
+    };
+    let usage = json!({
+        "prompt_tokens": asked.ids.len(),
+        "completion_tokens": completion.ids.len(),
+        "total_tokens": asked.ids.len() + completion.ids.len(),
+    });
+    let logprobs = asked.logprobs.map(|_| logprobs_json(&shared.model, &completion, chat));
+    let reason = finish_reason(&completion.finish);
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": completion.text}, "logprobs": logprobs, "finish_reason": reason})
+    } else {
+        json!({"index": 0, "text": completion.text, "logprobs": logprobs, "finish_reason": reason})
+    };
+    let answer =
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage});
+    http::json(stream, 200, &answer)
+}
+
+/// Log-probabilities as each endpoint reports them: completions a map from token text to
+/// log-probability per step (a text two tokens share keeps the higher), chat a list per step.
+fn logprobs_json(model: &Model, c: &Completion, chat: bool) -> Value {
+    let text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
+    if chat {
+        let content: Vec<Value> = c
+            .logprobs
+            .iter()
+            .map(|t| {
+                let top: Vec<Value> =
+                    t.top.iter().map(|(id, lp)| json!({"token": text(*id), "logprob": lp, "bytes": null})).collect();
+                json!({"token": text(t.id), "logprob": t.logprob, "bytes": null, "top_logprobs": top})
+            })
+            .collect();
+        return json!({"content": content});
+    }
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut tops = Vec::new();
+    let mut offsets = Vec::new();
+    let mut offset = 0;
+    for t in &c.logprobs {
+        let s = text(t.id);
+        offsets.push(offset);
+        offset += s.len();
+        tokens.push(s);
+        token_logprobs.push(t.logprob);
+        let mut top = serde_json::Map::new();
+        for (id, lp) in &t.top {
+            top.entry(text(*id)).or_insert(json!(lp));
+        }
+        tops.push(Value::Object(top));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets})
+}
