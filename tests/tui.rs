@@ -619,6 +619,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         split_references: false,
         demos_from: None,
         prompt_format: Default::default(),
+        backend: None,
     };
     selfspec::runs::write_config(&run, selfspec::runs::Kind::Eval, &job).unwrap();
     let events = [
@@ -687,6 +688,7 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
         generation: Default::default(),
         train: Default::default(),
         seeded: None,
+        backend: None,
     };
     selfspec::runs::write_config(&dir, selfspec::runs::Kind::Sweep, &spec).unwrap();
     let events = [
