@@ -49,8 +49,10 @@ fn only_yaml_rs_touches_a_yaml_crate() {
 
 #[test]
 fn only_download_rs_reaches_the_network() {
+    // Besides the hub download: the client of a server the user names (--endpoint), and
+    // `selfspec serve`, which listens where the user says.
     for (name, text) in sources() {
-        if name == "model/download.rs" {
+        if matches!(name.as_str(), "model/download.rs" | "backend/openai.rs" | "serve/mod.rs" | "serve/http.rs") {
             continue;
         }
         for needle in ["ureq", "TcpStream", "std::net"] {

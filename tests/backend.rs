@@ -437,7 +437,10 @@ fn a_sweeps_generation_stages_decode_on_the_server_it_names() {
 
     // A seeded sweep generates nothing: a server there is refused.
     let seeded = dir.path().join("seeded.yaml");
-    let text = body.replace("base: {seeds: 10, samples: 4}\n", "seeded: {share: [0.5], init: [standard]}\n");
+    let text = body.replace(
+        "base: {seeds: 10, samples: 4}\n",
+        "seeded: {base: {share: 0.5, init: standard}, share: [0.5], init: [standard]}\n",
+    );
     let text = text.lines().filter(|l| !l.starts_with("corpus:")).collect::<Vec<_>>().join("\n");
     std::fs::write(&seeded, text).unwrap();
     let err = failed(sweep(&seeded, &dir.path().join("seeded-run")).arg("--plan").output().unwrap());
