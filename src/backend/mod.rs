@@ -89,6 +89,50 @@ pub enum Backend {
     Remote(Remote),
 }
 
+impl Backend {
+    /// The model loaded with `adapters`, or the server connected (and checked). A server serves
+    /// its own adapters: `adapters` must be empty there, and `instead` says what to pass.
+    pub fn load(&self, adapters: &[crate::model::adapter::Spec], instead: &str) -> anyhow::Result<Loaded> {
+        match self {
+            Backend::Local(choice) => {
+                let mut model = choice.load()?;
+                crate::model::adapter::load_all(&mut model, adapters)?;
+                Ok(Loaded::Local(model))
+            }
+            Backend::Remote(remote) => {
+                anyhow::ensure!(
+                    adapters.is_empty(),
+                    "--adapter loads a folder into this process; through a server, {instead}"
+                );
+                Ok(Loaded::Remote(openai::Client::connect(remote.clone())?))
+            }
+        }
+    }
+}
+
+/// A backend made ready: the model in memory, or the server's client.
+pub enum Loaded {
+    Local(Model),
+    Remote(openai::Client),
+}
+
+impl Loaded {
+    pub fn engine(&self) -> Engine<'_> {
+        match self {
+            Loaded::Local(model) => Engine::Local(model),
+            Loaded::Remote(client) => Engine::Remote(client),
+        }
+    }
+
+    /// The server as the run records it (none: local).
+    pub fn remote(&self) -> Option<&Remote> {
+        match self {
+            Loaded::Local(_) => None,
+            Loaded::Remote(client) => Some(&client.remote),
+        }
+    }
+}
+
 /// An OpenAI-compatible server as a run records it (never the API key itself: the name of the
 /// variable that holds it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::follow::Evaluation;
 use super::run::{evaluate, EvalJob, BASE};
-use crate::backend::{Backend, Engine};
+use crate::backend::Backend;
 use crate::model::adapter::Spec;
 use crate::model::Choice;
 
@@ -135,29 +135,12 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     }
     let lock = crate::runs::Lock::acquire(&opts.run)?;
     let result = (|| {
-        let (model, client) = match &opts.backend {
-            Backend::Local(choice) => {
-                let mut model = choice.load()?;
-                crate::model::adapter::load_all(&mut model, &opts.adapters)?;
-                (Some(model), None)
-            }
-            Backend::Remote(remote) => {
-                anyhow::ensure!(
-                    opts.adapters.is_empty(),
-                    "--adapter loads a folder into this process; through a server, compare the adapters it serves \
-                     with --served-adapter NAME[=SERVED_NAME]"
-                );
-                (None, Some(crate::backend::openai::Client::connect(remote.clone())?))
-            }
-        };
-        let engine = match (&model, &client) {
-            (Some(model), _) => Engine::Local(model),
-            (None, Some(client)) => Engine::Remote(client),
-            (None, None) => unreachable!("one of the two is built above"),
-        };
+        let loaded = opts
+            .backend
+            .load(&opts.adapters, "compare the adapters it serves with --served-adapter NAME[=SERVED_NAME]")?;
         let cancel = Arc::new(AtomicBool::new(false));
         crate::signals::watch(cancel.clone(), opts.detached);
-        let report = evaluate(&lock, engine, &job, &datasets, &opts.run, &cancel, &mut |e| {
+        let report = evaluate(&lock, loaded.engine(), &job, &datasets, &opts.run, &cancel, &mut |e| {
             eprintln!("{}", Evaluation::line(e));
         })?;
         Ok(match report {

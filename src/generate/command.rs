@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::follow::Generation;
 use super::pipeline::{self, Job, Mode, Outcome, Progress};
-use crate::backend::{Backend, Engine};
+use crate::backend::{Backend, Loaded};
 use crate::decode::{Request, Sampling, SamplingParams};
 use crate::model::adapter::Spec;
 use crate::model::Choice;
@@ -100,28 +100,10 @@ fn generate_locked(
         None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
     };
     let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
-    let (model, client) = match &opts.backend {
-        Backend::Local(choice) => {
-            let mut model = choice.load()?;
-            if let Some(dir) = &opts.adapter {
-                crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)?;
-            }
-            (Some(model), None)
-        }
-        Backend::Remote(remote) => {
-            anyhow::ensure!(
-                opts.adapter.is_none(),
-                "--adapter loads a folder into this process; through a server, name the tuned model the server                  serves with --served-adapter NAME"
-            );
-            (None, Some(crate::backend::openai::Client::connect(remote.clone())?))
-        }
-    };
-    let engine = match (&model, &client) {
-        (Some(model), _) => Engine::Local(model),
-        (None, Some(client)) => Engine::Remote(client),
-        (None, None) => unreachable!("one of the two is built above"),
-    };
-    let tuned = opts.adapter.is_some() || client.as_ref().is_some_and(|c| !c.remote.adapters.is_empty());
+    let adapters: Vec<Spec> =
+        opts.adapter.iter().map(|dir| Spec { name: pipeline::ADAPTER.into(), dir: dir.clone() }).collect();
+    let ready = opts.backend.load(&adapters, "name the tuned model the server serves with --served-adapter NAME")?;
+    let tuned = opts.adapter.is_some() || ready.remote().is_some_and(|r| !r.adapters.is_empty());
     anyhow::ensure!(
         !opts.contrastive || tuned,
         "--contrastive needs the tuned model: --adapter DIR (or --served-adapter NAME through a server)"
@@ -140,9 +122,11 @@ fn generate_locked(
             s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
             s
         }
-        None => match &model {
-            Some(model) => settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template()),
-            None => settings.resolve(u64::MAX, false),
+        None => match &ready {
+            Loaded::Local(model) => {
+                settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template())
+            }
+            Loaded::Remote(_) => settings.resolve(u64::MAX, false),
         },
     };
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -152,7 +136,7 @@ fn generate_locked(
             Backend::Local(choice) => choice.name.clone(),
             Backend::Remote(remote) => remote.served_model.clone(),
         },
-        backend: client.as_ref().map(|c| c.remote.clone()),
+        backend: ready.remote().cloned(),
         n: opts.n,
         mode,
         corpus: opts.corpus.as_deref().map(absolute),
@@ -181,7 +165,12 @@ fn generate_locked(
     );
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), opts.detached);
-    let inputs = pipeline::Inputs { engine, seeds: &loaded.file, templates: &templates, searcher: searcher.as_ref() };
+    let inputs = pipeline::Inputs {
+        engine: ready.engine(),
+        seeds: &loaded.file,
+        templates: &templates,
+        searcher: searcher.as_ref(),
+    };
     let started = std::time::Instant::now();
     let mut view = Generation::default();
     let jsonl = opts.jsonl;
