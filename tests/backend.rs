@@ -137,6 +137,14 @@ fn samples(run: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// A run's samples by id: samples.jsonl holds them in the order their responses finished, which
+/// a server answering many requests at once does not fix.
+fn by_id(run: &Path) -> Vec<Value> {
+    let mut all = samples(run);
+    all.sort_by_key(|s| s["id"].as_str().unwrap().to_string());
+    all
+}
+
 /// What a sample says, without what may differ by backend (the model's name, the time).
 fn content(s: &Value) -> Value {
     json!([s["id"], s["instruction"], s["input"], s["output"], s["provenance"]["documents"], s["provenance"]["finish"]])
@@ -151,7 +159,7 @@ fn generation_through_selfspec_serve_is_the_local_engines() {
         ok(env.generate(&local, 6, mode).arg("--model").arg(writer()).output().unwrap());
         let served = env.path(&format!("served-{mode}"));
         ok(remote(&mut env.generate(&served, 6, mode), &server.url).output().unwrap());
-        let (a, b) = (samples(&local), samples(&served));
+        let (a, b) = (by_id(&local), by_id(&served));
         assert_eq!(a.len(), 6);
         // Task lists sampled by the server with the request's seed, and eq. 2 mixed here over
         // every token's log-probability: the same samples.
@@ -292,7 +300,7 @@ fn contrastive_decoding_through_two_served_names_is_the_local_engines() {
     let mut cmd = env.generate(&served, 4, "none");
     remote(&mut cmd, &server.url).args(["--served-adapter", "tuned", "--contrastive", "--alpha", "0.2"]);
     ok(cmd.output().unwrap());
-    let (a, b) = (samples(&local), samples(&served));
+    let (a, b) = (by_id(&local), by_id(&served));
     assert_eq!(a.len(), 4);
     assert_eq!(b[0]["provenance"]["contrastive_alpha"], 0.2);
     // The same task lists, contrastive over every token of the vocabulary.
