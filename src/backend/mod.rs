@@ -97,7 +97,7 @@ impl Backend {
             Backend::Local(choice) => {
                 let mut model = choice.load()?;
                 crate::model::adapter::load_all(&mut model, adapters)?;
-                Ok(Loaded::Local(model))
+                Ok(Loaded::Local(Box::new(model)))
             }
             Backend::Remote(remote) => {
                 anyhow::ensure!(
@@ -112,7 +112,7 @@ impl Backend {
 
 /// A backend made ready: the model in memory, or the server's client.
 pub enum Loaded {
-    Local(Model),
+    Local(Box<Model>),
     Remote(openai::Client),
 }
 
