@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target/release/selfspec"
+# SELFSPEC_BIN: a copy of the binary, so that a build during a long run does not replace it.
+BIN = Path(os.environ.get("SELFSPEC_BIN", ROOT / "target/release/selfspec"))
 NAME = "smollm2"
 REUSE = False
 
@@ -99,8 +100,8 @@ class Servers:
                 p.wait()
 
 
-def selfspec(work, args, check=True):
-    cmd = [str(BIN), "--config", str(work / "config.yaml"), "--workspace", str(work / "ws")] + args
+def selfspec(work, args, check=True, config="config.yaml"):
+    cmd = [str(BIN), "--config", str(work / config), "--workspace", str(work / "ws")] + args
     start = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     took = time.time() - start
@@ -109,14 +110,14 @@ def selfspec(work, args, check=True):
     return r, took
 
 
-def timed(work, run, args):
+def timed(work, run, args, config="config.yaml"):
     """Runs a generation or evaluation into work/run, or with --reuse takes a finished one's
     recorded time (times.json keeps every run's seconds)."""
     times_file = work / "times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     if REUSE and run in times:
         return times[run]
-    _, took = selfspec(work, args)
+    _, took = selfspec(work, args, config=config)
     times[run] = took
     times_file.write_text(json.dumps(times, indent=1))
     return took
@@ -162,35 +163,58 @@ def response_tokens(tok, run):
 
 def truncation(a, gguf, tok):
     """Eq. 2 through `selfspec serve` (the local engine's own numerics) at several top-N against
-    the exact local mixture: what the truncation alone (and the text round trip) changes."""
+    the exact local mixture: what the truncation alone (and the text round trip) changes. Two
+    more comparisons tell the causes apart: the local mixture decoded one response a batch
+    instead of 4 (the floor set by batching's float noise), and each served top-N against the
+    largest (the truncation without the round trip, which every served run shares)."""
     work = a.work.with_name(a.work.name + "-truncation")
-    subprocess.run(["rm", "-rf", str(work)])
-    work.mkdir(parents=True)
+    if not a.reuse:
+        subprocess.run(["rm", "-rf", str(work)])
+    work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(CONFIG)
-    selfspec(work, ["index", "build", str(ROOT / "sample-seeds/finance.corpus.jsonl"), "--out", str(work / "index")])
+    (work / "config-b1.yaml").write_text(CONFIG.replace("responses_per_batch: 4", "responses_per_batch: 1"))
+    if not (work / "index").exists():
+        selfspec(work, ["index", "build", str(ROOT / "sample-seeds/finance.corpus.jsonl"), "--out", str(work / "index")])
     servers = Servers(a.python, gguf, work)
     n = a.truncation
     try:
         servers.start_serve()
-        _, took = selfspec(work, generate_args(work, "local", n, "marginal", ["--model", str(gguf)]))
-        rows = [f"| exact (local engine) | {took:.1f} | | | |"]
+        took = timed(work, "local", generate_args(work, "local", n, "marginal", ["--model", str(gguf)]))
+        rows = [f"| exact (local engine) | {took:.1f} | | | | {response_tokens(tok, work / 'local')} |"]
+        print(rows[-1], flush=True)
+        took = timed(work, "local-b1", generate_args(work, "local-b1", n, "marginal", ["--model", str(gguf)]),
+                     config="config-b1.yaml")
+        g = agreement(tok, work / "local", work / "local-b1")
+        rows.append(f"| exact, one response a batch (local engine) | {took:.1f} | {g['pairs']} | {g['exact']} | "
+                    f"{g['prefix_share'] * 100:.1f} % | {response_tokens(tok, work / 'local-b1')} |")
+        print(rows[-1], flush=True)
         for top in a.tops:
             run = f"serve-top{top}"
             flags = ["--backend", "openai", "--endpoint", servers.serve_url, "--served-model", NAME,
                      "--top-logprobs", str(top)]
-            _, took = selfspec(work, generate_args(work, run, n, "marginal", flags))
+            took = timed(work, run, generate_args(work, run, n, "marginal", flags))
             g = agreement(tok, work / "local", work / run)
             rows.append(f"| top {top} through selfspec serve | {took:.1f} | {g['pairs']} | {g['exact']} | "
-                        f"{g['prefix_share'] * 100:.1f} % |")
+                        f"{g['prefix_share'] * 100:.1f} % | {response_tokens(tok, work / run)} |")
             print(rows[-1], flush=True)
     finally:
         servers.stop()
+    most = max(a.tops)
+    between = []
+    for top in sorted(a.tops):
+        if top != most:
+            g = agreement(tok, work / f"serve-top{most}", work / f"serve-top{top}")
+            between.append(f"| top {top} against top {most} | {g['pairs']} | {g['exact']} | "
+                           f"{g['prefix_share'] * 100:.1f} % |")
     return ["## Truncation alone", "",
             f"{n} samples with the eq. 2 mixture (k = 3) through `selfspec serve` on the same file — the local "
             "engine's own numerics, so what differs is the top-N truncation and the text round trip — against "
             "the exact local mixture over the whole vocabulary:", "",
-            "| mixture | seconds | pairs | identical responses | tokens before the first difference |",
-            "|---|---:|---:|---:|---:|"] + rows
+            "| mixture | seconds | pairs | identical responses | tokens before the first difference | response tokens |",
+            "|---|---:|---:|---:|---:|---:|"] + rows + [
+            "", "Between the served runs (the same round trip, only N differs):", "",
+            "| served | pairs | identical responses | tokens before the first difference |",
+            "|---|---:|---:|---:|"] + between
 
 
 def main():
@@ -332,6 +356,9 @@ def main():
             f"Made by `scripts/check_openai_backend.py --gguf {gguf.name}` on {time.strftime('%Y-%m-%d')}: "
             f"llama-cpp-python {versions} (`--logits_all true --cache true --cache_size 67108864 "
             "--interrupt_requests false --n_threads 2`; one request in flight) and `selfspec serve`, both on 127.0.0.1 serving the same file.", ""]
+    if a.reuse:
+        head += ["With `--reuse`: the seconds of runs kept from an earlier invocation (those not deleted from "
+                 f"{work.name}/times.json) are that invocation's.", ""]
     text = "\n".join(head + lines) + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)

@@ -366,6 +366,11 @@ pub struct ServeArgs {
     /// Require this environment variable's value as the API key (Authorization: Bearer KEY).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// MiB of prompts' keys and values kept, so that a request beginning like an earlier one runs
+    /// only its new tokens (eq. 2 through the backend sends its k prompts again at every step).
+    /// 0 keeps none.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub prefix_cache: usize,
 }
 
 impl ServeArgs {
@@ -378,6 +383,7 @@ impl ServeArgs {
             port: self.port,
             max_batch: self.max_batch,
             api_key_env: self.api_key_env,
+            prefix_cache: self.prefix_cache.saturating_mul(1 << 20),
         })
     }
 }

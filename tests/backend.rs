@@ -318,6 +318,42 @@ fn contrastive_decoding_through_two_served_names_is_the_local_engines() {
     }
 }
 
+/// eq. 2 through a server sends each prompt again one token longer at every step: the server's
+/// prefix cache runs only the new tokens, says so in `usage`, and answers as a server without one.
+#[test]
+fn the_server_runs_only_what_a_prompt_adds_to_one_it_has_seen() {
+    let with = Server::start(&writer(), &[]);
+    let without = Server::start(&writer(), &["--prefix-cache", "0"]);
+    let ask = |url: &str, prompt: &str| -> Value {
+        let body = json!({"model": "writer", "prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 5});
+        let (status, text) = post(url, "completions", &body);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let prompt = "Task 1\nInstruction: Give the sentiment of the sentence.\nTask 2\nInstruction:";
+    let first = ask(&with.url, prompt);
+    assert_eq!(cached(&first), 0);
+    let longer = format!("{prompt}{}", first["choices"][0]["text"].as_str().unwrap());
+    let second = ask(&with.url, &longer);
+    let (before, now) =
+        (first["usage"]["prompt_tokens"].as_u64().unwrap(), second["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert!(
+        cached(&second) + 1 >= before && cached(&second) < now,
+        "{} of {now} cached after {before}",
+        cached(&second)
+    );
+    let reference = ask(&without.url, &longer);
+    assert_eq!(cached(&reference), 0);
+    assert_eq!(second["choices"][0]["text"], reference["choices"][0]["text"]);
+    let lp = |v: &Value| -> Vec<f64> {
+        v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    for (a, b) in lp(&second).iter().zip(lp(&reference)) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
 #[test]
 fn the_server_streams_batches_and_reports_log_probabilities() {
     // The writer with a chat template, for the chat endpoint.

@@ -74,7 +74,7 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: false };
+    let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: false, prefix: None };
     let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }
@@ -99,6 +99,73 @@ fn one_document_or_identical_documents_decode_as_plain() {
         let heavy =
             Request { prompts: vec![doc.clone(), other.clone()], weights: vec![1.0, 1e-9], ..Request::new(vec![], 24) };
         assert_eq!(greedy_text(&model, &[heavy])[0], plain[0], "{name}: weight 1 vs 1e-9");
+    }
+}
+
+/// A prompt that begins like one decoded before runs only its new tokens when a prefix cache
+/// holds that beginning, and decodes as without the cache: the same tokens, log-probabilities
+/// within float noise. Covered: a prompt extending a stored one, the same prompt again, and a
+/// mixture whose rows hit, miss, and are shorter than the part run anew (padded inside it).
+#[test]
+fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
+    use selfspec::decode::{Completion, PrefixCache};
+    use std::sync::Arc;
+    for name in ["llama3-gqa", "qwen2-bias-tied", "mistral-window"] {
+        let model = load(name);
+        let enc = |t: &str| model.tokenizer.encode(t).unwrap();
+        let first = enc("Background: statins lower LDL cholesterol in most adults. Question: which");
+        let longer = [first.clone(), enc("drug lowers it most, and why?")].concat();
+        let other = enc("Gross margin fell because memory chip costs rose");
+        let tiny = enc("Net income");
+        assert!(longer.len() > other.len() + 2 && other.len() > tiny.len(), "{name}: the prompts' lengths");
+        let ask = |prompts: Vec<Vec<u32>>| Request { prompts, top_logprobs: Some(3), ..Request::new(vec![], 12) };
+        let mixture =
+            Request { weights: vec![0.5, 0.3, 0.2], ..ask(vec![longer.clone(), other.clone(), tiny.clone()]) };
+        let run = |requests: &[Request], prefix: Option<Arc<PrefixCache>>| {
+            let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: true, prefix };
+            decode::generate(&model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap()
+        };
+        let same = |got: &Completion, want: &Completion, what: &str| {
+            assert_eq!(got.ids, want.ids, "{name}: {what}");
+            for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+                assert!((g.logprob - w.logprob).abs() < 1e-4, "{name}: {what}: {} vs {}", g.logprob, w.logprob);
+            }
+        };
+        let alone = |r: &Request| run(std::slice::from_ref(r), None).0.remove(0);
+        let (want_first, want_longer, want_mixture) =
+            (alone(&ask(vec![first.clone()])), alone(&ask(vec![longer.clone()])), alone(&mixture));
+
+        let cache = Arc::new(PrefixCache::new(1 << 30));
+        let (got, timing) = run(&[ask(vec![first.clone()])], Some(cache.clone()));
+        same(&got[0], &want_first, "nothing stored yet");
+        assert_eq!((got[0].cached_tokens, timing.cached_tokens, timing.prefill_tokens), (0, 0, first.len()));
+        assert_eq!(cache.size().0, 1);
+
+        // The longer prompt finds the first one's tokens; the mixture's first row then finds the
+        // longer prompt, its other rows nothing.
+        let (got, timing) = run(&[ask(vec![longer.clone()])], Some(cache.clone()));
+        same(&got[0], &want_longer, "a stored beginning");
+        assert_eq!((got[0].cached_tokens, timing.cached_tokens), (first.len(), first.len()), "{name}");
+        assert_eq!(timing.prefill_tokens, longer.len() - first.len());
+        let (got, timing) = run(std::slice::from_ref(&mixture), Some(cache.clone()));
+        same(&got[0], &want_mixture, "a mixture of a hit, a miss and a short row");
+        // What the other rows must run: all but what they share with the longer prompt (a BOS).
+        let shared = |p: &[u32]| p.iter().zip(&longer).take_while(|(a, b)| a == b).count();
+        let fresh = (other.len() - shared(&other)).max(tiny.len() - shared(&tiny));
+        assert_eq!(got[0].cached_tokens, longer.len() - fresh, "{name}");
+        assert_eq!(timing.prefill_tokens + timing.cached_tokens, longer.len() + other.len() + tiny.len());
+
+        // The same prompt again: all but its last token.
+        let (got, _) = run(&[ask(vec![first.clone()])], Some(cache.clone()));
+        same(&got[0], &want_first, "the same prompt again");
+        assert_eq!(got[0].cached_tokens, first.len() - 1);
+        // The first prompt is held by the longer one, so it was dropped; tiny and other are kept.
+        assert_eq!(cache.size().0, 3, "{name}");
+
+        // A budget smaller than one prompt keeps nothing.
+        let small = Arc::new(PrefixCache::new(16));
+        run(&[ask(vec![first.clone()])], Some(small.clone()));
+        assert_eq!(small.size(), (0, 0));
     }
 }
 

@@ -254,6 +254,7 @@ impl Client {
                     Msg::Token { request, text } => on_event(Event::Token { request, id: 0, text: &text }),
                     Msg::Finished { request, completion, timing: t } => {
                         timing.prefill_tokens += t.prefill_tokens;
+                        timing.cached_tokens += t.cached_tokens;
                         timing.decode_tokens += t.decode_tokens;
                         on_event(Event::Finished { request, completion: &completion });
                         done[request] = Some(completion);
@@ -371,7 +372,7 @@ impl Client {
             Err(Try::Again("the connection closed before the answer ended".into()))
         })?;
         timing.decode_tokens += chunks;
-        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new() })
+        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
     }
 
     /// The top log-probabilities of the next token after `prompt` continued by `generated`.
@@ -395,7 +396,11 @@ impl Client {
         }
         let flag = AtomicBool::new(cancel.get());
         let v = self.post_json(path, &body, &flag)?;
-        timing.prefill_tokens += v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        // A server with a prefix cache says how much of the prompt it did not run again.
+        let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as usize;
+        timing.prefill_tokens += prompt.saturating_sub(cached);
+        timing.cached_tokens += cached.min(prompt);
         let lp = &v["choices"][0]["logprobs"];
         let mut out: Vec<(String, f64)> = if let Some(content) = lp["content"].as_array() {
             content
@@ -488,7 +493,7 @@ impl Client {
                 break Finish::Length;
             }
         };
-        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new() })
+        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
     }
 }
 
@@ -508,6 +513,7 @@ fn cancelled() -> Completion {
         finish: Finish::Cancelled,
         prompt_top: Vec::new(),
         logprobs: Vec::new(),
+        cached_tokens: 0,
     }
 }
 

@@ -268,7 +268,7 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, gated: false };
+    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, gated: false, prefix: None };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();

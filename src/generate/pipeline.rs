@@ -689,7 +689,7 @@ fn go(
             shown.push(demos.iter().map(|d| d.id.clone()).collect());
             primers.push(primer);
         }
-        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch, gated: false };
+        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch, gated: false, prefix: None };
         let mut on_event = |e: Event| {
             if let Event::Token { request, text, .. } = e {
                 if !text.is_empty() {
@@ -879,8 +879,12 @@ fn respond(
             requests.push(backend::Job::new(texts, request));
         }
         sink.emit(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
-        let opts =
-            crate::decode::Options { prompt_top: 0, max_batch: s.responses_per_batch * s.k.max(1), gated: false };
+        let opts = crate::decode::Options {
+            prompt_top: 0,
+            max_batch: s.responses_per_batch * s.k.max(1),
+            gated: false,
+            prefix: None,
+        };
         let mut finished: Vec<(usize, crate::decode::Completion)> = Vec::new();
         let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
         let mut on_event = |e: Event| match e {

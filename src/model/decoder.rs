@@ -144,6 +144,69 @@ impl Cache {
     }
 }
 
+/// One cache row's keys and values for its first `len` tokens (padding left out): per layer
+/// `[1, kv_heads, len, head_dim]`. What a prefix cache keeps between calls.
+#[derive(Debug, Clone)]
+pub struct RowKv {
+    layers: Vec<(Tensor, Tensor)>,
+    pub len: usize,
+}
+
+impl RowKv {
+    /// The memory its tensors hold.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()).sum()
+    }
+}
+
+impl Cache {
+    /// Row `row`'s keys and values over its tokens (the slots after its padding).
+    pub fn row_kv(&self, row: usize) -> Result<RowKv> {
+        let pad = self.pad[row];
+        let len = self.len - pad;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for kv in &self.layers {
+            let Some(kv) = kv else { candle_core::bail!("the cache has a layer nothing was run through") };
+            let take = |t: &Tensor| t.narrow(0, row, 1)?.narrow(2, pad, len)?.contiguous();
+            layers.push((take(&kv.k)?, take(&kv.v)?));
+        }
+        Ok(RowKv { layers, len })
+    }
+
+    /// A cache whose row i holds the first `take_i` tokens of its `RowKv` (none where it has
+    /// none), left-padded so that every row ends at the same slot. At least one row must take
+    /// some tokens (it gives the layers' shapes).
+    pub fn from_rows(rows: &[(Option<&RowKv>, usize)]) -> Result<Cache> {
+        let len = rows.iter().map(|r| r.1).max().unwrap_or(0);
+        let Some(shape) = rows.iter().find_map(|r| r.0.filter(|_| r.1 > 0)) else {
+            candle_core::bail!("no row takes anything from a stored prefix")
+        };
+        let mut layers = Vec::with_capacity(shape.layers.len());
+        for l in 0..shape.layers.len() {
+            let (mut ks, mut vs) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+            for &(kv, take) in rows {
+                let part = |which: fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+                    let like = which(&shape.layers[l]);
+                    let (_, heads, _, dim) = like.dims4()?;
+                    let pad = Tensor::zeros((1, heads, len - take, dim), like.dtype(), like.device())?;
+                    match kv.filter(|_| take > 0) {
+                        Some(kv) if kv.len < take => {
+                            candle_core::bail!("a stored prefix of {} tokens asked for {take}", kv.len)
+                        }
+                        Some(kv) if take == len => which(&kv.layers[l]).narrow(2, 0, take),
+                        Some(kv) => Tensor::cat(&[&pad, &which(&kv.layers[l]).narrow(2, 0, take)?], 2),
+                        None => Ok(pad),
+                    }
+                };
+                ks.push(part(|p| &p.0)?);
+                vs.push(part(|p| &p.1)?);
+            }
+            layers.push(Some(Kv::first(&Tensor::cat(&ks, 0)?, &Tensor::cat(&vs, 0)?)?));
+        }
+        Ok(Cache { layers, pad: rows.iter().map(|r| len - r.1).collect(), len })
+    }
+}
+
 /// Where token embeddings are looked up.
 enum Embeddings {
     Table(Tensor),

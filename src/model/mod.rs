@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 pub use config::{DecoderSpec, GenerationConfig};
-pub use decoder::{Cache, Decoder, Pass};
+pub use decoder::{Cache, Decoder, Pass, RowKv};
 pub use tokenizer::Tokenizer;
 
 /// Everything that can go wrong opening a model, each naming the file and the key or tensor.

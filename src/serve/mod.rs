@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::decode::{Completion, Event, Finish, Request, Sampling, SamplingParams};
+use crate::decode::{Completion, Event, Finish, PrefixCache, Request, Sampling, SamplingParams};
 use crate::model::adapter::Spec;
 use crate::model::chat::Message;
 use crate::model::{Choice, Model};
@@ -33,6 +33,9 @@ pub struct Options {
     pub max_batch: usize,
     /// Requests must carry this key as a bearer token (read from the named variable).
     pub api_key_env: Option<String>,
+    /// Bytes of prompts' keys and values kept for later requests that begin the same way
+    /// (0: none kept).
+    pub prefix_cache: usize,
 }
 
 /// What the decoding thread sends back to a request's connection.
@@ -78,7 +81,8 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Work>();
     let decoder = model.clone();
     let max_batch = opts.max_batch.max(1);
-    std::thread::spawn(move || decode_loop(&decoder, rx, max_batch));
+    let prefix = (opts.prefix_cache > 0).then(|| Arc::new(PrefixCache::new(opts.prefix_cache)));
+    std::thread::spawn(move || decode_loop(&decoder, rx, max_batch, prefix));
     let shared = Arc::new(Shared {
         model,
         base: base.clone(),
@@ -108,7 +112,7 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
 }
 
 /// Takes every request waiting (up to `max_batch` rows), decodes them as one batch, repeats.
-fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize) {
+fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize, prefix: Option<Arc<PrefixCache>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         // Requests sent together arrive a few milliseconds apart: wait that long for company.
@@ -120,7 +124,7 @@ fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize) {
         }
         let requests: Vec<Request> = batch.iter().map(|w| w.request.clone()).collect();
         let replies: Vec<mpsc::Sender<Reply>> = batch.iter().map(|w| w.reply.clone()).collect();
-        let opts = crate::decode::Options { prompt_top: 0, max_batch, gated: true };
+        let opts = crate::decode::Options { prompt_top: 0, max_batch, gated: true, prefix: prefix.clone() };
         let cancel = AtomicBool::new(false);
         let mut on_event = |e: Event| match e {
             Event::Token { request, text, .. } if !text.is_empty() => {
@@ -419,6 +423,7 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
         "prompt_tokens": asked.ids.len(),
         "completion_tokens": completion.ids.len(),
         "total_tokens": asked.ids.len() + completion.ids.len(),
+        "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
     });
     let logprobs = asked.logprobs.map(|_| logprobs_json(&shared.model, &completion, chat));
     let reason = finish_reason(&completion.finish);

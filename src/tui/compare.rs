@@ -276,7 +276,7 @@ fn answer(
         .chain(specs.iter().map(|s| Some(s.name.clone())))
         .map(|adapter| Request { adapter, sampling, stop_on_loop: true, ..Request::new(ids.clone(), MAX_NEW_TOKENS) })
         .collect();
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: requests.len(), gated: false };
+    let opts = crate::decode::Options { prompt_top: 0, max_batch: requests.len(), gated: false, prefix: None };
     crate::decode::generate(
         &m,
         &requests,
