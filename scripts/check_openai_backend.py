@@ -197,6 +197,15 @@ def truncation(a, gguf, tok):
             rows.append(f"| top {top} through selfspec serve | {took:.1f} | {g['pairs']} | {g['exact']} | "
                         f"{g['prefix_share'] * 100:.1f} % | {response_tokens(tok, work / run)} |")
             print(rows[-1], flush=True)
+        # The same at the default top 20, stepping in token ids: no text round trip.
+        run = "serve-ids-top20"
+        flags = ["--backend", "openai", "--endpoint", servers.serve_url, "--served-model", NAME,
+                 "--top-logprobs", "20", "--tokenizer", str(gguf)]
+        took = timed(work, run, generate_args(work, run, n, "marginal", flags))
+        g = agreement(tok, work / "local", work / run)
+        rows.append(f"| top 20 through selfspec serve, in token ids (--tokenizer) | {took:.1f} | {g['pairs']} | "
+                    f"{g['exact']} | {g['prefix_share'] * 100:.1f} % | {response_tokens(tok, work / run)} |")
+        print(rows[-1], flush=True)
     finally:
         servers.stop()
     most = max(a.tops)

@@ -431,6 +431,10 @@ pub struct BackendArgs {
     /// doubling to 8 s).
     #[arg(long, default_value_t = 6)]
     pub retries: usize,
+    /// The served model's tokenizer (a model folder, org/name or .gguf file): eq. 2 and eq. 3
+    /// step in token ids instead of text (vLLM, selfspec serve; not llama.cpp's server).
+    #[arg(long, value_name = "MODEL")]
+    pub tokenizer: Option<String>,
 }
 
 impl BackendArgs {
@@ -458,6 +462,7 @@ impl BackendArgs {
                 (self.served_model.is_some(), "--served-model"),
                 (!self.served_adapter.is_empty(), "--served-adapter"),
                 (self.api_key_env.is_some(), "--api-key-env"),
+                (self.tokenizer.is_some(), "--tokenizer"),
             ] {
                 anyhow::ensure!(!set, "{flag} names a server: add --backend openai");
             }
@@ -478,6 +483,7 @@ impl BackendArgs {
         remote.top_logprobs = self.top_logprobs;
         remote.timeout_secs = self.timeout;
         remote.retries = self.retries;
+        remote.tokenizer = self.tokenizer.clone();
         for a in &self.served_adapter {
             let (name, served) = match a.split_once('=') {
                 Some((n, s)) => (n.to_string(), s.to_string()),

@@ -316,6 +316,16 @@ fn contrastive_decoding_through_two_served_names_is_the_local_engines() {
         let common = x.chars().zip(y.chars()).take_while(|(p, q)| p == q).count();
         assert!(common >= 8 || x == y, "{x:?} and {y:?} part at once");
     }
+    // Stepping in token ids (--tokenizer): nothing is tokenized again, and every response is the
+    // local engine's.
+    let ids = env.path("served-ids");
+    let mut cmd = env.generate(&ids, 4, "none");
+    remote(&mut cmd, &server.url).args(["--served-adapter", "tuned", "--contrastive", "--alpha", "0.2"]);
+    ok(cmd.arg("--tokenizer").arg(writer()).output().unwrap());
+    let c = by_id(&ids);
+    assert_eq!(a.iter().map(content).collect::<Vec<_>>(), c.iter().map(content).collect::<Vec<_>>());
+    let config = std::fs::read_to_string(ids.join("config.yaml")).unwrap();
+    assert!(config.contains("tokenizer:"), "the run records its tokenizer: {config}");
 }
 
 /// eq. 2 through a server sends each prompt again one token longer at every step: the server's

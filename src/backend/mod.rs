@@ -104,7 +104,7 @@ impl Backend {
                     adapters.is_empty(),
                     "--adapter loads a folder into this process; through a server, {instead}"
                 );
-                Ok(Loaded::Remote(openai::Client::connect(remote.clone())?))
+                Ok(Loaded::Remote(Box::new(openai::Client::connect(remote.clone())?)))
             }
         }
     }
@@ -113,7 +113,7 @@ impl Backend {
 /// A backend made ready: the model in memory, or the server's client.
 pub enum Loaded {
     Local(Box<Model>),
-    Remote(openai::Client),
+    Remote(Box<openai::Client>),
 }
 
 impl Loaded {
@@ -163,6 +163,11 @@ pub struct Remote {
     /// Tries after the first on a dropped connection, a timeout, 429 or 5xx, with backoff.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// The served model's tokenizer (a model folder, org/name or .gguf file): eq. 2 and eq. 3
+    /// then step in token ids (prompts as ids, log-probabilities by id through vLLM's
+    /// `return_tokens_as_token_ids`), so a chosen token is never tokenized again as text.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }
 
 fn default_concurrency() -> usize {
@@ -189,6 +194,7 @@ impl Remote {
             top_logprobs: default_top_logprobs(),
             timeout_secs: default_timeout(),
             retries: default_retries(),
+            tokenizer: None,
         }
     }
 

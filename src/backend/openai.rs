@@ -37,6 +37,13 @@ pub struct Client {
     pub remote: Remote,
     agent: ureq::Agent,
     key: Option<String>,
+    /// The served model's tokenizer and end ids, when stepping in token ids.
+    text_side: Option<Box<TextSide>>,
+}
+
+struct TextSide {
+    tokenizer: crate::model::Tokenizer,
+    eos: Vec<u32>,
 }
 
 /// What one try of a request came to.
@@ -79,7 +86,20 @@ impl Client {
             .timeout_global(Some(Duration::from_secs_f64(remote.timeout_secs)))
             .max_idle_connections_per_host(remote.concurrency.max(1) * 2)
             .build();
-        let client = Client { agent: config.into(), key, remote };
+        let text_side = match &remote.tokenizer {
+            Some(model) => {
+                let (tokenizer, eos) = crate::model::load_text_side(model)
+                    .with_context(|| format!("--tokenizer {model}: the served model's tokenizer"))?;
+                anyhow::ensure!(
+                    !eos.is_empty(),
+                    "--tokenizer {model}: no end-of-sequence id (generation_config.json, config.json or the GGUF \
+                     metadata name none), so a response could not end"
+                );
+                Some(Box::new(TextSide { tokenizer, eos }))
+            }
+            None => None,
+        };
+        let client = Client { agent: config.into(), key, remote, text_side };
         client.check_models()?;
         Ok(client)
     }
@@ -375,17 +395,16 @@ impl Client {
         Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
     }
 
-    /// The top log-probabilities of the next token after `prompt` continued by `generated`.
+    /// The top log-probabilities of the next token for the request `body` to `path`.
     fn top(
         &self,
-        model: &str,
-        prompt: &Prompt,
-        generated: &str,
+        path: &str,
+        mut body: Value,
         cancel: &StopFlag,
         timing: &mut Timing,
     ) -> anyhow::Result<Vec<(String, f64)>> {
         let n = self.remote.top_logprobs;
-        let (path, mut body) = prompt_body(model, prompt, generated);
+        let model = body["model"].as_str().unwrap_or_default().to_string();
         body["max_tokens"] = json!(1);
         body["temperature"] = json!(0.0);
         if path == "chat/completions" {
@@ -431,7 +450,9 @@ impl Client {
         Ok(out)
     }
 
-    /// The eq. 2 mixture or the eq. 3 contrast, a token a step, chosen here.
+    /// The eq. 2 mixture or the eq. 3 contrast, a token a step, chosen here. With a tokenizer
+    /// ([`Remote::tokenizer`]) the prompts go as token ids and the chosen id is appended; without
+    /// one, the chosen token's text is appended and the server tokenizes the grown prompt again.
     fn stepwise(
         &self,
         i: usize,
@@ -442,25 +463,41 @@ impl Client {
     ) -> anyhow::Result<Completion> {
         let r = &job.request;
         let weights = crate::decode::normalised(&r.weights, job.prompts.len()).map_err(anyhow::Error::msg)?;
+        let encoded: Vec<Vec<u32>> = match &self.text_side {
+            Some(side) => job.prompts.iter().map(|p| p.encode(&side.tokenizer)).collect::<anyhow::Result<_>>()?,
+            None => Vec::new(),
+        };
         let mut rng = Rng::new(r.sampling.seed);
         let mut text = String::new();
-        let mut tokens: Vec<u32> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
+        let mut stream = crate::decode::TextStream::new();
         let mut vocab: HashMap<String, u32> = HashMap::new();
+        // The next token's top after prompt `j` and what is generated so far, on `model`.
+        let ask = |model: &str, j: usize, text: &str, ids: &[u32], timing: &mut Timing| {
+            let (path, body) = match self.text_side {
+                Some(_) => {
+                    let prompt = [encoded[j].as_slice(), ids].concat();
+                    ("completions", json!({"model": model, "prompt": prompt, "return_tokens_as_token_ids": true}))
+                }
+                None => prompt_body(model, &job.prompts[j], text),
+            };
+            self.top(path, body, cancel, timing)
+        };
         let finish = loop {
             if cancel.get() {
                 break Finish::Cancelled;
             }
             let mut candidates: Vec<(String, f32)> = match &r.contrast {
                 Some(c) => {
-                    let tuned = self.top(self.served(Some(&c.adapter))?, &job.prompts[0], &text, cancel, timing)?;
-                    let base = self.top(self.served(r.adapter.as_deref())?, &job.prompts[0], &text, cancel, timing)?;
+                    let tuned = ask(self.served(Some(&c.adapter))?, 0, &text, &ids, timing)?;
+                    let base = ask(self.served(r.adapter.as_deref())?, 0, &text, &ids, timing)?;
                     contrast(&tuned, &base, c.alpha)
                 }
                 None => {
                     let model = self.served(r.adapter.as_deref())?;
                     let mut tops = Vec::with_capacity(job.prompts.len());
-                    for p in &job.prompts {
-                        tops.push(self.top(model, p, &text, cancel, timing)?);
+                    for j in 0..job.prompts.len() {
+                        tops.push(ask(model, j, &text, &ids, timing)?);
                     }
                     mixture(&tops, &weights)
                 }
@@ -470,14 +507,31 @@ impl Client {
             let mut scores: Vec<f32> = candidates.iter().map(|c| c.1).collect();
             let pick = sampling::choose(&mut scores, &r.sampling, &[], &mut rng) as usize;
             let token = &candidates[pick].0;
-            if !r.ignore_eos && END_TEXTS.contains(&token.as_str()) {
-                break Finish::Eos;
-            }
-            let next = vocab.len() as u32;
-            tokens.push(*vocab.entry(token.clone()).or_insert(next));
-            timing.decode_tokens += 1;
             let old = text.len();
-            text.push_str(token);
+            match &self.text_side {
+                Some(side) => {
+                    // llama.cpp's empty answer at the end aside, every token is named by its id.
+                    let id = match token.as_str() {
+                        "" => None,
+                        t => Some(token_id(t)?),
+                    };
+                    if !r.ignore_eos && id.is_none_or(|id| side.eos.contains(&id)) {
+                        break Finish::Eos;
+                    }
+                    let id = id.unwrap_or_default();
+                    ids.push(id);
+                    text.push_str(&stream.push(id, &side.tokenizer)?);
+                }
+                None => {
+                    if !r.ignore_eos && END_TEXTS.contains(&token.as_str()) {
+                        break Finish::Eos;
+                    }
+                    let next = vocab.len() as u32;
+                    ids.push(*vocab.entry(token.clone()).or_insert(next));
+                    text.push_str(token);
+                }
+            }
+            timing.decode_tokens += 1;
             if let Some((at, stop)) = crate::decode::find_stop(&text, &r.stop, old) {
                 text.truncate(at);
                 if at > old {
@@ -485,15 +539,25 @@ impl Client {
                 }
                 break Finish::Stop(stop);
             }
-            let _ = tx.send(Msg::Token { request: i, text: token.clone() });
-            if r.stop_on_loop && crate::decode::looping(&tokens).is_some() {
+            if text.len() > old {
+                let _ = tx.send(Msg::Token { request: i, text: text[old..].to_string() });
+            }
+            if r.stop_on_loop && crate::decode::looping(&ids).is_some() {
                 break Finish::Loop;
             }
-            if tokens.len() >= r.max_new_tokens {
+            if ids.len() >= r.max_new_tokens {
                 break Finish::Length;
             }
         };
-        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
+        if let (Some(side), false) = (&self.text_side, matches!(finish, Finish::Stop(_))) {
+            let rest = stream.finish(&side.tokenizer)?;
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                let _ = tx.send(Msg::Token { request: i, text: rest });
+            }
+        }
+        let ids = if self.text_side.is_some() { ids } else { Vec::new() };
+        Ok(Completion { ids, text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
     }
 }
 
@@ -539,6 +603,17 @@ fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, 
             ("chat/completions", body)
         }
     }
+}
+
+/// The id in a token named `token_id:N` (vLLM's `return_tokens_as_token_ids`).
+fn token_id(name: &str) -> anyhow::Result<u32> {
+    name.strip_prefix("token_id:").and_then(|n| n.parse().ok()).with_context(|| {
+        format!(
+            "the server named a token {name:?}, not token_id:N: stepping in token ids (--tokenizer) needs a server \
+             that takes return_tokens_as_token_ids (vLLM, selfspec serve); llama.cpp's server does not, so leave \
+             --tokenizer out for it"
+        )
+    })
 }
 
 /// log Σ_j w_j·p_j(t) over the union of the tops (a token outside prompt j's top N counts 0).
@@ -678,5 +753,13 @@ mod tests {
             w.push("the answer is ");
         }
         assert!(w.looping());
+    }
+
+    #[test]
+    fn tokens_named_by_id_parse_and_texts_are_refused_with_what_to_do() {
+        assert_eq!(token_id("token_id:42").unwrap(), 42);
+        let e = format!("{:#}", token_id(" the").unwrap_err());
+        assert!(e.contains("\" the\"") && e.contains("return_tokens_as_token_ids") && e.contains("leave"), "{e}");
+        assert!(token_id("token_id:x").is_err());
     }
 }

@@ -182,6 +182,13 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
     tokenizer_of(&open(path)?.1, path)
 }
 
+/// The tokenizer of a .gguf file and the ids that end its text, without its weights.
+pub fn load_text_side(path: &Path) -> Result<(Tokenizer, Vec<u32>), ModelError> {
+    let content = open(path)?.1;
+    let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
+    Ok((tokenizer_of(&content, path)?, eos.into_iter().collect()))
+}
+
 fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
     if let Some(t) = super::gguf_tokenizer::from_metadata(&content.metadata, path)? {
         return Tokenizer::from_gguf(t, path);

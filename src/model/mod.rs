@@ -169,6 +169,22 @@ pub fn load_tokenizer(model: &str) -> Result<Tokenizer, ModelError> {
     Tokenizer::load(&hub::resolve(model)?)
 }
 
+/// The tokenizer of `model` and the ids that end its text (generation_config.json, else
+/// config.json; a GGUF file's metadata), without its weights.
+pub fn load_text_side(model: &str) -> Result<(Tokenizer, Vec<u32>), ModelError> {
+    let path = Path::new(model);
+    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return gguf::load_text_side(path);
+    }
+    let dir = hub::resolve(model)?;
+    let generation = GenerationConfig::load(&dir.join("generation_config.json"))?;
+    let eos = match generation.eos_token_ids {
+        Some(ids) => ids,
+        None => read_spec(&dir.join("config.json"))?.eos_token_ids,
+    };
+    Ok((Tokenizer::load(&dir)?, eos))
+}
+
 /// The model to use when a command names none: the configuration's `model`, else the default
 /// model if it has been fetched into `cache`; an error that says how to get one otherwise.
 pub fn default_model(configured: Option<&str>, cache: &Path) -> anyhow::Result<String> {

@@ -195,6 +195,9 @@ struct Asked {
     request: Request,
     stream: bool,
     logprobs: Option<usize>,
+    /// vLLM's `return_tokens_as_token_ids`: log-probabilities name tokens `token_id:N`, so a
+    /// client stepping in ids never reads a token's text back.
+    as_ids: bool,
 }
 
 fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, String)> {
@@ -328,7 +331,8 @@ fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, Strin
         top_logprobs: logprobs,
         ..Request::new(ids.clone(), max_tokens)
     };
-    Ok(Asked { model: model.to_string(), ids, request, stream, logprobs })
+    let as_ids = body["return_tokens_as_token_ids"].as_bool().unwrap_or(false);
+    Ok(Asked { model: model.to_string(), ids, request, stream, logprobs, as_ids })
 }
 
 /// Chat messages: `content` a string or a list of text parts.
@@ -425,7 +429,7 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
         "total_tokens": asked.ids.len() + completion.ids.len(),
         "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
     });
-    let logprobs = asked.logprobs.map(|_| logprobs_json(&shared.model, &completion, chat));
+    let logprobs = asked.logprobs.map(|_| logprobs_json(&shared.model, &completion, chat, asked.as_ids));
     let reason = finish_reason(&completion.finish);
     let choice = if chat {
         json!({"index": 0, "message": {"role": "assistant", "content": completion.text}, "logprobs": logprobs, "finish_reason": reason})
@@ -439,8 +443,11 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
 
 /// Log-probabilities as each endpoint reports them: completions a map from token text to
 /// log-probability per step (a text two tokens share keeps the higher), chat a list per step.
-fn logprobs_json(model: &Model, c: &Completion, chat: bool) -> Value {
-    let text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
+fn logprobs_json(model: &Model, c: &Completion, chat: bool, as_ids: bool) -> Value {
+    let text = |id: u32| match as_ids {
+        true => format!("token_id:{id}"),
+        false => model.tokenizer.decode(&[id]).unwrap_or_default(),
+    };
     if chat {
         let content: Vec<Value> = c
             .logprobs
