@@ -101,6 +101,9 @@ impl Client {
         };
         let client = Client { agent: config.into(), key, remote, text_side };
         client.check_models()?;
+        if client.text_side.is_some() {
+            client.check_token_ids()?;
+        }
         Ok(client)
     }
 
@@ -114,6 +117,35 @@ impl Client {
                 })
             }
         }
+    }
+
+    /// One step in token ids, tried once before any work: a server that does not take a prompt
+    /// of ids or name tokens by id (llama.cpp's) is said here, not after a run's retries.
+    fn check_token_ids(&self) -> anyhow::Result<()> {
+        let side = self.text_side.as_ref().expect("checked with a tokenizer");
+        let prompt = side.tokenizer.encode("Hello")?;
+        let body = json!({"model": self.remote.served_model, "prompt": prompt, "max_tokens": 1, "temperature": 0,
+                          "logprobs": 1, "return_tokens_as_token_ids": true});
+        let refused = |why: String| {
+            let why = cut(why.lines().next().unwrap_or_default(), 200);
+            anyhow::anyhow!(
+                "--tokenizer: the server at {} did not answer a step in token ids ({why}); stepping in ids needs a \
+                 server that takes a prompt of token ids and return_tokens_as_token_ids (vLLM, selfspec serve); \
+                 llama.cpp's server does not, so leave --tokenizer out for it",
+                self.remote.endpoint
+            )
+        };
+        let v: Value = match self.post("completions", &body.to_string()) {
+            Ok(resp) => {
+                let text = read_body(resp).map_err(|e| refused(format!("reading the answer: {e}")))?;
+                serde_json::from_str(&text).map_err(|_| refused(format!("not JSON: {}", cut(&text, 200))))?
+            }
+            Err(Try::Again(why)) => return Err(refused(why)),
+            Err(Try::Fail(e)) => return Err(refused(format!("{e:#}"))),
+        };
+        let named = v["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap_or_default().to_string();
+        token_id(&named).map_err(|_| refused(format!("it named a token {named:?}, not token_id:N")))?;
+        Ok(())
     }
 
     fn check_models(&self) -> anyhow::Result<()> {
