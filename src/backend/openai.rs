@@ -30,6 +30,11 @@ use crate::decode::{sampling, Completion, Event, Finish, Rng, Sampling, Timing};
 /// special tokens an empty text).
 const END_TEXTS: &[&str] = &["", "</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
 
+/// What to do when a server cannot step in token ids.
+const IDS_ADVICE: &str = "stepping in token ids (--tokenizer) needs a server that takes a prompt of token ids and \
+                          return_tokens_as_token_ids (vLLM, selfspec serve); llama.cpp's server does not, so leave \
+                          --tokenizer out for it";
+
 /// The most a response body may hold (a step's log-probabilities included).
 const BODY_LIMIT: u64 = 64 << 20;
 
@@ -129,9 +134,7 @@ impl Client {
         let refused = |why: String| {
             let why = cut(why.lines().next().unwrap_or_default(), 200);
             anyhow::anyhow!(
-                "--tokenizer: the server at {} did not answer a step in token ids ({why}); stepping in ids needs a \
-                 server that takes a prompt of token ids and return_tokens_as_token_ids (vLLM, selfspec serve); \
-                 llama.cpp's server does not, so leave --tokenizer out for it",
+                "--tokenizer: the server at {} did not answer a step in token ids ({why}); {IDS_ADVICE}",
                 self.remote.endpoint
             )
         };
@@ -639,13 +642,9 @@ fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, 
 
 /// The id in a token named `token_id:N` (vLLM's `return_tokens_as_token_ids`).
 fn token_id(name: &str) -> anyhow::Result<u32> {
-    name.strip_prefix("token_id:").and_then(|n| n.parse().ok()).with_context(|| {
-        format!(
-            "the server named a token {name:?}, not token_id:N: stepping in token ids (--tokenizer) needs a server \
-             that takes return_tokens_as_token_ids (vLLM, selfspec serve); llama.cpp's server does not, so leave \
-             --tokenizer out for it"
-        )
-    })
+    name.strip_prefix("token_id:")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("the server named a token {name:?}, not token_id:N: {IDS_ADVICE}"))
 }
 
 /// log Σ_j w_j·p_j(t) over the union of the tops (a token outside prompt j's top N counts 0).

@@ -242,6 +242,7 @@ fn generate_on_worker(
     // With a prefix cache, requests go by how many prompt tokens they must run (the rest is
     // stored), fewest first, and a request that must run far more than the wave so far starts a
     // new one: every row of a wave runs as many new tokens as its longest.
+    // (Each wave looks its rows up again: the waves before it may have stored longer prompts.)
     let (order, fresh): (Vec<usize>, Vec<usize>) = match prefix_cache(opts) {
         Some(cache) => {
             let fresh = |r: &Request| {

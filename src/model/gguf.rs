@@ -185,8 +185,17 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
 /// The tokenizer of a .gguf file and the ids that end its text, without its weights.
 pub fn load_text_side(path: &Path) -> Result<(Tokenizer, Vec<u32>), ModelError> {
     let content = open(path)?.1;
-    let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
-    Ok((tokenizer_of(&content, path)?, eos.into_iter().collect()))
+    Ok((tokenizer_of(&content, path)?, eos_ids(&content)))
+}
+
+/// The end-of-sequence id the file's metadata names (none when it names none).
+fn eos_ids(content: &gguf_file::Content) -> Vec<u32> {
+    token_id(content, "tokenizer.ggml.eos_token_id").into_iter().collect()
+}
+
+/// A token id in the metadata under `key`.
+fn token_id(content: &gguf_file::Content, key: &str) -> Option<u32> {
+    content.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
 fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
@@ -254,7 +263,6 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
             Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         }
     };
-    let one = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
     let scaling = match content.metadata.get(&key("rope.scaling.type")) {
         None => RopeScaling::None,
         Some(v) => match v.to_string().map(String::as_str) {
@@ -300,8 +308,8 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         sliding_layers: vec![sliding_window.is_some(); num_layers],
         rope_interleaved: interleaved,
         rope_freq_factors,
-        eos_token_ids: one("tokenizer.ggml.eos_token_id").into_iter().collect(),
-        bos_token_id: one("tokenizer.ggml.bos_token_id"),
+        eos_token_ids: eos_ids(&content),
+        bos_token_id: token_id(&content, "tokenizer.ggml.bos_token_id"),
     };
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let tokenizer = tokenizer_of(&content, path)?;

@@ -153,7 +153,7 @@ impl Model {
         let generation = GenerationConfig::load(&dir.join("generation_config.json"))?;
         let tokenizer = Tokenizer::load(&dir)?;
         let weights = weights::Weights::open(&dir, dtype.resolve(device), device)?;
-        let eos_token_ids = generation.eos_token_ids.clone().unwrap_or_else(|| spec.eos_token_ids.clone());
+        let eos_token_ids = end_ids(&generation, || Ok(spec.eos_token_ids.clone()))?;
         let decoder = Decoder::load(spec, &weights)?;
         Ok(Model { dir, decoder, tokenizer, eos_token_ids })
     }
@@ -178,11 +178,20 @@ pub fn load_text_side(model: &str) -> Result<(Tokenizer, Vec<u32>), ModelError> 
     }
     let dir = hub::resolve(model)?;
     let generation = GenerationConfig::load(&dir.join("generation_config.json"))?;
-    let eos = match generation.eos_token_ids {
-        Some(ids) => ids,
-        None => read_spec(&dir.join("config.json"))?.eos_token_ids,
-    };
+    let eos = end_ids(&generation, || Ok(read_spec(&dir.join("config.json"))?.eos_token_ids))?;
     Ok((Tokenizer::load(&dir)?, eos))
+}
+
+/// The ids that end generation in a model folder: generation_config.json's, else config.json's
+/// (`from_config`, asked only then).
+fn end_ids(
+    generation: &GenerationConfig,
+    from_config: impl FnOnce() -> Result<Vec<u32>, ModelError>,
+) -> Result<Vec<u32>, ModelError> {
+    match &generation.eos_token_ids {
+        Some(ids) => Ok(ids.clone()),
+        None => from_config(),
+    }
 }
 
 /// The model to use when a command names none: the configuration's `model`, else the default
