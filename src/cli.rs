@@ -135,15 +135,33 @@ pub enum Command {
     },
     /// Score predictions: SQuAD token F1 and ROUGE-L (rouge-score's, stemmed), best over the
     /// references, means on 0–100 as JSON.
+    ///
+    /// With --paired A.jsonl B.jsonl: B against A on the same examples (lines matched by "id"):
+    /// each one's score with its bootstrap interval, Δ = B − A with its paired-bootstrap
+    /// interval, the approximate-randomisation p, exact match and McNemar's exact test.
     Score {
-        /// JSONL: {"prediction": "...", "references": ["...", ...]} a line.
-        file: PathBuf,
-        /// Also print each line's values.
+        /// JSONL: {"prediction": "...", "references": ["...", ...]} a line; with --paired, two
+        /// files whose lines also carry "id".
+        #[arg(required = true, num_args = 1..=2, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Compare two prediction files example by example (A then B).
         #[arg(long)]
+        paired: bool,
+        /// Also print each line's values.
+        #[arg(long, conflicts_with = "paired")]
         rows: bool,
         /// Split each reference on ", " into several (the BoX habit; off by default).
         #[arg(long)]
         split_references: bool,
+        /// With --paired: print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// With --paired: bootstrap resamples and randomisation trials.
+        #[arg(long, default_value_t = 10_000)]
+        resamples: usize,
+        /// With --paired: the seed of the resamples and trials.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Generated samples: review decisions and export.
     #[command(subcommand)]
@@ -200,7 +218,7 @@ pub enum Command {
     Adapters(AdaptersCommand),
     /// Evaluate the base model and adapters on datasets at k shots; writes predictions and a
     /// report (JSON, CSV, Markdown) to the run folder and prints the Markdown.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Tune a LoRA adapter on Alpaca JSONL or a run's accepted samples (stage 4).
     Train(TrainArgs),
     /// Generate samples from seeds (instructions, then responses, optionally with retrieval) into
@@ -437,6 +455,55 @@ pub struct BackendArgs {
     pub tokenizer: Option<String>,
 }
 
+impl EvalArgs {
+    /// What `selfspec eval` was asked (clap ensured --data and --run without a subcommand).
+    pub fn options(self, defaults: &Defaults) -> anyhow::Result<selfspec::eval::command::Options> {
+        use anyhow::Context;
+        Ok(selfspec::eval::command::Options {
+            backend: self.server.backend(&self.model, defaults, |s| s.to_string())?,
+            adapters: self.adapter.iter().map(|s| selfspec::model::adapter::Spec::parse(s)).collect(),
+            data: self.data.context("--data names the folder of datasets")?,
+            datasets: self.datasets,
+            shots: self.shots,
+            run: self.run.context("--run names the run folder")?,
+            max_new_tokens: self.max_new_tokens,
+            postprocess: self.postprocess,
+            demos_from: self.demos_from,
+            split_references: self.split_references,
+            prompt_format: self.prompt_format.into(),
+            detached: self.detached,
+            stats: Some(selfspec::eval::stats::Settings {
+                resamples: self.resamples,
+                trials: self.resamples,
+                seed: self.stats_seed,
+            }),
+        })
+    }
+}
+
+impl EvalCommand {
+    /// What `selfspec eval import` was asked.
+    pub fn options(self) -> anyhow::Result<selfspec::eval::import::Options> {
+        use anyhow::Context;
+        let EvalCommand::Import { files, preset, map, name, out, train, demos, limit, force, list: _ } = self;
+        let map = match (preset, map) {
+            (Some(p), None) => selfspec::eval::import::Mapping::preset(&p)?,
+            (None, Some(m)) => selfspec::eval::import::Mapping::load(&m)?,
+            _ => anyhow::bail!("name a field map: --preset NAME (--list shows them) or --map FILE.yaml"),
+        };
+        Ok(selfspec::eval::import::Options {
+            files,
+            map,
+            name: name.context("--name names the dataset")?,
+            out: out.context("--out names the folder to write")?,
+            train,
+            demos,
+            limit,
+            force,
+        })
+    }
+}
+
 impl BackendArgs {
     /// The backend of a generation: its one tuned model, if served, under the run's adapter name.
     pub fn for_generation(&self, model: &ModelArgs, defaults: &Defaults) -> anyhow::Result<selfspec::backend::Backend> {
@@ -547,7 +614,11 @@ pub struct GenerateArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    /// `import`: a benchmark's files into an evaluation dataset.
+    #[command(subcommand)]
+    pub import: Option<EvalCommand>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -556,8 +627,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "[NAME=]DIR")]
     pub adapter: Vec<String>,
     /// A folder of datasets (NAME.jsonl, optional NAME.train.jsonl for demonstrations).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required = true)]
+    pub data: Option<PathBuf>,
     /// Only these datasets (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     pub datasets: Vec<String>,
@@ -565,8 +636,8 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "0,1,5")]
     pub shots: Vec<usize>,
     /// The run folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required = true)]
+    pub run: Option<PathBuf>,
     /// New tokens per answer instead of the per-task limits.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -584,9 +655,53 @@ pub struct EvalArgs {
     /// model has one; a continued run keeps its own).
     #[arg(long, value_enum, default_value = "auto")]
     pub prompt_format: PromptFormat,
+    /// Bootstrap resamples (and randomisation trials) behind the report's intervals and p-values.
+    #[arg(long, default_value_t = 10_000)]
+    pub resamples: usize,
+    /// The seed of those resamples and trials.
+    #[arg(long, default_value_t = 1)]
+    pub stats_seed: u64,
     /// Keep going when the terminal closes (SIGHUP); the workbench starts runs this way.
     #[arg(long, hide = true)]
     pub detached: bool,
+}
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// A benchmark as published (Hugging Face parquet, JSON or JSON lines files, or a release's
+    /// JSON or TSV) into OUT/NAME.jsonl (and NAME.train.jsonl from --train files) by a field
+    /// map: a preset for the paper's benchmarks, or --map FILE.yaml.
+    Import {
+        /// The files of the split to evaluate on (.parquet, .jsonl, .json, .tsv).
+        #[arg(required_unless_present = "list")]
+        files: Vec<PathBuf>,
+        /// A built-in map (`--list` shows them).
+        #[arg(long, conflicts_with = "map")]
+        preset: Option<String>,
+        /// A field map (YAML; the presets in assets/benchmarks/ show the keys).
+        #[arg(long, value_name = "MAP.yaml")]
+        map: Option<PathBuf>,
+        /// The dataset's name (OUT/NAME.jsonl).
+        #[arg(long, required_unless_present = "list")]
+        name: Option<String>,
+        /// The folder of datasets to write into.
+        #[arg(long, required_unless_present = "list")]
+        out: Option<PathBuf>,
+        /// Files of the split the demonstrations come from (its first --demos records).
+        #[arg(long, value_name = "FILE")]
+        train: Vec<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        demos: usize,
+        /// Keep at most this many examples (the first ones).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Replace NAME.jsonl and NAME.train.jsonl when they exist.
+        #[arg(long)]
+        force: bool,
+        /// List the presets and what each reads.
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 #[derive(Args)]

@@ -139,8 +139,9 @@ fn run() -> anyhow::Result<u8> {
             let name = defaults.model(model.as_deref())?;
             ok(model::command::tokenize(&name, text.as_deref(), jsonl.as_deref(), chat, verbose))
         }
-        Some(Command::Score { file, rows, split_references }) => {
-            ok(eval::command::score(&file, rows, split_references))
+        Some(Command::Score { files, paired, rows, split_references, json, resamples, seed }) => {
+            let stats = eval::stats::Settings { resamples, trials: resamples, seed };
+            ok(eval::command::score(&files, paired, rows, split_references, json, &stats))
         }
         Some(Command::Samples(SamplesCommand::Export { run, out, force })) => {
             ok(generate::command::export(&run, &out, force))
@@ -185,20 +186,11 @@ fn run() -> anyhow::Result<u8> {
             };
             train::command::train(opts, &config.train)
         }
-        Some(Command::Eval(a)) => eval::command::eval(eval::command::Options {
-            backend: a.server.backend(&a.model, &defaults, |s| s.to_string())?,
-            adapters: a.adapter.iter().map(|s| model::adapter::Spec::parse(s)).collect(),
-            data: a.data,
-            datasets: a.datasets,
-            shots: a.shots,
-            run: a.run,
-            max_new_tokens: a.max_new_tokens,
-            postprocess: a.postprocess,
-            demos_from: a.demos_from,
-            split_references: a.split_references,
-            prompt_format: a.prompt_format.into(),
-            detached: a.detached,
-        }),
+        Some(Command::Eval(mut a)) => match a.import.take() {
+            Some(cli::EvalCommand::Import { list: true, .. }) => ok(eval::import::list()),
+            Some(i) => ok(eval::import::run(&i.options()?)),
+            None => eval::command::eval(a.options(&defaults)?),
+        },
         Some(Command::Generate(a)) => {
             let opts = generate::command::Options {
                 seeds: a.seeds,

@@ -51,16 +51,33 @@ const COLORS: [RGBColor; 7] = [
 /// One line of a plot: its label and (x, y) points.
 pub type Line = (String, Vec<(f64, f64)>);
 
+/// A line's interval band: (x, low, high) at each of its points; empty for none.
+pub type Band = Vec<(f64, f64, f64)>;
+
 /// Writes one plot as `dir/plots/STEM.svg` and `.png`: `lines` against `x`, scored by `y` (a
 /// label with "0-100" keeps the axis within 0–100); returns the two files.
 pub fn chart(dir: &Path, stem: &str, title: &str, x: &str, y: &str, lines: &[Line]) -> anyhow::Result<Vec<PathBuf>> {
+    chart_with_bands(dir, stem, title, x, y, lines, &[])
+}
+
+/// [`chart`] with each line's interval drawn as a shaded band in its colour (`bands[i]` for
+/// `lines[i]`; a missing or empty one draws none).
+pub fn chart_with_bands(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    x: &str,
+    y: &str,
+    lines: &[Line],
+    bands: &[Band],
+) -> anyhow::Result<Vec<PathBuf>> {
     font().map_err(anyhow::Error::msg)?;
     let out = dir.join("plots");
     std::fs::create_dir_all(&out)?;
     let svg = out.join(format!("{stem}.svg"));
-    draw(SVGBackend::new(&svg, (720, 440)).into_drawing_area(), title, x, y, lines)?;
+    draw(SVGBackend::new(&svg, (720, 440)).into_drawing_area(), title, x, y, lines, bands)?;
     let png = out.join(format!("{stem}.png"));
-    draw(BitMapBackend::new(&png, (720, 440)).into_drawing_area(), title, x, y, lines)?;
+    draw(BitMapBackend::new(&png, (720, 440)).into_drawing_area(), title, x, y, lines, bands)?;
     Ok(vec![svg, png])
 }
 
@@ -70,6 +87,7 @@ fn draw<DB: DrawingBackend>(
     axis: &str,
     y_desc: &str,
     lines: &[Line],
+    bands: &[Band],
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -78,7 +96,8 @@ where
     area.fill(&WHITE).map_err(error)?;
     let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.0));
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
+    let band_ys = bands.iter().flat_map(|b| b.iter().flat_map(|&(_, lo, hi)| [lo, hi]));
+    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1)).chain(band_ys.filter(|y| y.is_finite()));
     let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
     let percent = y_desc.contains("0-100");
     let (y0, y1) = if percent {
@@ -103,6 +122,12 @@ where
         .x_label_formatter(&|x| format!("{x:.decimals$}"))
         .draw()
         .map_err(error)?;
+    for (i, band) in bands.iter().enumerate().filter(|(_, b)| b.len() >= 2) {
+        let color = COLORS[i % COLORS.len()];
+        let mut outline: Vec<(f64, f64)> = band.iter().map(|&(x, lo, _)| (x, lo)).collect();
+        outline.extend(band.iter().rev().map(|&(x, _, hi)| (x, hi)));
+        chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(error)?;
+    }
     for (i, (label, points)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart

@@ -89,6 +89,16 @@ fn an_eval_run_writes_predictions_and_reports() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.path().join("eval");
+    // The first 30 lines of two sample sets (they grow; this test counts answers).
+    let sets = dir.path().join("sets");
+    std::fs::create_dir(&sets).unwrap();
+    for name in ["fin-sentiment", "fin-qa"] {
+        let from = root().join("sample-seeds/eval/finance");
+        let test = std::fs::read_to_string(from.join(format!("{name}.jsonl"))).unwrap();
+        let head: String = test.lines().take(30).map(|l| format!("{l}\n")).collect();
+        std::fs::write(sets.join(format!("{name}.jsonl")), head).unwrap();
+        std::fs::copy(from.join(format!("{name}.train.jsonl")), sets.join(format!("{name}.train.jsonl"))).unwrap();
+    }
     // The evaluation of the base and the adapters named, into `run`.
     let eval_with = |adapters: &[String]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
@@ -96,18 +106,41 @@ fn an_eval_run_writes_predictions_and_reports() {
         for a in adapters {
             cmd.arg("--adapter").arg(a);
         }
-        cmd.arg("--data").arg(root().join("sample-seeds/eval/finance"));
-        cmd.args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--run"]).arg(&run).output().unwrap()
+        cmd.arg("--data").arg(&sets);
+        cmd.args(["--datasets", "fin-sentiment,fin-qa", "--shots", "0,1", "--resamples", "2000", "--run"]);
+        cmd.arg(&run).output().unwrap()
     };
     let adapter = lora.join("adapter").display().to_string();
     let out = eval_with(std::slice::from_ref(&adapter));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("| fin-qa |") && md.contains("lora 1-shot") && md.contains("worst / average / best"), "{md}");
+    assert!(md.contains("| fin-qa | 30 |") && md.contains("## F1, 1-shot") && md.contains("worst / average / best"), "{md}");
+    assert!(md.contains("| Δ lora | p | Holm p | detectable Δ |") && md.contains("2000 resamples"), "{md}");
     let report: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report.models, ["base", "lora"]);
     assert_eq!(report.cells.len(), 2 * 2 * 2);
     assert!(report.cells.iter().all(|c| c.n == 30));
+    // Every cell carries its interval, every adapter cell its paired comparison with the base,
+    // Holm-adjusted over the two datasets; the label set (fin-sentiment) also McNemar.
+    assert_eq!(report.labels, ["fin-sentiment"]);
+    assert_eq!(report.stats.map(|s| s.resamples), Some(2000));
+    for c in &report.cells {
+        let [lo, hi] = c.f1_ci.unwrap();
+        assert!(lo <= c.f1 && c.f1 <= hi, "{c:?}");
+        match &c.vs_base {
+            None => assert_eq!(c.model, "base"),
+            Some(v) => {
+                let base = report.cell("base", &c.dataset, c.k).unwrap();
+                assert!((v.f1.delta - (c.f1 - base.f1)).abs() < 1e-9);
+                assert!(v.f1.ci[0] <= v.f1.delta && v.f1.delta <= v.f1.ci[1]);
+                assert!(v.f1.holm_p.unwrap() >= v.f1.p && (0.0..=1.0).contains(&v.f1.p));
+                assert!(v.f1.detectable >= 0.0);
+                assert_eq!(v.mcnemar_p.is_some(), c.dataset == "fin-sentiment");
+            }
+        }
+    }
+    assert_eq!(report.averages.len(), 2 * 2);
+    assert!(report.averages.iter().all(|a| (a.model == "base") == a.vs_base.is_none()));
     // Every prediction's scores are the metrics' own.
     let mut scorer = Scorer::default();
     let text = std::fs::read_to_string(run.join("predictions.jsonl")).unwrap();
@@ -135,7 +168,9 @@ fn an_eval_run_writes_predictions_and_reports() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read_to_string(run2.join("config.yaml")).unwrap().contains("finance.yaml"));
     let csv = std::fs::read_to_string(run.join("report.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 8);
+    assert_eq!(csv.lines().count(), 1 + 8 + 4);
+    assert!(csv.starts_with("model,dataset,task,k,n,f1,f1_lo,f1_hi,"), "{csv}");
+    assert!(csv.lines().next().unwrap().contains("delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1"));
     assert!(run.join("report.md").exists());
 
     // The same command again: nothing is generated again, nothing changes.
@@ -177,7 +212,7 @@ fn an_eval_run_writes_predictions_and_reports() {
         .args(["eval", "--model"])
         .arg(&writer)
         .arg("--data")
-        .arg(root().join("sample-seeds/eval/finance"))
+        .arg(&sets)
         .args(["--datasets", "fin-qa", "--shots", "0", "--run"])
         .arg(&run)
         .output()

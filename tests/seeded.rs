@@ -221,6 +221,27 @@ fn a_seeded_sweep_killed_with_kill_9_continues_and_reports_every_point() {
             assert!(n >= want, "{point} {model}: {n} rows");
         }
     }
+    // Each point's summary columns with intervals over the two datasets, and against the base.
+    let sums = report["summaries"].as_array().unwrap();
+    for point in ["p5-standard", "p20-reptile-2-1"] {
+        for column in ["experts, own", "experts, others", "seed", "merged", "merged+seed", "base"] {
+            let s = sums.iter().find(|s| s["point"] == point && s["column"] == column).unwrap();
+            let f1 = &s["summary"]["f1"];
+            assert!(f1["ci"][0].as_f64().unwrap() <= f1["mean"].as_f64().unwrap(), "{s}");
+            assert_eq!(s["summary"]["vs"].is_null(), column == "base", "{s}");
+        }
+    }
+    // "experts, own" is the mean of each expert's own-dataset score.
+    let own = sums.iter().find(|s| s["point"] == "p5-standard" && s["column"] == "experts, own" && s["k"] == 0).unwrap();
+    let cell = |model: &str, d: &str| {
+        rows.iter()
+            .find(|r| r["point"] == "p5-standard" && r["model"] == "expert" && r["expert"] == model && r["dataset"] == d && r["k"] == 0)
+            .unwrap()["f1"]
+            .as_f64()
+            .unwrap()
+    };
+    let want = (cell("bio-ner", "bio-ner") + cell("bio-topic", "bio-topic")) / 2.0;
+    assert!((own["summary"]["f1"]["mean"].as_f64().unwrap() - want).abs() < 1e-9, "{own}");
     let lmc = report["lmc"].as_array().unwrap();
     assert_eq!(lmc.len(), 5);
     for l in lmc {
@@ -231,6 +252,7 @@ fn a_seeded_sweep_killed_with_kill_9_continues_and_reports_every_point() {
     }
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(md.contains("| share | experts, own | experts, others | seed | merged | merged+seed | base | barrier |"));
+    assert!(md.contains("Δ against the base (smallest detectable Δ in brackets)"), "{md}");
     assert!(md.contains("| 0.05 |") && md.contains("| 0.5 |") && md.contains("| reptile:2:1 |"), "{md}");
     assert!(run.join("plots/f1-share.svg").exists() && run.join("plots/lmc-p20-standard.png").exists());
 }

@@ -97,8 +97,17 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
-    assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");
+    // Per axis value: the base and the tuned point on the one dataset, and both averaged.
+    assert_eq!(rows.len(), 2 * 2 * 4, "{rows:?}");
     assert!(rows.iter().any(|r| r["axis"] == "seeds" && r["value"] == 10 && r["model"] == "tuned"));
+    for r in rows.iter().filter(|r| r["model"] == "tuned") {
+        let (lo, hi, f1) = (r["f1_ci"][0].as_f64().unwrap(), r["f1_ci"][1].as_f64().unwrap(), r["f1"].as_f64().unwrap());
+        assert!(lo <= f1 && f1 <= hi, "{r}");
+        let v = &r["vs_base"]["f1"];
+        assert!(v["ci"][0].as_f64().unwrap() <= v["delta"].as_f64().unwrap(), "{r}");
+        assert!(v["p"].as_f64().unwrap() > 0.0 && v["detectable"].as_f64().is_some(), "{r}");
+        assert_eq!(r["vs_base"]["f1"]["holm_p"].is_null(), r["dataset"] == "average", "{r}");
+    }
     assert!(rows.iter().any(|r| r["axis"] == "samples" && r["value"] == 4 && r["samples_used"] == 4));
     assert!(run.join("report.csv").exists() && run.join("report.md").exists());
     // Plots of each metric against each axis, per dataset and averaged, as SVG and PNG (when a
@@ -148,7 +157,7 @@ fn the_plan_says_the_work_and_a_spent_budget_stops_between_stages() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for line in
-        ["generate gen-s10: 8 samples", "train s20-n4: 4 samples, 3 steps", "eval: 120 answers", "in all: about"]
+        ["generate gen-s10: 8 samples", "train s20-n4: 4 samples, 3 steps", "eval: 660 answers", "in all: about"]
     {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
@@ -158,4 +167,52 @@ fn the_plan_says_the_work_and_a_spent_budget_stops_between_stages() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped before generate gen-s10: --max-hours 0 is spent"));
     assert_eq!(selfspec::runs::state(&run), selfspec::runs::State::Stopped);
     assert!(!run.join("gen-s10/samples.jsonl").exists());
+}
+
+/// `repeats: 2`: each point generated and trained twice with other seeds, the report's tuned
+/// rows the replicates' mean with their sd, and an interval over examples and replicates.
+#[test]
+fn replicates_run_each_point_again_with_other_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("axes:\n  seeds: [10, 20]\n  samples: [4, 8]\n", "axes: {}\nrepeats: 2\n")
+        .replace("base: {seeds: 20, samples: 8}", "base: {seeds: 10, samples: 4}");
+    assert!(text.contains("repeats: 2"), "{text}");
+    std::fs::write(&spec, text).unwrap();
+    let run = dir.path().join("run");
+    let plan = sweep(&spec, &run).arg("--plan").output().unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert!(stdout.contains("(1 points × 2 replicates = 2 runs)") && stdout.contains("generate gen-s10-r1"), "{stdout}");
+    let out = sweep(&spec, &run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Two generation runs from other seeds (different samples), two adapters.
+    let a = std::fs::read_to_string(run.join("gen-s10/samples.jsonl")).unwrap();
+    let b = std::fs::read_to_string(run.join("gen-s10-r1/samples.jsonl")).unwrap();
+    assert_ne!(a, b);
+    assert!(std::fs::read_to_string(run.join("gen-s10-r1/config.yaml")).unwrap().contains("seed: 4"));
+    for p in ["s10-n4", "s10-n4-r1"] {
+        assert!(run.join(format!("points/{p}/train/adapter/adapter_model.safetensors")).exists(), "{p}");
+    }
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let tuned: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["model"] == "tuned" && r["dataset"] == "bio-topic").collect();
+    assert!(!tuned.is_empty());
+    // The tuned score is the mean of the two adapters' own scores in the evaluation's report.
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap()).unwrap();
+    let own = |m: &str| {
+        eval["cells"].as_array().unwrap().iter().find(|c| c["model"] == m).unwrap()["f1"].as_f64().unwrap()
+    };
+    for r in tuned {
+        assert_eq!(r["replicates"], 2, "{r}");
+        let sd = r["replicate_sd"][0].as_f64().unwrap();
+        let (x, y) = (own("s10-n4"), own("s10-n4-r1"));
+        assert!((r["f1"].as_f64().unwrap() - (x + y) / 2.0).abs() < 1e-9, "{r}");
+        assert!((sd - (x - y).abs() / 2f64.sqrt()).abs() < 1e-9, "{r}");
+    }
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("Each point ran 2 times"), "{md}");
 }

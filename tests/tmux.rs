@@ -295,7 +295,7 @@ fn eval_in_the_workbench() {
     t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
     t.keys(&["5"]);
     t.wait_for("the Eval screen", |s| s.contains(" EVAL ") && s.contains("set ‹biomedical›"));
-    // 0-shot only, base only: 150 answers from the tiny model.
+    // 0-shot only, base only: 811 answers from the tiny model.
     t.keys(&["n"]);
     t.wait_for("shots 0", |s| s.contains("k ‹0›"));
     t.keys(&["s"]);
@@ -303,7 +303,7 @@ fn eval_in_the_workbench() {
     assert!(screen.contains("base 0s") && screen.contains("F1 by model and k"), "{screen}");
     t.keys(&["Enter"]);
     let screen = t.wait_for("the pairs", |s| s.contains("pred ") && s.contains("gold "));
-    assert!(screen.contains("bio-ddi · base · 0-shot (30 pairs"), "{screen}");
+    assert!(screen.contains("bio-ddi · base · 0-shot (160 pairs"), "{screen}");
     t.keys(&["Escape"]);
     t.keys(&["q"]);
     t.wait_for("quit", |_| t.dead());

@@ -565,47 +565,61 @@ fn snapshot_train_screen_attached_to_a_run() {
 
 #[test]
 fn snapshot_eval_screen_with_a_report_and_its_pairs() {
-    use selfspec::eval::run::{Cell, Prediction, Report};
+    use selfspec::eval::data::{Dataset, Example};
+    use selfspec::eval::run::Prediction;
     let clock = Clock(Instant::now());
     let ws = workspace("snap-eval");
     let run = ws.runs_dir().join("eval-finance-1");
     std::fs::create_dir_all(&run).unwrap();
-    let datasets = ["fin-qa", "fin-ner", "fin-sentiment"];
-    let mut cells = Vec::new();
+    // 30 examples a set; the adapter's per-example gain: +13.3 on fin-qa (every third example
+    // unchanged), +2.5 on fin-ner and −1.5 on fin-sentiment with much noise.
+    let names = ["fin-qa", "fin-ner", "fin-sentiment"];
+    let gold = |i: usize, j: usize| if i == 2 { ["positive", "negative", "neutral"][j % 3].to_string() } else { format!("${j}.94") };
+    let datasets: Vec<Dataset> = names
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Dataset {
+            name: d.to_string(),
+            task: if i == 2 { "sa".into() } else { "qa".into() },
+            path: PathBuf::from(format!("{d}.jsonl")),
+            test: (0..30).map(|j| Example { instruction: "Q".into(), input: String::new(), references: vec![gold(i, j)] }).collect(),
+            train: Vec::new(),
+        })
+        .collect();
+    let gain = |i: usize, j: usize| match i {
+        0 => if j.is_multiple_of(3) { 0.0 } else { 20.0 },
+        1 => if j.is_multiple_of(2) { 30.0 } else { -25.0 },
+        _ => if j.is_multiple_of(2) { -30.0 } else { 27.0 },
+    };
+    let mut predictions = Vec::new();
     let mut preds = String::new();
-    for (i, d) in datasets.iter().enumerate() {
+    for (i, d) in names.iter().enumerate() {
         for k in [0, 5] {
-            for (m, bonus) in [("base", 0.0), ("train-fin", 6.5 - 4.0 * i as f64)] {
-                let f1 = 30.0 + 10.0 * i as f64 + k as f64 + bonus;
-                cells.push(Cell {
-                    model: m.into(),
-                    dataset: d.to_string(),
-                    task: "qa".into(),
-                    k,
-                    n: 30,
-                    f1,
-                    rouge_l: f1 - 2.0,
-                });
-                let p = Prediction {
-                    model: m.into(),
-                    dataset: d.to_string(),
-                    k,
-                    index: 0,
-                    prediction: "$0.94".into(),
-                    references: vec!["$0.94".into()],
-                    f1: 100.0,
-                    rouge_l: 100.0,
-                };
-                preds.push_str(&(serde_json::to_string(&p).unwrap() + "\n"));
+            for m in ["base", "train-fin"] {
+                for j in 0..30 {
+                    let base = 35.0 + ((j * 37 + 11 * i) % 30) as f64 + k as f64;
+                    let f1 = if m == "base" { base } else { base + gain(i, j) };
+                    let p = Prediction {
+                        model: m.into(),
+                        dataset: d.to_string(),
+                        k,
+                        index: j,
+                        prediction: if f1 >= 50.0 { gold(i, j) } else { "unsure".into() },
+                        references: vec![gold(i, j)],
+                        f1,
+                        rouge_l: f1 - 2.0,
+                    };
+                    preds.push_str(&(serde_json::to_string(&p).unwrap() + "\n"));
+                    predictions.push(p);
+                }
             }
         }
     }
-    let report = Report {
-        models: vec!["base".into(), "train-fin".into()],
-        datasets: datasets.iter().map(|d| d.to_string()).collect(),
-        shots: vec![0, 5],
-        cells,
-    };
+    let models = vec!["base".to_string(), "train-fin".to_string()];
+    let report = selfspec::eval::report::build(&models, &datasets, &[0, 5], &predictions, &Default::default());
+    // The Compare tab's line for a prompt from fin-qa: the adapter's score and its Δ, marked.
+    let line = selfspec::tui::compare::evidence(&report, "train-fin", "fin-qa").unwrap();
+    assert!(line.starts_with("fin-qa 0-shot: F1 62.8 [") && line.contains("Δ +13.3 [") && line.ends_with("]*"), "{line}");
     std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
     let job = selfspec::eval::run::EvalJob {
@@ -620,6 +634,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         demos_from: None,
         prompt_format: Default::default(),
         backend: None,
+        stats: None,
     };
     selfspec::runs::write_config(&run, selfspec::runs::Kind::Eval, &job).unwrap();
     let events = [
@@ -633,7 +648,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     insta::assert_snapshot!(draw(&app));
     press(&mut app, &clock, KeyCode::Enter);
     let screen = draw(&app);
-    assert!(screen.contains("fin-ner · train-fin · 0-shot (1 pairs") && screen.contains("pred $0.94"), "{screen}");
+    assert!(screen.contains("fin-ner · train-fin · 0-shot (30 pairs") && screen.contains("pred $0.94"), "{screen}");
 }
 
 /// The Compare tab: a prompt from the evaluation sets, answered by the base model (the only
@@ -689,6 +704,7 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
         train: Default::default(),
         seeded: None,
         backend: None,
+        repeats: 1,
     };
     selfspec::runs::write_config(&dir, selfspec::runs::Kind::Sweep, &spec).unwrap();
     let events = [
@@ -698,16 +714,19 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
     std::fs::write(dir.join("events.jsonl"), events.iter().map(|e| e.to_string() + "\n").collect::<String>()).unwrap();
     let mut preds = String::new();
     for (model, f1) in [("base", 10.0), ("s20-n100", 12.0), ("s40-n100", 16.0), ("s40-n50", 14.0)] {
-        let p = serde_json::json!({"model": model, "dataset": "bio-qa", "k": 0, "index": 0, "prediction": "x",
-            "references": ["x"], "f1": f1, "rougeL": f1});
-        preds.push_str(&(p.to_string() + "\n"));
+        for index in 0..20 {
+            let f1 = f1 + (index % 5) as f64 * 10.0;
+            let p = serde_json::json!({"model": model, "dataset": "bio-qa", "k": 0, "index": index, "prediction": "x",
+                "references": ["x"], "f1": f1, "rougeL": f1});
+            preds.push_str(&(p.to_string() + "\n"));
+        }
     }
     std::fs::write(dir.join("eval/predictions.jsonl"), preds).unwrap();
     let app = App::new(Options { attach: Some(dir.clone()), ..options(ws) }).unwrap();
     assert_eq!(app.tab, selfspec::tui::Tab::Sweeps);
     let screen = draw_at(&app, 100, 30);
     for text in
-        ["sweep-bio", "generate gen-s20", "train s40-n50", "F1 (mean over datasets, 0-shot) against seeds", "tuned"]
+        ["sweep-bio", "generate gen-s20", "train s40-n50", "F1, mean of datasets, 0-shot (dots: 95 % CI) vs seeds", "tuned", "95 %"]
     {
         assert!(screen.contains(text), "{text}:\n{screen}");
     }

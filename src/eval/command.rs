@@ -30,6 +30,8 @@ pub struct Options {
     /// continued run keeps what it used).
     pub prompt_format: crate::prompts::PromptFormat,
     pub detached: bool,
+    /// Resamples, trials and seed of the report's statistics (none: the defaults).
+    pub stats: Option<super::stats::Settings>,
 }
 
 impl Options {
@@ -58,6 +60,7 @@ impl Options {
             split_references: false,
             prompt_format: crate::prompts::PromptFormat::Auto,
             detached,
+            stats: None,
         }
     }
 }
@@ -103,7 +106,11 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
         postprocess: opts.postprocess.clone(),
         split_references: opts.split_references,
         demos_from: opts.demos_from.as_deref().map(absolute),
+        stats: opts.stats,
     };
+    if let Some(s) = &opts.stats {
+        s.check()?;
+    }
     // Refused before anything is loaded or locked: an existing run of other settings is kept.
     super::run::check_folder(&opts.run, &job)?;
     let mut datasets = super::data::load_dir(&opts.data, &opts.datasets)?;
@@ -157,8 +164,25 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     result
 }
 
-/// `selfspec score`: SQuAD F1 and ROUGE-L of a predictions file, as one JSON object on stdout.
-pub fn score(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
+/// `selfspec score`: SQuAD F1 and ROUGE-L of a predictions file, as one JSON object on stdout;
+/// with `paired`, two files compared example by example ([`score_paired`]).
+pub fn score(
+    files: &[PathBuf],
+    paired: bool,
+    rows: bool,
+    split: bool,
+    json: bool,
+    stats: &super::stats::Settings,
+) -> anyhow::Result<()> {
+    match (paired, files) {
+        (true, [a, b]) => score_paired(a, b, split, json, stats),
+        (true, _) => anyhow::bail!("--paired compares two files: selfspec score --paired A.jsonl B.jsonl"),
+        (false, [file]) => score_one(file, rows, split),
+        (false, _) => anyhow::bail!("two files are compared with --paired: selfspec score --paired A.jsonl B.jsonl"),
+    }
+}
+
+fn score_one(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
     use super::metrics;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -203,5 +227,147 @@ pub fn score(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
         out["rows"] = serde_json::Value::Array(per_row);
     }
     println!("{out}");
+    Ok(())
+}
+
+/// One line of a prediction file compared with --paired: its id, prediction and references
+/// (other fields, as other tools write them, are ignored).
+#[derive(serde::Deserialize)]
+struct PairedLine {
+    id: serde_json::Value,
+    prediction: String,
+    references: Vec<String>,
+}
+
+/// A paired file's lines by id, in file order; a repeated or missing id is an error naming it.
+fn paired_lines(file: &Path) -> anyhow::Result<Vec<(String, usize, PairedLine)>> {
+    let text = crate::fsutil::read_text(file)?;
+    let shape = r#"each line must be {"id": "…" or a number, "prediction": "…", "references": ["…", …]}"#;
+    let mut seen = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for record in crate::fsutil::jsonl_records::<PairedLine>(file, &text, shape) {
+        let (line, rec) = record?;
+        let id = match &rec.id {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            other => anyhow::bail!("{}:{line}: id is {other}; {shape}", file.display()),
+        };
+        if let Some(first) = seen.insert(id.clone(), line) {
+            anyhow::bail!("{}:{line}: id {id:?} again (first at line {first}); every id must be unique", file.display());
+        }
+        out.push((id, line, rec));
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no records; {shape}", file.display());
+    Ok(out)
+}
+
+/// The paired comparison of two prediction files (B against A), as `score --paired` prints it.
+pub fn paired_report(a: &Path, b: &Path, split: bool, stats: &super::stats::Settings) -> anyhow::Result<serde_json::Value> {
+    use super::metrics::{split_references, Scorer};
+    use super::report::exact_match;
+    use super::stats::{self, Group};
+    stats.check()?;
+    let la = paired_lines(a)?;
+    let lb = paired_lines(b)?;
+    let index: std::collections::HashMap<&str, usize> = lb.iter().enumerate().map(|(i, (id, _, _))| (id.as_str(), i)).collect();
+    for (id, line, _) in &la {
+        anyhow::ensure!(
+            index.contains_key(id.as_str()),
+            "{}:{line}: id {id:?} is not in {}; both files must hold the same examples",
+            a.display(),
+            b.display()
+        );
+    }
+    let in_a: std::collections::HashSet<&str> = la.iter().map(|(id, _, _)| id.as_str()).collect();
+    if let Some((id, line, _)) = lb.iter().find(|(id, _, _)| !in_a.contains(id.as_str())) {
+        anyhow::bail!("{}:{line}: id {id:?} is not in {}; both files must hold the same examples", b.display(), a.display());
+    }
+    let mut scorer = Scorer::default();
+    let mut score = |rec: &PairedLine| {
+        let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
+        let refs = if split { split_references(&refs) } else { refs };
+        let (f1, rouge) = scorer.score(&rec.prediction, &refs);
+        (f1 * 100.0, rouge * 100.0, exact_match(&rec.prediction, &rec.references))
+    };
+    let (mut fa, mut fb, mut ra, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ea, mut eb, mut only_a, mut only_b) = (0usize, 0usize, 0usize, 0usize);
+    for (id, _, x) in &la {
+        let (_, _, y) = &lb[index[id.as_str()]];
+        let (f1a, rla, xa) = score(x);
+        let (f1b, rlb, xb) = score(y);
+        fa.push(f1a);
+        fb.push(f1b);
+        ra.push(rla);
+        rb.push(rlb);
+        ea += xa as usize;
+        eb += xb as usize;
+        only_a += (xa && !xb) as usize;
+        only_b += (xb && !xa) as usize;
+    }
+    let n = fa.len();
+    let metric = |a: Vec<f64>, b: Vec<f64>| {
+        let (a, b) = ([Group::one(a)], [Group::one(b)]);
+        let d = stats::paired(&a, &b, stats);
+        let (ea, eb) = (stats::estimate(&a, stats), stats::estimate(&b, stats));
+        serde_json::json!({
+            "a": ea.mean, "b": eb.mean, "a_ci": ea.ci, "b_ci": eb.ci,
+            "delta": d.delta, "ci": d.ci, "p": d.p, "detectable": d.detectable,
+        })
+    };
+    let pct = |c: usize| 100.0 * c as f64 / n as f64;
+    Ok(serde_json::json!({
+        "n": n,
+        "f1": metric(fa, fb),
+        "rougeL": metric(ra, rb),
+        "exact": {
+            "a": pct(ea), "b": pct(eb), "mcnemar_p": stats::mcnemar_exact(only_a, only_b),
+            "only_a": only_a, "only_b": only_b,
+        },
+        "resamples": stats.resamples,
+        "trials": stats.trials,
+        "seed": stats.seed,
+    }))
+}
+
+fn score_paired(a: &Path, b: &Path, split: bool, json: bool, stats: &super::stats::Settings) -> anyhow::Result<()> {
+    use super::report::{p_text, with_interval};
+    let r = paired_report(a, b, split, stats)?;
+    if json {
+        println!("{r}");
+        return Ok(());
+    }
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let ci = |v: &serde_json::Value| Some([f(&v[0]), f(&v[1])]);
+    println!("{} examples; A = {}, B = {}; 95 % intervals", r["n"], a.display(), b.display());
+    println!("{:<8} {:>20} {:>20} {:>22} {:>8} {:>13}", "metric", "A", "B", "Δ = B − A", "p", "detectable Δ");
+    for (name, key) in [("F1", "f1"), ("ROUGE-L", "rougeL")] {
+        let m = &r[key];
+        let d = super::stats::Delta {
+            delta: f(&m["delta"]),
+            ci: [f(&m["ci"][0]), f(&m["ci"][1])],
+            p: f(&m["p"]),
+            holm_p: None,
+            detectable: f(&m["detectable"]),
+        };
+        println!(
+            "{name:<8} {:>20} {:>20} {:>22} {:>8} {:>13.1}",
+            with_interval(f(&m["a"]), ci(&m["a_ci"])),
+            with_interval(f(&m["b"]), ci(&m["b_ci"])),
+            super::report::delta_text(&d),
+            p_text(d.p),
+            d.detectable
+        );
+    }
+    let e = &r["exact"];
+    println!(
+        "{:<8} {:>20.1} {:>20.1}   McNemar's exact p {} ({} right only in A, {} only in B)",
+        "exact",
+        f(&e["a"]),
+        f(&e["b"]),
+        p_text(f(&e["mcnemar_p"])),
+        e["only_a"],
+        e["only_b"]
+    );
+    println!("`*`: p < 0.05. Resamples and trials: {}, seed {}.", stats.resamples, stats.seed);
     Ok(())
 }

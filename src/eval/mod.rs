@@ -3,6 +3,9 @@
 pub mod command;
 pub mod data;
 pub mod follow;
+pub mod import;
 pub mod metrics;
 pub mod porter;
+pub mod report;
 pub mod run;
+pub mod stats;

@@ -2,7 +2,6 @@
 //! greedily in batches (one batch can hold base and adapter requests together), scored with F1
 //! and ROUGE-L, written as predictions.jsonl and a report in JSON, CSV and Markdown.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -11,11 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Dataset, Example};
 use super::metrics::{split_references, Scorer};
+pub use super::report::{Cell, Prediction, Report, BASE};
 use crate::backend::{Engine, Job, Prompt};
 use crate::decode::{self, Request};
-
-/// The name the base model goes by in reports.
-pub const BASE: &str = "base";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +45,10 @@ pub struct EvalJob {
     /// the base under their names here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<crate::backend::Remote>,
+    /// Resamples, trials and seed of the report's intervals and tests (none: the defaults).
+    /// They change the report only, so a run continued with others is the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<super::stats::Settings>,
 }
 
 impl EvalJob {
@@ -99,49 +100,6 @@ pub fn prompt(demos: &[Example], k: usize, e: &Example) -> String {
     out
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Prediction {
-    pub model: String,
-    pub dataset: String,
-    pub k: usize,
-    pub index: usize,
-    pub prediction: String,
-    pub references: Vec<String>,
-    pub f1: f64,
-    #[serde(rename = "rougeL")]
-    pub rouge_l: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cell {
-    pub model: String,
-    pub dataset: String,
-    pub task: String,
-    pub k: usize,
-    pub n: usize,
-    /// Means on 0–100.
-    pub f1: f64,
-    #[serde(rename = "rougeL")]
-    pub rouge_l: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub models: Vec<String>,
-    pub datasets: Vec<String>,
-    pub shots: Vec<usize>,
-    pub cells: Vec<Cell>,
-}
-
-impl Report {
-    /// The report an evaluation run in `dir` wrote when it finished.
-    pub fn read(dir: &Path) -> anyhow::Result<Report> {
-        let path = dir.join("report.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}: the evaluation wrote no report", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation report", path.display()))
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -183,119 +141,13 @@ impl crate::runs::RunEvent for EvalEvent {
 /// The predictions file of an evaluation run (one line per scored answer, appended as they come).
 pub const PREDICTIONS: &str = "predictions.jsonl";
 
-impl Report {
-    pub fn cell(&self, model: &str, dataset: &str, k: usize) -> Option<&Cell> {
-        self.cells.iter().find(|c| c.model == model && c.dataset == dataset && c.k == k)
-    }
-
-    /// The mean over datasets of a model at k.
-    pub fn average(&self, model: &str, k: usize, f1: bool) -> f64 {
-        let v: Vec<f64> = self
-            .cells
-            .iter()
-            .filter(|c| c.model == model && c.k == k)
-            .map(|c| if f1 { c.f1 } else { c.rouge_l })
-            .collect();
-        if v.is_empty() {
-            0.0
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    }
-
-    pub fn to_csv(&self) -> String {
-        let mut out = String::from("model,dataset,task,k,n,f1,rougeL,delta_f1,delta_rougeL\n");
-        for c in &self.cells {
-            let base = self.cell(BASE, &c.dataset, c.k);
-            let d = |x: f64, b: Option<f64>| b.map_or(String::new(), |b| format!("{:.4}", x - b));
-            out.push_str(&format!(
-                "{},{},{},{},{},{:.4},{:.4},{},{}\n",
-                c.model,
-                c.dataset,
-                c.task,
-                c.k,
-                c.n,
-                c.f1,
-                c.rouge_l,
-                d(c.f1, base.map(|b| b.f1)),
-                d(c.rouge_l, base.map(|b| b.rouge_l))
-            ));
-        }
-        out
-    }
-
-    pub fn to_markdown(&self) -> String {
-        let mut out = String::new();
-        for (metric, f1) in [("F1", true), ("ROUGE-L", false)] {
-            out.push_str(&format!("## {metric} (0–100; Δ against the base)\n\n| dataset |"));
-            for k in &self.shots {
-                for m in &self.models {
-                    out.push_str(&format!(" {m} {k}-shot |"));
-                }
-            }
-            out.push_str("\n|---|");
-            out.push_str(&"---:|".repeat(self.shots.len() * self.models.len()));
-            out.push('\n');
-            let value = |c: &Cell| if f1 { c.f1 } else { c.rouge_l };
-            for d in &self.datasets {
-                out.push_str(&format!("| {d} |"));
-                for &k in &self.shots {
-                    let base = self.cell(BASE, d, k).map(value);
-                    for m in &self.models {
-                        match self.cell(m, d, k).map(value) {
-                            Some(v) if m != BASE => {
-                                out.push_str(&format!(" {v:.1} ({:+.1}) |", v - base.unwrap_or(0.0)))
-                            }
-                            Some(v) => out.push_str(&format!(" {v:.1} |")),
-                            None => out.push_str(" – |"),
-                        }
-                    }
-                }
-                out.push('\n');
-            }
-            out.push_str("| **average** |");
-            for &k in &self.shots {
-                let base = self.average(BASE, k, f1);
-                for m in &self.models {
-                    let v = self.average(m, k, f1);
-                    if m == BASE {
-                        out.push_str(&format!(" **{v:.1}** |"));
-                    } else {
-                        out.push_str(&format!(" **{v:.1}** ({:+.1}) |", v - base));
-                    }
-                }
-            }
-            out.push_str("\n\n");
-        }
-        out.push_str("## F1 across k: worst / average / best\n\n| dataset |");
-        for m in &self.models {
-            out.push_str(&format!(" {m} |"));
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"---:|".repeat(self.models.len()));
-        out.push('\n');
-        for d in &self.datasets {
-            out.push_str(&format!("| {d} |"));
-            for m in &self.models {
-                let v: Vec<f64> = self.shots.iter().filter_map(|&k| self.cell(m, d, k).map(|c| c.f1)).collect();
-                if v.is_empty() {
-                    out.push_str(" – |");
-                } else {
-                    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-                    out.push_str(&format!(" {lo:.1} / {:.1} / {hi:.1} |", v.iter().sum::<f64>() / v.len() as f64));
-                }
-            }
-            out.push('\n');
-        }
-        out
-    }
-}
-
 /// Opens the evaluation run in `dir` for `job`: a new folder, or a run of the same job to
 /// continue. A run of another job, or a folder holding something else, is refused: results are
 /// never overwritten.
 pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
-    match crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)? {
+    let job = &EvalJob { stats: None, ..job.clone() };
+    let old = crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)?.map(|old| EvalJob { stats: None, ..old });
+    match old {
         Some(old) if old == *job => Ok(()),
         // The same evaluation with more adapters after the old ones (a sweep adds each point's
         // adapter as it is trained): what was scored is kept, only the new answers are generated.
@@ -439,46 +291,10 @@ pub fn evaluate(
         emit(&EvalEvent::Stopped { done, requests: total }, on_event)?;
         return Ok(None);
     }
-    let report = report(&models, datasets, &job.shots, &predictions);
+    let report = super::report::build(&models, datasets, &job.shots, &predictions, &job.stats.unwrap_or_default());
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
     emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
     Ok(Some(report))
-}
-
-/// The report of scored predictions: each (model, dataset, k)'s mean F1 and ROUGE-L.
-pub fn report(models: &[String], datasets: &[Dataset], shots: &[usize], predictions: &[Prediction]) -> Report {
-    let mut sums: BTreeMap<(String, String, usize), (usize, f64, f64)> = BTreeMap::new();
-    for p in predictions {
-        let e = sums.entry((p.model.clone(), p.dataset.clone(), p.k)).or_default();
-        e.0 += 1;
-        e.1 += p.f1;
-        e.2 += p.rouge_l;
-    }
-    let mut cells = Vec::new();
-    for m in models {
-        for d in datasets {
-            for &k in shots {
-                if let Some((n, f, r)) = sums.get(&(m.clone(), d.name.clone(), k)) {
-                    let n = *n;
-                    cells.push(Cell {
-                        model: m.clone(),
-                        dataset: d.name.clone(),
-                        task: d.task.clone(),
-                        k,
-                        n,
-                        f1: f / n as f64,
-                        rouge_l: r / n as f64,
-                    });
-                }
-            }
-        }
-    }
-    Report {
-        models: models.to_vec(),
-        datasets: datasets.iter().map(|d| d.name.clone()).collect(),
-        shots: shots.to_vec(),
-        cells,
-    }
 }

@@ -62,6 +62,11 @@ pub struct Spec {
     /// The seed of the subsets and of every generation run.
     #[serde(default)]
     pub seed: u64,
+    /// Runs of each point: replicate r (0 first) generates with seed `seed + r` and trains with
+    /// `train.seed + r`; the report gives their mean, the sd of their means, and intervals that
+    /// resample both the examples and the replicates.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeats: usize,
     /// Generation settings (over the built-in defaults).
     #[serde(default)]
     pub generation: Settings,
@@ -80,6 +85,27 @@ pub struct Spec {
 
 fn default_shots() -> Vec<usize> {
     vec![0, 1, 5]
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The most replicates a sweep runs of each point.
+pub const MAX_REPEATS: usize = 20;
+
+/// The folder name of replicate `r` of a stage named `name` (the first keeps the plain name, so
+/// a sweep without repeats names its folders as before).
+pub fn replicate(name: &str, r: usize) -> String {
+    if r == 0 {
+        name.to_string()
+    } else {
+        format!("{name}-r{r}")
+    }
 }
 
 /// Seeds and samples of one point.
@@ -145,15 +171,26 @@ impl Spec {
         out
     }
 
-    /// One generation run per seed count, to the most samples any point at that count asks for:
-    /// seed count → samples.
-    pub fn generation_runs(&self) -> BTreeMap<usize, usize> {
-        let mut most: BTreeMap<usize, usize> = BTreeMap::new();
-        for p in self.points() {
-            let m = most.entry(p.seeds).or_default();
+    /// One generation run per seed count and replicate, to the most samples any point at that
+    /// count asks for: (seed count, replicate) → samples.
+    pub fn generation_runs(&self) -> BTreeMap<(usize, usize), usize> {
+        let mut most: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        for (p, r) in self.runs() {
+            let m = most.entry((p.seeds, r)).or_default();
             *m = (*m).max(p.samples);
         }
         most
+    }
+
+    /// Every point's replicates, point by point: (point, replicate).
+    pub fn runs(&self) -> Vec<(Point, usize)> {
+        let repeats = self.repeats.max(1);
+        self.points().into_iter().flat_map(|p| (0..repeats).map(move |r| (p, r))).collect()
+    }
+
+    /// The generation folder of `seeds` seeds, replicate `r`.
+    pub fn gen_name(seeds: usize, r: usize) -> String {
+        replicate(&format!("gen-s{seeds}"), r)
     }
 
     /// What is wrong with the spec before anything starts: empty values, more seeds than the file
@@ -190,6 +227,15 @@ impl Spec {
             );
         }
         anyhow::ensure!(!self.shots.is_empty(), "shots: name at least one k");
+        anyhow::ensure!(
+            (1..=MAX_REPEATS).contains(&self.repeats),
+            "repeats: {} is out of range; use 1 to {MAX_REPEATS}",
+            self.repeats
+        );
+        anyhow::ensure!(
+            self.repeats == 1 || self.seeded.is_none(),
+            "repeats: is for the seeds and samples sweep; a seeded sweep runs each point once (remove repeats:)"
+        );
         self.generation.check().map_err(anyhow::Error::msg)?;
         self.train.check().map_err(anyhow::Error::msg)?;
         Ok(())
@@ -233,7 +279,9 @@ impl RunEvent for SweepEvent {
     }
 }
 
-/// One row of report.json.
+/// One row of report.json: a model's score on a dataset (or `average`, the mean of the
+/// datasets' means) at one axis value and k, with its interval, and the tuned model against
+/// the base.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub axis: String,
@@ -242,11 +290,27 @@ pub struct Row {
     pub model: String,
     pub dataset: String,
     pub k: usize,
+    /// The mean over examples (and replicates).
     pub f1: f64,
     #[serde(rename = "rougeL")]
     pub rouge_l: f64,
-    /// Samples the point trained on (fewer than asked when generation spent its budget).
+    /// Samples the point trained on (fewer than asked when generation spent its budget; the
+    /// fewest of its replicates).
     pub samples_used: Option<usize>,
+    /// 95 % intervals (over examples, and replicates where there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_ci: Option<[f64; 2]>,
+    #[serde(default, rename = "rougeL_ci", skip_serializing_if = "Option::is_none")]
+    pub rouge_l_ci: Option<[f64; 2]>,
+    /// The tuned model against the base on the same examples (Holm across the datasets; the
+    /// average's p unadjusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_base: Option<crate::eval::report::Versus>,
+    #[serde(default = "one")]
+    pub replicates: usize,
+    /// The sd of the replicates' means (F1, ROUGE-L).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_sd: Option<[f64; 2]>,
 }
 
 /// Runs (or continues) the sweep of `spec` in `dir`; the exit code (0 finished, 130 stopped).
@@ -305,9 +369,9 @@ fn run_locked(
         return seeded::run(spec, seeded, &mut stages, &prepared.tasks);
     }
     stages.log.append(&SweepEvent::Started { points: points.clone() })?;
-    let mut kept: BTreeMap<usize, Vec<crate::generate::samples::Sample>> = BTreeMap::new();
-    for (&s, &n) in &spec.generation_runs() {
-        let name = format!("gen-s{s}");
+    let mut kept: BTreeMap<(usize, usize), Vec<crate::generate::samples::Sample>> = BTreeMap::new();
+    for (&(s, r), &n) in &spec.generation_runs() {
+        let name = Spec::gen_name(s, r);
         let gen = dir.join(&name);
         let what = format!("{name}: {n} samples from {s} seeds");
         if let Some(code) = stages.run("generate", &name, &name, &gen, &what)? {
@@ -322,16 +386,17 @@ fn run_locked(
             stages.log.append(&SweepEvent::Short { seeds: s, asked: n, kept: samples.len() })?;
         }
         anyhow::ensure!(!samples.is_empty(), "{name}: the model kept no sample; nothing to train on");
-        kept.insert(s, samples);
+        kept.insert((s, r), samples);
     }
     let mut used = BTreeMap::new();
-    for p in &points {
-        let name = p.name();
+    let runs = spec.runs();
+    for (i, (p, r)) in runs.iter().enumerate() {
+        let name = replicate(&p.name(), *r);
         let point_dir = dir.join("points").join(&name);
         std::fs::create_dir_all(&point_dir).with_context(|| format!("cannot create {}", point_dir.display()))?;
-        let samples = &kept[&p.seeds];
+        let samples = &kept[&(p.seeds, *r)];
         let count = p.samples.min(samples.len());
-        used.insert(*p, count);
+        used.insert((*p, *r), count);
         let data = point_dir.join("train.jsonl");
         if !data.exists() {
             let mut text = String::new();
@@ -349,12 +414,11 @@ fn run_locked(
                 return Ok(code);
             }
         }
-        if let Some(code) = stages.eval_point(&name, &name, p == &points[0])? {
+        if let Some(code) = stages.eval_point(&name, &name, i == 0)? {
             return Ok(code);
         }
     }
-    let report = crate::eval::run::Report::read(&dir.join("eval"))?;
-    let rows = rows(spec, &report, &used);
+    let rows = rows(spec, &dir.join("eval"), &used)?;
     write_report(dir, spec, &rows)?;
     match plot::write(dir, &rows) {
         Ok(files) if !files.is_empty() => eprintln!("{} plots in {}", files.len(), dir.join("plots").display()),
@@ -477,9 +541,16 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         return seeded::stage(&spec, seeded, dir, name, limits, detached);
     }
     let p = prepare(&spec, dir, limits)?;
-    let points = spec.points();
-    if let Some(s) = name.strip_prefix("gen-s").and_then(|s| s.parse::<usize>().ok()) {
-        let n = *spec.generation_runs().get(&s).with_context(|| format!("the sweep has no point with {s} seeds"))?;
+    let runs = spec.runs();
+    let gen = name.strip_prefix("gen-s").and_then(|rest| match rest.split_once("-r") {
+        Some((s, r)) => Some((s.parse::<usize>().ok()?, r.parse::<usize>().ok()?)),
+        None => Some((rest.parse::<usize>().ok()?, 0)),
+    });
+    if let Some((s, r)) = gen {
+        let n = *spec
+            .generation_runs()
+            .get(&(s, r))
+            .with_context(|| format!("the sweep has no point with {s} seeds (replicate {r})"))?;
         let gen = dir.join(name);
         std::fs::create_dir_all(&gen).with_context(|| format!("cannot create {}", gen.display()))?;
         let seed_file = gen.join("seeds.yaml");
@@ -500,7 +571,7 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             corpus: p.corpus,
             k: None,
             mode: Some(p.mode),
-            seed: spec.seed,
+            seed: spec.seed.wrapping_add(r as u64),
             jsonl: false,
             adapter: None,
             contrastive: false,
@@ -509,16 +580,17 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         };
         return crate::generate::command::generate(opts, &spec.generation, limits, dir);
     }
+    let run_name = |(q, r): &(Point, usize)| replicate(&q.name(), *r);
     if let Some(last) = name.strip_prefix("eval:") {
-        let upto = points
+        let upto = runs
             .iter()
-            .position(|q| q.name() == last)
+            .position(|q| run_name(q) == last)
             .with_context(|| format!("the sweep has no point {last:?} to evaluate"))?;
-        let adapters = points[..=upto]
+        let adapters = runs[..=upto]
             .iter()
             .map(|q| crate::model::adapter::Spec {
-                name: q.name(),
-                dir: dir.join("points").join(q.name()).join("train").join("adapter"),
+                name: run_name(q),
+                dir: dir.join("points").join(run_name(q)).join("train").join("adapter"),
             })
             .collect();
         let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
@@ -526,14 +598,13 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             crate::eval::command::Options::new(p.choice, adapters, data, datasets, shots, dir.join("eval"), detached);
         return crate::eval::command::eval(opts);
     }
-    let point = points
-        .iter()
-        .find(|q| q.name() == name)
-        .with_context(|| format!("the sweep has no stage {name:?}: gen-s<seeds>, a point's name or eval:<point>"))?;
-    let train_dir = dir.join("points").join(point.name()).join("train");
+    let (_, r) = runs.iter().find(|q| run_name(q) == name).with_context(|| {
+        format!("the sweep has no stage {name:?}: gen-s<seeds>[-r<replicate>], a point's name or eval:<point>")
+    })?;
+    let train_dir = dir.join("points").join(name).join("train");
     let opts = crate::train::command::Options {
         model: p.choice,
-        data: dir.join("points").join(point.name()).join("train.jsonl"),
+        data: dir.join("points").join(name).join("train.jsonl"),
         resume: train_dir.join(crate::runs::CONFIG).exists(),
         run: train_dir,
         settings_file: None,
@@ -542,7 +613,8 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
         init: None,
         detached,
     };
-    crate::train::command::train(opts, &spec.train)
+    let config = crate::train::TrainConfig { seed: spec.train.seed.wrapping_add(*r as u64), ..spec.train.clone() };
+    crate::train::command::train(opts, &config)
 }
 
 /// Runs stage `name` as a child process (this program, `sweep --stage`) and waits for it; a
@@ -616,19 +688,21 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         return seeded::plan(spec, seeded, dir, limits, decode_rate, prefill_rate);
     }
     let points = spec.points();
+    let runs = spec.runs();
     let g = &spec.generation;
     let mode = spec.mode.unwrap_or(if spec.corpus.is_some() { Mode::Marginal } else { Mode::None });
     let rows = if mode == Mode::Marginal { g.k.max(1) } else { 1 };
     let most = spec.generation_runs();
     let mut out = String::new();
-    let _ = writeln!(out, "sweep of {} ({} points), {}", spec.model, points.len(), dir.display());
+    let repeats = if spec.repeats > 1 { format!(" × {} replicates = {} runs", spec.repeats, runs.len()) } else { String::new() };
+    let _ = writeln!(out, "sweep of {} ({} points{repeats}), {}", spec.model, points.len(), dir.display());
     let _ = writeln!(
         out,
         "speed on this machine: decode {decode_rate:.0} tokens/s (batch 8), prefill {prefill_rate:.0} tokens/s"
     );
     let mut total = 0.0;
-    for (&s, &n) in &most {
-        let gen = dir.join(format!("gen-s{s}"));
+    for (&(s, r), &n) in &most {
+        let gen = dir.join(Spec::gen_name(s, r));
         let done = crate::generate::samples::SampleStore::open(&gen.join(crate::generate::pipeline::SAMPLES))
             .map(|(st, _)| st.len())
             .unwrap_or(0);
@@ -639,12 +713,13 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         total += secs;
         let _ = writeln!(
             out,
-            "generate gen-s{s}: {n} samples ({done} kept already) from {s} seeds; at most {budget} prompts, {tokens} tokens: at most {}",
+            "generate {}: {n} samples ({done} kept already) from {s} seeds; at most {budget} prompts, {tokens} tokens: at most {}",
+            Spec::gen_name(s, r),
             crate::runs::duration(secs)
         );
     }
     let c = &spec.train;
-    for p in &points {
+    for (p, r) in &runs {
         let per_step = c.per_device_train_batch_size * c.gradient_accumulation_steps;
         let steps = c.max_steps.unwrap_or_else(|| p.samples.div_ceil(per_step.max(1)) * c.num_train_epochs);
         // A step reads its examples forward and backward: about three forward passes.
@@ -654,20 +729,20 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         let _ = writeln!(
             out,
             "train {}: {} samples, {steps} steps: about {}",
-            p.name(),
+            replicate(&p.name(), *r),
             p.samples,
             crate::runs::duration(secs)
         );
     }
     let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
     let tests: usize = datasets.iter().map(|d| d.test.len()).sum();
-    let answers = (points.len() + 1) * tests * spec.shots.len();
+    let answers = (runs.len() + 1) * tests * spec.shots.len();
     let secs = answers as f64 * 32.0 / decode_rate;
     total += secs;
     let _ = writeln!(
         out,
         "eval: {answers} answers ({} models × {tests} examples × {} k): about {}",
-        points.len() + 1,
+        runs.len() + 1,
         spec.shots.len(),
         crate::runs::duration(secs)
     );
@@ -696,9 +771,8 @@ pub fn speed(spec: &Spec) -> anyhow::Result<(f64, f64)> {
     Ok((decode_rate, prefill_rate))
 }
 
-/// The report rows: for each axis value, the tuned point's scores and the base's.
-pub fn rows(spec: &Spec, report: &crate::eval::run::Report, used: &BTreeMap<Point, usize>) -> Vec<Row> {
-    let mut out = Vec::new();
+/// Each axis's values with the point each stands for.
+fn axis_points(spec: &Spec) -> Vec<(&'static str, Vec<(usize, Point)>)> {
     let mut axes: Vec<(&str, Vec<(usize, Point)>)> = Vec::new();
     if spec.grid {
         for p in spec.points() {
@@ -720,74 +794,210 @@ pub fn rows(spec: &Spec, report: &crate::eval::run::Report, used: &BTreeMap<Poin
         axes.push(("seeds", seeds));
         axes.push(("samples", samples));
     }
-    for (axis, values) in axes {
+    axes
+}
+
+/// The report rows from the sweep's evaluation (`eval_dir`): for each axis value, dataset and
+/// k the base's score and the tuned point's (its replicates together) with intervals, the
+/// paired comparison of the two, and the same averaged over the datasets.
+pub fn rows(spec: &Spec, eval_dir: &Path, used: &BTreeMap<(Point, usize), usize>) -> anyhow::Result<Vec<Row>> {
+    use crate::eval::report::{per_example, summarize, Sample, Summary};
+    let job = crate::runs::read_job::<crate::eval::run::EvalJob>(eval_dir, Kind::Eval)?
+        .with_context(|| format!("{} holds no evaluation", eval_dir.display()))?;
+    let settings = job.stats.unwrap_or_default();
+    let report = crate::eval::run::Report::read(eval_dir)?;
+    let predictions: Vec<crate::eval::run::Prediction> =
+        crate::fsutil::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
+    let scores = per_example(&predictions);
+    let get = |m: &str, d: &str, k: usize| scores.get(&(m.to_string(), d.to_string(), k));
+    let repeats = spec.repeats.max(1);
+    let mut out = Vec::new();
+    let row = |axis: &str, value: usize, model: &str, dataset: &str, k: usize, s: &Summary, used: Option<usize>| Row {
+        axis: axis.to_string(),
+        value,
+        model: model.into(),
+        dataset: dataset.to_string(),
+        k,
+        f1: s.f1.mean,
+        rouge_l: s.rouge_l.mean,
+        samples_used: used,
+        f1_ci: Some(s.f1.ci),
+        rouge_l_ci: Some(s.rouge_l.ci),
+        vs_base: s.vs.clone(),
+        replicates: s.replicates,
+        replicate_sd: s.replicate_sd,
+    };
+    for (axis, values) in axis_points(spec) {
         for (value, point) in values {
-            for c in &report.cells {
-                let model = if c.model == crate::eval::run::BASE {
-                    "base"
-                } else if c.model == point.name() {
-                    "tuned"
-                } else {
-                    continue;
-                };
-                out.push(Row {
-                    axis: axis.to_string(),
-                    value,
-                    model: model.into(),
-                    dataset: c.dataset.clone(),
-                    k: c.k,
-                    f1: c.f1,
-                    rouge_l: c.rouge_l,
-                    samples_used: (model == "tuned").then(|| used.get(&point).copied()).flatten(),
-                });
+            let names: Vec<String> = (0..repeats).map(|r| replicate(&point.name(), r)).collect();
+            let samples_used = (0..repeats).filter_map(|r| used.get(&(point, r)).copied()).min();
+            for &k in &spec.shots {
+                let mut base_all = Vec::new();
+                let mut tuned_all = Vec::new();
+                let first = out.len();
+                for d in &report.datasets {
+                    let Some(base) = get(crate::eval::run::BASE, d, k) else { continue };
+                    let reps: Vec<_> = names.iter().filter_map(|n| get(n, d, k)).collect();
+                    let base = Sample::from(base);
+                    let base_row = summarize(&[&base], None, false, &settings);
+                    out.push(row(axis, value, "base", d, k, &base_row, None));
+                    if reps.len() != repeats || reps.iter().any(|r| r.f1.len() != base.f1.n()) {
+                        base_all.push(base);
+                        continue;
+                    }
+                    let tuned = Sample::replicates(&reps);
+                    let s = summarize(&[&tuned], Some(&[&base]), report.labels.contains(d), &settings);
+                    out.push(row(axis, value, "tuned", d, k, &s, samples_used));
+                    base_all.push(base);
+                    tuned_all.push(tuned);
+                }
+                // Holm across this value's datasets, per metric.
+                let idx: Vec<usize> = (first..out.len()).filter(|&i| out[i].vs_base.is_some()).collect();
+                for f1 in [true, false] {
+                    let pick = |r: &mut Row| -> f64 {
+                        let v = r.vs_base.as_ref().expect("filtered");
+                        if f1 { v.f1.p } else { v.rouge_l.p }
+                    };
+                    let ps: Vec<f64> = idx.iter().map(|&i| pick(&mut out[i])).collect();
+                    for (&i, h) in idx.iter().zip(crate::eval::stats::holm(&ps)) {
+                        let v = out[i].vs_base.as_mut().expect("filtered");
+                        if f1 {
+                            v.f1.holm_p = Some(h);
+                        } else {
+                            v.rouge_l.holm_p = Some(h);
+                        }
+                    }
+                }
+                if !base_all.is_empty() {
+                    let b: Vec<&Sample> = base_all.iter().collect();
+                    out.push(row(axis, value, "base", AVERAGE, k, &summarize(&b, None, false, &settings), None));
+                    if tuned_all.len() == base_all.len() {
+                        let t: Vec<&Sample> = tuned_all.iter().collect();
+                        let s = summarize(&t, Some(&b), false, &settings);
+                        out.push(row(axis, value, "tuned", AVERAGE, k, &s, samples_used));
+                    }
+                }
             }
         }
     }
-    out
+    Ok(out)
 }
 
+/// The dataset name of the rows that average over the datasets.
+pub const AVERAGE: &str = "average";
+
 fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
+    use crate::eval::report::{delta_text, p_text, with_interval};
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(rows)?.as_bytes())?;
-    let mut csv = String::from("axis,value,model,dataset,k,f1,rougeL,samples_used\n");
+    let mut csv = String::from(
+        "axis,value,model,dataset,k,f1,f1_lo,f1_hi,rougeL,rougeL_lo,rougeL_hi,samples_used,replicates,f1_sd_replicates,\
+         delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1,delta_rougeL,delta_rougeL_lo,delta_rougeL_hi,\
+         p_rougeL,holm_p_rougeL,detectable_rougeL\n",
+    );
+    let num = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.4}"));
     for r in rows {
         let used = r.samples_used.map(|n| n.to_string()).unwrap_or_default();
+        let d = |f1: bool| {
+            let dl = r.vs_base.as_ref().map(|v| if f1 { v.f1 } else { v.rouge_l });
+            [
+                num(dl.map(|d| d.delta)),
+                num(dl.map(|d| d.ci[0])),
+                num(dl.map(|d| d.ci[1])),
+                num(dl.map(|d| d.p)),
+                num(dl.and_then(|d| d.holm_p)),
+                num(dl.map(|d| d.detectable)),
+            ]
+            .join(",")
+        };
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.4},{:.4},{used}\n",
-            r.axis, r.value, r.model, r.dataset, r.k, r.f1, r.rouge_l
+            "{},{},{},{},{},{:.4},{},{},{:.4},{},{},{used},{},{},{},{}\n",
+            r.axis,
+            r.value,
+            r.model,
+            r.dataset,
+            r.k,
+            r.f1,
+            num(r.f1_ci.map(|c| c[0])),
+            num(r.f1_ci.map(|c| c[1])),
+            r.rouge_l,
+            num(r.rouge_l_ci.map(|c| c[0])),
+            num(r.rouge_l_ci.map(|c| c[1])),
+            r.replicates,
+            num(r.replicate_sd.map(|s| s[0])),
+            d(true),
+            d(false),
         ));
     }
     crate::fsutil::atomic_write(&dir.join("report.csv"), csv.as_bytes())?;
-    // Markdown: per axis and k, dataset × value, the tuned F1 with its Δ against the base.
-    let mut md =
-        format!("# Sweep of {}\n\nF1 (0–100) of the tuned model; Δ against the base model in brackets.\n", spec.model);
-    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).collect();
+    // Markdown: per axis and k, dataset × value: the tuned F1 with its interval, and its Δ
+    // against the base with the paired interval (`*`: significant after Holm).
+    let repeats = spec.repeats.max(1);
+    let mut md = format!(
+        "# Sweep of {}\n\nF1 (0–100) of the tuned model with its 95 % bootstrap interval; below it Δ = tuned − base on \
+         the same examples with its paired-bootstrap interval; `*`: p < 0.05 (approximate randomisation) after Holm's \
+         adjustment across the datasets (the average's p is not adjusted).{}\n",
+        spec.model,
+        if repeats > 1 {
+            format!(
+                " Each point ran {repeats} times (generation and training seeds + 0…{}); its score is the mean of the \
+                 replicates, its interval resamples examples and replicates, and ± gives the sd of the replicates' means.",
+                repeats - 1
+            )
+        } else {
+            String::new()
+        }
+    );
+    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).filter(|d| *d != AVERAGE).collect();
     datasets.sort();
     datasets.dedup();
+    datasets.push(AVERAGE);
     for axis in ["seeds", "samples"] {
         let mut values: Vec<usize> = rows.iter().filter(|r| r.axis == axis).map(|r| r.value).collect();
         values.sort();
         values.dedup();
         for &k in &spec.shots {
-            md.push_str(&format!("\n## {axis}, {k}-shot\n\n| dataset |"));
+            md.push_str(&format!("\n## {axis}, {k}-shot\n\n| dataset | base |"));
             for v in &values {
                 md.push_str(&format!(" {axis} {v} |"));
             }
-            md.push_str("\n|---|");
+            md.push_str("\n|---|---:|");
             md.push_str(&"---:|".repeat(values.len()));
             md.push('\n');
             for d in &datasets {
-                md.push_str(&format!("| {d} |"));
+                let find = |v: usize, m: &str| {
+                    rows.iter().find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == *d && r.model == m)
+                };
+                let base = values.first().and_then(|&v| find(v, "base"));
+                let label = if *d == AVERAGE { "**average**".to_string() } else { d.to_string() };
+                md.push_str(&format!("| {label} | {} |", base.map_or("–".into(), |b| with_interval(b.f1, b.f1_ci))));
                 for &v in &values {
-                    let find = |m: &str| {
-                        rows.iter()
-                            .find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == *d && r.model == m)
-                    };
-                    match (find("tuned"), find("base")) {
-                        (Some(t), Some(b)) => md.push_str(&format!(" {:.1} ({:+.1}) |", t.f1, t.f1 - b.f1)),
-                        _ => md.push_str(" – |"),
+                    match find(v, "tuned") {
+                        Some(t) => {
+                            let sd = t.replicate_sd.map_or(String::new(), |s| format!(" ±{:.1}", s[0]));
+                            let delta = t.vs_base.as_ref().map_or(String::new(), |x| {
+                                format!("<br>{} p {}", delta_text(&x.f1), p_text(x.f1.holm_p.unwrap_or(x.f1.p)))
+                            });
+                            md.push_str(&format!(" {}{sd}{delta} |", with_interval(t.f1, t.f1_ci)));
+                        }
+                        None => md.push_str(" – |"),
                     }
                 }
                 md.push('\n');
+            }
+            let detect: Vec<String> = values
+                .iter()
+                .filter_map(|&v| {
+                    rows.iter()
+                        .find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == AVERAGE && r.model == "tuned")
+                        .and_then(|r| r.vs_base.as_ref())
+                        .map(|x| format!("{axis} {v}: {:.1}", x.f1.detectable))
+                })
+                .collect();
+            if !detect.is_empty() {
+                md.push_str(&format!(
+                    "\nThe smallest average Δ F1 these examples detect (80 % power, 5 %): {}.\n",
+                    detect.join(", ")
+                ));
             }
         }
     }
@@ -817,6 +1027,7 @@ mod tests {
             train: TrainConfig::default(),
             seeded: None,
             backend: None,
+            repeats: 1,
         };
         let names: Vec<String> = spec.points().iter().map(Point::name).collect();
         assert_eq!(names, ["s80-n1000", "s20-n1000", "s40-n1000", "s80-n250"]);

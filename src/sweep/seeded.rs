@@ -253,8 +253,9 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
     }
     let report = crate::eval::run::Report::read(&dir.join("eval"))?;
     let (rows, lmc) = report_rows(&dir, seeded, &names, &report)?;
-    write_report(&dir, spec, seeded, &names, &rows, &lmc)?;
-    match plot(&dir, &rows, &lmc) {
+    let sums = summaries(&dir, &names, &rows)?;
+    write_report(&dir, spec, seeded, &names, &rows, &sums, &lmc)?;
+    match plot(&dir, &sums, &lmc) {
         Ok(files) => eprintln!("{} plots in {}", files.len(), dir.join("plots").display()),
         Err(e) => eprintln!("warning: no plots: {e:#}"),
     }
@@ -427,6 +428,29 @@ pub struct Row {
     pub f1: f64,
     #[serde(rename = "rougeL")]
     pub rouge_l: f64,
+    /// 95 % intervals, and the model against the base (as the evaluation's report has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_ci: Option<[f64; 2]>,
+    #[serde(default, rename = "rougeL_ci", skip_serializing_if = "Option::is_none")]
+    pub rouge_l_ci: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_base: Option<crate::eval::report::Versus>,
+}
+
+/// The summary columns of a seeded report, in order: experts on their own task, experts on the
+/// others, the seed expert, the two merges, the base.
+pub const COLUMNS: [&str; 6] = ["experts, own", "experts, others", "seed", "merged", "merged+seed", "base"];
+
+/// One summary of a point: a column's mean over the datasets (each dataset's mean first) with
+/// its interval and, but for the base, against the base on the same examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    pub axis: String,
+    pub value: String,
+    pub point: String,
+    pub k: usize,
+    pub column: String,
+    pub summary: crate::eval::report::Summary,
 }
 
 /// A point's LMC barriers, for the report.
@@ -483,6 +507,9 @@ fn report_rows(
                 k: c.k,
                 f1: c.f1,
                 rouge_l: c.rouge_l,
+                f1_ci: c.f1_ci,
+                rouge_l_ci: c.rouge_l_ci,
+                vs_base: c.vs_base.clone(),
             });
         }
     }
@@ -492,6 +519,62 @@ fn report_rows(
         lmc.push(PointLmc { point: p.name(), pairs: serde_json::from_str(&text)? });
     }
     Ok((rows, lmc))
+}
+
+/// Each point's summary columns with intervals, from the evaluation's per-example scores:
+/// per dataset, the column's model on it (for "experts, others" the other experts' scores of
+/// each example averaged), then the mean over datasets, resampled within each.
+fn summaries(dir: &Path, names: &[String], rows: &[Row]) -> anyhow::Result<Vec<SummaryRow>> {
+    use crate::eval::report::{per_example, summarize, Sample};
+    let eval_dir = dir.join("eval");
+    let settings = crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, crate::runs::Kind::Eval)?
+        .and_then(|j| j.stats)
+        .unwrap_or_default();
+    let predictions: Vec<crate::eval::run::Prediction> =
+        crate::fsutil::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
+    let scores = per_example(&predictions);
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for r in rows {
+        if seen.contains(&(&r.axis, &r.value, &r.point, r.k)) {
+            continue;
+        }
+        seen.push((&r.axis, &r.value, &r.point, r.k));
+        let get = |m: &str, d: &str| scores.get(&(m.to_string(), d.to_string(), r.k));
+        let model = |what: &str| format!("{}.{what}", r.point);
+        let Some(base) = names.iter().map(|d| get(crate::eval::run::BASE, d).map(Sample::from)).collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let base_refs: Vec<&Sample> = base.iter().collect();
+        for column in COLUMNS {
+            let samples: Option<Vec<Sample>> = names
+                .iter()
+                .map(|d| match column {
+                    "experts, own" => get(&model(d), d).map(Sample::from),
+                    "experts, others" => {
+                        let others: Option<Vec<_>> =
+                            names.iter().filter(|t| *t != d).map(|t| get(&model(t), d)).collect();
+                        others.filter(|o| !o.is_empty()).map(|o| Sample::pooled(&o))
+                    }
+                    "base" => get(crate::eval::run::BASE, d).map(Sample::from),
+                    m => get(&model(m), d).map(Sample::from),
+                })
+                .collect();
+            let Some(samples) = samples else { continue };
+            let refs: Vec<&Sample> = samples.iter().collect();
+            let against = (column != "base").then_some(base_refs.as_slice());
+            out.push(SummaryRow {
+                axis: r.axis.clone(),
+                value: r.value.clone(),
+                point: r.point.clone(),
+                k: r.k,
+                column: column.to_string(),
+                summary: summarize(&refs, against, false, &settings),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A score of a row: F1 or ROUGE-L.
@@ -526,22 +609,31 @@ fn write_report(
     seeded: &Seeded,
     names: &[String],
     rows: &[Row],
+    sums: &[SummaryRow],
     lmc: &[PointLmc],
 ) -> anyhow::Result<()> {
+    use crate::eval::report::{delta_text, with_interval};
     #[derive(Serialize)]
     struct Out<'a> {
         rows: &'a [Row],
+        summaries: &'a [SummaryRow],
         lmc: &'a [PointLmc],
     }
     crate::fsutil::atomic_write(
         &dir.join("report.json"),
-        serde_json::to_string_pretty(&Out { rows, lmc })?.as_bytes(),
+        serde_json::to_string_pretty(&Out { rows, summaries: sums, lmc })?.as_bytes(),
     )?;
+    let find = |point: &str, k: usize, column: &str| {
+        sums.iter().find(|s| s.point == point && s.k == k && s.column == column).map(|s| &s.summary)
+    };
     let f = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}"));
     let mut md = format!(
-        "# Seeded LoRA sweep of {}\n\nTasks: {}. F1 and ROUGE-L (0–100), the means over datasets; experts on their own \
-         task and on the others; merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) between pairs of \
-         experts, in loss per token.\n",
+        "# Seeded LoRA sweep of {}\n\nTasks: {}. F1 and ROUGE-L (0–100), the means over datasets with 95 % bootstrap \
+         intervals (resampled within each dataset); experts on their own task and on the others (the other experts' \
+         scores of each example averaged); merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) \
+         between pairs of experts, in loss per token. Below each table, every column against the base on the same \
+         examples: Δ with its paired-bootstrap interval, `*` where the randomisation p < 0.05 (not adjusted for the \
+         many comparisons), and the smallest Δ the examples detect.\n",
         spec.model,
         names.join(", "),
         format!("{:?}", seeded.merge).to_lowercase()
@@ -561,27 +653,47 @@ fn write_report(
                 "\n## {axis}, {k}-shot, {metric}\n\n| {axis} | experts, own | experts, others | seed | merged | merged+seed | base | barrier |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
             ));
             let mut seen = Vec::new();
+            let f1 = metric == "F1";
+            let mut deltas = String::new();
             for r in rows.iter().filter(|r| r.axis == axis) {
                 if seen.contains(&(&r.value, &r.point)) {
                     continue;
                 }
                 seen.push((&r.value, &r.point));
                 let s = summary(rows, &r.point, k, score);
-                md.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    r.value,
-                    f(s[0]),
-                    f(s[1]),
-                    f(s[2]),
-                    f(s[3]),
-                    f(s[4]),
-                    f(s[5]),
-                    barrier(&r.point).map_or("–".into(), |b| format!("{b:.4}"))
-                ));
+                md.push_str(&format!("| {} |", r.value));
+                deltas.push_str(&format!("| {} |", r.value));
+                for (i, column) in COLUMNS.iter().enumerate() {
+                    match find(&r.point, k, column) {
+                        Some(x) => {
+                            let e = if f1 { x.f1 } else { x.rouge_l };
+                            md.push_str(&format!(" {} |", with_interval(e.mean, Some(e.ci))));
+                            if let Some(v) = &x.vs {
+                                let d = if f1 { v.f1 } else { v.rouge_l };
+                                let d = crate::eval::stats::Delta { holm_p: None, ..d };
+                                deltas.push_str(&format!(" {} ({:.1}) |", delta_text(&d), d.detectable));
+                            }
+                        }
+                        None => {
+                            md.push_str(&format!(" {} |", f(s[i])));
+                            if *column != "base" {
+                                deltas.push_str(" – |");
+                            }
+                        }
+                    }
+                }
+                md.push_str(&format!(" {} |\n", barrier(&r.point).map_or("–".into(), |b| format!("{b:.4}"))));
+                deltas.push('\n');
             }
+            md.push_str(&format!(
+                "\nΔ against the base (smallest detectable Δ in brackets):\n\n| {axis} | experts, own | experts, others | seed | merged | merged+seed |\n|---|---:|---:|---:|---:|---:|\n{deltas}"
+            ));
         }
     }
-    md.push_str("\n## Per point and dataset (F1)\n");
+    md.push_str(
+        "\n## Per point and dataset (F1 with 95 % intervals; `*`: against the base, p < 0.05 after Holm across the \
+         datasets)\n",
+    );
     let mut points: Vec<&str> = rows.iter().map(|r| r.point.as_str()).collect();
     points.dedup();
     let mut unique = Vec::new();
@@ -609,9 +721,12 @@ fn write_report(
                 for d in names {
                     let v = rows
                         .iter()
-                        .find(|r| r.point == point && r.k == k && r.model == m && r.expert == e && r.dataset == *d)
-                        .map(|r| r.f1);
-                    md.push_str(&format!(" {} |", f(v)));
+                        .find(|r| r.point == point && r.k == k && r.model == m && r.expert == e && r.dataset == *d);
+                    let text = v.map_or("–".to_string(), |r| {
+                        let mark = r.vs_base.as_ref().is_some_and(|x| x.f1.significant());
+                        format!("{}{}", with_interval(r.f1, r.f1_ci), if mark { "*" } else { "" })
+                    });
+                    md.push_str(&format!(" {text} |"));
                 }
                 md.push('\n');
             }
@@ -630,9 +745,9 @@ fn write_report(
 
 /// The plots: F1 against the share (experts on their own tasks, seed, merged, merged+seed, one
 /// line each per k) when the share axis has two values or more, and each point's LMC curves.
-fn plot(dir: &Path, rows: &[Row], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBuf>> {
+fn plot(dir: &Path, sums: &[SummaryRow], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let mut shares: Vec<(f64, String)> = rows
+    let mut shares: Vec<(f64, String)> = sums
         .iter()
         .filter(|r| r.axis == "share")
         .filter_map(|r| r.value.parse::<f64>().ok().map(|v| (v, r.point.clone())))
@@ -640,26 +755,31 @@ fn plot(dir: &Path, rows: &[Row], lmc: &[PointLmc]) -> anyhow::Result<Vec<PathBu
     shares.sort_by(|a, b| a.0.total_cmp(&b.0));
     shares.dedup();
     if shares.len() >= 2 {
-        let mut ks: Vec<usize> = rows.iter().map(|r| r.k).collect();
+        let mut ks: Vec<usize> = sums.iter().map(|r| r.k).collect();
         ks.sort();
         ks.dedup();
         let mut lines = Vec::new();
+        let mut bands = Vec::new();
         for k in ks {
-            for (i, label) in [(0, "experts, own"), (2, "seed"), (3, "merged"), (4, "merged+seed")] {
-                let pts: Vec<(f64, f64)> = shares
+            for label in ["experts, own", "seed", "merged", "merged+seed"] {
+                let at: Vec<(f64, &crate::eval::report::Summary)> = shares
                     .iter()
-                    .filter_map(|(v, p)| summary(rows, p, k, METRICS[0].1)[i].map(|f| (v * 100.0, f)))
+                    .filter_map(|(v, p)| {
+                        sums.iter().find(|s| s.point == *p && s.k == k && s.column == label).map(|s| (v * 100.0, &s.summary))
+                    })
                     .collect();
-                lines.push((format!("{label} {k}-shot"), pts));
+                lines.push((format!("{label} {k}-shot"), at.iter().map(|(x, s)| (*x, s.f1.mean)).collect()));
+                bands.push(at.iter().map(|(x, s)| (*x, s.f1.ci[0], s.f1.ci[1])).collect());
             }
         }
-        written.extend(crate::plot::chart(
+        written.extend(crate::plot::chart_with_bands(
             dir,
             "f1-share",
-            "F1 against the seed expert's share",
+            "F1 against the seed expert's share (bands: 95 % intervals)",
             "share (%)",
             "F1 (0-100)",
             &lines,
+            &bands,
         )?);
     }
     for l in lmc {

@@ -33,6 +33,9 @@ pub struct Column {
     pub name: String,
     pub text: String,
     pub finish: Option<String>,
+    /// What the newest evaluation says of this model on the prompt's dataset: its F1 with the
+    /// interval and, for an adapter, Δ against the base.
+    pub evidence: Option<String>,
 }
 
 pub struct CompareScreen {
@@ -43,6 +46,8 @@ pub struct CompareScreen {
     /// read at the first `p`, not when the workbench opens.
     examples: Option<Vec<(String, String, String)>>,
     next_example: usize,
+    /// The dataset the prompt was taken from (none: typed).
+    dataset: Option<String>,
     pub columns: Vec<Column>,
     /// Sampled at temperature 0.7 (seeded) instead of greedy.
     pub sampled: bool,
@@ -58,6 +63,7 @@ impl CompareScreen {
             typing: None,
             examples: None,
             next_example: 0,
+            dataset: None,
             columns: Vec::new(),
             sampled: false,
             state: "e types a prompt, p takes one from the evaluation sets; s answers with the base and every adapter"
@@ -78,7 +84,10 @@ impl CompareScreen {
     pub fn handle_key(&mut self, key: KeyEvent, model: &str) -> Outcome {
         if let Some(text) = self.typing.as_mut() {
             match key.code {
-                KeyCode::Enter => self.prompt = self.typing.take().unwrap_or_default(),
+                KeyCode::Enter => {
+                    self.prompt = self.typing.take().unwrap_or_default();
+                    self.dataset = None;
+                }
                 KeyCode::Esc => self.typing = None,
                 KeyCode::Backspace => {
                     text.pop();
@@ -98,6 +107,7 @@ impl CompareScreen {
                 self.next_example = (self.next_example + 1) % examples.len();
                 self.prompt = crate::prompts::chat_user(&instruction, &input);
                 self.state = format!("from {dataset}");
+                self.dataset = Some(dataset);
             }
             KeyCode::Char('g') => self.sampled = !self.sampled,
             KeyCode::Char('s') => return self.start(model),
@@ -124,9 +134,16 @@ impl CompareScreen {
             return Outcome::Error("no prompt: e types one, p takes one from the evaluation sets".into());
         }
         let adapters = super::train::trained_adapters(&self.workspace);
+        let report = self.dataset.as_deref().and_then(|d| newest_report(&self.workspace, d));
         self.columns = std::iter::once("base".to_string())
             .chain(adapters.iter().map(|(n, _)| n.clone()))
-            .map(|name| Column { name, text: String::new(), finish: None })
+            .map(|name| {
+                let evidence = match (&report, &self.dataset) {
+                    (Some((run, r)), Some(d)) => evidence(r, &name, d).map(|e| format!("{e} ({run})")),
+                    _ => None,
+                };
+                Column { name, text: String::new(), finish: None, evidence }
+            })
             .collect();
         let (tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -213,9 +230,35 @@ impl CompareScreen {
                 None => format!(" {} ", c.name),
             };
             let inner = super::panel(frame, *area, &title, theme.border, theme);
-            frame.render_widget(Paragraph::new(c.text.clone()).style(theme.base).wrap(Wrap { trim: false }), inner);
+            let mut lines = Vec::new();
+            if let Some(e) = &c.evidence {
+                lines.push(Line::from(Span::styled(e.clone(), theme.muted)));
+            }
+            lines.extend(c.text.split('\n').map(|l| Line::from(l.to_string())));
+            frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
         }
     }
+}
+
+/// The newest finished evaluation of the workspace that scored `dataset`: its folder's name and
+/// its report.
+fn newest_report(workspace: &Workspace, dataset: &str) -> Option<(String, crate::eval::run::Report)> {
+    let runs = workspace.runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Eval));
+    runs.into_iter().find_map(|dir| {
+        let r = crate::eval::run::Report::read(&dir).ok()?;
+        let name = dir.file_name()?.to_string_lossy().to_string();
+        r.datasets.iter().any(|d| d == dataset).then_some((name, r))
+    })
+}
+
+/// One line of evidence for `model` on `dataset` at the report's smallest k: `F1 22.2 [18.1, 26.0]`,
+/// and for an adapter `Δ +2.1 [−1.4, +5.6]*` against the base.
+pub fn evidence(r: &crate::eval::run::Report, model: &str, dataset: &str) -> Option<String> {
+    use crate::eval::report::{delta_text, with_interval};
+    let k = r.shots.iter().min().copied()?;
+    let c = r.cell(model, dataset, k)?;
+    let delta = c.vs_base.as_ref().map_or(String::new(), |v| format!(", Δ {}", delta_text(&v.f1)));
+    Some(format!("{dataset} {k}-shot: F1 {}{delta}", with_interval(c.f1, c.f1_ci)))
 }
 
 /// The first five examples of each dataset of the workspace's evaluation sets.

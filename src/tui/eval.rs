@@ -339,7 +339,13 @@ impl EvalScreen {
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " F1 (Δ against the base; Enter: the pairs) ", theme.border_focus, theme);
+        let inner = super::panel(
+            frame,
+            area,
+            " F1 (Δ against the base, * significant after Holm; Enter: the pairs) ",
+            theme.border_focus,
+            theme,
+        );
         let Some(r) = &self.report else {
             let text = if self.run.is_some() {
                 "Running…"
@@ -351,7 +357,7 @@ impl EvalScreen {
         };
         let cols = self.columns();
         let name_w = 14usize;
-        let col_w = ((inner.width as usize).saturating_sub(name_w) / cols.len().max(1)).clamp(6, 14);
+        let col_w = ((inner.width as usize).saturating_sub(name_w) / cols.len().max(1)).clamp(6, 15);
         let mut header = vec![Span::styled(format!("{:<name_w$}", "dataset"), theme.field_label)];
         for (m, k) in &cols {
             header.push(Span::styled(
@@ -359,26 +365,27 @@ impl EvalScreen {
                 theme.field_label,
             ));
         }
+        // A Δ is coloured only when it stays significant after Holm; else it is muted.
+        let delta_style = |d: &crate::eval::stats::Delta| match d.significant() {
+            true if d.delta > 0.0 => theme.ok,
+            true => theme.error,
+            false => theme.muted,
+        };
         let mut lines = vec![Line::from(header)];
         for (i, d) in r.datasets.iter().enumerate() {
             let mut spans = vec![Span::styled(format!("{:<name_w$}", truncate(d, name_w - 1)), theme.base)];
             for (j, (m, k)) in cols.iter().enumerate() {
-                let v = r.cell(m, d, *k).map(|c| c.f1);
+                let cell = r.cell(m, d, *k);
                 let base = r.cell(BASE, d, *k).map(|c| c.f1);
-                let (text, style) = match (v, base) {
-                    (Some(v), Some(b)) if m != BASE => {
-                        let delta = v - b;
-                        let style = if delta > 0.05 {
-                            theme.ok
-                        } else if delta < -0.05 {
-                            theme.error
-                        } else {
-                            theme.base
-                        };
-                        (format!("{v:.1} {:+.1}", delta), style)
+                let (text, style) = match (cell, base) {
+                    (Some(c), _) if c.vs_base.is_some() => {
+                        let dl = c.vs_base.as_ref().map(|v| v.f1).expect("checked");
+                        let mark = if dl.significant() { "*" } else { " " };
+                        (format!("{:.1} {:+.1}{mark}", c.f1, dl.delta), delta_style(&dl))
                     }
-                    (Some(v), _) => (format!("{v:.1}"), theme.base),
-                    _ => ("–".into(), theme.muted),
+                    (Some(c), Some(b)) if m != BASE => (format!("{:.1} {:+.1} ", c.f1, c.f1 - b), theme.muted),
+                    (Some(c), _) => (format!("{:.1} ", c.f1), theme.base),
+                    _ => ("– ".into(), theme.muted),
                 };
                 let style = if i == self.row && j == self.col { theme.selection } else { style };
                 spans.push(Span::styled(format!("{:>col_w$}", truncate(&text, col_w - 1)), style));
@@ -387,10 +394,55 @@ impl EvalScreen {
         }
         let mut avg = vec![Span::styled(format!("{:<name_w$}", "average"), theme.field_label)];
         for (m, k) in &cols {
-            avg.push(Span::styled(format!("{:>col_w$}", format!("{:.1}", r.average(m, *k, true))), theme.field_label));
+            let (text, style) = match r.average_of(m, *k).and_then(|a| a.vs_base.as_ref().map(|v| (a, v.f1))) {
+                Some((a, dl)) => {
+                    let mark = if dl.significant() { "*" } else { " " };
+                    (format!("{:.1} {:+.1}{mark}", a.f1.mean, dl.delta), delta_style(&dl))
+                }
+                None => (format!("{:.1} ", r.average(m, *k, true)), theme.field_label),
+            };
+            avg.push(Span::styled(format!("{:>col_w$}", truncate(&text, col_w - 1)), style));
         }
         lines.push(Line::from(avg));
-        frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
+        lines.push(Line::from(""));
+        for text in self.selected_statistics(r) {
+            lines.push(Line::from(Span::styled(text, theme.base)));
+        }
+        frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
+    }
+
+    /// The selected cell's numbers in words: its score with the interval, and against the base
+    /// Δ with its interval, p, Holm's p and the smallest detectable Δ (both metrics).
+    fn selected_statistics(&self, r: &Report) -> Vec<String> {
+        use crate::eval::report::{delta_text, p_text, with_interval};
+        let (Some(d), Some((m, k))) = (r.datasets.get(self.row), self.columns().get(self.col).cloned()) else {
+            return Vec::new();
+        };
+        let Some(c) = r.cell(&m, d, k) else { return Vec::new() };
+        let exact = c.exact.filter(|_| r.labels.contains(d)).map_or(String::new(), |e| format!(", exact match {e:.1}"));
+        let mut out = vec![format!("{d} · {m} · {k}-shot, {} examples{exact}", c.n)];
+        let against = |dl: Option<crate::eval::stats::Delta>| match dl {
+            Some(dl) => format!(
+                " Δ {} p {} Holm {} min Δ {:.1}",
+                delta_text(&dl),
+                p_text(dl.p),
+                dl.holm_p.map_or("–".into(), p_text),
+                dl.detectable
+            ),
+            None => String::new(),
+        };
+        let v = c.vs_base.as_ref();
+        out.push(format!("F1  {}{}", with_interval(c.f1, c.f1_ci), against(v.map(|v| v.f1))));
+        out.push(format!("RL  {}{}", with_interval(c.rouge_l, c.rouge_l_ci), against(v.map(|v| v.rouge_l))));
+        if let Some(p) = v.and_then(|v| v.mcnemar_p) {
+            out.push(format!("McNemar's exact p {} (right/wrong against the base)", p_text(p)));
+        }
+        if v.is_some() {
+            out.push("min Δ: the smallest |Δ| these examples detect (80 % power, 5 %)".into());
+        } else if r.stats.is_none() {
+            out.push("(a report from before intervals: run the evaluation again to add them)".into());
+        }
+        out
     }
 
     fn render_chart(&self, frame: &mut Frame, area: Rect, theme: &Theme) {

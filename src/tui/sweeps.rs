@@ -39,8 +39,13 @@ pub struct SweepView {
     predictions: Tail,
     /// Each stage, its run folder and its state as of the last refresh.
     pub stages: Vec<(String, PathBuf, State)>,
-    /// (model, k) → (sum of F1, count), over every dataset.
-    scores: BTreeMap<(String, usize), (f64, usize)>,
+    /// (model, k) → dataset → example index → F1, as the evaluation's predictions come in.
+    scores: BTreeMap<(String, usize), BTreeMap<String, BTreeMap<usize, f64>>>,
+    /// The curves of the last draw, for as long as no new prediction arrives: (axis, count of
+    /// predictions) and the (tuned, base, tuned's low band, tuned's high band) points.
+    curves: std::cell::RefCell<Option<((String, usize), Curves)>>,
+    /// Predictions read so far.
+    seen: usize,
     pub state: State,
     /// A seeded sweep's LMC per point, as its points' `lmc.json` hold it (in point order).
     pub lmc: Vec<(String, Vec<crate::sweep::seeded::Pair>)>,
@@ -55,6 +60,8 @@ impl SweepView {
             stage: None,
             predictions: Tail::file(&dir.join("eval").join(crate::eval::run::PREDICTIONS)),
             scores: BTreeMap::new(),
+            curves: std::cell::RefCell::new(None),
+            seen: 0,
             stages: Vec::new(),
             state: State::New,
             lmc: Vec::new(),
@@ -74,9 +81,8 @@ impl SweepView {
             }
         }
         for e in self.predictions.read_records::<Prediction>().entries {
-            let s = self.scores.entry((e.model, e.k)).or_default();
-            s.0 += e.f1;
-            s.1 += 1;
+            self.scores.entry((e.model, e.k)).or_default().entry(e.dataset).or_default().insert(e.index, e.f1);
+            self.seen += 1;
         }
         self.state = crate::runs::state(&self.dir);
         if let Some(seeded) = self.spec.as_ref().and_then(|s| s.seeded.as_ref()) {
@@ -125,37 +131,89 @@ impl SweepView {
             out.push(("eval".into(), self.dir.join("eval")));
             return out;
         }
-        let points = spec.points();
-        let mut seeds: Vec<usize> = points.iter().map(|p| p.seeds).collect();
-        seeds.sort();
-        seeds.dedup();
-        let mut out: Vec<(String, PathBuf)> =
-            seeds.iter().map(|s| (format!("generate gen-s{s}"), self.dir.join(format!("gen-s{s}")))).collect();
-        out.extend(
-            points
-                .iter()
-                .map(|p| (format!("train {}", p.name()), self.dir.join("points").join(p.name()).join("train"))),
-        );
+        let mut out: Vec<(String, PathBuf)> = spec
+            .generation_runs()
+            .keys()
+            .map(|&(s, r)| Spec::gen_name(s, r))
+            .map(|name| (format!("generate {name}"), self.dir.join(name)))
+            .collect();
+        out.extend(spec.runs().iter().map(|(p, r)| {
+            let name = crate::sweep::replicate(&p.name(), *r);
+            (format!("train {name}"), self.dir.join("points").join(&name).join("train"))
+        }));
         out.push(("eval".into(), self.dir.join("eval")));
         out
     }
 
-    /// The curve of mean F1 (over datasets) against `axis` at the first k: (tuned, base) points.
-    fn curves(&self, axis: &str) -> (super::train::Points, super::train::Points) {
-        let Some(spec) = &self.spec else { return (Vec::new(), Vec::new()) };
+    /// The curves of mean F1 (over datasets) against `axis` at the first k — the tuned points
+    /// (their replicates together), the base, and the tuned points' 95 % interval (bootstrap over
+    /// the examples scored so far, and the replicates) — recomputed only when predictions came in.
+    fn curves(&self, axis: &str) -> Curves {
+        let key = (axis.to_string(), self.seen);
+        if let Some((k, c)) = self.curves.borrow().as_ref() {
+            if *k == key {
+                return c.clone();
+            }
+        }
+        let c = self.compute_curves(axis);
+        *self.curves.borrow_mut() = Some((key, c.clone()));
+        c
+    }
+
+    fn compute_curves(&self, axis: &str) -> Curves {
+        use crate::eval::stats::{self, Group};
+        let Some(spec) = &self.spec else { return Curves::default() };
         let k = spec.shots.first().copied().unwrap_or(0);
-        let mean = |model: &str| self.scores.get(&(model.to_string(), k)).map(|(s, n)| s / *n as f64);
+        // Per dataset, the examples every replicate has scored, one row per replicate.
+        let groups = |models: &[String]| -> Vec<Group> {
+            let per: Vec<_> = models.iter().filter_map(|m| self.scores.get(&(m.clone(), k))).collect();
+            if per.len() != models.len() {
+                return Vec::new();
+            }
+            per[0]
+                .iter()
+                .filter_map(|(d, first)| {
+                    let common: Vec<usize> =
+                        first.keys().copied().filter(|i| per.iter().all(|p| p.get(d).is_some_and(|m| m.contains_key(i)))).collect();
+                    let rows: Vec<Vec<f64>> = per.iter().map(|p| common.iter().map(|i| p[d][i]).collect()).collect();
+                    (!common.is_empty()).then_some(Group { rows })
+                })
+                .collect()
+        };
         let values: Vec<(usize, Point)> = match axis {
             "seeds" => spec.axes.seeds.iter().map(|&s| (s, Point { seeds: s, samples: spec.base.samples })).collect(),
             _ => spec.axes.samples.iter().map(|&n| (n, Point { seeds: spec.base.seeds, samples: n })).collect(),
         };
-        let tuned = values.iter().filter_map(|(v, p)| mean(&p.name()).map(|f| (*v as f64, f))).collect();
-        let base = match mean(crate::eval::run::BASE) {
-            Some(f) => values.iter().map(|(v, _)| (*v as f64, f)).collect(),
-            None => Vec::new(),
-        };
-        (tuned, base)
+        let mut c = Curves::default();
+        for (v, p) in &values {
+            let names: Vec<String> = (0..spec.repeats.max(1)).map(|r| crate::sweep::replicate(&p.name(), r)).collect();
+            let g = groups(&names);
+            if g.is_empty() {
+                continue;
+            }
+            let boot = stats::bootstrap(&g, 1000, 1);
+            let [lo, hi] = stats::interval(&boot);
+            let x = *v as f64;
+            c.tuned.push((x, stats::statistic(&g)));
+            c.low.push((x, lo));
+            c.high.push((x, hi));
+        }
+        let base = groups(&[crate::eval::run::BASE.to_string()]);
+        if !base.is_empty() {
+            let f = stats::statistic(&base);
+            c.base = values.iter().map(|(v, _)| (*v as f64, f)).collect();
+        }
+        c
     }
+}
+
+/// A sweep's curves as the Sweeps tab draws them.
+#[derive(Debug, Clone, Default)]
+pub struct Curves {
+    pub tuned: super::train::Points,
+    pub base: super::train::Points,
+    pub low: super::train::Points,
+    pub high: super::train::Points,
 }
 
 pub struct SweepsScreen {
@@ -528,10 +586,10 @@ impl SweepsScreen {
             return self.render_lmc(s, frame, area, theme);
         }
         let k = s.spec.as_ref().and_then(|sp| sp.shots.first().copied()).unwrap_or(0);
-        let title = format!(" F1 (mean over datasets, {k}-shot) against {} · a: other axis ", self.axis);
+        let title = format!(" F1, mean of datasets, {k}-shot (dots: 95 % CI) vs {} · a: axis ", self.axis);
         let block =
             Block::default().borders(Borders::ALL).border_style(theme.border).title(Span::styled(title, theme.title));
-        let (tuned, base) = s.curves(self.axis);
+        let Curves { tuned, base, low, high } = s.curves(self.axis);
         if tuned.is_empty() {
             let inner = block.inner(area);
             frame.render_widget(block, area);
@@ -541,7 +599,7 @@ impl SweepsScreen {
         }
         let xs = tuned.iter().chain(&base).map(|p| p.0);
         let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-        let ys = tuned.iter().chain(&base).map(|p| p.1);
+        let ys = tuned.iter().chain(&base).chain(&low).chain(&high).map(|p| p.1);
         let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
         let pad = ((hi - lo) * 0.1).max(1.0);
         let datasets = vec![
@@ -557,6 +615,13 @@ impl SweepsScreen {
                 .graph_type(GraphType::Line)
                 .style(theme.muted)
                 .data(&base),
+            Dataset::default()
+                .name("95 %")
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Line)
+                .style(theme.field_label)
+                .data(&low),
+            Dataset::default().marker(Marker::Dot).graph_type(GraphType::Line).style(theme.field_label).data(&high),
         ];
         let axis = |st| Axis::default().style(st);
         let chart = Chart::new(datasets)
@@ -567,7 +632,8 @@ impl SweepsScreen {
                 axis(theme.muted)
                     .bounds([(lo - pad).max(0.0), hi + pad])
                     .labels([format!("{:.1}", (lo - pad).max(0.0)), format!("{:.1}", hi + pad)]),
-            );
+            )
+            .hidden_legend_constraints((Constraint::Percentage(50), Constraint::Percentage(60)));
         frame.render_widget(chart, area);
     }
 

@@ -1,0 +1,383 @@
+//! Uncertainty for scores and for comparisons of two models on the same examples, as pure
+//! functions of per-example scores (0–100).
+//!
+//! - A score's interval: percentile bootstrap (examples drawn with replacement, `resamples`
+//!   times; the 2.5th and 97.5th percentiles of the resampled means, interpolated as NumPy's
+//!   `percentile` does).
+//! - A comparison: Δ is the mean of the per-example differences (B − A); its interval is the
+//!   same bootstrap over the differences (a paired bootstrap: an example's two scores are drawn
+//!   together); its p-value is approximate randomisation (each example's two scores swapped with
+//!   probability ½, i.e. its difference's sign flipped; `trials` times; two-sided on |mean|;
+//!   p = (c + 1)/(trials + 1), c counting trials at least as extreme as the observed one).
+//! - Label sets: the exact McNemar test on the discordant pairs (two-sided binomial, ½).
+//! - Several datasets: the statistic is the mean of the datasets' means; the bootstrap draws
+//!   within each dataset (stratified), the randomisation flips within each, so every dataset
+//!   keeps its size.
+//! - Replicates (the same examples scored by R models trained with different seeds): each
+//!   resample draws R replicates and the examples independently, both with replacement (a
+//!   two-way bootstrap for a crossed design: conservative, it counts both sources of
+//!   variation); randomisation flips an example's sign in all replicates at once.
+//! - Holm's step-down adjustment across a report's datasets.
+//! - The smallest detectable Δ: (z₀.₉₇₅ + z₀.₈₀) · SE, SE from the observed standard deviation
+//!   of the paired differences (√(Σ sd_d²/n_d)/D over D datasets), or, with replicates, the
+//!   bootstrap's standard deviation of the statistic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
+
+/// How many draws each method makes, and from which seed; recorded in every report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Bootstrap resamples for every interval.
+    pub resamples: usize,
+    /// Approximate-randomisation trials for every p-value.
+    pub trials: usize,
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { resamples: 10_000, trials: 10_000, seed: 1 }
+    }
+}
+
+/// The most draws a command accepts (each is one pass over the examples).
+pub const MAX_DRAWS: usize = 10_000_000;
+
+impl Settings {
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (name, v) in [("resamples", self.resamples), ("trials", self.trials)] {
+            anyhow::ensure!(
+                (100..=MAX_DRAWS).contains(&v),
+                "{name} {v} is out of range: use 100 to {MAX_DRAWS} (10,000 is the default)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// z quantiles for a two-sided 5 % test at 80 % power.
+const Z_975: f64 = 1.959_963_984_540_054;
+const Z_80: f64 = 0.841_621_233_572_914_3;
+
+/// The confidence level of every interval, and the significance level of every mark.
+pub const LEVEL: f64 = 0.95;
+pub const ALPHA: f64 = 0.05;
+
+/// One dataset's scores: `rows[r][i]` is replicate r's score of example i (one row without
+/// replicates). Every row has the same length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub rows: Vec<Vec<f64>>,
+}
+
+impl Group {
+    pub fn one(scores: Vec<f64>) -> Group {
+        Group { rows: vec![scores] }
+    }
+
+    pub fn n(&self) -> usize {
+        self.rows.first().map_or(0, Vec::len)
+    }
+
+    fn mean(&self) -> f64 {
+        let n = self.n();
+        if n == 0 || self.rows.is_empty() {
+            return 0.0;
+        }
+        self.rows.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / (n * self.rows.len()) as f64
+    }
+
+    /// B − A example by example (replicate by replicate; a single-row A is every replicate's
+    /// reference, as the base is for a sweep point's replicates).
+    pub fn minus(&self, a: &Group) -> Group {
+        let rows = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let a = &a.rows[if a.rows.len() == 1 { 0 } else { r }];
+                row.iter().zip(a).map(|(b, a)| b - a).collect()
+            })
+            .collect();
+        Group { rows }
+    }
+}
+
+/// The statistic every function here estimates: the mean over groups of each group's mean.
+pub fn statistic(groups: &[Group]) -> f64 {
+    let live: Vec<&Group> = groups.iter().filter(|g| g.n() > 0).collect();
+    if live.is_empty() {
+        return 0.0;
+    }
+    live.iter().map(|g| g.mean()).sum::<f64>() / live.len() as f64
+}
+
+/// A uniform index below `n` (Lemire's multiply-shift; no modulo bias worth naming).
+fn below(rng: &mut Rng, n: usize) -> usize {
+    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
+}
+
+/// NumPy's `percentile` (linear interpolation) of sorted values, q in [0, 1].
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let h = q * (sorted.len() - 1) as f64;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+/// The statistic's bootstrap distribution (sorted): `resamples` draws of the replicates and,
+/// within each group, of the examples, all with replacement.
+pub fn bootstrap(groups: &[Group], resamples: usize, seed: u64) -> Vec<f64> {
+    let live: Vec<&Group> = groups.iter().filter(|g| g.n() > 0).collect();
+    if live.is_empty() {
+        return vec![0.0; resamples.max(1)];
+    }
+    let replicates = live.iter().map(|g| g.rows.len()).max().unwrap_or(1);
+    let mut rng = Rng::new(seed);
+    let mut picks_r = vec![0usize; replicates];
+    let mut picks_i = Vec::new();
+    let mut out = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        if replicates > 1 {
+            for p in &mut picks_r {
+                *p = below(&mut rng, replicates);
+            }
+        }
+        let mut total = 0.0;
+        for g in &live {
+            let n = g.n();
+            picks_i.clear();
+            picks_i.extend((0..n).map(|_| below(&mut rng, n)));
+            let mut sum = 0.0;
+            let rows: &[usize] = if g.rows.len() > 1 { &picks_r[..g.rows.len().min(replicates)] } else { &[0] };
+            for &r in rows {
+                let row = &g.rows[r.min(g.rows.len() - 1)];
+                sum += picks_i.iter().map(|&i| row[i]).sum::<f64>();
+            }
+            total += sum / (n * rows.len()) as f64;
+        }
+        out.push(total / live.len() as f64);
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// The percentile interval at [`LEVEL`] of a sorted bootstrap distribution.
+pub fn interval(sorted: &[f64]) -> [f64; 2] {
+    let tail = (1.0 - LEVEL) / 2.0;
+    [percentile(sorted, tail), percentile(sorted, 1.0 - tail)]
+}
+
+/// A score with its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub ci: [f64; 2],
+}
+
+/// A score and its bootstrap interval.
+pub fn estimate(groups: &[Group], s: &Settings) -> Estimate {
+    Estimate { mean: statistic(groups), ci: interval(&bootstrap(groups, s.resamples, s.seed)) }
+}
+
+/// Two-sided approximate randomisation of paired differences: each example's sign flipped
+/// with probability ½ (in every replicate at once), `trials` times; p = (c + 1)/(trials + 1).
+pub fn randomisation_p(diffs: &[Group], trials: usize, seed: u64) -> f64 {
+    let live: Vec<&Group> = diffs.iter().filter(|g| g.n() > 0).collect();
+    if live.is_empty() {
+        return 1.0;
+    }
+    // Per example, the mean over replicates of its difference, pre-divided by n·groups: a
+    // trial's statistic is then the plain sum of the signed values.
+    let values: Vec<f64> = live
+        .iter()
+        .flat_map(|g| {
+            let n = g.n();
+            let scale = 1.0 / (n as f64 * g.rows.len() as f64 * live.len() as f64);
+            (0..n).map(move |i| g.rows.iter().map(|r| r[i]).sum::<f64>() * scale)
+        })
+        .collect();
+    let observed: f64 = values.iter().sum::<f64>().abs();
+    // Sums are formed in another order under flips; a relative slack keeps an exact tie a tie.
+    let slack = 1e-9 * values.iter().map(|v| v.abs()).sum::<f64>().max(f64::MIN_POSITIVE);
+    let mut rng = Rng::new(seed);
+    let mut at_least = 0usize;
+    for _ in 0..trials {
+        let mut sum = 0.0;
+        let mut bits = 0u64;
+        for (j, v) in values.iter().enumerate() {
+            if j % 64 == 0 {
+                bits = rng.next_u64();
+            }
+            sum += if bits & 1 == 1 { -v } else { *v };
+            bits >>= 1;
+        }
+        if sum.abs() >= observed - slack {
+            at_least += 1;
+        }
+    }
+    (at_least + 1) as f64 / (trials + 1) as f64
+}
+
+/// The exact McNemar test: two-sided binomial test of the discordant pairs against ½
+/// (`only_a`: examples A got right and B wrong; `only_b`: the reverse). 1 when none differ.
+pub fn mcnemar_exact(only_a: usize, only_b: usize) -> f64 {
+    let n = only_a + only_b;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = only_a.min(only_b);
+    // ln C(n, i) − n ln 2, summed for i ≤ k; the distribution is symmetric, so the two-sided p
+    // (every outcome no likelier than the observed one) is twice the lower tail, at most 1.
+    let ln_fact = |m: usize| (1..=m).map(|i| (i as f64).ln()).sum::<f64>();
+    let ln_n = ln_fact(n);
+    let ln2n = n as f64 * std::f64::consts::LN_2;
+    let mut tail = 0.0;
+    let mut ln_i = 0.0; // ln i!
+    let mut ln_rest = ln_n; // ln (n − i)!
+    for i in 0..=k {
+        if i > 0 {
+            ln_i += (i as f64).ln();
+            ln_rest -= ((n - i + 1) as f64).ln();
+        }
+        tail += (ln_n - ln_i - ln_rest - ln2n).exp();
+    }
+    if only_a == only_b {
+        return 1.0;
+    }
+    (2.0 * tail).min(1.0)
+}
+
+/// Holm's step-down adjustment: the i-th smallest p becomes max over j ≤ i of (m − j + 1)·p₍ⱼ₎,
+/// at most 1; returned in the input's order.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
+fn sd(x: &[f64]) -> f64 {
+    let n = x.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let m = x.iter().sum::<f64>() / n as f64;
+    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64).sqrt()
+}
+
+/// The smallest Δ a two-sided 5 % test detects with 80 % power, given the statistic's
+/// standard error.
+pub fn detectable_from_se(se: f64) -> f64 {
+    (Z_975 + Z_80) * se
+}
+
+/// The standard error of the statistic over paired differences: √(Σ sd_d²/n_d)/D from each
+/// dataset's observed sd (one replicate), or the bootstrap distribution's sd (replicates).
+fn standard_error(diffs: &[Group], boot: &[f64]) -> f64 {
+    let live: Vec<&Group> = diffs.iter().filter(|g| g.n() > 0).collect();
+    if live.is_empty() {
+        return 0.0;
+    }
+    if live.iter().all(|g| g.rows.len() == 1) {
+        let var: f64 = live.iter().map(|g| sd(&g.rows[0]).powi(2) / g.n() as f64).sum();
+        var.sqrt() / live.len() as f64
+    } else {
+        sd(boot)
+    }
+}
+
+/// B against A on the same examples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Mean of the per-example differences B − A.
+    pub delta: f64,
+    pub ci: [f64; 2],
+    pub p: f64,
+    /// Holm-adjusted across the report's datasets (set by the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holm_p: Option<f64>,
+    /// The smallest |Δ| this many examples detect (80 % power, two-sided 5 %).
+    pub detectable: f64,
+}
+
+impl Delta {
+    /// Significant at 5 %: after Holm where it was adjusted.
+    pub fn significant(&self) -> bool {
+        self.holm_p.unwrap_or(self.p) < ALPHA
+    }
+}
+
+/// The paired comparison of B with A (each a list of groups over the same examples).
+pub fn paired(a: &[Group], b: &[Group], s: &Settings) -> Delta {
+    let diffs: Vec<Group> = b.iter().zip(a).map(|(b, a)| b.minus(a)).collect();
+    let boot = bootstrap(&diffs, s.resamples, s.seed);
+    Delta {
+        delta: statistic(&diffs),
+        ci: interval(&boot),
+        p: randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11),
+        holm_p: None,
+        detectable: detectable_from_se(standard_error(&diffs, &boot)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_numpys() {
+        // np.percentile([1, 2, 3, 4], [2.5, 50, 97.5]) == [1.075, 2.5, 3.925]
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert!((percentile(&v, 0.025) - 1.075).abs() < 1e-12);
+        assert!((percentile(&v, 0.5) - 2.5).abs() < 1e-12);
+        assert!((percentile(&v, 0.975) - 3.925).abs() < 1e-12);
+    }
+
+    #[test]
+    fn identical_scores_give_nothing() {
+        let a = vec![Group::one(vec![10.0, 50.0, 100.0, 0.0])];
+        let d = paired(&a, &a, &Settings::default());
+        assert_eq!((d.delta, d.ci, d.p, d.detectable), (0.0, [0.0, 0.0], 1.0, 0.0));
+    }
+
+    #[test]
+    fn mcnemar_matches_the_binomial_test() {
+        // scipy.stats.binomtest(k, n, 0.5).pvalue
+        assert!((mcnemar_exact(2, 10) - 0.038_574_218_75).abs() < 1e-12);
+        assert!((mcnemar_exact(0, 5) - 0.0625).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(3, 3), 1.0);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        // binomtest(30, 100, 0.5).pvalue = 7.85013964e-05
+        assert!((mcnemar_exact(30, 70) / 7.850_139_64e-5 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn holm_steps_down() {
+        let h = holm(&[0.01, 0.04, 0.03, 0.005]);
+        // sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 → max so far 0.06
+        assert_eq!(h, vec![0.03, 0.06, 0.06, 0.02]);
+    }
+
+    #[test]
+    fn a_clear_gain_is_significant_and_inside_its_interval() {
+        let a: Vec<f64> = (0..100).map(|i| (i % 7) as f64 * 10.0).collect();
+        let b: Vec<f64> = a.iter().enumerate().map(|(i, x)| x + 5.0 + (i % 3) as f64).collect();
+        let d = paired(&[Group::one(a)], &[Group::one(b)], &Settings::default());
+        assert!((d.delta - 6.0).abs() < 0.02, "{d:?}");
+        assert!(d.ci[0] > 5.0 && d.ci[1] < 7.0 && d.ci[0] < d.delta && d.delta < d.ci[1], "{d:?}");
+        assert!(d.p < 0.001, "{d:?}");
+    }
+}
