@@ -236,7 +236,22 @@ fn score_one(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
 struct PairedLine {
     id: serde_json::Value,
     prediction: String,
+    #[serde(deserialize_with = "one_or_many")]
     references: Vec<String>,
+}
+
+/// A list of references, or one as a plain string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Refs {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Refs::One(s) => vec![s],
+        Refs::Many(v) => v,
+    })
 }
 
 /// A paired file's lines by id, in file order; a repeated or missing id is an error naming it.

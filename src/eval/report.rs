@@ -107,6 +107,9 @@ pub struct Report {
     pub stats: Option<Settings>,
 }
 
+/// The most adapters a report compares with each other, pair by pair.
+pub const MAX_PAIRED_ADAPTERS: usize = 6;
+
 /// A dataset counts as a label set when every example has one reference and the normalised
 /// references take at most 20 values, each value standing for two examples or more on average.
 pub fn is_label_set(d: &Dataset) -> bool {
@@ -349,8 +352,10 @@ pub fn build(
                 vs_base,
             });
         }
-        // Adapters against each other.
+        // Adapters against each other (a report of many adapters, a sweep's, compares each
+        // with the base only: its pairs would be quadratic in number and size).
         let adapters: Vec<&String> = models.iter().filter(|m| *m != BASE).collect();
+        let adapters = if adapters.len() <= MAX_PAIRED_ADAPTERS { adapters } else { Vec::new() };
         for (i, a) in adapters.iter().enumerate() {
             for b in &adapters[i + 1..] {
                 let (sa, sb) = (of(a), of(b));
@@ -649,6 +654,13 @@ impl Report {
     }
 
     fn pairs_markdown(&self, out: &mut String) {
+        let adapters = self.models.iter().filter(|m| *m != BASE).count();
+        if adapters > MAX_PAIRED_ADAPTERS {
+            out.push_str(&format!(
+                "{adapters} adapters: each is compared with the base; pairs of adapters are compared in reports of at most \
+                 {MAX_PAIRED_ADAPTERS} (an evaluation of just those two, or `selfspec score --paired`).\n\n"
+            ));
+        }
         if self.pairs.is_empty() {
             return;
         }
