@@ -114,7 +114,10 @@ fn an_eval_run_writes_predictions_and_reports() {
     let out = eval_with(std::slice::from_ref(&adapter));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("| fin-qa | 30 |") && md.contains("## F1, 1-shot") && md.contains("worst / average / best"), "{md}");
+    assert!(
+        md.contains("| fin-qa | 30 |") && md.contains("## F1, 1-shot") && md.contains("worst / average / best"),
+        "{md}"
+    );
     assert!(md.contains("| Δ lora | p | Holm p | detectable Δ |") && md.contains("2000 resamples"), "{md}");
     let report: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report.models, ["base", "lora"]);

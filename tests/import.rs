@@ -97,7 +97,8 @@ fn demonstrations_come_from_another_split_and_nothing_is_overwritten() {
 fn malformed_records_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("map.yaml");
-    std::fs::write(&map, "task: sa\ninstruction: Rate it.\ninput: \"{sentence} about {target}\"\noutput: score\n").unwrap();
+    std::fs::write(&map, "task: sa\ninstruction: Rate it.\ninput: \"{sentence} about {target}\"\noutput: score\n")
+        .unwrap();
     let cases: [(&str, &[&str], &str); 6] = [
         ("broken-line.jsonl", &["--preset", "financial-phrasebank"], "broken-line.jsonl:2: not a JSON object"),
         (
@@ -105,10 +106,22 @@ fn malformed_records_are_named() {
             &["--preset", "financial-phrasebank"],
             "broken-label.jsonl:2: label is \"7\", which the map's labels do not name (0, 1, 2)",
         ),
-        ("broken-field.parquet", &["--map", map.to_str().unwrap()], "broken-field.parquet: row 1: no field \"score\"; the record has sentence, target"),
+        (
+            "broken-field.parquet",
+            &["--map", map.to_str().unwrap()],
+            "broken-field.parquet: row 1: no field \"score\"; the record has sentence, target",
+        ),
         ("chemprot.tsv", &["--preset", "ddi"], "chemprot.tsv:2: label is \"CPR:4\""),
-        ("finner.jsonl", &["--preset", "financial-phrasebank"], "finner.jsonl:1: no field \"sentence\"; the record has"),
-        ("bioasq.json", &["--preset", "pubmedqa"], "bioasq.json: record \"questions\": no field \"CONTEXTS\"; the record has a list"),
+        (
+            "finner.jsonl",
+            &["--preset", "financial-phrasebank"],
+            "finner.jsonl:1: no field \"sentence\"; the record has",
+        ),
+        (
+            "bioasq.json",
+            &["--preset", "pubmedqa"],
+            "bioasq.json: record \"questions\": no field \"CONTEXTS\"; the record has a list",
+        ),
     ];
     for (file, how, want) in cases {
         let path = fixture(file);
@@ -124,6 +137,18 @@ fn malformed_records_are_named() {
     // A map that is wrong is named before any file is read.
     std::fs::write(&map, "task: quiz\ninstruction: x\noutput: y\n").unwrap();
     let path = fixture("finner.jsonl");
-    let out = import(&[path.as_os_str(), "--map".as_ref(), map.as_os_str(), "--name".as_ref(), "x".as_ref(), "--out".as_ref(), dir.path().as_os_str()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("map.yaml: task \"quiz\": use one of qa"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = import(&[
+        path.as_os_str(),
+        "--map".as_ref(),
+        map.as_os_str(),
+        "--name".as_ref(),
+        "x".as_ref(),
+        "--out".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("map.yaml: task \"quiz\": use one of qa"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -251,10 +251,17 @@ fn a_seeded_sweep_killed_with_kill_9_continues_and_reports_every_point() {
         }
     }
     // "experts, own" is the mean of each expert's own-dataset score.
-    let own = sums.iter().find(|s| s["point"] == "p5-standard" && s["column"] == "experts, own" && s["k"] == 0).unwrap();
+    let own =
+        sums.iter().find(|s| s["point"] == "p5-standard" && s["column"] == "experts, own" && s["k"] == 0).unwrap();
     let cell = |model: &str, d: &str| {
         rows.iter()
-            .find(|r| r["point"] == "p5-standard" && r["model"] == "expert" && r["expert"] == model && r["dataset"] == d && r["k"] == 0)
+            .find(|r| {
+                r["point"] == "p5-standard"
+                    && r["model"] == "expert"
+                    && r["expert"] == model
+                    && r["dataset"] == d
+                    && r["k"] == 0
+            })
             .unwrap()["f1"]
             .as_f64()
             .unwrap()

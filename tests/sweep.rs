@@ -101,7 +101,8 @@ fn a_sweep_killed_in_the_middle_continues_without_redoing_finished_stages() {
     assert_eq!(rows.len(), 2 * 2 * 4, "{rows:?}");
     assert!(rows.iter().any(|r| r["axis"] == "seeds" && r["value"] == 10 && r["model"] == "tuned"));
     for r in rows.iter().filter(|r| r["model"] == "tuned") {
-        let (lo, hi, f1) = (r["f1_ci"][0].as_f64().unwrap(), r["f1_ci"][1].as_f64().unwrap(), r["f1"].as_f64().unwrap());
+        let (lo, hi, f1) =
+            (r["f1_ci"][0].as_f64().unwrap(), r["f1_ci"][1].as_f64().unwrap(), r["f1"].as_f64().unwrap());
         assert!(lo <= f1 && f1 <= hi, "{r}");
         let v = &r["vs_base"]["f1"];
         assert!(v["ci"][0].as_f64().unwrap() <= v["delta"].as_f64().unwrap(), "{r}");
@@ -184,7 +185,10 @@ fn replicates_run_each_point_again_with_other_seeds() {
     let run = dir.path().join("run");
     let plan = sweep(&spec, &run).arg("--plan").output().unwrap();
     let stdout = String::from_utf8_lossy(&plan.stdout);
-    assert!(stdout.contains("(1 points × 2 replicates = 2 runs)") && stdout.contains("generate gen-s10-r1"), "{stdout}");
+    assert!(
+        stdout.contains("(1 points × 2 replicates = 2 runs)") && stdout.contains("generate gen-s10-r1"),
+        "{stdout}"
+    );
     let out = sweep(&spec, &run).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Two generation runs from other seeds (different samples), two adapters.
@@ -203,9 +207,8 @@ fn replicates_run_each_point_again_with_other_seeds() {
     // The tuned score is the mean of the two adapters' own scores in the evaluation's report.
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap()).unwrap();
-    let own = |m: &str| {
-        eval["cells"].as_array().unwrap().iter().find(|c| c["model"] == m).unwrap()["f1"].as_f64().unwrap()
-    };
+    let own =
+        |m: &str| eval["cells"].as_array().unwrap().iter().find(|c| c["model"] == m).unwrap()["f1"].as_f64().unwrap();
     for r in tuned {
         assert_eq!(r["replicates"], 2, "{r}");
         let sd = r["replicate_sd"][0].as_f64().unwrap();

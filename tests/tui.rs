@@ -574,7 +574,13 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     // 30 examples a set; the adapter's per-example gain: +13.3 on fin-qa (every third example
     // unchanged), +2.5 on fin-ner and −1.5 on fin-sentiment with much noise.
     let names = ["fin-qa", "fin-ner", "fin-sentiment"];
-    let gold = |i: usize, j: usize| if i == 2 { ["positive", "negative", "neutral"][j % 3].to_string() } else { format!("${j}.94") };
+    let gold = |i: usize, j: usize| {
+        if i == 2 {
+            ["positive", "negative", "neutral"][j % 3].to_string()
+        } else {
+            format!("${j}.94")
+        }
+    };
     let datasets: Vec<Dataset> = names
         .iter()
         .enumerate()
@@ -582,14 +588,34 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
             name: d.to_string(),
             task: if i == 2 { "sa".into() } else { "qa".into() },
             path: PathBuf::from(format!("{d}.jsonl")),
-            test: (0..30).map(|j| Example { instruction: "Q".into(), input: String::new(), references: vec![gold(i, j)] }).collect(),
+            test: (0..30)
+                .map(|j| Example { instruction: "Q".into(), input: String::new(), references: vec![gold(i, j)] })
+                .collect(),
             train: Vec::new(),
         })
         .collect();
     let gain = |i: usize, j: usize| match i {
-        0 => if j.is_multiple_of(3) { 0.0 } else { 20.0 },
-        1 => if j.is_multiple_of(2) { 30.0 } else { -25.0 },
-        _ => if j.is_multiple_of(2) { -30.0 } else { 27.0 },
+        0 => {
+            if j.is_multiple_of(3) {
+                0.0
+            } else {
+                20.0
+            }
+        }
+        1 => {
+            if j.is_multiple_of(2) {
+                30.0
+            } else {
+                -25.0
+            }
+        }
+        _ => {
+            if j.is_multiple_of(2) {
+                -30.0
+            } else {
+                27.0
+            }
+        }
     };
     let mut predictions = Vec::new();
     let mut preds = String::new();
@@ -619,7 +645,10 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     let report = selfspec::eval::report::build(&models, &datasets, &[0, 5], &predictions, &Default::default());
     // The Compare tab's line for a prompt from fin-qa: the adapter's score and its Δ, marked.
     let line = selfspec::tui::compare::evidence(&report, "train-fin", "fin-qa").unwrap();
-    assert!(line.starts_with("fin-qa 0-shot: F1 62.8 [") && line.contains("Δ +13.3 [") && line.ends_with("]*"), "{line}");
+    assert!(
+        line.starts_with("fin-qa 0-shot: F1 62.8 [") && line.contains("Δ +13.3 [") && line.ends_with("]*"),
+        "{line}"
+    );
     std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
     let job = selfspec::eval::run::EvalJob {
@@ -725,9 +754,14 @@ fn the_sweeps_tab_shows_stages_and_live_curves() {
     let app = App::new(Options { attach: Some(dir.clone()), ..options(ws) }).unwrap();
     assert_eq!(app.tab, selfspec::tui::Tab::Sweeps);
     let screen = draw_at(&app, 100, 30);
-    for text in
-        ["sweep-bio", "generate gen-s20", "train s40-n50", "F1, mean of datasets, 0-shot (dots: 95 % CI) vs seeds", "tuned", "95 %"]
-    {
+    for text in [
+        "sweep-bio",
+        "generate gen-s20",
+        "train s40-n50",
+        "F1, mean of datasets, 0-shot (dots: 95 % CI) vs seeds",
+        "tuned",
+        "95 %",
+    ] {
         assert!(screen.contains(text), "{text}:\n{screen}");
     }
 }

@@ -268,7 +268,10 @@ fn paired_lines(file: &Path) -> anyhow::Result<Vec<(String, usize, PairedLine)>>
             other => anyhow::bail!("{}:{line}: id is {other}; {shape}", file.display()),
         };
         if let Some(first) = seen.insert(id.clone(), line) {
-            anyhow::bail!("{}:{line}: id {id:?} again (first at line {first}); every id must be unique", file.display());
+            anyhow::bail!(
+                "{}:{line}: id {id:?} again (first at line {first}); every id must be unique",
+                file.display()
+            );
         }
         out.push((id, line, rec));
     }
@@ -277,14 +280,20 @@ fn paired_lines(file: &Path) -> anyhow::Result<Vec<(String, usize, PairedLine)>>
 }
 
 /// The paired comparison of two prediction files (B against A), as `score --paired` prints it.
-pub fn paired_report(a: &Path, b: &Path, split: bool, stats: &super::stats::Settings) -> anyhow::Result<serde_json::Value> {
+pub fn paired_report(
+    a: &Path,
+    b: &Path,
+    split: bool,
+    stats: &super::stats::Settings,
+) -> anyhow::Result<serde_json::Value> {
     use super::metrics::{split_references, Scorer};
     use super::report::exact_match;
     use super::stats::{self, Group};
     stats.check()?;
     let la = paired_lines(a)?;
     let lb = paired_lines(b)?;
-    let index: std::collections::HashMap<&str, usize> = lb.iter().enumerate().map(|(i, (id, _, _))| (id.as_str(), i)).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        lb.iter().enumerate().map(|(i, (id, _, _))| (id.as_str(), i)).collect();
     for (id, line, _) in &la {
         anyhow::ensure!(
             index.contains_key(id.as_str()),
@@ -295,7 +304,11 @@ pub fn paired_report(a: &Path, b: &Path, split: bool, stats: &super::stats::Sett
     }
     let in_a: std::collections::HashSet<&str> = la.iter().map(|(id, _, _)| id.as_str()).collect();
     if let Some((id, line, _)) = lb.iter().find(|(id, _, _)| !in_a.contains(id.as_str())) {
-        anyhow::bail!("{}:{line}: id {id:?} is not in {}; both files must hold the same examples", b.display(), a.display());
+        anyhow::bail!(
+            "{}:{line}: id {id:?} is not in {}; both files must hold the same examples",
+            b.display(),
+            a.display()
+        );
     }
     let mut scorer = Scorer::default();
     let mut score = |rec: &PairedLine| {

@@ -115,7 +115,8 @@ impl Mapping {
     }
 
     fn parse(text: &str, origin: &str) -> anyhow::Result<Mapping> {
-        let m: Mapping = crate::yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}:{}: {}", e.pos, e.message))?;
+        let m: Mapping =
+            crate::yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}:{}: {}", e.pos, e.message))?;
         m.check().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         Ok(m)
     }
@@ -166,7 +167,8 @@ impl Mapping {
                     _ => None,
                 }
                 .with_context(|| format!("{at}: {} is {v}; the map's bins need a number", self.output))?;
-                let bin = self.bins.iter().find(|b| b.below.is_none_or(|t| x < t)).expect("the last bin takes the rest");
+                let bin =
+                    self.bins.iter().find(|b| b.below.is_none_or(|t| x < t)).expect("the last bin takes the rest");
                 bin.label.clone()
             } else if !self.labels.is_empty() {
                 self.labels.get(&t).cloned().with_context(|| {
@@ -259,7 +261,9 @@ fn text(v: &Value, sep: &str) -> String {
         Value::Array(rows) if !rows.is_empty() && rows.iter().all(Value::is_array) => {
             rows.iter().map(|r| text(r, " | ")).collect::<Vec<_>>().join("\n")
         }
-        Value::Array(_) => flatten(v).iter().map(|x| text(x, sep)).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(sep),
+        Value::Array(_) => {
+            flatten(v).iter().map(|x| text(x, sep)).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(sep)
+        }
         other => other.to_string(),
     }
 }
@@ -293,7 +297,11 @@ pub const MAX_JSON_BYTES: u64 = 1 << 30;
 
 /// Calls `f` with each record of `path` and where it is (`file:line` or `file:row`), by the
 /// file's kind: `.parquet`, `.jsonl`/`.ndjson`, `.json`, `.tsv`.
-pub fn records(path: &Path, map: &Mapping, f: &mut dyn FnMut(Value, String) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn records(
+    path: &Path,
+    map: &Mapping,
+    f: &mut dyn FnMut(Value, String) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let shown = path.display().to_string();
     if name.ends_with(".parquet") {
@@ -352,7 +360,9 @@ pub fn records(path: &Path, map: &Mapping, f: &mut dyn FnMut(Value, String) -> a
                 columns.len(),
                 columns.join(", ")
             );
-            let v = Value::Object(columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect());
+            let v = Value::Object(
+                columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect(),
+            );
             if !f(v, at)? {
                 break;
             }
@@ -481,7 +491,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         anyhow::ensure!(opts.force || !p.exists(), "{} exists; --force replaces it", p.display());
     }
     let (lines, skipped) = read_lines(&opts.files, &opts.map, opts.limit)?;
-    anyhow::ensure!(!lines.is_empty(), "no records kept from {} (the map's `where` left out {skipped})", opts.files.len());
+    anyhow::ensure!(
+        !lines.is_empty(),
+        "no records kept from {} (the map's `where` left out {skipped})",
+        opts.files.len()
+    );
     let demos = if opts.train.is_empty() {
         Vec::new()
     } else {
@@ -492,7 +506,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     crate::fsutil::atomic_write(&test, to_jsonl(&lines, &opts.name, &opts.map.task).as_bytes())
         .with_context(|| format!("cannot write {}", test.display()))?;
-    println!("{}: {} examples{}", test.display(), lines.len(), if skipped > 0 { format!(" ({skipped} records left out by where:)") } else { String::new() });
+    println!(
+        "{}: {} examples{}",
+        test.display(),
+        lines.len(),
+        if skipped > 0 { format!(" ({skipped} records left out by where:)") } else { String::new() }
+    );
     if !demos.is_empty() {
         crate::fsutil::atomic_write(&train, to_jsonl(&demos, &opts.name, &opts.map.task).as_bytes())
             .with_context(|| format!("cannot write {}", train.display()))?;

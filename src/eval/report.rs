@@ -361,7 +361,13 @@ pub fn build(
                 let (sa, sb) = (of(a), of(b));
                 for (j, d) in common.iter().enumerate() {
                     let v = versus(&[&sa[j]], &[&sb[j]], labels.contains(&d.name), settings);
-                    pairs.push(Pair { a: a.to_string(), b: b.to_string(), dataset: Some(d.name.clone()), k, versus: v });
+                    pairs.push(Pair {
+                        a: a.to_string(),
+                        b: b.to_string(),
+                        dataset: Some(d.name.clone()),
+                        k,
+                        versus: v,
+                    });
                 }
                 let v = versus(&sa.iter().collect::<Vec<_>>(), &sb.iter().collect::<Vec<_>>(), false, settings);
                 pairs.push(Pair { a: a.to_string(), b: b.to_string(), dataset: None, k, versus: v });
@@ -378,6 +384,24 @@ pub fn build(
         pairs,
         stats: Some(*settings),
     }
+}
+
+/// A number as report.csv writes it (empty when absent).
+pub fn csv_number(x: Option<f64>) -> String {
+    x.map_or(String::new(), |x| format!("{x:.4}"))
+}
+
+/// A comparison's six CSV fields: delta, its interval's ends, p, Holm's p, the detectable Δ.
+pub fn csv_delta(d: Option<&Delta>) -> String {
+    [
+        csv_number(d.map(|d| d.delta)),
+        csv_number(d.map(|d| d.ci[0])),
+        csv_number(d.map(|d| d.ci[1])),
+        csv_number(d.map(|d| d.p)),
+        csv_number(d.and_then(|d| d.holm_p)),
+        csv_number(d.map(|d| d.detectable)),
+    ]
+    .join(",")
 }
 
 /// `22.2 [18.1, 26.0]`
@@ -453,19 +477,17 @@ impl Report {
              delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1,\
              delta_rougeL,delta_rougeL_lo,delta_rougeL_hi,p_rougeL,holm_p_rougeL,detectable_rougeL,mcnemar_p\n",
         );
-        let num = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.4}"));
-        let delta = |d: Option<&Delta>| {
-            [
-                num(d.map(|d| d.delta)),
-                num(d.map(|d| d.ci[0])),
-                num(d.map(|d| d.ci[1])),
-                num(d.map(|d| d.p)),
-                num(d.and_then(|d| d.holm_p)),
-                num(d.map(|d| d.detectable)),
-            ]
-            .join(",")
-        };
-        let mut row = |model: &str, dataset: &str, task: &str, k: usize, n: String, f1: Estimate, r: Estimate, exact: Option<f64>, v: Option<&Versus>| {
+        let num = csv_number;
+        let delta = |d: Option<&Delta>| csv_delta(d);
+        let mut row = |model: &str,
+                       dataset: &str,
+                       task: &str,
+                       k: usize,
+                       n: String,
+                       f1: Estimate,
+                       r: Estimate,
+                       exact: Option<f64>,
+                       v: Option<&Versus>| {
             out.push_str(&format!(
                 "{model},{dataset},{task},{k},{n},{:.4},{},{},{:.4},{},{},{},{},{},{}\n",
                 f1.mean,
@@ -641,7 +663,10 @@ impl Report {
                 out.push_str(&format!("| {d} | {k} |"));
                 for m in &self.models {
                     let c = self.cell(m, d, k);
-                    out.push_str(&format!(" {} |", c.and_then(|c| c.exact).map_or("–".to_string(), |e| format!("{e:.1}"))));
+                    out.push_str(&format!(
+                        " {} |",
+                        c.and_then(|c| c.exact).map_or("–".to_string(), |e| format!("{e:.1}"))
+                    ));
                     if *m != BASE {
                         let p = c.and_then(|c| c.vs_base.as_ref()).and_then(|v| v.mcnemar_p);
                         out.push_str(&format!(" {} |", p.map_or("–".to_string(), p_text)));

@@ -100,7 +100,6 @@ pub fn prompt(demos: &[Example], k: usize, e: &Example) -> String {
     out
 }
 
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EvalEvent {

@@ -694,7 +694,8 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
     let rows = if mode == Mode::Marginal { g.k.max(1) } else { 1 };
     let most = spec.generation_runs();
     let mut out = String::new();
-    let repeats = if spec.repeats > 1 { format!(" × {} replicates = {} runs", spec.repeats, runs.len()) } else { String::new() };
+    let repeats =
+        if spec.repeats > 1 { format!(" × {} replicates = {} runs", spec.repeats, runs.len()) } else { String::new() };
     let _ = writeln!(out, "sweep of {} ({} points{repeats}), {}", spec.model, points.len(), dir.display());
     let _ = writeln!(
         out,
@@ -856,7 +857,11 @@ pub fn rows(spec: &Spec, eval_dir: &Path, used: &BTreeMap<(Point, usize), usize>
                 for f1 in [true, false] {
                     let pick = |r: &mut Row| -> f64 {
                         let v = r.vs_base.as_ref().expect("filtered");
-                        if f1 { v.f1.p } else { v.rouge_l.p }
+                        if f1 {
+                            v.f1.p
+                        } else {
+                            v.rouge_l.p
+                        }
                     };
                     let ps: Vec<f64> = idx.iter().map(|&i| pick(&mut out[i])).collect();
                     for (&i, h) in idx.iter().zip(crate::eval::stats::holm(&ps)) {
@@ -894,21 +899,11 @@ fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
          delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1,delta_rougeL,delta_rougeL_lo,delta_rougeL_hi,\
          p_rougeL,holm_p_rougeL,detectable_rougeL\n",
     );
-    let num = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.4}"));
+    let num = crate::eval::report::csv_number;
     for r in rows {
         let used = r.samples_used.map(|n| n.to_string()).unwrap_or_default();
-        let d = |f1: bool| {
-            let dl = r.vs_base.as_ref().map(|v| if f1 { v.f1 } else { v.rouge_l });
-            [
-                num(dl.map(|d| d.delta)),
-                num(dl.map(|d| d.ci[0])),
-                num(dl.map(|d| d.ci[1])),
-                num(dl.map(|d| d.p)),
-                num(dl.and_then(|d| d.holm_p)),
-                num(dl.map(|d| d.detectable)),
-            ]
-            .join(",")
-        };
+        let d =
+            |f1: bool| crate::eval::report::csv_delta(r.vs_base.as_ref().map(|v| if f1 { &v.f1 } else { &v.rouge_l }));
         csv.push_str(&format!(
             "{},{},{},{},{},{:.4},{},{},{:.4},{},{},{used},{},{},{},{}\n",
             r.axis,
@@ -988,7 +983,9 @@ fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|&v| {
                     rows.iter()
-                        .find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == AVERAGE && r.model == "tuned")
+                        .find(|r| {
+                            r.axis == axis && r.value == v && r.k == k && r.dataset == AVERAGE && r.model == "tuned"
+                        })
                         .and_then(|r| r.vs_base.as_ref())
                         .map(|x| format!("{axis} {v}: {:.1}", x.f1.detectable))
                 })

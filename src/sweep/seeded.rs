@@ -542,7 +542,8 @@ fn summaries(dir: &Path, names: &[String], rows: &[Row]) -> anyhow::Result<Vec<S
         seen.push((&r.axis, &r.value, &r.point, r.k));
         let get = |m: &str, d: &str| scores.get(&(m.to_string(), d.to_string(), r.k));
         let model = |what: &str| format!("{}.{what}", r.point);
-        let Some(base) = names.iter().map(|d| get(crate::eval::run::BASE, d).map(Sample::from)).collect::<Option<Vec<_>>>()
+        let Some(base) =
+            names.iter().map(|d| get(crate::eval::run::BASE, d).map(Sample::from)).collect::<Option<Vec<_>>>()
         else {
             continue;
         };
@@ -765,7 +766,9 @@ fn plot(dir: &Path, sums: &[SummaryRow], lmc: &[PointLmc]) -> anyhow::Result<Vec
                 let at: Vec<(f64, &crate::eval::report::Summary)> = shares
                     .iter()
                     .filter_map(|(v, p)| {
-                        sums.iter().find(|s| s.point == *p && s.k == k && s.column == label).map(|s| (v * 100.0, &s.summary))
+                        sums.iter()
+                            .find(|s| s.point == *p && s.k == k && s.column == label)
+                            .map(|s| (v * 100.0, &s.summary))
                     })
                     .collect();
                 lines.push((format!("{label} {k}-shot"), at.iter().map(|(x, s)| (*x, s.f1.mean)).collect()));

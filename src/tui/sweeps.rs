@@ -173,8 +173,11 @@ impl SweepView {
             per[0]
                 .iter()
                 .filter_map(|(d, first)| {
-                    let common: Vec<usize> =
-                        first.keys().copied().filter(|i| per.iter().all(|p| p.get(d).is_some_and(|m| m.contains_key(i)))).collect();
+                    let common: Vec<usize> = first
+                        .keys()
+                        .copied()
+                        .filter(|i| per.iter().all(|p| p.get(d).is_some_and(|m| m.contains_key(i))))
+                        .collect();
                     let rows: Vec<Vec<f64>> = per.iter().map(|p| common.iter().map(|i| p[d][i]).collect()).collect();
                     (!common.is_empty()).then_some(Group { rows })
                 })
