@@ -154,13 +154,13 @@ pub enum Command {
         #[arg(long)]
         split_references: bool,
         /// With --paired: print one JSON object instead of the table.
-        #[arg(long)]
+        #[arg(long, requires = "paired")]
         json: bool,
         /// With --paired: bootstrap resamples and randomisation trials.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, requires = "paired")]
         resamples: usize,
         /// With --paired: the seed of the resamples and trials.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, requires = "paired")]
         seed: u64,
     },
     /// Generated samples: review decisions and export.
@@ -477,6 +477,7 @@ impl EvalArgs {
                 trials: self.resamples,
                 seed: self.stats_seed,
             }),
+            intervals: true,
         })
     }
 }

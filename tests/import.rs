@@ -91,6 +91,11 @@ fn demonstrations_come_from_another_split_and_nothing_is_overwritten() {
     let out = run(&["--force"]);
     assert!(out.status.success());
     assert_eq!(lines(&dir.path().join("fpb.jsonl")).len(), 3);
+    // --limit counts over every file given, and --demos over every --train file.
+    let out = run(&["--force", "--limit", "4", file.to_str().unwrap(), "--train", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(&dir.path().join("fpb.jsonl")).len(), 4);
+    assert_eq!(lines(&dir.path().join("fpb.train.jsonl")).len(), 2);
 }
 
 #[test]

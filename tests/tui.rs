@@ -642,7 +642,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         }
     }
     let models = vec!["base".to_string(), "train-fin".to_string()];
-    let report = selfspec::eval::report::build(&models, &datasets, &[0, 5], &predictions, &Default::default());
+    let report = selfspec::eval::report::build(&models, &datasets, &[0, 5], &predictions, Some(&Default::default()));
     // The Compare tab's line for a prompt from fin-qa: the adapter's score and its Δ, marked.
     let line = selfspec::tui::compare::evidence(&report, "train-fin", "fin-qa").unwrap();
     assert!(

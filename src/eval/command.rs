@@ -32,6 +32,8 @@ pub struct Options {
     pub detached: bool,
     /// Resamples, trials and seed of the report's statistics (none: the defaults).
     pub stats: Option<super::stats::Settings>,
+    /// Compute the report's statistics (a sweep computes them at its last point only).
+    pub intervals: bool,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             prompt_format: crate::prompts::PromptFormat::Auto,
             detached,
             stats: None,
+            intervals: true,
         }
     }
 }
@@ -147,7 +150,7 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
             .load(&opts.adapters, "compare the adapters it serves with --served-adapter NAME[=SERVED_NAME]")?;
         let cancel = Arc::new(AtomicBool::new(false));
         crate::signals::watch(cancel.clone(), opts.detached);
-        let report = evaluate(&lock, loaded.engine(), &job, &datasets, &opts.run, &cancel, &mut |e| {
+        let report = evaluate(&lock, loaded.engine(), &job, &datasets, &opts.run, &cancel, opts.intervals, &mut |e| {
             eprintln!("{}", Evaluation::line(e));
         })?;
         Ok(match report {
@@ -189,6 +192,9 @@ fn score_one(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
     struct Line {
         prediction: String,
         references: Vec<String>,
+        /// Accepted (a file made for --paired scores alone too), not used.
+        #[serde(default, rename = "id")]
+        _id: Option<serde_json::Value>,
     }
     let text = crate::fsutil::read_text(file)?;
     let mut scorer = metrics::Scorer::default();
@@ -310,13 +316,34 @@ pub fn paired_report(
             a.display()
         );
     }
+    anyhow::ensure!(
+        la.len() >= 2,
+        "{} and {} hold one example; intervals and tests need two or more",
+        a.display(),
+        b.display()
+    );
     let mut scorer = Scorer::default();
     let mut score = |rec: &PairedLine| {
         let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
         let refs = if split { split_references(&refs) } else { refs };
         let (f1, rouge) = scorer.score(&rec.prediction, &refs);
-        (f1 * 100.0, rouge * 100.0, exact_match(&rec.prediction, &rec.references))
+        let owned: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        (f1 * 100.0, rouge * 100.0, exact_match(&rec.prediction, &owned))
     };
+    // The same id with other references is likely two different examples.
+    let differ: Vec<&str> = la
+        .iter()
+        .filter(|(id, _, x)| lb[index[id.as_str()]].2.references != x.references)
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    if let Some(first) = differ.first() {
+        eprintln!(
+            "warning: {} id(s) have other references in {} than in {} (first: {first:?}); are the ids the same examples?",
+            differ.len(),
+            b.display(),
+            a.display()
+        );
+    }
     let (mut fa, mut fb, mut ra, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut ea, mut eb, mut only_a, mut only_b) = (0usize, 0usize, 0usize, 0usize);
     for (id, _, x) in &la {
@@ -396,6 +423,9 @@ fn score_paired(a: &Path, b: &Path, split: bool, json: bool, stats: &super::stat
         e["only_a"],
         e["only_b"]
     );
-    println!("`*`: p < 0.05. Resamples and trials: {}, seed {}.", stats.resamples, stats.seed);
+    println!(
+        "`*`: p < 0.05 and the interval clear of 0. Resamples and trials: {}, seed {}.",
+        stats.resamples, stats.seed
+    );
     Ok(())
 }

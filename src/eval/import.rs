@@ -437,13 +437,17 @@ pub struct Options {
 pub fn read_lines(files: &[PathBuf], map: &Mapping, limit: Option<usize>) -> anyhow::Result<(Vec<Line>, usize)> {
     let mut out = Vec::new();
     let mut skipped = 0;
+    let full = |out: &Vec<Line>| limit.is_some_and(|n| out.len() >= n);
     for file in files {
+        if full(&out) {
+            break;
+        }
         records(file, map, &mut |record, at| {
             match map.line(&record, &at)? {
                 Some(l) => out.push(l),
                 None => skipped += 1,
             }
-            Ok(limit.is_none_or(|n| out.len() < n))
+            Ok(!full(&out))
         })?;
     }
     Ok((out, skipped))

@@ -147,7 +147,9 @@ pub fn per_example(predictions: &[Prediction]) -> BTreeMap<Key, PerExample> {
     }
     rows.into_iter()
         .filter_map(|(key, mut ps)| {
+            // A line written twice (a run continued after a torn write) counts once: the first.
             ps.sort_by_key(|p| p.index);
+            ps.dedup_by_key(|p| p.index);
             ps.iter().enumerate().all(|(i, p)| p.index == i).then(|| {
                 let s = PerExample {
                     f1: ps.iter().map(|p| p.f1).collect(),
@@ -207,12 +209,15 @@ impl Sample {
 
     /// Several models' scores of each example averaged into one (the experts on the tasks not
     /// their own, say): one row.
-    pub fn pooled(models: &[&PerExample]) -> Sample {
+    pub fn pooled(models: &[&PerExample]) -> Option<Sample> {
         let n = models.first().map_or(0, |m| m.f1.len());
+        if models.is_empty() || models.iter().any(|m| m.f1.len() != n || m.rouge_l.len() != n) {
+            return None;
+        }
         let avg = |f: fn(&PerExample) -> &Vec<f64>| -> Vec<f64> {
             (0..n).map(|i| models.iter().map(|m| f(m)[i]).sum::<f64>() / models.len() as f64).collect()
         };
-        Sample { f1: Group::one(avg(|m| &m.f1)), rouge_l: Group::one(avg(|m| &m.rouge_l)), exact: Vec::new() }
+        Some(Sample { f1: Group::one(avg(|m| &m.f1)), rouge_l: Group::one(avg(|m| &m.rouge_l)), exact: Vec::new() })
     }
 
     /// The standard deviation across replicates of each replicate's mean (F1, ROUGE-L); None
@@ -234,7 +239,8 @@ pub fn summarize(samples: &[&Sample], reference: Option<&[&Sample]>, labels: boo
     Summary {
         f1: stats::estimate(&groups(|v| &v.f1), s),
         rouge_l: stats::estimate(&groups(|v| &v.rouge_l), s),
-        vs: reference.map(|r| versus(r, samples, labels, s)),
+        // McNemar compares two answer sheets; replicates have several, so none for them.
+        vs: reference.map(|r| versus(r, samples, labels && samples.iter().all(|v| v.f1.rows.len() == 1), s)),
         replicates: samples.first().map_or(1, |v| v.f1.rows.len()),
         replicate_sd: match samples {
             [one] => one.replicate_sd(),
@@ -284,40 +290,43 @@ fn adjust(cells: &mut [Cell]) {
     }
 }
 
-/// The report of scored predictions, with every interval and test (`settings`).
+/// The report of scored predictions, with every interval and test (`settings`; None: the
+/// means alone, as a sweep's evaluation writes it between its points).
 pub fn build(
     models: &[String],
     datasets: &[Dataset],
     shots: &[usize],
     predictions: &[Prediction],
-    settings: &Settings,
+    settings: Option<&Settings>,
 ) -> Report {
     let scores = per_example(predictions);
     let labels: Vec<String> = datasets.iter().filter(|d| is_label_set(d)).map(|d| d.name.clone()).collect();
     let get = |m: &str, d: &str, k: usize| scores.get(&(m.to_string(), d.to_string(), k)).map(Sample::from);
+    let mean = |g: &Group| stats::statistic(std::slice::from_ref(g));
     let mut cells = Vec::new();
     for m in models {
         for d in datasets {
             for &k in shots {
                 let Some(s) = get(m, &d.name, k) else { continue };
-                let one = |g: &Group| stats::estimate(std::slice::from_ref(g), settings);
-                let (f1, rouge_l) = (one(&s.f1), one(&s.rouge_l));
-                let vs_base = (m != BASE)
-                    .then(|| get(BASE, &d.name, k))
-                    .flatten()
-                    .filter(|b| b.f1.n() == s.f1.n())
-                    .map(|b| versus(&[&b], &[&s], labels.contains(&d.name), settings));
                 let n = s.f1.n();
+                // One example has no spread to measure: its cell gets no interval or test.
+                let settings = settings.filter(|_| n >= 2);
+                let one = |g: &Group| settings.map(|st| stats::estimate(std::slice::from_ref(g), st));
+                let (f1, rouge_l) = (one(&s.f1), one(&s.rouge_l));
+                let vs_base = settings.and_then(|st| {
+                    let b = (m != BASE).then(|| get(BASE, &d.name, k)).flatten().filter(|b| b.f1.n() == n)?;
+                    Some(versus(&[&b], &[&s], labels.contains(&d.name), st))
+                });
                 cells.push(Cell {
                     model: m.clone(),
                     dataset: d.name.clone(),
                     task: d.task.clone(),
                     k,
                     n,
-                    f1: f1.mean,
-                    rouge_l: rouge_l.mean,
-                    f1_ci: Some(f1.ci),
-                    rouge_l_ci: Some(rouge_l.ci),
+                    f1: mean(&s.f1),
+                    rouge_l: mean(&s.rouge_l),
+                    f1_ci: f1.map(|e| e.ci),
+                    rouge_l_ci: rouge_l.map(|e| e.ci),
                     exact: Some(100.0 * s.exact.iter().filter(|&&x| x).count() as f64 / n.max(1) as f64),
                     vs_base,
                 });
@@ -325,12 +334,17 @@ pub fn build(
         }
     }
     adjust(&mut cells);
-    // Averages over the datasets every model has at k.
     let mut averages = Vec::new();
     let mut pairs = Vec::new();
-    for &k in shots {
-        let common: Vec<&Dataset> =
-            datasets.iter().filter(|d| models.iter().all(|m| get(m, &d.name, k).is_some())).collect();
+    for (&k, settings) in shots.iter().zip(std::iter::repeat(settings)).filter_map(|(k, s)| Some((k, s?))) {
+        // The datasets every model answered in full, on the same examples.
+        let common: Vec<&Dataset> = datasets
+            .iter()
+            .filter(|d| {
+                let ns: Vec<Option<usize>> = models.iter().map(|m| get(m, &d.name, k).map(|s| s.f1.n())).collect();
+                ns.iter().all(|n| n.is_some_and(|n| n >= 2 && Some(n) == ns[0]))
+            })
+            .collect();
         if common.is_empty() {
             continue;
         }
@@ -382,7 +396,7 @@ pub fn build(
         labels,
         averages,
         pairs,
-        stats: Some(*settings),
+        stats: settings.copied(),
     }
 }
 
@@ -607,7 +621,7 @@ impl Report {
         if self.stats.is_some() && !adapters.is_empty() {
             out.push_str(
                 "Δ: the adapter's score minus the base's, averaged over the same examples; `*`: p < 0.05 after \
-                 Holm's adjustment across the datasets (the average's p is not adjusted). detectable Δ: the \
+                 Holm's adjustment across the datasets (the average's p is not adjusted) and the interval clear of 0. detectable Δ: the \
                  smallest |Δ| these examples would show with 80 % power at 5 %; a Δ inside it is no evidence \
                  either way.\n\n",
             );

@@ -175,9 +175,11 @@ pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
 
 /// Runs `job` on `engine` (a local model with its adapters loaded under their names, or a
 /// server that serves them), writing the run
-/// folder `dir`, whose lock the caller holds. Each answer is scored and appended to
+/// folder `dir`, whose lock the caller holds; `intervals`: the report's statistics too (a
+/// sweep's evaluation leaves them to its last point's). Each answer is scored and appended to
 /// predictions.jsonl as it finishes, so a run stopped (`cancel`) or killed continues where it
 /// was: answers already scored are not generated again. Returns None when stopped.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     _lock: &crate::runs::Lock,
     engine: Engine,
@@ -185,9 +187,13 @@ pub fn evaluate(
     datasets: &[Dataset],
     dir: &Path,
     cancel: &AtomicBool,
+    intervals: bool,
     on_event: &mut (dyn FnMut(&EvalEvent) + Send),
 ) -> anyhow::Result<Option<Report>> {
     check_folder(dir, job)?;
+    if let Some(s) = &job.stats {
+        s.check().with_context(|| format!("{}: stats", dir.join(crate::runs::CONFIG).display()))?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::runs::write_config(dir, crate::runs::Kind::Eval, job)?;
     let (mut events, torn) = crate::runs::Log::<EvalEvent>::open(dir)?;
@@ -290,7 +296,8 @@ pub fn evaluate(
         emit(&EvalEvent::Stopped { done, requests: total }, on_event)?;
         return Ok(None);
     }
-    let report = super::report::build(&models, datasets, &job.shots, &predictions, &job.stats.unwrap_or_default());
+    let settings = job.stats.unwrap_or_default();
+    let report = super::report::build(&models, datasets, &job.shots, &predictions, intervals.then_some(&settings));
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;

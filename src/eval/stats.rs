@@ -13,14 +13,17 @@
 //! - Several datasets: the statistic is the mean of the datasets' means; the bootstrap draws
 //!   within each dataset (stratified), the randomisation flips within each, so every dataset
 //!   keeps its size.
-//! - Replicates (the same examples scored by R models trained with different seeds): each
-//!   resample draws R replicates and the examples independently, both with replacement (a
-//!   two-way bootstrap for a crossed design: conservative, it counts both sources of
-//!   variation); randomisation flips an example's sign in all replicates at once.
+//! - Replicates (the same examples scored by R models trained with different seeds): the
+//!   bootstrap resamples the examples of the replicates' per-example mean, and the interval is
+//!   widened, in quadrature on each side, by the replicates' own spread: t₀.₉₇₅,R−1 · s_R/√R,
+//!   s_R the sd of the R replicates' statistics (so two replicates that disagree give a wide
+//!   interval, as they should). Randomisation flips an example's sign in all replicates at
+//!   once: its p is conditional on the trained replicates, so a replicated comparison is marked
+//!   significant only where its interval also excludes 0.
 //! - Holm's step-down adjustment across a report's datasets.
 //! - The smallest detectable Δ: (z₀.₉₇₅ + z₀.₈₀) · SE, SE from the observed standard deviation
-//!   of the paired differences (√(Σ sd_d²/n_d)/D over D datasets), or, with replicates, the
-//!   bootstrap's standard deviation of the statistic.
+//!   of the paired differences (√(Σ sd_d²/n_d)/D over D datasets; with replicates, of their
+//!   per-example means, and s_R²/R added).
 
 use serde::{Deserialize, Serialize};
 
@@ -93,12 +96,14 @@ impl Group {
     /// B − A example by example (replicate by replicate; a single-row A is every replicate's
     /// reference, as the base is for a sweep point's replicates).
     pub fn minus(&self, a: &Group) -> Group {
+        debug_assert!(a.rows.len() == 1 || a.rows.len() == self.rows.len(), "one reference row, or one a replicate");
+        debug_assert_eq!(a.n(), self.n(), "the same examples");
         let rows = self
             .rows
             .iter()
             .enumerate()
             .map(|(r, row)| {
-                let a = &a.rows[if a.rows.len() == 1 { 0 } else { r }];
+                let a = &a.rows[r.min(a.rows.len().saturating_sub(1))];
                 row.iter().zip(a).map(|(b, a)| b - a).collect()
             })
             .collect();
@@ -131,41 +136,90 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
-/// The statistic's bootstrap distribution (sorted): `resamples` draws of the replicates and,
-/// within each group, of the examples, all with replacement.
+/// Each group's replicates averaged example by example: one row.
+fn collapsed(groups: &[Group]) -> Vec<Group> {
+    groups
+        .iter()
+        .map(|g| {
+            let n = g.n();
+            let r = g.rows.len().max(1) as f64;
+            Group::one(
+                (0..n).map(|i| g.rows.iter().map(|row| row.get(i).copied().unwrap_or(0.0)).sum::<f64>() / r).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The number of replicates (rows) of the groups: the most any group has.
+fn replicates(groups: &[Group]) -> usize {
+    groups.iter().map(|g| g.rows.len()).max().unwrap_or(1)
+}
+
+/// The statistic of each replicate alone (the r-th row of every group).
+fn per_replicate(groups: &[Group]) -> Vec<f64> {
+    (0..replicates(groups))
+        .map(|r| {
+            let one: Vec<Group> =
+                groups.iter().map(|g| Group::one(g.rows[r.min(g.rows.len().saturating_sub(1))].clone())).collect();
+            statistic(&one)
+        })
+        .collect()
+}
+
+/// t₀.₉₇₅ with `df` degrees of freedom (df 1 to 30; beyond, the normal's).
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    T.get(df.wrapping_sub(1)).copied().unwrap_or(Z_975)
+}
+
+/// The replicates' share of the uncertainty: (t₀.₉₇₅,R−1 · s_R/√R, s_R²/R); zero with one.
+fn replicate_spread(groups: &[Group]) -> (f64, f64) {
+    let r = replicates(groups);
+    if r < 2 {
+        return (0.0, 0.0);
+    }
+    let var = sd(&per_replicate(groups)).powi(2) / r as f64;
+    (t975(r - 1) * var.sqrt(), var)
+}
+
+/// The statistic's bootstrap distribution (sorted): `resamples` draws of the examples, with
+/// replacement, within each group (replicates averaged example by example first).
 pub fn bootstrap(groups: &[Group], resamples: usize, seed: u64) -> Vec<f64> {
+    let groups = collapsed(groups);
     let live: Vec<&Group> = groups.iter().filter(|g| g.n() > 0).collect();
     if live.is_empty() {
         return vec![0.0; resamples.max(1)];
     }
-    let replicates = live.iter().map(|g| g.rows.len()).max().unwrap_or(1);
     let mut rng = Rng::new(seed);
-    let mut picks_r = vec![0usize; replicates];
-    let mut picks_i = Vec::new();
     let mut out = Vec::with_capacity(resamples);
     for _ in 0..resamples {
-        if replicates > 1 {
-            for p in &mut picks_r {
-                *p = below(&mut rng, replicates);
-            }
-        }
         let mut total = 0.0;
         for g in &live {
-            let n = g.n();
-            picks_i.clear();
-            picks_i.extend((0..n).map(|_| below(&mut rng, n)));
-            let mut sum = 0.0;
-            let rows: &[usize] = if g.rows.len() > 1 { &picks_r[..g.rows.len().min(replicates)] } else { &[0] };
-            for &r in rows {
-                let row = &g.rows[r.min(g.rows.len() - 1)];
-                sum += picks_i.iter().map(|&i| row[i]).sum::<f64>();
-            }
-            total += sum / (n * rows.len()) as f64;
+            let (row, n) = (&g.rows[0], g.n());
+            let sum: f64 = (0..n).map(|_| row[below(&mut rng, n)]).sum();
+            total += sum / n as f64;
         }
         out.push(total / live.len() as f64);
     }
     out.sort_by(f64::total_cmp);
     out
+}
+
+/// The interval of `groups`' statistic: the examples' bootstrap percentile interval, widened by
+/// the replicates' spread where there are several.
+fn widened(groups: &[Group], sorted: &[f64]) -> [f64; 2] {
+    let [lo, hi] = interval(sorted);
+    let (spread, _) = replicate_spread(groups);
+    if spread == 0.0 {
+        return [lo, hi];
+    }
+    let mid = statistic(groups);
+    let below = (mid - lo).max(0.0);
+    let above = (hi - mid).max(0.0);
+    [mid - below.hypot(spread), mid + above.hypot(spread)]
 }
 
 /// The percentile interval at [`LEVEL`] of a sorted bootstrap distribution.
@@ -181,9 +235,9 @@ pub struct Estimate {
     pub ci: [f64; 2],
 }
 
-/// A score and its bootstrap interval.
+/// A score and its bootstrap interval (widened by the replicates' spread).
 pub fn estimate(groups: &[Group], s: &Settings) -> Estimate {
-    Estimate { mean: statistic(groups), ci: interval(&bootstrap(groups, s.resamples, s.seed)) }
+    Estimate { mean: statistic(groups), ci: widened(groups, &bootstrap(groups, s.resamples, s.seed)) }
 }
 
 /// Two-sided approximate randomisation of paired differences: each example's sign flipped
@@ -285,18 +339,17 @@ pub fn detectable_from_se(se: f64) -> f64 {
 }
 
 /// The standard error of the statistic over paired differences: √(Σ sd_d²/n_d)/D from each
-/// dataset's observed sd (one replicate), or the bootstrap distribution's sd (replicates).
-fn standard_error(diffs: &[Group], boot: &[f64]) -> f64 {
-    let live: Vec<&Group> = diffs.iter().filter(|g| g.n() > 0).collect();
+/// dataset's observed sd (of the replicates' per-example means), with the replicates' own
+/// variance s_R²/R added.
+fn standard_error(diffs: &[Group]) -> f64 {
+    let collapsed = collapsed(diffs);
+    let live: Vec<&Group> = collapsed.iter().filter(|g| g.n() > 0).collect();
     if live.is_empty() {
         return 0.0;
     }
-    if live.iter().all(|g| g.rows.len() == 1) {
-        let var: f64 = live.iter().map(|g| sd(&g.rows[0]).powi(2) / g.n() as f64).sum();
-        var.sqrt() / live.len() as f64
-    } else {
-        sd(boot)
-    }
+    let var: f64 = live.iter().map(|g| sd(&g.rows[0]).powi(2) / g.n() as f64).sum();
+    let d = live.len() as f64;
+    (var / (d * d) + replicate_spread(diffs).1).sqrt()
 }
 
 /// B against A on the same examples.
@@ -314,22 +367,24 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// Significant at 5 %: after Holm where it was adjusted.
+    /// Significant at 5 %: p (after Holm where it was adjusted) below 0.05 and the interval
+    /// clear of 0 (with replicates the p is conditional on them; the interval is not).
     pub fn significant(&self) -> bool {
-        self.holm_p.unwrap_or(self.p) < ALPHA
+        self.holm_p.unwrap_or(self.p) < ALPHA && (self.ci[0] > 0.0 || self.ci[1] < 0.0)
     }
 }
 
 /// The paired comparison of B with A (each a list of groups over the same examples).
 pub fn paired(a: &[Group], b: &[Group], s: &Settings) -> Delta {
+    debug_assert_eq!(a.len(), b.len(), "the same datasets on both sides");
     let diffs: Vec<Group> = b.iter().zip(a).map(|(b, a)| b.minus(a)).collect();
     let boot = bootstrap(&diffs, s.resamples, s.seed);
     Delta {
         delta: statistic(&diffs),
-        ci: interval(&boot),
+        ci: widened(&diffs, &boot),
         p: randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11),
         holm_p: None,
-        detectable: detectable_from_se(standard_error(&diffs, &boot)),
+        detectable: detectable_from_se(standard_error(&diffs)),
     }
 }
 

@@ -594,8 +594,10 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             })
             .collect();
         let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
-        let opts =
+        let mut opts =
             crate::eval::command::Options::new(p.choice, adapters, data, datasets, shots, dir.join("eval"), detached);
+        // The report's statistics cost draws for every adapter so far: the last point's only.
+        opts.intervals = upto + 1 == runs.len();
         return crate::eval::command::eval(opts);
     }
     let (_, r) = runs.iter().find(|q| run_name(q) == name).with_context(|| {
@@ -930,7 +932,7 @@ fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
     let mut md = format!(
         "# Sweep of {}\n\nF1 (0–100) of the tuned model with its 95 % bootstrap interval; below it Δ = tuned − base on \
          the same examples with its paired-bootstrap interval; `*`: p < 0.05 (approximate randomisation) after Holm's \
-         adjustment across the datasets (the average's p is not adjusted).{}\n",
+         adjustment across the datasets (the average's p is not adjusted) and the interval clear of 0.{}\n",
         spec.model,
         if repeats > 1 {
             format!(

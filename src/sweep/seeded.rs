@@ -326,8 +326,10 @@ pub(super) fn stage(
                 .map(|(name, dir)| crate::model::adapter::Spec { name, dir })
                 .collect();
             let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
-            let opts =
+            let mut opts =
                 crate::eval::command::Options::new(choice, adapters, data, datasets, shots, dir.join("eval"), detached);
+            // The report's statistics cost draws for every adapter so far: the last point's only.
+            opts.intervals = upto + 1 == points.len();
             crate::eval::command::eval(opts)
         }
         _ => anyhow::bail!("the sweep has no stage {name:?}: seed:POINT, expert:POINT:TASK, lmc:POINT or eval:POINT"),
@@ -556,7 +558,7 @@ fn summaries(dir: &Path, names: &[String], rows: &[Row]) -> anyhow::Result<Vec<S
                     "experts, others" => {
                         let others: Option<Vec<_>> =
                             names.iter().filter(|t| *t != d).map(|t| get(&model(t), d)).collect();
-                        others.filter(|o| !o.is_empty()).map(|o| Sample::pooled(&o))
+                        others.and_then(|o| Sample::pooled(&o))
                     }
                     "base" => get(crate::eval::run::BASE, d).map(Sample::from),
                     m => get(&model(m), d).map(Sample::from),
@@ -634,7 +636,7 @@ fn write_report(
          scores of each example averaged); merges by {} with equal weights. Barrier: the mean LMC barrier (ΔW line) \
          between pairs of experts, in loss per token. Below each table, every column against the base on the same \
          examples: Δ with its paired-bootstrap interval, `*` where the randomisation p < 0.05 (not adjusted for the \
-         many comparisons), and the smallest Δ the examples detect.\n",
+         many comparisons) and the interval excludes 0, and the smallest Δ the examples detect.\n",
         spec.model,
         names.join(", "),
         format!("{:?}", seeded.merge).to_lowercase()
@@ -693,7 +695,7 @@ fn write_report(
     }
     md.push_str(
         "\n## Per point and dataset (F1 with 95 % intervals; `*`: against the base, p < 0.05 after Holm across the \
-         datasets)\n",
+         datasets and the interval clear of 0)\n",
     );
     let mut points: Vec<&str> = rows.iter().map(|r| r.point.as_str()).collect();
     points.dedup();

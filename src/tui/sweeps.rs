@@ -194,10 +194,11 @@ impl SweepView {
             if g.is_empty() {
                 continue;
             }
-            let boot = stats::bootstrap(&g, 1000, 1);
-            let [lo, hi] = stats::interval(&boot);
+            // Fewer resamples than a report's: this is redrawn as answers come in.
+            let e = stats::estimate(&g, &stats::Settings { resamples: 400, trials: 0, seed: 1 });
+            let [lo, hi] = e.ci;
             let x = *v as f64;
-            c.tuned.push((x, stats::statistic(&g)));
+            c.tuned.push((x, e.mean));
             c.low.push((x, lo));
             c.high.push((x, hi));
         }
