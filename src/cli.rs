@@ -486,7 +486,9 @@ impl EvalCommand {
     /// What `selfspec eval import` was asked.
     pub fn options(self) -> anyhow::Result<selfspec::eval::import::Options> {
         use anyhow::Context;
-        let EvalCommand::Import { files, preset, map, name, out, train, demos, limit, force, list: _ } = self;
+        let EvalCommand::Import { files, preset, map, name, out, train, demos, limit, force, list: _ } = self else {
+            anyhow::bail!("not an import")
+        };
         let map = match (preset, map) {
             (Some(p), None) => selfspec::eval::import::Mapping::preset(&p)?,
             (None, Some(m)) => selfspec::eval::import::Mapping::load(&m)?,
@@ -669,6 +671,18 @@ pub struct EvalArgs {
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
+    /// A finished evaluation's report computed again from its predictions (other statistics
+    /// settings, or a report written before intervals); loads no model, generates nothing.
+    Report {
+        /// The evaluation's run folder.
+        run: PathBuf,
+        /// Bootstrap resamples and randomisation trials (default: the run's, or 10,000).
+        #[arg(long)]
+        resamples: Option<usize>,
+        /// Their seed (default: the run's, or 1).
+        #[arg(long)]
+        stats_seed: Option<u64>,
+    },
     /// A benchmark as published (Hugging Face parquet, JSON or JSON lines files, or a release's
     /// JSON or TSV) into OUT/NAME.jsonl (and NAME.train.jsonl from --train files) by a field
     /// map: a preset for the paper's benchmarks, or --map FILE.yaml.

@@ -188,6 +188,9 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Eval(mut a)) => match a.import.take() {
             Some(cli::EvalCommand::Import { list: true, .. }) => ok(eval::import::list()),
+            Some(cli::EvalCommand::Report { run, resamples, stats_seed }) => {
+                ok(eval::command::rereport(&run, resamples, stats_seed))
+            }
             Some(i) => ok(eval::import::run(&i.options()?)),
             None => eval::command::eval(a.options(&defaults)?),
         },

@@ -176,6 +176,26 @@ fn an_eval_run_writes_predictions_and_reports() {
     assert!(csv.lines().next().unwrap().contains("delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1"));
     assert!(run.join("report.md").exists());
 
+    // The report computed again from the predictions with other statistics: the same means,
+    // the new settings recorded, other intervals; no model is loaded.
+    let before: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["eval", "report"])
+        .arg(&run)
+        .args(["--resamples", "500", "--stats-seed", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("500 resamples"));
+    let after: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(after.stats.map(|s| (s.resamples, s.trials, s.seed)), Some((500, 500, 3)));
+    for (a, b) in before.cells.iter().zip(&after.cells) {
+        assert_eq!((a.f1, a.rouge_l), (b.f1, b.rouge_l));
+    }
+    assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("resamples: 500"));
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(["eval", "report"]).arg(dir.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no evaluation run"), "{}", String::from_utf8_lossy(&out.stderr));
+
     // The same command again: nothing is generated again, nothing changes.
     let eval_again = || eval_with(std::slice::from_ref(&adapter));
     let all = std::fs::read(run.join("predictions.jsonl")).unwrap();

@@ -167,6 +167,19 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
     result
 }
 
+/// `selfspec eval report`: the report of a finished run computed again, printed as Markdown.
+pub fn rereport(run: &Path, resamples: Option<usize>, seed: Option<u64>) -> anyhow::Result<()> {
+    let old = crate::runs::read_job::<EvalJob>(run, crate::runs::Kind::Eval)?.and_then(|j| j.stats).unwrap_or_default();
+    let stats = (resamples.is_some() || seed.is_some()).then(|| super::stats::Settings {
+        resamples: resamples.unwrap_or(old.resamples),
+        trials: resamples.unwrap_or(old.trials),
+        seed: seed.unwrap_or(old.seed),
+    });
+    let report = super::run::rereport(run, stats)?;
+    println!("{}", report.to_markdown());
+    Ok(())
+}
+
 /// `selfspec score`: SQuAD F1 and ROUGE-L of a predictions file, as one JSON object on stdout;
 /// with `paired`, two files compared example by example ([`score_paired`]).
 pub fn score(

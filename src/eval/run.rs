@@ -298,9 +298,44 @@ pub fn evaluate(
     }
     let settings = job.stats.unwrap_or_default();
     let report = super::report::build(&models, datasets, &job.shots, &predictions, intervals.then_some(&settings));
-    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
-    crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
+    write_report(dir, &report)?;
     emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
     Ok(Some(report))
+}
+
+/// Writes `report` into the run folder `dir` as report.json, report.csv and report.md.
+pub fn write_report(dir: &Path, report: &Report) -> anyhow::Result<()> {
+    crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(report)?.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(())
+}
+
+/// `selfspec eval report RUN`: a finished evaluation's report computed again from its
+/// predictions, with `stats` (none: the run's own settings, or the defaults), recorded in its
+/// config; nothing is generated and no model is loaded.
+pub fn rereport(dir: &Path, stats: Option<super::stats::Settings>) -> anyhow::Result<Report> {
+    let mut job = crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)?
+        .with_context(|| format!("{} holds no evaluation run", dir.display()))?;
+    let lock = crate::runs::Lock::acquire(dir)?;
+    anyhow::ensure!(
+        dir.join("report.json").exists(),
+        "{} has not finished (no report.json); run its own `selfspec eval` command to continue it",
+        dir.display()
+    );
+    if let Some(s) = stats {
+        job.stats = Some(s);
+    }
+    let settings = job.stats.unwrap_or_default();
+    settings.check()?;
+    let datasets = super::data::load_dir(&job.data, &job.datasets)
+        .with_context(|| format!("the run's datasets ({}) are needed for their names and tasks", job.data.display()))?;
+    let mut predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&dir.join(PREDICTIONS))?;
+    let mut seen = std::collections::HashSet::new();
+    predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
+    let report = super::report::build(&job.models(), &datasets, &job.shots, &predictions, Some(&settings));
+    crate::runs::write_config(dir, crate::runs::Kind::Eval, &job)?;
+    write_report(dir, &report)?;
+    drop(lock);
+    Ok(report)
 }
