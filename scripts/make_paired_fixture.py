@@ -121,6 +121,18 @@ def label_pair(rng, n, qa, qb):
     return a, b
 
 
+def clean_label_pair(rng, n, qa, qb):
+    """Answers that are a label or another label: every score is 0 or 100 (selfspec computes these
+    distributions exactly; the reference still draws 100,000 times)."""
+    a, b = [], []
+    for i in range(n):
+        gold = LABELS[i % 3]
+        pick = lambda q: gold if rng.random() < q else rng.choice([l for l in LABELS if l != gold])
+        a.append({"id": f"c{i}", "prediction": pick(qa), "references": [gold]})
+        b.append({"id": f"c{i}", "prediction": pick(qb), "references": [gold]})
+    return a, b
+
+
 def qa_pair(rng, n, qa, qb, numeric_ids=False):
     a, b = [], []
     for i in range(n):
@@ -142,6 +154,7 @@ def main():
     pairs["labels_gain"] = label_pair(rng, 150, 0.45, 0.62)
     pairs["qa_small"] = qa_pair(rng, 120, 0.40, 0.44)
     pairs["qa_numeric_ids"] = qa_pair(rng, 200, 0.55, 0.35, numeric_ids=True)
+    pairs["labels_clean"] = clean_label_pair(rng, 160, 0.50, 0.58)
     expected = {}
     for name, (a, b) in pairs.items():
         b_shuffled = list(b)

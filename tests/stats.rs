@@ -27,7 +27,7 @@ fn paired_json(a: &Path, b: &Path) -> serde_json::Value {
 fn paired_scores_match_the_numpy_reference() {
     let expected: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 5);
     for (name, want) in &expected {
         let got = paired_json(&fixture(&format!("{name}.a.jsonl")), &fixture(&format!("{name}.b.jsonl")));
         assert_eq!(got["n"], want["n"], "{name}");

@@ -20,6 +20,10 @@
 //!   interval, as they should). Randomisation flips an example's sign in all replicates at
 //!   once: its p is conditional on the trained replicates, so a replicated comparison is marked
 //!   significant only where its interval also excludes 0.
+//! - Exactly, where the draws need not be made: one dataset whose every score is 0 or 100
+//!   (right/wrong answers; their differences −100, 0, 100) has its bootstrap distribution
+//!   computed by dynamic programming and its randomisation p as the sign test it then is (the
+//!   exact binomial test of the discordant examples) — what infinitely many draws would give.
 //! - Holm's step-down adjustment across a report's datasets.
 //! - The smallest detectable Δ: (z₀.₉₇₅ + z₀.₈₀) · SE, SE from the observed standard deviation
 //!   of the paired differences (√(Σ sd_d²/n_d)/D over D datasets; with replicates, of their
@@ -237,7 +241,82 @@ pub struct Estimate {
 
 /// A score and its bootstrap interval (widened by the replicates' spread).
 pub fn estimate(groups: &[Group], s: &Settings) -> Estimate {
+    if let Some(ci) = lattice(groups).map(|u| exact_interval(&u)) {
+        return Estimate { mean: statistic(groups), ci };
+    }
     Estimate { mean: statistic(groups), ci: widened(groups, &bootstrap(groups, s.resamples, s.seed)) }
+}
+
+/// The most examples whose distributions are computed exactly (the work grows as n²).
+const EXACT_MAX: usize = 5000;
+
+/// One dataset of one replicate whose every value is 0 or ±100 (right/wrong answers and their
+/// differences), as −1, 0 and 1: then the bootstrap and randomisation distributions are
+/// computed exactly instead of drawn.
+fn lattice(groups: &[Group]) -> Option<Vec<i8>> {
+    let [g] = groups else { return None };
+    let [row] = g.rows.as_slice() else { return None };
+    if row.is_empty() || row.len() > EXACT_MAX {
+        return None;
+    }
+    row.iter()
+        .map(|&v| match v {
+            v if v.abs() < 1e-9 => Some(0),
+            v if (v - 100.0).abs() < 1e-9 => Some(1),
+            v if (v + 100.0).abs() < 1e-9 => Some(-1),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The exact bootstrap percentile interval of the mean of `units` (each −1, 0 or 1, in
+/// hundreds): the distribution of the sum of n draws with replacement, by dynamic
+/// programming; each end the smallest mean whose cumulative probability reaches the level (what
+/// NumPy's percentile of infinitely many resamples gives).
+fn exact_interval(units: &[i8]) -> [f64; 2] {
+    let n = units.len();
+    let count = |u: i8| units.iter().filter(|&&x| x == u).count() as f64 / n as f64;
+    let (down, stay, up) = (count(-1), count(0), count(1));
+    // dist[s + n] = P(sum = s) after the draws so far.
+    let mut dist = vec![0.0f64; 2 * n + 1];
+    dist[n] = 1.0;
+    let mut next = vec![0.0f64; 2 * n + 1];
+    for step in 1..=n {
+        next.iter_mut().for_each(|x| *x = 0.0);
+        for s in (n - (step - 1))..=(n + (step - 1)) {
+            let p = dist[s];
+            if p == 0.0 {
+                continue;
+            }
+            next[s - 1] += p * down;
+            next[s] += p * stay;
+            next[s + 1] += p * up;
+        }
+        std::mem::swap(&mut dist, &mut next);
+    }
+    let tail = (1.0 - LEVEL) / 2.0;
+    let quantile = |q: f64| {
+        let mut cdf = 0.0;
+        for (i, p) in dist.iter().enumerate() {
+            cdf += p;
+            // A relative slack: the running sum's rounding must not step over an exact tie.
+            if cdf >= q * (1.0 - 1e-12) {
+                return (i as f64 - n as f64) * 100.0 / n as f64;
+            }
+        }
+        100.0
+    };
+    [quantile(tail), quantile(1.0 - tail)]
+}
+
+/// The exact two-sided randomisation p of differences that are −1, 0 or 1 (in hundreds): the
+/// sign flips make the sum of the m non-zero ones 2B − m with B ~ Binomial(m, ½), so
+/// p = P(|2B − m| ≥ |observed|) — McNemar's exact test, which is what infinitely many trials
+/// would find.
+fn exact_randomisation_p(units: &[i8]) -> f64 {
+    let up = units.iter().filter(|&&u| u == 1).count();
+    let down = units.iter().filter(|&&u| u == -1).count();
+    mcnemar_exact(up, down)
 }
 
 /// Two-sided approximate randomisation of paired differences: each example's sign flipped
@@ -378,11 +457,17 @@ impl Delta {
 pub fn paired(a: &[Group], b: &[Group], s: &Settings) -> Delta {
     debug_assert_eq!(a.len(), b.len(), "the same datasets on both sides");
     let diffs: Vec<Group> = b.iter().zip(a).map(|(b, a)| b.minus(a)).collect();
-    let boot = bootstrap(&diffs, s.resamples, s.seed);
+    let (ci, p) = match lattice(&diffs) {
+        Some(units) => (exact_interval(&units), exact_randomisation_p(&units)),
+        None => (
+            widened(&diffs, &bootstrap(&diffs, s.resamples, s.seed)),
+            randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11),
+        ),
+    };
     Delta {
         delta: statistic(&diffs),
-        ci: widened(&diffs, &boot),
-        p: randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11),
+        ci,
+        p,
         holm_p: None,
         detectable: detectable_from_se(standard_error(&diffs)),
     }
@@ -417,6 +502,20 @@ mod tests {
         assert_eq!(mcnemar_exact(0, 0), 1.0);
         // binomtest(30, 100, 0.5).pvalue = 7.85013964e-05
         assert!((mcnemar_exact(30, 70) / 7.850_139_64e-5 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn right_or_wrong_answers_are_computed_exactly() {
+        // Two of four right: the bootstrap mean is Binomial(4, ½)·25, P(0) = 1/16 > 2.5 %.
+        assert_eq!(exact_interval(&[1, 1, 0, 0]), [0.0, 100.0]);
+        assert_eq!(exact_interval(&[1, 1, 1]), [100.0, 100.0]);
+        let e = estimate(&[Group::one(vec![100.0, 0.0, 100.0, 0.0])], &Settings::default());
+        assert_eq!(e.ci, [0.0, 100.0]);
+        // The randomisation p of 0/±100 differences is the sign test.
+        let a = Group::one(vec![0.0; 12]);
+        let b = Group::one([100.0; 10].into_iter().chain([0.0; 2]).collect());
+        let d = paired(&[a], &[b], &Settings::default());
+        assert!((d.p - 2.0 / 1024.0).abs() < 1e-12, "{d:?}");
     }
 
     #[test]
