@@ -9,7 +9,7 @@
 //! record is an error naming the file and its line or row and what the map expected.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -295,6 +295,35 @@ fn fill(template: &str, record: &Value, at: &str) -> anyhow::Result<String> {
 /// The largest JSON document read whole (JSON lines, parquet and TSV are read record by record).
 pub const MAX_JSON_BYTES: u64 = 1 << 30;
 
+/// The longest line of a JSON lines or TSV file.
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
+
+/// The lines of `path` (without their line ends), each at most [`MAX_LINE_BYTES`]: a longer one
+/// is an error naming it, read no further.
+fn bounded_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<String>>> {
+    let shown = path.display().to_string();
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?);
+    let mut number = 0usize;
+    Ok(std::iter::from_fn(move || {
+        number += 1;
+        let mut buf = Vec::new();
+        let read = (&mut reader).take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut buf);
+        match read {
+            Ok(0) => None,
+            Ok(_) if buf.len() as u64 > MAX_LINE_BYTES => Some(Err(anyhow::anyhow!(
+                "{shown}:{number}: the line is longer than {MAX_LINE_BYTES} bytes; is this the right file?"
+            ))),
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                Some(String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}:{number}: not UTF-8 text")))
+            }
+            Err(e) => Some(Err(anyhow::anyhow!("{shown}:{number}: {e}"))),
+        }
+    }))
+}
+
 /// Calls `f` with each record of `path` and where it is (`file:line` or `file:row`), by the
 /// file's kind: `.parquet`, `.jsonl`/`.ndjson`, `.json`, `.tsv`.
 pub fn records(
@@ -319,10 +348,9 @@ pub fn records(
         return Ok(());
     }
     if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?;
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        for (i, line) in bounded_lines(path)?.enumerate() {
             let at = format!("{shown}:{}", i + 1);
-            let line = line.with_context(|| format!("{at}: not UTF-8 text"))?;
+            let line = line?;
             let line = if i == 0 { crate::fsutil::strip_bom(&line).to_string() } else { line };
             if line.trim().is_empty() {
                 continue;
@@ -335,15 +363,17 @@ pub fn records(
         return Ok(());
     }
     if name.ends_with(".tsv") {
-        let text = crate::fsutil::read_text(path)?;
-        let mut lines = crate::fsutil::strip_bom(&text).lines().enumerate();
-        let columns: Vec<String> = if map.columns.is_empty() {
+        let mut lines = bounded_lines(path)?.enumerate();
+        let mut columns = map.columns.clone();
+        if columns.is_empty() {
             let (_, head) = lines.next().with_context(|| format!("{shown} is empty"))?;
-            head.split('\t').map(|c| c.trim().to_string()).collect()
-        } else {
-            map.columns.clone()
-        };
+            let head = head?;
+            columns = crate::fsutil::strip_bom(&head).split('\t').map(|c| c.trim().to_string()).collect();
+        }
         for (i, line) in lines {
+            let at = format!("{shown}:{}", i + 1);
+            let line = line?;
+            let line = if i == 0 { crate::fsutil::strip_bom(&line).to_string() } else { line };
             if line.trim().is_empty() {
                 continue;
             }
@@ -351,7 +381,6 @@ pub fn records(
             if i == 0 && line.split('\t').map(str::trim).eq(columns.iter().map(String::as_str)) {
                 continue;
             }
-            let at = format!("{shown}:{}", i + 1);
             let cells: Vec<&str> = line.split('\t').collect();
             anyhow::ensure!(
                 cells.len() == columns.len(),
@@ -360,9 +389,7 @@ pub fn records(
                 columns.len(),
                 columns.join(", ")
             );
-            let v = Value::Object(
-                columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect(),
-            );
+            let v = Value::Object(columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect());
             if !f(v, at)? {
                 break;
             }
