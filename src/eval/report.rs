@@ -541,6 +541,10 @@ impl Report {
         let adapters: Vec<&String> = self.models.iter().filter(|m| *m != BASE).collect();
         for (metric, f1) in [("F1", true), ("ROUGE-L", false)] {
             for &k in &self.shots {
+                if adapters.len() > 2 {
+                    self.long_table(&mut out, metric, f1, k);
+                    continue;
+                }
                 out.push_str(&format!("## {metric}, {k}-shot (0–100, 95 % bootstrap intervals)\n\n| dataset | n |"));
                 for m in &self.models {
                     out.push_str(&format!(" {m} |"));
@@ -658,8 +662,59 @@ impl Report {
         out
     }
 
+    /// One metric at one k as a long table (a row per dataset and model), for reports of more
+    /// adapters than fit side by side.
+    fn long_table(&self, out: &mut String, metric: &str, f1: bool, k: usize) {
+        out.push_str(&format!(
+            "## {metric}, {k}-shot (0–100, 95 % bootstrap intervals)\n\n| dataset | model | n | score | Δ against the base | p | Holm p | detectable Δ |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+        ));
+        let pick = |v: &Versus| if f1 { v.f1 } else { v.rouge_l };
+        for d in &self.datasets {
+            for m in &self.models {
+                let Some(c) = self.cell(m, d, k) else { continue };
+                let (v, ci) = if f1 { (c.f1, c.f1_ci) } else { (c.rouge_l, c.rouge_l_ci) };
+                let tests = c.vs_base.as_ref().map(pick).map_or(" | | | |".to_string(), |dl| {
+                    format!(
+                        "{} | {} | {} | {:.1} |",
+                        delta_text(&dl),
+                        p_text(dl.p),
+                        dl.holm_p.map_or("–".to_string(), p_text),
+                        dl.detectable
+                    )
+                });
+                out.push_str(&format!("| {d} | {m} | {} | {} | {tests}\n", c.n, with_interval(v, ci)));
+            }
+        }
+        for m in &self.models {
+            let Some(a) = self.average_of(m, k) else { continue };
+            let e = if f1 { a.f1 } else { a.rouge_l };
+            let tests = a.vs_base.as_ref().map(pick).map_or(" | | | |".to_string(), |dl| {
+                format!("**{}** | {} | | {:.1} |", delta_text(&dl), p_text(dl.p), dl.detectable)
+            });
+            out.push_str(&format!("| **average** | {m} | | **{}** | {tests}\n", with_interval(e.mean, Some(e.ci))));
+        }
+        out.push('\n');
+    }
+
     fn labels_markdown(&self, out: &mut String, adapters: &[&String]) {
         if self.labels.is_empty() || self.stats.is_none() {
+            return;
+        }
+        if adapters.len() > 2 {
+            out.push_str(
+                "## Label sets: exact match (0–100) and McNemar's exact test against the base\n\n| dataset | k | model | exact match | McNemar p |\n|---|---:|---|---:|---:|\n",
+            );
+            for d in &self.labels {
+                for &k in &self.shots {
+                    for m in &self.models {
+                        let Some(c) = self.cell(m, d, k) else { continue };
+                        let p = c.vs_base.as_ref().and_then(|v| v.mcnemar_p).map_or(String::new(), p_text);
+                        let e = c.exact.map_or("–".to_string(), |e| format!("{e:.1}"));
+                        out.push_str(&format!("| {d} | {k} | {m} | {e} | {p} |\n"));
+                    }
+                }
+            }
+            out.push('\n');
             return;
         }
         out.push_str("## Label sets: exact match (0–100) and McNemar's exact test against the base\n\n| dataset | k |");
