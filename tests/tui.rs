@@ -649,6 +649,11 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         line.starts_with("fin-qa 0-shot: F1 62.8 [") && line.contains("Δ +13.3 [") && line.ends_with("]*"),
         "{line}"
     );
+    assert!(report.to_markdown().contains("## F1, 0-shot (0–100, 95 % bootstrap intervals)"));
+    // Built without statistics (a sweep's evaluation before its last point), the tables say so.
+    let plain = selfspec::eval::report::build(&models, &datasets, &[0, 5], &predictions, None).to_markdown();
+    assert!(plain.contains("## F1, 0-shot (0–100, means only: no statistics in this report)"), "{plain}");
+    assert!(!plain.contains("bootstrap"), "{plain}");
     std::fs::write(run.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(run.join("predictions.jsonl"), preds).unwrap();
     let job = selfspec::eval::run::EvalJob {

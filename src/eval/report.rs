@@ -536,6 +536,16 @@ impl Report {
         out
     }
 
+    /// What a table's numbers are: with intervals, or means only (a report built without
+    /// statistics, such as a sweep's evaluation before its last point).
+    fn scale(&self) -> &'static str {
+        if self.stats.is_some() {
+            "0–100, 95 % bootstrap intervals"
+        } else {
+            "0–100, means only: no statistics in this report"
+        }
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
         let adapters: Vec<&String> = self.models.iter().filter(|m| *m != BASE).collect();
@@ -545,7 +555,7 @@ impl Report {
                     self.long_table(&mut out, metric, f1, k);
                     continue;
                 }
-                out.push_str(&format!("## {metric}, {k}-shot (0–100, 95 % bootstrap intervals)\n\n| dataset | n |"));
+                out.push_str(&format!("## {metric}, {k}-shot ({})\n\n| dataset | n |", self.scale()));
                 for m in &self.models {
                     out.push_str(&format!(" {m} |"));
                     if *m != BASE {
@@ -666,7 +676,8 @@ impl Report {
     /// adapters than fit side by side.
     fn long_table(&self, out: &mut String, metric: &str, f1: bool, k: usize) {
         out.push_str(&format!(
-            "## {metric}, {k}-shot (0–100, 95 % bootstrap intervals)\n\n| dataset | model | n | score | Δ against the base | p | Holm p | detectable Δ |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+            "## {metric}, {k}-shot ({})\n\n| dataset | model | n | score | Δ against the base | p | Holm p | detectable Δ |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+            self.scale()
         ));
         let pick = |v: &Versus| if f1 { v.f1 } else { v.rouge_l };
         for d in &self.datasets {
