@@ -330,3 +330,46 @@ fn asking_for_cuda_without_it_falls_back_to_the_cpu_with_a_note() {
     let expected = if cfg!(feature = "cuda") { "no usable CUDA GPU" } else { "built without CUDA" };
     assert!(stderr.contains(expected) && stderr.contains("running on the CPU"), "{stderr}");
 }
+
+/// A prefill cut into chunks of positions (what bounds the attention scores of a wide batch of
+/// long prompts) gives the one-pass logits, left padding and a sliding window included, and
+/// the cache it leaves decodes the next token the same way.
+#[test]
+fn a_prefill_in_chunks_equals_one_pass() {
+    for name in ["llama3-gqa", "mistral-window", "qwen3-headdim"] {
+        let model = load(name);
+        let long = model.tokenizer.encode("Rifampicin lowers the concentration of oral contraceptives by inducing their metabolism in the liver").unwrap();
+        let short = model.tokenizer.encode("Warfarin and aspirin together").unwrap();
+        let width = long.len();
+        let pad = vec![0, width - short.len()];
+        let mut ids = long.clone();
+        ids.extend(std::iter::repeat_n(0u32, pad[1]));
+        ids.extend(&short);
+        let tokens = Tensor::from_vec(ids, (2, width), &Device::Cpu).unwrap();
+        let next = Tensor::new(&[[5u32], [7u32]], &Device::Cpu).unwrap();
+        let run = |chunk: usize| {
+            let mut cache = model.decoder.new_cache(pad.clone());
+            let all = model.decoder.forward_in_chunks(&tokens, &mut cache, Pass::Inference, false, chunk).unwrap();
+            let step = model.decoder.forward(&next, &mut cache, Pass::Inference, true).unwrap();
+            (all, step, cache.len)
+        };
+        let (one, one_step, one_len) = run(usize::MAX);
+        for chunk in [1, 3, 7] {
+            let (all, step, len) = run(chunk);
+            assert_eq!(len, one_len, "{name}: chunk {chunk}");
+            assert_eq!(all.dims(), one.dims(), "{name}: chunk {chunk}");
+            // The padded row's padding slots attend to themselves only; compare real slots.
+            for (row, from) in [(0usize, 0usize), (1, pad[1])] {
+                let a = all.get(row).unwrap().narrow(0, from, width - from).unwrap();
+                let b = one.get(row).unwrap().narrow(0, from, width - from).unwrap();
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-4, "{name}: chunk {chunk}, row {row}: logits differ by {d}");
+            }
+            let d = (step - &one_step).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{name}: chunk {chunk}: the next step differs by {d}");
+        }
+        // The chunk the budget allows: wide and long rows get short chunks, never below the floor.
+        assert!(model.decoder.prefill_chunk(1, 10) > model.decoder.prefill_chunk(40, 2000));
+        assert_eq!(model.decoder.prefill_chunk(40, 1 << 40), selfspec::model::decoder::MIN_PREFILL_CHUNK);
+    }
+}
