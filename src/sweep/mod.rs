@@ -931,13 +931,16 @@ fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
     let repeats = spec.repeats.max(1);
     let mut md = format!(
         "# Sweep of {}\n\nF1 (0–100) of the tuned model with its 95 % bootstrap interval; below it Δ = tuned − base on \
-         the same examples with its paired-bootstrap interval; `*`: p < 0.05 (approximate randomisation) after Holm's \
-         adjustment across the datasets (the average's p is not adjusted) and the interval clear of 0.{}\n",
+         the same examples with its paired-bootstrap interval and p (approximate randomisation), Holm-adjusted across the \
+         datasets (the average's p is not adjusted); `*`: that p < 0.05 and the interval clear of 0.{}\n",
         spec.model,
         if repeats > 1 {
             format!(
                 " Each point ran {repeats} times (generation and training seeds + 0…{}); its score is the mean of the \
-                 replicates, its interval resamples examples and replicates, and ± gives the sd of the replicates' means.",
+                 replicates, its interval resamples the examples (each example's mean over the replicates) and is widened by the \
+                 replicates' spread (t with {} degrees of freedom × their sd / √{repeats}), and ± gives the sd of the \
+                 replicates' means.",
+                repeats - 1,
                 repeats - 1
             )
         } else {
