@@ -218,4 +218,6 @@ fn replicates_run_each_point_again_with_other_seeds() {
     }
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(md.contains("Each point ran 2 times"), "{md}");
+    // One point: one table per k, not the same point again under a second axis.
+    assert!(md.contains("## seeds, 0-shot") && !md.contains("## samples"), "{md}");
 }

@@ -18,8 +18,10 @@
 //!   widened, in quadrature on each side, by the replicates' own spread: t₀.₉₇₅,R−1 · s_R/√R,
 //!   s_R the sd of the R replicates' statistics (so two replicates that disagree give a wide
 //!   interval, as they should). Randomisation flips an example's sign in all replicates at
-//!   once: its p is conditional on the trained replicates, so a replicated comparison is marked
-//!   significant only where its interval also excludes 0.
+//!   once, so its p is conditional on the trained replicates; a replicated comparison's p is
+//!   the larger of that and the one-sample t-test of the R replicates' Δs against 0 (df R − 1),
+//!   so a small p needs both the examples and the runs to agree. Intervals are clipped to the
+//!   scale (scores 0–100, Δ ±100).
 //! - Exactly, where the draws need not be made: one dataset whose every score is 0 or 100
 //!   (right/wrong answers; their differences −100, 0, 100) has its bootstrap distribution
 //!   computed by dynamic programming and its randomisation p as the sign test it then is (the
@@ -189,6 +191,98 @@ fn replicate_spread(groups: &[Group]) -> (f64, f64) {
     (t975(r - 1) * var.sqrt(), var)
 }
 
+/// Two-sided p of the one-sample t-test that the replicates' statistics average 0 (df R − 1);
+/// None with one replicate.
+fn replicate_t_p(groups: &[Group]) -> Option<f64> {
+    let r = replicates(groups);
+    if r < 2 {
+        return None;
+    }
+    let v = per_replicate(groups);
+    let mean = v.iter().sum::<f64>() / r as f64;
+    let s = sd(&v);
+    if s == 0.0 {
+        return Some(if mean == 0.0 { 1.0 } else { 0.0 });
+    }
+    Some(student_t_two_sided(mean / (s / (r as f64).sqrt()), (r - 1) as f64))
+}
+
+/// P(|T| ≥ |t|) for Student's t with `df` degrees of freedom: I_x(df/2, 1/2), x = df/(df + t²).
+pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
+    if !t.is_finite() {
+        return 0.0;
+    }
+    incomplete_beta(df / 2.0, 0.5, df / (df + t * t)).clamp(0.0, 1.0)
+}
+
+/// The regularised incomplete beta function I_x(a, b), by its continued fraction (evaluated
+/// with the modified Lentz method on whichever side converges fast).
+fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(a, b, x) / a
+    } else {
+        1.0 - front * beta_fraction(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_fraction(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let guard = |v: f64| if v.abs() < TINY { TINY } else { v };
+    let mut c = 1.0;
+    let mut d = 1.0 / guard(1.0 - (a + b) * x / (a + 1.0));
+    let mut h = d;
+    for m in 1..500 {
+        let m = m as f64;
+        // The even step, then the odd step, of the fraction's terms.
+        let even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 / guard(1.0 + even * d);
+        c = guard(1.0 + even / c);
+        h *= d * c;
+        let odd = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 / guard(1.0 + odd * d);
+        c = guard(1.0 + odd / c);
+        let step = d * c;
+        h *= step;
+        if (step - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, nine terms; about 15 significant digits).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x)Γ(1 − x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = G[0];
+    for (i, g) in G.iter().enumerate().skip(1) {
+        sum += g / (x + i as f64);
+    }
+    let t = x + 7.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
 /// The statistic's bootstrap distribution (sorted): `resamples` draws of the examples, with
 /// replacement, within each group (replicates averaged example by example first).
 pub fn bootstrap(groups: &[Group], resamples: usize, seed: u64) -> Vec<f64> {
@@ -244,7 +338,8 @@ pub fn estimate(groups: &[Group], s: &Settings) -> Estimate {
     if let Some(ci) = lattice(groups).map(|u| exact_interval(&u)) {
         return Estimate { mean: statistic(groups), ci };
     }
-    Estimate { mean: statistic(groups), ci: widened(groups, &bootstrap(groups, s.resamples, s.seed)) }
+    let [lo, hi] = widened(groups, &bootstrap(groups, s.resamples, s.seed));
+    Estimate { mean: statistic(groups), ci: [lo.max(0.0), hi.min(100.0)] }
 }
 
 /// The most examples whose distributions are computed exactly (the work grows as n²).
@@ -447,7 +542,7 @@ pub struct Delta {
 
 impl Delta {
     /// Significant at 5 %: p (after Holm where it was adjusted) below 0.05 and the interval
-    /// clear of 0 (with replicates the p is conditional on them; the interval is not).
+    /// clear of 0.
     pub fn significant(&self) -> bool {
         self.holm_p.unwrap_or(self.p) < ALPHA && (self.ci[0] > 0.0 || self.ci[1] < 0.0)
     }
@@ -459,10 +554,11 @@ pub fn paired(a: &[Group], b: &[Group], s: &Settings) -> Delta {
     let diffs: Vec<Group> = b.iter().zip(a).map(|(b, a)| b.minus(a)).collect();
     let (ci, p) = match lattice(&diffs) {
         Some(units) => (exact_interval(&units), exact_randomisation_p(&units)),
-        None => (
-            widened(&diffs, &bootstrap(&diffs, s.resamples, s.seed)),
-            randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11),
-        ),
+        None => {
+            let [lo, hi] = widened(&diffs, &bootstrap(&diffs, s.resamples, s.seed));
+            let p = randomisation_p(&diffs, s.trials, s.seed ^ 0x0005_eed0_fa11);
+            ([lo.max(-100.0), hi.min(100.0)], replicate_t_p(&diffs).map_or(p, |t| t.max(p)))
+        }
     };
     Delta {
         delta: statistic(&diffs),
@@ -484,6 +580,42 @@ mod tests {
         assert!((percentile(&v, 0.025) - 1.075).abs() < 1e-12);
         assert!((percentile(&v, 0.5) - 2.5).abs() < 1e-12);
         assert!((percentile(&v, 0.975) - 3.925).abs() < 1e-12);
+    }
+
+    #[test]
+    fn student_t_matches_scipy() {
+        // 2 * scipy.stats.t.sf(t, df)
+        for (t, df, p) in [
+            (2.0, 2.0, 0.183_503_419_072_273_9),
+            (4.302_652_729_911_275, 2.0, 0.049_999_999_996_516_63),
+            (1.0, 1.0, 0.5),
+            (-3.0, 5.0, 0.030_099_247_897_462_586),
+            (0.0, 4.0, 1.0),
+            (10.0, 30.0, 4.575_251_408_229_618e-11),
+        ] {
+            let got = student_t_two_sided(t, df);
+            assert!((got - p).abs() <= 1e-9 * p.max(1e-3), "t {t}, df {df}: {got} against {p}");
+        }
+        assert_eq!(student_t_two_sided(f64::INFINITY, 3.0), 0.0);
+    }
+
+    #[test]
+    fn replicates_that_disagree_keep_p_large() {
+        // Three replicates over the same 200 examples: every example moves the same way within a
+        // replicate, so the randomisation p alone is tiny; the replicates' Δs (+9, −1, +1) are not
+        // consistent, so the replicated p is the t-test's, and the interval spans 0.
+        let n = 200;
+        let base = Group::one((0..n).map(|i| (i % 7) as f64 * 10.0).collect());
+        let shifted = |d: f64| base.rows[0].iter().map(|v| v + d).collect::<Vec<f64>>();
+        let tuned = Group { rows: vec![shifted(9.0), shifted(-1.0), shifted(1.0)] };
+        let d = paired(std::slice::from_ref(&base), std::slice::from_ref(&tuned), &Settings::default());
+        // scipy.stats.ttest_1samp([9, -1, 1], 0).pvalue
+        assert!((d.p - 0.429_648_174_527_969_9).abs() < 1e-9, "{d:?}");
+        assert!(d.ci[0] < 0.0 && d.ci[1] > 0.0 && !d.significant(), "{d:?}");
+        // Clipped to the scale: a score's interval stays within 0–100.
+        let low = Group { rows: vec![vec![0.0; 50], vec![1.0; 50], vec![30.0; 50]] };
+        let e = estimate(&[low], &Settings::default());
+        assert!(e.ci[0] >= 0.0 && e.ci[1] <= 100.0, "{e:?}");
     }
 
     #[test]

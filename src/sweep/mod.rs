@@ -788,10 +788,11 @@ fn axis_points(spec: &Spec) -> Vec<(&'static str, Vec<(usize, Point)>)> {
             spec.axes.seeds.iter().map(|&s| (s, Point { seeds: s, samples: base.samples })).collect();
         let mut samples: Vec<(usize, Point)> =
             spec.axes.samples.iter().map(|&n| (n, Point { seeds: base.seeds, samples: n })).collect();
+        // A sweep without axes is one point: one table, under the seeds axis.
         if seeds.is_empty() {
             seeds.push((base.seeds, base));
         }
-        if samples.is_empty() {
+        if samples.is_empty() && !spec.axes.seeds.is_empty() {
             samples.push((base.samples, base));
         }
         axes.push(("seeds", seeds));
@@ -955,6 +956,9 @@ fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
         let mut values: Vec<usize> = rows.iter().filter(|r| r.axis == axis).map(|r| r.value).collect();
         values.sort();
         values.dedup();
+        if values.is_empty() {
+            continue;
+        }
         for &k in &spec.shots {
             md.push_str(&format!("\n## {axis}, {k}-shot\n\n| dataset | base |"));
             for v in &values {
