@@ -11,8 +11,8 @@ of what the model understands; docs/RESULTS.md uses this to read its tables.
 """
 import argparse
 import collections
-import json
-import sys
+
+import eval_predictions
 
 
 def main():
@@ -23,21 +23,9 @@ def main():
     args = ap.parse_args()
     want_d = set(filter(None, args.datasets.split(",")))
     want_m = set(filter(None, args.models.split(",")))
-    path = args.run.rstrip("/") + "/predictions.jsonl"
     groups = collections.defaultdict(dict)
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    p = json.loads(line)
-                    key = (p["model"], p["dataset"], p["k"])
-                    groups[key][p["index"]] = (p["prediction"], p["references"])
-                except (ValueError, KeyError, TypeError) as e:
-                    sys.exit(f"{path}:{n}: not a prediction line ({e}); expected model, dataset, k, index, prediction, references")
-    except OSError as e:
-        sys.exit(f"cannot read {path}: {e}")
+    for m, d, k, i, pred, refs in eval_predictions.read(args.run):
+        groups[(m, d, k)][i] = (pred, refs)
     print("| model | dataset | k | n | most common answer | its share | gold's most common answer's share |")
     print("|---|---|---:|---:|---|---:|---:|")
     for (m, d, k), rows in sorted(groups.items(), key=lambda x: (x[0][1], x[0][2], x[0][0])):

@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+import eval_predictions
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,28 +32,15 @@ def main():
         d, m = p.split("=", 1)
         pick[d] = m
     want = set(filter(None, args.datasets.split(",")))
-    path = args.run.rstrip("/") + "/predictions.jsonl"
     seen = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    p = json.loads(line)
-                    d, k, i, m = p["dataset"], p["k"], p["index"], p["model"]
-                    pred, refs = p["prediction"], p["references"]
-                except (ValueError, KeyError, TypeError) as e:
-                    sys.exit(f"{path}:{n}: not a prediction line ({e}); expected model, dataset, k, index, prediction, references")
-                if (want and d not in want) or (args.k is not None and k != args.k):
-                    continue
-                if m != pick.get(d, args.model):
-                    continue
-                seen[f"{d}:{k}:{i}"] = {"id": f"{d}:{k}:{i}", "prediction": pred, "references": refs}
-    except OSError as e:
-        sys.exit(f"cannot read {path}: {e}")
+    for m, d, k, i, pred, refs in eval_predictions.read(args.run):
+        if (want and d not in want) or (args.k is not None and k != args.k):
+            continue
+        if m != pick.get(d, args.model):
+            continue
+        seen[f"{d}:{k}:{i}"] = {"id": f"{d}:{k}:{i}", "prediction": pred, "references": refs}
     if not seen:
-        sys.exit(f"{path}: no answers of {args.model!r} with these filters")
+        sys.exit(f"{args.run}: no answers of {args.model!r} with these filters")
     for key in sorted(seen):
         print(json.dumps(seen[key], ensure_ascii=False))
 
