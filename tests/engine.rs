@@ -338,7 +338,12 @@ fn asking_for_cuda_without_it_falls_back_to_the_cpu_with_a_note() {
 fn a_prefill_in_chunks_equals_one_pass() {
     for name in ["llama3-gqa", "mistral-window", "qwen3-headdim"] {
         let model = load(name);
-        let long = model.tokenizer.encode("Rifampicin lowers the concentration of oral contraceptives by inducing their metabolism in the liver").unwrap();
+        let long = model
+            .tokenizer
+            .encode(
+                "Rifampicin lowers the concentration of oral contraceptives by inducing their metabolism in the liver",
+            )
+            .unwrap();
         let short = model.tokenizer.encode("Warfarin and aspirin together").unwrap();
         let width = long.len();
         let pad = vec![0, width - short.len()];

@@ -194,7 +194,11 @@ fn an_eval_run_writes_predictions_and_reports() {
     }
     assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("resamples: 500"));
     let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(["eval", "report"]).arg(dir.path()).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no evaluation run"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no evaluation run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The same command again: nothing is generated again, nothing changes.
     let eval_again = || eval_with(std::slice::from_ref(&adapter));

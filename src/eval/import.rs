@@ -302,7 +302,8 @@ pub const MAX_LINE_BYTES: u64 = 64 << 20;
 /// is an error naming it, read no further.
 fn bounded_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<String>>> {
     let shown = path.display().to_string();
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?);
+    let mut reader =
+        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?);
     let mut number = 0usize;
     Ok(std::iter::from_fn(move || {
         number += 1;
@@ -389,7 +390,9 @@ pub fn records(
                 columns.len(),
                 columns.join(", ")
             );
-            let v = Value::Object(columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect());
+            let v = Value::Object(
+                columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect(),
+            );
             if !f(v, at)? {
                 break;
             }

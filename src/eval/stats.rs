@@ -560,13 +560,7 @@ pub fn paired(a: &[Group], b: &[Group], s: &Settings) -> Delta {
             ([lo.max(-100.0), hi.min(100.0)], replicate_t_p(&diffs).map_or(p, |t| t.max(p)))
         }
     };
-    Delta {
-        delta: statistic(&diffs),
-        ci,
-        p,
-        holm_p: None,
-        detectable: detectable_from_se(standard_error(&diffs)),
-    }
+    Delta { delta: statistic(&diffs), ci, p, holm_p: None, detectable: detectable_from_se(standard_error(&diffs)) }
 }
 
 #[cfg(test)]
