@@ -340,8 +340,7 @@ pub fn paired_report(
         let refs: Vec<&str> = rec.references.iter().map(String::as_str).collect();
         let refs = if split { split_references(&refs) } else { refs };
         let (f1, rouge) = scorer.score(&rec.prediction, &refs);
-        let owned: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
-        (f1 * 100.0, rouge * 100.0, exact_match(&rec.prediction, &owned))
+        (f1 * 100.0, rouge * 100.0, exact_match(&rec.prediction, &refs))
     };
     // The same id with other references is likely two different examples.
     let differ: Vec<&str> = la

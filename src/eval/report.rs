@@ -122,9 +122,9 @@ pub fn is_label_set(d: &Dataset) -> bool {
 }
 
 /// SQuAD's exact match: the normalised prediction equals a normalised reference.
-pub fn exact_match(prediction: &str, references: &[String]) -> bool {
+pub fn exact_match<R: AsRef<str>>(prediction: &str, references: &[R]) -> bool {
     let p = squad_tokens(prediction);
-    references.iter().any(|r| squad_tokens(r) == p)
+    references.iter().any(|r| squad_tokens(r.as_ref()) == p)
 }
 
 /// Per-example scores of one model on one dataset at one k, by example index (0–100).
@@ -336,55 +336,58 @@ pub fn build(
     adjust(&mut cells);
     let mut averages = Vec::new();
     let mut pairs = Vec::new();
-    for (&k, settings) in shots.iter().zip(std::iter::repeat(settings)).filter_map(|(k, s)| Some((k, s?))) {
-        // The datasets every model answered in full, on the same examples.
-        let common: Vec<&Dataset> = datasets
-            .iter()
-            .filter(|d| {
-                let ns: Vec<Option<usize>> = models.iter().map(|m| get(m, &d.name, k).map(|s| s.f1.n())).collect();
-                ns.iter().all(|n| n.is_some_and(|n| n >= 2 && Some(n) == ns[0]))
-            })
-            .collect();
-        if common.is_empty() {
-            continue;
-        }
-        let of = |m: &str| common.iter().filter_map(|d| get(m, &d.name, k)).collect::<Vec<_>>();
-        let base = of(BASE);
-        for m in models {
-            let own = of(m);
-            let groups = |f: fn(&Sample) -> &Group| own.iter().map(|v| f(v).clone()).collect::<Vec<_>>();
-            let vs_base = (m != BASE && !base.is_empty()).then(|| {
-                let a: Vec<&Sample> = base.iter().collect();
-                let b: Vec<&Sample> = own.iter().collect();
-                Versus { mcnemar_p: None, ..versus(&a, &b, false, settings) }
-            });
-            averages.push(Average {
-                model: m.clone(),
-                k,
-                f1: stats::estimate(&groups(|v| &v.f1), settings),
-                rouge_l: stats::estimate(&groups(|v| &v.rouge_l), settings),
-                vs_base,
-            });
-        }
-        // Adapters against each other (a report of many adapters, a sweep's, compares each
-        // with the base only: its pairs would be quadratic in number and size).
-        let adapters: Vec<&String> = models.iter().filter(|m| *m != BASE).collect();
-        let adapters = if adapters.len() <= MAX_PAIRED_ADAPTERS { adapters } else { Vec::new() };
-        for (i, a) in adapters.iter().enumerate() {
-            for b in &adapters[i + 1..] {
-                let (sa, sb) = (of(a), of(b));
-                for (j, d) in common.iter().enumerate() {
-                    let v = versus(&[&sa[j]], &[&sb[j]], labels.contains(&d.name), settings);
-                    pairs.push(Pair {
-                        a: a.to_string(),
-                        b: b.to_string(),
-                        dataset: Some(d.name.clone()),
-                        k,
-                        versus: v,
-                    });
+    // Averages and pairs only with statistics (a report of means alone has its cells).
+    if let Some(settings) = settings {
+        for &k in shots {
+            // The datasets every model answered in full, on the same examples.
+            let common: Vec<&Dataset> = datasets
+                .iter()
+                .filter(|d| {
+                    let ns: Vec<Option<usize>> = models.iter().map(|m| get(m, &d.name, k).map(|s| s.f1.n())).collect();
+                    ns.iter().all(|n| n.is_some_and(|n| n >= 2 && Some(n) == ns[0]))
+                })
+                .collect();
+            if common.is_empty() {
+                continue;
+            }
+            let of = |m: &str| common.iter().filter_map(|d| get(m, &d.name, k)).collect::<Vec<_>>();
+            let base = of(BASE);
+            for m in models {
+                let own = of(m);
+                let groups = |f: fn(&Sample) -> &Group| own.iter().map(|v| f(v).clone()).collect::<Vec<_>>();
+                let vs_base = (m != BASE && !base.is_empty()).then(|| {
+                    let a: Vec<&Sample> = base.iter().collect();
+                    let b: Vec<&Sample> = own.iter().collect();
+                    Versus { mcnemar_p: None, ..versus(&a, &b, false, settings) }
+                });
+                averages.push(Average {
+                    model: m.clone(),
+                    k,
+                    f1: stats::estimate(&groups(|v| &v.f1), settings),
+                    rouge_l: stats::estimate(&groups(|v| &v.rouge_l), settings),
+                    vs_base,
+                });
+            }
+            // Adapters against each other (a report of many adapters, a sweep's, compares each
+            // with the base only: its pairs would be quadratic in number and size).
+            let adapters: Vec<&String> = models.iter().filter(|m| *m != BASE).collect();
+            let adapters = if adapters.len() <= MAX_PAIRED_ADAPTERS { adapters } else { Vec::new() };
+            for (i, a) in adapters.iter().enumerate() {
+                for b in &adapters[i + 1..] {
+                    let (sa, sb) = (of(a), of(b));
+                    for (j, d) in common.iter().enumerate() {
+                        let v = versus(&[&sa[j]], &[&sb[j]], labels.contains(&d.name), settings);
+                        pairs.push(Pair {
+                            a: a.to_string(),
+                            b: b.to_string(),
+                            dataset: Some(d.name.clone()),
+                            k,
+                            versus: v,
+                        });
+                    }
+                    let v = versus(&sa.iter().collect::<Vec<_>>(), &sb.iter().collect::<Vec<_>>(), false, settings);
+                    pairs.push(Pair { a: a.to_string(), b: b.to_string(), dataset: None, k, versus: v });
                 }
-                let v = versus(&sa.iter().collect::<Vec<_>>(), &sb.iter().collect::<Vec<_>>(), false, settings);
-                pairs.push(Pair { a: a.to_string(), b: b.to_string(), dataset: None, k, versus: v });
             }
         }
     }
@@ -491,8 +494,7 @@ impl Report {
              delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1,\
              delta_rougeL,delta_rougeL_lo,delta_rougeL_hi,p_rougeL,holm_p_rougeL,detectable_rougeL,mcnemar_p\n",
         );
-        let num = csv_number;
-        let delta = |d: Option<&Delta>| csv_delta(d);
+        let (num, delta) = (csv_number, csv_delta);
         let mut row = |model: &str,
                        dataset: &str,
                        task: &str,

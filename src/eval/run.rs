@@ -330,9 +330,8 @@ pub fn rereport(dir: &Path, stats: Option<super::stats::Settings>) -> anyhow::Re
     settings.check()?;
     let datasets = super::data::load_dir(&job.data, &job.datasets)
         .with_context(|| format!("the run's datasets ({}) are needed for their names and tasks", job.data.display()))?;
-    let mut predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&dir.join(PREDICTIONS))?;
-    let mut seen = std::collections::HashSet::new();
-    predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
+    // A line written twice counts once: the report's per_example keeps the first.
+    let predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&dir.join(PREDICTIONS))?;
     let report = super::report::build(&job.models(), &datasets, &job.shots, &predictions, Some(&settings));
     crate::runs::write_config(dir, crate::runs::Kind::Eval, &job)?;
     write_report(dir, &report)?;

@@ -431,9 +431,8 @@ impl Decoder {
         last_only: bool,
         chunk: usize,
     ) -> Result<Tensor> {
-        let new = tokens.dim(1)?;
-        let mut x = if new > chunk.max(1) {
-            let chunk = chunk.max(1);
+        let (new, chunk) = (tokens.dim(1)?, chunk.max(1));
+        let mut x = if new > chunk {
             let mut parts = Vec::new();
             let mut done = 0;
             while done < new {
@@ -639,8 +638,9 @@ impl Decoder {
             return layer.o.forward(&out);
         }
         // One statement, so the unscaled product is freed before the mask's copy is made.
-        let mut scores =
-            (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.to_dtype(DType::F32)?.reshape((rows, nkv, rep, new, total))?;
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
+            .to_dtype(DType::F32)?
+            .reshape((rows, nkv, rep, new, total))?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(&mask.unsqueeze(2)?)?;
         }
