@@ -157,3 +157,34 @@ fn malformed_records_are_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file saved with a byte-order mark (as Windows tools write them) reads as without one, for
+/// the line-by-line formats: TSV with and without a header, JSON lines.
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    for (preset, file) in
+        [("chemprot", "chemprot.tsv"), ("ddi", "ddi.tsv"), ("financial-phrasebank", "financial-phrasebank.jsonl")]
+    {
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend(std::fs::read(fixture(file)).unwrap());
+        let marked = dir.path().join(file);
+        std::fs::write(&marked, bytes).unwrap();
+        let out_dir = dir.path().join("out");
+        let out = import(&[
+            marked.as_os_str(),
+            "--preset".as_ref(),
+            preset.as_ref(),
+            "--name".as_ref(),
+            preset.as_ref(),
+            "--out".as_ref(),
+            out_dir.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{preset}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            lines(&out_dir.join(format!("{preset}.jsonl"))),
+            lines(&fixture(&format!("{preset}.expected.jsonl"))),
+            "{preset}"
+        );
+    }
+}

@@ -298,8 +298,8 @@ pub const MAX_JSON_BYTES: u64 = 1 << 30;
 /// The longest line of a JSON lines or TSV file.
 pub const MAX_LINE_BYTES: u64 = 64 << 20;
 
-/// The lines of `path` (without their line ends), each at most [`MAX_LINE_BYTES`]: a longer one
-/// is an error naming it, read no further.
+/// The lines of `path` (without their line ends, the first without a byte-order mark), each at
+/// most [`MAX_LINE_BYTES`]: a longer one is an error naming it, read no further.
 fn bounded_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<String>>> {
     let shown = path.display().to_string();
     let mut reader =
@@ -317,6 +317,9 @@ fn bounded_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Res
             Ok(_) => {
                 while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     buf.pop();
+                }
+                if number == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+                    buf.drain(..3);
                 }
                 Some(String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}:{number}: not UTF-8 text")))
             }
@@ -352,7 +355,6 @@ pub fn records(
         for (i, line) in bounded_lines(path)?.enumerate() {
             let at = format!("{shown}:{}", i + 1);
             let line = line?;
-            let line = if i == 0 { crate::fsutil::strip_bom(&line).to_string() } else { line };
             if line.trim().is_empty() {
                 continue;
             }
@@ -369,12 +371,11 @@ pub fn records(
         if columns.is_empty() {
             let (_, head) = lines.next().with_context(|| format!("{shown} is empty"))?;
             let head = head?;
-            columns = crate::fsutil::strip_bom(&head).split('\t').map(|c| c.trim().to_string()).collect();
+            columns = head.split('\t').map(|c| c.trim().to_string()).collect();
         }
         for (i, line) in lines {
             let at = format!("{shown}:{}", i + 1);
             let line = line?;
-            let line = if i == 0 { crate::fsutil::strip_bom(&line).to_string() } else { line };
             if line.trim().is_empty() {
                 continue;
             }
