@@ -146,6 +146,7 @@ fn events_stream_the_final_text_and_seeds_repeat() {
         &mut |e| match e {
             decode::Event::Token { request, text, .. } => streamed[request].push_str(text),
             decode::Event::Finished { .. } => finished += 1,
+            decode::Event::Note { .. } => {}
         },
         &cancel,
     )
@@ -376,5 +377,63 @@ fn a_prefill_in_chunks_equals_one_pass() {
         // The chunk the budget allows: wide and long rows get short chunks, never below the floor.
         assert!(model.decoder.prefill_chunk(1, 10) > model.decoder.prefill_chunk(40, 2000));
         assert_eq!(model.decoder.prefill_chunk(40, 1 << 40), selfspec::model::decoder::MIN_PREFILL_CHUNK);
+    }
+}
+
+/// Requests that join a batch as rows finish (continuous batching), and rows set aside to keep
+/// the cache within a small budget and decoded again, give each request the tokens it gets
+/// decoded alone, and stream exactly its final text.
+#[test]
+fn rows_joining_and_set_aside_decode_as_each_request_alone() {
+    let model = load("qwen2-bias-tied");
+    let cancel = AtomicBool::new(false);
+    let sample = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.9) };
+    let texts = ["The patient", "A", "Statins lower LDL cholesterol in the blood of", "Why", "Kinase inhibitors"];
+    let mut requests = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let ids = model.tokenizer.encode(text).unwrap();
+        let sampling = if i % 2 == 0 { sample } else { Sampling::Greedy };
+        let mut r = request(&ids, sampling, 11 + i as u64);
+        // Lengths differ, so rows finish at different steps and others join; three outgrow
+        // two steps of the cache's growth (512 slots), where the budget sets rows aside.
+        r.max_new_tokens = if i >= 2 { 540 + i } else { 6 + 9 * i };
+        requests.push(r);
+    }
+    // A mixture of two prompts is one request of two rows.
+    let mut mixed = request(&model.tokenizer.encode("The dose").unwrap(), Sampling::Greedy, 3);
+    mixed.prompts.push(model.tokenizer.encode("A dose of").unwrap());
+    mixed.weights = vec![0.7, 0.3];
+    requests.push(mixed);
+    let alone: Vec<Vec<u32>> = requests
+        .iter()
+        .map(|r| {
+            let opts = decode::Options { max_batch: 1, ..Default::default() };
+            decode::generate(&model, std::slice::from_ref(r), &opts, &mut |_| {}, &cancel).unwrap().0[0].ids.clone()
+        })
+        .collect();
+    let slot = model.decoder.kv_slot_bytes();
+    for (max_batch, kv_budget) in [(3, None), (4, Some(3 * 512 * slot))] {
+        let opts = decode::Options { max_batch, kv_budget, ..Default::default() };
+        let mut streamed = vec![String::new(); requests.len()];
+        let (out, timing) = decode::generate(
+            &model,
+            &requests,
+            &opts,
+            &mut |e| {
+                if let decode::Event::Token { request, text, .. } = e {
+                    streamed[request].push_str(text)
+                }
+            },
+            &cancel,
+        )
+        .unwrap();
+        for (i, (c, ids)) in out.iter().zip(&alone).enumerate() {
+            assert_eq!(&c.ids, ids, "request {i}, max_batch {max_batch}, budget {kv_budget:?}");
+            assert_eq!(streamed[i], c.text, "request {i} streamed its text once");
+        }
+        if kv_budget.is_some() {
+            assert!(timing.set_aside > 0, "the budget of two rows set rows aside");
+        }
+        assert!(timing.idle_row_steps < timing.steps * max_batch);
     }
 }

@@ -74,7 +74,7 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: false, prefix: None };
+    let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None };
     let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }
@@ -122,7 +122,7 @@ fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
         let mixture =
             Request { weights: vec![0.5, 0.3, 0.2], ..ask(vec![longer.clone(), other.clone(), tiny.clone()]) };
         let run = |requests: &[Request], prefix: Option<Arc<PrefixCache>>| {
-            let opts = decode::Options { prompt_top: 0, max_batch: 64, gated: true, prefix };
+            let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: true, prefix };
             decode::generate(&model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap()
         };
         let same = |got: &Completion, want: &Completion, what: &str| {

@@ -81,6 +81,118 @@ impl Engine<'_> {
             Engine::Remote(client) => client.generate(jobs, on_event, cancel),
         }
     }
+
+    /// Decodes what `feed` hands out as rows (locally) or request slots (on a server) come free,
+    /// until it hands out nothing while nothing decodes: continuous batching
+    /// ([`crate::decode::continuous`]) here, `concurrency` requests in flight on a server.
+    pub fn run(
+        &self,
+        feed: &mut (dyn JobFeed + Send),
+        opts: &crate::decode::Options,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Timing> {
+        match self {
+            Engine::Local(model) => {
+                let mut encoding = Encoding { model, feed, error: None };
+                let timing = crate::decode::continuous(model, opts, &mut encoding, cancel)?;
+                encoding.error.map_or(Ok(timing), Err)
+            }
+            Engine::Remote(client) => client.run(feed, cancel),
+        }
+    }
+}
+
+/// Where [`Engine::run`] gets its jobs and sends what they make: [`crate::decode::Feed`] at the
+/// level of text.
+pub trait JobFeed {
+    fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, Job)>;
+    fn event(&mut self, e: Event);
+    /// The time spent so far.
+    fn timing(&mut self, _timing: &Timing) {}
+}
+
+/// A [`JobFeed`] as the local engine takes it: prompts tokenized. A prompt that cannot be
+/// tokenized ends the feeding (the rows decoding finish) and the run fails with it.
+struct Encoding<'a, 'b> {
+    model: &'a Model,
+    feed: &'b mut (dyn JobFeed + Send),
+    error: Option<anyhow::Error>,
+}
+
+impl crate::decode::Feed for Encoding<'_, '_> {
+    fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, Request)> {
+        if self.error.is_some() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, job) in self.feed.take(room) {
+            let prompts =
+                job.prompts.iter().map(|p| p.encode(&self.model.tokenizer)).collect::<anyhow::Result<Vec<_>>>();
+            match prompts {
+                Ok(prompts) => out.push((i, Request { prompts, ..job.request })),
+                Err(e) => {
+                    self.error = Some(e.context(format!("request {}", i + 1)));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn event(&mut self, e: Event) {
+        self.feed.event(e)
+    }
+
+    fn timing(&mut self, timing: &Timing) {
+        self.feed.timing(timing)
+    }
+}
+
+/// A fixed list of jobs as a [`JobFeed`], handed out in order; completions kept by index.
+pub struct ListJobs<'a, 'b> {
+    jobs: &'a [Job],
+    next: usize,
+    done: Vec<Option<Completion>>,
+    on_event: &'b mut (dyn FnMut(Event) + Send),
+}
+
+impl<'a, 'b> ListJobs<'a, 'b> {
+    pub fn new(jobs: &'a [Job], on_event: &'b mut (dyn FnMut(Event) + Send)) -> Self {
+        ListJobs { jobs, next: 0, done: vec![None; jobs.len()], on_event }
+    }
+
+    /// Every job's completion (cancelled where it never ran).
+    pub fn done(self) -> Vec<Completion> {
+        self.done.into_iter().map(|c| c.unwrap_or_else(Completion::cancelled)).collect()
+    }
+}
+
+impl JobFeed for ListJobs<'_, '_> {
+    fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, Job)> {
+        let mut out = Vec::new();
+        let mut rows = 0;
+        while let Some(job) = self.jobs.get(self.next) {
+            let width = match () {
+                _ if room.per_request => 1,
+                _ if job.request.contrast.is_some() => 2,
+                _ => job.prompts.len(),
+            };
+            if !(out.is_empty() && room.idle) && rows + width > room.rows {
+                break;
+            }
+            rows += width;
+            out.push((self.next, job.clone()));
+            self.next += 1;
+        }
+        out
+    }
+
+    fn event(&mut self, e: Event) {
+        if let Event::Finished { request, completion } = &e {
+            self.done[*request] = Some((*completion).clone());
+        }
+        (self.on_event)(e)
+    }
 }
 
 /// What a command decodes with: a model loaded here, or a server.

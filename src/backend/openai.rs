@@ -66,9 +66,18 @@ impl From<anyhow::Error> for Try {
 
 /// What a worker tells the caller's thread.
 enum Msg {
-    Token { request: usize, text: String },
-    Finished { request: usize, completion: Completion, timing: Timing },
+    Token {
+        request: usize,
+        text: String,
+    },
+    Finished {
+        request: usize,
+        completion: Completion,
+        timing: Timing,
+    },
     Failed(anyhow::Error),
+    /// Something the user should be told once (the concurrency lowered).
+    Note(String),
 }
 
 impl Client {
@@ -264,58 +273,107 @@ impl Client {
         on_event: &mut (dyn FnMut(Event) + Send),
         cancel: &AtomicBool,
     ) -> anyhow::Result<(Vec<Completion>, Timing)> {
-        for (i, job) in jobs.iter().enumerate() {
-            anyhow::ensure!(!job.prompts.is_empty(), "request {i}: no prompt");
-            if let Some(c) = &job.request.contrast {
-                anyhow::ensure!(job.prompts.len() == 1, "request {i}: contrastive decoding takes one prompt");
-                self.served(Some(&c.adapter))?;
-            }
-            self.served(job.request.adapter.as_deref())?;
-            anyhow::ensure!(
-                job.request.sampling.repetition_penalty.is_none_or(|p| p == 1.0),
-                "request {i}: a repetition penalty cannot be sent to a server"
-            );
+        let mut feed = super::ListJobs::new(jobs, on_event);
+        let timing = self.run(&mut feed, cancel)?;
+        Ok((feed.done(), timing))
+    }
+
+    fn check_job(&self, job: &Job) -> anyhow::Result<()> {
+        anyhow::ensure!(!job.prompts.is_empty(), "no prompt");
+        if let Some(c) = &job.request.contrast {
+            anyhow::ensure!(job.prompts.len() == 1, "contrastive decoding takes one prompt");
+            self.served(Some(&c.adapter))?;
         }
-        let mut done: Vec<Option<Completion>> = vec![None; jobs.len()];
+        self.served(job.request.adapter.as_deref())?;
+        anyhow::ensure!(
+            job.request.sampling.repetition_penalty.is_none_or(|p| p == 1.0),
+            "a repetition penalty cannot be sent to a server"
+        );
+        Ok(())
+    }
+
+    /// Decodes what `feed` hands out, at most `concurrency` requests in flight (fewer once the
+    /// server has cut answers, see [`Throttle`]); `feed` hears every event on this thread.
+    pub fn run(&self, feed: &mut (dyn super::JobFeed + Send), cancel: &AtomicBool) -> anyhow::Result<Timing> {
         let mut timing = Timing::default();
-        let next = AtomicUsize::new(0);
         let abort = AtomicBool::new(false);
         let stop = || cancel.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
-        let workers = self.remote.concurrency.clamp(1, jobs.len().max(1));
+        let workers = self.remote.concurrency.max(1);
+        let throttle = Throttle::new(workers);
+        let feed = std::sync::Mutex::new(feed);
         let mut failure = None;
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Msg>();
             for _ in 0..workers {
                 let tx = tx.clone();
-                let (next, stop) = (&next, &stop);
+                let (stop, throttle, feed) = (&stop, &throttle, &feed);
                 scope.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    let mut timing = Timing::default();
-                    let result = self.run_job(i, job, &tx, &stop, &mut timing);
-                    let msg = match result {
-                        Ok(completion) => Msg::Finished { request: i, completion, timing },
-                        Err(_) if stop() => Msg::Finished { request: i, completion: cancelled(), timing },
-                        Err(e) => Msg::Failed(e.context(format!("request {} of {}", i + 1, jobs.len()))),
+                    if stop() {
+                        break;
+                    }
+                    // Jobs are taken only while a slot under the limit is free.
+                    if !throttle.acquire(stop) {
+                        break;
+                    }
+                    // Read under the feed's lock: a finished job's events reach the feed, and
+                    // only then is it counted out, under the same lock.
+                    let (idle, taken) = {
+                        let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+                        let idle = throttle.in_flight.load(Ordering::SeqCst) == 0;
+                        let taken = feed.take(crate::decode::Room { rows: 1, idle, per_request: true });
+                        throttle.in_flight.fetch_add(taken.len(), Ordering::SeqCst);
+                        (idle, taken)
                     };
-                    if tx.send(msg).is_err() {
+                    if taken.is_empty() {
+                        throttle.release();
+                        // Nothing now, and nothing in flight: nothing will come.
+                        if idle {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    let mut msgs = Vec::with_capacity(taken.len());
+                    for (i, job) in taken {
+                        let mut timing = Timing::default();
+                        let result = self
+                            .check_job(&job)
+                            .and_then(|()| self.run_job(i, &job, &tx, &stop, throttle, &mut timing))
+                            .map_err(|e| e.context(format!("request {}", i + 1)));
+                        msgs.push(match result {
+                            Ok(completion) => Msg::Finished { request: i, completion, timing },
+                            Err(_) if stop() => {
+                                Msg::Finished { request: i, completion: Completion::cancelled(), timing }
+                            }
+                            Err(e) => Msg::Failed(e),
+                        });
+                    }
+                    throttle.release();
+                    if msgs.into_iter().any(|msg| tx.send(msg).is_err()) {
                         break;
                     }
                 });
             }
             drop(tx);
             for msg in rx {
+                let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
                 match msg {
-                    Msg::Token { request, text } => on_event(Event::Token { request, id: 0, text: &text }),
+                    Msg::Token { request, text } => feed.event(Event::Token { request, id: 0, text: &text }),
+                    Msg::Note(text) => feed.event(Event::Note { text: &text }),
                     Msg::Finished { request, completion, timing: t } => {
                         timing.prefill_tokens += t.prefill_tokens;
                         timing.cached_tokens += t.cached_tokens;
                         timing.decode_tokens += t.decode_tokens;
-                        on_event(Event::Finished { request, completion: &completion });
-                        done[request] = Some(completion);
+                        timing.decode_secs += t.decode_secs;
+                        feed.event(Event::Finished { request, completion: &completion });
+                        feed.timing(&timing);
+                        // Counted out only now: what the event added to the feed is there for
+                        // the workers to take.
+                        throttle.in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
                     Msg::Failed(e) => {
                         abort.store(true, Ordering::Relaxed);
+                        throttle.in_flight.fetch_sub(1, Ordering::SeqCst);
                         failure.get_or_insert(e);
                     }
                 }
@@ -324,9 +382,7 @@ impl Client {
         if let Some(e) = failure {
             return Err(e);
         }
-        // Requests never started (stopped before their turn) end as cancelled.
-        let completions = done.into_iter().map(|c| c.unwrap_or_else(cancelled)).collect();
-        Ok((completions, timing))
+        Ok(timing)
     }
 
     fn run_job(
@@ -335,6 +391,7 @@ impl Client {
         job: &Job,
         tx: &mpsc::Sender<Msg>,
         stop: &(dyn Fn() -> bool + Sync),
+        throttle: &Throttle,
         timing: &mut Timing,
     ) -> anyhow::Result<Completion> {
         let started = Instant::now();
@@ -342,7 +399,7 @@ impl Client {
         let result = if job.request.contrast.is_some() || job.prompts.len() > 1 {
             self.stepwise(i, job, tx, &cancel, timing)
         } else {
-            self.plain(i, job, tx, &cancel, timing)
+            self.plain(i, job, tx, &cancel, throttle, timing)
         };
         timing.decode_secs += started.elapsed().as_secs_f64();
         result
@@ -355,6 +412,7 @@ impl Client {
         job: &Job,
         tx: &mpsc::Sender<Msg>,
         cancel: &StopFlag,
+        throttle: &Throttle,
         timing: &mut Timing,
     ) -> anyhow::Result<Completion> {
         let r = &job.request;
@@ -387,8 +445,39 @@ impl Client {
         body["min_p"] = json!(0.0);
         let text_body = body.to_string();
         let flag = AtomicBool::new(false);
-        let (text, finish, chunks) = self.with_retries(path, &flag, || {
-            let resp = self.post(path, &text_body)?;
+        let mut sent = 0;
+        let (text, finish, chunks) = self.with_retries(path, &flag, || loop {
+            let cut = self.stream(path, &text_body, i, r.stop_on_loop, tx, cancel, &mut sent);
+            match cut {
+                // Cut while other answers streamed: the server stops one answer when another
+                // request comes (llama-cpp-python's interrupt_requests). Fewer at once, and the
+                // same request again, without counting a try.
+                Err(Try::Again(why)) if why == CUT && throttle.cut(tx) => {
+                    throttle.release();
+                    if !throttle.acquire(&|| cancel.get()) {
+                        return Ok((String::new(), Finish::Cancelled, 0));
+                    }
+                }
+                other => return other,
+            }
+        })?;
+        timing.decode_tokens += chunks;
+        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
+    }
+
+    /// One streamed try of a plain request: its text, how it ended, and the chunks read.
+    fn stream(
+        &self,
+        path: &str,
+        text_body: &str,
+        i: usize,
+        stop_on_loop: bool,
+        tx: &mpsc::Sender<Msg>,
+        cancel: &StopFlag,
+        sent: &mut usize,
+    ) -> Result<(String, Finish, usize), Try> {
+        {
+            let resp = self.post(path, text_body)?;
             let mut text = String::new();
             let mut words = Words::default();
             let mut chunks = 0;
@@ -411,23 +500,25 @@ impl Client {
                     chunks += 1;
                     text.push_str(delta);
                     words.push(delta);
-                    let _ = tx.send(Msg::Token { request: i, text: delta.to_string() });
+                    // A try after a cut streams only what the cut one did not.
+                    if let Some(new) = text.get(*sent..).filter(|t| !t.is_empty()) {
+                        let _ = tx.send(Msg::Token { request: i, text: new.to_string() });
+                        *sent = text.len();
+                    }
                 }
                 if let Some(reason) = choice["finish_reason"].as_str() {
                     let finish = if reason == "length" { Finish::Length } else { Finish::Eos };
                     return Ok((text, finish, chunks));
                 }
-                if r.stop_on_loop && words.looping() {
+                if stop_on_loop && words.looping() {
                     return Ok((text, Finish::Loop, chunks));
                 }
                 if cancel.get() {
                     return Ok((text, Finish::Cancelled, chunks));
                 }
             }
-            Err(Try::Again("the connection closed before the answer ended".into()))
-        })?;
-        timing.decode_tokens += chunks;
-        Ok(Completion { ids: Vec::new(), text, finish, prompt_top: Vec::new(), logprobs: Vec::new(), cached_tokens: 0 })
+            Err(Try::Again(CUT.into()))
+        }
     }
 
     /// The top log-probabilities of the next token for the request `body` to `path`.
@@ -596,23 +687,83 @@ impl Client {
     }
 }
 
+/// How a streamed answer that ends without a finish reason is reported.
+const CUT: &str = "the connection closed before the answer ended";
+
+/// How many requests may talk to the server at once. It starts at the concurrency asked for;
+/// each answer the server cuts while others stream halves it (down to 1), and the user is told
+/// once why.
+struct Throttle {
+    limit: AtomicUsize,
+    /// Requests talking to the server now.
+    running: AtomicUsize,
+    /// Requests taken whose end the caller has not yet heard.
+    in_flight: AtomicUsize,
+    told: AtomicBool,
+}
+
+impl Throttle {
+    fn new(limit: usize) -> Throttle {
+        Throttle {
+            limit: AtomicUsize::new(limit.max(1)),
+            running: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            told: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits for a slot under the limit; false when `stop` says so first.
+    fn acquire(&self, stop: &dyn Fn() -> bool) -> bool {
+        loop {
+            let running = self.running.load(Ordering::SeqCst);
+            if running < self.limit.load(Ordering::SeqCst)
+                && self.running.compare_exchange(running, running + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                return true;
+            }
+            if stop() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn release(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// An answer was cut: true (and the limit lowered) when others were streaming, so the cut
+    /// is the server's answer to concurrency rather than a failure.
+    fn cut(&self, tx: &mpsc::Sender<Msg>) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        if running <= 1 {
+            return false;
+        }
+        let limit = self.limit.load(Ordering::SeqCst);
+        let lower = (running.min(limit) / 2).max(1);
+        if lower < limit {
+            self.limit.store(lower, Ordering::SeqCst);
+            let first = !self.told.swap(true, Ordering::SeqCst);
+            let why = if first {
+                " The server ends a streamed answer when another request arrives (llama-cpp-python does \
+                 so unless started with --interrupt_requests false, which lets it queue requests instead); \
+                 answers cut that way are asked again."
+            } else {
+                ""
+            };
+            let _ =
+                tx.send(Msg::Note(format!("the server cut an answer: {lower} request(s) at once from now on.{why}")));
+        }
+        true
+    }
+}
+
 /// The stop test a worker polls (the caller's cancel or another worker's failure).
 struct StopFlag<'a>(&'a (dyn Fn() -> bool + Sync));
 
 impl StopFlag<'_> {
     fn get(&self) -> bool {
         (self.0)()
-    }
-}
-
-fn cancelled() -> Completion {
-    Completion {
-        ids: Vec::new(),
-        text: String::new(),
-        finish: Finish::Cancelled,
-        prompt_top: Vec::new(),
-        logprobs: Vec::new(),
-        cached_tokens: 0,
     }
 }
 

@@ -172,6 +172,7 @@ fn generate_locked(
         searcher: searcher.as_ref(),
     };
     let started = std::time::Instant::now();
+    let mut last: Option<std::time::Instant> = None;
     let mut view = Generation::default();
     let jsonl = opts.jsonl;
     let outcome = pipeline::run(&mut run, &inputs, &cancel, &mut |p: &Progress| {
@@ -192,7 +193,11 @@ fn generate_locked(
                 let weights = if *mode == Mode::Marginal { format!(", weights: {weighting}") } else { String::new() };
                 eprintln!("generating {n} samples (mode {mode}{weights}; budget {budget} prompts{resumed})");
             }
-            Progress::Batch { .. } => eprintln!("{}", view.line(started.elapsed().as_secs_f64())),
+            // One line every 5 s at most (the counters come once a second).
+            Progress::Batch { .. } if last.is_none_or(|t: std::time::Instant| t.elapsed().as_secs_f64() >= 5.0) => {
+                last = Some(std::time::Instant::now());
+                eprintln!("{}", view.line(started.elapsed().as_secs_f64()))
+            }
             Progress::Note { text } => eprintln!("note: {text}"),
             _ => {}
         }
@@ -268,7 +273,7 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, gated: false, prefix: None };
+    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, kv_budget: None, gated: false, prefix: None };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();

@@ -155,10 +155,14 @@ impl Generation {
         let eta = eta.map_or("?".to_string(), |s| format!("{s:.0}s"));
         let filtered: usize = c.filtered.values().sum();
         let unparsed: usize = c.unparsed.values().sum();
-        let tokens = (c.instruction_tokens + c.response_tokens) as f64 / c.seconds.max(1e-9);
         format!(
-            "prompts {} · kept {}/{} · parsed {} · filtered {filtered} · unparsed {unparsed} · {per_min:.1} samples/min · {tokens:.0} tokens/s · ETA {eta}",
-            c.prompts, c.kept, self.target, c.parsed
+            "prompts {} · kept {}/{} · waiting {} · parsed {} · filtered {filtered} · unparsed {unparsed} · {per_min:.1} samples/min · ETA {eta}\n  {}",
+            c.prompts,
+            c.kept,
+            self.target,
+            c.waiting,
+            c.parsed,
+            c.time.line()
         )
     }
 
@@ -173,15 +177,17 @@ impl Generation {
             }
         };
         format!(
-            "{} samples in {}; {} prompts, {} tasks parsed; unparsed: {}; filtered: {}; empty responses: {}; looping responses: {}",
+            "{} samples in {}; {} prompts, {} tasks parsed, {} waiting; unparsed: {}; filtered: {}; empty responses: {}; looping responses: {}\ntime: {}",
             c.kept,
             samples.display(),
             c.prompts,
             c.parsed,
+            c.waiting,
             reasons(&c.unparsed),
             reasons(&c.filtered),
             c.empty_responses,
-            c.looping_responses
+            c.looping_responses,
+            c.time.line()
         )
     }
 }

@@ -25,7 +25,7 @@ use super::filters::{Filters, Pool};
 use super::samples::{DocumentRef, Provenance, Sample, SampleStore, Status};
 use crate::backend::{self, Engine, Prompt, Remote};
 use crate::corpus::{Hit, Searcher};
-use crate::decode::{Event, Finish, Request, Sampling, SamplingParams};
+use crate::decode::{Completion, Event, Finish, Request, Sampling, SamplingParams};
 use crate::fsutil::JsonLog;
 use crate::prompts::{self, Templates};
 use crate::rng::Rng;
@@ -92,8 +92,9 @@ pub struct Settings {
     pub instruction_max_new_tokens: usize,
     /// Instruction prompts decoded together.
     pub prompts_per_batch: usize,
-    /// Stop after this many prompts even if fewer than N samples were kept (null: 10 prompts for
-    /// every `tasks_per_prompt` samples asked for, and at least 20).
+    /// The most task lists a run asks for, even if fewer than N samples were kept (null: 4 for
+    /// every sample asked for, and at least 50). Lists are asked for only while the tasks
+    /// waiting and the lists decoding, at the yield measured so far, fall short of N.
     pub prompt_budget: Option<usize>,
     /// Responses: greedy when null, else sampled at this temperature.
     pub response_temperature: Option<f64>,
@@ -106,7 +107,13 @@ pub struct Settings {
     pub weighting: Weighting,
     /// A retrieved document is cut to this many characters in the prompt.
     pub document_max_chars: usize,
+    /// And to this many tokens of the model's tokenizer (null: no cap, the paper's setting;
+    /// through a server without its tokenizer, 4 characters a token).
+    pub document_max_tokens: Option<usize>,
     pub filters: Filters,
+    /// MiB the decoding's key/value cache may hold (rows wait, or are set aside and decoded
+    /// again, to stay within it), an eighth of it for the prefix cache of recent prompts.
+    pub kv_cache_mib: usize,
 }
 
 impl Default for Settings {
@@ -127,14 +134,16 @@ impl Default for Settings {
             k: 5,
             weighting: Weighting::Softmax { temperature: 1.0 },
             document_max_chars: 2000,
+            document_max_tokens: None,
             filters: Filters::default(),
+            kv_cache_mib: 768,
         }
     }
 }
 
 impl Settings {
     pub fn budget(&self, n: usize) -> usize {
-        self.prompt_budget.unwrap_or_else(|| (10 * n.div_ceil(self.tasks_per_prompt.max(1))).max(20))
+        self.prompt_budget.unwrap_or_else(|| (4 * n).max(50))
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -146,6 +155,7 @@ impl Settings {
             ("response_max_new_tokens", self.response_max_new_tokens),
             ("responses_per_batch", self.responses_per_batch),
             ("k", self.k),
+            ("kv_cache_mib", self.kv_cache_mib),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("generation.{name} must be at least 1"));
@@ -247,6 +257,7 @@ impl Job {
         j.settings.prompt_budget = None;
         j.settings.prompts_per_batch = 0;
         j.settings.responses_per_batch = 0;
+        j.settings.kv_cache_mib = 0;
         j.backend = j.backend.map(|b| b.identity());
         j
     }
@@ -298,6 +309,10 @@ pub struct Counters {
     pub response_tokens: usize,
     /// Seconds spent generating, over all sessions.
     pub seconds: f64,
+    /// Tasks that passed the filters and wait for a response.
+    pub waiting: usize,
+    /// Where the time went.
+    pub time: TimeSpent,
 }
 
 /// Why a run stopped.
@@ -432,6 +447,12 @@ pub struct Run {
     pub counters: Counters,
     /// What opening found that the user should know (a torn log line cut).
     pub notes: Vec<String>,
+    /// tasks.jsonl: each decoded task list's tasks that passed the filters.
+    tasks: JsonLog,
+    /// Prompts whose task lists are decoded (in tasks.jsonl).
+    lists_done: HashSet<usize>,
+    /// Tasks in tasks.jsonl neither kept nor dropped: answered before any new list is asked for.
+    waiting: std::collections::VecDeque<Task>,
 }
 
 /// The name the second round's adapter is loaded under.
@@ -439,6 +460,7 @@ pub const ADAPTER: &str = "tuned";
 pub const SAMPLES: &str = "samples.jsonl";
 pub const FILTERED: &str = "filtered.jsonl";
 pub const EVENTS: &str = "events.jsonl";
+pub const TASKS: &str = "tasks.jsonl";
 
 /// One line of filtered.jsonl.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -475,7 +497,7 @@ impl Run {
         crate::runs::write_config(dir, Kind::Generate, &job)?;
         let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
-        let filtered_ids =
+        let filtered_ids: HashSet<String> =
             crate::fsutil::read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
         let filtered = JsonLog::open(&filtered_path)?;
         let (events, torn) = crate::runs::Log::<Progress>::open(dir)?;
@@ -490,9 +512,38 @@ impl Run {
         counters.kept = store.len();
         let mut notes: Vec<String> = torn.into_iter().collect();
         notes.extend(read.dropped);
+        // The task lists decoded and the tasks still waiting. A run from before tasks.jsonl
+        // decoded its prompts in order: the ones below its count are done.
+        let tasks_path = dir.join(TASKS);
+        let tasks = JsonLog::open(&tasks_path)?;
+        if let Some((line, bytes)) = tasks.cut {
+            notes.push(format!("{}: line {line} was cut short ({bytes} bytes) and is dropped", tasks_path.display()));
+        }
+        let lists = crate::fsutil::read_jsonl::<ListRecord>(&tasks_path)?;
+        let mut lists_done: HashSet<usize> = lists.iter().map(|l| l.prompt).collect();
+        if lists_done.is_empty() {
+            lists_done.extend(0..counters.prompts);
+        }
+        let waiting = lists
+            .into_iter()
+            .flat_map(|l| l.tasks)
+            .filter(|t| !store.contains(&t.id) && !filtered_ids.contains(&t.id))
+            .collect::<std::collections::VecDeque<_>>();
+        counters.waiting = waiting.len();
         let resumed = store.len();
-        let run =
-            Run { dir: dir.to_path_buf(), job, store, filtered, filtered_ids, events: Some(events), counters, notes };
+        let run = Run {
+            dir: dir.to_path_buf(),
+            job,
+            store,
+            filtered,
+            filtered_ids,
+            events: Some(events),
+            counters,
+            notes,
+            tasks,
+            lists_done,
+            waiting,
+        };
         Ok((run, resumed))
     }
 
@@ -564,15 +615,596 @@ fn serde_name(value: &impl Serialize, tag: Option<&str>) -> String {
     v.as_str().unwrap_or("unknown").to_string()
 }
 
-/// A task that passed the filters and waits for its response.
-struct Candidate {
-    id: String,
-    instruction: String,
-    input: String,
-    demos: Vec<String>,
-    instruction_sampling: SamplingParams,
-    most_similar: Option<(String, f64)>,
-    documents: Vec<DocumentRef>,
+/// A task that passed the filters and waits for its response (kept in tasks.jsonl, so a
+/// continued run answers it before asking for new task lists).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub instruction: String,
+    pub input: String,
+    pub demos: Vec<String>,
+    pub instruction_sampling: SamplingParams,
+    /// The most similar instruction of the pool when it was filtered, and its ROUGE-L.
+    pub most_similar: Option<(String, f64)>,
+}
+
+/// One line of tasks.jsonl: a decoded task list's tasks that passed the filters (maybe none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListRecord {
+    pub prompt: usize,
+    pub tasks: Vec<Task>,
+}
+
+/// Where a run's time went, over all its sessions (seconds; tokens are cache-row tokens).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeSpent {
+    /// Running prompts through the model (and joining their rows to the batch).
+    pub prefill_secs: f64,
+    /// Of which joining new rows' keys and values to the batch's.
+    pub join_secs: f64,
+    /// Decoding steps through the model.
+    pub decode_secs: f64,
+    /// Mixing (eq. 2), sampling, stops and streaming.
+    pub sampling_secs: f64,
+    /// Parsing task lists, the filters, retrieval and storing samples.
+    pub filter_secs: f64,
+    pub prefill_tokens: usize,
+    /// Prompt tokens taken from the prefix cache instead of run.
+    pub cached_tokens: usize,
+    pub padding_tokens: usize,
+    /// Tokens decoded, each cache row counted (a mixture of k prompts counts k).
+    pub decoded_row_tokens: usize,
+    pub steps: usize,
+    /// Free rows summed over the steps: `idle_row_steps / (steps · rows)` of the batch was
+    /// unused.
+    pub idle_row_steps: usize,
+    /// The batch's rows.
+    pub rows: usize,
+    /// Requests set aside to keep the cache within its budget (decoded again later).
+    pub set_aside: usize,
+}
+
+impl TimeSpent {
+    fn add(&self, t: &crate::decode::Timing, filter_secs: f64, rows: usize) -> TimeSpent {
+        TimeSpent {
+            prefill_secs: self.prefill_secs + t.prefill_secs,
+            join_secs: self.join_secs + t.join_secs,
+            decode_secs: self.decode_secs + t.decode_secs,
+            sampling_secs: self.sampling_secs + t.pick_secs,
+            filter_secs: self.filter_secs + filter_secs,
+            prefill_tokens: self.prefill_tokens + t.prefill_tokens,
+            cached_tokens: self.cached_tokens + t.cached_tokens,
+            padding_tokens: self.padding_tokens + t.padding_tokens,
+            decoded_row_tokens: self.decoded_row_tokens + t.decode_row_tokens,
+            steps: self.steps + t.steps,
+            idle_row_steps: self.idle_row_steps + t.idle_row_steps,
+            rows,
+            set_aside: self.set_aside + t.set_aside,
+        }
+    }
+
+    /// The share of the batch's row slots left empty over the decoding steps.
+    pub fn idle_share(&self) -> f64 {
+        let slots = (self.steps * self.rows.max(1)) as f64;
+        if slots > 0.0 {
+            self.idle_row_steps as f64 / slots
+        } else {
+            0.0
+        }
+    }
+
+    /// One line: where the time went and the true token rates.
+    pub fn line(&self) -> String {
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        format!(
+            "prefill {:.0}s ({:.0} tokens/s, {:.0}% from the prefix cache) · decode {:.0}s ({:.0} row-tokens/s) · sampling {:.0}s · filters {:.0}s · idle rows {:.0}%",
+            self.prefill_secs,
+            rate(self.prefill_tokens, self.prefill_secs),
+            100.0 * self.cached_tokens as f64 / (self.prefill_tokens + self.cached_tokens).max(1) as f64,
+            self.decode_secs,
+            rate(self.decoded_row_tokens, self.decode_secs),
+            self.sampling_secs,
+            self.filter_secs,
+            100.0 * self.idle_share()
+        )
+    }
+}
+
+/// What a request handed to the engine is for.
+enum Work {
+    List { prompt: usize, primer: String, demos: Vec<String>, sampling: SamplingParams },
+    Response { task: Task, documents: Vec<DocumentRef>, sampling: SamplingParams },
+    Judge { sample: Box<Sample> },
+}
+
+/// The run as a [`backend::JobFeed`]: responses to waiting tasks first, then new task lists while
+/// the tasks waiting and in flight, with the yield measured so far, fall short of N.
+struct Feeder<'r, 'a, 's> {
+    run: &'r mut Run,
+    inputs: &'r Inputs<'a>,
+    job: &'r Job,
+    sink: &'r mut Sink<'s>,
+    pool: &'r mut Pool,
+    pool_text: &'r mut Vec<String>,
+    seeds: Vec<&'a Seed>,
+    budget: usize,
+    /// The next prompt index to look at.
+    cursor: usize,
+    work: std::collections::HashMap<usize, Work>,
+    next_id: usize,
+    lists_in_flight: usize,
+    responses_in_flight: usize,
+    /// Samples that passed the filters and wait for the judge, and the judge requests decoding.
+    judging: std::collections::VecDeque<Sample>,
+    judges_in_flight: usize,
+    /// This session: lists decoded, tasks they gave, responses answered and kept.
+    lists: usize,
+    passed: usize,
+    answered: usize,
+    kept: usize,
+    halt: &'r AtomicBool,
+    cancel: &'r AtomicBool,
+    error: Option<anyhow::Error>,
+    started: Instant,
+    base: Counters,
+    timing: crate::decode::Timing,
+    filter_secs: f64,
+    rows: usize,
+    last_batch: Option<Instant>,
+}
+
+impl Feeder<'_, '_, '_> {
+    fn issued(&self) -> usize {
+        self.run.lists_done.len() + self.lists_in_flight
+    }
+
+    /// Samples a new task list is expected to give: tasks passing the filters per list times
+    /// the share of responses kept, this session (one of each added, so the first list counts).
+    fn yield_per_list(&self) -> f64 {
+        (self.passed as f64 + 1.0) / (self.lists as f64 + 1.0) * (self.kept as f64 + 1.0) / (self.answered as f64 + 1.0)
+    }
+
+    fn fail(&mut self, e: anyhow::Error) {
+        self.error.get_or_insert(e);
+        self.halt.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn list_job(&mut self, p: usize) -> anyhow::Result<backend::Job> {
+        let s = &self.job.settings;
+        let mut rng = prompt_rng(self.job.seed, p);
+        let demos: Vec<&Seed> = draw(&mut rng, self.seeds.len(), s.demos).into_iter().map(|i| self.seeds[i]).collect();
+        let (prompt, primer) = prompts::instruction_prompt(
+            &self.inputs.templates.instruction,
+            &self.inputs.seeds.domain,
+            &self.inputs.seeds.description,
+            &demos,
+            s.tasks_per_prompt,
+        )?;
+        let stop = format!("Task {}", demos.len() + s.tasks_per_prompt + 1);
+        let request = Request {
+            stop: vec![stop],
+            sampling: s.instruction_sampling(rng.next_u64()),
+            stop_on_loop: true,
+            ..tuned(self.job, 1, Request::new(Vec::new(), s.instruction_max_new_tokens))
+        };
+        let job = backend::Job::new(vec![prompt_of(s.prompt_format, &prompt, &primer)], request);
+        let sampling = job.request.sampling;
+        let demos = demos.iter().map(|d| d.id.clone()).collect();
+        self.work.insert(self.next_id, Work::List { prompt: p, primer, demos, sampling });
+        Ok(job)
+    }
+
+    fn response_job(&mut self, task: &Task) -> anyhow::Result<(backend::Job, Vec<DocumentRef>)> {
+        let s = &self.job.settings;
+        let started = Instant::now();
+        let domain = &self.inputs.seeds.domain;
+        let query = format!("{}\n{}", task.instruction, task.input);
+        let docs = match self.inputs.searcher {
+            Some(searcher) => retrieve(searcher, self.job.mode, s, &query)?,
+            None => Vec::new(),
+        };
+        let mut texts = Vec::new();
+        if docs.is_empty() {
+            let text = prompts::response_prompt(self.inputs.templates, domain, None, &task.instruction, &task.input)?;
+            texts.push(prompt_of(s.prompt_format, &text, ""));
+        }
+        for (hit, _) in &docs {
+            let document = cut(&hit.text, s.document_max_chars);
+            let capped;
+            let document = match (s.document_max_tokens, self.inputs.engine) {
+                (Some(n), backend::Engine::Local(model)) => {
+                    let ids = model.tokenizer.encode_plain(document)?;
+                    capped = if ids.len() > n { model.tokenizer.decode(&ids[..n])? } else { document.to_string() };
+                    capped.as_str()
+                }
+                (Some(n), backend::Engine::Remote(_)) => cut(document, 4 * n),
+                (None, _) => document,
+            };
+            let text = prompts::response_prompt(
+                self.inputs.templates,
+                domain,
+                Some(document),
+                &task.instruction,
+                &task.input,
+            )?;
+            texts.push(prompt_of(s.prompt_format, &text, ""));
+        }
+        let documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
+        let request = Request {
+            weights: docs.iter().map(|(_, w)| *w).collect(),
+            sampling: s.response_sampling(task.instruction_sampling.seed ^ 0xa5a5_a5a5),
+            stop_on_loop: true,
+            ..Request::new(Vec::new(), s.response_max_new_tokens)
+        };
+        let request = tuned(self.job, texts.len(), request);
+        self.filter_secs += started.elapsed().as_secs_f64();
+        Ok((backend::Job::new(texts, request), documents))
+    }
+
+    /// The counters now, with the time so far.
+    fn counters(&self) -> Counters {
+        let mut c = self.run.counters.clone();
+        c.kept = self.run.store.len();
+        c.prompts = self.run.lists_done.len();
+        c.waiting = self.run.waiting.len();
+        c.seconds = self.base.seconds + self.started.elapsed().as_secs_f64();
+        c.time = self.base.time.add(&self.timing, self.filter_secs, self.rows);
+        c
+    }
+
+    /// The counters as an event: at most one a second unless `now`.
+    fn batch(&mut self, now: bool) {
+        if !now && self.last_batch.is_some_and(|t| t.elapsed().as_secs_f64() < 1.0) {
+            return;
+        }
+        self.last_batch = Some(Instant::now());
+        let counters = self.counters();
+        self.run.counters = counters.clone();
+        self.sink.emit(&Progress::Batch { counters });
+    }
+
+    fn on_list(
+        &mut self,
+        prompt: usize,
+        primer: String,
+        demos: Vec<String>,
+        sampling: SamplingParams,
+        list: &Completion,
+    ) -> anyhow::Result<()> {
+        self.lists_in_flight -= 1;
+        if list.finish == Finish::Cancelled {
+            // Not recorded: a continued run decodes it again.
+            return Ok(());
+        }
+        let started = Instant::now();
+        let s = &self.job.settings;
+        let c = &mut self.run.counters;
+        c.instruction_tokens += list.ids.len();
+        let text = format!("{primer} {}", list.text);
+        let (parsed, mut failures) = prompts::parse_tasks(&text, matches!(list.finish, Finish::Length | Finish::Loop));
+        if list.finish == Finish::Loop {
+            // The item the loop is in is dropped, and counted as the loop it is.
+            if let Some(last) = failures.iter_mut().rfind(|f| **f == prompts::Unparsed::Truncated) {
+                *last = prompts::Unparsed::Loop;
+            }
+        }
+        c.parsed += parsed.len();
+        for f in failures {
+            *c.unparsed.entry(serde_name(&f, None)).or_default() += 1;
+        }
+        let mut tasks = Vec::new();
+        for (t, task) in parsed.into_iter().enumerate() {
+            let id = format!("p{prompt:06}-{t:02}");
+            if self.run.store.contains(&id) {
+                continue;
+            }
+            let verdict = s.filters.check(&task.instruction, &task.input, self.pool);
+            let most_similar = verdict.most_similar.map(|(i, score)| (self.pool_text[i].clone(), score));
+            if let Some(rejection) = verdict.rejected {
+                self.reject(&id, &task.instruction, &task.input, &rejection, most_similar.map(|m| m.0))?;
+                continue;
+            }
+            self.pool.add(&task.instruction);
+            self.pool_text.push(format!("sample {id}: {}", task.instruction.trim()));
+            tasks.push(Task {
+                id,
+                instruction: task.instruction,
+                input: task.input,
+                demos: demos.clone(),
+                instruction_sampling: sampling,
+                most_similar,
+            });
+        }
+        self.run.tasks.append(&ListRecord { prompt, tasks: tasks.clone() })?;
+        self.run.lists_done.insert(prompt);
+        self.lists += 1;
+        self.passed += tasks.len();
+        self.run.waiting.extend(tasks);
+        self.filter_secs += started.elapsed().as_secs_f64();
+        self.batch(true);
+        Ok(())
+    }
+
+    /// Records a task or sample the filters dropped (filtered.jsonl and the counters).
+    fn reject(
+        &mut self,
+        id: &str,
+        instruction: &str,
+        input: &str,
+        rejection: &super::filters::Rejection,
+        most_similar: Option<String>,
+    ) -> anyhow::Result<()> {
+        use super::filters::Rejection;
+        let name = serde_name(rejection, Some("filter"));
+        let c = &mut self.run.counters;
+        match rejection {
+            Rejection::EmptyResponse => c.empty_responses += 1,
+            Rejection::LoopingResponse => c.looping_responses += 1,
+            _ => *c.filtered.entry(name.clone()).or_default() += 1,
+        }
+        self.sink.emit(&Progress::Filtered {
+            id: id.to_string(),
+            instruction: instruction.to_string(),
+            rejection: name,
+        });
+        if self.run.filtered_ids.insert(id.to_string()) {
+            let record = FilteredRecord {
+                id: id.to_string(),
+                instruction: instruction.to_string(),
+                input: input.to_string(),
+                rejection: serde_json::to_value(rejection)?,
+                most_similar,
+            };
+            self.run.filtered.append(&record)?;
+        }
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        task: Task,
+        documents: Vec<DocumentRef>,
+        sampling: SamplingParams,
+        completion: &Completion,
+    ) -> anyhow::Result<()> {
+        use super::filters::Rejection;
+        self.responses_in_flight -= 1;
+        if completion.finish == Finish::Cancelled {
+            // Still waiting (in tasks.jsonl, neither kept nor dropped).
+            self.run.waiting.push_front(task);
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.run.counters.response_tokens += completion.ids.len();
+        self.answered += 1;
+        let output = completion.text.trim().to_string();
+        let filters = &self.job.settings.filters;
+        let rejection = if completion.finish == Finish::Loop {
+            Some(Rejection::LoopingResponse)
+        } else {
+            filters.check_response(&task.instruction, &task.input, &output)
+        };
+        if let Some(rejection) = rejection {
+            self.reject(&task.id, &task.instruction, &task.input, &rejection, None)?;
+            self.filter_secs += started.elapsed().as_secs_f64();
+            return Ok(());
+        }
+        let job = self.job;
+        let sample = Sample {
+            id: task.id,
+            instruction: task.instruction,
+            input: task.input,
+            output,
+            status: Status::Pending,
+            provenance: Provenance {
+                demos: task.demos,
+                model: job.model.clone(),
+                sampling: Some(task.instruction_sampling),
+                response_sampling: Some(sampling),
+                mode: Some(job.mode),
+                documents,
+                most_similar: task.most_similar.as_ref().map(|m| m.0.clone()),
+                rouge_l: task.most_similar.as_ref().map(|m| m.1),
+                finish: Some(completion.finish.clone()),
+                adapter: job.tuned_model(),
+                contrastive_alpha: job.contrastive.filter(|_| job.tuned_model().is_some()),
+                created: now_secs(),
+                judge_score: None,
+            },
+        };
+        if filters.judge.is_some() {
+            self.judging.push_back(sample);
+        } else {
+            self.keep(sample)?;
+        }
+        self.filter_secs += started.elapsed().as_secs_f64();
+        self.batch(false);
+        Ok(())
+    }
+
+    fn keep(&mut self, sample: Sample) -> anyhow::Result<()> {
+        if self.run.store.append(sample.clone())? {
+            self.kept += 1;
+            self.sink.emit(&Progress::Kept { sample: Box::new(sample) });
+        }
+        if self.run.store.len() >= self.job.n {
+            self.halt.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The judge's request for `sample`: the rubric, greedy, a few tokens.
+    fn judge_job(&self, sample: &Sample) -> anyhow::Result<backend::Job> {
+        let judge = self.job.settings.filters.judge.clone().unwrap_or_default();
+        let text = prompts::render(
+            "generation.filters.judge.rubric",
+            &judge.rubric,
+            &[
+                ("domain", &self.inputs.seeds.domain),
+                ("instruction", &sample.instruction),
+                ("input", &sample.input),
+                ("output", &sample.output),
+            ],
+        )?;
+        let request = Request { stop: vec!["\n".into()], ..Request::new(Vec::new(), 4) };
+        Ok(backend::Job::new(vec![prompt_of(self.job.settings.prompt_format, &text, "")], request))
+    }
+
+    fn on_judge(&mut self, mut sample: Sample, completion: &Completion) -> anyhow::Result<()> {
+        use super::filters::{Judge, Rejection};
+        self.judges_in_flight -= 1;
+        if completion.finish == Finish::Cancelled {
+            // Its task is still waiting in tasks.jsonl for a continued run.
+            return Ok(());
+        }
+        let min = self.job.settings.filters.judge.as_ref().map_or(0, |j| j.min_score);
+        let score = Judge::score(&completion.text);
+        if score.is_none_or(|s| s < min) {
+            return self.reject(&sample.id, &sample.instruction, &sample.input, &Rejection::JudgedLow { score }, None);
+        }
+        sample.provenance.judge_score = score;
+        self.keep(sample)?;
+        self.batch(false);
+        Ok(())
+    }
+}
+
+impl backend::JobFeed for Feeder<'_, '_, '_> {
+    fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, backend::Job)> {
+        use std::sync::atomic::Ordering;
+        if self.cancel.load(Ordering::Relaxed) {
+            self.halt.store(true, Ordering::Relaxed);
+        }
+        let n = self.job.n;
+        if self.error.is_some() || self.halt.load(Ordering::Relaxed) || self.run.store.len() >= n {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut rows = room.rows;
+        let mut first = room.idle;
+        // Samples waiting for the judge first: they are done but for it.
+        while first || rows > 0 {
+            let Some(sample) = self.judging.pop_front() else { break };
+            let job = match self.judge_job(&sample) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.fail(e);
+                    return out;
+                }
+            };
+            first = false;
+            rows = rows.saturating_sub(1);
+            self.work.insert(self.next_id, Work::Judge { sample: Box::new(sample) });
+            out.push((self.next_id, job));
+            self.next_id += 1;
+            self.judges_in_flight += 1;
+        }
+        // Responses to waiting tasks: as many as could still be needed.
+        while self.run.store.len() + self.responses_in_flight + self.judging.len() + self.judges_in_flight < n {
+            let Some(task) = self.run.waiting.pop_front() else { break };
+            let (job, documents) = match self.response_job(&task) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.run.waiting.push_front(task);
+                    self.fail(e);
+                    return out;
+                }
+            };
+            let width = match () {
+                _ if room.per_request => 1,
+                _ if job.request.contrast.is_some() => 2,
+                _ => job.prompts.len(),
+            };
+            if !first && width > rows {
+                self.run.waiting.push_front(task);
+                break;
+            }
+            first = false;
+            rows = rows.saturating_sub(width);
+            self.sink.emit(&Progress::Responding { ids: vec![task.id.clone()] });
+            let sampling = job.request.sampling;
+            self.work.insert(self.next_id, Work::Response { task, documents, sampling });
+            out.push((self.next_id, job));
+            self.next_id += 1;
+            self.responses_in_flight += 1;
+        }
+        // New task lists while rows are free and what waits and decodes is not expected to
+        // reach N.
+        while self.issued() < self.budget && (first || rows > 0) {
+            let expected = (self.run.store.len()
+                + self.responses_in_flight
+                + self.judging.len()
+                + self.judges_in_flight
+                + self.run.waiting.len()) as f64
+                + self.lists_in_flight as f64 * self.yield_per_list();
+            if expected >= n as f64 {
+                break;
+            }
+            while self.run.lists_done.contains(&self.cursor) {
+                self.cursor += 1;
+            }
+            let p = self.cursor;
+            self.cursor += 1;
+            let job = match self.list_job(p) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.fail(e);
+                    return out;
+                }
+            };
+            self.sink.emit(&Progress::Prompts { first: p, count: 1 });
+            first = false;
+            rows = rows.saturating_sub(1);
+            out.push((self.next_id, job));
+            self.next_id += 1;
+            self.lists_in_flight += 1;
+        }
+        out
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            self.halt.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        match e {
+            Event::Token { request, text, .. } => {
+                if text.is_empty() {
+                    return;
+                }
+                let p = match self.work.get(&request) {
+                    Some(Work::List { prompt, .. }) => {
+                        Progress::InstructionText { prompt: *prompt, text: text.to_string() }
+                    }
+                    Some(Work::Response { task, .. }) => {
+                        Progress::ResponseText { id: task.id.clone(), text: text.to_string() }
+                    }
+                    Some(Work::Judge { .. }) | None => return,
+                };
+                self.sink.emit(&p);
+            }
+            Event::Note { text } => self.sink.emit(&Progress::Note { text: text.to_string() }),
+            Event::Finished { request, completion } => {
+                let result = match self.work.remove(&request) {
+                    Some(Work::List { prompt, primer, demos, sampling }) => {
+                        self.on_list(prompt, primer, demos, sampling, completion)
+                    }
+                    Some(Work::Response { task, documents, sampling }) => {
+                        self.on_response(task, documents, sampling, completion)
+                    }
+                    Some(Work::Judge { sample }) => self.on_judge(*sample, completion),
+                    None => Ok(()),
+                };
+                if let Err(e) = result.and_then(|()| self.sink.check()) {
+                    self.fail(e);
+                }
+            }
+        }
+    }
+
+    fn timing(&mut self, t: &crate::decode::Timing) {
+        self.timing = *t;
+    }
 }
 
 /// Everything a run needs besides its folder.
@@ -613,6 +1245,10 @@ pub fn run(
         pool.add(&sample.instruction);
         pool_text.push(format!("sample {}: {}", sample.id, sample.instruction.trim()));
     }
+    for task in &run.waiting {
+        pool.add(&task.instruction);
+        pool_text.push(format!("sample {}: {}", task.id, task.instruction.trim()));
+    }
     let started = Instant::now();
     let base_seconds = run.counters.seconds;
     let log = run.events.take().context("the run's event log is in use")?;
@@ -637,7 +1273,6 @@ fn go(
 ) -> anyhow::Result<Outcome> {
     let job = run.job.clone();
     let s = &job.settings;
-    let seeds: Vec<&Seed> = inputs.seeds.seeds.iter().collect();
     for note in std::mem::take(&mut run.notes) {
         sink.emit(&Progress::Note { text: note });
     }
@@ -649,134 +1284,67 @@ fn go(
         mode: job.mode,
         weighting: s.weighting.describe(),
     });
-    let model_name = job.model.clone();
-    let domain = inputs.seeds.domain.clone();
-    let outcome = loop {
-        if run.store.len() >= job.n {
-            break Outcome::Done;
-        }
-        if run.counters.prompts >= budget {
-            break Outcome::Budget { budget };
-        }
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            break Outcome::Cancelled;
-        }
-        let first = run.counters.prompts;
-        let count = s.prompts_per_batch.min(budget - first);
-        sink.emit(&Progress::Prompts { first, count });
-        // Instruction prompts.
-        let mut requests = Vec::with_capacity(count);
-        let mut shown: Vec<Vec<String>> = Vec::with_capacity(count);
-        let mut primers = Vec::with_capacity(count);
-        for p in first..first + count {
-            let mut rng = prompt_rng(job.seed, p);
-            let demos: Vec<&Seed> = draw(&mut rng, seeds.len(), s.demos).into_iter().map(|i| seeds[i]).collect();
-            let (prompt, primer) = prompts::instruction_prompt(
-                &inputs.templates.instruction,
-                &domain,
-                &inputs.seeds.description,
-                &demos,
-                s.tasks_per_prompt,
-            )?;
-            let stop = format!("Task {}", demos.len() + s.tasks_per_prompt + 1);
-            let request = Request {
-                stop: vec![stop],
-                sampling: s.instruction_sampling(rng.next_u64()),
-                stop_on_loop: true,
-                ..tuned(&job, 1, Request::new(Vec::new(), s.instruction_max_new_tokens))
-            };
-            requests.push(backend::Job::new(vec![prompt_of(s.prompt_format, &prompt, &primer)], request));
-            shown.push(demos.iter().map(|d| d.id.clone()).collect());
-            primers.push(primer);
-        }
-        let opts = crate::decode::Options { prompt_top: 0, max_batch: s.prompts_per_batch, gated: false, prefix: None };
-        let mut on_event = |e: Event| {
-            if let Event::Token { request, text, .. } = e {
-                if !text.is_empty() {
-                    sink.emit(&Progress::InstructionText { prompt: first + request, text: text.to_string() });
-                }
-            }
-        };
-        let (lists, timing) = inputs.engine.generate(&requests, &opts, &mut on_event, cancel)?;
-        if lists.iter().any(|c| c.finish == Finish::Cancelled) {
-            break Outcome::Cancelled;
-        }
-        let mut counters = run.counters.clone();
-        counters.instruction_tokens += timing.decode_tokens + lists.len();
-        // Parse and filter, in prompt order.
-        let mut candidates = Vec::new();
-        for (offset, list) in lists.iter().enumerate() {
-            let p = first + offset;
-            let text = format!("{} {}", primers[offset], list.text);
-            let (tasks, mut failures) =
-                prompts::parse_tasks(&text, matches!(list.finish, Finish::Length | Finish::Loop));
-            if list.finish == Finish::Loop {
-                // The item the loop is in is dropped, and counted as the loop it is.
-                if let Some(last) = failures.iter_mut().rfind(|f| **f == prompts::Unparsed::Truncated) {
-                    *last = prompts::Unparsed::Loop;
-                }
-            }
-            counters.parsed += tasks.len();
-            for f in failures {
-                *counters.unparsed.entry(serde_name(&f, None)).or_default() += 1;
-            }
-            for (t, task) in tasks.into_iter().enumerate() {
-                let id = format!("p{p:06}-{t:02}");
-                if run.store.contains(&id) {
-                    continue;
-                }
-                let verdict = s.filters.check(&task.instruction, pool);
-                let most_similar = verdict.most_similar.map(|(i, score)| (pool_text[i].clone(), score));
-                if let Some(rejection) = verdict.rejected {
-                    let name = serde_name(&rejection, Some("filter"));
-                    *counters.filtered.entry(name.clone()).or_default() += 1;
-                    sink.emit(&Progress::Filtered {
-                        id: id.clone(),
-                        instruction: task.instruction.clone(),
-                        rejection: name,
-                    });
-                    if run.filtered_ids.insert(id.clone()) {
-                        let record = FilteredRecord {
-                            id,
-                            instruction: task.instruction,
-                            input: task.input,
-                            rejection: serde_json::to_value(&rejection)?,
-                            most_similar: most_similar.map(|m| m.0),
-                        };
-                        run.filtered.append(&record)?;
-                    }
-                    continue;
-                }
-                if run.store.len() + candidates.len() >= job.n {
-                    continue;
-                }
-                pool.add(&task.instruction);
-                pool_text.push(format!("sample {id}: {}", task.instruction.trim()));
-                candidates.push(Candidate {
-                    id,
-                    instruction: task.instruction,
-                    input: task.input,
-                    demos: shown[offset].clone(),
-                    instruction_sampling: requests[offset].request.sampling,
-                    most_similar,
-                    documents: Vec::new(),
-                });
-            }
-        }
-        // Responses.
-        let outcome = respond(run, inputs, &job, &model_name, &mut candidates, &mut counters, cancel, sink)?;
-        if let Some(outcome) = outcome {
-            break outcome;
-        }
-        counters.prompts = first + count;
-        counters.kept = run.store.len();
-        counters.seconds = base_seconds + started.elapsed().as_secs_f64();
-        run.counters = counters.clone();
-        sink.emit(&Progress::Batch { counters });
-        sink.check()?;
+    let rows = s.prompts_per_batch + s.responses_per_batch * s.k.max(1);
+    // Every prompt begins like the others of its kind (the chat template's head, the fixed text
+    // of the instruction and response templates): a prefix cache of an eighth of the KV budget
+    // keeps recent prompts, and a new one runs only what it does not share. Rows are gated (a
+    // request naming no adapter runs on the base) so that stored rows are keyed by adapter.
+    let kv_budget = s.kv_cache_mib << 20;
+    let opts = crate::decode::Options {
+        prompt_top: 0,
+        max_batch: rows,
+        kv_budget: Some(kv_budget - kv_budget / 8),
+        gated: true,
+        prefix: Some(std::sync::Arc::new(crate::decode::PrefixCache::new(kv_budget / 8))),
     };
-    run.counters.kept = run.store.len();
-    run.counters.seconds = base_seconds + started.elapsed().as_secs_f64();
+    let halt = AtomicBool::new(false);
+    let mut base = run.counters.clone();
+    base.seconds = base_seconds;
+    let mut feeder = Feeder {
+        run,
+        inputs,
+        job: &job,
+        sink,
+        pool,
+        pool_text,
+        seeds: inputs.seeds.seeds.iter().collect(),
+        budget,
+        cursor: 0,
+        work: Default::default(),
+        next_id: 0,
+        lists_in_flight: 0,
+        responses_in_flight: 0,
+        judging: Default::default(),
+        judges_in_flight: 0,
+        lists: 0,
+        passed: 0,
+        answered: 0,
+        kept: 0,
+        halt: &halt,
+        cancel,
+        error: None,
+        started,
+        base,
+        timing: Default::default(),
+        filter_secs: 0.0,
+        rows,
+        last_batch: None,
+    };
+    let result = inputs.engine.run(&mut feeder, &opts, &halt);
+    let counters = feeder.counters();
+    let error = feeder.error.take();
+    run.counters = counters;
+    result?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let outcome = if run.store.len() >= job.n {
+        Outcome::Done
+    } else if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        Outcome::Cancelled
+    } else {
+        Outcome::Budget { budget }
+    };
     sink.emit(&Progress::Finished { outcome: outcome.clone(), counters: run.counters.clone() });
     Ok(outcome)
 }
@@ -829,118 +1397,6 @@ fn cut(text: &str, max_chars: usize) -> &str {
         Some((at, _)) => &text[..at],
         None => text,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn respond(
-    run: &mut Run,
-    inputs: &Inputs,
-    job: &Job,
-    model_name: &str,
-    candidates: &mut [Candidate],
-    counters: &mut Counters,
-    cancel: &AtomicBool,
-    sink: &mut Sink,
-) -> anyhow::Result<Option<Outcome>> {
-    let s = &job.settings;
-    let domain = &inputs.seeds.domain;
-    for chunk in candidates.chunks_mut(s.responses_per_batch) {
-        let mut requests = Vec::with_capacity(chunk.len());
-        for c in chunk.iter_mut() {
-            let query = format!("{}\n{}", c.instruction, c.input);
-            let docs = match inputs.searcher {
-                Some(searcher) => retrieve(searcher, job.mode, s, &query)?,
-                None => Vec::new(),
-            };
-            let mut texts = Vec::new();
-            if docs.is_empty() {
-                let text = prompts::response_prompt(inputs.templates, domain, None, &c.instruction, &c.input)?;
-                texts.push(prompt_of(s.prompt_format, &text, ""));
-            }
-            for (hit, _) in &docs {
-                let text = prompts::response_prompt(
-                    inputs.templates,
-                    domain,
-                    Some(cut(&hit.text, s.document_max_chars)),
-                    &c.instruction,
-                    &c.input,
-                )?;
-                texts.push(prompt_of(s.prompt_format, &text, ""));
-            }
-            c.documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
-            let seed = c.instruction_sampling.seed ^ 0xa5a5_a5a5;
-            let request = Request {
-                weights: docs.iter().map(|(_, w)| *w).collect(),
-                sampling: s.response_sampling(seed),
-                stop_on_loop: true,
-                ..Request::new(Vec::new(), s.response_max_new_tokens)
-            };
-            let request = tuned(job, texts.len(), request);
-            requests.push(backend::Job::new(texts, request));
-        }
-        sink.emit(&Progress::Responding { ids: chunk.iter().map(|c| c.id.clone()).collect() });
-        let opts = crate::decode::Options {
-            prompt_top: 0,
-            max_batch: s.responses_per_batch * s.k.max(1),
-            gated: false,
-            prefix: None,
-        };
-        let mut finished: Vec<(usize, crate::decode::Completion)> = Vec::new();
-        let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
-        let mut on_event = |e: Event| match e {
-            Event::Token { request, text, .. } if !text.is_empty() => {
-                sink.emit(&Progress::ResponseText { id: ids[request].clone(), text: text.to_string() })
-            }
-            Event::Finished { request, completion } => finished.push((request, completion.clone())),
-            _ => {}
-        };
-        let (_, timing) = inputs.engine.generate(&requests, &opts, &mut on_event, cancel)?;
-        counters.response_tokens += timing.decode_tokens + requests.len();
-        // Stored in the order they finished, each fsynced before the next.
-        for (i, completion) in finished {
-            if completion.finish == Finish::Cancelled {
-                continue;
-            }
-            let output = completion.text.trim().to_string();
-            let c = &chunk[i];
-            if completion.finish == Finish::Loop {
-                counters.looping_responses += 1;
-                continue;
-            }
-            if output.is_empty() {
-                counters.empty_responses += 1;
-                continue;
-            }
-            let sample = Sample {
-                id: c.id.clone(),
-                instruction: c.instruction.clone(),
-                input: c.input.clone(),
-                output,
-                status: Status::Pending,
-                provenance: Provenance {
-                    demos: c.demos.clone(),
-                    model: model_name.to_string(),
-                    sampling: Some(c.instruction_sampling),
-                    response_sampling: Some(requests[i].request.sampling),
-                    mode: Some(job.mode),
-                    documents: c.documents.clone(),
-                    most_similar: c.most_similar.as_ref().map(|m| m.0.clone()),
-                    rouge_l: c.most_similar.as_ref().map(|m| m.1),
-                    finish: Some(completion.finish.clone()),
-                    adapter: job.tuned_model(),
-                    contrastive_alpha: job.contrastive.filter(|_| job.tuned_model().is_some()),
-                    created: now_secs(),
-                },
-            };
-            if run.store.append(sample.clone())? {
-                sink.emit(&Progress::Kept { sample: Box::new(sample) });
-            }
-        }
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(Some(Outcome::Cancelled));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub struct Provenance {
     pub contrastive_alpha: Option<f64>,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// The judge's score (1–5), when the run judged its samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_score: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -88,8 +88,16 @@ fn group(c: &Ctx, task: usize, dot: impl Fn(&[f32], &[f32]) -> f32) {
         let q = |r: usize| &c.q[((row * c.nh + kv * rep + r) * c.new + t) * hd..][..hd];
         let m = c.mask.map(|m| &m[(row * c.new + t) * total..][..total]);
         for j in 0..total {
-            let key = &c.k[kb + j * c.k_at.3..][..hd];
             let bias = m.map_or(0.0, |m| m[j]);
+            // A hidden slot (a row's left padding, most of a short row's cache when it decodes
+            // beside long ones) is not read at all: its weight is 0 whatever its key.
+            if bias == f32::NEG_INFINITY {
+                for r in 0..rep {
+                    p[r * total + j] = f32::NEG_INFINITY;
+                }
+                continue;
+            }
+            let key = &c.k[kb + j * c.k_at.3..][..hd];
             for r in 0..rep {
                 p[r * total + j] = dot(q(r), key) * c.scale + bias;
             }

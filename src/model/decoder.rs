@@ -156,6 +156,49 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// Appends `other`'s rows after this cache's (continuous batching: rows prefilled apart
+    /// join the rows decoding). The shorter side is padded on the left so that every row ends
+    /// at the same slot; a row's positions follow its padding, so nothing is recomputed. One
+    /// layer is copied at a time: the extra memory is one layer's worth.
+    pub fn join(&mut self, other: Cache) -> Result<()> {
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        let len = self.len.max(other.len);
+        let (shift_a, shift_b) = (len - self.len, len - other.len);
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            let (Some(a), Some(b)) = (mine.as_ref(), theirs) else {
+                candle_core::bail!("a cache to join has a layer nothing was run through")
+            };
+            let side = |t: &Tensor, used: usize, shift: usize| -> Result<Tensor> {
+                let body = t.narrow(2, 0, used)?;
+                if shift == 0 {
+                    return Ok(body);
+                }
+                let (rows, heads, _, dim) = t.dims4()?;
+                let pad = Tensor::zeros((rows, heads, shift, dim), t.dtype(), t.device())?;
+                Tensor::cat(&[&pad, &body], 2)
+            };
+            let k = Tensor::cat(&[side(&a.k, self.len, shift_a)?, side(&b.k, other.len, shift_b)?], 0)?;
+            let v = Tensor::cat(&[side(&a.v, self.len, shift_a)?, side(&b.v, other.len, shift_b)?], 0)?;
+            *mine = Some(Kv::first(&k, &v)?);
+        }
+        self.pad = self.pad.iter().map(|p| p + shift_a).chain(other.pad.iter().map(|p| p + shift_b)).collect();
+        self.len = len;
+        Ok(())
+    }
+
+    /// Slots each row's buffers hold (the length they grow to in steps of [`KV_STEP`]).
+    pub fn capacity(&self) -> usize {
+        self.layers.iter().flatten().next().map_or(0, Kv::capacity)
+    }
+}
+
 /// One cache row's keys and values for its first `len` tokens (padding left out): per layer
 /// `[1, kv_heads, len, head_dim]`. What a prefix cache keeps between calls.
 #[derive(Debug, Clone)]
@@ -397,6 +440,12 @@ impl Decoder {
 
     pub fn new_cache(&self, pad: Vec<usize>) -> Cache {
         Cache::new(self.layers.len(), pad)
+    }
+
+    /// Bytes one cache row holds per slot: keys and values of every layer.
+    pub fn kv_slot_bytes(&self) -> usize {
+        let s = &self.spec;
+        s.num_layers * 2 * s.num_kv_heads * s.head_dim * self.dtype.size_in_bytes()
     }
 
     /// Runs `tokens` (`[rows, new]`, the rows of `cache`) through the model, appending to the

@@ -124,7 +124,8 @@ fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize, prefix
         }
         let requests: Vec<Request> = batch.iter().map(|w| w.request.clone()).collect();
         let replies: Vec<mpsc::Sender<Reply>> = batch.iter().map(|w| w.reply.clone()).collect();
-        let opts = crate::decode::Options { prompt_top: 0, max_batch, gated: true, prefix: prefix.clone() };
+        let opts =
+            crate::decode::Options { prompt_top: 0, max_batch, kv_budget: None, gated: true, prefix: prefix.clone() };
         let cancel = AtomicBool::new(false);
         let mut on_event = |e: Event| match e {
             Event::Token { request, text, .. } if !text.is_empty() => {

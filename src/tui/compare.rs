@@ -319,7 +319,13 @@ fn answer(
         .chain(specs.iter().map(|s| Some(s.name.clone())))
         .map(|adapter| Request { adapter, sampling, stop_on_loop: true, ..Request::new(ids.clone(), MAX_NEW_TOKENS) })
         .collect();
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: requests.len(), gated: false, prefix: None };
+    let opts = crate::decode::Options {
+        prompt_top: 0,
+        max_batch: requests.len(),
+        kv_budget: None,
+        gated: false,
+        prefix: None,
+    };
     crate::decode::generate(
         &m,
         &requests,
@@ -332,6 +338,7 @@ fn answer(
                 let finish = format!("{:?}", completion.finish).to_lowercase();
                 let _ = tx.send(Message::Done { column: request, finish });
             }
+            Event::Note { .. } => {}
         },
         cancel,
     )?;

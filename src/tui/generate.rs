@@ -594,7 +594,6 @@ impl GenerateScreen {
         let c = &self.view.counters;
         let secs = self.elapsed();
         let (per_min, eta) = self.view.rate(secs);
-        let tokens = if c.seconds > 0.0 { (c.instruction_tokens + c.response_tokens) as f64 / c.seconds } else { 0.0 };
         let reasons = |m: &BTreeMap<String, usize>| {
             let parts: Vec<String> = m.iter().map(|(k, v)| format!("{} {v}", k.replace('_', " "))).collect();
             if parts.is_empty() {
@@ -621,7 +620,8 @@ impl GenerateScreen {
             } else {
                 format!("kept {}/{} · prompts {} · parsed {}", c.kept, self.goal(), c.prompts, c.parsed)
             }),
-            Line::from(format!("{per_min:.1} samples/min · {tokens:.0} tokens/s")),
+            Line::from(format!("{per_min:.1} samples/min · {} tasks waiting", c.waiting)),
+            Line::from(Span::styled(truncate(&c.time.line(), w), theme.muted)),
             Line::from(Span::styled(truncate(&format!("filtered {filtered}{}", reasons(&c.filtered)), w), theme.muted)),
             Line::from(Span::styled(truncate(&format!("unparsed {unparsed}{}", reasons(&c.unparsed)), w), theme.muted)),
         ];
