@@ -118,11 +118,13 @@ def main():
     ap.add_argument("--every", type=float, default=10.0, help="seconds between memory samples")
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", choices=["base", "new"], help="run one binary only")
+    ap.add_argument("--new-first", action="store_true", help="in each round, run the new binary first")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results = []
     for rnd in range(args.rounds):
-        for label, binary in (("base", args.base), ("new", args.new)):
+        pair = [("base", args.base), ("new", args.new)]
+        for label, binary in (pair[::-1] if args.new_first else pair):
             if args.only and label != args.only:
                 continue
             r = one(binary, label, args, rnd)

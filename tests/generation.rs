@@ -394,3 +394,87 @@ fn a_second_round_generates_with_the_tuned_model() {
     let out = generate_cmd(&env, &second, 6, "top1").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("adapter:"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every task that passes the filters waits in tasks.jsonl until it is answered: a run that
+/// reaches N leaves the rest waiting, and the next run (a larger N) answers those before it asks
+/// for new lists. Counters events carry where the time went.
+#[test]
+fn no_task_is_wasted_and_events_say_where_the_time_went() {
+    let env = env();
+    let run = env.base.join("run");
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let ids =
+        |name: &str| -> HashSet<String> { lines(name).iter().map(|v| v["id"].as_str().unwrap().to_string()).collect() };
+    let waiting = || -> Vec<String> {
+        let done: HashSet<String> = ids("samples.jsonl").union(&ids("filtered.jsonl")).cloned().collect();
+        let tasks = lines("tasks.jsonl");
+        let all = tasks
+            .iter()
+            .flat_map(|l| l["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        all.filter(|id| !done.contains(id)).collect()
+    };
+    let out = generate_cmd(&env, &run, 3, "marginal").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(check_samples(&run, "marginal").len(), 3);
+    let left = waiting();
+    let lists = lines("tasks.jsonl").len();
+    let events = lines("events.jsonl");
+    let last = events.iter().rev().find(|e| e["event"] == "finished").unwrap();
+    let time = &last["counters"]["time"];
+    assert!(time["prefill_secs"].as_f64().unwrap() > 0.0 && time["decode_secs"].as_f64().unwrap() > 0.0, "{time}");
+    assert!(time["prefill_tokens"].as_u64().unwrap() > 0 && time["decoded_row_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(last["counters"]["waiting"].as_u64().unwrap() as usize, left.len());
+    // Continued with a larger N: what waited is answered (kept or dropped by a filter).
+    let out = generate_cmd(&env, &run, 3 + left.len(), "marginal").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answered: HashSet<String> = ids("samples.jsonl").union(&ids("filtered.jsonl")).cloned().collect();
+    for id in &left {
+        assert!(answered.contains(id), "task {id} waited and was not answered");
+    }
+    assert!(lines("tasks.jsonl").len() >= lists);
+}
+
+/// With a judge, each sample that passed the other filters is scored by the model on the rubric:
+/// kept samples carry a score at or above the threshold, the others are counted and written to
+/// filtered.jsonl as judged low, with the response.
+#[test]
+fn a_judge_scores_samples_and_drops_the_low_ones() {
+    let env = env();
+    let config = env.base.join("judge.yaml");
+    std::fs::write(
+        &config,
+        "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
+         prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n  prompt_budget: 8\n  filters:\n    judge:\n      min_score: 2\n",
+    )
+    .unwrap();
+    let run = env.base.join("run");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    cmd.arg("--config").arg(&config).arg("--workspace").arg(&env.workspace);
+    cmd.args(["generate", "--seeds"]).arg(root().join("sample-seeds/finance.yaml"));
+    cmd.arg("--model").arg(fixture("writer")).args(["--n", "3", "--seed", "11", "--mode", "none", "--run"]).arg(&run);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(0) || out.status.code() == Some(3), "{stderr}");
+    let text = |name: &str| std::fs::read_to_string(run.join(name)).unwrap_or_default();
+    let kept: Vec<serde_json::Value> =
+        text("samples.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let judged_low: Vec<serde_json::Value> = text("filtered.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["rejection"]["filter"] == "judged_low")
+        .collect();
+    assert!(!kept.is_empty() || !judged_low.is_empty(), "nothing was judged: {stderr}");
+    for s in &kept {
+        assert!(s["provenance"]["judge_score"].as_u64().unwrap() >= 2, "{s}");
+    }
+    for f in &judged_low {
+        assert!(f["output"].is_string(), "{f}");
+        assert!(f["rejection"]["score"].is_null() || f["rejection"]["score"].as_u64().unwrap() < 2, "{f}");
+    }
+}

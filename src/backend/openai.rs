@@ -466,6 +466,7 @@ impl Client {
     }
 
     /// One streamed try of a plain request: its text, how it ended, and the chunks read.
+    #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         path: &str,

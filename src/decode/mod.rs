@@ -323,7 +323,10 @@ pub fn generate(
         None => ((0..requests.len()).collect(), Vec::new()),
     };
     let mut feed = ListFeed { requests, order, fresh, next: 0, done: vec![None; requests.len()], on_event };
-    let timing = continuous(model, opts, &mut feed, cancel)?;
+    // Gated from the first row when any request of the call names an adapter: a base request
+    // decoding before the adapter's request starts must not see the adapter either.
+    let gated = opts.gated || requests.iter().any(|r| r.adapter.is_some() || r.contrast.is_some());
+    let timing = crate::parallel::on_worker(|| Scheduler::new(model, opts, gated).run(&mut feed, cancel))?;
     // Requests never started (stopped before their turn) end as cancelled.
     Ok((feed.done.into_iter().map(|c| c.unwrap_or_else(Completion::cancelled)).collect(), timing))
 }
@@ -406,7 +409,7 @@ pub fn continuous(
     feed: &mut (dyn Feed + Send),
     cancel: &AtomicBool,
 ) -> anyhow::Result<Timing> {
-    crate::parallel::on_worker(|| Scheduler::new(model, opts).run(feed, cancel))
+    crate::parallel::on_worker(|| Scheduler::new(model, opts, opts.gated).run(feed, cancel))
 }
 
 struct Scheduler<'a> {
@@ -425,7 +428,7 @@ struct Scheduler<'a> {
 }
 
 impl<'a> Scheduler<'a> {
-    fn new(model: &'a Model, opts: &'a Options) -> Scheduler<'a> {
+    fn new(model: &'a Model, opts: &'a Options, gated: bool) -> Scheduler<'a> {
         Scheduler {
             model,
             opts,
@@ -435,7 +438,7 @@ impl<'a> Scheduler<'a> {
             held: Default::default(),
             timing: Timing::default(),
             admitted: 0,
-            gated: opts.gated,
+            gated,
             slot_bytes: model.decoder.kv_slot_bytes(),
         }
     }
@@ -502,6 +505,22 @@ impl<'a> Scheduler<'a> {
             longest = longest.max(len);
             self.admitted += 1;
             group.push(Row::new(request, req, weights, streamed, self.admitted));
+        }
+        // Requests still held wait first: the feed is asked for more only when none is left,
+        // and for no more rows than the budget has room for at the rows' present length (a
+        // request taken goes on in the order taken, so asking for more than fits would queue
+        // the feed's later, more urgent requests behind it).
+        if !self.held.is_empty() {
+            return self.start(group);
+        }
+        if let Some(budget) = self.opts.kv_budget {
+            let per_row = self.bytes(1, longest + crate::model::decoder::KV_STEP).max(1);
+            free = free.min((budget / per_row).saturating_sub(rows_after));
+            // Rows join in groups (each join copies the cache once): a quarter of the rows
+            // decoding, at least one.
+            if free < (rows_after / 4).max(1) && !(live == 0 && group.is_empty()) {
+                return self.start(group);
+            }
         }
         let taken = feed.take(Room { rows: free, idle: live == 0 && group.is_empty(), per_request: false });
         for (request, req) in taken {

@@ -252,6 +252,12 @@ pub fn evaluate(
         &requests,
         &opts,
         &mut |e| {
+            if let decode::Event::Note { text } = e {
+                // What the user should know (a server's concurrency lowered); a failed write
+                // does not stop the run.
+                let _ = emit(&EvalEvent::Note { text: text.to_string() }, on_event);
+                return;
+            }
             let decode::Event::Finished { request, completion } = e else { return };
             if completion.finish == decode::Finish::Cancelled || failure.is_some() {
                 return;

@@ -333,4 +333,21 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn a_judges_score_is_its_first_digit_from_one_to_five() {
+        assert_eq!(Judge::score("4"), Some(4));
+        assert_eq!(Judge::score(" Score: 5/5"), Some(5));
+        assert_eq!(Judge::score("0"), None);
+        assert_eq!(Judge::score("7 out of 10"), None);
+        assert_eq!(Judge::score("good"), None);
+        // The default rubric fills every variable it names.
+        let text = crate::prompts::render(
+            "judge",
+            &Judge::default().rubric,
+            &[("domain", "d"), ("instruction", "i"), ("input", "x"), ("output", "o")],
+        )
+        .unwrap();
+        assert!(text.ends_with("Score (1-5):") && text.contains("Task:\ni"), "{text}");
+    }
 }

@@ -120,7 +120,8 @@ impl Generation {
                     Outcome::Budget { budget } => {
                         self.error = true;
                         format!(
-                            "stopped: {budget} prompts gave only {} samples (the prompt budget)",
+                            "stopped: {budget} task lists gave only {} samples (the prompt budget; raise \
+                             generation.prompt_budget, or use more varied seeds or a larger model)",
                             self.counters.kept
                         )
                     }

@@ -470,6 +470,9 @@ pub struct FilteredRecord {
     pub input: String,
     pub rejection: serde_json::Value,
     pub most_similar: Option<String>,
+    /// The response, when the response was what the filters dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// The templates folder the generation run in `dir` was started with (`Some(None)`: the
@@ -902,7 +905,7 @@ impl Feeder<'_, '_, '_> {
             let verdict = s.filters.check(&task.instruction, &task.input, self.pool);
             let most_similar = verdict.most_similar.map(|(i, score)| (self.pool_text[i].clone(), score));
             if let Some(rejection) = verdict.rejected {
-                self.reject(&id, &task.instruction, &task.input, &rejection, most_similar.map(|m| m.0))?;
+                self.reject(&id, &task.instruction, &task.input, &rejection, most_similar.map(|m| m.0), None)?;
                 continue;
             }
             self.pool.add(&task.instruction);
@@ -934,6 +937,7 @@ impl Feeder<'_, '_, '_> {
         input: &str,
         rejection: &super::filters::Rejection,
         most_similar: Option<String>,
+        output: Option<String>,
     ) -> anyhow::Result<()> {
         use super::filters::Rejection;
         let name = serde_name(rejection, Some("filter"));
@@ -955,6 +959,7 @@ impl Feeder<'_, '_, '_> {
                 input: input.to_string(),
                 rejection: serde_json::to_value(rejection)?,
                 most_similar,
+                output,
             };
             self.run.filtered.append(&record)?;
         }
@@ -986,7 +991,7 @@ impl Feeder<'_, '_, '_> {
             filters.check_response(&task.instruction, &task.input, &output)
         };
         if let Some(rejection) = rejection {
-            self.reject(&task.id, &task.instruction, &task.input, &rejection, None)?;
+            self.reject(&task.id, &task.instruction, &task.input, &rejection, None, Some(output))?;
             self.filter_secs += started.elapsed().as_secs_f64();
             return Ok(());
         }
@@ -1061,7 +1066,9 @@ impl Feeder<'_, '_, '_> {
         let min = self.job.settings.filters.judge.as_ref().map_or(0, |j| j.min_score);
         let score = Judge::score(&completion.text);
         if score.is_none_or(|s| s < min) {
-            return self.reject(&sample.id, &sample.instruction, &sample.input, &Rejection::JudgedLow { score }, None);
+            let rejection = Rejection::JudgedLow { score };
+            let output = Some(sample.output.clone());
+            return self.reject(&sample.id, &sample.instruction, &sample.input, &rejection, None, output);
         }
         sample.provenance.judge_score = score;
         self.keep(sample)?;
@@ -1128,6 +1135,13 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
             out.push((self.next_id, job));
             self.next_id += 1;
             self.responses_in_flight += 1;
+        }
+        // A task waits for rows to answer it: no list takes them first (a response needs k rows
+        // at once, and lists taking rows one by one as they free would starve it).
+        let more_needed =
+            self.run.store.len() + self.responses_in_flight + self.judging.len() + self.judges_in_flight < n;
+        if more_needed && !self.run.waiting.is_empty() {
+            return out;
         }
         // New task lists while rows are free and what waits and decodes is not expected to
         // reach N.

@@ -111,35 +111,85 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes every request waiting (up to `max_batch` rows), decodes them as one batch, repeats.
+/// Decodes the requests as they come on one continuous batch ([`crate::decode::continuous`]):
+/// a request arriving while others decode joins them as soon as rows are free, instead of
+/// waiting for the batch to end. A failure (a request the decoder refuses) is every live
+/// request's answer, and the loop goes on.
 fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize, prefix: Option<Arc<PrefixCache>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        // Requests sent together arrive a few milliseconds apart: wait that long for company.
-        while batch.len() < max_batch {
-            match rx.recv_timeout(Duration::from_millis(5)) {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+    let opts = crate::decode::Options { prompt_top: 0, max_batch, kv_budget: None, gated: true, prefix };
+    let cancel = AtomicBool::new(false);
+    let mut feed = Incoming { rx, waiting: Default::default(), replies: Default::default(), next: 0, closed: false };
+    while !feed.closed {
+        if let Err(e) = crate::decode::continuous(model, &opts, &mut feed, &cancel) {
+            for (_, reply) in feed.replies.drain() {
+                let _ = reply.send(Reply::Failed(format!("{e:#}")));
             }
         }
-        let requests: Vec<Request> = batch.iter().map(|w| w.request.clone()).collect();
-        let replies: Vec<mpsc::Sender<Reply>> = batch.iter().map(|w| w.reply.clone()).collect();
-        let opts =
-            crate::decode::Options { prompt_top: 0, max_batch, kv_budget: None, gated: true, prefix: prefix.clone() };
-        let cancel = AtomicBool::new(false);
-        let mut on_event = |e: Event| match e {
+    }
+}
+
+/// The server's requests as a [`crate::decode::Feed`]: waits for one when nothing decodes, and
+/// takes what has arrived when rows come free.
+struct Incoming {
+    rx: mpsc::Receiver<Work>,
+    /// Arrived but wider than the rows free.
+    waiting: std::collections::VecDeque<Work>,
+    replies: std::collections::HashMap<usize, mpsc::Sender<Reply>>,
+    next: usize,
+    /// Every sender is gone: the server is stopping.
+    closed: bool,
+}
+
+impl crate::decode::Feed for Incoming {
+    fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, Request)> {
+        if room.idle && self.waiting.is_empty() {
+            match self.rx.recv() {
+                Ok(w) => self.waiting.push_back(w),
+                Err(_) => {
+                    self.closed = true;
+                    return Vec::new();
+                }
+            }
+            // Requests sent together arrive a few milliseconds apart: wait that long for company.
+            while let Ok(w) = self.rx.recv_timeout(Duration::from_millis(5)) {
+                self.waiting.push_back(w);
+                if self.waiting.len() >= room.rows {
+                    break;
+                }
+            }
+        }
+        while let Ok(w) = self.rx.try_recv() {
+            self.waiting.push_back(w);
+        }
+        let mut out = Vec::new();
+        let mut rows = 0;
+        while let Some(w) = self.waiting.front() {
+            let width = if w.request.contrast.is_some() { 2 } else { w.request.prompts.len() };
+            if !(out.is_empty() && room.idle) && rows + width > room.rows {
+                break;
+            }
+            rows += width;
+            let w = self.waiting.pop_front().expect("front exists");
+            self.replies.insert(self.next, w.reply);
+            out.push((self.next, w.request));
+            self.next += 1;
+        }
+        out
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
             Event::Token { request, text, .. } if !text.is_empty() => {
-                let _ = replies[request].send(Reply::Token(text.to_string()));
+                if let Some(reply) = self.replies.get(&request) {
+                    let _ = reply.send(Reply::Token(text.to_string()));
+                }
             }
             Event::Finished { request, completion } => {
-                let _ = replies[request].send(Reply::Done(completion.clone()));
+                if let Some(reply) = self.replies.remove(&request) {
+                    let _ = reply.send(Reply::Done(completion.clone()));
+                }
             }
             _ => {}
-        };
-        if let Err(e) = crate::decode::generate(model, &requests, &opts, &mut on_event, &cancel) {
-            for r in &replies {
-                let _ = r.send(Reply::Failed(format!("{e:#}")));
-            }
         }
     }
 }
