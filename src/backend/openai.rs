@@ -295,6 +295,7 @@ impl Client {
     /// Decodes what `feed` hands out, at most `concurrency` requests in flight (fewer once the
     /// server has cut answers, see [`Throttle`]); `feed` hears every event on this thread.
     pub fn run(&self, feed: &mut (dyn super::JobFeed + Send), cancel: &AtomicBool) -> anyhow::Result<Timing> {
+        let started = Instant::now();
         let mut timing = Timing::default();
         let abort = AtomicBool::new(false);
         let stop = || cancel.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
@@ -364,7 +365,9 @@ impl Client {
                         timing.prefill_tokens += t.prefill_tokens;
                         timing.cached_tokens += t.cached_tokens;
                         timing.decode_tokens += t.decode_tokens;
-                        timing.decode_secs += t.decode_secs;
+                        // Wall time waiting on the server (requests overlap, and a cut one
+                        // waits for a slot: their own times would add up to more than it).
+                        timing.decode_secs = started.elapsed().as_secs_f64();
                         feed.event(Event::Finished { request, completion: &completion });
                         feed.timing(&timing);
                         // Counted out only now: what the event added to the feed is there for
