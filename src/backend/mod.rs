@@ -49,6 +49,16 @@ impl Job {
     pub fn new(prompts: Vec<Prompt>, request: Request) -> Job {
         Job { prompts, request }
     }
+
+    /// The place it takes in `room`: its cache rows (a contrastive pair is two), or one request
+    /// slot of a server.
+    pub fn width(&self, room: crate::decode::Room) -> usize {
+        match () {
+            _ if room.per_request => 1,
+            _ if self.request.contrast.is_some() => 2,
+            _ => self.prompts.len(),
+        }
+    }
 }
 
 /// The engine a run decodes with.
@@ -172,11 +182,7 @@ impl JobFeed for ListJobs<'_, '_> {
         let mut out = Vec::new();
         let mut rows = 0;
         while let Some(job) = self.jobs.get(self.next) {
-            let width = match () {
-                _ if room.per_request => 1,
-                _ if job.request.contrast.is_some() => 2,
-                _ => job.prompts.len(),
-            };
+            let width = job.width(room);
             if !(out.is_empty() && room.idle) && rows + width > room.rows {
                 break;
             }

@@ -83,6 +83,11 @@ impl Request {
         }
     }
 
+    /// How many cache rows it takes.
+    pub fn width(&self) -> usize {
+        self.rows().len()
+    }
+
     /// The adapter each cache row runs with in a gated batch (`None`: the base).
     fn row_adapters(&self) -> Vec<Option<&str>> {
         match &self.contrast {
@@ -253,7 +258,7 @@ impl Row {
     fn new(request: usize, req: Request, weights: Vec<f64>, streamed: usize, admitted: usize) -> Row {
         Row {
             request,
-            width: req.rows().len(),
+            width: req.width(),
             weights,
             prompt_top: Vec::new(),
             stream: TextStream::new(),
@@ -347,7 +352,7 @@ impl Feed for ListFeed<'_, '_> {
         let mut out = Vec::new();
         let mut rows = 0;
         while let Some(&i) = self.order.get(self.next) {
-            let width = self.requests[i].rows().len();
+            let width = self.requests[i].width();
             let first = out.is_empty() && room.idle;
             let far_more = !out.is_empty() && !self.fresh.is_empty() && {
                 let before = self.order[self.next - 1];
@@ -424,6 +429,8 @@ struct Scheduler<'a> {
     timing: Timing,
     admitted: usize,
     gated: bool,
+    /// The adapters' row gates while the scheduler runs (made again when `gated` turns on).
+    gates: Gates,
     slot_bytes: usize,
 }
 
@@ -439,6 +446,7 @@ impl<'a> Scheduler<'a> {
             timing: Timing::default(),
             admitted: 0,
             gated,
+            gates: Gates::new(model, gated),
             slot_bytes: model.decoder.kv_slot_bytes(),
         }
     }
@@ -464,8 +472,7 @@ impl<'a> Scheduler<'a> {
             if self.rows.is_empty() {
                 if cancelled {
                     // Requests taken but never started end as cancelled.
-                    for (request, req, _, _) in std::mem::take(&mut self.held) {
-                        drop(req);
+                    for (request, ..) in std::mem::take(&mut self.held) {
                         let completion = Completion::cancelled();
                         feed.event(Event::Finished { request, completion: &completion });
                     }
@@ -493,7 +500,7 @@ impl<'a> Scheduler<'a> {
         };
         // Held requests first, in order.
         while let Some((_, req, _, _)) = self.held.front() {
-            let width = req.rows().len();
+            let width = req.width();
             let len = req.prompts.iter().map(Vec::len).max().unwrap_or(0);
             let first = live == 0 && group.is_empty();
             if !first && (width > free || !fits(self, rows_after + width, longest.max(len), false)) {
@@ -528,10 +535,11 @@ impl<'a> Scheduler<'a> {
                 Ok(w) => w,
                 Err(e) => anyhow::bail!("request {request}: {e}"),
             };
-            if req.contrast.is_some() || req.adapter.is_some() {
+            if !self.gated && (req.contrast.is_some() || req.adapter.is_some()) {
                 self.gated = true;
+                self.gates = Gates::new(self.model, true);
             }
-            let width = req.rows().len();
+            let width = req.width();
             let len = req.prompts.iter().map(Vec::len).max().unwrap_or(0);
             let first = live == 0 && group.is_empty();
             if !self.held.is_empty() || !fits(self, rows_after + width, longest.max(len), first) {
@@ -595,8 +603,7 @@ impl<'a> Scheduler<'a> {
             at += row.width;
         }
         let started = Instant::now();
-        let gates = Gates::new(self.model, self.gated);
-        gates.set(&group)?;
+        self.gates.set(&group)?;
         let input = Tensor::from_vec(tokens, (row_count, width), device)?;
         let logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
         if let Some(store) = prefix {
@@ -685,8 +692,7 @@ impl<'a> Scheduler<'a> {
             self.rows = keep.iter().map(|&(r, _, _)| old[r].take().expect("kept once")).collect();
         }
         let started = Instant::now();
-        let gates = Gates::new(self.model, self.gated);
-        gates.set(&self.rows)?;
+        self.gates.set(&self.rows)?;
         let input = Tensor::from_vec(feed_ids, (keep_rows.len(), 1), self.model.decoder.device())?;
         self.logits = Some(self.model.decoder.forward(&input, &mut self.cache, Pass::Inference, true)?.squeeze(1)?);
         self.timing.decode_tokens += self.rows.len();

@@ -97,6 +97,11 @@ pub fn choose(logits: &mut [f32], params: &SamplingParams, seen: &[u32], rng: &m
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= sum);
     }
+    draw(&order, &probs, rng)
+}
+
+/// The token `order[j]` drawn with probability `probs[j]` (one uniform draw).
+fn draw(order: &[usize], probs: &[f64], rng: &mut Rng) -> u32 {
     let mut draw = rng.next_f64();
     for (j, q) in probs.iter().enumerate() {
         if draw < *q {
@@ -137,14 +142,7 @@ fn nucleus(logits: &[f32], t: f32, p: f64, rng: &mut Rng) -> u32 {
     }
     let sum: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|q| *q /= sum);
-    let mut draw = rng.next_f64();
-    for (j, q) in probs.iter().enumerate() {
-        if draw < *q {
-            return order[j] as u32;
-        }
-        draw -= q;
-    }
-    order[probs.len() - 1] as u32
+    draw(&order, &probs, rng)
 }
 
 #[cfg(test)]

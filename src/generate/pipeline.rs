@@ -758,6 +758,11 @@ struct Feeder<'r, 'a, 's> {
 }
 
 impl Feeder<'_, '_, '_> {
+    /// Samples kept, and samples the responses and judge passes under way may still keep.
+    fn promised(&self) -> usize {
+        self.run.store.len() + self.responses_in_flight + self.judging.len() + self.judges_in_flight
+    }
+
     fn issued(&self) -> usize {
         self.run.lists_done.len() + self.lists_in_flight
     }
@@ -1108,7 +1113,7 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
             self.judges_in_flight += 1;
         }
         // Responses to waiting tasks: as many as could still be needed.
-        while self.run.store.len() + self.responses_in_flight + self.judging.len() + self.judges_in_flight < n {
+        while self.promised() < n {
             let Some(task) = self.run.waiting.pop_front() else { break };
             let (job, documents) = match self.response_job(&task) {
                 Ok(j) => j,
@@ -1118,11 +1123,7 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
                     return out;
                 }
             };
-            let width = match () {
-                _ if room.per_request => 1,
-                _ if job.request.contrast.is_some() => 2,
-                _ => job.prompts.len(),
-            };
+            let width = job.width(room);
             if !first && width > rows {
                 self.run.waiting.push_front(task);
                 break;
@@ -1138,20 +1139,14 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
         }
         // A task waits for rows to answer it: no list takes them first (a response needs k rows
         // at once, and lists taking rows one by one as they free would starve it).
-        let more_needed =
-            self.run.store.len() + self.responses_in_flight + self.judging.len() + self.judges_in_flight < n;
-        if more_needed && !self.run.waiting.is_empty() {
+        if self.promised() < n && !self.run.waiting.is_empty() {
             return out;
         }
         // New task lists while rows are free and what waits and decodes is not expected to
         // reach N.
         while self.issued() < self.budget && (first || rows > 0) {
-            let expected = (self.run.store.len()
-                + self.responses_in_flight
-                + self.judging.len()
-                + self.judges_in_flight
-                + self.run.waiting.len()) as f64
-                + self.lists_in_flight as f64 * self.yield_per_list();
+            let expected =
+                (self.promised() + self.run.waiting.len()) as f64 + self.lists_in_flight as f64 * self.yield_per_list();
             if expected >= n as f64 {
                 break;
             }

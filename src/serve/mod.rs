@@ -164,7 +164,7 @@ impl crate::decode::Feed for Incoming {
         let mut out = Vec::new();
         let mut rows = 0;
         while let Some(w) = self.waiting.front() {
-            let width = if w.request.contrast.is_some() { 2 } else { w.request.prompts.len() };
+            let width = w.request.width();
             if !(out.is_empty() && room.idle) && rows + width > room.rows {
                 break;
             }
