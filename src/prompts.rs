@@ -187,13 +187,13 @@ fn header_line() -> &'static Regex {
 }
 
 fn marker(word: &str) -> Regex {
-    Regex::new(&format!(r"(?mi)^[ \t]*(?:(?:task[ \t]*#?[ \t]*)?\d+[ \t]*[.):-]?[ \t]*)?{word}[ \t]*:[ \t]*"))
+    Regex::new(&format!(r"(?mi)^[ \t]*(?:(?:task[ \t]*#?[ \t]*)?\d+[ \t]*[.):-]?[ \t]*)?{word}s?[ \t]*:[ \t]*"))
         .expect("valid regex")
 }
 
 /// Reads the numbered tasks in `text` (the primer and the model's continuation). Tolerates
-/// `Task N` headers or `N.` numbering, CRLF, extra `Output:` sections and blank lines;
-/// `<noinput>` means an empty input. With `truncated`, the last item is dropped: the token
+/// `Task N` headers or `N.` numbering, plural markers (`Instructions:`, `Inputs:`), CRLF, extra
+/// `Output:` sections and blank lines; `<noinput>` means an empty input. With `truncated`, the last item is dropped: the token
 /// limit cut it.
 pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
     static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
@@ -363,5 +363,14 @@ mod tests {
         let (tasks, _) =
             parse_tasks("Task 4\nInstruction: Explain deuce.\nInput: In tennis, forty-all is deuce.", false);
         assert_eq!(tasks.len(), 1);
+        // Small models write the markers in the plural (seen from SmolLM2-135M): a task each, not
+        // one task swallowing the next.
+        let (tasks, failures) = parse_tasks(
+            "Task 4\nInstruction: Use the feedback.\nInput: Too slow.\n\nTask 5\nInstructions: Reply to the user.\nInputs: Thanks!",
+            false,
+        );
+        assert_eq!(failures, vec![]);
+        assert_eq!(tasks[0].input, "Too slow.");
+        assert_eq!(tasks[1], Task { instruction: "Reply to the user.".into(), input: "Thanks!".into() });
     }
 }

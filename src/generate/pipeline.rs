@@ -636,6 +636,12 @@ pub struct Task {
 pub struct ListRecord {
     pub prompt: usize,
     pub tasks: Vec<Task>,
+    /// The list as the model wrote it (after the primer), and why it ended: what a user reads to
+    /// see why a list gave few tasks. Absent in runs from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<Finish>,
 }
 
 /// Where a run's time went, over all its sessions (seconds; tokens are cache-row tokens).
@@ -924,7 +930,12 @@ impl Feeder<'_, '_, '_> {
                 most_similar,
             });
         }
-        self.run.tasks.append(&ListRecord { prompt, tasks: tasks.clone() })?;
+        self.run.tasks.append(&ListRecord {
+            prompt,
+            tasks: tasks.clone(),
+            text: Some(text),
+            finish: Some(list.finish.clone()),
+        })?;
         self.run.lists_done.insert(prompt);
         self.lists += 1;
         self.passed += tasks.len();
