@@ -190,8 +190,8 @@ pub enum Command {
         /// Alpaca JSONL or a generation run (its accepted samples), as `train --data` takes.
         #[arg(long)]
         data: PathBuf,
-        /// Evenly spaced α from 0 to 1, both ends included.
-        #[arg(long, default_value_t = 11)]
+        /// Evenly spaced α from 0 to 1, both ends included (2 to 1001).
+        #[arg(long, default_value_t = 11, value_parser = selfspec::bounds::flag::points)]
         points: usize,
         /// Examples are cut to this many tokens, as in training.
         #[arg(long, default_value_t = 1024)]
@@ -237,7 +237,7 @@ pub enum Command {
         #[arg(long)]
         plan: bool,
         /// Start no stage after this many hours: the sweep stops cleanly between stages.
-        #[arg(long, value_name = "H")]
+        #[arg(long, value_name = "H", value_parser = selfspec::bounds::flag::hours)]
         max_hours: Option<f64>,
         /// Keep going when the terminal closes (SIGHUP).
         #[arg(long, hide = true)]
@@ -579,8 +579,8 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub server: BackendArgs,
-    /// Samples to keep.
-    #[arg(long)]
+    /// Samples to keep (1 to 1,000,000).
+    #[arg(long, value_parser = selfspec::bounds::flag::samples)]
     pub n: usize,
     /// The run folder (created; an existing one is continued).
     #[arg(long)]
@@ -588,8 +588,8 @@ pub struct GenerateArgs {
     /// A BM25 index of the domain corpus (`selfspec index build`), for top1 and marginal.
     #[arg(long, value_name = "INDEX_DIR")]
     pub corpus: Option<PathBuf>,
-    /// Documents per response in marginal mode (default: the config's generation.k, 5).
-    #[arg(long)]
+    /// Documents per response in marginal mode, 1 to 64 (default: the config's generation.k, 5).
+    #[arg(long, value_parser = selfspec::bounds::flag::k)]
     pub k: Option<usize>,
     /// Responses without documents, with the best one, or marginalised over the top k
     /// (default: marginal with --corpus, else none).
@@ -641,8 +641,8 @@ pub struct EvalArgs {
     /// The run folder.
     #[arg(long, required = true)]
     pub run: Option<PathBuf>,
-    /// New tokens per answer instead of the per-task limits.
-    #[arg(long)]
+    /// New tokens per answer instead of the per-task limits (at least 1).
+    #[arg(long, value_parser = selfspec::bounds::flag::new_tokens)]
     pub max_new_tokens: Option<usize>,
     /// Keep only the first line of each prediction (off by default).
     #[arg(long, value_parser = ["first-line"])]
@@ -787,25 +787,26 @@ pub struct CompleteArgs {
     /// With --chat: a system message before the user's.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = selfspec::bounds::flag::new_tokens)]
     pub max_new_tokens: usize,
     /// Always take the most likely token (the default unless --temperature is given).
     #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k"])]
     pub greedy: bool,
-    /// Sample with this temperature.
-    #[arg(long)]
+    /// Sample with this temperature (0 to 100; 0 is greedy).
+    #[arg(long, value_parser = selfspec::bounds::flag::temperature)]
     pub temperature: Option<f64>,
-    /// Sample from the smallest set of tokens whose probability reaches P.
-    #[arg(long, requires = "temperature")]
+    /// Sample from the smallest set of tokens whose probability reaches P (above 0, at most 1).
+    #[arg(long, requires = "temperature", value_parser = selfspec::bounds::flag::top_p)]
     pub top_p: Option<f64>,
-    /// Sample from the K most likely tokens.
-    #[arg(long, requires = "temperature")]
+    /// Sample from the K most likely tokens (at least 1).
+    #[arg(long, requires = "temperature", value_parser = selfspec::bounds::flag::top_k)]
     pub top_k: Option<usize>,
     /// Seed of the sampler: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Penalise tokens already in the text (transformers' repetition_penalty).
-    #[arg(long)]
+    /// Penalise tokens already in the text (transformers' repetition_penalty; above 0, at most
+    /// 100).
+    #[arg(long, value_parser = selfspec::bounds::flag::repetition_penalty)]
     pub repetition_penalty: Option<f32>,
     /// Stop when the text contains this (repeatable); the text ends before it.
     #[arg(long)]
@@ -999,8 +1000,9 @@ pub enum AdaptersCommand {
         weights: Vec<f64>,
         #[arg(long, value_enum)]
         method: Combine,
-        /// The merged rank for svd (default: the largest rank among the adapters).
-        #[arg(long)]
+        /// The merged rank for svd, 1 to 1024 and at most the layers' sizes (default: the
+        /// largest rank among the adapters).
+        #[arg(long, value_parser = selfspec::bounds::flag::rank)]
         rank: Option<usize>,
         /// The folder to write.
         #[arg(long)]

@@ -151,15 +151,30 @@ pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
+/// The longest record (line) of a user's JSON-lines file: 1 MiB, about 250,000 tokens, past the
+/// context of every model this tool runs. Tokenizing and scoring a record take a multiple of its
+/// size, so the bound keeps a single line from taking gigabytes.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
 /// The records of a user's JSON-lines `text` (read from `path`), in order, each with its line
 /// number (1-based); blank lines are skipped. A line that is not a `T` is an error
-/// `path:line: <serde's message>; <shape>`, where `shape` tells what a line must hold.
+/// `path:line: <serde's message>; <shape>`, where `shape` tells what a line must hold; a line
+/// over [`MAX_RECORD_BYTES`] is an error naming it.
 pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
     path: &'a Path,
     text: &'a str,
     shape: &'a str,
 ) -> impl Iterator<Item = anyhow::Result<(usize, T)>> + 'a {
     strip_bom(text).lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
+        if line.len() > MAX_RECORD_BYTES {
+            anyhow::bail!(
+                "{}:{}: the line is {} bytes, over the {MAX_RECORD_BYTES} a record may hold (about 250,000 \
+                 tokens, past any model's context); cut or split it",
+                path.display(),
+                i + 1,
+                line.len()
+            );
+        }
         serde_json::from_str(line)
             .map(|record| (i + 1, record))
             .map_err(|e| anyhow::anyhow!("{}:{}: {e}; {shape}", path.display(), i + 1))
@@ -212,6 +227,15 @@ mod tests {
             jsonl_records(Path::new("x.jsonl"), text, "").collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].1["a"], 1);
+    }
+
+    #[test]
+    fn a_line_past_the_record_limit_is_refused_by_line() {
+        let text = format!("{{\"a\": 1}}\n{{\"a\": \"{}\"}}\n", "x".repeat(MAX_RECORD_BYTES));
+        let got: anyhow::Result<Vec<(usize, serde_json::Value)>> =
+            jsonl_records(Path::new("big.jsonl"), &text, "").collect();
+        let err = got.unwrap_err().to_string();
+        assert!(err.starts_with("big.jsonl:2: the line is 1048585 bytes, over the 1048576"), "{err}");
     }
 
     #[test]

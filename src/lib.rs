@@ -4,6 +4,7 @@
 //! terminal. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod backend;
+pub mod bounds;
 pub mod bench;
 pub mod config;
 pub mod corpus;

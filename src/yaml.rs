@@ -149,17 +149,20 @@ enum Open {
     Map(Pos, Vec<(Node, Node)>, Option<Node>),
 }
 
-/// Values a document of `bytes` bytes may hold once its aliases are expanded: far above what
-/// written-out text can spell (a value takes at least two bytes), far below what nested aliases
-/// can (a few hundred bytes of "billion laughs" spell 10⁹ values).
-fn value_limit(bytes: usize) -> usize {
-    10_000 + 16 * bytes
+/// What a document of `bytes` bytes may grow to once its aliases are expanded, counted as one
+/// per value plus the bytes of its text: far above what written-out text can spell (at most
+/// about 1.5 × its size), far below what aliases can (a few hundred bytes of "billion laughs"
+/// spell 10⁹ values; a long string aliased through a few levels spells gigabytes). The parsed
+/// tree stays within a small multiple of this.
+fn expansion_limit(bytes: usize) -> usize {
+    (1 << 20) + 16 * bytes
 }
 
-/// How many values `node` holds, itself included.
+/// What `node` counts toward [`expansion_limit`], itself included.
 fn size(node: &Node) -> usize {
     1 + match &node.value {
-        Value::Null | Value::Text(_) => 0,
+        Value::Null => 0,
+        Value::Text(t) => t.len(),
         Value::List(items) => items.iter().map(size).sum(),
         Value::Map(entries) => entries.iter().map(|(k, v)| size(k) + size(v)).sum(),
     }
@@ -173,7 +176,7 @@ struct TreeBuilder {
     root: Option<Node>,
     done: bool,
     error: Option<SyntaxError>,
-    /// Values built so far, aliases counted expanded, and the most allowed.
+    /// Values and text bytes built so far, aliases counted expanded, and the most allowed.
     values: usize,
     limit: usize,
     /// The error of an alias that would pass `limit` (also in `error`).
@@ -190,7 +193,7 @@ impl TreeBuilder {
             done: false,
             error: None,
             values: 0,
-            limit: value_limit(text.len()),
+            limit: expansion_limit(text.len()),
             expansion: None,
         }
     }
@@ -229,7 +232,7 @@ impl MarkedEventReceiver for TreeBuilder {
         let pos = Pos::from_marker(&mark);
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
-                self.values += 1;
+                self.values += 1 + text.len();
                 let value = if is_null_scalar(&text, style) { Value::Null } else { Value::Text(text) };
                 let node = Node { value, pos };
                 self.remember(anchor, &node);
@@ -242,8 +245,9 @@ impl MarkedEventReceiver for TreeBuilder {
                         let e = SyntaxError {
                             pos,
                             message: format!(
-                                "this alias expands the document past {} values (nested aliases that \
-                                 multiply, a \"billion laughs\"); write the values out instead",
+                                "this alias expands the document past {} values and text bytes, 16 times \
+                                 the file's size and 1 MiB (aliases that multiply, a \"billion laughs\"); \
+                                 write the values out instead",
                                 self.limit
                             ),
                         };
@@ -349,6 +353,17 @@ pub(crate) mod tests {
         assert!(err.message.contains("billion laughs"), "{err}");
         // Modest aliasing still reads.
         assert!(parse("a: &x [1, 2]\nb: [*x, *x, *x]\n").is_ok());
+        // Few values, long text: a 100 KB string through four levels of ten aliases is 1 GB.
+        let mut text = format!("a: &a \"{}\"\n", "x".repeat(100_000));
+        for (i, c) in "bcde".chars().enumerate() {
+            let prev = (b'a' + i as u8) as char;
+            text.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(",")));
+        }
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("billion laughs"), "{err}");
+        assert!(from_str::<Any>(&text).is_err());
+        // The same string used ten times is fine.
+        assert!(parse(&text[..text.find("c:").unwrap()]).is_ok());
     }
 
     #[test]

@@ -381,6 +381,10 @@ fn check(model: &Model, r: &Request) -> Result<Vec<f64>, String> {
     if r.prompts.is_empty() || r.prompts.iter().any(|p| p.is_empty()) {
         return Err("a prompt has no tokens".into());
     }
+    r.sampling.check()?;
+    if r.max_new_tokens == 0 {
+        return Err(crate::bounds::out_of_range("max_new_tokens", 0, "a whole number of at least 1"));
+    }
     if let Some(c) = &r.contrast {
         if r.prompts.len() != 1 {
             return Err("contrastive decoding takes one prompt".into());

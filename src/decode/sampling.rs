@@ -30,6 +30,24 @@ impl SamplingParams {
         SamplingParams { sampling: Sampling::Greedy, seed: 0, repetition_penalty: None }
     }
 
+    /// Every number within its range ([`crate::bounds`]); the error names the parameter.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::bounds::{self, out_of_range};
+        if let Sampling::Sample { temperature, top_k, top_p } = self.sampling {
+            bounds::temperature(temperature).map_err(|r| out_of_range("temperature", temperature, r))?;
+            if let Some(p) = top_p {
+                bounds::top_p(p).map_err(|r| out_of_range("top_p", p, r))?;
+            }
+            if let Some(k) = top_k {
+                bounds::top_k(k).map_err(|r| out_of_range("top_k", k, r))?;
+            }
+        }
+        if let Some(p) = self.repetition_penalty {
+            bounds::repetition_penalty(p as f64).map_err(|r| out_of_range("repetition_penalty", p, r))?;
+        }
+        Ok(())
+    }
+
     /// Greedy with no penalty: the argmax can be taken where the logits are (on the GPU).
     pub fn is_plain_greedy(&self) -> bool {
         self.sampling == Sampling::Greedy && self.repetition_penalty.is_none_or(|p| p == 1.0)

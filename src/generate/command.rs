@@ -325,7 +325,9 @@ fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
         "{} has no samples.jsonl: not a generation run folder",
         run.display()
     );
-    super::review::Review::open(run)
+    let review = super::review::Review::open(run)?;
+    review.note_torn();
+    Ok(review)
 }
 
 /// `selfspec samples export`: the accepted and edited samples as Alpaca JSONL.

@@ -160,11 +160,28 @@ impl Settings {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("generation.{name} must be at least 1"));
         }
-        if self.instruction_top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return Err("generation.instruction_top_p must be in (0, 1]".into());
+        use crate::bounds::{self, out_of_range};
+        for (name, v, max) in [
+            ("k", self.k, bounds::MAX_K),
+            ("demos", self.demos, bounds::MAX_DEMOS),
+            ("tasks_per_prompt", self.tasks_per_prompt, 1000),
+            ("instruction_max_new_tokens", self.instruction_max_new_tokens, bounds::MAX_NEW_TOKENS),
+            ("response_max_new_tokens", self.response_max_new_tokens, bounds::MAX_NEW_TOKENS),
+            ("prompts_per_batch", self.prompts_per_batch, 1024),
+            ("responses_per_batch", self.responses_per_batch, 1024),
+            ("kv_cache_mib", self.kv_cache_mib, 1 << 20),
+        ] {
+            bounds::count(v, 1, max).map_err(|r| out_of_range(&format!("generation.{name}"), v, &r))?;
         }
-        if self.instruction_temperature.is_some_and(|t| t < 0.0) || self.response_temperature.is_some_and(|t| t < 0.0) {
-            return Err("generation temperatures must be ≥ 0".into());
+        for (name, t) in [("instruction_temperature", self.instruction_temperature), ("response_temperature", self.response_temperature)] {
+            if let Some(t) = t {
+                bounds::temperature(t).map_err(|r| out_of_range(&format!("generation.{name}"), t, r))?;
+            }
+        }
+        for (name, p) in [("instruction_top_p", self.instruction_top_p), ("response_top_p", self.response_top_p)] {
+            if let Some(p) = p {
+                bounds::top_p(p).map_err(|r| out_of_range(&format!("generation.{name}"), p, r))?;
+            }
         }
         if let Weighting::Softmax { temperature } = self.weighting {
             if temperature <= 0.0 || !temperature.is_finite() {
@@ -498,7 +515,7 @@ impl Run {
             }
         }
         crate::runs::write_config(dir, Kind::Generate, &job)?;
-        let (store, _) = SampleStore::open(&dir.join(SAMPLES))?;
+        let (store, opened) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
         let filtered_ids: HashSet<String> =
             crate::fsutil::read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
@@ -514,6 +531,13 @@ impl Run {
         }
         counters.kept = store.len();
         let mut notes: Vec<String> = torn.into_iter().collect();
+        if opened.torn_bytes > 0 {
+            notes.push(format!(
+                "{}: the last line was cut short ({} bytes, no whole sample) and is dropped; its task is answered again",
+                dir.join(SAMPLES).display(),
+                opened.torn_bytes
+            ));
+        }
         notes.extend(read.dropped);
         // The task lists decoded and the tasks still waiting. A run from before tasks.jsonl
         // decoded its prompts in order: the ones below its count are done.
@@ -1249,6 +1273,18 @@ pub fn run(
     s.check().map_err(anyhow::Error::msg)?;
     let seeds: Vec<&Seed> = inputs.seeds.seeds.iter().collect();
     anyhow::ensure!(!seeds.is_empty(), "{}: the seed file has no seeds", job.seeds.display());
+    anyhow::ensure!(
+        s.demos <= seeds.len(),
+        "generation.demos: {} is out of range; it takes 1 to the seed file's {} seeds ({}): lower it or add seeds",
+        s.demos,
+        seeds.len(),
+        job.seeds.display()
+    );
+    anyhow::ensure!(
+        (1..=crate::bounds::MAX_SAMPLES).contains(&job.n),
+        "{}",
+        crate::bounds::out_of_range("--n", job.n, &format!("a whole number from 1 to {}", crate::bounds::MAX_SAMPLES))
+    );
     anyhow::ensure!(
         job.mode == Mode::None || inputs.searcher.is_some(),
         "mode {} needs a corpus index: pass --corpus INDEX_DIR (build one with `selfspec index build`)",

@@ -31,6 +31,7 @@ pub struct Decision {
 /// anything for writing (what training reads).
 pub fn accepted(dir: &Path) -> anyhow::Result<Vec<Sample>> {
     let review = Review::open(dir)?;
+    review.note_torn();
     Ok(review.samples.into_iter().filter(|s| matches!(s.status, Status::Accepted | Status::Edited)).collect())
 }
 
@@ -45,6 +46,9 @@ pub struct Review {
     decisions_read: bool,
     /// Bytes of samples.jsonl read so far (to pick up samples a generator appends).
     read_to: u64,
+    /// An incomplete last line of samples.jsonl at the last read (skipped): its line number and
+    /// length in bytes.
+    pub torn: Option<(usize, usize)>,
     undo: Vec<Sample>,
 }
 
@@ -57,6 +61,7 @@ impl Review {
             decisions: None,
             decisions_read: false,
             read_to: 0,
+            torn: None,
             undo: Vec::new(),
         };
         r.refresh()?;
@@ -93,6 +98,26 @@ impl Review {
             }
         }
         self.read_to = complete as u64;
+        // After the last newline: a whole sample that only lacks its newline (a file edited by
+        // hand) is taken (and read again next time, which adds nothing); anything else is a line
+        // being written now, or cut by a kill, and is reported.
+        let tail = &bytes[complete..];
+        self.torn = None;
+        if !tail.iter().all(u8::is_ascii_whitespace) {
+            match serde_json::from_slice::<Sample>(tail) {
+                Ok(sample) => {
+                    if !self.index.contains_key(&sample.id) {
+                        self.index.insert(sample.id.clone(), self.samples.len());
+                        self.samples.push(sample);
+                        added += 1;
+                    }
+                }
+                Err(_) => {
+                    let line = bytes[..complete].iter().filter(|&&b| b == b'\n').count() + 1;
+                    self.torn = Some((line, tail.len()));
+                }
+            }
+        }
         if !self.decisions_read {
             for d in read_jsonl::<Decision>(&self.dir.join(DECISIONS))? {
                 self.apply(&d);
@@ -108,6 +133,17 @@ impl Review {
             }
         }
         Ok(added)
+    }
+
+    /// Says on stderr that an incomplete last line was skipped, if one was.
+    pub fn note_torn(&self) {
+        if let Some((line, bytes)) = self.torn {
+            eprintln!(
+                "note: {}:{line}: the last line is incomplete ({bytes} bytes, no whole sample) and is skipped; \
+                 a generation killed while writing it leaves this, and `selfspec generate` on the run cuts it",
+                self.dir.join(SAMPLES).display()
+            );
+        }
     }
 
     fn apply(&mut self, d: &Decision) {
@@ -206,6 +242,27 @@ mod tests {
             status: Status::Pending,
             provenance: Provenance::default(),
         }
+    }
+
+    #[test]
+    fn a_last_sample_without_its_newline_is_read_and_a_torn_one_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SAMPLES);
+        let mut text = String::new();
+        for id in ["a", "b", "c"] {
+            text.push_str(&serde_json::to_string(&sample(id)).unwrap());
+            text.push('\n');
+        }
+        let whole = text.trim_end().to_string();
+        std::fs::write(&path, &whole).unwrap();
+        let r = Review::open(dir.path()).unwrap();
+        assert_eq!(r.samples.len(), 3, "the last sample lacks only its newline");
+        assert_eq!(r.torn, None);
+        std::fs::write(&path, format!("{whole}\n{{\"id\":\"d\",\"instr")).unwrap();
+        let r = Review::open(dir.path()).unwrap();
+        assert_eq!(r.samples.len(), 3);
+        assert_eq!(r.torn, Some((4, 16)));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().len(), whole.len() + 17, "reading changes nothing");
     }
 
     #[test]

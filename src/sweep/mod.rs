@@ -137,6 +137,28 @@ impl Spec {
         let text = crate::fsutil::read_text(path)?;
         let mut spec: Spec =
             crate::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?;
+        // An axes: that lists no value would run the base point alone, which is not what it says.
+        if let Ok(Some(root)) = crate::yaml::parse(&text) {
+            if let Some(axes) = root.get("axes") {
+                if spec.axes.seeds.is_empty() && spec.axes.samples.is_empty() {
+                    anyhow::bail!(
+                        "{}:{}: axes: lists no seed count and no sample count; give seeds: [..] or samples: [..], \
+                         or remove axes: to run the base point alone",
+                        path.display(),
+                        axes.pos
+                    );
+                }
+                for (name, list) in [("seeds", &spec.axes.seeds), ("samples", &spec.axes.samples)] {
+                    if let (Some(node), true) = (axes.get(name), list.is_empty()) {
+                        anyhow::bail!(
+                            "{}:{}: axes.{name}: [] lists nothing; give at least one value or remove the key",
+                            path.display(),
+                            node.pos
+                        );
+                    }
+                }
+            }
+        }
         // Paths in the file are relative to it.
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
@@ -1041,5 +1063,23 @@ mod tests {
         assert!(err.contains("asks for 80 seeds but s.yaml holds 30"), "{err}");
         let grid = Spec { grid: true, ..spec };
         assert_eq!(grid.points().len(), 1 + 6 - 1);
+    }
+
+    #[test]
+    fn axes_that_list_nothing_are_refused_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.yaml");
+        let head = "model: m\nseeds: s.yaml\neval: e\nshots: [0]\nbase: {seeds: 10, samples: 10}\n";
+        for (axes, want) in [
+            ("axes: {}\n", "sweep.yaml:6:7: axes: lists no seed count"),
+            ("axes:\n  seeds: []\n", "axes: lists no seed count"),
+            ("axes:\n  seeds: []\n  samples: [5]\n", "sweep.yaml:7:10: axes.seeds: [] lists nothing"),
+        ] {
+            std::fs::write(&path, format!("{head}{axes}")).unwrap();
+            let err = Spec::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{axes}: {err}");
+        }
+        std::fs::write(&path, head).unwrap();
+        assert!(Spec::load(&path).is_ok(), "no axes: the base point alone");
     }
 }

@@ -137,7 +137,19 @@ pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec
 }
 
 /// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
-pub fn schedule(lengths: &[usize], c: &TrainConfig) -> (Vec<Vec<Vec<usize>>>, usize) {
+/// Refused, before anything is planned, past [`super::MAX_STEPS`] steps.
+pub fn schedule(lengths: &[usize], c: &TrainConfig) -> anyhow::Result<(Vec<Vec<Vec<usize>>>, usize)> {
+    let micro_batches = lengths.len().div_ceil(c.per_device_train_batch_size.max(1));
+    let per_epoch = micro_batches.div_ceil(c.gradient_accumulation_steps.max(1));
+    let total = c.max_steps.unwrap_or(per_epoch.saturating_mul(c.num_train_epochs));
+    anyhow::ensure!(
+        total <= super::MAX_STEPS,
+        "{} epochs of {per_epoch} steps ({} examples) are {total} optimiser steps, over the {} a run may plan: \
+         lower num_train_epochs or set max_steps",
+        c.num_train_epochs,
+        lengths.len(),
+        super::MAX_STEPS
+    );
     let mut steps = Vec::new();
     let mut per_epoch = 0;
     for epoch in 0..c.num_train_epochs {
@@ -160,7 +172,7 @@ pub fn schedule(lengths: &[usize], c: &TrainConfig) -> (Vec<Vec<Vec<usize>>>, us
         }
         steps.truncate(m);
     }
-    (steps, per_epoch)
+    Ok((steps, per_epoch))
 }
 
 /// Left-pads the chosen examples into one micro-batch.
@@ -192,5 +204,20 @@ mod tests {
         assert_ne!(p, plan(&lengths, 4, 9, 1));
         // Within a batch, longest first.
         assert!(p.iter().all(|b| b.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]])));
+    }
+
+    #[test]
+    fn a_schedule_past_the_step_limit_is_refused_before_it_is_planned() {
+        let lengths = vec![8; 10_000];
+        let c = TrainConfig {
+            num_train_epochs: 11,
+            per_device_train_batch_size: 1,
+            gradient_accumulation_steps: 1,
+            ..Default::default()
+        };
+        let e = schedule(&lengths, &c).unwrap_err().to_string();
+        assert!(e.contains("110000 optimiser steps"), "{e}");
+        let c = TrainConfig { max_steps: Some(5), ..c };
+        assert_eq!(schedule(&lengths, &c).unwrap().0.len(), 5);
     }
 }

@@ -150,22 +150,36 @@ impl Default for TrainConfig {
     }
 }
 
+/// The most optimiser steps a run may plan (its epochs × steps per epoch, or max_steps): the
+/// plan is held in memory, about 300 bytes a step at the defaults.
+pub const MAX_STEPS: usize = 100_000;
+
 impl TrainConfig {
+    /// Every setting within its range; the error names the key, the value and the range.
     pub fn check(&self) -> Result<(), String> {
-        for (name, v) in [
-            ("r", self.r),
-            ("num_train_epochs", self.num_train_epochs),
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
-            ("save_steps", self.save_steps),
-            ("max_seq_length", self.max_seq_length),
+        for (name, v, max) in [
+            ("r", self.r, 1024),
+            ("num_train_epochs", self.num_train_epochs, 10_000),
+            ("per_device_train_batch_size", self.per_device_train_batch_size, 4096),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps, 4096),
+            ("save_steps", self.save_steps, MAX_STEPS),
+            ("max_seq_length", self.max_seq_length, 1 << 20),
+            ("max_steps", self.max_steps.unwrap_or(1), MAX_STEPS),
         ] {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
+            if !(1..=max).contains(&v) {
+                let null = if name == "max_steps" { " (or null: the epochs decide)" } else { "" };
+                return Err(format!("{name}: {v} is out of range; it takes 1 to {max}{null}"));
             }
         }
-        if self.max_steps == Some(0) {
-            return Err("max_steps must be at least 1 (or null: the epochs decide)".into());
+        if self.warmup_steps > MAX_STEPS {
+            return Err(format!("warmup_steps: {} is out of range; it takes 0 to {MAX_STEPS}", self.warmup_steps));
+        }
+        if let Init::Reptile { outer, inner } = self.init {
+            if outer > 10_000 || inner > 1_000 {
+                return Err(format!(
+                    "init reptile:{outer}:{inner} is out of range; it takes at most 10000 outer steps of 1000"
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err("lora_dropout must be in [0, 1)".into());
@@ -538,6 +552,11 @@ mod tests {
             ("lora_alpha: 0", "lora_alpha"),
             ("weight_decay: -0.1", "weight_decay"),
             ("lora_dropout: 1.0", "lora_dropout"),
+            ("max_steps: 100000000", "max_steps"),
+            ("max_steps: 18446744073709551615", "max_steps"),
+            ("r: 100000", "r"),
+            ("num_train_epochs: 1000000000", "num_train_epochs"),
+            ("warmup_steps: 1000000000", "warmup_steps"),
         ] {
             let c: TrainConfig = crate::yaml::from_str(yaml).unwrap();
             let e = c.check().unwrap_err();

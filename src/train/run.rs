@@ -218,7 +218,7 @@ pub fn train(
         c.max_seq_length
     );
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    let (steps, per_epoch) = data::schedule(&lengths, c);
+    let (steps, per_epoch) = data::schedule(&lengths, c)?;
     let total = steps.len();
     let base = job.model.clone();
     let mut warm_note = None;

@@ -91,7 +91,7 @@ pub fn start(
                 );
             };
             let lengths: Vec<usize> = rows.iter().map(|&i| encoded[i].ids.len()).collect();
-            let (steps, _) = data::schedule(&lengths, &standard);
+            let (steps, _) = data::schedule(&lengths, &standard)?;
             let mut losses = Vec::new();
             for step in &steps {
                 if cancel.load(Ordering::Relaxed) {
