@@ -500,3 +500,104 @@ fn a_sweeps_generation_stages_decode_on_the_server_it_names() {
     let err = failed(sweep(&seeded, &dir.path().join("seeded-run")).arg("--plan").output().unwrap());
     assert!(err.contains("remove backend:"), "{err}");
 }
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1.split_whitespace().collect::<Vec<_>>();
+    after[11].parse::<u64>().unwrap() + after[12].parse::<u64>().unwrap()
+}
+
+fn raw_request(url: &str, body: &Value, auth: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let address = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s
+}
+
+#[test]
+fn the_server_refuses_meaningless_numbers_and_stops_for_clients_that_leave() {
+    // A key variable that is set but empty could match no request: refused at the start.
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["serve", "--model"])
+        .arg(writer())
+        .args(["--port", "0", "--api-key-env", "SELFSPEC_EMPTY_KEY"])
+        .env("SELFSPEC_EMPTY_KEY", "")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SELFSPEC_EMPTY_KEY is empty"), "{out:?}");
+
+    let server = Server::start(&writer(), &["--api-key-env", "SELFSPEC_TEST_KEY"]);
+    let url = &server.url;
+    let send = |body: &Value, auth: &str| -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let resp = agent
+            .post(format!("{url}/completions"))
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().read_to_string().unwrap())
+    };
+    let base = json!({"model": "writer", "prompt": "Task 1", "max_tokens": 4});
+    // The scheme of a bearer token is case-insensitive.
+    assert_eq!(send(&base, "bearer sesame").0, 200);
+    for (field, value) in [
+        ("max_tokens", json!(-1)),
+        ("max_tokens", json!("50")),
+        ("max_tokens", json!(3.5)),
+        ("max_tokens", json!(u64::MAX)),
+        ("top_k", json!(-3)),
+        ("repetition_penalty", json!(0)),
+        ("logprobs", json!(-1)),
+        ("seed", json!(-1)),
+        ("temperature", json!(-1)),
+        ("top_p", json!(2)),
+    ] {
+        let mut body = base.clone();
+        body[field] = value.clone();
+        let (status, text) = send(&body, "Bearer sesame");
+        assert_eq!(status, 400, "{field}: {value}: {text}");
+        let message = serde_json::from_str::<Value>(&text).unwrap()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with(&format!("`{field}`: {value} is out of range")), "{message}");
+    }
+    // A prompt and max_tokens past the context, however large max_tokens is.
+    let mut long = base.clone();
+    long["prompt"] = json!(vec![5; 4090]);
+    long["max_tokens"] = json!(1000);
+    let (status, text) = send(&long, "Bearer sesame");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("exceed the model's context"), "{text}");
+
+    // Half-open connections from one client do not shut out the next request.
+    let idle: Vec<std::net::TcpStream> =
+        (0..300).filter_map(|_| std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/v1")).ok()).collect();
+    let started = Instant::now();
+    assert_eq!(send(&base, "Bearer sesame").0, 200);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(idle);
+
+    // A client that leaves, streamed or not: the server stops decoding for it.
+    let pid = server.child.id();
+    for stream in [true, false] {
+        let body = json!({"model": "writer", "prompt": "Task 1", "max_tokens": 4000, "ignore_eos": true, "stream": stream});
+        let s = raw_request(url, &body, "Bearer sesame");
+        std::thread::sleep(Duration::from_millis(150));
+        drop(s);
+        std::thread::sleep(Duration::from_millis(400));
+        let before = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_millis(600));
+        let used = cpu_ticks(pid) - before;
+        assert!(used <= 5, "stream {stream}: the server used {used} ticks in 0.6 s after its client left");
+    }
+    // And it still answers.
+    assert_eq!(send(&base, "Bearer sesame").0, 200);
+}

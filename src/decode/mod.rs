@@ -284,6 +284,11 @@ pub trait Feed {
     fn event(&mut self, e: Event);
     /// The time spent so far (after every step).
     fn timing(&mut self, _timing: &Timing) {}
+    /// Whether whoever asked for `request` is gone (a server's client that closed its
+    /// connection): its rows end as cancelled at the next step.
+    fn gone(&mut self, _request: usize) -> bool {
+        false
+    }
 }
 
 /// What the decoder can take.
@@ -647,11 +652,12 @@ impl<'a> Scheduler<'a> {
         let logits = self.logits.take().context("rows decode without logits")?;
         let next = pick(&logits, &mut self.rows)?;
         drop(logits);
+        let gone: Vec<bool> = self.rows.iter().map(|row| feed.gone(row.request)).collect();
         let mut keep = Vec::with_capacity(self.rows.len());
         let mut at = 0;
         let mut on_event = |e: Event| feed.event(e);
         for (r, (row, &id)) in self.rows.iter_mut().zip(&next).enumerate() {
-            match advance(self.model, row, id, cancelled, &mut on_event)? {
+            match advance(self.model, row, id, cancelled || gone[r], &mut on_event)? {
                 Some(completion) => on_event(Event::Finished { request: row.request, completion: &completion }),
                 None => keep.push((r, at, id)),
             }

@@ -7,8 +7,9 @@ use std::net::TcpStream;
 
 /// The most a request's headers may hold.
 const HEADER_LIMIT: usize = 64 << 10;
-/// The most a request's body may hold.
-pub const BODY_LIMIT: usize = 32 << 20;
+/// The most a request's body may hold: 1 MiB is far past any prompt a model's context takes
+/// (32,000 tokens of text are about 150 KB), and tokenizing it stays within a few hundred MB.
+pub const BODY_LIMIT: usize = 1 << 20;
 
 pub struct Request {
     pub method: String,
@@ -26,15 +27,31 @@ impl Request {
 /// Why a request could not be read: the status to answer with, and why.
 pub struct Refusal(pub u16, pub String);
 
-pub fn read_request(stream: &TcpStream) -> Result<Request, Refusal> {
+/// Reads one request, which must arrive whole before `deadline` (a client that opens a
+/// connection and sends nothing, or a byte at a time, holds it no longer than that).
+pub fn read_request(stream: &TcpStream, deadline: std::time::Instant) -> Result<Request, Refusal> {
     let bad = |m: &str| Refusal(400, m.to_string());
+    let late = || Refusal(408, "the request did not arrive in time".to_string());
+    // Each read may wait only until the deadline.
+    let wait = |stream: &TcpStream| -> Result<(), Refusal> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| Refusal(500, e.to_string()))
+    };
+    let timed_out = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| Refusal(500, e.to_string()))?);
     let mut line = String::new();
     let mut header_bytes = 0;
     let mut read_line = |line: &mut String, reader: &mut BufReader<TcpStream>| -> Result<(), Refusal> {
         line.clear();
+        wait(stream)?;
         let n = reader.by_ref().take((HEADER_LIMIT + 1 - header_bytes.min(HEADER_LIMIT)) as u64).read_line(line);
-        let n = n.map_err(|e| bad(&format!("cannot read the request: {e}")))?;
+        let n = n.map_err(|e| if timed_out(&e) { late() } else { bad(&format!("cannot read the request: {e}")) })?;
+        if n == 0 {
+            return Err(bad("the connection closed before the request ended"));
+        }
         header_bytes += n;
         if header_bytes > HEADER_LIMIT {
             return Err(Refusal(431, format!("the request's headers exceed {HEADER_LIMIT} bytes")));
@@ -69,7 +86,18 @@ pub fn read_request(stream: &TcpStream) -> Result<Request, Refusal> {
         return Err(Refusal(413, format!("the body ({length} bytes) exceeds {BODY_LIMIT} bytes")));
     }
     req.body = vec![0; length];
-    reader.read_exact(&mut req.body).map_err(|e| bad(&format!("the body ended early: {e}")))?;
+    let mut filled = 0;
+    while filled < length {
+        wait(stream)?;
+        match reader.read(&mut req.body[filled..]) {
+            Ok(0) => return Err(bad(&format!("the body ended early: {filled} of {length} bytes"))),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) => return Err(late()),
+            Err(e) => return Err(bad(&format!("the body ended early: {e}"))),
+        }
+    }
+    let _ = stream.set_read_timeout(None);
     Ok(req)
 }
 
@@ -80,6 +108,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",

@@ -20,6 +20,11 @@ use crate::model::{Choice, Model};
 
 /// Connections handled at once; more are answered 503.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections of one client address still sending their request: a newer one closes the
+/// oldest, so half-open connections cannot shut other clients out.
+const READING_PER_CLIENT: usize = 16;
+/// Time a client has to send its whole request after connecting.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Options {
     pub model: Choice,
@@ -48,6 +53,39 @@ enum Reply {
 struct Work {
     request: Request,
     reply: mpsc::Sender<Reply>,
+    /// Set when the client has gone: its rows stop decoding.
+    gone: Arc<AtomicBool>,
+}
+
+/// Marks a request's client gone when its connection's handler ends, however it ends.
+struct Leaving(Arc<AtomicBool>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the peer has closed `stream` (a read would see its end), without waiting.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted,
+    };
+    let _ = stream.set_nonblocking(false);
+    closed
+}
+
+/// Connections still sending their request, by client address, oldest first.
+#[derive(Default)]
+struct Reading {
+    next: u64,
+    by_client: std::collections::HashMap<std::net::IpAddr, std::collections::VecDeque<(u64, TcpStream)>>,
 }
 
 struct Shared {
@@ -58,12 +96,50 @@ struct Shared {
     work: mpsc::Sender<Work>,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    reading: std::sync::Mutex<Reading>,
+}
+
+impl Shared {
+    /// Registers a connection about to send its request; closes the client's oldest one still
+    /// sending when it has too many. Returns the registration to end with [`Shared::read`].
+    fn reading(&self, stream: &TcpStream) -> Option<(std::net::IpAddr, u64)> {
+        let ip = stream.peer_addr().ok()?.ip();
+        let clone = stream.try_clone().ok()?;
+        let mut r = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        r.next += 1;
+        let id = r.next;
+        let queue = r.by_client.entry(ip).or_default();
+        while queue.len() >= READING_PER_CLIENT {
+            if let Some((_, oldest)) = queue.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        queue.push_back((id, clone));
+        Some((ip, id))
+    }
+
+    fn read(&self, (ip, id): (std::net::IpAddr, u64)) {
+        let mut r = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = r.by_client.get_mut(&ip) {
+            queue.retain(|(i, _)| *i != id);
+            if queue.is_empty() {
+                r.by_client.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Runs the server until the process is stopped.
 pub fn serve(opts: Options) -> anyhow::Result<()> {
     let key = match &opts.api_key_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("--api-key-env {var}: {var} is not set"))?),
+        Some(var) => {
+            let key = std::env::var(var).map_err(|_| anyhow::anyhow!("--api-key-env {var}: {var} is not set"))?;
+            anyhow::ensure!(
+                !key.trim().is_empty(),
+                "--api-key-env {var}: {var} is empty, so no request could match it; put the key in it"
+            );
+            Some(key.trim().to_string())
+        }
         None => None,
     };
     let mut model = opts.model.load()?;
@@ -77,6 +153,13 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
     let listener = TcpListener::bind((opts.host.as_str(), opts.port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", opts.host, opts.port))?;
     let address = listener.local_addr()?;
+    if key.is_none() && !address.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {} without an API key: anyone who can reach this machine can use the model; \
+             set --api-key-env VAR (the key in VAR) or listen on 127.0.0.1",
+            address.ip()
+        );
+    }
     let model = Arc::new(model);
     let (tx, rx) = mpsc::channel::<Work>();
     let decoder = model.clone();
@@ -91,6 +174,7 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
         work: tx,
         next_id: AtomicU64::new(1),
         connections: AtomicUsize::new(0),
+        reading: Default::default(),
     });
     let names = std::iter::once(base.as_str()).chain(adapters.iter().map(String::as_str)).collect::<Vec<_>>();
     eprintln!("serving {} on http://{address}/v1", names.join(", "));
@@ -103,9 +187,9 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
         }
         let shared = shared.clone();
         std::thread::spawn(move || {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
             handle(&shared, stream);
             shared.connections.fetch_sub(1, Ordering::SeqCst);
+            crate::parallel::release_free_memory();
         });
     }
     Ok(())
@@ -121,7 +205,7 @@ fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize, prefix
     let mut feed = Incoming { rx, waiting: Default::default(), replies: Default::default(), next: 0, closed: false };
     while !feed.closed {
         if let Err(e) = crate::decode::continuous(model, &opts, &mut feed, &cancel) {
-            for (_, reply) in feed.replies.drain() {
+            for (_, (reply, _)) in feed.replies.drain() {
                 let _ = reply.send(Reply::Failed(format!("{e:#}")));
             }
         }
@@ -134,7 +218,7 @@ struct Incoming {
     rx: mpsc::Receiver<Work>,
     /// Arrived but wider than the rows free.
     waiting: std::collections::VecDeque<Work>,
-    replies: std::collections::HashMap<usize, mpsc::Sender<Reply>>,
+    replies: std::collections::HashMap<usize, (mpsc::Sender<Reply>, Arc<AtomicBool>)>,
     next: usize,
     /// Every sender is gone: the server is stopping.
     closed: bool,
@@ -161,6 +245,8 @@ impl crate::decode::Feed for Incoming {
         while let Ok(w) = self.rx.try_recv() {
             self.waiting.push_back(w);
         }
+        // Requests whose client left while they waited are not started.
+        self.waiting.retain(|w| !w.gone.load(Ordering::Relaxed));
         let mut out = Vec::new();
         let mut rows = 0;
         while let Some(w) = self.waiting.front() {
@@ -170,7 +256,7 @@ impl crate::decode::Feed for Incoming {
             }
             rows += width;
             let w = self.waiting.pop_front().expect("front exists");
-            self.replies.insert(self.next, w.reply);
+            self.replies.insert(self.next, (w.reply, w.gone));
             out.push((self.next, w.request));
             self.next += 1;
         }
@@ -180,22 +266,31 @@ impl crate::decode::Feed for Incoming {
     fn event(&mut self, e: Event) {
         match e {
             Event::Token { request, text, .. } if !text.is_empty() => {
-                if let Some(reply) = self.replies.get(&request) {
+                if let Some((reply, _)) = self.replies.get(&request) {
                     let _ = reply.send(Reply::Token(text.to_string()));
                 }
             }
             Event::Finished { request, completion } => {
-                if let Some(reply) = self.replies.remove(&request) {
+                if let Some((reply, _)) = self.replies.remove(&request) {
                     let _ = reply.send(Reply::Done(completion.clone()));
                 }
             }
             _ => {}
         }
     }
+
+    fn gone(&mut self, request: usize) -> bool {
+        self.replies.get(&request).is_some_and(|(_, gone)| gone.load(Ordering::Relaxed))
+    }
 }
 
 fn handle(shared: &Shared, mut stream: TcpStream) {
-    let req = match http::read_request(&stream) {
+    let registered = shared.reading(&stream);
+    let read = http::read_request(&stream, std::time::Instant::now() + REQUEST_DEADLINE);
+    if let Some(r) = registered {
+        shared.read(r);
+    }
+    let req = match read {
         Ok(r) => r,
         Err(http::Refusal(status, message)) => {
             let _ = http::error(&mut stream, status, &message);
@@ -203,7 +298,12 @@ fn handle(shared: &Shared, mut stream: TcpStream) {
         }
     };
     if let Some(key) = &shared.key {
-        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let given = req
+            .header("authorization")
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         if given != Some(key.as_str()) {
             let _ = http::error(&mut stream, 401, "a missing or wrong API key (send Authorization: Bearer KEY)");
             return;
@@ -277,7 +377,21 @@ fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, Strin
     let number = |field: &str| -> Result<Option<f64>, (u16, String)> {
         match &body[field] {
             Value::Null => Ok(None),
-            v => v.as_f64().map(Some).ok_or_else(|| bad(format!("`{field}` must be a number"))),
+            v => v.as_f64().map(Some).ok_or_else(|| bad(format!("`{field}` must be a number, not {v}"))),
+        }
+    };
+    // A whole number from `min` to `max` (a string, a fraction or a negative is refused).
+    let whole = |field: &str, min: u64, max: u64| -> Result<Option<u64>, (u16, String)> {
+        match &body[field] {
+            Value::Null => Ok(None),
+            v => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(bad(crate::bounds::out_of_range(
+                    &format!("`{field}`"),
+                    v,
+                    &format!("a whole number from {min} to {max}"),
+                ))),
+            },
         }
     };
     let tokenizer = &shared.model.tokenizer;
@@ -326,33 +440,54 @@ fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, Strin
     if let Some(id) = ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(bad(format!("token id {id} is outside the vocabulary ({vocab})")));
     }
-    let max_tokens = match body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()) {
+    let most = crate::bounds::MAX_NEW_TOKENS as u64;
+    let asked_tokens = match whole("max_completion_tokens", 1, most)? {
+        Some(n) => Some(n),
+        None => whole("max_tokens", 1, most)?,
+    };
+    let max_tokens = match asked_tokens {
         Some(n) => n as usize,
         None if chat => 1024,
         None => 16,
     };
-    if max_tokens == 0 {
-        return Err(bad("max_tokens must be at least 1".into()));
-    }
     let context = shared.model.decoder.spec.max_position_embeddings;
-    if context > 0 && ids.len() + max_tokens > context {
+    if context > 0 && ids.len().saturating_add(max_tokens) > context {
         return Err(bad(format!(
             "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's context of {context} tokens",
             ids.len()
         )));
     }
+    use crate::bounds::{self, out_of_range};
     let temperature = number("temperature")?.unwrap_or(1.0);
-    if !(0.0..=100.0).contains(&temperature) {
-        return Err(bad("temperature must be in [0, 100]".into()));
-    }
+    bounds::temperature(temperature).map_err(|r| bad(out_of_range("`temperature`", temperature, r)))?;
     let top_p = number("top_p")?;
-    if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-        return Err(bad("top_p must be in (0, 1]".into()));
+    if let Some(p) = top_p {
+        bounds::top_p(p).map_err(|r| bad(out_of_range("`top_p`", p, r)))?;
     }
-    let top_k = number("top_k")?.filter(|k| *k > 0.0).map(|k| k as usize);
+    // vLLM's convention: -1 (or 0) turns top-k off.
+    let top_k = match &body["top_k"] {
+        Value::Null => None,
+        v if v.as_i64() == Some(-1) || v.as_i64() == Some(0) => None,
+        v => match v.as_u64() {
+            Some(k) if k <= vocab as u64 => Some(k as usize),
+            _ => {
+                return Err(bad(out_of_range(
+                    "`top_k`",
+                    v,
+                    &format!("a whole number from 1 to {vocab}, or -1 or 0 for none"),
+                )))
+            }
+        },
+    };
     let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, top_p } };
-    let seed = body["seed"].as_u64().unwrap_or(0);
-    let repetition_penalty = number("repetition_penalty")?.map(|p| p as f32).filter(|p| *p != 1.0);
+    let seed = whole("seed", 0, u64::MAX)?.unwrap_or(0);
+    let repetition_penalty = match number("repetition_penalty")? {
+        Some(p) => {
+            bounds::repetition_penalty(p).map_err(|r| bad(out_of_range("`repetition_penalty`", p, r)))?;
+            Some(p as f32).filter(|p| *p != 1.0)
+        }
+        None => None,
+    };
     let stop = match &body["stop"] {
         Value::Null => Vec::new(),
         Value::String(s) => vec![s.clone()],
@@ -360,16 +495,15 @@ fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, Strin
         _ => return Err(bad("`stop` must be a string or an array of strings".into())),
     };
     let logprobs = if chat {
-        match body["logprobs"].as_bool() {
-            Some(true) => Some(body["top_logprobs"].as_u64().unwrap_or(0) as usize),
-            _ => None,
+        let top = whole("top_logprobs", 0, vocab as u64)?;
+        match &body["logprobs"] {
+            Value::Bool(true) => Some(top.unwrap_or(0) as usize),
+            Value::Bool(false) | Value::Null => None,
+            v => return Err(bad(format!("`logprobs` must be true or false in a chat request, not {v}"))),
         }
     } else {
-        body["logprobs"].as_u64().map(|n| n as usize)
+        whole("logprobs", 0, vocab as u64)?.map(|n| n as usize)
     };
-    if logprobs.is_some_and(|n| n > vocab) {
-        return Err(bad(format!("at most {vocab} log-probabilities (the vocabulary)")));
-    }
     let stream = body["stream"].as_bool().unwrap_or(false);
     if stream && logprobs.is_some() {
         return Err(bad("log-probabilities are served without streaming only".into()));
@@ -421,9 +555,30 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
         Err((status, message)) => return http::error(stream, status, &message),
     };
     let (tx, rx) = mpsc::channel();
-    if shared.work.send(Work { request: asked.request.clone(), reply: tx }).is_err() {
+    let gone = Arc::new(AtomicBool::new(false));
+    // However this handler ends (the client closing the stream included), decoding stops.
+    let _leaving = Leaving(gone.clone());
+    if shared.work.send(Work { request: asked.request.clone(), reply: tx, gone: gone.clone() }).is_err() {
         return http::error(stream, 503, "the decoder has stopped");
     }
+    // The next reply; `None` when the client has closed its connection meanwhile (looked at
+    // every quarter second).
+    let every = Duration::from_millis(250);
+    let mut looked = std::time::Instant::now();
+    let mut next = |stream: &TcpStream| loop {
+        if looked.elapsed() >= every {
+            looked = std::time::Instant::now();
+            if peer_closed(stream) {
+                gone.store(true, Ordering::Relaxed);
+                return None;
+            }
+        }
+        match rx.recv_timeout(every) {
+            Ok(reply) => return Some(Ok(reply)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Some(Err(())),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    };
     let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let id = if chat { format!("chatcmpl-{n}") } else { format!("cmpl-{n}") };
     let object = if chat { "chat.completion" } else { "text_completion" };
@@ -438,7 +593,7 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
         if chat {
             http::event(stream, &chunk(json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": null})))?;
         }
-        for reply in rx {
+        while let Some(Ok(reply)) = next(stream) {
             match reply {
                 Reply::Token(text) => {
                     let choice = if chat {
@@ -467,11 +622,12 @@ fn complete(shared: &Shared, req: &http::Request, stream: &mut TcpStream, chat: 
         return Ok(());
     }
     let completion = loop {
-        match rx.recv() {
-            Ok(Reply::Token(_)) => continue,
-            Ok(Reply::Done(c)) => break c,
-            Ok(Reply::Failed(message)) => return http::error(stream, 500, &message),
-            Err(_) => return http::error(stream, 500, "the decoder stopped"),
+        match next(stream) {
+            Some(Ok(Reply::Token(_))) => continue,
+            Some(Ok(Reply::Done(c))) => break c,
+            Some(Ok(Reply::Failed(message))) => return http::error(stream, 500, &message),
+            Some(Err(())) => return http::error(stream, 500, "the decoder stopped"),
+            None => return Ok(()),
         }
     };
     let usage = json!({
