@@ -1,11 +1,12 @@
 //! Who is writing a run folder: the OS lock on `run.lock`, held by the writing process for its
 //! whole life and released by the kernel when it dies (even by kill -9). The holder writes its
-//! pid into the file once it has the lock; the pid is trusted only while the lock is held *and*
-//! that process has the lock file open (checked in /proc), so a stale pid is never signalled.
+//! pid into the file for people to read; the process signalled is the one the kernel's lock
+//! record names (/proc/locks), so neither a stale pid in the file nor a process that merely has
+//! the file open is ever signalled.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -60,7 +61,7 @@ pub enum Holder {
     Nobody,
     /// Held, but the holder is not known yet (it has not written its pid) or cannot be proven.
     Unproven,
-    /// Held by this process, proven: it has the lock file open.
+    /// Held by this process, proven by the kernel's lock record.
     Process(u32),
 }
 
@@ -76,18 +77,37 @@ pub fn holder(dir: &Path) -> Holder {
             Err(TryLockError::Error(_)) => return Holder::Unproven,
         }
     }
-    let pid = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
-    match pid {
-        Some(pid) if has_open(pid, &path) => Holder::Process(pid),
-        _ => Holder::Unproven,
+    match kernel_holder(&path) {
+        Some(pid) => Holder::Process(pid),
+        None => Holder::Unproven,
     }
 }
 
-/// Whether process `pid` has `path` open (one of /proc/PID/fd links to it).
-fn has_open(pid: u32, path: &Path) -> bool {
-    let Ok(want) = std::fs::canonicalize(path) else { return false };
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.filter_map(Result::ok).any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p: PathBuf| p == want))
+/// The process holding the exclusive flock(2) on `path`, from the kernel's own lock record
+/// (/proc/locks: `N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF`). Not the pid written in the
+/// file, nor a process that merely has the file open: only the kernel knows who took the lock.
+fn kernel_holder(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let (major, minor, inode) = (libc::major(meta.dev()) as u64, libc::minor(meta.dev()) as u64, meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let mut holders = locks.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A waiter's line has "->" after the number; only granted locks count.
+        let [_, kind, _, mode, pid, at, ..] = fields.as_slice() else { return None };
+        if *kind != "FLOCK" || *mode != "WRITE" {
+            return None;
+        }
+        let mut parts = at.split(':');
+        let (maj, min, ino) = (parts.next()?, parts.next()?, parts.next()?);
+        let same = u64::from_str_radix(maj, 16).ok()? == major
+            && u64::from_str_radix(min, 16).ok()? == minor
+            && ino.parse::<u64>().ok()? == inode;
+        same.then(|| pid.parse::<u32>().ok()).flatten()
+    });
+    let pid = holders.next()?;
+    // Two records for one file would be a lock this module did not take: prove nothing.
+    holders.next().is_none().then_some(pid)
 }
 
 /// Asks the process writing `dir` to stop (SIGTERM: its engine stops cooperatively, saving what
@@ -161,17 +181,25 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_pid_in_a_held_lock_is_not_trusted() {
+    fn a_process_with_the_lock_file_open_and_its_pid_written_is_not_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let _lock = Lock::acquire(dir.path()).unwrap();
-        // Another process's pid written into the file (as a recycled pid would read): it does not
-        // have the lock file open, so it is never signalled.
-        let mut stranger = std::process::Command::new("sleep").arg("5").spawn().unwrap();
-        std::fs::write(dir.path().join(LOCK), stranger.id().to_string()).unwrap();
-        assert_eq!(holder(dir.path()), Holder::Unproven);
-        assert!(stop(dir.path()).unwrap_err().contains("nothing was signalled"));
-        assert!(stranger.try_wait().unwrap().is_none(), "the stranger was not signalled");
-        stranger.kill().unwrap();
-        stranger.wait().unwrap();
+        // A process that opens run.lock and writes its own pid there: it holds no lock.
+        let mut impostor = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>run.lock; echo $$ > run.lock; sleep 5")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let written = || std::fs::read_to_string(dir.path().join(LOCK)).unwrap().trim().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while written() != impostor.id().to_string() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(written(), impostor.id().to_string());
+        assert_eq!(holder(dir.path()), Holder::Process(std::process::id()), "the kernel's record names the holder");
+        assert!(impostor.try_wait().unwrap().is_none());
+        impostor.kill().unwrap();
+        impostor.wait().unwrap();
     }
 }
