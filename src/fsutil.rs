@@ -9,12 +9,15 @@ use std::path::Path;
 /// new one, never a mix: write a temporary file beside it, fsync it, rename it over `path`, then
 /// fsync the folder so the rename itself is durable.
 ///
-/// An existing file keeps its permissions; a symbolic link is written through (its target is
+/// An existing file keeps its permissions and, where this process may set them, its owner and
+/// group; a symbolic link is written through (its target is
 /// replaced, the link stays); a read-only file is refused (`PermissionDenied`, saying so) rather
 /// than replaced behind its owner's back.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let resolved;
     let mut mode = None;
+    let mut owner = None;
     let path = match fs::metadata(path) {
         Ok(meta) => {
             if meta.permissions().readonly() {
@@ -24,6 +27,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
                 ));
             }
             mode = Some(meta.permissions());
+            owner = Some((meta.uid(), meta.gid()));
             resolved = fs::canonicalize(path)?;
             resolved.as_path()
         }
@@ -41,6 +45,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut f = File::create(&tmp)?;
         if let Some(mode) = &mode {
             f.set_permissions(mode.clone())?;
+        }
+        // The owner too, where this process may set it (root, or the owner keeping its group):
+        // saving someone else's file must not hand it to whoever saved it.
+        if let Some((uid, gid)) = owner {
+            let meta = f.metadata()?;
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+            }
         }
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -209,6 +221,22 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("read-only"), "{err}");
         assert_eq!(fs::read(&locked).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn saving_keeps_the_owner_where_it_may() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seeds.yaml");
+        fs::write(&path, "a").unwrap();
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_err() {
+            eprintln!("skipped: this process may not give a file away (not root)");
+            return;
+        }
+        atomic_write(&path, b"b").unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(fs::read(&path).unwrap(), b"b");
     }
 
     #[test]

@@ -245,7 +245,10 @@ fn an_eval_run_writes_predictions_and_reports() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds an evaluation run"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already holds an evaluation run"), "{stderr}");
+    // And says what differs.
+    assert!(stderr.contains("What differs:") && stderr.contains("datasets:"), "{stderr}");
     assert_eq!(std::fs::read(run.join("predictions.jsonl")).unwrap(), before);
 }
 

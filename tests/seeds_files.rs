@@ -85,6 +85,19 @@ fn any_text_survives_save_and_load() {
 }
 
 #[test]
+fn a_raw_nul_is_reported_where_it_is() {
+    let text = "domain: x\nseeds:\n  - id: a\n    task: qa\n    instruction: Do it\n    input: \"\"\n    output: Fine \0 answer\n";
+    let loaded = seeds::load_str(text, &Limits::default());
+    assert!(!loaded.is_valid());
+    let p = &loaded.problems[0];
+    assert_eq!(p.pos.map(|p| (p.line, p.column)), Some((7, 18)), "{p}");
+    assert!(p.message.contains("U+0000"), "{p}");
+    // Written as an escape, it is text like any other.
+    let escaped = text.replace("Fine \0 answer", "\"Fine \\0 answer\"");
+    assert!(seeds::load_str(&escaped, &Limits::default()).is_valid());
+}
+
+#[test]
 fn saving_is_atomic_and_leaves_no_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.yaml");

@@ -156,9 +156,11 @@ pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
         {
             Ok(())
         }
-        Some(_) => anyhow::bail!(
-            "{} already holds an evaluation run with other settings; its results are kept: run its own command to continue it, or choose a new --run folder",
-            dir.display()
+        Some(old) => anyhow::bail!(
+            "{} already holds an evaluation run with other settings; its results are kept: run its own command to \
+             continue it, or choose a new --run folder. What differs:\n  {}",
+            dir.display(),
+            crate::runs::differences(&old, job).join("\n  ")
         ),
         None => {
             for file in [crate::runs::EVENTS, PREDICTIONS, "report.json"] {

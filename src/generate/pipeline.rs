@@ -281,26 +281,7 @@ impl Job {
 
     /// What differs in the parts that must not change, one line per key.
     pub fn differences(&self, other: &Job) -> Vec<String> {
-        let (a, b) = (self.identity(), other.identity());
-        let (a, b) = (serde_json::to_value(&a).unwrap_or_default(), serde_json::to_value(&b).unwrap_or_default());
-        let mut out = Vec::new();
-        diff("", &a, &b, &mut out);
-        out
-    }
-}
-
-fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let null = serde_json::Value::Null;
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                diff(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: {a} (run) vs {b} (now)")),
-        _ => {}
+        crate::runs::differences(&self.identity(), &other.identity())
     }
 }
 

@@ -206,6 +206,19 @@ pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, 
                     ),
                 ));
             }
+            let finite = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| bad(&path, e.to_string()))?
+                .iter()
+                .all(|x| x.is_finite());
+            if !finite {
+                return Err(bad(
+                    &path,
+                    format!("tensor {key} holds NaN or infinite values (a training run that diverged?)"),
+                ));
+            }
             t.to_dtype(if dtype == DType::F32 { DType::F32 } else { dtype }).map_err(|e| bad(&path, e.to_string()))
         };
         let a = get('A', (cfg.r, inf))?;

@@ -63,6 +63,14 @@ pub fn read(dir: &Path) -> anyhow::Result<Loaded> {
         let b_key = tensor_name(&linear, 'B');
         let b = tensors.get(&b_key).with_context(|| format!("{}: tensor {b_key} is missing", path.display()))?;
         let (a, b) = (Mat::from_tensor(&tensors[key])?, Mat::from_tensor(b)?);
+        for (name, m) in [(key.as_str(), &a), (b_key.as_str(), &b)] {
+            anyhow::ensure!(
+                m.data.iter().all(|x| x.is_finite()),
+                "{}: tensor {name} holds NaN or infinite values (a training run that diverged?); \
+                 nothing was merged",
+                path.display()
+            );
+        }
         anyhow::ensure!(
             a.rows == cfg.r && b.cols == cfg.r,
             "{}: {key} is {}×{} and its B {}×{}, but r is {}",
@@ -130,6 +138,16 @@ pub fn merge_loaded(
     anyhow::ensure!(new_rank >= 1, "--rank must be at least 1");
     if rank.is_some() && method != Method::Svd {
         anyhow::bail!("--rank is for --method svd (linear keeps the rank, cat sums them)");
+    }
+    if method == Method::Svd {
+        // A rank past a projection's sizes adds only zeros (and memory: r × (in + out) each).
+        let smallest = adapters.iter().flat_map(|a| a.factors.iter().map(|(n, (fa, fb))| (fa.cols.min(fb.rows), n))).min();
+        if let Some((most, name)) = smallest {
+            anyhow::ensure!(
+                new_rank <= most,
+                "--rank {new_rank} is out of range: {name} has {most} as its smaller size, so the rank takes 1 to {most}"
+            );
+        }
     }
     let linears: BTreeSet<&String> = adapters.iter().flat_map(|a| a.factors.keys()).collect();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

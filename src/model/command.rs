@@ -125,10 +125,15 @@ pub fn combine(
     let average = vec![1.0 / adapters.len().max(1) as f64; adapters.len()];
     let weights = if weights.is_empty() { &average[..] } else { weights };
     let m = crate::model::combine::merge(adapters, weights, method, rank, out)?;
+    let by = format!("{:?}", m.method).to_lowercase();
+    let by = if m.method == method {
+        by
+    } else {
+        format!("{by} (--method {} asked; PEFT merges a single adapter linearly, whatever is asked)", format!("{method:?}").to_lowercase())
+    };
     println!(
-        "{} adapters merged by {} with weights {weights:?}: rank {}, {} projections; written to {}",
+        "{} adapters merged by {by} with weights {weights:?}: rank {}, {} projections; written to {}",
         adapters.len(),
-        format!("{:?}", m.method).to_lowercase(),
         m.rank,
         m.projections,
         out.display()

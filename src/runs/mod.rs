@@ -368,3 +368,28 @@ mod tests {
         assert_eq!(state(dir.path()), State::Failed("disk full".into()));
     }
 }
+
+/// The settings that differ between a run's recorded job and the one asked now, one line each
+/// (`key.path: RECORDED (run) vs ASKED (now)`), to say why a run folder is refused.
+pub fn differences(recorded: &impl serde::Serialize, asked: &impl serde::Serialize) -> Vec<String> {
+    let a = serde_json::to_value(recorded).unwrap_or_default();
+    let b = serde_json::to_value(asked).unwrap_or_default();
+    let mut out = Vec::new();
+    diff("", &a, &b, &mut out);
+    out
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = serde_json::Value::Null;
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} (run) vs {b} (now)")),
+        _ => {}
+    }
+}

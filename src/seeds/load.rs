@@ -58,6 +58,18 @@ fn load_bytes(bytes: &[u8], limits: &Limits) -> Loaded {
         Err(e) => return fatal(utf8_pos(bytes, e.valid_up_to()), not_utf8_message(bytes, e.valid_up_to())),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // YAML allows no NUL (nor most control characters); a parser stops or drops text at one.
+    if let Some(at) = text.find(|c: char| c == '\0' || (c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{85}'))) {
+        let c = text[at..].chars().next().unwrap_or('\0');
+        return fatal(
+            utf8_pos(text.as_bytes(), at),
+            format!(
+                "a control character (U+{:04X}) that YAML does not allow; remove it (write \"\\0\" or \"\\x{:02X}\" inside a double-quoted string to mean it)",
+                c as u32,
+                c as u32
+            ),
+        );
+    }
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
         Ok(None) => {

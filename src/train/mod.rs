@@ -300,6 +300,12 @@ impl Trainer {
                 continue;
             }
             let (inf, outf) = linear.features()?;
+            anyhow::ensure!(
+                config.r <= inf.min(outf),
+                "r: {} is out of range for this model: {linear_name} is {inf}→{outf}, so r takes 1 to {}",
+                config.r,
+                inf.min(outf)
+            );
             let (a, b) = match config.init {
                 Init::Random(sigma) => {
                     let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.normal() * sigma) as f32).collect() };
