@@ -1,6 +1,6 @@
 //! The valid range of each number a user gives, in one place for every way it enters: command
-//! line flags (as clap value parsers, so the error names the flag), configuration files, sweep
-//! specs and the server's JSON. Each check returns what the range is; the caller names the flag
+//! line flags (as value parsers, so the error names the flag), configuration files, sweep specs
+//! and the server's JSON. Each check returns what the range is; the caller names the flag
 //! or key and the value: `NAME: VALUE is out of range; it takes RANGE`.
 
 /// Samples one generation may ask for.
@@ -72,7 +72,8 @@ pub fn count(n: usize, min: usize, max: usize) -> Result<usize, String> {
     }
 }
 
-/// Clap value parsers: the text read, then the range checked; clap's error names the flag.
+/// Value parsers for command-line flags: the text read, then the range checked; the error
+/// printed names the flag.
 pub mod flag {
     fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
         s.trim().parse::<T>().map_err(|_| format!("{s:?} is not a number"))

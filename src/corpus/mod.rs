@@ -23,6 +23,10 @@ use tantivy::{doc, Index, IndexReader, TantivyDocument, Term};
 
 /// Most bad records reported before giving up on the rest.
 const MAX_REPORTED: usize = 20;
+/// The longest document (a .txt file, or a JSON-lines record): 16 MiB, a long book. Indexing
+/// takes a multiple of a document's size, and an input with no line end (a device file, a
+/// binary) must not be read into memory whole.
+pub const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
 /// Memory the index writer may use across its threads.
 const WRITER_BUDGET: usize = 256 << 20;
 
@@ -77,6 +81,15 @@ pub fn read(source: &Path, each: &mut dyn FnMut(Document) -> Result<(), CorpusEr
             return Err(CorpusError::File { file: source.to_path_buf(), message: "holds no .txt files".into() });
         }
         for path in files {
+            let too_big = |file: &Path| CorpusError::File {
+                file: file.to_path_buf(),
+                message: format!("is not a regular file of at most {MAX_DOCUMENT_BYTES} bytes; split it or leave it out"),
+            };
+            let meta = std::fs::metadata(&path).map_err(|e| CorpusError::File { file: path.clone(), message: e.to_string() })?;
+            if !meta.is_file() || meta.len() > MAX_DOCUMENT_BYTES {
+                errors.push(too_big(&path));
+                continue;
+            }
             let bytes =
                 std::fs::read(&path).map_err(|e| CorpusError::File { file: path.clone(), message: e.to_string() })?;
             let Ok(text) = String::from_utf8(bytes) else {
@@ -94,9 +107,30 @@ pub fn read(source: &Path, each: &mut dyn FnMut(Document) -> Result<(), CorpusEr
     } else {
         let file = std::fs::File::open(source)
             .map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?;
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line_no = i + 1;
-            let raw = line.map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?;
+        let mut reader = BufReader::new(file);
+        for line_no in 1.. {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            let n = (&mut reader)
+                .take(MAX_DOCUMENT_BYTES + 1)
+                .read_until(b'\n', &mut raw)
+                .map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?;
+            if n == 0 {
+                break;
+            }
+            if raw.len() as u64 > MAX_DOCUMENT_BYTES {
+                errors.push(CorpusError::Record {
+                    file: source.to_path_buf(),
+                    line: line_no,
+                    message: format!(
+                        "is longer than {MAX_DOCUMENT_BYTES} bytes (is this a JSON-lines file?); split the document"
+                    ),
+                });
+                break;
+            }
+            if raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
             if errors.len() > MAX_REPORTED {
                 break;
             }
