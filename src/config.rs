@@ -54,7 +54,7 @@ impl Default for SeedsConfig {
 impl Config {
     /// Reads `path`; a missing file is the default configuration.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::fsutil::read_regular_text(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),

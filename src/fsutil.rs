@@ -78,7 +78,7 @@ pub struct JsonLog {
 impl JsonLog {
     pub fn open(path: &Path) -> anyhow::Result<JsonLog> {
         use anyhow::Context;
-        let bytes = match fs::read(path) {
+        let bytes = match read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -115,10 +115,26 @@ impl JsonLog {
     }
 }
 
-/// Refuses to replace an existing `path` unless `force`.
-pub fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
-    if path.exists() && !force {
+/// Refuses to replace an existing `path` unless `force` — and even with it, when `path` is one
+/// of `inputs` or lies inside one (an input folder): writing it would destroy what is read.
+pub fn refuse_overwrite(path: &Path, force: bool, inputs: &[&Path]) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if !force {
         anyhow::bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    let Ok(out) = fs::canonicalize(path) else { return Ok(()) };
+    for input in inputs {
+        if let Ok(input) = fs::canonicalize(input) {
+            if out == input || out.starts_with(&input) {
+                anyhow::bail!(
+                    "{} is {} or inside it: writing it would destroy the input it is made from; choose another output",
+                    path.display(),
+                    input.display()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -127,7 +143,7 @@ pub fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
 /// is an error naming it).
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     use anyhow::Context;
-    let text = match std::fs::read(path) {
+    let text = match read_regular(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -146,9 +162,26 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
     Ok(out)
 }
 
+/// The bytes of `path`, which must be a regular file (a symbolic link to one is followed): a
+/// device such as /dev/zero, or a pipe, is refused instead of read without end.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a folder" } else { "not a regular file (a device, pipe or socket)" };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}; name a file", path.display())));
+    }
+    fs::read(path)
+}
+
+/// [`read_regular`] as UTF-8 text (`InvalidData` otherwise, as `fs::read_to_string`).
+pub fn read_regular_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not UTF-8 text", path.display())))
+}
+
 /// The text of a user's file; bytes that are not UTF-8 are an error naming their line and byte.
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_regular(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let bytes = e.as_bytes();
@@ -237,6 +270,22 @@ mod tests {
         let meta = fs::metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
         assert_eq!(fs::read(&path).unwrap(), b"b");
+    }
+
+    #[test]
+    fn devices_are_not_read_and_inputs_not_overwritten() {
+        let err = read_regular(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(read_text(Path::new("/dev/zero")).unwrap_err().to_string().contains("not a regular file"));
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.yaml");
+        fs::write(&input, "a").unwrap();
+        let err = refuse_overwrite(&input, true, &[&input]).unwrap_err().to_string();
+        assert!(err.contains("would destroy the input"), "{err}");
+        assert!(refuse_overwrite(&dir.path().join("in.yaml"), true, &[dir.path()]).is_err(), "inside an input folder");
+        assert!(refuse_overwrite(&input, false, &[]).unwrap_err().to_string().contains("--force"));
+        assert!(refuse_overwrite(&input, true, &[]).is_ok());
+        assert!(refuse_overwrite(&dir.path().join("new.yaml"), false, &[&input]).is_ok());
     }
 
     #[test]

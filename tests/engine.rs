@@ -437,3 +437,32 @@ fn rows_joining_and_set_aside_decode_as_each_request_alone() {
         assert!(timing.idle_row_steps < timing.steps * max_batch);
     }
 }
+
+#[test]
+fn the_context_bounds_prompts_and_answers_and_sampling_is_ranged() {
+    let model = load("writer");
+    let context = model.decoder.spec.max_position_embeddings;
+    assert!(context > 0);
+    let cancel = AtomicBool::new(false);
+    let run = |req: Request| decode::generate(&model, &[req], &Default::default(), &mut |_| {}, &cancel);
+    // A prompt that fills the context is refused before anything runs.
+    let err = run(request(&vec![5; context], Sampling::Greedy, 0)).unwrap_err().to_string();
+    assert!(err.contains(&format!("the prompt has {context} tokens")), "{err}");
+    // An answer stops at the context, whatever max_new_tokens says.
+    let mut req = request(&vec![5; context - 3], Sampling::Greedy, 0);
+    req.max_new_tokens = 100;
+    let (out, _) = run(req).unwrap();
+    assert_eq!((out[0].ids.len(), out[0].finish.clone()), (3, decode::Finish::Length));
+    // Numbers out of range are refused by name, for any caller.
+    for (sampling, name) in [
+        (Sampling::Sample { temperature: f64::NAN, top_k: None, top_p: None }, "temperature"),
+        (Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(2.0) }, "top_p"),
+        (Sampling::Sample { temperature: 1.0, top_k: Some(0), top_p: None }, "top_k"),
+    ] {
+        let err = run(request(&[5, 6], sampling, 0)).unwrap_err().to_string();
+        assert!(err.contains(&format!("{name}: ")) && err.contains("out of range"), "{err}");
+    }
+    let mut zero = request(&[5, 6], Sampling::Greedy, 0);
+    zero.max_new_tokens = 0;
+    assert!(run(zero).unwrap_err().to_string().contains("max_new_tokens: 0 is out of range"));
+}

@@ -98,6 +98,15 @@ fn a_raw_nul_is_reported_where_it_is() {
 }
 
 #[test]
+fn a_hundred_thousand_bad_seeds_are_reported_in_seconds() {
+    let text = format!("domain: x\nseeds:\n{}", "- x\n".repeat(100_000));
+    let started = std::time::Instant::now();
+    let loaded = seeds::load_str(&text, &Limits::default());
+    assert!(!loaded.is_valid());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[test]
 fn saving_is_atomic_and_leaves_no_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.yaml");

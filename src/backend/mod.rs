@@ -337,9 +337,23 @@ impl Remote {
             self.endpoint
         );
         anyhow::ensure!(!self.served_model.trim().is_empty(), "--served-model names no model");
-        anyhow::ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
-        anyhow::ensure!(self.top_logprobs >= 1, "--top-logprobs must be at least 1");
-        anyhow::ensure!(self.timeout_secs > 0.0 && self.timeout_secs.is_finite(), "--timeout must be > 0 seconds");
+        use crate::bounds::out_of_range;
+        anyhow::ensure!(
+            (1..=1024).contains(&self.concurrency),
+            "{}",
+            out_of_range("--concurrency", self.concurrency, "1 to 1024 requests at once")
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.top_logprobs),
+            "{}",
+            out_of_range("--top-logprobs", self.top_logprobs, "1 to 1000000")
+        );
+        anyhow::ensure!(
+            self.timeout_secs > 0.0 && self.timeout_secs <= 86_400.0,
+            "{}",
+            out_of_range("--timeout", self.timeout_secs, "a number of seconds above 0 and at most 86400")
+        );
+        anyhow::ensure!(self.retries <= 100, "{}", out_of_range("--retries", self.retries, "0 to 100"));
         Ok(())
     }
 }

@@ -98,7 +98,7 @@ impl Client {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_global(Some(Duration::from_secs_f64(remote.timeout_secs)))
-            .max_idle_connections_per_host(remote.concurrency.max(1) * 2)
+            .max_idle_connections_per_host(remote.concurrency.clamp(1, 1024) * 2)
             .build();
         let text_side = match &remote.tokenizer {
             Some(model) => {

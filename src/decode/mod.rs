@@ -387,6 +387,13 @@ fn check(model: &Model, r: &Request) -> Result<Vec<f64>, String> {
         return Err("a prompt has no tokens".into());
     }
     r.sampling.check()?;
+    let context = model.decoder.spec.max_position_embeddings;
+    if let Some(longest) = r.prompts.iter().map(Vec::len).max().filter(|&n| context > 0 && n >= context) {
+        return Err(format!(
+            "the prompt has {longest} tokens, but the model's context holds {context} (and the answer must fit too); \
+             shorten the prompt"
+        ));
+    }
     if r.max_new_tokens == 0 {
         return Err(crate::bounds::out_of_range("max_new_tokens", 0, "a whole number of at least 1"));
     }
@@ -851,6 +858,11 @@ fn advance(
         finish = Some(Finish::Loop);
     }
     if finish.is_none() && generated >= req.max_new_tokens {
+        finish = Some(Finish::Length);
+    }
+    // The model's context ends the text too: no position past the one it was trained to.
+    let context = model.decoder.spec.max_position_embeddings;
+    if finish.is_none() && context > 0 && req.prompts.iter().map(Vec::len).max().unwrap_or(0) + generated >= context {
         finish = Some(Finish::Length);
     }
     if finish.is_none() && cancelled {

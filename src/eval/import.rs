@@ -132,6 +132,15 @@ impl Mapping {
         for (i, b) in self.bins.iter().enumerate() {
             let last = i + 1 == self.bins.len();
             anyhow::ensure!(b.below.is_some() != last, "bins: every bin but the last has `below`, the last has none");
+            if let Some(t) = b.below {
+                anyhow::ensure!(t.is_finite(), "bins[{i}].below: {t} is not a finite number");
+                let before = self.bins[..i].iter().filter_map(|b| b.below).next_back();
+                anyhow::ensure!(
+                    before.is_none_or(|p| p < t),
+                    "bins[{i}].below: {t} is not above the bin before it ({}); list the bins in increasing order",
+                    before.unwrap_or(f64::NAN)
+                );
+            }
         }
         Ok(())
     }

@@ -144,8 +144,12 @@ pub const PREDICTIONS: &str = "predictions.jsonl";
 /// continue. A run of another job, or a folder holding something else, is refused: results are
 /// never overwritten.
 pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
-    let job = &EvalJob { stats: None, ..job.clone() };
-    let old = crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)?.map(|old| EvalJob { stats: None, ..old });
+    // What decides the results: not the statistics' settings, nor how the server is reached (its
+    // endpoint, key, concurrency, timeout and retries may change between sessions).
+    let identity =
+        |j: EvalJob| EvalJob { stats: None, backend: j.backend.as_ref().map(crate::backend::Remote::identity), ..j };
+    let job = &identity(job.clone());
+    let old = crate::runs::read_job::<EvalJob>(dir, crate::runs::Kind::Eval)?.map(identity);
     match old {
         Some(old) if old == *job => Ok(()),
         // The same evaluation with more adapters after the old ones (a sweep adds each point's

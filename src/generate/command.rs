@@ -332,7 +332,7 @@ fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
 
 /// `selfspec samples export`: the accepted and edited samples as Alpaca JSONL.
 pub fn export(run: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
-    crate::fsutil::refuse_overwrite(out, force)?;
+    crate::fsutil::refuse_overwrite(out, force, &[run])?;
     let n = open_review(run)?.export_alpaca(out)?;
     println!("{n} samples written to {}", out.display());
     Ok(())
@@ -341,6 +341,16 @@ pub fn export(run: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
 /// `selfspec samples decide`: one review decision, saved at once.
 pub fn decide(run: &Path, id: &str, decision: Decision, output: Option<String>) -> anyhow::Result<()> {
     use super::samples::Status;
+    if let Some(o) = &output {
+        anyhow::ensure!(
+            !o.trim().is_empty(),
+            "--output is empty: an edited sample needs the response; to drop the sample, reject it"
+        );
+        anyhow::ensure!(
+            !matches!(decision, Decision::Reject | Decision::Pending),
+            "--output edits the response of a sample kept for training; it does not go with reject or pending"
+        );
+    }
     let mut review = open_review(run)?;
     let status = match (decision, &output) {
         (_, Some(_)) => Status::Edited,

@@ -76,7 +76,7 @@ impl Review {
         if len == self.read_to && self.decisions_read {
             return Ok(0);
         }
-        let bytes = match std::fs::read(&path) {
+        let bytes = match crate::fsutil::read_regular(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),

@@ -125,7 +125,7 @@ impl SampleStore {
     /// Opens (or creates) `path`, reading every sample in it.
     pub fn open(path: &Path) -> Result<(SampleStore, Opened), StoreError> {
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::fsutil::read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),

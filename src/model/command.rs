@@ -100,7 +100,7 @@ pub fn tokenize(
 
 /// `quantize`: a model folder written as a GGUF file.
 pub fn quantize(model: &Path, out: &Path, qtype: super::gguf::FileType, force: bool) -> anyhow::Result<()> {
-    crate::fsutil::refuse_overwrite(out, force)?;
+    crate::fsutil::refuse_overwrite(out, force, &[model])?;
     for note in super::gguf::quantize(model, out, qtype)? {
         eprintln!("note: {note}");
     }

@@ -60,7 +60,7 @@ pub fn write_config(dir: &Path, kind: Kind, job: &impl Serialize) -> anyhow::Res
 /// kind it records; None when there is no config.
 pub fn read_config(dir: &Path) -> anyhow::Result<Option<(Option<Kind>, String)>> {
     let path = dir.join(CONFIG);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::fsutil::read_regular_text(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -99,7 +99,7 @@ pub fn kind(dir: &Path) -> Option<Kind> {
         return None;
     }
     // The first event's fields tell too (a run killed before writing any file of its own).
-    let first = std::fs::read_to_string(dir.join(EVENTS)).ok().and_then(|t| t.lines().next().map(str::to_string));
+    let first = crate::fsutil::read_regular_text(&dir.join(EVENTS)).ok().and_then(|t| t.lines().next().map(str::to_string));
     let said = |key: &str| first.as_deref().is_some_and(|l| l.contains(key));
     if dir.join("samples.jsonl").exists() || said("\"budget\"") {
         Some(Kind::Generate)

@@ -69,7 +69,7 @@ pub struct Import {
 
 /// `seeds import`: a seed file from another tool's format.
 pub fn import(args: Import, limits: &Limits) -> anyhow::Result<()> {
-    crate::fsutil::refuse_overwrite(&args.output, args.force)?;
+    crate::fsutil::refuse_overwrite(&args.output, args.force, &[args.input.as_path()])?;
     let task = match &args.task {
         None => None,
         Some(t) => Some(t.parse::<Task>().map_err(|_| {
@@ -99,7 +99,7 @@ pub fn import(args: Import, limits: &Limits) -> anyhow::Result<()> {
 /// `seeds export`: the seeds as JSONL.
 pub fn export(file: &Path, output: &Path, force: bool, limits: &Limits) -> anyhow::Result<()> {
     use anyhow::Context;
-    crate::fsutil::refuse_overwrite(output, force)?;
+    crate::fsutil::refuse_overwrite(output, force, &[file])?;
     let loaded = load_usable(file, limits)?;
     crate::fsutil::atomic_write(output, interchange::export_jsonl(&loaded.file).as_bytes())
         .with_context(|| format!("cannot write {}", output.display()))?;

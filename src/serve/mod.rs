@@ -427,7 +427,12 @@ fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, (u16, Strin
                 tokenizer.encode(a[0].as_str().unwrap_or("")).map_err(|e| bad(format!("{e:#}")))?
             }
             Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-                a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
+                let mut ids = Vec::with_capacity(a.len());
+                for v in a {
+                    let id = v.as_u64().unwrap_or(0);
+                    ids.push(u32::try_from(id).map_err(|_| bad(format!("token id {id} is outside the vocabulary")))?);
+                }
+                ids
             }
             Value::Array(_) => return Err(bad("one prompt per request: a string, or an array of token ids".into())),
             _ => return Err(bad("`prompt` is required: a string or an array of token ids".into())),

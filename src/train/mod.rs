@@ -150,6 +150,19 @@ impl Default for TrainConfig {
     }
 }
 
+/// Refuses a `max_seq_length` past the model's context (`name`: the key or flag): a row that
+/// long has positions the model was never trained to, and its attention scores grow with the
+/// square of its length.
+pub fn check_length(model: &Model, name: &str, max_seq_length: usize) -> anyhow::Result<()> {
+    let context = model.decoder.spec.max_position_embeddings;
+    anyhow::ensure!(
+        context == 0 || max_seq_length <= context,
+        "{}",
+        crate::bounds::out_of_range(name, max_seq_length, &format!("1 to the model's context, {context} tokens"))
+    );
+    Ok(())
+}
+
 /// The most optimiser steps a run may plan (its epochs × steps per epoch, or max_steps): the
 /// plan is held in memory, about 300 bytes a step at the defaults.
 pub const MAX_STEPS: usize = 100_000;
@@ -163,7 +176,7 @@ impl TrainConfig {
             ("per_device_train_batch_size", self.per_device_train_batch_size, 4096),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps, 4096),
             ("save_steps", self.save_steps, MAX_STEPS),
-            ("max_seq_length", self.max_seq_length, 1 << 20),
+            ("max_seq_length", self.max_seq_length, 1 << 17),
             ("max_steps", self.max_steps.unwrap_or(1), MAX_STEPS),
         ] {
             if !(1..=max).contains(&v) {
@@ -193,8 +206,13 @@ impl TrainConfig {
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err("weight_decay must be ≥ 0".into());
         }
-        if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
-            return Err("learning_rate must be > 0".into());
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return Err(crate::bounds::out_of_range("learning_rate", self.learning_rate, "a number above 0 and at most 1"));
+        }
+        if let Init::Random(sigma) = self.init {
+            if sigma > 10.0 {
+                return Err(format!("init random:{sigma} is out of range; σ takes a number above 0 and at most 10"));
+            }
         }
         if self.target_modules.is_empty() {
             return Err("target_modules names no module".into());

@@ -199,6 +199,7 @@ pub fn train(
         );
         crate::runs::write_config(dir, Kind::Train, job)?;
     }
+    super::check_length(model, "max_seq_length", c.max_seq_length)?;
     let eos = model.eos_token_ids.first().copied();
     let encoded: Vec<Encoded> = examples
         .iter()
@@ -317,6 +318,17 @@ pub fn train(
             },
             on_event,
         )?;
+        // A diverged run is an error, not a finished adapter of NaNs (nothing after this step is
+        // saved; the last checkpoint is kept).
+        anyhow::ensure!(
+            stats.loss.is_finite() && stats.grad_norm.is_finite(),
+            "step {}: the loss is {} and the gradient norm {}: training diverged; lower learning_rate (now {}) \
+             or set max_grad_norm, and start a new --run",
+            trainer.step,
+            stats.loss,
+            stats.grad_norm,
+            c.learning_rate
+        );
         if trainer.step % c.save_steps == 0 && trainer.step < total {
             let path = save_checkpoint(model, &trainer, dir, total, per_epoch)?;
             emit(&TrainEvent::Checkpoint { step: trainer.step, path }, on_event)?;
