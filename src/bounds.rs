@@ -56,10 +56,10 @@ pub fn repetition_penalty(p: f64) -> Result<f64, &'static str> {
 }
 
 pub fn hours(h: f64) -> Result<f64, String> {
-    if h.is_finite() && h > 0.0 && h <= MAX_HOURS {
+    if h.is_finite() && (0.0..=MAX_HOURS).contains(&h) {
         Ok(h)
     } else {
-        Err(format!("a number of hours above 0 and at most {MAX_HOURS}"))
+        Err(format!("a number of hours from 0 (start nothing) to {MAX_HOURS}"))
     }
 }
 
@@ -142,7 +142,7 @@ mod tests {
         for bad in ["-1", "0", "NaN"] {
             assert!(flag::repetition_penalty(bad).is_err(), "{bad}");
         }
-        for bad in ["NaN", "-1", "0", "inf"] {
+        for bad in ["NaN", "-1", "inf"] {
             assert!(flag::hours(bad).is_err(), "{bad}");
         }
         assert_eq!(flag::new_tokens("0").unwrap_err(), "out of range; it takes a whole number from 1 to 1048576");

@@ -211,7 +211,7 @@ fn a_bad_endpoint_an_unknown_model_a_refused_key_and_a_4xx_are_named() {
     let mut cmd = env.generate(&run, 2, "marginal");
     cmd.args(["--backend", "openai", "--endpoint", &server.url, "--served-model", "writer", "--top-logprobs", "5000"]);
     let err = failed(cmd.output().unwrap());
-    assert!(err.contains("HTTP 400") && err.contains("at most 2048 log-probabilities"), "{err}");
+    assert!(err.contains("HTTP 400") && err.contains("`logprobs`: 5000 is out of range; it takes a whole number from 0 to 2048"), "{err}");
     drop(server);
 
     let keyed = Server::start(&writer(), &["--api-key-env", "SELFSPEC_TEST_KEY"]);

@@ -241,6 +241,13 @@ impl Spec {
         for p in points {
             anyhow::ensure!(p.seeds > 0 && p.samples > 0, "point {}: seeds and samples must be at least 1", p.name());
             anyhow::ensure!(
+                p.samples <= crate::bounds::MAX_SAMPLES,
+                "point {}: samples {} is out of range; it takes 1 to {}",
+                p.name(),
+                p.samples,
+                crate::bounds::MAX_SAMPLES
+            );
+            anyhow::ensure!(
                 p.seeds <= available,
                 "point {} asks for {} seeds but {} holds {available}; lower it or add seeds",
                 p.name(),

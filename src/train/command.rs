@@ -178,7 +178,7 @@ pub fn lmc(
         f => f,
     };
     let mut loaded = model.load()?;
-    super::check_length(&loaded, "--max-seq-length", max_seq_length)?;
+    let max_seq_length = super::row_length(&loaded, max_seq_length);
     let temp = std::env::temp_dir().join(format!("selfspec-lmc-{}", std::process::id()));
     let scratch = out.unwrap_or(&temp);
     println!("{:>5}  {:>12}  {:>12}", "α", "ΔW line", "(A, B) line");

@@ -150,17 +150,14 @@ impl Default for TrainConfig {
     }
 }
 
-/// Refuses a `max_seq_length` past the model's context (`name`: the key or flag): a row that
-/// long has positions the model was never trained to, and its attention scores grow with the
-/// square of its length.
-pub fn check_length(model: &Model, name: &str, max_seq_length: usize) -> anyhow::Result<()> {
-    let context = model.decoder.spec.max_position_embeddings;
-    anyhow::ensure!(
-        context == 0 || max_seq_length <= context,
-        "{}",
-        crate::bounds::out_of_range(name, max_seq_length, &format!("1 to the model's context, {context} tokens"))
-    );
-    Ok(())
+/// The length rows are cut to: `max_seq_length`, or the model's context when that is shorter
+/// (a longer row has positions the model was never trained to, and its attention scores grow
+/// with the square of its length, so a large setting never takes more than the context does).
+pub fn row_length(model: &Model, max_seq_length: usize) -> usize {
+    match model.decoder.spec.max_position_embeddings {
+        0 => max_seq_length,
+        context => max_seq_length.min(context),
+    }
 }
 
 /// The most optimiser steps a run may plan (its epochs × steps per epoch, or max_steps): the

@@ -199,11 +199,11 @@ pub fn train(
         );
         crate::runs::write_config(dir, Kind::Train, job)?;
     }
-    super::check_length(model, "max_seq_length", c.max_seq_length)?;
+    let max_len = super::row_length(model, c.max_seq_length);
     let eos = model.eos_token_ids.first().copied();
     let encoded: Vec<Encoded> = examples
         .iter()
-        .map(|e| data::encode(&model.tokenizer, eos, e, c.max_seq_length, job.prompt_format))
+        .map(|e| data::encode(&model.tokenizer, eos, e, max_len, job.prompt_format))
         .collect::<anyhow::Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.truncated).count();
     let before = encoded.len();
@@ -215,8 +215,8 @@ pub fn train(
     let dropped = before - encoded.len();
     anyhow::ensure!(
         !encoded.is_empty(),
-        "every example's prompt fills max_seq_length ({}): raise it, nothing is left to learn from",
-        c.max_seq_length
+        "every example's prompt fills the rows' length ({max_len}: max_seq_length or the model's context): \
+         raise max_seq_length if the context allows, nothing is left to learn from"
     );
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
     let (steps, per_epoch) = data::schedule(&lengths, c)?;
