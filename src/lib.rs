@@ -4,8 +4,8 @@
 //! terminal. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod backend;
-pub mod bounds;
 pub mod bench;
+pub mod bounds;
 pub mod config;
 pub mod corpus;
 pub mod decode;

@@ -211,7 +211,11 @@ fn a_bad_endpoint_an_unknown_model_a_refused_key_and_a_4xx_are_named() {
     let mut cmd = env.generate(&run, 2, "marginal");
     cmd.args(["--backend", "openai", "--endpoint", &server.url, "--served-model", "writer", "--top-logprobs", "5000"]);
     let err = failed(cmd.output().unwrap());
-    assert!(err.contains("HTTP 400") && err.contains("`logprobs`: 5000 is out of range; it takes a whole number from 0 to 2048"), "{err}");
+    assert!(
+        err.contains("HTTP 400")
+            && err.contains("`logprobs`: 5000 is out of range; it takes a whole number from 0 to 2048"),
+        "{err}"
+    );
     drop(server);
 
     let keyed = Server::start(&writer(), &["--api-key-env", "SELFSPEC_TEST_KEY"]);
@@ -578,8 +582,9 @@ fn the_server_refuses_meaningless_numbers_and_stops_for_clients_that_leave() {
     assert!(text.contains("exceed the model's context"), "{text}");
 
     // Half-open connections from one client do not shut out the next request.
-    let idle: Vec<std::net::TcpStream> =
-        (0..300).filter_map(|_| std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/v1")).ok()).collect();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/v1")).ok())
+        .collect();
     let started = Instant::now();
     assert_eq!(send(&base, "Bearer sesame").0, 200);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
@@ -588,7 +593,8 @@ fn the_server_refuses_meaningless_numbers_and_stops_for_clients_that_leave() {
     // A client that leaves, streamed or not: the server stops decoding for it.
     let pid = server.child.id();
     for stream in [true, false] {
-        let body = json!({"model": "writer", "prompt": "Task 1", "max_tokens": 4000, "ignore_eos": true, "stream": stream});
+        let body =
+            json!({"model": "writer", "prompt": "Task 1", "max_tokens": 4000, "ignore_eos": true, "stream": stream});
         let s = raw_request(url, &body, "Bearer sesame");
         std::thread::sleep(Duration::from_millis(150));
         drop(s);

@@ -451,7 +451,10 @@ fn examples_without_room_for_a_response_are_reported() {
     std::fs::write(&config, "max_seq_length: 20\nmax_steps: 1\n").unwrap();
     let out = train_cmd(&data, &dir.path().join("run"), &config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("every example's prompt fills the rows' length (20: max_seq_length"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("every example's prompt fills the rows' length (20: max_seq_length"),
+        "{err}"
+    );
 }
 
 /// `train --init-from ADAPTER` starts from that adapter's A and B (its r, alpha and targets

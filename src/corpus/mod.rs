@@ -83,9 +83,12 @@ pub fn read(source: &Path, each: &mut dyn FnMut(Document) -> Result<(), CorpusEr
         for path in files {
             let too_big = |file: &Path| CorpusError::File {
                 file: file.to_path_buf(),
-                message: format!("is not a regular file of at most {MAX_DOCUMENT_BYTES} bytes; split it or leave it out"),
+                message: format!(
+                    "is not a regular file of at most {MAX_DOCUMENT_BYTES} bytes; split it or leave it out"
+                ),
             };
-            let meta = std::fs::metadata(&path).map_err(|e| CorpusError::File { file: path.clone(), message: e.to_string() })?;
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| CorpusError::File { file: path.clone(), message: e.to_string() })?;
             if !meta.is_file() || meta.len() > MAX_DOCUMENT_BYTES {
                 errors.push(too_big(&path));
                 continue;

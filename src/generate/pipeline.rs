@@ -173,7 +173,10 @@ impl Settings {
         ] {
             bounds::count(v, 1, max).map_err(|r| out_of_range(&format!("generation.{name}"), v, &r))?;
         }
-        for (name, t) in [("instruction_temperature", self.instruction_temperature), ("response_temperature", self.response_temperature)] {
+        for (name, t) in [
+            ("instruction_temperature", self.instruction_temperature),
+            ("response_temperature", self.response_temperature),
+        ] {
             if let Some(t) = t {
                 bounds::temperature(t).map_err(|r| out_of_range(&format!("generation.{name}"), t, r))?;
             }

@@ -141,7 +141,8 @@ pub fn merge_loaded(
     }
     if method == Method::Svd {
         // A rank past a projection's sizes adds only zeros (and memory: r × (in + out) each).
-        let smallest = adapters.iter().flat_map(|a| a.factors.iter().map(|(n, (fa, fb))| (fa.cols.min(fb.rows), n))).min();
+        let smallest =
+            adapters.iter().flat_map(|a| a.factors.iter().map(|(n, (fa, fb))| (fa.cols.min(fb.rows), n))).min();
         if let Some((most, name)) = smallest {
             anyhow::ensure!(
                 new_rank <= most,

@@ -129,7 +129,10 @@ pub fn combine(
     let by = if m.method == method {
         by
     } else {
-        format!("{by} (--method {} asked; PEFT merges a single adapter linearly, whatever is asked)", format!("{method:?}").to_lowercase())
+        format!(
+            "{by} (--method {} asked; PEFT merges a single adapter linearly, whatever is asked)",
+            format!("{method:?}").to_lowercase()
+        )
     };
     println!(
         "{} adapters merged by {by} with weights {weights:?}: rank {}, {} projections; written to {}",

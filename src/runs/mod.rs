@@ -99,7 +99,8 @@ pub fn kind(dir: &Path) -> Option<Kind> {
         return None;
     }
     // The first event's fields tell too (a run killed before writing any file of its own).
-    let first = crate::fsutil::read_regular_text(&dir.join(EVENTS)).ok().and_then(|t| t.lines().next().map(str::to_string));
+    let first =
+        crate::fsutil::read_regular_text(&dir.join(EVENTS)).ok().and_then(|t| t.lines().next().map(str::to_string));
     let said = |key: &str| first.as_deref().is_some_and(|l| l.contains(key));
     if dir.join("samples.jsonl").exists() || said("\"budget\"") {
         Some(Kind::Generate)
@@ -333,6 +334,31 @@ pub fn last_output(dir: &Path) -> Option<String> {
     text.lines().rfind(|l| !l.trim().is_empty()).map(str::to_string)
 }
 
+/// The settings that differ between a run's recorded job and the one asked now, one line each
+/// (`key.path: RECORDED (run) vs ASKED (now)`), to say why a run folder is refused.
+pub fn differences(recorded: &impl serde::Serialize, asked: &impl serde::Serialize) -> Vec<String> {
+    let a = serde_json::to_value(recorded).unwrap_or_default();
+    let b = serde_json::to_value(asked).unwrap_or_default();
+    let mut out = Vec::new();
+    diff("", &a, &b, &mut out);
+    out
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = serde_json::Value::Null;
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} (run) vs {b} (now)")),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,30 +392,5 @@ mod tests {
         assert_eq!(state(dir.path()), State::Interrupted);
         record_failure(dir.path(), "disk full");
         assert_eq!(state(dir.path()), State::Failed("disk full".into()));
-    }
-}
-
-/// The settings that differ between a run's recorded job and the one asked now, one line each
-/// (`key.path: RECORDED (run) vs ASKED (now)`), to say why a run folder is refused.
-pub fn differences(recorded: &impl serde::Serialize, asked: &impl serde::Serialize) -> Vec<String> {
-    let a = serde_json::to_value(recorded).unwrap_or_default();
-    let b = serde_json::to_value(asked).unwrap_or_default();
-    let mut out = Vec::new();
-    diff("", &a, &b, &mut out);
-    out
-}
-
-fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let null = serde_json::Value::Null;
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                diff(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: {a} (run) vs {b} (now)")),
-        _ => {}
     }
 }

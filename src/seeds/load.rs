@@ -59,7 +59,8 @@ fn load_bytes(bytes: &[u8], limits: &Limits) -> Loaded {
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // YAML allows no NUL (nor most control characters); a parser stops or drops text at one.
-    if let Some(at) = text.find(|c: char| c == '\0' || (c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{85}'))) {
+    if let Some(at) = text.find(|c: char| c == '\0' || (c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{85}')))
+    {
         let c = text[at..].chars().next().unwrap_or('\0');
         return fatal(
             utf8_pos(text.as_bytes(), at),
@@ -89,7 +90,8 @@ fn load_bytes(bytes: &[u8], limits: &Limits) -> Loaded {
     // is read in a fraction of a second.
     let read_fields: std::collections::HashSet<(Option<usize>, &str)> =
         problems.iter().map(|l| (l.seed, l.field.as_str())).collect();
-    let shadowed = |p: &Problem| read_fields.contains(&(p.seed, p.field.as_str())) || read_fields.contains(&(p.seed, ""));
+    let shadowed =
+        |p: &Problem| read_fields.contains(&(p.seed, p.field.as_str())) || read_fields.contains(&(p.seed, ""));
     let content: Vec<Problem> = content.into_iter().filter(|p| !shadowed(p)).collect();
     problems.extend(content);
     problems.sort_by_key(|p| p.pos);

@@ -40,7 +40,8 @@ pub fn read_request(stream: &TcpStream, deadline: std::time::Instant) -> Result<
         }
         stream.set_read_timeout(Some(left)).map_err(|e| Refusal(500, e.to_string()))
     };
-    let timed_out = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+    let timed_out =
+        |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| Refusal(500, e.to_string()))?);
     let mut line = String::new();
     let mut header_bytes = 0;

@@ -204,7 +204,11 @@ impl TrainConfig {
             return Err("weight_decay must be ≥ 0".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return Err(crate::bounds::out_of_range("learning_rate", self.learning_rate, "a number above 0 and at most 1"));
+            return Err(crate::bounds::out_of_range(
+                "learning_rate",
+                self.learning_rate,
+                "a number above 0 and at most 1",
+            ));
         }
         if let Init::Random(sigma) = self.init {
             if sigma > 10.0 {
