@@ -103,7 +103,8 @@ fn a_hundred_thousand_bad_seeds_are_reported_in_seconds() {
     let started = std::time::Instant::now();
     let loaded = seeds::load_str(&text, &Limits::default());
     assert!(!loaded.is_valid());
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    // Quadratic, it took over a minute in a release build; a debug build (CI) is slower still.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }
 
 #[test]
