@@ -147,19 +147,6 @@ impl Settings {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        let positive = [
-            ("demos", self.demos),
-            ("tasks_per_prompt", self.tasks_per_prompt),
-            ("instruction_max_new_tokens", self.instruction_max_new_tokens),
-            ("prompts_per_batch", self.prompts_per_batch),
-            ("response_max_new_tokens", self.response_max_new_tokens),
-            ("responses_per_batch", self.responses_per_batch),
-            ("k", self.k),
-            ("kv_cache_mib", self.kv_cache_mib),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("generation.{name} must be at least 1"));
-        }
         use crate::bounds::{self, out_of_range};
         for (name, v, max) in [
             ("k", self.k, bounds::MAX_K),
