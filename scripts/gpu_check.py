@@ -383,13 +383,25 @@ PARTS = {"reference": part_reference, "compiled": part_compiled, "train-make": p
 
 
 class Peak:
-    """The peak memory of a running process: GPU memory from nvidia-smi (--query-compute-apps,
-    sampled every 0.2 s), or the resident high-water mark from /proc on the CPU."""
+    """The peak memory of a running process. On a GPU: its memory in nvidia-smi's process list,
+    sampled every 0.2 s; where a container hides the process list, the GPU's memory in use less
+    what was in use when it started (the parts run one at a time). On the CPU: the resident
+    high-water mark from /proc."""
 
     def __init__(self, pid, gpu):
-        self.pid, self.gpu, self.mb, self.done = pid, gpu, 0.0, False
+        self.pid, self.gpu, self.mb, self.whole, self.done = pid, gpu, 0.0, 0.0, False
+        self.base = self.gpu_used() if gpu else None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
+
+    @staticmethod
+    def gpu_used():
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=5)
+            return float(q.stdout.split()[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
 
     def run(self):
         while not self.done:
@@ -401,6 +413,9 @@ class Peak:
                         pid, used = [x.strip() for x in line.split(",")[:2]]
                         if pid == str(self.pid):
                             self.mb = max(self.mb, float(used))
+                    used = self.gpu_used()
+                    if used is not None and self.base is not None:
+                        self.whole = max(self.whole, used - self.base)
                 else:
                     with open(f"/proc/{self.pid}/status") as f:
                         for line in f:
@@ -413,8 +428,7 @@ class Peak:
     def stop(self):
         self.done = True
         self.thread.join()
-        # nvidia-smi lists no processes inside some containers: no figure rather than 0.
-        return self.mb or None
+        return self.mb or self.whole or None
 
 
 class Runner:
