@@ -27,7 +27,8 @@ import time
 def llama_cpp(gguf, threads, repeat, prompt, new):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+    llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=max(512, prompt + new + 8),
+                n_batch=512, verbose=False)
     vocab = llm.n_vocab()
     rng = random.Random(0)
     pre, dec = [], []

@@ -3,7 +3,7 @@
 drawn at random from this repository's sample seeds and corpora (rendered through the model's
 chat template with --chat).
 
-    python scripts/check_gguf_greedy.py target/release/selfspec SmolLM2-135M-Instruct.Q4_1.gguf [--n 40] [--new 32] [--chat] [--f32-dir target/smollm2-f32]
+    python scripts/check_gguf_greedy.py target/release/selfspec SmolLM2-135M-Instruct.Q4_1.gguf [--n 40] [--new 32] [--chat] [--f32-dir target/smollm2-f32] [--int8]
 
 Both sides start from the same prompt ids (selfspec's; `tokenize` equals transformers' GGUF
 tokenizer) and pick the argmax at every step (llama.cpp: top_k 1, no repetition penalty). llama.cpp
@@ -42,9 +42,10 @@ def prompts(n, seed):
     return rng.sample(texts, min(n, len(texts)))
 
 
-def ours(binary, gguf, prompt, new, chat):
+def ours(binary, gguf, prompt, new, chat, int8=False):
     cmd = [binary, "complete", "--model", gguf, "--prompt", prompt, "--greedy", "--max-new-tokens", str(new), "--json"]
-    out = subprocess.run(cmd + (["--chat"] if chat else []), check=True, capture_output=True, text=True).stdout
+    cmd += (["--chat"] if chat else []) + (["--int8-activations"] if int8 else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -58,6 +59,8 @@ def main():
     ap.add_argument("--chat", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--f32-dir", help="the dequantized folder, for transformers' greedy tokens")
+    ap.add_argument("--int8", action="store_true",
+                    help="selfspec with --int8-activations (activations rounded to int8, as llama.cpp's)")
     args = ap.parse_args()
     from llama_cpp import Llama
 
@@ -72,7 +75,7 @@ def main():
     eos = llm.token_eos()
     rows = []
     for prompt in prompts(args.n, args.seed):
-        mine = ours(args.binary, args.gguf, prompt, args.new, args.chat)
+        mine = ours(args.binary, args.gguf, prompt, args.new, args.chat, args.int8)
         llm.reset()
         theirs = []
         for tok in llm.generate(mine["prompt_ids"], top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
@@ -100,7 +103,7 @@ def main():
         return n
 
     print(f"{os.path.basename(args.gguf)}: {len(rows)} prompts{' (chat template)' if args.chat else ''}, "
-          f"up to {args.new} greedy tokens")
+          f"up to {args.new} greedy tokens; selfspec {'with int8 activations' if args.int8 else 'exact (f32 activations)'}")
     total = sum(len(r[0]) for r in rows)
     names = [("llama.cpp", 1)] + ([("transformers f32", 2)] if hf is not None else [])
     for name, i in names:

@@ -151,7 +151,7 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Merge { model, adapter, out }) => ok(model::command::merge(&model, &adapter, &out)),
         Some(Command::Lmc { a, b, model, data, points, max_seq_length, prompt_format, out, eval, datasets, shots }) => {
-            let choice = model.choice(&defaults)?;
+            let choice = model.exact_choice(&defaults, "lmc")?;
             let eval = eval.map(|data| train::command::LmcEval { data, datasets, shots });
             ok(train::command::lmc(
                 &choice,
@@ -174,7 +174,7 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Train(a)) => {
             let opts = train::command::Options {
-                model: a.model.choice(&defaults)?,
+                model: a.model.exact_choice(&defaults, "train")?,
                 data: a.data,
                 run: a.run,
                 settings_file: a.train_config,
@@ -228,7 +228,9 @@ fn run() -> anyhow::Result<u8> {
         }
         Some(Command::Bench(b)) => ok(match b {
             BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),
-            BenchCommand::Qlora { model, prompt_len } => bench::qlora(&model.choice(&defaults)?, prompt_len),
+            BenchCommand::Qlora { model, prompt_len } => {
+                bench::qlora(&model.exact_choice(&defaults, "bench qlora")?, prompt_len)
+            }
             BenchCommand::Memory { json } => bench::memory(json),
             BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json } => {
                 bench::marginal(&model.choice(&defaults)?, k, prompt_len, new_tokens, repeat, json)

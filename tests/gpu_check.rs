@@ -15,7 +15,10 @@ fn the_gpu_check_runs_every_step_on_the_cpu() {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             let why = String::from_utf8_lossy(&o.stderr);
-            eprintln!("skipped: {python} lacks torch, transformers or peft ({})", why.trim().lines().last().unwrap_or(""));
+            eprintln!(
+                "skipped: {python} lacks torch, transformers or peft ({})",
+                why.trim().lines().last().unwrap_or("")
+            );
             return;
         }
         Err(e) => {
@@ -34,9 +37,18 @@ fn the_gpu_check_runs_every_step_on_the_cpu() {
     assert!(run.status.success(), "gpu_check.sh --cpu failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     let table = std::fs::read_to_string(out.path().join("out/table.md")).unwrap();
     // Every part has its row, and the numerical ones passed against the references.
-    for part in ["| model |", "| logits (f32", "| greedy tokens |", "| prefill tokens/s", "| decode tokens/s, batch 1",
-        "| decode tokens/s, batch 4", "| eq. 2 step", ": losses |", ": step time", ": peak resident memory"]
-    {
+    for part in [
+        "| model |",
+        "| logits (f32",
+        "| greedy tokens |",
+        "| prefill tokens/s",
+        "| decode tokens/s, batch 1",
+        "| decode tokens/s, batch 4",
+        "| eq. 2 step",
+        ": losses |",
+        ": step time",
+        ": peak resident memory",
+    ] {
         assert!(table.contains(part), "no row {part:?} in\n{table}");
     }
     for line in table.lines().skip(2) {

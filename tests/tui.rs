@@ -669,6 +669,7 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
         prompt_format: Default::default(),
         backend: None,
         stats: None,
+        int8_activations: false,
     };
     selfspec::runs::write_config(&run, selfspec::runs::Kind::Eval, &job).unwrap();
     let events = [

@@ -110,6 +110,7 @@ pub fn eval(opts: Options) -> anyhow::Result<u8> {
         split_references: opts.split_references,
         demos_from: opts.demos_from.as_deref().map(absolute),
         stats: opts.stats,
+        int8_activations: matches!(&opts.backend, Backend::Local(c) if c.int8),
     };
     if let Some(s) = &opts.stats {
         s.check()?;

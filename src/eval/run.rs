@@ -49,6 +49,10 @@ pub struct EvalJob {
     /// They change the report only, so a run continued with others is the same run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<super::stats::Settings>,
+    /// Activations rounded to int8 for the products with GGML-block weights
+    /// (`--int8-activations`): answers that are not the exact model's, so part of the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_activations: bool,
 }
 
 impl EvalJob {

@@ -102,7 +102,24 @@ fn generate_locked(
     let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
     let adapters: Vec<Spec> =
         opts.adapter.iter().map(|dir| Spec { name: pipeline::ADAPTER.into(), dir: dir.clone() }).collect();
-    let ready = opts.backend.load(&adapters, "name the tuned model the server serves with --served-adapter NAME")?;
+    let mut ready =
+        opts.backend.load(&adapters, "name the tuned model the server serves with --served-adapter NAME")?;
+    // Int8 activations, from --int8-activations or the configuration, are recorded in the run.
+    match (&opts.backend, &mut ready) {
+        (Backend::Local(choice), Loaded::Local(model)) => {
+            settings.int8_activations |= choice.int8;
+            if settings.int8_activations && !choice.int8 {
+                if let Some(note) = model.set_int8_activations(true) {
+                    eprintln!("note: {note}");
+                }
+            }
+        }
+        _ if settings.int8_activations => {
+            eprintln!("note: int8_activations is this process's setting; the server decodes as it is set up to");
+            settings.int8_activations = false;
+        }
+        _ => {}
+    }
     let tuned = opts.adapter.is_some() || ready.remote().is_some_and(|r| !r.adapters.is_empty());
     anyhow::ensure!(
         !opts.contrastive || tuned,

@@ -114,6 +114,9 @@ pub struct Settings {
     /// MiB the decoding's key/value cache may hold (rows wait, or are set aside and decoded
     /// again, to stay within it), an eighth of it for the prefix cache of recent prompts.
     pub kv_cache_mib: usize,
+    /// Activations rounded to int8 for the products with GGML-block weights (integer dot
+    /// products, as llama.cpp's Q8 activations): faster prefill, not exact. Off by default.
+    pub int8_activations: bool,
 }
 
 impl Default for Settings {
@@ -137,6 +140,7 @@ impl Default for Settings {
             document_max_tokens: None,
             filters: Filters::default(),
             kv_cache_mib: 768,
+            int8_activations: false,
         }
     }
 }

@@ -726,6 +726,20 @@ impl Decoder {
         self.layers.first().map(|l| l.q.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
     }
 
+    /// Int8 activations (on) or exact ones (off) for every GGML-block weight: the blocks'
+    /// projections and the head. Returns how many weights follow the setting.
+    pub fn set_int8_activations(&mut self, on: bool) -> usize {
+        let mut n = 0;
+        let head = std::iter::once(&self.lm_head);
+        for linear in self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).chain(head) {
+            if let Base::QPacked(q) = &linear.base {
+                q.set_int8(on);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Every projection of the blocks, named as in the checkpoint and in PEFT's
     /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

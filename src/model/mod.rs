@@ -19,6 +19,7 @@ pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
+pub mod int8;
 pub mod linear;
 pub mod packed;
 pub mod qpacked;
@@ -119,6 +120,9 @@ pub struct Choice {
     pub name: String,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// Round the activations of GGML-block weights to int8 (integer products, as llama.cpp's
+    /// Q8 activations): faster prefill, not exact ([`int8`]).
+    pub int8: bool,
 }
 
 impl Choice {
@@ -128,7 +132,13 @@ impl Choice {
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        Ok(Model::load(&self.name, self.dtype, &device)?)
+        let mut model = Model::load(&self.name, self.dtype, &device)?;
+        if self.int8 {
+            if let Some(note) = model.set_int8_activations(true) {
+                eprintln!("note: {note}");
+            }
+        }
+        Ok(model)
     }
 }
 
@@ -140,6 +150,26 @@ pub struct Model {
 }
 
 impl Model {
+    /// Int8 activations for every GGML-block weight (the projections and a quantized head), or
+    /// exact ones again. Returns a note when nothing or not all of it can follow: no such
+    /// weight (a dense or GPU model), or a CPU without AVX-512 VNNI (plain loops, slower).
+    pub fn set_int8_activations(&mut self, on: bool) -> Option<String> {
+        let n = self.decoder.set_int8_activations(on);
+        if !on {
+            return None;
+        }
+        if n == 0 {
+            return Some(
+                "--int8-activations applies to GGML-block weights (a .gguf file's Q4_0…Q6_K) on the CPU; \
+                 this model has none, so its products stay exact"
+                    .into(),
+            );
+        }
+        (int8::IntKernel::detect() == int8::IntKernel::Portable).then(|| {
+            "this CPU has no AVX-512 VNNI: the int8 products run in plain loops, slower than the exact ones".into()
+        })
+    }
+
     /// Opens `model`: a folder, `org/name` in the local Hugging Face cache, or a .gguf file
     /// (quantized; its activations are f32 whatever `dtype` says).
     pub fn load(model: &str, dtype: DTypeChoice, device: &Device) -> Result<Model, ModelError> {

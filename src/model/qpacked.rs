@@ -42,6 +42,10 @@ pub struct QPacked {
     /// `panels × groups × NR`; empty for the types without a minimum.
     min: Vec<f32>,
     dtype: GgmlDType,
+    /// The quants in [`super::int8`]'s layout once int8 activations were asked for, and whether
+    /// they are in use now (`matmul` rounds the activations to int8 while it is set).
+    int8: std::sync::OnceLock<super::int8::Quads>,
+    int8_on: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for QPacked {
@@ -240,7 +244,17 @@ impl QPacked {
                     }
                 }
             });
-        Ok(Some(QPacked { out, inp, group, q, scale, min, dtype }))
+        Ok(Some(QPacked {
+            out,
+            inp,
+            group,
+            q,
+            scale,
+            min,
+            dtype,
+            int8: std::sync::OnceLock::new(),
+            int8_on: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 
     pub fn out_features(&self) -> usize {
@@ -251,9 +265,38 @@ impl QPacked {
         self.inp
     }
 
-    /// Bytes held (quants, scales, minimums).
+    /// Bytes held (quants, scales, minimums, and the int8 layout once made).
     pub fn size_in_bytes(&self) -> usize {
-        self.q.len() + 4 * (self.scale.len() + self.min.len())
+        self.q.len() + 4 * (self.scale.len() + self.min.len()) + self.int8.get().map_or(0, |q| q.size_in_bytes())
+    }
+
+    /// Rounds the activations to int8 in [`Self::matmul`] (integer products, as llama.cpp's Q8
+    /// activations), or stops. The repacked quants are made the first time (as many bytes as
+    /// the quants again) and kept.
+    pub fn set_int8(&self, on: bool) {
+        if on {
+            self.int8.get_or_init(|| super::int8::Quads::new(&self.q, self.inp, self.group));
+        }
+        self.int8_on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn int8_weight(&self) -> Option<super::int8::Weight<'_>> {
+        if !self.int8_on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        Some(super::int8::Weight {
+            quads: self.int8.get()?,
+            scale: &self.scale,
+            min: &self.min,
+            out: self.out,
+            inp: self.inp,
+            group: self.group,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn matmul_int8_with(&self, kernel: super::int8::IntKernel, x: &[f32], rows: usize, y: &mut [f32]) {
+        super::int8::matmul_with(kernel, &self.int8_weight().expect("set_int8(true) first"), x, rows, y)
     }
 
     fn groups(&self) -> usize {
@@ -294,8 +337,17 @@ impl QPacked {
         }
     }
 
-    /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten).
+    /// `y = x Wᵀ` for a row-major `x` of `rows × in`, into `y` (`rows × out`, overwritten):
+    /// exact on f32 activations, or with them rounded to int8 after [`Self::set_int8`].
     pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        match self.int8_weight() {
+            Some(w) => super::int8::matmul(&w, x, rows, y),
+            None => self.matmul_exact(x, rows, y),
+        }
+    }
+
+    /// [`Self::matmul`] on the f32 activations, whatever the int8 setting.
+    pub fn matmul_exact(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         assert_eq!(x.len(), rows * self.inp, "x is not [{rows}, {}]", self.inp);
         assert_eq!(y.len(), rows * self.out, "y is not [{rows}, {}]", self.out);
         if rows == 0 || self.out == 0 {
@@ -306,40 +358,43 @@ impl QPacked {
         // Σ x over each group, for the minimums.
         let sums: Vec<f32> =
             if self.min.is_empty() { Vec::new() } else { x.chunks_exact(self.group).map(|g| g.iter().sum()).collect() };
-        let panels = self.out.div_ceil(NR);
-        let workers = rayon::current_num_threads().max(1);
-        let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
         let y_out = Out(y.as_mut_ptr());
-        let run = |first: usize| {
-            for p in first..(first + per).min(panels) {
-                let tile = Tile {
-                    q: self.q[p * self.inp * NR..].as_ptr(),
-                    scale: self.scale[p * groups * NR..].as_ptr(),
-                    min: if self.min.is_empty() { std::ptr::null() } else { self.min[p * groups * NR..].as_ptr() },
-                    groups,
-                    group: self.group,
-                    inp: self.inp,
-                    cols: (self.out - p * NR).min(NR),
+        for_panels(self.out.div_ceil(NR), |p| {
+            let tile = Tile {
+                q: self.q[p * self.inp * NR..].as_ptr(),
+                scale: self.scale[p * groups * NR..].as_ptr(),
+                min: if self.min.is_empty() { std::ptr::null() } else { self.min[p * groups * NR..].as_ptr() },
+                groups,
+                group: self.group,
+                inp: self.inp,
+                cols: (self.out - p * NR).min(NR),
+            };
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = (rows - r0).min(MR);
+                let rt = RowTile {
+                    x: x[r0 * self.inp..].as_ptr(),
+                    sums: if sums.is_empty() { std::ptr::null() } else { sums[r0 * groups..].as_ptr() },
+                    y: y_out.at(r0 * self.out + p * NR),
+                    ldc: self.out,
                 };
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = (rows - r0).min(MR);
-                    let rt = RowTile {
-                        x: x[r0 * self.inp..].as_ptr(),
-                        sums: if sums.is_empty() { std::ptr::null() } else { sums[r0 * groups..].as_ptr() },
-                        y: y_out.at(r0 * self.out + p * NR),
-                        ldc: self.out,
-                    };
-                    unsafe { run_tile(kernel, mr, &tile, &rt) };
-                    r0 += mr;
-                }
+                unsafe { run_tile(kernel, mr, &tile, &rt) };
+                r0 += mr;
             }
-        };
-        if panels <= per {
-            run(0);
-        } else {
-            (0..panels).into_par_iter().step_by(per).for_each(run);
-        }
+        });
+    }
+}
+
+/// `f(p)` for every panel `p` of `panels`, on the workers in runs of neighbouring panels (four
+/// runs a worker when there are many panels, to even out their finishing times).
+pub(crate) fn for_panels(panels: usize, f: impl Fn(usize) + Sync) {
+    let workers = rayon::current_num_threads().max(1);
+    let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
+    let run = |first: usize| (first..(first + per).min(panels)).for_each(&f);
+    if panels <= per {
+        run(0);
+    } else {
+        (0..panels).into_par_iter().step_by(per).for_each(run);
     }
 }
 
@@ -405,25 +460,50 @@ unsafe fn portable_tile(rows: usize, t: &Tile, r: &RowTile) {
     }
 }
 
+/// `$f::<R>(args)` for `R` = `$rows` (1 to 8): a micro-kernel's row count as a constant.
+macro_rules! by_rows {
+    ($rows:expr, $f:ident ($($a:expr),*)) => {
+        match $rows {
+            8 => $f::<8>($($a),*),
+            7 => $f::<7>($($a),*),
+            6 => $f::<6>($($a),*),
+            5 => $f::<5>($($a),*),
+            4 => $f::<4>($($a),*),
+            3 => $f::<3>($($a),*),
+            2 => $f::<2>($($a),*),
+            1 => $f::<1>($($a),*),
+            _ => unreachable!("a tile has 1 to 8 rows"),
+        }
+    };
+}
+pub(crate) use by_rows;
+
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{RowTile, Tile, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// AVX-512F present; the pointers as [`super::run_tile`] requires.
     pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &RowTile) {
-        unsafe {
-            match rows {
-                8 => rows_n::<8>(t, r),
-                7 => rows_n::<7>(t, r),
-                6 => rows_n::<6>(t, r),
-                5 => rows_n::<5>(t, r),
-                4 => rows_n::<4>(t, r),
-                3 => rows_n::<3>(t, r),
-                2 => rows_n::<2>(t, r),
-                1 => rows_n::<1>(t, r),
-                _ => unreachable!("a tile has 1 to 8 rows"),
+        unsafe { super::by_rows!(rows, rows_n(t, r)) }
+    }
+
+    /// Stores `R` rows of one panel's [`NR`] outputs (three vectors a row), the lanes past
+    /// `cols` left alone; row `i` at `y + i·ldc`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `y` writable for `R` rows of `cols` floats `ldc` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn store_rows<const R: usize>(out: &[[__m512; 3]; R], cols: usize, y: *mut f32, ldc: usize) {
+        let masks: [__mmask16; 3] = std::array::from_fn(|v| {
+            let n = cols.saturating_sub(v * 16).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        });
+        for (row, o) in out.iter().enumerate() {
+            for (v, &m) in masks.iter().enumerate() {
+                // SAFETY: the caller's rows; masked lanes stay within `cols`.
+                unsafe { _mm512_mask_storeu_ps(y.add(row * ldc + v * 16), m, o[v]) };
             }
         }
     }
@@ -471,15 +551,7 @@ mod avx512 {
                     }
                 }
             }
-            let masks: [__mmask16; 3] = std::array::from_fn(|v| {
-                let n = t.cols.saturating_sub(v * 16).min(16);
-                ((1u32 << n) - 1) as __mmask16
-            });
-            for (row, o) in out.iter().enumerate() {
-                for (v, &m) in masks.iter().enumerate() {
-                    _mm512_mask_storeu_ps(r.y.add(row * r.ldc + v * 16), m, o[v]);
-                }
-            }
+            store_rows(&out, t.cols, r.y, r.ldc);
         }
     }
 }

@@ -549,7 +549,7 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
     // Nested subsets: one shuffle, each point takes a prefix.
     let mut order: Vec<usize> = (0..loaded.file.seeds.len()).collect();
     crate::rng::Rng::new(spec.seed ^ 0x5eed_5b5e).shuffle(&mut order);
-    let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto };
+    let choice = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto, int8: false };
     Ok(Prepared { seeds: loaded.file, order, corpus, mode, choice, tasks })
 }
 
@@ -786,7 +786,8 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
 /// This machine's speed on the sweep's model (a short decoding probe): decode and prefill tokens
 /// per second. Decode: 8 prompts of 128 random tokens, 32 new tokens each, batched.
 pub fn speed(spec: &Spec) -> anyhow::Result<(f64, f64)> {
-    let model = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto }.load()?;
+    let model = Choice { name: spec.model.clone(), device: DeviceChoice::Auto, dtype: DTypeChoice::Auto, int8: false }
+        .load()?;
     let vocab = model.decoder.spec.vocab_size as u64;
     let mut rng = crate::rng::Rng::new(7);
     let probe: Vec<crate::decode::Request> = (0..8)

@@ -281,6 +281,7 @@ pub(super) fn stage(
         name: spec.model.clone(),
         device: crate::model::DeviceChoice::Auto,
         dtype: crate::model::DTypeChoice::Auto,
+        int8: false,
     };
     let (kind, rest) = name.split_once(':').with_context(|| {
         format!("the sweep has no stage {name:?}: seed:POINT, expert:POINT:TASK, lmc:POINT or eval:POINT")

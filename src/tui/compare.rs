@@ -290,6 +290,7 @@ fn answer(
         name: model.to_string(),
         device: crate::model::DeviceChoice::Auto,
         dtype: crate::model::DTypeChoice::Auto,
+        int8: false,
     };
     let (device, _) = choice.device.open();
     let mut m = crate::model::Model::load(&choice.name, choice.dtype, &device)?;
