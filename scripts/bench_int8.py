@@ -9,20 +9,17 @@ GGUF file, run one after another in one process tree on this machine.
 Greedy agreement of the int8 path: scripts/check_gguf_greedy.py ... --int8.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gguf import llama_cpp  # noqa: E402
+from bench_gguf import llama_cpp, selfspec  # noqa: E402
 
 
 def ours(binary, gguf, batch, prompt, new, int8, threads):
-    cmd = [binary, "bench", "decode", "--model", gguf, "--batch", str(batch), "--prompt-len", str(prompt),
-           "--new-tokens", str(new), "--repeat", "3", "--json"] + (["--int8-activations"] if int8 else [])
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+    args = ["bench", "decode", "--model", gguf, "--batch", str(batch), "--prompt-len", str(prompt),
+            "--new-tokens", str(new), "--repeat", "3"] + (["--int8-activations"] if int8 else [])
+    r = selfspec(binary, args, threads)
     return r["prefill_tokens_per_s"], r["decode_tokens_per_s"]
 
 

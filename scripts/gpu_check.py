@@ -24,7 +24,6 @@ import glob
 import json
 import math
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -140,7 +139,6 @@ def make_model(work, mode, layers, dtype_name, name):
 
 
 def load_reference(path, mode, dtype_name):
-    import torch
     from transformers import AutoModelForCausalLM
     s = settings(mode)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **dtype_kw(dtype_name))
@@ -527,7 +525,8 @@ def main():
     ap.add_argument("--mode", choices=["gpu", "cpu"], default="gpu")
     ap.add_argument("--bin", help="the selfspec binary (gpu: the stripped CUDA build)")
     ap.add_argument("--out", required=True, help="logs, JSON results and the table")
-    ap.add_argument("--work", help="models and data, kept (default: a temporary folder, removed at the end)")
+    ap.add_argument("--work", help="models and data, kept: a new or empty folder (default: a temporary folder, "
+                    "removed at the end)")
     ap.add_argument("--train-layers", type=int, default=None,
                     help="layers of the QLoRA part's model (default: gpu 4, cpu 2)")
     ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
@@ -542,9 +541,13 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     # Models (16 GB on a GPU host) stay out of OUT, which is copied back.
     temporary = args.work is None
-    args.work = args.work or tempfile.mkdtemp(prefix="gpu-check-")
-    shutil.rmtree(args.work, ignore_errors=True)
-    os.makedirs(args.work)
+    if temporary:
+        args.work = tempfile.mkdtemp(prefix="gpu-check-")
+    elif os.path.isdir(args.work) and os.listdir(args.work):
+        # The parts append to what they find there: a used folder would mix two runs.
+        sys.exit(f"gpu_check: --work {args.work} is not empty; name a new or empty folder")
+    else:
+        os.makedirs(args.work, exist_ok=True)
     try:
         return check(args)
     finally:

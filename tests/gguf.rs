@@ -61,12 +61,18 @@ fn files() -> Vec<(PathBuf, Vec<Case>)> {
 fn run(path: &Path, mode: Mode, case: &Case) -> (Vec<f32>, Vec<u32>) {
     let model = gguf::load(path, &Device::Cpu, mode).unwrap();
     assert_eq!(model.tokenizer.encode(&case.prompt).unwrap(), case.ids);
+    let logits = last_logits(&model, case);
+    let req = Request::new(case.ids.clone(), 16);
+    let (out, _) = decode::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    (logits, out[0].ids.clone())
+}
+
+/// The logits after the case's prompt.
+fn last_logits(model: &selfspec::model::Model, case: &Case) -> Vec<f32> {
     let mut cache = model.decoder.new_cache(vec![0]);
     let input = Tensor::new(case.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap();
-    let req = Request::new(case.ids.clone(), 16);
-    let (out, _) = decode::generate(&model, &[req], &Default::default(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out[0].ids.clone())
+    logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// The parity models and transformers' record for them (see tests/parity.rs).
@@ -186,28 +192,22 @@ fn broken_gguf_files_get_clear_errors() {
 
 /// Int8 activations (`--int8-activations`, opt-in): the quantized files' logits stay within the
 /// rounding of their activations of transformers' (measured: top-5 logits up to 1.7 % of the
-/// largest logit off; the bound allows 5 %), the integer
-/// kernels really ran (the logits differ from the exact path's), switching back is exact again,
-/// and the commands that train refuse them.
+/// largest logit off; the bound allows 5 %), the integer kernels really ran (the logits differ
+/// from the exact path's), switching back is exact again, and the commands that train refuse
+/// them.
 #[test]
 fn int8_activations_stay_close_and_training_refuses_them() {
-    let logits = |model: &selfspec::model::Model, case: &Case| {
-        let mut cache = model.decoder.new_cache(vec![0]);
-        let input = Tensor::new(case.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let l = model.decoder.forward(&input, &mut cache, Pass::Inference, true).unwrap();
-        l.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    };
     let mut switched = 0;
     for (path, cases) in files() {
         let mut model = gguf::load(&path, &Device::Cpu, Mode::Quantized).unwrap();
-        let exact: Vec<Vec<f32>> = cases.iter().map(|c| logits(&model, c)).collect();
+        let exact: Vec<Vec<f32>> = cases.iter().map(|c| last_logits(&model, c)).collect();
         let n = model.decoder.set_int8_activations(true);
         if n == 0 {
             continue;
         }
         switched += 1;
         for (case, exact) in cases.iter().zip(&exact) {
-            let int8 = logits(&model, case);
+            let int8 = last_logits(&model, case);
             let scale = case.logits.iter().fold(0f32, |m, x| m.max(x.abs()));
             let d = max_diff(&int8, &case.logits);
             assert!(d <= 0.05 * scale, "{}: {:?}: max |Δlogit| {d} of {scale}", path.display(), case.prompt);
@@ -215,7 +215,7 @@ fn int8_activations_stay_close_and_training_refuses_them() {
         }
         model.decoder.set_int8_activations(false);
         for (case, exact) in cases.iter().zip(&exact) {
-            assert_eq!(&logits(&model, case), exact, "{}: exact again after switching back", path.display());
+            assert_eq!(&last_logits(&model, case), exact, "{}: exact again after switching back", path.display());
         }
     }
     assert!(switched >= 3, "only {switched} files have GGML-block weights the int8 path takes");

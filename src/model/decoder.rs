@@ -730,8 +730,8 @@ impl Decoder {
     /// projections and the head. Returns how many weights follow the setting.
     pub fn set_int8_activations(&mut self, on: bool) -> usize {
         let mut n = 0;
-        let head = std::iter::once(&self.lm_head);
-        for linear in self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).chain(head) {
+        let blocks = self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+        for linear in blocks.chain([&self.lm_head]) {
             if let Base::QPacked(q) = &linear.base {
                 q.set_int8(on);
                 n += 1;

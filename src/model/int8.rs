@@ -96,20 +96,17 @@ struct Activations {
     sums: Vec<f32>,
 }
 
-fn quantize(x: &[f32], group: usize, with_sums: bool) -> Activations {
+fn quantize(kernel: IntKernel, x: &[f32], group: usize, with_sums: bool) -> Activations {
     let mut a = vec![0u8; x.len()];
     let mut s = vec![0f32; x.len() / group];
     let mut sums = vec![0f32; if with_sums { x.len() / group } else { 0 }];
     // Whole groups per task, many of them: the rounding is cheap next to the products.
     let per = 64 * group;
-    a.par_chunks_mut(per).zip(x.par_chunks(per)).zip(s.par_chunks_mut(64)).enumerate().for_each(|(_, ((a, x), s))| {
+    a.par_chunks_mut(per).zip(x.par_chunks(per)).zip(s.par_chunks_mut(64)).for_each(|((a, x), s)| match kernel {
+        // SAFETY: the caller's kernel runs on this CPU: it has AVX-512F.
         #[cfg(target_arch = "x86_64")]
-        if IntKernel::detect() == IntKernel::Vnni512 && group.is_multiple_of(16) {
-            // SAFETY: detect() found AVX-512F on this CPU.
-            unsafe { vnni512::round_groups(a, x, s, group) };
-            return;
-        }
-        round_groups(a, x, s, group)
+        IntKernel::Vnni512 if group.is_multiple_of(16) => unsafe { vnni512::round_groups(a, x, s, group) },
+        _ => round_groups(a, x, s, group),
     });
     // The minimums' term takes Σx of the rounded values, as llama.cpp's Q8_1 blocks carry it:
     // with `w = d·q + m` and q ≥ 0, the rounding errors then meet the centred weight only. (Σx
@@ -170,7 +167,7 @@ pub(crate) fn matmul_with(kernel: IntKernel, w: &Weight, x: &[f32], rows: usize,
     if rows == 0 || w.out == 0 {
         return;
     }
-    let acts = quantize(x, w.group, !w.min.is_empty());
+    let acts = quantize(kernel, x, w.group, !w.min.is_empty());
     let groups = w.inp / w.group;
     let y_out = Out(y.as_mut_ptr());
     super::qpacked::for_panels(w.out.div_ceil(NR), |p| {
