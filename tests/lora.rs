@@ -106,6 +106,17 @@ fn our_adapters_use_pefts_names_and_load_back() {
 
 #[test]
 fn training_steps_match_peft() {
+    training_steps_match_peft_with(false);
+}
+
+/// The same steps with each block run again in the backward: the same losses, gradients and
+/// adapter as PEFT's.
+#[test]
+fn training_steps_with_gradient_checkpointing_match_peft() {
+    training_steps_match_peft_with(true);
+}
+
+fn training_steps_match_peft_with(gradient_checkpointing: bool) {
     let dir = root().join("tests/fixtures/lora/train");
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("steps.json")).unwrap()).unwrap();
@@ -120,6 +131,7 @@ fn training_steps_match_peft() {
         warmup_steps: hp["warmup_steps"].as_u64().unwrap() as usize,
         weight_decay: hp["weight_decay"].as_f64().unwrap(),
         max_grad_norm: hp["max_grad_norm"].as_f64().unwrap(),
+        gradient_checkpointing,
         ..Default::default()
     };
     let total = hp["max_steps"].as_u64().unwrap() as usize;
@@ -508,4 +520,40 @@ fn training_starts_from_an_adapter_or_at_random() {
     let out = train_cmd(&data, &dir.path().join("bad"), &config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("train.yaml") && stderr.contains("init \"warm\""), "{stderr}");
+}
+
+/// A tiny data set with the defaults (4 × 8 a step, warm-up 10): the run says its plan and
+/// warns, before the first step, that every step is inside the warm-up and the data is smaller
+/// than one step's batch; with `warmup_ratio` the warm-up fits and that warning is gone.
+#[test]
+fn a_training_that_cannot_move_is_said_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("train.yaml");
+    std::fs::write(&config, "num_train_epochs: 1\n").unwrap();
+    let run = dir.path().join("run");
+    let out = train_cmd(&data, &run, &config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let plan = stderr.find("plan: 24 examples, 32 a step, 1 steps (1 an epoch), warm-up 10 steps").expect(&stderr);
+    let warm = stderr.find("every one of the 1 steps falls inside the warm-up of 10 steps").expect(&stderr);
+    let small = stderr.find("smaller than one step's batch (4 × 8 = 32)").expect(&stderr);
+    let step = stderr.find("step 1 ·").expect(&stderr);
+    assert!(plan < warm && warm < step && small < step, "{stderr}");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    let started: serde_json::Value =
+        serde_json::from_str(events.lines().find(|l| l.contains("\"started\"")).unwrap()).unwrap();
+    assert_eq!(started["plan"]["warmup_steps"], 10);
+    assert_eq!(started["plan"]["warnings"].as_array().unwrap().len(), 2, "{started}");
+    assert!(started["plan"]["memory_mb"].as_f64().unwrap() > 0.0);
+
+    std::fs::write(&config, "num_train_epochs: 1\ngradient_accumulation_steps: 1\nwarmup_ratio: 0.1\n").unwrap();
+    let run = dir.path().join("run2");
+    let out = train_cmd(&data, &run, &config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("6 steps (6 an epoch), warm-up 1 steps"), "{stderr}");
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    let recorded = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(recorded.contains("warmup_ratio: 0.1") && recorded.contains("gradient_checkpointing: false"), "{recorded}");
 }

@@ -16,7 +16,7 @@ use super::config::{DecoderSpec, Rope, RopeScaling};
 use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
-use super::{cpu_attention, fused};
+use super::{cpu_attention, flash, fused};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -504,19 +504,54 @@ impl Decoder {
         self.lm_head.forward(&x)
     }
 
-    /// Logits `[n, vocab]` at the positions `at` only (indices into the `rows × new` tokens,
-    /// row-major): training needs them where there are labels, and the vocabulary projection
-    /// is the costliest step to spend on prompt tokens.
-    pub fn forward_at(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, at: &Tensor) -> Result<Tensor> {
+    /// `−log p(target)` at the positions `at` only (indices into the `rows × new` tokens,
+    /// row-major), `[n]`: training needs the logits where there are labels, and the vocabulary
+    /// projection is the costliest step to spend on prompt tokens. On the CPU in f32 with a
+    /// plain head the logits are made and dropped a chunk of rows at a time
+    /// ([`fused::head_nll`]); otherwise they are made whole.
+    pub fn nll_at(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, at: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
         let x = self.hidden(tokens, cache, pass)?;
         let (rows, new, hidden) = x.dims3()?;
         let x = x.reshape((rows * new, hidden))?.index_select(at, 0)?;
-        let x = self.norm.forward(&x, pass)?;
-        self.lm_head.forward(&x)
+        self.head_nll(&x, pass, targets)
+    }
+
+    /// `−log p(target)` of each row of `x` `[n, hidden]` (the last block's output at the
+    /// labelled positions): the final norm, the head and the loss.
+    fn head_nll(&self, x: &Tensor, pass: Pass, targets: Vec<u32>) -> Result<Tensor> {
+        let x = self.norm.forward(x, pass)?;
+        if let (true, Some(head)) = (fused::usable(&x), self.lm_head.plain_cpu_weight()) {
+            return fused::head_nll(&x, head, targets);
+        }
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        if fused::usable(&logits) {
+            return fused::nll(&logits, targets);
+        }
+        let n = targets.len();
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let chosen = logp.gather(&Tensor::from_vec(targets, (n, 1), logits.device())?, 1)?;
+        chosen.squeeze(1)?.neg()
     }
 
     /// The blocks' output before the final norm, `[rows, new, hidden]`.
     fn hidden(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass) -> Result<Tensor> {
+        let step = self.prepare(tokens, cache, pass)?;
+        let mut x = self.embed_tokens(tokens)?;
+        for i in 0..self.layers.len() {
+            x = self.block(i, &x, &step, cache, pass)?;
+        }
+        cache.len = step.total;
+        Ok(x)
+    }
+
+    /// The embeddings of `tokens` `[rows, new]`: `[rows, new, hidden]`.
+    fn embed_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (rows, new) = tokens.dims2()?;
+        self.embed.lookup(&tokens.flatten_all()?)?.reshape((rows, new, self.spec.hidden_size))
+    }
+
+    /// What every block of one forward shares: the rotary angles and the masks.
+    fn prepare(&self, tokens: &Tensor, cache: &Cache, pass: Pass) -> Result<Step> {
         let (rows, new) = tokens.dims2()?;
         if rows != cache.rows() {
             candle_core::bail!("{rows} rows of tokens for a cache of {} rows", cache.rows());
@@ -534,48 +569,88 @@ impl Decoder {
         let freqs = positions.broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
         let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
         let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
-        let full_mask = self.mask(cache, new, None)?;
-        let window_mask = match self.spec.sliding_window {
-            Some(w) if self.layers.iter().any(|l| l.sliding) => self.mask(cache, new, Some(w))?,
-            _ => None,
-        };
-
+        let window = self.spec.sliding_window.filter(|_| self.layers.iter().any(|l| l.sliding));
         // Training on the CPU in f32 goes through the fused ops; they share one copy of the
-        // angles and masks.
+        // angles, and attention takes each query's visible keys as a range (no dense mask).
         let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 {
-            let as_mask = |m: &Option<Tensor>| -> Result<Option<fused::Mask>> {
-                m.as_ref()
-                    .map(|m| Ok(fused::Mask { values: std::sync::Arc::new(m.flatten_all()?.to_vec1()?), new, total }))
-                    .transpose()
-            };
             Some(Fused {
                 angles: fused::Angles::new(&cos, &sin)?,
-                full: as_mask(&full_mask)?,
-                window: as_mask(&window_mask)?,
+                full: flash::Visible::new(&cache.pad, start, new, None),
+                window: window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
             })
         } else {
             None
         };
+        let (full_mask, window_mask) = match (&fused, window) {
+            (Some(_), _) => (None, None),
+            (None, None) => (self.mask(cache, new, None)?, None),
+            (None, Some(w)) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
+        };
+        Ok(Step { cos, sin, fused, full_mask, window_mask, start, total })
+    }
 
-        let ids = tokens.flatten_all()?;
-        let mut x = self.embed.lookup(&ids)?.reshape((rows, new, self.spec.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let mask = if layer.sliding { window_mask.as_ref() } else { full_mask.as_ref() };
-            let h = layer.input_norm.forward(&x, pass)?;
-            let rope = Rotary { cos: &cos, sin: &sin, fused: fused.as_ref() };
-            let a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], start, pass)?;
-            x = (x + a)?;
-            let h = layer.post_norm.forward(&x, pass)?;
-            let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
-            let product = match fused {
-                Some(_) => fused::silu_mul(&g, &u)?,
-                None => (g.silu()? * u)?,
-            };
-            let m = layer.down.forward(&product)?;
-            x = (x + m)?;
+    /// Block `i` (attention then the MLP, each added to the residual) on `x`.
+    fn block(&self, i: usize, x: &Tensor, step: &Step, cache: &mut Cache, pass: Pass) -> Result<Tensor> {
+        let layer = &self.layers[i];
+        let mask = if layer.sliding { step.window_mask.as_ref() } else { step.full_mask.as_ref() };
+        let h = layer.input_norm.forward(x, pass)?;
+        let rope = Rotary { cos: &step.cos, sin: &step.sin, fused: step.fused.as_ref() };
+        let a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], step.start, pass)?;
+        let x = (x + a)?;
+        let h = layer.post_norm.forward(&x, pass)?;
+        let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+        let product = match step.fused {
+            Some(_) => fused::silu_mul(&g, &u)?,
+            None => (g.silu()? * u)?,
+        };
+        let m = layer.down.forward(&product)?;
+        x + m
+    }
+
+    /// The summed `−log p(target)` at the positions `at` (as [`Decoder::nll_at`]) and its
+    /// backward, one block at a time (gradient checkpointing): the forward keeps only each
+    /// block's input; the backward runs each block's forward again, from the last block to the
+    /// first, and backpropagates through it alone. `seed` scales the loss's gradient (1 / the
+    /// step's target tokens); `each` receives every block's gradients (and the head's) as they
+    /// are made. Returns the summed loss, the same number [`Decoder::nll_at`] gives.
+    pub fn nll_checkpointed(
+        &self,
+        tokens: &Tensor,
+        pad: Vec<usize>,
+        at: &Tensor,
+        targets: Vec<u32>,
+        seed: f64,
+        each: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<f32> {
+        let mut cache = self.new_cache(pad);
+        let step = self.prepare(tokens, &cache, Pass::Training)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed_tokens(tokens)?.detach();
+        for i in 0..self.layers.len() {
+            let y = self.block(i, &x, &step, &mut cache, Pass::Training)?.detach();
+            cache.layers[i] = None;
+            inputs.push(std::mem::replace(&mut x, y));
         }
-        cache.len = total;
-        Ok(x)
+        let (rows, new, hidden) = x.dims3()?;
+        let top = candle_core::Var::from_tensor(&x)?;
+        drop(x);
+        let h = top.as_tensor().reshape((rows * new, hidden))?.index_select(at, 0)?;
+        let loss = self.head_nll(&h, Pass::Training, targets)?.sum_all()?;
+        let total = loss.to_scalar::<f32>()?;
+        let grads = (loss * seed)?.backward()?;
+        each(&grads)?;
+        let mut grad = grads.get(top.as_tensor()).cloned();
+        drop(grads);
+        for (i, input) in inputs.into_iter().enumerate().rev() {
+            let Some(g) = grad.take() else { break };
+            let input = candle_core::Var::from_tensor(&input)?;
+            let y = self.block(i, input.as_tensor(), &step, &mut cache, Pass::Training)?;
+            cache.layers[i] = None;
+            let grads = (y * g)?.sum_all()?.backward()?;
+            each(&grads)?;
+            grad = grads.get(input.as_tensor()).cloned();
+        }
+        Ok(total)
     }
 
     /// The additive attention mask `[rows, 1, new, total]` (f32): padding, the future and, with
@@ -675,17 +750,19 @@ impl Decoder {
         if pass == Pass::Inference && cpu_attention::usable(&q) {
             return layer.o.forward(&cpu_attention::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), mask)?);
         }
+        if let Some(f) = rope.fused {
+            let visible = match &f.window {
+                Some(w) if layer.sliding => w,
+                _ => &f.full,
+            };
+            let out = flash::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), visible)?;
+            let out = out.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
+            return layer.o.forward(&out);
+        }
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;
         let q = q.reshape((rows, nkv, rep * new, hd))?;
-        if let Some(f) = rope.fused {
-            let mask = if layer.sliding { f.window.as_ref() } else { f.full.as_ref() };
-            let probs = fused::softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f32).sqrt(), mask)?;
-            let out = probs.matmul(&v)?;
-            let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
-            return layer.o.forward(&out);
-        }
         // One statement, so the unscaled product is freed before the mask's copy is made.
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
             .to_dtype(DType::F32)?
@@ -761,8 +838,19 @@ impl Decoder {
 /// Training's fused-op inputs for one forward: the rotary angles and the masks as flat values.
 struct Fused {
     angles: fused::Angles,
-    full: Option<fused::Mask>,
-    window: Option<fused::Mask>,
+    full: flash::Visible,
+    window: Option<flash::Visible>,
+}
+
+/// What the blocks of one forward share ([`Decoder::prepare`]).
+struct Step {
+    cos: Tensor,
+    sin: Tensor,
+    fused: Option<Fused>,
+    full_mask: Option<Tensor>,
+    window_mask: Option<Tensor>,
+    start: usize,
+    total: usize,
 }
 
 /// The rotary angles `[rows, new, hd/2]` for one forward, and their fused form when training

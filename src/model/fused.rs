@@ -7,10 +7,11 @@
 //! one output each and recompute the rest in the backward:
 //!
 //! - [`rms_norm`]: `x / √(mean(x²) + ε) · w` (w frozen);
-//! - [`softmax`]: `softmax(s · scale + mask)` over the last axis, the attention's probabilities;
 //! - [`rope`]: rotary embedding, half-split or interleaved;
 //! - [`silu_mul`]: `silu(g) · u`, the SwiGLU product;
 //! - [`nll`]: `logsumexp(z) − z[target]` per row, the loss without a `[n, vocab]` log-softmax;
+//! - [`head_nll`]: the vocabulary projection and [`nll`] together, a chunk of rows at a time;
+//! - attention, which keeps neither scores nor probabilities, is [`super::flash`];
 //! - [`lora`]: `x Wᵀ + scale · drop(x) Aᵀ Bᵀ` over a frozen [`CpuWeight`], the dropout mask
 //!   regenerated from its seed in the backward instead of stored.
 //!
@@ -34,14 +35,14 @@ pub fn usable(t: &Tensor) -> bool {
 }
 
 /// The f32 values of a storage under a contiguous layout.
-fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(super) fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: f32 only") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: input not contiguous") };
     Ok(&v[a..b])
 }
 
 /// The f32 values behind a tensor's read-locked storage (see [`read!`]).
-fn f32s<'a>(op: &str, (s, l): &'a (StorageRef<'_>, &Layout)) -> Result<&'a [f32]> {
+pub(super) fn f32s<'a>(op: &str, (s, l): &'a (StorageRef<'_>, &Layout)) -> Result<&'a [f32]> {
     let Storage::Cpu(c) = &**s else { candle_core::bail!("{op}: CPU only") };
     slice(op, c, l)
 }
@@ -57,8 +58,9 @@ macro_rules! read {
         )+
     };
 }
+pub(super) use read;
 
-fn tensor(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+pub(super) fn tensor(v: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu)
 }
 
@@ -77,7 +79,7 @@ fn gemm_threads(work: usize) -> Parallelism {
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, each matrix given by (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(super) fn gemm(
     m: usize,
     n: usize,
     k: usize,
@@ -191,90 +193,6 @@ impl CustomOp1 for RmsNormOp {
 /// RMSNorm over the last axis with a frozen `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNormOp { weight: weight.clone(), eps })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Attention softmax
-
-/// An additive mask `[rows, new, total]` (0 or −∞), shared by every head and layer.
-#[derive(Clone)]
-pub struct Mask {
-    pub values: Arc<Vec<f32>>,
-    pub new: usize,
-    pub total: usize,
-}
-
-struct SoftmaxOp {
-    scale: f32,
-    mask: Option<Mask>,
-}
-
-impl CustomOp1 for SoftmaxOp {
-    fn name(&self) -> &'static str {
-        "fused-softmax"
-    }
-
-    /// Scores `[rows, heads, q, total]` where query slot `i` is position `i % new` (grouped
-    /// heads stack their queries along that axis).
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(self.name(), s, l)?;
-        let dims = l.shape().dims();
-        let total = *dims.last().unwrap_or(&1);
-        let (q_slots, heads) = (dims[dims.len() - 2], dims[dims.len() - 3]);
-        if let Some(m) = &self.mask {
-            if m.total != total
-                || q_slots % m.new != 0
-                || m.values.len() < (x.len() / total) / (heads * q_slots) * m.new * total
-            {
-                candle_core::bail!("fused-softmax: mask [{}, {}] against scores {dims:?}", m.new, m.total)
-            }
-        }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(total).zip(x.par_chunks(total)).enumerate().for_each(|(t, (y, x))| {
-            let mask = self.mask.as_ref().map(|m| {
-                let (row, pos) = (t / (heads * q_slots), (t % q_slots) % m.new);
-                &m.values[(row * m.new + pos) * total..][..total]
-            });
-            let mut max = f32::NEG_INFINITY;
-            for (k, (y, x)) in y.iter_mut().zip(x).enumerate() {
-                *y = x * self.scale + mask.map_or(0.0, |m| m[k]);
-                max = max.max(*y);
-            }
-            let mut sum = 0.0;
-            for y in y.iter_mut() {
-                *y = (*y - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|y| *y *= inv);
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    /// `ds = scale · p ⊙ (dp − Σ dp·p)`.
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let total = res.dim(candle_core::D::Minus1)?;
-        let (p, dp) = (res, grad);
-        read!(self.name(); p, dp);
-        let mut ds = vec![0f32; p.len()];
-        let rows = rows_per_task(total, 1 << 13);
-        ds.par_chunks_mut(rows * total).zip(p.par_chunks(rows * total).zip(dp.par_chunks(rows * total))).for_each(
-            |(ds, (p, dp))| {
-                for ((ds, p), dp) in ds.chunks_mut(total).zip(p.chunks(total)).zip(dp.chunks(total)) {
-                    let dot: f32 = p.iter().zip(dp).map(|(p, d)| p * d).sum();
-                    for ((ds, p), dp) in ds.iter_mut().zip(p).zip(dp) {
-                        *ds = self.scale * p * (dp - dot);
-                    }
-                }
-            },
-        );
-        Ok(Some(tensor(ds, res.shape())?))
-    }
-}
-
-/// `softmax(scores · scale + mask)` over the last axis of `[rows, heads, q, total]`.
-pub fn softmax(scores: &Tensor, scale: f32, mask: Option<&Mask>) -> Result<Tensor> {
-    scores.contiguous()?.apply_op1(SoftmaxOp { scale, mask: mask.cloned() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,6 +389,92 @@ pub fn nll(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The vocabulary projection and the loss together, a chunk of rows at a time
+
+/// Rows of logits held at once by [`head_nll`] (`rows × vocab` f32: 25 MB for 49,152 words).
+const HEAD_ROWS: usize = 128;
+
+struct HeadNllOp {
+    weight: Arc<dyn CpuWeight>,
+    targets: Arc<Vec<u32>>,
+    /// `[n, hidden]`: `(softmax(z) − onehot(target)) W` of each row, the input gradient of its
+    /// loss, made by the forward while that chunk's logits are at hand (None: no backward asked).
+    grad: Option<std::sync::Mutex<Vec<f32>>>,
+}
+
+impl CustomOp1 for HeadNllOp {
+    fn name(&self) -> &'static str {
+        "fused-head-nll"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(self.name(), s, l)?;
+        let (n, hidden) = l.shape().dims2()?;
+        let vocab = self.weight.out_features();
+        if hidden != self.weight.in_features()
+            || self.targets.len() != n
+            || self.targets.iter().any(|&t| t as usize >= vocab)
+        {
+            candle_core::bail!(
+                "fused-head-nll: {n} rows of {hidden} and {} targets against a [{vocab}, {}] head",
+                self.targets.len(),
+                self.weight.in_features()
+            )
+        }
+        let mut loss = vec![0f32; n];
+        let mut grad = if self.grad.is_some() { vec![0f32; n * hidden] } else { Vec::new() };
+        let mut z = vec![0f32; HEAD_ROWS.min(n) * vocab];
+        for c0 in (0..n).step_by(HEAD_ROWS) {
+            let m = HEAD_ROWS.min(n - c0);
+            let z = &mut z[..m * vocab];
+            self.weight.matmul(&x[c0 * hidden..][..m * hidden], m, z);
+            let targets = &self.targets[c0..c0 + m];
+            let want = self.grad.is_some();
+            loss[c0..c0 + m].par_iter_mut().zip(z.par_chunks_mut(vocab)).zip(targets.par_iter()).for_each(
+                |((loss, z), &t)| {
+                    let (max, sum) = exp_sum(z);
+                    *loss = max + sum.ln() - z[t as usize];
+                    if want {
+                        let inv = 1.0 / sum;
+                        z.iter_mut().for_each(|v| *v = (*v - max).exp() * inv);
+                        z[t as usize] -= 1.0;
+                    }
+                },
+            );
+            if want {
+                self.weight.input_grad(z, m, &mut grad[c0 * hidden..][..m * hidden]);
+            }
+        }
+        if let Some(slot) = &self.grad {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = grad;
+        }
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+
+    /// `dx = dy · (softmax(z) − onehot(target)) W`, row by row, from the forward's products.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(slot) = &self.grad else { candle_core::bail!("fused-head-nll: made without a backward") };
+        let (n, hidden) = arg.dims2()?;
+        let dy = grad.to_vec1::<f32>()?;
+        let mut dx = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+        if dx.len() != n * hidden || dy.len() != n {
+            candle_core::bail!("fused-head-nll: backward run twice, or before the forward")
+        }
+        dx.par_chunks_mut(hidden.max(1)).zip(dy.par_iter()).for_each(|(row, &d)| row.iter_mut().for_each(|v| *v *= d));
+        Ok(Some(tensor(dx, arg.shape())?))
+    }
+}
+
+/// `−log softmax(x Wᵀ)[target]` for each row of `x` `[n, hidden]` with a frozen head `W`
+/// `[vocab, hidden]`: `[n]`, without ever holding more than [`HEAD_ROWS`] rows of logits. When
+/// `x` is tracked, the input gradient is formed in the forward, while each chunk's logits are
+/// at hand, so the logits are computed once.
+pub fn head_nll(x: &Tensor, weight: Arc<dyn CpuWeight>, targets: Vec<u32>) -> Result<Tensor> {
+    let grad = x.track_op().then(|| std::sync::Mutex::new(Vec::new()));
+    x.contiguous()?.apply_op1(HeadNllOp { weight, targets: Arc::new(targets), grad })
+}
+
+// ---------------------------------------------------------------------------------------------
 // LoRA over a frozen CPU weight
 
 /// `x ⊙ mask` ([`Dropout::mask`], never stored), or `None` without dropout.
@@ -478,9 +482,7 @@ fn dropped(x: &[f32], d: Option<Dropout>) -> Option<Vec<f32>> {
     let d = d.filter(|d| d.p > 0.0)?;
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).enumerate().for_each(|(c, (y, x))| {
-        for (j, (y, x)) in y.iter_mut().zip(x).enumerate() {
-            *y = x * d.mask(c * (1 << 14) + j);
-        }
+        d.apply(x, c * (1 << 14), y);
     });
     Some(y)
 }
@@ -664,27 +666,6 @@ mod tests {
     }
 
     #[test]
-    fn masked_softmax_matches_candles_ops() {
-        // 2 rows, 2 kv heads of 3 grouped queries, 4 new positions over 6 keys.
-        let (rows, heads, rep, new, total) = (2, 2, 3, 4, 6);
-        let x = var(&[rows, heads, rep * new, total], 3);
-        let mask: Vec<f32> = (0..rows * new * total)
-            .map(|i| if (i % total) > (i / total) % new + 2 || i % 5 == 0 { f32::NEG_INFINITY } else { 0.0 })
-            .collect();
-        let m = Mask { values: Arc::new(mask.clone()), new, total };
-        let mt = Tensor::from_vec(mask, (rows, 1, 1, new, total), &Device::Cpu).unwrap();
-        same_op(
-            &x,
-            |x| softmax(x, 0.7, Some(&m)).unwrap(),
-            |x| {
-                let s = (x * 0.7).unwrap().reshape((rows, heads, rep, new, total)).unwrap().broadcast_add(&mt).unwrap();
-                candle_nn::ops::softmax(&s.reshape((rows, heads, rep * new, total)).unwrap(), D::Minus1).unwrap()
-            },
-            "softmax",
-        );
-    }
-
-    #[test]
     fn rope_matches_candles_kernels_and_inverts() {
         let (rows, heads, new, hd) = (2, 3, 5, 8);
         let x = var(&[rows, heads, new, hd], 4);
@@ -743,6 +724,29 @@ mod tests {
             },
             "nll",
         );
+    }
+
+    #[test]
+    fn head_nll_matches_the_projection_then_nll_in_chunks() {
+        // More rows than one chunk, a ragged last chunk and a ragged last panel.
+        let (n, hidden, vocab) = (HEAD_ROWS + 37, 24, 70);
+        let w = values(vocab * hidden, 21);
+        let head: Arc<dyn CpuWeight> = Arc::new(Packed::new(&w, vocab, hidden));
+        let wt = Tensor::from_vec(w, (vocab, hidden), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % vocab as u32).collect();
+        let x = var(&[n, hidden], 22);
+        same_op(
+            &x,
+            |x| head_nll(x, head.clone(), targets.clone()).unwrap(),
+            |x| nll(&x.matmul(&wt.t().unwrap()).unwrap(), targets.clone()).unwrap(),
+            "head-nll",
+        );
+        // Untracked input: no gradient is made, and the loss is the same.
+        let plain = x.as_tensor().detach();
+        let y = head_nll(&plain, head.clone(), targets.clone()).unwrap();
+        close(&y, &nll(&plain.matmul(&wt.t().unwrap()).unwrap(), targets.clone()).unwrap(), 1e-5, "untracked");
+        let bad = head_nll(&plain, head, vec![vocab as u32; n]).unwrap_err();
+        assert!(bad.to_string().contains("fused-head-nll"), "{bad}");
     }
 
     #[test]

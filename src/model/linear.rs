@@ -244,6 +244,41 @@ impl Dropout {
             (1.0 / (1.0 - self.p)) as f32
         }
     }
+
+    /// `y[j] = x[j] · mask(start + j)`: the values of [`Dropout::mask`], many lanes at a time.
+    pub fn apply(self, x: &[f32], start: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), y.len());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the features were just detected.
+            return unsafe { apply_avx512(self, x, start, y) };
+        }
+        apply_lanes(self, x, start, y)
+    }
+}
+
+/// [`Dropout::apply`] compiled with AVX-512 (its 64-bit multiplies in 8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn apply_avx512(d: Dropout, x: &[f32], start: usize, y: &mut [f32]) {
+    apply_lanes(d, x, start, y)
+}
+
+/// [`crate::rng::Rng::nth_f64`]`(seed, i) < p` as integers: for an integer `u`,
+/// `u / 2⁵³ < p` exactly when `u < ⌈p · 2⁵³⌉` (the scaling by a power of two is exact).
+#[inline(always)]
+fn apply_lanes(d: Dropout, x: &[f32], start: usize, y: &mut [f32]) {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let threshold = (d.p * (1u64 << 53) as f64).ceil() as u64;
+    let keep = (1.0 / (1.0 - d.p)) as f32;
+    let first = d.seed.wrapping_add((start as u64).wrapping_mul(GAMMA)).wrapping_add(GAMMA);
+    for j in 0..x.len().min(y.len()) {
+        let mut z = first.wrapping_add((j as u64).wrapping_mul(GAMMA));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        y[j] = x[j] * if (z >> 11) < threshold { 0.0 } else { keep };
+    }
 }
 
 /// `x` with each element zeroed with probability `p` and the others scaled by 1/(1-p); the mask
@@ -396,6 +431,19 @@ impl Linear {
 impl Linear {
     /// Training's one-node LoRA ([`super::fused::lora`]): a CPU weight in panels, no bias, one
     /// adapter on every row whose A and B are being trained, f32 activations.
+    /// The frozen CPU weight behind a projection with no bias and no enabled adapter (what
+    /// [`super::fused::head_nll`] takes), or None.
+    pub fn plain_cpu_weight(&self) -> Option<Arc<dyn CpuWeight>> {
+        if self.bias.is_some() || self.adapters.iter().any(|a| a.enabled) {
+            return None;
+        }
+        match &self.base {
+            Base::Packed(p) => Some(p.clone()),
+            Base::QPacked(q) => Some(q.clone()),
+            _ => None,
+        }
+    }
+
     fn fused_training(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let base: Arc<dyn CpuWeight> = match &self.base {
             Base::Packed(p) => p.clone(),
@@ -448,6 +496,22 @@ pub fn quantize_projections(linears: Vec<(String, &mut Linear)>, dtype: GgmlDTyp
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn dropout_in_lanes_draws_the_masks_one_at_a_time_draws() {
+        for (p, seed, start) in [(0.05, 7u64, 0usize), (0.5, u64::MAX, 12_345), (0.999, 3, 1 << 40), (1e-9, 0, 5)] {
+            let d = Dropout { p, seed };
+            let x: Vec<f32> = (0..1000).map(|i| i as f32 - 300.5).collect();
+            let mut y = vec![f32::NAN; x.len()];
+            d.apply(&x, start, &mut y);
+            let mut portable = vec![f32::NAN; x.len()];
+            apply_lanes(d, &x, start, &mut portable);
+            for (j, (&a, &b)) in y.iter().zip(&portable).enumerate() {
+                let want = x[j] * d.mask(start + j);
+                assert_eq!((a.to_bits(), b.to_bits()), (want.to_bits(), want.to_bits()), "p {p}, element {j}");
+            }
+        }
+    }
 
     #[test]
     fn adapters_add_the_scaled_low_rank_product() -> Result<()> {

@@ -15,6 +15,7 @@ pub mod decoder;
 #[cfg(feature = "hub-download")]
 pub mod download;
 pub mod fetch;
+pub mod flash;
 pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;

@@ -758,13 +758,23 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
         let tokens = steps * per_step * c.max_seq_length.min(512);
         let secs = 3.0 * tokens as f64 / prefill_rate;
         total += secs;
+        let warm = c.warmup(steps);
         let _ = writeln!(
             out,
-            "train {}: {} samples, {steps} steps: about {}",
+            "train {}: {} samples, {steps} steps (warm-up {warm}, peak lr {:.1e}): about {}",
             replicate(&p.name(), *r),
             p.samples,
+            c.learning_rate,
             crate::runs::duration(secs)
         );
+        if warm >= steps {
+            let _ = writeln!(
+                out,
+                "  warning: every step falls inside the warm-up, so the learning rate never reaches its peak: set \
+                 warmup_ratio: 0.1 under train: (here {} steps), or give it more steps",
+                (0.1 * steps as f64).ceil() as usize
+            );
+        }
     }
     let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;
     let tests: usize = datasets.iter().map(|d| d.test.len()).sum();

@@ -25,6 +25,8 @@ pub struct Training {
     /// How the run ended, as its log says.
     pub end: Option<End>,
     pub notes: Vec<String>,
+    /// The plan the run said at its start.
+    pub plan: Option<super::Plan>,
 }
 
 impl Training {
@@ -39,8 +41,9 @@ impl Training {
 
     pub fn apply(&mut self, event: &TrainEvent) {
         match event {
-            TrainEvent::Started { total_steps, resumed_from, .. } => {
+            TrainEvent::Started { total_steps, resumed_from, plan, .. } => {
                 self.total_steps = *total_steps;
+                self.plan = plan.clone();
                 self.end = None;
                 // Steps after the checkpoint are done again: the new ones replace them.
                 let from = resumed_from.unwrap_or(0);
@@ -66,10 +69,11 @@ impl Training {
     /// The line `selfspec train` prints for `event` (None: nothing to print).
     pub fn line(event: &TrainEvent) -> Option<String> {
         Some(match event {
-            TrainEvent::Started { examples, truncated, dropped, total_steps, resumed_from, .. } => {
+            TrainEvent::Started { examples, truncated, dropped, total_steps, resumed_from, plan, .. } => {
                 let from = resumed_from.map(|s| format!(", resuming after step {s}")).unwrap_or_default();
+                let plan = plan.as_ref().map(|p| format!("\n{}", p.line())).unwrap_or_default();
                 format!(
-                    "{examples} examples ({truncated} cut to max_seq_length, {dropped} left out: no response token fits), {total_steps} steps{from}"
+                    "{examples} examples ({truncated} cut to max_seq_length, {dropped} left out: no response token fits), {total_steps} steps{from}{plan}"
                 )
             }
             TrainEvent::Step { step, epoch, loss, lr, grad_norm, tokens_per_s, eta_s, .. } => format!(

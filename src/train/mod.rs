@@ -13,7 +13,7 @@ pub mod lmc;
 pub mod run;
 pub mod warm;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::model::adapter;
@@ -37,6 +37,9 @@ pub struct TrainConfig {
     pub per_device_train_batch_size: usize,
     pub gradient_accumulation_steps: usize,
     pub warmup_steps: usize,
+    /// The warm-up as a share of the run's steps (transformers' name; rounded up): when set,
+    /// it is used instead of warmup_steps.
+    pub warmup_ratio: Option<f64>,
     /// `cosine` or `constant` (both after the linear warm-up).
     pub lr_scheduler_type: Schedule,
     pub weight_decay: f64,
@@ -49,6 +52,10 @@ pub struct TrainConfig {
     /// How the adapter starts: `standard` (PEFT's), `random:SIGMA`, `from:DIR`, `task:NAME` or
     /// `reptile[:OUTER[:INNER]]`.
     pub init: Init,
+    /// Keep only each block's input in the forward and run each block again in the backward
+    /// (transformers' name): far less memory for long rows, one more forward of time. The loss
+    /// and gradients are the same either way.
+    pub gradient_checkpointing: bool,
 }
 
 /// How a new adapter starts (`init:` in the training settings; `train --init-from DIR` is
@@ -139,6 +146,7 @@ impl Default for TrainConfig {
             per_device_train_batch_size: 4,
             gradient_accumulation_steps: 8,
             warmup_steps: 10,
+            warmup_ratio: None,
             lr_scheduler_type: Schedule::Cosine,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
@@ -146,6 +154,7 @@ impl Default for TrainConfig {
             seed: 42,
             max_seq_length: 1024,
             init: Init::Standard,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -183,6 +192,11 @@ impl TrainConfig {
         }
         if self.warmup_steps > MAX_STEPS {
             return Err(format!("warmup_steps: {} is out of range; it takes 0 to {MAX_STEPS}", self.warmup_steps));
+        }
+        if let Some(r) = self.warmup_ratio {
+            if !(0.0..1.0).contains(&r) {
+                return Err(crate::bounds::out_of_range("warmup_ratio", r, "a share from 0 to below 1 (or null)"));
+            }
         }
         if let Init::Reptile { outer, inner } = self.init {
             if outer > 10_000 || inner > 1_000 {
@@ -227,10 +241,19 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The warm-up steps of a run of `total` steps: `ceil(warmup_ratio · total)` when the ratio
+    /// is set, else warmup_steps.
+    pub fn warmup(&self, total: usize) -> usize {
+        match self.warmup_ratio {
+            Some(r) => (r * total as f64).ceil() as usize,
+            None => self.warmup_steps,
+        }
+    }
+
     /// The learning rate of optimiser step `step` (0-based) of `total`: transformers'
     /// warm-up-then-cosine (or constant) schedule.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
-        let warm = self.warmup_steps;
+        let warm = self.warmup(total);
         let factor = if step < warm {
             step as f64 / warm.max(1) as f64
         } else {
@@ -244,6 +267,129 @@ impl TrainConfig {
         };
         self.learning_rate * factor
     }
+}
+
+/// What a training run will do, said before it starts (the CLI, the Train tab, a sweep's plan):
+/// its size, its schedule, the memory it should take, and what looks wrong with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub examples: usize,
+    /// Examples per optimiser step (micro-batch × accumulation).
+    pub batch: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    pub warmup_steps: usize,
+    pub learning_rate: f64,
+    /// Peak resident memory the step should need, in MB (an estimate from the model's shape,
+    /// the longest micro-batch and whether blocks are checkpointed; within ~25 % on SmolLM2).
+    pub memory_mb: f64,
+    /// What to change, one sentence each: every step inside the warm-up, less data than one
+    /// step's batch, more memory than the machine has.
+    pub warnings: Vec<String>,
+}
+
+/// Bytes of activations a block keeps for its backward, per token (f32): the fused ops' one
+/// output each — about ten hidden-wide tensors, four key/value-wide and three MLP-wide.
+fn block_bytes_per_token(s: &crate::model::config::DecoderSpec) -> f64 {
+    let kv = (s.num_kv_heads * s.head_dim) as f64;
+    4.0 * (10.0 * s.hidden_size as f64 + 4.0 * kv + 3.0 * s.intermediate_size as f64)
+}
+
+impl Plan {
+    /// The plan of a run over `examples` examples whose longest micro-batch holds `tokens` tokens
+    /// (rows × the longest row), with `total_steps` steps of which `steps_per_epoch` make an
+    /// epoch; `available_mb` is the memory the machine has (0: unknown).
+    pub fn new(
+        model: &Model,
+        config: &TrainConfig,
+        examples: usize,
+        tokens: usize,
+        (total_steps, steps_per_epoch): (usize, usize),
+        available_mb: f64,
+    ) -> Plan {
+        let s = &model.decoder.spec;
+        let per_block = block_bytes_per_token(s) * tokens as f64;
+        let layers = s.num_layers as f64;
+        let kept = if config.gradient_checkpointing {
+            // Each block's input, and one block's activations while it is run again.
+            4.0 * s.hidden_size as f64 * tokens as f64 * layers + 2.0 * per_block
+        } else {
+            per_block * layers
+        };
+        // A step's transient tensors and the allocator's slack, measured on SmolLM2.
+        let bytes = model.decoder.step_weight_bytes() as f64 + 1.15 * kept + 200e6;
+        let memory_mb = bytes / 1e6;
+        let warmup_steps = config.warmup(total_steps);
+        let batch = config.per_device_train_batch_size * config.gradient_accumulation_steps;
+        let mut warnings = Vec::new();
+        if examples < batch {
+            let fit = (examples / config.per_device_train_batch_size.max(1)).max(1);
+            warnings.push(format!(
+                "the data ({examples} examples) is smaller than one step's batch ({} × {} = {batch}): each epoch \
+                 is one step; set gradient_accumulation_steps: {} (or a smaller per_device_train_batch_size) for \
+                 more, smaller steps",
+                config.per_device_train_batch_size,
+                config.gradient_accumulation_steps,
+                (fit / 4).max(1)
+            ));
+        }
+        if total_steps > 0 && warmup_steps >= total_steps {
+            warnings.push(format!(
+                "every one of the {total_steps} steps falls inside the warm-up of {warmup_steps} steps, so the \
+                 learning rate never reaches {} (step 1 trains at 0): set warmup_ratio: 0.1 (here {} steps) or \
+                 warmup_steps below {total_steps}, or give it more steps",
+                config.learning_rate,
+                (0.1 * total_steps as f64).ceil() as usize
+            ));
+        }
+        if available_mb > 0.0 && memory_mb > 0.9 * available_mb {
+            let advice = if config.gradient_checkpointing {
+                "lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch) or max_seq_length"
+            } else {
+                "set gradient_checkpointing: true (one more forward of time, a fraction of the memory), or lower \
+                 per_device_train_batch_size"
+            };
+            warnings.push(format!(
+                "the step should need about {memory_mb:.0} MB and the machine has {available_mb:.0} MB available: {advice}"
+            ));
+        }
+        Plan {
+            examples,
+            batch,
+            steps_per_epoch,
+            total_steps,
+            warmup_steps,
+            learning_rate: config.learning_rate,
+            memory_mb,
+            warnings,
+        }
+    }
+
+    /// The plan in one line.
+    pub fn line(&self) -> String {
+        format!(
+            "plan: {} examples, {} a step, {} steps ({} an epoch), warm-up {} steps to lr {:.1e}, about {:.0} MB",
+            self.examples,
+            self.batch,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.warmup_steps,
+            self.learning_rate,
+            self.memory_mb
+        )
+    }
+}
+
+/// Memory this machine has available now in MB (`MemAvailable`), 0 where unknown.
+pub fn available_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// One micro-batch: left-padded token rows and their labels (−100: no loss at that position).
@@ -393,27 +539,15 @@ impl Trainer {
         Ok(())
     }
 
-    fn set_dropout(&self, model: &mut Model, seed: Option<u64>) {
-        let p = self.config.lora_dropout;
-        for (i, (_, linear)) in model.decoder.linears_mut().into_iter().enumerate() {
-            for a in linear.adapters.iter_mut().filter(|a| a.name == self.name) {
-                a.dropout = match seed {
-                    Some(s) if p > 0.0 => Some(Dropout { p, seed: s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) }),
-                    _ => None,
-                };
-            }
-        }
-    }
-
-    /// The summed negative log-likelihood of `batch`'s targets, built from differentiable ops.
-    /// The summed negative log-likelihood of `batch`'s labelled tokens under `model`.
-    pub fn nll(model: &Model, batch: &Batch) -> candle_core::Result<Tensor> {
+    /// `batch` as the decoder takes it: the token rows, the positions with labels (indices into
+    /// the `rows × width` tokens, each predicting the label after it) and those labels; None
+    /// when no position has one.
+    fn positions(model: &Model, batch: &Batch) -> candle_core::Result<Option<(Tensor, Tensor, Vec<u32>)>> {
         let device = model.decoder.device();
         let rows = batch.ids.len();
         let width = batch.ids.iter().map(Vec::len).max().unwrap_or(0);
         let flat: Vec<u32> = batch.ids.iter().flat_map(|r| r.iter().copied()).collect();
         let input = Tensor::from_vec(flat, (rows, width), device)?;
-        let mut cache = model.decoder.new_cache(batch.pad.clone());
         // Position t predicts label t + 1.
         let mut index = Vec::new();
         let mut targets = Vec::new();
@@ -427,17 +561,19 @@ impl Trainer {
             }
         }
         if index.is_empty() {
-            return Tensor::zeros((), DType::F32, device);
+            return Ok(None);
         }
         let n = index.len();
-        let at = Tensor::from_vec(index, n, device)?;
-        let logits = model.decoder.forward_at(&input, &mut cache, Pass::Training, &at)?.to_dtype(DType::F32)?;
-        if crate::model::fused::usable(&logits) {
-            return crate::model::fused::nll(&logits, targets)?.sum_all();
-        }
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let chosen = logp.gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?;
-        chosen.sum_all()?.neg()
+        Ok(Some((input, Tensor::from_vec(index, n, device)?, targets)))
+    }
+
+    /// The summed negative log-likelihood of `batch`'s labelled tokens under `model`.
+    pub fn nll(model: &Model, batch: &Batch) -> candle_core::Result<Tensor> {
+        let Some((input, at, targets)) = Self::positions(model, batch)? else {
+            return Tensor::zeros((), DType::F32, model.decoder.device());
+        };
+        let mut cache = model.decoder.new_cache(batch.pad.clone());
+        model.decoder.nll_at(&input, &mut cache, Pass::Training, &at, targets)?.sum_all()
     }
 
     /// One optimiser step over `micro` (gradient accumulation): the loss is the mean over every
@@ -449,14 +585,9 @@ impl Trainer {
         let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = self.params.iter().map(|_| (None, None)).collect();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
-        for (j, batch) in micro.iter().enumerate() {
-            let seed = self.config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((self.step * 1024 + j) as u64);
-            self.set_dropout(model, Some(seed));
-            let loss = (Self::nll(model, batch)? / targets as f64)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            tokens += batch.tokens();
-            let store = loss.backward()?;
-            for (p, g) in self.params.iter().zip(grads.iter_mut()) {
+        let params = &self.params;
+        let mut absorb = |store: &candle_core::backprop::GradStore| -> candle_core::Result<()> {
+            for (p, g) in params.iter().zip(grads.iter_mut()) {
                 for (var, acc) in [(&p.a, &mut g.0), (&p.b, &mut g.1)] {
                     if let Some(grad) = store.get(var.as_tensor()) {
                         *acc = Some(match acc.take() {
@@ -466,8 +597,26 @@ impl Trainer {
                     }
                 }
             }
+            Ok(())
+        };
+        for (j, batch) in micro.iter().enumerate() {
+            let seed = self.config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((self.step * 1024 + j) as u64);
+            set_dropout(&self.name, self.config.lora_dropout, model, Some(seed));
+            tokens += batch.tokens();
+            if self.config.gradient_checkpointing {
+                if let Some((input, at, labels)) = Self::positions(model, batch)? {
+                    let pad = batch.pad.clone();
+                    let seed = 1.0 / targets as f64;
+                    let sum = model.decoder.nll_checkpointed(&input, pad, &at, labels, seed, &mut absorb)?;
+                    loss_sum += sum as f64 / targets as f64;
+                }
+                continue;
+            }
+            let loss = (Self::nll(model, batch)? / targets as f64)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            absorb(&loss.backward()?)?;
         }
-        self.set_dropout(model, None);
+        set_dropout(&self.name, self.config.lora_dropout, model, None);
         // Missing gradients are zeros (an adapter the loss does not reach).
         let mut all = Vec::with_capacity(grads.len() * 2);
         for (p, (ga, gb)) in self.params.iter().zip(grads) {
@@ -541,6 +690,19 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+}
+
+/// Dropout on adapter `name`'s inputs with probability `p`, its masks drawn from `seed` (None:
+/// off, as for evaluation).
+fn set_dropout(name: &str, p: f64, model: &mut Model, seed: Option<u64>) {
+    for (i, (_, linear)) in model.decoder.linears_mut().into_iter().enumerate() {
+        for a in linear.adapters.iter_mut().filter(|a| a.name == name) {
+            a.dropout = match seed {
+                Some(s) if p > 0.0 => Some(Dropout { p, seed: s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) }),
+                _ => None,
+            };
+        }
     }
 }
 

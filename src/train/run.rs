@@ -50,6 +50,9 @@ pub enum TrainEvent {
         total_steps: usize,
         steps_per_epoch: usize,
         resumed_from: Option<usize>,
+        /// The schedule, the memory estimate and the warnings (runs before it was recorded: none).
+        #[serde(default)]
+        plan: Option<super::Plan>,
     },
     Step {
         step: usize,
@@ -278,6 +281,10 @@ pub fn train(
         emit(&TrainEvent::Note { text }, on_event)?;
     }
     let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };
+    let tokens = c.per_device_train_batch_size.min(lengths.len()) * lengths.iter().max().copied().unwrap_or(0);
+    let plan =
+        super::Plan::new(model, c, encoded.len(), tokens, (total, per_epoch), super::available_memory_mb());
+    let warnings = plan.warnings.clone();
     emit(
         &TrainEvent::Started {
             examples: examples.len(),
@@ -286,9 +293,13 @@ pub fn train(
             total_steps: total,
             steps_per_epoch: per_epoch,
             resumed_from,
+            plan: Some(plan),
         },
         on_event,
     )?;
+    for text in warnings {
+        emit(&TrainEvent::Note { text: format!("warning: {text}") }, on_event)?;
+    }
     let started = Instant::now();
     let first = trainer.step;
     while trainer.step < total {

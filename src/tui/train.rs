@@ -278,7 +278,10 @@ impl TrainScreen {
                 s.lr,
                 s.tokens_per_s
             ),
-            None => format!("{} · waiting for the first step", short(&state)),
+            None => match &view.plan {
+                Some(plan) => format!("{} · {}", short(&state), plan.line()),
+                None => format!("{} · waiting for the first step", short(&state)),
+            },
         };
         let line2 = match (&state, &view.last) {
             (RunState::Failed(e), _) => format!("failed: {e}"),

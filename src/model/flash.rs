@@ -1,0 +1,437 @@
+//! Training's attention on the CPU without the score matrix: `softmax(q kᵀ · scale + mask) v`
+//! computed a tile of queries against a tile of keys at a time, with the running maximum and
+//! sum of the softmax (the "online softmax" of FlashAttention), so neither the scores nor the
+//! probabilities (`rows × heads × new × total` each) are ever held whole.
+//!
+//! The forward keeps, besides its output, one number per query: the log of its softmax's
+//! denominator. The backward recomputes each tile's probabilities from it and forms the
+//! gradients tile by tile (FlashAttention-2's backward: `D = rowsum(dO ⊙ O)`,
+//! `dS = P ⊙ (dP − D)`).
+//!
+//! Which keys a query sees is a contiguous range ([`Visible`]), which covers every mask the
+//! decoder makes: left padding, the causal future and a sliding window (a padding slot sees
+//! itself only). Tiles wholly outside a query block's ranges are skipped, so a causal forward
+//! does about half the products of the dense one.
+//!
+//! Grouped-query attention reads keys and values in place: query head `h` uses key/value head
+//! `h / (heads / kv_heads)`. The backward runs one task per (row, key/value head) so that the
+//! key and value gradients of a group are summed by one thread.
+//!
+//! Invariant: the output and all three gradients agree with candle's autograd through the
+//! dense maths (matmul, mask, softmax, matmul) — the tests below — and training against PEFT
+//! (tests/lora.rs).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fused::{f32s, gemm, read, slice, tensor};
+
+/// Queries per tile.
+const BQ: usize = 64;
+/// Keys per tile.
+const BK: usize = 128;
+
+/// The keys each query sees: `ranges[row · new + i]` is `[lo, hi)` over the `total` key slots
+/// for query slot `i` (absolute slot `total − new + i`).
+#[derive(Clone, Debug)]
+pub struct Visible {
+    pub ranges: Arc<Vec<(u32, u32)>>,
+    pub new: usize,
+    pub total: usize,
+}
+
+impl Visible {
+    /// The decoder's mask as ranges: row `b`'s first `pad[b]` slots are padding (each sees
+    /// itself only); a real slot `q` sees the real slots up to itself, and with a window only
+    /// the last `window` of them.
+    pub fn new(pad: &[usize], start: usize, new: usize, window: Option<usize>) -> Visible {
+        let total = start + new;
+        let mut ranges = Vec::with_capacity(pad.len() * new);
+        for &p in pad {
+            for q in start..total {
+                let (lo, hi) = if q < p {
+                    (q, q + 1)
+                } else {
+                    let lo = window.map_or(0, |w| (q + 1).saturating_sub(w));
+                    (lo.max(p), q + 1)
+                };
+                ranges.push((lo as u32, hi as u32));
+            }
+        }
+        Visible { ranges: Arc::new(ranges), new, total }
+    }
+
+    /// The union of the ranges of queries `q0 .. q0 + m` of row `b`.
+    fn span(&self, b: usize, q0: usize, m: usize) -> (usize, usize) {
+        let r = &self.ranges[b * self.new + q0..][..m];
+        let lo = r.iter().map(|x| x.0).min().unwrap_or(0) as usize;
+        let hi = r.iter().map(|x| x.1).max().unwrap_or(0) as usize;
+        (lo, hi.max(lo))
+    }
+}
+
+struct FlashOp {
+    scale: f32,
+    visible: Visible,
+    /// `[rows, heads, new]`: the log of each query's softmax denominator (scores scaled),
+    /// written by the forward, read by the backward.
+    lse: Mutex<Arc<Vec<f32>>>,
+}
+
+/// The shapes of one call: (rows, heads, kv heads, new, total, head dim).
+fn dims(q: &Layout, k: &Layout, v: &Layout, visible: &Visible) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (rows, nh, new, hd) = q.shape().dims4()?;
+    let (kr, nkv, total, khd) = k.shape().dims4()?;
+    if k.shape() != v.shape() || kr != rows || khd != hd || nkv == 0 || nh % nkv != 0 {
+        candle_core::bail!("flash-attention: q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape())
+    }
+    if visible.new != new || visible.total != total || visible.ranges.len() != rows * new {
+        candle_core::bail!(
+            "flash-attention: ranges for {} rows of {} queries over {} keys, against q {:?} and k {:?}",
+            visible.ranges.len() / visible.new.max(1),
+            visible.new,
+            visible.total,
+            q.shape(),
+            k.shape()
+        )
+    }
+    Ok((rows, nh, nkv, new, total, hd))
+}
+
+/// Scales a tile of scores `s` (`m × n`, keys `k0 ..`) in place and sets the keys outside each
+/// query's range to −∞.
+fn scale_and_mask(s: &mut [f32], n: usize, k0: usize, ranges: &[(u32, u32)], scale: f32) {
+    for (row, &(lo, hi)) in s.chunks_mut(n).zip(ranges) {
+        let (lo, hi) = ((lo as usize).saturating_sub(k0).min(n), (hi as usize).saturating_sub(k0).min(n));
+        row[..lo].fill(f32::NEG_INFINITY);
+        for x in &mut row[lo..hi.max(lo)] {
+            *x *= scale;
+        }
+        row[hi.max(lo)..].fill(f32::NEG_INFINITY);
+    }
+}
+
+/// `e^x` in f32 by range reduction and Cephes' polynomial (within 2 ulp of the true value),
+/// written so that a loop of it vectorises; exactly 0 below −87.3 (and for −∞).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOW: f32 = -87.3;
+    let xc = x.clamp(LOW, 88.3);
+    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < LOW {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// `row[j] = e^(row[j] − shift)`, returning their sum (in 16 lanes).
+#[inline(always)]
+fn exp_shift_lanes(row: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
+            *x = exp(*x - shift);
+            *l += *x;
+        }
+    }
+    let mut tail = 0.0;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - shift);
+        tail += *x;
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shift_avx512(row: &mut [f32], shift: f32) -> f32 {
+    exp_shift_lanes(row, shift)
+}
+
+/// [`exp_shift_lanes`], with AVX-512 where the CPU has it (the same values either way).
+fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { exp_shift_avx512(row, shift) };
+    }
+    exp_shift_lanes(row, shift)
+}
+
+impl CustomOp3 for FlashOp {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, nh, nkv, new, total, hd) = dims(ql, kl, vl, &self.visible)?;
+        let (q, k, v) = (slice(self.name(), qs, ql)?, slice(self.name(), ks, kl)?, slice(self.name(), vs, vl)?);
+        let rep = nh / nkv;
+        let mut out = vec![0f32; q.len()];
+        let mut lse = vec![0f32; rows * nh * new];
+        let vis = &self.visible;
+        out.par_chunks_mut((new * hd).max(1)).zip(lse.par_chunks_mut(new.max(1))).enumerate().for_each(
+            |(task, (out, lse))| {
+                let (b, h) = (task / nh, task % nh);
+                let g = h / rep;
+                let q = &q[task * new * hd..][..new * hd];
+                let k = &k[(b * nkv + g) * total * hd..][..total * hd];
+                let v = &v[(b * nkv + g) * total * hd..][..total * hd];
+                let mut s = vec![0f32; BQ * BK];
+                let (mut max, mut sum) = ([0f32; BQ], [0f32; BQ]);
+                for q0 in (0..new).step_by(BQ) {
+                    let m = BQ.min(new - q0);
+                    let ranges = &vis.ranges[b * new + q0..][..m];
+                    let acc = &mut out[q0 * hd..][..m * hd];
+                    max[..m].fill(f32::NEG_INFINITY);
+                    sum[..m].fill(0.0);
+                    let (lo, hi) = vis.span(b, q0, m);
+                    for k0 in (lo..hi).step_by(BK) {
+                        let n = BK.min(hi - k0);
+                        let s = &mut s[..m * n];
+                        // s = q kᵀ: the keys' rows read as the columns of kᵀ.
+                        let qb = &q[q0 * hd..];
+                        gemm(m, n, hd, s, false, qb, (hd, 1), &k[k0 * hd..], (1, hd), 1.0, Parallelism::None);
+                        scale_and_mask(s, n, k0, ranges, self.scale);
+                        for i in 0..m {
+                            let row = &mut s[i * n..][..n];
+                            let top = row.iter().fold(max[i], |a, &x| a.max(x));
+                            if top == f32::NEG_INFINITY {
+                                row.fill(0.0);
+                                continue;
+                            }
+                            let correction = (max[i] - top).exp();
+                            sum[i] = sum[i] * correction + exp_shift(row, top);
+                            max[i] = top;
+                            if correction != 1.0 {
+                                acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= correction);
+                            }
+                        }
+                        gemm(m, hd, n, acc, true, s, (n, 1), &v[k0 * hd..], (hd, 1), 1.0, Parallelism::None);
+                    }
+                    for i in 0..m {
+                        let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
+                        acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= inv);
+                        lse[q0 + i] = if sum[i] > 0.0 { max[i] + sum[i].ln() } else { f32::INFINITY };
+                    }
+                }
+            },
+        );
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(lse);
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, nh, new, hd) = q.dims4()?;
+        let (_, nkv, total, _) = k.dims4()?;
+        let rep = nh / nkv;
+        let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if lse.len() != rows * nh * new {
+            candle_core::bail!("flash-attention: backward before forward")
+        }
+        let (q_shape, k_shape) = (q.shape().clone(), k.shape().clone());
+        let (o, d_o) = (res, grad);
+        read!(self.name(); q, k, v, o, d_o);
+        let vis = &self.visible;
+        let mut dq = vec![0f32; q.len()];
+        let mut dk = vec![0f32; k.len()];
+        let mut dv = vec![0f32; v.len()];
+        let group = (rep * new * hd).max(1);
+        let keys = (total * hd).max(1);
+        dq.par_chunks_mut(group).zip(dk.par_chunks_mut(keys).zip(dv.par_chunks_mut(keys))).enumerate().for_each(
+            |(task, (dq, (dk, dv)))| {
+                let b = task / nkv;
+                let k = &k[task * total * hd..][..total * hd];
+                let v = &v[task * total * hd..][..total * hd];
+                let mut p = vec![0f32; BQ * BK];
+                let mut dp = vec![0f32; BQ * BK];
+                let mut d = [0f32; BQ];
+                for j in 0..rep {
+                    // Head h = g · rep + j; its queries are contiguous in q, o, dO and dq.
+                    let head = task * rep + j;
+                    let at = head * new * hd;
+                    let (q, o, d_o) = (&q[at..][..new * hd], &o[at..][..new * hd], &d_o[at..][..new * hd]);
+                    let dq = &mut dq[j * new * hd..][..new * hd];
+                    let lse = &lse[head * new..][..new];
+                    for q0 in (0..new).step_by(BQ) {
+                        let m = BQ.min(new - q0);
+                        let ranges = &vis.ranges[b * new + q0..][..m];
+                        for (i, d) in d[..m].iter_mut().enumerate() {
+                            let r = (q0 + i) * hd..(q0 + i + 1) * hd;
+                            *d = o[r.clone()].iter().zip(&d_o[r]).map(|(a, b)| a * b).sum();
+                        }
+                        let (qb, dob) = (&q[q0 * hd..][..m * hd], &d_o[q0 * hd..][..m * hd]);
+                        let dqb = &mut dq[q0 * hd..][..m * hd];
+                        let (lo, hi) = vis.span(b, q0, m);
+                        for k0 in (lo..hi).step_by(BK) {
+                            let n = BK.min(hi - k0);
+                            let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
+                            gemm(m, n, hd, p, false, qb, (hd, 1), &k[k0 * hd..], (1, hd), 1.0, Parallelism::None);
+                            scale_and_mask(p, n, k0, ranges, self.scale);
+                            for (row, &l) in p.chunks_mut(n).zip(&lse[q0..q0 + m]) {
+                                exp_shift(row, l);
+                            }
+                            // dV += Pᵀ dO; dP = dO Vᵀ.
+                            let dvt = &mut dv[k0 * hd..][..n * hd];
+                            gemm(n, hd, m, dvt, true, p, (1, n), dob, (hd, 1), 1.0, Parallelism::None);
+                            gemm(m, n, hd, dp, false, dob, (hd, 1), &v[k0 * hd..], (1, hd), 1.0, Parallelism::None);
+                            // dS = P ⊙ (dP − D) · scale, into dp.
+                            for i in 0..m {
+                                let (pr, dr) = (&p[i * n..][..n], &mut dp[i * n..][..n]);
+                                for (x, &pv) in dr.iter_mut().zip(pr) {
+                                    *x = pv * (*x - d[i]) * self.scale;
+                                }
+                            }
+                            // dQ += dS K; dK += dSᵀ Q.
+                            gemm(m, hd, n, dqb, true, dp, (n, 1), &k[k0 * hd..], (hd, 1), 1.0, Parallelism::None);
+                            let dkt = &mut dk[k0 * hd..][..n * hd];
+                            gemm(n, hd, m, dkt, true, dp, (1, n), qb, (hd, 1), 1.0, Parallelism::None);
+                        }
+                    }
+                }
+            },
+        );
+        Ok((Some(tensor(dq, &q_shape)?), Some(tensor(dk, &k_shape)?), Some(tensor(dv, &k_shape)?)))
+    }
+}
+
+/// `softmax(q kᵀ · scale + mask) v` for q `[rows, heads, new, hd]` and k, v
+/// `[rows, kv_heads, total, hd]` (f32 on the CPU), the mask given as each query's visible keys:
+/// `[rows, heads, new, hd]`.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: &Visible) -> Result<Tensor> {
+    let op = FlashOp { scale, visible: visible.clone(), lse: Mutex::new(Arc::new(Vec::new())) };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        let mut rng = crate::rng::Rng::new(seed);
+        let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, what: &str) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 2e-5 * scale, "{what}: off by {worst} at scale {scale}");
+    }
+
+    /// The dense mask the decoder builds (`Decoder::mask`'s rule), `[rows, 1, new, total]`.
+    fn dense_mask(pad: &[usize], start: usize, new: usize, window: Option<usize>) -> Tensor {
+        let total = start + new;
+        let mut data = Vec::new();
+        for &p in pad {
+            for q in start..total {
+                for k in 0..total {
+                    let hidden =
+                        if q < p { k != q } else { k < p || k > q || window.is_some_and(|w| q - k >= w) };
+                    data.push(if hidden { f32::NEG_INFINITY } else { 0.0 });
+                }
+            }
+        }
+        Tensor::from_vec(data, (pad.len(), 1, new, total), &Device::Cpu).unwrap()
+    }
+
+    /// Output and gradients against candle's autograd through matmul, mask, softmax, matmul.
+    fn check(pad: &[usize], start: usize, new: usize, window: Option<usize>, (nh, nkv, hd): (usize, usize, usize)) {
+        let rows = pad.len();
+        let total = start + new;
+        let (q, k, v) = (var(&[rows, nh, new, hd], 1), var(&[rows, nkv, total, hd], 2), var(&[rows, nkv, total, hd], 3));
+        let w = var(&[rows, nh, new, hd], 4);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let visible = Visible::new(pad, start, new, window);
+        let ours = attend(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, &visible).unwrap();
+
+        let rep = nh / nkv;
+        let qg = q.as_tensor().reshape((rows, nkv, rep * new, hd)).unwrap();
+        let scores = (qg.matmul(&k.as_tensor().t().unwrap()).unwrap() * scale as f64)
+            .unwrap()
+            .reshape((rows, nkv, rep, new, total))
+            .unwrap()
+            .broadcast_add(&dense_mask(pad, start, new, window).unsqueeze(2).unwrap())
+            .unwrap()
+            .reshape((rows, nkv, rep * new, total))
+            .unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let dense = probs.matmul(v.as_tensor()).unwrap().reshape((rows, nh, new, hd)).unwrap();
+        close(&ours, &dense, "output");
+
+        let g_ours = (ours * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_dense = (dense * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (x, name) in [(&q, "dq"), (&k, "dk"), (&v, "dv")] {
+            close(g_ours.get(x.as_tensor()).unwrap(), g_dense.get(x.as_tensor()).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn the_polynomial_exp_is_within_two_ulp() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let (ours, exact) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((ours - exact) / exact).abs());
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!((exp(f32::NEG_INFINITY), exp(-100.0), exp(0.0)), (0.0, 0.0, 1.0));
+        let mut row: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
+        let mut portable = row.clone();
+        assert_eq!(exp_shift(&mut row, 1.0).to_bits(), exp_shift_lanes(&mut portable, 1.0).to_bits());
+        assert_eq!(row, portable);
+    }
+
+    #[test]
+    fn causal_with_padding_matches_the_dense_maths() {
+        // Several query and key tiles, a partial last tile, grouped heads, left padding.
+        check(&[0, 37], 0, 150, None, (6, 2, 16));
+    }
+
+    #[test]
+    fn a_window_and_cached_keys_match_the_dense_maths() {
+        check(&[5, 0, 200], 20, 190, Some(50), (4, 4, 8));
+        check(&[3], 0, 9, Some(2), (2, 1, 64));
+    }
+
+    #[test]
+    fn shapes_that_disagree_with_the_ranges_are_refused() {
+        let (q, k) = (var(&[1, 2, 10, 8], 1), var(&[1, 1, 10, 8], 2));
+        let visible = Visible::new(&[0], 0, 9, None);
+        let e = attend(q.as_tensor(), k.as_tensor(), k.as_tensor(), 1.0, &visible).unwrap_err();
+        assert!(e.to_string().contains("flash-attention"), "{e}");
+    }
+}
