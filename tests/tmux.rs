@@ -262,6 +262,8 @@ fn generate_then_review_in_the_workbench() {
     t.keys(&["4"]);
     t.wait_for("the Train screen", |s| s.contains(" TRAIN ") && s.contains("No training runs yet"));
     t.keys(&["s"]);
+    t.wait_for("the new run's settings", |s| s.contains("New training run") && s.contains("2 accepted examples"));
+    t.keys(&["Enter"]);
     let screen = t.wait_within(60, "the first steps", |s| s.contains("running") && s.contains("step "));
     assert!(screen.contains("Loss ·"), "{screen}");
     let train = std::fs::read_dir(&runs)

@@ -530,6 +530,29 @@ fn review_decides_undoes_filters_and_exports() {
     // Saved at once: a new review of the folder sees the decisions.
     let again = selfspec::generate::review::Review::open(&run).unwrap();
     assert_eq!(again.samples.iter().map(|s| s.status).collect::<Vec<_>>(), statuses);
+
+    // The Train tab: s shows the settings a run on them would take, the schedule they make and
+    // what looks wrong, and starts nothing; keys change the settings; Esc leaves.
+    app.generate.model = "models/writer".into();
+    press(&mut app, &clock, KeyCode::Char('4'));
+    keys(&mut app, &clock, "s");
+    let screen = draw(&app);
+    assert!(screen.contains("New training run") && screen.contains("2 accepted examples"), "{screen}");
+    assert!(screen.contains("warning: the data (2 examples) is smaller"), "{screen}");
+    // The panel's lines, as drawn before wrapping.
+    let said = |app: &App| app.train.pending.as_ref().unwrap().lines().join("\n");
+    assert!(said(&app).contains("3 steps (1 an epoch) · w warm-up 10 steps"), "{}", said(&app));
+    assert!(said(&app).contains("every one of the 3 steps falls inside the warm-up"), "{}", said(&app));
+    keys(&mut app, &clock, "w");
+    assert_eq!(app.train.pending.as_ref().unwrap().config.warmup_ratio, Some(0.1));
+    assert!(said(&app).contains("warm-up 1 steps (ratio 0.1)"), "{}", said(&app));
+    assert!(!said(&app).contains("falls inside the warm-up"), "{}", said(&app));
+    keys(&mut app, &clock, "bc");
+    let pending = app.train.pending.as_ref().unwrap();
+    assert_eq!((pending.config.per_device_train_batch_size, pending.config.gradient_checkpointing), (8, true));
+    press(&mut app, &clock, KeyCode::Esc);
+    assert!(app.train.pending.is_none());
+    assert!(app.train.runs.is_empty(), "no run was started");
 }
 
 #[test]

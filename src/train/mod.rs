@@ -321,6 +321,31 @@ impl Plan {
         let memory_mb = bytes / 1e6;
         let warmup_steps = config.warmup(total_steps);
         let batch = config.per_device_train_batch_size * config.gradient_accumulation_steps;
+        let warnings = Plan::warnings(config, examples, total_steps, memory_mb, available_mb);
+        Plan {
+            examples,
+            batch,
+            steps_per_epoch,
+            total_steps,
+            warmup_steps,
+            learning_rate: config.learning_rate,
+            memory_mb,
+            warnings,
+        }
+    }
+
+    /// What to change before a run of `examples` examples and `total_steps` steps starts: every
+    /// step inside the warm-up, less data than one step's batch, and (with a memory estimate
+    /// and the memory available, both in MB; 0 where unknown) more memory than there is.
+    pub fn warnings(
+        config: &TrainConfig,
+        examples: usize,
+        total_steps: usize,
+        memory_mb: f64,
+        available_mb: f64,
+    ) -> Vec<String> {
+        let warmup_steps = config.warmup(total_steps);
+        let batch = config.per_device_train_batch_size * config.gradient_accumulation_steps;
         let mut warnings = Vec::new();
         if examples < batch {
             let fit = (examples / config.per_device_train_batch_size.max(1)).max(1);
@@ -353,16 +378,15 @@ impl Plan {
                 "the step should need about {memory_mb:.0} MB and the machine has {available_mb:.0} MB available: {advice}"
             ));
         }
-        Plan {
-            examples,
-            batch,
-            steps_per_epoch,
-            total_steps,
-            warmup_steps,
-            learning_rate: config.learning_rate,
-            memory_mb,
-            warnings,
-        }
+        warnings
+    }
+
+    /// Optimiser steps of a run over `examples` examples, and those of one epoch (what
+    /// [`data::schedule`] plans, from the count alone).
+    pub fn steps(config: &TrainConfig, examples: usize) -> (usize, usize) {
+        let micro = examples.div_ceil(config.per_device_train_batch_size.max(1));
+        let per_epoch = micro.div_ceil(config.gradient_accumulation_steps.max(1));
+        (config.max_steps.unwrap_or(per_epoch.saturating_mul(config.num_train_epochs)), per_epoch)
     }
 
     /// The plan in one line.

@@ -106,7 +106,10 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         "Train (4)",
         &[
             ("j k, ↓ ↑", "choose a run"),
-            ("s", "train on the accepted samples of the Review tab's run, with the Generate tab's model"),
+            ("s", "a new run on the accepted samples of the Review tab's run, with the Generate tab's model: its settings, schedule and warnings first"),
+            ("b a e l", "(settings) micro-batch, accumulation, epochs, max_seq_length: next value"),
+            ("w c", "(settings) warm-up as steps or a tenth of the run; gradient checkpointing on or off"),
+            ("Enter Esc", "(settings) start the run; cancel"),
             ("x", "stop the run (it writes a checkpoint)"),
             ("w", "loss chart: recent steps or the whole run"),
             ("R", "look for new runs"),

@@ -82,8 +82,73 @@ pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
     workspace.runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Train))
 }
 
+/// A run about to start from this screen: its settings (the configuration's `train:`), shown
+/// with the schedule they make and what looks wrong, changed by single keys, started by Enter.
+pub struct Pending {
+    data: PathBuf,
+    model: String,
+    pub config: crate::train::TrainConfig,
+    examples: usize,
+}
+
+/// The next value after `now` in `choices` (round), or the first.
+fn cycle(now: usize, choices: &[usize]) -> usize {
+    choices.iter().copied().find(|&c| c > now).unwrap_or(choices[0])
+}
+
+impl Pending {
+    fn handle_key(&mut self, key: KeyCode) -> bool {
+        let c = &mut self.config;
+        match key {
+            KeyCode::Char('b') => c.per_device_train_batch_size = cycle(c.per_device_train_batch_size, &[1, 2, 4, 8, 16]),
+            KeyCode::Char('a') => {
+                c.gradient_accumulation_steps = cycle(c.gradient_accumulation_steps, &[1, 2, 4, 8, 16, 32])
+            }
+            KeyCode::Char('e') => c.num_train_epochs = cycle(c.num_train_epochs, &[1, 2, 3, 5, 10]),
+            KeyCode::Char('l') => c.max_seq_length = cycle(c.max_seq_length, &[256, 512, 1024, 2048, 4096]),
+            KeyCode::Char('w') => c.warmup_ratio = if c.warmup_ratio.is_some() { None } else { Some(0.1) },
+            KeyCode::Char('c') => c.gradient_checkpointing = !c.gradient_checkpointing,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The settings, the schedule and the warnings, a line each.
+    pub fn lines(&self) -> Vec<String> {
+        let c = &self.config;
+        let (total, per_epoch) = crate::train::Plan::steps(c, self.examples);
+        let warm = match c.warmup_ratio {
+            Some(r) => format!("{} steps (ratio {r})", c.warmup(total)),
+            None => format!("{} steps", c.warmup(total)),
+        };
+        let mut out = vec![
+            format!("{} accepted examples · model {}", self.examples, self.model),
+            format!(
+                "b micro-batch {} · a accumulation {} ({} a step) · e epochs {} · l max_seq_length {}",
+                c.per_device_train_batch_size,
+                c.gradient_accumulation_steps,
+                c.per_device_train_batch_size * c.gradient_accumulation_steps,
+                c.num_train_epochs,
+                c.max_seq_length
+            ),
+            format!(
+                "{total} steps ({per_epoch} an epoch) · w warm-up {warm} · peak lr {:.1e} · c gradient checkpointing {}",
+                c.learning_rate,
+                if c.gradient_checkpointing { "on" } else { "off" }
+            ),
+        ];
+        for w in crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0) {
+            out.push(format!("warning: {w}"));
+        }
+        out.push("Enter starts · Esc cancels · the run records these settings in its config.yaml".into());
+        out
+    }
+}
+
 pub struct TrainScreen {
     pub runs: Vec<RunView>,
+    /// Settings being looked at before a run starts (s opens them).
+    pub pending: Option<Pending>,
     pub selected: usize,
     /// The whole history instead of the recent window.
     pub whole: bool,
@@ -96,6 +161,7 @@ impl TrainScreen {
     pub fn new(workspace: &Workspace, config_file: &Path) -> TrainScreen {
         let mut s = TrainScreen {
             runs: Vec::new(),
+            pending: None,
             selected: 0,
             whole: false,
             ticks: 0,
@@ -145,6 +211,20 @@ impl TrainScreen {
     }
 
     pub fn handle_key(&mut self, key: KeyEvent, data: Option<&Path>, model: &str) -> Outcome {
+        if let Some(p) = &mut self.pending {
+            return match key.code {
+                KeyCode::Enter => match self.pending.take() {
+                    Some(p) => self.start(p),
+                    None => Outcome::Done,
+                },
+                KeyCode::Esc => {
+                    self.pending = None;
+                    Outcome::Notice("no run started".into())
+                }
+                code if p.handle_key(code) => Outcome::Done,
+                _ => Outcome::Ignored,
+            };
+        }
         match key.code {
             KeyCode::Char('j') | KeyCode::Down => {
                 self.selected = (self.selected + 1).min(self.runs.len().saturating_sub(1));
@@ -152,31 +232,54 @@ impl TrainScreen {
             KeyCode::Char('k') | KeyCode::Up => self.selected = self.selected.saturating_sub(1),
             KeyCode::Char('w') => self.whole = !self.whole,
             KeyCode::Char('R') => self.rescan(None),
-            KeyCode::Char('s') => return self.start(data, model),
+            KeyCode::Char('s') => return self.prepare(data, model),
             KeyCode::Char('x') => return self.stop(),
             _ => return Outcome::Ignored,
         }
         Outcome::Done
     }
 
-    fn start(&mut self, data: Option<&Path>, model: &str) -> Outcome {
+    /// Opens the settings of a new run on `data` (s): the configuration's `train:` section.
+    fn prepare(&mut self, data: Option<&Path>, model: &str) -> Outcome {
         let Some(data) = data else {
             return Outcome::Error("no samples to train on: generate some, accept them on the Review tab".into());
         };
         if model.trim().is_empty() {
             return Outcome::Error("no model: set it on the Generate tab (2)".into());
         }
-        if let Err(e) = crate::train::data::load(data) {
-            return Outcome::Error(format!("{e:#}"));
+        let examples = match crate::train::data::load(data) {
+            Ok(e) => e.len(),
+            Err(e) => return Outcome::Error(format!("{e:#}")),
+        };
+        let config = match crate::config::Config::load(&self.config_file) {
+            Ok(c) => c.train,
+            Err(e) => return Outcome::Error(format!("{e:#}")),
+        };
+        self.pending = Some(Pending { data: data.to_path_buf(), model: model.trim().to_string(), config, examples });
+        Outcome::Done
+    }
+
+    fn start(&mut self, pending: Pending) -> Outcome {
+        if let Err(e) = pending.config.check() {
+            return Outcome::Error(format!("training settings: {e}"));
         }
+        let (data, model) = (pending.data.as_path(), pending.model.as_str());
         let stem = data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let dir = self.workspace.runs_dir().join(format!("train-{stem}-{secs}"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
-        let mut args: Vec<std::ffi::OsString> = ["train", "--model", model.trim(), "--data"].map(Into::into).to_vec();
+        // The settings as shown, in the run folder beside what the run records.
+        let settings = dir.join("train-settings.yaml");
+        let written = crate::yaml::to_string(&pending.config)
+            .and_then(|text| crate::fsutil::atomic_write(&settings, text.as_bytes()).map_err(Into::into));
+        if let Err(e) = written {
+            return Outcome::Error(format!("cannot write {}: {e:#}", settings.display()));
+        }
+        let mut args: Vec<std::ffi::OsString> = ["train", "--model", model, "--data"].map(Into::into).to_vec();
         args.extend([data.as_os_str().to_owned(), "--run".into(), dir.clone().into_os_string()]);
+        args.extend(["--train-config".into(), settings.into_os_string()]);
         // Detached: it outlives the workbench and the SSH session; x or SIGTERM stops it with a
         // checkpoint.
         match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
@@ -201,7 +304,21 @@ impl TrainScreen {
         let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
         self.render_list(frame, list, theme);
         let [chart, info] = Layout::vertical([Constraint::Min(6), Constraint::Length(5)]).areas(right);
-        self.render_chart(frame, chart, theme);
+        match &self.pending {
+            Some(p) => {
+                let inner = super::panel(frame, chart, " New training run: its settings ", theme.border_focus, theme);
+                let lines: Vec<Line> = p
+                    .lines()
+                    .into_iter()
+                    .map(|l| if l.starts_with("warning:") { Line::styled(l, theme.error) } else { Line::from(l) })
+                    .collect();
+                frame.render_widget(
+                    Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }).style(theme.base),
+                    inner,
+                );
+            }
+            None => self.render_chart(frame, chart, theme),
+        }
         self.render_info(frame, info, theme);
     }
 
