@@ -429,14 +429,8 @@ impl Linear {
 }
 
 impl Linear {
-    /// Training's one-node LoRA ([`super::fused::lora`]): a CPU weight in panels, no bias, one
-    /// adapter on every row whose A and B are being trained, f32 activations.
-    /// The frozen CPU weight behind a projection with no bias and no enabled adapter (what
-    /// [`super::fused::head_nll`] takes), or None.
-    pub fn plain_cpu_weight(&self) -> Option<Arc<dyn CpuWeight>> {
-        if self.bias.is_some() || self.adapters.iter().any(|a| a.enabled) {
-            return None;
-        }
+    /// The base weight when it is a CPU weight in panels (what the fused training ops take).
+    fn cpu_base(&self) -> Option<Arc<dyn CpuWeight>> {
         match &self.base {
             Base::Packed(p) => Some(p.clone()),
             Base::QPacked(q) => Some(q.clone()),
@@ -444,12 +438,19 @@ impl Linear {
         }
     }
 
+    /// The frozen CPU weight behind a projection with no bias and no enabled adapter (what
+    /// [`super::fused::head_nll`] takes), or None.
+    pub fn plain_cpu_weight(&self) -> Option<Arc<dyn CpuWeight>> {
+        if self.bias.is_some() || self.adapters.iter().any(|a| a.enabled) {
+            return None;
+        }
+        self.cpu_base()
+    }
+
+    /// Training's one-node LoRA ([`super::fused::lora`]): a CPU weight in panels, no bias, one
+    /// adapter on every row whose A and B are being trained, f32 activations.
     fn fused_training(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let base: Arc<dyn CpuWeight> = match &self.base {
-            Base::Packed(p) => p.clone(),
-            Base::QPacked(q) => q.clone(),
-            _ => return Ok(None),
-        };
+        let Some(base) = self.cpu_base() else { return Ok(None) };
         let mut enabled = self.adapters.iter().filter(|a| a.enabled);
         let (Some(adapter), None) = (enabled.next(), enabled.next()) else { return Ok(None) };
         let everywhere = matches!(&*adapter.gate.read().unwrap_or_else(|e| e.into_inner()), GateState::All);

@@ -753,7 +753,7 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
     let c = &spec.train;
     for (p, r) in &runs {
         let per_step = c.per_device_train_batch_size * c.gradient_accumulation_steps;
-        let steps = c.max_steps.unwrap_or_else(|| p.samples.div_ceil(per_step.max(1)) * c.num_train_epochs);
+        let (steps, _) = crate::train::Plan::steps(c, p.samples);
         // A step reads its examples forward and backward: about three forward passes.
         let tokens = steps * per_step * c.max_seq_length.min(512);
         let secs = 3.0 * tokens as f64 / prefill_rate;
@@ -767,13 +767,8 @@ pub fn plan(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::R
             c.learning_rate,
             crate::runs::duration(secs)
         );
-        if warm >= steps {
-            let _ = writeln!(
-                out,
-                "  warning: every step falls inside the warm-up, so the learning rate never reaches its peak: set \
-                 warmup_ratio: 0.1 under train: (here {} steps), or give it more steps",
-                (0.1 * steps as f64).ceil() as usize
-            );
+        if let Some(w) = crate::train::Plan::warmup_warning(c, steps) {
+            let _ = writeln!(out, "  warning: {w}");
         }
     }
     let datasets = crate::eval::data::load_dir(&spec.eval, &spec.datasets)?;

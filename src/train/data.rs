@@ -139,9 +139,7 @@ pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec
 /// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
 /// Refused, before anything is planned, past [`super::MAX_STEPS`] steps.
 pub fn schedule(lengths: &[usize], c: &TrainConfig) -> anyhow::Result<(Vec<Vec<Vec<usize>>>, usize)> {
-    let micro_batches = lengths.len().div_ceil(c.per_device_train_batch_size.max(1));
-    let per_epoch = micro_batches.div_ceil(c.gradient_accumulation_steps.max(1));
-    let total = c.max_steps.unwrap_or(per_epoch.saturating_mul(c.num_train_epochs));
+    let (total, per_epoch) = super::Plan::steps(c, lengths.len());
     anyhow::ensure!(
         total <= super::MAX_STEPS,
         "{} epochs of {per_epoch} steps ({} examples) are {total} optimiser steps, over the {} a run may plan: \

@@ -344,7 +344,6 @@ impl Plan {
         memory_mb: f64,
         available_mb: f64,
     ) -> Vec<String> {
-        let warmup_steps = config.warmup(total_steps);
         let batch = config.per_device_train_batch_size * config.gradient_accumulation_steps;
         let mut warnings = Vec::new();
         if examples < batch {
@@ -358,15 +357,7 @@ impl Plan {
                 (fit / 4).max(1)
             ));
         }
-        if total_steps > 0 && warmup_steps >= total_steps {
-            warnings.push(format!(
-                "every one of the {total_steps} steps falls inside the warm-up of {warmup_steps} steps, so the \
-                 learning rate never reaches {} (step 1 trains at 0): set warmup_ratio: 0.1 (here {} steps) or \
-                 warmup_steps below {total_steps}, or give it more steps",
-                config.learning_rate,
-                (0.1 * total_steps as f64).ceil() as usize
-            ));
-        }
+        warnings.extend(Plan::warmup_warning(config, total_steps));
         if available_mb > 0.0 && memory_mb > 0.9 * available_mb {
             let advice = if config.gradient_checkpointing {
                 "lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch) or max_seq_length"
@@ -379,6 +370,20 @@ impl Plan {
             ));
         }
         warnings
+    }
+
+    /// The warning when every one of a run's `total_steps` steps falls inside its warm-up.
+    pub fn warmup_warning(config: &TrainConfig, total_steps: usize) -> Option<String> {
+        let warmup_steps = config.warmup(total_steps);
+        (total_steps > 0 && warmup_steps >= total_steps).then(|| {
+            format!(
+                "every one of the {total_steps} steps falls inside the warm-up of {warmup_steps} steps, so the \
+                 learning rate never reaches {} (step 1 trains at 0): set warmup_ratio: 0.1 (here {} steps) or \
+                 warmup_steps below {total_steps}, or give it more steps",
+                config.learning_rate,
+                (0.1 * total_steps as f64).ceil() as usize
+            )
+        })
     }
 
     /// Optimiser steps of a run over `examples` examples, and those of one epoch (what
@@ -563,6 +568,18 @@ impl Trainer {
         Ok(())
     }
 
+    fn set_dropout(&self, model: &mut Model, seed: Option<u64>) {
+        let p = self.config.lora_dropout;
+        for (i, (_, linear)) in model.decoder.linears_mut().into_iter().enumerate() {
+            for a in linear.adapters.iter_mut().filter(|a| a.name == self.name) {
+                a.dropout = match seed {
+                    Some(s) if p > 0.0 => Some(Dropout { p, seed: s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) }),
+                    _ => None,
+                };
+            }
+        }
+    }
+
     /// `batch` as the decoder takes it: the token rows, the positions with labels (indices into
     /// the `rows × width` tokens, each predicting the label after it) and those labels; None
     /// when no position has one.
@@ -625,13 +642,12 @@ impl Trainer {
         };
         for (j, batch) in micro.iter().enumerate() {
             let seed = self.config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((self.step * 1024 + j) as u64);
-            set_dropout(&self.name, self.config.lora_dropout, model, Some(seed));
+            self.set_dropout(model, Some(seed));
             tokens += batch.tokens();
             if self.config.gradient_checkpointing {
                 if let Some((input, at, labels)) = Self::positions(model, batch)? {
-                    let pad = batch.pad.clone();
-                    let seed = 1.0 / targets as f64;
-                    let sum = model.decoder.nll_checkpointed(&input, pad, &at, labels, seed, &mut absorb)?;
+                    let (pad, scale) = (batch.pad.clone(), 1.0 / targets as f64);
+                    let sum = model.decoder.nll_checkpointed(&input, pad, &at, labels, scale, &mut absorb)?;
                     loss_sum += sum as f64 / targets as f64;
                 }
                 continue;
@@ -640,7 +656,7 @@ impl Trainer {
             loss_sum += loss.to_scalar::<f32>()? as f64;
             absorb(&loss.backward()?)?;
         }
-        set_dropout(&self.name, self.config.lora_dropout, model, None);
+        self.set_dropout(model, None);
         // Missing gradients are zeros (an adapter the loss does not reach).
         let mut all = Vec::with_capacity(grads.len() * 2);
         for (p, (ga, gb)) in self.params.iter().zip(grads) {
@@ -714,19 +730,6 @@ impl Trainer {
             }
         }
         Ok(())
-    }
-}
-
-/// Dropout on adapter `name`'s inputs with probability `p`, its masks drawn from `seed` (None:
-/// off, as for evaluation).
-fn set_dropout(name: &str, p: f64, model: &mut Model, seed: Option<u64>) {
-    for (i, (_, linear)) in model.decoder.linears_mut().into_iter().enumerate() {
-        for a in linear.adapters.iter_mut().filter(|a| a.name == name) {
-            a.dropout = match seed {
-                Some(s) if p > 0.0 => Some(Dropout { p, seed: s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) }),
-                _ => None,
-            };
-        }
     }
 }
 
