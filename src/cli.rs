@@ -744,8 +744,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// The run folder: config.yaml, events.jsonl, checkpoints/, adapter/.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required_unless_present = "plan")]
+    pub run: Option<PathBuf>,
+    /// Print the run's plan and write nothing: examples, steps, warm-up, peak learning rate,
+    /// how the base is stored, the estimated memory and time (a probe step is timed), and the
+    /// warnings; one JSON object on stdout, the same as lines on stderr.
+    #[arg(long, conflicts_with = "resume")]
+    pub plan: bool,
     /// Training settings (YAML, Hugging Face/PEFT names; `--config FILE` works too); default:
     /// the `train:` section of config.yaml.
     #[arg(long = "train-config", value_name = "FILE")]
@@ -754,9 +759,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// QLoRA: store the frozen base's projections in this 4-bit (or 8-bit) block type and
-    /// dequantize them on the fly (q4k needs input sizes that are multiples of 256).
+    /// dequantize them on the fly (q4k needs input sizes that are multiples of 256). A quantized
+    /// GGUF file is QLoRA already: its own blocks are the frozen base unless this or
+    /// --dequantize says otherwise (the run's config.yaml records the block type as `qlora`).
     #[arg(long, value_enum)]
     pub qlora: Option<QuantType>,
+    /// Train over f32 copies of a quantized file's projections (plain LoRA over the dequantized
+    /// weights: more memory, no decoding of blocks at each use) instead of over its blocks.
+    #[arg(long, conflicts_with = "qlora")]
+    pub dequantize: bool,
     /// Examples in the Alpaca template or the model's chat template (auto: chat when the model
     /// has one; --resume keeps the run's own).
     #[arg(long, value_enum, default_value = "auto")]

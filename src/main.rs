@@ -180,6 +180,8 @@ fn run() -> anyhow::Result<u8> {
                 settings_file: a.train_config,
                 resume: a.resume,
                 qlora: a.qlora.map(Into::into),
+                dequantize: a.dequantize,
+                plan_only: a.plan,
                 prompt_format: a.prompt_format.into(),
                 init: a.init.or(a.init_from.map(train::Init::From)),
                 detached: a.detached,

@@ -557,3 +557,56 @@ fn a_training_that_cannot_move_is_said_before_it_starts() {
     let recorded = std::fs::read_to_string(run.join("config.yaml")).unwrap();
     assert!(recorded.contains("warmup_ratio: 0.1") && recorded.contains("gradient_checkpointing: false"), "{recorded}");
 }
+
+/// A quantized GGUF file trains over its own blocks (QLoRA) unless told otherwise, and the run
+/// records which; `--plan` says the schedule, the base, the memory and the time and writes nothing.
+#[test]
+fn a_quantized_file_is_qlora_by_default_recorded_and_changeable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("train.yaml");
+    std::fs::write(&config, "max_steps: 2\nwarmup_steps: 0\nper_device_train_batch_size: 2\n").unwrap();
+    let model = root().join("tests/fixtures/gguf/llama/q4_0.gguf");
+    let train = |extra: &[&str], run: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+        cmd.args(["train", "--model"]).arg(&model).arg("--data").arg(&data).arg("--train-config").arg(&config);
+        match run {
+            Some(run) => cmd.arg("--run").arg(run),
+            None => cmd.arg("--plan"),
+        };
+        let out = cmd.args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+    };
+    let (stdout, stderr) = train(&[], None);
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    assert_eq!((plan["qlora"].as_str(), plan["total_steps"].as_u64()), (Some("q4_0"), Some(2)), "{plan}");
+    assert!(plan["seconds"].as_f64().unwrap() > 0.0 && plan["memory_mb"].as_f64().unwrap() > 0.0, "{plan}");
+    assert!(stderr.contains("QLoRA over the file's own q4_0 blocks"), "{stderr}");
+    assert!(stderr.contains("QLoRA over q4_0 blocks, about"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "--plan writes nothing");
+
+    let recorded = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+        text.lines().find(|l| l.starts_with("qlora:")).unwrap_or_default().to_string()
+    };
+    let run = dir.path().join("file");
+    let (_, stderr) = train(&[], Some(&run));
+    assert_eq!(recorded(&run), "qlora: q4_0", "{stderr}");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    let started: serde_json::Value =
+        serde_json::from_str(events.lines().find(|l| l.contains("\"started\"")).unwrap()).unwrap();
+    assert_eq!(started["plan"]["qlora"], "q4_0");
+    assert!(started["plan"]["seconds"].as_f64().unwrap() > 0.0, "{started}");
+
+    let run = dir.path().join("f32");
+    let (_, stderr) = train(&["--dequantize"], Some(&run));
+    assert_eq!(recorded(&run), "qlora: null", "{stderr}");
+    assert!(stderr.contains("LoRA over F32 copies of the file's q4_0 blocks"), "{stderr}");
+
+    let run = dir.path().join("q8");
+    let (_, stderr) = train(&["--qlora", "q8_0"], Some(&run));
+    assert_eq!(recorded(&run), "qlora: q8_0", "{stderr}");
+    assert!(stderr.contains("dequantized to be stored again"), "{stderr}");
+}

@@ -11,6 +11,7 @@ use ratatui::Terminal;
 
 use selfspec::config::Config;
 use selfspec::seeds::{self, Limits};
+use selfspec::tui::train::BaseChoice;
 use selfspec::tui::{App, Field, Focus, Options, SaveState};
 use selfspec::workspace::Workspace;
 
@@ -550,6 +551,36 @@ fn review_decides_undoes_filters_and_exports() {
     keys(&mut app, &clock, "bc");
     let pending = app.train.pending.as_ref().unwrap();
     assert_eq!((pending.config.per_device_train_batch_size, pending.config.gradient_checkpointing), (8, true));
+    // "models/writer" is no model here: the estimate says why it has none.
+    let ended = |app: &mut App| {
+        let started = std::time::Instant::now();
+        while app.train.pending.as_ref().unwrap().estimating() {
+            assert!(started.elapsed().as_secs() < 120, "the estimate never ended");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            app.tick(clock.now());
+        }
+    };
+    ended(&mut app);
+    assert!(said(&app).contains("warning: no estimate:"), "{}", said(&app));
+    // A real model: its memory and time, estimated with a probe step; p cycles the base.
+    press(&mut app, &clock, KeyCode::Esc);
+    app.generate.model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer").display().to_string();
+    keys(&mut app, &clock, "s");
+    assert!(said(&app).contains("estimating memory and time"), "{}", said(&app));
+    ended(&mut app);
+    let text = said(&app);
+    assert!(text.contains("estimate: about") && text.contains("MB at the peak"), "{text}");
+    assert!(text.contains("p frozen base: full precision (the file is not quantized)"), "{text}");
+    keys(&mut app, &clock, "pp");
+    assert_eq!(app.train.pending.as_ref().unwrap().base, BaseChoice::Qlora(selfspec::model::gguf::QuantType::Q4_0));
+    assert!(said(&app).contains("p frozen base: QLoRA in q4_0 blocks (--qlora q4_0)"), "{}", said(&app));
+    ended(&mut app);
+    let plan = match &app.train.pending.as_ref().unwrap().estimate {
+        Some(Ok((plan, _))) => plan.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(plan.qlora.as_deref(), Some("q4_0"));
+    assert!(plan.seconds.is_some_and(|s| s > 0.0), "{plan:?}");
     press(&mut app, &clock, KeyCode::Esc);
     assert!(app.train.pending.is_none());
     assert!(app.train.runs.is_empty(), "no run was started");

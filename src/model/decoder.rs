@@ -819,6 +819,23 @@ impl Decoder {
 
     /// Every projection of the blocks, named as in the checkpoint and in PEFT's
     /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
+    /// The GGML block types the projections are stored in, each once, in layer order (empty:
+    /// all dense).
+    pub fn projection_block_types(&self) -> Vec<candle_core::quantized::GgmlDType> {
+        let mut types = Vec::new();
+        for t in self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .filter_map(|lin| lin.block_type())
+        {
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+        types
+    }
+
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {

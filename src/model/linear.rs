@@ -468,6 +468,47 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The GGML block type the frozen weight is stored in (a GGUF file's blocks, or QLoRA's),
+    /// None for a dense weight.
+    pub fn block_type(&self) -> Option<GgmlDType> {
+        match &self.base {
+            Base::QPacked(q) => Some(q.dtype()),
+            Base::Dequant(q) => Some(q.dtype()),
+            Base::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => Some(t.dtype()),
+                _ => None,
+            },
+            Base::Dense(_) | Base::DenseT(_) | Base::Packed(_) => None,
+        }
+    }
+}
+
+/// The opposite of [`quantize_projections`]: every projection stored in GGML blocks (a GGUF
+/// file's) becomes a dense weight in the activations' layout, so LoRA trains over the
+/// dequantized values instead of decoding the blocks at each use. Returns (bytes before, bytes
+/// after). `dtype`: the activations' type.
+pub fn dequantize_projections(linears: Vec<(String, &mut Linear)>, dtype: DType) -> anyhow::Result<(usize, usize)> {
+    let (mut before, mut after) = (0, 0);
+    for (name, linear) in linears {
+        if linear.block_type().is_none() {
+            continue;
+        }
+        let w = match &linear.base {
+            Base::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.dequantize(&t.device()),
+                _ => continue,
+            },
+            _ => linear.weight(),
+        }
+        .map_err(|e| anyhow::anyhow!("{name}: cannot dequantize the weight: {e}"))?;
+        before += linear.weight_bytes();
+        linear.base = Linear::dense(w.to_dtype(dtype)?, None)?.base;
+        after += linear.weight_bytes();
+    }
+    Ok((before, after))
+}
+
 /// QLoRA: stores every dense projection's weight as `dtype` blocks ([`Base::Dequant`]), so
 /// training keeps a 4-bit base. Returns (bytes before, bytes after) of the projections. A
 /// projection whose input size is not a multiple of the block is named.

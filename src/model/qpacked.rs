@@ -261,6 +261,11 @@ impl QPacked {
         self.out
     }
 
+    /// The GGML block type the weight came in.
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
     pub fn in_features(&self) -> usize {
         self.inp
     }

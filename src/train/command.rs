@@ -17,11 +17,17 @@ use crate::model::Choice;
 pub struct Options {
     pub model: Choice,
     pub data: PathBuf,
-    pub run: PathBuf,
+    /// The run folder; None with `plan_only`.
+    pub run: Option<PathBuf>,
     /// A file of training settings; None: the configuration's `train:` section.
     pub settings_file: Option<PathBuf>,
     pub resume: bool,
     pub qlora: Option<QuantType>,
+    /// Train over f32 copies of a quantized file's projections instead of its blocks.
+    pub dequantize: bool,
+    /// Print the plan (`--plan`: the schedule, memory and time estimates, JSON on stdout) and
+    /// write nothing.
+    pub plan_only: bool,
     /// How examples are written: the Alpaca template, the model's chat template, or `auto`
     /// (chat when the model has one; a continued run keeps what it used).
     pub prompt_format: crate::prompts::PromptFormat,
@@ -79,26 +85,125 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
         None => anyhow::anyhow!("training settings (`train:` in the configuration): {e}"),
     })?;
     let examples = super::data::load(&opts.data)?;
-    let lock = crate::runs::Lock::acquire(&opts.run)?;
-    let result = train_locked(&lock, &opts, config, &examples);
+    let run = match (&opts.run, opts.plan_only) {
+        (_, true) => return plan_only(&opts, config, &examples),
+        (Some(run), false) => run,
+        (None, false) => anyhow::bail!("train: name the run folder with --run (or ask for --plan alone)"),
+    };
+    let lock = crate::runs::Lock::acquire(run)?;
+    let result = train_locked(&lock, &opts, run, config, &examples);
     if let Err(e) = &result {
-        crate::runs::record_failure(&opts.run, &format!("{e:#}"));
+        crate::runs::record_failure(run, &format!("{e:#}"));
     }
     result
+}
+
+/// `selfspec train --plan`: the plan as one JSON object on stdout (and as lines on stderr).
+fn plan_only(opts: &Options, config: TrainConfig, examples: &[super::data::Example]) -> anyhow::Result<u8> {
+    let (plan, note) = plan(opts, config, examples)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    eprintln!("{}", plan.line());
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", serde_json::to_string(&plan)?);
+    Ok(0)
+}
+
+/// The plan of a run of `opts` with `config` over `examples` (what `--plan` prints and the
+/// Train tab shows), and what [`set_base`] said about the base; prints nothing, writes nothing.
+pub fn plan(
+    opts: &Options,
+    config: TrainConfig,
+    examples: &[super::data::Example],
+) -> anyhow::Result<(super::Plan, Option<String>)> {
+    config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
+    let prompt_format = match opts.prompt_format {
+        crate::prompts::PromptFormat::Auto => {
+            let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
+            crate::prompts::PromptFormat::Auto.resolve(template)
+        }
+        f => f,
+    };
+    let (device, _) = opts.model.device.open();
+    let mut model = crate::model::Model::load(&opts.model.name, opts.model.dtype, &device)?;
+    let note = set_base(&mut model, opts.qlora, opts.dequantize)?;
+    let absolute = std::path::absolute(&opts.data).unwrap_or_else(|_| opts.data.clone());
+    let job = run::TrainJob {
+        model: opts.model.name.clone(),
+        data: absolute,
+        config,
+        qlora: run::base_record(&model),
+        prompt_format,
+    };
+    Ok((run::plan(&mut model, &job, examples)?, note))
+}
+
+/// Stores the frozen base's projections the way the run asked: as the file has them (a GGUF
+/// file's blocks: QLoRA over them), dequantized (`--dequantize`), or in `--qlora`'s block type
+/// (a quantized file's blocks dequantized first). Returns what it did, for stderr.
+fn set_base(
+    model: &mut crate::model::Model,
+    qlora: Option<QuantType>,
+    dequantize: bool,
+) -> anyhow::Result<Option<String>> {
+    let types = model.decoder.projection_block_types();
+    let file = types.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join("+");
+    let mb = |b: usize| b as f64 / 1e6;
+    if let Some(q) = qlora {
+        anyhow::ensure!(
+            model.decoder.device().is_cpu(),
+            "--qlora runs on the CPU for now (its gradient op has no CUDA kernel yet); pass --device cpu, or train without --qlora"
+        );
+        if types == [q.ggml()] {
+            return Ok(Some(format!("QLoRA over the file's own {file} blocks (what --qlora asks for)")));
+        }
+    }
+    let mut said = Vec::new();
+    if !types.is_empty() && (dequantize || qlora.is_some()) {
+        let dtype = model.decoder.dtype();
+        let (before, after) = crate::model::linear::dequantize_projections(model.decoder.linears_mut(), dtype)
+            .context("cannot dequantize the projections")?;
+        said.push(match qlora {
+            None => format!(
+                "LoRA over {dtype:?} copies of the file's {file} blocks: the projections take {:.1} MB instead of {:.1} MB",
+                mb(after),
+                mb(before)
+            ),
+            Some(_) => format!("the file's {file} blocks are dequantized to be stored again: rounding on top of the file's"),
+        });
+    } else if dequantize {
+        said.push("--dequantize: the model's projections are not quantized; nothing to do".into());
+    }
+    if let Some(q) = qlora {
+        let (before, after) = crate::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())
+            .context("cannot quantize the projections for --qlora")?;
+        said.push(format!("QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB", mb(after), mb(before)));
+    } else if !types.is_empty() && !dequantize {
+        let bytes: usize = model.decoder.linears_mut().iter().map(|(_, l)| l.weight_bytes()).sum();
+        said.push(format!(
+            "QLoRA over the file's own {file} blocks ({:.1} MB), dequantized for each use; --dequantize trains over \
+             f32 copies instead",
+            mb(bytes)
+        ));
+    }
+    Ok((!said.is_empty()).then(|| said.join("; ")))
 }
 
 fn train_locked(
     lock: &crate::runs::Lock,
     opts: &Options,
+    dir: &Path,
     config: TrainConfig,
     examples: &[super::data::Example],
 ) -> anyhow::Result<u8> {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let qlora = opts.qlora.map(|q| format!("{q:?}").to_lowercase());
+    let recorded = crate::runs::read_job::<run::TrainJob>(dir, crate::runs::Kind::Train).ok().flatten();
     let prompt_format = match opts.prompt_format {
         crate::prompts::PromptFormat::Auto => {
-            let recorded = crate::runs::read_job::<run::TrainJob>(&opts.run, crate::runs::Kind::Train).ok().flatten();
-            match recorded {
+            match &recorded {
                 Some(old) if opts.resume => old.prompt_format,
                 _ => {
                     let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
@@ -112,25 +217,22 @@ fn train_locked(
         "examples written in the {} template",
         if prompt_format == crate::prompts::PromptFormat::Chat { "model's chat" } else { "Alpaca" }
     );
-    let job =
-        run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora, prompt_format };
     let mut model = opts.model.load()?;
-    if let Some(q) = opts.qlora {
-        anyhow::ensure!(
-            model.decoder.device().is_cpu(),
-            "--qlora runs on the CPU for now (its gradient op has no CUDA kernel yet); pass --device cpu, or train without --qlora"
-        );
-        let (before, after) = crate::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())
-            .context("cannot quantize the projections for --qlora")?;
-        eprintln!(
-            "QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB",
-            after as f64 / 1e6,
-            before as f64 / 1e6
-        );
+    if let Some(note) = set_base(&mut model, opts.qlora, opts.dequantize)? {
+        eprintln!("{note}");
     }
+    let mut qlora = run::base_record(&model);
+    // Runs made before the file's own blocks were recorded say null for them; resuming one
+    // without --qlora or --dequantize trains over the same blocks.
+    if let Some(old) = recorded.filter(|_| opts.resume && opts.qlora.is_none() && !opts.dequantize) {
+        if old.qlora.is_none() && old.model == opts.model.name {
+            qlora = None;
+        }
+    }
+    let job = run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora, prompt_format };
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), opts.detached);
-    let end = run::train(lock, &mut model, &job, examples, &opts.run, opts.resume, &cancel, &mut |e| {
+    let end = run::train(lock, &mut model, &job, examples, dir, opts.resume, &cancel, &mut |e| {
         if !matches!(e, TrainEvent::Finished { .. } | TrainEvent::Stopped { .. }) {
             if let Some(line) = Training::line(e) {
                 eprintln!("{line}");

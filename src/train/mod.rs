@@ -283,6 +283,13 @@ pub struct Plan {
     /// Peak resident memory the step should need, in MB (an estimate from the model's shape,
     /// the longest micro-batch and whether blocks are checkpointed; within ~25 % on SmolLM2).
     pub memory_mb: f64,
+    /// The run's estimated duration in seconds: [`Cost`] over every step's micro-batches, at the
+    /// rate of a probe step on this machine ([`Trainer::probe`]); within ~20 % on SmolLM2.
+    #[serde(default)]
+    pub seconds: Option<f64>,
+    /// The frozen base's GGML block type(s) (QLoRA), as the run records it; None: dense.
+    #[serde(default)]
+    pub qlora: Option<String>,
     /// What to change, one sentence each: every step inside the warm-up, less data than one
     /// step's batch, more memory than the machine has.
     pub warnings: Vec<String>,
@@ -306,6 +313,7 @@ impl Plan {
         tokens: usize,
         (total_steps, steps_per_epoch): (usize, usize),
         available_mb: f64,
+        seconds: Option<f64>,
     ) -> Plan {
         let s = &model.decoder.spec;
         let per_block = block_bytes_per_token(s) * tokens as f64;
@@ -330,6 +338,8 @@ impl Plan {
             warmup_steps,
             learning_rate: config.learning_rate,
             memory_mb,
+            seconds,
+            qlora: crate::train::run::base_record(model),
             warnings,
         }
     }
@@ -396,8 +406,16 @@ impl Plan {
 
     /// The plan in one line.
     pub fn line(&self) -> String {
+        let base = match &self.qlora {
+            Some(q) => format!(", QLoRA over {q} blocks"),
+            None => String::new(),
+        };
+        let time = match self.seconds {
+            Some(s) => format!(" and {}", crate::runs::duration(s)),
+            None => String::new(),
+        };
         format!(
-            "plan: {} examples, {} a step, {} steps ({} an epoch), warm-up {} steps to lr {:.1e}, about {:.0} MB",
+            "plan: {} examples, {} a step, {} steps ({} an epoch), warm-up {} steps to lr {:.1e}{base}, about {:.0} MB{time}",
             self.examples,
             self.batch,
             self.total_steps,
@@ -406,6 +424,53 @@ impl Plan {
             self.learning_rate,
             self.memory_mb
         )
+    }
+}
+
+/// The arithmetic of a training micro-batch, in floating-point operations, as the time estimate
+/// counts it: the blocks' projections over every row slot (left padding included, as the
+/// products run over it), forward and the backward's input gradients; the head over the
+/// labelled positions only (`nll_at`); attention over each row's causal triangle (its backward
+/// recomputes the scores: about 2.5 forwards); with checkpointing, the blocks' forward once
+/// more. The adapters' own products are left out (r is small).
+pub struct Cost {
+    per_token: f64,
+    per_target: f64,
+    /// Per query-key pair within a row's causal window, all layers.
+    per_pair: f64,
+    window: Option<usize>,
+}
+
+impl Cost {
+    pub fn new(model: &Model, checkpointing: bool) -> Cost {
+        let s = &model.decoder.spec;
+        let (h, i) = (s.hidden_size as f64, s.intermediate_size as f64);
+        let (q, kv) = ((s.num_heads * s.head_dim) as f64, (s.num_kv_heads * s.head_dim) as f64);
+        let blocks = s.num_layers as f64 * (h * (q + 2.0 * kv) + q * h + 3.0 * h * i);
+        let head = s.vocab_size as f64 * h;
+        let blocks_twice = if checkpointing { 3.0 } else { 2.0 };
+        let attention = if checkpointing { 18.0 } else { 14.0 };
+        Cost {
+            per_token: 2.0 * blocks_twice * blocks,
+            per_target: 4.0 * head,
+            per_pair: attention * s.num_layers as f64 * (s.num_heads * s.head_dim) as f64,
+            window: s.sliding_window.filter(|_| s.sliding_layers.iter().all(|&w| w)),
+        }
+    }
+
+    /// A micro-batch of rows `width` slots wide whose rows hold `lens` tokens, `targets` of them
+    /// labelled.
+    pub fn micro(&self, width: usize, lens: &[usize], targets: usize) -> f64 {
+        let pairs = |n: usize| -> f64 {
+            let n = n as f64;
+            match self.window.map(|w| w as f64) {
+                Some(w) if w < n => n * w - w * w / 2.0,
+                _ => n * n / 2.0,
+            }
+        };
+        self.per_token * (lens.len() * width) as f64
+            + self.per_target * targets as f64
+            + self.per_pair * lens.iter().map(|&n| pairs(n)).sum::<f64>()
     }
 }
 
@@ -644,17 +709,7 @@ impl Trainer {
             let seed = self.config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((self.step * 1024 + j) as u64);
             self.set_dropout(model, Some(seed));
             tokens += batch.tokens();
-            if self.config.gradient_checkpointing {
-                if let Some((input, at, labels)) = Self::positions(model, batch)? {
-                    let (pad, scale) = (batch.pad.clone(), 1.0 / targets as f64);
-                    let sum = model.decoder.nll_checkpointed(&input, pad, &at, labels, scale, &mut absorb)?;
-                    loss_sum += sum as f64 / targets as f64;
-                }
-                continue;
-            }
-            let loss = (Self::nll(model, batch)? / targets as f64)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            absorb(&loss.backward()?)?;
+            loss_sum += self.backward(model, batch, targets, &mut absorb)?;
         }
         self.set_dropout(model, None);
         // Missing gradients are zeros (an adapter the loss does not reach).
@@ -697,6 +752,52 @@ impl Trainer {
             }
         }
         Ok(StepStats { loss: loss_sum, grad_norm, lr, tokens })
+    }
+
+    /// One micro-batch's forward and backward, its gradients (scaled by 1 / `targets`, the
+    /// step's target tokens) handed to `absorb`; returns its share of the step's mean loss.
+    fn backward(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        targets: usize,
+        absorb: &mut dyn FnMut(&candle_core::backprop::GradStore) -> candle_core::Result<()>,
+    ) -> anyhow::Result<f64> {
+        if self.config.gradient_checkpointing {
+            let Some((input, at, labels)) = Self::positions(model, batch)? else { return Ok(0.0) };
+            let (pad, scale) = (batch.pad.clone(), 1.0 / targets as f64);
+            let sum = model.decoder.nll_checkpointed(&input, pad, &at, labels, scale, absorb)?;
+            return Ok(sum as f64 / targets as f64);
+        }
+        let loss = (Self::nll(model, batch)? / targets as f64)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        absorb(&loss.backward()?)?;
+        Ok(value)
+    }
+
+    /// Seconds per unit of [`Cost::micro`] on this machine: one forward and backward of `ids`
+    /// (every token a target, after a short warm-up run) through the step's own path, gradients
+    /// dropped and nothing changed. What the plan's time estimate scales.
+    pub fn probe(&self, model: &mut Model, ids: &[u32]) -> anyhow::Result<f64> {
+        let batch = |n: usize| Batch {
+            ids: vec![ids[..n].to_vec()],
+            labels: vec![ids[..n].iter().map(|&t| t as i64).collect()],
+            pad: vec![0],
+        };
+        let (warm, probe) = (batch(ids.len().min(16)), batch(ids.len()));
+        self.set_dropout(model, Some(self.config.seed));
+        let mut result = Ok(0.0);
+        for b in [&warm, &probe] {
+            let started = std::time::Instant::now();
+            let done = self.backward(model, b, b.targets().max(1), &mut |_| Ok(()));
+            result = done.map(|_| started.elapsed().as_secs_f64());
+            if result.is_err() {
+                break;
+            }
+        }
+        self.set_dropout(model, None);
+        let cost = Cost::new(model, self.config.gradient_checkpointing);
+        Ok(result? / cost.micro(ids.len(), &[ids.len()], probe.targets()).max(1.0))
     }
 
     /// The adapter's tensors as PEFT names them, with AdamW's moments (for checkpoints).

@@ -160,6 +160,94 @@ fn save_checkpoint(
     Ok(final_dir)
 }
 
+/// The examples of a run encoded for `model` (those with nothing left to learn dropped) and the
+/// run's schedule of micro-batches.
+struct Prepared {
+    encoded: Vec<Encoded>,
+    tasks: Vec<Option<String>>,
+    truncated: usize,
+    dropped: usize,
+    lengths: Vec<usize>,
+    steps: Vec<Vec<Vec<usize>>>,
+    per_epoch: usize,
+}
+
+fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<Prepared> {
+    let c = &job.config;
+    let max_len = super::row_length(model, c.max_seq_length);
+    let eos = model.eos_token_ids.first().copied();
+    let encoded: Vec<Encoded> = examples
+        .iter()
+        .map(|e| data::encode(&model.tokenizer, eos, e, max_len, job.prompt_format))
+        .collect::<anyhow::Result<_>>()?;
+    let truncated = encoded.iter().filter(|e| e.truncated).count();
+    let before = encoded.len();
+    let (encoded, tasks): (Vec<Encoded>, Vec<Option<String>>) = encoded
+        .into_iter()
+        .zip(examples.iter().map(|e| e.task.clone()))
+        .filter(|(e, _)| e.labels.iter().skip(1).any(|&l| l >= 0))
+        .unzip();
+    let dropped = before - encoded.len();
+    anyhow::ensure!(
+        !encoded.is_empty(),
+        "every example's prompt fills the rows' length ({max_len}: max_seq_length or the model's context): \
+         raise max_seq_length if the context allows, nothing is left to learn from"
+    );
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    let (steps, per_epoch) = data::schedule(&lengths, c)?;
+    Ok(Prepared { encoded, tasks, truncated, dropped, lengths, steps, per_epoch })
+}
+
+/// The seconds `steps` should take: their micro-batches' [`super::Cost`] at the rate of a probe
+/// step of up to 256 tokens on this machine.
+fn estimate_seconds(
+    model: &mut Model,
+    trainer: &Trainer,
+    encoded: &[Encoded],
+    steps: &[Vec<Vec<usize>>],
+) -> anyhow::Result<f64> {
+    let Some(first) = encoded.iter().map(|e| &e.ids).find(|ids| !ids.is_empty()) else { return Ok(0.0) };
+    let n = 256.min(super::row_length(model, trainer.config.max_seq_length)).max(1);
+    let ids: Vec<u32> = first.iter().copied().cycle().take(n).collect();
+    let per_unit = trainer.probe(model, &ids)?;
+    let cost = super::Cost::new(model, trainer.config.gradient_checkpointing);
+    let mut units = 0.0;
+    for micro in steps.iter().flatten() {
+        let lens: Vec<usize> = micro.iter().map(|&i| encoded[i].ids.len()).collect();
+        let targets = micro.iter().map(|&i| encoded[i].labels.iter().skip(1).filter(|&&l| l >= 0).count()).sum();
+        units += cost.micro(lens.iter().copied().max().unwrap_or(0), &lens, targets);
+    }
+    Ok(units * per_unit)
+}
+
+/// What a run of `job` would do (`selfspec train --plan`, the Train tab): the examples encoded,
+/// the schedule, the memory and a probe step timed, with the adapter attached to `model` but
+/// nothing written.
+pub fn plan(model: &mut Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<super::Plan> {
+    let c = &job.config;
+    c.check().map_err(anyhow::Error::msg)?;
+    let Prepared { encoded, lengths, steps, per_epoch, .. } = prepare(model, job, examples)?;
+    let trainer = Trainer::new(model, ADAPTER_NAME, c.clone(), &job.model)?;
+    let seconds = estimate_seconds(model, &trainer, &encoded, &steps)?;
+    let tokens = c.per_device_train_batch_size.min(lengths.len()) * lengths.iter().max().copied().unwrap_or(0);
+    Ok(super::Plan::new(
+        model,
+        c,
+        encoded.len(),
+        tokens,
+        (steps.len(), per_epoch),
+        super::available_memory_mb(),
+        Some(seconds),
+    ))
+}
+
+/// How the frozen base is stored, as a run records it: its projections' GGML block types
+/// ("q4_1"; "q4k+q6k" for a file that mixes them), None when they are dense.
+pub fn base_record(model: &Model) -> Option<String> {
+    let types = model.decoder.projection_block_types();
+    (!types.is_empty()).then(|| types.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join("+"))
+}
+
 /// Trains to the end (or until `cancel`), writing the run folder `dir`, whose lock the caller
 /// holds. `on_event` sees every event written to events.jsonl.
 #[allow(clippy::too_many_arguments)]
@@ -202,27 +290,7 @@ pub fn train(
         );
         crate::runs::write_config(dir, Kind::Train, job)?;
     }
-    let max_len = super::row_length(model, c.max_seq_length);
-    let eos = model.eos_token_ids.first().copied();
-    let encoded: Vec<Encoded> = examples
-        .iter()
-        .map(|e| data::encode(&model.tokenizer, eos, e, max_len, job.prompt_format))
-        .collect::<anyhow::Result<_>>()?;
-    let truncated = encoded.iter().filter(|e| e.truncated).count();
-    let before = encoded.len();
-    let (encoded, tasks): (Vec<Encoded>, Vec<Option<String>>) = encoded
-        .into_iter()
-        .zip(examples.iter().map(|e| e.task.clone()))
-        .filter(|(e, _)| e.labels.iter().skip(1).any(|&l| l >= 0))
-        .unzip();
-    let dropped = before - encoded.len();
-    anyhow::ensure!(
-        !encoded.is_empty(),
-        "every example's prompt fills the rows' length ({max_len}: max_seq_length or the model's context): \
-         raise max_seq_length if the context allows, nothing is left to learn from"
-    );
-    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    let (steps, per_epoch) = data::schedule(&lengths, c)?;
+    let Prepared { encoded, tasks, truncated, dropped, lengths, steps, per_epoch } = prepare(model, job, examples)?;
     let total = steps.len();
     let base = job.model.clone();
     let mut warm_note = None;
@@ -282,8 +350,16 @@ pub fn train(
     }
     let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };
     let tokens = c.per_device_train_batch_size.min(lengths.len()) * lengths.iter().max().copied().unwrap_or(0);
-    let plan =
-        super::Plan::new(model, c, encoded.len(), tokens, (total, per_epoch), super::available_memory_mb());
+    let seconds = estimate_seconds(model, &trainer, &encoded, &steps[trainer.step.min(total)..])?;
+    let plan = super::Plan::new(
+        model,
+        c,
+        encoded.len(),
+        tokens,
+        (total, per_epoch),
+        super::available_memory_mb(),
+        Some(seconds),
+    );
     let warnings = plan.warnings.clone();
     emit(
         &TrainEvent::Started {

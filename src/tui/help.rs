@@ -106,9 +106,10 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         "Train (4)",
         &[
             ("j k, ↓ ↑", "choose a run"),
-            ("s", "a new run on the accepted samples of the Review tab's run, with the Generate tab's model: its settings, schedule and warnings first"),
+            ("s", "a new run on the accepted samples of the Review tab's run, with the Generate tab's model: its settings, schedule, estimated memory and time, and warnings first"),
             ("b a e l", "(settings) micro-batch, accumulation, epochs, max_seq_length: next value"),
             ("w c", "(settings) warm-up as steps or a tenth of the run; gradient checkpointing on or off"),
+            ("p", "(settings) the frozen base: as the file stores it (a quantized file: QLoRA over its blocks), f32 copies, or QLoRA in q4_0, q4k, q8_0"),
             ("Enter Esc", "(settings) start the run; cancel"),
             ("x", "stop the run (it writes a checkpoint)"),
             ("w", "loss chart: recent steps or the whole run"),

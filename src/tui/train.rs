@@ -20,6 +20,7 @@ use ratatui::Frame;
 use super::seeds::Outcome;
 use super::seeds_view::truncate;
 use super::theme::Theme;
+use crate::model::gguf::QuantType;
 use crate::runs::{State as RunState, Tail};
 use crate::train::follow::{Step, Training};
 use crate::train::run::TrainEvent;
@@ -82,13 +83,61 @@ pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
     workspace.runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Train))
 }
 
+/// How a new run stores the frozen base (p cycles them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseChoice {
+    /// As the file has it: a quantized GGUF file's own blocks (QLoRA over them), a dense
+    /// model's full-precision weights.
+    File,
+    /// f32 copies of a quantized file's projections (`--dequantize`).
+    Dequantize,
+    /// QLoRA in this block type (`--qlora`).
+    Qlora(QuantType),
+}
+
+impl BaseChoice {
+    const ALL: [BaseChoice; 5] = [
+        BaseChoice::File,
+        BaseChoice::Dequantize,
+        BaseChoice::Qlora(QuantType::Q4_0),
+        BaseChoice::Qlora(QuantType::Q4k),
+        BaseChoice::Qlora(QuantType::Q8_0),
+    ];
+
+    fn next(self) -> BaseChoice {
+        let at = BaseChoice::ALL.iter().position(|&b| b == self).unwrap_or(0);
+        BaseChoice::ALL[(at + 1) % BaseChoice::ALL.len()]
+    }
+
+    /// The `selfspec train` flags it takes, and their words on the screen.
+    fn flags(self) -> (Vec<&'static str>, &'static str) {
+        match self {
+            BaseChoice::File => (vec![], "as the file stores it"),
+            BaseChoice::Dequantize => (vec!["--dequantize"], "f32 copies of quantized projections (--dequantize)"),
+            BaseChoice::Qlora(QuantType::Q4_0) => (vec!["--qlora", "q4_0"], "QLoRA in q4_0 blocks (--qlora q4_0)"),
+            BaseChoice::Qlora(QuantType::Q4k) => (vec!["--qlora", "q4k"], "QLoRA in q4k blocks (--qlora q4k)"),
+            BaseChoice::Qlora(QuantType::Q8_0) => (vec!["--qlora", "q8_0"], "QLoRA in q8_0 blocks (--qlora q8_0)"),
+        }
+    }
+}
+
+/// What `selfspec train --plan` would print for the settings shown: estimated in a background
+/// thread (the model loaded, a probe step timed), which may take a few seconds.
+type Estimated = Result<(crate::train::Plan, Option<String>), String>;
+
 /// A run about to start from this screen: its settings (the configuration's `train:`), shown
 /// with the schedule they make and what looks wrong, changed by single keys, started by Enter.
 pub struct Pending {
     data: PathBuf,
     model: String,
     pub config: crate::train::TrainConfig,
+    pub base: BaseChoice,
     examples: usize,
+    /// The plan of the settings as they were when it was asked for.
+    pub estimate: Option<Estimated>,
+    /// The estimate being made, and whether the settings changed since it was asked for.
+    asked: Option<std::sync::mpsc::Receiver<Estimated>>,
+    stale: bool,
 }
 
 /// The next value after `now` in `choices` (round), or the first.
@@ -97,7 +146,101 @@ fn cycle(now: usize, choices: &[usize]) -> usize {
 }
 
 impl Pending {
+    fn new(data: &Path, model: &str, config: crate::train::TrainConfig, examples: usize) -> Pending {
+        let mut p = Pending {
+            data: data.to_path_buf(),
+            model: model.to_string(),
+            config,
+            base: BaseChoice::File,
+            examples,
+            estimate: None,
+            asked: None,
+            stale: false,
+        };
+        p.ask();
+        p
+    }
+
+    /// Starts estimating the plan of the settings as they are now (or, while an estimate runs,
+    /// asks for another once it ends: one at a time on a machine's few cores).
+    fn ask(&mut self) {
+        if self.asked.is_some() {
+            self.stale = true;
+            return;
+        }
+        self.stale = false;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opts = crate::train::command::Options {
+            model: crate::model::Choice {
+                name: self.model.clone(),
+                device: Default::default(),
+                dtype: Default::default(),
+                int8: false,
+            },
+            data: self.data.clone(),
+            run: None,
+            settings_file: None,
+            resume: false,
+            qlora: match self.base {
+                BaseChoice::Qlora(q) => Some(q),
+                _ => None,
+            },
+            dequantize: self.base == BaseChoice::Dequantize,
+            plan_only: true,
+            prompt_format: crate::prompts::PromptFormat::Auto,
+            init: None,
+            detached: false,
+        };
+        let config = self.config.clone();
+        std::thread::spawn(move || {
+            let result = crate::train::data::load(&opts.data)
+                .and_then(|examples| crate::train::command::plan(&opts, config, &examples))
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(result);
+        });
+        self.asked = Some(rx);
+    }
+
+    /// Takes a finished estimate; true when the panel changed.
+    pub fn poll(&mut self) -> bool {
+        let Some(rx) = &self.asked else { return false };
+        let got = match rx.try_recv() {
+            Ok(got) => got,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err("the estimate stopped before it ended".into()),
+        };
+        self.asked = None;
+        if self.stale {
+            self.ask();
+        } else {
+            self.estimate = Some(got);
+        }
+        true
+    }
+
+    /// Whether an estimate of the settings shown is still being made.
+    pub fn estimating(&self) -> bool {
+        self.asked.is_some()
+    }
+
+    /// The `selfspec train` flags of the base chosen.
+    fn base_flags(&self) -> Vec<&'static str> {
+        self.base.flags().0
+    }
+
     fn handle_key(&mut self, key: KeyCode) -> bool {
+        let changed = self.change(key);
+        if changed {
+            self.ask();
+        }
+        changed
+    }
+
+    fn change(&mut self, key: KeyCode) -> bool {
+        if key == KeyCode::Char('p') {
+            self.base = self.base.next();
+            return true;
+        }
         let c = &mut self.config;
         match key {
             KeyCode::Char('b') => c.per_device_train_batch_size = cycle(c.per_device_train_batch_size, &[1, 2, 4, 8, 16]),
@@ -137,7 +280,29 @@ impl Pending {
                 if c.gradient_checkpointing { "on" } else { "off" }
             ),
         ];
-        for w in crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0) {
+        let base = match (&self.estimate, self.base) {
+            (Some(Ok((plan, _))), BaseChoice::File) if !self.estimating() => match &plan.qlora {
+                Some(q) => format!("QLoRA over the file's own {q} blocks"),
+                None => "full precision (the file is not quantized)".to_string(),
+            },
+            (_, b) => b.flags().1.to_string(),
+        };
+        out.push(format!("p frozen base: {base}"));
+        let mut warnings = crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0);
+        match (&self.estimate, self.estimating()) {
+            (_, true) => out.push("estimating memory and time (the model loaded, a probe step timed)…".into()),
+            (Some(Ok((plan, _))), false) => {
+                let time = plan.seconds.map(crate::runs::duration).unwrap_or_else(|| "unknown".into());
+                out.push(format!(
+                    "estimate: about {:.0} MB at the peak, about {time} in all (a probe step timed here)",
+                    plan.memory_mb
+                ));
+                warnings = plan.warnings.clone();
+            }
+            (Some(Err(e)), false) => out.push(format!("warning: no estimate: {e}")),
+            (None, false) => {}
+        }
+        for w in warnings {
             out.push(format!("warning: {w}"));
         }
         out.push("Enter starts · Esc cancels · the run records these settings in its config.yaml".into());
@@ -208,6 +373,9 @@ impl TrainScreen {
         if let Some(r) = self.runs.get_mut(self.selected) {
             r.refresh();
         }
+        if let Some(p) = &mut self.pending {
+            p.poll();
+        }
     }
 
     pub fn handle_key(&mut self, key: KeyEvent, data: Option<&Path>, model: &str) -> Outcome {
@@ -255,7 +423,7 @@ impl TrainScreen {
             Ok(c) => c.train,
             Err(e) => return Outcome::Error(format!("{e:#}")),
         };
-        self.pending = Some(Pending { data: data.to_path_buf(), model: model.trim().to_string(), config, examples });
+        self.pending = Some(Pending::new(data, model.trim(), config, examples));
         Outcome::Done
     }
 
@@ -280,6 +448,7 @@ impl TrainScreen {
         let mut args: Vec<std::ffi::OsString> = ["train", "--model", model, "--data"].map(Into::into).to_vec();
         args.extend([data.as_os_str().to_owned(), "--run".into(), dir.clone().into_os_string()]);
         args.extend(["--train-config".into(), settings.into_os_string()]);
+        args.extend(pending.base_flags().into_iter().map(Into::into));
         // Detached: it outlives the workbench and the SSH session; x or SIGTERM stops it with a
         // checkpoint.
         match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
