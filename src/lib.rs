@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod decode;
 pub mod eval;
 pub mod fsutil;
+pub mod metrics;
 pub mod generate;
 pub mod model;
 pub mod parallel;

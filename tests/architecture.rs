@@ -169,8 +169,12 @@ fn the_engine_has_no_import_loops() {
     assert_eq!(cycle(&top), None, "a loop between top-level modules");
     // Inside src/model/ the kernels and their layers know each other (a packed weight's op and
     // the linear that holds it); the stages' folders keep one direction.
-    for folder in ["generate", "train", "eval", "runs", "seeds", "decode"] {
+    for folder in ["generate", "train", "eval", "runs", "seeds", "decode", "metrics"] {
         let graph = edges(Some(folder));
         assert_eq!(cycle(&graph), None, "a loop inside src/{folder}/: {graph:?}");
     }
+    // The metrics are a leaf that generation and evaluation both use: generation does not
+    // reach into eval for them.
+    assert!(top["metrics"].is_empty(), "metrics uses {:?}", top["metrics"]);
+    assert!(top["generate"].contains("metrics") && !top["generate"].contains("eval"), "{:?}", top["generate"]);
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use selfspec::eval::data::load_dir;
-use selfspec::eval::metrics::Scorer;
+use selfspec::metrics::Scorer;
 use selfspec::eval::run::{prompt, Report};
 
 fn root() -> &'static Path {

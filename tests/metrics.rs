@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use selfspec::eval::metrics::rouge_l;
+use selfspec::metrics::rouge_l;
 
 #[test]
 fn rouge_l_matches_rouge_score() {
@@ -30,8 +30,8 @@ fn porter_stems_as_nltk() {
     assert!(stems.len() > 10_000);
     let wrong: Vec<String> = stems
         .iter()
-        .filter(|(w, s)| selfspec::eval::porter::stem(w) != **s)
-        .map(|(w, s)| format!("{w}: {} vs nltk {s}", selfspec::eval::porter::stem(w)))
+        .filter(|(w, s)| selfspec::metrics::porter::stem(w) != **s)
+        .map(|(w, s)| format!("{w}: {} vs nltk {s}", selfspec::metrics::porter::stem(w)))
         .collect();
     assert!(
         wrong.is_empty(),
@@ -46,7 +46,7 @@ fn porter_stems_as_nltk() {
 /// references.
 #[test]
 fn f1_and_rouge_l_match_the_references() {
-    use selfspec::eval::metrics::{f1_best, rouge_l_best};
+    use selfspec::metrics::{f1_best, rouge_l_best};
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scores.json");
     let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(cases.len() >= 600);

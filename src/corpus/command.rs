@@ -8,7 +8,7 @@ use anyhow::Context;
 pub fn build(source: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
     if out.exists() && force {
         anyhow::ensure!(
-            out.join("meta.json").exists(),
+            super::is_index(out),
             "{} exists and is not an index; not removing it",
             out.display()
         );

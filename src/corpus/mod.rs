@@ -269,6 +269,12 @@ pub struct Hit {
     pub text: String,
 }
 
+/// Whether `dir` holds an index (tantivy's meta.json): what every caller asks before opening
+/// one or building one in its place.
+pub fn is_index(dir: &Path) -> bool {
+    dir.join("meta.json").exists()
+}
+
 /// An opened index, ready for many queries.
 pub struct Searcher {
     index: Index,
@@ -279,7 +285,7 @@ pub struct Searcher {
 
 impl Searcher {
     pub fn open(dir: &Path) -> Result<Searcher, CorpusError> {
-        if !dir.join("meta.json").exists() {
+        if !is_index(dir) {
             return Err(index_err(
                 dir,
                 "is not a selfspec index (no meta.json); build one with `selfspec index build`",

@@ -200,7 +200,7 @@ pub fn score(
 }
 
 fn score_one(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
-    use super::metrics;
+    use crate::metrics;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
@@ -306,7 +306,7 @@ pub fn paired_report(
     split: bool,
     stats: &super::stats::Settings,
 ) -> anyhow::Result<serde_json::Value> {
-    use super::metrics::{split_references, Scorer};
+    use crate::metrics::{split_references, Scorer};
     use super::report::exact_match;
     use super::stats::{self, Group};
     stats.check()?;

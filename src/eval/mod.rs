@@ -4,8 +4,6 @@ pub mod command;
 pub mod data;
 pub mod follow;
 pub mod import;
-pub mod metrics;
-pub mod porter;
 pub mod report;
 pub mod run;
 pub mod stats;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::data::Dataset;
-use super::metrics::squad_tokens;
+use crate::metrics::squad_tokens;
 use super::stats::{self, Delta, Estimate, Group, Settings};
 
 /// The name the base model goes by in reports.

@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::data::{Dataset, Example};
-use super::metrics::{split_references, Scorer};
+use crate::metrics::{split_references, Scorer};
 pub use super::report::{Cell, Prediction, Report, BASE};
 use crate::backend::{Engine, Job, Prompt};
 use crate::decode::{self, Request};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::metrics::{rouge_l_tokens, rouge_tokens};
+use crate::metrics::{rouge_l_tokens, rouge_tokens};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

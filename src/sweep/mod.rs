@@ -385,7 +385,7 @@ fn run_locked(
     let points = spec.points();
     if let Some(c) = &spec.corpus {
         let index = dir.join("index");
-        if prepared.corpus.as_deref() == Some(index.as_path()) && !index.join("meta.json").exists() {
+        if prepared.corpus.as_deref() == Some(index.as_path()) && !crate::corpus::is_index(&index) {
             eprintln!("indexing {}", c.display());
             crate::corpus::build(c, &index, &mut |_, _| {})?;
         }
@@ -542,7 +542,7 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
         seeded.check(&tasks.keys().cloned().collect::<Vec<_>>())?;
     }
     let corpus = match &spec.corpus {
-        Some(c) if c.is_file() || (c.is_dir() && !c.join("meta.json").exists()) => Some(dir.join("index")),
+        Some(c) if c.is_file() || (c.is_dir() && !crate::corpus::is_index(c)) => Some(dir.join("index")),
         other => other.clone(),
     };
     let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });

@@ -91,6 +91,7 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
         (None, false) => anyhow::bail!("train: name the run folder with --run (or ask for --plan alone)"),
     };
     let lock = crate::runs::Lock::acquire(run)?;
+    crate::parallel::keep_freed_memory();
     let result = train_locked(&lock, &opts, run, config, &examples);
     if let Err(e) = &result {
         crate::runs::record_failure(run, &format!("{e:#}"));

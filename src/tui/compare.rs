@@ -14,7 +14,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::seeds::Outcome;
+use super::Outcome;
 use super::theme::Theme;
 use crate::workspace::Workspace;
 
@@ -133,7 +133,7 @@ impl CompareScreen {
         if self.prompt.trim().is_empty() {
             return Outcome::Error("no prompt: e types one, p takes one from the evaluation sets".into());
         }
-        let adapters = super::train::trained_adapters(&self.workspace);
+        let adapters = super::trained_adapters(&self.workspace);
         let report = self.dataset.as_deref().and_then(|d| newest_report(&self.workspace, d));
         self.columns = std::iter::once("base".to_string())
             .chain(adapters.iter().map(|(n, _)| n.clone()))

@@ -11,8 +11,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Bar, BarChart, BarGroup, Block, Borders, Clear, Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::seeds::Outcome;
-use super::seeds_view::truncate;
+use super::Outcome;
+use super::truncate;
 use super::theme::Theme;
 use crate::eval::follow::Evaluation;
 use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
@@ -80,7 +80,7 @@ impl EvalScreen {
     /// Trained adapters, the chosen set's datasets, and the newest evaluation run.
     pub fn rescan(&mut self) {
         self.list_datasets();
-        self.adapters = super::train::trained_adapters(&self.workspace);
+        self.adapters = super::trained_adapters(&self.workspace);
         self.adapter_ix = self.adapter_ix.min(self.adapters.len());
         if self.run.is_none() {
             let newest = self

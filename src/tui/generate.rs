@@ -21,8 +21,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::seeds::Outcome;
-use super::seeds_view::truncate;
+use super::Outcome;
+use super::truncate;
 use super::theme::Theme;
 use crate::generate::follow::Generation;
 use crate::generate::pipeline::{Mode, Progress};
@@ -96,7 +96,7 @@ impl GenerateScreen {
         if let Ok(rd) = std::fs::read_dir(workspace.corpora_dir()) {
             let mut found: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "jsonl") || p.join("meta.json").exists())
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl") || crate::corpus::is_index(p))
                 .collect();
             found.sort();
             corpora.extend(found);
@@ -137,7 +137,7 @@ impl GenerateScreen {
     pub fn rescan_adapters(&mut self) {
         let current = self.adapters.get(self.adapter_ix).map(|a| (a.dir.clone(), a.contrastive));
         let mut list = vec![AdapterChoice { label: "none".into(), dir: None, contrastive: false }];
-        for (name, dir) in super::train::trained_adapters(&self.workspace) {
+        for (name, dir) in super::trained_adapters(&self.workspace) {
             list.push(AdapterChoice { label: name.clone(), dir: Some(dir.clone()), contrastive: false });
             list.push(AdapterChoice { label: format!("{name}, contrastive"), dir: Some(dir), contrastive: true });
         }
@@ -268,13 +268,13 @@ impl GenerateScreen {
 
     /// The index folder for the chosen corpus, built first when it is a JSONL file without one.
     fn index_for(&self, corpus: &Path) -> anyhow::Result<PathBuf> {
-        if corpus.join("meta.json").exists() {
+        if crate::corpus::is_index(corpus) {
             return Ok(corpus.to_path_buf());
         }
         let name = corpus.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let name = name.trim_end_matches(".jsonl").trim_end_matches(".corpus");
         let index = self.workspace.corpora_dir().join(format!("{name}.index"));
-        if !index.join("meta.json").exists() {
+        if !crate::corpus::is_index(&index) {
             crate::corpus::build(corpus, &index, &mut |_, _| {})?;
         }
         Ok(index)

@@ -33,10 +33,49 @@ pub use app::{areas, App, Tab};
 pub use editor::{wrap_line, TextEditor};
 pub use generate::GenerateScreen;
 pub use review::ReviewScreen;
-pub use seeds::{Field, Focus, Outcome, SaveState, SeedsScreen};
+pub use seeds::{Field, Focus, SaveState, SeedsScreen};
 
 use crate::config::Config;
 use crate::workspace::Workspace;
+use unicode_width::UnicodeWidthStr;
+
+/// What handling an input did, for the app to show (every screen's answer to a key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ignored,
+    Done,
+    Notice(String),
+    Error(String),
+}
+
+/// Cuts `s` to at most `width` columns, ending in '…' when cut.
+pub(crate) fn truncate(s: &str, width: usize) -> String {
+    if s.width() <= width {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut w = 0;
+    for c in s.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if w + cw + 1 > width {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out
+}
+
+/// The finished adapters of the workspace's training runs, newest first: (run name, folder).
+pub fn trained_adapters(workspace: &Workspace) -> Vec<(String, PathBuf)> {
+    train::train_runs(workspace)
+        .into_iter()
+        .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
+        .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
+        .collect()
+}
+
 
 pub struct Options {
     pub workspace: Workspace,

@@ -12,8 +12,8 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::editor::TextEditor;
-use super::seeds::Outcome;
-use super::seeds_view::truncate;
+use super::Outcome;
+use super::truncate;
 use super::theme::Theme;
 use crate::generate::review::Review;
 use crate::generate::samples::{Sample, Status};

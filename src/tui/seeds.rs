@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::editor::TextEditor;
+use super::Outcome;
 use crate::seeds::{self, Limits, Problem, Seed, SeedFile, Task};
 
 const UNDO_DEPTH: usize = 200;
@@ -120,15 +121,6 @@ pub struct Editing {
     before: Option<Snapshot>,
     /// First visual line shown, kept so the cursor stays in view.
     pub scroll: Cell<usize>,
-}
-
-/// What handling an input did, for the app to show.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Ignored,
-    Done,
-    Notice(String),
-    Error(String),
 }
 
 /// Size and modification time: enough to see that another program wrote the file.

@@ -10,29 +10,12 @@ use unicode_width::UnicodeWidthStr;
 use super::editor::{wrap, Segment};
 use super::seeds::{Field, Focus, SeedsScreen};
 use super::theme::Theme;
+use super::truncate;
 use crate::seeds::{Seed, Task};
 
 const LABEL_WIDTH: u16 = 6;
 const MAX_PROBLEM_LINES: usize = 3;
 
-/// Cuts `s` to at most `width` columns, ending in '…' when cut.
-pub fn truncate(s: &str, width: usize) -> String {
-    if s.width() <= width {
-        return s.to_string();
-    }
-    let mut out = String::new();
-    let mut w = 0;
-    for c in s.chars() {
-        let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-        if w + cw + 1 > width {
-            break;
-        }
-        out.push(c);
-        w += cw;
-    }
-    out.push('…');
-    out
-}
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")

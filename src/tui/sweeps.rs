@@ -22,7 +22,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::seeds::Outcome;
+use super::Outcome;
 use super::theme::Theme;
 use crate::eval::run::Prediction;
 use crate::runs::{Kind, State, Tail};

@@ -17,8 +17,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::seeds::Outcome;
-use super::seeds_view::truncate;
+use super::Outcome;
+use super::truncate;
 use super::theme::Theme;
 use crate::model::gguf::QuantType;
 use crate::runs::{State as RunState, Tail};
@@ -67,15 +67,6 @@ impl RunView {
     pub fn name(&self) -> String {
         self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
     }
-}
-
-/// The finished adapters of the workspace's training runs, newest first: (run name, folder).
-pub fn trained_adapters(workspace: &Workspace) -> Vec<(String, PathBuf)> {
-    train_runs(workspace)
-        .into_iter()
-        .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
-        .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
-        .collect()
 }
 
 /// Training run folders under the workspace's runs/, newest first.

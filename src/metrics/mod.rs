@@ -8,6 +8,11 @@
 //! run of characters outside `[a-z0-9]` becomes a space, split on whitespace, longest common
 //! subsequence, F-measure. Without stemming it is what self-instruct (and the paper) use to drop
 //! near-duplicate instructions. tests/metrics.rs checks it against rouge-score's own outputs.
+//!
+//! A leaf: generation's near-duplicate filter and evaluation both use it; it uses nothing of
+//! selfspec's.
+
+pub mod porter;
 
 /// rouge-score's tokenizer without stemming.
 pub fn rouge_tokens(text: &str) -> Vec<String> {
@@ -73,7 +78,7 @@ pub fn rouge_tokens_stemmed(text: &str) -> Vec<String> {
     let mut tokens = rouge_tokens(text);
     for t in &mut tokens {
         if t.len() > 3 {
-            *t = super::porter::stem(t);
+            *t = porter::stem(t);
         }
     }
     tokens
@@ -147,7 +152,7 @@ impl Scorer {
                 if let Some(s) = self.stems.get(t.as_str()) {
                     t.clone_from(s);
                 } else {
-                    let s = super::porter::stem(t);
+                    let s = porter::stem(t);
                     self.stems.insert(std::mem::replace(t, s.clone()), s);
                 }
             }
