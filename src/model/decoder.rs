@@ -701,15 +701,14 @@ impl Decoder {
             q = qn.forward(&q, pass)?;
             k = kn.forward(&k, pass)?;
         }
+        if let Some(f) = rope.fused {
+            return self.flash_attention(layer, f, q, k, v, cache, start);
+        }
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (cos, sin) = (rope.cos, rope.sin);
         let (q, k) = match (pass, s.rope_interleaved) {
-            _ if rope.fused.is_some() => {
-                let angles = &rope.fused.expect("matched").angles;
-                (fused::rope(&q, angles, s.rope_interleaved)?, fused::rope(&k, angles, s.rope_interleaved)?)
-            }
             (Pass::Inference, false) => {
                 (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
             }
@@ -750,15 +749,6 @@ impl Decoder {
         if pass == Pass::Inference && cpu_attention::usable(&q) {
             return layer.o.forward(&cpu_attention::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), mask)?);
         }
-        if let Some(f) = rope.fused {
-            let visible = match &f.window {
-                Some(w) if layer.sliding => w,
-                _ => &f.full,
-            };
-            let out = flash::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), visible)?;
-            let out = out.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
-            return layer.o.forward(&out);
-        }
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;
@@ -778,6 +768,41 @@ impl Decoder {
         let out = probs.to_dtype(self.dtype)?.matmul(&v)?;
         let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
         layer.o.forward(&out)
+    }
+
+    /// Training's attention on the CPU in f32 ([`flash::attend`]), token-major from the
+    /// projections to the output projection: q, k, v `[rows, new, heads, hd]` (normed), rotated
+    /// in place of a transpose. Earlier keys in `cache` (head-major views) come first; the cache
+    /// keeps this pass's keys and values as head-major views of token-major tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention(
+        &self,
+        layer: &Layer,
+        f: &Fused,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: &mut Option<Kv>,
+        start: usize,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        let (rows, new, nh, hd) = q.dims4()?;
+        let q = fused::rope(&q, &f.angles, s.rope_interleaved)?;
+        let k = fused::rope(&k, &f.angles, s.rope_interleaved)?;
+        let (k, v) = match cache.take() {
+            Some(kv) => (
+                Tensor::cat(&[&kv.k.narrow(2, 0, start)?.transpose(1, 2)?, &k], 1)?,
+                Tensor::cat(&[&kv.v.narrow(2, 0, start)?.transpose(1, 2)?, &v], 1)?,
+            ),
+            None => (k, v),
+        };
+        *cache = Some(Kv { k: k.transpose(1, 2)?, v: v.transpose(1, 2)? });
+        let visible = match &f.window {
+            Some(w) if layer.sliding => w,
+            _ => &f.full,
+        };
+        let out = flash::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), visible)?;
+        layer.o.forward(&out.reshape((rows, new, nh * hd))?)
     }
 
     /// Bytes of weights one decoding step reads: every projection and the vocabulary head.

@@ -17,6 +17,10 @@
 //! `h / (heads / kv_heads)`. The backward runs one task per (row, key/value head) so that the
 //! key and value gradients of a group are summed by one thread.
 //!
+//! Everything is token-major, as the projections make it and as the output projection takes it
+//! (`[rows, tokens, heads, head_dim]`): the products read a head's rows with the heads' stride,
+//! so no head-major copy of q, k, v or the output is made (or kept for the backward).
+//!
 //! Invariant: the output and all three gradients agree with candle's autograd through the
 //! dense maths (matmul, mask, softmax, matmul) — the tests below — and training against PEFT
 //! (tests/lora.rs).
@@ -28,6 +32,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fused::{f32s, gemm, read, slice, tensor};
+use super::qpacked::Out;
 
 /// Queries per tile.
 const BQ: usize = 64;
@@ -81,10 +86,11 @@ struct FlashOp {
     lse: Mutex<Arc<Vec<f32>>>,
 }
 
-/// The shapes of one call: (rows, heads, kv heads, new, total, head dim).
+/// The shapes of one call: (rows, heads, kv heads, new, total, head dim), from q
+/// `[rows, new, heads, hd]` and k, v `[rows, total, kv_heads, hd]`.
 fn dims(q: &Layout, k: &Layout, v: &Layout, visible: &Visible) -> Result<(usize, usize, usize, usize, usize, usize)> {
-    let (rows, nh, new, hd) = q.shape().dims4()?;
-    let (kr, nkv, total, khd) = k.shape().dims4()?;
+    let (rows, new, nh, hd) = q.shape().dims4()?;
+    let (kr, total, nkv, khd) = k.shape().dims4()?;
     if k.shape() != v.shape() || kr != rows || khd != hd || nkv == 0 || nh % nkv != 0 {
         candle_core::bail!("flash-attention: q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape())
     }
@@ -99,6 +105,17 @@ fn dims(q: &Layout, k: &Layout, v: &Layout, visible: &Visible) -> Result<(usize,
         )
     }
     Ok((rows, nh, nkv, new, total, hd))
+}
+
+/// Copies the `m × hd` block `src` (contiguous) to rows `stride` apart from `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i · stride + d` for every `i < m`, `d < hd`, and no other
+/// thread may touch those places meanwhile.
+unsafe fn scatter(src: &[f32], m: usize, hd: usize, dst: *mut f32, stride: usize) {
+    for i in 0..m {
+        std::ptr::copy_nonoverlapping(src[i * hd..].as_ptr(), dst.add(i * stride), hd);
+    }
 }
 
 /// Scales a tile of scores `s` (`m × n`, keys `k0 ..`) in place and sets the keys outside each
@@ -189,56 +206,62 @@ impl CustomOp3 for FlashOp {
         let (rows, nh, nkv, new, total, hd) = dims(ql, kl, vl, &self.visible)?;
         let (q, k, v) = (slice(self.name(), qs, ql)?, slice(self.name(), ks, kl)?, slice(self.name(), vs, vl)?);
         let rep = nh / nkv;
+        // A query token's heads are `qs` apart, a key token's `ks`.
+        let (qs, ks) = (nh * hd, nkv * hd);
         let mut out = vec![0f32; q.len()];
         let mut lse = vec![0f32; rows * nh * new];
         let vis = &self.visible;
-        out.par_chunks_mut((new * hd).max(1)).zip(lse.par_chunks_mut(new.max(1))).enumerate().for_each(
-            |(task, (out, lse))| {
-                let (b, h) = (task / nh, task % nh);
-                let g = h / rep;
-                let q = &q[task * new * hd..][..new * hd];
-                let k = &k[(b * nkv + g) * total * hd..][..total * hd];
-                let v = &v[(b * nkv + g) * total * hd..][..total * hd];
-                let mut s = vec![0f32; BQ * BK];
-                let (mut max, mut sum) = ([0f32; BQ], [0f32; BQ]);
-                for q0 in (0..new).step_by(BQ) {
-                    let m = BQ.min(new - q0);
-                    let ranges = &vis.ranges[b * new + q0..][..m];
-                    let acc = &mut out[q0 * hd..][..m * hd];
-                    max[..m].fill(f32::NEG_INFINITY);
-                    sum[..m].fill(0.0);
-                    let (lo, hi) = vis.span(b, q0, m);
-                    for k0 in (lo..hi).step_by(BK) {
-                        let n = BK.min(hi - k0);
-                        let s = &mut s[..m * n];
-                        // s = q kᵀ: the keys' rows read as the columns of kᵀ.
-                        let qb = &q[q0 * hd..];
-                        gemm(m, n, hd, s, false, qb, (hd, 1), &k[k0 * hd..], (1, hd), 1.0, Parallelism::None);
-                        scale_and_mask(s, n, k0, ranges, self.scale);
-                        for i in 0..m {
-                            let row = &mut s[i * n..][..n];
-                            let top = row.iter().fold(max[i], |a, &x| a.max(x));
-                            if top == f32::NEG_INFINITY {
-                                row.fill(0.0);
-                                continue;
-                            }
-                            let correction = (max[i] - top).exp();
-                            sum[i] = sum[i] * correction + exp_shift(row, top);
-                            max[i] = top;
-                            if correction != 1.0 {
-                                acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= correction);
-                            }
-                        }
-                        gemm(m, hd, n, acc, true, s, (n, 1), &v[k0 * hd..], (hd, 1), 1.0, Parallelism::None);
-                    }
+        let dst = Out(out.as_mut_ptr());
+        lse.par_chunks_mut(new.max(1)).enumerate().for_each(|(task, lse)| {
+            let (b, h) = (task / nh, task % nh);
+            let g = h / rep;
+            let at = b * new * qs + h * hd;
+            let q = &q[at..];
+            let kv = b * total * ks + g * hd;
+            let (k, v) = (&k[kv..], &v[kv..]);
+            let mut s = vec![0f32; BQ * BK];
+            let mut acc = vec![0f32; BQ * hd];
+            let (mut max, mut sum) = ([0f32; BQ], [0f32; BQ]);
+            for q0 in (0..new).step_by(BQ) {
+                let m = BQ.min(new - q0);
+                let ranges = &vis.ranges[b * new + q0..][..m];
+                let acc = &mut acc[..m * hd];
+                acc.fill(0.0);
+                max[..m].fill(f32::NEG_INFINITY);
+                sum[..m].fill(0.0);
+                let (lo, hi) = vis.span(b, q0, m);
+                let qb = &q[q0 * qs..];
+                for k0 in (lo..hi).step_by(BK) {
+                    let n = BK.min(hi - k0);
+                    let s = &mut s[..m * n];
+                    // s = q kᵀ: the keys' rows read as the columns of kᵀ.
+                    gemm(m, n, hd, s, false, qb, (qs, 1), &k[k0 * ks..], (1, ks), 1.0, Parallelism::None);
+                    scale_and_mask(s, n, k0, ranges, self.scale);
                     for i in 0..m {
-                        let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
-                        acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= inv);
-                        lse[q0 + i] = if sum[i] > 0.0 { max[i] + sum[i].ln() } else { f32::INFINITY };
+                        let row = &mut s[i * n..][..n];
+                        let top = row.iter().fold(max[i], |a, &x| a.max(x));
+                        if top == f32::NEG_INFINITY {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        let correction = (max[i] - top).exp();
+                        sum[i] = sum[i] * correction + exp_shift(row, top);
+                        max[i] = top;
+                        if correction != 1.0 {
+                            acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= correction);
+                        }
                     }
+                    gemm(m, hd, n, acc, true, s, (n, 1), &v[k0 * ks..], (ks, 1), 1.0, Parallelism::None);
                 }
-            },
-        );
+                for i in 0..m {
+                    let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
+                    acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= inv);
+                    lse[q0 + i] = if sum[i] > 0.0 { max[i] + sum[i].ln() } else { f32::INFINITY };
+                }
+                // SAFETY: task (b, h) alone writes head h of row b's tokens.
+                unsafe { scatter(acc, m, hd, dst.at(at + q0 * qs), qs) };
+            }
+        });
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(lse);
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -251,8 +274,8 @@ impl CustomOp3 for FlashOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, nh, new, hd) = q.dims4()?;
-        let (_, nkv, total, _) = k.dims4()?;
+        let (rows, new, nh, hd) = q.dims4()?;
+        let (_, total, nkv, _) = k.dims4()?;
         let rep = nh / nkv;
         let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if lse.len() != rows * nh * new {
@@ -262,71 +285,78 @@ impl CustomOp3 for FlashOp {
         let (o, d_o) = (res, grad);
         read!(self.name(); q, k, v, o, d_o);
         let vis = &self.visible;
+        let (qs, ks) = (nh * hd, nkv * hd);
         let mut dq = vec![0f32; q.len()];
         let mut dk = vec![0f32; k.len()];
         let mut dv = vec![0f32; v.len()];
-        let group = (rep * new * hd).max(1);
-        let keys = (total * hd).max(1);
-        dq.par_chunks_mut(group).zip(dk.par_chunks_mut(keys).zip(dv.par_chunks_mut(keys))).enumerate().for_each(
-            |(task, (dq, (dk, dv)))| {
-                let b = task / nkv;
-                let k = &k[task * total * hd..][..total * hd];
-                let v = &v[task * total * hd..][..total * hd];
-                let mut p = vec![0f32; BQ * BK];
-                let mut dp = vec![0f32; BQ * BK];
-                let mut d = [0f32; BQ];
-                for j in 0..rep {
-                    // Head h = g · rep + j; its queries are contiguous in q, o, dO and dq.
-                    let head = task * rep + j;
-                    let at = head * new * hd;
-                    let (q, o, d_o) = (&q[at..][..new * hd], &o[at..][..new * hd], &d_o[at..][..new * hd]);
-                    let dq = &mut dq[j * new * hd..][..new * hd];
-                    let lse = &lse[head * new..][..new];
-                    for q0 in (0..new).step_by(BQ) {
-                        let m = BQ.min(new - q0);
-                        let ranges = &vis.ranges[b * new + q0..][..m];
-                        for (i, d) in d[..m].iter_mut().enumerate() {
-                            let r = (q0 + i) * hd..(q0 + i + 1) * hd;
-                            *d = o[r.clone()].iter().zip(&d_o[r]).map(|(a, b)| a * b).sum();
-                        }
-                        let (qb, dob) = (&q[q0 * hd..][..m * hd], &d_o[q0 * hd..][..m * hd]);
-                        let dqb = &mut dq[q0 * hd..][..m * hd];
-                        let (lo, hi) = vis.span(b, q0, m);
-                        for k0 in (lo..hi).step_by(BK) {
-                            let n = BK.min(hi - k0);
-                            let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
-                            gemm(m, n, hd, p, false, qb, (hd, 1), &k[k0 * hd..], (1, hd), 1.0, Parallelism::None);
-                            scale_and_mask(p, n, k0, ranges, self.scale);
-                            for (row, &l) in p.chunks_mut(n).zip(&lse[q0..q0 + m]) {
-                                exp_shift(row, l);
-                            }
-                            // dV += Pᵀ dO; dP = dO Vᵀ.
-                            let dvt = &mut dv[k0 * hd..][..n * hd];
-                            gemm(n, hd, m, dvt, true, p, (1, n), dob, (hd, 1), 1.0, Parallelism::None);
-                            gemm(m, n, hd, dp, false, dob, (hd, 1), &v[k0 * hd..], (1, hd), 1.0, Parallelism::None);
-                            // dS = P ⊙ (dP − D) · scale, into dp.
-                            for i in 0..m {
-                                let (pr, dr) = (&p[i * n..][..n], &mut dp[i * n..][..n]);
-                                for (x, &pv) in dr.iter_mut().zip(pr) {
-                                    *x = pv * (*x - d[i]) * self.scale;
-                                }
-                            }
-                            // dQ += dS K; dK += dSᵀ Q.
-                            gemm(m, hd, n, dqb, true, dp, (n, 1), &k[k0 * hd..], (hd, 1), 1.0, Parallelism::None);
-                            let dkt = &mut dk[k0 * hd..][..n * hd];
-                            gemm(n, hd, m, dkt, true, dp, (1, n), qb, (hd, 1), 1.0, Parallelism::None);
-                        }
+        let (dq_out, dk_out, dv_out) = (Out(dq.as_mut_ptr()), Out(dk.as_mut_ptr()), Out(dv.as_mut_ptr()));
+        (0..rows * nkv).into_par_iter().for_each(|task| {
+            let (b, g) = (task / nkv, task % nkv);
+            let kv = b * total * ks + g * hd;
+            let (k, v) = (&k[kv..], &v[kv..]);
+            // This group's key and value gradients, contiguous until the end.
+            let (mut dk, mut dv) = (vec![0f32; total * hd], vec![0f32; total * hd]);
+            let mut p = vec![0f32; BQ * BK];
+            let mut dp = vec![0f32; BQ * BK];
+            let mut dqb = vec![0f32; BQ * hd];
+            let mut d = [0f32; BQ];
+            for j in 0..rep {
+                let head = g * rep + j;
+                let at = b * new * qs + head * hd;
+                let (q, o, d_o) = (&q[at..], &o[at..], &d_o[at..]);
+                let lse = &lse[(b * nh + head) * new..][..new];
+                for q0 in (0..new).step_by(BQ) {
+                    let m = BQ.min(new - q0);
+                    let ranges = &vis.ranges[b * new + q0..][..m];
+                    for (i, d) in d[..m].iter_mut().enumerate() {
+                        let r = (q0 + i) * qs..(q0 + i) * qs + hd;
+                        *d = o[r.clone()].iter().zip(&d_o[r]).map(|(a, b)| a * b).sum();
                     }
+                    let (qb, dob) = (&q[q0 * qs..], &d_o[q0 * qs..]);
+                    let dqb = &mut dqb[..m * hd];
+                    dqb.fill(0.0);
+                    let (lo, hi) = vis.span(b, q0, m);
+                    for k0 in (lo..hi).step_by(BK) {
+                        let n = BK.min(hi - k0);
+                        let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
+                        gemm(m, n, hd, p, false, qb, (qs, 1), &k[k0 * ks..], (1, ks), 1.0, Parallelism::None);
+                        scale_and_mask(p, n, k0, ranges, self.scale);
+                        for (row, &l) in p.chunks_mut(n).zip(&lse[q0..q0 + m]) {
+                            exp_shift(row, l);
+                        }
+                        // dV += Pᵀ dO; dP = dO Vᵀ.
+                        let dvt = &mut dv[k0 * hd..][..n * hd];
+                        gemm(n, hd, m, dvt, true, p, (1, n), dob, (qs, 1), 1.0, Parallelism::None);
+                        gemm(m, n, hd, dp, false, dob, (qs, 1), &v[k0 * ks..], (1, ks), 1.0, Parallelism::None);
+                        // dS = P ⊙ (dP − D) · scale, into dp.
+                        for i in 0..m {
+                            let (pr, dr) = (&p[i * n..][..n], &mut dp[i * n..][..n]);
+                            for (x, &pv) in dr.iter_mut().zip(pr) {
+                                *x = pv * (*x - d[i]) * self.scale;
+                            }
+                        }
+                        // dQ += dS K; dK += dSᵀ Q.
+                        gemm(m, hd, n, dqb, true, dp, (n, 1), &k[k0 * ks..], (ks, 1), 1.0, Parallelism::None);
+                        let dkt = &mut dk[k0 * hd..][..n * hd];
+                        gemm(n, hd, m, dkt, true, dp, (1, n), qb, (qs, 1), 1.0, Parallelism::None);
+                    }
+                    // SAFETY: task (b, g) alone writes the heads of group g in row b.
+                    unsafe { scatter(dqb, m, hd, dq_out.at(at + q0 * qs), qs) };
                 }
-            },
-        );
+            }
+            // SAFETY: task (b, g) alone writes key/value head g of row b.
+            unsafe {
+                scatter(&dk, total, hd, dk_out.at(kv), ks);
+                scatter(&dv, total, hd, dv_out.at(kv), ks);
+            }
+        });
         Ok((Some(tensor(dq, &q_shape)?), Some(tensor(dk, &k_shape)?), Some(tensor(dv, &k_shape)?)))
     }
 }
 
-/// `softmax(q kᵀ · scale + mask) v` for q `[rows, heads, new, hd]` and k, v
-/// `[rows, kv_heads, total, hd]` (f32 on the CPU), the mask given as each query's visible keys:
-/// `[rows, heads, new, hd]`.
+/// `softmax(q kᵀ · scale + mask) v` for q `[rows, new, heads, hd]` and k, v
+/// `[rows, total, kv_heads, hd]` (token-major, f32 on the CPU), the mask given as each query's
+/// visible keys: `[rows, new, heads, hd]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: &Visible) -> Result<Tensor> {
     let op = FlashOp { scale, visible: visible.clone(), lse: Mutex::new(Arc::new(Vec::new())) };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -372,15 +402,18 @@ mod tests {
     fn check(pad: &[usize], start: usize, new: usize, window: Option<usize>, (nh, nkv, hd): (usize, usize, usize)) {
         let rows = pad.len();
         let total = start + new;
-        let (q, k, v) = (var(&[rows, nh, new, hd], 1), var(&[rows, nkv, total, hd], 2), var(&[rows, nkv, total, hd], 3));
-        let w = var(&[rows, nh, new, hd], 4);
+        let (q, k, v) = (var(&[rows, new, nh, hd], 1), var(&[rows, total, nkv, hd], 2), var(&[rows, total, nkv, hd], 3));
+        let w = var(&[rows, new, nh, hd], 4);
         let scale = 1.0 / (hd as f32).sqrt();
         let visible = Visible::new(pad, start, new, window);
         let ours = attend(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, &visible).unwrap();
 
+        // The dense maths head-major, as the inference path computes it.
+        let heads = |t: &Var| t.as_tensor().transpose(1, 2).unwrap().contiguous().unwrap();
+        let (qh, kh, vh) = (heads(&q), heads(&k), heads(&v));
         let rep = nh / nkv;
-        let qg = q.as_tensor().reshape((rows, nkv, rep * new, hd)).unwrap();
-        let scores = (qg.matmul(&k.as_tensor().t().unwrap()).unwrap() * scale as f64)
+        let qg = qh.reshape((rows, nkv, rep * new, hd)).unwrap();
+        let scores = (qg.matmul(&kh.t().unwrap()).unwrap() * scale as f64)
             .unwrap()
             .reshape((rows, nkv, rep, new, total))
             .unwrap()
@@ -389,7 +422,7 @@ mod tests {
             .reshape((rows, nkv, rep * new, total))
             .unwrap();
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-        let dense = probs.matmul(v.as_tensor()).unwrap().reshape((rows, nh, new, hd)).unwrap();
+        let dense = probs.matmul(&vh).unwrap().reshape((rows, nh, new, hd)).unwrap().transpose(1, 2).unwrap();
         close(&ours, &dense, "output");
 
         let g_ours = (ours * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
@@ -429,7 +462,7 @@ mod tests {
 
     #[test]
     fn shapes_that_disagree_with_the_ranges_are_refused() {
-        let (q, k) = (var(&[1, 2, 10, 8], 1), var(&[1, 1, 10, 8], 2));
+        let (q, k) = (var(&[1, 10, 2, 8], 1), var(&[1, 10, 1, 8], 2));
         let visible = Visible::new(&[0], 0, 9, None);
         let e = attend(q.as_tensor(), k.as_tensor(), k.as_tensor(), 1.0, &visible).unwrap_err();
         assert!(e.to_string().contains("flash-attention"), "{e}");

@@ -206,22 +206,20 @@ struct RopeOp {
 }
 
 impl RopeOp {
-    /// Rotates `x` `[rows, heads, new, hd]` by the angles; `sign` −1 applies the inverse rotation
-    /// (the backward: a rotation's transpose).
+    /// Rotates `x` `[rows, new, heads, hd]` (token-major) by the angles; `sign` −1 applies the
+    /// inverse rotation (the backward: a rotation's transpose).
     fn rotate(&self, x: &[f32], dims: &[usize], sign: f32) -> Result<Vec<f32>> {
-        let [rows, heads, new, hd] = dims else { candle_core::bail!("fused-rope: {dims:?} is not 4-d") };
-        let (rows, heads, new, hd) = (*rows, *heads, *new, *hd);
+        let [rows, new, heads, hd] = dims else { candle_core::bail!("fused-rope: {dims:?} is not 4-d") };
+        let (rows, new, heads, hd) = (*rows, *new, *heads, *hd);
         let half = hd / 2;
         if hd % 2 != 0 || self.cos.len() != rows * new * half {
             candle_core::bail!("fused-rope: angles for {} values against x {dims:?}", self.cos.len())
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(new * hd).zip(x.par_chunks(new * hd)).enumerate().for_each(|(rh, (y, x))| {
-            let row = rh / heads;
-            for t in 0..new {
-                let at = (row * new + t) * half;
-                let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
-                let (x, y) = (&x[t * hd..(t + 1) * hd], &mut y[t * hd..(t + 1) * hd]);
+        let token = (heads * hd).max(1);
+        y.par_chunks_mut(token).zip(x.par_chunks(token)).enumerate().for_each(|(at, (y, x))| {
+            let (cos, sin) = (&self.cos[at * half..][..half], &self.sin[at * half..][..half]);
+            for (x, y) in x.chunks_exact(hd).zip(y.chunks_exact_mut(hd)) {
                 for i in 0..half {
                     let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
                     let (c, s) = (cos[i], sign * sin[i]);
@@ -268,7 +266,8 @@ impl Angles {
     }
 }
 
-/// Rotary embedding of `x` `[rows, heads, new, hd]`: halves (`rotate_half`) or adjacent pairs.
+/// Rotary embedding of `x` `[rows, new, heads, hd]` (token-major, as the projections make it):
+/// halves (`rotate_half`) or adjacent pairs.
 pub fn rope(x: &Tensor, angles: &Angles, interleaved: bool) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RopeOp { cos: angles.cos.clone(), sin: angles.sin.clone(), interleaved })
 }
@@ -668,18 +667,21 @@ mod tests {
     #[test]
     fn rope_matches_candles_kernels_and_inverts() {
         let (rows, heads, new, hd) = (2, 3, 5, 8);
-        let x = var(&[rows, heads, new, hd], 4);
+        // Token-major, as the projections make it; candle's kernels take it head-major.
+        let x = var(&[rows, new, heads, hd], 4);
+        let heads_major = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
         let cos = Tensor::from_vec(values(rows * new * hd / 2, 5), (rows, new, hd / 2), &Device::Cpu).unwrap();
         let sin = Tensor::from_vec(values(rows * new * hd / 2, 6), (rows, new, hd / 2), &Device::Cpu).unwrap();
         let angles = Angles::new(&cos, &sin).unwrap();
         for interleaved in [false, true] {
             let y = rope(x.as_tensor(), &angles, interleaved).unwrap();
+            let xh = heads_major(x.as_tensor());
             let expected = if interleaved {
-                candle_nn::rotary_emb::rope_i(x.as_tensor(), &cos, &sin).unwrap()
+                candle_nn::rotary_emb::rope_i(&xh, &cos, &sin).unwrap()
             } else {
-                candle_nn::rotary_emb::rope(x.as_tensor(), &cos, &sin).unwrap()
+                candle_nn::rotary_emb::rope(&xh, &cos, &sin).unwrap()
             };
-            close(&y, &expected, 1e-6, "rope");
+            close(&heads_major(&y), &expected, 1e-6, "rope");
             // The backward of a linear map y = R x is Rᵀ dy: check ⟨R x, w⟩ = ⟨x, Rᵀ w⟩.
             let w = Tensor::from_vec(values(y.elem_count(), 7), y.shape(), &Device::Cpu).unwrap();
             let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
