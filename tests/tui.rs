@@ -534,6 +534,8 @@ fn review_decides_undoes_filters_and_exports() {
 
     // The Train tab: s shows the settings a run on them would take, the schedule they make and
     // what looks wrong, and starts nothing; keys change the settings; Esc leaves.
+    // The estimates run `selfspec train --plan`: the built program, not this test's.
+    std::env::set_var("SELFSPEC_EXE", env!("CARGO_BIN_EXE_selfspec"));
     app.generate.model = "models/writer".into();
     press(&mut app, &clock, KeyCode::Char('4'));
     keys(&mut app, &clock, "s");
@@ -562,7 +564,8 @@ fn review_decides_undoes_filters_and_exports() {
     };
     ended(&mut app);
     assert!(said(&app).contains("warning: no estimate:"), "{}", said(&app));
-    // A real model: its memory and time, estimated with a probe step; p cycles the base.
+    // A real model: its memory and time, estimated with a probe step by `selfspec train
+    // --plan`; p cycles the base.
     press(&mut app, &clock, KeyCode::Esc);
     app.generate.model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer").display().to_string();
     keys(&mut app, &clock, "s");
@@ -576,7 +579,7 @@ fn review_decides_undoes_filters_and_exports() {
     assert!(said(&app).contains("p frozen base: QLoRA in q4_0 blocks (--qlora q4_0)"), "{}", said(&app));
     ended(&mut app);
     let plan = match &app.train.pending.as_ref().unwrap().estimate {
-        Some(Ok((plan, _))) => plan.clone(),
+        Some(Ok(plan)) => plan.clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(plan.qlora.as_deref(), Some("q4_0"));

@@ -197,10 +197,19 @@ pub fn list(root: &Path) -> Vec<Summary> {
 /// Ctrl-C meant for the workbench nor a closed SSH connection reaches it), SIGHUP ignored, stdin
 /// closed, stdout and stderr appended to `dir/output.log`. A thread reaps it when it ends; the run
 /// belongs to its folder, not to the caller.
+/// The selfspec program the workbench runs its commands with: `SELFSPEC_EXE` when set (the
+/// tests point it at the built binary), else this process's own program.
+pub fn program() -> Result<std::path::PathBuf, String> {
+    match std::env::var_os("SELFSPEC_EXE") {
+        Some(exe) => Ok(exe.into()),
+        None => std::env::current_exe().map_err(|e| format!("cannot find the selfspec program: {e}")),
+    }
+}
+
 pub fn spawn(args: &[OsString], dir: &Path) -> Result<Spawned, String> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the selfspec program: {e}"))?;
+    let exe = program()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(OUTPUT);
     let log = std::fs::OpenOptions::new()

@@ -112,15 +112,19 @@ impl BaseChoice {
     }
 }
 
-/// What `selfspec train --plan` would print for the settings shown: estimated in a background
-/// thread (the model loaded, a probe step timed), which may take a few seconds.
-type Estimated = Result<(crate::train::Plan, Option<String>), String>;
+/// What `selfspec train --plan` prints for the settings shown (the model loaded, a probe step
+/// timed): run as its own process, so a model as large as the machine's memory never sits in
+/// the workbench's, and waited for on a thread.
+type Estimated = Result<crate::train::Plan, String>;
 
 /// A run about to start from this screen: its settings (the configuration's `train:`), shown
 /// with the schedule they make and what looks wrong, changed by single keys, started by Enter.
 pub struct Pending {
     data: PathBuf,
     model: String,
+    /// The workbench's configuration file and workspace, for the estimate's command.
+    config_file: PathBuf,
+    workspace: PathBuf,
     pub config: crate::train::TrainConfig,
     pub base: BaseChoice,
     examples: usize,
@@ -136,11 +140,36 @@ fn cycle(now: usize, choices: &[usize]) -> usize {
     choices.iter().copied().find(|&c| c > now).unwrap_or(choices[0])
 }
 
+/// Runs `selfspec ARGS` (a `train --plan`) and reads its plan from the last line it prints.
+fn estimate(args: &[std::ffi::OsString]) -> Estimated {
+    let exe = crate::runs::program()?;
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run selfspec train --plan: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("selfspec train --plan failed").to_string());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
+    serde_json::from_str(last).map_err(|e| format!("selfspec train --plan printed no plan ({e})"))
+}
+
 impl Pending {
-    fn new(data: &Path, model: &str, config: crate::train::TrainConfig, examples: usize) -> Pending {
+    fn new(
+        screen: &TrainScreen,
+        data: &Path,
+        model: &str,
+        config: crate::train::TrainConfig,
+        examples: usize,
+    ) -> Pending {
         let mut p = Pending {
             data: data.to_path_buf(),
             model: model.to_string(),
+            config_file: screen.config_file.clone(),
+            workspace: screen.workspace.root.clone(),
             config,
             base: BaseChoice::File,
             examples,
@@ -161,32 +190,33 @@ impl Pending {
         }
         self.stale = false;
         let (tx, rx) = std::sync::mpsc::channel();
-        let opts = crate::train::command::Options {
-            model: crate::model::Choice {
-                name: self.model.clone(),
-                device: Default::default(),
-                dtype: Default::default(),
-                int8: false,
-            },
-            data: self.data.clone(),
-            run: None,
-            settings_file: None,
-            resume: false,
-            qlora: match self.base {
-                BaseChoice::Qlora(q) => Some(q),
-                _ => None,
-            },
-            dequantize: self.base == BaseChoice::Dequantize,
-            plan_only: true,
-            prompt_format: crate::prompts::PromptFormat::Auto,
-            init: None,
-            detached: false,
-        };
-        let config = self.config.clone();
+        static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let settings = std::env::temp_dir().join(format!("selfspec-plan-{}-{n}.yaml", std::process::id()));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--config".into(),
+            self.config_file.clone().into(),
+            "--workspace".into(),
+            self.workspace.clone().into(),
+            "train".into(),
+            "--plan".into(),
+            "--model".into(),
+            self.model.clone().into(),
+            "--data".into(),
+            self.data.clone().into(),
+            "--train-config".into(),
+            settings.clone().into(),
+        ];
+        args.extend(self.base_flags().into_iter().map(Into::into));
+        let text = crate::yaml::to_string(&self.config);
         std::thread::spawn(move || {
-            let result = crate::train::data::load(&opts.data)
-                .and_then(|examples| crate::train::command::plan(&opts, config, &examples))
-                .map_err(|e| format!("{e:#}"));
+            let result = text
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|text| {
+                    std::fs::write(&settings, text).map_err(|e| format!("cannot write {}: {e}", settings.display()))
+                })
+                .and_then(|()| estimate(&args));
+            let _ = std::fs::remove_file(&settings);
             let _ = tx.send(result);
         });
         self.asked = Some(rx);
@@ -272,7 +302,7 @@ impl Pending {
             ),
         ];
         let base = match (&self.estimate, self.base) {
-            (Some(Ok((plan, _))), BaseChoice::File) if !self.estimating() => match &plan.qlora {
+            (Some(Ok(plan)), BaseChoice::File) if !self.estimating() => match &plan.qlora {
                 Some(q) => format!("QLoRA over the file's own {q} blocks"),
                 None => "full precision (the file is not quantized)".to_string(),
             },
@@ -282,7 +312,7 @@ impl Pending {
         let mut warnings = crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0);
         match (&self.estimate, self.estimating()) {
             (_, true) => out.push("estimating memory and time (the model loaded, a probe step timed)…".into()),
-            (Some(Ok((plan, _))), false) => {
+            (Some(Ok(plan)), false) => {
                 let time = plan.seconds.map(crate::runs::duration).unwrap_or_else(|| "unknown".into());
                 out.push(format!(
                     "estimate: about {:.0} MB at the peak, about {time} in all (a probe step timed here)",
@@ -414,7 +444,7 @@ impl TrainScreen {
             Ok(c) => c.train,
             Err(e) => return Outcome::Error(format!("{e:#}")),
         };
-        self.pending = Some(Pending::new(data, model.trim(), config, examples));
+        self.pending = Some(Pending::new(self, data, model.trim(), config, examples));
         Outcome::Done
     }
 
