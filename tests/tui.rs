@@ -741,6 +741,13 @@ fn snapshot_eval_screen_with_a_report_and_its_pairs() {
     press(&mut app, &clock, KeyCode::Enter);
     let screen = draw(&app);
     assert!(screen.contains("fin-ner · train-fin · 0-shot (30 pairs") && screen.contains("pred $0.94"), "{screen}");
+    // A line that is not a prediction is named, not skipped in silence; the pairs still show.
+    let mut file = std::fs::OpenOptions::new().append(true).open(run.join("predictions.jsonl")).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"model\": \"cut\n").unwrap();
+    press(&mut app, &clock, KeyCode::Esc);
+    press(&mut app, &clock, KeyCode::Enter);
+    let screen = draw(&app);
+    assert!(screen.contains("1 line(s) left out") && screen.contains("(30 pairs"), "{screen}");
 }
 
 /// The Compare tab: a prompt from the evaluation sets, answered by the base model (the only

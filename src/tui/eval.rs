@@ -217,17 +217,20 @@ impl EvalScreen {
         };
         let Some(dataset) = report.datasets.get(self.row).cloned() else { return Outcome::Ignored };
         let Some((model, k)) = self.columns().get(self.col).cloned() else { return Outcome::Ignored };
-        let text = match std::fs::read_to_string(run.join("predictions.jsonl")) {
-            Ok(t) => t,
-            Err(e) => return Outcome::Error(format!("{}: {e}", run.join("predictions.jsonl").display())),
-        };
-        let preds: Vec<Prediction> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Prediction>(l).ok())
-            .filter(|p| p.model == model && p.dataset == dataset && p.k == k)
-            .collect();
+        // The run's own reader of appended lines: a line still being written waits, a line
+        // that is not a prediction is named, never skipped in silence.
+        let path = run.join(crate::eval::run::PREDICTIONS);
+        if !path.is_file() {
+            return Outcome::Error(format!("{}: no predictions yet", path.display()));
+        }
+        let batch = crate::runs::Tail::file(&path).read_records::<Prediction>();
+        let preds: Vec<Prediction> =
+            batch.entries.into_iter().filter(|p| p.model == model && p.dataset == dataset && p.k == k).collect();
         self.detail = Some((format!(" {dataset} · {model} · {k}-shot ({} pairs; Esc closes) ", preds.len()), preds, 0));
-        Outcome::Done
+        match batch.dropped.first() {
+            Some(first) => Outcome::Error(format!("{} line(s) left out: {first}", batch.dropped.len())),
+            None => Outcome::Done,
+        }
     }
 
     fn start(&mut self, model: &str) -> Outcome {
