@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use selfspec::eval::data::load_dir;
-use selfspec::metrics::Scorer;
 use selfspec::eval::run::{prompt, Report};
+use selfspec::metrics::Scorer;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

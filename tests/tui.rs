@@ -567,7 +567,8 @@ fn review_decides_undoes_filters_and_exports() {
     // A real model: its memory and time, estimated with a probe step by `selfspec train
     // --plan`; p cycles the base.
     press(&mut app, &clock, KeyCode::Esc);
-    app.generate.model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer").display().to_string();
+    app.generate.model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/writer").display().to_string();
     keys(&mut app, &clock, "s");
     assert!(said(&app).contains("estimating memory and time"), "{}", said(&app));
     ended(&mut app);

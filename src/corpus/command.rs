@@ -7,11 +7,7 @@ use anyhow::Context;
 /// `index build`: a BM25 index of a corpus, with progress on stderr.
 pub fn build(source: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
     if out.exists() && force {
-        anyhow::ensure!(
-            super::is_index(out),
-            "{} exists and is not an index; not removing it",
-            out.display()
-        );
+        anyhow::ensure!(super::is_index(out), "{} exists and is not an index; not removing it", out.display());
         std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
     }
     let stats = super::build(source, out, &mut |n, secs| {

@@ -306,9 +306,9 @@ pub fn paired_report(
     split: bool,
     stats: &super::stats::Settings,
 ) -> anyhow::Result<serde_json::Value> {
-    use crate::metrics::{split_references, Scorer};
     use super::report::exact_match;
     use super::stats::{self, Group};
+    use crate::metrics::{split_references, Scorer};
     stats.check()?;
     let la = paired_lines(a)?;
     let lb = paired_lines(b)?;

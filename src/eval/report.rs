@@ -11,8 +11,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::data::Dataset;
-use crate::metrics::squad_tokens;
 use super::stats::{self, Delta, Estimate, Group, Settings};
+use crate::metrics::squad_tokens;
 
 /// The name the base model goes by in reports.
 pub const BASE: &str = "base";

@@ -9,10 +9,10 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::data::{Dataset, Example};
-use crate::metrics::{split_references, Scorer};
 pub use super::report::{Cell, Prediction, Report, BASE};
 use crate::backend::{Engine, Job, Prompt};
 use crate::decode::{self, Request};
+use crate::metrics::{split_references, Scorer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -509,7 +509,14 @@ impl Decoder {
     /// projection is the costliest step to spend on prompt tokens. On the CPU in f32 with a
     /// plain head the logits are made and dropped a chunk of rows at a time
     /// ([`fused::head_nll`]); otherwise they are made whole.
-    pub fn nll_at(&self, tokens: &Tensor, cache: &mut Cache, pass: Pass, at: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+    pub fn nll_at(
+        &self,
+        tokens: &Tensor,
+        cache: &mut Cache,
+        pass: Pass,
+        at: &Tensor,
+        targets: Vec<u32>,
+    ) -> Result<Tensor> {
         let x = self.hidden(tokens, cache, pass)?;
         let (rows, new, hidden) = x.dims3()?;
         let x = x.reshape((rows * new, hidden))?.index_select(at, 0)?;
@@ -805,22 +812,19 @@ impl Decoder {
         layer.o.forward(&out.reshape((rows, new, nh * hd))?)
     }
 
+    /// The blocks' seven projections, layer by layer.
+    fn projections(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+    }
+
     /// Bytes of weights one decoding step reads: every projection and the vocabulary head.
     pub fn step_weight_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .chain([&self.lm_head])
-            .map(Linear::weight_bytes)
-            .sum()
+        self.projections().chain([&self.lm_head]).map(Linear::weight_bytes).sum()
     }
 
     /// The row gate of the adapter `name` (shared by all its layers), if it is loaded.
     pub fn gate(&self, name: &str) -> Option<crate::model::linear::Gate> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .find_map(|lin| lin.adapters.iter().find(|a| a.name == name).map(|a| a.gate.clone()))
+        self.projections().find_map(|lin| lin.adapters.iter().find(|a| a.name == name).map(|a| a.gate.clone()))
     }
 
     /// The names of the adapters loaded (in the first layer's order).
@@ -832,8 +836,7 @@ impl Decoder {
     /// projections and the head. Returns how many weights follow the setting.
     pub fn set_int8_activations(&mut self, on: bool) -> usize {
         let mut n = 0;
-        let blocks = self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
-        for linear in blocks.chain([&self.lm_head]) {
+        for linear in self.projections().chain([&self.lm_head]) {
             if let Base::QPacked(q) = &linear.base {
                 q.set_int8(on);
                 n += 1;
@@ -842,18 +845,11 @@ impl Decoder {
         n
     }
 
-    /// Every projection of the blocks, named as in the checkpoint and in PEFT's
-    /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
     /// The GGML block types the projections are stored in, each once, in layer order (empty:
     /// all dense).
     pub fn projection_block_types(&self) -> Vec<candle_core::quantized::GgmlDType> {
         let mut types = Vec::new();
-        for t in self
-            .layers
-            .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .filter_map(|lin| lin.block_type())
-        {
+        for t in self.projections().filter_map(Linear::block_type) {
             if !types.contains(&t) {
                 types.push(t);
             }
@@ -861,6 +857,8 @@ impl Decoder {
         types
     }
 
+    /// Every projection of the blocks, named as in the checkpoint and in PEFT's
+    /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {

@@ -389,8 +389,7 @@ mod tests {
         for &p in pad {
             for q in start..total {
                 for k in 0..total {
-                    let hidden =
-                        if q < p { k != q } else { k < p || k > q || window.is_some_and(|w| q - k >= w) };
+                    let hidden = if q < p { k != q } else { k < p || k > q || window.is_some_and(|w| q - k >= w) };
                     data.push(if hidden { f32::NEG_INFINITY } else { 0.0 });
                 }
             }
@@ -402,7 +401,8 @@ mod tests {
     fn check(pad: &[usize], start: usize, new: usize, window: Option<usize>, (nh, nkv, hd): (usize, usize, usize)) {
         let rows = pad.len();
         let total = start + new;
-        let (q, k, v) = (var(&[rows, new, nh, hd], 1), var(&[rows, total, nkv, hd], 2), var(&[rows, total, nkv, hd], 3));
+        let (q, k, v) =
+            (var(&[rows, new, nh, hd], 1), var(&[rows, total, nkv, hd], 2), var(&[rows, total, nkv, hd], 3));
         let w = var(&[rows, new, nh, hd], 4);
         let scale = 1.0 / (hd as f32).sqrt();
         let visible = Visible::new(pad, start, new, window);

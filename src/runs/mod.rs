@@ -193,10 +193,6 @@ pub fn list(root: &Path) -> Vec<Summary> {
     out
 }
 
-/// Starts `selfspec ARGS…` detached: a new session (no controlling terminal, so neither a
-/// Ctrl-C meant for the workbench nor a closed SSH connection reaches it), SIGHUP ignored, stdin
-/// closed, stdout and stderr appended to `dir/output.log`. A thread reaps it when it ends; the run
-/// belongs to its folder, not to the caller.
 /// The selfspec program the workbench runs its commands with: `SELFSPEC_EXE` when set (the
 /// tests point it at the built binary), else this process's own program.
 pub fn program() -> Result<std::path::PathBuf, String> {
@@ -206,6 +202,10 @@ pub fn program() -> Result<std::path::PathBuf, String> {
     }
 }
 
+/// Starts `selfspec ARGS…` detached: a new session (no controlling terminal, so neither a
+/// Ctrl-C meant for the workbench nor a closed SSH connection reaches it), SIGHUP ignored, stdin
+/// closed, stdout and stderr appended to `dir/output.log`. A thread reaps it when it ends; the run
+/// belongs to its folder, not to the caller.
 pub fn spawn(args: &[OsString], dir: &Path) -> Result<Spawned, String> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;

@@ -101,10 +101,8 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
 
 /// `selfspec train --plan`: the plan as one JSON object on stdout (and as lines on stderr).
 fn plan_only(opts: &Options, config: TrainConfig, examples: &[super::data::Example]) -> anyhow::Result<u8> {
-    let (plan, note) = plan(opts, config, examples)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
+    let (mut model, job) = load(opts, config, None)?;
+    let plan = run::plan(&mut model, &job, examples)?;
     eprintln!("{}", plan.line());
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -113,33 +111,43 @@ fn plan_only(opts: &Options, config: TrainConfig, examples: &[super::data::Examp
     Ok(0)
 }
 
-/// The plan of a run of `opts` with `config` over `examples` (what `--plan` prints and the
-/// Train tab shows), and what [`set_base`] said about the base; prints nothing, writes nothing.
-pub fn plan(
+/// The model with its frozen base stored as asked ([`set_base`]) and the run's job: the
+/// examples' template (a resumed run keeps `recorded`'s) and the base as loaded. Says both on
+/// stderr.
+fn load(
     opts: &Options,
     config: TrainConfig,
-    examples: &[super::data::Example],
-) -> anyhow::Result<(super::Plan, Option<String>)> {
-    config.check().map_err(|e| anyhow::anyhow!("training settings: {e}"))?;
+    recorded: Option<run::TrainJob>,
+) -> anyhow::Result<(crate::model::Model, run::TrainJob)> {
     let prompt_format = match opts.prompt_format {
-        crate::prompts::PromptFormat::Auto => {
-            let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
-            crate::prompts::PromptFormat::Auto.resolve(template)
-        }
+        crate::prompts::PromptFormat::Auto => match &recorded {
+            Some(old) if opts.resume => old.prompt_format,
+            _ => {
+                let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
+                crate::prompts::PromptFormat::Auto.resolve(template)
+            }
+        },
         f => f,
     };
-    let (device, _) = opts.model.device.open();
-    let mut model = crate::model::Model::load(&opts.model.name, opts.model.dtype, &device)?;
-    let note = set_base(&mut model, opts.qlora, opts.dequantize)?;
-    let absolute = std::path::absolute(&opts.data).unwrap_or_else(|_| opts.data.clone());
-    let job = run::TrainJob {
-        model: opts.model.name.clone(),
-        data: absolute,
-        config,
-        qlora: run::base_record(&model),
-        prompt_format,
-    };
-    Ok((run::plan(&mut model, &job, examples)?, note))
+    eprintln!(
+        "examples written in the {} template",
+        if prompt_format == crate::prompts::PromptFormat::Chat { "model's chat" } else { "Alpaca" }
+    );
+    let mut model = opts.model.load()?;
+    if let Some(note) = set_base(&mut model, opts.qlora, opts.dequantize)? {
+        eprintln!("{note}");
+    }
+    let mut qlora = run::base_record(&model);
+    // Runs made before the file's own blocks were recorded say null for them; resuming one
+    // without --qlora or --dequantize trains over the same blocks.
+    if let Some(old) = recorded.filter(|_| opts.resume && opts.qlora.is_none() && !opts.dequantize) {
+        if old.qlora.is_none() && old.model == opts.model.name {
+            qlora = None;
+        }
+    }
+    let data = std::path::absolute(&opts.data).unwrap_or_else(|_| opts.data.clone());
+    let job = run::TrainJob { model: opts.model.name.clone(), data, config, qlora, prompt_format };
+    Ok((model, job))
 }
 
 /// Stores the frozen base's projections the way the run asked: as the file has them (a GGUF
@@ -151,7 +159,7 @@ fn set_base(
     dequantize: bool,
 ) -> anyhow::Result<Option<String>> {
     let types = model.decoder.projection_block_types();
-    let file = types.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join("+");
+    let file = run::base_record(model).unwrap_or_default();
     let mb = |b: usize| b as f64 / 1e6;
     if let Some(q) = qlora {
         anyhow::ensure!(
@@ -200,37 +208,8 @@ fn train_locked(
     config: TrainConfig,
     examples: &[super::data::Example],
 ) -> anyhow::Result<u8> {
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let recorded = crate::runs::read_job::<run::TrainJob>(dir, crate::runs::Kind::Train).ok().flatten();
-    let prompt_format = match opts.prompt_format {
-        crate::prompts::PromptFormat::Auto => {
-            match &recorded {
-                Some(old) if opts.resume => old.prompt_format,
-                _ => {
-                    let template = crate::model::load_tokenizer(&opts.model.name)?.has_chat_template();
-                    crate::prompts::PromptFormat::Auto.resolve(template)
-                }
-            }
-        }
-        f => f,
-    };
-    eprintln!(
-        "examples written in the {} template",
-        if prompt_format == crate::prompts::PromptFormat::Chat { "model's chat" } else { "Alpaca" }
-    );
-    let mut model = opts.model.load()?;
-    if let Some(note) = set_base(&mut model, opts.qlora, opts.dequantize)? {
-        eprintln!("{note}");
-    }
-    let mut qlora = run::base_record(&model);
-    // Runs made before the file's own blocks were recorded say null for them; resuming one
-    // without --qlora or --dequantize trains over the same blocks.
-    if let Some(old) = recorded.filter(|_| opts.resume && opts.qlora.is_none() && !opts.dequantize) {
-        if old.qlora.is_none() && old.model == opts.model.name {
-            qlora = None;
-        }
-    }
-    let job = run::TrainJob { model: opts.model.name.clone(), data: absolute(&opts.data), config, qlora, prompt_format };
+    let (mut model, job) = load(opts, config, recorded)?;
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), opts.detached);
     let end = run::train(lock, &mut model, &job, examples, dir, opts.resume, &cancel, &mut |e| {

@@ -296,10 +296,11 @@ pub struct Plan {
 }
 
 /// Bytes of activations a block keeps for its backward, per token (f32): the fused ops' one
-/// output each — about ten hidden-wide tensors, four key/value-wide and three MLP-wide.
+/// output each — about eight hidden-wide tensors, two key/value-wide and three MLP-wide (the
+/// attention reads the projections token-major, so no head-major copies are kept).
 fn block_bytes_per_token(s: &crate::model::config::DecoderSpec) -> f64 {
     let kv = (s.num_kv_heads * s.head_dim) as f64;
-    4.0 * (10.0 * s.hidden_size as f64 + 4.0 * kv + 3.0 * s.intermediate_size as f64)
+    4.0 * (8.0 * s.hidden_size as f64 + 2.0 * kv + 3.0 * s.intermediate_size as f64)
 }
 
 impl Plan {
@@ -494,10 +495,16 @@ pub struct Batch {
     pub pad: Vec<usize>,
 }
 
+/// Labels of one row that count in the loss (each predicts from the position before it, so the
+/// first cannot; −100 is none).
+pub fn targets(labels: &[i64]) -> usize {
+    labels.iter().skip(1).filter(|&&x| x >= 0).count()
+}
+
 impl Batch {
     /// Tokens that count in the loss (each label predicts from the position before it).
     pub fn targets(&self) -> usize {
-        self.labels.iter().map(|l| l.iter().skip(1).filter(|&&x| x >= 0).count()).sum()
+        self.labels.iter().map(|l| targets(l)).sum()
     }
 
     pub fn tokens(&self) -> usize {
@@ -785,19 +792,16 @@ impl Trainer {
             pad: vec![0],
         };
         let (warm, probe) = (batch(ids.len().min(16)), batch(ids.len()));
-        self.set_dropout(model, Some(self.config.seed));
-        let mut result = Ok(0.0);
-        for b in [&warm, &probe] {
+        let timed = |model: &Model, b: &Batch| -> anyhow::Result<f64> {
             let started = std::time::Instant::now();
-            let done = self.backward(model, b, b.targets().max(1), &mut |_| Ok(()));
-            result = done.map(|_| started.elapsed().as_secs_f64());
-            if result.is_err() {
-                break;
-            }
-        }
+            self.backward(model, b, b.targets().max(1), &mut |_| Ok(()))?;
+            Ok(started.elapsed().as_secs_f64())
+        };
+        self.set_dropout(model, Some(self.config.seed));
+        let secs = timed(model, &warm).and_then(|_| timed(model, &probe));
         self.set_dropout(model, None);
         let cost = Cost::new(model, self.config.gradient_checkpointing);
-        Ok(result? / cost.micro(ids.len(), &[ids.len()], probe.targets()).max(1.0))
+        Ok(secs? / cost.micro(ids.len(), &[ids.len()], probe.targets()).max(1.0))
     }
 
     /// The adapter's tensors as PEFT names them, with AdamW's moments (for checkpoints).

@@ -167,7 +167,6 @@ struct Prepared {
     tasks: Vec<Option<String>>,
     truncated: usize,
     dropped: usize,
-    lengths: Vec<usize>,
     steps: Vec<Vec<Vec<usize>>>,
     per_epoch: usize,
 }
@@ -185,7 +184,7 @@ fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Resul
     let (encoded, tasks): (Vec<Encoded>, Vec<Option<String>>) = encoded
         .into_iter()
         .zip(examples.iter().map(|e| e.task.clone()))
-        .filter(|(e, _)| e.labels.iter().skip(1).any(|&l| l >= 0))
+        .filter(|(e, _)| super::targets(&e.labels) > 0)
         .unzip();
     let dropped = before - encoded.len();
     anyhow::ensure!(
@@ -195,50 +194,41 @@ fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Resul
     );
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
     let (steps, per_epoch) = data::schedule(&lengths, c)?;
-    Ok(Prepared { encoded, tasks, truncated, dropped, lengths, steps, per_epoch })
+    Ok(Prepared { encoded, tasks, truncated, dropped, steps, per_epoch })
 }
 
-/// The seconds `steps` should take: their micro-batches' [`super::Cost`] at the rate of a probe
-/// step of up to 256 tokens on this machine.
-fn estimate_seconds(
-    model: &mut Model,
-    trainer: &Trainer,
-    encoded: &[Encoded],
-    steps: &[Vec<Vec<usize>>],
-) -> anyhow::Result<f64> {
-    let Some(first) = encoded.iter().map(|e| &e.ids).find(|ids| !ids.is_empty()) else { return Ok(0.0) };
-    let n = 256.min(super::row_length(model, trainer.config.max_seq_length)).max(1);
-    let ids: Vec<u32> = first.iter().copied().cycle().take(n).collect();
-    let per_unit = trainer.probe(model, &ids)?;
-    let cost = super::Cost::new(model, trainer.config.gradient_checkpointing);
-    let mut units = 0.0;
-    for micro in steps.iter().flatten() {
-        let lens: Vec<usize> = micro.iter().map(|&i| encoded[i].ids.len()).collect();
-        let targets = micro.iter().map(|&i| encoded[i].labels.iter().skip(1).filter(|&&l| l >= 0).count()).sum();
-        units += cost.micro(lens.iter().copied().max().unwrap_or(0), &lens, targets);
+impl Prepared {
+    /// The plan of the steps from `trainer`'s on: the memory of the longest micro-batch, and
+    /// the seconds of their micro-batches' [`super::Cost`] at the rate of a probe step of up to
+    /// 256 tokens on this machine.
+    fn plan(&self, model: &mut Model, trainer: &Trainer) -> anyhow::Result<super::Plan> {
+        let c = &trainer.config;
+        let longest = self.encoded.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let tokens = c.per_device_train_batch_size.min(self.encoded.len()) * longest;
+        let n = 256.min(super::row_length(model, c.max_seq_length)).max(1);
+        let probe: Vec<u32> = self.encoded[0].ids.iter().copied().cycle().take(n).collect();
+        let per_unit = trainer.probe(model, &probe)?;
+        let cost = super::Cost::new(model, c.gradient_checkpointing);
+        let mut units = 0.0;
+        for micro in self.steps[trainer.step.min(self.steps.len())..].iter().flatten() {
+            let lens: Vec<usize> = micro.iter().map(|&i| self.encoded[i].ids.len()).collect();
+            let targets = micro.iter().map(|&i| super::targets(&self.encoded[i].labels)).sum();
+            units += cost.micro(lens.iter().copied().max().unwrap_or(0), &lens, targets);
+        }
+        let steps = (self.steps.len(), self.per_epoch);
+        let available = super::available_memory_mb();
+        Ok(super::Plan::new(model, c, self.encoded.len(), tokens, steps, available, Some(units * per_unit)))
     }
-    Ok(units * per_unit)
 }
 
 /// What a run of `job` would do (`selfspec train --plan`, the Train tab): the examples encoded,
 /// the schedule, the memory and a probe step timed, with the adapter attached to `model` but
 /// nothing written.
 pub fn plan(model: &mut Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<super::Plan> {
-    let c = &job.config;
-    c.check().map_err(anyhow::Error::msg)?;
-    let Prepared { encoded, lengths, steps, per_epoch, .. } = prepare(model, job, examples)?;
-    let trainer = Trainer::new(model, ADAPTER_NAME, c.clone(), &job.model)?;
-    let seconds = estimate_seconds(model, &trainer, &encoded, &steps)?;
-    let tokens = c.per_device_train_batch_size.min(lengths.len()) * lengths.iter().max().copied().unwrap_or(0);
-    Ok(super::Plan::new(
-        model,
-        c,
-        encoded.len(),
-        tokens,
-        (steps.len(), per_epoch),
-        super::available_memory_mb(),
-        Some(seconds),
-    ))
+    job.config.check().map_err(anyhow::Error::msg)?;
+    let prepared = prepare(model, job, examples)?;
+    let trainer = Trainer::new(model, ADAPTER_NAME, job.config.clone(), &job.model)?;
+    prepared.plan(model, &trainer)
 }
 
 /// How the frozen base is stored, as a run records it: its projections' GGML block types
@@ -290,8 +280,9 @@ pub fn train(
         );
         crate::runs::write_config(dir, Kind::Train, job)?;
     }
-    let Prepared { encoded, tasks, truncated, dropped, lengths, steps, per_epoch } = prepare(model, job, examples)?;
-    let total = steps.len();
+    let prepared = prepare(model, job, examples)?;
+    let (total, per_epoch, truncated, dropped) =
+        (prepared.steps.len(), prepared.per_epoch, prepared.truncated, prepared.dropped);
     let base = job.model.clone();
     let mut warm_note = None;
     let mut trainer = match (&checkpoint, resume) {
@@ -313,7 +304,16 @@ pub fn train(
                 Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
             }
             super::Init::Task(_) | super::Init::Reptile { .. } => {
-                match super::warm::start(model, ADAPTER_NAME, c, &encoded, &tasks, &base, dir, cancel)? {
+                match super::warm::start(
+                    model,
+                    ADAPTER_NAME,
+                    c,
+                    &prepared.encoded,
+                    &prepared.tasks,
+                    &base,
+                    dir,
+                    cancel,
+                )? {
                     Some(s) => {
                         warm_note = Some(s.note);
                         s.trainer
@@ -349,17 +349,7 @@ pub fn train(
         emit(&TrainEvent::Note { text }, on_event)?;
     }
     let resumed_from = if resume { checkpoint.as_ref().map(|(n, _)| *n) } else { None };
-    let tokens = c.per_device_train_batch_size.min(lengths.len()) * lengths.iter().max().copied().unwrap_or(0);
-    let seconds = estimate_seconds(model, &trainer, &encoded, &steps[trainer.step.min(total)..])?;
-    let plan = super::Plan::new(
-        model,
-        c,
-        encoded.len(),
-        tokens,
-        (total, per_epoch),
-        super::available_memory_mb(),
-        Some(seconds),
-    );
+    let plan = prepared.plan(model, &trainer)?;
     let warnings = plan.warnings.clone();
     emit(
         &TrainEvent::Started {
@@ -385,7 +375,8 @@ pub fn train(
             emit(&e, on_event)?;
             return Ok(e);
         }
-        let micro: Vec<Batch> = steps[trainer.step].iter().map(|rows| data::batch(&encoded, rows)).collect();
+        let micro: Vec<Batch> =
+            prepared.steps[trainer.step].iter().map(|rows| data::batch(&prepared.encoded, rows)).collect();
         let t0 = Instant::now();
         let stats = trainer.step(model, &micro, total)?;
         let secs = t0.elapsed().as_secs_f64();

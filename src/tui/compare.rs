@@ -14,8 +14,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::Outcome;
 use super::theme::Theme;
+use super::Outcome;
 use crate::workspace::Workspace;
 
 /// New tokens per answer.

@@ -11,9 +11,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Bar, BarChart, BarGroup, Block, Borders, Clear, Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::Outcome;
-use super::truncate;
 use super::theme::Theme;
+use super::truncate;
+use super::Outcome;
 use crate::eval::follow::Evaluation;
 use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
 use crate::runs::Following;

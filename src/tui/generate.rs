@@ -21,9 +21,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::Outcome;
-use super::truncate;
 use super::theme::Theme;
+use super::truncate;
+use super::Outcome;
 use crate::generate::follow::Generation;
 use crate::generate::pipeline::{Mode, Progress};
 use crate::runs::Following;

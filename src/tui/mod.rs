@@ -76,7 +76,6 @@ pub fn trained_adapters(workspace: &Workspace) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-
 pub struct Options {
     pub workspace: Workspace,
     pub config: Config,
@@ -142,14 +141,18 @@ pub fn panel(
 
 /// Starts `selfspec --config C --workspace W COMMAND --detached ARGS…` for the run in `dir`,
 /// detached ([`crate::runs::spawn`]): it outlives the workbench and the SSH session.
+/// The options every command the workbench runs takes first: its configuration and workspace.
+fn global_args(config_file: &std::path::Path, workspace: &std::path::Path) -> Vec<std::ffi::OsString> {
+    vec!["--config".into(), config_file.into(), "--workspace".into(), workspace.into()]
+}
+
 fn start_run(
     config_file: &std::path::Path,
     workspace: &Workspace,
     args: &[std::ffi::OsString],
     dir: &std::path::Path,
 ) -> Result<crate::runs::Spawned, String> {
-    let mut all: Vec<std::ffi::OsString> =
-        vec!["--config".into(), config_file.into(), "--workspace".into(), workspace.root.clone().into_os_string()];
+    let mut all = global_args(config_file, &workspace.root);
     if let Some((command, rest)) = args.split_first() {
         all.push(command.clone());
         all.push("--detached".into());

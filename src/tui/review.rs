@@ -12,9 +12,9 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::editor::TextEditor;
-use super::Outcome;
-use super::truncate;
 use super::theme::Theme;
+use super::truncate;
+use super::Outcome;
 use crate::generate::review::Review;
 use crate::generate::samples::{Sample, Status};
 use crate::workspace::Workspace;

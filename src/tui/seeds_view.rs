@@ -16,7 +16,6 @@ use crate::seeds::{Seed, Task};
 const LABEL_WIDTH: u16 = 6;
 const MAX_PROBLEM_LINES: usize = 3;
 
-
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }

@@ -22,8 +22,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::Outcome;
 use super::theme::Theme;
+use super::Outcome;
 use crate::eval::run::Prediction;
 use crate::runs::{Kind, State, Tail};
 use crate::sweep::{Point, Spec, SweepEvent};

@@ -17,9 +17,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::Outcome;
-use super::truncate;
 use super::theme::Theme;
+use super::truncate;
+use super::Outcome;
 use crate::model::gguf::QuantType;
 use crate::runs::{State as RunState, Tail};
 use crate::train::follow::{Step, Training};
@@ -101,13 +101,17 @@ impl BaseChoice {
     }
 
     /// The `selfspec train` flags it takes, and their words on the screen.
-    fn flags(self) -> (Vec<&'static str>, &'static str) {
+    fn flags(self) -> (Vec<String>, String) {
         match self {
-            BaseChoice::File => (vec![], "as the file stores it"),
-            BaseChoice::Dequantize => (vec!["--dequantize"], "f32 copies of quantized projections (--dequantize)"),
-            BaseChoice::Qlora(QuantType::Q4_0) => (vec!["--qlora", "q4_0"], "QLoRA in q4_0 blocks (--qlora q4_0)"),
-            BaseChoice::Qlora(QuantType::Q4k) => (vec!["--qlora", "q4k"], "QLoRA in q4k blocks (--qlora q4k)"),
-            BaseChoice::Qlora(QuantType::Q8_0) => (vec!["--qlora", "q8_0"], "QLoRA in q8_0 blocks (--qlora q8_0)"),
+            BaseChoice::File => (vec![], "as the file stores it".into()),
+            BaseChoice::Dequantize => {
+                (vec!["--dequantize".into()], "f32 copies of quantized projections (--dequantize)".into())
+            }
+            BaseChoice::Qlora(q) => {
+                // The command line's name of the type (q4_0, q4k, q8_0).
+                let name = format!("{q:?}").to_lowercase();
+                (vec!["--qlora".into(), name.clone()], format!("QLoRA in {name} blocks (--qlora {name})"))
+            }
         }
     }
 }
@@ -193,21 +197,9 @@ impl Pending {
         static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let settings = std::env::temp_dir().join(format!("selfspec-plan-{}-{n}.yaml", std::process::id()));
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "--config".into(),
-            self.config_file.clone().into(),
-            "--workspace".into(),
-            self.workspace.clone().into(),
-            "train".into(),
-            "--plan".into(),
-            "--model".into(),
-            self.model.clone().into(),
-            "--data".into(),
-            self.data.clone().into(),
-            "--train-config".into(),
-            settings.clone().into(),
-        ];
-        args.extend(self.base_flags().into_iter().map(Into::into));
+        let mut args = super::global_args(&self.config_file, &self.workspace);
+        args.extend(self.train_args(&settings));
+        args.push("--plan".into());
         let text = crate::yaml::to_string(&self.config);
         std::thread::spawn(move || {
             let result = text
@@ -244,9 +236,13 @@ impl Pending {
         self.asked.is_some()
     }
 
-    /// The `selfspec train` flags of the base chosen.
-    fn base_flags(&self) -> Vec<&'static str> {
-        self.base.flags().0
+    /// `selfspec train` with the model, the data, the settings written to `settings` and the
+    /// base chosen: what the estimate and the run both take.
+    fn train_args(&self, settings: &Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--model".into(), self.model.clone().into()];
+        args.extend(["--data".into(), self.data.clone().into(), "--train-config".into(), settings.into()]);
+        args.extend(self.base.flags().0.into_iter().map(Into::into));
+        args
     }
 
     fn handle_key(&mut self, key: KeyCode) -> bool {
@@ -264,7 +260,9 @@ impl Pending {
         }
         let c = &mut self.config;
         match key {
-            KeyCode::Char('b') => c.per_device_train_batch_size = cycle(c.per_device_train_batch_size, &[1, 2, 4, 8, 16]),
+            KeyCode::Char('b') => {
+                c.per_device_train_batch_size = cycle(c.per_device_train_batch_size, &[1, 2, 4, 8, 16])
+            }
             KeyCode::Char('a') => {
                 c.gradient_accumulation_steps = cycle(c.gradient_accumulation_steps, &[1, 2, 4, 8, 16, 32])
             }
@@ -306,7 +304,7 @@ impl Pending {
                 Some(q) => format!("QLoRA over the file's own {q} blocks"),
                 None => "full precision (the file is not quantized)".to_string(),
             },
-            (_, b) => b.flags().1.to_string(),
+            (_, b) => b.flags().1,
         };
         out.push(format!("p frozen base: {base}"));
         let mut warnings = crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0);
@@ -452,8 +450,7 @@ impl TrainScreen {
         if let Err(e) = pending.config.check() {
             return Outcome::Error(format!("training settings: {e}"));
         }
-        let (data, model) = (pending.data.as_path(), pending.model.as_str());
-        let stem = data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = pending.data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let dir = self.workspace.runs_dir().join(format!("train-{stem}-{secs}"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -466,10 +463,8 @@ impl TrainScreen {
         if let Err(e) = written {
             return Outcome::Error(format!("cannot write {}: {e:#}", settings.display()));
         }
-        let mut args: Vec<std::ffi::OsString> = ["train", "--model", model, "--data"].map(Into::into).to_vec();
-        args.extend([data.as_os_str().to_owned(), "--run".into(), dir.clone().into_os_string()]);
-        args.extend(["--train-config".into(), settings.into_os_string()]);
-        args.extend(pending.base_flags().into_iter().map(Into::into));
+        let mut args = pending.train_args(&settings);
+        args.extend(["--run".into(), dir.clone().into_os_string()]);
         // Detached: it outlives the workbench and the SSH session; x or SIGTERM stops it with a
         // checkpoint.
         match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
