@@ -46,6 +46,9 @@ def main():
     strings = varied_strings(args.n, args.seed, specials)
     failed = 0
     for chat in (False, True):
+        if chat and not tok.chat_template:
+            print(f"{os.path.basename(path)}: chat template: none in the file (a base model), not checked")
+            continue
         ours = selfspec_ids(args.binary, path, strings, chat)
         if chat:
             theirs = [list(tok.apply_chat_template([{"role": "user", "content": s}], add_generation_prompt=True,

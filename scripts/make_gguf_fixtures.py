@@ -12,7 +12,13 @@ weights: Llama 3 rope scaling as the `rope_freqs` tensor (computed here with lla
 converter formula) and Mistral's `attention.sliding_window`. transformers' GGUF loader reads
 neither, so their expected.json comes from transformers on the original Hugging Face model.
 
+One more comes from the gguf package as llama.cpp's converter lays out Gemma 3 (norms stored
+with their 1 added, `post_attention_norm`/`ffn_norm`/`post_ffw_norm`, every sixth layer global,
+the local rotary base 10,000), Q8_0, with transformers' GGUF loader as the reference (it
+subtracts the 1 again).
+
     python scripts/make_gguf_fixtures.py target/release/selfspec
+    python scripts/make_gguf_fixtures.py target/release/selfspec gemma3   # only the Gemma 3 file
 """
 import json
 import os
@@ -24,7 +30,7 @@ import tempfile
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter, quants
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_tiny_models import VOCAB, save_random_model  # noqa: E402
@@ -112,6 +118,71 @@ def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
     w.close()
 
 
+def write_gemma3_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
+    """A gemma3 GGUF written by the gguf package with llama.cpp's converter's conventions."""
+    from safetensors.numpy import load_file
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    t = load_file(os.path.join(hf_dir, "model.safetensors"))
+    w = GGUFWriter(path, "gemma3")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
+             "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for name, data in t.items():
+        if name in names:
+            gname = names[name]
+        else:
+            layer, rest = name[len("model.layers."):].split(".", 1)
+            part, suffix = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{parts[part]}.{suffix}"
+        data = data.astype(np.float32)
+        if name.endswith("norm.weight"):
+            data = data + 1.0
+        if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
+            w.add_tensor(gname, quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(gname, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def gemma3(work):
+    """Six layers (the sixth global), a window of 4, head_dim 256 = query_pre_attn_scalar: Gemma 3 as
+    llama.cpp assumes it (and as transformers' GGUF loader, which reads no query scale, does)."""
+    config = Gemma3TextConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=6, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=4,
+                              max_position_embeddings=512, rms_norm_eps=1e-6, vocab_size=VOCAB,
+                              rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}})
+    hf = os.path.join(work, "gemma3")
+    _, tokenizer = save_random_model(config, True, 15, hf)
+    folder = os.path.join(OUT, "gemma3")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    shutil.copy(os.path.join(hf, "tokenizer.json"), folder)
+    fname = "q8_0-gguf-package.gguf"
+    write_gemma3_with_gguf_package(hf, os.path.join(folder, fname))
+    json.dump({fname: reference(folder, fname, tokenizer)}, open(os.path.join(folder, "expected.json"), "w"))
+
+
 def record(model, tokenizer):
     """Per prompt: `tokenizer(prompt)` ids, last-position logits and 16 greedy tokens."""
     cases = []
@@ -139,8 +210,12 @@ def reference_hf(hf_dir, tokenizer):
 
 def main():
     selfspec = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "selfspec")
-    shutil.rmtree(OUT, ignore_errors=True)
     work = tempfile.mkdtemp()
+    if sys.argv[2:] == ["gemma3"]:
+        gemma3(work)
+        shutil.rmtree(work)
+        return
+    shutil.rmtree(OUT, ignore_errors=True)
     models = {
         "llama": (LlamaConfig(tie_word_embeddings=False, **COMMON), True, 11),
         "qwen2": (Qwen2Config(tie_word_embeddings=True, **COMMON), False, 12),
@@ -180,6 +255,7 @@ def main():
         fname = "f32-gguf-package.gguf"
         write_with_gguf_package(hf, os.path.join(folder, fname), GGMLQuantizationType.F32)
         json.dump({fname: reference_hf(hf, tokenizer)}, open(os.path.join(folder, "expected.json"), "w"))
+    gemma3(work)
     shutil.rmtree(work)
 
 

@@ -18,10 +18,12 @@ with the tiny model's byte-level tokenizer in metadata and no tokenizer.json bes
 tests can load a lone file and compare its greedy tokens with transformers'.
 
     python scripts/make_gguf_tokenizer_fixtures.py
+    python scripts/make_gguf_tokenizer_fixtures.py gemma3   # only the Gemma-shaped file (spm-gemma3.gguf)
 """
 import json
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
@@ -248,8 +250,36 @@ def lone_model():
     return path
 
 
+def gemma_vocab(tmp):
+    """A SentencePiece BPE shaped as Gemma's file is: no prefix space, tokens of spaces stored as
+    real spaces and newline runs as user-defined tokens (both placed right after the control
+    tokens, as Gemma's are), and scores that do not follow the merge order (all zero)."""
+    tokens, _, types = sentencepiece_vocab(tmp)
+    runs = ["\n", "\n\n", "\n\n\n", "  ", "   ", "    ", "\t\t"]
+    at = max(i for i, t in enumerate(types) if t == 3) + 1
+    tokens = tokens[:at] + runs + tokens[at:]
+    types = types[:at] + [4] * len(runs) + types[at:]
+    return tokens, [0.0] * len(tokens), types
+
+
+def gemma(expected):
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens, scores, types = gemma_vocab(tmp)
+    name = "spm-gemma3.gguf"
+    path = os.path.join(OUT, name)
+    write(path, tokens, types, "llama", scores=scores, bos=1, eos=2, unk=0, add_bos=True, arch="gemma3")
+    expected[name] = record(path, varied_strings(1500, 4, ["<s>", "</s>", "<think>"]))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if sys.argv[1:] == ["gemma3"]:
+        with open(os.path.join(OUT, "expected.json"), encoding="utf-8") as f:
+            expected = json.load(f)
+        gemma(expected)
+        with open(os.path.join(OUT, "expected.json"), "w", encoding="utf-8") as f:
+            json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
+        return
     expected = {}
     tokens, merges, types = byte_level_vocab()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>"]
@@ -271,6 +301,7 @@ def main():
     # invents "<|endoftext|>" as a new id past the model's vocabulary (384 here), which no
     # model can embed; selfspec does not copy that.
     expected["lone/model.gguf"] = record(lone, varied_strings(200, 3, ["<s>", "</s>", "<pad>"]))
+    gemma(expected)
     with open(os.path.join(OUT, "expected.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
     for name, e in expected.items():

@@ -17,6 +17,9 @@ On the tiny random model tests/fixtures/models/llama3-gqa:
     python scripts/make_lora_fixtures.py           # from the repository root
     # after `selfspec train` wrote tests/fixtures/lora/ours/ (see tests/lora.rs):
     python scripts/make_lora_fixtures.py --ours
+    # the training fixture alone on tests/fixtures/models/gemma3-window, in tests/fixtures/lora-gemma3/
+    # (GELU-tanh, the extra norms, the embedding scale and the local rotary base in the backward):
+    python scripts/make_lora_fixtures.py --gemma3
 """
 import json
 import math
@@ -138,15 +141,25 @@ def train_fixture():
     print(json.dumps(report, indent=1))
 
 
-def tidy(folder):
+def tidy(folder, base="tests/fixtures/models/llama3-gqa"):
     """The base model path relative to the repository, and no model card."""
     path = os.path.join(folder, "adapter_config.json")
     cfg = json.load(open(path))
-    cfg["base_model_name_or_path"] = "tests/fixtures/models/llama3-gqa"
+    cfg["base_model_name_or_path"] = base
     json.dump(cfg, open(path, "w"), indent=2, sort_keys=True)
     card = os.path.join(folder, "README.md")
     if os.path.exists(card):
         os.remove(card)
+
+
+def gemma3():
+    global BASE, OUT
+    BASE = os.path.join(ROOT, "tests", "fixtures", "models", "gemma3-window")
+    OUT = os.path.join(ROOT, "tests", "fixtures", "lora-gemma3")
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    train_fixture()
+    tidy(os.path.join(OUT, "train", "init"), "tests/fixtures/models/gemma3-window")
 
 
 def main():
@@ -158,7 +171,9 @@ def main():
     tidy(os.path.join(OUT, "train", "init"))
 
 
-if __name__ == "__main__" and "--ours" not in sys.argv:
+if __name__ == "__main__" and "--gemma3" in sys.argv:
+    gemma3()
+elif __name__ == "__main__" and "--ours" not in sys.argv:
     main()
 
 

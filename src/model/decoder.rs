@@ -1,5 +1,6 @@
-//! The decoder every supported architecture shares: embeddings, pre-norm attention and SwiGLU
-//! blocks, a final norm and the LM head. Architectures differ only in their [`DecoderSpec`].
+//! The decoder every supported architecture shares: embeddings, pre-norm attention and gated
+//! MLP blocks, a final norm and the LM head. Architectures differ only in their [`DecoderSpec`]
+//! (Gemma 3's extra norms, scales and local rotary base are its `gemma` part).
 //!
 //! Batches are left-padded: row `b` holds `pad[b]` padding slots, then its tokens. Each row's
 //! positions start at 0 after its padding, and the attention mask hides the padding, so a row
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-use super::config::{DecoderSpec, Rope, RopeScaling};
+use super::config::{Activation, DecoderSpec, Rope, RopeScaling};
 use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
@@ -48,7 +49,13 @@ struct Layer {
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
-    post_norm: RmsNorm,
+    /// Gemma: a norm on the attention's output before the residual add.
+    attn_out_norm: Option<RmsNorm>,
+    /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`).
+    mlp_norm: RmsNorm,
+    /// Gemma: a norm on the MLP's output before the residual add.
+    mlp_out_norm: Option<RmsNorm>,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -294,6 +301,10 @@ pub struct Decoder {
     lm_head: Linear,
     /// Rotary inverse frequencies, `[head_dim / 2]`, f32.
     inv_freq: Tensor,
+    /// The sliding layers' own inverse frequencies (Gemma 3's local base), if they differ.
+    inv_freq_local: Option<Tensor>,
+    /// The factor on q·k (`head_dim^-1/2` unless the architecture says otherwise).
+    attention_scale: f32,
     dtype: DType,
     device: Device,
 }
@@ -367,8 +378,11 @@ impl Source for Weights {
     }
 }
 
-fn norm(w: &dyn Source, name: &str, size: usize, eps: f64) -> std::result::Result<RmsNorm, ModelError> {
-    Ok(RmsNorm { weight: w.tensor(name, &[size], "the config's hidden size")?, eps })
+/// The RMSNorm `name`; with `plus_one` (a Gemma checkpoint) its scale is `1 + weight`.
+fn norm(w: &dyn Source, name: &str, size: usize, eps: f64, plus_one: bool) -> std::result::Result<RmsNorm, ModelError> {
+    let weight = w.tensor(name, &[size], "the config's hidden size")?;
+    let weight = if plus_one { weight.affine(1.0, 1.0)? } else { weight };
+    Ok(RmsNorm { weight, eps })
 }
 
 impl Decoder {
@@ -378,24 +392,40 @@ impl Decoder {
         let attn = format!("hidden_size {h}, {} heads × head_dim {hd}", s.num_heads);
         let kv = format!("hidden_size {h}, {} key/value heads × head_dim {hd}", s.num_kv_heads);
         let mlp = format!("hidden_size {h}, intermediate_size {}", s.intermediate_size);
+        let plus_one = s.gemma.as_ref().is_some_and(|g| g.norm_plus_one);
+        let eps = s.rms_norm_eps;
+        let norm = |name: &str, size: usize| norm(w, name, size, eps, plus_one);
+        let gemma = s.gemma.is_some();
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
             let p = format!("model.layers.{i}");
+            let input_norm = norm(&format!("{p}.input_layernorm.weight"), h)?;
+            let (mlp_norm, attn_out_norm, mlp_out_norm) = if gemma {
+                (
+                    norm(&format!("{p}.pre_feedforward_layernorm.weight"), h)?,
+                    Some(norm(&format!("{p}.post_attention_layernorm.weight"), h)?),
+                    Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), h)?),
+                )
+            } else {
+                (norm(&format!("{p}.post_attention_layernorm.weight"), h)?, None, None)
+            };
             layers.push(Layer {
-                input_norm: norm(w, &format!("{p}.input_layernorm.weight"), h, s.rms_norm_eps)?,
+                input_norm,
                 q: w.linear(&format!("{p}.self_attn.q_proj"), s.num_heads * hd, h, s.qkv_bias, &attn)?,
                 k: w.linear(&format!("{p}.self_attn.k_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
                 v: w.linear(&format!("{p}.self_attn.v_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
                 o: w.linear(&format!("{p}.self_attn.o_proj"), h, s.num_heads * hd, s.o_bias, &attn)?,
                 q_norm: match s.qk_norm {
-                    true => Some(norm(w, &format!("{p}.self_attn.q_norm.weight"), hd, s.rms_norm_eps)?),
+                    true => Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?),
                     false => None,
                 },
                 k_norm: match s.qk_norm {
-                    true => Some(norm(w, &format!("{p}.self_attn.k_norm.weight"), hd, s.rms_norm_eps)?),
+                    true => Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?),
                     false => None,
                 },
-                post_norm: norm(w, &format!("{p}.post_attention_layernorm.weight"), h, s.rms_norm_eps)?,
+                attn_out_norm,
+                mlp_norm,
+                mlp_out_norm,
                 gate: w.linear(&format!("{p}.mlp.gate_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
                 up: w.linear(&format!("{p}.mlp.up_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
                 down: w.linear(&format!("{p}.mlp.down_proj"), h, s.intermediate_size, s.mlp_bias, &mlp)?,
@@ -419,15 +449,37 @@ impl Decoder {
         } else {
             (Embeddings::Table(table()?), w.linear("lm_head", s.vocab_size, h, false, &vocab)?)
         };
-        let norm = norm(w, "model.norm.weight", h, s.rms_norm_eps)?;
-        let mut freqs = inv_freq(&s.rope, hd);
-        if let Some(factors) = &s.rope_freq_factors {
-            for (f, d) in freqs.iter_mut().zip(factors) {
-                *f /= d;
+        let norm = norm("model.norm.weight", h)?;
+        let freqs = |rope: &Rope| -> Result<Tensor> {
+            let mut freqs = inv_freq(rope, hd);
+            if let Some(factors) = &s.rope_freq_factors {
+                for (f, d) in freqs.iter_mut().zip(factors) {
+                    *f /= d;
+                }
             }
-        }
-        let inv_freq = Tensor::new(freqs, w.device())?;
-        Ok(Decoder { embed, layers, norm, lm_head, inv_freq, dtype: w.dtype(), device: w.device().clone(), spec })
+            Tensor::new(freqs, w.device())
+        };
+        let inv_freq = freqs(&s.rope)?;
+        let inv_freq_local = match &s.gemma {
+            Some(g) if g.local_rope != s.rope => Some(freqs(&g.local_rope)?),
+            _ => None,
+        };
+        let attention_scale = match &s.gemma {
+            Some(g) => g.attention_scale as f32,
+            None => 1.0 / (hd as f32).sqrt(),
+        };
+        Ok(Decoder {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            inv_freq_local,
+            attention_scale,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            spec,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -501,7 +553,15 @@ impl Decoder {
             x = x.narrow(1, new - 1, 1)?.contiguous()?;
         }
         let x = self.norm.forward(&x, pass)?;
-        self.lm_head.forward(&x)
+        self.softcap(self.lm_head.forward(&x)?)
+    }
+
+    /// Gemma's final soft-cap `tanh(z / cap) · cap`, where the config sets one.
+    fn softcap(&self, logits: Tensor) -> Result<Tensor> {
+        match self.spec.gemma.as_ref().and_then(|g| g.final_logit_softcapping) {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 
     /// `−log p(target)` at the positions `at` only (indices into the `rows × new` tokens,
@@ -527,10 +587,11 @@ impl Decoder {
     /// labelled positions): the final norm, the head and the loss.
     fn head_nll(&self, x: &Tensor, pass: Pass, targets: Vec<u32>) -> Result<Tensor> {
         let x = self.norm.forward(x, pass)?;
-        if let (true, Some(head)) = (fused::usable(&x), self.lm_head.plain_cpu_weight()) {
+        let capped = self.spec.gemma.as_ref().is_some_and(|g| g.final_logit_softcapping.is_some());
+        if let (true, false, Some(head)) = (fused::usable(&x), capped, self.lm_head.plain_cpu_weight()) {
             return fused::head_nll(&x, head, targets);
         }
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        let logits = self.softcap(self.lm_head.forward(&x)?)?.to_dtype(DType::F32)?;
         if fused::usable(&logits) {
             return fused::nll(&logits, targets);
         }
@@ -554,7 +615,15 @@ impl Decoder {
     /// The embeddings of `tokens` `[rows, new]`: `[rows, new, hidden]`.
     fn embed_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
         let (rows, new) = tokens.dims2()?;
-        self.embed.lookup(&tokens.flatten_all()?)?.reshape((rows, new, self.spec.hidden_size))
+        let x = self.embed.lookup(&tokens.flatten_all()?)?.reshape((rows, new, self.spec.hidden_size))?;
+        match &self.spec.gemma {
+            // transformers rounds the scale to the weights' dtype before multiplying.
+            Some(g) => {
+                let scale = Tensor::new(g.embed_scale as f32, &self.device)?.to_dtype(x.dtype())?;
+                x.broadcast_mul(&scale)
+            }
+            None => Ok(x),
+        }
     }
 
     /// What every block of one forward shares: the rotary angles and the masks.
@@ -573,15 +642,19 @@ impl Decoder {
             }
         }
         let positions = Tensor::from_vec(positions, (rows, new, 1), &self.device)?;
-        let freqs = positions.broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
-        let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
-        let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
+        let angles = |inv_freq: &Tensor| -> Result<(Tensor, Tensor)> {
+            let freqs = positions.broadcast_mul(&inv_freq.reshape((1, 1, ()))?)?;
+            Ok((freqs.cos()?.to_dtype(self.dtype)?.contiguous()?, freqs.sin()?.to_dtype(self.dtype)?.contiguous()?))
+        };
+        let (cos, sin) = angles(&self.inv_freq)?;
+        let local = self.inv_freq_local.as_ref().map(angles).transpose()?;
         let window = self.spec.sliding_window.filter(|_| self.layers.iter().any(|l| l.sliding));
         // Training on the CPU in f32 goes through the fused ops; they share one copy of the
         // angles, and attention takes each query's visible keys as a range (no dense mask).
         let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 {
             Some(Fused {
                 angles: fused::Angles::new(&cos, &sin)?,
+                local_angles: local.as_ref().map(|(c, s)| fused::Angles::new(c, s)).transpose()?,
                 full: flash::Visible::new(&cache.pad, start, new, None),
                 window: window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
             })
@@ -593,7 +666,7 @@ impl Decoder {
             (None, None) => (self.mask(cache, new, None)?, None),
             (None, Some(w)) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
         };
-        Ok(Step { cos, sin, fused, full_mask, window_mask, start, total })
+        Ok(Step { cos, sin, local, fused, full_mask, window_mask, start, total })
     }
 
     /// Block `i` (attention then the MLP, each added to the residual) on `x`.
@@ -601,16 +674,28 @@ impl Decoder {
         let layer = &self.layers[i];
         let mask = if layer.sliding { step.window_mask.as_ref() } else { step.full_mask.as_ref() };
         let h = layer.input_norm.forward(x, pass)?;
-        let rope = Rotary { cos: &step.cos, sin: &step.sin, fused: step.fused.as_ref() };
-        let a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], step.start, pass)?;
-        let x = (x + a)?;
-        let h = layer.post_norm.forward(&x, pass)?;
-        let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
-        let product = match step.fused {
-            Some(_) => fused::silu_mul(&g, &u)?,
-            None => (g.silu()? * u)?,
+        let (cos, sin) = match (&step.local, layer.sliding) {
+            (Some((cos, sin)), true) => (cos, sin),
+            _ => (&step.cos, &step.sin),
         };
-        let m = layer.down.forward(&product)?;
+        let rope = Rotary { cos, sin, fused: step.fused.as_ref() };
+        let mut a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], step.start, pass)?;
+        if let Some(n) = &layer.attn_out_norm {
+            a = n.forward(&a, pass)?;
+        }
+        let x = (x + a)?;
+        let h = layer.mlp_norm.forward(&x, pass)?;
+        let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+        let act = self.spec.activation;
+        let product = match (&step.fused, act) {
+            (Some(_), _) => fused::glu_mul(&g, &u, act)?,
+            (None, Activation::Silu) => (g.silu()? * u)?,
+            (None, Activation::GeluTanh) => (g.gelu()? * u)?,
+        };
+        let mut m = layer.down.forward(&product)?;
+        if let Some(n) = &layer.mlp_out_norm {
+            m = n.forward(&m, pass)?;
+        }
         x + m
     }
 
@@ -754,14 +839,14 @@ impl Decoder {
         };
 
         if pass == Pass::Inference && cpu_attention::usable(&q) {
-            return layer.o.forward(&cpu_attention::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), mask)?);
+            return layer.o.forward(&cpu_attention::attend(&q, &k, &v, self.attention_scale, mask)?);
         }
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;
         let q = q.reshape((rows, nkv, rep * new, hd))?;
         // One statement, so the unscaled product is freed before the mask's copy is made.
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
+        let mut scores = (q.matmul(&k.t()?)? * f64::from(self.attention_scale))?
             .to_dtype(DType::F32)?
             .reshape((rows, nkv, rep, new, total))?;
         if let Some(mask) = mask {
@@ -794,8 +879,12 @@ impl Decoder {
     ) -> Result<Tensor> {
         let s = &self.spec;
         let (rows, new, nh, hd) = q.dims4()?;
-        let q = fused::rope(&q, &f.angles, s.rope_interleaved)?;
-        let k = fused::rope(&k, &f.angles, s.rope_interleaved)?;
+        let angles = match (&f.local_angles, layer.sliding) {
+            (Some(local), true) => local,
+            _ => &f.angles,
+        };
+        let q = fused::rope(&q, angles, s.rope_interleaved)?;
+        let k = fused::rope(&k, angles, s.rope_interleaved)?;
         let (k, v) = match cache.take() {
             Some(kv) => (
                 Tensor::cat(&[&kv.k.narrow(2, 0, start)?.transpose(1, 2)?, &k], 1)?,
@@ -808,7 +897,7 @@ impl Decoder {
             Some(w) if layer.sliding => w,
             _ => &f.full,
         };
-        let out = flash::attend(&q, &k, &v, 1.0 / (hd as f32).sqrt(), visible)?;
+        let out = flash::attend(&q, &k, &v, self.attention_scale, visible)?;
         layer.o.forward(&out.reshape((rows, new, nh * hd))?)
     }
 
@@ -878,6 +967,8 @@ impl Decoder {
 /// Training's fused-op inputs for one forward: the rotary angles and the masks as flat values.
 struct Fused {
     angles: fused::Angles,
+    /// The sliding layers' angles where their rotary base differs (Gemma 3).
+    local_angles: Option<fused::Angles>,
     full: flash::Visible,
     window: Option<flash::Visible>,
 }
@@ -886,6 +977,8 @@ struct Fused {
 struct Step {
     cos: Tensor,
     sin: Tensor,
+    /// The sliding layers' `(cos, sin)` where their rotary base differs.
+    local: Option<(Tensor, Tensor)>,
     fused: Option<Fused>,
     full_mask: Option<Tensor>,
     window_mask: Option<Tensor>,

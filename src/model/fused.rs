@@ -8,7 +8,7 @@
 //!
 //! - [`rms_norm`]: `x / √(mean(x²) + ε) · w` (w frozen);
 //! - [`rope`]: rotary embedding, half-split or interleaved;
-//! - [`silu_mul`]: `silu(g) · u`, the SwiGLU product;
+//! - [`glu_mul`]: `act(g) · u`, the gated MLP's product (SiLU, or Gemma's GELU-tanh);
 //! - [`nll`]: `logsumexp(z) − z[target]` per row, the loss without a `[n, vocab]` log-softmax;
 //! - [`head_nll`]: the vocabulary projection and [`nll`] together, a chunk of rows at a time;
 //! - attention, which keeps neither scores nor probabilities, is [`super::flash`];
@@ -27,6 +27,7 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::config::Activation;
 use super::linear::{CpuWeight, Dropout};
 
 /// Whether `t` can go through these ops: f32 on the CPU.
@@ -273,37 +274,68 @@ pub fn rope(x: &Tensor, angles: &Angles, interleaved: bool) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU
+// Gated MLP product
 
-struct SiluMulOp;
+struct GluMulOp(Activation);
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-impl CustomOp2 for SiluMulOp {
+/// √(2/π), GELU-tanh's inner factor.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+impl Activation {
+    /// `act(g)`.
+    fn apply(self, g: f32) -> f32 {
+        match self {
+            Activation::Silu => g * sigmoid(g),
+            Activation::GeluTanh => 0.5 * g * (1.0 + (GELU_C * (g + GELU_A * g * g * g)).tanh()),
+        }
+    }
+
+    /// `act(g)` and `act'(g)`.
+    fn with_slope(self, g: f32) -> (f32, f32) {
+        match self {
+            Activation::Silu => {
+                let s = sigmoid(g);
+                (g * s, s * (1.0 + g * (1.0 - s)))
+            }
+            Activation::GeluTanh => {
+                let t = (GELU_C * (g + GELU_A * g * g * g)).tanh();
+                let slope = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * g * g);
+                (0.5 * g * (1.0 + t), slope)
+            }
+        }
+    }
+}
+
+impl CustomOp2 for GluMulOp {
     fn name(&self) -> &'static str {
-        "fused-silu-mul"
+        "fused-glu-mul"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice(self.name(), s1, l1)?, slice(self.name(), s2, l2)?);
         if l1.shape() != l2.shape() {
-            candle_core::bail!("fused-silu-mul: {:?} against {:?}", l1.shape(), l2.shape())
+            candle_core::bail!("fused-glu-mul: {:?} against {:?}", l1.shape(), l2.shape())
         }
+        let act = self.0;
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(u.par_chunks(1 << 14))).for_each(|(y, (g, u))| {
             for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(*g) * u;
+                *y = act.apply(*g) * u;
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    /// `dg = dy · u · σ(g)(1 + g(1 − σ(g)))`, `du = dy · g σ(g)`.
+    /// `dg = dy · u · act'(g)`, `du = dy · act(g)`.
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g_shape, u_shape) = (g.shape().clone(), u.shape().clone());
         let dy = grad;
+        let act = self.0;
         read!(self.name(); g, u, dy);
         let mut dg = vec![0f32; g.len()];
         let mut du = vec![0f32; g.len()];
@@ -313,18 +345,18 @@ impl CustomOp2 for SiluMulOp {
             .zip(g.par_chunks(c).zip(u.par_chunks(c)).zip(dy.par_chunks(c)))
             .for_each(|((dg, du), ((g, u), dy))| {
                 for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                    du[i] = dy[i] * g[i] * s;
+                    let (a, slope) = act.with_slope(g[i]);
+                    dg[i] = dy[i] * u[i] * slope;
+                    du[i] = dy[i] * a;
                 }
             });
         Ok((Some(tensor(dg, &g_shape)?), Some(tensor(du, &u_shape)?)))
     }
 }
 
-/// `silu(gate) · up`.
-pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMulOp)
+/// `act(gate) · up`.
+pub fn glu_mul(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, GluMulOp(act))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,17 +724,24 @@ mod tests {
     }
 
     #[test]
-    fn silu_mul_matches_candles_ops() {
-        let g = var(&[4, 33], 8);
-        let u = var(&[4, 33], 9);
-        let y = silu_mul(g.as_tensor(), u.as_tensor()).unwrap();
-        let r = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
-        close(&y, &r, 1e-6, "silu-mul");
-        let w = Tensor::from_vec(values(y.elem_count(), 10), y.shape(), &Device::Cpu).unwrap();
-        let gf = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&g, &u] {
-            close(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap(), 1e-5, "silu-mul grad");
+    fn glu_mul_matches_candles_ops() {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let g = var(&[4, 33], 8);
+            let u = var(&[4, 33], 9);
+            let y = glu_mul(g.as_tensor(), u.as_tensor(), act).unwrap();
+            let a = match act {
+                Activation::Silu => g.as_tensor().silu().unwrap(),
+                Activation::GeluTanh => g.as_tensor().gelu().unwrap(),
+            };
+            let r = (a * u.as_tensor()).unwrap();
+            close(&y, &r, 1e-6, "glu-mul");
+            let w = Tensor::from_vec(values(y.elem_count(), 10), y.shape(), &Device::Cpu).unwrap();
+            let gf = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&g, &u] {
+                // candle's GELU backward rounds its constants to six digits.
+                close(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap(), 1e-5, "glu-mul grad");
+            }
         }
     }
 

@@ -20,14 +20,15 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{DecoderSpec, Rope, RopeScaling};
+use super::config::{Activation, DecoderSpec, GemmaParts, Rope, RopeScaling};
 use super::decoder::{Decoder, Source};
 use super::linear::Linear;
 use super::weights::Weights;
 use super::{Model, ModelError, Tokenizer};
 
-/// The Hugging Face name of a tensor in llama.cpp's naming.
-fn gguf_name(hf: &str) -> Option<String> {
+/// The Hugging Face name of a tensor in llama.cpp's naming. Gemma's `post_attention_layernorm`
+/// is its attention's output norm, not the pre-MLP norm it is in Llama.
+fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
@@ -38,6 +39,14 @@ fn gguf_name(hf: &str) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
+    let gemma_parts = [
+        ("post_attention_layernorm.", "post_attention_norm."),
+        ("pre_feedforward_layernorm.", "ffn_norm."),
+        ("post_feedforward_layernorm.", "post_ffw_norm."),
+    ];
+    if let Some((h, g)) = gemma_parts.iter().find(|(h, _)| gemma && rest.starts_with(h)) {
+        return Some(format!("blk.{layer}.{g}{}", &rest[h.len()..]));
+    }
     let parts = [
         ("input_layernorm.", "attn_norm."),
         ("self_attn.q_proj.", "attn_q."),
@@ -61,6 +70,7 @@ struct GgufSource {
     file: Mutex<BufReader<File>>,
     device: Device,
     dequantize: bool,
+    gemma: bool,
 }
 
 /// How a GGUF file's quantized projections run.
@@ -79,7 +89,7 @@ impl GgufSource {
     }
 
     fn qtensor(&self, hf: &str, shape: &[usize], why: &str) -> Result<QTensor, ModelError> {
-        let name = gguf_name(hf).ok_or_else(|| self.err(format!("no GGUF name for tensor {hf}")))?;
+        let name = gguf_name(hf, self.gemma).ok_or_else(|| self.err(format!("no GGUF name for tensor {hf}")))?;
         let Some(info) = self.content.tensor_infos.get(&name) else {
             return Err(ModelError::MissingTensor { files: super::weights::file_name(&self.path), tensor: name });
         };
@@ -214,6 +224,9 @@ fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, 
     })
 }
 
+/// `general.architecture` values selfspec reads.
+pub const ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+
 /// Opens a .gguf file for inference (f32 activations).
 pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelError> {
     let (mut reader, content) = open(path)?;
@@ -228,17 +241,18 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
     let (interleaved, qkv_bias, qk_norm) = match arch.as_str() {
         "llama" | "mistral" => (true, false, false),
         "qwen2" => (false, true, false),
-        "qwen3" => (false, false, true),
+        "qwen3" | "gemma3" => (false, false, true),
         other => {
             return Err(ModelError::Config {
                 file: path.to_path_buf(),
                 key: "general.architecture".into(),
                 message: format!(
-                    "\"{other}\" is not supported; selfspec reads llama, mistral, qwen2 and qwen3 GGUF files"
+                    "\"{other}\" is not supported; selfspec reads llama, mistral, qwen2, qwen3 and gemma3 GGUF files"
                 ),
             })
         }
     };
+    let gemma = arch == "gemma3";
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = meta_u(&content, path, &key("embedding_length"))?;
     let heads = meta_u(&content, path, &key("attention.head_count"))?;
@@ -283,10 +297,17 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         Some(_) => Some(meta_u(&content, path, &key("attention.sliding_window"))?),
         None => None,
     };
+    let gemma_parts =
+        if gemma { Some(gemma_parts(&content, path, &arch, hidden, heads, head_dim, num_layers)?) } else { None };
+    let sliding_layers = match &gemma_parts {
+        Some((_, layers)) => layers.clone(),
+        None => vec![sliding_window.is_some(); num_layers],
+    };
     let spec = DecoderSpec {
         architecture: match arch.as_str() {
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
+            "gemma3" => "gemma3",
             _ => "llama",
         },
         vocab_size: vocab,
@@ -303,13 +324,15 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         qkv_bias,
         o_bias: false,
         mlp_bias: false,
+        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
         qk_norm,
         sliding_window,
-        sliding_layers: vec![sliding_window.is_some(); num_layers],
+        sliding_layers,
         rope_interleaved: interleaved,
         rope_freq_factors,
         eos_token_ids: eos_ids(&content),
         bos_token_id: token_id(&content, "tokenizer.ggml.bos_token_id"),
+        gemma: gemma_parts.map(|(g, _)| g),
     };
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let tokenizer = tokenizer_of(&content, path)?;
@@ -320,9 +343,68 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         file: Mutex::new(reader),
         device: device.clone(),
         dequantize: mode == Mode::Dequantized,
+        gemma,
     };
     let decoder = Decoder::load(spec, &source)?;
     Ok(Model { dir, decoder, tokenizer, eos_token_ids })
+}
+
+/// Gemma 3's parts as llama.cpp reads them from a file: norms stored with the 1 added, the
+/// local layers' rotary base 10,000 without scaling (unless `rope.freq_base_swa` says), every
+/// sixth layer global (unless `attention.sliding_window_pattern` says), queries scaled by
+/// `head_dim^-1/2` (by `(hidden / heads)^-1/2` for the 62-layer 27B; `attention.scale` where
+/// the file has it), and the per-layer sliding flags.
+fn gemma_parts(
+    c: &gguf_file::Content,
+    path: &Path,
+    arch: &str,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+    num_layers: usize,
+) -> Result<(GemmaParts, Vec<bool>), ModelError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let pattern_key = key("attention.sliding_window_pattern");
+    let sliding = match c.metadata.get(&pattern_key) {
+        None => (0..num_layers).map(|i| (i + 1) % 6 != 0).collect(),
+        Some(Value::Array(items)) => {
+            let flags: Option<Vec<bool>> = items.iter().map(|v| v.to_bool().ok()).collect();
+            match flags {
+                Some(f) if f.len() == num_layers => f,
+                _ => {
+                    return Err(ModelError::Config {
+                        file: path.to_path_buf(),
+                        key: pattern_key,
+                        message: format!("must list true or false for each of the {num_layers} layers"),
+                    })
+                }
+            }
+        }
+        Some(_) => {
+            let n = meta_u(c, path, &pattern_key)?.max(1);
+            (0..num_layers).map(|i| (i + 1) % n != 0).collect()
+        }
+    };
+    let scale_dim = if num_layers == 62 { hidden / heads.max(1) } else { head_dim };
+    let attention_scale = match c.metadata.get(&key("attention.scale")) {
+        Some(_) => meta_f(c, path, &key("attention.scale"), 0.0)?,
+        None => (scale_dim as f64).powf(-0.5),
+    };
+    let local_theta = meta_f(c, path, &key("rope.freq_base_swa"), 10_000.0)?;
+    let cap = match c.metadata.get(&key("final_logit_softcapping")) {
+        Some(_) => Some(meta_f(c, path, &key("final_logit_softcapping"), 0.0)?).filter(|v| *v > 0.0),
+        None => None,
+    };
+    Ok((
+        GemmaParts {
+            norm_plus_one: false,
+            embed_scale: (hidden as f64).sqrt(),
+            attention_scale,
+            local_rope: Rope { theta: local_theta, scaling: RopeScaling::None },
+            final_logit_softcapping: cap,
+        },
+        sliding,
+    ))
 }
 
 /// The quantized types `selfspec quantize` writes.
@@ -401,7 +483,8 @@ fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// architecture ignores it, selfspec applies it).
 pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<String>> {
     let spec = super::read_spec(&dir.join("config.json"))?;
-    if spec.sliding_window.is_some() && !spec.sliding_layers.iter().all(|&s| s) {
+    let gemma = spec.gemma.clone();
+    if gemma.is_none() && spec.sliding_window.is_some() && !spec.sliding_layers.iter().all(|&s| s) {
         anyhow::bail!(
             "{}: a sliding window on some layers only (max_window_layers) has no GGUF key; only a window over every layer is carried",
             dir.display()
@@ -431,6 +514,10 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
             names.push((format!("{p}.self_attn.k_norm.weight"), vec![s.head_dim]));
         }
         names.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        if gemma.is_some() {
+            names.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
+            names.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
+        }
         for (n, o, inp) in [("gate_proj", f, h), ("up_proj", f, h), ("down_proj", h, f)] {
             names.push((format!("{p}.mlp.{n}.weight"), vec![o, inp]));
         }
@@ -448,7 +535,11 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
         } else if llama && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias")) {
             t = permute_for_pairs(&t, s.num_kv_heads)?;
         }
-        let name = gguf_name(hf).ok_or_else(|| anyhow::anyhow!("no GGUF name for {hf}"))?;
+        if gemma.is_some() && hf.ends_with("norm.weight") {
+            // llama.cpp's convention: Gemma's norms stored with their 1 added.
+            t = t.affine(1.0, 1.0)?;
+        }
+        let name = gguf_name(hf, gemma.is_some()).ok_or_else(|| anyhow::anyhow!("no GGUF name for {hf}"))?;
         let q = if shape.len() == 2 && shape[1] % block == 0 {
             QTensor::quantize(&t, qtype.ggml())?
         } else {
@@ -500,6 +591,27 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
     if let Some(window) = s.sliding_window {
         metadata.push((format!("{gguf_arch}.attention.sliding_window"), u32v(window)));
     }
+    if let Some(g) = &gemma {
+        // What llama.cpp assumes for Gemma 3 is left out; what differs goes under its keys for
+        // other architectures (`rope.freq_base_swa`, `attention.scale`), which selfspec reads.
+        let every_sixth: Vec<bool> = (0..s.num_layers).map(|i| (i + 1) % 6 != 0).collect();
+        if s.sliding_layers != every_sixth {
+            let flags = s.sliding_layers.iter().map(|&b| Value::Bool(b)).collect();
+            metadata.push((format!("{gguf_arch}.attention.sliding_window_pattern"), Value::Array(flags)));
+        }
+        if g.local_rope.scaling != RopeScaling::None {
+            anyhow::bail!("{}: rope scaling on Gemma's sliding layers has no GGUF key", dir.display());
+        }
+        if g.local_rope.theta != 10_000.0 {
+            metadata.push((format!("{gguf_arch}.rope.freq_base_swa"), Value::F32(g.local_rope.theta as f32)));
+        }
+        if (g.attention_scale - (s.head_dim as f64).powf(-0.5)).abs() > 1e-12 {
+            metadata.push((format!("{gguf_arch}.attention.scale"), Value::F32(g.attention_scale as f32)));
+        }
+        if let Some(cap) = g.final_logit_softcapping {
+            metadata.push((format!("{gguf_arch}.final_logit_softcapping"), Value::F32(cap as f32)));
+        }
+    }
     if let Some(&eos) = s.eos_token_ids.first() {
         metadata.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
     }
@@ -532,9 +644,9 @@ mod tests {
 
     #[test]
     fn names_follow_llama_cpp() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
-        assert_eq!(gguf_name("model.layers.0.unknown.weight"), None);
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias", false).as_deref(), Some("blk.3.attn_q.bias"));
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight", false).as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(gguf_name("lm_head.weight", false).as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("model.layers.0.unknown.weight", false), None);
     }
 }

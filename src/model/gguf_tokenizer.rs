@@ -13,6 +13,11 @@
 //! - `llama`: the tokens as spelled; merges from the file or, as transformers does, recovered
 //!   from the scores (every split of a token into two tokens, best score first); Metaspace with
 //!   a prefix on the first word; byte fallback.
+//! - `llama` in a Gemma file (`general.architecture` gemma, gemma2, gemma3): transformers'
+//!   GemmaTokenizer instead — tokens of spaces only respelled with `▁` (the file stores real
+//!   spaces), merges recovered with the tokens' order as their rank (Gemma's scores do not follow
+//!   its merge order), spaces turned into `▁` by a normalizer, no prefix space; user-defined
+//!   tokens whose spelling changed are not added (transformers looks them up by the old one).
 //! - control tokens (and the bos/eos/unk/pad tokens) are special added tokens, user-defined
 //!   ones plain added tokens; a template adds bos/eos as the flags say (`llama` adds bos unless
 //!   the file says otherwise).
@@ -159,6 +164,9 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
     let add_bos = m.flag("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
     let add_eos = m.flag("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     let chat_template = m.string("tokenizer.chat_template")?;
+    let arch = m.string("general.architecture")?.unwrap_or_default();
+    let gemma = model == "llama" && matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3");
+    let mut normalizer = Json::Null;
 
     let (vocab_tokens, model_json, pre_tokenizer, decoder, byte_level) = match model.as_str() {
         "gpt2" => {
@@ -185,6 +193,31 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
                 "byte_fallback": false, "ignore_merges": false, "vocab": vocab_json(&spelled), "merges": pairs});
             let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
             (spelled, model_json, pre_tokenizer, decoder, true)
+        }
+        "llama" if gemma => {
+            let respelled: Vec<String> = tokens
+                .iter()
+                .map(|t| if t.contains(' ') && t.chars().all(py_space) { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
+                .collect();
+            let pairs = match merges {
+                Some(merges) => merges.iter().map(|s| Json::from(s.split(' ').collect::<Vec<_>>())).collect(),
+                None => {
+                    let ranks: Vec<f32> = (0..n).map(|i| -(i as f32)).collect();
+                    merges_from_scores(&respelled, &ranks)
+                }
+            };
+            let unk = ids[2].1.map(|i| Json::from(respelled[i].clone())).unwrap_or(Json::Null);
+            let model_json = json!({"type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "ignore_merges": false, "vocab": vocab_json(&respelled), "merges": pairs});
+            normalizer = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+            let pre_tokenizer = json!({"type": "Split", "pattern": {"String": " "},
+                "behavior": "MergedWithPrevious", "invert": false});
+            let decoder = json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+            ]});
+            (respelled, model_json, pre_tokenizer, decoder, false)
         }
         "llama" => {
             let pairs = match merges {
@@ -228,7 +261,10 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
     for (id, (token, &kind)) in tokens.iter().zip(&types).enumerate() {
         let spelled_ok = !byte_level || token.chars().all(|c| alphabet.contains(&c));
         let is_special = (kind == 3 && spelled_ok) || special_ids.contains(&id);
-        if is_special || kind == 4 {
+        // transformers adds a user-defined token only under its file spelling, which a respelled
+        // Gemma token of spaces no longer has.
+        let user_defined = kind == 4 && vocab_tokens[id] == *token;
+        if is_special || user_defined {
             added.push(json!({"id": id, "content": vocab_tokens[id], "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": is_special}));
         }
@@ -263,13 +299,19 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials},
         "decoder": decoder,
         "model": model_json,
     });
     Ok(Some(GgufTokenizer { json, chat_template, special }))
+}
+
+/// Python's `str.isspace` for one character: Unicode white space and the four separators
+/// U+001C–U+001F that Rust's `char::is_whitespace` leaves out.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// token → id, the last id winning for a token listed twice (as a Python dict does).

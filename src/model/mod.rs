@@ -225,11 +225,35 @@ fn end_ids(
     }
 }
 
+/// What a model name given by the user means: a fetchable model's id (`gemma3-270m`, not an
+/// existing path) is its fetched file, with its terms shown once on stderr; anything else is
+/// passed on as given. An id not yet fetched is an error that says how to fetch it.
+pub fn resolve_name(name: &str, cache: &Path) -> anyhow::Result<String> {
+    let Some(model) = fetch::find(name.trim()).filter(|_| !Path::new(name).exists()) else {
+        return Ok(name.to_string());
+    };
+    match model.installed(cache) {
+        Some(p) => {
+            if let Some(notice) = model.terms_notice_once(cache) {
+                eprintln!("note: {notice}");
+            }
+            Ok(p.display().to_string())
+        }
+        None => anyhow::bail!(
+            "{} ({}) is not fetched yet: run `selfspec model fetch {}` ({} MB)",
+            model.id,
+            model.name,
+            model.id,
+            model.gguf_bytes / 1_000_000
+        ),
+    }
+}
+
 /// The model to use when a command names none: the configuration's `model`, else the default
 /// model if it has been fetched into `cache`; an error that says how to get one otherwise.
 pub fn default_model(configured: Option<&str>, cache: &Path) -> anyhow::Result<String> {
     if let Some(m) = configured.filter(|m| !m.trim().is_empty()) {
-        return Ok(m.to_string());
+        return resolve_name(m, cache);
     }
     match fetch::installed(cache) {
         Some(p) => Ok(p.display().to_string()),

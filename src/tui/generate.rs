@@ -29,12 +29,13 @@ use crate::generate::pipeline::{Mode, Progress};
 use crate::runs::Following;
 use crate::workspace::Workspace;
 
-const FETCH_NAME: &str = crate::model::fetch::NAME;
-const FETCH_MB: u64 = crate::model::fetch::GGUF_BYTES / 1_000_000;
+use crate::model::fetch::{self, Fetchable};
+
 const FIELDS: [&str; 6] = ["Seeds", "Model", "Adapter", "Corpus", "Mode", "N"];
 
-/// A fetch of the default model in progress.
+/// A fetch of a fetchable model in progress.
 struct Fetching {
+    model: &'static Fetchable,
     rx: Receiver<FetchMessage>,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stage: &'static str,
@@ -119,7 +120,11 @@ impl GenerateScreen {
                 state: if model_set {
                     "ready: s starts".into()
                 } else {
-                    format!("no model: F fetches {} ({} MB), or Enter on Model to type one", FETCH_NAME, FETCH_MB)
+                    format!(
+                        "no model: F fetches {} ({} MB), ←→ picks another, or Enter on Model to type one",
+                        fetch::NAME,
+                        fetch::GGUF_BYTES / 1_000_000
+                    )
                 },
                 ..Generation::default()
             },
@@ -238,6 +243,36 @@ impl GenerateScreen {
         }
         let step = |i: usize, n: usize| ((i as isize + delta).rem_euclid(n.max(1) as isize)) as usize;
         match self.field {
+            1 => {
+                // The fetchable models in turn: a fetched one by its path, another by its id
+                // (F fetches it).
+                let models = &fetch::MODELS;
+                let i = match self.fetchable() {
+                    Some(m) => step(models.iter().position(|x| x == m).unwrap_or(0), models.len()),
+                    None if delta < 0 => models.len() - 1,
+                    None => 0,
+                };
+                let m = &models[i];
+                match m.installed(&self.cache_dir) {
+                    Some(p) => {
+                        self.model = p.display().to_string();
+                        self.view.error = false;
+                        self.view.state = match m.terms_notice_once(&self.cache_dir) {
+                            Some(notice) => notice,
+                            None => format!("{}: {}; s starts", m.name, m.about),
+                        };
+                    }
+                    None => {
+                        self.model = m.id.to_string();
+                        self.view.state = format!(
+                            "{} is not fetched: F fetches it ({} MB; {})",
+                            m.name,
+                            m.gguf_bytes / 1_000_000,
+                            m.license
+                        );
+                    }
+                }
+            }
             0 => {
                 self.seed_ix = step(self.seed_ix, self.seed_files.len());
                 self.match_corpus();
@@ -289,7 +324,11 @@ impl GenerateScreen {
         };
         if self.model.trim().is_empty() {
             self.field = 1;
-            return Outcome::Error("choose a model first: Enter on Model, type a model folder".into());
+            return Outcome::Error("choose a model first: ←→ on Model, or Enter to type one".into());
+        }
+        if let Some(m) = self.fetchable().filter(|m| m.installed(&self.cache_dir).is_none()) {
+            self.field = 1;
+            return Outcome::Error(format!("{} is not fetched yet: F fetches it", m.name));
         }
         if self.mode != Mode::None && self.corpus_ix == 0 {
             return Outcome::Error(format!("mode {} needs a corpus", self.mode.as_str()));
@@ -375,10 +414,17 @@ impl GenerateScreen {
     }
 
     /// Reads what the run reported since the last call.
-    /// Starts fetching the default model on a thread (`F`).
+    /// The fetchable model the Model field names (by id, or by its fetched path), if any.
+    fn fetchable(&self) -> Option<&'static Fetchable> {
+        let model = self.model.trim();
+        fetch::MODELS.iter().find(|m| m.id == model || Path::new(model) == m.path(&self.cache_dir))
+    }
+
+    /// Starts fetching, on a thread, the fetchable model the Model field names, else the
+    /// default (`F`).
     fn start_fetch(&mut self) -> Outcome {
         if self.fetching.is_some() {
-            return Outcome::Error("the default model is being fetched already (x cancels)".into());
+            return Outcome::Error("a model is being fetched already (x cancels)".into());
         }
         if self.following.is_some() {
             return Outcome::Error("stop the run (x) before fetching a model".into());
@@ -386,17 +432,18 @@ impl GenerateScreen {
         let (tx, rx) = std::sync::mpsc::channel();
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cache, stop) = (self.cache_dir.clone(), cancel.clone());
+        let model = self.fetchable().unwrap_or(fetch::DEFAULT);
         std::thread::spawn(move || {
             let events = tx.clone();
             let mut on_event = |e| {
                 let _ = events.send(FetchMessage::Event(e));
             };
-            let result = crate::model::fetch::fetch(&cache, false, &mut on_event, &stop);
+            let result = fetch::fetch(model, &cache, false, &mut on_event, &stop);
             let _ = tx.send(FetchMessage::Done(result));
         });
-        self.fetching = Some(Fetching { rx, cancel, stage: "start", done: 0, total: 0 });
+        self.fetching = Some(Fetching { model, rx, cancel, stage: "start", done: 0, total: 0 });
         self.view.error = false;
-        self.view.state = format!("fetching {FETCH_NAME} with pip (x cancels)");
+        self.view.state = format!("fetching {} with pip (x cancels)", model.name);
         Outcome::Done
     }
 
@@ -414,11 +461,15 @@ impl GenerateScreen {
                 Ok(FetchMessage::Event(Event::Progress { done, total })) => (f.done, f.total) = (done, total),
                 Ok(FetchMessage::Event(Event::Log(_))) => {}
                 Ok(FetchMessage::Done(result)) => {
+                    let model = f.model;
                     self.fetching = None;
                     return Some(match result {
                         Ok(path) => {
                             self.model = path.display().to_string();
-                            self.view.state = format!("{FETCH_NAME} fetched and checked; s starts");
+                            self.view.state = match model.terms_notice_once(&self.cache_dir) {
+                                Some(notice) => format!("{} fetched and checked. {notice} s starts", model.name),
+                                None => format!("{} fetched and checked; s starts", model.name),
+                            };
                             Outcome::Done
                         }
                         Err(e) => {
@@ -539,9 +590,15 @@ impl GenerateScreen {
             self.seed_files.get(self.seed_ix).map(|p| format!("‹ {} ›", name(p))).unwrap_or("(no seed files)".into()),
             match (&self.typing, self.field) {
                 (Some(t), 1) => format!("{t}▏"),
-                _ if self.fetching.is_some() => format!("(fetching {FETCH_NAME}…)"),
-                _ if self.model.is_empty() => format!("(F fetch {FETCH_NAME} · Enter type one)"),
-                _ => self.model.clone(),
+                _ => match (&self.fetching, self.fetchable()) {
+                    (Some(f), _) => format!("(fetching {}…)", f.model.name),
+                    (None, _) if self.model.is_empty() => format!("(F fetch {} · ←→ · Enter type one)", fetch::NAME),
+                    (None, Some(m)) if m.installed(&self.cache_dir).is_some() => {
+                        format!("‹ {}{} ›", m.name, if m.base { " (base)" } else { "" })
+                    }
+                    (None, Some(m)) => format!("‹ {} (F fetches it) ›", m.name),
+                    (None, None) => self.model.clone(),
+                },
             },
             format!("‹ {} ›", self.adapters.get(self.adapter_ix).map_or("none", |a| a.label.as_str())),
             if self.corpus_ix == 0 {
@@ -570,7 +627,7 @@ impl GenerateScreen {
             .collect();
         let action = if self.following.is_some() || self.fetching.is_some() {
             "x stop"
-        } else if self.model.is_empty() {
+        } else if self.model.is_empty() || self.fetchable().is_some_and(|m| m.installed(&self.cache_dir).is_none()) {
             "F fetch"
         } else {
             "s start"
@@ -629,8 +686,9 @@ impl GenerateScreen {
         if let Some(f) = &self.fetching {
             let ratio = if f.total > 0 { (f.done as f64 / f.total as f64).min(1.0) } else { 0.0 };
             let label = format!(
-                "{} {FETCH_NAME} {:.0}% ({:.1}/{:.1} MB)",
+                "{} {} {:.0}% ({:.1}/{:.1} MB)",
                 f.stage,
+                f.model.name,
                 ratio * 100.0,
                 f.done as f64 / 1e6,
                 f.total as f64 / 1e6

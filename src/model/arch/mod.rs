@@ -1,19 +1,26 @@
 //! One file per architecture: each maps its `config.json` to a [`DecoderSpec`]. Adding an
 //! architecture is a file here and a line in [`ARCHITECTURES`].
 
+mod gemma3;
 mod llama;
 mod mistral;
 mod qwen2;
 mod qwen3;
 
-use super::config::{ConfigJson, DecoderSpec};
+use super::config::{Activation, ConfigJson, DecoderSpec};
 use super::ModelError;
 
 type SpecFn = fn(&ConfigJson) -> Result<DecoderSpec, ModelError>;
 
 /// `model_type` in config.json → its mapping.
-pub const ARCHITECTURES: [(&str, SpecFn); 4] =
-    [("llama", llama::spec), ("mistral", mistral::spec), ("qwen2", qwen2::spec), ("qwen3", qwen3::spec)];
+pub const ARCHITECTURES: [(&str, SpecFn); 6] = [
+    ("llama", llama::spec),
+    ("mistral", mistral::spec),
+    ("qwen2", qwen2::spec),
+    ("qwen3", qwen3::spec),
+    ("gemma3_text", gemma3::spec),
+    ("gemma3", gemma3::spec),
+];
 
 pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     let model_type = cfg.str_or("model_type", "")?;
@@ -88,6 +95,7 @@ pub(super) fn llama_like(
         qkv_bias: attention_bias,
         o_bias: attention_bias,
         mlp_bias: cfg.bool_or("mlp_bias", false)?,
+        activation: Activation::Silu,
         qk_norm: false,
         sliding_window: None,
         sliding_layers: vec![false; cfg.usize("num_hidden_layers")?],
@@ -95,5 +103,6 @@ pub(super) fn llama_like(
         rope_freq_factors: None,
         eos_token_ids: cfg.token_ids("eos_token_id")?,
         bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
+        gemma: None,
     })
 }
