@@ -67,35 +67,29 @@ def llama3_rope_factors(rope, head_dim):
     return np.array(factors, dtype=np.float32)
 
 
-def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
-    """A llama GGUF written by the gguf package, as llama.cpp's converter lays it out."""
+def write_gguf(hf_dir, path, arch, parts, qtype, middle, transform, first=None):
+    """A GGUF of the Hugging Face model in `hf_dir` written by the gguf package, named as llama.cpp's
+    converter names it (`parts`: the layer tensors' names). `first(w, cfg)` writes what comes before
+    the shared metadata, `middle(w, cfg)` the architecture's keys between the head counts and the
+    vocabulary size, `transform(name, data, cfg)` each tensor's values as the converter stores them."""
     from safetensors.numpy import load_file
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     t = load_file(os.path.join(hf_dir, "model.safetensors"))
-    w = GGUFWriter(path, "llama")
-    rope = cfg["rope_parameters"]
-    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
-    if rope.get("rope_type") == "llama3":
-        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, head_dim))
-    if cfg.get("sliding_window"):
-        w.add_sliding_window(cfg["sliding_window"])
+    w = GGUFWriter(path, arch)
+    if first:
+        first(w, cfg)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(cfg["num_attention_heads"])
     w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    middle(w, cfg)
     w.add_vocab_size(cfg["vocab_size"])
     w.add_bos_token_id(cfg["bos_token_id"])
     w.add_eos_token_id(cfg["eos_token_id"])
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     for name, data in t.items():
         if name in names:
             gname = names[name]
@@ -103,11 +97,7 @@ def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
             layer, rest = name[len("model.layers."):].split(".", 1)
             part, suffix = rest.rsplit(".", 1)
             gname = f"blk.{layer}.{parts[part]}.{suffix}"
-        data = data.astype(np.float32)
-        if name.endswith("q_proj.weight"):
-            data = permute(data, cfg["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
-            data = permute(data, cfg["num_key_value_heads"])
+        data = transform(name, data.astype(np.float32), cfg)
         if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
             w.add_tensor(gname, quants.quantize(data, qtype), raw_dtype=qtype)
         else:
@@ -116,52 +106,55 @@ def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+LLAMA_PARTS = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+# Gemma's post_attention_layernorm is its attention's output norm; ffn_norm is the pre-MLP one.
+GEMMA3_PARTS = dict(LLAMA_PARTS, **{"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                                    "post_attention_layernorm": "post_attention_norm",
+                                    "pre_feedforward_layernorm": "ffn_norm",
+                                    "post_feedforward_layernorm": "post_ffw_norm"})
+
+
+def write_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
+    """A llama GGUF written by the gguf package, as llama.cpp's converter lays it out."""
+    def first(w, cfg):
+        rope = cfg["rope_parameters"]
+        if rope.get("rope_type") == "llama3":
+            w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, cfg["hidden_size"] // cfg["num_attention_heads"]))
+        if cfg.get("sliding_window"):
+            w.add_sliding_window(cfg["sliding_window"])
+
+    def middle(w, cfg):
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+        w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+
+    def transform(name, data, cfg):
+        if name.endswith("q_proj.weight"):
+            return permute(data, cfg["num_attention_heads"])
+        if name.endswith("k_proj.weight"):
+            return permute(data, cfg["num_key_value_heads"])
+        return data
+
+    write_gguf(hf_dir, path, "llama", LLAMA_PARTS, qtype, middle, transform, first)
 
 
 def write_gemma3_with_gguf_package(hf_dir, path, qtype=GGMLQuantizationType.Q8_0):
     """A gemma3 GGUF written by the gguf package with llama.cpp's converter's conventions."""
-    from safetensors.numpy import load_file
-    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
-    t = load_file(os.path.join(hf_dir, "model.safetensors"))
-    w = GGUFWriter(path, "gemma3")
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_key_length(cfg["head_dim"])
-    w.add_value_length(cfg["head_dim"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
-    w.add_sliding_window(cfg["sliding_window"])
-    w.add_vocab_size(cfg["vocab_size"])
-    w.add_bos_token_id(cfg["bos_token_id"])
-    w.add_eos_token_id(cfg["eos_token_id"])
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
-             "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, data in t.items():
-        if name in names:
-            gname = names[name]
-        else:
-            layer, rest = name[len("model.layers."):].split(".", 1)
-            part, suffix = rest.rsplit(".", 1)
-            gname = f"blk.{layer}.{parts[part]}.{suffix}"
-        data = data.astype(np.float32)
-        if name.endswith("norm.weight"):
-            data = data + 1.0
-        if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
-            w.add_tensor(gname, quants.quantize(data, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(gname, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    def middle(w, cfg):
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
+        w.add_sliding_window(cfg["sliding_window"])
+
+    def transform(name, data, cfg):
+        return data + 1.0 if name.endswith("norm.weight") else data
+
+    write_gguf(hf_dir, path, "gemma3", GEMMA3_PARTS, qtype, middle, transform)
 
 
 def gemma3(work):

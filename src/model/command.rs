@@ -62,18 +62,17 @@ pub fn fetch(name: &str, cache: &Path, force: bool, configured: Option<&str>) ->
 /// `model show`: the model commands use when none is named, and why; then the families
 /// selfspec reads and the models it fetches.
 pub fn show(cache: &Path, configured: Option<&str>) {
-    match (configured, fetch::installed(cache)) {
+    match (configured, fetch::DEFAULT.installed(cache)) {
         (Some(m), _) => println!("{m} (the configuration's model:)"),
         (None, Some(p)) => println!("{} (the default model, fetched)", p.display()),
         (None, None) => println!(
             "none: pass --model, set `model:` in the configuration, or run `selfspec model fetch` ({})",
-            fetch::NAME
+            fetch::DEFAULT.name
         ),
     }
     println!();
     println!("families read (config.json model_type, or a GGUF file's general.architecture):");
-    let mut types: Vec<&str> = super::arch::ARCHITECTURES.iter().map(|(n, _)| *n).collect();
-    types.dedup();
+    let types: Vec<&str> = super::arch::ARCHITECTURES.iter().map(|(n, _)| *n).collect();
     println!("  folders: {}", types.join(", "));
     println!("  GGUF: {}", super::gguf::ARCHITECTURES.join(", "));
     println!();

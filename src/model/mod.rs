@@ -255,13 +255,13 @@ pub fn default_model(configured: Option<&str>, cache: &Path) -> anyhow::Result<S
     if let Some(m) = configured.filter(|m| !m.trim().is_empty()) {
         return resolve_name(m, cache);
     }
-    match fetch::installed(cache) {
+    match fetch::DEFAULT.installed(cache) {
         Some(p) => Ok(p.display().to_string()),
         None => anyhow::bail!(
             "no model named: pass --model (a model folder, org/name or .gguf file), set `model:` in the \
              configuration, or run `selfspec model fetch` to get the default model, {} ({} MB)",
-            fetch::NAME,
-            fetch::GGUF_BYTES / 1_000_000
+            fetch::DEFAULT.name,
+            fetch::DEFAULT.gguf_bytes / 1_000_000
         ),
     }
 }

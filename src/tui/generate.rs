@@ -122,8 +122,8 @@ impl GenerateScreen {
                 } else {
                     format!(
                         "no model: F fetches {} ({} MB), ←→ picks another, or Enter on Model to type one",
-                        fetch::NAME,
-                        fetch::GGUF_BYTES / 1_000_000
+                        fetch::DEFAULT.name,
+                        fetch::DEFAULT.gguf_bytes / 1_000_000
                     )
                 },
                 ..Generation::default()
@@ -592,7 +592,9 @@ impl GenerateScreen {
                 (Some(t), 1) => format!("{t}▏"),
                 _ => match (&self.fetching, self.fetchable()) {
                     (Some(f), _) => format!("(fetching {}…)", f.model.name),
-                    (None, _) if self.model.is_empty() => format!("(F fetch {} · ←→ · Enter type one)", fetch::NAME),
+                    (None, _) if self.model.is_empty() => {
+                        format!("(F fetch {} · ←→ · Enter type one)", fetch::DEFAULT.name)
+                    }
                     (None, Some(m)) if m.installed(&self.cache_dir).is_some() => {
                         format!("‹ {}{} ›", m.name, if m.base { " (base)" } else { "" })
                     }

@@ -17,7 +17,7 @@ pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     // A multimodal `gemma3` config nests the text model under `text_config`.
     if cfg.str_or("model_type", "")? == "gemma3" {
         let Some(text) = cfg.get("text_config") else {
-            return Err(err(cfg, "text_config", "is missing; a gemma3 config keeps its text model there"));
+            return Err(cfg.err("text_config", "is missing; a gemma3 config keeps its text model there"));
         };
         let mut text = text.clone();
         if let Some(map) = text.as_object_mut() {
@@ -28,28 +28,19 @@ pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     text_spec(cfg)
 }
 
-fn err(cfg: &ConfigJson, key: &str, message: impl Into<String>) -> ModelError {
-    ModelError::Config { file: cfg.file.to_path_buf(), key: key.into(), message: message.into() }
-}
-
 fn text_spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     let act = cfg.str_or("hidden_activation", cfg.str_or("hidden_act", "gelu_pytorch_tanh")?)?;
     if act != "gelu_pytorch_tanh" && act != "gelu_tanh" {
-        return Err(err(
-            cfg,
-            "hidden_activation",
-            format!("\"{act}\" is not supported; Gemma 3 uses gelu_pytorch_tanh"),
-        ));
+        return Err(cfg.err("hidden_activation", format!("\"{act}\" is not supported; Gemma 3 uses gelu_pytorch_tanh")));
     }
     if cfg.get("attn_logit_softcapping").is_some() {
-        return Err(err(
-            cfg,
+        return Err(cfg.err(
             "attn_logit_softcapping",
             "is set; selfspec's attention has no soft-capping (Gemma 2 uses it, Gemma 3 does not)",
         ));
     }
     if cfg.bool_or("use_bidirectional_attention", false)? {
-        return Err(err(cfg, "use_bidirectional_attention", "is true (an embedding model); selfspec decodes causally"));
+        return Err(cfg.err("use_bidirectional_attention", "is true (an embedding model); selfspec decodes causally"));
     }
     // Gemma's rotary settings come per layer type; `llama_like` reads neither form, so it is
     // handed a config without them and the two are set below.
@@ -78,12 +69,9 @@ fn text_spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     };
     let scalar = cfg.f64_or("query_pre_attn_scalar", 256.0)?;
     if scalar <= 0.0 {
-        return Err(err(cfg, "query_pre_attn_scalar", format!("must be positive, found {scalar}")));
+        return Err(cfg.err("query_pre_attn_scalar", format!("must be positive, found {scalar}")));
     }
-    let cap = match cfg.get("final_logit_softcapping") {
-        None => None,
-        Some(_) => Some(cfg.f64_or("final_logit_softcapping", 0.0)?).filter(|c| *c > 0.0),
-    };
+    let cap = Some(cfg.f64_or("final_logit_softcapping", 0.0)?).filter(|c| *c > 0.0);
     spec.gemma = Some(GemmaParts {
         norm_plus_one: true,
         embed_scale: (spec.hidden_size as f64).sqrt(),
@@ -98,24 +86,21 @@ fn text_spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
 /// layer type (transformers 5), or `rope_theta`, `rope_scaling` (global only) and
 /// `rope_local_base_freq` (older configs, as the Hub's files are).
 fn ropes(cfg: &ConfigJson) -> Result<(Rope, Rope), ModelError> {
-    let mut global = Rope { theta: cfg.f64_or("rope_theta", GLOBAL_THETA)?, scaling: RopeScaling::None };
     let mut local = Rope { theta: cfg.f64_or("rope_local_base_freq", LOCAL_THETA)?, scaling: RopeScaling::None };
-    if let Some(params) = cfg.get("rope_parameters") {
-        for (kind, rope) in [("full_attention", &mut global), ("sliding_attention", &mut local)] {
-            let Some(p) = params.get(kind).filter(|v| !v.is_null()) else { continue };
-            let one = serde_json::json!({ "rope_parameters": p });
-            *rope = ConfigJson { value: &one, file: cfg.file }.rope(rope.theta).map_err(|e| match e {
-                ModelError::Config { file, key, message } => ModelError::Config {
-                    file,
-                    key: key.replace("rope_parameters", &format!("rope_parameters.{kind}")),
-                    message,
-                },
-                other => other,
-            })?;
-        }
-    } else if cfg.get("rope_scaling").is_some() {
-        let only = serde_json::json!({ "rope_scaling": cfg.get("rope_scaling"), "rope_theta": global.theta });
-        global = ConfigJson { value: &only, file: cfg.file }.rope(global.theta)?;
+    // Without `rope_parameters`, the global layers' are the usual keys, which `rope` reads.
+    let Some(params) = cfg.get("rope_parameters") else { return Ok((cfg.rope(GLOBAL_THETA)?, local)) };
+    let mut global = Rope { theta: cfg.f64_or("rope_theta", GLOBAL_THETA)?, scaling: RopeScaling::None };
+    for (kind, rope) in [("full_attention", &mut global), ("sliding_attention", &mut local)] {
+        let Some(p) = params.get(kind).filter(|v| !v.is_null()) else { continue };
+        let one = serde_json::json!({ "rope_parameters": p });
+        *rope = ConfigJson { value: &one, file: cfg.file }.rope(rope.theta).map_err(|e| match e {
+            ModelError::Config { file, key, message } => ModelError::Config {
+                file,
+                key: key.replace("rope_parameters", &format!("rope_parameters.{kind}")),
+                message,
+            },
+            other => other,
+        })?;
     }
     Ok((global, local))
 }
