@@ -20,6 +20,9 @@ On the tiny random model tests/fixtures/models/llama3-gqa:
     # the training fixture alone on tests/fixtures/models/gemma3-window, in tests/fixtures/lora-gemma3/
     # (GELU-tanh, the extra norms, the embedding scale and the local rotary base in the backward):
     python scripts/make_lora_fixtures.py --gemma3
+    # the same for MPT and Falcon (fused q/k/v, ALiBi, LayerNorms, parallel blocks), with PEFT's
+    # module names for them, in tests/fixtures/lora-<model>/:
+    python scripts/make_lora_fixtures.py --family mpt-alibi-clip falcon-40b-layout falcon-rw-alibi
 """
 import json
 import math
@@ -92,9 +95,9 @@ def batches(vocab):
     return steps
 
 
-def train_fixture():
+def train_fixture(targets=TARGETS):
     torch.manual_seed(33)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, bias="none",
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, bias="none",
                         task_type="CAUSAL_LM")
     model = get_peft_model(base_model(), config)
     out = os.path.join(OUT, "train")
@@ -162,6 +165,22 @@ def gemma3():
     tidy(os.path.join(OUT, "train", "init"), "tests/fixtures/models/gemma3-window")
 
 
+FAMILY_TARGETS = {
+    "mpt": ["Wqkv", "out_proj", "up_proj", "down_proj"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+
+
+def family(name):
+    global BASE, OUT
+    BASE = os.path.join(ROOT, "tests", "fixtures", "models", name)
+    OUT = os.path.join(ROOT, "tests", "fixtures", f"lora-{name}")
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    train_fixture(FAMILY_TARGETS[name.split("-")[0]])
+    tidy(os.path.join(OUT, "train", "init"), f"tests/fixtures/models/{name}")
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
@@ -173,6 +192,9 @@ def main():
 
 if __name__ == "__main__" and "--gemma3" in sys.argv:
     gemma3()
+elif __name__ == "__main__" and "--family" in sys.argv:
+    for name in sys.argv[sys.argv.index("--family") + 1:]:
+        family(name)
 elif __name__ == "__main__" and "--ours" not in sys.argv:
     main()
 

@@ -20,9 +20,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
+    FalconConfig,
     Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
+    MptConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -73,8 +75,13 @@ def randomize(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         gemma = model.config.model_type.startswith("gemma")
+        # MPT's and Falcon's LayerNorms are named norm_1, ln_f, ln_attn, …
+        layer_norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
+                       for p in ("weight", "bias")}
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") and gemma:
+            if name in layer_norms and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("norm.weight") and gemma:
                 # Gemma's norms scale by 1 + weight.
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith("norm.weight"):
@@ -186,6 +193,27 @@ def main():
         final_logit_softcapping=3.0, **gemma3), add_bos=True, seed=8,
         old_rope_keys={"rope_theta": 100_000.0, "rope_local_base_freq": 500.0,
                        "rope_scaling": {"rope_type": "linear", "factor": 4.0}})
+    # MPT: ALiBi over 6 heads (not a power of two: the interleaved slopes), clipped q/k/v, no
+    # biases and bias-free LayerNorms, a GELU MLP, tied head.
+    build("mpt-alibi-clip", MptConfig(d_model=96, n_heads=6, n_layers=2, max_seq_len=256, expansion_ratio=4,
+                                      attn_config={"clip_qkv": 2.0}, tie_word_embeddings=True),
+          add_bos=False, seed=9)
+    falcon = dict(hidden_size=64, num_hidden_layers=2, max_position_embeddings=256, layer_norm_epsilon=1e-5)
+    # Falcon-7B's layout: one key/value head after all the queries, attention and MLP in
+    # parallel on one LayerNorm, rotary positions.
+    build("falcon-7b-layout", FalconConfig(num_attention_heads=4, multi_query=True, parallel_attn=True,
+                                           new_decoder_architecture=False, bias=False, alibi=False,
+                                           tie_word_embeddings=True, **falcon), add_bos=False, seed=10)
+    # Falcon-40B's: key/value groups (each group's queries, then its key and value), two
+    # LayerNorms in parallel, an untied head.
+    build("falcon-40b-layout", FalconConfig(num_attention_heads=8, num_kv_heads=2, new_decoder_architecture=True,
+                                            parallel_attn=True, bias=False, alibi=False,
+                                            tie_word_embeddings=False, **falcon), add_bos=False, seed=11)
+    # Falcon-RW's: ALiBi (slopes rounded to bfloat16 as transformers does), q/k/v interleaved per
+    # head, attention then MLP in sequence, biases everywhere.
+    build("falcon-rw-alibi", FalconConfig(num_attention_heads=4, multi_query=False, parallel_attn=False,
+                                          new_decoder_architecture=False, bias=True, alibi=True,
+                                          tie_word_embeddings=True, **falcon), add_bos=False, seed=12)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ fn models() -> Vec<PathBuf> {
         .filter(|p| p.file_name().is_some_and(|n| n != "writer"))
         .collect();
     dirs.sort();
-    assert_eq!(dirs.len(), 8, "{dirs:?}");
+    assert_eq!(dirs.len(), 12, "{dirs:?}");
     assert!(dirs.iter().all(|d| d.join("expected.json").exists()), "{dirs:?}");
     dirs
 }

@@ -12,8 +12,51 @@ use serde::{Deserialize, Serialize};
 use crate::model::linear::LoraAdapter;
 use crate::model::Model;
 
-/// The projections LoRA can target, by their last name component (PEFT's `target_modules`).
+/// The projections LoRA can target, by their last name component (PEFT's `target_modules`), in
+/// the Llama-style families' names; [`FAMILY_TARGETS`] gives MPT's and Falcon's.
 pub const ALL_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// Each of [`ALL_TARGETS`] in MPT's and Falcon's names: their one fused q/k/v projection serves
+/// q_proj, k_proj and v_proj, and neither has a gate.
+pub const FAMILY_TARGETS: [(&str, [&str; 2]); 7] = [
+    ("q_proj", ["Wqkv", "query_key_value"]),
+    ("k_proj", ["Wqkv", "query_key_value"]),
+    ("v_proj", ["Wqkv", "query_key_value"]),
+    ("o_proj", ["out_proj", "dense"]),
+    ("gate_proj", ["", ""]),
+    ("up_proj", ["up_proj", "dense_h_to_4h"]),
+    ("down_proj", ["down_proj", "dense_4h_to_h"]),
+];
+
+/// Every module name `target_modules` may hold: the Llama-style names and MPT's and Falcon's.
+pub fn known_targets() -> Vec<&'static str> {
+    let mut all: Vec<&str> = ALL_TARGETS.to_vec();
+    for (_, names) in FAMILY_TARGETS {
+        for n in names {
+            if !n.is_empty() && !all.contains(&n) {
+                all.push(n);
+            }
+        }
+    }
+    all
+}
+
+/// `targets` (selfspec's config: Llama's names, or the model's own) as the module names of the
+/// model `spec` describes, each once, in order: what PEFT's `target_modules` must say for it.
+pub fn model_targets(targets: &[String], spec: &crate::model::DecoderSpec) -> Vec<String> {
+    let family = spec.gpt.as_ref().map(|g| g.family as usize);
+    let mut out: Vec<String> = Vec::new();
+    for t in targets {
+        let name = match (family, FAMILY_TARGETS.iter().find(|(llama, _)| llama == t)) {
+            (Some(f), Some((_, names))) => names[f].to_string(),
+            _ => t.clone(),
+        };
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
@@ -42,7 +85,7 @@ impl Targets {
             Targets::List(names) => {
                 names.iter().any(|n| n == last || linear.ends_with(&format!(".{n}")) || n == linear)
             }
-            Targets::Named(s) if s == "all-linear" => ALL_TARGETS.contains(&last),
+            Targets::Named(s) if s == "all-linear" => known_targets().contains(&last),
             Targets::Named(s) => s == last,
         }
     }

@@ -31,6 +31,8 @@ pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`): Gemma.
     GeluTanh,
+    /// Exact GELU (erf), in an ungated MLP `down(act(up(x)))`: MPT, Falcon.
+    Gelu,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +78,70 @@ pub struct DecoderSpec {
     pub bos_token_id: Option<u32>,
     /// What the rest of this struct calls Gemma's differences (all off for the other families).
     pub gemma: Option<GemmaParts>,
+    /// MPT's and Falcon's GPT-style block (LayerNorm, one fused q/k/v projection, an ungated
+    /// MLP, ALiBi or parallel attention); `None` for the Llama-style families.
+    pub gpt: Option<GptParts>,
+}
+
+/// The GPT-style families, which also name their tensors their own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GptFamily {
+    /// `transformer.blocks.N.{norm_1, attn.Wqkv, attn.out_proj, norm_2, ffn.up_proj, ffn.down_proj}`.
+    Mpt,
+    /// `transformer.h.N.{input_layernorm | ln_attn, self_attention.query_key_value,
+    /// self_attention.dense, post_attention_layernorm | ln_mlp, mlp.dense_h_to_4h, mlp.dense_4h_to_h}`.
+    Falcon,
+}
+
+/// How the fused q/k/v projection's output is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// All queries, then all keys, then all values (MPT; llama.cpp's Falcon files).
+    Contiguous,
+    /// Per key/value head: its queries, then its key, then its value (transformers' Falcon:
+    /// the 40B layout, and the 7B's when the one key/value head is the only group, and the
+    /// per-head `(q, k, v)` triples when every head is its own group).
+    Grouped,
+}
+
+/// How attention and the MLP combine in a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallel {
+    /// `x + attn(n₁(x))`, then `+ mlp(n₂(·))` (Llama, MPT, Falcon-RW).
+    No,
+    /// `x + attn(n(x)) + mlp(n(x))` with one norm (Falcon-7B).
+    SharedNorm,
+    /// `x + attn(n₁(x)) + mlp(n₂(x))` (Falcon-40B's `ln_attn`, `ln_mlp`).
+    TwoNorms,
+}
+
+/// Attention with linear biases instead of rotary positions, as each family computes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alibi {
+    /// MPT: slopes `2^-(i·max/n)` over the next power of two `n`, interleaved when the heads are
+    /// fewer; the bias is not scaled with the scores.
+    Mpt { max_bias: f64 },
+    /// Falcon (Bloom's slopes): the bias rounded to bfloat16 as transformers computes it, then
+    /// scaled by `head_dim^-1/2`.
+    Falcon,
+}
+
+/// MPT's and Falcon's departures from the Llama block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptParts {
+    pub family: GptFamily,
+    /// LayerNorm with a bias (Falcon) or without (MPT). The eps is `rms_norm_eps`.
+    pub norm_bias: bool,
+    /// Bias on every projection (Falcon's `bias`).
+    pub bias: bool,
+    pub qkv: QkvLayout,
+    /// The fused q/k/v output clamped to `±clip` (MPT's `clip_qkv`).
+    pub clip_qkv: Option<f64>,
+    pub parallel: Parallel,
+    /// `None`: rotary positions from `rope`.
+    pub alibi: Option<Alibi>,
+    /// The factor on q·k (MPT's `softmax_scale`; `head_dim^-1/2` otherwise).
+    pub attention_scale: f64,
 }
 
 /// Gemma 3's departures from the Llama block (transformers' `Gemma3TextModel`).
@@ -100,7 +166,8 @@ impl DecoderSpec {
         let (h, v, i) = (self.hidden_size as u64, self.vocab_size as u64, self.intermediate_size as u64);
         let (q, kv) = ((self.num_heads * self.head_dim) as u64, (self.num_kv_heads * self.head_dim) as u64);
         let embed = v * h * if self.tie_word_embeddings { 1 } else { 2 };
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+        let mlp = if self.gpt.is_some() { 2 } else { 3 };
+        let layer = h * q + 2 * h * kv + q * h + mlp * h * i;
         embed + self.num_layers as u64 * layer
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-use super::config::{Activation, DecoderSpec, Rope, RopeScaling};
+use super::config::{Activation, Alibi, DecoderSpec, GptFamily, Parallel, QkvLayout, Rope, RopeScaling};
 use super::linear::{Base, CpuWeight, Linear};
 use super::weights::Weights;
 use super::ModelError;
@@ -41,22 +41,50 @@ impl RmsNorm {
     }
 }
 
+/// A block's norm: RMSNorm (the Llama-style families) or LayerNorm (MPT, Falcon; a zero bias
+/// where the checkpoint has none).
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Rms(RmsNorm),
+    Layer { weight: Tensor, bias: Tensor, eps: f64 },
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        match (self, pass) {
+            (Norm::Rms(n), _) => n.forward(x, pass),
+            (Norm::Layer { weight, bias, eps }, Pass::Inference) => {
+                candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, *eps as f32)
+            }
+            (Norm::Layer { weight, bias, eps }, Pass::Training) => {
+                candle_nn::ops::layer_norm_slow(x, weight, bias, *eps as f32)
+            }
+        }
+    }
+}
+
+/// The attention's input projections: separate (Llama-style) or one fused matrix (MPT's
+/// `Wqkv`, Falcon's `query_key_value`) whose output [`Decoder::split_qkv`] cuts apart.
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
 struct Layer {
-    input_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    input_norm: Norm,
+    qkv: Qkv,
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     /// Gemma: a norm on the attention's output before the residual add.
     attn_out_norm: Option<RmsNorm>,
     /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's
-    /// `pre_feedforward_layernorm`).
-    mlp_norm: RmsNorm,
+    /// `pre_feedforward_layernorm`); none where the MLP shares the attention's (Falcon-7B).
+    mlp_norm: Option<Norm>,
     /// Gemma: a norm on the MLP's output before the residual add.
     mlp_out_norm: Option<RmsNorm>,
-    gate: Linear,
+    /// The gated MLP's gate (none in MPT's and Falcon's `down(gelu(up(x)))`).
+    gate: Option<Linear>,
     up: Linear,
     down: Linear,
     sliding: bool,
@@ -297,7 +325,7 @@ pub struct Decoder {
     pub spec: DecoderSpec,
     embed: Embeddings,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     lm_head: Linear,
     /// Rotary inverse frequencies, `[head_dim / 2]`, f32.
     inv_freq: Tensor,
@@ -358,9 +386,9 @@ pub trait Source {
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
         Ok(Linear::dense(weight, bias)?)
     }
-    /// The LM head when it is tied to the embeddings `[vocab, hidden]`.
-    fn tied_head(&self, vocab: usize, hidden: usize, why: &str) -> std::result::Result<Linear, ModelError> {
-        Ok(Linear::dense(self.tensor("model.embed_tokens.weight", &[vocab, hidden], why)?, None)?)
+    /// The LM head when it is tied to the embeddings `name` `[vocab, hidden]`.
+    fn tied_head(&self, name: &str, vocab: usize, hidden: usize, why: &str) -> std::result::Result<Linear, ModelError> {
+        Ok(Linear::dense(self.tensor(name, &[vocab, hidden], why)?, None)?)
     }
 }
 
@@ -378,11 +406,93 @@ impl Source for Weights {
     }
 }
 
+/// Where each family keeps its tensors (Hugging Face names; a GGUF source maps them to
+/// llama.cpp's). A fused q/k/v projection is named by `q`.
+pub struct Names {
+    pub embed: &'static str,
+    pub final_norm: &'static str,
+    pub layers: &'static str,
+    pub input_norm: &'static str,
+    pub mlp_norm: &'static str,
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub o: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+impl Names {
+    pub fn of(spec: &DecoderSpec) -> Names {
+        let llama = Names {
+            embed: "model.embed_tokens.weight",
+            final_norm: "model.norm",
+            layers: "model.layers",
+            input_norm: "input_layernorm",
+            mlp_norm: if spec.gemma.is_some() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" },
+            q: "self_attn.q_proj",
+            k: "self_attn.k_proj",
+            v: "self_attn.v_proj",
+            o: "self_attn.o_proj",
+            gate: "mlp.gate_proj",
+            up: "mlp.up_proj",
+            down: "mlp.down_proj",
+        };
+        match spec.gpt.as_ref().map(|g| (g.family, g.parallel)) {
+            None => llama,
+            Some((GptFamily::Mpt, _)) => Names {
+                embed: "transformer.wte.weight",
+                final_norm: "transformer.norm_f",
+                layers: "transformer.blocks",
+                input_norm: "norm_1",
+                mlp_norm: "norm_2",
+                q: "attn.Wqkv",
+                k: "",
+                v: "",
+                o: "attn.out_proj",
+                gate: "",
+                up: "ffn.up_proj",
+                down: "ffn.down_proj",
+            },
+            Some((GptFamily::Falcon, parallel)) => Names {
+                embed: "transformer.word_embeddings.weight",
+                final_norm: "transformer.ln_f",
+                layers: "transformer.h",
+                input_norm: if parallel == Parallel::TwoNorms { "ln_attn" } else { "input_layernorm" },
+                mlp_norm: if parallel == Parallel::TwoNorms { "ln_mlp" } else { "post_attention_layernorm" },
+                q: "self_attention.query_key_value",
+                k: "",
+                v: "",
+                o: "self_attention.dense",
+                gate: "",
+                up: "mlp.dense_h_to_4h",
+                down: "mlp.dense_4h_to_h",
+            },
+        }
+    }
+}
+
 /// The RMSNorm `name`; with `plus_one` (a Gemma checkpoint) its scale is `1 + weight`.
 fn norm(w: &dyn Source, name: &str, size: usize, eps: f64, plus_one: bool) -> std::result::Result<RmsNorm, ModelError> {
     let weight = w.tensor(name, &[size], "the config's hidden size")?;
     let weight = if plus_one { weight.affine(1.0, 1.0)? } else { weight };
     Ok(RmsNorm { weight, eps })
+}
+
+/// The block norm `prefix` (`prefix.weight`, and `prefix.bias` for a LayerNorm with bias).
+fn block_norm(w: &dyn Source, spec: &DecoderSpec, prefix: &str) -> std::result::Result<Norm, ModelError> {
+    let (h, eps) = (spec.hidden_size, spec.rms_norm_eps);
+    let Some(gpt) = &spec.gpt else {
+        let plus_one = spec.gemma.as_ref().is_some_and(|g| g.norm_plus_one);
+        return Ok(Norm::Rms(norm(w, &format!("{prefix}.weight"), h, eps, plus_one)?));
+    };
+    let weight = w.tensor(&format!("{prefix}.weight"), &[h], "the config's hidden size")?;
+    let bias = match gpt.norm_bias {
+        true => w.tensor(&format!("{prefix}.bias"), &[h], "the config's hidden size")?,
+        false => weight.zeros_like()?,
+    };
+    Ok(Norm::Layer { weight, bias, eps })
 }
 
 impl Decoder {
@@ -396,25 +506,43 @@ impl Decoder {
         let eps = s.rms_norm_eps;
         let norm = |name: &str, size: usize| norm(w, name, size, eps, plus_one);
         let gemma = s.gemma.is_some();
+        let n = Names::of(s);
+        let gpt_bias = s.gpt.as_ref().is_some_and(|g| g.bias);
+        let (o_bias, mlp_bias) = (s.o_bias || gpt_bias, s.mlp_bias || gpt_bias);
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
-            let p = format!("model.layers.{i}");
-            let input_norm = norm(&format!("{p}.input_layernorm.weight"), h)?;
-            let (mlp_norm, attn_out_norm, mlp_out_norm) = if gemma {
+            let p = format!("{}.{i}", n.layers);
+            let input_norm = block_norm(w, s, &format!("{p}.{}", n.input_norm))?;
+            let shared = s.gpt.as_ref().is_some_and(|g| g.parallel == Parallel::SharedNorm);
+            let mlp_norm = if shared { None } else { Some(block_norm(w, s, &format!("{p}.{}", n.mlp_norm))?) };
+            let (attn_out_norm, mlp_out_norm) = if gemma {
                 (
-                    norm(&format!("{p}.pre_feedforward_layernorm.weight"), h)?,
                     Some(norm(&format!("{p}.post_attention_layernorm.weight"), h)?),
                     Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), h)?),
                 )
             } else {
-                (norm(&format!("{p}.post_attention_layernorm.weight"), h)?, None, None)
+                (None, None)
+            };
+            let qkv = match s.gpt {
+                Some(_) => {
+                    let out = (s.num_heads + 2 * s.num_kv_heads) * hd;
+                    let why = format!("{attn}, {} key/value heads", s.num_kv_heads);
+                    Qkv::Fused(w.linear(&format!("{p}.{}", n.q), out, h, gpt_bias, &why)?)
+                }
+                None => Qkv::Split {
+                    q: w.linear(&format!("{p}.{}", n.q), s.num_heads * hd, h, s.qkv_bias, &attn)?,
+                    k: w.linear(&format!("{p}.{}", n.k), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                    v: w.linear(&format!("{p}.{}", n.v), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
+                },
+            };
+            let gate = match s.gpt {
+                Some(_) => None,
+                None => Some(w.linear(&format!("{p}.{}", n.gate), s.intermediate_size, h, mlp_bias, &mlp)?),
             };
             layers.push(Layer {
                 input_norm,
-                q: w.linear(&format!("{p}.self_attn.q_proj"), s.num_heads * hd, h, s.qkv_bias, &attn)?,
-                k: w.linear(&format!("{p}.self_attn.k_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                v: w.linear(&format!("{p}.self_attn.v_proj"), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                o: w.linear(&format!("{p}.self_attn.o_proj"), h, s.num_heads * hd, s.o_bias, &attn)?,
+                qkv,
+                o: w.linear(&format!("{p}.{}", n.o), h, s.num_heads * hd, o_bias, &attn)?,
                 q_norm: match s.qk_norm {
                     true => Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?),
                     false => None,
@@ -426,19 +554,19 @@ impl Decoder {
                 attn_out_norm,
                 mlp_norm,
                 mlp_out_norm,
-                gate: w.linear(&format!("{p}.mlp.gate_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
-                up: w.linear(&format!("{p}.mlp.up_proj"), s.intermediate_size, h, s.mlp_bias, &mlp)?,
-                down: w.linear(&format!("{p}.mlp.down_proj"), h, s.intermediate_size, s.mlp_bias, &mlp)?,
+                gate,
+                up: w.linear(&format!("{p}.{}", n.up), s.intermediate_size, h, mlp_bias, &mlp)?,
+                down: w.linear(&format!("{p}.{}", n.down), h, s.intermediate_size, mlp_bias, &mlp)?,
                 sliding: s.sliding_window.is_some() && s.sliding_layers.get(i).copied().unwrap_or(false),
             });
         }
         let vocab = format!("vocab_size {}, hidden_size {h}", s.vocab_size);
-        let table = || w.tensor("model.embed_tokens.weight", &[s.vocab_size, h], &vocab);
+        let table = || w.tensor(n.embed, &[s.vocab_size, h], &vocab);
         // Tied embeddings: one matrix is the head and the table. A packed or GGML-block head on
         // the CPU gives the embedding rows itself, so no f32 table is ever loaded for it.
         // An untied checkpoint must carry lm_head.
         let (embed, lm_head) = if s.tie_word_embeddings {
-            let head = w.tied_head(s.vocab_size, h, &vocab)?;
+            let head = w.tied_head(n.embed, s.vocab_size, h, &vocab)?;
             let embed = match &head.base {
                 Base::Packed(p) => Embeddings::Head(p.clone() as Arc<dyn CpuWeight>),
                 Base::QPacked(q) => Embeddings::Head(q.clone() as Arc<dyn CpuWeight>),
@@ -449,7 +577,7 @@ impl Decoder {
         } else {
             (Embeddings::Table(table()?), w.linear("lm_head", s.vocab_size, h, false, &vocab)?)
         };
-        let norm = norm("model.norm.weight", h)?;
+        let norm = block_norm(w, s, n.final_norm)?;
         let freqs = |rope: &Rope| -> Result<Tensor> {
             let mut freqs = inv_freq(rope, hd);
             if let Some(factors) = &s.rope_freq_factors {
@@ -464,9 +592,10 @@ impl Decoder {
             Some(g) if g.local_rope != s.rope => Some(freqs(&g.local_rope)?),
             _ => None,
         };
-        let attention_scale = match &s.gemma {
-            Some(g) => g.attention_scale as f32,
-            None => 1.0 / (hd as f32).sqrt(),
+        let attention_scale = match (&s.gemma, &s.gpt) {
+            (Some(g), _) => g.attention_scale as f32,
+            (_, Some(g)) => g.attention_scale as f32,
+            _ => 1.0 / (hd as f32).sqrt(),
         };
         Ok(Decoder {
             embed,
@@ -651,7 +780,8 @@ impl Decoder {
         let window = self.spec.sliding_window.filter(|_| self.layers.iter().any(|l| l.sliding));
         // Training on the CPU in f32 goes through the fused ops; they share one copy of the
         // angles, and attention takes each query's visible keys as a range (no dense mask).
-        let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 {
+        let alibi = self.spec.gpt.as_ref().and_then(|g| g.alibi);
+        let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 && alibi.is_none() {
             Some(Fused {
                 angles: fused::Angles::new(&cos, &sin)?,
                 local_angles: local.as_ref().map(|(c, s)| fused::Angles::new(c, s)).transpose()?,
@@ -663,6 +793,7 @@ impl Decoder {
         };
         let (full_mask, window_mask) = match (&fused, window) {
             (Some(_), _) => (None, None),
+            (None, _) if alibi.is_some() => (Some(self.alibi_mask(cache, new, alibi.unwrap_or(Alibi::Falcon))?), None),
             (None, None) => (self.mask(cache, new, None)?, None),
             (None, Some(w)) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
         };
@@ -683,20 +814,47 @@ impl Decoder {
         if let Some(n) = &layer.attn_out_norm {
             a = n.forward(&a, pass)?;
         }
-        let x = (x + a)?;
-        let h = layer.mlp_norm.forward(&x, pass)?;
-        let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+        // Falcon's parallel blocks add the MLP's output to the attention's, then the residual.
+        match (self.spec.gpt.as_ref().map_or(Parallel::No, |g| g.parallel), &layer.mlp_norm) {
+            (Parallel::No, Some(norm)) => {
+                let x = (x + a)?;
+                let m = self.mlp(layer, &norm.forward(&x, pass)?, step, pass)?;
+                x + m
+            }
+            (Parallel::TwoNorms, Some(norm)) => (self.mlp(layer, &norm.forward(x, pass)?, step, pass)? + a)? + x,
+            _ => (self.mlp(layer, &h, step, pass)? + a)? + x,
+        }
+    }
+
+    /// The MLP on `h` (its input norm applied): `down(act(gate(h)) · up(h))`, or
+    /// `down(act(up(h)))` without a gate; Gemma's output norm after.
+    fn mlp(&self, layer: &Layer, h: &Tensor, step: &Step, pass: Pass) -> Result<Tensor> {
         let act = self.spec.activation;
-        let product = match (&step.fused, act) {
-            (Some(_), _) => fused::glu_mul(&g, &u, act)?,
-            (None, Activation::Silu) => (g.silu()? * u)?,
-            (None, Activation::GeluTanh) => (g.gelu()? * u)?,
+        let product = match &layer.gate {
+            Some(gate) => {
+                let (g, u) = (gate.forward(h)?, layer.up.forward(h)?);
+                match (&step.fused, act) {
+                    (Some(_), _) => fused::glu_mul(&g, &u, act)?,
+                    (_, Activation::Silu) => (g.silu()? * u)?,
+                    (_, Activation::GeluTanh) => (g.gelu()? * u)?,
+                    (_, Activation::Gelu) => (g.gelu_erf()? * u)?,
+                }
+            }
+            None => {
+                let u = layer.up.forward(h)?;
+                match act {
+                    _ if pass == Pass::Training && fused::usable(&u) => fused::act(&u, act)?,
+                    Activation::Silu => u.silu()?,
+                    Activation::GeluTanh => u.gelu()?,
+                    Activation::Gelu => u.gelu_erf()?,
+                }
+            }
         };
         let mut m = layer.down.forward(&product)?;
         if let Some(n) = &layer.mlp_out_norm {
             m = n.forward(&m, pass)?;
         }
-        x + m
+        Ok(m)
     }
 
     /// The summed `−log p(target)` at the positions `at` (as [`Decoder::nll_at`]) and its
@@ -772,6 +930,34 @@ impl Decoder {
         any.then(|| Tensor::from_vec(data, (rows, 1, new, total), &self.device)).transpose()
     }
 
+    /// The causal mask with each head's ALiBi bias, `[rows, heads, new, total]` (f32): as
+    /// [`Decoder::mask`], with the bias of key position `k` seen from query position `q` where
+    /// the key is visible (MPT: `slope · (k − q)`; Falcon: `bf16(slope · k) / √head_dim`, as
+    /// transformers rounds it; each differs from the other form by a constant per query, which
+    /// softmax ignores).
+    fn alibi_mask(&self, cache: &Cache, new: usize, alibi: Alibi) -> Result<Tensor> {
+        let (start, total, rows, heads) = (cache.len, cache.len + new, cache.rows(), self.spec.num_heads);
+        let slopes = alibi_slopes(alibi, heads);
+        let scale = 1.0 / (self.spec.head_dim as f32).sqrt();
+        let mut data = Vec::with_capacity(rows * heads * new * total);
+        for &pad in &cache.pad {
+            for &slope in &slopes {
+                for q in start..total {
+                    for k in 0..total {
+                        let visible = if q < pad { k == q } else { k >= pad && k <= q };
+                        data.push(match (visible, alibi) {
+                            (false, _) => f32::NEG_INFINITY,
+                            (true, _) if q < pad => 0.0,
+                            (true, Alibi::Mpt { .. }) => slope * (k as f32 - q as f32),
+                            (true, Alibi::Falcon) => bf16_round(bf16_round(slope) * (k - pad) as f32) * scale,
+                        });
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(data, (rows, heads, new, total), &self.device)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -786,9 +972,7 @@ impl Decoder {
         let s = &self.spec;
         let (rows, new, _) = x.dims3()?;
         let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
-        let mut q = layer.q.forward(x)?.reshape((rows, new, nh, hd))?;
-        let mut k = layer.k.forward(x)?.reshape((rows, new, nkv, hd))?;
-        let v = layer.v.forward(x)?.reshape((rows, new, nkv, hd))?;
+        let (mut q, mut k, v) = self.split_qkv(layer, x)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = qn.forward(&q, pass)?;
             k = kn.forward(&k, pass)?;
@@ -800,7 +984,9 @@ impl Decoder {
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (cos, sin) = (rope.cos, rope.sin);
+        let alibi = s.gpt.as_ref().is_some_and(|g| g.alibi.is_some());
         let (q, k) = match (pass, s.rope_interleaved) {
+            _ if alibi => (q, k),
             (Pass::Inference, false) => {
                 (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
             }
@@ -838,7 +1024,8 @@ impl Decoder {
             }
         };
 
-        if pass == Pass::Inference && cpu_attention::usable(&q) {
+        let per_head_mask = mask.is_some_and(|m| m.dim(1).is_ok_and(|h| h > 1));
+        if pass == Pass::Inference && cpu_attention::usable(&q) && !per_head_mask {
             return layer.o.forward(&cpu_attention::attend(&q, &k, &v, self.attention_scale, mask)?);
         }
         // Grouped-query attention without copying keys and values: the query heads that share a
@@ -850,7 +1037,11 @@ impl Decoder {
             .to_dtype(DType::F32)?
             .reshape((rows, nkv, rep, new, total))?;
         if let Some(mask) = mask {
-            scores = scores.broadcast_add(&mask.unsqueeze(2)?)?;
+            let mask = match per_head_mask {
+                true => mask.reshape((rows, nkv, rep, new, total))?,
+                false => mask.unsqueeze(2)?,
+            };
+            scores = scores.broadcast_add(&mask)?;
         }
         let scores = scores.reshape((rows, nkv, rep * new, total))?;
         let probs = match pass {
@@ -860,6 +1051,46 @@ impl Decoder {
         let out = probs.to_dtype(self.dtype)?.matmul(&v)?;
         let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
         layer.o.forward(&out)
+    }
+
+    /// q `[rows, new, heads, hd]`, k and v `[rows, new, kv_heads, hd]` from `x`: three
+    /// projections, or one fused output cut by the family's layout (clamped first where the
+    /// config says so).
+    fn split_qkv(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let s = &self.spec;
+        let (rows, new, _) = x.dims3()?;
+        let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
+        let (fused, gpt) = match (&layer.qkv, &s.gpt) {
+            (Qkv::Split { q, k, v }, _) => {
+                return Ok((
+                    q.forward(x)?.reshape((rows, new, nh, hd))?,
+                    k.forward(x)?.reshape((rows, new, nkv, hd))?,
+                    v.forward(x)?.reshape((rows, new, nkv, hd))?,
+                ))
+            }
+            (Qkv::Fused(fused), Some(gpt)) => (fused, gpt),
+            (Qkv::Fused(_), None) => candle_core::bail!("a fused q/k/v projection without its layout"),
+        };
+        let mut y = fused.forward(x)?;
+        if let Some(c) = gpt.clip_qkv {
+            y = y.clamp(-c, c)?;
+        }
+        match gpt.qkv {
+            QkvLayout::Contiguous => Ok((
+                y.narrow(2, 0, nh * hd)?.reshape((rows, new, nh, hd))?,
+                y.narrow(2, nh * hd, nkv * hd)?.reshape((rows, new, nkv, hd))?,
+                y.narrow(2, (nh + nkv) * hd, nkv * hd)?.reshape((rows, new, nkv, hd))?,
+            )),
+            QkvLayout::Grouped => {
+                let rep = nh / nkv;
+                let y = y.reshape((rows, new, nkv, rep + 2, hd))?;
+                Ok((
+                    y.narrow(3, 0, rep)?.reshape((rows, new, nh, hd))?,
+                    y.narrow(3, rep, 1)?.reshape((rows, new, nkv, hd))?,
+                    y.narrow(3, rep + 1, 1)?.reshape((rows, new, nkv, hd))?,
+                ))
+            }
+        }
     }
 
     /// Training's attention on the CPU in f32 ([`flash::attend`]), token-major from the
@@ -901,9 +1132,15 @@ impl Decoder {
         layer.o.forward(&out.reshape((rows, new, nh * hd))?)
     }
 
-    /// The blocks' seven projections, layer by layer.
+    /// The blocks' projections, layer by layer (seven, or four with a fused q/k/v and no gate).
     fn projections(&self) -> impl Iterator<Item = &Linear> {
-        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+        self.layers.iter().flat_map(|l| {
+            let qkv: Vec<&Linear> = match &l.qkv {
+                Qkv::Split { q, k, v } => vec![q, k, v],
+                Qkv::Fused(f) => vec![f],
+            };
+            qkv.into_iter().chain([&l.o]).chain(&l.gate).chain([&l.up, &l.down])
+        })
     }
 
     /// Bytes of weights one decoding step reads: every projection and the vocabulary head.
@@ -918,7 +1155,7 @@ impl Decoder {
 
     /// The names of the adapters loaded (in the first layer's order).
     pub fn adapter_names(&self) -> Vec<String> {
-        self.layers.first().map(|l| l.q.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
+        self.projections().next().map(|l| l.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
     }
 
     /// Int8 activations (on) or exact ones (off) for every GGML-block weight: the blocks'
@@ -947,18 +1184,27 @@ impl Decoder {
     }
 
     /// Every projection of the blocks, named as in the checkpoint and in PEFT's
-    /// `target_modules` (`model.layers.0.self_attn.q_proj`, …), for attaching adapters.
+    /// `target_modules` (`model.layers.0.self_attn.q_proj`, `transformer.h.0.mlp.dense_h_to_4h`,
+    /// …), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let n = Names::of(&self.spec);
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut l.q));
-            out.push((format!("{p}.self_attn.k_proj"), &mut l.k));
-            out.push((format!("{p}.self_attn.v_proj"), &mut l.v));
-            out.push((format!("{p}.self_attn.o_proj"), &mut l.o));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.up));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.down));
+            let p = format!("{}.{i}", n.layers);
+            match &mut l.qkv {
+                Qkv::Split { q, k, v } => {
+                    out.push((format!("{p}.{}", n.q), q));
+                    out.push((format!("{p}.{}", n.k), k));
+                    out.push((format!("{p}.{}", n.v), v));
+                }
+                Qkv::Fused(f) => out.push((format!("{p}.{}", n.q), f)),
+            }
+            out.push((format!("{p}.{}", n.o), &mut l.o));
+            if let Some(gate) = &mut l.gate {
+                out.push((format!("{p}.{}", n.gate), gate));
+            }
+            out.push((format!("{p}.{}", n.up), &mut l.up));
+            out.push((format!("{p}.{}", n.down), &mut l.down));
         }
         out
     }
@@ -993,6 +1239,43 @@ struct Rotary<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
     fused: Option<&'a Fused>,
+}
+
+/// Each head's ALiBi slope, as the family computes it (in f32).
+pub fn alibi_slopes(alibi: Alibi, heads: usize) -> Vec<f32> {
+    match alibi {
+        Alibi::Mpt { max_bias } => {
+            // 2^-(i·max/n), i = 1..n, over the next power of two n; fewer heads take the odd
+            // ones, then the even ones.
+            let n = heads.next_power_of_two();
+            let step = (max_bias / n as f64) as f32;
+            let all: Vec<f32> = (1..=n).map(|i| 1.0 / 2f32.powf(i as f32 * step)).collect();
+            if n == heads {
+                return all;
+            }
+            all.iter().skip(1).step_by(2).chain(all.iter().step_by(2)).take(heads).copied().collect()
+        }
+        Alibi::Falcon => {
+            // Bloom's: base^i over the power of two p at or below the heads, then the odd
+            // powers of the next power of two's base for the rest.
+            let p = 1usize << (usize::BITS - 1 - heads.max(1).leading_zeros());
+            let base_of = |p: usize| 2f32.powf(-(2f32.powf(-((p as f32).log2() - 3.0))));
+            let base = base_of(p);
+            let mut slopes: Vec<f32> = (1..=p).map(|i| base.powi(i as i32)).collect();
+            if p != heads {
+                let extra = base_of(2 * p);
+                slopes.extend((0..p.min(heads - p)).map(|j| extra.powi(2 * j as i32 + 1)));
+            }
+            slopes
+        }
+    }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32.
+fn bf16_round(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    f32::from_bits(rounded & 0xffff_0000)
 }
 
 /// `rotate_half` rotary embedding from differentiable ops; `cos`/`sin` are `[rows, new, hd/2]`.

@@ -292,6 +292,7 @@ impl Activation {
         match self {
             Activation::Silu => g * sigmoid(g),
             Activation::GeluTanh => 0.5 * g * (1.0 + (GELU_C * (g + GELU_A * g * g * g)).tanh()),
+            Activation::Gelu => 0.5 * g * (1.0 + erf(g * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
 
@@ -307,8 +308,18 @@ impl Activation {
                 let slope = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * g * g);
                 (0.5 * g * (1.0 + t), slope)
             }
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + erf(g * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * g * g).exp() * 0.398_942_3;
+                (g * cdf, cdf + g * pdf)
+            }
         }
     }
+}
+
+/// The error function (libm's, as candle's `gelu_erf` and PyTorch use).
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
 }
 
 impl CustomOp2 for GluMulOp {
@@ -352,6 +363,49 @@ impl CustomOp2 for GluMulOp {
             });
         Ok((Some(tensor(dg, &g_shape)?), Some(tensor(du, &u_shape)?)))
     }
+}
+
+/// `act(x)` elementwise, with the exact derivative in its backward (candle's `gelu_erf`
+/// backward rounds 1/√(2π) to six digits, which four AdamW steps on near-zero gradients turn
+/// into differences of 1e-3 from PyTorch).
+struct ActOp(Activation);
+
+impl CustomOp1 for ActOp {
+    fn name(&self) -> &'static str {
+        "fused-act"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(self.name(), s, l)?;
+        let act = self.0;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = act.apply(*x);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    /// `dx = dy · act'(x)`.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let shape = x.shape().clone();
+        let dy = grad;
+        let act = self.0;
+        read!(self.name(); x, dy);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(dx, (x, dy))| {
+            for i in 0..x.len() {
+                dx[i] = dy[i] * act.with_slope(x[i]).1;
+            }
+        });
+        Ok(Some(tensor(dx, &shape)?))
+    }
+}
+
+/// `act(x)`, for an ungated MLP.
+pub fn act(x: &Tensor, act: Activation) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(ActOp(act))
 }
 
 /// `act(gate) · up`.
@@ -723,15 +777,30 @@ mod tests {
         }
     }
 
+    /// The ungated activation (MPT's and Falcon's exact GELU) against candle's op, forward and
+    /// backward.
+    #[test]
+    fn act_matches_candles_gelu_erf() {
+        let x = var(&[3, 40], 11);
+        let y = act(x.as_tensor(), Activation::Gelu).unwrap();
+        let r = x.as_tensor().gelu_erf().unwrap();
+        close(&y, &r, 1e-6, "act");
+        let w = Tensor::from_vec(values(y.elem_count(), 12), y.shape(), &Device::Cpu).unwrap();
+        let gf = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap(), 1e-5, "act grad");
+    }
+
     #[test]
     fn glu_mul_matches_candles_ops() {
-        for act in [Activation::Silu, Activation::GeluTanh] {
+        for act in [Activation::Silu, Activation::GeluTanh, Activation::Gelu] {
             let g = var(&[4, 33], 8);
             let u = var(&[4, 33], 9);
             let y = glu_mul(g.as_tensor(), u.as_tensor(), act).unwrap();
             let a = match act {
                 Activation::Silu => g.as_tensor().silu().unwrap(),
                 Activation::GeluTanh => g.as_tensor().gelu().unwrap(),
+                Activation::Gelu => g.as_tensor().gelu_erf().unwrap(),
             };
             let r = (a * u.as_tensor()).unwrap();
             close(&y, &r, 1e-6, "glu-mul");

@@ -20,8 +20,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Activation, DecoderSpec, GemmaParts, Rope, RopeScaling};
-use super::decoder::{Decoder, Source};
+use super::config::{Activation, Alibi, DecoderSpec, GemmaParts, GptFamily, GptParts, Parallel, QkvLayout};
+use super::config::{Rope, RopeScaling};
+use super::decoder::{Decoder, Names, Source};
 use super::linear::Linear;
 use super::weights::Weights;
 use super::{Model, ModelError, Tokenizer};
@@ -31,13 +32,19 @@ use super::{Model, ModelError, Tokenizer};
 fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
+        ("transformer.wte.weight", "token_embd.weight"),
+        ("transformer.word_embeddings.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
+        ("transformer.norm_f.weight", "output_norm.weight"),
+        ("transformer.norm_f.bias", "output_norm.bias"),
+        ("transformer.ln_f.weight", "output_norm.weight"),
+        ("transformer.ln_f.bias", "output_norm.bias"),
         ("lm_head.weight", "output.weight"),
     ];
     if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
+    let rest = ["model.layers.", "transformer.blocks.", "transformer.h."].iter().find_map(|p| hf.strip_prefix(p))?;
     let (layer, rest) = rest.split_once('.')?;
     let gemma_parts = [
         ("post_attention_layernorm.", "post_attention_norm."),
@@ -59,6 +66,21 @@ fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
         ("mlp.gate_proj.", "ffn_gate."),
         ("mlp.up_proj.", "ffn_up."),
         ("mlp.down_proj.", "ffn_down."),
+        // MPT
+        ("norm_1.", "attn_norm."),
+        ("attn.Wqkv.", "attn_qkv."),
+        ("attn.out_proj.", "attn_output."),
+        ("norm_2.", "ffn_norm."),
+        ("ffn.up_proj.", "ffn_up."),
+        ("ffn.down_proj.", "ffn_down."),
+        // Falcon: llama.cpp files the 40B's MLP norm as attn_norm and its attention norm as
+        // attn_norm_2 (gguf-py's tensor map; its Falcon graph reads them so).
+        ("ln_mlp.", "attn_norm."),
+        ("ln_attn.", "attn_norm_2."),
+        ("self_attention.query_key_value.", "attn_qkv."),
+        ("self_attention.dense.", "attn_output."),
+        ("mlp.dense_h_to_4h.", "ffn_up."),
+        ("mlp.dense_4h_to_h.", "ffn_down."),
     ];
     let (h, g) = parts.iter().find(|(h, _)| rest.starts_with(h))?;
     Some(format!("blk.{layer}.{g}{}", &rest[h.len()..]))
@@ -71,6 +93,41 @@ struct GgufSource {
     device: Device,
     dequantize: bool,
     gemma: bool,
+    /// Falcon's `(heads, kv_heads, head_dim)`: llama.cpp stores the fused q/k/v rows as all
+    /// queries, keys, values; they are put back in transformers' key/value groups at load, so
+    /// that adapters (PEFT's `query_key_value`) see the same rows in either form.
+    falcon_qkv: Option<(usize, usize, usize)>,
+}
+
+/// For each row of Falcon's fused q/k/v in transformers' order (per key/value group: its
+/// queries, its key, its value), the row holding it in llama.cpp's (all queries, all keys, all
+/// values).
+pub fn falcon_grouped_rows(heads: usize, kv_heads: usize, head_dim: usize) -> Vec<usize> {
+    let rep = heads / kv_heads.max(1);
+    let mut rows = Vec::with_capacity((heads + 2 * kv_heads) * head_dim);
+    for g in 0..kv_heads {
+        let heads_of_group = (g * rep..(g + 1) * rep).chain([heads + g, heads + kv_heads + g]);
+        for h in heads_of_group {
+            rows.extend(h * head_dim..(h + 1) * head_dim);
+        }
+    }
+    rows
+}
+
+/// `q`'s rows in the order `rows` gives (whole rows of blocks move; nothing is requantized).
+fn reorder_rows(q: &QTensor, rows: &[usize], device: &Device) -> candle_core::Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let data = q.data()?;
+    if dims.len() != 2 || dims[0] != rows.len() || data.len() % dims[0] != 0 {
+        candle_core::bail!("cannot reorder the rows of a {dims:?} tensor into {} rows", rows.len())
+    }
+    let row_bytes = data.len() / dims[0];
+    let mut out = Vec::with_capacity(data.len());
+    for &r in rows {
+        out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(out), device, q.dtype())?;
+    QTensor::new(storage, dims)
 }
 
 /// How a GGUF file's quantized projections run.
@@ -137,13 +194,21 @@ impl Source for GgufSource {
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize, bias: bool, why: &str) -> Result<Linear, ModelError> {
-        let q = self.qtensor(&format!("{name}.weight"), &[out, inp], why)?;
-        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
+        let mut q = self.qtensor(&format!("{name}.weight"), &[out, inp], why)?;
+        let mut bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out], why)?) } else { None };
+        if let (Some((heads, kv, hd)), true) = (self.falcon_qkv, name.ends_with("query_key_value")) {
+            let rows = falcon_grouped_rows(heads, kv, hd);
+            q = reorder_rows(&q, &rows, &self.device)?;
+            if let Some(b) = bias {
+                let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), b.device())?;
+                bias = Some(b.index_select(&index, 0)?);
+            }
+        }
         self.layer(q, bias)
     }
 
-    fn tied_head(&self, vocab: usize, hidden: usize, why: &str) -> Result<Linear, ModelError> {
-        let q = self.qtensor("model.embed_tokens.weight", &[vocab, hidden], why)?;
+    fn tied_head(&self, name: &str, vocab: usize, hidden: usize, why: &str) -> Result<Linear, ModelError> {
+        let q = self.qtensor(name, &[vocab, hidden], why)?;
         self.layer(q, None)
     }
 }
@@ -225,7 +290,7 @@ fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, 
 }
 
 /// `general.architecture` values selfspec reads.
-pub const ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+pub const ARCHITECTURES: [&str; 7] = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "mpt", "falcon"];
 
 /// Opens a .gguf file for inference (f32 activations).
 pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelError> {
@@ -242,6 +307,7 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         "llama" | "mistral" => (true, false, false),
         "qwen2" => (false, true, false),
         "qwen3" | "gemma3" => (false, false, true),
+        "mpt" | "falcon" => (false, false, false),
         other => {
             return Err(ModelError::Config {
                 file: path.to_path_buf(),
@@ -334,7 +400,13 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         eos_token_ids: eos_ids(&content),
         bos_token_id: token_id(&content, "tokenizer.ggml.bos_token_id"),
         gemma: gemma_parts.map(|(g, _)| g),
+        gpt: None,
     };
+    let spec = match arch.as_str() {
+        "mpt" | "falcon" => gpt_spec(spec, &content, path, &arch)?,
+        _ => spec,
+    };
+    let falcon_qkv = (arch == "falcon").then_some((spec.num_heads, spec.num_kv_heads, spec.head_dim));
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let tokenizer = tokenizer_of(&content, path)?;
     let eos_token_ids = spec.eos_token_ids.clone();
@@ -345,9 +417,58 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         device: device.clone(),
         dequantize: mode == Mode::Dequantized,
         gemma,
+        falcon_qkv,
     };
     let decoder = Decoder::load(spec, &source)?;
     Ok(Model { dir, decoder, tokenizer, eos_token_ids })
+}
+
+/// MPT's and Falcon's parts as llama.cpp reads them: LayerNorms (with a bias where the file has
+/// one), the fused `attn_qkv`, ALiBi with `attention.max_alibi_bias` and `attention.clamp_kqv`
+/// for MPT, rotary positions and parallel blocks for Falcon (two norms where `attn_norm_2`
+/// exists).
+fn gpt_spec(mut spec: DecoderSpec, c: &gguf_file::Content, path: &Path, arch: &str) -> Result<DecoderSpec, ModelError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let has = |t: &str| c.tensor_infos.contains_key(t);
+    let mpt = arch == "mpt";
+    spec.architecture = if mpt { "mpt" } else { "falcon" };
+    spec.rms_norm_eps = meta_f(c, path, &key("attention.layer_norm_epsilon"), 1e-5)?;
+    spec.activation = Activation::Gelu;
+    spec.qkv_bias = false;
+    spec.qk_norm = false;
+    let max_bias = meta_f(c, path, &key("attention.max_alibi_bias"), 0.0)?;
+    if mpt && max_bias <= 0.0 {
+        return Err(ModelError::Config {
+            file: path.to_path_buf(),
+            key: key("attention.max_alibi_bias"),
+            message: "is missing or not positive; an MPT file without ALiBi (learned positions) is not supported"
+                .into(),
+        });
+    }
+    if has("blk.0.attn_q_norm.weight") || has("pos_embd.weight") {
+        return Err(ModelError::Config {
+            file: path.to_path_buf(),
+            key: "blk.0.attn_q_norm / pos_embd".into(),
+            message: "MPT's q/k LayerNorm and learned positions are not supported (transformers' MPT has neither)"
+                .into(),
+        });
+    }
+    let parallel = match (mpt, has("blk.0.attn_norm_2.weight")) {
+        (true, _) => Parallel::No,
+        (false, true) => Parallel::TwoNorms,
+        (false, false) => Parallel::SharedNorm,
+    };
+    spec.gpt = Some(GptParts {
+        family: if mpt { GptFamily::Mpt } else { GptFamily::Falcon },
+        norm_bias: has("blk.0.attn_norm.bias"),
+        bias: has("blk.0.attn_qkv.bias"),
+        qkv: if mpt { QkvLayout::Contiguous } else { QkvLayout::Grouped },
+        clip_qkv: Some(meta_f(c, path, &key("attention.clamp_kqv"), 0.0)?).filter(|v| *v > 0.0),
+        parallel,
+        alibi: mpt.then_some(Alibi::Mpt { max_bias }),
+        attention_scale: (spec.head_dim as f64).powf(-0.5),
+    });
+    Ok(spec)
 }
 
 /// Gemma 3's parts as llama.cpp reads them from a file: norms stored with the 1 added, the
@@ -403,6 +524,37 @@ fn gemma_parts(
         },
         sliding,
     ))
+}
+
+/// MPT's and Falcon's tensors by their Hugging Face names, with shapes, in file order (the LM
+/// head, when untied, is added after).
+fn gpt_tensor_names(s: &DecoderSpec) -> Vec<(String, Vec<usize>)> {
+    let n = Names::of(s);
+    let Some(g) = &s.gpt else { return Vec::new() };
+    let (h, f, hd) = (s.hidden_size, s.intermediate_size, s.head_dim);
+    let mut names = vec![(n.embed.to_string(), vec![s.vocab_size, h])];
+    let norm = |names: &mut Vec<(String, Vec<usize>)>, prefix: String| {
+        names.push((format!("{prefix}.weight"), vec![h]));
+        if g.norm_bias {
+            names.push((format!("{prefix}.bias"), vec![h]));
+        }
+    };
+    for i in 0..s.num_layers {
+        let p = format!("{}.{i}", n.layers);
+        norm(&mut names, format!("{p}.{}", n.input_norm));
+        if g.parallel != Parallel::SharedNorm {
+            norm(&mut names, format!("{p}.{}", n.mlp_norm));
+        }
+        let qkv = (s.num_heads + 2 * s.num_kv_heads) * hd;
+        for (name, out, inp) in [(n.q, qkv, h), (n.o, h, s.num_heads * hd), (n.up, f, h), (n.down, h, f)] {
+            names.push((format!("{p}.{name}.weight"), vec![out, inp]));
+            if g.bias {
+                names.push((format!("{p}.{name}.bias"), vec![out]));
+            }
+        }
+    }
+    norm(&mut names, n.final_norm.to_string());
+    names
 }
 
 /// The quantized types `selfspec quantize` writes.
@@ -488,6 +640,19 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
             dir.display()
         );
     }
+    if let Some(g) = &spec.gpt {
+        let why = match (g.alibi, g.parallel, g.family) {
+            (Some(_), _, GptFamily::Falcon) => Some("Falcon with ALiBi (Falcon-RW)"),
+            (_, Parallel::No, GptFamily::Falcon) => Some("Falcon with sequential blocks (parallel_attn false)"),
+            (_, _, GptFamily::Mpt) if (g.attention_scale - (spec.head_dim as f64).powf(-0.5)).abs() > 1e-12 => {
+                Some("MPT with its own softmax_scale")
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            anyhow::bail!("{}: {why} has no form llama.cpp reads, so no GGUF file is written", dir.display());
+        }
+    }
     let weights = Weights::open(dir, DType::F32, &Device::Cpu)?;
     let arch = spec.architecture;
     let llama = arch == "llama" || arch == "mistral";
@@ -495,9 +660,11 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
     let mut notes = Vec::new();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let s = &spec;
-    let mut names: Vec<(String, Vec<usize>)> =
-        vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])];
-    for i in 0..s.num_layers {
+    let mut names: Vec<(String, Vec<usize>)> = match &s.gpt {
+        Some(_) => gpt_tensor_names(s),
+        None => vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])],
+    };
+    for i in (0..s.num_layers).filter(|_| s.gpt.is_none()) {
         let p = format!("model.layers.{i}");
         let (q, kv, h, f) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.hidden_size, s.intermediate_size);
         names.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -520,7 +687,9 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
             names.push((format!("{p}.mlp.{n}.weight"), vec![o, inp]));
         }
     }
-    names.push(("model.norm.weight".into(), vec![s.hidden_size]));
+    if s.gpt.is_none() {
+        names.push(("model.norm.weight".into(), vec![s.hidden_size]));
+    }
     if !s.tie_word_embeddings {
         names.push(("lm_head.weight".into(), vec![s.vocab_size, s.hidden_size]));
     }
@@ -532,6 +701,15 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
             t = permute_for_pairs(&t, s.num_heads)?;
         } else if llama && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias")) {
             t = permute_for_pairs(&t, s.num_kv_heads)?;
+        }
+        if s.gpt.is_some() && hf.contains("query_key_value.") {
+            // Back to llama.cpp's order: all queries, all keys, all values.
+            let grouped = falcon_grouped_rows(s.num_heads, s.num_kv_heads, s.head_dim);
+            let mut contiguous = vec![0u32; grouped.len()];
+            for (i, &r) in grouped.iter().enumerate() {
+                contiguous[r] = i as u32;
+            }
+            t = t.index_select(&Tensor::new(contiguous, &Device::Cpu)?, 0)?;
         }
         if gemma.is_some() && hf.ends_with("norm.weight") {
             // llama.cpp's convention: Gemma's norms stored with their 1 added.
@@ -577,7 +755,13 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
         (format!("{gguf_arch}.attention.head_count_kv"), u32v(s.num_kv_heads)),
         (format!("{gguf_arch}.attention.key_length"), u32v(s.head_dim)),
         (format!("{gguf_arch}.attention.value_length"), u32v(s.head_dim)),
-        (format!("{gguf_arch}.attention.layer_norm_rms_epsilon"), Value::F32(s.rms_norm_eps as f32)),
+        (
+            match s.gpt {
+                Some(_) => format!("{gguf_arch}.attention.layer_norm_epsilon"),
+                None => format!("{gguf_arch}.attention.layer_norm_rms_epsilon"),
+            },
+            Value::F32(s.rms_norm_eps as f32),
+        ),
         (format!("{gguf_arch}.rope.freq_base"), Value::F32(s.rope.theta as f32)),
         (format!("{gguf_arch}.rope.dimension_count"), u32v(s.head_dim)),
         (format!("{gguf_arch}.vocab_size"), u32v(s.vocab_size)),
@@ -588,6 +772,14 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
     }
     if let Some(window) = s.sliding_window {
         metadata.push((format!("{gguf_arch}.attention.sliding_window"), u32v(window)));
+    }
+    if let Some(g) = &s.gpt {
+        if let Some(Alibi::Mpt { max_bias }) = g.alibi {
+            metadata.push((format!("{gguf_arch}.attention.max_alibi_bias"), Value::F32(max_bias as f32)));
+        }
+        if let Some(clip) = g.clip_qkv {
+            metadata.push((format!("{gguf_arch}.attention.clamp_kqv"), Value::F32(clip as f32)));
+        }
     }
     if let Some(g) = &gemma {
         // What llama.cpp assumes for Gemma 3 is left out; what differs goes under its keys for
@@ -639,6 +831,18 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Falcon's fused rows: with two groups of two query heads (head_dim 1), transformers' order
+    /// q0 q1 k0 v0 q2 q3 k1 v1 is llama.cpp's rows 0 1 4 6 2 3 5 7.
+    #[test]
+    fn falcon_groups_map_to_llama_cpp_rows() {
+        assert_eq!(falcon_grouped_rows(4, 2, 1), vec![0, 1, 4, 6, 2, 3, 5, 7]);
+        assert_eq!(falcon_grouped_rows(2, 1, 2), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(gguf_name("transformer.h.1.ln_attn.bias", false).as_deref(), Some("blk.1.attn_norm_2.bias"));
+        assert_eq!(gguf_name("transformer.h.1.ln_mlp.weight", false).as_deref(), Some("blk.1.attn_norm.weight"));
+        assert_eq!(gguf_name("transformer.blocks.0.attn.Wqkv.weight", false).as_deref(), Some("blk.0.attn_qkv.weight"));
+        assert_eq!(gguf_name("transformer.ln_f.bias", false).as_deref(), Some("output_norm.bias"));
+    }
 
     #[test]
     fn names_follow_llama_cpp() {

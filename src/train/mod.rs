@@ -232,10 +232,12 @@ impl TrainConfig {
         if self.target_modules.is_empty() {
             return Err("target_modules names no module".into());
         }
-        if let Some(bad) = self.target_modules.iter().find(|t| !adapter::ALL_TARGETS.contains(&t.as_str())) {
+        let known = adapter::known_targets();
+        if let Some(bad) = self.target_modules.iter().find(|t| !known.contains(&t.as_str())) {
             return Err(format!(
-                "target_modules: unknown module {bad:?}; choose from {}",
-                adapter::ALL_TARGETS.join(", ")
+                "target_modules: unknown module {bad:?}; choose from {} (MPT's and Falcon's own names, or the \
+                 Llama names, which mean the same projections in every family)",
+                known.join(", ")
             ));
         }
         Ok(())
@@ -557,7 +559,8 @@ impl Trainer {
         config.check().map_err(anyhow::Error::msg)?;
         let device = model.decoder.device().clone();
         let mut rng = crate::rng::Rng::new(config.seed ^ 0x10_4a);
-        let targets = Targets::List(config.target_modules.clone());
+        let modules = adapter::model_targets(&config.target_modules, &model.decoder.spec);
+        let targets = Targets::List(modules.clone());
         let mut params = Vec::new();
         let scale = config.lora_alpha / config.r as f64;
         let gate = crate::model::linear::new_gate();
@@ -589,8 +592,7 @@ impl Trainer {
             params.push(Param { linear: linear_name, a, b });
         }
         anyhow::ensure!(!params.is_empty(), "target_modules matches no projection of this model");
-        let adapter =
-            AdapterConfig::new(config.r, config.lora_alpha, config.lora_dropout, config.target_modules.clone(), base);
+        let adapter = AdapterConfig::new(config.r, config.lora_alpha, config.lora_dropout, modules, base);
         Ok(Trainer::with_params(name, params, config, adapter)?)
     }
 

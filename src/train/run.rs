@@ -299,8 +299,8 @@ pub fn train(
         _ => match &c.init {
             super::Init::From(dir) => {
                 adapter::load(model, dir, ADAPTER_NAME)?;
-                let cfg =
-                    adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, c.target_modules.clone(), &base);
+                let modules = adapter::model_targets(&c.target_modules, &model.decoder.spec);
+                let cfg = adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, modules, &base);
                 Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
             }
             super::Init::Task(_) | super::Init::Reptile { .. } => {

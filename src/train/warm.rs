@@ -71,7 +71,7 @@ pub fn start(
             config.r,
             config.lora_alpha,
             config.lora_dropout,
-            config.target_modules.clone(),
+            adapter::model_targets(&config.target_modules, &model.decoder.spec),
             base,
         );
         adapter::load(model, &saved, name)?;

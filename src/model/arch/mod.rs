@@ -1,9 +1,11 @@
 //! One file per architecture: each maps its `config.json` to a [`DecoderSpec`]. Adding an
 //! architecture is a file here and a line in [`ARCHITECTURES`].
 
+mod falcon;
 mod gemma3;
 mod llama;
 mod mistral;
+mod mpt;
 mod qwen2;
 mod qwen3;
 
@@ -13,13 +15,15 @@ use super::ModelError;
 type SpecFn = fn(&ConfigJson) -> Result<DecoderSpec, ModelError>;
 
 /// `model_type` in config.json → its mapping.
-pub const ARCHITECTURES: [(&str, SpecFn); 6] = [
+pub const ARCHITECTURES: [(&str, SpecFn); 8] = [
     ("llama", llama::spec),
     ("mistral", mistral::spec),
     ("qwen2", qwen2::spec),
     ("qwen3", qwen3::spec),
     ("gemma3_text", gemma3::spec),
     ("gemma3", gemma3::spec),
+    ("mpt", mpt::spec),
+    ("falcon", falcon::spec),
 ];
 
 pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
@@ -104,5 +108,6 @@ pub(super) fn llama_like(
         eos_token_ids: cfg.token_ids("eos_token_id")?,
         bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
         gemma: None,
+        gpt: None,
     })
 }
