@@ -956,6 +956,18 @@ pub enum SamplesCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make a sample (as reviewed: an edited response replaces the generated one) a seed of the
+    /// domain's seed file: a new id, the task given, tagged sample:RUN/ID, validated, saved.
+    Promote {
+        run: PathBuf,
+        id: String,
+        /// The seed's task (qa, ner, re, sa, cls, sum, gen, other).
+        #[arg(long)]
+        task: String,
+        /// The seed file (default: the one the run was generated from).
+        #[arg(long)]
+        seeds: Option<PathBuf>,
+    },
     /// Record a review decision on one sample (saved at once, as the Review tab does).
     Decide {
         run: PathBuf,

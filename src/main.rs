@@ -146,6 +146,11 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Samples(SamplesCommand::Export { run, out, force })) => {
             ok(generate::command::export(&run, &out, force))
         }
+        Some(Command::Samples(SamplesCommand::Promote { run, id, task, seeds })) => {
+            ok(generate::promote::promote(&run, &id, &task, seeds.as_deref(), limits).map(|p| {
+                println!("{id} → seed {} in {}", p.id, p.seeds.display());
+            }))
+        }
         Some(Command::Samples(SamplesCommand::Decide { run, id, decision, output })) => {
             ok(generate::command::decide(&run, &id, decision.into(), output))
         }

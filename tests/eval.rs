@@ -192,6 +192,21 @@ fn an_eval_run_writes_predictions_and_reports() {
     for (a, b) in before.cells.iter().zip(&after.cells) {
         assert_eq!((a.f1, a.rouge_l), (b.f1, b.rouge_l));
     }
+    // The TensorBoard event file is rewritten with the report, not added to: one file, and
+    // TensorBoard's own reader (where installed) finds every cell's scores in it.
+    let boards: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tfevents"))
+        .collect();
+    assert_eq!(boards, ["events.out.tfevents.selfspec-eval"]);
+    if Command::new("python3").args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success()) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_tensorboard.py");
+        let out = Command::new("python3").arg(script).arg(&run).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        eprintln!("skipped TensorBoard's own reader: python3 cannot import tensorboard (pip install tensorboard)");
+    }
     assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("resamples: 500"));
     let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(["eval", "report"]).arg(dir.path()).output().unwrap();
     assert!(

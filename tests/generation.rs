@@ -285,6 +285,29 @@ fn generate_writes_samples_in_each_mode() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 2);
     assert!(text.lines().nth(1).unwrap().ends_with(r#""output":"A better answer."}"#), "{text}");
+    // Promote: the edited sample becomes a seed of (a copy of) the seed file, validated, tagged
+    // with its run and id; bad tasks and ids, and a second promotion, change nothing.
+    let seeds = env.base.join("finance.yaml");
+    std::fs::copy(root().join("sample-seeds/finance.yaml"), &seeds).unwrap();
+    let before = std::fs::read_to_string(&seeds).unwrap();
+    let s = seeds.to_str().unwrap();
+    let bad = selfspec(&["samples", "promote", r, id1, "--task", "nope", "--seeds", s]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a task; choose from qa"), "{bad:?}");
+    let bad = selfspec(&["samples", "promote", r, "no-such-id", "--task", "qa", "--seeds", s]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has no sample \"no-such-id\""), "{bad:?}");
+    assert_eq!(std::fs::read_to_string(&seeds).unwrap(), before);
+    let promoted = selfspec(&["samples", "promote", r, id1, "--task", "qa", "--seeds", s]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    assert!(String::from_utf8_lossy(&promoted.stdout).contains(" → seed "), "{promoted:?}");
+    let loaded = selfspec::seeds::load(&seeds, &Default::default()).unwrap();
+    assert!(loaded.is_valid(), "{:?}", loaded.problems);
+    let new = loaded.file.seeds.last().unwrap();
+    assert_eq!((new.task.as_str(), new.output.as_str()), ("qa", "A better answer."));
+    assert_eq!(new.tags, [format!("sample:run-top1/{id1}")]);
+    assert_eq!(new.instruction, samples[1]["instruction"].as_str().unwrap());
+    assert_eq!(loaded.file.seeds.len(), selfspec::seeds::load_str(&before, &Default::default()).file.seeds.len() + 1);
+    let again = selfspec(&["samples", "promote", r, id1, "--task", "qa", "--seeds", s]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already seed"), "{again:?}");
     // A run started with other settings is not continued with these.
     let run = env.base.join("run-none");
     let out = generate_cmd(&env, &run, 6, "top1").output().unwrap();

@@ -645,3 +645,135 @@ fn a_quantized_file_is_qlora_by_default_recorded_and_changeable() {
     assert_eq!(recorded(&run), "qlora: q8_0", "{stderr}");
     assert!(stderr.contains("dequantized to be stored again"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TensorBoard event files.
+
+/// CRC-32C (Castagnoli), masked as TFRecord stores it.
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    (!crc).rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// The protobuf fields of `buf`: (number, varint or fixed value, or the bytes of a length-delimited one).
+fn proto_fields(buf: &[u8]) -> Vec<(u64, u64, &[u8])> {
+    let varint = |pos: &mut usize| {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = buf[*pos];
+            *pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return v;
+            }
+        }
+    };
+    let (mut pos, mut out) = (0, Vec::new());
+    while pos < buf.len() {
+        let key = varint(&mut pos);
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => out.push((field, varint(&mut pos), &buf[..0])),
+            1 => {
+                out.push((field, u64::from_le_bytes(buf[pos..pos + 8].try_into().unwrap()), &buf[..0]));
+                pos += 8;
+            }
+            2 => {
+                let n = varint(&mut pos) as usize;
+                out.push((field, 0, &buf[pos..pos + n]));
+                pos += n;
+            }
+            5 => {
+                out.push((field, u64::from(u32::from_le_bytes(buf[pos..pos + 4].try_into().unwrap())), &buf[..0]));
+                pos += 4;
+            }
+            other => panic!("wire type {other}"),
+        }
+    }
+    out
+}
+
+/// Every scalar in a TFRecord file of TensorBoard `Event`s: (step, tag, value), with each
+/// record's framing and checksums checked.
+fn read_event_file(path: &Path) -> Vec<(i64, String, f32)> {
+    let bytes = std::fs::read(path).unwrap();
+    let (mut pos, mut out, mut version) = (0, Vec::new(), false);
+    while pos < bytes.len() {
+        let len_bytes = &bytes[pos..pos + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        assert_eq!(u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()), masked_crc32c(len_bytes));
+        let data = &bytes[pos + 12..pos + 12 + len];
+        assert_eq!(u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap()), masked_crc32c(data));
+        pos += 16 + len;
+        let event = proto_fields(data);
+        let step = event.iter().find(|f| f.0 == 2).map_or(0, |f| f.1 as i64);
+        version |= event.iter().any(|f| f.0 == 3 && f.2 == b"brain.Event:2");
+        for (_, _, summary) in event.iter().filter(|f| f.0 == 5) {
+            for (_, _, value) in proto_fields(summary).into_iter().filter(|f| f.0 == 1) {
+                let fields = proto_fields(value);
+                let tag = fields.iter().find(|f| f.0 == 1).map(|f| String::from_utf8(f.2.to_vec()).unwrap()).unwrap();
+                let v = fields.iter().find(|f| f.0 == 2).map(|f| f32::from_bits(f.1 as u32)).unwrap();
+                out.push((step, tag, v));
+            }
+        }
+    }
+    assert!(version, "{}: no file_version record", path.display());
+    out
+}
+
+/// A training run's folder holds a TensorBoard event file with every step's loss, learning
+/// rate, gradient norm and tokens/s — the numbers events.jsonl has — read here record by
+/// record (framing, CRC-32C, protobuf) and, where the tensorboard package is installed, by
+/// TensorBoard's own reader (scripts/check_tensorboard.py).
+#[test]
+fn training_writes_tensorboard_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca(dir.path());
+    let config = dir.path().join("train.yaml");
+    std::fs::write(&config, "r: 4\nlora_alpha: 8\nmax_steps: 4\nper_device_train_batch_size: 4\nwarmup_steps: 1\n")
+        .unwrap();
+    let run = dir.path().join("run");
+    let out = train_cmd(&data, &run, &config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<PathBuf> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let scalars = read_event_file(&files[0]);
+    let steps: Vec<serde_json::Value> = std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 4);
+    assert_eq!(scalars.len(), 16);
+    for s in &steps {
+        for (key, tag) in [("loss", "train/loss"), ("lr", "train/learning_rate"), ("grad_norm", "train/grad_norm")]
+            .into_iter()
+            .chain([("tokens_per_s", "train/tokens_per_s")])
+        {
+            let step = s["step"].as_i64().unwrap();
+            let got = scalars.iter().find(|(st, t, _)| *st == step && t == tag).map(|x| x.2);
+            assert_eq!(got, Some(s[key].as_f64().unwrap() as f32), "{tag} at step {step}");
+        }
+    }
+    let python = Command::new("python3").args(["-c", "import tensorboard"]).output();
+    match python {
+        Ok(o) if o.status.success() => {
+            let out =
+                Command::new("python3").arg(root().join("scripts/check_tensorboard.py")).arg(&run).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        _ => eprintln!("skipped TensorBoard's own reader: python3 cannot import tensorboard (pip install tensorboard)"),
+    }
+}

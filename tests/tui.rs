@@ -41,6 +41,10 @@ fn app_with(name: &str, file: Option<PathBuf>) -> App {
     App::new(Options { file, ..options(workspace(name)) }).unwrap()
 }
 
+fn app_with_workspace(ws: Workspace, file: Option<PathBuf>) -> App {
+    App::new(Options { file, ..options(ws) }).unwrap()
+}
+
 fn app(name: &str) -> App {
     app_with(name, None)
 }
@@ -947,4 +951,75 @@ fn the_model_setting_cycles_through_the_fetchable_models() {
     press(&mut app, &clock, KeyCode::Left);
     press(&mut app, &clock, KeyCode::Right);
     assert!(app.generate.view.state.starts_with("gemma-3-270m: the base model"), "{}", app.generate.view.state);
+}
+
+/// Review's `p`: the sample (as edited) becomes a seed of its run's seed file with the task
+/// chosen, tagged with its run and id; the Seeds tab, which has the file open, shows it at once,
+/// and while that tab holds unsaved edits the promotion waits for them.
+#[test]
+fn review_promotes_a_sample_into_the_open_seed_file() {
+    use selfspec::generate::pipeline::{Job, Mode};
+    use selfspec::generate::samples::{Provenance, Sample, SampleStore, Status};
+    let clock = Clock(Instant::now());
+    let ws = workspace("promote");
+    let seeds_path = ws.root.join("bio.yaml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-seeds/biomedical.yaml"), &seeds_path).unwrap();
+    let run = ws.runs_dir().join("gen-bio-1");
+    std::fs::create_dir_all(&run).unwrap();
+    let job = Job {
+        seeds: seeds_path.clone(),
+        model: "models/writer".into(),
+        n: 1,
+        mode: Mode::None,
+        corpus: None,
+        seed: 1,
+        prompts: None,
+        adapter: None,
+        contrastive: None,
+        backend: None,
+        settings: Default::default(),
+    };
+    selfspec::runs::write_config(&run, selfspec::runs::Kind::Generate, &job).unwrap();
+    let (mut store, _) = SampleStore::open(&run.join("samples.jsonl")).unwrap();
+    store
+        .append(Sample {
+            id: "p000000-00".into(),
+            instruction: "Name the enzyme statins inhibit.".into(),
+            input: String::new(),
+            output: "HMG-CoA reductase".into(),
+            status: Status::Pending,
+            provenance: Provenance::default(),
+        })
+        .unwrap();
+    let mut app = app_with_workspace(ws, Some(seeds_path.clone()));
+    let before = on_disk(&seeds_path).seeds.len();
+    press(&mut app, &clock, KeyCode::Char('3'));
+    keys(&mut app, &clock, "e");
+    press(&mut app, &clock, KeyCode::End);
+    keys(&mut app, &clock, ".");
+    press(&mut app, &clock, KeyCode::Esc);
+    // Unsaved edits in the Seeds tab: refused, nothing written.
+    app.seeds.as_mut().unwrap().save = SaveState::Unsaved { since: clock.now() };
+    keys(&mut app, &clock, "p");
+    assert!(draw(&app).contains("Make this a seed"), "{}", draw(&app));
+    press(&mut app, &clock, KeyCode::Enter);
+    assert!(draw(&app).contains("unsaved changes"), "{}", draw(&app));
+    assert_eq!(on_disk(&seeds_path).seeds.len(), before);
+    app.seeds.as_mut().unwrap().save = SaveState::Saved;
+    // p, → (the task after qa), Enter.
+    keys(&mut app, &clock, "p");
+    press(&mut app, &clock, KeyCode::Right);
+    press(&mut app, &clock, KeyCode::Enter);
+    let file = on_disk(&seeds_path);
+    assert_eq!(file.seeds.len(), before + 1);
+    let new = file.seeds.last().unwrap();
+    assert_eq!(new.task, seeds::Task::Qa.next().as_str());
+    assert_eq!(
+        (new.output.as_str(), new.tags.clone()),
+        ("HMG-CoA reductase.", vec!["sample:gen-bio-1/p000000-00".to_string()])
+    );
+    assert!(seeds::validate(&file, &Limits::default(), None).iter().all(|p| p.warning || p.seed != Some(before)));
+    let open = app.seeds.as_ref().unwrap();
+    assert_eq!(open.doc.seeds.len(), before + 1, "the Seeds tab reloaded the file");
+    assert!(!open.is_dirty());
 }

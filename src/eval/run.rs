@@ -324,7 +324,7 @@ pub fn write_report(dir: &Path, report: &Report) -> anyhow::Result<()> {
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(report)?.as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
-    Ok(())
+    crate::runs::board::write_eval(dir, report)
 }
 
 /// `selfspec eval report RUN`: a finished evaluation's report computed again from its

@@ -336,7 +336,7 @@ pub enum Decision {
     Pending,
 }
 
-fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
+pub(super) fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
     anyhow::ensure!(
         run.join(pipeline::SAMPLES).exists(),
         "{} has no samples.jsonl: not a generation run folder",

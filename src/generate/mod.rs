@@ -5,5 +5,6 @@ pub mod command;
 pub mod filters;
 pub mod follow;
 pub mod pipeline;
+pub mod promote;
 pub mod review;
 pub mod samples;

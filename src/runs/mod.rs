@@ -4,6 +4,7 @@
 //! them. A run is started detached ([`spawn`]), stopped by a signal to its proven holder
 //! ([`lock::stop`]), followed by tailing its log, and listed with its state ([`list`]).
 
+pub mod board;
 pub mod lock;
 pub mod log;
 

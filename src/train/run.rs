@@ -340,8 +340,12 @@ pub fn train(
         },
     };
     let (mut events, torn) = Log::<TrainEvent>::open(dir)?;
+    let mut board = crate::runs::board::Board::create(dir)?;
     let mut emit = |e: &TrainEvent, on_event: &mut dyn FnMut(&TrainEvent)| -> anyhow::Result<()> {
         events.append(e)?;
+        if let TrainEvent::Step { step, loss, lr, grad_norm, tokens_per_s, .. } = e {
+            crate::runs::board::write_step(&mut board, *step, *loss, *lr, *grad_norm, *tokens_per_s)?;
+        }
         on_event(e);
         Ok(())
     };

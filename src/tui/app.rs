@@ -92,6 +92,37 @@ pub fn areas(size: Rect) -> Areas {
 }
 
 impl App {
+    /// Makes a reviewed sample a seed in its run's seed file. When the Seeds tab has that file
+    /// open, its unsaved edits come first (the promotion waits for them to be saved) and it
+    /// reloads the file afterwards, so neither write loses the other.
+    fn promote(&mut self, p: super::review::Promotion) -> Outcome {
+        let path = match crate::generate::promote::run_seed_file(&p.run) {
+            Ok(path) => path,
+            Err(e) => return Outcome::Error(format!("{e:#}")),
+        };
+        let same = |a: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(&path).ok();
+        let open = self.seeds.as_mut().filter(|s| same(&s.path));
+        if let Some(s) = &open {
+            if s.is_dirty() {
+                return Outcome::Error(format!(
+                    "the Seeds tab has unsaved changes to {}; save them (Ctrl-s) first, then promote",
+                    s.file_name()
+                ));
+            }
+        }
+        let limits = self.config.seeds.limits;
+        match crate::generate::promote::promote(&p.run, &p.id, p.task.as_str(), Some(&path), &limits) {
+            Ok(done) => {
+                if let Some(s) = self.seeds.as_mut().filter(|s| same(&s.path)) {
+                    s.reload();
+                }
+                let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                Outcome::Notice(format!("{} → seed {} ({}) in {name}", p.id, done.id, p.task.as_str()))
+            }
+            Err(e) => Outcome::Error(format!("{e:#}")),
+        }
+    }
+
     pub fn new(opts: Options) -> anyhow::Result<App> {
         let (themes, theme_errors) = Theme::available(&opts.config_dir);
         let theme = Theme::resolve(&opts.config.theme, &themes)?;
@@ -298,7 +329,10 @@ impl App {
                 None => Outcome::Ignored,
             },
             Tab::Generate => self.generate.handle_key(key),
-            Tab::Review => self.review.handle_key(key),
+            Tab::Review => match self.review.handle_key(key) {
+                o @ Outcome::Done => self.review.take_promotion().map_or(o, |p| self.promote(p)),
+                o => o,
+            },
             Tab::Train => {
                 let data = self.review.runs.get(self.review.run_ix).cloned();
                 let model = self.generate.model.clone();

@@ -1,7 +1,9 @@
 //! The Review screen: a run's samples as a list and a detail with provenance; single keys accept,
 //! reject, edit or skip, with undo; a status filter; accepted samples export as Alpaca JSONL.
 //! Decisions are saved at once (generate::review), and samples a running generator appends show
-//! up as they arrive.
+//! up as they arrive. `p` makes the sample (as edited) a seed: a task is chosen here, and the
+//! app writes it into the seed file (see [`Promotion`]), through the Seeds tab when that file is
+//! open there.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use super::truncate;
 use super::Outcome;
 use crate::generate::review::Review;
 use crate::generate::samples::{Sample, Status};
+use crate::seeds::Task;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,14 @@ const FILTERS: [Filter; 5] = [
     Filter::Only(Status::Edited),
 ];
 
+/// A sample to make a seed, asked for with `p` and a task; the app carries it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    pub run: PathBuf,
+    pub id: String,
+    pub task: Task,
+}
+
 pub struct ReviewScreen {
     pub runs: Vec<PathBuf>,
     pub run_ix: usize,
@@ -43,6 +54,10 @@ pub struct ReviewScreen {
     /// The response being edited.
     pub editing: Option<TextEditor>,
     pub message: Option<String>,
+    /// The task being chosen for a promotion (`p`, then ←/→ and Enter).
+    pub promoting: Option<Task>,
+    /// A promotion confirmed, for the app to carry out ([`ReviewScreen::take_promotion`]).
+    promotion: Option<Promotion>,
     scroll: std::cell::Cell<usize>,
 }
 
@@ -70,6 +85,8 @@ impl ReviewScreen {
             selected: 0,
             editing: None,
             message: None,
+            promoting: None,
+            promotion: None,
             scroll: std::cell::Cell::new(0),
         };
         screen.open_current();
@@ -125,7 +142,12 @@ impl ReviewScreen {
     }
 
     pub fn is_typing(&self) -> bool {
-        self.editing.is_some()
+        self.editing.is_some() || self.promoting.is_some()
+    }
+
+    /// The promotion confirmed by the last key, if any.
+    pub fn take_promotion(&mut self) -> Option<Promotion> {
+        self.promotion.take()
     }
 
     /// Picks up new samples.
@@ -161,6 +183,25 @@ impl ReviewScreen {
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
+        if let Some(task) = self.promoting {
+            match key.code {
+                KeyCode::Left | KeyCode::Char('h') => self.promoting = Some(task.prev()),
+                KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => self.promoting = Some(task.next()),
+                KeyCode::Esc => {
+                    self.promoting = None;
+                    return Outcome::Notice("promotion cancelled".into());
+                }
+                KeyCode::Enter => {
+                    self.promoting = None;
+                    let (Some(run), Some(s)) = (self.review.as_ref().map(|r| r.dir.clone()), self.current()) else {
+                        return Outcome::Error("no sample selected".into());
+                    };
+                    self.promotion = Some(Promotion { run, id: s.id.clone(), task });
+                }
+                _ => {}
+            }
+            return Outcome::Done;
+        }
         if let Some(ed) = self.editing.as_mut() {
             let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
             match key.code {
@@ -231,6 +272,10 @@ impl ReviewScreen {
                     if key.code == KeyCode::Char(']') { (self.run_ix + 1) % n } else { (self.run_ix + n - 1) % n };
                 self.open_current();
             }
+            KeyCode::Char('p') => match self.current() {
+                Some(_) => self.promoting = Some(Task::Qa),
+                None => return Outcome::Error("no sample selected".into()),
+            },
             KeyCode::Char('x') => {
                 let Some(r) = &self.review else { return Outcome::Error("no run open".into()) };
                 let out = r.dir.join("accepted.alpaca.jsonl");
@@ -349,6 +394,16 @@ impl ReviewScreen {
         match &self.editing {
             Some(ed) => lines.extend(ed.lines().iter().map(|l| Line::from(Span::styled(l.clone(), theme.selection)))),
             None => lines.extend(s.output.lines().map(|l| Line::from(l.to_string()))),
+        }
+        if let Some(task) = self.promoting {
+            lines.insert(
+                0,
+                Line::from(vec![
+                    Span::styled("Make this a seed · task ", theme.field_label_focus),
+                    Span::styled(format!("◀ {} ▶", task.as_str()), theme.selection),
+                    Span::styled(format!(" {} · Enter saves, Esc cancels", task.describe()), theme.field_label),
+                ]),
+            );
         }
         frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
     }
