@@ -968,6 +968,19 @@ pub enum SamplesCommand {
         #[arg(long)]
         seeds: Option<PathBuf>,
     },
+    /// Why each token of a sample was chosen: its response decoded again with the run's prompts,
+    /// documents, weights and seed, then teacher-forced under each document (eq. 2): per token
+    /// the mixture's probability and entropy, each document's probability, weight and top tokens.
+    Trace {
+        run: PathBuf,
+        id: String,
+        /// Print one JSON object ({id, mode, reproduced, tokens: [{id, text, p, entropy, docs, contrast}]}).
+        #[arg(long)]
+        json: bool,
+        /// Top tokens kept per document and token.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
     /// Record a review decision on one sample (saved at once, as the Review tab does).
     Decide {
         run: PathBuf,

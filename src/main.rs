@@ -151,6 +151,15 @@ fn run() -> anyhow::Result<u8> {
                 println!("{id} → seed {} in {}", p.id, p.seeds.display());
             }))
         }
+        Some(Command::Samples(SamplesCommand::Trace { run, id, json, top })) => {
+            ok(generate::trace::trace(&run, &id, top).and_then(|t| {
+                match json {
+                    true => println!("{}", serde_json::to_string(&t)?),
+                    false => print!("{}", generate::trace::to_text(&t)),
+                }
+                Ok(())
+            }))
+        }
         Some(Command::Samples(SamplesCommand::Decide { run, id, decision, output })) => {
             ok(generate::command::decide(&run, &id, decision.into(), output))
         }

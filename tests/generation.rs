@@ -268,6 +268,53 @@ fn generate_writes_samples_in_each_mode() {
         let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
         assert!(events.lines().last().unwrap().contains(r#""reason":"done""#));
     }
+    // Traces: every sample of the marginal run and of the document-free run decodes again to
+    // its own text, and each token's mixture probability is the weighted sum of the documents'
+    // (to 1e-5), with the weights the sample recorded.
+    for mode in ["marginal", "none"] {
+        let run = env.base.join(format!("run-{mode}"));
+        for sample in check_samples(&run, mode) {
+            let id = sample["id"].as_str().unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+                .args(["samples", "trace"])
+                .arg(&run)
+                .args([id, "--json", "--top", "3"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!((t["id"].as_str(), t["mode"].as_str()), (Some(id), Some(mode)));
+            assert_eq!(t["reproduced"], true, "{id}: {}", t["why"]);
+            let recorded: Vec<f64> = sample["provenance"]["documents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["weight"].as_f64().unwrap())
+                .collect();
+            let tokens = t["tokens"].as_array().unwrap();
+            assert!(!tokens.is_empty());
+            for tok in tokens {
+                let docs = tok["docs"].as_array().unwrap();
+                let weights: Vec<f64> = docs.iter().map(|d| d["weight"].as_f64().unwrap()).collect();
+                match mode {
+                    "none" => assert_eq!(weights, [1.0]),
+                    _ => assert_eq!(weights, recorded),
+                }
+                let mixed: f64 = docs.iter().map(|d| d["weight"].as_f64().unwrap() * d["p"].as_f64().unwrap()).sum();
+                assert!((mixed - tok["p"].as_f64().unwrap()).abs() < 1e-5, "{tok}");
+                assert!(docs.iter().all(|d| d["top"].as_array().unwrap().len() == 3));
+                assert!(tok["contrast"].is_null() && tok["entropy"].as_f64().unwrap() >= 0.0);
+            }
+        }
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .args(["samples", "trace"])
+        .arg(env.base.join("run-none"))
+        .arg("no-such-id")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has no sample \"no-such-id\""), "{bad:?}");
+
     // Headless review: decide, then export the accepted ones.
     let run = env.base.join("run-top1");
     let samples = check_samples(&run, "top1");

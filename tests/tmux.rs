@@ -250,6 +250,21 @@ fn generate_then_review_in_the_workbench() {
     t.keys(&["a"]);
     t.keys(&["x"]);
     t.wait_for("exported", |s| s.contains("2 accepted samples written"));
+    // Trace the selected sample: decoded again with its documents, tokens coloured by document.
+    t.keys(&["t"]);
+    let screen = t.wait_within(120, "the trace", |s| s.contains("decoded again: the same text"));
+    assert!(screen.contains("Trace ") && screen.contains("entropy"), "{screen}");
+    t.keys(&["Right"]);
+    t.keys(&["Escape"]);
+    t.wait_for("the trace closed", |s| s.contains("Provenance"));
+    // Make it a seed (task qa): the seed file the Seeds tab shows grows by one.
+    t.keys(&["p"]);
+    t.wait_for("the task chooser", |s| s.contains("Make this a seed"));
+    t.keys(&["Enter"]);
+    t.wait_for("promoted", |s| s.contains("→ seed"));
+    t.keys(&["1"]);
+    t.wait_for("the new seed in the Seeds tab", |s| s.contains("biomedical.yaml · 81 seeds"));
+    t.keys(&["3"]);
     let runs = t.home.path().join(".local/share/selfspec/workspace/runs");
     let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
     assert_eq!(std::fs::read_to_string(run.join("samples.jsonl")).unwrap().lines().count(), 5);

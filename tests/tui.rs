@@ -1023,3 +1023,54 @@ fn review_promotes_a_sample_into_the_open_seed_file() {
     assert_eq!(open.doc.seeds.len(), before + 1, "the Seeds tab reloaded the file");
     assert!(!open.is_dirty());
 }
+
+/// Review's `t`: the selected sample decoded again and traced (on a thread), drawn at 80×24 and
+/// larger: the run says it reproduced, the cursor token's per-document probabilities show, and
+/// ←/→ move the cursor; Esc closes it.
+#[test]
+fn review_traces_a_marginal_sample() {
+    let clock = Clock(Instant::now());
+    let ws = workspace("trace");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = env!("CARGO_BIN_EXE_selfspec");
+    let index = ws.root.join("index");
+    let out = std::process::Command::new(exe)
+        .args(["index", "build"])
+        .arg(root.join("sample-seeds/finance.corpus.jsonl"))
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = ws.root.join("gen.yaml");
+    std::fs::write(&config, "generation:\n  tasks_per_prompt: 4\n  response_max_new_tokens: 24\n  k: 3\n").unwrap();
+    let run = ws.runs_dir().join("gen-fin-1");
+    let out = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(&config)
+        .args(["generate", "--seeds"])
+        .arg(root.join("sample-seeds/finance.yaml"))
+        .arg("--model")
+        .arg(root.join("tests/fixtures/models/writer"))
+        .args(["--n", "2", "--seed", "5", "--mode", "marginal", "--corpus"])
+        .arg(&index)
+        .arg("--run")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut app = app_with_workspace(ws, None);
+    press(&mut app, &clock, KeyCode::Char('3'));
+    keys(&mut app, &clock, "t");
+    app.review.wait_for_trace(Duration::from_secs(120));
+    for (w, h) in [(80, 24), (120, 40)] {
+        let screen = draw_at(&app, w, h);
+        assert!(screen.contains("decoded again: the same text"), "{w}×{h}:\n{screen}");
+        assert!(screen.contains("entropy") && screen.contains("fin-doc-"), "{w}×{h}:\n{screen}");
+    }
+    press(&mut app, &clock, KeyCode::Right);
+    assert_eq!(app.review.trace.as_ref().unwrap().cursor, 1);
+    press(&mut app, &clock, KeyCode::Esc);
+    assert!(app.review.trace.is_none());
+    assert!(!draw(&app).contains("Trace "));
+}

@@ -8,3 +8,4 @@ pub mod pipeline;
 pub mod promote;
 pub mod review;
 pub mod samples;
+pub mod trace;

@@ -217,7 +217,7 @@ impl Settings {
         SamplingParams { sampling, seed, repetition_penalty: None }
     }
 
-    fn response_sampling(&self, seed: u64) -> SamplingParams {
+    pub(crate) fn response_sampling(&self, seed: u64) -> SamplingParams {
         let sampling = match self.response_temperature {
             Some(t) if t > 0.0 => Sampling::Sample { temperature: t, top_k: None, top_p: self.response_top_p },
             _ => Sampling::Greedy,
@@ -811,38 +811,12 @@ impl Feeder<'_, '_, '_> {
     fn response_job(&mut self, task: &Task) -> anyhow::Result<(backend::Job, Vec<DocumentRef>)> {
         let s = &self.job.settings;
         let started = Instant::now();
-        let domain = &self.inputs.seeds.domain;
         let query = format!("{}\n{}", task.instruction, task.input);
         let docs = match self.inputs.searcher {
             Some(searcher) => retrieve(searcher, self.job.mode, s, &query)?,
             None => Vec::new(),
         };
-        let mut texts = Vec::new();
-        if docs.is_empty() {
-            let text = prompts::response_prompt(self.inputs.templates, domain, None, &task.instruction, &task.input)?;
-            texts.push(prompt_of(s.prompt_format, &text, ""));
-        }
-        for (hit, _) in &docs {
-            let document = cut(&hit.text, s.document_max_chars);
-            let capped;
-            let document = match (s.document_max_tokens, self.inputs.engine) {
-                (Some(n), backend::Engine::Local(model)) => {
-                    let ids = model.tokenizer.encode_plain(document)?;
-                    capped = if ids.len() > n { model.tokenizer.decode(&ids[..n])? } else { document.to_string() };
-                    capped.as_str()
-                }
-                (Some(n), backend::Engine::Remote(_)) => cut(document, 4 * n),
-                (None, _) => document,
-            };
-            let text = prompts::response_prompt(
-                self.inputs.templates,
-                domain,
-                Some(document),
-                &task.instruction,
-                &task.input,
-            )?;
-            texts.push(prompt_of(s.prompt_format, &text, ""));
-        }
+        let texts = response_texts(self.inputs, s, &task.instruction, &task.input, &docs)?;
         let documents = docs.iter().map(|(h, w)| DocumentRef { id: h.id.clone(), weight: *w }).collect();
         let request = Request {
             weights: docs.iter().map(|(_, w)| *w).collect(),
@@ -1410,8 +1384,41 @@ fn tuned(job: &Job, prompts: usize, request: Request) -> Request {
     }
 }
 
+/// The prompts of one response: one per document (cut to the settings' length), or the
+/// document-free prompt when there is none.
+pub(crate) fn response_texts(
+    inputs: &Inputs,
+    s: &Settings,
+    instruction: &str,
+    input: &str,
+    docs: &[(Hit, f64)],
+) -> anyhow::Result<Vec<backend::Prompt>> {
+    let domain = &inputs.seeds.domain;
+    let mut texts = Vec::new();
+    if docs.is_empty() {
+        let text = prompts::response_prompt(inputs.templates, domain, None, instruction, input)?;
+        texts.push(prompt_of(s.prompt_format, &text, ""));
+    }
+    for (hit, _) in docs {
+        let document = cut(&hit.text, s.document_max_chars);
+        let capped;
+        let document = match (s.document_max_tokens, inputs.engine) {
+            (Some(n), backend::Engine::Local(model)) => {
+                let ids = model.tokenizer.encode_plain(document)?;
+                capped = if ids.len() > n { model.tokenizer.decode(&ids[..n])? } else { document.to_string() };
+                capped.as_str()
+            }
+            (Some(n), backend::Engine::Remote(_)) => cut(document, 4 * n),
+            (None, _) => document,
+        };
+        let text = prompts::response_prompt(inputs.templates, domain, Some(document), instruction, input)?;
+        texts.push(prompt_of(s.prompt_format, &text, ""));
+    }
+    Ok(texts)
+}
+
 /// The documents of one response and their weights.
-fn retrieve(searcher: &Searcher, mode: Mode, s: &Settings, query: &str) -> anyhow::Result<Vec<(Hit, f64)>> {
+pub(crate) fn retrieve(searcher: &Searcher, mode: Mode, s: &Settings, query: &str) -> anyhow::Result<Vec<(Hit, f64)>> {
     let k = match mode {
         Mode::None => return Ok(Vec::new()),
         Mode::Top1 => 1,

@@ -101,6 +101,7 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
             ("f", "filter: all, pending, accepted, rejected, edited"),
             ("[ ]", "previous, next run"),
             ("x", "export accepted and edited samples as Alpaca JSONL"),
+            ("t", "trace the sample: decoded again, each token coloured by the document that drove it; ←/→ move, the token's per-document probabilities below; t or Esc closes"),
             ("p", "make the sample (as edited) a seed: ←/→ choose its task, Enter adds it to the run's seed file (tagged sample:RUN/ID), Esc cancels"),
         ],
     ),

@@ -44,6 +44,30 @@ pub struct Promotion {
     pub task: Task,
 }
 
+/// The trace of one sample (`t`): computed on a thread (it loads the model and decodes), then
+/// shown in place of the detail with a token cursor.
+pub struct TraceView {
+    pub id: String,
+    pub cursor: usize,
+    pub state: TraceState,
+}
+
+pub enum TraceState {
+    Running(std::sync::mpsc::Receiver<anyhow::Result<crate::generate::trace::Trace>>),
+    Ready(crate::generate::trace::Trace),
+    Failed(String),
+}
+
+/// The documents' colours in a trace, by position in the sample's document list.
+const DOC_COLOURS: [ratatui::style::Color; 6] = [
+    ratatui::style::Color::Cyan,
+    ratatui::style::Color::Magenta,
+    ratatui::style::Color::Yellow,
+    ratatui::style::Color::Green,
+    ratatui::style::Color::LightBlue,
+    ratatui::style::Color::LightRed,
+];
+
 pub struct ReviewScreen {
     pub runs: Vec<PathBuf>,
     pub run_ix: usize,
@@ -58,6 +82,8 @@ pub struct ReviewScreen {
     pub promoting: Option<Task>,
     /// A promotion confirmed, for the app to carry out ([`ReviewScreen::take_promotion`]).
     promotion: Option<Promotion>,
+    /// The trace being computed or shown (`t`).
+    pub trace: Option<TraceView>,
     scroll: std::cell::Cell<usize>,
 }
 
@@ -87,6 +113,7 @@ impl ReviewScreen {
             message: None,
             promoting: None,
             promotion: None,
+            trace: None,
             scroll: std::cell::Cell::new(0),
         };
         screen.open_current();
@@ -142,7 +169,47 @@ impl ReviewScreen {
     }
 
     pub fn is_typing(&self) -> bool {
-        self.editing.is_some() || self.promoting.is_some()
+        self.editing.is_some() || self.promoting.is_some() || self.trace.is_some()
+    }
+
+    /// Starts tracing the selected sample on a thread.
+    fn start_trace(&mut self) -> Outcome {
+        let (Some(run), Some(s)) = (self.review.as_ref().map(|r| r.dir.clone()), self.current()) else {
+            return Outcome::Error("no sample selected".into());
+        };
+        let id = s.id.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sample = id.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(crate::generate::trace::trace(&run, &sample, 5));
+        });
+        self.trace = Some(TraceView { id, cursor: 0, state: TraceState::Running(rx) });
+        Outcome::Notice("tracing: loading the run's model and decoding the sample again".into())
+    }
+
+    /// Picks up a finished trace.
+    fn poll_trace(&mut self) {
+        let Some(view) = self.trace.as_mut() else { return };
+        if let TraceState::Running(rx) = &view.state {
+            match rx.try_recv() {
+                Ok(Ok(t)) => view.state = TraceState::Ready(t),
+                Ok(Err(e)) => view.state = TraceState::Failed(format!("{e:#}")),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    view.state = TraceState::Failed("the trace stopped without a result".into())
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for a running trace: for tests and scripts.
+    pub fn wait_for_trace(&mut self, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        while matches!(self.trace.as_ref().map(|t| &t.state), Some(TraceState::Running(_))) && started.elapsed() < limit
+        {
+            self.poll_trace();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// The promotion confirmed by the last key, if any.
@@ -150,8 +217,9 @@ impl ReviewScreen {
         self.promotion.take()
     }
 
-    /// Picks up new samples.
+    /// Picks up new samples, and a finished trace.
     pub fn tick(&mut self) -> Option<Outcome> {
+        self.poll_trace();
         let r = self.review.as_mut()?;
         match r.refresh() {
             Ok(_) => None,
@@ -183,6 +251,21 @@ impl ReviewScreen {
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
+        if let Some(view) = self.trace.as_mut() {
+            let n = match &view.state {
+                TraceState::Ready(t) => t.tokens.len(),
+                _ => 0,
+            };
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('t') | KeyCode::Char('q') => self.trace = None,
+                KeyCode::Right | KeyCode::Char('l') => view.cursor = (view.cursor + 1).min(n.saturating_sub(1)),
+                KeyCode::Left | KeyCode::Char('h') => view.cursor = view.cursor.saturating_sub(1),
+                KeyCode::End | KeyCode::Char('G') => view.cursor = n.saturating_sub(1),
+                KeyCode::Home | KeyCode::Char('g') => view.cursor = 0,
+                _ => {}
+            }
+            return Outcome::Done;
+        }
         if let Some(task) = self.promoting {
             match key.code {
                 KeyCode::Left | KeyCode::Char('h') => self.promoting = Some(task.prev()),
@@ -272,6 +355,7 @@ impl ReviewScreen {
                     if key.code == KeyCode::Char(']') { (self.run_ix + 1) % n } else { (self.run_ix + n - 1) % n };
                 self.open_current();
             }
+            KeyCode::Char('t') => return self.start_trace(),
             KeyCode::Char('p') => match self.current() {
                 Some(_) => self.promoting = Some(Task::Qa),
                 None => return Outcome::Error("no sample selected".into()),
@@ -307,9 +391,76 @@ impl ReviewScreen {
         let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
         self.render_list(frame, list, theme);
         let prov_height = 8.min(right.height / 2);
+        if let Some(view) = &self.trace {
+            self.render_trace(view, frame, right, theme);
+            return;
+        }
         let [detail, prov] = Layout::vertical([Constraint::Min(0), Constraint::Length(prov_height)]).areas(right);
         self.render_detail(frame, detail, theme);
         self.render_provenance(frame, prov, theme);
+    }
+
+    /// The trace: the response's tokens coloured by the document that drove each (the cursor's
+    /// reversed), then the cursor token's mixture probability and entropy and each document's
+    /// weight, probability of it and top tokens.
+    fn render_trace(&self, view: &TraceView, frame: &mut Frame, area: Rect, theme: &Theme) {
+        use ratatui::style::{Modifier, Style};
+        let title = format!(" Trace {} · ←/→ token · t/Esc close ", view.id);
+        let inner = super::panel(
+            frame,
+            area,
+            &truncate(&title, area.width.saturating_sub(2) as usize),
+            theme.border_focus,
+            theme,
+        );
+        let t = match &view.state {
+            TraceState::Running(_) => {
+                let text = "Decoding the sample again with the run's prompts, documents and seed…";
+                frame.render_widget(Paragraph::new(text).style(theme.muted).wrap(Wrap { trim: true }), inner);
+                return;
+            }
+            TraceState::Failed(e) => {
+                frame.render_widget(Paragraph::new(e.as_str()).style(theme.error).wrap(Wrap { trim: true }), inner);
+                return;
+            }
+            TraceState::Ready(t) => t,
+        };
+        let colour = |i: usize| Style::default().fg(DOC_COLOURS[i % DOC_COLOURS.len()]);
+        let mut lines = vec![Line::from(Span::styled(
+            match (t.reproduced, &t.why) {
+                (true, _) => format!("mode {} · decoded again: the same text", t.mode),
+                (false, why) => format!("mode {} · NOT reproduced: {}", t.mode, why.clone().unwrap_or_default()),
+            },
+            if t.reproduced { theme.muted } else { theme.error },
+        ))];
+        let spans: Vec<Span> = t
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, tok)| {
+                let text = if tok.text.is_empty() { "∅".to_string() } else { tok.text.replace('\n', "↵") };
+                let style = colour(tok.driver);
+                Span::styled(text, if i == view.cursor { style.add_modifier(Modifier::REVERSED) } else { style })
+            })
+            .collect();
+        lines.push(Line::from(spans));
+        if let Some(tok) = t.tokens.get(view.cursor) {
+            lines.push(Line::from(""));
+            lines.push(Line::from(vec![
+                Span::styled(format!("{:?}", tok.text), theme.field_label_focus),
+                Span::raw(format!("  p {:.3}  entropy {:.2}", tok.p, tok.entropy)),
+            ]));
+            for (i, d) in tok.docs.iter().enumerate() {
+                let top: Vec<String> =
+                    d.top_text.iter().zip(&d.top).map(|(s, (_, p))| format!("{s:?} {p:.2}")).collect();
+                let mark = if i == tok.driver { "▶" } else { " " };
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{mark}{:<12}", truncate(&d.doc, 12)), colour(i)),
+                    Span::raw(format!(" w {:.2}  p {:.3}  top {}", d.weight, d.p, top.join(", "))),
+                ]));
+            }
+        }
+        frame.render_widget(Paragraph::new(lines).style(theme.base).wrap(Wrap { trim: false }), inner);
     }
 
     fn render_list(&self, frame: &mut Frame, area: Rect, theme: &Theme) {

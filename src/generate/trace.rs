@@ -1,0 +1,255 @@
+//! Why each token of a sample was chosen (`selfspec samples trace`): the sample's response is
+//! decoded again with the run's recorded settings (its prompts rebuilt from the seed file's
+//! domain, the templates and the documents retrieval gives the query, its weights and its
+//! sampling seed), then teacher-forced on its tokens under each document's prompt. Per token:
+//! its probability under the mixture Σ w_j·p_j (eq. 2) it was drawn from, every document's own
+//! probability of it, weight and top tokens, the document that contributed most, and the
+//! mixture's entropy. `reproduced` says whether decoding again gave the sample's text; when it
+//! does not (the index, the templates or the model changed since), the recorded text is traced
+//! as tokenized, and `why` says what differs.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use super::pipeline::{self, Inputs, Job};
+use super::samples::SampleStore;
+use crate::backend::{self, Engine};
+use crate::decode::{self, Request};
+use crate::model::{DTypeChoice, Model, Pass};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub id: String,
+    pub mode: String,
+    pub reproduced: bool,
+    /// What kept decoding again from giving the sample's text (absent when it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub tokens: Vec<TokenTrace>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenTrace {
+    pub id: u32,
+    pub text: String,
+    /// Its probability under the mixture it was drawn from.
+    pub p: f64,
+    /// The mixture's entropy (nats).
+    pub entropy: f64,
+    /// The document whose weighted probability of it is the largest (index into `docs`).
+    pub driver: usize,
+    pub docs: Vec<DocTrace>,
+    /// Tuned-versus-base contrast (eq. 3): second-round samples, which this trace refuses yet.
+    pub contrast: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DocTrace {
+    /// The document's id (`none` for the document-free prompt).
+    pub doc: String,
+    pub weight: f64,
+    /// This document's own probability of the chosen token.
+    pub p: f64,
+    /// Its most likely tokens and their probabilities.
+    pub top: Vec<(u32, f64)>,
+    /// Those tokens' text (for the Review tab's view; not in the JSON).
+    #[serde(skip)]
+    pub top_text: Vec<String>,
+}
+
+/// Traces sample `sample_id` of the generation run in `run`, keeping `top` tokens per document.
+pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
+    let job = crate::runs::read_job::<Job>(run, crate::runs::Kind::Generate)?
+        .with_context(|| format!("{} has no config.yaml: not a generation run folder", run.display()))?;
+    anyhow::ensure!(
+        job.backend.is_none(),
+        "{} decoded on a server ({}); a trace runs the model here, and the server's numbers may differ",
+        run.display(),
+        job.model
+    );
+    anyhow::ensure!(
+        job.adapter.is_none(),
+        "{}: tracing second-round samples (a tuned model, eq. 3 contrast) is not supported yet; first-round \
+         samples (eq. 2) are",
+        run.display()
+    );
+    let (store, _) = SampleStore::open(&run.join(pipeline::SAMPLES))?;
+    let sample = store.samples().iter().find(|s| s.id == sample_id).with_context(|| {
+        format!("{} has no sample {sample_id:?} (samples.jsonl and the Review tab list the ids)", run.display())
+    })?;
+    let s = &job.settings;
+    let mut model = Model::load(&job.model, DTypeChoice::F32, &Device::Cpu)
+        .with_context(|| format!("cannot load the run's model {}", job.model))?;
+    if s.int8_activations {
+        let _ = model.set_int8_activations(true);
+    }
+    let seeds = crate::seeds::command::load_usable(&job.seeds, &crate::seeds::Limits::default())?;
+    let templates = crate::prompts::Templates::load(job.prompts.as_deref(), &seeds.file.prompts)?;
+    let searcher = job.corpus.as_deref().map(crate::corpus::Searcher::open).transpose()?;
+    let inputs = Inputs { engine: Engine::Local(&model), seeds: &seeds.file, templates: &templates, searcher: None };
+    let query = format!("{}\n{}", sample.instruction, sample.input);
+    let docs = match &searcher {
+        Some(searcher) => pipeline::retrieve(searcher, job.mode, s, &query)?,
+        None => Vec::new(),
+    };
+    let mut why = Vec::new();
+    let recorded: Vec<(&str, f64)> = sample.provenance.documents.iter().map(|d| (d.id.as_str(), d.weight)).collect();
+    let now: Vec<(&str, f64)> = docs.iter().map(|(h, w)| (h.id.as_str(), *w)).collect();
+    let same_docs =
+        recorded.len() == now.len() && recorded.iter().zip(&now).all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < 1e-9);
+    if !same_docs {
+        why.push(format!("retrieval now gives {now:?}, the sample recorded {recorded:?}"));
+    }
+    let prompts = pipeline::response_texts(&inputs, s, &sample.instruction, &sample.input, &docs)?;
+    let weights: Vec<f64> = match docs.is_empty() {
+        true => vec![1.0],
+        false => docs.iter().map(|(_, w)| *w).collect(),
+    };
+    let sampling = sample
+        .provenance
+        .response_sampling
+        .or_else(|| sample.provenance.sampling.as_ref().map(|p| s.response_sampling(p.seed ^ 0xa5a5_a5a5)))
+        .with_context(|| format!("sample {sample_id} recorded no sampling seed; it cannot be decoded again"))?;
+    let request = Request {
+        weights: if docs.is_empty() { Vec::new() } else { weights.clone() },
+        sampling,
+        stop_on_loop: true,
+        ..Request::new(Vec::new(), s.response_max_new_tokens)
+    };
+    let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None };
+    let cancel = AtomicBool::new(false);
+    let (done, _) =
+        Engine::Local(&model).generate(&[backend::Job::new(prompts.clone(), request)], &opts, &mut |_| {}, &cancel)?;
+    let again = done.into_iter().next().context("decoding again gave nothing")?;
+    let reproduced_text = again.text.trim() == sample.output;
+    if !reproduced_text {
+        let text: String = again.text.trim().chars().take(200).collect();
+        why.push(format!("decoding again gave {text:?}"));
+    }
+    let ids = match reproduced_text {
+        true => again.ids.clone(),
+        false => model.tokenizer.encode_plain(&sample.output)?,
+    };
+    let names: Vec<String> = match docs.is_empty() {
+        true => vec!["none".to_string()],
+        false => docs.iter().map(|(h, _)| h.id.clone()).collect(),
+    };
+    let tokens = teacher_forced(&model, &prompts, &weights, &names, &ids, top)?;
+    Ok(Trace {
+        id: sample.id.clone(),
+        mode: job.mode.as_str().to_string(),
+        reproduced: why.is_empty(),
+        why: (!why.is_empty()).then(|| why.join("; ")),
+        tokens,
+    })
+}
+
+/// Each document prompt followed by `ids`, run once: per position, every document's
+/// distribution of the next token, mixed with `weights`.
+fn teacher_forced(
+    model: &Model,
+    prompts: &[backend::Prompt],
+    weights: &[f64],
+    names: &[String],
+    ids: &[u32],
+    top: usize,
+) -> anyhow::Result<Vec<TokenTrace>> {
+    let n = ids.len();
+    let mut per_doc: Vec<Vec<DocTrace>> = vec![Vec::with_capacity(prompts.len()); n];
+    let mut mixture: Vec<Vec<f64>> = Vec::new();
+    for (j, prompt) in prompts.iter().enumerate() {
+        let mut seq = prompt.encode(&model.tokenizer)?;
+        let start = seq.len();
+        anyhow::ensure!(start > 0, "document {} gives an empty prompt", names[j]);
+        seq.extend_from_slice(ids);
+        let input = Tensor::new(seq.as_slice(), model.decoder.device())?.unsqueeze(0)?;
+        let mut cache = model.decoder.new_cache(vec![0]);
+        let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, false)?;
+        // Position start−1+t predicts token t.
+        let rows = logits.squeeze(0)?.narrow(0, start - 1, n)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&rows)?.to_vec2::<f32>()?;
+        if mixture.is_empty() {
+            mixture = vec![vec![0.0; probs.first().map_or(0, Vec::len)]; n];
+        }
+        for (t, p) in probs.iter().enumerate() {
+            for (m, &v) in mixture[t].iter_mut().zip(p) {
+                *m += weights[j] * f64::from(v);
+            }
+            let top = top_of(p, top);
+            let top_text = top.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
+            per_doc[t].push(DocTrace {
+                doc: names[j].clone(),
+                weight: weights[j],
+                p: f64::from(p[ids[t] as usize]),
+                top,
+                top_text,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for (t, docs) in per_doc.into_iter().enumerate() {
+        let m = &mixture[t];
+        let entropy = -m.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f64>();
+        let driver = docs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| (a.1.weight * a.1.p).total_cmp(&(b.1.weight * b.1.p)))
+            .map_or(0, |(i, _)| i);
+        out.push(TokenTrace {
+            id: ids[t],
+            text: model.tokenizer.decode(&ids[t..t + 1])?,
+            p: m[ids[t] as usize],
+            entropy,
+            driver,
+            docs,
+            contrast: None,
+        });
+    }
+    Ok(out)
+}
+
+/// The `k` most likely tokens of `p`, most likely first.
+fn top_of(p: &[f32], k: usize) -> Vec<(u32, f64)> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    let k = k.min(p.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    order.select_nth_unstable_by(k - 1, |&a, &b| p[b].total_cmp(&p[a]));
+    order.truncate(k);
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    order.into_iter().map(|i| (i as u32, f64::from(p[i]))).collect()
+}
+
+/// The trace as text: one line per token with its probability, the driving document and the
+/// entropy, then each document's probability of it.
+pub fn to_text(t: &Trace) -> String {
+    let mut out = format!(
+        "{} · mode {} · {}\n",
+        t.id,
+        t.mode,
+        match (&t.reproduced, &t.why) {
+            (true, _) => "decoded again: the same text".to_string(),
+            (false, Some(why)) => format!("NOT reproduced: {why}"),
+            (false, None) => "NOT reproduced".to_string(),
+        }
+    );
+    out.push_str("token                 p      H   driver   per document p (weight)\n");
+    for tok in &t.tokens {
+        let docs: Vec<String> = tok.docs.iter().map(|d| format!("{:.3} ({:.2})", d.p, d.weight)).collect();
+        let driver = tok.docs.get(tok.driver).map_or("", |d| d.doc.as_str());
+        out.push_str(&format!(
+            "{:<20} {:>6.3} {:>5.2}   {:<8} {}\n",
+            format!("{:?}", tok.text),
+            tok.p,
+            tok.entropy,
+            driver,
+            docs.join("  ")
+        ));
+    }
+    out
+}
