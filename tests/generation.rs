@@ -459,6 +459,21 @@ fn a_second_round_generates_with_the_tuned_model() {
     for s in check_samples(&second, "top1") {
         assert!(s["provenance"]["adapter"].as_str().unwrap().ends_with("adapter"));
         assert_eq!(s["provenance"]["contrastive_alpha"], 0.2);
+        // Its trace: decoded again contrastively to the same text; every token passed the
+        // plausibility cut, its score is log p_tuned − log p_base, and the tuned model's
+        // probability is the document entry's.
+        let out = selfspec(&["samples", "trace", second.to_str().unwrap(), s["id"].as_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(t["reproduced"], true, "{}", t["why"]);
+        for tok in t["tokens"].as_array().unwrap() {
+            let c = &tok["contrast"];
+            assert_eq!((c["plausible"].as_bool(), c["alpha"].as_f64()), (Some(true), Some(0.2)), "{tok}");
+            let (lt, lb) = (c["log_p_tuned"].as_f64().unwrap(), c["log_p_base"].as_f64().unwrap());
+            assert!((c["score"].as_f64().unwrap() - (lt - lb)).abs() < 1e-4, "{tok}");
+            assert!((tok["docs"][0]["p"].as_f64().unwrap() - lt.exp()).abs() < 1e-4, "{tok}");
+            assert!(c["candidates"].as_u64().unwrap() >= 1);
+        }
     }
     // The run remembers the adapter: continuing without it is refused.
     let out = generate_cmd(&env, &second, 6, "top1").output().unwrap();

@@ -1372,7 +1372,7 @@ fn prompt_of(format: PromptFormat, prompt: &str, primer: &str) -> Prompt {
 
 /// `request` as the job's model runs it: with the tuned adapter, contrastively against the base
 /// where asked (a mixture of documents keeps the adapter but is not contrastive).
-fn tuned(job: &Job, prompts: usize, request: Request) -> Request {
+pub(crate) fn tuned(job: &Job, prompts: usize, request: Request) -> Request {
     if job.tuned_model().is_none() {
         return request;
     }

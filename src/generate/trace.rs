@@ -6,7 +6,10 @@
 //! probability of it, weight and top tokens, the document that contributed most, and the
 //! mixture's entropy. `reproduced` says whether decoding again gave the sample's text; when it
 //! does not (the index, the templates or the model changed since), the recorded text is traced
-//! as tokenized, and `why` says what differs.
+//! as tokenized, and `why` says what differs. A second-round sample runs with the run's tuned
+//! adapter: a mixture of documents with it, or, decoded contrastively (eq. 3), its tokens with
+//! log p_tuned, log p_base, the contrast score and whether the plausibility cut (p_tuned ≥
+//! α·max p_tuned) kept the token.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -43,8 +46,21 @@ pub struct TokenTrace {
     /// The document whose weighted probability of it is the largest (index into `docs`).
     pub driver: usize,
     pub docs: Vec<DocTrace>,
-    /// Tuned-versus-base contrast (eq. 3): second-round samples, which this trace refuses yet.
-    pub contrast: Option<serde_json::Value>,
+    /// Tuned-versus-base contrast (eq. 3), for samples decoded contrastively.
+    pub contrast: Option<ContrastTrace>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContrastTrace {
+    pub log_p_tuned: f64,
+    pub log_p_base: f64,
+    /// log p_tuned − log p_base: what the token was chosen by.
+    pub score: f64,
+    /// Whether the token passed the plausibility cut (log p_tuned ≥ max log p_tuned + ln α).
+    pub plausible: bool,
+    pub alpha: f64,
+    /// How many tokens passed the cut at this step.
+    pub candidates: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,12 +87,6 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         run.display(),
         job.model
     );
-    anyhow::ensure!(
-        job.adapter.is_none(),
-        "{}: tracing second-round samples (a tuned model, eq. 3 contrast) is not supported yet; first-round \
-         samples (eq. 2) are",
-        run.display()
-    );
     let (store, _) = SampleStore::open(&run.join(pipeline::SAMPLES))?;
     let sample = store.samples().iter().find(|s| s.id == sample_id).with_context(|| {
         format!("{} has no sample {sample_id:?} (samples.jsonl and the Review tab list the ids)", run.display())
@@ -86,6 +96,10 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         .with_context(|| format!("cannot load the run's model {}", job.model))?;
     if s.int8_activations {
         let _ = model.set_int8_activations(true);
+    }
+    if let Some(dir) = &job.adapter {
+        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)
+            .with_context(|| format!("cannot load the run's tuned adapter {}", dir.display()))?;
     }
     let seeds = crate::seeds::command::load_usable(&job.seeds, &crate::seeds::Limits::default())?;
     let templates = crate::prompts::Templates::load(job.prompts.as_deref(), &seeds.file.prompts)?;
@@ -120,6 +134,8 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         stop_on_loop: true,
         ..Request::new(Vec::new(), s.response_max_new_tokens)
     };
+    let request = pipeline::tuned(&job, prompts.len(), request);
+    let contrast = request.contrast.as_ref().map(|c| c.alpha);
     let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None };
     let cancel = AtomicBool::new(false);
     let (done, _) =
@@ -138,7 +154,11 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         true => vec!["none".to_string()],
         false => docs.iter().map(|(h, _)| h.id.clone()).collect(),
     };
-    let tokens = teacher_forced(&model, &prompts, &weights, &names, &ids, top)?;
+    let gate = model.decoder.gate(pipeline::ADAPTER);
+    let tokens = match (contrast, &gate) {
+        (Some(alpha), Some(gate)) => contrastive(&model, &prompts[0], &names[0], gate, alpha, &ids, top)?,
+        _ => teacher_forced(&model, &prompts, &weights, &names, &ids, top)?,
+    };
     Ok(Trace {
         id: sample.id.clone(),
         mode: job.mode.as_str().to_string(),
@@ -146,6 +166,90 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         why: (!why.is_empty()).then(|| why.join("; ")),
         tokens,
     })
+}
+
+/// The logits that predict each of `ids` after `prompt`, `[n, vocab]` f32 rows (the prompt's
+/// last position for the first token, the response's own positions for the rest).
+fn forced_logits(model: &Model, prompt: &backend::Prompt, ids: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let seq = prompt.encode(&model.tokenizer)?;
+    anyhow::ensure!(!seq.is_empty(), "an empty prompt");
+    let device = model.decoder.device();
+    let mut cache = model.decoder.new_cache(vec![0]);
+    let input = Tensor::new(seq.as_slice(), device)?.unsqueeze(0)?;
+    let first = model.decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(0)?;
+    let rows = match ids.len() {
+        0 | 1 => first,
+        n => {
+            let rest = Tensor::new(&ids[..n - 1], device)?.unsqueeze(0)?;
+            let rest = model.decoder.forward(&rest, &mut cache, Pass::Inference, false)?.squeeze(0)?;
+            Tensor::cat(&[&first, &rest], 0)?
+        }
+    };
+    Ok(rows.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter().take(ids.len()).collect())
+}
+
+/// Eq. 3: `ids` after `prompt` with the adapter on (tuned) and off (base); each token's
+/// contrast, and its probability under the softmax of the contrast scores over the tokens that
+/// pass the cut (what it was drawn from, before the run's temperature and top-p). Its one
+/// document entry (`doc`) carries the tuned model's probability and top tokens.
+fn contrastive(
+    model: &Model,
+    prompt: &backend::Prompt,
+    doc: &str,
+    gate: &crate::model::linear::Gate,
+    alpha: f64,
+    ids: &[u32],
+    top: usize,
+) -> anyhow::Result<Vec<TokenTrace>> {
+    use crate::model::linear::GateState;
+    let set = |state: GateState| *gate.write().unwrap_or_else(|e| e.into_inner()) = state;
+    set(GateState::All);
+    let tuned = forced_logits(model, prompt, ids);
+    set(GateState::Off);
+    let base = forced_logits(model, prompt, ids);
+    set(GateState::All);
+    let (tuned, base) = (tuned?, base?);
+    let mut out = Vec::with_capacity(ids.len());
+    for (t, (lt, lb)) in tuned.iter().zip(&base).enumerate() {
+        let tok = ids[t] as usize;
+        let scores = decode::contrast_scores(lt, lb, alpha);
+        let candidates = scores.iter().filter(|v| v.is_finite()).count();
+        let probs: Vec<f32> = {
+            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> =
+                scores.iter().map(|&v| if v.is_finite() { f64::from(v - m).exp() } else { 0.0 }).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|v| (v / z) as f32).collect()
+        };
+        let (log_t, log_b) = (decode::log_softmax(lt), decode::log_softmax(lb));
+        let entropy = -probs.iter().filter(|&&v| v > 0.0).map(|&v| f64::from(v) * f64::from(v).ln()).sum::<f64>();
+        let p_tuned: Vec<f32> = log_t.iter().map(|v| v.exp()).collect();
+        let top_t = top_of(&p_tuned, top);
+        let top_text = top_t.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
+        out.push(TokenTrace {
+            id: ids[t],
+            text: model.tokenizer.decode(&ids[t..t + 1])?,
+            p: f64::from(probs[tok]),
+            entropy,
+            driver: 0,
+            docs: vec![DocTrace {
+                doc: doc.to_string(),
+                weight: 1.0,
+                p: f64::from(p_tuned[tok]),
+                top: top_t,
+                top_text,
+            }],
+            contrast: Some(ContrastTrace {
+                log_p_tuned: f64::from(log_t[tok]),
+                log_p_base: f64::from(log_b[tok]),
+                score: f64::from(log_t[tok] - log_b[tok]),
+                plausible: scores[tok].is_finite(),
+                alpha,
+                candidates,
+            }),
+        });
+    }
+    Ok(out)
 }
 
 /// Each document prompt followed by `ids`, run once: per position, every document's
@@ -160,24 +264,34 @@ fn teacher_forced(
 ) -> anyhow::Result<Vec<TokenTrace>> {
     let n = ids.len();
     let mut per_doc: Vec<Vec<DocTrace>> = vec![Vec::with_capacity(prompts.len()); n];
-    let mut mixture: Vec<Vec<f64>> = Vec::new();
+    // The mixture in f32 (one vocabulary row per token: 0.5 GB for 512 tokens of Gemma 3's
+    // 262,144), each document's probabilities made and dropped in turn.
+    let mut mixture: Vec<Vec<f32>> = Vec::new();
     for (j, prompt) in prompts.iter().enumerate() {
-        let mut seq = prompt.encode(&model.tokenizer)?;
-        let start = seq.len();
-        anyhow::ensure!(start > 0, "document {} gives an empty prompt", names[j]);
-        seq.extend_from_slice(ids);
-        let input = Tensor::new(seq.as_slice(), model.decoder.device())?.unsqueeze(0)?;
+        let seq = prompt.encode(&model.tokenizer)?;
+        anyhow::ensure!(!seq.is_empty(), "document {} gives an empty prompt", names[j]);
+        let device = model.decoder.device();
         let mut cache = model.decoder.new_cache(vec![0]);
-        let logits = model.decoder.forward(&input, &mut cache, Pass::Inference, false)?;
-        // Position start−1+t predicts token t.
-        let rows = logits.squeeze(0)?.narrow(0, start - 1, n)?.to_dtype(DType::F32)?;
-        let probs = candle_nn::ops::softmax_last_dim(&rows)?.to_vec2::<f32>()?;
+        // The prompt's last position predicts token 0; the response's own positions the rest
+        // (no vocabulary rows are made for the prompt's other positions).
+        let input = Tensor::new(seq.as_slice(), device)?.unsqueeze(0)?;
+        let first = model.decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(0)?;
+        let rows = match n {
+            0 | 1 => first,
+            _ => {
+                let rest = Tensor::new(&ids[..n - 1], device)?.unsqueeze(0)?;
+                let rest = model.decoder.forward(&rest, &mut cache, Pass::Inference, false)?.squeeze(0)?;
+                Tensor::cat(&[&first, &rest], 0)?
+            }
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&rows.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
         if mixture.is_empty() {
             mixture = vec![vec![0.0; probs.first().map_or(0, Vec::len)]; n];
         }
-        for (t, p) in probs.iter().enumerate() {
+        let w = weights[j] as f32;
+        for (t, p) in probs.iter().enumerate().take(n) {
             for (m, &v) in mixture[t].iter_mut().zip(p) {
-                *m += weights[j] * f64::from(v);
+                *m += w * v;
             }
             let top = top_of(p, top);
             let top_text = top.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
@@ -193,7 +307,7 @@ fn teacher_forced(
     let mut out = Vec::with_capacity(n);
     for (t, docs) in per_doc.into_iter().enumerate() {
         let m = &mixture[t];
-        let entropy = -m.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f64>();
+        let entropy = -m.iter().filter(|&&v| v > 0.0).map(|&v| f64::from(v) * f64::from(v).ln()).sum::<f64>();
         let driver = docs
             .iter()
             .enumerate()
@@ -202,7 +316,8 @@ fn teacher_forced(
         out.push(TokenTrace {
             id: ids[t],
             text: model.tokenizer.decode(&ids[t..t + 1])?,
-            p: m[ids[t] as usize],
+            // The weighted sum in f64 (the f32 row above is for the entropy).
+            p: docs.iter().map(|d| d.weight * d.p).sum(),
             entropy,
             driver,
             docs,
