@@ -147,18 +147,10 @@ fn run() -> anyhow::Result<u8> {
             ok(generate::command::export(&run, &out, force))
         }
         Some(Command::Samples(SamplesCommand::Promote { run, id, task, seeds })) => {
-            ok(generate::promote::promote(&run, &id, &task, seeds.as_deref(), limits).map(|p| {
-                println!("{id} → seed {} in {}", p.id, p.seeds.display());
-            }))
+            ok(generate::command::promote(&run, &id, &task, seeds.as_deref(), limits))
         }
         Some(Command::Samples(SamplesCommand::Trace { run, id, json, top })) => {
-            ok(generate::trace::trace(&run, &id, top).and_then(|t| {
-                match json {
-                    true => println!("{}", serde_json::to_string(&t)?),
-                    false => print!("{}", generate::trace::to_text(&t)),
-                }
-                Ok(())
-            }))
+            ok(generate::command::trace(&run, &id, json, top))
         }
         Some(Command::Samples(SamplesCommand::Decide { run, id, decision, output })) => {
             ok(generate::command::decide(&run, &id, decision.into(), output))

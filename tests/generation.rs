@@ -293,6 +293,9 @@ fn generate_writes_samples_in_each_mode() {
                 .collect();
             let tokens = t["tokens"].as_array().unwrap();
             assert!(!tokens.is_empty());
+            // The tokens are the sample's: their texts make its response.
+            let joined: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+            assert_eq!(joined.trim(), sample["output"].as_str().unwrap(), "{id}");
             for tok in tokens {
                 let docs = tok["docs"].as_array().unwrap();
                 let weights: Vec<f64> = docs.iter().map(|d| d["weight"].as_f64().unwrap()).collect();

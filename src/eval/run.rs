@@ -319,12 +319,13 @@ pub fn evaluate(
     Ok(Some(report))
 }
 
-/// Writes `report` into the run folder `dir` as report.json, report.csv and report.md.
+/// Writes `report` into the run folder `dir` as report.json, report.csv and report.md, and its
+/// numbers as a TensorBoard event file ([`write_board`]).
 pub fn write_report(dir: &Path, report: &Report) -> anyhow::Result<()> {
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(report)?.as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.csv"), report.to_csv().as_bytes())?;
     crate::fsutil::atomic_write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
-    crate::runs::board::write_eval(dir, report)
+    write_board(dir, report)
 }
 
 /// `selfspec eval report RUN`: a finished evaluation's report computed again from its
@@ -353,4 +354,29 @@ pub fn rereport(dir: &Path, stats: Option<super::stats::Settings>) -> anyhow::Re
     write_report(dir, &report)?;
     drop(lock);
     Ok(report)
+}
+
+/// The evaluation's event file: one name per run folder, rewritten whole with the report (a
+/// report computed again replaces it rather than adding a second set of points).
+pub const EVAL_EVENTS: &str = "events.out.tfevents.selfspec-eval";
+
+/// Every cell's F1 and ROUGE-L (and each model's average over the datasets) as
+/// `eval/<dataset>/<metric>/<model>` with the step the number of shots, so each chart draws a
+/// model's score against k.
+pub fn write_board(dir: &Path, report: &Report) -> anyhow::Result<()> {
+    let tmp = dir.join(".eval-events.partial");
+    {
+        let mut board = crate::runs::board::Board::at(&tmp)?;
+        for c in &report.cells {
+            let k = c.k as i64;
+            board.scalar(&format!("eval/{}/f1/{}", c.dataset, c.model), k, c.f1)?;
+            board.scalar(&format!("eval/{}/rougeL/{}", c.dataset, c.model), k, c.rouge_l)?;
+        }
+        for a in &report.averages {
+            let k = a.k as i64;
+            board.scalar(&format!("eval/average/f1/{}", a.model), k, a.f1.mean)?;
+            board.scalar(&format!("eval/average/rougeL/{}", a.model), k, a.rouge_l.mean)?;
+        }
+    }
+    std::fs::rename(&tmp, dir.join(EVAL_EVENTS)).with_context(|| format!("cannot write {}", dir.display()))
 }

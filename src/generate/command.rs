@@ -336,7 +336,7 @@ pub enum Decision {
     Pending,
 }
 
-pub(super) fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
+fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
     anyhow::ensure!(
         run.join(pipeline::SAMPLES).exists(),
         "{} has no samples.jsonl: not a generation run folder",
@@ -345,6 +345,29 @@ pub(super) fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
     let review = super::review::Review::open(run)?;
     review.note_torn();
     Ok(review)
+}
+
+/// `selfspec samples promote`: prints the new seed's id and file.
+pub fn promote(
+    run: &Path,
+    id: &str,
+    task: &str,
+    seeds: Option<&Path>,
+    limits: &crate::seeds::Limits,
+) -> anyhow::Result<()> {
+    let p = super::promote::promote(run, id, task, seeds, limits)?;
+    println!("{id} → seed {} in {}", p.id, p.seeds.display());
+    Ok(())
+}
+
+/// `selfspec samples trace`: the trace as JSON or as text.
+pub fn trace(run: &Path, id: &str, json: bool, top: usize) -> anyhow::Result<()> {
+    let t = super::trace::trace(run, id, top)?;
+    match json {
+        true => println!("{}", serde_json::to_string(&t)?),
+        false => print!("{}", super::trace::to_text(&t)),
+    }
+    Ok(())
 }
 
 /// `selfspec samples export`: the accepted and edited samples as Alpaca JSONL.

@@ -209,6 +209,7 @@ fn contrastive(
     let base = forced_logits(model, prompt, ids);
     set(GateState::All);
     let (tuned, base) = (tuned?, base?);
+    let texts = token_texts(model, ids)?;
     let mut out = Vec::with_capacity(ids.len());
     for (t, (lt, lb)) in tuned.iter().zip(&base).enumerate() {
         let tok = ids[t] as usize;
@@ -228,7 +229,7 @@ fn contrastive(
         let top_text = top_t.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
         out.push(TokenTrace {
             id: ids[t],
-            text: model.tokenizer.decode(&ids[t..t + 1])?,
+            text: texts[t].clone(),
             p: f64::from(probs[tok]),
             entropy,
             driver: 0,
@@ -304,6 +305,7 @@ fn teacher_forced(
             });
         }
     }
+    let texts = token_texts(model, ids)?;
     let mut out = Vec::with_capacity(n);
     for (t, docs) in per_doc.into_iter().enumerate() {
         let m = &mixture[t];
@@ -315,7 +317,7 @@ fn teacher_forced(
             .map_or(0, |(i, _)| i);
         out.push(TokenTrace {
             id: ids[t],
-            text: model.tokenizer.decode(&ids[t..t + 1])?,
+            text: texts[t].clone(),
             // The weighted sum in f64 (the f32 row above is for the entropy).
             p: docs.iter().map(|d| d.weight * d.p).sum(),
             entropy,
@@ -323,6 +325,30 @@ fn teacher_forced(
             docs,
             contrast: None,
         });
+    }
+    Ok(out)
+}
+
+/// Each token's share of the decoded text, as streaming gives it: the text the prefix up to it
+/// adds to the prefix before it, a character split across tokens held back until it is whole
+/// (so the shares concatenate to the decoded response).
+fn token_texts(model: &Model, ids: &[u32]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut emitted = String::new();
+    for t in 0..ids.len() {
+        let text = model.tokenizer.decode(&ids[..=t])?;
+        if text.ends_with('\u{FFFD}') && t + 1 < ids.len() {
+            out.push(String::new());
+            continue;
+        }
+        let common = emitted
+            .char_indices()
+            .map(|(i, c)| i + c.len_utf8())
+            .take_while(|&end| text.get(..end) == emitted.get(..end))
+            .last()
+            .unwrap_or(0);
+        out.push(text[common..].to_string());
+        emitted = text;
     }
     Ok(out)
 }

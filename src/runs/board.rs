@@ -1,7 +1,7 @@
 //! TensorBoard event files in run folders, so that `tensorboard --logdir WORKSPACE/runs` compares
 //! runs: training writes its loss, learning rate, gradient norm and tokens/s every step
-//! ([`TrainBoard`]); an evaluation writes its metrics when its report is written
-//! ([`write_eval`]). The records are TensorBoard's (TFRecord-framed `Event` protos with simple
+//! ([`write_step`]); an evaluation writes its metrics when its report is written
+//! (`eval::run::write_board`). The records are TensorBoard's (TFRecord-framed `Event` protos with simple
 //! scalar summaries), written by the syntaxdot-summary crate; each event is flushed as it is
 //! written, so a run killed mid-step leaves at most its last record torn, which TensorBoard's
 //! reader stops at.
@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use syntaxdot_summary::SummaryWriter;
-
-use crate::eval::report::Report;
 
 /// An open event file.
 pub struct Board {
@@ -36,7 +34,8 @@ impl Board {
         Board::at(&dir.join(name))
     }
 
-    fn at(path: &Path) -> anyhow::Result<Board> {
+    /// An event file at `path` (created, or emptied).
+    pub fn at(path: &Path) -> anyhow::Result<Board> {
         let file = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
         let writer =
             SummaryWriter::new(BufWriter::new(file)).with_context(|| format!("cannot write {}", path.display()))?;
@@ -64,29 +63,4 @@ pub fn write_step(
     board.scalar("train/learning_rate", step, lr)?;
     board.scalar("train/grad_norm", step, grad_norm)?;
     board.scalar("train/tokens_per_s", step, tokens_per_s)
-}
-
-/// The evaluation's event file: one name per run folder, rewritten whole with the report (a
-/// report computed again replaces it rather than adding a second set of points).
-pub const EVAL_EVENTS: &str = "events.out.tfevents.selfspec-eval";
-
-/// Every cell's F1 and ROUGE-L (and each model's average over the datasets) as
-/// `eval/<dataset>/<metric>/<model>` with the step the number of shots, so each chart draws a
-/// model's score against k.
-pub fn write_eval(dir: &Path, report: &Report) -> anyhow::Result<()> {
-    let tmp = dir.join(".eval-events.partial");
-    {
-        let mut board = Board::at(&tmp)?;
-        for c in &report.cells {
-            let k = c.k as i64;
-            board.scalar(&format!("eval/{}/f1/{}", c.dataset, c.model), k, c.f1)?;
-            board.scalar(&format!("eval/{}/rougeL/{}", c.dataset, c.model), k, c.rouge_l)?;
-        }
-        for a in &report.averages {
-            let k = a.k as i64;
-            board.scalar(&format!("eval/average/f1/{}", a.model), k, a.f1.mean)?;
-            board.scalar(&format!("eval/average/rougeL/{}", a.model), k, a.rouge_l.mean)?;
-        }
-    }
-    std::fs::rename(&tmp, dir.join(EVAL_EVENTS)).with_context(|| format!("cannot write {}", dir.display()))
 }

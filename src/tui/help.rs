@@ -101,8 +101,8 @@ pub const KEYS: &[(&str, &[(&str, &str)])] = &[
             ("f", "filter: all, pending, accepted, rejected, edited"),
             ("[ ]", "previous, next run"),
             ("x", "export accepted and edited samples as Alpaca JSONL"),
-            ("t", "trace the sample: decoded again, each token coloured by the document that drove it; ←/→ move, the token's per-document probabilities below; t or Esc closes"),
-            ("p", "make the sample (as edited) a seed: ←/→ choose its task, Enter adds it to the run's seed file (tagged sample:RUN/ID), Esc cancels"),
+            ("t", "trace the sample: its tokens coloured by the document that drove each, ←/→ move, the token's per-document probabilities and top tokens below; t or Esc closes"),
+            ("p", "make the sample (as edited) a seed: ←/→ choose its task, Enter adds it to the run's seed file, Esc cancels"),
         ],
     ),
     (
