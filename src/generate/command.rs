@@ -336,17 +336,6 @@ pub enum Decision {
     Pending,
 }
 
-fn open_review(run: &Path) -> anyhow::Result<super::review::Review> {
-    anyhow::ensure!(
-        run.join(pipeline::SAMPLES).exists(),
-        "{} has no samples.jsonl: not a generation run folder",
-        run.display()
-    );
-    let review = super::review::Review::open(run)?;
-    review.note_torn();
-    Ok(review)
-}
-
 /// `selfspec samples promote`: prints the new seed's id and file.
 pub fn promote(
     run: &Path,
@@ -373,7 +362,7 @@ pub fn trace(run: &Path, id: &str, json: bool, top: usize) -> anyhow::Result<()>
 /// `selfspec samples export`: the accepted and edited samples as Alpaca JSONL.
 pub fn export(run: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
     crate::fsutil::refuse_overwrite(out, force, &[run])?;
-    let n = open_review(run)?.export_alpaca(out)?;
+    let n = super::review::Review::open_run(run)?.export_alpaca(out)?;
     println!("{n} samples written to {}", out.display());
     Ok(())
 }
@@ -391,7 +380,7 @@ pub fn decide(run: &Path, id: &str, decision: Decision, output: Option<String>) 
             "--output edits the response of a sample kept for training; it does not go with reject or pending"
         );
     }
-    let mut review = open_review(run)?;
+    let mut review = super::review::Review::open_run(run)?;
     let status = match (decision, &output) {
         (_, Some(_)) => Status::Edited,
         (Decision::Accept, None) => Status::Accepted,

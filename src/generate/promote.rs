@@ -85,13 +85,7 @@ pub fn promote(
     limits: &Limits,
 ) -> anyhow::Result<Promoted> {
     let task = parse_task(task)?;
-    anyhow::ensure!(
-        run.join(super::pipeline::SAMPLES).exists(),
-        "{} has no samples.jsonl: not a generation run folder",
-        run.display()
-    );
-    let review = super::review::Review::open(run)?;
-    review.note_torn();
+    let review = super::review::Review::open_run(run)?;
     let sample = review.samples.iter().find(|s| s.id == sample_id).with_context(|| {
         format!("{} has no sample {sample_id:?} (the Review tab and samples.jsonl list the ids)", run.display())
     })?;

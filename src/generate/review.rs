@@ -53,6 +53,19 @@ pub struct Review {
 }
 
 impl Review {
+    /// A command's review of the run folder `run`: refused when it holds no samples.jsonl, a torn
+    /// last line said on stderr.
+    pub fn open_run(run: &Path) -> anyhow::Result<Review> {
+        anyhow::ensure!(
+            run.join(SAMPLES).exists(),
+            "{} has no samples.jsonl: not a generation run folder",
+            run.display()
+        );
+        let review = Review::open(run)?;
+        review.note_torn();
+        Ok(review)
+    }
+
     pub fn open(dir: &Path) -> anyhow::Result<Review> {
         let mut r = Review {
             dir: dir.to_path_buf(),

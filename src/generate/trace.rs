@@ -168,9 +168,10 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
     })
 }
 
-/// The logits that predict each of `ids` after `prompt`, `[n, vocab]` f32 rows (the prompt's
-/// last position for the first token, the response's own positions for the rest).
-fn forced_logits(model: &Model, prompt: &backend::Prompt, ids: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
+/// The logits that predict each of `ids` after `prompt`, `[n, vocab]` f32 (the prompt's last
+/// position for the first token, the response's own positions for the rest: no vocabulary rows
+/// are made for the prompt's other positions).
+fn forced_logits(model: &Model, prompt: &backend::Prompt, ids: &[u32]) -> anyhow::Result<Tensor> {
     let seq = prompt.encode(&model.tokenizer)?;
     anyhow::ensure!(!seq.is_empty(), "an empty prompt");
     let device = model.decoder.device();
@@ -185,7 +186,19 @@ fn forced_logits(model: &Model, prompt: &backend::Prompt, ids: &[u32]) -> anyhow
             Tensor::cat(&[&first, &rest], 0)?
         }
     };
-    Ok(rows.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter().take(ids.len()).collect())
+    Ok(rows.narrow(0, 0, ids.len())?.to_dtype(DType::F32)?)
+}
+
+/// The entropy (nats) of a distribution.
+fn entropy(p: &[f32]) -> f64 {
+    -p.iter().filter(|&&v| v > 0.0).map(|&v| f64::from(v) * f64::from(v).ln()).sum::<f64>()
+}
+
+/// One document's entry for a token: its weight, its probability `p[token]` and its top tokens.
+fn doc_trace(model: &Model, doc: &str, weight: f64, p: &[f32], token: u32, top: usize) -> anyhow::Result<DocTrace> {
+    let top = top_of(p, top);
+    let top_text = top.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
+    Ok(DocTrace { doc: doc.to_string(), weight, p: f64::from(p[token as usize]), top, top_text })
 }
 
 /// Eq. 3: `ids` after `prompt` with the adapter on (tuned) and off (base); each token's
@@ -208,38 +221,24 @@ fn contrastive(
     set(GateState::Off);
     let base = forced_logits(model, prompt, ids);
     set(GateState::All);
-    let (tuned, base) = (tuned?, base?);
+    let (tuned, base) = (tuned?.to_vec2::<f32>()?, base?.to_vec2::<f32>()?);
     let texts = token_texts(model, ids)?;
     let mut out = Vec::with_capacity(ids.len());
     for (t, (lt, lb)) in tuned.iter().zip(&base).enumerate() {
         let tok = ids[t] as usize;
         let scores = decode::contrast_scores(lt, lb, alpha);
         let candidates = scores.iter().filter(|v| v.is_finite()).count();
-        let probs: Vec<f32> = {
-            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f64> =
-                scores.iter().map(|&v| if v.is_finite() { f64::from(v - m).exp() } else { 0.0 }).collect();
-            let z: f64 = e.iter().sum();
-            e.iter().map(|v| (v / z) as f32).collect()
-        };
+        // The cut tokens' −∞ scores become probability 0.
+        let probs: Vec<f32> = decode::log_softmax(&scores).iter().map(|v| v.exp()).collect();
         let (log_t, log_b) = (decode::log_softmax(lt), decode::log_softmax(lb));
-        let entropy = -probs.iter().filter(|&&v| v > 0.0).map(|&v| f64::from(v) * f64::from(v).ln()).sum::<f64>();
         let p_tuned: Vec<f32> = log_t.iter().map(|v| v.exp()).collect();
-        let top_t = top_of(&p_tuned, top);
-        let top_text = top_t.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
         out.push(TokenTrace {
             id: ids[t],
             text: texts[t].clone(),
             p: f64::from(probs[tok]),
-            entropy,
+            entropy: entropy(&probs),
             driver: 0,
-            docs: vec![DocTrace {
-                doc: doc.to_string(),
-                weight: 1.0,
-                p: f64::from(p_tuned[tok]),
-                top: top_t,
-                top_text,
-            }],
+            docs: vec![doc_trace(model, doc, 1.0, &p_tuned, ids[t], top)?],
             contrast: Some(ContrastTrace {
                 log_p_tuned: f64::from(log_t[tok]),
                 log_p_base: f64::from(log_b[tok]),
@@ -269,47 +268,22 @@ fn teacher_forced(
     // 262,144), each document's probabilities made and dropped in turn.
     let mut mixture: Vec<Vec<f32>> = Vec::new();
     for (j, prompt) in prompts.iter().enumerate() {
-        let seq = prompt.encode(&model.tokenizer)?;
-        anyhow::ensure!(!seq.is_empty(), "document {} gives an empty prompt", names[j]);
-        let device = model.decoder.device();
-        let mut cache = model.decoder.new_cache(vec![0]);
-        // The prompt's last position predicts token 0; the response's own positions the rest
-        // (no vocabulary rows are made for the prompt's other positions).
-        let input = Tensor::new(seq.as_slice(), device)?.unsqueeze(0)?;
-        let first = model.decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(0)?;
-        let rows = match n {
-            0 | 1 => first,
-            _ => {
-                let rest = Tensor::new(&ids[..n - 1], device)?.unsqueeze(0)?;
-                let rest = model.decoder.forward(&rest, &mut cache, Pass::Inference, false)?.squeeze(0)?;
-                Tensor::cat(&[&first, &rest], 0)?
-            }
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&rows.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        let logits = forced_logits(model, prompt, ids).with_context(|| format!("document {}'s prompt", names[j]))?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         if mixture.is_empty() {
             mixture = vec![vec![0.0; probs.first().map_or(0, Vec::len)]; n];
         }
         let w = weights[j] as f32;
-        for (t, p) in probs.iter().enumerate().take(n) {
+        for (t, p) in probs.iter().enumerate() {
             for (m, &v) in mixture[t].iter_mut().zip(p) {
                 *m += w * v;
             }
-            let top = top_of(p, top);
-            let top_text = top.iter().map(|(id, _)| model.tokenizer.decode(&[*id])).collect::<anyhow::Result<_>>()?;
-            per_doc[t].push(DocTrace {
-                doc: names[j].clone(),
-                weight: weights[j],
-                p: f64::from(p[ids[t] as usize]),
-                top,
-                top_text,
-            });
+            per_doc[t].push(doc_trace(model, &names[j], weights[j], p, ids[t], top)?);
         }
     }
     let texts = token_texts(model, ids)?;
     let mut out = Vec::with_capacity(n);
     for (t, docs) in per_doc.into_iter().enumerate() {
-        let m = &mixture[t];
-        let entropy = -m.iter().filter(|&&v| v > 0.0).map(|&v| f64::from(v) * f64::from(v).ln()).sum::<f64>();
         let driver = docs
             .iter()
             .enumerate()
@@ -320,7 +294,7 @@ fn teacher_forced(
             text: texts[t].clone(),
             // The weighted sum in f64 (the f32 row above is for the entropy).
             p: docs.iter().map(|d| d.weight * d.p).sum(),
-            entropy,
+            entropy: entropy(&mixture[t]),
             driver,
             docs,
             contrast: None,

@@ -830,23 +830,25 @@ impl Decoder {
     /// `down(act(up(h)))` without a gate; Gemma's output norm after.
     fn mlp(&self, layer: &Layer, h: &Tensor, step: &Step, pass: Pass) -> Result<Tensor> {
         let act = self.spec.activation;
+        // candle's ops (inference, and training off the CPU's f32 path).
+        let plain = |x: &Tensor| match act {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Gelu => x.gelu_erf(),
+        };
         let product = match &layer.gate {
             Some(gate) => {
                 let (g, u) = (gate.forward(h)?, layer.up.forward(h)?);
-                match (&step.fused, act) {
-                    (Some(_), _) => fused::glu_mul(&g, &u, act)?,
-                    (_, Activation::Silu) => (g.silu()? * u)?,
-                    (_, Activation::GeluTanh) => (g.gelu()? * u)?,
-                    (_, Activation::Gelu) => (g.gelu_erf()? * u)?,
+                match &step.fused {
+                    Some(_) => fused::glu_mul(&g, &u, act)?,
+                    None => (plain(&g)? * u)?,
                 }
             }
             None => {
                 let u = layer.up.forward(h)?;
-                match act {
-                    _ if pass == Pass::Training && fused::usable(&u) => fused::act(&u, act)?,
-                    Activation::Silu => u.silu()?,
-                    Activation::GeluTanh => u.gelu()?,
-                    Activation::Gelu => u.gelu_erf()?,
+                match pass == Pass::Training && fused::usable(&u) {
+                    true => fused::act(&u, act)?,
+                    false => plain(&u)?,
                 }
             }
         };
@@ -909,19 +911,12 @@ impl Decoder {
     /// padding slot's values poisons the real rows through `0 · NaN`.
     fn mask(&self, cache: &Cache, new: usize, window: Option<usize>) -> Result<Option<Tensor>> {
         let (start, total, rows) = (cache.len, cache.len + new, cache.rows());
-        let hides = |q: usize, k: usize, pad: usize| {
-            if q < pad {
-                k != q
-            } else {
-                k < pad || k > q || window.is_some_and(|w| q - k >= w)
-            }
-        };
         let mut data = Vec::with_capacity(rows * new * total);
         let mut any = false;
         for &pad in &cache.pad {
             for q in start..total {
                 for k in 0..total {
-                    let hidden = hides(q, k, pad);
+                    let hidden = hides(q, k, pad, window);
                     any |= hidden;
                     data.push(if hidden { f32::NEG_INFINITY } else { 0.0 });
                 }
@@ -944,8 +939,7 @@ impl Decoder {
             for &slope in &slopes {
                 for q in start..total {
                     for k in 0..total {
-                        let visible = if q < pad { k == q } else { k >= pad && k <= q };
-                        data.push(match (visible, alibi) {
+                        data.push(match (!hides(q, k, pad, None), alibi) {
                             (false, _) => f32::NEG_INFINITY,
                             (true, _) if q < pad => 0.0,
                             (true, Alibi::Mpt { .. }) => slope * (k as f32 - q as f32),
@@ -1239,6 +1233,17 @@ struct Rotary<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
     fused: Option<&'a Fused>,
+}
+
+/// Whether query slot `q` of a row with `pad` padding slots does not see key slot `k`: padding,
+/// the future and, with a window, keys `window` or more positions back. A padding slot sees
+/// itself only (see [`Decoder::mask`]).
+fn hides(q: usize, k: usize, pad: usize, window: Option<usize>) -> bool {
+    if q < pad {
+        k != q
+    } else {
+        k < pad || k > q || window.is_some_and(|w| q - k >= w)
+    }
 }
 
 /// Each head's ALiBi slope, as the family computes it (in f32).

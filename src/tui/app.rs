@@ -100,21 +100,23 @@ impl App {
             Ok(path) => path,
             Err(e) => return Outcome::Error(format!("{e:#}")),
         };
-        let same = |a: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(&path).ok();
-        let open = self.seeds.as_mut().filter(|s| same(&s.path));
-        if let Some(s) = &open {
-            if s.is_dirty() {
-                return Outcome::Error(format!(
-                    "the Seeds tab has unsaved changes to {}; save them (Ctrl-s) first, then promote",
-                    s.file_name()
-                ));
-            }
+        let target = std::fs::canonicalize(&path).ok();
+        // The Seeds tab's screen when it has this file open.
+        let open = self.seeds.as_mut().filter(|s| target.is_some() && std::fs::canonicalize(&s.path).ok() == target);
+        if let Some(s) = open.as_ref().filter(|s| s.is_dirty()) {
+            return Outcome::Error(format!(
+                "the Seeds tab has unsaved changes to {}; save them (Ctrl-s) first, then promote",
+                s.file_name()
+            ));
         }
         let limits = self.config.seeds.limits;
         match crate::generate::promote::promote(&p.run, &p.id, p.task.as_str(), Some(&path), &limits) {
             Ok(done) => {
-                if let Some(s) = self.seeds.as_mut().filter(|s| same(&s.path)) {
-                    s.reload();
+                if let Some(Outcome::Error(e)) = open.map(|s| s.reload()) {
+                    return Outcome::Error(format!(
+                        "{} → seed {}, but the Seeds tab could not reload: {e}",
+                        p.id, done.id
+                    ));
                 }
                 let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
                 Outcome::Notice(format!("{} → seed {} ({}) in {name}", p.id, done.id, p.task.as_str()))
