@@ -862,6 +862,18 @@ pub enum IndexCommand {
         #[arg(long)]
         force: bool,
     },
+    /// What a corpus holds: its document count, the distribution of document lengths, and the
+    /// state of its index (missing, current, or older than the corpus).
+    Info {
+        /// The corpus: a JSONL file or a folder of .txt files.
+        corpus: PathBuf,
+        /// Its index folder (default: NAME.index beside NAME.corpus.jsonl, as the workbench keeps it).
+        #[arg(long)]
+        index: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// The best documents for a query by BM25.
     Search {
         /// The index folder.

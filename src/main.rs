@@ -107,6 +107,9 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Index(IndexCommand::Build { corpus, out, force })) => {
             ok(corpus::command::build(&corpus, &out, force))
         }
+        Some(Command::Index(IndexCommand::Info { corpus, index, json })) => {
+            ok(corpus::command::info(&corpus, index.as_deref(), json))
+        }
         Some(Command::Index(IndexCommand::Search { index, query, k, json })) => {
             ok(corpus::command::search(&index, &query, k, json))
         }

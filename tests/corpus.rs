@@ -85,7 +85,7 @@ fn the_cli_builds_and_searches_as_json() {
         "--force",
     ]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("is not an index; not removing it"), "{stderr}");
+    assert!(stderr.contains("is not an index; not replacing it"), "{stderr}");
 }
 
 #[test]
@@ -140,4 +140,85 @@ fn malformed_corpora_name_every_bad_line_and_leave_no_index() {
     let (_, stderr, code) = selfspec(&["index", "search", tmp.path().to_str().unwrap(), "x"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("is not a selfspec index (no meta.json)"), "{stderr}");
+}
+
+#[test]
+fn info_reports_lengths_problems_and_the_index_state() {
+    use selfspec::corpus::profile::{IndexState, Profile};
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("news.corpus.jsonl");
+    // Three good documents of 2, 4 and 30 words; line 3 is broken.
+    let long = vec!["word"; 30].join(" ");
+    let text = format!(
+        "{{\"id\": \"a\", \"text\": \"two words\"}}\n{{\"id\": \"b\", \"text\": \"four words right here\"}}\nnot json\n{{\"id\": \"c\", \"text\": \"{long}\"}}\n"
+    );
+    std::fs::write(&source, text).unwrap();
+    let p = Profile::read(&source, &mut |_| {}).unwrap();
+    assert_eq!((p.documents, p.min, p.median, p.max), (3, 2, 4, 30));
+    assert_eq!(p.histogram[..2], [2, 1]);
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    assert!(p.problems[0].contains("news.corpus.jsonl:3: not valid JSON"), "{:?}", p.problems);
+
+    // The index beside it: missing, then current, then stale once the corpus changes.
+    let index = tmp.path().join("news.index");
+    assert_eq!(IndexState::of(Some(&source), &index), IndexState::Missing);
+    let (stdout, stderr, code) = selfspec(&["index", "info", source.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["profile"]["documents"], 3);
+    assert_eq!(v["profile"]["median"], 4);
+    assert_eq!(v["index_state"]["state"], "missing");
+    assert_eq!(v["index"], index.to_str().unwrap());
+
+    let good = tmp.path().join("good.jsonl");
+    std::fs::write(&good, "{\"id\": \"a\", \"text\": \"two words\"}\n{\"id\": \"b\", \"text\": \"more words\"}\n")
+        .unwrap();
+    let index = tmp.path().join("good.index");
+    corpus::build(&good, &index, &mut |_, _| {}).unwrap();
+    assert_eq!(IndexState::of(Some(&good), &index), IndexState::Current { documents: 2 });
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&good).unwrap().set_modified(later).unwrap();
+    assert_eq!(IndexState::of(Some(&good), &index), IndexState::Stale { documents: 2 });
+    let (stdout, _, code) = selfspec(&["index", "info", good.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("2 documents") && stdout.contains("stale: the corpus changed"), "{stdout}");
+
+    // A rebuild replaces the index only when the new one is complete; a broken corpus leaves
+    // the old index in place.
+    std::fs::write(&good, "{\"id\": \"a\", \"text\": \"two words\"}\n").unwrap();
+    corpus::rebuild(&good, &index, &mut |_, _| {}).unwrap();
+    assert_eq!(IndexState::of(Some(&good), &index), IndexState::Current { documents: 1 });
+    std::fs::write(&good, "broken\n").unwrap();
+    assert!(corpus::rebuild(&good, &index, &mut |_, _| {}).is_err());
+    assert_eq!(Searcher::open(&index).unwrap().num_docs(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".next") || n.ends_with(".old") || n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A source that cannot be read at all is an error that names it.
+    let (_, stderr, code) = selfspec(&["index", "info", tmp.path().join("none.jsonl").to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("none.jsonl"), "{stderr}");
+}
+
+#[test]
+fn highlighted_hits_mark_the_query_words_in_their_passage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bio");
+    corpus::build(&sample("biomedical"), &out, &mut |_, _| {}).unwrap();
+    let searcher = Searcher::open(&out).unwrap();
+    let plain = searcher.search("warfarin monitoring", 5).unwrap();
+    let marked = searcher.search_highlighted("warfarin monitoring", 5, 120).unwrap();
+    assert_eq!(plain, marked.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>());
+    let (hit, h) = &marked[0];
+    assert!(hit.text.contains(&h.text) && h.text.len() <= 120, "{h:?}");
+    assert!(!h.marked.is_empty());
+    for r in &h.marked {
+        let word = h.text[r.clone()].to_lowercase();
+        assert!(word == "warfarin" || word == "monitoring" || word == "monitored", "{word}");
+    }
+    assert!(searcher.search_highlighted("?!", 5, 120).unwrap().is_empty());
 }

@@ -307,9 +307,53 @@ fn generate_writes_samples_in_each_mode() {
                 assert!((mixed - tok["p"].as_f64().unwrap()).abs() < 1e-5, "{tok}");
                 assert!(docs.iter().all(|d| d["top"].as_array().unwrap().len() == 3));
                 assert!(tok["contrast"].is_null() && tok["entropy"].as_f64().unwrap() >= 0.0);
+                // Greedy responses: the draw was the argmax, not a probability.
+                assert!(tok["p_drawn"].is_null(), "{tok}");
             }
         }
     }
+    // A sampled response (temperature 0.8, top-p 0.9): still reproduced, and each token's
+    // p_drawn is its probability after the temperature and the cut, which the draw needed to be
+    // positive.
+    let sampled_config = env.base.join("sampled.yaml");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&sampled_config, format!("{text}  response_temperature: 0.8\n  response_top_p: 0.9\n")).unwrap();
+    let run = env.base.join("run-sampled");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        .arg("--config")
+        .arg(&sampled_config)
+        .arg("--workspace")
+        .arg(&env.workspace)
+        .args(["generate", "--seeds"])
+        .arg(root().join("sample-seeds/finance.yaml"))
+        .arg("--model")
+        .arg(fixture("writer"))
+        .args(["--n", "2", "--seed", "11", "--mode", "marginal", "--corpus"])
+        .arg(&env.index)
+        .arg("--run")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut reshaped = false;
+    for sample in check_samples(&run, "marginal") {
+        let id = sample["id"].as_str().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+            .args(["samples", "trace"])
+            .arg(&run)
+            .args([id, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(t["reproduced"], true, "{id}: {}", t["why"]);
+        for tok in t["tokens"].as_array().unwrap() {
+            let (p, drawn) = (tok["p"].as_f64().unwrap(), tok["p_drawn"].as_f64().unwrap());
+            assert!(drawn > 0.0 && drawn <= 1.0 + 1e-9, "{tok}");
+            reshaped |= (drawn - p).abs() > 1e-3;
+        }
+    }
+    assert!(reshaped, "temperature 0.8 and top-p 0.9 changed no token's probability");
     let bad = Command::new(env!("CARGO_BIN_EXE_selfspec"))
         .args(["samples", "trace"])
         .arg(env.base.join("run-none"))

@@ -185,7 +185,7 @@ fn sigterm_saves_pending_edits_and_restores_the_terminal() {
     kill(&t.pid(), "-TERM");
     t.wait_for("the process to exit", |_| t.dead());
     let screen = t.screen();
-    assert!(!screen.contains("selfspec │"), "the workbench is still drawn after exit:\n{screen}");
+    assert!(!screen.contains("1 Seeds  2 Generate"), "the workbench is still drawn after exit:\n{screen}");
     assert_eq!(load(&t.seeds_file()).seeds.len(), 79);
     assert_eq!(load(&t.seeds_file()).seeds[0].id, "bio-002");
 }
@@ -201,12 +201,36 @@ fn resizing_redraws_at_the_new_size() {
     assert!(screen.lines().count() >= 29, "{screen}");
     t.run(&["resize-window", "-t", "main", "-x", "60", "-y", "16"]);
     t.wait_for("the narrow layout", |s| {
-        s.lines().next().is_some_and(|l| l.starts_with(" selfspec │")) && s.lines().all(|l| l.chars().count() <= 60)
+        s.lines().next().is_some_and(|l| l.starts_with(" 1 Seeds")) && s.lines().all(|l| l.chars().count() <= 60)
     });
     // Ctrl-C quits (the terminal is in raw mode, so it arrives as a key) and restores the screen.
     t.keys(&["C-c"]);
     t.wait_for("quit", |_| t.dead());
-    assert!(!t.screen().contains("selfspec │"), "{}", t.screen());
+    assert!(!t.screen().contains("1 Seeds  2 Generate"), "{}", t.screen());
+}
+
+#[test]
+fn the_corpus_tab_builds_and_searches_in_a_real_terminal() {
+    let t = Tmux::new("corpus");
+    t.start();
+    t.wait_for("the workbench", |s| s.contains("biomedical.yaml · 80 seeds"));
+    t.keys(&["8"]);
+    t.wait_for("the corpus tab", |s| s.contains("124 documents") && s.contains("index not built"));
+    t.keys(&["b"]);
+    t.wait_for("the index", |s| s.contains("index built, 124 documents"));
+    t.keys(&["/"]);
+    t.type_text("warfarin");
+    let screen = t.wait_for("hits", |s| s.contains("bio-doc-049  Warfarin") && s.contains("w 0.978"));
+    assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+    t.keys(&["Enter", "]"]);
+    t.wait_for("a seed's documents", |s| s.contains("seed 1 (bio-001)") && s.contains("bio-doc-001"));
+    t.run(&["resize-window", "-t", "main", "-x", "120", "-y", "30"]);
+    t.wait_for("the wider layout", |s| {
+        s.lines().next().is_some_and(|l| l.starts_with(" selfspec │") && l.contains("8 Corpus"))
+            && s.contains("bio-doc-001")
+    });
+    t.keys(&["q"]);
+    t.wait_for("quit", |_| t.dead());
 }
 
 #[test]

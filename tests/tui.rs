@@ -1073,4 +1073,86 @@ fn review_traces_a_marginal_sample() {
     press(&mut app, &clock, KeyCode::Esc);
     assert!(app.review.trace.is_none());
     assert!(!draw(&app).contains("Trace "));
+
+    // c: the sample's retrieval in the Corpus tab, with the run's index, k and weights.
+    let sample = app.review.current().unwrap().clone();
+    press(&mut app, &clock, KeyCode::Char('c'));
+    assert_eq!(app.tab, selfspec::tui::Tab::Corpus);
+    app.corpus.settle(Duration::from_secs(30));
+    let rows = &app.corpus.rows;
+    assert_eq!(rows.len(), sample.provenance.documents.len(), "{}", draw(&app));
+    for (row, doc) in rows.iter().zip(&sample.provenance.documents) {
+        assert_eq!(row.id, doc.id);
+        let (now, then) = (row.weight.unwrap(), row.recorded.unwrap());
+        assert!((now - doc.weight).abs() < 1e-9 && (then - doc.weight).abs() < 1e-9, "{now} {then} {doc:?}");
+    }
+    assert!(app.corpus.missing.is_empty());
+    for (w, h) in [(80, 24), (120, 40)] {
+        let screen = draw_at(&app, w, h);
+        assert!(screen.contains(&format!("sample {}", sample.id)) && screen.contains("(run: "), "{w}×{h}:\n{screen}");
+        assert!(screen.contains(&rows[0].id), "{w}×{h}:\n{screen}");
+    }
+}
+
+#[test]
+fn the_corpus_tab_builds_an_index_searches_as_you_type_and_retrieves_for_seeds() {
+    let mut clock = Clock(Instant::now());
+    let mut app = app("corpus-tab");
+    press(&mut app, &clock, KeyCode::Char('8'));
+    app.corpus.settle(Duration::from_secs(30));
+    let names: Vec<&str> = app.corpus.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["biomedical.corpus.jsonl", "finance.corpus.jsonl", "sports.corpus.jsonl"]);
+    let screen = draw(&app);
+    assert!(screen.contains("124 documents") && screen.contains("index not built"), "{screen}");
+    // Before an index exists a query says how to make one.
+    keys(&mut app, &clock, "/warfarin");
+    assert!(app.corpus.rows.is_empty() && app.corpus.note.contains("b builds it"), "{}", app.corpus.note);
+    press(&mut app, &clock, KeyCode::Enter);
+    // b builds it on a thread; the hits of the kept query come when it is done.
+    press(&mut app, &clock, KeyCode::Char('b'));
+    assert!(app.corpus.is_building());
+    app.corpus.settle(Duration::from_secs(60));
+    app.tick(clock.advance(100));
+    assert!(!app.corpus.is_building());
+    assert!(app.corpus.entries[0].index.join("meta.json").exists());
+    insta::assert_snapshot!(draw(&app).replace(&std::env::temp_dir().display().to_string(), "$TMP"));
+    let rows = &app.corpus.rows;
+    assert!(!rows.is_empty() && rows[0].title.contains("Warfarin"), "{}", draw(&app));
+    assert!(rows.windows(2).all(|w| w[0].score >= w[1].score));
+    // The best k (5 by default) carry eq. 2 weights that sum to one; the rest none.
+    let weights: Vec<f64> = rows.iter().filter_map(|r| r.weight).collect();
+    assert_eq!(weights.len(), 5.min(rows.len()));
+    assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{weights:?}");
+    assert!(rows[0].passage.marked.iter().all(|r| rows[0].passage.text[r.clone()].eq_ignore_ascii_case("warfarin")));
+    // Each key searches again.
+    keys(&mut app, &clock, "/");
+    ctrl(&mut app, &clock, 'u');
+    keys(&mut app, &clock, "statins");
+    assert!(app.corpus.rows[0].title.to_lowercase().contains("statin"), "{}", draw(&app));
+    press(&mut app, &clock, KeyCode::Esc);
+    assert!(app.corpus.rows.is_empty());
+    // ] takes the domain's seeds in turn: the documents retrieval gives each, weighted.
+    press(&mut app, &clock, KeyCode::Char(']'));
+    assert!(matches!(&app.corpus.query, selfspec::tui::corpus::Query::Seed { ix: 0, .. }));
+    let first = app.corpus.rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    assert_eq!(first.len(), 5);
+    press(&mut app, &clock, KeyCode::Char(']'));
+    assert!(matches!(&app.corpus.query, selfspec::tui::corpus::Query::Seed { ix: 1, .. }));
+    press(&mut app, &clock, KeyCode::Char('['));
+    assert_eq!(app.corpus.rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), first);
+    for (w, h) in [(80, 24), (120, 40), (60, 16)] {
+        let screen = draw_at(&app, w, h);
+        assert!(screen.lines().next().unwrap().contains("8 Corpus") || w < 79, "{w}×{h}:\n{screen}");
+        assert!(screen.contains("seed 1 (bio-"), "{w}×{h}:\n{screen}");
+    }
+    // Every tab is in the bar at 80 columns, and a click on it opens it.
+    press(&mut app, &clock, KeyCode::Char('1'));
+    let bar = draw(&app).lines().next().unwrap().to_string();
+    let x = bar.find("8 Corpus").unwrap() as u16;
+    click(&mut app, &clock, x + 1, 0);
+    assert_eq!(app.tab, selfspec::tui::Tab::Corpus);
+    // The next corpus: its own lengths, no index yet.
+    press(&mut app, &clock, KeyCode::Char('j'));
+    app.corpus.settle(Duration::from_secs(30));
+    assert!(draw(&app).contains("123 documents"), "{}", draw(&app));
 }

@@ -2,17 +2,13 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 /// `index build`: a BM25 index of a corpus, with progress on stderr.
 pub fn build(source: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
-    if out.exists() && force {
-        anyhow::ensure!(super::is_index(out), "{} exists and is not an index; not removing it", out.display());
-        std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
-    }
-    let stats = super::build(source, out, &mut |n, secs| {
+    let report = &mut |n: usize, secs: f64| {
         eprint!("\rindexed {n} documents ({:.0} docs/s)", n as f64 / secs.max(1e-9));
-    })?;
+    };
+    // --force replaces an index only once the new one is complete.
+    let stats = if force { super::rebuild(source, out, report)? } else { super::build(source, out, report)? };
     eprintln!();
     println!(
         "{}: {} documents indexed in {:.2} s ({:.0} docs/s)",
@@ -38,6 +34,34 @@ pub fn search(index: &Path, query: &str, k: usize, json: bool) -> anyhow::Result
     }
     if hits.is_empty() {
         println!("no document matches");
+    }
+    Ok(())
+}
+
+/// `index info`: the corpus's size and length distribution, and its index's state.
+pub fn info(source: &Path, index: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    use super::profile::{index_beside, IndexState, Profile};
+    let index = index.map_or_else(|| index_beside(source), Path::to_path_buf);
+    let profile = Profile::read(source, &mut |n| eprint!("\rread {n} documents"))?;
+    let state = IndexState::of(Some(source), &index);
+    if json {
+        let out = serde_json::json!({"corpus": source, "profile": profile, "index": index, "index_state": state});
+        println!("{out}");
+        return Ok(());
+    }
+    eprint!("\r");
+    println!("{}: {} documents, {:.1} MB", source.display(), profile.documents, profile.bytes as f64 / 1e6);
+    println!(
+        "words per document: min {}, median {}, mean {:.0}, p90 {}, max {}",
+        profile.min, profile.median, profile.mean, profile.p90, profile.max
+    );
+    let most = profile.histogram.iter().copied().max().unwrap_or(0).max(1);
+    for (label, n) in Profile::bucket_labels().iter().zip(&profile.histogram) {
+        println!("  {label:>9} {n:>8}  {}", "█".repeat((n * 40).div_ceil(most)));
+    }
+    println!("index {}: {}", index.display(), state.describe());
+    for p in &profile.problems {
+        println!("problem: {p}");
     }
     Ok(())
 }

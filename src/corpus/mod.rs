@@ -8,6 +8,7 @@
 //! tantivy's BM25 (k1 1.2, b 0.75) over title and text.
 
 pub mod command;
+pub mod profile;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -220,7 +221,7 @@ pub struct BuildStats {
 }
 
 /// Indexes `source` into the folder `out`, which must not exist yet. `progress` hears the
-/// count of documents read and the seconds elapsed, every 10,000 documents.
+/// count of documents read and the seconds elapsed, every 1,000 documents.
 pub fn build(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<BuildStats, CorpusError> {
     if out.exists() {
         return Err(index_err(out, "already exists; remove it or pass --force"));
@@ -241,7 +242,7 @@ pub fn build(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) ->
                 .add_document(doc!(f.id => d.id, f.title => d.title, f.text => d.text))
                 .map_err(|e| index_err(&partial, e))?;
             seen += 1;
-            if seen % 10_000 == 0 {
+            if seen % 1000 == 0 {
                 progress(seen, started.elapsed().as_secs_f64());
             }
             Ok(())
@@ -259,6 +260,34 @@ pub fn build(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) ->
     };
     std::fs::rename(&partial, out).map_err(|e| index_err(out, e))?;
     Ok(BuildStats { documents, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Builds the index `out` of `source`, replacing the one there only once the new one is
+/// complete: a failed or killed rebuild leaves the old index as it was.
+pub fn rebuild(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<BuildStats, CorpusError> {
+    if !out.exists() {
+        return build(source, out, progress);
+    }
+    if !is_index(out) {
+        return Err(index_err(out, "exists and is not an index; not replacing it"));
+    }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = |suffix: &str| out.with_file_name(format!("{name}.{suffix}"));
+    let (next, old) = (beside("next"), beside("old"));
+    for leftover in [&next, &old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover).map_err(|e| index_err(leftover, e))?;
+        }
+    }
+    let stats = build(source, &next, progress)?;
+    std::fs::rename(out, &old).map_err(|e| index_err(out, e))?;
+    if let Err(e) = std::fs::rename(&next, out) {
+        // Put the old index back rather than leave none.
+        let _ = std::fs::rename(&old, out);
+        return Err(index_err(out, e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(stats)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -304,6 +333,40 @@ impl Searcher {
     /// The `k` best documents for `query` by BM25, best first. A query with no indexable word
     /// finds nothing.
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>, CorpusError> {
+        Ok(self.ranked(query, k)?.map(|(hits, _)| hits).unwrap_or_default())
+    }
+
+    /// As [`Searcher::search`], each hit with the passage of at most `chars` bytes of its text
+    /// where the query's words are densest, and those words' places in it (tantivy's snippets).
+    /// A hit that matched on its title alone gets the text's start, with nothing marked.
+    pub fn search_highlighted(
+        &self,
+        query: &str,
+        k: usize,
+        chars: usize,
+    ) -> Result<Vec<(Hit, Highlight)>, CorpusError> {
+        let Some((hits, query)) = self.ranked(query, k)? else { return Ok(Vec::new()) };
+        let searcher = self.reader.searcher();
+        let mut snippets = tantivy::snippet::SnippetGenerator::create(&searcher, &query, self.fields.text)
+            .map_err(|e| index_err(&self.path, e))?;
+        snippets.set_max_num_chars(chars);
+        Ok(hits
+            .into_iter()
+            .map(|hit| {
+                let s = snippets.snippet(&hit.text);
+                let highlight = if s.is_empty() {
+                    let end = hit.text.char_indices().nth(chars).map_or(hit.text.len(), |(i, _)| i);
+                    Highlight { text: hit.text[..end].to_string(), marked: Vec::new() }
+                } else {
+                    Highlight { text: s.fragment().to_string(), marked: s.highlighted().to_vec() }
+                };
+                (hit, highlight)
+            })
+            .collect())
+    }
+
+    /// The hits and the query that found them; none when the query has no indexable word.
+    fn ranked(&self, query: &str, k: usize) -> Result<Option<(Vec<Hit>, BooleanQuery)>, CorpusError> {
         let mut analyzer = self.index.tokenizer_for_field(self.fields.text).map_err(|e| index_err(&self.path, e))?;
         let mut terms: Vec<String> = Vec::new();
         let mut stream = analyzer.token_stream(query);
@@ -316,7 +379,7 @@ impl Searcher {
         // No more hits than documents: a huge k must not size a huge heap.
         let k = k.min(self.reader.searcher().num_docs() as usize);
         if terms.is_empty() || k == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for t in &terms {
@@ -340,6 +403,13 @@ impl Searcher {
                 text: get(self.fields.text),
             });
         }
-        Ok(hits)
+        Ok(Some((hits, query)))
     }
+}
+
+/// A passage of a hit's text and the byte ranges in it that a query's words matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Highlight {
+    pub text: String,
+    pub marked: Vec<std::ops::Range<usize>>,
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::pipeline::{self, Inputs, Job};
 use super::samples::SampleStore;
 use crate::backend::{self, Engine};
-use crate::decode::{self, Request};
+use crate::decode::{self, sampling, Request, SamplingParams};
 use crate::model::{DTypeChoice, Model, Pass};
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,8 +39,12 @@ pub struct Trace {
 pub struct TokenTrace {
     pub id: u32,
     pub text: String,
-    /// Its probability under the mixture it was drawn from.
+    /// Its probability under the mixture it was drawn from (eq. 2's Σ w_j·p_j; for an eq. 3
+    /// sample, the softmax of the contrast scores over the tokens that pass the cut).
     pub p: f64,
+    /// Its probability once the run's response temperature and top-p reshaped that
+    /// distribution: what the draw used. Null when the run decoded greedily (the argmax).
+    pub p_drawn: Option<f64>,
     /// The mixture's entropy (nats).
     pub entropy: f64,
     /// The document whose weighted probability of it is the largest (index into `docs`).
@@ -156,8 +160,8 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
     };
     let gate = model.decoder.gate(pipeline::ADAPTER);
     let tokens = match (contrast, &gate) {
-        (Some(alpha), Some(gate)) => contrastive(&model, &prompts[0], &names[0], gate, alpha, &ids, top)?,
-        _ => teacher_forced(&model, &prompts, &weights, &names, &ids, top)?,
+        (Some(alpha), Some(gate)) => contrastive(&model, &prompts[0], &names[0], (gate, alpha), &ids, top, &sampling)?,
+        _ => teacher_forced(&model, &prompts, &weights, &names, &ids, top, &sampling)?,
     };
     Ok(Trace {
         id: sample.id.clone(),
@@ -203,16 +207,16 @@ fn doc_trace(model: &Model, doc: &str, weight: f64, p: &[f32], token: u32, top: 
 
 /// Eq. 3: `ids` after `prompt` with the adapter on (tuned) and off (base); each token's
 /// contrast, and its probability under the softmax of the contrast scores over the tokens that
-/// pass the cut (what it was drawn from, before the run's temperature and top-p). Its one
-/// document entry (`doc`) carries the tuned model's probability and top tokens.
+/// pass the cut (what it was drawn from; `p_drawn` after the run's temperature and top-p). Its
+/// one document entry (`doc`) carries the tuned model's probability and top tokens.
 fn contrastive(
     model: &Model,
     prompt: &backend::Prompt,
     doc: &str,
-    gate: &crate::model::linear::Gate,
-    alpha: f64,
+    (gate, alpha): (&crate::model::linear::Gate, f64),
     ids: &[u32],
     top: usize,
+    sampling: &SamplingParams,
 ) -> anyhow::Result<Vec<TokenTrace>> {
     use crate::model::linear::GateState;
     let set = |state: GateState| *gate.write().unwrap_or_else(|e| e.into_inner()) = state;
@@ -236,6 +240,7 @@ fn contrastive(
             id: ids[t],
             text: texts[t].clone(),
             p: f64::from(probs[tok]),
+            p_drawn: sampling::probability(&mut scores.clone(), sampling, &[], ids[t]),
             entropy: entropy(&probs),
             driver: 0,
             docs: vec![doc_trace(model, doc, 1.0, &p_tuned, ids[t], top)?],
@@ -261,6 +266,7 @@ fn teacher_forced(
     names: &[String],
     ids: &[u32],
     top: usize,
+    sampling: &SamplingParams,
 ) -> anyhow::Result<Vec<TokenTrace>> {
     let n = ids.len();
     let mut per_doc: Vec<Vec<DocTrace>> = vec![Vec::with_capacity(prompts.len()); n];
@@ -289,11 +295,14 @@ fn teacher_forced(
             .enumerate()
             .max_by(|a, b| (a.1.weight * a.1.p).total_cmp(&(b.1.weight * b.1.p)))
             .map_or(0, |(i, _)| i);
+        // The draw saw the log of the mixture, as the decoder mixes it.
+        let mut scores: Vec<f32> = mixture[t].iter().map(|v| v.ln()).collect();
         out.push(TokenTrace {
             id: ids[t],
             text: texts[t].clone(),
             // The weighted sum in f64 (the f32 row above is for the entropy).
             p: docs.iter().map(|d| d.weight * d.p).sum(),
+            p_drawn: sampling::probability(&mut scores, sampling, &[], ids[t]),
             entropy: entropy(&mixture[t]),
             driver,
             docs,
@@ -357,8 +366,9 @@ pub fn to_text(t: &Trace) -> String {
     for tok in &t.tokens {
         let docs: Vec<String> = tok.docs.iter().map(|d| format!("{:.3} ({:.2})", d.p, d.weight)).collect();
         let driver = tok.docs.get(tok.driver).map_or("", |d| d.doc.as_str());
+        let drawn = tok.p_drawn.map_or(String::new(), |q| format!("  (drawn at {q:.3} after temperature and top-p)"));
         out.push_str(&format!(
-            "{:<20} {:>6.3} {:>5.2}   {:<8} {}\n",
+            "{:<20} {:>6.3} {:>5.2}   {:<8} {}{drawn}\n",
             format!("{:?}", tok.text),
             tok.p,
             tok.entropy,

@@ -29,7 +29,12 @@ use crate::workspace::Workspace;
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 
 /// The stages of the method that have a working screen. Only these get a tab.
-const TABS: [&str; 7] = ["Seeds", "Generate", "Review", "Train", "Eval", "Compare", "Sweeps"];
+const TABS: [&str; 8] = ["Seeds", "Generate", "Review", "Train", "Eval", "Compare", "Sweeps", "Corpus"];
+/// The tabs in the bar's order.
+const TAB_ORDER: [Tab; 8] =
+    [Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval, Tab::Compare, Tab::Sweeps, Tab::Corpus];
+/// The name at the bar's left, drawn only where all the tabs still fit beside it.
+const BRAND: &str = " selfspec │";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -40,6 +45,7 @@ pub enum Tab {
     Eval,
     Compare,
     Sweeps,
+    Corpus,
 }
 
 enum Overlay {
@@ -66,6 +72,7 @@ pub struct App {
     pub eval: EvalScreen,
     pub compare: super::compare::CompareScreen,
     pub sweeps: super::sweeps::SweepsScreen,
+    pub corpus: super::corpus::CorpusScreen,
     overlay: Option<Overlay>,
     notice: Option<Notice>,
     pub quit: bool,
@@ -162,6 +169,7 @@ impl App {
         };
         let mut app = App {
             compare: super::compare::CompareScreen::new(&opts.workspace),
+            corpus: super::corpus::CorpusScreen::new(&opts.workspace, &opts.config.generation),
             sweeps,
             eval,
             tab,
@@ -272,6 +280,7 @@ impl App {
             Tab::Eval => self.eval.is_typing(),
             Tab::Compare => self.compare.is_typing(),
             Tab::Sweeps => false,
+            Tab::Corpus => self.corpus.is_typing(),
         };
         if !typing {
             match key.code {
@@ -322,6 +331,10 @@ impl App {
                     self.tab = Tab::Sweeps;
                     return;
                 }
+                KeyCode::Char('8') => {
+                    self.show_corpus();
+                    return;
+                }
                 _ => {}
             }
         }
@@ -332,7 +345,14 @@ impl App {
             },
             Tab::Generate => self.generate.handle_key(key),
             Tab::Review => match self.review.handle_key(key) {
-                o @ Outcome::Done => self.review.take_promotion().map_or(o, |p| self.promote(p)),
+                o @ Outcome::Done => match (self.review.take_promotion(), self.review.take_retrieval()) {
+                    (Some(p), _) => self.promote(p),
+                    (None, Some((run, id))) => {
+                        self.show_corpus();
+                        self.corpus.show_sample(&run, &id)
+                    }
+                    (None, None) => o,
+                },
                 o => o,
             },
             Tab::Train => {
@@ -352,8 +372,17 @@ impl App {
                 let model = self.generate.model.clone();
                 self.sweeps.handle_key(key, &model)
             }
+            Tab::Corpus => self.corpus.handle_key(key),
         };
         self.outcome(o, now);
+    }
+
+    /// The Corpus tab, its list read again.
+    fn show_corpus(&mut self) {
+        if !self.corpus.is_building() {
+            self.corpus.rescan();
+        }
+        self.tab = Tab::Corpus;
     }
 
     /// The Review tab, on `run` (else the run being generated, else the newest).
@@ -429,6 +458,7 @@ impl App {
                     self.eval.rescan();
                     self.tab = Tab::Eval;
                 }
+                Tab::Corpus => self.show_corpus(),
                 t => self.tab = t,
             }
             return;
@@ -466,13 +496,11 @@ impl App {
         if pos.y != 0 {
             return None;
         }
-        let mut x = " selfspec │".width() as u16;
+        let mut x = if show_brand(self.size.get().width) { BRAND.width() as u16 } else { 0 };
         for (i, tab) in TABS.iter().enumerate() {
             let w = format!(" {} {tab} ", i + 1).width() as u16;
             if pos.x >= x && pos.x < x + w {
-                return Some(
-                    [Tab::Seeds, Tab::Generate, Tab::Review, Tab::Train, Tab::Eval, Tab::Compare, Tab::Sweeps][i],
-                );
+                return Some(TAB_ORDER[i]);
             }
             x += w;
         }
@@ -497,6 +525,9 @@ impl App {
         }
         if self.tab == Tab::Sweeps {
             self.sweeps.tick();
+        }
+        if let Some(o) = self.corpus.tick() {
+            self.outcome(o, now);
         }
         if let Some(o) = self.compare.tick() {
             self.outcome(o, now);
@@ -561,6 +592,7 @@ impl App {
             Tab::Eval => self.eval.render(frame, body, theme),
             Tab::Compare => self.compare.render(frame, body, theme),
             Tab::Sweeps => self.sweeps.render(frame, body, theme),
+            Tab::Corpus => self.corpus.render(frame, body, theme),
         }
         self.render_status(frame, a.status);
         match &self.overlay {
@@ -572,16 +604,11 @@ impl App {
 
     fn render_tabs(&self, frame: &mut Frame, area: Rect) {
         let theme = &self.theme;
-        let mut spans = vec![Span::styled(" selfspec ", theme.accent), Span::styled("│", theme.border)];
-        let active = match self.tab {
-            Tab::Seeds => 0,
-            Tab::Generate => 1,
-            Tab::Review => 2,
-            Tab::Train => 3,
-            Tab::Eval => 4,
-            Tab::Compare => 5,
-            Tab::Sweeps => 6,
-        };
+        let mut spans = Vec::new();
+        if show_brand(area.width) {
+            spans.extend([Span::styled(" selfspec ", theme.accent), Span::styled("│", theme.border)]);
+        }
+        let active = TAB_ORDER.iter().position(|&t| t == self.tab).unwrap_or(0);
         for (i, tab) in TABS.iter().enumerate() {
             let style = if i == active { theme.tab_active } else { theme.tab };
             spans.push(Span::styled(format!(" {} {tab} ", i + 1), style));
@@ -614,6 +641,8 @@ impl App {
             (_, Tab::Compare) if self.compare.is_running() => " ANSWERING ",
             (_, Tab::Compare) => " COMPARE ",
             (_, Tab::Sweeps) => " SWEEPS ",
+            (_, Tab::Corpus) if self.corpus.is_typing() => " SEARCH ",
+            (_, Tab::Corpus) => " CORPUS ",
             (Some(s), _) if s.read_only() => " READ-ONLY ",
             (Some(s), _) if s.editing.is_some() => " EDIT ",
             (Some(s), _) if s.searching => " SEARCH ",
@@ -646,8 +675,9 @@ impl App {
                 format!(" {}", truncate(&n.text, room.saturating_sub(1))),
                 if n.error { theme.error } else { theme.accent },
             ),
-            None if self.tab == Tab::Review => {
-                Span::styled(format!(" {}", truncate(&self.review.status_line(), room.saturating_sub(1))), theme.status)
+            None if matches!(self.tab, Tab::Review | Tab::Corpus) => {
+                let line = if self.tab == Tab::Review { self.review.status_line() } else { self.corpus.status_line() };
+                Span::styled(format!(" {}", truncate(&line, room.saturating_sub(1))), theme.status)
             }
             None => {
                 let file = self.seeds.as_ref().map(|s| s.file_name()).unwrap_or_default();
@@ -695,4 +725,10 @@ fn truncate_start(s: &str, width: usize) -> String {
     out.push('…');
     out.reverse();
     out.into_iter().collect()
+}
+
+/// Whether the bar has room for the name as well as every tab.
+fn show_brand(width: u16) -> bool {
+    let tabs: usize = TABS.iter().enumerate().map(|(i, t)| format!(" {} {t} ", i + 1).width()).sum();
+    BRAND.width() + tabs <= width as usize
 }

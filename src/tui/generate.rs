@@ -306,9 +306,7 @@ impl GenerateScreen {
         if crate::corpus::is_index(corpus) {
             return Ok(corpus.to_path_buf());
         }
-        let name = corpus.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let name = name.trim_end_matches(".jsonl").trim_end_matches(".corpus");
-        let index = self.workspace.corpora_dir().join(format!("{name}.index"));
+        let index = crate::corpus::profile::index_beside(corpus);
         if !crate::corpus::is_index(&index) {
             crate::corpus::build(corpus, &index, &mut |_, _| {})?;
         }

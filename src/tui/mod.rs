@@ -7,6 +7,7 @@
 
 mod app;
 pub mod compare;
+pub mod corpus;
 mod editor;
 pub mod eval;
 pub mod generate;

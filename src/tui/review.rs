@@ -82,6 +82,8 @@ pub struct ReviewScreen {
     pub promoting: Option<Task>,
     /// A promotion confirmed, for the app to carry out ([`ReviewScreen::take_promotion`]).
     promotion: Option<Promotion>,
+    /// A sample whose retrieval the Corpus tab should show (`c`): its run and id.
+    retrieval: Option<(PathBuf, String)>,
     /// The trace being computed or shown (`t`).
     pub trace: Option<TraceView>,
     scroll: std::cell::Cell<usize>,
@@ -113,6 +115,7 @@ impl ReviewScreen {
             message: None,
             promoting: None,
             promotion: None,
+            retrieval: None,
             trace: None,
             scroll: std::cell::Cell::new(0),
         };
@@ -215,6 +218,11 @@ impl ReviewScreen {
     /// The promotion confirmed by the last key, if any.
     pub fn take_promotion(&mut self) -> Option<Promotion> {
         self.promotion.take()
+    }
+
+    /// The sample `c` asked the Corpus tab to show, if any.
+    pub fn take_retrieval(&mut self) -> Option<(PathBuf, String)> {
+        self.retrieval.take()
     }
 
     /// Picks up new samples, and a finished trace.
@@ -356,6 +364,12 @@ impl ReviewScreen {
                 self.open_current();
             }
             KeyCode::Char('t') => return self.start_trace(),
+            KeyCode::Char('c') => {
+                let (Some(run), Some(s)) = (self.review.as_ref().map(|r| r.dir.clone()), self.current()) else {
+                    return Outcome::Error("no sample selected".into());
+                };
+                self.retrieval = Some((run, s.id.clone()));
+            }
             KeyCode::Char('p') => match self.current() {
                 Some(_) => self.promoting = Some(Task::Qa),
                 None => return Outcome::Error("no sample selected".into()),
@@ -449,6 +463,7 @@ impl ReviewScreen {
             lines.push(Line::from(vec![
                 Span::styled(format!("{:?}", tok.text), theme.field_label_focus),
                 Span::raw(format!("  p {:.3}  entropy {:.2}", tok.p, tok.entropy)),
+                Span::raw(tok.p_drawn.map_or(String::new(), |q| format!("  drawn {q:.3}"))),
             ]));
             for (i, d) in tok.docs.iter().enumerate() {
                 let top: Vec<String> =
