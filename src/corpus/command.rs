@@ -5,7 +5,9 @@ use std::path::Path;
 /// `index build`: a BM25 index of a corpus, with progress on stderr.
 pub fn build(source: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
     let report = &mut |n: usize, secs: f64| {
-        eprint!("\rindexed {n} documents ({:.0} docs/s)", n as f64 / secs.max(1e-9));
+        if n % 10_000 == 0 {
+            eprint!("\rindexed {n} documents ({:.0} docs/s)", n as f64 / secs.max(1e-9));
+        }
     };
     // --force replaces an index only once the new one is complete.
     let stats = if force { super::rebuild(source, out, report)? } else { super::build(source, out, report)? };
@@ -42,7 +44,11 @@ pub fn search(index: &Path, query: &str, k: usize, json: bool) -> anyhow::Result
 pub fn info(source: &Path, index: Option<&Path>, json: bool) -> anyhow::Result<()> {
     use super::profile::{index_beside, IndexState, Profile};
     let index = index.map_or_else(|| index_beside(source), Path::to_path_buf);
-    let profile = Profile::read(source, &mut |n| eprint!("\rread {n} documents"))?;
+    let profile = Profile::read(source, &mut |n| {
+        if n % 50_000 == 0 {
+            eprint!("\rread {n} documents");
+        }
+    })?;
     let state = IndexState::of(Some(source), &index);
     if json {
         let out = serde_json::json!({"corpus": source, "profile": profile, "index": index, "index_state": state});
