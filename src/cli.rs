@@ -608,8 +608,10 @@ pub struct GenerateArgs {
     /// The run folder (created; an existing one is continued).
     #[arg(long)]
     pub run: PathBuf,
-    /// A BM25 index of the domain corpus (`selfspec index build`), for top1 and marginal.
-    #[arg(long, value_name = "INDEX_DIR")]
+    /// The domain corpus for top1 and marginal: a JSONL file or a folder of .txt files (indexed
+    /// beside itself as NAME.index, built when missing and rebuilt when the corpus changed), or a
+    /// BM25 index folder (`selfspec index build`).
+    #[arg(long, value_name = "CORPUS_OR_INDEX")]
     pub corpus: Option<PathBuf>,
     /// Documents per response in marginal mode, 1 to 64 (default: the config's generation.k, 5).
     #[arg(long, value_parser = selfspec::bounds::flag::k)]

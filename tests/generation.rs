@@ -610,3 +610,49 @@ fn a_judge_scores_samples_and_drops_the_low_ones() {
         assert!(f["rejection"]["score"].is_null() || f["rejection"]["score"].as_u64().unwrap() < 2, "{f}");
     }
 }
+
+#[test]
+fn a_corpus_file_is_indexed_beside_itself_and_again_when_it_changes() {
+    let env = env();
+    let corpus = env.base.join("fin.corpus.jsonl");
+    std::fs::copy(root().join("sample-seeds/finance.corpus.jsonl"), &corpus).unwrap();
+    let run_with = |run: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+            .arg("--config")
+            .arg(&env.config)
+            .args(["generate", "--seeds"])
+            .arg(root().join("sample-seeds/finance.yaml"))
+            .arg("--model")
+            .arg(fixture("writer"))
+            .args(["--n", "1", "--seed", "3", "--mode", "top1", "--corpus"])
+            .arg(&corpus)
+            .arg("--run")
+            .arg(env.base.join(run))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let index = env.base.join("fin.index");
+    let first = run_with("r1");
+    assert!(first.contains("indexed") && first.contains("fin.index"), "{first}");
+    assert!(selfspec::corpus::is_index(&index));
+    // The run records the index it retrieved from, so trace and the Corpus tab open it.
+    let job = std::fs::read_to_string(env.base.join("r1/config.yaml")).unwrap();
+    assert!(job.contains(&format!("corpus: {}", index.display())), "{job}");
+    assert!(check_samples(&env.base.join("r1"), "top1")[0]["provenance"]["documents"].as_array().unwrap().len() == 1);
+    // A current index is used as it is.
+    let second = run_with("r2");
+    assert!(!second.contains("indexed"), "{second}");
+    // A corpus changed after its index: indexed again, the new document retrievable.
+    let mut text = std::fs::read_to_string(&corpus).unwrap();
+    text.push_str("{\"id\": \"fin-doc-new\", \"text\": \"Zorblax bonds pay a floating zorblax coupon.\"}\n");
+    std::fs::write(&corpus, text).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&corpus).unwrap().set_modified(later).unwrap();
+    let third = run_with("r3");
+    assert!(third.contains("changed after its index was built"), "{third}");
+    let hits = selfspec::corpus::Searcher::open(&index).unwrap().search("zorblax", 1).unwrap();
+    assert_eq!(hits[0].id, "fin-doc-new");
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 /// `index build`: a BM25 index of a corpus, with progress on stderr.
 pub fn build(source: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
     let report = &mut |n: usize, secs: f64| {
-        if n % 10_000 == 0 {
+        if n.is_multiple_of(10_000) {
             eprint!("\rindexed {n} documents ({:.0} docs/s)", n as f64 / secs.max(1e-9));
         }
     };
@@ -45,7 +45,7 @@ pub fn info(source: &Path, index: Option<&Path>, json: bool) -> anyhow::Result<(
     use super::profile::{index_beside, IndexState, Profile};
     let index = index.map_or_else(|| index_beside(source), Path::to_path_buf);
     let profile = Profile::read(source, &mut |n| {
-        if n % 50_000 == 0 {
+        if n.is_multiple_of(50_000) {
             eprint!("\rread {n} documents");
         }
     })?;

@@ -41,7 +41,7 @@ impl Profile {
         let result = super::read(source, &mut |d| {
             bytes += d.text.len() as u64;
             words.push(d.text.split_whitespace().count().min(u32::MAX as usize) as u32);
-            if words.len() % 1000 == 0 {
+            if words.len().is_multiple_of(1000) {
                 progress(words.len());
             }
             Ok(())
@@ -148,12 +148,45 @@ fn newest_change(source: &Path) -> Option<SystemTime> {
     Some(newest)
 }
 
-/// Where the workbench keeps the index of a corpus file: beside it, `NAME.index` for
-/// `NAME.corpus.jsonl` (or `NAME.jsonl`).
+/// Where the index of a corpus lives when none is named: beside it, `NAME.index` for
+/// `NAME.corpus.jsonl`, `NAME.jsonl` or a folder `NAME`.
 pub fn index_beside(source: &Path) -> PathBuf {
     let name = source.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let name = name.trim_end_matches(".jsonl").trim_end_matches(".corpus");
+    let name = name.trim_end_matches('/').trim_end_matches(".jsonl").trim_end_matches(".corpus");
     source.with_file_name(format!("{name}.index"))
+}
+
+/// What [`ensure_index`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indexed {
+    /// The path was an index, or its corpus's index was current.
+    Used,
+    Built,
+    /// The corpus had changed after its index was built (or the index could not be opened).
+    Rebuilt,
+}
+
+/// The index to retrieve from for `corpus`, the one rule every command and tab follows: an index
+/// folder is used as it is; a corpus (a JSONL file, or a folder of .txt files) is indexed beside
+/// itself ([`index_beside`]), built when missing and rebuilt when the corpus changed after it.
+pub fn ensure_index(corpus: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<(PathBuf, Indexed), CorpusError> {
+    if super::is_index(corpus) {
+        return Ok((corpus.to_path_buf(), Indexed::Used));
+    }
+    if !corpus.exists() {
+        return Err(CorpusError::File {
+            file: corpus.to_path_buf(),
+            message: "does not exist; name a corpus (JSONL or a folder of .txt files) or an index folder".into(),
+        });
+    }
+    let index = index_beside(corpus);
+    let done = match IndexState::of(Some(corpus), &index) {
+        IndexState::Current { .. } => return Ok((index, Indexed::Used)),
+        IndexState::Missing => Indexed::Built,
+        IndexState::Stale { .. } | IndexState::Broken { .. } => Indexed::Rebuilt,
+    };
+    super::rebuild(corpus, &index, progress)?;
+    Ok((index, done))
 }
 
 #[cfg(test)]
@@ -176,5 +209,6 @@ mod tests {
     fn the_index_lives_beside_its_corpus() {
         assert_eq!(index_beside(Path::new("c/finance.corpus.jsonl")), Path::new("c/finance.index"));
         assert_eq!(index_beside(Path::new("c/news.jsonl")), Path::new("c/news.index"));
+        assert_eq!(index_beside(Path::new("c/texts")), Path::new("c/texts.index"));
     }
 }

@@ -79,18 +79,34 @@ fn generate_locked(
     }
     settings.check().map_err(anyhow::Error::msg)?;
     let mode = opts.mode.unwrap_or(if opts.corpus.is_some() { Mode::Marginal } else { Mode::None });
-    let searcher = match &opts.corpus {
-        Some(dir) if dir.is_file() => anyhow::bail!(
-            "{} is a file; --corpus takes an index folder: build one with `selfspec index build {} --out DIR`",
-            dir.display(),
-            dir.display()
-        ),
-        Some(dir) => Some(crate::corpus::Searcher::open(dir)?),
+    // A corpus named as a file or .txt folder is indexed beside itself (built when missing,
+    // rebuilt when the corpus changed); the run records the index it retrieves from.
+    let index = match &opts.corpus {
+        Some(corpus) => {
+            let (index, done) = crate::corpus::profile::ensure_index(corpus, &mut |n, _| {
+                if n.is_multiple_of(10_000) {
+                    eprint!("\rindexing {}: {n} documents", corpus.display());
+                }
+            })?;
+            match done {
+                crate::corpus::profile::Indexed::Used => {}
+                crate::corpus::profile::Indexed::Built => {
+                    eprintln!("\rindexed {} into {}", corpus.display(), index.display())
+                }
+                crate::corpus::profile::Indexed::Rebuilt => eprintln!(
+                    "\r{} changed after its index was built: indexed it again into {}",
+                    corpus.display(),
+                    index.display()
+                ),
+            }
+            Some(index)
+        }
         None if mode != Mode::None => {
-            anyhow::bail!("--mode {mode} needs --corpus INDEX_DIR (build one with `selfspec index build`)")
+            anyhow::bail!("--mode {mode} needs --corpus (a JSONL corpus, a folder of .txt files, or an index folder)")
         }
         None => None,
     };
+    let searcher = index.as_deref().map(crate::corpus::Searcher::open).transpose()?;
     anyhow::ensure!(opts.n > 0, "--n must be at least 1");
     anyhow::ensure!(opts.alpha > 0.0 && opts.alpha <= 1.0, "--alpha must be in (0, 1]");
     // A run keeps the templates it started with: a run begun before the workspace had its
@@ -156,7 +172,7 @@ fn generate_locked(
         backend: ready.remote().cloned(),
         n: opts.n,
         mode,
-        corpus: opts.corpus.as_deref().map(absolute),
+        corpus: index.as_deref().map(absolute),
         seed: opts.seed,
         prompts: prompts_dir,
         adapter: opts.adapter.as_deref().map(absolute),

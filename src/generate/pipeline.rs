@@ -1236,7 +1236,7 @@ pub fn run(
     );
     anyhow::ensure!(
         job.mode == Mode::None || inputs.searcher.is_some(),
-        "mode {} needs a corpus index: pass --corpus INDEX_DIR (build one with `selfspec index build`)",
+        "mode {} needs a corpus: pass --corpus (a JSONL corpus, a folder of .txt files, or an index folder)",
         job.mode
     );
     let budget = s.budget(job.n);

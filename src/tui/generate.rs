@@ -301,18 +301,6 @@ impl GenerateScreen {
         }
     }
 
-    /// The index folder for the chosen corpus, built first when it is a JSONL file without one.
-    fn index_for(&self, corpus: &Path) -> anyhow::Result<PathBuf> {
-        if crate::corpus::is_index(corpus) {
-            return Ok(corpus.to_path_buf());
-        }
-        let index = crate::corpus::profile::index_beside(corpus);
-        if !crate::corpus::is_index(&index) {
-            crate::corpus::build(corpus, &index, &mut |_, _| {})?;
-        }
-        Ok(index)
-    }
-
     fn start(&mut self) -> Outcome {
         if self.following.is_some() {
             return Outcome::Error("a run is going; x stops it".into());
@@ -331,13 +319,10 @@ impl GenerateScreen {
         if self.mode != Mode::None && self.corpus_ix == 0 {
             return Outcome::Error(format!("mode {} needs a corpus", self.mode.as_str()));
         }
-        let index = match self.corpora.get(self.corpus_ix).filter(|_| self.corpus_ix > 0 && self.mode != Mode::None) {
-            Some(c) => match self.index_for(c) {
-                Ok(i) => Some(i),
-                Err(e) => return Outcome::Error(format!("cannot index {}: {e:#}", c.display())),
-            },
-            None => None,
-        };
+        // A JSONL corpus goes to the run as it is: the run's process indexes it (off this
+        // thread), by the same rule as the command line.
+        let corpus =
+            self.corpora.get(self.corpus_ix).filter(|_| self.corpus_ix > 0 && self.mode != Mode::None).cloned();
         let form = self.form_key();
         let run_dir = match &self.last_run {
             Some((dir, key)) if *key == form => dir.clone(),
@@ -359,8 +344,8 @@ impl GenerateScreen {
         args.extend(["--n", &self.n.to_string(), "--seed", &seed.to_string()].map(Into::into));
         args.extend(["--mode", self.mode.as_str(), "--run"].map(Into::into));
         args.push(run_dir.clone().into_os_string());
-        if let Some(index) = index {
-            args.extend(["--corpus".into(), index.into_os_string()]);
+        if let Some(corpus) = corpus {
+            args.extend(["--corpus".into(), corpus.into_os_string()]);
         }
         if let Some(a) = self.adapters.get(self.adapter_ix) {
             if let Some(dir) = &a.dir {
