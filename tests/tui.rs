@@ -174,6 +174,21 @@ fn any_terminal_size_draws() {
     for (w, h) in [(1, 1), (12, 4), (80, 24)] {
         draw_at(&app, w, h);
     }
+    // Every tab, with nothing to show yet and with hits on screen.
+    press(&mut app, &clock, KeyCode::Esc);
+    for tab in ['2', '3', '4', '5', '6', '7', '8'] {
+        press(&mut app, &clock, KeyCode::Char(tab));
+        for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 12), (300, 80)] {
+            draw_at(&app, w, h);
+        }
+    }
+    app.corpus.settle(Duration::from_secs(30));
+    keys(&mut app, &clock, "b");
+    app.corpus.settle(Duration::from_secs(30));
+    keys(&mut app, &clock, "/insulin résistance 日本");
+    for (w, h) in [(1, 1), (10, 3), (20, 5), (33, 9), (40, 12), (300, 80)] {
+        draw_at(&app, w, h);
+    }
 }
 
 // ---------------------------------------------------------------- state
