@@ -197,6 +197,25 @@ fn info_reports_lengths_problems_and_the_index_state() {
         .filter(|n| n.ends_with(".next") || n.ends_with(".old") || n.ends_with(".partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A rebuild killed between its two renames left the old index aside as .old: the next
+    // rebuild puts it back before anything else, so a failing one still leaves it in place.
+    std::fs::rename(&index, tmp.path().join("good.index.old")).unwrap();
+    assert!(corpus::rebuild(&good, &index, &mut |_, _| {}).is_err());
+    assert_eq!(Searcher::open(&index).unwrap().num_docs(), 1);
+
+    // Two builders of one index at once (a Corpus tab's b and a run's --corpus) take turns:
+    // both succeed and the index is whole.
+    let shared = tmp.path().join("shared.jsonl");
+    let lines: String =
+        (0..3000).map(|i| format!("{{\"id\": \"d{i}\", \"text\": \"word{i} common text\"}}\n")).collect();
+    std::fs::write(&shared, lines).unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let a = s.spawn(|| corpus::profile::ensure_index(&shared, &mut |_, _| {}).map(|r| r.0));
+        let b = s.spawn(|| corpus::rebuild(&shared, &tmp.path().join("shared.index"), &mut |_, _| {}).map(|_| ()));
+        vec![a.join().unwrap().map(|_| ()), b.join().unwrap()]
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(Searcher::open(&tmp.path().join("shared.index")).unwrap().num_docs(), 3000);
 
     // A source that cannot be read at all is an error that names it.
     let (_, stderr, code) = selfspec(&["index", "info", tmp.path().join("none.jsonl").to_str().unwrap()]);

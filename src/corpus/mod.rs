@@ -223,6 +223,27 @@ pub struct BuildStats {
 /// Indexes `source` into the folder `out`, which must not exist yet. `progress` hears the
 /// count of documents read and the seconds elapsed, every 1,000 documents.
 pub fn build(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<BuildStats, CorpusError> {
+    let _lock = build_lock(out)?;
+    build_unlocked(source, out, progress)
+}
+
+/// Holds `.NAME.lock` beside the index `out` while it lives: one builder of an index at a time,
+/// across processes (a Corpus tab's `b` and a run indexing the same corpus take turns, since
+/// both write the same temporary folders).
+pub(crate) fn build_lock(out: &Path) -> Result<std::fs::File, CorpusError> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = out.with_file_name(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| index_err(&path, e))?;
+    file.lock().map_err(|e| index_err(&path, e))?;
+    Ok(file)
+}
+
+fn build_unlocked(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<BuildStats, CorpusError> {
     if out.exists() {
         return Err(index_err(out, "already exists; remove it or pass --force"));
     }
@@ -265,21 +286,35 @@ pub fn build(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) ->
 /// Builds the index `out` of `source`, replacing the one there only once the new one is
 /// complete: a failed or killed rebuild leaves the old index as it was.
 pub fn rebuild(source: &Path, out: &Path, progress: &mut dyn FnMut(usize, f64)) -> Result<BuildStats, CorpusError> {
+    let _lock = build_lock(out)?;
+    rebuild_locked(source, out, progress)
+}
+
+/// [`rebuild`], for a caller that holds [`build_lock`].
+pub(crate) fn rebuild_locked(
+    source: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<BuildStats, CorpusError> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = |suffix: &str| out.with_file_name(format!("{name}.{suffix}"));
+    let (next, old) = (beside("next"), beside("old"));
+    // A rebuild killed between its two renames left the old index aside: put it back first.
+    if !out.exists() && is_index(&old) {
+        std::fs::rename(&old, out).map_err(|e| index_err(out, e))?;
+    }
     if !out.exists() {
-        return build(source, out, progress);
+        return build_unlocked(source, out, progress);
     }
     if !is_index(out) {
         return Err(index_err(out, "exists and is not an index; not replacing it"));
     }
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let beside = |suffix: &str| out.with_file_name(format!("{name}.{suffix}"));
-    let (next, old) = (beside("next"), beside("old"));
     for leftover in [&next, &old] {
         if leftover.exists() {
             std::fs::remove_dir_all(leftover).map_err(|e| index_err(leftover, e))?;
         }
     }
-    let stats = build(source, &next, progress)?;
+    let stats = build_unlocked(source, &next, progress)?;
     std::fs::rename(out, &old).map_err(|e| index_err(out, e))?;
     if let Err(e) = std::fs::rename(&next, out) {
         // Put the old index back rather than leave none.
@@ -302,6 +337,12 @@ pub struct Hit {
 /// one or building one in its place.
 pub fn is_index(dir: &Path) -> bool {
     dir.join("meta.json").exists()
+}
+
+/// Whether `dir` is one of a build's temporary folders (`.partial`, `.next`, `.old`), which hold
+/// a meta.json too but are no index to list or search.
+pub fn is_build_folder(dir: &Path) -> bool {
+    dir.extension().is_some_and(|e| e == "partial" || e == "next" || e == "old")
 }
 
 /// An opened index, ready for many queries.

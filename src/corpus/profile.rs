@@ -180,12 +180,14 @@ pub fn ensure_index(corpus: &Path, progress: &mut dyn FnMut(usize, f64)) -> Resu
         });
     }
     let index = index_beside(corpus);
+    // The state is read under the lock: another process may have just built it.
+    let _lock = super::build_lock(&index)?;
     let done = match IndexState::of(Some(corpus), &index) {
         IndexState::Current { .. } => return Ok((index, Indexed::Used)),
         IndexState::Missing => Indexed::Built,
         IndexState::Stale { .. } | IndexState::Broken { .. } => Indexed::Rebuilt,
     };
-    super::rebuild(corpus, &index, progress)?;
+    super::rebuild_locked(corpus, &index, progress)?;
     Ok((index, done))
 }
 

@@ -348,8 +348,15 @@ impl App {
                 o @ Outcome::Done => match (self.review.take_promotion(), self.review.take_retrieval()) {
                     (Some(p), _) => self.promote(p),
                     (None, Some((run, id))) => {
-                        self.show_corpus();
-                        self.corpus.show_sample(&run, &id)
+                        if !self.corpus.is_building() {
+                            self.corpus.rescan();
+                        }
+                        // The tab changes only when the sample's retrieval can be shown.
+                        let o = self.corpus.show_sample(&run, &id);
+                        if o == Outcome::Done {
+                            self.tab = Tab::Corpus;
+                        }
+                        o
                     }
                     (None, None) => o,
                 },

@@ -136,7 +136,7 @@ impl CorpusScreen {
             let state = IndexState::of(Some(p), &index);
             entries.push(Entry { name, source: Some(p.clone()), index, state });
         }
-        for p in found.iter().filter(|p| crate::corpus::is_index(p)) {
+        for p in found.iter().filter(|p| crate::corpus::is_index(p) && !crate::corpus::is_build_folder(p)) {
             if !entries.iter().any(|e| &e.index == p) {
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let state = IndexState::of(None, p);

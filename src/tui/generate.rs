@@ -97,7 +97,10 @@ impl GenerateScreen {
         if let Ok(rd) = std::fs::read_dir(workspace.corpora_dir()) {
             let mut found: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "jsonl") || crate::corpus::is_index(p))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "jsonl")
+                        || (crate::corpus::is_index(p) && !crate::corpus::is_build_folder(p))
+                })
                 .collect();
             found.sort();
             corpora.extend(found);
