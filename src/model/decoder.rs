@@ -791,19 +791,38 @@ impl Decoder {
         } else {
             None
         };
+        // An inference prefill on the CPU in f32 takes its mask as ranges too
+        // (`flash::attend_cached`): no score matrix, no dense mask.
+        let ranges = (pass == Pass::Inference
+            && self.device.is_cpu()
+            && self.dtype == DType::F32
+            && alibi.is_none()
+            && new > cpu_attention::MAX_NEW)
+            .then(|| {
+                (
+                    flash::Visible::new(&cache.pad, start, new, None),
+                    window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
+                )
+            });
         let (full_mask, window_mask) = match (&fused, window) {
+            _ if ranges.is_some() => (None, None),
             (Some(_), _) => (None, None),
             (None, _) if alibi.is_some() => (Some(self.alibi_mask(cache, new, alibi.unwrap_or(Alibi::Falcon))?), None),
             (None, None) => (self.mask(cache, new, None)?, None),
             (None, Some(w)) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
         };
-        Ok(Step { cos, sin, local, fused, full_mask, window_mask, start, total })
+        Ok(Step { cos, sin, local, fused, ranges, full_mask, window_mask, start, total })
     }
 
     /// Block `i` (attention then the MLP, each added to the residual) on `x`.
     fn block(&self, i: usize, x: &Tensor, step: &Step, cache: &mut Cache, pass: Pass) -> Result<Tensor> {
         let layer = &self.layers[i];
-        let mask = if layer.sliding { step.window_mask.as_ref() } else { step.full_mask.as_ref() };
+        let mask = match (&step.ranges, layer.sliding) {
+            (Some((_, Some(window))), true) => Mask::Ranges(window),
+            (Some((full, _)), _) => Mask::Ranges(full),
+            (None, true) => Mask::Dense(step.window_mask.as_ref()),
+            (None, false) => Mask::Dense(step.full_mask.as_ref()),
+        };
         let h = layer.input_norm.forward(x, pass)?;
         let (cos, sin) = match (&step.local, layer.sliding) {
             (Some((cos, sin)), true) => (cos, sin),
@@ -958,7 +977,7 @@ impl Decoder {
         layer: &Layer,
         x: &Tensor,
         rope: Rotary,
-        mask: Option<&Tensor>,
+        mask: Mask,
         cache: &mut Option<Kv>,
         start: usize,
         pass: Pass,
@@ -1018,6 +1037,12 @@ impl Decoder {
             }
         };
 
+        let mask = match mask {
+            Mask::Ranges(visible) => {
+                return layer.o.forward(&flash::attend_cached(&q, &k, &v, self.attention_scale, visible)?)
+            }
+            Mask::Dense(mask) => mask,
+        };
         let per_head_mask = mask.is_some_and(|m| m.dim(1).is_ok_and(|h| h > 1));
         if pass == Pass::Inference && cpu_attention::usable(&q) && !per_head_mask {
             return layer.o.forward(&cpu_attention::attend(&q, &k, &v, self.attention_scale, mask)?);
@@ -1220,10 +1245,19 @@ struct Step {
     /// The sliding layers' `(cos, sin)` where their rotary base differs.
     local: Option<(Tensor, Tensor)>,
     fused: Option<Fused>,
+    /// An inference prefill's masks as ranges (full, sliding), in place of the dense masks.
+    ranges: Option<(flash::Visible, Option<flash::Visible>)>,
     full_mask: Option<Tensor>,
     window_mask: Option<Tensor>,
     start: usize,
     total: usize,
+}
+
+/// A layer's mask: dense and additive (or none), or each query's visible keys.
+#[derive(Clone, Copy)]
+enum Mask<'a> {
+    Dense(Option<&'a Tensor>),
+    Ranges(&'a flash::Visible),
 }
 
 /// The rotary angles `[rows, new, hd/2]` for one forward, and their fused form when training

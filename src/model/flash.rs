@@ -189,6 +189,185 @@ fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
     exp_shift_lanes(row, shift)
 }
 
+/// Where one (row, head)'s vectors start in a flat input, and the step between its tokens
+/// (query tokens for q, key slots for k and v). Head vectors are contiguous.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    start: usize,
+    row: usize,
+    head: usize,
+    step: usize,
+}
+
+impl Place {
+    fn at(&self, row: usize, head: usize) -> usize {
+        self.start + row * self.row + head * self.head
+    }
+
+    /// One past the last value a call over `rows × heads × tokens` reads.
+    fn end(&self, rows: usize, heads: usize, tokens: usize, hd: usize) -> usize {
+        if rows == 0 || heads == 0 || tokens == 0 {
+            return self.start;
+        }
+        self.at(rows - 1, heads - 1) + (tokens - 1) * self.step + hd
+    }
+}
+
+/// One forward call: inputs with their places, the output (token-major
+/// `[rows, new, heads, hd]`, contiguous) and, for training, each query's log-sum-exp
+/// (`[rows, heads, new]`).
+struct Tiles<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    q_at: Place,
+    k_at: Place,
+    v_at: Place,
+    nh: usize,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+    visible: &'a Visible,
+    out: Out,
+    lse: Option<Out>,
+}
+
+impl Tiles<'_> {
+    /// Every (row, head, query tile) as its own task: tiles late in a causal row see more keys,
+    /// so finer tasks keep both threads busy even for one row.
+    fn run(&self, rows: usize) {
+        let new = self.visible.new;
+        let tiles = new.div_ceil(BQ);
+        (0..rows * self.nh * tiles).into_par_iter().for_each(|task| {
+            let (bh, tile) = (task / tiles, task % tiles);
+            self.tile(bh / self.nh, bh % self.nh, tile * BQ);
+        });
+    }
+
+    /// Queries `q0 .. q0 + BQ` of head `h` in row `b` against the keys their ranges reach.
+    fn tile(&self, b: usize, h: usize, q0: usize) {
+        let (hd, new) = (self.hd, self.visible.new);
+        let g = h / self.rep;
+        let m = BQ.min(new - q0);
+        let ranges = &self.visible.ranges[b * new + q0..][..m];
+        let qb = &self.q[self.q_at.at(b, h) + q0 * self.q_at.step..];
+        let (k, v) = (&self.k[self.k_at.at(b, g)..], &self.v[self.v_at.at(b, g)..]);
+        let mut s = vec![0f32; BQ * BK];
+        let mut acc = vec![0f32; m * hd];
+        let (mut max, mut sum) = ([f32::NEG_INFINITY; BQ], [0f32; BQ]);
+        let (lo, hi) = self.visible.span(b, q0, m);
+        for k0 in (lo..hi).step_by(BK) {
+            let n = BK.min(hi - k0);
+            let s = &mut s[..m * n];
+            // s = q kᵀ: the keys' rows read as the columns of kᵀ.
+            let (ks, vs) = (self.k_at.step, self.v_at.step);
+            gemm(m, n, hd, s, false, qb, (self.q_at.step, 1), &k[k0 * ks..], (1, ks), 1.0, Parallelism::None);
+            scale_and_mask(s, n, k0, ranges, self.scale);
+            for i in 0..m {
+                let row = &mut s[i * n..][..n];
+                let top = row.iter().fold(max[i], |a, &x| a.max(x));
+                if top == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let correction = (max[i] - top).exp();
+                sum[i] = sum[i] * correction + exp_shift(row, top);
+                max[i] = top;
+                if correction != 1.0 {
+                    acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= correction);
+                }
+            }
+            gemm(m, hd, n, &mut acc, true, s, (n, 1), &v[k0 * vs..], (vs, 1), 1.0, Parallelism::None);
+        }
+        for i in 0..m {
+            let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
+            acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= inv);
+        }
+        let qs = self.nh * hd;
+        // SAFETY: task (b, h, q0) alone writes head h of row b's tokens q0 .. q0 + m, and the
+        // log-sum-exps of those queries; both lie inside their buffers.
+        unsafe {
+            scatter(&acc, m, hd, self.out.at((b * new + q0) * qs + h * hd), qs);
+            if let Some(lse) = self.lse {
+                for i in 0..m {
+                    *lse.at((b * self.nh + h) * new + q0 + i) =
+                        if sum[i] > 0.0 { max[i] + sum[i].ln() } else { f32::INFINITY };
+                }
+            }
+        }
+    }
+}
+
+/// The f32 values of a CPU storage.
+fn cpu_values(s: &candle_core::Storage) -> Result<&[f32]> {
+    match s {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
+        _ => candle_core::bail!("flash-attention: f32 on the CPU only"),
+    }
+}
+
+/// Attention for an inference prefill on the CPU in f32, without the score matrix: q
+/// `[rows, heads, new, hd]` (head-major, as the inference path rotates it) against the key/value
+/// cache's views `[rows, kv_heads, total, hd]` (any strides, head vectors contiguous), the mask
+/// as each query's visible keys. Returns `[rows, new, heads · hd]`, the layout the output
+/// projection takes. Tiles past the causal diagonal, before a window or in the padding are
+/// skipped; the cache is read in place.
+pub fn attend_cached(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: &Visible) -> Result<Tensor> {
+    let (rows, nh, new, hd) = q.dims4()?;
+    let (kr, nkv, total, khd) = k.dims4()?;
+    if kr != rows || khd != hd || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
+        candle_core::bail!("flash-attention: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims())
+    }
+    if visible.new != new || visible.total != total || visible.ranges.len() != rows * new {
+        candle_core::bail!(
+            "flash-attention: ranges for {} queries over {} keys, against q {:?} and k {:?}",
+            visible.new,
+            visible.total,
+            q.dims(),
+            k.dims()
+        )
+    }
+    let q = q.contiguous()?;
+    let mut out = vec![0f32; rows * new * nh * hd];
+    {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (qd, kd, vd) = (cpu_values(&qs)?, cpu_values(&ks)?, cpu_values(&vs)?);
+        let place = |l: &Layout| -> Result<Place> {
+            let st = l.stride();
+            if st[3] != 1 {
+                candle_core::bail!("flash-attention: head vectors must be contiguous")
+            }
+            Ok(Place { start: l.start_offset(), row: st[0], head: st[1], step: st[2] })
+        };
+        let (q_at, k_at, v_at) = (place(ql)?, place(kl)?, place(vl)?);
+        if q_at.end(rows, nh, new, hd) > qd.len()
+            || k_at.end(rows, nkv, total, hd) > kd.len()
+            || v_at.end(rows, nkv, total, hd) > vd.len()
+        {
+            candle_core::bail!("flash-attention: views reach past their storage")
+        }
+        let c = Tiles {
+            q: qd,
+            k: kd,
+            v: vd,
+            q_at,
+            k_at,
+            v_at,
+            nh,
+            rep: nh / nkv,
+            hd,
+            scale,
+            visible,
+            out: Out(out.as_mut_ptr()),
+            lse: None,
+        };
+        c.run(rows);
+    }
+    Tensor::from_vec(out, (rows, new, nh * hd), q.device())
+}
+
 impl CustomOp3 for FlashOp {
     fn name(&self) -> &'static str {
         "flash-attention"
@@ -205,63 +384,26 @@ impl CustomOp3 for FlashOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, nh, nkv, new, total, hd) = dims(ql, kl, vl, &self.visible)?;
         let (q, k, v) = (slice(self.name(), qs, ql)?, slice(self.name(), ks, kl)?, slice(self.name(), vs, vl)?);
-        let rep = nh / nkv;
-        // A query token's heads are `qs` apart, a key token's `ks`.
-        let (qs, ks) = (nh * hd, nkv * hd);
         let mut out = vec![0f32; q.len()];
         let mut lse = vec![0f32; rows * nh * new];
-        let vis = &self.visible;
-        let dst = Out(out.as_mut_ptr());
-        lse.par_chunks_mut(new.max(1)).enumerate().for_each(|(task, lse)| {
-            let (b, h) = (task / nh, task % nh);
-            let g = h / rep;
-            let at = b * new * qs + h * hd;
-            let q = &q[at..];
-            let kv = b * total * ks + g * hd;
-            let (k, v) = (&k[kv..], &v[kv..]);
-            let mut s = vec![0f32; BQ * BK];
-            let mut acc = vec![0f32; BQ * hd];
-            let (mut max, mut sum) = ([0f32; BQ], [0f32; BQ]);
-            for q0 in (0..new).step_by(BQ) {
-                let m = BQ.min(new - q0);
-                let ranges = &vis.ranges[b * new + q0..][..m];
-                let acc = &mut acc[..m * hd];
-                acc.fill(0.0);
-                max[..m].fill(f32::NEG_INFINITY);
-                sum[..m].fill(0.0);
-                let (lo, hi) = vis.span(b, q0, m);
-                let qb = &q[q0 * qs..];
-                for k0 in (lo..hi).step_by(BK) {
-                    let n = BK.min(hi - k0);
-                    let s = &mut s[..m * n];
-                    // s = q kᵀ: the keys' rows read as the columns of kᵀ.
-                    gemm(m, n, hd, s, false, qb, (qs, 1), &k[k0 * ks..], (1, ks), 1.0, Parallelism::None);
-                    scale_and_mask(s, n, k0, ranges, self.scale);
-                    for i in 0..m {
-                        let row = &mut s[i * n..][..n];
-                        let top = row.iter().fold(max[i], |a, &x| a.max(x));
-                        if top == f32::NEG_INFINITY {
-                            row.fill(0.0);
-                            continue;
-                        }
-                        let correction = (max[i] - top).exp();
-                        sum[i] = sum[i] * correction + exp_shift(row, top);
-                        max[i] = top;
-                        if correction != 1.0 {
-                            acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= correction);
-                        }
-                    }
-                    gemm(m, hd, n, acc, true, s, (n, 1), &v[k0 * ks..], (ks, 1), 1.0, Parallelism::None);
-                }
-                for i in 0..m {
-                    let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
-                    acc[i * hd..][..hd].iter_mut().for_each(|a| *a *= inv);
-                    lse[q0 + i] = if sum[i] > 0.0 { max[i] + sum[i].ln() } else { f32::INFINITY };
-                }
-                // SAFETY: task (b, h) alone writes head h of row b's tokens.
-                unsafe { scatter(acc, m, hd, dst.at(at + q0 * qs), qs) };
-            }
-        });
+        // Token-major: a query token's heads are `nh · hd` apart, a key token's `nkv · hd`.
+        let kv = Place { start: 0, row: total * nkv * hd, head: hd, step: nkv * hd };
+        let c = Tiles {
+            q,
+            k,
+            v,
+            q_at: Place { start: 0, row: new * nh * hd, head: hd, step: nh * hd },
+            k_at: kv,
+            v_at: kv,
+            nh,
+            rep: nh / nkv,
+            hd,
+            scale: self.scale,
+            visible: &self.visible,
+            out: Out(out.as_mut_ptr()),
+            lse: Some(Out(lse.as_mut_ptr())),
+        };
+        c.run(rows);
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(lse);
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -458,6 +600,41 @@ mod tests {
     fn a_window_and_cached_keys_match_the_dense_maths() {
         check(&[5, 0, 200], 20, 190, Some(50), (4, 4, 8));
         check(&[3], 0, 9, Some(2), (2, 1, 64));
+    }
+
+    /// `attend_cached` (head-major queries, a cache view narrowed from a larger buffer) against
+    /// the token-major op, which the test above holds to the dense maths.
+    fn check_cached(
+        pad: &[usize],
+        start: usize,
+        new: usize,
+        window: Option<usize>,
+        (nh, nkv, hd): (usize, usize, usize),
+    ) {
+        let rows = pad.len();
+        let (total, capacity) = (start + new, start + new + 7);
+        let q = var(&[rows, new, nh, hd], 1);
+        let (kbuf, vbuf) = (var(&[rows, nkv, capacity, hd], 2), var(&[rows, nkv, capacity, hd], 3));
+        let view = |t: &Var| t.as_tensor().narrow(2, 0, total).unwrap();
+        let token_major = |t: &Var| view(t).transpose(1, 2).unwrap().contiguous().unwrap();
+        let visible = Visible::new(pad, start, new, window);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let want = attend(q.as_tensor(), &token_major(&kbuf), &token_major(&vbuf), scale, &visible).unwrap();
+        let qh = q.as_tensor().transpose(1, 2).unwrap().contiguous().unwrap();
+        let got = attend_cached(&qh, &view(&kbuf), &view(&vbuf), scale, &visible).unwrap();
+        assert_eq!(got.dims(), [rows, new, nh * hd]);
+        close(&got, &want.reshape((rows, new, nh * hd)).unwrap(), "attend_cached");
+    }
+
+    #[test]
+    fn a_prefill_reads_the_cache_in_place() {
+        check_cached(&[0, 37], 0, 150, None, (6, 2, 16));
+        check_cached(&[5, 0, 200], 20, 190, Some(50), (4, 4, 8));
+        check_cached(&[0], 300, 17, None, (9, 3, 64));
+        let (q, k) = (var(&[1, 2, 10, 8], 1), var(&[1, 1, 10, 8], 2));
+        let e = attend_cached(q.as_tensor(), k.as_tensor(), k.as_tensor(), 1.0, &Visible::new(&[0], 0, 9, None))
+            .unwrap_err();
+        assert!(e.to_string().contains("flash-attention"), "{e}");
     }
 
     #[test]
