@@ -514,7 +514,7 @@ impl Client {
                     let finish = if reason == "length" { Finish::Length } else { Finish::Eos };
                     return Ok((text, finish, chunks));
                 }
-                if stop_on_loop && words.looping() {
+                if stop_on_loop && (words.looping() || crate::decode::looping_lines(&text)) {
                     return Ok((text, Finish::Loop, chunks));
                 }
                 if cancel.get() {
@@ -672,7 +672,7 @@ impl Client {
             if text.len() > old {
                 let _ = tx.send(Msg::Token { request: i, text: text[old..].to_string() });
             }
-            if r.stop_on_loop && crate::decode::looping(&ids).is_some() {
+            if r.stop_on_loop && (crate::decode::looping(&ids).is_some() || crate::decode::looping_lines(&text)) {
                 break Finish::Loop;
             }
             if ids.len() >= r.max_new_tokens {

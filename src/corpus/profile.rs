@@ -152,8 +152,14 @@ fn newest_change(source: &Path) -> Option<SystemTime> {
 /// `NAME.corpus.jsonl`, `NAME.jsonl` or a folder `NAME`.
 pub fn index_beside(source: &Path) -> PathBuf {
     let name = source.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let name = name.trim_end_matches('/').trim_end_matches(".jsonl").trim_end_matches(".corpus");
-    source.with_file_name(format!("{name}.index"))
+    source.with_file_name(format!("{}.index", corpus_name(&name)))
+}
+
+/// A corpus's name from its file or index name: `biomedical.corpus.jsonl`, `biomedical.jsonl`
+/// and `biomedical.index` are all `biomedical` (the name its index and its domain's seed file
+/// take).
+pub fn corpus_name(file_name: &str) -> &str {
+    file_name.trim_end_matches('/').trim_end_matches(".jsonl").trim_end_matches(".index").trim_end_matches(".corpus")
 }
 
 /// What [`ensure_index`] did.

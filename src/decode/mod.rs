@@ -128,6 +128,53 @@ pub fn looping(tokens: &[u32]) -> Option<usize> {
     })
 }
 
+/// Lines [`looping_lines`] compares at most: 4 repeats of a block of up to 4 lines.
+const LOOP_LINES: usize = 16;
+
+/// Whether `text` ends in a block of 1 to 4 lines written at least 4 times over, the item
+/// numbers aside: "123. Determine which disease is linked …", then 124, 125; or "Task 17" /
+/// "Instruction: X", then "Task 18" / the same X. Numbering changes the tokens of each item, so
+/// [`looping`] does not see these; a list ran to its token limit this way. Blank lines are
+/// skipped, and so is the line still being written; a block needs at least 8 letters (a column of bare numbers is not a loop). Only
+/// an item's leading number is set aside: rows of a table whose figures differ are not a loop.
+pub fn looping_lines(text: &str) -> bool {
+    // Complete lines only: the one being written is compared once it ends.
+    let Some(end) = text.rfind('\n') else { return false };
+    let mut lines: Vec<&str> =
+        text[..end].rsplit('\n').map(str::trim).filter(|l| !l.is_empty()).take(LOOP_LINES).map(unnumbered).collect();
+    lines.reverse();
+    (1..=4usize).any(|p| {
+        let n = lines.len();
+        if n < 4 * p {
+            return false;
+        }
+        let block = &lines[n - p..];
+        let letters: usize = block.iter().map(|l| l.chars().filter(|c| c.is_alphabetic()).count()).sum();
+        letters >= 8 && (2..=4).all(|r| &lines[n - r * p..n - (r - 1) * p] == block)
+    })
+}
+
+/// A line without its leading item number: "12. X", "12) X", "Task 12: X", "Task 12" → the
+/// rest ("Task" kept, so that "Task 12" and "Task 13" compare equal).
+fn unnumbered(line: &str) -> &str {
+    let word = line.find(|c: char| !c.is_alphabetic()).unwrap_or(line.len());
+    let after_word = line[word..].trim_start();
+    let digits = after_word.find(|c: char| !c.is_ascii_digit()).unwrap_or(after_word.len());
+    if digits == 0 || (word > 0 && after_word.len() == line[word..].len()) {
+        // No number, or a word run into its digits ("COVID19").
+        return line;
+    }
+    let rest = after_word[digits..].trim_start_matches(['.', ')', ':', '-']).trim_start();
+    if word == 0 {
+        rest
+    } else if rest.is_empty() {
+        &line[..word]
+    } else {
+        // "Task 12: X" compares as "X"; the word before a number is the item's label.
+        rest
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Completion {
     /// Generated ids (an end-of-sequence token included when it ended the text).
@@ -826,6 +873,7 @@ fn advance(
     on_event: &mut dyn FnMut(Event),
 ) -> anyhow::Result<Option<Completion>> {
     row.seen.push(id);
+    let text_before = row.text.len();
     let req = &row.req;
     let mut finish = None;
     // Text from byte `from` on is new to the listener, except what a replay already streamed.
@@ -854,7 +902,11 @@ fn advance(
         }
     }
     let generated = row.seen.len() - row.prompt_len;
-    if finish.is_none() && req.stop_on_loop && looping(&row.seen[row.prompt_len..]).is_some() {
+    let new_line = row.text.len() > text_before && row.text[text_before..].contains('\n');
+    if finish.is_none()
+        && req.stop_on_loop
+        && (looping(&row.seen[row.prompt_len..]).is_some() || (new_line && looping_lines(&row.text)))
+    {
         finish = Some(Finish::Loop);
     }
     if finish.is_none() && generated >= req.max_new_tokens {
@@ -980,7 +1032,34 @@ pub(crate) fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(us
 
 #[cfg(test)]
 mod tests {
-    use super::looping;
+    use super::{looping, looping_lines};
+
+    #[test]
+    fn numbered_items_written_again_are_a_loop() {
+        let items: String =
+            (120..126).map(|i| format!("{i}. Determine which disease is linked to the findings.\n")).collect();
+        assert!(looping_lines(&items));
+        assert!(looping_lines(&format!("{items}127. Determine which")), "a line being written is not compared");
+        let tasks: String =
+            (5..10).map(|i| format!("Task {i}\nInstructions: This is a study of a new drug.\n\n")).collect();
+        assert!(looping_lines(&tasks));
+        // Three times is not yet a loop; items that differ never are.
+        let three: String = (1..4).map(|i| format!("{i}) Name the drug.\n")).collect();
+        assert!(!looping_lines(&three));
+        let list: String = (1..30).map(|i| format!("{i}. Name drug number {}.\n", i * 7)).collect();
+        assert!(!looping_lines(&list));
+        // A table whose figures differ, and a column of bare numbers.
+        let table: String = (2019..2025).map(|y| format!("Year {y}: revenue {} million\n", y - 1000)).collect();
+        assert!(!looping_lines(&table));
+        let column: String = (1..20).map(|i| format!("{i}. 1\n")).collect();
+        assert!(!looping_lines(&column));
+        assert!(!looping_lines(""));
+        // A word run into digits is not an item number.
+        let same: String = (0..5).map(|_| "COVID19 spreads by air.\n").collect();
+        assert!(looping_lines(&same));
+        let variants: String = (15..20).map(|i| format!("COVID{i} spreads by air.\n")).collect();
+        assert!(!looping_lines(&variants));
+    }
 
     #[test]
     fn a_loop_is_a_short_stretch_repeated_and_a_list_is_not() {

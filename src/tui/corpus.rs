@@ -20,7 +20,7 @@ use unicode_width::UnicodeWidthStr;
 
 use super::theme::Theme;
 use super::{truncate, Outcome};
-use crate::corpus::profile::{index_beside, IndexState, Profile};
+use crate::corpus::profile::{corpus_name, index_beside, IndexState, Profile, BUCKETS};
 use crate::corpus::{Highlight, Searcher};
 use crate::generate::pipeline::{Job, Settings};
 use crate::generate::samples::{DocumentRef, Mode};
@@ -98,6 +98,9 @@ pub struct CorpusScreen {
     /// The settings the rows were weighted with (a sample's run's, or `settings`).
     shown: Settings,
     scroll: usize,
+    /// The domain's seed file as last read, with its modification time: `[` and `]` read it
+    /// again only when it changed.
+    seeds: Option<(PathBuf, Option<std::time::SystemTime>, crate::seeds::SeedFile)>,
 }
 
 impl CorpusScreen {
@@ -118,6 +121,7 @@ impl CorpusScreen {
             settings: settings.clone(),
             shown: settings.clone(),
             scroll: 0,
+            seeds: None,
         }
     }
 
@@ -313,15 +317,21 @@ impl CorpusScreen {
     }
 
     /// The seeds of the selected corpus's domain: the seed file named like it, if any.
-    fn domain_seeds(&self) -> Result<(PathBuf, crate::seeds::SeedFile), String> {
+    fn domain_seeds(&mut self) -> Result<(PathBuf, crate::seeds::SeedFile), String> {
         let e = self.entry().ok_or("no corpus")?;
-        let stem = e.name.trim_end_matches(".jsonl").trim_end_matches(".corpus").trim_end_matches(".index");
-        let file = self.workspace.seeds_dir().join(format!("{stem}.yaml"));
+        let file = self.workspace.seeds_dir().join(format!("{}.yaml", corpus_name(&e.name)));
         if !file.exists() {
             return Err(format!("no seed file {} for this corpus", file.display()));
         }
+        let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        if let Some((f, m, seeds)) = &self.seeds {
+            if f == &file && *m == modified && modified.is_some() {
+                return Ok((file, seeds.clone()));
+            }
+        }
         let loaded = crate::seeds::command::load_usable(&file, &crate::seeds::Limits::default())
             .map_err(|e| format!("{e:#}"))?;
+        self.seeds = Some((file.clone(), modified, loaded.file.clone()));
         Ok((file, loaded.file))
     }
 
@@ -647,8 +657,12 @@ fn histogram(p: &Profile, theme: &Theme) -> Line<'static> {
     const BARS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let most = p.histogram.iter().copied().max().unwrap_or(0).max(1);
     let mut spans = vec![Span::styled("lengths ", theme.muted)];
-    let lows = ["0", "25", "50", "100", "200", "500", "1k", "2k+"];
-    for (low, &n) in lows.iter().zip(&p.histogram) {
+    let short = |n: u32| if n >= 1000 && n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() };
+    let lows = std::iter::once(0).chain(BUCKETS).enumerate().map(|(i, low)| match i == BUCKETS.len() {
+        true => format!("{}+", short(low)),
+        false => short(low),
+    });
+    for (low, &n) in lows.zip(&p.histogram) {
         let level = if n == 0 { 0 } else { (n * 8).div_ceil(most).clamp(1, 8) };
         spans.push(Span::styled(low.to_string(), theme.muted));
         spans.push(Span::styled(format!("{} ", BARS[level]), theme.accent));
