@@ -148,29 +148,103 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::new();
-    for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    for (line, bytes) in JsonLines::new(&text, 0) {
         out.push(
-            serde_json::from_slice(line)
-                .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))?,
+            serde_json::from_slice(bytes).with_context(|| format!("{}:{line}: not a valid record", path.display()))?,
         );
     }
     Ok(out)
 }
 
+/// The lines of a JSON-lines file's bytes, as every reader of the files this tool appends to
+/// splits them (a whole file, a log followed from an offset, the sample store): the complete,
+/// non-blank lines with their 1-based numbers, and apart from them the rest after the last
+/// newline — a line still being written, or cut off by a kill.
+#[derive(Debug, Clone)]
+pub struct JsonLines<'a> {
+    bytes: &'a [u8],
+    lines_before: usize,
+    /// Bytes up to and including the last newline.
+    complete: usize,
+    at: usize,
+    line: usize,
+}
+
+impl<'a> JsonLines<'a> {
+    /// The lines of `bytes`, which start after `lines_before` lines of the file.
+    pub fn new(bytes: &'a [u8], lines_before: usize) -> JsonLines<'a> {
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        JsonLines { bytes, lines_before, complete, at: 0, line: lines_before }
+    }
+
+    /// Bytes up to and including the last newline: where reading from an offset goes on.
+    pub fn complete(&self) -> usize {
+        self.complete
+    }
+
+    /// What follows the last newline.
+    pub fn tail(&self) -> &'a [u8] {
+        &self.bytes[self.complete..]
+    }
+
+    /// Whether the tail holds more than whitespace: a line not (yet) ended.
+    pub fn unterminated(&self) -> bool {
+        !self.tail().iter().all(u8::is_ascii_whitespace)
+    }
+
+    /// Every non-blank line, an unterminated last one included: a user's file need not end in a
+    /// newline (a file this tool appends to does; there the tail is a line being written).
+    pub fn all(self) -> impl Iterator<Item = (usize, &'a [u8])> {
+        let last = self.unterminated().then(|| (self.lines() + 1, self.tail()));
+        self.chain(last)
+    }
+
+    /// The lines the complete part ends after (blank ones counted): the tail is line this + 1.
+    pub fn lines(&self) -> usize {
+        self.lines_before + self.bytes[..self.complete].iter().filter(|&&b| b == b'\n').count()
+    }
+}
+
+impl<'a> Iterator for JsonLines<'a> {
+    type Item = (usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<(usize, &'a [u8])> {
+        while self.at < self.complete {
+            let rest = &self.bytes[self.at..self.complete];
+            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            self.at += end + 1;
+            self.line += 1;
+            if !rest[..end].iter().all(u8::is_ascii_whitespace) {
+                return Some((self.line, &rest[..end]));
+            }
+        }
+        None
+    }
+}
+
 /// The bytes of `path`, which must be a regular file (a symbolic link to one is followed): a
 /// device such as /dev/zero, or a pipe, is refused instead of read without end.
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    read_regular_from(path, 0)
+}
+
+/// [`read_regular`] from byte `offset` on (nothing when the file is shorter): what a reader that
+/// follows a file as it grows reads on each call.
+pub fn read_regular_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
     let meta = fs::metadata(path)?;
     if !meta.is_file() {
         let what = if meta.is_dir() { "a folder" } else { "not a regular file (a device, pipe or socket)" };
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}; name a file", path.display())));
     }
-    fs::read(path)
+    let mut file = fs::File::open(path)?;
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset))?;
+    }
+    let mut bytes = Vec::with_capacity(meta.len().saturating_sub(offset) as usize);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// [`read_regular`] as UTF-8 text (`InvalidData` otherwise, as `fs::read_to_string`).
@@ -210,25 +284,43 @@ pub fn jsonl_records<'a, T: serde::de::DeserializeOwned>(
     text: &'a str,
     shape: &'a str,
 ) -> impl Iterator<Item = anyhow::Result<(usize, T)>> + 'a {
-    strip_bom(text).lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
+    JsonLines::new(strip_bom(text).as_bytes(), 0).all().map(move |(n, line)| {
         if line.len() > MAX_RECORD_BYTES {
             anyhow::bail!(
-                "{}:{}: the line is {} bytes, over the {MAX_RECORD_BYTES} a record may hold (about 250,000 \
+                "{}:{n}: the line is {} bytes, over the {MAX_RECORD_BYTES} a record may hold (about 250,000 \
                  tokens, past any model's context); cut or split it",
                 path.display(),
-                i + 1,
                 line.len()
             );
         }
-        serde_json::from_str(line)
-            .map(|record| (i + 1, record))
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}; {shape}", path.display(), i + 1))
+        serde_json::from_slice(line)
+            .map(|record| (n, record))
+            .map_err(|e| anyhow::anyhow!("{}:{n}: {e}; {shape}", path.display()))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_number_whole_lines_and_keep_the_tail_apart() {
+        let bytes = b"{\"a\":1}\n\n  \n{\"a\":2}\n{\"a\":";
+        let lines = JsonLines::new(bytes, 10);
+        assert_eq!(lines.complete(), bytes.len() - 5);
+        assert_eq!(lines.tail(), b"{\"a\":");
+        assert!(lines.unterminated());
+        assert_eq!(lines.lines(), 14);
+        let got: Vec<(usize, &[u8])> = lines.collect();
+        assert_eq!(got, vec![(11, &b"{\"a\":1}"[..]), (14, &b"{\"a\":2}"[..])]);
+        let clean = JsonLines::new(b"x\n \n", 0);
+        assert!(!clean.unterminated());
+        assert_eq!(clean.lines(), 2);
+        assert_eq!(JsonLines::new(b"", 0).count(), 0);
+        assert_eq!(JsonLines::new(b"no newline", 3).lines(), 3);
+        let all: Vec<(usize, &[u8])> = JsonLines::new(b"a\n\nb", 0).all().collect();
+        assert_eq!(all, vec![(1, &b"a"[..]), (3, &b"b"[..])]);
+    }
 
     #[test]
     fn saving_keeps_the_mode_writes_through_links_and_refuses_read_only() {

@@ -46,6 +46,8 @@ pub struct Review {
     decisions_read: bool,
     /// Bytes of samples.jsonl read so far (to pick up samples a generator appends).
     read_to: u64,
+    /// Lines those bytes hold (the next line's number, less one).
+    lines_read: usize,
     /// An incomplete last line of samples.jsonl at the last read (skipped): its line number and
     /// length in bytes.
     pub torn: Option<(usize, usize)>,
@@ -74,11 +76,22 @@ impl Review {
             decisions: None,
             decisions_read: false,
             read_to: 0,
+            lines_read: 0,
             torn: None,
             undo: Vec::new(),
         };
         r.refresh()?;
         Ok(r)
+    }
+
+    /// Holds `sample` unless one with its id is held already; whether it was new.
+    fn add(&mut self, sample: Sample) -> bool {
+        if self.index.contains_key(&sample.id) {
+            return false;
+        }
+        self.index.insert(sample.id.clone(), self.samples.len());
+        self.samples.push(sample);
+        true
     }
 
     /// Reads samples appended since the last call (and the decisions, on the first call).
@@ -89,46 +102,35 @@ impl Review {
         if len == self.read_to && self.decisions_read {
             return Ok(0);
         }
-        let bytes = match crate::fsutil::read_regular(&path) {
+        if len < self.read_to {
+            // Replaced by a shorter file: read it again from the start (samples already held are
+            // known by their ids).
+            (self.read_to, self.lines_read) = (0, 0);
+        }
+        // Only what was appended since the last call is read.
+        let bytes = match crate::fsutil::read_regular_from(&path, self.read_to) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let start = (self.read_to as usize).min(complete);
+        let lines = crate::fsutil::JsonLines::new(&bytes, self.lines_read);
+        let (complete, lines_read, tail) = (lines.complete(), lines.lines(), lines.tail());
         let mut added = 0;
-        let first_line = bytes[..start].iter().filter(|&&b| b == b'\n').count();
-        for (i, line) in bytes[start..complete].split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let sample: Sample = serde_json::from_slice(line)
-                .with_context(|| format!("{}:{}: not a sample", path.display(), first_line + i + 1))?;
-            if !self.index.contains_key(&sample.id) {
-                self.index.insert(sample.id.clone(), self.samples.len());
-                self.samples.push(sample);
-                added += 1;
-            }
+        for (n, line) in lines {
+            let sample: Sample =
+                serde_json::from_slice(line).with_context(|| format!("{}:{n}: not a sample", path.display()))?;
+            added += usize::from(self.add(sample));
         }
-        self.read_to = complete as u64;
+        self.read_to += complete as u64;
+        self.lines_read = lines_read;
         // After the last newline: a whole sample that only lacks its newline (a file edited by
         // hand) is taken (and read again next time, which adds nothing); anything else is a line
         // being written now, or cut by a kill, and is reported.
-        let tail = &bytes[complete..];
         self.torn = None;
         if !tail.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice::<Sample>(tail) {
-                Ok(sample) => {
-                    if !self.index.contains_key(&sample.id) {
-                        self.index.insert(sample.id.clone(), self.samples.len());
-                        self.samples.push(sample);
-                        added += 1;
-                    }
-                }
-                Err(_) => {
-                    let line = bytes[..complete].iter().filter(|&&b| b == b'\n').count() + 1;
-                    self.torn = Some((line, tail.len()));
-                }
+                Ok(sample) => added += usize::from(self.add(sample)),
+                Err(_) => self.torn = Some((lines_read + 1, tail.len())),
             }
         }
         if !self.decisions_read {
@@ -276,6 +278,33 @@ mod tests {
         assert_eq!(r.samples.len(), 3);
         assert_eq!(r.torn, Some((4, 16)));
         assert_eq!(std::fs::read_to_string(&path).unwrap().len(), whole.len() + 17, "reading changes nothing");
+    }
+
+    #[test]
+    fn samples_appended_later_are_read_from_where_reading_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SAMPLES);
+        let line = |id: &str| format!("{}\n", serde_json::to_string(&sample(id)).unwrap());
+        std::fs::write(&path, format!("{}\n{}", line("a"), line("b"))).unwrap();
+        let mut r = Review::open(dir.path()).unwrap();
+        assert_eq!(r.samples.len(), 2);
+        // A line being written is reported, then read once it is whole.
+        let c = line("c");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, &c.as_bytes()[..10]).unwrap();
+        assert_eq!(r.refresh().unwrap(), 0);
+        assert_eq!(r.torn, Some((4, 10)));
+        std::io::Write::write_all(&mut f, &c.as_bytes()[10..]).unwrap();
+        assert_eq!(r.refresh().unwrap(), 1);
+        assert_eq!((r.torn, r.samples[2].id.as_str()), (None, "c"));
+        // A bad line is named by its number in the whole file.
+        std::io::Write::write_all(&mut f, b"not json\n").unwrap();
+        let e = r.refresh().unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("{}:5: not a sample", path.display())), "{e:#}");
+        // A file replaced by a shorter one is read again from its start.
+        std::fs::write(&path, line("z")).unwrap();
+        assert_eq!(r.refresh().unwrap(), 1);
+        assert_eq!(r.samples.last().unwrap().id, "z");
     }
 
     #[test]

@@ -132,20 +132,16 @@ impl SampleStore {
         };
         // Everything after the last newline is a line whose writing was cut off — unless it is a
         // whole sample that only lacks its newline (a file edited by hand): that one is kept.
-        let mut complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let tail = &bytes[complete..];
-        let unterminated = !tail.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<Sample>(tail).is_ok();
-        if unterminated {
-            complete = bytes.len();
-        }
+        let lines = crate::fsutil::JsonLines::new(&bytes, 0);
+        let tail = lines.tail();
+        let unterminated = lines.unterminated() && serde_json::from_slice::<Sample>(tail).is_ok();
+        let complete = if unterminated { bytes.len() } else { lines.complete() };
         let torn_bytes = bytes.len() - complete;
         let mut samples = Vec::new();
         let mut ids = HashSet::new();
-        for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let corrupt = |message: String| StoreError::Corrupt { path: path.to_path_buf(), line: i + 1, message };
+        let last = unterminated.then(|| (lines.lines() + 1, tail));
+        for (n, line) in lines.chain(last) {
+            let corrupt = |message: String| StoreError::Corrupt { path: path.to_path_buf(), line: n, message };
             let sample: Sample = serde_json::from_slice(line).map_err(|e| corrupt(format!("not a sample: {e}")))?;
             if !ids.insert(sample.id.clone()) {
                 return Err(corrupt(format!("sample id {} appears twice", sample.id)));

@@ -177,18 +177,11 @@ impl Tail {
         let mut bytes = Vec::new();
         // At most 64 MiB a read, so a huge log is followed in bounded steps.
         let Ok(_) = (&mut file).take(64 << 20).read_to_end(&mut bytes) else { return out };
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        self.pending = bytes.len() - complete;
-        self.offset += complete as u64;
-        if complete == 0 {
-            return out;
-        }
-        for line in bytes[..complete - 1].split(|&b| b == b'\n') {
-            self.line += 1;
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                out.push((self.line, line.to_vec()));
-            }
-        }
+        let lines = crate::fsutil::JsonLines::new(&bytes, self.line);
+        self.pending = lines.tail().len();
+        self.offset += lines.complete() as u64;
+        self.line = lines.lines();
+        out.extend(lines.map(|(n, line)| (n, line.to_vec())));
         out
     }
 

@@ -104,17 +104,14 @@ type RecordFn = fn(&serde_json::Map<String, Json>, Pos) -> Result<Vec<Seed>, Pro
 fn from_records(text: &str, read: RecordFn) -> Partial {
     let mut file = SeedFile::default();
     let mut bad = Vec::new();
-    for (i, line) in crate::fsutil::strip_bom(text).lines().enumerate() {
-        let pos = Pos { line: i + 1, column: 1 };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Json>(line) {
+    for (line, bytes) in crate::fsutil::JsonLines::new(crate::fsutil::strip_bom(text).as_bytes(), 0).all() {
+        let pos = Pos { line, column: 1 };
+        match serde_json::from_slice::<Json>(bytes) {
             Err(e) => {
                 // serde_json ends its message with the position, which the problem carries.
                 let message = e.to_string();
                 let message = message.split(" at line ").next().unwrap_or(&message);
-                bad.push(issue(Some(Pos { line: i + 1, column: e.column() }), "", format!("not valid JSON: {message}")))
+                bad.push(issue(Some(Pos { line, column: e.column() }), "", format!("not valid JSON: {message}")))
             }
             Ok(Json::Object(map)) => match read(&map, pos) {
                 Ok(seeds) => file.seeds.extend(seeds),
