@@ -657,7 +657,7 @@ fn histogram(p: &Profile, theme: &Theme) -> Line<'static> {
     const BARS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let most = p.histogram.iter().copied().max().unwrap_or(0).max(1);
     let mut spans = vec![Span::styled("lengths ", theme.muted)];
-    let short = |n: u32| if n >= 1000 && n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() };
+    let short = |n: u32| if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() };
     let lows = std::iter::once(0).chain(BUCKETS).enumerate().map(|(i, low)| match i == BUCKETS.len() {
         true => format!("{}+", short(low)),
         false => short(low),
