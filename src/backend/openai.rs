@@ -514,7 +514,9 @@ impl Client {
                     let finish = if reason == "length" { Finish::Length } else { Finish::Eos };
                     return Ok((text, finish, chunks));
                 }
-                if stop_on_loop && (words.looping() || crate::decode::looping_lines(&text)) {
+                // Lines can only start looping when one ends.
+                let new_line = delta.contains('\n');
+                if stop_on_loop && (words.looping() || (new_line && crate::decode::looping_lines(&text))) {
                     return Ok((text, Finish::Loop, chunks));
                 }
                 if cancel.get() {
@@ -672,7 +674,10 @@ impl Client {
             if text.len() > old {
                 let _ = tx.send(Msg::Token { request: i, text: text[old..].to_string() });
             }
-            if r.stop_on_loop && (crate::decode::looping(&ids).is_some() || crate::decode::looping_lines(&text)) {
+            let new_line = text[old..].contains('\n');
+            if r.stop_on_loop
+                && (crate::decode::looping(&ids).is_some() || (new_line && crate::decode::looping_lines(&text)))
+            {
                 break Finish::Loop;
             }
             if ids.len() >= r.max_new_tokens {

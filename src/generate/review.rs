@@ -114,7 +114,8 @@ impl Review {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let lines = crate::fsutil::JsonLines::new(&bytes, self.lines_read);
-        let (complete, lines_read, tail) = (lines.complete(), lines.lines(), lines.tail());
+        let (complete, lines_read, tail, unterminated) =
+            (lines.complete(), lines.lines(), lines.tail(), lines.unterminated());
         let mut added = 0;
         for (n, line) in lines {
             let sample: Sample =
@@ -127,7 +128,7 @@ impl Review {
         // hand) is taken (and read again next time, which adds nothing); anything else is a line
         // being written now, or cut by a kill, and is reported.
         self.torn = None;
-        if !tail.iter().all(u8::is_ascii_whitespace) {
+        if unterminated {
             match serde_json::from_slice::<Sample>(tail) {
                 Ok(sample) => added += usize::from(self.add(sample)),
                 Err(_) => self.torn = Some((lines_read + 1, tail.len())),

@@ -23,10 +23,46 @@ pub fn usable(q: &Tensor) -> bool {
     q.device().is_cpu() && q.dtype() == DType::F32 && q.dims().len() == 4 && q.dims()[2] <= MAX_NEW
 }
 
-fn values(s: &Storage) -> Result<&[f32]> {
+/// The f32 values of a CPU storage, whole (a view's layout says where its values lie); `op`
+/// names the caller in the error.
+pub(super) fn values<'a>(op: &str, s: &'a Storage) -> Result<&'a [f32]> {
     match s {
         Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v),
-        _ => candle_core::bail!("cpu attention: f32 on the CPU only"),
+        _ => candle_core::bail!("{op}: f32 on the CPU only"),
+    }
+}
+
+/// Where one (row, head)'s vectors start in a 4-d view's storage, and the step between its
+/// tokens (the view's strides); head vectors are contiguous.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Place {
+    pub start: usize,
+    pub row: usize,
+    pub head: usize,
+    pub step: usize,
+}
+
+impl Place {
+    /// The place of a `[rows, heads, tokens, hd]` view; refused unless its head vectors are
+    /// contiguous.
+    pub fn of(op: &str, l: &candle_core::Layout) -> Result<Place> {
+        let st = l.stride();
+        if st.len() != 4 || st[3] != 1 {
+            candle_core::bail!("{op}: head vectors must be contiguous")
+        }
+        Ok(Place { start: l.start_offset(), row: st[0], head: st[1], step: st[2] })
+    }
+
+    pub fn at(&self, row: usize, head: usize) -> usize {
+        self.start + row * self.row + head * self.head
+    }
+
+    /// One past the last value a call over `rows × heads × tokens` vectors of `hd` reads.
+    pub fn end(&self, rows: usize, heads: usize, tokens: usize, hd: usize) -> usize {
+        if rows == 0 || heads == 0 || tokens == 0 {
+            return self.start;
+        }
+        self.at(rows - 1, heads - 1) + (tokens - 1) * self.step + hd
     }
 }
 
@@ -59,9 +95,9 @@ struct Ctx<'a> {
     k: &'a [f32],
     v: &'a [f32],
     mask: Option<&'a [f32]>,
-    /// (start, row, head, position) strides of the cache views.
-    k_at: (usize, usize, usize, usize),
-    v_at: (usize, usize, usize, usize),
+    /// Where the cache views' vectors lie.
+    k_at: Place,
+    v_at: Place,
     nh: usize,
     rep: usize,
     new: usize,
@@ -77,8 +113,7 @@ struct Ctx<'a> {
 fn group(c: &Ctx, task: usize, dot: impl Fn(&[f32], &[f32]) -> f32) {
     let nkv = c.nh / c.rep;
     let (row, kv) = (task / nkv, task % nkv);
-    let kb = c.k_at.0 + row * c.k_at.1 + kv * c.k_at.2;
-    let vb = c.v_at.0 + row * c.v_at.1 + kv * c.v_at.2;
+    let (kb, vb) = (c.k_at.at(row, kv), c.v_at.at(row, kv));
     let (hd, rep, total) = (c.hd, c.rep, c.total);
     // Scores then weights, `rep × total`; output sums `rep × hd`.
     let mut p = vec![0f32; rep * total];
@@ -97,7 +132,7 @@ fn group(c: &Ctx, task: usize, dot: impl Fn(&[f32], &[f32]) -> f32) {
                 }
                 continue;
             }
-            let key = &c.k[kb + j * c.k_at.3..][..hd];
+            let key = &c.k[kb + j * c.k_at.step..][..hd];
             for r in 0..rep {
                 p[r * total + j] = dot(q(r), key) * c.scale + bias;
             }
@@ -113,7 +148,7 @@ fn group(c: &Ctx, task: usize, dot: impl Fn(&[f32], &[f32]) -> f32) {
         }
         acc.iter_mut().for_each(|a| *a = 0.0);
         for j in 0..total {
-            let value = &c.v[vb + j * c.v_at.3..][..hd];
+            let value = &c.v[vb + j * c.v_at.step..][..hd];
             for r in 0..rep {
                 let w = p[r * total + j];
                 if w != 0.0 {
@@ -193,27 +228,23 @@ fn attend_with(
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let ms = mask.as_ref().map(|m| m.storage_and_layout());
-        let (kd, vd) = (values(&ks)?, values(&vs)?);
-        let (kst, vst) = (kl.stride(), vl.stride());
-        if kst[3] != 1 || vst[3] != 1 {
-            candle_core::bail!("cpu attention: head vectors must be contiguous")
-        }
+        const OP: &str = "cpu attention";
+        let (kd, vd) = (values(OP, &ks)?, values(OP, &vs)?);
+        let (k_at, v_at) = (Place::of(OP, kl)?, Place::of(OP, vl)?);
         // The last element a task reads must lie inside the storage.
-        let last =
-            |off: usize, st: &[usize]| off + (rows - 1) * st[0] + (nkv - 1) * st[1] + (total.max(1) - 1) * st[2] + hd;
-        if rows > 0 && (last(kl.start_offset(), kst) > kd.len() || last(vl.start_offset(), vst) > vd.len()) {
+        if k_at.end(rows, nkv, total, hd) > kd.len() || v_at.end(rows, nkv, total, hd) > vd.len() {
             candle_core::bail!("cpu attention: cache views reach past their storage")
         }
         let c = Ctx {
-            q: &values(&qs)?[ql.start_offset()..],
+            q: &values(OP, &qs)?[ql.start_offset()..],
             k: kd,
             v: vd,
             mask: match &ms {
-                Some((s, l)) => Some(&values(s)?[l.start_offset()..]),
+                Some((s, l)) => Some(&values(OP, s)?[l.start_offset()..]),
                 None => None,
             },
-            k_at: (kl.start_offset(), kst[0], kst[1], kst[2]),
-            v_at: (vl.start_offset(), vst[0], vst[1], vst[2]),
+            k_at,
+            v_at,
             nh,
             rep: nh / nkv,
             new,

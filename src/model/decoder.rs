@@ -778,38 +778,30 @@ impl Decoder {
         let (cos, sin) = angles(&self.inv_freq)?;
         let local = self.inv_freq_local.as_ref().map(angles).transpose()?;
         let window = self.spec.sliding_window.filter(|_| self.layers.iter().any(|l| l.sliding));
-        // Training on the CPU in f32 goes through the fused ops; they share one copy of the
-        // angles, and attention takes each query's visible keys as a range (no dense mask).
+        // On the CPU in f32 without ALiBi, attention takes each query's visible keys as a range
+        // (flash.rs: no score matrix, no dense mask) when training and for an inference prefill;
+        // training also goes through the fused ops, which share one copy of the angles.
         let alibi = self.spec.gpt.as_ref().and_then(|g| g.alibi);
-        let fused = if pass == Pass::Training && self.device.is_cpu() && self.dtype == DType::F32 && alibi.is_none() {
+        let tiled = self.device.is_cpu() && self.dtype == DType::F32 && alibi.is_none();
+        let fused = if pass == Pass::Training && tiled {
             Some(Fused {
                 angles: fused::Angles::new(&cos, &sin)?,
                 local_angles: local.as_ref().map(|(c, s)| fused::Angles::new(c, s)).transpose()?,
-                full: flash::Visible::new(&cache.pad, start, new, None),
-                window: window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
             })
         } else {
             None
         };
-        // An inference prefill on the CPU in f32 takes its mask as ranges too
-        // (`flash::attend_cached`): no score matrix, no dense mask.
-        let ranges = (pass == Pass::Inference
-            && self.device.is_cpu()
-            && self.dtype == DType::F32
-            && alibi.is_none()
-            && new > cpu_attention::MAX_NEW)
-            .then(|| {
-                (
-                    flash::Visible::new(&cache.pad, start, new, None),
-                    window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
-                )
-            });
-        let (full_mask, window_mask) = match (&fused, window) {
+        let ranges = (tiled && (pass == Pass::Training || new > cpu_attention::MAX_NEW)).then(|| {
+            (
+                flash::Visible::new(&cache.pad, start, new, None),
+                window.map(|w| flash::Visible::new(&cache.pad, start, new, Some(w))),
+            )
+        });
+        let (full_mask, window_mask) = match window {
             _ if ranges.is_some() => (None, None),
-            (Some(_), _) => (None, None),
-            (None, _) if alibi.is_some() => (Some(self.alibi_mask(cache, new, alibi.unwrap_or(Alibi::Falcon))?), None),
-            (None, None) => (self.mask(cache, new, None)?, None),
-            (None, Some(w)) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
+            _ if alibi.is_some() => (Some(self.alibi_mask(cache, new, alibi.unwrap_or(Alibi::Falcon))?), None),
+            None => (self.mask(cache, new, None)?, None),
+            Some(w) => (self.mask(cache, new, None)?, self.mask(cache, new, Some(w))?),
         };
         Ok(Step { cos, sin, local, fused, ranges, full_mask, window_mask, start, total })
     }
@@ -991,7 +983,10 @@ impl Decoder {
             k = kn.forward(&k, pass)?;
         }
         if let Some(f) = rope.fused {
-            return self.flash_attention(layer, f, q, k, v, cache, start);
+            let Mask::Ranges(visible) = mask else {
+                candle_core::bail!("training's tiled attention without its ranges")
+            };
+            return self.flash_attention(layer, f, visible, (q, k, v), cache, start);
         }
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
@@ -1116,14 +1111,12 @@ impl Decoder {
     /// projections to the output projection: q, k, v `[rows, new, heads, hd]` (normed), rotated
     /// in place of a transpose. Earlier keys in `cache` (head-major views) come first; the cache
     /// keeps this pass's keys and values as head-major views of token-major tensors.
-    #[allow(clippy::too_many_arguments)]
     fn flash_attention(
         &self,
         layer: &Layer,
         f: &Fused,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        visible: &flash::Visible,
+        (q, k, v): (Tensor, Tensor, Tensor),
         cache: &mut Option<Kv>,
         start: usize,
     ) -> Result<Tensor> {
@@ -1143,10 +1136,6 @@ impl Decoder {
             None => (k, v),
         };
         *cache = Some(Kv { k: k.transpose(1, 2)?, v: v.transpose(1, 2)? });
-        let visible = match &f.window {
-            Some(w) if layer.sliding => w,
-            _ => &f.full,
-        };
         let out = flash::attend(&q, &k, &v, self.attention_scale, visible)?;
         layer.o.forward(&out.reshape((rows, new, nh * hd))?)
     }
@@ -1229,13 +1218,12 @@ impl Decoder {
     }
 }
 
-/// Training's fused-op inputs for one forward: the rotary angles and the masks as flat values.
+/// Training's fused-op inputs for one forward: the rotary angles as flat values (the masks are
+/// [`Step::ranges`]).
 struct Fused {
     angles: fused::Angles,
     /// The sliding layers' angles where their rotary base differs (Gemma 3).
     local_angles: Option<fused::Angles>,
-    full: flash::Visible,
-    window: Option<flash::Visible>,
 }
 
 /// What the blocks of one forward share ([`Decoder::prepare`]).
@@ -1245,7 +1233,8 @@ struct Step {
     /// The sliding layers' `(cos, sin)` where their rotary base differs.
     local: Option<(Tensor, Tensor)>,
     fused: Option<Fused>,
-    /// An inference prefill's masks as ranges (full, sliding), in place of the dense masks.
+    /// The masks as ranges (full, sliding) in place of the dense ones: training, and an
+    /// inference prefill, on the CPU in f32 without ALiBi.
     ranges: Option<(flash::Visible, Option<flash::Visible>)>,
     full_mask: Option<Tensor>,
     window_mask: Option<Tensor>,

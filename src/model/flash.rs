@@ -31,6 +31,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::cpu_attention::{values, Place};
 use super::fused::{f32s, gemm, read, slice, tensor};
 use super::qpacked::Out;
 
@@ -189,30 +190,6 @@ fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
     exp_shift_lanes(row, shift)
 }
 
-/// Where one (row, head)'s vectors start in a flat input, and the step between its tokens
-/// (query tokens for q, key slots for k and v). Head vectors are contiguous.
-#[derive(Clone, Copy, Debug)]
-struct Place {
-    start: usize,
-    row: usize,
-    head: usize,
-    step: usize,
-}
-
-impl Place {
-    fn at(&self, row: usize, head: usize) -> usize {
-        self.start + row * self.row + head * self.head
-    }
-
-    /// One past the last value a call over `rows × heads × tokens` reads.
-    fn end(&self, rows: usize, heads: usize, tokens: usize, hd: usize) -> usize {
-        if rows == 0 || heads == 0 || tokens == 0 {
-            return self.start;
-        }
-        self.at(rows - 1, heads - 1) + (tokens - 1) * self.step + hd
-    }
-}
-
 /// One forward call: inputs with their places, the output (token-major
 /// `[rows, new, heads, hd]`, contiguous) and, for training, each query's log-sum-exp
 /// (`[rows, heads, new]`).
@@ -298,14 +275,6 @@ impl Tiles<'_> {
     }
 }
 
-/// The f32 values of a CPU storage.
-fn cpu_values(s: &candle_core::Storage) -> Result<&[f32]> {
-    match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
-        _ => candle_core::bail!("flash-attention: f32 on the CPU only"),
-    }
-}
-
 /// Attention for an inference prefill on the CPU in f32, without the score matrix: q
 /// `[rows, heads, new, hd]` (head-major, as the inference path rotates it) against the key/value
 /// cache's views `[rows, kv_heads, total, hd]` (any strides, head vectors contiguous), the mask
@@ -333,15 +302,9 @@ pub fn attend_cached(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, visible: &V
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let (qd, kd, vd) = (cpu_values(&qs)?, cpu_values(&ks)?, cpu_values(&vs)?);
-        let place = |l: &Layout| -> Result<Place> {
-            let st = l.stride();
-            if st[3] != 1 {
-                candle_core::bail!("flash-attention: head vectors must be contiguous")
-            }
-            Ok(Place { start: l.start_offset(), row: st[0], head: st[1], step: st[2] })
-        };
-        let (q_at, k_at, v_at) = (place(ql)?, place(kl)?, place(vl)?);
+        const OP: &str = "flash-attention";
+        let (qd, kd, vd) = (values(OP, &qs)?, values(OP, &ks)?, values(OP, &vs)?);
+        let (q_at, k_at, v_at) = (Place::of(OP, ql)?, Place::of(OP, kl)?, Place::of(OP, vl)?);
         if q_at.end(rows, nh, new, hd) > qd.len()
             || k_at.end(rows, nkv, total, hd) > kd.len()
             || v_at.end(rows, nkv, total, hd) > vd.len()
