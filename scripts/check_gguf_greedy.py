@@ -3,7 +3,7 @@
 drawn at random from this repository's sample seeds and corpora (rendered through the model's
 chat template with --chat).
 
-    python scripts/check_gguf_greedy.py target/release/selfspec SmolLM2-135M-Instruct.Q4_1.gguf [--n 40] [--new 32] [--chat] [--f32-dir target/smollm2-f32] [--int8]
+    python scripts/check_gguf_greedy.py target/release/selfspec SmolLM2-135M-Instruct.Q4_1.gguf [--n 40] [--new 32] [--chat] [--f32-dir target/smollm2-f32] [--int8] [--f16-kv]
 
 Both sides start from the same prompt ids (selfspec's; `tokenize` equals transformers' GGUF
 tokenizer) and pick the argmax at every step (llama.cpp: top_k 1, no repetition penalty). llama.cpp
@@ -12,7 +12,9 @@ multiplies f32 activations with the exactly decoded weights. So a near-tie betwe
 logits can go either way, and the continuations part from there: the script reports, per
 prompt, how many tokens agree before the first difference. With --f32-dir (the GGUF dequantized
 by transformers, as scripts/bench_gguf.py makes it), transformers' own greedy decoding of the
-same weights in f32 is the third column: the exact reference selfspec should equal.
+same weights in f32 is the third column: the exact reference selfspec should equal. With --f16-kv
+selfspec keeps its KV cache in f16 (`--kv-cache f16`, generate's default), and its own exact run
+(f32 cache) is one more column.
 """
 import argparse
 import glob
@@ -42,9 +44,10 @@ def prompts(n, seed):
     return rng.sample(texts, min(n, len(texts)))
 
 
-def ours(binary, gguf, prompt, new, chat, int8=False):
+def ours(binary, gguf, prompt, new, chat, int8=False, f16_kv=False):
     cmd = [binary, "complete", "--model", gguf, "--prompt", prompt, "--greedy", "--max-new-tokens", str(new), "--json"]
     cmd += (["--chat"] if chat else []) + (["--int8-activations"] if int8 else [])
+    cmd += ["--kv-cache", "f16"] if f16_kv else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -61,6 +64,8 @@ def main():
     ap.add_argument("--f32-dir", help="the dequantized folder, for transformers' greedy tokens")
     ap.add_argument("--int8", action="store_true",
                     help="selfspec with --int8-activations (activations rounded to int8, as llama.cpp's)")
+    ap.add_argument("--f16-kv", action="store_true",
+                    help="selfspec with --kv-cache f16 (as llama.cpp keeps its cache); its f32-cache run is a column")
     args = ap.parse_args()
     from llama_cpp import Llama
 
@@ -75,7 +80,7 @@ def main():
     eos = llm.token_eos()
     rows = []
     for prompt in prompts(args.n, args.seed):
-        mine = ours(args.binary, args.gguf, prompt, args.new, args.chat, args.int8)
+        mine = ours(args.binary, args.gguf, prompt, args.new, args.chat, args.int8, args.f16_kv)
         llm.reset()
         theirs = []
         for tok in llm.generate(mine["prompt_ids"], top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
@@ -92,7 +97,10 @@ def main():
                 out = hf.generate(torch.tensor([mine["prompt_ids"]]), max_new_tokens=len(mine["ids"]), do_sample=False,
                                   eos_token_id=eos, pad_token_id=eos)
             ref = out[0, len(mine["prompt_ids"]):].tolist()
-        rows.append((mine["ids"], theirs, ref, prompt))
+        exact = None
+        if args.f16_kv:
+            exact = ours(args.binary, args.gguf, prompt, args.new, args.chat, args.int8)["ids"]
+        rows.append((mine["ids"], theirs, ref, prompt, exact))
 
     def agree(a, b):
         n = 0
@@ -103,9 +111,11 @@ def main():
         return n
 
     print(f"{os.path.basename(args.gguf)}: {len(rows)} prompts{' (chat template)' if args.chat else ''}, "
-          f"up to {args.new} greedy tokens; selfspec {'with int8 activations' if args.int8 else 'exact (f32 activations)'}")
+          f"up to {args.new} greedy tokens; selfspec {'with int8 activations' if args.int8 else 'exact (f32 activations)'}"
+          f"{', f16 KV cache' if args.f16_kv else ''}")
     total = sum(len(r[0]) for r in rows)
     names = [("llama.cpp", 1)] + ([("transformers f32", 2)] if hf is not None else [])
+    names += [("selfspec with an f32 cache", 4)] if args.f16_kv else []
     for name, i in names:
         same = sum(r[0] == r[i] for r in rows)
         print(f"against {name}: identical continuations {same}/{len(rows)}; tokens before the first "

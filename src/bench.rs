@@ -48,6 +48,8 @@ pub struct Shape {
     pub new_tokens: usize,
     pub warmup: usize,
     pub repeat: usize,
+    /// Keys and values kept in f16 (generate's default), else f32.
+    pub half_kv: bool,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -116,7 +118,14 @@ pub fn marginal(
     let weights = crate::generate::pipeline::Weighting::Softmax { temperature: 1.0 }
         .weights(&(0..k).map(|i| 20.0 - i as f32).collect::<Vec<_>>());
     let mixed = Request { prompts: prompts.clone(), weights, ..plain.clone() };
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: k, kv_budget: None, gated: false, prefix: None };
+    let opts = crate::decode::Options {
+        prompt_top: 0,
+        max_batch: k,
+        kv_budget: None,
+        gated: false,
+        prefix: None,
+        half_kv: false,
+    };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let step_ms = |req: &Request| -> anyhow::Result<(f64, f64)> {
         let mut steps = Vec::new();
@@ -186,7 +195,7 @@ pub fn memory(json: bool) -> anyhow::Result<()> {
 }
 
 pub fn decode(choice: &Choice, shape: Shape, json: bool) -> anyhow::Result<()> {
-    let Shape { batch, prompt_len, new_tokens, warmup, repeat } = shape;
+    let Shape { batch, prompt_len, new_tokens, warmup, repeat, half_kv } = shape;
     anyhow::ensure!(
         batch > 0 && prompt_len > 0 && new_tokens > 1,
         "--batch and --prompt-len must be ≥ 1, --new-tokens ≥ 2"
@@ -200,7 +209,14 @@ pub fn decode(choice: &Choice, shape: Shape, json: bool) -> anyhow::Result<()> {
             ..Request::new((0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(), new_tokens)
         })
         .collect();
-    let opts = crate::decode::Options { prompt_top: 0, max_batch: batch, kv_budget: None, gated: false, prefix: None };
+    let opts = crate::decode::Options {
+        prompt_top: 0,
+        max_batch: batch,
+        kv_budget: None,
+        gated: false,
+        prefix: None,
+        half_kv,
+    };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     for _ in 0..warmup {
         let short: Vec<Request> = requests.iter().map(|r| Request { max_new_tokens: 4, ..r.clone() }).collect();

@@ -847,9 +847,37 @@ pub struct CompleteArgs {
     /// Stop when the text contains this (repeatable); the text ends before it.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// The key/value cache's type: f32 (exact), or f16 as generate keeps it by default (and as
+    /// llama.cpp does).
+    #[arg(long, value_enum, default_value_t = KvCache::F32)]
+    pub kv_cache: KvCache,
     /// Print one JSON object: prompt_ids, ids, text, top5 (logits at the last prompt position).
     #[arg(long)]
     pub json: bool,
+}
+
+impl CompleteArgs {
+    /// The engine's options for these flags.
+    pub fn options(self, defaults: &Defaults) -> anyhow::Result<selfspec::generate::command::CompleteOptions> {
+        use selfspec::decode;
+        let sampling = match self.temperature {
+            Some(_) if self.greedy => decode::Sampling::Greedy,
+            t => selfspec::generate::command::sampling(t, self.top_k, self.top_p),
+        };
+        Ok(selfspec::generate::command::CompleteOptions {
+            model: self.model.choice(defaults)?,
+            adapters: self.adapter.iter().map(|s| selfspec::model::adapter::Spec::parse(s)).collect(),
+            use_adapter: self.use_adapter,
+            prompt: self.prompt,
+            chat: self.chat,
+            system: self.system,
+            max_new_tokens: self.max_new_tokens,
+            sampling: decode::SamplingParams { sampling, seed: self.seed, repetition_penalty: self.repetition_penalty },
+            stop: self.stop,
+            half_kv: self.kv_cache.half(),
+            json: self.json,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -953,10 +981,26 @@ pub enum BenchCommand {
         /// Measured runs; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// The key/value cache's type: f32, or f16 as generate keeps it by default.
+        #[arg(long, value_enum, default_value_t = KvCache::F32)]
+        kv_cache: KvCache,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCache {
+    F16,
+    F32,
+}
+
+impl KvCache {
+    /// Whether keys and values are kept in f16.
+    pub fn half(self) -> bool {
+        self == KvCache::F16
+    }
 }
 
 #[derive(Subcommand)]

@@ -15,7 +15,7 @@ use cli::{
 };
 use selfspec::config::Config;
 use selfspec::workspace::Dirs;
-use selfspec::{bench, corpus, decode, eval, generate, model, runs, seeds, train};
+use selfspec::{bench, corpus, eval, generate, model, runs, seeds, train};
 
 fn main() -> ExitCode {
     tune_process();
@@ -120,24 +120,7 @@ fn run() -> anyhow::Result<u8> {
             model::command::show(&dirs.cache, config.model.as_deref());
             Ok(0)
         }
-        Some(Command::Complete(a)) => {
-            let sampling = match a.temperature {
-                Some(_) if a.greedy => decode::Sampling::Greedy,
-                t => generate::command::sampling(t, a.top_k, a.top_p),
-            };
-            ok(generate::command::complete(generate::command::CompleteOptions {
-                model: a.model.choice(&defaults)?,
-                adapters: a.adapter.iter().map(|s| model::adapter::Spec::parse(s)).collect(),
-                use_adapter: a.use_adapter,
-                prompt: a.prompt,
-                chat: a.chat,
-                system: a.system,
-                max_new_tokens: a.max_new_tokens,
-                sampling: decode::SamplingParams { sampling, seed: a.seed, repetition_penalty: a.repetition_penalty },
-                stop: a.stop,
-                json: a.json,
-            }))
-        }
+        Some(Command::Complete(a)) => ok(generate::command::complete(a.options(&defaults)?)),
         Some(Command::Tokenize { model, text, jsonl, chat, verbose }) => {
             let name = defaults.model(model.as_deref())?;
             ok(model::command::tokenize(&name, text.as_deref(), jsonl.as_deref(), chat, verbose))
@@ -246,8 +229,8 @@ fn run() -> anyhow::Result<u8> {
             BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json } => {
                 bench::marginal(&model.choice(&defaults)?, k, prompt_len, new_tokens, repeat, json)
             }
-            BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, json } => {
-                let shape = bench::Shape { batch, prompt_len, new_tokens, warmup, repeat };
+            BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, kv_cache, json } => {
+                let shape = bench::Shape { batch, prompt_len, new_tokens, warmup, repeat, half_kv: kv_cache.half() };
                 bench::decode(&model.choice(&defaults)?, shape, json)
             }
         }),

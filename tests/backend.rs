@@ -71,7 +71,11 @@ struct Env {
 }
 
 /// Settings a local and a served run resolve alike (a served model's size is not known, so the
-/// task lists' sampling and the format are set).
+/// task lists' sampling and the format are set; `selfspec serve` keeps its cache in f32, so the
+/// local run does too). One list per prompt: lists sharing a prompt part ways here, since the
+/// server runs a repeated prompt's last token again through its prefix cache (another summation
+/// order) where the local engine copies the first row's logits, and sampling then splits at a
+/// near-tie.
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
@@ -79,7 +83,7 @@ fn env() -> Env {
         &config,
         "generation:\n  tasks_per_prompt: 4\n  instruction_max_new_tokens: 400\n  response_max_new_tokens: 40\n  \
          prompts_per_batch: 4\n  responses_per_batch: 4\n  k: 3\n  prompt_format: plain\n  \
-         instruction_temperature: 0.7\n  instruction_top_p: 0.9\n",
+         instruction_temperature: 0.7\n  instruction_top_p: 0.9\n  kv_cache_dtype: f32\n  lists_per_prompt: 1\n",
     )
     .unwrap();
     let index = dir.path().join("index");

@@ -139,7 +139,7 @@ fn events_stream_the_final_text_and_seeds_repeat() {
     ];
     let mut streamed = vec![String::new(); requests.len()];
     let mut finished = 0;
-    let (out, _) = decode::generate(
+    let (out, timing) = decode::generate(
         &model,
         &requests,
         &opts,
@@ -158,6 +158,13 @@ fn events_stream_the_final_text_and_seeds_repeat() {
     }
     assert_eq!(out[0].ids, out[1].ids, "same seed, same tokens");
     assert_ne!(out[0].ids, out[2].ids, "another seed, other tokens");
+    // The four rows share one prompt: it ran once, and each row decodes as it would alone.
+    assert_eq!(timing.prefill_tokens, prompt.len());
+    assert_eq!(timing.cached_tokens, 3 * prompt.len());
+    for (i, (r, c)) in requests.iter().zip(&out).enumerate() {
+        let alone = decode::generate(&model, std::slice::from_ref(r), &opts, &mut |_| {}, &cancel).unwrap().0;
+        assert_eq!(alone[0].ids, c.ids, "request {i}");
+    }
 }
 
 #[test]
@@ -405,37 +412,44 @@ fn rows_joining_and_set_aside_decode_as_each_request_alone() {
     mixed.prompts.push(model.tokenizer.encode("A dose of").unwrap());
     mixed.weights = vec![0.7, 0.3];
     requests.push(mixed);
-    let alone: Vec<Vec<u32>> = requests
-        .iter()
-        .map(|r| {
-            let opts = decode::Options { max_batch: 1, ..Default::default() };
-            decode::generate(&model, std::slice::from_ref(r), &opts, &mut |_| {}, &cancel).unwrap().0[0].ids.clone()
-        })
-        .collect();
-    let slot = model.decoder.kv_slot_bytes();
-    for (max_batch, kv_budget) in [(3, None), (4, Some(3 * 512 * slot))] {
-        let opts = decode::Options { max_batch, kv_budget, ..Default::default() };
-        let mut streamed = vec![String::new(); requests.len()];
-        let (out, timing) = decode::generate(
-            &model,
-            &requests,
-            &opts,
-            &mut |e| {
-                if let decode::Event::Token { request, text, .. } = e {
-                    streamed[request].push_str(text)
-                }
-            },
-            &cancel,
-        )
-        .unwrap();
-        for (i, (c, ids)) in out.iter().zip(&alone).enumerate() {
-            assert_eq!(&c.ids, ids, "request {i}, max_batch {max_batch}, budget {kv_budget:?}");
-            assert_eq!(streamed[i], c.text, "request {i} streamed its text once");
+    // With the cache in f16 too (generate's default): its rows join, are set aside and come
+    // back as in f32.
+    for half_kv in [false, true] {
+        let alone: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| {
+                let opts = decode::Options { max_batch: 1, half_kv, ..Default::default() };
+                decode::generate(&model, std::slice::from_ref(r), &opts, &mut |_| {}, &cancel).unwrap().0[0].ids.clone()
+            })
+            .collect();
+        let slot = match half_kv {
+            true => model.decoder.kv_slot_bytes_in(DType::F16),
+            false => model.decoder.kv_slot_bytes(),
+        };
+        for (max_batch, kv_budget) in [(3, None), (4, Some(3 * 512 * slot))] {
+            let opts = decode::Options { max_batch, kv_budget, half_kv, ..Default::default() };
+            let mut streamed = vec![String::new(); requests.len()];
+            let (out, timing) = decode::generate(
+                &model,
+                &requests,
+                &opts,
+                &mut |e| {
+                    if let decode::Event::Token { request, text, .. } = e {
+                        streamed[request].push_str(text)
+                    }
+                },
+                &cancel,
+            )
+            .unwrap();
+            for (i, (c, ids)) in out.iter().zip(&alone).enumerate() {
+                assert_eq!(&c.ids, ids, "request {i}, max_batch {max_batch}, budget {kv_budget:?}, f16 {half_kv}");
+                assert_eq!(streamed[i], c.text, "request {i} streamed its text once");
+            }
+            if kv_budget.is_some() {
+                assert!(timing.set_aside > 0, "the budget of two rows set rows aside");
+            }
+            assert!(timing.idle_row_steps < timing.steps * max_batch);
         }
-        if kv_budget.is_some() {
-            assert!(timing.set_aside > 0, "the budget of two rows set rows aside");
-        }
-        assert!(timing.idle_row_steps < timing.steps * max_batch);
     }
 }
 

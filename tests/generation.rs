@@ -74,7 +74,8 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None };
+    let opts =
+        decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None, half_kv: false };
     let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }
@@ -122,7 +123,8 @@ fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
         let mixture =
             Request { weights: vec![0.5, 0.3, 0.2], ..ask(vec![longer.clone(), other.clone(), tiny.clone()]) };
         let run = |requests: &[Request], prefix: Option<Arc<PrefixCache>>| {
-            let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: true, prefix };
+            let opts =
+                decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: true, prefix, half_kv: false };
             decode::generate(&model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap()
         };
         let same = |got: &Completion, want: &Completion, what: &str| {

@@ -484,7 +484,7 @@ fn base_requests_stay_on_the_base_in_any_wave() {
     let reqs = [Request::new(a.clone(), 12), Request { adapter: Some("peft".into()), ..Request::new(a.clone(), 12) }];
     let flag = std::sync::atomic::AtomicBool::new(false);
     // One request per wave.
-    let opts = Options { prompt_top: 0, max_batch: 1, kv_budget: None, gated: false, prefix: None };
+    let opts = Options { prompt_top: 0, max_batch: 1, kv_budget: None, gated: false, prefix: None, half_kv: false };
     let (out, _) = selfspec::decode::generate(&model, &reqs, &opts, &mut |_| {}, &flag).unwrap();
     assert_eq!(out[0].ids, base_ids);
     assert_ne!(out[1].ids, base_ids);

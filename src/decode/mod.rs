@@ -267,11 +267,17 @@ pub struct Options {
     /// Prompts' keys and values kept between calls (used only when `gated`, where each row's
     /// adapter is known): a prompt starting like a stored one runs only its new tokens.
     pub prefix: Option<Arc<PrefixCache>>,
+    /// Keys and values kept in f16 where the model allows it ([`Decoder::half_store`]): half
+    /// the bytes a step reads and twice the rows a budget holds, as llama.cpp keeps its cache;
+    /// not exact.
+    ///
+    /// [`Decoder::half_store`]: crate::model::Decoder::half_store
+    pub half_kv: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None }
+        Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None, half_kv: false }
     }
 }
 
@@ -495,10 +501,13 @@ struct Scheduler<'a> {
     /// The adapters' row gates while the scheduler runs (made again when `gated` turns on).
     gates: Gates,
     slot_bytes: usize,
+    /// The type the cache keeps keys and values in (none: the model's).
+    store: Option<DType>,
 }
 
 impl<'a> Scheduler<'a> {
     fn new(model: &'a Model, opts: &'a Options, gated: bool) -> Scheduler<'a> {
+        let store = model.decoder.half_store().filter(|_| opts.half_kv);
         Scheduler {
             model,
             opts,
@@ -510,7 +519,8 @@ impl<'a> Scheduler<'a> {
             admitted: 0,
             gated,
             gates: Gates::new(model, gated),
-            slot_bytes: model.decoder.kv_slot_bytes(),
+            slot_bytes: store.map_or(model.decoder.kv_slot_bytes(), |d| model.decoder.kv_slot_bytes_in(d)),
+            store,
         }
     }
 
@@ -617,16 +627,21 @@ impl<'a> Scheduler<'a> {
         self.start(group)
     }
 
-    /// Prefills `group` (through the prefix cache where it may) and joins it to the rows.
+    /// Prefills `group` (through the prefix cache where it may) and joins it to the rows. Rows
+    /// whose prompt and adapter repeat an earlier row's of the group (task lists sampled from one
+    /// prompt) are run once: the copies take that row's keys, values and logits.
     fn start(&mut self, mut group: Vec<Row>) -> anyhow::Result<()> {
         if group.is_empty() {
             return Ok(());
         }
         let decoder = &self.model.decoder;
         let device = decoder.device();
-        let prompts: Vec<Vec<u32>> = group.iter().flat_map(|r| r.req.rows()).cloned().collect();
-        let adapters: Vec<Option<String>> =
+        let all_prompts: Vec<Vec<u32>> = group.iter().flat_map(|r| r.req.rows()).cloned().collect();
+        let all_adapters: Vec<Option<String>> =
             group.iter().flat_map(|r| r.req.row_adapters()).map(|a| a.map(String::from)).collect();
+        let (unique, source) = distinct_rows(&all_prompts, &all_adapters);
+        let prompts: Vec<&Vec<u32>> = unique.iter().map(|&i| &all_prompts[i]).collect();
+        let adapters: Vec<Option<String>> = unique.iter().map(|&i| all_adapters[i].clone()).collect();
         let row_count = prompts.len();
         let prefix = prefix_cache(self.opts);
         // From the prefix cache: each row's stored beginning (at least its last token is run,
@@ -644,7 +659,7 @@ impl<'a> Scheduler<'a> {
         let (mut cache, width) = if reused > 0 {
             let rows: Vec<(Option<&crate::model::RowKv>, usize)> =
                 hits.iter().zip(&takes).map(|(h, &t)| (h.as_ref().map(|h| &h.kv), t)).collect();
-            let mut cache = crate::model::Cache::from_rows(&rows)?;
+            let mut cache = crate::model::Cache::from_rows(&rows)?.stored_as(self.store)?;
             // A row shorter than the new part is padded inside it too.
             for (pad, p) in cache.pad.iter_mut().zip(&prompts) {
                 *pad += new - p.len().min(new);
@@ -652,7 +667,7 @@ impl<'a> Scheduler<'a> {
             (cache, new)
         } else {
             let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-            (decoder.new_cache(prompts.iter().map(|p| longest - p.len()).collect()), longest)
+            (decoder.new_cache(prompts.iter().map(|p| longest - p.len()).collect()).stored_as(self.store)?, longest)
         };
         let mut tokens = Vec::with_capacity(row_count * width);
         for (p, &take) in prompts.iter().zip(&takes) {
@@ -660,20 +675,32 @@ impl<'a> Scheduler<'a> {
             tokens.extend(std::iter::repeat_n(0u32, width - fed.len()));
             tokens.extend_from_slice(fed);
         }
+        // A copy took its whole prompt from the row it repeats.
         let mut at = 0;
         for row in group.iter_mut() {
-            row.cached = takes[at];
+            let s = source[at];
+            row.cached = if unique[s] == at { takes[s] } else { all_prompts[at].len() };
             at += row.width;
         }
         let started = Instant::now();
-        self.gates.set(&group)?;
+        self.gates.set(&adapters)?;
         let input = Tensor::from_vec(tokens, (row_count, width), device)?;
-        let logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
+        let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
         if let Some(store) = prefix {
             for (r, (p, a)) in prompts.iter().zip(&adapters).enumerate() {
                 store.store(a.as_deref(), p, cache.row_kv(r)?);
             }
         }
+        let run: usize = prompts.iter().map(|p| p.len()).sum::<usize>() - reused;
+        let all: usize = all_prompts.iter().map(|p| p.len()).sum();
+        if row_count < all_prompts.len() {
+            cache.retain(&source)?;
+            let index = Tensor::new(source.iter().map(|&s| s as u32).collect::<Vec<_>>(), device)?;
+            logits = logits.index_select(&index, 0)?;
+        }
+        self.timing.prefill_tokens += run;
+        self.timing.cached_tokens += all - run;
+        self.timing.padding_tokens += row_count * width - run;
         if self.opts.prompt_top > 0 {
             let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let mut at = 0;
@@ -682,9 +709,6 @@ impl<'a> Scheduler<'a> {
                 at += row.width;
             }
         }
-        self.timing.prefill_tokens += prompts.iter().map(|p| p.len()).sum::<usize>() - reused;
-        self.timing.cached_tokens += reused;
-        self.timing.padding_tokens += row_count * width - (prompts.iter().map(|p| p.len()).sum::<usize>() - reused);
         // Join the rows decoding.
         self.logits = Some(match self.logits.take() {
             Some(old) if !self.rows.is_empty() => Tensor::cat(&[&old, &logits], 0)?,
@@ -743,7 +767,7 @@ impl<'a> Scheduler<'a> {
         }
         if keep.is_empty() {
             self.rows.clear();
-            self.cache = self.model.decoder.new_cache(Vec::new());
+            self.cache = self.model.decoder.new_cache(Vec::new()).stored_as(self.store)?;
             return Ok(());
         }
         let keep_rows: Vec<usize> = keep.iter().flat_map(|&(r, at, _)| at..at + self.rows[r].width).collect();
@@ -756,7 +780,9 @@ impl<'a> Scheduler<'a> {
             self.rows = keep.iter().map(|&(r, _, _)| old[r].take().expect("kept once")).collect();
         }
         let started = Instant::now();
-        self.gates.set(&self.rows)?;
+        let adapters: Vec<Option<String>> =
+            self.rows.iter().flat_map(|r| r.req.row_adapters()).map(|a| a.map(String::from)).collect();
+        self.gates.set(&adapters)?;
         let input = Tensor::from_vec(feed_ids, (keep_rows.len(), 1), self.model.decoder.device())?;
         self.logits = Some(self.model.decoder.forward(&input, &mut self.cache, Pass::Inference, true)?.squeeze(1)?);
         self.timing.decode_tokens += self.rows.len();
@@ -782,6 +808,25 @@ pub fn normalised(weights: &[f64], n: usize) -> Result<Vec<f64>, String> {
         return Err("the weights sum to 0".into());
     }
     Ok(weights.iter().map(|w| w / sum).collect())
+}
+
+/// The rows of `prompts` (with their `adapters`) that differ from every earlier one, and for
+/// each row the index, among those, of the one it equals.
+fn distinct_rows(prompts: &[Vec<u32>], adapters: &[Option<String>]) -> (Vec<usize>, Vec<usize>) {
+    let mut first: std::collections::HashMap<(&Vec<u32>, &Option<String>), usize> = Default::default();
+    let mut unique = Vec::new();
+    let source = prompts
+        .iter()
+        .zip(adapters)
+        .enumerate()
+        .map(|(i, (p, a))| {
+            *first.entry((p, a)).or_insert_with(|| {
+                unique.push(i);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, source)
 }
 
 /// The prefix cache when this call may use it.
@@ -811,21 +856,12 @@ impl Gates {
         Gates { gates, device: model.decoder.device().clone() }
     }
 
-    /// Each adapter on exactly the rows that use it.
-    fn set(&self, rows: &[Row]) -> candle_core::Result<()> {
+    /// Each adapter on exactly the cache rows that use it (`adapters`: each row's, in order).
+    fn set(&self, adapters: &[Option<String>]) -> candle_core::Result<()> {
         use crate::model::linear::GateState;
         for (name, gate) in &self.gates {
-            let mut mask = Vec::new();
-            for row in rows {
-                let req = &row.req;
-                for j in 0..row.width {
-                    let on = match &req.contrast {
-                        Some(c) => j == 0 && c.adapter == *name,
-                        None => req.adapter.as_deref() == Some(name.as_str()),
-                    };
-                    mask.push(if on { 1f32 } else { 0f32 });
-                }
-            }
+            let mask: Vec<f32> =
+                adapters.iter().map(|a| if a.as_deref() == Some(name.as_str()) { 1.0 } else { 0.0 }).collect();
             let state = if mask.iter().all(|&m| m == 1.0) {
                 GateState::All
             } else if mask.iter().all(|&m| m == 0.0) {

@@ -270,6 +270,8 @@ pub struct CompleteOptions {
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// Keys and values kept in f16 (`--kv-cache f16`).
+    pub half_kv: bool,
     pub json: bool,
 }
 
@@ -306,7 +308,14 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, kv_budget: None, gated: false, prefix: None };
+    let options = crate::decode::Options {
+        prompt_top: 5,
+        max_batch: 1,
+        kv_budget: None,
+        gated: false,
+        prefix: None,
+        half_kv: opts.half_kv,
+    };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();

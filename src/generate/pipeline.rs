@@ -92,6 +92,10 @@ pub struct Settings {
     pub instruction_max_new_tokens: usize,
     /// Instruction prompts decoded together.
     pub prompts_per_batch: usize,
+    /// Task lists sampled from one prompt (one draw of demonstrations), each with its own seed:
+    /// the prompt's tokens are run once for all of them. 1 draws demonstrations for every list,
+    /// as the paper did.
+    pub lists_per_prompt: usize,
     /// The most task lists a run asks for, even if fewer than N samples were kept (null: 4 for
     /// every sample asked for, and at least 50). Lists are asked for only while the tasks
     /// waiting and the lists decoding, at the yield measured so far, fall short of N.
@@ -117,6 +121,19 @@ pub struct Settings {
     /// Activations rounded to int8 for the products with GGML-block weights (integer dot
     /// products, as llama.cpp's Q8 activations): faster prefill, not exact. Off by default.
     pub int8_activations: bool,
+    /// The decoding's keys and values in f16 on the CPU (as llama.cpp keeps them): a step reads
+    /// half the bytes and the budget holds twice the rows; not exact. f32 keeps them as the
+    /// model computes them.
+    pub kv_cache_dtype: KvDtype,
+}
+
+/// The type the decoding's key/value cache is kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    F16,
+    F32,
 }
 
 impl Default for Settings {
@@ -129,6 +146,7 @@ impl Default for Settings {
             instruction_top_p: None,
             instruction_max_new_tokens: 2048,
             prompts_per_batch: 8,
+            lists_per_prompt: 4,
             prompt_budget: None,
             response_temperature: None,
             response_top_p: None,
@@ -141,6 +159,7 @@ impl Default for Settings {
             filters: Filters::default(),
             kv_cache_mib: 768,
             int8_activations: false,
+            kv_cache_dtype: KvDtype::F16,
         }
     }
 }
@@ -159,6 +178,7 @@ impl Settings {
             ("instruction_max_new_tokens", self.instruction_max_new_tokens, bounds::MAX_NEW_TOKENS),
             ("response_max_new_tokens", self.response_max_new_tokens, bounds::MAX_NEW_TOKENS),
             ("prompts_per_batch", self.prompts_per_batch, 1024),
+            ("lists_per_prompt", self.lists_per_prompt, 64),
             ("responses_per_batch", self.responses_per_batch, 1024),
             ("kv_cache_mib", self.kv_cache_mib, 1 << 20),
         ] {
@@ -785,8 +805,15 @@ impl Feeder<'_, '_, '_> {
 
     fn list_job(&mut self, p: usize) -> anyhow::Result<backend::Job> {
         let s = &self.job.settings;
+        // The list's own draw, which its sampling seed follows; a list after the first of its
+        // prompt takes the first one's demonstrations.
         let mut rng = prompt_rng(self.job.seed, p);
-        let demos: Vec<&Seed> = draw(&mut rng, self.seeds.len(), s.demos).into_iter().map(|i| self.seeds[i]).collect();
+        let mut picks = draw(&mut rng, self.seeds.len(), s.demos);
+        let first = p - p % s.lists_per_prompt.max(1);
+        if first != p {
+            picks = draw(&mut prompt_rng(self.job.seed, first), self.seeds.len(), s.demos);
+        }
+        let demos: Vec<&Seed> = picks.into_iter().map(|i| self.seeds[i]).collect();
         let (prompt, primer) = prompts::instruction_prompt(
             &self.inputs.templates.instruction,
             &self.inputs.seeds.domain,
@@ -1127,11 +1154,15 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
             return out;
         }
         // New task lists while rows are free and what waits and decodes is not expected to
-        // reach N.
+        // reach N. The lists of one prompt go out together (they share its prefill) unless rows
+        // run out.
+        let per_prompt = self.job.settings.lists_per_prompt.max(1);
+        let mut issued_now = false;
         while self.issued() < self.budget && (first || rows > 0) {
             let expected =
                 (self.promised() + self.run.waiting.len()) as f64 + self.lists_in_flight as f64 * self.yield_per_list();
-            if expected >= n as f64 {
+            let mid_prompt = issued_now && !self.cursor.is_multiple_of(per_prompt);
+            if expected >= n as f64 && !mid_prompt {
                 break;
             }
             while self.run.lists_done.contains(&self.cursor) {
@@ -1148,6 +1179,7 @@ impl backend::JobFeed for Feeder<'_, '_, '_> {
             };
             self.sink.emit(&Progress::Prompts { first: p, count: 1 });
             first = false;
+            issued_now = true;
             rows = rows.saturating_sub(1);
             out.push((self.next_id, job));
             self.next_id += 1;
@@ -1301,6 +1333,7 @@ fn go(
         kv_budget: Some(kv_budget - kv_budget / 8),
         gated: true,
         prefix: Some(std::sync::Arc::new(crate::decode::PrefixCache::new(kv_budget / 8))),
+        half_kv: s.kv_cache_dtype == KvDtype::F16,
     };
     let halt = AtomicBool::new(false);
     let mut base = run.counters.clone();

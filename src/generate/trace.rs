@@ -140,7 +140,8 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
     };
     let request = pipeline::tuned(&job, prompts.len(), request);
     let contrast = request.contrast.as_ref().map(|c| c.alpha);
-    let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None };
+    let opts =
+        decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None, half_kv: false };
     let cancel = AtomicBool::new(false);
     let (done, _) =
         Engine::Local(&model).generate(&[backend::Job::new(prompts.clone(), request)], &opts, &mut |_| {}, &cancel)?;

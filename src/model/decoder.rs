@@ -152,11 +152,28 @@ pub struct Cache {
     pub pad: Vec<usize>,
     /// Slots filled so far (padding included), the same for every row.
     pub len: usize,
+    /// The type keys and values are kept in for inference (none: the model's). f16 halves what
+    /// a decoding step reads; attention widens it back to f32.
+    pub store: Option<DType>,
 }
 
 impl Cache {
     pub fn new(num_layers: usize, pad: Vec<usize>) -> Cache {
-        Cache { layers: vec![None; num_layers], pad, len: 0 }
+        Cache { layers: vec![None; num_layers], pad, len: 0, store: None }
+    }
+
+    /// The same cache keeping its keys and values in `store` (none: the model's type); what it
+    /// holds already is converted.
+    pub fn stored_as(mut self, store: Option<DType>) -> Result<Cache> {
+        if let Some(d) = store {
+            for kv in self.layers.iter_mut().flatten() {
+                if kv.k.dtype() != d {
+                    *kv = Kv { k: kv.k.to_dtype(d)?, v: kv.v.to_dtype(d)? };
+                }
+            }
+        }
+        self.store = store;
+        Ok(self)
     }
 
     pub fn rows(&self) -> usize {
@@ -219,6 +236,8 @@ impl Cache {
                 let pad = Tensor::zeros((rows, heads, shift, dim), t.dtype(), t.device())?;
                 Tensor::cat(&[&pad, &body], 2)
             };
+            // Rows stored in another type (a prefix kept by another call) take this cache's.
+            let b = Kv { k: b.k.to_dtype(a.k.dtype())?, v: b.v.to_dtype(a.v.dtype())? };
             let k = Tensor::cat(&[side(&a.k, self.len, shift_a)?, side(&b.k, other.len, shift_b)?], 0)?;
             let v = Tensor::cat(&[side(&a.v, self.len, shift_a)?, side(&b.v, other.len, shift_b)?], 0)?;
             *mine = Some(Kv::first(&k, &v)?);
@@ -279,12 +298,14 @@ impl Cache {
                     let like = which(&shape.layers[l]);
                     let (_, heads, _, dim) = like.dims4()?;
                     let pad = Tensor::zeros((1, heads, len - take, dim), like.dtype(), like.device())?;
+                    // Every row in the type of the first (the one giving the shapes).
+                    let part = |kv: &RowKv| which(&kv.layers[l]).narrow(2, 0, take)?.to_dtype(like.dtype());
                     match kv.filter(|_| take > 0) {
                         Some(kv) if kv.len < take => {
                             candle_core::bail!("a stored prefix of {} tokens asked for {take}", kv.len)
                         }
-                        Some(kv) if take == len => which(&kv.layers[l]).narrow(2, 0, take),
-                        Some(kv) => Tensor::cat(&[&pad, &which(&kv.layers[l]).narrow(2, 0, take)?], 2),
+                        Some(kv) if take == len => part(kv),
+                        Some(kv) => Tensor::cat(&[&pad, &part(kv)?], 2),
                         None => Ok(pad),
                     }
                 };
@@ -293,7 +314,8 @@ impl Cache {
             }
             layers.push(Some(Kv::first(&Tensor::cat(&ks, 0)?, &Tensor::cat(&vs, 0)?)?));
         }
-        Ok(Cache { layers, pad: rows.iter().map(|r| len - r.1).collect(), len })
+        let store = shape.layers.first().map(|(k, _)| k.dtype());
+        Ok(Cache { layers, pad: rows.iter().map(|r| len - r.1).collect(), len, store })
     }
 }
 
@@ -625,8 +647,19 @@ impl Decoder {
 
     /// Bytes one cache row holds per slot: keys and values of every layer.
     pub fn kv_slot_bytes(&self) -> usize {
+        self.kv_slot_bytes_in(self.dtype)
+    }
+
+    /// [`Decoder::kv_slot_bytes`] for a cache kept in `store`.
+    pub fn kv_slot_bytes_in(&self, store: DType) -> usize {
         let s = &self.spec;
-        s.num_layers * 2 * s.num_kv_heads * s.head_dim * self.dtype.size_in_bytes()
+        s.num_layers * 2 * s.num_kv_heads * s.head_dim * store.size_in_bytes()
+    }
+
+    /// The type an inference cache may keep its keys and values in to read half the bytes: f16
+    /// where attention widens it (the CPU, an f32 model); none where it may not.
+    pub fn half_store(&self) -> Option<DType> {
+        (self.device.is_cpu() && self.dtype == DType::F32).then_some(DType::F16)
     }
 
     /// Runs `tokens` (`[rows, new]`, the rows of `cache`) through the model, appending to the
@@ -821,7 +854,8 @@ impl Decoder {
             _ => (&step.cos, &step.sin),
         };
         let rope = Rotary { cos, sin, fused: step.fused.as_ref() };
-        let mut a = self.attention(layer, &h, rope, mask, &mut cache.layers[i], step.start, pass)?;
+        let store = cache.store;
+        let mut a = self.attention(layer, &h, rope, mask, (&mut cache.layers[i], store), step.start, pass)?;
         if let Some(n) = &layer.attn_out_norm {
             a = n.forward(&a, pass)?;
         }
@@ -970,7 +1004,7 @@ impl Decoder {
         x: &Tensor,
         rope: Rotary,
         mask: Mask,
-        cache: &mut Option<Kv>,
+        (cache, store): (&mut Option<Kv>, Option<DType>),
         start: usize,
         pass: Pass,
     ) -> Result<Tensor> {
@@ -1007,6 +1041,10 @@ impl Decoder {
             }
         };
         let total = start + new;
+        let (k, v) = match store {
+            Some(store) if pass == Pass::Inference && store != k.dtype() => (k.to_dtype(store)?, v.to_dtype(store)?),
+            _ => (k, v),
+        };
         let (k, v) = match (pass, cache.as_mut()) {
             // Training: plain tensors so gradients flow (one forward, no reuse of the cache).
             (Pass::Training, _) => {
@@ -1034,7 +1072,10 @@ impl Decoder {
 
         let mask = match mask {
             Mask::Ranges(visible) => {
-                return layer.o.forward(&flash::attend_cached(&q, &k, &v, self.attention_scale, visible)?)
+                // A prefill is bound by its products, not by reading the cache: a half cache is
+                // widened whole.
+                let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
+                return layer.o.forward(&flash::attend_cached(&q, &k, &v, self.attention_scale, visible)?);
             }
             Mask::Dense(mask) => mask,
         };
@@ -1042,6 +1083,7 @@ impl Decoder {
         if pass == Pass::Inference && cpu_attention::usable(&q) && !per_head_mask {
             return layer.o.forward(&cpu_attention::attend(&q, &k, &v, self.attention_scale, mask)?);
         }
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         // Grouped-query attention without copying keys and values: the query heads that share a
         // key/value head are stacked along the sequence axis.
         let rep = nh / nkv;

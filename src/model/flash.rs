@@ -181,7 +181,7 @@ unsafe fn exp_shift_avx512(row: &mut [f32], shift: f32) -> f32 {
 }
 
 /// [`exp_shift_lanes`], with AVX-512 where the CPU has it (the same values either way).
-fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
+pub(super) fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected.

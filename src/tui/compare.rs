@@ -326,6 +326,7 @@ fn answer(
         kv_budget: None,
         gated: false,
         prefix: None,
+        half_kv: false,
     };
     crate::decode::generate(
         &m,
