@@ -106,12 +106,14 @@ fn one_document_or_identical_documents_decode_as_plain() {
 /// A prompt that begins like one decoded before runs only its new tokens when a prefix cache
 /// holds that beginning, and decodes as without the cache: the same tokens, log-probabilities
 /// within float noise. Covered: a prompt extending a stored one, the same prompt again, and a
-/// mixture whose rows hit, miss, and are shorter than the part run anew (padded inside it).
+/// mixture whose rows hit, miss, and are shorter than the part run anew (padded inside it). With
+/// an f16 cache (generate's) as well: stored rows keep its values.
 #[test]
 fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
     use selfspec::decode::{Completion, PrefixCache};
     use std::sync::Arc;
-    for name in ["llama3-gqa", "qwen2-bias-tied", "mistral-window"] {
+    let models = ["llama3-gqa", "qwen2-bias-tied", "mistral-window"];
+    for (name, half_kv) in models.into_iter().flat_map(|n| [(n, false), (n, true)]) {
         let model = load(name);
         let enc = |t: &str| model.tokenizer.encode(t).unwrap();
         let first = enc("Background: statins lower LDL cholesterol in most adults. Question: which");
@@ -123,12 +125,11 @@ fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
         let mixture =
             Request { weights: vec![0.5, 0.3, 0.2], ..ask(vec![longer.clone(), other.clone(), tiny.clone()]) };
         let run = |requests: &[Request], prefix: Option<Arc<PrefixCache>>| {
-            let opts =
-                decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: true, prefix, half_kv: false };
+            let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: true, prefix, half_kv };
             decode::generate(&model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap()
         };
         let same = |got: &Completion, want: &Completion, what: &str| {
-            assert_eq!(got.ids, want.ids, "{name}: {what}");
+            assert_eq!(got.ids, want.ids, "{name}, f16 {half_kv}: {what}");
             for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
                 assert!((g.logprob - w.logprob).abs() < 1e-4, "{name}: {what}: {} vs {}", g.logprob, w.logprob);
             }
