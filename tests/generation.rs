@@ -74,8 +74,7 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {
-    let opts =
-        decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None, half_kv: false };
+    let opts = decode::Options::default();
     let (out, _) = decode::generate(model, requests, &opts, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     out.into_iter().map(|c| c.ids).collect()
 }

@@ -82,14 +82,7 @@ fn greedy_continuations_match_one_at_a_time_and_batched() {
     for dir in models() {
         let model = load(&dir);
         let cases = cases(&dir);
-        let opts = decode::Options {
-            prompt_top: 0,
-            max_batch: 64,
-            kv_budget: None,
-            gated: false,
-            prefix: None,
-            half_kv: false,
-        };
+        let opts = decode::Options::default();
         for case in &cases {
             let (out, _) = decode::generate(&model, &[greedy(&case.prompt_ids)], &opts, &mut |_| {}, &cancel).unwrap();
             assert_eq!(out[0].ids, case.greedy_ids, "{}: {:?} alone", dir.display(), case.prompt);
@@ -114,14 +107,7 @@ fn rows_leaving_the_batch_do_not_disturb_the_others() {
         let lengths = [5, 32, 12, 21];
         let requests: Vec<Request> =
             cases.iter().zip(lengths).map(|(c, n)| Request { max_new_tokens: n, ..greedy(&c.prompt_ids) }).collect();
-        let opts = decode::Options {
-            prompt_top: 0,
-            max_batch: 64,
-            kv_budget: None,
-            gated: false,
-            prefix: None,
-            half_kv: false,
-        };
+        let opts = decode::Options::default();
         let (out, _) = decode::generate(&model, &requests, &opts, &mut |_| {}, &cancel).unwrap();
         for ((c, o), n) in cases.iter().zip(&out).zip(lengths) {
             let want = &c.greedy_ids[..n.min(c.greedy_ids.len())];
