@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Tensor, D};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::model::{Model, Pass};
@@ -109,12 +110,17 @@ pub enum Finish {
     Loop,
 }
 
-/// The shortest period of a repetition loop at the end of `tokens`: the last `p` tokens (p ≤ 32)
-/// repeated back to back at least 4 times and over at least 48 tokens — "The answer is: The
-/// answer is: …", a list item written again and again. A list whose items only share a layout
-/// is not a loop: its items differ.
+/// The shortest period of a repetition loop at the end of `tokens`, either
+/// - the last `p` tokens (p ≤ 32) repeated back to back at least 4 times and over at least 48
+///   tokens: "The answer is: The answer is: …", a list item written again and again; or
+/// - a stretch of [`LOOP_STRETCH`] to [`LOOP_STRETCH_MAX`] tokens, not itself a repeat of a
+///   shorter one, written twice back to back: a sentence or paragraph said again word for word,
+///   which models this small go on repeating (docs/PERFORMANCE.md, "Answers said twice": the
+///   kept answers this rule would have stopped ran on to the token limit).
+///
+/// A list whose items only share a layout is not a loop: its items differ.
 pub fn looping(tokens: &[u32]) -> Option<usize> {
-    (1..=32usize).find(|&p| {
+    let short = (1..=32usize).find(|&p| {
         if tokens.len() < 2 * p {
             return false;
         }
@@ -125,8 +131,22 @@ pub fn looping(tokens: &[u32]) -> Option<usize> {
             reps += 1;
         }
         reps >= 4 && reps * p >= 48
+    });
+    short.or_else(|| {
+        // The shortest stretch that ends the text twice over; one shorter than LOOP_STRETCH is
+        // a short phrase (the rule above judges those).
+        let n = tokens.len();
+        let last = *tokens.last()?;
+        let p = (1..=LOOP_STRETCH_MAX.min(n / 2))
+            .find(|&p| tokens[n - 1 - p] == last && tokens[n - 2 * p..n - p] == tokens[n - p..])?;
+        (p >= LOOP_STRETCH).then_some(p)
     })
 }
+
+/// The shortest stretch of tokens [`looping`] calls a loop when it is written twice in a row.
+pub const LOOP_STRETCH: usize = 10;
+/// The longest such stretch it looks for.
+pub const LOOP_STRETCH_MAX: usize = 256;
 
 /// Lines [`looping_lines`] compares at most: 4 repeats of a block of up to 4 lines.
 const LOOP_LINES: usize = 16;
@@ -1044,9 +1064,10 @@ fn pick(logits: &Tensor, rows: &mut [Row]) -> anyhow::Result<Vec<u32>> {
     if rows.iter().all(|r| r.req.sampling.is_plain_greedy()) {
         return Ok(scores.argmax(D::Minus1)?.to_vec1::<u32>()?);
     }
+    // Each row draws from its own generator, so drawing rows in parallel draws the same tokens.
     let all = scores.to_vec2::<f32>()?;
     Ok(rows
-        .iter_mut()
+        .par_iter_mut()
         .zip(all)
         .map(|(row, mut l)| sampling::choose(&mut l, &row.req.sampling, &row.seen, &mut row.rng))
         .collect())
@@ -1105,6 +1126,17 @@ mod tests {
         assert_eq!(looping(&tokens), Some(4));
         // Only 8 repeats of 4 tokens: 32 < 48, not yet.
         assert_eq!(looping(&tokens[..32]), None);
+        // A sentence of 12 tokens said twice is a loop at once; once, or with a word changed,
+        // is not; a stretch of 9 tokens said twice is not either.
+        let sentence: Vec<u32> = (50..62).collect();
+        let twice: Vec<u32> = [&[1, 2, 3][..], &sentence, &sentence].concat();
+        assert_eq!(looping(&twice), Some(12));
+        assert_eq!(looping(&twice[..twice.len() - 1]), None);
+        let mut changed = twice.clone();
+        changed[10] = 99;
+        assert_eq!(looping(&changed), None);
+        let nine = [&sentence[..9], &sentence[..9]].concat();
+        assert_eq!(looping(&nine), None);
         // A numbered list shares its layout, but its items differ.
         let list: Vec<u32> = (0..40).flat_map(|i| [1, 2, 100 + i, 3, 4, 200 + i]).collect();
         assert_eq!(looping(&list), None);
