@@ -118,14 +118,7 @@ pub fn marginal(
     let weights = crate::generate::pipeline::Weighting::Softmax { temperature: 1.0 }
         .weights(&(0..k).map(|i| 20.0 - i as f32).collect::<Vec<_>>());
     let mixed = Request { prompts: prompts.clone(), weights, ..plain.clone() };
-    let opts = crate::decode::Options {
-        prompt_top: 0,
-        max_batch: k,
-        kv_budget: None,
-        gated: false,
-        prefix: None,
-        half_kv: false,
-    };
+    let opts = crate::decode::Options { max_batch: k, ..Default::default() };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let step_ms = |req: &Request| -> anyhow::Result<(f64, f64)> {
         let mut steps = Vec::new();
@@ -209,14 +202,7 @@ pub fn decode(choice: &Choice, shape: Shape, json: bool) -> anyhow::Result<()> {
             ..Request::new((0..prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(), new_tokens)
         })
         .collect();
-    let opts = crate::decode::Options {
-        prompt_top: 0,
-        max_batch: batch,
-        kv_budget: None,
-        gated: false,
-        prefix: None,
-        half_kv,
-    };
+    let opts = crate::decode::Options { max_batch: batch, half_kv, ..Default::default() };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     for _ in 0..warmup {
         let short: Vec<Request> = requests.iter().map(|r| Request { max_new_tokens: 4, ..r.clone() }).collect();

@@ -255,8 +255,7 @@ pub fn evaluate(
     let scored = total - requests.len();
     emit(&EvalEvent::Started { requests: total, scored }, on_event)?;
     let mut done = scored;
-    let opts =
-        decode::Options { prompt_top: 0, max_batch: 16, kv_budget: None, gated: false, prefix: None, half_kv: false };
+    let opts = decode::Options { max_batch: 16, ..Default::default() };
     let mut scorer = Scorer::default();
     let mut failure: Option<anyhow::Error> = None;
     engine.generate(

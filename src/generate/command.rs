@@ -153,6 +153,7 @@ fn generate_locked(
             }
             s.instruction_temperature = s.instruction_temperature.or(old.settings.instruction_temperature);
             s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
+            s.kv_cache_dtype = s.kv_cache_dtype.or(old.settings.kv_cache_dtype);
             s
         }
         None => match &ready {
@@ -308,14 +309,7 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         sampling: opts.sampling,
         ..Request::new(prompt_ids.clone(), opts.max_new_tokens)
     };
-    let options = crate::decode::Options {
-        prompt_top: 5,
-        max_batch: 1,
-        kv_budget: None,
-        gated: false,
-        prefix: None,
-        half_kv: opts.half_kv,
-    };
+    let options = crate::decode::Options { prompt_top: 5, max_batch: 1, half_kv: opts.half_kv, ..Default::default() };
     let cancel = AtomicBool::new(false);
     let json = opts.json;
     let mut out = std::io::stdout();

@@ -123,15 +123,15 @@ pub struct Settings {
     pub int8_activations: bool,
     /// The decoding's keys and values in f16 on the CPU (as llama.cpp keeps them): a step reads
     /// half the bytes and the budget holds twice the rows; not exact. f32 keeps them as the
-    /// model computes them.
-    pub kv_cache_dtype: KvDtype,
+    /// model computes them. Null: f16, resolved when a run starts and recorded; a run recorded
+    /// before the setting existed has none and kept f32.
+    pub kv_cache_dtype: Option<KvDtype>,
 }
 
 /// The type the decoding's key/value cache is kept in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvDtype {
-    #[default]
     F16,
     F32,
 }
@@ -159,7 +159,7 @@ impl Default for Settings {
             filters: Filters::default(),
             kv_cache_mib: 768,
             int8_activations: false,
-            kv_cache_dtype: KvDtype::F16,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -222,7 +222,14 @@ impl Settings {
         };
         s.instruction_temperature.get_or_insert(t);
         s.instruction_top_p.get_or_insert(p);
+        s.kv_cache_dtype.get_or_insert(KvDtype::F16);
         s
+    }
+
+    /// Whether decoding keeps its keys and values in f16 (`kv_cache_dtype`; a run recorded
+    /// without it kept f32).
+    pub fn half_kv(&self) -> bool {
+        self.kv_cache_dtype == Some(KvDtype::F16)
     }
 
     /// The task lists' sampling; a run recorded before these were chosen by size used the
@@ -1333,7 +1340,7 @@ fn go(
         kv_budget: Some(kv_budget - kv_budget / 8),
         gated: true,
         prefix: Some(std::sync::Arc::new(crate::decode::PrefixCache::new(kv_budget / 8))),
-        half_kv: s.kv_cache_dtype == KvDtype::F16,
+        half_kv: s.half_kv(),
     };
     let halt = AtomicBool::new(false);
     let mut base = run.counters.clone();
@@ -1487,6 +1494,12 @@ mod tests {
         let set = Settings { prompt_format: PromptFormat::Plain, instruction_temperature: Some(0.3), ..auto };
         let kept = set.resolve(135_000_000, true);
         assert_eq!((kept.prompt_format, kept.instruction_temperature), (PromptFormat::Plain, Some(0.3)));
+        // The key/value cache: f16 unless set; a run recorded before the setting kept f32.
+        assert!(small.half_kv() && !Settings::default().half_kv());
+        let f32_set = Settings { kv_cache_dtype: Some(KvDtype::F32), ..Settings::default() };
+        assert!(!f32_set.resolve(135_000_000, true).half_kv());
+        let recorded: Settings = crate::yaml::from_str("k: 5").unwrap();
+        assert!(!recorded.half_kv(), "an older run's settings, without the key, decode with f32");
     }
 
     #[test]

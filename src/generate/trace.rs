@@ -140,11 +140,8 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
     };
     let request = pipeline::tuned(&job, prompts.len(), request);
     let contrast = request.contrast.as_ref().map(|c| c.alpha);
-    // The key/value cache in the type the run kept it in; a run recorded before the setting
-    // existed kept f32.
-    let named = crate::runs::read_config(run)?.is_some_and(|(_, body)| body.contains("kv_cache_dtype:"));
-    let half_kv = named && s.kv_cache_dtype == pipeline::KvDtype::F16;
-    let opts = decode::Options { prompt_top: 0, max_batch: 64, kv_budget: None, gated: false, prefix: None, half_kv };
+    // The key/value cache in the type the run kept it in.
+    let opts = decode::Options { half_kv: s.half_kv(), ..Default::default() };
     let cancel = AtomicBool::new(false);
     let (done, _) =
         Engine::Local(&model).generate(&[backend::Job::new(prompts.clone(), request)], &opts, &mut |_| {}, &cancel)?;

@@ -200,8 +200,7 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
 /// waiting for the batch to end. A failure (a request the decoder refuses) is every live
 /// request's answer, and the loop goes on.
 fn decode_loop(model: &Model, rx: mpsc::Receiver<Work>, max_batch: usize, prefix: Option<Arc<PrefixCache>>) {
-    let opts =
-        crate::decode::Options { prompt_top: 0, max_batch, kv_budget: None, gated: true, prefix, half_kv: false };
+    let opts = crate::decode::Options { max_batch, gated: true, prefix, ..Default::default() };
     let cancel = AtomicBool::new(false);
     let mut feed = Incoming { rx, waiting: Default::default(), replies: Default::default(), next: 0, closed: false };
     while !feed.closed {

@@ -804,14 +804,7 @@ pub fn speed(spec: &Spec) -> anyhow::Result<(f64, f64)> {
         })
         .collect();
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let opts = crate::decode::Options {
-        prompt_top: 0,
-        max_batch: 8,
-        kv_budget: None,
-        gated: false,
-        prefix: None,
-        half_kv: false,
-    };
+    let opts = crate::decode::Options { max_batch: 8, ..Default::default() };
     let (_, t) = crate::decode::generate(&model, &probe, &opts, &mut |_| {}, &cancel)?;
     let decode_rate = t.decode_tokens as f64 / t.decode_secs.max(1e-9);
     let prefill_rate = t.prefill_tokens as f64 / t.prefill_secs.max(1e-9);

@@ -320,14 +320,7 @@ fn answer(
         .chain(specs.iter().map(|s| Some(s.name.clone())))
         .map(|adapter| Request { adapter, sampling, stop_on_loop: true, ..Request::new(ids.clone(), MAX_NEW_TOKENS) })
         .collect();
-    let opts = crate::decode::Options {
-        prompt_top: 0,
-        max_batch: requests.len(),
-        kv_budget: None,
-        gated: false,
-        prefix: None,
-        half_kv: false,
-    };
+    let opts = crate::decode::Options { max_batch: requests.len(), ..Default::default() };
     crate::decode::generate(
         &m,
         &requests,
