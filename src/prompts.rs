@@ -240,6 +240,46 @@ pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
     (tasks, failures)
 }
 
+/// Items in a row that must be unusable for [`list_gone_bad`] to end a list.
+pub const BAD_ITEMS_IN_A_ROW: usize = 2;
+
+/// Whether a task list being written has stopped giving usable tasks: its last
+/// [`BAD_ITEMS_IN_A_ROW`] finished items (an item is finished once the next one begins) each
+/// lack an instruction or an input, or repeat an earlier item's instruction (ROUGE-L F above
+/// 0.7). `text` is the model's continuation of the primer, which opens the first item. Replayed
+/// on 303 lists of the default model, it ended 45 of them early, saved 17 % of their tokens and
+/// lost none of the tasks that passed the filters (docs/PERFORMANCE.md).
+pub fn list_gone_bad(text: &str) -> bool {
+    static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
+    let (instruction_re, input_re, output_re) =
+        MARKERS.get_or_init(|| (marker("instruction"), marker("input"), marker("output")));
+    let text = text.replace("\r\n", "\n");
+    let mut starts = vec![0];
+    starts.extend(instruction_re.find_iter(&text).map(|m| m.end()));
+    let ends: Vec<usize> = instruction_re.find_iter(&text).map(|m| m.start()).collect();
+    // Finished items only: the last one is still being written.
+    let finished = ends.len();
+    if finished < BAD_ITEMS_IN_A_ROW {
+        return false;
+    }
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    let mut bad_run = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        let item = text.get(starts[i]..end).unwrap_or("");
+        let item = output_re.find(item).map_or(item, |m| &item[..m.start()]);
+        let (instruction, input) = match input_re.find(item) {
+            Some(m) => (strip_trailing_header(&item[..m.start()]), Some(strip_trailing_header(&item[m.end()..]))),
+            None => (strip_trailing_header(item), None),
+        };
+        let tokens = crate::metrics::rouge_tokens(&instruction);
+        let repeats = seen.iter().any(|t| crate::metrics::rouge_l_tokens(t, &tokens).fmeasure > 0.7);
+        let usable = !instruction.is_empty() && input.is_some_and(|i| !i.is_empty()) && !repeats;
+        seen.push(tokens);
+        bad_run = if usable { 0 } else { bad_run + 1 };
+    }
+    bad_run >= BAD_ITEMS_IN_A_ROW
+}
+
 /// Trims, and drops a `Task N` / `N.` header line at the end (it starts the next item).
 fn strip_trailing_header(s: &str) -> String {
     let mut lines: Vec<&str> = s.trim().lines().collect();
@@ -372,5 +412,28 @@ mod tests {
         assert_eq!(failures, vec![]);
         assert_eq!(tasks[0].input, "Too slow.");
         assert_eq!(tasks[1], Task { instruction: "Reply to the user.".into(), input: "Thanks!".into() });
+    }
+
+    /// A list ends once two finished items in a row are unusable (no input, or a repeat of an
+    /// earlier instruction); one bad item, or two with a good one between, let it go on; the
+    /// item still being written never counts.
+    #[test]
+    fn a_list_is_given_up_after_two_unusable_items_in_a_row() {
+        let good = " Name the gene.\nInput: BRCA1 mutations raise the risk of breast cancer.\n\nTask 5\n";
+        let second =
+            "Instruction: Classify the study design.\nInput: Patients were randomised to two arms.\n\nTask 6\n";
+        let no_input = "Instruction: Summarise the findings of the trial in one line.\n\nTask 7\n";
+        let repeat = "Instruction: Classify the study's design.\nInput: A cohort of nurses was followed.\n\nTask 8\n";
+        let open = "Instruction: Extract the drug names.\nInput:";
+        assert!(!list_gone_bad(&format!("{good}{second}{open}")));
+        assert!(!list_gone_bad(&format!("{good}{no_input}{open}")));
+        assert!(list_gone_bad(&format!("{good}{second}{no_input}{repeat}{open}")));
+        assert!(!list_gone_bad(&format!("{good}{no_input}{second}{repeat}{open}")));
+        // The second bad item is not finished until the next one begins.
+        assert!(!list_gone_bad(&format!("{good}{second}{no_input}Instruction: Classify the study's design.\n")));
+        // The first item has no marker of its own: the primer wrote it.
+        assert!(list_gone_bad(
+            " Name the gene.\n\nTask 5\nInstruction: Name the gene.\nInput: x\n\nTask 6\nInstruction:"
+        ));
     }
 }

@@ -105,7 +105,8 @@ fn one_document_or_identical_documents_decode_as_plain() {
 /// A prompt that begins like one decoded before runs only its new tokens when a prefix cache
 /// holds that beginning, and decodes as without the cache: the same tokens, log-probabilities
 /// within float noise. Covered: a prompt extending a stored one, the same prompt again, and a
-/// mixture whose rows hit, miss, and are shorter than the part run anew (padded inside it). With
+/// mixture whose rows hit, miss, and are shorter than the part run anew (padded inside it), and
+/// a mixture whose prompts share a long beginning (run once, before its rows). With
 /// an f16 cache (generate's) as well: stored rows keep its values.
 #[test]
 fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
@@ -168,6 +169,24 @@ fn a_prefix_cache_runs_only_new_tokens_and_changes_nothing() {
         let small = Arc::new(PrefixCache::new(16));
         run(&[ask(vec![first.clone()])], Some(small.clone()));
         assert_eq!(small.size(), (0, 0));
+
+        // A mixture whose prompts share a long beginning that nothing stored holds (the task
+        // before its documents): that beginning runs once, the rows only what follows it.
+        let stem =
+            enc("Task: name the class of drug that lowers LDL cholesterol in most adults, with one example of it.");
+        let docs = ["Background: statins block HMG-CoA reductase.", "Background: ezetimibe cuts absorption.", "Net"];
+        let shared: Vec<Vec<u32>> = docs.iter().map(|d| [stem.clone(), enc(d)].concat()).collect();
+        let common =
+            shared[1..].iter().map(|p| p.iter().zip(&shared[0]).take_while(|(a, b)| a == b).count()).min().unwrap();
+        assert!(common >= 16, "{name}: the prompts share {common} tokens");
+        let tasked = Request { weights: vec![0.5, 0.3, 0.2], ..ask(shared.clone()) };
+        let want = alone(&tasked);
+        let fresh = Arc::new(PrefixCache::new(1 << 30));
+        let (got, timing) = run(std::slice::from_ref(&tasked), Some(fresh.clone()));
+        same(&got[0], &want, "a mixture's shared beginning run once");
+        let longest_rest = shared.iter().map(|p| p.len() - common).max().unwrap();
+        assert_eq!((timing.prefill_tokens, timing.padding_tokens), (common + 3 * longest_rest, 0), "{name}");
+        assert_eq!(got[0].cached_tokens, shared[0].len() - longest_rest, "{name}");
     }
 }
 

@@ -450,7 +450,7 @@ impl Client {
         let flag = AtomicBool::new(false);
         let mut sent = 0;
         let (text, finish, chunks) = self.with_retries(path, &flag, || loop {
-            let cut = self.stream(path, &text_body, i, r.stop_on_loop, tx, cancel, &mut sent);
+            let cut = self.stream(path, &text_body, i, (r.stop_on_loop, r.stop_when), tx, cancel, &mut sent);
             match cut {
                 // Cut while other answers streamed: the server stops one answer when another
                 // request comes (llama-cpp-python's interrupt_requests). Fewer at once, and the
@@ -475,7 +475,7 @@ impl Client {
         path: &str,
         text_body: &str,
         i: usize,
-        stop_on_loop: bool,
+        (stop_on_loop, stop_when): (bool, Option<crate::decode::StopWhen>),
         tx: &mpsc::Sender<Msg>,
         cancel: &StopFlag,
         sent: &mut usize,
@@ -517,6 +517,9 @@ impl Client {
                 // Lines can only start looping when one ends.
                 let new_line = delta.contains('\n');
                 if stop_on_loop && (words.looping() || (new_line && crate::decode::looping_lines(&text))) {
+                    return Ok((text, Finish::Loop, chunks));
+                }
+                if new_line && stop_when.is_some_and(|bad| bad(&text)) {
                     return Ok((text, Finish::Loop, chunks));
                 }
                 if cancel.get() {
@@ -678,6 +681,9 @@ impl Client {
             if r.stop_on_loop
                 && (crate::decode::looping(&ids).is_some() || (new_line && crate::decode::looping_lines(&text)))
             {
+                break Finish::Loop;
+            }
+            if new_line && r.stop_when.is_some_and(|bad| bad(&text)) {
                 break Finish::Loop;
             }
             if ids.len() >= r.max_new_tokens {

@@ -22,6 +22,9 @@ pub use prefix::PrefixCache;
 pub use sampling::{Sampling, SamplingParams};
 pub use stream::TextStream;
 
+/// Whether a text being generated has gone bad and should end (see [`Request::stop_when`]).
+pub type StopWhen = fn(&str) -> bool;
+
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The prompt, or for retrieval-marginalised decoding (the paper's eq. 2) the prompts decoded in
@@ -46,6 +49,9 @@ pub struct Request {
     pub contrast: Option<Contrast>,
     /// End the text when it is caught in a repetition loop ([`looping`]): `Finish::Loop`.
     pub stop_on_loop: bool,
+    /// End the text as `Finish::Loop` when this says it has gone bad, asked each time a line
+    /// ends (a task list whose items stopped being usable: [`crate::prompts::list_gone_bad`]).
+    pub stop_when: Option<StopWhen>,
     /// Record each generated token's log-probability and the `n` most likely tokens of its step
     /// (under the distribution it was chosen from: the model's, or the mixture's), as
     /// OpenAI-compatible servers report them.
@@ -71,6 +77,7 @@ impl Request {
             adapter: None,
             contrast: None,
             stop_on_loop: false,
+            stop_when: None,
             top_logprobs: None,
         }
     }
@@ -649,52 +656,30 @@ impl<'a> Scheduler<'a> {
 
     /// Prefills `group` (through the prefix cache where it may) and joins it to the rows. Rows
     /// whose prompt and adapter repeat an earlier row's of the group (task lists sampled from one
-    /// prompt) are run once: the copies take that row's keys, values and logits.
+    /// prompt) are run once: the copies take that row's keys, values and logits. The prompts of
+    /// one mixture share their common beginning: it runs once, as its own row, first.
     fn start(&mut self, mut group: Vec<Row>) -> anyhow::Result<()> {
         if group.is_empty() {
             return Ok(());
         }
-        let decoder = &self.model.decoder;
-        let device = decoder.device();
         let all_prompts: Vec<Vec<u32>> = group.iter().flat_map(|r| r.req.rows()).cloned().collect();
         let all_adapters: Vec<Option<String>> =
             group.iter().flat_map(|r| r.req.row_adapters()).map(|a| a.map(String::from)).collect();
         let (unique, source) = distinct_rows(&all_prompts, &all_adapters);
         let prompts: Vec<&Vec<u32>> = unique.iter().map(|&i| &all_prompts[i]).collect();
         let adapters: Vec<Option<String>> = unique.iter().map(|&i| all_adapters[i].clone()).collect();
-        let row_count = prompts.len();
-        let prefix = prefix_cache(self.opts);
-        // From the prefix cache: each row's stored beginning (at least its last token is run,
-        // for its logits). All rows run the same number of new tokens `new`, the longest new
-        // part; a row reuses what comes before its last `new` tokens.
-        let hits: Vec<Option<prefix::Hit>> = match prefix {
-            Some(cache) => {
-                prompts.iter().zip(&adapters).map(|(p, a)| cache.find(a.as_deref(), p, p.len() - 1)).collect()
+        if let Some(cache) = prefix_cache(self.opts) {
+            let stems = stems(&group, cache);
+            if !stems.is_empty() {
+                let started = Instant::now();
+                let (stem_prompts, stem_adapters): (Vec<&Vec<u32>>, Vec<Option<String>>) =
+                    stems.iter().map(|(p, a)| (p, a.clone())).unzip();
+                self.prefill(&stem_prompts, &stem_adapters)?;
+                self.timing.prefill_secs += started.elapsed().as_secs_f64();
             }
-            None => prompts.iter().map(|_| None).collect(),
-        };
-        let new = prompts.iter().zip(&hits).map(|(p, h)| p.len() - h.as_ref().map_or(0, |h| h.len)).max().unwrap_or(0);
-        let takes: Vec<usize> = prompts.iter().map(|p| p.len().saturating_sub(new)).collect();
-        let reused: usize = takes.iter().sum();
-        let (mut cache, width) = if reused > 0 {
-            let rows: Vec<(Option<&crate::model::RowKv>, usize)> =
-                hits.iter().zip(&takes).map(|(h, &t)| (h.as_ref().map(|h| &h.kv), t)).collect();
-            let mut cache = crate::model::Cache::from_rows(&rows)?.stored_as(self.store)?;
-            // A row shorter than the new part is padded inside it too.
-            for (pad, p) in cache.pad.iter_mut().zip(&prompts) {
-                *pad += new - p.len().min(new);
-            }
-            (cache, new)
-        } else {
-            let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-            (decoder.new_cache(prompts.iter().map(|p| longest - p.len()).collect()).stored_as(self.store)?, longest)
-        };
-        let mut tokens = Vec::with_capacity(row_count * width);
-        for (p, &take) in prompts.iter().zip(&takes) {
-            let fed = &p[take..];
-            tokens.extend(std::iter::repeat_n(0u32, width - fed.len()));
-            tokens.extend_from_slice(fed);
         }
+        let started = Instant::now();
+        let (mut cache, mut logits, takes) = self.prefill(&prompts, &adapters)?;
         // A copy took its whole prompt from the row it repeats.
         let mut at = 0;
         for row in group.iter_mut() {
@@ -702,25 +687,15 @@ impl<'a> Scheduler<'a> {
             row.cached = if unique[s] == at { takes[s] } else { all_prompts[at].len() };
             at += row.width;
         }
-        let started = Instant::now();
-        self.gates.set(&adapters)?;
-        let input = Tensor::from_vec(tokens, (row_count, width), device)?;
-        let mut logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
-        if let Some(store) = prefix {
-            for (r, (p, a)) in prompts.iter().zip(&adapters).enumerate() {
-                store.store(a.as_deref(), p, cache.row_kv(r)?);
-            }
-        }
-        let run: usize = prompts.iter().map(|p| p.len()).sum::<usize>() - reused;
+        let device = self.model.decoder.device();
+        let run: usize = prompts.iter().map(|p| p.len()).sum::<usize>() - takes.iter().sum::<usize>();
         let all: usize = all_prompts.iter().map(|p| p.len()).sum();
-        if row_count < all_prompts.len() {
+        if prompts.len() < all_prompts.len() {
             cache.retain(&source)?;
             let index = Tensor::new(source.iter().map(|&s| s as u32).collect::<Vec<_>>(), device)?;
             logits = logits.index_select(&index, 0)?;
         }
-        self.timing.prefill_tokens += run;
         self.timing.cached_tokens += all - run;
-        self.timing.padding_tokens += row_count * width - run;
         if self.opts.prompt_top > 0 {
             let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let mut at = 0;
@@ -741,6 +716,64 @@ impl<'a> Scheduler<'a> {
         crate::parallel::release_free_memory();
         self.timing.prefill_secs += started.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Runs `prompts` (each under its adapter) through the model, each from the longest
+    /// beginning the prefix cache holds for it, and stores them there. Returns their cache,
+    /// the logits of their last positions and how many tokens of each came from the prefix
+    /// cache; counts the tokens run and the padding.
+    fn prefill(
+        &mut self,
+        prompts: &[&Vec<u32>],
+        adapters: &[Option<String>],
+    ) -> anyhow::Result<(crate::model::Cache, Tensor, Vec<usize>)> {
+        let decoder = &self.model.decoder;
+        let device = decoder.device();
+        let row_count = prompts.len();
+        let prefix = prefix_cache(self.opts);
+        // From the prefix cache: each row's stored beginning (at least its last token is run,
+        // for its logits). All rows run the same number of new tokens `new`, the longest new
+        // part; a row reuses what comes before its last `new` tokens.
+        let hits: Vec<Option<prefix::Hit>> = match prefix {
+            Some(cache) => {
+                prompts.iter().zip(adapters).map(|(p, a)| cache.find(a.as_deref(), p, p.len() - 1)).collect()
+            }
+            None => prompts.iter().map(|_| None).collect(),
+        };
+        let new = prompts.iter().zip(&hits).map(|(p, h)| p.len() - h.as_ref().map_or(0, |h| h.len)).max().unwrap_or(0);
+        let takes: Vec<usize> = prompts.iter().map(|p| p.len().saturating_sub(new)).collect();
+        let reused: usize = takes.iter().sum();
+        let (mut cache, width) = if reused > 0 {
+            let rows: Vec<(Option<&crate::model::RowKv>, usize)> =
+                hits.iter().zip(&takes).map(|(h, &t)| (h.as_ref().map(|h| &h.kv), t)).collect();
+            let mut cache = crate::model::Cache::from_rows(&rows)?.stored_as(self.store)?;
+            // A row shorter than the new part is padded inside it too.
+            for (pad, p) in cache.pad.iter_mut().zip(prompts) {
+                *pad += new - p.len().min(new);
+            }
+            (cache, new)
+        } else {
+            let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+            (decoder.new_cache(prompts.iter().map(|p| longest - p.len()).collect()).stored_as(self.store)?, longest)
+        };
+        let mut tokens = Vec::with_capacity(row_count * width);
+        for (p, &take) in prompts.iter().zip(&takes) {
+            let fed = &p[take..];
+            tokens.extend(std::iter::repeat_n(0u32, width - fed.len()));
+            tokens.extend_from_slice(fed);
+        }
+        self.gates.set(adapters)?;
+        let input = Tensor::from_vec(tokens, (row_count, width), device)?;
+        let logits = decoder.forward(&input, &mut cache, Pass::Inference, true)?.squeeze(1)?;
+        if let Some(store) = prefix {
+            for (r, (p, a)) in prompts.iter().zip(adapters).enumerate() {
+                store.store(a.as_deref(), p, cache.row_kv(r)?);
+            }
+        }
+        let run: usize = prompts.iter().map(|p| p.len()).sum::<usize>() - reused;
+        self.timing.prefill_tokens += run;
+        self.timing.padding_tokens += row_count * width - run;
+        Ok((cache, logits, takes))
     }
 
     /// Picks every row's next token, ends the rows that are done, sets rows aside when the
@@ -847,6 +880,40 @@ fn distinct_rows(prompts: &[Vec<u32>], adapters: &[Option<String>]) -> (Vec<usiz
         })
         .collect();
     (unique, source)
+}
+
+/// Tokens a mixture's prompts must share, beyond what the prefix cache holds, for that beginning
+/// to run once on its own before them.
+const STEM_MIN: usize = 16;
+
+/// The common beginnings of the group's mixtures (a request's k prompts) worth running once
+/// first: longer by [`STEM_MIN`] tokens than what `cache` already holds of them, each once.
+fn stems(group: &[Row], cache: &PrefixCache) -> Vec<(Vec<u32>, Option<String>)> {
+    let mut out: Vec<(Vec<u32>, Option<String>)> = Vec::new();
+    for row in group {
+        let req = &row.req;
+        if req.contrast.is_some() || req.prompts.len() < 2 {
+            continue;
+        }
+        let first = &req.prompts[0];
+        let shared = req.prompts[1..].iter().map(|p| common_len(first, p)).min().unwrap_or(0);
+        // At least the last token of every prompt runs, for its logits.
+        let shared = req.prompts.iter().map(|p| p.len().saturating_sub(1)).fold(shared, usize::min);
+        let stem = &first[..shared];
+        let adapter = req.adapter.clone();
+        if shared < STEM_MIN || out.iter().any(|(s, a)| s == stem && *a == adapter) {
+            continue;
+        }
+        let held = cache.find(adapter.as_deref(), stem, shared).map_or(0, |h| h.len);
+        if shared >= held + STEM_MIN {
+            out.push((stem.to_vec(), adapter));
+        }
+    }
+    out
+}
+
+fn common_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The prefix cache when this call may use it.
@@ -963,6 +1030,9 @@ fn advance(
         && req.stop_on_loop
         && (looping(&row.seen[row.prompt_len..]).is_some() || (new_line && looping_lines(&row.text)))
     {
+        finish = Some(Finish::Loop);
+    }
+    if finish.is_none() && new_line && req.stop_when.is_some_and(|bad| bad(&row.text)) {
         finish = Some(Finish::Loop);
     }
     if finish.is_none() && generated >= req.max_new_tokens {

@@ -833,6 +833,7 @@ impl Feeder<'_, '_, '_> {
             stop: vec![stop],
             sampling: s.instruction_sampling(rng.next_u64()),
             stop_on_loop: true,
+            stop_when: Some(prompts::list_gone_bad),
             ..tuned(self.job, 1, Request::new(Vec::new(), s.instruction_max_new_tokens))
         };
         let job = backend::Job::new(vec![prompt_of(s.prompt_format, &prompt, &primer)], request);

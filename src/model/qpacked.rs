@@ -28,6 +28,9 @@ use super::packed::Kernel;
 pub const NR: usize = 48;
 /// Rows of `x` per micro-tile.
 const MR: usize = 8;
+/// Bytes of activations a block of rows may take (see [`QPacked::matmul_exact`]): under half
+/// of a 1.25 MiB L2, with room for a panel's quants.
+const ROW_BLOCK_BYTES: usize = 512 * 1024;
 
 /// A `[out, in]` GGML weight decoded into panels of 8-bit quants with per-group scales.
 pub struct QPacked {
@@ -359,11 +362,22 @@ impl QPacked {
             return;
         }
         let kernel = Kernel::detect();
-        let groups = self.groups();
         // Σ x over each group, for the minimums.
         let sums: Vec<f32> =
             if self.min.is_empty() { Vec::new() } else { x.chunks_exact(self.group).map(|g| g.iter().sum()).collect() };
         let y_out = Out(y.as_mut_ptr());
+        // Rows go in blocks whose activations stay in a core's L2 while every panel passes over
+        // them (a prefill's thousands of rows would otherwise stream from L3 once per panel).
+        let block = (ROW_BLOCK_BYTES / (self.inp * 4)).clamp(MR, 256) / MR * MR;
+        for first in (0..rows).step_by(block) {
+            let last = (first + block).min(rows);
+            self.panels_over(kernel, x, &sums, y_out, first, last);
+        }
+    }
+
+    /// Every panel of the weight over rows `first..last` of `x`, on the workers.
+    fn panels_over(&self, kernel: Kernel, x: &[f32], sums: &[f32], y_out: Out, first: usize, last: usize) {
+        let groups = self.groups();
         for_panels(self.out.div_ceil(NR), |p| {
             let tile = Tile {
                 q: self.q[p * self.inp * NR..].as_ptr(),
@@ -374,9 +388,9 @@ impl QPacked {
                 inp: self.inp,
                 cols: (self.out - p * NR).min(NR),
             };
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = (rows - r0).min(MR);
+            let mut r0 = first;
+            while r0 < last {
+                let mr = (last - r0).min(MR);
                 let rt = RowTile {
                     x: x[r0 * self.inp..].as_ptr(),
                     sums: if sums.is_empty() { std::ptr::null() } else { sums[r0 * groups..].as_ptr() },
