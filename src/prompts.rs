@@ -196,27 +196,15 @@ fn marker(word: &str) -> Regex {
 /// `Output:` sections and blank lines; `<noinput>` means an empty input. With `truncated`, the last item is dropped: the token
 /// limit cut it.
 pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
-    static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
-    let (instruction_re, input_re, output_re) =
-        MARKERS.get_or_init(|| (marker("instruction"), marker("input"), marker("output")));
-    let text = text.replace("\r\n", "\n");
-    let starts: Vec<(usize, usize)> = instruction_re.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+    let items = items(text);
+    let count = items.len();
     let mut tasks = Vec::new();
     let mut failures = Vec::new();
-    for (i, &(_, body_start)) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).map_or(text.len(), |(s, _)| *s);
-        if truncated && i + 1 == starts.len() {
+    for (i, (instruction, input)) in items.into_iter().enumerate() {
+        if truncated && i + 1 == count {
             failures.push(Unparsed::Truncated);
             break;
         }
-        let item = &text[body_start..end];
-        // A model that also writes the answer: keep only instruction and input.
-        let item = output_re.find(item).map_or(item, |m| &item[..m.start()]);
-        let (instruction, input) = match input_re.find(item) {
-            Some(m) => (&item[..m.start()], Some(&item[m.end()..])),
-            None => (item, None),
-        };
-        let instruction = strip_trailing_header(instruction);
         if instruction.is_empty() {
             failures.push(Unparsed::EmptyInstruction);
             continue;
@@ -225,7 +213,6 @@ pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
             failures.push(Unparsed::NoInput);
             continue;
         };
-        let input = strip_trailing_header(input);
         let lowered = input.to_lowercase();
         let input = if lowered == "<noinput>" || lowered == "<no input>" {
             String::new()
@@ -240,6 +227,31 @@ pub fn parse_tasks(text: &str, truncated: bool) -> (Vec<Task>, Vec<Unparsed>) {
     (tasks, failures)
 }
 
+/// The items of a task list, in order: each one's instruction and its input (none without an
+/// `Input:` marker), both trimmed of a trailing `Task N` header, an `Output:` section dropped.
+/// An item begins at each `Instruction:` marker.
+fn items(text: &str) -> Vec<(String, Option<String>)> {
+    static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
+    let (instruction_re, input_re, output_re) =
+        MARKERS.get_or_init(|| (marker("instruction"), marker("input"), marker("output")));
+    let text = text.replace("\r\n", "\n");
+    let starts: Vec<(usize, usize)> = instruction_re.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, body_start))| {
+            let end = starts.get(i + 1).map_or(text.len(), |(s, _)| *s);
+            let item = &text[body_start..end];
+            // A model that also writes the answer: keep only instruction and input.
+            let item = output_re.find(item).map_or(item, |m| &item[..m.start()]);
+            match input_re.find(item) {
+                Some(m) => (strip_trailing_header(&item[..m.start()]), Some(strip_trailing_header(&item[m.end()..]))),
+                None => (strip_trailing_header(item), None),
+            }
+        })
+        .collect()
+}
+
 /// Items in a row that must be unusable for [`list_gone_bad`] to end a list.
 pub const BAD_ITEMS_IN_A_ROW: usize = 2;
 
@@ -250,30 +262,18 @@ pub const BAD_ITEMS_IN_A_ROW: usize = 2;
 /// on 303 lists of the default model, it ended 45 of them early, saved 17 % of their tokens and
 /// lost none of the tasks that passed the filters (docs/PERFORMANCE.md).
 pub fn list_gone_bad(text: &str) -> bool {
-    static MARKERS: std::sync::OnceLock<(Regex, Regex, Regex)> = std::sync::OnceLock::new();
-    let (instruction_re, input_re, output_re) =
-        MARKERS.get_or_init(|| (marker("instruction"), marker("input"), marker("output")));
-    let text = text.replace("\r\n", "\n");
-    let mut starts = vec![0];
-    starts.extend(instruction_re.find_iter(&text).map(|m| m.end()));
-    let ends: Vec<usize> = instruction_re.find_iter(&text).map(|m| m.start()).collect();
+    let mut items = items(&format!("Instruction:{text}"));
     // Finished items only: the last one is still being written.
-    let finished = ends.len();
-    if finished < BAD_ITEMS_IN_A_ROW {
+    items.pop();
+    if items.len() < BAD_ITEMS_IN_A_ROW {
         return false;
     }
     let mut seen: Vec<Vec<String>> = Vec::new();
     let mut bad_run = 0;
-    for (i, &end) in ends.iter().enumerate() {
-        let item = text.get(starts[i]..end).unwrap_or("");
-        let item = output_re.find(item).map_or(item, |m| &item[..m.start()]);
-        let (instruction, input) = match input_re.find(item) {
-            Some(m) => (strip_trailing_header(&item[..m.start()]), Some(strip_trailing_header(&item[m.end()..]))),
-            None => (strip_trailing_header(item), None),
-        };
-        let tokens = crate::metrics::rouge_tokens(&instruction);
+    for (instruction, input) in &items {
+        let tokens = crate::metrics::rouge_tokens(instruction);
         let repeats = seen.iter().any(|t| crate::metrics::rouge_l_tokens(t, &tokens).fmeasure > 0.7);
-        let usable = !instruction.is_empty() && input.is_some_and(|i| !i.is_empty()) && !repeats;
+        let usable = !instruction.is_empty() && input.as_ref().is_some_and(|i| !i.is_empty()) && !repeats;
         seen.push(tokens);
         bad_run = if usable { 0 } else { bad_run + 1 };
     }

@@ -896,7 +896,7 @@ fn stems(group: &[Row], cache: &PrefixCache) -> Vec<(Vec<u32>, Option<String>)> 
             continue;
         }
         let first = &req.prompts[0];
-        let shared = req.prompts[1..].iter().map(|p| common_len(first, p)).min().unwrap_or(0);
+        let shared = req.prompts[1..].iter().map(|p| prefix::common(first, p)).min().unwrap_or(0);
         // At least the last token of every prompt runs, for its logits.
         let shared = req.prompts.iter().map(|p| p.len().saturating_sub(1)).fold(shared, usize::min);
         let stem = &first[..shared];
@@ -910,10 +910,6 @@ fn stems(group: &[Row], cache: &PrefixCache) -> Vec<(Vec<u32>, Option<String>)> 
         }
     }
     out
-}
-
-fn common_len(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The prefix cache when this call may use it.

@@ -37,7 +37,8 @@ pub struct Hit {
     pub len: usize,
 }
 
-fn common(a: &[u32], b: &[u32]) -> usize {
+/// How many tokens `a` and `b` begin with alike.
+pub(crate) fn common(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
