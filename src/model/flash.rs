@@ -135,7 +135,7 @@ fn scale_and_mask(s: &mut [f32], n: usize, k0: usize, ranges: &[(u32, u32)], sca
 /// `e^x` in f32 by range reduction and Cephes' polynomial (within 2 ulp of the true value),
 /// written so that a loop of it vectorises; exactly 0 below −87.3 (and for −∞).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOW: f32 = -87.3;
     let xc = x.clamp(LOW, 88.3);
     let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
@@ -180,12 +180,25 @@ unsafe fn exp_shift_avx512(row: &mut [f32], shift: f32) -> f32 {
     exp_shift_lanes(row, shift)
 }
 
-/// [`exp_shift_lanes`], with AVX-512 where the CPU has it (the same values either way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shift_avx2(row: &mut [f32], shift: f32) -> f32 {
+    exp_shift_lanes(row, shift)
+}
+
+/// [`exp_shift_lanes`], with AVX-512 or AVX2 where the CPU has it (the same values either way:
+/// no multiply and add is fused into one rounding).
 pub(super) fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { exp_shift_avx512(row, shift) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            return unsafe { exp_shift_avx512(row, shift) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { exp_shift_avx2(row, shift) };
+        }
     }
     exp_shift_lanes(row, shift)
 }

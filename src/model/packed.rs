@@ -20,6 +20,8 @@ use rayon::prelude::*;
 pub const NR: usize = 48;
 /// Rows of `x` per micro-tile: 8 × 3 accumulators plus 3 weight vectors fit AVX-512's 32 registers.
 const MR: usize = 8;
+/// Rows per micro-tile of the AVX2 kernels (16 registers: 6 rows × 2 vectors of accumulators).
+pub(crate) const AVX2_ROWS: usize = 6;
 /// Depth per pass: a panel block of `KC × NR` floats (96 KiB) stays in L2 while every row tile
 /// of a large `x` runs over it.
 const KC: usize = 512;
@@ -139,7 +141,7 @@ impl Packed {
         let workers = rayon::current_num_threads().max(1);
         let per = panels.div_ceil(workers * if panels >= 8 * workers { 4 } else { 1 }).max(1);
         let row_block = if panels < 2 * workers && rows >= 16 * workers {
-            rows.div_ceil(workers).next_multiple_of(MR)
+            rows.div_ceil(workers).next_multiple_of(kernel.rows())
         } else {
             rows
         };
@@ -168,7 +170,7 @@ impl Packed {
             let kc = (self.inp - k0).min(KC);
             let mut r0 = rows.start;
             while r0 < rows.end {
-                let mr = (rows.end - r0).min(MR);
+                let mr = (rows.end - r0).min(kernel.rows());
                 let tile = Tile {
                     depth: kc,
                     a: unsafe { x.as_ptr().add(r0 * self.inp + k0) },
@@ -255,6 +257,16 @@ impl Kernel {
         }
         all.push(Kernel::Portable);
         all
+    }
+
+    /// Rows of `x` per micro-tile: what the kernel's registers hold (for this module's kernels
+    /// and [`super::qpacked`]'s).
+    pub(crate) fn rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => AVX2_ROWS,
+            _ => MR,
+        }
     }
 
     /// # Safety
@@ -350,9 +362,10 @@ mod avx512 {
     }
 }
 
-/// AVX2 + FMA (16 registers): tiles of 4 rows × 24 columns (half a panel), 12 accumulators,
-/// over depth blocks of [`avx2::KB`] so the panel block (24 KiB) is read from L1 by every row
-/// group.
+/// AVX2 + FMA (16 registers): tiles of 6 rows × 16 columns (a third of a panel), 12
+/// accumulators, two weight vectors and one broadcast, so nothing spills (4 × 24 needed 17
+/// registers, and the spilled accumulator went through memory at every step); over depth blocks
+/// of [`avx2::KB`] so the panel block (24 KiB) is read from L1 by every row group.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Tile, NR};
@@ -374,17 +387,19 @@ mod avx2 {
             };
             let mut r0 = 0;
             while r0 < rows {
-                let n = (rows - r0).min(4);
-                for c0 in [0, 24] {
+                let n = (rows - r0).min(super::AVX2_ROWS);
+                for c0 in [0, 16, 32] {
                     if c0 >= t.cols {
                         break;
                     }
                     unsafe {
                         match n {
-                            4 => quarter::<4>(&sub, r0, c0),
-                            3 => quarter::<3>(&sub, r0, c0),
-                            2 => quarter::<2>(&sub, r0, c0),
-                            _ => quarter::<1>(&sub, r0, c0),
+                            6 => third::<6>(&sub, r0, c0),
+                            5 => third::<5>(&sub, r0, c0),
+                            4 => third::<4>(&sub, r0, c0),
+                            3 => third::<3>(&sub, r0, c0),
+                            2 => third::<2>(&sub, r0, c0),
+                            _ => third::<1>(&sub, r0, c0),
                         }
                     }
                 }
@@ -395,30 +410,40 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn quarter<const R: usize>(t: &Tile, r0: usize, c0: usize) {
-        let mut acc = [[_mm256_setzero_ps(); 3]; R];
+    unsafe fn third<const R: usize>(t: &Tile, r0: usize, c0: usize) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         unsafe {
             let mut b = t.b.add(c0);
-            let a = t.a.add(r0 * t.lda);
-            for k in 0..t.depth {
+            let mut a = t.a.add(r0 * t.lda);
+            for _ in 0..t.depth {
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
-                let b2 = _mm256_loadu_ps(b.add(16));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*a.add(r * t.lda + k));
+                    let x = _mm256_broadcast_ss(&*a.add(r * t.lda));
                     acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
-                    acc[2] = _mm256_fmadd_ps(x, b2, acc[2]);
                 }
                 b = b.add(NR);
+                a = a.add(1);
             }
-            let cols = (t.cols - c0).min(24);
+            let cols = (t.cols - c0).min(16);
             for (r, acc) in acc.iter().enumerate() {
-                let mut sums = [0f32; 24];
+                let dst = t.c.add((r0 + r) * t.ldc + c0);
+                if cols == 16 {
+                    for (v, s) in acc.iter().enumerate() {
+                        let mut s = *s;
+                        if t.accumulate {
+                            s = _mm256_add_ps(s, _mm256_loadu_ps(dst.add(v * 8)));
+                        }
+                        _mm256_storeu_ps(dst.add(v * 8), s);
+                    }
+                    continue;
+                }
+                let mut sums = [0f32; 16];
                 for (v, s) in acc.iter().enumerate() {
                     _mm256_storeu_ps(sums.as_mut_ptr().add(v * 8), *s);
                 }
-                let dst = std::slice::from_raw_parts_mut(t.c.add((r0 + r) * t.ldc + c0), cols);
+                let dst = std::slice::from_raw_parts_mut(dst, cols);
                 for (d, s) in dst.iter_mut().zip(sums) {
                     *d = if t.accumulate { *d + s } else { s };
                 }

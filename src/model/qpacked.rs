@@ -11,7 +11,7 @@
 //! `Σ_g d_g · (Σ_{k∈g} q_k x_k) + m_g · (Σ_{k∈g} x_k)`, so no weight is ever dequantized and the
 //! activations stay f32 (llama.cpp rounds them to 8 bits; candle's `QMatMul` too).
 //!
-//! One pass over each panel serves every row of `x` (up to [`MR`] at a time): at decode's few
+//! One pass over each panel serves every row of `x` (up to a kernel's rows at a time: 8, or 6 with AVX2): at decode's few
 //! rows the weights stream once per step. The per-group sums of `x` are computed once per call.
 //! A weight costs one byte plus 8 bytes per group (1.25–1.5 bytes), against 0.56–1.06 in the
 //! file: the price of a kernel with no bit-unpacking in its inner loop.
@@ -26,8 +26,6 @@ use super::packed::Kernel;
 
 /// Output columns per panel: three 16-float vectors.
 pub const NR: usize = 48;
-/// Rows of `x` per micro-tile.
-const MR: usize = 8;
 /// Bytes of activations a block of rows may take (see [`QPacked::matmul_exact`]): under half
 /// of a 1.25 MiB L2, with room for a panel's quants.
 const ROW_BLOCK_BYTES: usize = 512 * 1024;
@@ -368,7 +366,8 @@ impl QPacked {
         let y_out = Out(y.as_mut_ptr());
         // Rows go in blocks whose activations stay in a core's L2 while every panel passes over
         // them (a prefill's thousands of rows would otherwise stream from L3 once per panel).
-        let block = (ROW_BLOCK_BYTES / (self.inp * 4)).clamp(MR, 256) / MR * MR;
+        let mr = kernel.rows();
+        let block = (ROW_BLOCK_BYTES / (self.inp * 4)).clamp(mr, 256) / mr * mr;
         for first in (0..rows).step_by(block) {
             let last = (first + block).min(rows);
             self.panels_over(kernel, x, &sums, y_out, first, last);
@@ -390,7 +389,7 @@ impl QPacked {
             };
             let mut r0 = first;
             while r0 < last {
-                let mr = (last - r0).min(MR);
+                let mr = (last - r0).min(kernel.rows());
                 let rt = RowTile {
                     x: x[r0 * self.inp..].as_ptr(),
                     sums: if sums.is_empty() { std::ptr::null() } else { sums[r0 * groups..].as_ptr() },
@@ -428,7 +427,7 @@ struct Tile {
     cols: usize,
 }
 
-/// Up to [`MR`] rows of `x`, their group sums and where their outputs go.
+/// Up to a kernel's rows ([`Kernel::rows`]) of `x`, their group sums and where their outputs go.
 struct RowTile {
     x: *const f32,
     sums: *const f32,
@@ -575,7 +574,9 @@ pub(crate) mod avx512 {
     }
 }
 
-/// AVX2 + FMA (16 registers): half panels of 24 columns, 4 rows at a time.
+/// AVX2 + FMA (16 registers): thirds of a panel (16 columns), up to 6 rows at a time, so a
+/// group's 12 accumulators, two weight vectors and a broadcast fit without spilling (4 rows of 24
+/// columns needed 17 and more); the running outputs live in memory between groups.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{RowTile, Tile, NR};
@@ -586,23 +587,25 @@ mod avx2 {
     pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &RowTile) {
         let mut r0 = 0;
         while r0 < rows {
-            let n = (rows - r0).min(4);
+            let n = (rows - r0).min(crate::model::packed::AVX2_ROWS);
             let sub = RowTile {
                 x: unsafe { r.x.add(r0 * t.inp) },
                 sums: if r.sums.is_null() { r.sums } else { unsafe { r.sums.add(r0 * t.groups) } },
                 y: unsafe { r.y.add(r0 * r.ldc) },
                 ldc: r.ldc,
             };
-            for c0 in [0, 24] {
+            for c0 in [0, 16, 32] {
                 if c0 >= t.cols {
                     break;
                 }
                 unsafe {
                     match n {
-                        4 => half_panel::<4>(t, &sub, c0),
-                        3 => half_panel::<3>(t, &sub, c0),
-                        2 => half_panel::<2>(t, &sub, c0),
-                        _ => half_panel::<1>(t, &sub, c0),
+                        6 => third::<6>(t, &sub, c0),
+                        5 => third::<5>(t, &sub, c0),
+                        4 => third::<4>(t, &sub, c0),
+                        3 => third::<3>(t, &sub, c0),
+                        2 => third::<2>(t, &sub, c0),
+                        _ => third::<1>(t, &sub, c0),
                     }
                 }
             }
@@ -610,52 +613,55 @@ mod avx2 {
         }
     }
 
+    /// The widened quants of 8 columns.
+    #[inline(always)]
+    unsafe fn widen(w: *const i8) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.cast()))) }
+    }
+
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn half_panel<const R: usize>(t: &Tile, r: &RowTile, c0: usize) {
-        let mut out = [[_mm256_setzero_ps(); 3]; R];
+    unsafe fn third<const R: usize>(t: &Tile, r: &RowTile, c0: usize) {
+        // Each group: its sums in registers, then the outputs (in memory) take them times the
+        // scales, and the minimums times the rows' sums — the AVX-512 kernel's order.
+        let mut out = [[0f32; 16]; R];
         unsafe {
             for g in 0..t.groups {
-                let mut acc = [[_mm256_setzero_ps(); 3]; R];
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
                 let k0 = g * t.group;
                 let mut w = t.q.add(k0 * NR + c0);
-                for kk in 0..t.group {
-                    let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.cast())));
-                    let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(8).cast())));
-                    let w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(16).cast())));
+                let mut x = r.x.add(k0);
+                for _ in 0..t.group {
+                    let w0 = widen(w);
+                    let w1 = widen(w.add(8));
                     for (row, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*r.x.add(row * t.inp + k0 + kk));
-                        acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
-                        acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
-                        acc[2] = _mm256_fmadd_ps(x, w2, acc[2]);
+                        let xb = _mm256_broadcast_ss(&*x.add(row * t.inp));
+                        acc[0] = _mm256_fmadd_ps(xb, w0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(xb, w1, acc[1]);
                     }
                     w = w.add(NR);
+                    x = x.add(1);
                 }
                 let s = t.scale.add(g * NR + c0);
-                let d = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(s.add(16))];
-                for (o, a) in out.iter_mut().zip(&acc) {
-                    for v in 0..3 {
-                        o[v] = _mm256_fmadd_ps(a[v], d[v], o[v]);
-                    }
-                }
-                if !t.min.is_null() {
+                let d = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8))];
+                let m = (!t.min.is_null()).then(|| {
                     let mp = t.min.add(g * NR + c0);
-                    let m = [_mm256_loadu_ps(mp), _mm256_loadu_ps(mp.add(8)), _mm256_loadu_ps(mp.add(16))];
-                    for (row, o) in out.iter_mut().enumerate() {
-                        let sx = _mm256_set1_ps(*r.sums.add(row * t.groups + g));
-                        for v in 0..3 {
-                            o[v] = _mm256_fmadd_ps(sx, m[v], o[v]);
+                    [_mm256_loadu_ps(mp), _mm256_loadu_ps(mp.add(8))]
+                });
+                for (row, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+                    for v in 0..2 {
+                        let p = o.as_mut_ptr().add(v * 8);
+                        let mut y = _mm256_fmadd_ps(a[v], d[v], _mm256_loadu_ps(p));
+                        if let Some(m) = m {
+                            y = _mm256_fmadd_ps(_mm256_set1_ps(*r.sums.add(row * t.groups + g)), m[v], y);
                         }
+                        _mm256_storeu_ps(p, y);
                     }
                 }
             }
-            let cols = (t.cols - c0).min(24);
+            let cols = (t.cols - c0).min(16);
             for (row, o) in out.iter().enumerate() {
-                let mut sums = [0f32; 24];
-                for (v, s) in o.iter().enumerate() {
-                    _mm256_storeu_ps(sums.as_mut_ptr().add(v * 8), *s);
-                }
                 let dst = std::slice::from_raw_parts_mut(r.y.add(row * r.ldc + c0), cols);
-                dst.copy_from_slice(&sums[..cols]);
+                dst.copy_from_slice(&o[..cols]);
             }
         }
     }
@@ -765,7 +771,7 @@ mod tests {
                             };
                             let mut r0 = 0;
                             while r0 < rows {
-                                let mr = (rows - r0).min(MR);
+                                let mr = (rows - r0).min(kernel.rows());
                                 let rt = RowTile {
                                     x: x[r0 * inp..].as_ptr(),
                                     sums: if packed.min.is_empty() {
