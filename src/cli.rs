@@ -1130,3 +1130,117 @@ pub enum AdaptersCommand {
 fn parse_init(s: &str) -> Result<crate::train::Init, String> {
     crate::train::Init::try_from(s.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The workbench starts runs with argv built by `selfspec::launch`; each kind's argv is
+    //! parsed here by the command line itself and compared field by field.
+    use std::path::{Path, PathBuf};
+
+    use clap::Parser;
+    use selfspec::generate::pipeline::Mode as EngineMode;
+    use selfspec::launch::{self, Base, Launch};
+    use selfspec::model::gguf::QuantType as EngineQuant;
+
+    use super::{Cli, Command};
+
+    /// The command the detached argv of `launch` parses to, after checking the global options
+    /// and `--detached`.
+    fn parse(launch: &Launch) -> Command {
+        let (config, workspace) = (Path::new("/c/config.yaml"), Path::new("/w s"));
+        let mut argv = vec!["selfspec".into()];
+        argv.extend(launch::detached_argv(config, workspace, launch));
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{launch:?} does not parse: {e}"));
+        assert_eq!(cli.config.as_deref(), Some(config));
+        assert_eq!(cli.workspace.as_deref(), Some(workspace));
+        cli.command.expect("a command")
+    }
+
+    #[test]
+    fn a_generation_the_workbench_starts_parses_to_the_same_options() {
+        for (mode, corpus, adapter, contrastive) in [
+            (EngineMode::Marginal, Some(PathBuf::from("/c/bio.corpus.jsonl")), None, false),
+            (EngineMode::None, None, Some(PathBuf::from("/r/train-1/adapter")), true),
+            (EngineMode::Top1, Some(PathBuf::from("/i/bio.index")), Some(PathBuf::from("/a")), false),
+        ] {
+            let g = launch::Generate {
+                seeds: "/s/biomedical seeds.yaml".into(),
+                model: "org/name".into(),
+                n: 120,
+                seed: 7,
+                mode,
+                run: "/w/runs/gen-1".into(),
+                corpus: corpus.clone(),
+                adapter: adapter.clone(),
+                contrastive,
+            };
+            let Command::Generate(a) = parse(&Launch::Generate(g.clone())) else { panic!("not generate") };
+            assert_eq!(a.seeds, g.seeds);
+            assert_eq!(a.model.model.as_deref(), Some("org/name"));
+            assert_eq!((a.n, a.seed, a.run), (120, 7, g.run.clone()));
+            assert_eq!(a.mode.map(EngineMode::from), Some(mode));
+            assert_eq!((a.corpus, a.adapter, a.contrastive, a.detached), (corpus, adapter.clone(), contrastive, true));
+        }
+    }
+
+    #[test]
+    fn an_evaluation_the_workbench_starts_parses_to_the_same_options() {
+        let e = launch::Eval {
+            model: "m.gguf".into(),
+            data: "/w/eval/biomedical".into(),
+            run: "/w/runs/eval-1".into(),
+            shots: vec![0, 5],
+            datasets: vec!["bioasq".into()],
+            adapters: vec![("train-1".into(), "/w/runs/train-1/adapter".into()), ("b".into(), "/x=y".into())],
+        };
+        let Command::Eval(a) = parse(&Launch::Eval(e.clone())) else { panic!("not eval") };
+        assert_eq!(a.model.model.as_deref(), Some("m.gguf"));
+        assert_eq!((a.data, a.run), (Some(e.data.clone()), Some(e.run.clone())));
+        assert_eq!((a.shots, a.datasets), (e.shots.clone(), e.datasets.clone()));
+        assert_eq!(a.adapter, ["train-1=/w/runs/train-1/adapter", "b=/x=y"]);
+        assert!(a.detached);
+        // Every dataset: no --datasets.
+        let all = launch::Eval { datasets: Vec::new(), ..e };
+        let Command::Eval(a) = parse(&Launch::Eval(all)) else { panic!("not eval") };
+        assert!(a.datasets.is_empty());
+    }
+
+    #[test]
+    fn a_training_and_its_plan_the_workbench_start_parse_to_the_same_options() {
+        for base in [Base::File, Base::Dequantize, Base::Qlora(EngineQuant::Q4_0), Base::Qlora(EngineQuant::Q4k)] {
+            for run in [Some(PathBuf::from("/w/runs/train-1")), None] {
+                let t = launch::Train {
+                    model: "m.gguf".into(),
+                    data: "/w/runs/gen-1".into(),
+                    settings: "/w/runs/train-1/train-settings.yaml".into(),
+                    base,
+                    run: run.clone(),
+                };
+                let launch = Launch::Train(t.clone());
+                // A plan runs in the foreground: no --detached.
+                let mut argv = vec!["selfspec".into()];
+                argv.extend(launch::foreground_argv(Path::new("/c"), Path::new("/w"), &launch));
+                let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{launch:?}: {e}"));
+                let Some(Command::Train(a)) = cli.command else { panic!("not train") };
+                assert_eq!(a.model.model.as_deref(), Some("m.gguf"));
+                assert_eq!((a.data, a.train_config), (t.data.clone(), Some(t.settings.clone())));
+                assert_eq!((a.run, a.plan), (run.clone(), run.is_none()));
+                let asked = match base {
+                    Base::File => (None, false),
+                    Base::Dequantize => (None, true),
+                    Base::Qlora(q) => (Some(q), false),
+                };
+                assert_eq!((a.qlora.map(EngineQuant::from), a.dequantize), asked);
+            }
+        }
+    }
+
+    #[test]
+    fn a_sweep_the_workbench_starts_or_continues_parses_to_the_same_options() {
+        for spec in [Some(PathBuf::from("/w/sweeps/bio.yaml")), None] {
+            let launch = Launch::Sweep { spec: spec.clone(), run: "/w/runs/sweep-bio".into() };
+            let Command::Sweep { spec: s, run, detached, plan, .. } = parse(&launch) else { panic!("not sweep") };
+            assert_eq!((s, run, detached, plan), (spec, PathBuf::from("/w/runs/sweep-bio"), true, false));
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod parallel;

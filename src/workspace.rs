@@ -173,6 +173,11 @@ impl Workspace {
         self.root.join("runs")
     }
 
+    /// The sweep spec files (`NAME.yaml`).
+    pub fn sweeps_dir(&self) -> PathBuf {
+        self.root.join("sweeps")
+    }
+
     /// The folders in runs/ for which `keep` holds, newest first: by the modification time of
     /// their config.yaml (else of the folder itself), ties by name, last first.
     pub fn runs_newest_first(&self, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {

@@ -93,6 +93,48 @@ fn only_main_and_cli_know_clap_and_main_stays_small() {
 }
 
 #[test]
+fn the_workbench_spells_no_flag_and_no_file_of_a_run_folder() {
+    // It starts runs through launch::Launch (whose argv src/cli.rs's tests parse back) and finds
+    // their files through the modules that write them.
+    for (name, text) in sources() {
+        if !name.starts_with("tui/") {
+            continue;
+        }
+        // Code only: comments may name the files they are about.
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!code.contains("\"--"), "src/{name} spells a command-line flag: build a launch::Launch");
+        for file in [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "predictions.jsonl",
+            "samples.jsonl",
+            "decisions.jsonl",
+            "events.jsonl",
+            "report.json",
+            "lmc.json",
+            "lmc-run",
+            "\"points\"",
+            "\"experts\"",
+            "\"tasks\"",
+            "\"gen-s",
+            "meta.json",
+            "settings.yaml",
+            "\"adapter\"",
+            "checkpoints",
+        ] {
+            assert!(!code.contains(file), "src/{name} names {file} of a run folder: ask the module that writes it");
+        }
+    }
+}
+
+#[test]
 fn runs_are_signalled_only_through_the_run_lock() {
     for (name, text) in sources() {
         if name == "runs/lock.rs" {

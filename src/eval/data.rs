@@ -74,20 +74,26 @@ fn read(path: &Path) -> anyhow::Result<(String, Vec<Example>)> {
     Ok((task, out))
 }
 
-/// The datasets in `dir`, by name. `only` keeps the named ones (each must exist).
-pub fn load_dir(dir: &Path, only: &[String]) -> anyhow::Result<Vec<Dataset>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
+/// The dataset files of an evaluation folder, sorted, with their names: each `NAME.jsonl` that
+/// is not a `NAME.train.jsonl` (the demonstrations beside it).
+pub fn dataset_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            n.ends_with(".jsonl") && !n.ends_with(".train.jsonl")
+        .filter_map(|p| {
+            let n = p.file_name()?.to_str()?.to_string();
+            let name = n.strip_suffix(".jsonl").filter(|_| !n.ends_with(".train.jsonl"))?.to_string();
+            Some((name, p))
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// The datasets in `dir`, by name. `only` keeps the named ones (each must exist).
+pub fn load_dir(dir: &Path, only: &[String]) -> anyhow::Result<Vec<Dataset>> {
+    let files = dataset_files(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let mut out = Vec::new();
-    for path in files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().trim_end_matches(".jsonl").to_string();
+    for (name, path) in files {
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }

@@ -218,6 +218,11 @@ impl Review {
         self.samples.iter().filter(|s| s.status == status).count()
     }
 
+    /// Where the workbench's `x` writes [`Review::export_alpaca`]'s file: beside the samples.
+    pub fn alpaca_file(&self) -> PathBuf {
+        self.dir.join("accepted.alpaca.jsonl")
+    }
+
     /// Writes the accepted and edited samples as Alpaca JSONL ({instruction, input, output});
     /// returns how many.
     pub fn export_alpaca(&self, out: &Path) -> anyhow::Result<usize> {

@@ -202,6 +202,14 @@ impl AdapterConfig {
     }
 }
 
+/// The file of an adapter folder that holds its tensors (PEFT's name; adapter_config.json beside it).
+pub const WEIGHTS: &str = "adapter_model.safetensors";
+
+/// Whether `dir` holds a saved adapter's tensors.
+pub fn saved(dir: &Path) -> bool {
+    dir.join(WEIGHTS).exists()
+}
+
 /// PEFT's tensor name of a projection's A or B.
 pub fn tensor_name(linear: &str, which: char) -> String {
     format!("base_model.model.{linear}.lora_{which}.weight")
@@ -211,7 +219,7 @@ pub fn tensor_name(linear: &str, which: char) -> String {
 /// must have both tensors with the right shapes; a tensor for anything else is an error.
 pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, AdapterError> {
     let cfg = AdapterConfig::read(dir)?;
-    let path = dir.join("adapter_model.safetensors");
+    let path = dir.join(WEIGHTS);
     if !path.exists() {
         let bin = dir.join("adapter_model.bin");
         let hint = if bin.exists() {
@@ -311,11 +319,11 @@ pub fn save(model: &mut Model, name: &str, cfg: &AdapterConfig, dir: &Path) -> a
         }
     }
     anyhow::ensure!(!out.is_empty(), "no adapter named {name} is loaded");
-    let tmp = dir.join("adapter_model.safetensors.partial");
+    let tmp = dir.join(format!("{WEIGHTS}.partial"));
     candle_core::safetensors::save(&out, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = std::fs::File::open(&tmp)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
+    std::fs::rename(&tmp, dir.join(WEIGHTS))?;
     crate::fsutil::atomic_write(&dir.join("adapter_config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
     Ok(())
 }
@@ -326,7 +334,7 @@ pub fn save(model: &mut Model, name: &str, cfg: &AdapterConfig, dir: &Path) -> a
 pub fn merge(base_dir: &Path, adapter_dir: &Path, out: &Path) -> anyhow::Result<usize> {
     use anyhow::Context;
     let cfg = AdapterConfig::read(adapter_dir)?;
-    let apath = adapter_dir.join("adapter_model.safetensors");
+    let apath = adapter_dir.join(WEIGHTS);
     let lora = candle_core::safetensors::load(&apath, &candle_core::Device::Cpu)
         .map_err(|e| bad(&apath, format!("cannot read: {e}")))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(base_dir)

@@ -219,7 +219,7 @@ pub fn spawn(args: &[OsString], dir: &Path) -> Result<Spawned, String> {
         .open(&path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = std::process::Command::new(&exe);
     cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(err);
     // SAFETY: between fork and exec only async-signal-safe calls (setsid, signal) are made.
     unsafe {
@@ -229,8 +229,7 @@ pub fn spawn(args: &[OsString], dir: &Path) -> Result<Spawned, String> {
             Ok(())
         });
     }
-    let what = args.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     let pid = child.id();
     let exited = Arc::new(AtomicBool::new(false));
     let flag = exited.clone();

@@ -13,6 +13,7 @@
 //! `points/s{S}-n{N}/` (`train.jsonl`, the first N samples, and `train/`), `eval/` (the base and
 //! every point's adapter), `report.json`, `report.csv`, `report.md`.
 
+pub mod layout;
 pub mod plot;
 pub mod seeded;
 
@@ -421,12 +422,12 @@ fn run_locked(
     let runs = spec.runs();
     for (i, (p, r)) in runs.iter().enumerate() {
         let name = replicate(&p.name(), *r);
-        let point_dir = dir.join("points").join(&name);
+        let point_dir = layout::point(dir, &name);
         std::fs::create_dir_all(&point_dir).with_context(|| format!("cannot create {}", point_dir.display()))?;
         let samples = &kept[&(p.seeds, *r)];
         let count = p.samples.min(samples.len());
         used.insert((*p, *r), count);
-        let data = point_dir.join("train.jsonl");
+        let data = layout::point_data(dir, &name);
         if !data.exists() {
             let mut text = String::new();
             for s in &samples[..count] {
@@ -437,8 +438,8 @@ fn run_locked(
             crate::fsutil::atomic_write(&data, text.as_bytes())
                 .with_context(|| format!("cannot write {}", data.display()))?;
         }
-        let train_dir = point_dir.join("train");
-        if !train_dir.join("adapter").join("adapter_model.safetensors").exists() {
+        let train_dir = layout::point_train(dir, &name);
+        if !crate::train::run::trained(&train_dir) {
             if let Some(code) = stages.run("train", &name, &name, &train_dir, &format!("{name} on {count} samples"))? {
                 return Ok(code);
             }
@@ -447,7 +448,7 @@ fn run_locked(
             return Ok(code);
         }
     }
-    let rows = rows(spec, &dir.join("eval"), &used)?;
+    let rows = rows(spec, &layout::eval(dir), &used)?;
     write_report(dir, spec, &rows)?;
     match plot::write(dir, &rows) {
         Ok(files) if !files.is_empty() => eprintln!("{} plots in {}", files.len(), dir.join("plots").display()),
@@ -500,7 +501,7 @@ impl Stages<'_> {
     /// finish; nothing to do when that run already finished with `last`, the point's last
     /// adapter. Some(exit code) when the sweep stops there.
     fn eval_point(&mut self, name: &str, last: &str, first: bool) -> anyhow::Result<Option<u8>> {
-        let eval_dir = self.dir.join("eval");
+        let eval_dir = layout::eval(self.dir);
         let evaluated = crate::runs::state(&eval_dir) == crate::runs::State::Finished
             && crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, Kind::Eval)
                 .ok()
@@ -619,12 +620,12 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             .iter()
             .map(|q| crate::model::adapter::Spec {
                 name: run_name(q),
-                dir: dir.join("points").join(run_name(q)).join("train").join("adapter"),
+                dir: crate::train::run::adapter_dir(&layout::point_train(dir, &run_name(q))),
             })
             .collect();
         let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
         let mut opts =
-            crate::eval::command::Options::new(p.choice, adapters, data, datasets, shots, dir.join("eval"), detached);
+            crate::eval::command::Options::new(p.choice, adapters, data, datasets, shots, layout::eval(dir), detached);
         // The report's statistics cost draws for every adapter so far: the last point's only.
         opts.intervals = upto + 1 == runs.len();
         return crate::eval::command::eval(opts);
@@ -632,10 +633,10 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
     let (_, r) = runs.iter().find(|q| run_name(q) == name).with_context(|| {
         format!("the sweep has no stage {name:?}: gen-s<seeds>[-r<replicate>], a point's name or eval:<point>")
     })?;
-    let train_dir = dir.join("points").join(name).join("train");
+    let train_dir = layout::point_train(dir, name);
     let opts = crate::train::command::Options {
         model: p.choice,
-        data: dir.join("points").join(name).join("train.jsonl"),
+        data: layout::point_data(dir, name),
         resume: train_dir.join(crate::runs::CONFIG).exists(),
         run: Some(train_dir),
         settings_file: None,

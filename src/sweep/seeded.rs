@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{Spec, Stages, SweepEvent};
+use super::{layout, Spec, Stages, SweepEvent};
 use crate::model::combine::Method;
 use crate::train::Init;
 
@@ -167,19 +167,19 @@ fn write_jsonl(path: &Path, lines: &[&serde_json::Value]) -> anyhow::Result<()> 
 }
 
 fn adapter(dir: &Path) -> PathBuf {
-    dir.join("adapter")
+    crate::train::run::adapter_dir(dir)
 }
 
 fn trained(dir: &Path) -> bool {
-    dir.join("adapter").join("adapter_model.safetensors").exists()
+    crate::train::run::trained(dir)
 }
 
 /// Eval names of a point's adapters with their folders: seed, each expert, merged, merged+seed.
 fn members(point_dir: &Path, name: &str, tasks: &[String]) -> Vec<(String, PathBuf)> {
-    let mut out = vec![(format!("{name}.seed"), adapter(&point_dir.join("seed")))];
-    out.extend(tasks.iter().map(|t| (format!("{name}.{t}"), adapter(&point_dir.join("experts").join(t)))));
-    out.push((format!("{name}.merged"), point_dir.join("merged")));
-    out.push((format!("{name}.merged+seed"), point_dir.join("merged-seed")));
+    let mut out = vec![(format!("{name}.seed"), adapter(&layout::seed_run(point_dir)))];
+    out.extend(tasks.iter().map(|t| (format!("{name}.{t}"), adapter(&layout::expert(point_dir, t)))));
+    out.push((format!("{name}.merged"), layout::merged(point_dir, false)));
+    out.push((format!("{name}.merged+seed"), layout::merged(point_dir, true)));
     out
 }
 
@@ -188,29 +188,29 @@ fn members(point_dir: &Path, name: &str, tasks: &[String]) -> Vec<(String, PathB
 pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &Tasks) -> anyhow::Result<u8> {
     let dir = stages.dir.to_path_buf();
     let names: Vec<String> = by_task.keys().cloned().collect();
-    std::fs::create_dir_all(dir.join("tasks"))?;
+    std::fs::create_dir_all(layout::tasks(&dir))?;
     for (t, ex) in by_task {
-        write_jsonl(&dir.join("tasks").join(format!("{t}.jsonl")), &ex.iter().collect::<Vec<_>>())?;
+        write_jsonl(&layout::task_file(&dir, t), &ex.iter().collect::<Vec<_>>())?;
     }
     let points = seeded.points();
     for p in &points {
         let name = p.name();
-        let pd = dir.join("points").join(&name);
+        let pd = layout::point(&dir, &name);
         std::fs::create_dir_all(&pd).with_context(|| format!("cannot create {}", pd.display()))?;
         let share: Vec<&serde_json::Value> =
             by_task.values().flat_map(|ex| ex.iter().take(share_count(p.share, ex.len()))).collect();
-        write_jsonl(&pd.join("seed.jsonl"), &share)?;
+        write_jsonl(&layout::seed_data(&pd), &share)?;
         let steps: Vec<(String, String, PathBuf, String)> = std::iter::once((
             "seed".to_string(),
             format!("seed:{name}"),
-            pd.join("seed"),
+            layout::seed_run(&pd),
             format!("{name}: the seed expert on {} examples from {}", share.len(), String::from(p.init.clone())),
         ))
         .chain(names.iter().map(|t| {
             (
                 "expert".to_string(),
                 format!("expert:{name}:{t}"),
-                pd.join("experts").join(t),
+                layout::expert(&pd, t),
                 format!("{name}: the {t} expert on {} examples", by_task[t].len()),
             )
         }))
@@ -222,27 +222,27 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
                 }
             }
         }
-        let experts: Vec<PathBuf> = names.iter().map(|t| adapter(&pd.join("experts").join(t))).collect();
+        let experts: Vec<PathBuf> = names.iter().map(|t| adapter(&layout::expert(&pd, t))).collect();
         let n = experts.len() as f64;
-        if !pd.join("merged").join("adapter_model.safetensors").exists() {
+        if !crate::model::adapter::saved(&layout::merged(&pd, false)) {
             crate::model::combine::merge(
                 &experts,
                 &vec![1.0 / n; experts.len()],
                 seeded.merge,
                 None,
-                &pd.join("merged"),
+                &layout::merged(&pd, false),
             )?;
         }
-        if !pd.join("merged-seed").join("adapter_model.safetensors").exists() {
+        if !crate::model::adapter::saved(&layout::merged(&pd, true)) {
             let mut all = experts.clone();
-            all.push(adapter(&pd.join("seed")));
+            all.push(adapter(&layout::seed_run(&pd)));
             let w = vec![1.0 / (n + 1.0); all.len()];
-            crate::model::combine::merge(&all, &w, seeded.merge, None, &pd.join("merged-seed"))?;
+            crate::model::combine::merge(&all, &w, seeded.merge, None, &layout::merged(&pd, true))?;
         }
-        if !pd.join("lmc.json").exists() {
+        if !layout::lmc_file(&pd).exists() {
             let child = format!("lmc:{name}");
             if let Some(code) =
-                stages.run("lmc", &name, &child, &pd.join("lmc-run"), &format!("{name}: experts' LMC"))?
+                stages.run("lmc", &name, &child, &layout::lmc_run(&pd), &format!("{name}: experts' LMC"))?
             {
                 return Ok(code);
             }
@@ -251,7 +251,7 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
             return Ok(code);
         }
     }
-    let report = crate::eval::run::Report::read(&dir.join("eval"))?;
+    let report = crate::eval::run::Report::read(&layout::eval(&dir))?;
     let (rows, lmc) = report_rows(&dir, seeded, &names, &report)?;
     let sums = summaries(&dir, &names, &rows)?;
     write_report(&dir, spec, seeded, &names, &rows, &sums, &lmc)?;
@@ -305,32 +305,39 @@ pub(super) fn stage(
     match kind {
         "seed" => {
             let p = &points[find(rest)?];
-            let pd = dir.join("points").join(rest);
-            train(pd.join("seed.jsonl"), pd.join("seed"), p.init.clone())
+            let pd = layout::point(dir, rest);
+            train(layout::seed_data(&pd), layout::seed_run(&pd), p.init.clone())
         }
         "expert" => {
             let (point, task) = rest.split_once(':').context("expert:POINT:TASK")?;
             find(point)?;
             anyhow::ensure!(names.iter().any(|t| t == task), "the sweep has no task {task:?}");
-            let pd = dir.join("points").join(point);
-            let start = adapter(&pd.join("seed"));
-            train(dir.join("tasks").join(format!("{task}.jsonl")), pd.join("experts").join(task), Init::From(start))
+            let pd = layout::point(dir, point);
+            let start = adapter(&layout::seed_run(&pd));
+            train(layout::task_file(dir, task), layout::expert(&pd, task), Init::From(start))
         }
         "lmc" => {
             find(rest)?;
-            let pd = dir.join("points").join(rest);
+            let pd = layout::point(dir, rest);
             lmc(&choice, &pd, dir, &names, seeded.lmc_points, spec.train.max_seq_length, detached)
         }
         "eval" => {
             let upto = find(rest)?;
             let adapters = points[..=upto]
                 .iter()
-                .flat_map(|q| members(&dir.join("points").join(q.name()), &q.name(), &names))
+                .flat_map(|q| members(&layout::point(dir, &q.name()), &q.name(), &names))
                 .map(|(name, dir)| crate::model::adapter::Spec { name, dir })
                 .collect();
             let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
-            let mut opts =
-                crate::eval::command::Options::new(choice, adapters, data, datasets, shots, dir.join("eval"), detached);
+            let mut opts = crate::eval::command::Options::new(
+                choice,
+                adapters,
+                data,
+                datasets,
+                shots,
+                layout::eval(dir),
+                detached,
+            );
             // The report's statistics cost draws for every adapter so far: the last point's only.
             opts.intervals = upto + 1 == points.len();
             crate::eval::command::eval(opts)
@@ -362,7 +369,7 @@ fn lmc(
     max_len: usize,
     detached: bool,
 ) -> anyhow::Result<u8> {
-    let work = pd.join("lmc-run");
+    let work = layout::lmc_run(pd);
     let lock = crate::runs::Lock::acquire(&work)?;
     let mut model = choice.load()?;
     let template = model.tokenizer.has_chat_template();
@@ -383,9 +390,9 @@ fn lmc(
                 drop(lock);
                 return Ok(130);
             }
-            let mut examples = crate::train::data::load(&dir.join("tasks").join(format!("{a}.jsonl")))?;
-            examples.extend(crate::train::data::load(&dir.join("tasks").join(format!("{b}.jsonl")))?);
-            let (ea, eb) = (adapter(&pd.join("experts").join(a)), adapter(&pd.join("experts").join(b)));
+            let mut examples = crate::train::data::load(&layout::task_file(dir, a))?;
+            examples.extend(crate::train::data::load(&layout::task_file(dir, b))?);
+            let (ea, eb) = (adapter(&layout::expert(pd, a)), adapter(&layout::expert(pd, b)));
             let scratch = work.join("scratch");
             let r = crate::train::lmc::measure(
                 &mut model,
@@ -413,7 +420,7 @@ fn lmc(
             pairs.push(p);
         }
     }
-    crate::fsutil::atomic_write(&pd.join("lmc.json"), serde_json::to_string_pretty(&pairs)?.as_bytes())?;
+    crate::fsutil::atomic_write(&layout::lmc_file(pd), serde_json::to_string_pretty(&pairs)?.as_bytes())?;
     Ok(0)
 }
 
@@ -519,7 +526,7 @@ fn report_rows(
         }
     }
     for p in seeded.points() {
-        let path = dir.join("points").join(p.name()).join("lmc.json");
+        let path = layout::lmc_file(&layout::point(dir, &p.name()));
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         lmc.push(PointLmc { point: p.name(), pairs: serde_json::from_str(&text)? });
     }
@@ -531,7 +538,7 @@ fn report_rows(
 /// each example averaged), then the mean over datasets, resampled within each.
 fn summaries(dir: &Path, names: &[String], rows: &[Row]) -> anyhow::Result<Vec<SummaryRow>> {
     use crate::eval::report::{per_example, summarize, Sample};
-    let eval_dir = dir.join("eval");
+    let eval_dir = layout::eval(dir);
     let settings = crate::runs::read_job::<crate::eval::run::EvalJob>(&eval_dir, crate::runs::Kind::Eval)?
         .and_then(|j| j.stats)
         .unwrap_or_default();

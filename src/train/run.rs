@@ -22,6 +22,22 @@ use crate::model::Model;
 
 pub const ADAPTER_NAME: &str = "train";
 
+/// A training run's finished adapter, in PEFT's layout: `RUN/adapter`.
+pub fn adapter_dir(run: &Path) -> PathBuf {
+    run.join("adapter")
+}
+
+/// Where the workbench writes the settings it starts a training with (`--train-config`), beside
+/// what the run records in its config.yaml.
+pub fn settings_file(run: &Path) -> PathBuf {
+    run.join("train-settings.yaml")
+}
+
+/// Whether the training run in `run` finished and saved its adapter.
+pub fn trained(run: &Path) -> bool {
+    adapter::saved(&adapter_dir(run))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainJob {
@@ -267,14 +283,14 @@ pub fn train(
         // The adapter folder appears only when the last step is done (checkpoints stop before
         // it): resuming from the newest checkpoint would redo finished steps and replace it.
         anyhow::ensure!(
-            !dir.join("adapter").exists(),
+            !adapter_dir(dir).exists(),
             "{} has finished (its adapter is in {}); there is nothing to resume",
             dir.display(),
-            dir.join("adapter").display()
+            adapter_dir(dir).display()
         );
     } else {
         anyhow::ensure!(
-            checkpoint.is_none() && !dir.join("adapter").exists(),
+            checkpoint.is_none() && !adapter_dir(dir).exists(),
             "{} already holds a training run; pass --resume to continue it, or choose a new --run folder",
             dir.display()
         );
@@ -416,7 +432,7 @@ pub fn train(
             emit(&TrainEvent::Checkpoint { step: trainer.step, path }, on_event)?;
         }
     }
-    let out = dir.join("adapter");
+    let out = adapter_dir(dir);
     let tmp = dir.join(".adapter.partial");
     let _ = std::fs::remove_dir_all(&tmp);
     adapter::save(model, &trainer.name, &trainer.adapter, &tmp)?;

@@ -19,7 +19,8 @@ use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
 use crate::runs::Following;
 use crate::workspace::Workspace;
 
-const SHOTS: [&str; 5] = ["0,1,5", "0", "1", "5", "0,1"];
+/// The shot sets to choose from: as shown, and as asked of `selfspec eval`.
+const SHOTS: [(&str, &[usize]); 5] = [("0,1,5", &[0, 1, 5]), ("0", &[0]), ("1", &[1]), ("5", &[5]), ("0,1", &[0, 1])];
 
 pub struct EvalScreen {
     pub sets: Vec<PathBuf>,
@@ -153,15 +154,8 @@ impl EvalScreen {
 
     fn list_datasets(&mut self) {
         let Some(set) = self.sets.get(self.set_ix) else { return };
-        let mut names: Vec<String> = std::fs::read_dir(set)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
-                    .filter(|n| n.ends_with(".jsonl") && !n.ends_with(".train.jsonl"))
-                    .map(|n| n.trim_end_matches(".jsonl").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
+        let names: Vec<String> =
+            crate::eval::data::dataset_files(set).unwrap_or_default().into_iter().map(|(n, _)| n).collect();
         self.datasets = names;
         self.dataset_ix = self.dataset_ix.min(self.datasets.len());
     }
@@ -246,20 +240,19 @@ impl EvalScreen {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
-        let mut args: Vec<std::ffi::OsString> = ["eval", "--model", model.trim(), "--data"].map(Into::into).to_vec();
-        args.extend([set.into_os_string(), "--run".into(), dir.clone().into_os_string()]);
-        args.extend(["--shots", SHOTS[self.shots_ix]].map(Into::into));
-        if let Some(name) = self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)) {
-            args.extend(["--datasets".into(), name.into()]);
-        }
-        let chosen: Vec<&(String, PathBuf)> = match self.adapter_ix {
-            0 => self.adapters.iter().collect(),
-            i => self.adapters.get(i - 1).into_iter().collect(),
+        let chosen: Vec<(String, PathBuf)> = match self.adapter_ix {
+            0 => self.adapters.clone(),
+            i => self.adapters.get(i - 1).cloned().into_iter().collect(),
         };
-        for (name, path) in chosen {
-            args.extend(["--adapter".into(), format!("{name}={}", path.display()).into()]);
-        }
-        match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+        let launch = crate::launch::Launch::Eval(crate::launch::Eval {
+            model: model.trim().to_string(),
+            data: set,
+            run: dir.clone(),
+            shots: SHOTS[self.shots_ix].1.to_vec(),
+            datasets: self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)).cloned().into_iter().collect(),
+            adapters: chosen,
+        });
+        match super::start_run(&self.config_file, &self.workspace, &launch) {
             Ok(child) => {
                 self.show(&dir);
                 self.following = Some(Following::new(&dir, Some(child)));
@@ -326,7 +319,7 @@ impl EvalScreen {
             Span::styled("a ", theme.key),
             Span::raw(format!("‹{adapters}›  ")),
             Span::styled("n ", theme.key),
-            Span::raw(format!("k ‹{}›  ", SHOTS[self.shots_ix])),
+            Span::raw(format!("k ‹{}›  ", SHOTS[self.shots_ix].0)),
             Span::styled("s ", theme.key),
             Span::raw("start"),
         ]);

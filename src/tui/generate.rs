@@ -342,23 +342,19 @@ impl GenerateScreen {
         if let Err(e) = std::fs::create_dir_all(&run_dir) {
             return Outcome::Error(format!("cannot create {}: {e}", run_dir.display()));
         }
-        let mut args: Vec<std::ffi::OsString> = vec!["generate".into(), "--seeds".into(), seeds.into_os_string()];
-        args.extend(["--model", self.model.trim()].map(Into::into));
-        args.extend(["--n", &self.n.to_string(), "--seed", &seed.to_string()].map(Into::into));
-        args.extend(["--mode", self.mode.as_str(), "--run"].map(Into::into));
-        args.push(run_dir.clone().into_os_string());
-        if let Some(corpus) = corpus {
-            args.extend(["--corpus".into(), corpus.into_os_string()]);
-        }
-        if let Some(a) = self.adapters.get(self.adapter_ix) {
-            if let Some(dir) = &a.dir {
-                args.extend(["--adapter".into(), dir.clone().into_os_string()]);
-                if a.contrastive {
-                    args.push("--contrastive".into());
-                }
-            }
-        }
-        let child = match super::start_run(&self.config_file, &self.workspace, &args, &run_dir) {
+        let adapter = self.adapters.get(self.adapter_ix).and_then(|a| a.dir.clone().map(|d| (d, a.contrastive)));
+        let launch = crate::launch::Launch::Generate(crate::launch::Generate {
+            seeds,
+            model: self.model.trim().to_string(),
+            n: self.n,
+            seed,
+            mode: self.mode,
+            run: run_dir.clone(),
+            corpus,
+            contrastive: adapter.as_ref().is_some_and(|(_, c)| *c),
+            adapter: adapter.map(|(d, _)| d),
+        });
+        let child = match super::start_run(&self.config_file, &self.workspace, &launch) {
             Ok(c) => c,
             Err(e) => return Outcome::Error(e),
         };

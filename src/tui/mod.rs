@@ -72,8 +72,11 @@ pub(crate) fn truncate(s: &str, width: usize) -> String {
 pub fn trained_adapters(workspace: &Workspace) -> Vec<(String, PathBuf)> {
     train::train_runs(workspace)
         .into_iter()
-        .filter(|r| r.join("adapter/adapter_model.safetensors").exists())
-        .map(|r| (r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), r.join("adapter")))
+        .filter(|r| crate::train::run::trained(r))
+        .map(|r| {
+            let name = r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            (name, crate::train::run::adapter_dir(&r))
+        })
         .collect()
 }
 
@@ -140,26 +143,14 @@ pub fn panel(
     inner
 }
 
-/// Starts `selfspec --config C --workspace W COMMAND --detached ARGS…` for the run in `dir`,
-/// detached ([`crate::runs::spawn`]): it outlives the workbench and the SSH session.
-/// The options every command the workbench runs takes first: its configuration and workspace.
-fn global_args(config_file: &std::path::Path, workspace: &std::path::Path) -> Vec<std::ffi::OsString> {
-    vec!["--config".into(), config_file.into(), "--workspace".into(), workspace.into()]
-}
-
+/// Starts `launch` detached in its run folder ([`crate::runs::start`]) with the workbench's
+/// configuration and workspace: it outlives the workbench and the SSH session.
 fn start_run(
     config_file: &std::path::Path,
     workspace: &Workspace,
-    args: &[std::ffi::OsString],
-    dir: &std::path::Path,
+    launch: &crate::launch::Launch,
 ) -> Result<crate::runs::Spawned, String> {
-    let mut all = global_args(config_file, &workspace.root);
-    if let Some((command, rest)) = args.split_first() {
-        all.push(command.clone());
-        all.push("--detached".into());
-        all.extend(rest.iter().cloned());
-    }
-    crate::runs::spawn(&all, dir)
+    crate::launch::start(config_file, &workspace.root, launch)
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {

@@ -376,7 +376,7 @@ impl ReviewScreen {
             },
             KeyCode::Char('x') => {
                 let Some(r) = &self.review else { return Outcome::Error("no run open".into()) };
-                let out = r.dir.join("accepted.alpaca.jsonl");
+                let out = r.alpaca_file();
                 return match r.export_alpaca(&out) {
                     Ok(n) => Outcome::Notice(format!("{n} accepted samples written to {}", out.display())),
                     Err(e) => Outcome::Error(format!("{e:#}")),

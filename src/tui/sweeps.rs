@@ -26,7 +26,7 @@ use super::theme::Theme;
 use super::Outcome;
 use crate::eval::run::Prediction;
 use crate::runs::{Kind, State, Tail};
-use crate::sweep::{Point, Spec, SweepEvent};
+use crate::sweep::{layout, Point, Spec, SweepEvent};
 use crate::workspace::Workspace;
 
 /// One sweep folder and what it holds.
@@ -49,6 +49,9 @@ pub struct SweepView {
     pub state: State,
     /// A seeded sweep's LMC per point, as its points' `lmc.json` hold it (in point order).
     pub lmc: Vec<(String, Vec<crate::sweep::seeded::Pair>)>,
+    /// What could not be read (event and prediction lines, LMC files), each naming its file and
+    /// line: shown under the stages, never dropped silently. The first 20 are kept.
+    pub left_out: Vec<String>,
 }
 
 impl SweepView {
@@ -58,13 +61,14 @@ impl SweepView {
             spec: crate::runs::read_job(dir, Kind::Sweep).ok().flatten(),
             events: Tail::new(dir),
             stage: None,
-            predictions: Tail::file(&dir.join("eval").join(crate::eval::run::PREDICTIONS)),
+            predictions: Tail::file(&layout::eval(dir).join(crate::eval::run::PREDICTIONS)),
             scores: BTreeMap::new(),
             curves: std::cell::RefCell::new(None),
             seen: 0,
             stages: Vec::new(),
             state: State::New,
             lmc: Vec::new(),
+            left_out: Vec::new(),
         };
         v.refresh();
         v
@@ -75,22 +79,34 @@ impl SweepView {
         if self.spec.is_none() {
             self.spec = crate::runs::read_job(&self.dir, Kind::Sweep).ok().flatten();
         }
-        for e in self.events.read::<SweepEvent>().entries {
+        let events = self.events.read::<SweepEvent>();
+        for e in events.entries {
             if let Some(SweepEvent::Stage { stage, name }) = e.event {
                 self.stage = Some((stage, name));
             }
         }
-        for e in self.predictions.read_records::<Prediction>().entries {
+        let predictions = self.predictions.read_records::<Prediction>();
+        for e in predictions.entries {
             self.scores.entry((e.model, e.k)).or_default().entry(e.dataset).or_default().insert(e.index, e.f1);
             self.seen += 1;
         }
+        self.note(events.dropped);
+        self.note(predictions.dropped);
         self.state = crate::runs::state(&self.dir);
         if let Some(seeded) = self.spec.as_ref().and_then(|s| s.seeded.as_ref()) {
             let have: Vec<String> = self.lmc.iter().map(|(p, _)| p.clone()).collect();
             for p in seeded.points().iter().map(|p| p.name()).filter(|p| !have.contains(p)) {
-                let path = self.dir.join("points").join(&p).join("lmc.json");
-                if let Some(pairs) = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
-                    self.lmc.push((p, pairs));
+                let path = layout::lmc_file(&layout::point(&self.dir, &p));
+                // Absent until the point's LMC stage ends (it writes the file whole, atomically).
+                let Ok(text) = crate::fsutil::read_regular_text(&path) else { continue };
+                match serde_json::from_str(&text) {
+                    Ok(pairs) => self.lmc.push((p, pairs)),
+                    Err(e) => {
+                        let message = format!("{}: not an LMC result ({e})", path.display());
+                        if !self.left_out.contains(&message) {
+                            self.note(vec![message]);
+                        }
+                    }
                 }
             }
         }
@@ -99,11 +115,17 @@ impl SweepView {
             .into_iter()
             .map(|(label, dir)| {
                 // An LMC stage's folder holds only its lock; its result is the point's lmc.json.
-                let done = label.starts_with("lmc ") && dir.parent().is_some_and(|p| p.join("lmc.json").exists());
+                let done = label.starts_with("lmc ") && dir.parent().is_some_and(|p| layout::lmc_file(p).exists());
                 let state = if done { State::Finished } else { crate::runs::state(&dir) };
                 (label, dir, state)
             })
             .collect();
+    }
+
+    /// Keeps messages of what could not be read (the first 20).
+    fn note(&mut self, messages: Vec<String>) {
+        let room = 20usize.saturating_sub(self.left_out.len());
+        self.left_out.extend(messages.into_iter().take(room));
     }
 
     fn name(&self) -> String {
@@ -115,20 +137,15 @@ impl SweepView {
         let Some(spec) = &self.spec else { return Vec::new() };
         if let Some(seeded) = &spec.seeded {
             // The tasks as the sweep wrote them (tasks/NAME.jsonl).
-            let mut tasks: Vec<String> = std::fs::read_dir(self.dir.join("tasks"))
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(String::from)).collect()
-                })
-                .unwrap_or_default();
-            tasks.sort();
+            let tasks = layout::task_names(&self.dir);
             let mut out = Vec::new();
             for p in seeded.points() {
-                let pd = self.dir.join("points").join(p.name());
-                out.push((format!("seed {}", p.name()), pd.join("seed")));
-                out.extend(tasks.iter().map(|t| (format!("expert {} {t}", p.name()), pd.join("experts").join(t))));
-                out.push((format!("lmc {}", p.name()), pd.join("lmc-run")));
+                let pd = layout::point(&self.dir, &p.name());
+                out.push((format!("seed {}", p.name()), layout::seed_run(&pd)));
+                out.extend(tasks.iter().map(|t| (format!("expert {} {t}", p.name()), layout::expert(&pd, t))));
+                out.push((format!("lmc {}", p.name()), layout::lmc_run(&pd)));
             }
-            out.push(("eval".into(), self.dir.join("eval")));
+            out.push(("eval".into(), layout::eval(&self.dir)));
             return out;
         }
         let mut out: Vec<(String, PathBuf)> = spec
@@ -139,9 +156,9 @@ impl SweepView {
             .collect();
         out.extend(spec.runs().iter().map(|(p, r)| {
             let name = crate::sweep::replicate(&p.name(), *r);
-            (format!("train {name}"), self.dir.join("points").join(&name).join("train"))
+            (format!("train {name}"), layout::point_train(&self.dir, &name))
         }));
-        out.push(("eval".into(), self.dir.join("eval")));
+        out.push(("eval".into(), layout::eval(&self.dir)));
         out
     }
 
@@ -248,7 +265,7 @@ pub struct Starting {
 /// free or holds the same spec (which continues it).
 pub fn run_dir(workspace: &Workspace, file: &Path, spec: &Spec) -> PathBuf {
     let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sweep".into());
-    let runs = workspace.root.join("runs");
+    let runs = workspace.runs_dir();
     (1..)
         .map(|i| runs.join(if i == 1 { format!("sweep-{stem}") } else { format!("sweep-{stem}-{i}") }))
         .find(|d| match crate::runs::read_job::<Spec>(d, Kind::Sweep) {
@@ -267,19 +284,18 @@ pub fn write_starters(
     model: &str,
     limits: &crate::seeds::Limits,
 ) -> Result<Vec<PathBuf>, String> {
-    let root = &workspace.root;
-    let dir = root.join("sweeps");
+    let dir = workspace.sweeps_dir();
     let mut written = Vec::new();
-    let mut seeds: Vec<PathBuf> = std::fs::read_dir(root.join("seeds"))
-        .map_err(|e| format!("cannot list {}: {e}", root.join("seeds").display()))?
+    let mut seeds: Vec<PathBuf> = std::fs::read_dir(workspace.seeds_dir())
+        .map_err(|e| format!("cannot list {}: {e}", workspace.seeds_dir().display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     seeds.sort();
     for file in seeds {
         let Some(domain) = file.file_stem().map(|s| s.to_string_lossy().to_string()) else { continue };
-        let corpus = root.join("corpora").join(format!("{domain}.corpus.jsonl"));
-        if !root.join("eval").join(&domain).is_dir() {
+        let corpus = workspace.corpora_dir().join(format!("{domain}.corpus.jsonl"));
+        if !workspace.eval_dir().join(&domain).is_dir() {
             continue;
         }
         let Ok(loaded) = crate::seeds::load(&file, limits) else { continue };
@@ -321,7 +337,7 @@ pub fn write_starters(
 }
 
 fn sweep_files(workspace: &Workspace) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace.root.join("sweeps"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace.sweeps_dir())
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
@@ -402,7 +418,7 @@ impl SweepsScreen {
                     notice = Some(format!(
                         "wrote {} starter sweep file(s) in {}; edit them to change the points",
                         written.len(),
-                        self.workspace.root.join("sweeps").display()
+                        self.workspace.sweeps_dir().display()
                     ));
                 }
                 Ok(_) => {
@@ -461,9 +477,8 @@ impl SweepsScreen {
                     return Outcome::Error(format!("not started: {e}"));
                 }
                 let dir = run_dir(&self.workspace, &file, &spec);
-                let args: Vec<std::ffi::OsString> =
-                    vec!["sweep".into(), file.into(), "--run".into(), dir.clone().into()];
-                return match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+                let launch = crate::launch::Launch::Sweep { spec: Some(file), run: dir.clone() };
+                return match super::start_run(&self.config_file, &self.workspace, &launch) {
                     Ok(_) => {
                         self.starting = None;
                         self.rescan(Some(&dir));
@@ -492,8 +507,8 @@ impl SweepsScreen {
                     return Outcome::Error(format!("{} is running already", s.name()));
                 }
                 let dir = s.dir.clone();
-                let args: Vec<std::ffi::OsString> = vec!["sweep".into(), "--run".into(), dir.clone().into()];
-                return match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+                let launch = crate::launch::Launch::Sweep { spec: None, run: dir.clone() };
+                return match super::start_run(&self.config_file, &self.workspace, &launch) {
                     Ok(_) => Outcome::Notice(format!("continuing the sweep in {}", dir.display())),
                     Err(e) => Outcome::Error(e),
                 };
@@ -536,22 +551,25 @@ impl SweepsScreen {
         }
         let Some(s) = self.sweeps.get(self.selected) else { return };
         let stages = &s.stages;
-        let height = (stages.len() as u16 + 2).min(right.height / 2).max(3);
+        let height = (stages.len() as u16 + 2 + u16::from(!s.left_out.is_empty())).min(right.height / 2).max(3);
         let [table, chart] = Layout::vertical([Constraint::Length(height), Constraint::Min(4)]).areas(right);
         let title = match &s.stage {
             Some((stage, name)) if s.state.is_running() => format!(" Stages · now {stage} {name} "),
             _ => format!(" Stages · {} ", s.state.label()),
         };
         let inner = super::panel(frame, table, &title, theme.border, theme);
-        let lines: Vec<Line> = stages
-            .iter()
-            .map(|(label, _, state)| {
-                Line::from(vec![
-                    Span::styled(format!("{:<9}", super::train::short(state)), super::train::state_style(state, theme)),
-                    Span::raw(label.clone()),
-                ])
-            })
-            .collect();
+        let mut lines: Vec<Line> = Vec::new();
+        if let Some(first) = s.left_out.first() {
+            let more =
+                if s.left_out.len() > 1 { format!(" (and {} more)", s.left_out.len() - 1) } else { String::new() };
+            lines.push(Line::styled(format!("left out: {first}{more}"), theme.error));
+        }
+        lines.extend(stages.iter().map(|(label, _, state)| {
+            Line::from(vec![
+                Span::styled(format!("{:<9}", super::train::short(state)), super::train::state_style(state, theme)),
+                Span::raw(label.clone()),
+            ])
+        }));
         frame.render_widget(Paragraph::new(lines).style(theme.base), inner);
         self.render_chart(s, frame, chart, theme);
     }
@@ -697,5 +715,25 @@ impl SweepsScreen {
             )
             .hidden_legend_constraints((Constraint::Percentage(90), Constraint::Percentage(60)));
         frame.render_widget(chart, area);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweeps_unreadable_lines_are_shown_with_their_file_and_line_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let eval = layout::eval(dir.path());
+        std::fs::create_dir_all(&eval).unwrap();
+        let good = r#"{"model":"base","dataset":"d","k":0,"index":0,"prediction":"x","references":["x"],"f1":1.0,"rougeL":1.0}"#;
+        std::fs::write(eval.join(crate::eval::run::PREDICTIONS), format!("{good}\nnot json\n")).unwrap();
+        std::fs::write(dir.path().join(crate::runs::EVENTS), "{\"time\": \n").unwrap();
+        let view = SweepView::open(dir.path());
+        assert_eq!(view.seen, 1, "the good line is read");
+        assert_eq!(view.left_out.len(), 2, "{:?}", view.left_out);
+        assert!(view.left_out.iter().any(|m| m.contains("predictions.jsonl:2:")), "{:?}", view.left_out);
+        assert!(view.left_out.iter().any(|m| m.contains("events.jsonl:1:")), "{:?}", view.left_out);
     }
 }

@@ -100,17 +100,24 @@ impl BaseChoice {
         BaseChoice::ALL[(at + 1) % BaseChoice::ALL.len()]
     }
 
-    /// The `selfspec train` flags it takes, and their words on the screen.
-    fn flags(self) -> (Vec<String>, String) {
+    /// How the run is asked to store the base.
+    fn base(self) -> crate::launch::Base {
+        use crate::launch::Base;
         match self {
-            BaseChoice::File => (vec![], "as the file stores it".into()),
-            BaseChoice::Dequantize => {
-                (vec!["--dequantize".into()], "f32 copies of quantized projections (--dequantize)".into())
-            }
+            BaseChoice::File => Base::File,
+            BaseChoice::Dequantize => Base::Dequantize,
+            BaseChoice::Qlora(q) => Base::Qlora(q),
+        }
+    }
+
+    /// Its words on the screen.
+    fn words(self) -> String {
+        match self {
+            BaseChoice::File => "as the file stores it".into(),
+            BaseChoice::Dequantize => "f32 copies of quantized projections (--dequantize)".into(),
             BaseChoice::Qlora(q) => {
-                // The command line's name of the type (q4_0, q4k, q8_0).
-                let name = format!("{q:?}").to_lowercase();
-                (vec!["--qlora".into(), name.clone()], format!("QLoRA in {name} blocks (--qlora {name})"))
+                let name = crate::launch::quant_name(q);
+                format!("QLoRA in {name} blocks (--qlora {name})")
             }
         }
     }
@@ -197,9 +204,7 @@ impl Pending {
         static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let settings = std::env::temp_dir().join(format!("selfspec-plan-{}-{n}.yaml", std::process::id()));
-        let mut args = super::global_args(&self.config_file, &self.workspace);
-        args.extend(self.train_args(&settings));
-        args.push("--plan".into());
+        let args = crate::launch::foreground_argv(&self.config_file, &self.workspace, &self.launch(&settings, None));
         let text = crate::yaml::to_string(&self.config);
         std::thread::spawn(move || {
             let result = text
@@ -237,12 +242,15 @@ impl Pending {
     }
 
     /// `selfspec train` with the model, the data, the settings written to `settings` and the
-    /// base chosen: what the estimate and the run both take.
-    fn train_args(&self, settings: &Path) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--model".into(), self.model.clone().into()];
-        args.extend(["--data".into(), self.data.clone().into(), "--train-config".into(), settings.into()]);
-        args.extend(self.base.flags().0.into_iter().map(Into::into));
-        args
+    /// base chosen, into `run` (None: the plan): what the estimate and the run both take.
+    fn launch(&self, settings: &Path, run: Option<PathBuf>) -> crate::launch::Launch {
+        crate::launch::Launch::Train(crate::launch::Train {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            settings: settings.to_path_buf(),
+            base: self.base.base(),
+            run,
+        })
     }
 
     fn handle_key(&mut self, key: KeyCode) -> bool {
@@ -304,7 +312,7 @@ impl Pending {
                 Some(q) => format!("QLoRA over the file's own {q} blocks"),
                 None => "full precision (the file is not quantized)".to_string(),
             },
-            (_, b) => b.flags().1,
+            (_, b) => b.words(),
         };
         out.push(format!("p frozen base: {base}"));
         let mut warnings = crate::train::Plan::warnings(c, self.examples, total, 0.0, 0.0);
@@ -457,17 +465,16 @@ impl TrainScreen {
             return Outcome::Error(format!("cannot create {}: {e}", dir.display()));
         }
         // The settings as shown, in the run folder beside what the run records.
-        let settings = dir.join("train-settings.yaml");
+        let settings = crate::train::run::settings_file(&dir);
         let written = crate::yaml::to_string(&pending.config)
             .and_then(|text| crate::fsutil::atomic_write(&settings, text.as_bytes()).map_err(Into::into));
         if let Err(e) = written {
             return Outcome::Error(format!("cannot write {}: {e:#}", settings.display()));
         }
-        let mut args = pending.train_args(&settings);
-        args.extend(["--run".into(), dir.clone().into_os_string()]);
+        let launch = pending.launch(&settings, Some(dir.clone()));
         // Detached: it outlives the workbench and the SSH session; x or SIGTERM stops it with a
         // checkpoint.
-        match super::start_run(&self.config_file, &self.workspace, &args, &dir) {
+        match super::start_run(&self.config_file, &self.workspace, &launch) {
             Ok(_) => {
                 self.rescan(Some(&dir));
                 Outcome::Notice(format!("training in {} (detached; q leaves it running)", dir.display()))
