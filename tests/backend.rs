@@ -3,6 +3,8 @@
 //! engine, clear errors (unreachable endpoint, unknown model, refused key, the server's own 4xx
 //! message), a server killed mid-run and the run resumed; and the server's API itself.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn writer() -> PathBuf {
     root().join("tests/fixtures/models/writer")
@@ -27,7 +27,7 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let mut child = common::selfspec()
             .args(["serve", "--model"])
             .arg(model)
             .args(["--served-name", "writer", "--port", "0"])
@@ -87,7 +87,7 @@ fn env() -> Env {
     )
     .unwrap();
     let index = dir.path().join("index");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["index", "build"])
         .arg(root().join("sample-seeds/finance.corpus.jsonl"))
         .arg("--out")
@@ -104,7 +104,7 @@ impl Env {
     }
 
     fn selfspec(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+        let mut cmd = common::selfspec();
         cmd.arg("--config").arg(&self.config).arg("--workspace").arg(self.path("ws"));
         cmd
     }
@@ -271,7 +271,7 @@ fn contrastive_decoding_through_two_served_names_is_the_local_engines() {
     let data = env.path("data.jsonl");
     let seeds = std::fs::read_to_string(root().join("sample-seeds/finance.yaml")).unwrap();
     assert!(seeds.contains("instruction"));
-    ok(Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    ok(common::selfspec()
         .args(["seeds", "export"])
         .arg(root().join("sample-seeds/finance.yaml"))
         .arg(&data)
@@ -280,7 +280,7 @@ fn contrastive_decoding_through_two_served_names_is_the_local_engines() {
     let cfg = env.path("train.yaml");
     std::fs::write(&cfg, "r: 4\nmax_steps: 3\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 1\nwarmup_steps: 0\nlearning_rate: 0.01\n").unwrap();
     let lora = env.path("lora");
-    ok(Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    ok(common::selfspec()
         .args(["train", "--model"])
         .arg(writer())
         .arg("--data")
@@ -484,8 +484,7 @@ fn a_sweeps_generation_stages_decode_on_the_server_it_names() {
     let run = dir.path().join("run");
     let home = dir.path().join("home");
     let sweep = |spec: &Path, run: &Path| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
-        cmd.env("HOME", &home).env("XDG_CONFIG_HOME", home.join(".config")).env("XDG_DATA_HOME", home.join(".local"));
+        let mut cmd = common::selfspec_at(&home);
         cmd.arg("sweep").arg(spec).arg("--run").arg(run);
         cmd
     };
@@ -533,7 +532,7 @@ fn raw_request(url: &str, body: &Value, auth: &str) -> std::net::TcpStream {
 #[test]
 fn the_server_refuses_meaningless_numbers_and_stops_for_clients_that_leave() {
     // A key variable that is set but empty could match no request: refused at the start.
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["serve", "--model"])
         .arg(writer())
         .args(["--port", "0", "--api-key-env", "SELFSPEC_EMPTY_KEY"])

@@ -3,18 +3,17 @@
 //! rank, alpha and targets, our merged adapter gives PEFT's logits and PEFT's update B·A·scaling
 //! for every projection, and linear and cat give PEFT's very factors.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use selfspec::model::adapter::{self, AdapterConfig};
 use selfspec::model::combine::{merge, Method};
 use selfspec::model::{DTypeChoice, Model, Pass};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn fixture() -> PathBuf {
     root().join("tests/fixtures/combine")
@@ -105,7 +104,7 @@ fn merges_give_pefts_logits_updates_and_factors() {
 }
 
 fn selfspec(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap()
+    common::selfspec().args(args).output().unwrap()
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Corpora and BM25 retrieval: indexes built with tantivy from the sample corpora, a folder of
 //! .txt files, and malformed corpora of every kind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use selfspec::corpus::{self, Searcher};
 
@@ -11,12 +12,7 @@ fn sample(name: &str) -> PathBuf {
 }
 
 fn selfspec(args: &[&str]) -> (String, String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
+    common::printed(common::selfspec().args(args))
 }
 
 #[test]

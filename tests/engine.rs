@@ -1,8 +1,9 @@
 //! The engine beyond parity: gradients through the training pass, streaming text, seeded
 //! sampling, stop strings, and a clear error for every kind of broken model folder.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -190,7 +191,7 @@ fn stop_strings_end_the_text_before_them() {
 #[test]
 fn cli_sampling_is_reproducible() {
     let run = |seed: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let out = common::selfspec()
             .args(["complete", "--model", fixture("mistral-window").to_str().unwrap(), "--prompt", "Which receptor"])
             .args(["--temperature", "1.0", "--top-p", "0.98", "--seed", seed, "--json", "--device", "cpu"])
             .output()
@@ -214,7 +215,7 @@ fn broken(name: &str) -> tempfile::TempDir {
 }
 
 fn complete_error(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["complete", "--model", dir.to_str().unwrap(), "--prompt", "x", "--device", "cpu"])
         .output()
         .unwrap();
@@ -303,7 +304,7 @@ fn every_broken_model_folder_gets_a_clear_error() {
     edit_config(d.path(), |v| v["num_key_value_heads"] = 3.into());
     check(&d, "config.json: num_key_value_heads 3 must divide num_attention_heads 4");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["complete", "--model", "no-such-org/no-such-model", "--prompt", "x"])
         .env("HF_HUB_CACHE", std::env::temp_dir().join("selfspec-empty-hub"))
         .output()
@@ -328,7 +329,7 @@ fn weights_load_in_bf16_and_f16_too() {
 
 #[test]
 fn asking_for_cuda_without_it_falls_back_to_the_cpu_with_a_note() {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["complete", "--model", fixture("llama2").to_str().unwrap(), "--prompt", "The patient", "--greedy"])
         .args(["--max-new-tokens", "4", "--device", "cuda", "--json"])
         .output()

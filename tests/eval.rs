@@ -1,6 +1,8 @@
 //! Evaluation runs: datasets with their errors, k-shot prompts, and `selfspec eval` on the
 //! bundled sample sets with the base and an adapter in one run.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -8,9 +10,7 @@ use selfspec::eval::data::load_dir;
 use selfspec::eval::run::{prompt, Report};
 use selfspec::metrics::Scorer;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 #[test]
 fn the_sample_sets_load_and_cover_the_tasks() {
@@ -76,7 +76,7 @@ fn an_eval_run_writes_predictions_and_reports() {
     let cfg = dir.path().join("t.yaml");
     std::fs::write(&cfg, "r: 4\nmax_steps: 3\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 1\nwarmup_steps: 0\nlearning_rate: 0.01\n").unwrap();
     let lora = dir.path().join("lora");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["train", "--model"])
         .arg(&writer)
         .arg("--data")
@@ -101,7 +101,7 @@ fn an_eval_run_writes_predictions_and_reports() {
     }
     // The evaluation of the base and the adapters named, into `run`.
     let eval_with = |adapters: &[String]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+        let mut cmd = common::selfspec();
         cmd.args(["eval", "--model"]).arg(&writer);
         for a in adapters {
             cmd.arg("--adapter").arg(a);
@@ -157,7 +157,7 @@ fn an_eval_run_writes_predictions_and_reports() {
     }
     // Demonstrations from the seeds, as the paper did.
     let run2 = dir.path().join("eval-seeds");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "--model"])
         .arg(&writer)
         .arg("--data")
@@ -179,7 +179,7 @@ fn an_eval_run_writes_predictions_and_reports() {
     // The report computed again from the predictions with other statistics: the same means,
     // the new settings recorded, other intervals; no model is loaded.
     let before: Report = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "report"])
         .arg(&run)
         .args(["--resamples", "500", "--stats-seed", "3"])
@@ -208,7 +208,7 @@ fn an_eval_run_writes_predictions_and_reports() {
         eprintln!("skipped TensorBoard's own reader: python3 cannot import tensorboard (pip install tensorboard)");
     }
     assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("resamples: 500"));
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(["eval", "report"]).arg(dir.path()).output().unwrap();
+    let out = common::selfspec().args(["eval", "report"]).arg(dir.path()).output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("holds no evaluation run"),
         "{}",
@@ -250,7 +250,7 @@ fn an_eval_run_writes_predictions_and_reports() {
 
     // The same folder with other settings: refused, the predictions kept as they were.
     let before = std::fs::read(run.join("predictions.jsonl")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "--model"])
         .arg(&writer)
         .arg("--data")
@@ -270,7 +270,7 @@ fn an_eval_run_writes_predictions_and_reports() {
 #[test]
 fn more_shots_than_demonstrations_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "--model"])
         .arg(root().join("tests/fixtures/models/writer"))
         .arg("--data")
@@ -290,7 +290,7 @@ fn score_refuses_empty_input_and_warns_of_empty_references() {
     let score = |text: &str| {
         let path = dir.path().join("p.jsonl");
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).arg("score").arg(&path).output().unwrap();
+        let out = common::selfspec().arg("score").arg(&path).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (ok, err) = score("");

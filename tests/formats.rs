@@ -1,15 +1,14 @@
 //! Prompt formats: a model with a chat template trains and evaluates in it (auto), its examples
 //! carry the loss on the assistant's turn only, and a run records the format it used.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use selfspec::prompts::PromptFormat;
 use selfspec::train::data::{encode, Example};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 /// The writer fixture with a ChatML chat template beside it.
 fn chat_model(dir: &Path) -> PathBuf {
@@ -70,7 +69,7 @@ fn a_model_with_a_chat_template_trains_and_evaluates_in_it() {
     )
     .unwrap();
     let run = dir.path().join("train");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["train", "--model"])
         .arg(&model)
         .arg("--data")
@@ -86,7 +85,7 @@ fn a_model_with_a_chat_template_trains_and_evaluates_in_it() {
     assert!(stderr.contains("examples written in the model's chat template"), "{stderr}");
     assert!(std::fs::read_to_string(run.join("config.yaml")).unwrap().contains("prompt_format: chat"));
     let eval = dir.path().join("eval");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "--model"])
         .arg(&model)
         .arg("--adapter")
@@ -102,7 +101,7 @@ fn a_model_with_a_chat_template_trains_and_evaluates_in_it() {
     assert!(eval.join("report.json").exists());
     // Asked for plain, it is plain.
     let plain = dir.path().join("eval-plain");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["eval", "--model"])
         .arg(&model)
         .arg("--data")

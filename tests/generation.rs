@@ -2,6 +2,8 @@
 //! eq. 2, and `selfspec generate` end to end — including resuming after real kill -9s — on a tiny
 //! model trained to write task lists (scripts/make_writer_model.py).
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,9 +15,7 @@ use selfspec::decode::{self, Request};
 use selfspec::model::{DTypeChoice, Model};
 use selfspec::prompts::{parse_tasks, Task};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/models").join(name)
@@ -222,7 +222,7 @@ fn env() -> Env {
     )
     .unwrap();
     let index = dir.path().join("index");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["index", "build"])
         .arg(root().join("sample-seeds/finance.corpus.jsonl"))
         .arg("--out")
@@ -234,7 +234,7 @@ fn env() -> Env {
 }
 
 fn generate_cmd(env: &Env, run: &Path, n: usize, mode: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    let mut cmd = common::selfspec();
     cmd.arg("--config").arg(&env.config).arg("--workspace").arg(&env.workspace);
     cmd.args(["generate", "--seeds"]).arg(root().join("sample-seeds/finance.yaml"));
     cmd.arg("--model").arg(fixture("writer")).args(["--n", &n.to_string(), "--seed", "11", "--mode", mode]);
@@ -296,7 +296,7 @@ fn generate_writes_samples_in_each_mode() {
         let run = env.base.join(format!("run-{mode}"));
         for sample in check_samples(&run, mode) {
             let id = sample["id"].as_str().unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+            let out = common::selfspec()
                 .args(["samples", "trace"])
                 .arg(&run)
                 .args([id, "--json", "--top", "3"])
@@ -340,7 +340,7 @@ fn generate_writes_samples_in_each_mode() {
     let text = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(&sampled_config, format!("{text}  response_temperature: 0.8\n  response_top_p: 0.9\n")).unwrap();
     let run = env.base.join("run-sampled");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .arg("--config")
         .arg(&sampled_config)
         .arg("--workspace")
@@ -359,12 +359,7 @@ fn generate_writes_samples_in_each_mode() {
     let mut reshaped = false;
     for sample in check_samples(&run, "marginal") {
         let id = sample["id"].as_str().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
-            .args(["samples", "trace"])
-            .arg(&run)
-            .args([id, "--json"])
-            .output()
-            .unwrap();
+        let out = common::selfspec().args(["samples", "trace"]).arg(&run).args([id, "--json"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(t["reproduced"], true, "{id}: {}", t["why"]);
@@ -375,7 +370,7 @@ fn generate_writes_samples_in_each_mode() {
         }
     }
     assert!(reshaped, "temperature 0.8 and top-p 0.9 changed no token's probability");
-    let bad = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let bad = common::selfspec()
         .args(["samples", "trace"])
         .arg(env.base.join("run-none"))
         .arg("no-such-id")
@@ -386,7 +381,7 @@ fn generate_writes_samples_in_each_mode() {
     // Headless review: decide, then export the accepted ones.
     let run = env.base.join("run-top1");
     let samples = check_samples(&run, "top1");
-    let selfspec = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap();
+    let selfspec = |args: &[&str]| common::selfspec().args(args).output().unwrap();
     let r = run.to_str().unwrap();
     let id0 = samples[0]["id"].as_str().unwrap();
     let id1 = samples[1]["id"].as_str().unwrap();
@@ -503,7 +498,7 @@ fn a_second_round_generates_with_the_tuned_model() {
     let env = env();
     let first = env.base.join("round-1");
     assert!(generate_cmd(&env, &first, 8, "top1").output().unwrap().status.success());
-    let selfspec = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).output().unwrap();
+    let selfspec = |args: &[&str]| common::selfspec().args(args).output().unwrap();
     let r = first.to_str().unwrap();
     for s in check_samples(&first, "top1") {
         assert!(selfspec(&["samples", "decide", r, s["id"].as_str().unwrap(), "accept"]).status.success());
@@ -512,7 +507,7 @@ fn a_second_round_generates_with_the_tuned_model() {
     std::fs::write(&cfg, "r: 4\nmax_steps: 3\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 1\nwarmup_steps: 0\nlearning_rate: 0.01\n").unwrap();
     let lora = env.base.join("lora");
     let writer = fixture("writer");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["train", "--model", writer.to_str().unwrap(), "--data", r, "--run", lora.to_str().unwrap()])
         .args(["--train-config", cfg.to_str().unwrap()])
         .output()
@@ -607,7 +602,7 @@ fn a_judge_scores_samples_and_drops_the_low_ones() {
     )
     .unwrap();
     let run = env.base.join("run");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    let mut cmd = common::selfspec();
     cmd.arg("--config").arg(&config).arg("--workspace").arg(&env.workspace);
     cmd.args(["generate", "--seeds"]).arg(root().join("sample-seeds/finance.yaml"));
     cmd.arg("--model").arg(fixture("writer")).args(["--n", "3", "--seed", "11", "--mode", "none", "--run"]).arg(&run);
@@ -638,7 +633,7 @@ fn a_corpus_file_is_indexed_beside_itself_and_again_when_it_changes() {
     let corpus = env.base.join("fin.corpus.jsonl");
     std::fs::copy(root().join("sample-seeds/finance.corpus.jsonl"), &corpus).unwrap();
     let run_with = |run: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let out = common::selfspec()
             .arg("--config")
             .arg(&env.config)
             .args(["generate", "--seeds"])

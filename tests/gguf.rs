@@ -11,6 +11,8 @@
 //! candle's matmul also rounds the activations to 8 bits, so logits move by a few percent (the
 //! bound below is measured, with room) and near-ties may flip.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -231,7 +233,7 @@ fn int8_activations_stay_close_and_training_refuses_them() {
     for args in
         [vec!["train", "--data", "missing.jsonl", "--run"], vec!["lmc", "x", "y", "--data", "missing.jsonl", "--out"]]
     {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let out = common::selfspec()
             .args(&args)
             .arg(run.path().join("r"))
             .args(["--model", dir("llama").join("q4_0.gguf").to_str().unwrap(), "--int8-activations"])

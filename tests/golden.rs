@@ -3,24 +3,20 @@
 //! and exit 1. `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the .expected files; review
 //! the diff before committing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/broken")
 }
 
 fn validate(dir: &Path, file: &str) -> (String, String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
-        .args(["seeds", "validate", file])
-        .current_dir(dir)
-        .env("XDG_CONFIG_HOME", dir.join("no-config"))
-        .output()
-        .expect("run selfspec");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
+    common::printed(
+        common::selfspec()
+            .args(["seeds", "validate", file])
+            .current_dir(dir)
+            .env("XDG_CONFIG_HOME", dir.join("no-config")),
     )
 }
 
@@ -57,7 +53,7 @@ fn every_broken_file_has_its_golden_messages() {
 #[test]
 fn the_sample_seeds_are_valid_and_canonical() {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-seeds");
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args(["seeds", "validate", "biomedical.yaml", "finance.yaml", "sports.yaml"])
         .current_dir(&samples)
         .output()
@@ -68,7 +64,7 @@ fn the_sample_seeds_are_valid_and_canonical() {
         "biomedical.yaml: 80 seeds, valid\nfinance.yaml: 90 seeds, valid\nsports.yaml: 40 seeds, valid\n"
     );
     assert!(out.status.success());
-    let fmt = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let fmt = common::selfspec()
         .args(["seeds", "fmt", "--check", "biomedical.yaml", "finance.yaml", "sports.yaml"])
         .current_dir(&samples)
         .output()
@@ -79,7 +75,7 @@ fn the_sample_seeds_are_valid_and_canonical() {
 #[test]
 fn one_bad_file_among_good_ones_fails_the_run() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .args([
             "seeds",
             "validate",

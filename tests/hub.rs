@@ -7,11 +7,12 @@
 //! `cargo test --features hub-download --test hub`
 #![cfg(feature = "hub-download")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -118,7 +119,7 @@ fn complete(
     endpoint: &str,
     extra_env: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    let mut cmd = common::selfspec();
     cmd.args(["complete", "--model", repo, "--prompt", prompt, "--greedy", "--json", "--max-new-tokens", "32"])
         .args(["--device", "cpu"])
         .env("HF_HUB_CACHE", cache)

@@ -3,15 +3,16 @@
 //! and parquet files under several codecs), against the evaluation lines the script derives
 //! from the preset's documented rules; and malformed records named by their line or row.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/benchmarks").join(name)
 }
 
 fn import(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_selfspec")).args(["eval", "import"]).args(args).output().unwrap()
+    common::selfspec().args(["eval", "import"]).args(args).output().unwrap()
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {

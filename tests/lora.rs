@@ -3,6 +3,8 @@
 //! initial adapter on the same micro-batches give PEFT's losses, gradient norms and final
 //! weights; and `selfspec train` killed with SIGKILL resumes to the same losses.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,9 +15,7 @@ use selfspec::model::adapter;
 use selfspec::model::{DTypeChoice, Model, Pass};
 use selfspec::train::{Batch, TrainConfig, Trainer};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn base() -> Model {
     Model::load(root().join("tests/fixtures/models/llama3-gqa").to_str().unwrap(), DTypeChoice::F32, &Device::Cpu)
@@ -217,7 +217,7 @@ fn alpaca(dir: &Path) -> PathBuf {
 }
 
 fn train_cmd(data: &Path, run: &Path, config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+    let mut cmd = common::selfspec();
     cmd.args(["train", "--model"]).arg(root().join("tests/fixtures/models/llama3-gqa"));
     // `--config FILE` with training settings, as the issue spells it.
     cmd.arg("--data").arg(data).arg("--run").arg(run).arg("--config").arg(config);
@@ -301,7 +301,7 @@ fn merged_models_and_complete_with_adapters_give_pefts_logits() {
     let base_want: Vec<f64> = serde_json::from_value(case["base_logits"].clone()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let merged = out.path().join("merged");
-    let st = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let st = common::selfspec()
         .args(["merge", "--model"])
         .arg(root().join("tests/fixtures/models/llama3-gqa"))
         .arg("--adapter")
@@ -317,7 +317,7 @@ fn merged_models_and_complete_with_adapters_give_pefts_logits() {
     assert!(d < 1e-4, "merged: max |Δlogit| {d}");
     // complete --adapter: top-5 logits with the adapter, and with --use none the base's.
     let top5 = |extra: &[&str]| -> Vec<(u32, f64)> {
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let out = common::selfspec()
             .args(["complete", "--model"])
             .arg(root().join("tests/fixtures/models/llama3-gqa"))
             .args(["--prompt", case["prompt"].as_str().unwrap(), "--json", "--max-new-tokens", "2"])
@@ -603,7 +603,7 @@ fn a_quantized_file_is_qlora_by_default_recorded_and_changeable() {
     std::fs::write(&config, "max_steps: 2\nwarmup_steps: 0\nper_device_train_batch_size: 2\n").unwrap();
     let model = root().join("tests/fixtures/gguf/llama/q4_0.gguf");
     let train = |extra: &[&str], run: Option<&Path>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
+        let mut cmd = common::selfspec();
         cmd.args(["train", "--model"]).arg(&model).arg("--data").arg(&data).arg("--train-config").arg(&config);
         match run {
             Some(run) => cmd.arg("--run").arg(run),

@@ -1,6 +1,8 @@
 //! ROUGE-L against google's rouge-score: tests/fixtures/rouge_l.json holds its precision, recall
 //! and F-measure (no stemming) for awkward and random pairs, made by scripts/make_rouge_fixture.py.
 
+mod common;
+
 use std::path::Path;
 
 use selfspec::metrics::rouge_l;
@@ -76,7 +78,7 @@ fn the_score_command_prints_means_and_rows() {
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_selfspec")).arg("score").args(args).output().unwrap();
+        let out = common::selfspec().arg("score").args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string(),

@@ -4,8 +4,9 @@
 //! Here selfspec must reproduce them: ids exactly, logits within 1e-4, greedy tokens exactly, one
 //! prompt at a time and all prompts in one batch of mixed lengths.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
@@ -134,7 +135,7 @@ fn the_training_pass_computes_the_same_logits() {
 fn complete_json_prints_transformers_ids_and_top5() {
     for dir in models() {
         let case = &cases(&dir)[2];
-        let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+        let out = common::selfspec()
             .args(["complete", "--model", dir.to_str().unwrap(), "--prompt", &case.prompt, "--greedy", "--json"])
             .args(["--max-new-tokens", "32", "--device", "cpu"])
             .output()

@@ -2,30 +2,19 @@
 //! against plain training runs that must give the same adapter, a seed-share sweep killed with
 //! -9 and continued, and `lmc --eval` whose endpoints score as the adapters themselves.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn writer() -> PathBuf {
     root().join("tests/fixtures/models/writer")
 }
 
-fn selfspec(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
-    cmd.env("HOME", home).env("XDG_CONFIG_HOME", home.join(".config")).env("XDG_DATA_HOME", home.join(".local"));
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    text
-}
+use common::{ok as run_ok, selfspec_at as selfspec};
 
 fn lines(tasks: &[(&str, usize)]) -> String {
     let mut out = String::new();

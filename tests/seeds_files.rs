@@ -1,22 +1,18 @@
 //! Seed files on disk: byte-stable round trips, atomic saves, imports of the other tools'
 //! formats from committed sample files, and export back.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use selfspec::seeds::{self, interchange, Limits, Seed, SeedFile};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+    common::root().to_path_buf()
 }
 
 fn selfspec(args: &[&str], cwd: &Path) -> (String, String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec")).args(args).current_dir(cwd).output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
+    common::printed(common::selfspec().args(args).current_dir(cwd))
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! pairs, made by scripts/make_paired_fixture.py. Ours run 10,000 of each (the default), so
 //! interval endpoints may differ by Monte Carlo error (0.5 points allowed) and p by 0.01.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use selfspec::eval::stats::{self, Group, Settings};
 
@@ -14,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn score(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_selfspec")).arg("score").args(args).output().unwrap()
+    common::selfspec().arg("score").args(args).output().unwrap()
 }
 
 fn paired_json(a: &Path, b: &Path) -> serde_json::Value {

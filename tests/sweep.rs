@@ -2,13 +2,13 @@
 //! generation run, a kill -9 in the middle and a rerun that redoes no finished stage, and the
 //! report's rows.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn spec(dir: &Path) -> PathBuf {
     let path = dir.join("sweep.yaml");
@@ -29,9 +29,7 @@ fn spec(dir: &Path) -> PathBuf {
 }
 
 fn sweep(spec: &Path, run: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfspec"));
-    let home = spec.parent().unwrap().join("home");
-    cmd.env("HOME", &home).env("XDG_CONFIG_HOME", home.join(".config")).env("XDG_DATA_HOME", home.join(".local"));
+    let mut cmd = common::selfspec_at(&spec.parent().unwrap().join("home"));
     cmd.arg("sweep").arg(spec).arg("--run").arg(run);
     cmd
 }

@@ -1,6 +1,8 @@
 //! End to end in a real terminal: tmux runs the selfspec binary at 80×24, keys are typed
 //! with send-keys, the screen is read with capture-pane. Needs tmux (.ci/run installs it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -391,7 +393,7 @@ fn a_generation_outlives_its_terminal_and_attach_shows_it() {
     }
     assert_eq!(std::fs::read_to_string(run.join("samples.jsonl")).unwrap().lines().count(), 24);
     // `selfspec runs` lists it as finished, and attach replays it on the Generate tab.
-    let out = Command::new(env!("CARGO_BIN_EXE_selfspec"))
+    let out = common::selfspec()
         .env("HOME", t.home.path())
         .env("XDG_CONFIG_HOME", t.home.path().join(".config"))
         .env("XDG_DATA_HOME", t.home.path().join(".local/share"))

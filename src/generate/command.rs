@@ -58,6 +58,9 @@ fn generate_locked(
     limits: &seeds::Limits,
     workspace: &Path,
 ) -> anyhow::Result<u8> {
+    // The run's recorded job, read once (None for a new run): what a continued run keeps, and
+    // what Run::open compares the new job with.
+    let recorded = crate::runs::read_job::<Job>(&opts.run, crate::runs::Kind::Generate)?;
     let loaded = seeds::load(&opts.seeds, limits)
         .with_context(|| format!("cannot read the seed file {}", opts.seeds.display()))?;
     for p in loaded.problems.iter().filter(|p| p.warning) {
@@ -111,8 +114,8 @@ fn generate_locked(
     anyhow::ensure!(opts.alpha > 0.0 && opts.alpha <= 1.0, "--alpha must be in (0, 1]");
     // A run keeps the templates it started with: a run begun before the workspace had its
     // prompts/ folder continues on the built-in ones.
-    let prompts_dir = match pipeline::recorded_prompts(&opts.run) {
-        Some(recorded) => recorded,
+    let prompts_dir = match &recorded {
+        Some(old) => old.prompts.clone(),
         None => Some(workspace.join("prompts")).filter(|d| d.is_dir()),
     };
     let templates = crate::prompts::Templates::load(prompts_dir.as_deref(), &loaded.file.prompts)?;
@@ -145,7 +148,7 @@ fn generate_locked(
     // sampling of task lists) for this model; a continued run keeps what it resolved. A served
     // model's size and template are not known here: it gets the paper's sampling and plain
     // prompts unless the configuration says otherwise.
-    let settings = match crate::runs::read_job::<Job>(&opts.run, crate::runs::Kind::Generate).ok().flatten() {
+    let settings = match &recorded {
         Some(old) => {
             let mut s = settings;
             if s.prompt_format == pipeline::PromptFormat::Auto {
@@ -180,7 +183,7 @@ fn generate_locked(
         contrastive: (opts.contrastive && tuned).then_some(opts.alpha),
         settings,
     };
-    let (mut run, _) = pipeline::Run::open(lock, &opts.run, job)?;
+    let (mut run, _) = pipeline::Run::open(lock, &opts.run, recorded.as_ref(), job)?;
     let s = &run.job.settings;
     let format = match s.prompt_format {
         pipeline::PromptFormat::Chat => "chat (the model's template)",
