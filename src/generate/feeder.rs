@@ -6,7 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use super::filters::Pool;
-use super::pipeline::*;
+use super::folder::{FilteredRecord, ListRecord, Run, Task};
+use super::job::Job;
+use super::progress::{Counters, Progress, Sink};
+use super::respond::*;
 use super::samples::{DocumentRef, Provenance, Sample, Status};
 use crate::backend;
 use crate::decode::{Completion, Event, Finish, Request, SamplingParams};

@@ -34,8 +34,6 @@ pub struct Run {
     pub(super) waiting: std::collections::VecDeque<Task>,
 }
 
-/// The name the second round's adapter is loaded under.
-pub const ADAPTER: &str = "tuned";
 pub const SAMPLES: &str = "samples.jsonl";
 pub const FILTERED: &str = "filtered.jsonl";
 pub const EVENTS: &str = "events.jsonl";

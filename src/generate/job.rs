@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::folder::ADAPTER;
 use super::samples::Mode;
 use super::settings::Settings;
 use crate::backend::Remote;
+
+/// The name the second round's adapter is loaded under.
+pub const ADAPTER: &str = "tuned";
 
 /// One generation job: what `selfspec generate` was asked, saved as the run's config.yaml.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

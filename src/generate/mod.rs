@@ -10,6 +10,7 @@ pub mod job;
 pub mod pipeline;
 pub mod progress;
 pub mod promote;
+pub mod respond;
 pub mod review;
 pub mod samples;
 pub mod settings;

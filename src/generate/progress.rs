@@ -231,3 +231,30 @@ impl TimeSpent {
         )
     }
 }
+
+/// Where a run's events go: events.jsonl (text gathered, see [`Coalesced`]) and the caller.
+pub(super) struct Sink<'a> {
+    pub(super) log: crate::runs::Log<Progress>,
+    pub(super) text: Coalesced,
+    pub(super) on_progress: &'a mut (dyn FnMut(&Progress) + Send),
+    /// The first failed write; the run stops with it at the next check.
+    pub(super) error: Option<anyhow::Error>,
+}
+
+impl Sink<'_> {
+    pub(super) fn emit(&mut self, p: &Progress) {
+        let written = if crate::runs::RunEvent::durable(p) {
+            self.text.flush().iter().try_for_each(|e| self.log.append(e)).and_then(|()| self.log.append(p))
+        } else {
+            self.text.push(p).iter().try_for_each(|e| self.log.append(e))
+        };
+        if let Err(e) = written {
+            self.error.get_or_insert(e);
+        }
+        (self.on_progress)(p);
+    }
+
+    pub(super) fn check(&mut self) -> anyhow::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
