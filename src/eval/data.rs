@@ -77,16 +77,22 @@ fn read(path: &Path) -> anyhow::Result<(String, Vec<Example>)> {
 /// The dataset files of an evaluation folder, sorted, with their names: each `NAME.jsonl` that
 /// is not a `NAME.train.jsonl` (the demonstrations beside it).
 pub fn dataset_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let n = p.file_name()?.to_str()?.to_string();
-            let name = n.strip_suffix(".jsonl").filter(|_| !n.ends_with(".train.jsonl"))?.to_string();
-            Some((name, p))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            n.ends_with(".jsonl") && !n.ends_with(".train.jsonl")
         })
         .collect();
+    // By file name, so `fin-kpi.jsonl` comes before `fin.jsonl` as it always has.
     files.sort();
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().trim_end_matches(".jsonl").to_string();
+            (name, p)
+        })
+        .collect())
 }
 
 /// The datasets in `dir`, by name. `only` keeps the named ones (each must exist).

@@ -143,7 +143,7 @@ pub fn panel(
     inner
 }
 
-/// Starts `launch` detached in its run folder ([`crate::runs::start`]) with the workbench's
+/// Starts `launch` detached in its run folder ([`crate::launch::start`]) with the workbench's
 /// configuration and workspace: it outlives the workbench and the SSH session.
 fn start_run(
     config_file: &std::path::Path,
