@@ -19,8 +19,8 @@ use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
 use crate::runs::Following;
 use crate::workspace::Workspace;
 
-/// The shot sets to choose from: as shown, and as asked of `selfspec eval`.
-const SHOTS: [(&str, &[usize]); 5] = [("0,1,5", &[0, 1, 5]), ("0", &[0]), ("1", &[1]), ("5", &[5]), ("0,1", &[0, 1])];
+/// The shot sets to choose from.
+const SHOTS: [&[usize]; 5] = [&[0, 1, 5], &[0], &[1], &[5], &[0, 1]];
 
 pub struct EvalScreen {
     pub sets: Vec<PathBuf>,
@@ -248,11 +248,11 @@ impl EvalScreen {
             model: model.trim().to_string(),
             data: set,
             run: dir.clone(),
-            shots: SHOTS[self.shots_ix].1.to_vec(),
+            shots: SHOTS[self.shots_ix].to_vec(),
             datasets: self.dataset_ix.checked_sub(1).and_then(|i| self.datasets.get(i)).cloned().into_iter().collect(),
             adapters: chosen,
         });
-        match super::start_run(&self.config_file, &self.workspace, &launch) {
+        match crate::launch::start(&self.config_file, &self.workspace.root, &launch) {
             Ok(child) => {
                 self.show(&dir);
                 self.following = Some(Following::new(&dir, Some(child)));
@@ -319,7 +319,10 @@ impl EvalScreen {
             Span::styled("a ", theme.key),
             Span::raw(format!("‹{adapters}›  ")),
             Span::styled("n ", theme.key),
-            Span::raw(format!("k ‹{}›  ", SHOTS[self.shots_ix].0)),
+            Span::raw(format!(
+                "k ‹{}›  ",
+                SHOTS[self.shots_ix].iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+            )),
             Span::styled("s ", theme.key),
             Span::raw("start"),
         ]);

@@ -354,7 +354,7 @@ impl GenerateScreen {
             contrastive: adapter.as_ref().is_some_and(|(_, c)| *c),
             adapter: adapter.map(|(d, _)| d),
         });
-        let child = match super::start_run(&self.config_file, &self.workspace, &launch) {
+        let child = match crate::launch::start(&self.config_file, &self.workspace.root, &launch) {
             Ok(c) => c,
             Err(e) => return Outcome::Error(e),
         };

@@ -143,16 +143,6 @@ pub fn panel(
     inner
 }
 
-/// Starts `launch` detached in its run folder ([`crate::launch::start`]) with the workbench's
-/// configuration and workspace: it outlives the workbench and the SSH session.
-fn start_run(
-    config_file: &std::path::Path,
-    workspace: &Workspace,
-    launch: &crate::launch::Launch,
-) -> Result<crate::runs::Spawned, String> {
-    crate::launch::start(config_file, &workspace.root, launch)
-}
-
 pub fn run(opts: Options) -> anyhow::Result<()> {
     // Everything that can fail on bad input happens before the terminal is taken over, so its
     // message prints normally.

@@ -478,7 +478,7 @@ impl SweepsScreen {
                 }
                 let dir = run_dir(&self.workspace, &file, &spec);
                 let launch = crate::launch::Launch::Sweep { spec: Some(file), run: dir.clone() };
-                return match super::start_run(&self.config_file, &self.workspace, &launch) {
+                return match crate::launch::start(&self.config_file, &self.workspace.root, &launch) {
                     Ok(_) => {
                         self.starting = None;
                         self.rescan(Some(&dir));
@@ -508,7 +508,7 @@ impl SweepsScreen {
                 }
                 let dir = s.dir.clone();
                 let launch = crate::launch::Launch::Sweep { spec: None, run: dir.clone() };
-                return match super::start_run(&self.config_file, &self.workspace, &launch) {
+                return match crate::launch::start(&self.config_file, &self.workspace.root, &launch) {
                     Ok(_) => Outcome::Notice(format!("continuing the sweep in {}", dir.display())),
                     Err(e) => Outcome::Error(e),
                 };

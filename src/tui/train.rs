@@ -474,7 +474,7 @@ impl TrainScreen {
         let launch = pending.launch(&settings, Some(dir.clone()));
         // Detached: it outlives the workbench and the SSH session; x or SIGTERM stops it with a
         // checkpoint.
-        match super::start_run(&self.config_file, &self.workspace, &launch) {
+        match crate::launch::start(&self.config_file, &self.workspace.root, &launch) {
             Ok(_) => {
                 self.rescan(Some(&dir));
                 Outcome::Notice(format!("training in {} (detached; q leaves it running)", dir.display()))
