@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::{Job, Prompt, Remote};
+use super::job::{Job, JobFeed, ListJobs, Prompt};
+use super::remote::Remote;
 use crate::decode::{sampling, Completion, Event, Finish, Rng, Sampling, Timing};
 
 /// Token texts servers give the end of a sequence in their log-probabilities (llama.cpp gives
@@ -273,7 +274,7 @@ impl Client {
         on_event: &mut (dyn FnMut(Event) + Send),
         cancel: &AtomicBool,
     ) -> anyhow::Result<(Vec<Completion>, Timing)> {
-        let mut feed = super::ListJobs::new(jobs, on_event);
+        let mut feed = ListJobs::new(jobs, on_event);
         let timing = self.run(&mut feed, cancel)?;
         Ok((feed.done(), timing))
     }
@@ -294,7 +295,7 @@ impl Client {
 
     /// Decodes what `feed` hands out, at most `concurrency` requests in flight (fewer once the
     /// server has cut answers, see [`Throttle`]); `feed` hears every event on this thread.
-    pub fn run(&self, feed: &mut (dyn super::JobFeed + Send), cancel: &AtomicBool) -> anyhow::Result<Timing> {
+    pub fn run(&self, feed: &mut (dyn JobFeed + Send), cancel: &AtomicBool) -> anyhow::Result<Timing> {
         let started = Instant::now();
         let mut timing = Timing::default();
         let abort = AtomicBool::new(false);
@@ -469,6 +470,8 @@ impl Client {
     }
 
     /// One streamed try of a plain request: its text, how it ended, and the chunks read.
+    // One try of one request: what it sends, its stop rules, where pieces go, the cancel flag,
+    // and the pieces sent so far, which outlives the try (a retry goes on after them).
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,

@@ -2,14 +2,19 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{interchange, stats, Limits, Loaded, Task};
+use super::file::Task;
+use super::load::{load, Loaded};
+use super::problem::Problems;
+use super::save::{save, to_yaml};
+use super::validate::Limits;
+use super::{interchange, stats};
 
 /// `seeds validate`: every problem with file:line:column; 0 only if every file is valid
 /// (warnings are printed and allowed).
 pub fn validate(files: &[PathBuf], limits: &Limits) -> u8 {
     let mut all_valid = true;
     for path in files {
-        let loaded = match super::load(path, limits) {
+        let loaded = match load(path, limits) {
             Ok(l) => l,
             Err(e) => {
                 println!("{}: cannot read: {e}", path.display());
@@ -83,9 +88,9 @@ pub fn import(args: Import, limits: &Limits) -> anyhow::Result<()> {
     for p in &imported.skipped {
         eprintln!("skipped: {p}");
     }
-    super::save(&args.output, &imported.file)?;
+    save(&args.output, &imported.file)?;
     println!("{}: {} seeds imported from {}", args.output.display(), imported.file.seeds.len(), args.input.display());
-    let problems = super::validate(&imported.file, limits, None);
+    let problems = super::validate::validate(&imported.file, limits, None);
     let errors = problems.iter().filter(|p| !p.warning).count();
     if errors > 0 {
         println!("{errors} problem(s) to fix before use (`selfspec seeds validate {}`):", args.output.display());
@@ -113,7 +118,7 @@ pub fn fmt(files: &[PathBuf], check: bool, limits: &Limits) -> anyhow::Result<u8
     let mut differing = 0;
     for path in files {
         let loaded = load_usable(path, limits)?;
-        let canonical = super::to_yaml(&loaded.file)?;
+        let canonical = to_yaml(&loaded.file)?;
         let current = std::fs::read(path)?;
         if current == canonical.as_bytes() {
             continue;
@@ -122,7 +127,7 @@ pub fn fmt(files: &[PathBuf], check: bool, limits: &Limits) -> anyhow::Result<u8
         if check {
             println!("{}: not in canonical form", path.display());
         } else {
-            super::save(path, &loaded.file)?;
+            save(path, &loaded.file)?;
             println!("{}: rewritten", path.display());
         }
     }
@@ -133,10 +138,10 @@ pub fn fmt(files: &[PathBuf], check: bool, limits: &Limits) -> anyhow::Result<u8
 /// (syntax errors, unknown keys, wrong types) are an error; content problems are not.
 pub fn load_usable(path: &Path, limits: &Limits) -> anyhow::Result<Loaded> {
     use anyhow::Context;
-    let loaded = super::load(path, limits).with_context(|| format!("cannot read {}", path.display()))?;
+    let loaded = load(path, limits).with_context(|| format!("cannot read {}", path.display()))?;
     if !loaded.is_lossless() {
         let lossy: Vec<_> = loaded.problems.iter().filter(|p| p.lossy).cloned().collect();
-        return Err(super::Problems(lossy).into());
+        return Err(Problems(lossy).into());
     }
     Ok(loaded)
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Problem, Problems, Seed, SeedFile, Task};
+use super::file::{Seed, SeedFile, Task};
+use super::problem::{Problem, Problems};
 use crate::yaml::{self, Node, Pos, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::file::{PromptOverrides, Seed, SeedFile};
 use super::problem::did_you_mean;
+use super::problem::Problem;
 use super::validate::{validate, Limits, Spans};
-use super::{Problem, PromptOverrides, Seed, SeedFile};
 use crate::yaml::{self, Node, Pos, Value};
 
 const TOP_KEYS: [&str; 4] = ["domain", "description", "prompts", "seeds"];

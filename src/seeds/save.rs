@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::SeedFile;
+use super::file::SeedFile;
 use crate::{fsutil, yaml};
 
 /// The canonical text of a seed file: keys in a fixed order (domain, description, prompts,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::SeedFile;
+use super::file::{Seed, SeedFile};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Lengths {
@@ -48,7 +48,7 @@ pub struct Stats {
 }
 
 pub fn stats(file: &SeedFile) -> Stats {
-    let field = |get: &dyn Fn(&super::Seed) -> &str, skip_empty: bool| {
+    let field = |get: &dyn Fn(&Seed) -> &str, skip_empty: bool| {
         let texts: Vec<&str> = file.seeds.iter().map(get).filter(|t| !skip_empty || !t.trim().is_empty()).collect();
         FieldStats {
             words: Lengths::of(texts.iter().map(|t| t.split_whitespace().count()).collect()),

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::file::{is_valid_id, SeedFile, Task};
 use super::problem::did_you_mean;
-use super::{is_valid_id, Problem, SeedFile, Task};
+use super::problem::Problem;
 use crate::yaml::Pos;
 
 /// Longest accepted field, in characters. Configurable under `seeds.limits` in config.yaml.

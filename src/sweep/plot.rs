@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Row, AVERAGE};
+use super::report::{Row, AVERAGE};
 use crate::plot::{chart_with_bands, Band, Line};
 
 /// A score with its interval, as a row gives it.

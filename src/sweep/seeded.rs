@@ -23,96 +23,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{layout, Spec, Stages, SweepEvent};
-use crate::model::combine::Method;
+use super::layout;
+use super::spec::Spec;
+pub use super::spec::{SeedPoint, Seeded};
+use super::stages::{Stages, SweepEvent};
 use crate::train::Init;
-
-/// The `seeded:` section of a sweep file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Seeded {
-    /// The point the axes vary around.
-    pub base: SeedPoint,
-    /// Shares of the pooled data the seed expert trains on (0 < share ≤ 1).
-    #[serde(default)]
-    pub share: Vec<f64>,
-    /// The seed expert's starting points: standard, random[:σ], task:DATASET, reptile[:T[:K]].
-    #[serde(default)]
-    pub init: Vec<Init>,
-    /// How experts are merged (PEFT's combination types); cat is the exact mean of their updates.
-    #[serde(default = "default_merge")]
-    pub merge: Method,
-    /// Points along each line between two experts (lmc).
-    #[serde(default = "default_lmc_points")]
-    pub lmc_points: usize,
-}
-
-fn default_merge() -> Method {
-    Method::Cat
-}
-
-fn default_lmc_points() -> usize {
-    5
-}
-
-/// One point: the seed expert's share of the pool and its start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeedPoint {
-    pub share: f64,
-    pub init: Init,
-}
-
-impl SeedPoint {
-    /// `p10-standard`, `p5-task-bio-ner`, `p0.5-reptile-20-4`.
-    pub fn name(&self) -> String {
-        let pct = format!("{:.3}", self.share * 100.0);
-        let pct = pct.trim_end_matches('0').trim_end_matches('.');
-        let init: String = String::from(self.init.clone())
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
-            .collect();
-        format!("p{pct}-{init}")
-    }
-}
-
-impl Seeded {
-    /// The base, then each share at the base's init, then each init at the base's share.
-    pub fn points(&self) -> Vec<SeedPoint> {
-        let mut out = vec![self.base.clone()];
-        out.extend(self.share.iter().map(|&share| SeedPoint { share, init: self.base.init.clone() }));
-        out.extend(self.init.iter().map(|init| SeedPoint { share: self.base.share, init: init.clone() }));
-        let mut seen = std::collections::BTreeSet::new();
-        out.retain(|p| seen.insert(p.name()));
-        out
-    }
-
-    /// What is wrong before anything starts.
-    pub fn check(&self, tasks: &[String]) -> anyhow::Result<()> {
-        anyhow::ensure!(tasks.len() >= 2, "seeded: needs two tasks (datasets) or more to merge experts of");
-        anyhow::ensure!(self.lmc_points >= 2, "seeded: lmc_points must be at least 2");
-        for p in self.points() {
-            anyhow::ensure!(
-                p.share > 0.0 && p.share <= 1.0,
-                "seeded: share {} is not in (0, 1]; write 0.05 for 5 %",
-                p.share
-            );
-            match &p.init {
-                Init::From(d) => anyhow::bail!(
-                    "seeded: init from:{} is not a sweep choice; use standard, random, task:DATASET or reptile",
-                    d.display()
-                ),
-                Init::Task(t) => anyhow::ensure!(
-                    tasks.contains(t),
-                    "seeded: init task:{t} names no task of the sweep; its tasks: {}",
-                    tasks.join(", ")
-                ),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A task's examples, in pool order (JSON lines tagged with the dataset's name), by task.
 pub type Tasks = BTreeMap<String, Vec<serde_json::Value>>;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::config::TrainConfig;
 use super::follow::Training;
 use super::run::{self, TrainEvent};
-use super::TrainConfig;
 use crate::model::gguf::QuantType;
 use crate::model::Choice;
 
@@ -32,7 +32,7 @@ pub struct Options {
     /// (chat when the model has one; a continued run keeps what it used).
     pub prompt_format: crate::prompts::PromptFormat,
     /// How the adapter starts, over the settings' `init:` (`--init`, `--init-from DIR`).
-    pub init: Option<super::Init>,
+    pub init: Option<super::config::Init>,
     pub detached: bool,
 }
 
@@ -49,7 +49,7 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
     if let Some(init) = &opts.init {
         config.init = init.clone();
     }
-    if let super::Init::From(dir) = &config.init {
+    if let super::config::Init::From(dir) = &config.init {
         // The starting adapter decides the shape: its r, lora_alpha and targets are the run's.
         let cfg = crate::model::adapter::AdapterConfig::read(dir)?;
         let path = dir.join("adapter_model.safetensors");
@@ -78,7 +78,7 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
         config.r = cfg.r;
         config.lora_alpha = cfg.lora_alpha;
         config.target_modules = targets;
-        config.init = super::Init::From(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+        config.init = super::config::Init::From(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
     }
     config.check().map_err(|e| match &opts.settings_file {
         Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
@@ -137,7 +137,7 @@ fn load(
     if let Some(note) = set_base(&mut model, opts.qlora, opts.dequantize)? {
         eprintln!("{note}");
     }
-    let mut qlora = run::base_record(&model);
+    let mut qlora = super::plan::base_record(&model);
     // Runs made before the file's own blocks were recorded say null for them; resuming one
     // without --qlora or --dequantize trains over the same blocks.
     if let Some(old) = recorded.filter(|_| opts.resume && opts.qlora.is_none() && !opts.dequantize) {
@@ -159,7 +159,7 @@ fn set_base(
     dequantize: bool,
 ) -> anyhow::Result<Option<String>> {
     let types = model.decoder.projection_block_types();
-    let file = run::base_record(model).unwrap_or_default();
+    let file = super::plan::base_record(model).unwrap_or_default();
     let mb = |b: usize| b as f64 / 1e6;
     if let Some(q) = qlora {
         anyhow::ensure!(
@@ -234,6 +234,7 @@ pub struct LmcEval {
 
 /// `selfspec lmc`: the loss along the line between two adapters, printed as a table with the
 /// barriers; with `out`, lmc.json and each point's adapter are kept there.
+// One argument per flag of `selfspec lmc`, as src/cli.rs parses them (its only caller).
 #[allow(clippy::too_many_arguments)]
 pub fn lmc(
     model: &Choice,
@@ -260,7 +261,7 @@ pub fn lmc(
         f => f,
     };
     let mut loaded = model.load()?;
-    let max_seq_length = super::row_length(&loaded, max_seq_length);
+    let max_seq_length = super::config::row_length(&loaded, max_seq_length);
     let temp = std::env::temp_dir().join(format!("selfspec-lmc-{}", std::process::id()));
     let scratch = out.unwrap_or(&temp);
     println!("{:>5}  {:>12}  {:>12}", "α", "ΔW line", "(A, B) line");

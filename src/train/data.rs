@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{Batch, TrainConfig};
+use super::config::TrainConfig;
+use super::trainer::Batch;
 use crate::model::Tokenizer;
 use crate::prompts;
 use crate::rng::Rng;
@@ -137,16 +138,16 @@ pub fn plan(lengths: &[usize], micro: usize, seed: u64, epoch: usize) -> Vec<Vec
 }
 
 /// The optimiser steps of the whole run: each a list of micro-batches (indices of examples).
-/// Refused, before anything is planned, past [`super::MAX_STEPS`] steps.
+/// Refused, before anything is planned, past [`super::config::MAX_STEPS`] steps.
 pub fn schedule(lengths: &[usize], c: &TrainConfig) -> anyhow::Result<(Vec<Vec<Vec<usize>>>, usize)> {
-    let (total, per_epoch) = super::Plan::steps(c, lengths.len());
+    let (total, per_epoch) = super::plan::Plan::steps(c, lengths.len());
     anyhow::ensure!(
-        total <= super::MAX_STEPS,
+        total <= super::config::MAX_STEPS,
         "{} epochs of {per_epoch} steps ({} examples) are {total} optimiser steps, over the {} a run may plan: \
          lower num_train_epochs or set max_steps",
         c.num_train_epochs,
         lengths.len(),
-        super::MAX_STEPS
+        super::config::MAX_STEPS
     );
     let mut steps = Vec::new();
     let mut per_epoch = 0;

@@ -26,7 +26,7 @@ pub struct Training {
     pub end: Option<End>,
     pub notes: Vec<String>,
     /// The plan the run said at its start.
-    pub plan: Option<super::Plan>,
+    pub plan: Option<super::plan::Plan>,
 }
 
 impl Training {

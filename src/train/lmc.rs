@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::data::{self, Encoded, Example};
-use super::Trainer;
+use super::trainer::Trainer;
 use crate::model::combine::{self, Method};
 use crate::model::{adapter, Model};
 
@@ -109,6 +109,8 @@ pub fn mean_loss(model: &Model, encoded: &[Encoded]) -> anyhow::Result<(f64, usi
 /// Measures the loss along both lines between the adapters in `a` and `b` at `points` evenly
 /// spaced α (at least 2), on `examples` encoded as training encodes them. `scratch` holds each
 /// point's adapter while it is scored.
+// The two adapters, the data as training encodes it, the points, where a point's adapter is
+// kept while it is scored, and the progress callback: each is used once, none with another.
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
     model: &mut Model,

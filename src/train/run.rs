@@ -15,8 +15,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::config::TrainConfig;
 use super::data::{self, Encoded, Example};
-use super::{Batch, TrainConfig, Trainer};
+use super::trainer::{Batch, Trainer};
 use crate::model::adapter;
 use crate::model::Model;
 
@@ -68,7 +69,7 @@ pub enum TrainEvent {
         resumed_from: Option<usize>,
         /// The schedule, the memory estimate and the warnings (runs before it was recorded: none).
         #[serde(default)]
-        plan: Option<super::Plan>,
+        plan: Option<super::plan::Plan>,
     },
     Step {
         step: usize,
@@ -189,7 +190,7 @@ struct Prepared {
 
 fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<Prepared> {
     let c = &job.config;
-    let max_len = super::row_length(model, c.max_seq_length);
+    let max_len = super::config::row_length(model, c.max_seq_length);
     let eos = model.eos_token_ids.first().copied();
     let encoded: Vec<Encoded> = examples
         .iter()
@@ -200,7 +201,7 @@ fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Resul
     let (encoded, tasks): (Vec<Encoded>, Vec<Option<String>>) = encoded
         .into_iter()
         .zip(examples.iter().map(|e| e.task.clone()))
-        .filter(|(e, _)| super::targets(&e.labels) > 0)
+        .filter(|(e, _)| super::trainer::targets(&e.labels) > 0)
         .unzip();
     let dropped = before - encoded.len();
     anyhow::ensure!(
@@ -215,47 +216,42 @@ fn prepare(model: &Model, job: &TrainJob, examples: &[Example]) -> anyhow::Resul
 
 impl Prepared {
     /// The plan of the steps from `trainer`'s on: the memory of the longest micro-batch, and
-    /// the seconds of their micro-batches' [`super::Cost`] at the rate of a probe step of up to
+    /// the seconds of their micro-batches' [`super::plan::Cost`] at the rate of a probe step of up to
     /// 256 tokens on this machine.
-    fn plan(&self, model: &mut Model, trainer: &Trainer) -> anyhow::Result<super::Plan> {
+    fn plan(&self, model: &mut Model, trainer: &Trainer) -> anyhow::Result<super::plan::Plan> {
         let c = &trainer.config;
         let longest = self.encoded.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let tokens = c.per_device_train_batch_size.min(self.encoded.len()) * longest;
-        let n = 256.min(super::row_length(model, c.max_seq_length)).max(1);
+        let n = 256.min(super::config::row_length(model, c.max_seq_length)).max(1);
         let probe: Vec<u32> = self.encoded[0].ids.iter().copied().cycle().take(n).collect();
         let per_unit = trainer.probe(model, &probe)?;
-        let cost = super::Cost::new(model, c.gradient_checkpointing);
+        let cost = super::plan::Cost::new(model, c.gradient_checkpointing);
         let mut units = 0.0;
         for micro in self.steps[trainer.step.min(self.steps.len())..].iter().flatten() {
             let lens: Vec<usize> = micro.iter().map(|&i| self.encoded[i].ids.len()).collect();
-            let targets = micro.iter().map(|&i| super::targets(&self.encoded[i].labels)).sum();
+            let targets = micro.iter().map(|&i| super::trainer::targets(&self.encoded[i].labels)).sum();
             units += cost.micro(lens.iter().copied().max().unwrap_or(0), &lens, targets);
         }
         let steps = (self.steps.len(), self.per_epoch);
-        let available = super::available_memory_mb();
-        Ok(super::Plan::new(model, c, self.encoded.len(), tokens, steps, available, Some(units * per_unit)))
+        let available = super::plan::available_memory_mb();
+        Ok(super::plan::Plan::new(model, c, self.encoded.len(), tokens, steps, available, Some(units * per_unit)))
     }
 }
 
 /// What a run of `job` would do (`selfspec train --plan`, the Train tab): the examples encoded,
 /// the schedule, the memory and a probe step timed, with the adapter attached to `model` but
 /// nothing written.
-pub fn plan(model: &mut Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<super::Plan> {
+pub fn plan(model: &mut Model, job: &TrainJob, examples: &[Example]) -> anyhow::Result<super::plan::Plan> {
     job.config.check().map_err(anyhow::Error::msg)?;
     let prepared = prepare(model, job, examples)?;
     let trainer = Trainer::new(model, ADAPTER_NAME, job.config.clone(), &job.model)?;
     prepared.plan(model, &trainer)
 }
 
-/// How the frozen base is stored, as a run records it: its projections' GGML block types
-/// ("q4_1"; "q4k+q6k" for a file that mixes them), None when they are dense.
-pub fn base_record(model: &Model) -> Option<String> {
-    let types = model.decoder.projection_block_types();
-    (!types.is_empty()).then(|| types.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join("+"))
-}
-
 /// Trains to the end (or until `cancel`), writing the run folder `dir`, whose lock the caller
 /// holds. `on_event` sees every event written to events.jsonl.
+// The run protocol's parts (the lock held, the job, the folder, resume, cancel, the event
+// callback) and the kind's inputs (model, examples), as evaluate and generate take theirs.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     _lock: &crate::runs::Lock,
@@ -313,13 +309,13 @@ pub fn train(
             t
         }
         _ => match &c.init {
-            super::Init::From(dir) => {
+            super::config::Init::From(dir) => {
                 adapter::load(model, dir, ADAPTER_NAME)?;
                 let modules = adapter::model_targets(&c.target_modules, &model.decoder.spec);
                 let cfg = adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, modules, &base);
                 Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
             }
-            super::Init::Task(_) | super::Init::Reptile { .. } => {
+            super::config::Init::Task(_) | super::config::Init::Reptile { .. } => {
                 match super::warm::start(
                     model,
                     ADAPTER_NAME,

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
+use super::config::{Init, Schedule, TrainConfig};
 use super::data::{self, Encoded};
-use super::{Init, Schedule, TrainConfig, Trainer};
+use super::trainer::Trainer;
 use crate::model::{adapter, Model};
 
 /// What the warm start did, for the run's log.
@@ -54,6 +55,8 @@ fn by_task(tasks: &[Option<String>]) -> anyhow::Result<Vec<(String, Vec<usize>)>
 /// Builds the start named by `config.init` (`task:` or `reptile`) on `model` as adapter `name` and returns a
 /// trainer over it with the run's settings and a fresh optimiser; None when `cancel` was set
 /// on the way. `tasks[i]` is `encoded[i]`'s task.
+// The training run's own values (model, settings, encoded data, base, folder, cancel flag),
+// passed on once from train::run; none is used apart from the run.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     model: &mut Model,

@@ -14,17 +14,34 @@ use unicode_width::UnicodeWidthStr;
 
 use super::eval::EvalScreen;
 use super::generate::GenerateScreen;
+use super::help;
 use super::picker::{Picker, PickerAction};
 use super::review::ReviewScreen;
 use super::seeds::{Focus, SaveState, SeedsScreen};
 use super::seeds_view;
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
 use super::train::TrainScreen;
-use super::truncate;
-use super::Outcome;
-use super::{help, Options};
 use crate::config::Config;
 use crate::workspace::Workspace;
+
+/// How the workbench opens: the workspace, the configuration, and what to show first.
+pub struct Options {
+    pub workspace: Workspace,
+    pub config: Config,
+    /// Where user themes live (`<config dir>/themes`).
+    pub config_dir: PathBuf,
+    /// A seed file to open instead of the workspace's first.
+    pub file: Option<PathBuf>,
+    /// The configuration file (generation runs started from the workbench read it too).
+    pub config_file: PathBuf,
+    /// The model the Generate screen starts with.
+    pub model: Option<String>,
+    /// selfspec's cache folder, where the default model is fetched to.
+    pub cache_dir: PathBuf,
+    /// Open on the Train tab following this run (`selfspec attach RUN`).
+    pub attach: Option<PathBuf>,
+}
 
 const NOTICE_FOR: Duration = Duration::from_secs(5);
 

@@ -14,8 +14,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
+use super::shared::Outcome;
 use super::theme::Theme;
-use super::Outcome;
 use crate::workspace::Workspace;
 
 /// New tokens per answer.
@@ -133,7 +133,7 @@ impl CompareScreen {
         if self.prompt.trim().is_empty() {
             return Outcome::Error("no prompt: e types one, p takes one from the evaluation sets".into());
         }
-        let adapters = super::trained_adapters(&self.workspace);
+        let adapters = super::shared::trained_adapters(&self.workspace);
         let report = self.dataset.as_deref().and_then(|d| newest_report(&self.workspace, d));
         self.columns = std::iter::once("base".to_string())
             .chain(adapters.iter().map(|(n, _)| n.clone()))
@@ -195,7 +195,7 @@ impl CompareScreen {
 
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let [top, answers] = Layout::vertical([Constraint::Length(7), Constraint::Min(4)]).areas(area);
-        let inner = super::panel(frame, top, " Prompt ", theme.border, theme);
+        let inner = super::shared::panel(frame, top, " Prompt ", theme.border, theme);
         let [text, keys] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
         let shown = match &self.typing {
             Some(t) => format!("{t}▏"),
@@ -217,7 +217,7 @@ impl CompareScreen {
         ]);
         frame.render_widget(Paragraph::new(line), keys);
         if self.columns.is_empty() {
-            let inner = super::panel(frame, answers, " Answers ", theme.border, theme);
+            let inner = super::shared::panel(frame, answers, " Answers ", theme.border, theme);
             let text = "The base model and every trained adapter answer here, side by side.";
             frame.render_widget(Paragraph::new(text).style(theme.muted), inner);
             return;
@@ -229,7 +229,7 @@ impl CompareScreen {
                 Some(f) => format!(" {} ({f}) ", c.name),
                 None => format!(" {} ", c.name),
             };
-            let inner = super::panel(frame, *area, &title, theme.border, theme);
+            let inner = super::shared::panel(frame, *area, &title, theme.border, theme);
             let mut lines = Vec::new();
             if let Some(e) = &c.evidence {
                 lines.push(Line::from(Span::styled(e.clone(), theme.muted)));

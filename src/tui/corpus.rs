@@ -18,8 +18,8 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_width::UnicodeWidthStr;
 
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
-use super::{truncate, Outcome};
 use crate::corpus::profile::{corpus_name, index_beside, IndexState, Profile, BUCKETS};
 use crate::corpus::{Highlight, Searcher};
 use crate::generate::pipeline::{Job, Settings};
@@ -500,7 +500,7 @@ impl CorpusScreen {
     }
 
     fn render_list(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Corpora ", theme.border, theme);
+        let inner = super::shared::panel(frame, area, " Corpora ", theme.border, theme);
         let w = inner.width as usize;
         let lines: Vec<Line> = self
             .entries
@@ -526,7 +526,7 @@ impl CorpusScreen {
 
     fn render_detail(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let title = self.entry().map_or(" Corpus ".to_string(), |e| format!(" {} ", e.name));
-        let inner = super::panel(frame, area, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, area, &title, theme.border, theme);
         let w = inner.width as usize;
         let mut head: Vec<Line> = Vec::new();
         let Some(e) = self.entry() else {
@@ -624,7 +624,7 @@ impl CorpusScreen {
             ));
         }
         if self.rows.is_empty() && !self.note.is_empty() {
-            for (a, b) in super::wrap_line(&self.note, w) {
+            for (a, b) in super::editor::wrap_line(&self.note, w) {
                 lines.push(Line::styled(self.note.chars().skip(a).take(b - a).collect::<String>(), theme.muted));
             }
         }
@@ -679,7 +679,7 @@ fn passage_lines(h: &Highlight, width: usize, max_lines: usize, base: Style, mar
     let flat: String = h.text.chars().map(|c| if c.is_whitespace() { ' ' } else { c }).collect();
     let marked: Vec<bool> = h.text.char_indices().map(|(at, _)| h.marked.iter().any(|r| r.contains(&at))).collect();
     let chars: Vec<char> = flat.chars().collect();
-    let ranges = super::wrap_line(&flat, room);
+    let ranges = super::editor::wrap_line(&flat, room);
     let cut = ranges.len() > max_lines;
     let mut out = Vec::new();
     for (n, &(start, end)) in ranges.iter().take(max_lines).enumerate() {

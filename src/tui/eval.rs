@@ -11,9 +11,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Bar, BarChart, BarGroup, Block, Borders, Clear, Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
-use super::truncate;
-use super::Outcome;
 use crate::eval::follow::Evaluation;
 use crate::eval::run::{EvalEvent, Prediction, Report, BASE};
 use crate::runs::Following;
@@ -81,7 +80,7 @@ impl EvalScreen {
     /// Trained adapters, the chosen set's datasets, and the newest evaluation run.
     pub fn rescan(&mut self) {
         self.list_datasets();
-        self.adapters = super::trained_adapters(&self.workspace);
+        self.adapters = super::shared::trained_adapters(&self.workspace);
         self.adapter_ix = self.adapter_ix.min(self.adapters.len());
         if self.run.is_none() {
             let newest = self
@@ -269,7 +268,7 @@ impl EvalScreen {
         self.render_table(frame, table, theme);
         self.render_chart(frame, chart, theme);
         if let Some((title, preds, scroll)) = &self.detail {
-            let inner = super::overlay_box(
+            let inner = super::shared::overlay_box(
                 frame,
                 area,
                 area.width.saturating_sub(4),
@@ -295,7 +294,7 @@ impl EvalScreen {
     }
 
     fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Evaluate ", theme.border, theme);
+        let inner = super::shared::panel(frame, area, " Evaluate ", theme.border, theme);
         let set = self
             .sets
             .get(self.set_ix)
@@ -338,7 +337,7 @@ impl EvalScreen {
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(
+        let inner = super::shared::panel(
             frame,
             area,
             " F1 (Δ against the base, * significant after Holm; Enter: the pairs) ",

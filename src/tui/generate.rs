@@ -21,9 +21,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
-use super::truncate;
-use super::Outcome;
 use crate::generate::follow::Generation;
 use crate::generate::pipeline::{Mode, Progress};
 use crate::runs::Following;
@@ -145,7 +144,7 @@ impl GenerateScreen {
     pub fn rescan_adapters(&mut self) {
         let current = self.adapters.get(self.adapter_ix).map(|a| (a.dir.clone(), a.contrastive));
         let mut list = vec![AdapterChoice { label: "none".into(), dir: None, contrastive: false }];
-        for (name, dir) in super::trained_adapters(&self.workspace) {
+        for (name, dir) in super::shared::trained_adapters(&self.workspace) {
             list.push(AdapterChoice { label: name.clone(), dir: Some(dir.clone()), contrastive: false });
             list.push(AdapterChoice { label: format!("{name}, contrastive"), dir: Some(dir), contrastive: true });
         }
@@ -565,7 +564,7 @@ impl GenerateScreen {
     }
 
     fn render_setup(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Setup ", theme.border, theme);
+        let inner = super::shared::panel(frame, area, " Setup ", theme.border, theme);
         let width = inner.width.saturating_sub(9) as usize;
         let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let values = [
@@ -630,7 +629,7 @@ impl GenerateScreen {
             }
             None => " Progress ".into(),
         };
-        let inner = super::panel(frame, area, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, area, &title, theme.border, theme);
         let [text, gauge] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
         let c = &self.view.counters;
         let secs = self.elapsed();
@@ -697,7 +696,7 @@ impl GenerateScreen {
             (None, Some((p, t))) => (format!(" Instruction prompt {} ", p + 1), t.clone()),
             _ => (" Decoding ".into(), String::new()),
         };
-        let inner = super::panel(frame, area, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, area, &title, theme.border, theme);
         // The newest text: as many trailing lines as fit.
         let width = inner.width.max(1) as usize;
         let mut rows: Vec<String> = Vec::new();
@@ -714,7 +713,7 @@ impl GenerateScreen {
     }
 
     fn render_recent(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Kept (newest first) ", theme.border, theme);
+        let inner = super::shared::panel(frame, area, " Kept (newest first) ", theme.border, theme);
         let w = inner.width as usize;
         let lines: Vec<Line> =
             self.view.recent.iter().take(inner.height as usize).map(|s| Line::from(truncate(s, w))).collect();

@@ -195,7 +195,7 @@ fn lines(theme: &Theme, width: usize) -> Vec<Line<'static>> {
 
 /// Draws the help scrolled by `scroll` lines; returns how far it can scroll at this size.
 pub fn render(frame: &mut Frame, area: Rect, scroll: usize, theme: &Theme) -> usize {
-    let inner = super::overlay_box(
+    let inner = super::shared::overlay_box(
         frame,
         area,
         area.width.saturating_sub(4).min(78),

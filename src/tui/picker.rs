@@ -106,7 +106,7 @@ impl Picker {
     pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let height = (self.entries.len() as u16 + 5).min(area.height.saturating_sub(2)).max(6);
         let title = " seed files · Enter opens · n new · Esc closes ";
-        let inner = super::overlay_box(frame, area, area.width.saturating_sub(4).min(70), height, title, theme);
+        let inner = super::shared::overlay_box(frame, area, area.width.saturating_sub(4).min(70), height, title, theme);
         let mut lines: Vec<Line> = Vec::new();
         if self.entries.is_empty() {
             lines.push(Line::styled("The workspace has no seed files yet.", theme.muted));

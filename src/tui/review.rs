@@ -14,9 +14,8 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::editor::TextEditor;
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
-use super::truncate;
-use super::Outcome;
 use crate::generate::review::Review;
 use crate::generate::samples::{Sample, Status};
 use crate::seeds::Task;
@@ -420,7 +419,7 @@ impl ReviewScreen {
     fn render_trace(&self, view: &TraceView, frame: &mut Frame, area: Rect, theme: &Theme) {
         use ratatui::style::{Modifier, Style};
         let title = format!(" Trace {} · ←/→ token · t/Esc close ", view.id);
-        let inner = super::panel(
+        let inner = super::shared::panel(
             frame,
             area,
             &truncate(&title, area.width.saturating_sub(2) as usize),
@@ -485,7 +484,7 @@ impl ReviewScreen {
             Filter::Only(s) => status_name(s).to_string(),
         };
         let title = format!(" {} · {filter} ", run.unwrap_or_else(|| "no runs".into()));
-        let inner = super::panel(
+        let inner = super::shared::panel(
             frame,
             area,
             &truncate(&title, area.width.saturating_sub(2) as usize),
@@ -544,7 +543,7 @@ impl ReviewScreen {
             Some(s) => format!(" {} · {} ", s.id, status_name(s.status)),
             None => " Sample ".into(),
         };
-        let inner = super::panel(frame, area, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, area, &title, theme.border, theme);
         let Some(s) = self.current() else { return };
         let mut lines = vec![Line::from(Span::styled("Instruction", theme.field_label))];
         lines.extend(s.instruction.lines().map(|l| Line::from(l.to_string())));
@@ -575,7 +574,7 @@ impl ReviewScreen {
     }
 
     fn render_provenance(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
-        let inner = super::panel(frame, area, " Provenance ", theme.border, theme);
+        let inner = super::shared::panel(frame, area, " Provenance ", theme.border, theme);
         let Some(s) = self.current() else { return };
         let p = &s.provenance;
         let docs = if p.documents.is_empty() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::editor::TextEditor;
-use super::Outcome;
+use super::shared::Outcome;
 use crate::seeds::{self, Limits, Problem, Seed, SeedFile, Task};
 
 const UNDO_DEPTH: usize = 200;

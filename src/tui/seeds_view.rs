@@ -9,8 +9,8 @@ use unicode_width::UnicodeWidthStr;
 
 use super::editor::{wrap, Segment};
 use super::seeds::{Field, Focus, SeedsScreen};
+use super::shared::truncate;
 use super::theme::Theme;
-use super::truncate;
 use crate::seeds::{Seed, Task};
 
 const LABEL_WIDTH: u16 = 6;

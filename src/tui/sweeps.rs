@@ -22,8 +22,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
+use super::shared::Outcome;
 use super::theme::Theme;
-use super::Outcome;
 use crate::eval::run::Prediction;
 use crate::runs::{Kind, State, Tail};
 use crate::sweep::{layout, Point, Spec, SweepEvent};
@@ -557,7 +557,7 @@ impl SweepsScreen {
             Some((stage, name)) if s.state.is_running() => format!(" Stages · now {stage} {name} "),
             _ => format!(" Stages · {} ", s.state.label()),
         };
-        let inner = super::panel(frame, table, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, table, &title, theme.border, theme);
         let mut lines: Vec<Line> = Vec::new();
         if let Some(first) = s.left_out.first() {
             let more =
@@ -577,7 +577,7 @@ impl SweepsScreen {
     fn render_start(&self, st: &Starting, frame: &mut Frame, area: Rect, theme: &Theme) {
         let list_width = (area.width / 3).clamp(20.min(area.width), 34);
         let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(0)]).areas(area);
-        let inner = super::panel(frame, list, " Sweep files · s start · Esc ", theme.border_focus, theme);
+        let inner = super::shared::panel(frame, list, " Sweep files · s start · Esc ", theme.border_focus, theme);
         let lines: Vec<Line> = st
             .files
             .iter()
@@ -594,7 +594,7 @@ impl SweepsScreen {
             Some(f) => format!(" Plan · {} ", f.display()),
             None => " Plan ".into(),
         };
-        let inner = super::panel(frame, right, &title, theme.border, theme);
+        let inner = super::shared::panel(frame, right, &title, theme.border, theme);
         let (text, style) = match (&st.plan, file) {
             (Some((f, Ok(plan))), Some(g)) if f == g => (plan.clone(), theme.base),
             (Some((f, Err(e))), Some(g)) if f == g => (format!("This sweep cannot start:\n{e}"), theme.error),

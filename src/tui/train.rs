@@ -17,9 +17,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
 use ratatui::Frame;
 
+use super::shared::{truncate, Outcome};
 use super::theme::Theme;
-use super::truncate;
-use super::Outcome;
 use crate::model::gguf::QuantType;
 use crate::runs::{State as RunState, Tail};
 use crate::train::follow::{Step, Training};
@@ -69,10 +68,7 @@ impl RunView {
     }
 }
 
-/// Training run folders under the workspace's runs/, newest first.
-pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
-    workspace.runs_newest_first(|p| crate::runs::kind(p) == Some(crate::runs::Kind::Train))
-}
+pub use super::shared::train_runs;
 
 /// How a new run stores the frozen base (p cycles them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,7 +494,8 @@ impl TrainScreen {
         let [chart, info] = Layout::vertical([Constraint::Min(6), Constraint::Length(5)]).areas(right);
         match &self.pending {
             Some(p) => {
-                let inner = super::panel(frame, chart, " New training run: its settings ", theme.border_focus, theme);
+                let inner =
+                    super::shared::panel(frame, chart, " New training run: its settings ", theme.border_focus, theme);
                 let lines: Vec<Line> = p
                     .lines()
                     .into_iter()
@@ -638,7 +635,7 @@ pub fn render_runs(
     selected: usize,
     theme: &Theme,
 ) {
-    let inner = super::panel(frame, area, title, theme.border_focus, theme);
+    let inner = super::shared::panel(frame, area, title, theme.border_focus, theme);
     if rows.is_empty() {
         frame
             .render_widget(Paragraph::new(empty).style(theme.muted).wrap(ratatui::widgets::Wrap { trim: true }), inner);
