@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::linear::LoraAdapter;
-use crate::model::Model;
+use crate::model::loaded::Model;
 
 /// The projections LoRA can target, by their last name component (PEFT's `target_modules`), in
 /// the Llama-style families' names; [`FAMILY_TARGETS`] gives MPT's and Falcon's.
@@ -43,7 +43,7 @@ pub fn known_targets() -> Vec<&'static str> {
 
 /// `targets` (selfspec's config: Llama's names, or the model's own) as the module names of the
 /// model `spec` describes, each once, in order: what PEFT's `target_modules` must say for it.
-pub fn model_targets(targets: &[String], spec: &crate::model::DecoderSpec) -> Vec<String> {
+pub fn model_targets(targets: &[String], spec: &crate::model::config::DecoderSpec) -> Vec<String> {
     let family = spec.gpt.as_ref().map(|g| g.family as usize);
     let mut out: Vec<String> = Vec::new();
     for t in targets {

@@ -95,7 +95,7 @@ pub fn tokenize(
     verbose: bool,
 ) -> anyhow::Result<()> {
     use std::io::Write;
-    let tokenizer = super::load_tokenizer(model)?;
+    let tokenizer = super::open::load_tokenizer(model)?;
     let texts: Vec<String> = match (text, jsonl) {
         (Some(t), _) => vec![t.to_string()],
         (None, Some(path)) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// How rotary position frequencies are computed.
 #[derive(Debug, Clone, PartialEq)]

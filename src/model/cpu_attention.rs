@@ -17,7 +17,7 @@ use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::packed::Kernel;
-use super::qpacked::Out;
+use super::panels::Out;
 
 /// New positions up to which [`attend`] is used; larger (prefill) goes through GEMMs.
 pub const MAX_NEW: usize = 16;
@@ -375,7 +375,7 @@ mod wide {
             for (r, sum) in sums.iter_mut().enumerate().take(rep) {
                 let p = &mut p[r * total + lo..(r + 1) * total];
                 let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                *sum = super::super::flash::exp_shift(p, max);
+                *sum = super::super::vexp::exp_shift(p, max);
             }
             // Values: 16 slots at a time for every query head, each head's sums in registers.
             for a in acc.iter_mut() {

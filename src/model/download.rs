@@ -16,11 +16,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Downloads `repo` (`org/name`) into the cache at `root`; returns its snapshot folder. The
+/// Downloads `repo` (`org/name`) into the cache at `root` (a token saved under `hf_home`, the
+/// Hugging Face home, is sent when `HF_TOKEN` is unset); returns its snapshot folder. The
 /// snapshot's links and `refs/main` are written only once every file is whole, so a cut
 /// download leaves no snapshot for the next run to take as complete.
-pub fn fetch(root: &Path, repo: &str) -> Result<PathBuf, String> {
-    let hub = Hub::from_env();
+pub fn fetch(root: &Path, hf_home: Option<&Path>, repo: &str) -> Result<PathBuf, String> {
+    let hub = Hub::from_env(hf_home);
     let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
     let (commit, config) = hub.file(&repo_dir, repo, "main", "config.json")?.ok_or_else(|| {
         format!("{}/{repo} has no config.json (is the name right, and is it a model repository?)", hub.endpoint)
@@ -112,11 +113,13 @@ struct Hub {
 }
 
 impl Hub {
-    fn from_env() -> Hub {
+    /// The hub `HF_ENDPOINT` names, with `HF_TOKEN` or the token saved under `hf_home`.
+    fn from_env(hf_home: Option<&Path>) -> Hub {
         let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()).or_else(|| {
-            std::fs::read_to_string(super::hub::hf_home()?.join("token")).ok().filter(|t| !t.trim().is_empty())
-        });
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| std::fs::read_to_string(hf_home?.join("token")).ok().filter(|t| !t.trim().is_empty()));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .max_redirects(0)
             .http_status_as_error(false)

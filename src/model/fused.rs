@@ -28,7 +28,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::config::Activation;
-use super::linear::{CpuWeight, Dropout};
+use super::cpu_weight::CpuWeight;
+use super::dropout::Dropout;
 
 /// Whether `t` can go through these ops: f32 on the CPU.
 pub fn usable(t: &Tensor) -> bool {
@@ -79,6 +80,8 @@ fn gemm_threads(work: usize) -> Parallelism {
 }
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, each matrix given by (row, column) strides.
+// BLAS's arguments (sizes, the destination, accumulate or not, two operands with their
+// strides, a scale, the threads): each call reads as the product it is.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
     m: usize,
@@ -278,11 +281,11 @@ pub fn rope(x: &Tensor, angles: &Angles, interleaved: bool) -> Result<Tensor> {
 
 struct GluMulOp(Activation);
 
-/// `1 / (1 + e^−x)` through [`super::flash::exp`] (within 2 ulp of libm's), so that loops of
+/// `1 / (1 + e^−x)` through [`super::vexp::exp`] (within 2 ulp of libm's), so that loops of
 /// it vectorise.
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + super::flash::exp(-x))
+    1.0 / (1.0 + super::vexp::exp(-x))
 }
 
 /// √(2/π), GELU-tanh's inner factor.

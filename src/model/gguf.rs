@@ -23,9 +23,11 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{Activation, Alibi, DecoderSpec, GemmaParts, GptFamily, GptParts, Parallel, QkvLayout};
 use super::config::{Rope, RopeScaling};
 use super::decoder::{Decoder, Names, Source};
+use super::error::ModelError;
 use super::linear::Linear;
+use super::loaded::Model;
+use super::tokenizer::Tokenizer;
 use super::weights::Weights;
-use super::{Model, ModelError, Tokenizer};
 
 /// The Hugging Face name of a tensor in llama.cpp's naming. Gemma's `post_attention_layernorm`
 /// is its attention's output norm, not the pre-MLP norm it is in Llama.
@@ -632,7 +634,7 @@ fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// over every layer is written as `attention.sliding_window` (llama.cpp's key; its `llama`
 /// architecture ignores it, selfspec applies it).
 pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<String>> {
-    let spec = super::read_spec(&dir.join("config.json"))?;
+    let spec = super::arch::read_spec(&dir.join("config.json"))?;
     let gemma = spec.gemma.clone();
     if gemma.is_none() && spec.sliding_window.is_some() && !spec.sliding_layers.iter().all(|&s| s) {
         anyhow::bail!(

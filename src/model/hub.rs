@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// `$HF_HOME`, else `~/.cache/huggingface`.
 pub(crate) fn hf_home() -> Option<PathBuf> {
@@ -46,7 +46,7 @@ pub fn resolve(model: &str) -> Result<PathBuf, ModelError> {
     let found = snapshot(&root, model);
     #[cfg(feature = "hub-download")]
     if !offline() && !found.as_deref().is_some_and(super::download::is_complete) {
-        return super::download::fetch(&root, model).map_err(|e| {
+        return super::download::fetch(&root, hf_home().as_deref(), model).map_err(|e| {
             ModelError::NotFound(format!(
                 "{model} is {} the Hugging Face cache at {}, and downloading it failed: {e}",
                 if found.is_some() { "only partly in" } else { "not in" },

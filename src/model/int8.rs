@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::qpacked::{Out, NR};
+use super::panels::{Out, NR};
 
 /// Rows of `x` per micro-tile (three accumulators each, 24 of the 32 vector registers).
 const MR: usize = 8;
@@ -170,7 +170,7 @@ pub(crate) fn matmul_with(kernel: IntKernel, w: &Weight, x: &[f32], rows: usize,
     let acts = quantize(kernel, x, w.group, !w.min.is_empty());
     let groups = w.inp / w.group;
     let y_out = Out(y.as_mut_ptr());
-    super::qpacked::for_panels(w.out.div_ceil(NR), |p| {
+    super::panels::for_panels(w.out.div_ceil(NR), |p| {
         let tile = Tile {
             q: &w.quads.q[p * w.inp * NR..][..w.inp * NR],
             qsum: &w.quads.qsum[p * groups * NR..][..groups * NR],
@@ -241,7 +241,7 @@ mod vnni512 {
     /// # Safety
     /// AVX-512F and AVX-512 VNNI present.
     pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &Rows) {
-        unsafe { crate::model::qpacked::by_rows!(rows, rows_n(t, r)) }
+        unsafe { crate::model::panels::by_rows!(rows, rows_n(t, r)) }
     }
 
     /// [`super::round_groups`] sixteen values at a time (`group` a multiple of 16); the
@@ -322,7 +322,7 @@ mod vnni512 {
             }
         }
         // SAFETY: this tile's rows of this panel belong to this call alone.
-        unsafe { crate::model::qpacked::avx512::store_rows(&out, t.cols, r.y.at(0), r.ldc) };
+        unsafe { crate::model::panels::avx512::store_rows(&out, t.cols, r.y.at(0), r.ldc) };
     }
 }
 

@@ -5,7 +5,7 @@
 //! projections do where `bias` says; the MLP is an ungated GELU.
 
 use super::super::config::{Activation, Alibi, ConfigJson, DecoderSpec, GptFamily, GptParts, Parallel, QkvLayout};
-use super::super::ModelError;
+use super::super::error::ModelError;
 
 pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     let first = |keys: [&str; 2]| -> Result<usize, ModelError> {

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::super::config::{Activation, ConfigJson, DecoderSpec, GemmaParts, Rope, RopeScaling};
-use super::super::ModelError;
+use super::super::error::ModelError;
 
 /// transformers' defaults for the two rotary bases.
 const GLOBAL_THETA: f64 = 1_000_000.0;
@@ -55,7 +55,8 @@ fn text_spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
         map.entry("bos_token_id").or_insert_with(|| Value::from(2));
         map.entry("tie_word_embeddings").or_insert_with(|| Value::from(true));
     }
-    let mut spec = super::llama_like(&ConfigJson { value: &plain, file: cfg.file }, "gemma3", GLOBAL_THETA)?;
+    let mut spec =
+        super::llama_like::llama_like(&ConfigJson { value: &plain, file: cfg.file }, "gemma3", GLOBAL_THETA)?;
     spec.activation = Activation::GeluTanh;
     spec.qk_norm = true;
     let (global, local) = ropes(cfg)?;

@@ -6,7 +6,7 @@
 
 use super::super::config::{Activation, Alibi, ConfigJson, DecoderSpec, GptFamily, GptParts, Parallel, QkvLayout};
 use super::super::config::{Rope, RopeScaling};
-use super::super::ModelError;
+use super::super::error::ModelError;
 
 pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
     let hidden = cfg.usize("d_model")?;

@@ -2,12 +2,12 @@
 //! not equal hidden_size / num_attention_heads.
 
 use super::super::config::{ConfigJson, DecoderSpec};
-use super::super::ModelError;
+use super::super::error::ModelError;
 
 pub fn spec(cfg: &ConfigJson) -> Result<DecoderSpec, ModelError> {
-    let mut spec = super::llama_like(cfg, "qwen3", 10_000.0)?;
+    let mut spec = super::llama_like::llama_like(cfg, "qwen3", 10_000.0)?;
     spec.qk_norm = true;
     // `attention_bias` applies to q, k, v and o alike in Qwen3.
-    super::qwen_sliding(cfg, &mut spec)?;
+    super::llama_like::qwen_sliding(cfg, &mut spec)?;
     Ok(spec)
 }
