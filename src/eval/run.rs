@@ -189,6 +189,8 @@ pub fn check_folder(dir: &Path, job: &EvalJob) -> anyhow::Result<()> {
 /// sweep's evaluation leaves them to its last point's). Each answer is scored and appended to
 /// predictions.jsonl as it finishes, so a run stopped (`cancel`) or killed continues where it
 /// was: answers already scored are not generated again. Returns None when stopped.
+// The run protocol's parts (the lock held, the job, the folder, cancel, the event callback)
+// and the kind's inputs (engine, datasets, intervals), as train and generate take theirs.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     _lock: &crate::runs::Lock,

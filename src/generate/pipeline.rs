@@ -85,6 +85,9 @@ pub fn run(
     sink.error.map_or(Ok(outcome), Err)
 }
 
+// The run and its inputs, the cancel flag, where events go, the near-duplicate pool and the
+// labels of its entries, the prompt budget and the clock of a continued run: the loop's state,
+// built by `run` and used only here.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn go(
     run: &mut Run,
