@@ -101,14 +101,8 @@ fn the_workbench_spells_no_flag_and_no_file_of_a_run_folder() {
             continue;
         }
         // Code only: comments may name the files they are about.
-        let code: String = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or("")
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code: String =
+            without_tests(&text).lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
         assert!(!code.contains("\"--"), "src/{name} spells a command-line flag: build a launch::Launch");
         for file in [
             "adapter_model.safetensors",
@@ -154,7 +148,7 @@ fn edges() -> std::collections::BTreeMap<String, std::collections::BTreeSet<Stri
         if name == "main.rs" || name == "cli.rs" || name == "lib.rs" || name.starts_with("tui/") {
             continue;
         }
-        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let code = without_tests(&text);
         let node = name.split(['/', '.']).next().unwrap().to_string();
         let targets = graph.entry(node.clone()).or_default();
         for piece in code.split("crate::").skip(1) {
@@ -210,6 +204,21 @@ fn the_engine_has_no_import_loops() {
     assert!(top["generate"].contains("metrics") && !top["generate"].contains("eval"), "{:?}", top["generate"]);
 }
 
+/// `text` up to its test module (`#[cfg(test)]` over a `mod`; one over a single function is
+/// kept, and so is what follows it): what a test reads is not a dependency.
+fn without_tests(text: &str) -> &str {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("#[cfg(test)]") {
+        let at = from + at;
+        let next = text[at + "#[cfg(test)]".len()..].trim_start();
+        if next.starts_with("mod ") || next.starts_with("pub mod ") {
+            return &text[..at];
+        }
+        from = at + 1;
+    }
+    text
+}
+
 /// The spans (from `{` to its `}`) of the inline modules (`mod name { … }`) in `text`.
 fn inline_modules(text: &str) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
@@ -250,14 +259,10 @@ fn module_graph() -> std::collections::BTreeMap<Vec<String>, std::collections::B
         if matches!(path.last().map(String::as_str), Some("mod" | "lib" | "main")) {
             path.pop();
         }
-        let body: Vec<&str> = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or("")
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect();
-        code.entry(path).or_default().push_str(&body.join("\n"));
+        let body: Vec<&str> = without_tests(&text).lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+        let module = code.entry(path).or_default();
+        module.push_str(&body.join("\n"));
+        module.push('\n');
     }
     let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
     // The module a path names: the longest prefix of it that is a module. `inline` is the depth

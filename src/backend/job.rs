@@ -53,7 +53,7 @@ impl Job {
     }
 }
 
-/// Where [`Engine::run`] gets its jobs and sends what they make: [`crate::decode::Feed`] at the
+/// Where [`super::Engine::run`] gets its jobs and sends what they make: [`crate::decode::Feed`] at the
 /// level of text.
 pub trait JobFeed {
     fn take(&mut self, room: crate::decode::Room) -> Vec<(usize, Job)>;

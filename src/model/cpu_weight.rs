@@ -2,8 +2,8 @@
 //! blocks ([`super::qpacked::QPacked`]) each with their own `y = x Wᵀ` kernel, which the
 //! decoder's head and training's fused ops call through it.
 
-/// A frozen CPU weight with its own `y = x Wᵀ` kernel: packed f32 ([`Packed`]) or decoded GGML
-/// blocks ([`QPacked`]).
+/// A frozen CPU weight with its own `y = x Wᵀ` kernel: packed f32 ([`super::packed::Packed`]) or decoded GGML
+/// blocks ([`super::qpacked::QPacked`]).
 pub trait CpuWeight: Send + Sync {
     fn name(&self) -> &'static str;
     fn in_features(&self) -> usize;

@@ -74,7 +74,7 @@ pub struct Choice {
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     /// Round the activations of GGML-block weights to int8 (integer products, as llama.cpp's
-    /// Q8 activations): faster prefill, not exact ([`int8`]).
+    /// Q8 activations): faster prefill, not exact ([`super::int8`]).
     pub int8: bool,
 }
 

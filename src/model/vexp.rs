@@ -4,7 +4,7 @@
 /// `e^x` in f32 by range reduction and Cephes' polynomial (within 2 ulp of the true value),
 /// written so that a loop of it vectorises; exactly 0 below −87.3 (and for −∞).
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOW: f32 = -87.3;
     let xc = x.clamp(LOW, 88.3);
     let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
@@ -57,7 +57,7 @@ unsafe fn exp_shift_avx2(row: &mut [f32], shift: f32) -> f32 {
 
 /// [`exp_shift_lanes`], with AVX-512 or AVX2 where the CPU has it (the same values either way:
 /// no multiply and add is fused into one rounding).
-pub fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
+pub(super) fn exp_shift(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

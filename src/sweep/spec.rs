@@ -54,7 +54,7 @@ pub struct Spec {
     /// Training settings (over the built-in defaults).
     #[serde(default)]
     pub train: TrainConfig,
-    /// A Seeded LoRA sweep (see [`seeded`]) instead of the seeds and samples axes.
+    /// A Seeded LoRA sweep (see [`super::seeded`]) instead of the seeds and samples axes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded: Option<Seeded>,
     /// An OpenAI-compatible server serving `model` that the generation stages decode on (`endpoint`,

@@ -58,10 +58,10 @@ pub enum Init {
     /// a fresh optimiser.
     From(std::path::PathBuf),
     /// The expert of task NAME as the start: a standard adapter trained first, with the run's
-    /// settings, on the data's examples whose `task` is NAME (see [`warm`]).
+    /// settings, on the data's examples whose `task` is NAME (see [`super::warm`]).
     Task(String),
     /// Meta-learned: first-order Reptile over the data's tasks for `outer` steps of `inner`
-    /// AdamW steps each (see [`warm`]).
+    /// AdamW steps each (see [`super::warm`]).
     Reptile { outer: usize, inner: usize },
 }
 

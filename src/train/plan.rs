@@ -21,7 +21,7 @@ pub struct Plan {
     /// the longest micro-batch and whether blocks are checkpointed; within ~25 % on SmolLM2).
     pub memory_mb: f64,
     /// The run's estimated duration in seconds: [`Cost`] over every step's micro-batches, at the
-    /// rate of a probe step on this machine ([`Trainer::probe`]); within ~20 % on SmolLM2.
+    /// rate of a probe step on this machine ([`super::trainer::Trainer::probe`]); within ~20 % on SmolLM2.
     #[serde(default)]
     pub seconds: Option<f64>,
     /// The frozen base's GGML block type(s) (QLoRA), as the run records it; None: dense.
@@ -135,7 +135,7 @@ impl Plan {
     }
 
     /// Optimiser steps of a run over `examples` examples, and those of one epoch (what
-    /// [`data::schedule`] plans, from the count alone).
+    /// [`super::data::schedule`] plans, from the count alone).
     pub fn steps(config: &TrainConfig, examples: usize) -> (usize, usize) {
         let micro = examples.div_ceil(config.per_device_train_batch_size.max(1));
         let per_epoch = micro.div_ceil(config.gradient_accumulation_steps.max(1));

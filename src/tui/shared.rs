@@ -55,7 +55,7 @@ pub fn train_runs(workspace: &Workspace) -> Vec<PathBuf> {
 
 /// Clears a box of at most `width`×`height` centred in `area`, draws its border and title, and
 /// returns the inside.
-pub(crate) fn overlay_box(
+pub(super) fn overlay_box(
     frame: &mut ratatui::Frame,
     area: ratatui::layout::Rect,
     width: u16,
