@@ -5,6 +5,9 @@
 pub mod job;
 pub mod openai;
 pub mod remote;
+mod throttle;
+mod tops;
+mod wire;
 
 use std::sync::atomic::AtomicBool;
 

@@ -16,25 +16,23 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::job::{Job, JobFeed, ListJobs, Prompt};
+use super::job::{Job, JobFeed, ListJobs};
 use super::remote::Remote;
+use super::throttle::{StopFlag, Throttle, CUT};
+use super::tops::{contrast, mixture};
+use super::wire::{cut, message, prompt_body, token_id, IDS_ADVICE};
 use crate::decode::{sampling, Completion, Event, Finish, Rng, Sampling, Timing};
 
 /// Token texts servers give the end of a sequence in their log-probabilities (llama.cpp gives
 /// special tokens an empty text).
 const END_TEXTS: &[&str] = &["", "</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
-
-/// What to do when a server cannot step in token ids.
-const IDS_ADVICE: &str = "stepping in token ids (--tokenizer) needs a server that takes a prompt of token ids and \
-                          return_tokens_as_token_ids (vLLM, selfspec serve); llama.cpp's server does not, so leave \
-                          --tokenizer out for it";
 
 /// The most a response body may hold (a step's log-probabilities included).
 const BODY_LIMIT: u64 = 64 << 20;
@@ -456,7 +454,7 @@ impl Client {
                 // Cut while other answers streamed: the server stops one answer when another
                 // request comes (llama-cpp-python's interrupt_requests). Fewer at once, and the
                 // same request again, without counting a try.
-                Err(Try::Again(why)) if why == CUT && throttle.cut(tx) => {
+                Err(Try::Again(why)) if why == CUT && throttle.cut(&mut |note| drop(tx.send(Msg::Note(note)))) => {
                     throttle.release();
                     if !throttle.acquire(&|| cancel.get()) {
                         return Ok((String::new(), Finish::Cancelled, 0));
@@ -705,149 +703,6 @@ impl Client {
     }
 }
 
-/// How a streamed answer that ends without a finish reason is reported.
-const CUT: &str = "the connection closed before the answer ended";
-
-/// How many requests may talk to the server at once. It starts at the concurrency asked for;
-/// each answer the server cuts while others stream halves it (down to 1), and the user is told
-/// once why.
-struct Throttle {
-    limit: AtomicUsize,
-    /// Requests talking to the server now.
-    running: AtomicUsize,
-    /// Requests taken whose end the caller has not yet heard.
-    in_flight: AtomicUsize,
-    told: AtomicBool,
-}
-
-impl Throttle {
-    fn new(limit: usize) -> Throttle {
-        Throttle {
-            limit: AtomicUsize::new(limit.max(1)),
-            running: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            told: AtomicBool::new(false),
-        }
-    }
-
-    /// Waits for a slot under the limit; false when `stop` says so first.
-    fn acquire(&self, stop: &dyn Fn() -> bool) -> bool {
-        loop {
-            let running = self.running.load(Ordering::SeqCst);
-            if running < self.limit.load(Ordering::SeqCst)
-                && self.running.compare_exchange(running, running + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
-            {
-                return true;
-            }
-            if stop() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn release(&self) {
-        self.running.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// An answer was cut: true (and the limit lowered) when others were streaming, so the cut
-    /// is the server's answer to concurrency rather than a failure.
-    fn cut(&self, tx: &mpsc::Sender<Msg>) -> bool {
-        let running = self.running.load(Ordering::SeqCst);
-        if running <= 1 {
-            return false;
-        }
-        let limit = self.limit.load(Ordering::SeqCst);
-        let lower = (running.min(limit) / 2).max(1);
-        if lower < limit {
-            self.limit.store(lower, Ordering::SeqCst);
-            let first = !self.told.swap(true, Ordering::SeqCst);
-            let why = if first {
-                " The server ends a streamed answer when another request arrives (llama-cpp-python does \
-                 so unless started with --interrupt_requests false, which lets it queue requests instead); \
-                 answers cut that way are asked again."
-            } else {
-                ""
-            };
-            let _ =
-                tx.send(Msg::Note(format!("the server cut an answer: {lower} request(s) at once from now on.{why}")));
-        }
-        true
-    }
-}
-
-/// The stop test a worker polls (the caller's cancel or another worker's failure).
-struct StopFlag<'a>(&'a (dyn Fn() -> bool + Sync));
-
-impl StopFlag<'_> {
-    fn get(&self) -> bool {
-        (self.0)()
-    }
-}
-
-/// The endpoint and body of `prompt` continued by `generated` on `model`: a text prompt goes to
-/// completions; a conversation to chat completions, where a begun assistant turn (primer and
-/// generated text) is continued with `continue_final_message` (vLLM's and `selfspec serve`'s
-/// extension).
-fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, Value) {
-    match prompt {
-        Prompt::Text(text) => ("completions", json!({"model": model, "prompt": format!("{text}{generated}")})),
-        Prompt::Chat { messages, primer } => {
-            let mut messages = serde_json::to_value(messages).unwrap_or_default();
-            let begun = format!("{primer}{generated}");
-            let mut body = json!({"model": model});
-            if !begun.is_empty() {
-                if let Some(list) = messages.as_array_mut() {
-                    list.push(json!({"role": "assistant", "content": begun}));
-                }
-                body["continue_final_message"] = json!(true);
-                body["add_generation_prompt"] = json!(false);
-            }
-            body["messages"] = messages;
-            ("chat/completions", body)
-        }
-    }
-}
-
-/// The id in a token named `token_id:N` (vLLM's `return_tokens_as_token_ids`).
-fn token_id(name: &str) -> anyhow::Result<u32> {
-    name.strip_prefix("token_id:")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("the server named a token {name:?}, not token_id:N: {IDS_ADVICE}"))
-}
-
-/// log Σ_j w_j·p_j(t) over the union of the tops (a token outside prompt j's top N counts 0).
-pub fn mixture(tops: &[Vec<(String, f64)>], weights: &[f64]) -> Vec<(String, f32)> {
-    let mut sum: HashMap<&str, f64> = HashMap::new();
-    for (top, w) in tops.iter().zip(weights) {
-        // A text reported twice (two special tokens with one text) counts once, at its best.
-        let mut best: HashMap<&str, f64> = HashMap::new();
-        for (t, l) in top {
-            let e = best.entry(t.as_str()).or_insert(f64::NEG_INFINITY);
-            *e = e.max(*l);
-        }
-        for (t, l) in best {
-            *sum.entry(t).or_default() += w * l.exp();
-        }
-    }
-    sum.into_iter().filter(|(_, p)| *p > 0.0).map(|(t, p)| (t.to_string(), p.ln() as f32)).collect()
-}
-
-/// Eq. 3 over two tops: log p_tuned − log p_base on the tuned tokens with p_tuned ≥ α·max; a
-/// token outside the base's top N gets the smallest base log-probability reported (an upper
-/// bound of its own).
-pub fn contrast(tuned: &[(String, f64)], base: &[(String, f64)], alpha: f64) -> Vec<(String, f32)> {
-    let best = tuned.iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
-    let floor = best + alpha.ln();
-    let base_map: HashMap<&str, f64> = base.iter().map(|(t, l)| (t.as_str(), *l)).collect();
-    let bound = base.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
-    tuned
-        .iter()
-        .filter(|(_, l)| *l >= floor)
-        .map(|(t, l)| (t.clone(), (l - base_map.get(t.as_str()).copied().unwrap_or(bound)) as f32))
-        .collect()
-}
-
 /// Words of a streamed text as ids, to see a repetition loop without the server's tokens.
 #[derive(Default)]
 struct Words {
@@ -878,73 +733,9 @@ fn read_body(resp: ureq::http::Response<ureq::Body>) -> Result<String, ureq::Err
     resp.into_body().with_config().limit(BODY_LIMIT).read_to_string()
 }
 
-/// The server's own words in an error body: OpenAI's `error.message`, FastAPI's `detail`, or the
-/// text itself.
-fn message(body: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<Value>(body) {
-        for m in [&v["error"]["message"], &v["error"], &v["detail"], &v["message"]] {
-            if let Some(s) = m.as_str() {
-                return cut(s, 500).to_string();
-            }
-            if !m.is_null() && !m.is_object() {
-                return cut(&m.to_string(), 500).to_string();
-            }
-        }
-    }
-    let body = body.trim();
-    if body.is_empty() {
-        "(no message)".into()
-    } else {
-        cut(body, 500).to_string()
-    }
-}
-
-fn cut(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((at, _)) => &s[..at],
-        None => s,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn top(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
-        pairs.iter().map(|(t, l)| (t.to_string(), *l)).collect()
-    }
-
-    #[test]
-    fn the_mixture_sums_weighted_probabilities_over_the_union() {
-        let a = top(&[("x", 0.5f64.ln()), ("y", 0.25f64.ln())]);
-        let b = top(&[("y", 0.5f64.ln()), ("z", 0.5f64.ln())]);
-        let mut m = mixture(&[a, b], &[0.75, 0.25]);
-        m.sort_by(|p, q| p.0.cmp(&q.0));
-        let p: Vec<f64> = m.iter().map(|(_, l)| (*l as f64).exp()).collect();
-        assert_eq!(m.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["x", "y", "z"]);
-        for (got, want) in p.iter().zip([0.375, 0.75 * 0.25 + 0.25 * 0.5, 0.125]) {
-            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn the_contrast_keeps_plausible_tokens_and_bounds_missing_base_ones() {
-        let tuned = top(&[("a", -0.1), ("b", -1.0), ("c", -5.0)]);
-        let base = top(&[("a", -0.2), ("z", -3.0)]);
-        let mut s = contrast(&tuned, &base, 0.1);
-        s.sort_by(|p, q| p.0.cmp(&q.0));
-        // c is below 0.1·max; b is not in the base's top and gets the bound −3.
-        assert_eq!(s.len(), 2);
-        assert!((s[0].1 - 0.1).abs() < 1e-6 && (s[1].1 - 2.0).abs() < 1e-6, "{s:?}");
-    }
-
-    #[test]
-    fn server_messages_are_found_where_servers_put_them() {
-        assert_eq!(message(r#"{"error":{"message":"bad model"}}"#), "bad model");
-        assert_eq!(message(r#"{"detail":"Not Found"}"#), "Not Found");
-        assert_eq!(message("plain words"), "plain words");
-        assert_eq!(message(""), "(no message)");
-    }
 
     #[test]
     fn words_see_a_loop() {
@@ -953,13 +744,5 @@ mod tests {
             w.push("the answer is ");
         }
         assert!(w.looping());
-    }
-
-    #[test]
-    fn tokens_named_by_id_parse_and_texts_are_refused_with_what_to_do() {
-        assert_eq!(token_id("token_id:42").unwrap(), 42);
-        let e = format!("{:#}", token_id(" the").unwrap_err());
-        assert!(e.contains("\" the\"") && e.contains("return_tokens_as_token_ids") && e.contains("leave"), "{e}");
-        assert!(token_id("token_id:x").is_err());
     }
 }
