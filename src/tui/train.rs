@@ -17,7 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::shared::{truncate, Outcome};
+use super::shared::{train_runs, truncate, Outcome};
 use super::theme::Theme;
 use crate::model::gguf::QuantType;
 use crate::runs::{State as RunState, Tail};
@@ -67,8 +67,6 @@ impl RunView {
         self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
     }
 }
-
-pub use super::shared::train_runs;
 
 /// How a new run stores the frozen base (p cycles them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
