@@ -1,8 +1,8 @@
-//! The packed f32 kernel (src/model/packed.rs) against candle's matmul on the weights of one
+//! The packed f32 kernel (src/model/kernels/packed.rs) against candle's matmul on the weights of one
 //! decode step of a 6-layer, hidden-512 model (cold: 142 MB, more than any cache), at the row
 //! counts of decoding and prefill. `cargo run --release --example packed`
 use candle_core::{Device, Tensor};
-use selfspec::model::packed::Packed;
+use selfspec::model::kernels::packed::Packed;
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {

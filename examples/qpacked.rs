@@ -1,4 +1,4 @@
-//! selfspec's quantized kernels (src/model/qpacked.rs) against candle's `QMatMul` and against the
+//! selfspec's quantized kernels (src/model/kernels/qpacked.rs) against candle's `QMatMul` and against the
 //! packed f32 kernel, on the projections of one decode step of SmolLM2-135M's shape (30 layers,
 //! hidden 576, intermediate 1536, 3 of 9 heads for k/v; cold: more than any cache), at the row
 //! counts of decoding and prefill. Prints GB/s of weights streamed, the time per step, and the
@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use selfspec::model::packed::Packed;
-use selfspec::model::qpacked::QPacked;
+use selfspec::model::kernels::packed::Packed;
+use selfspec::model::kernels::qpacked::QPacked;
 
 fn main() -> candle_core::Result<()> {
     let dtype = match std::env::args().nth(1).as_deref() {

@@ -6,7 +6,9 @@ Both binaries run the same job (seeds, corpus index, mode, k, N, seed) from a fr
 with an empty configuration (every setting at its default), one after the other and interleaved
 (base, new, base, new, ...), never two at once. Resident memory is read from /proc every
 `--every` seconds (the curve goes to DIR/rss-<binary>-<round>.csv) and the peak from
-/usr/bin/time. Prints one Markdown table and writes DIR/compare.json.
+/usr/bin/time. Prints one Markdown table and writes DIR/compare.json. A run that was stopped
+continues when the same command is given again with `--tag resume`: the run folders are reused
+and the new log, curve and results go to files whose names end in `-resume`.
 
     python3 scripts/compare_generation.py --base /work/bin/selfspec-90f0ed6 \
         --new target/release/selfspec --model SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -56,7 +58,8 @@ def one(binary, label, args, rnd):
         "--run", run,
     ]
     env = dict(os.environ, HOME=work, XDG_CONFIG_HOME=os.path.join(work, "cfg"), XDG_DATA_HOME=os.path.join(work, "data"))
-    log = open(os.path.join(args.out, f"log-{label}-{rnd}.txt"), "w")
+    tag = f"-{args.tag}" if args.tag else ""
+    log = open(os.path.join(args.out, f"log-{label}-{rnd}{tag}.txt"), "w")
     started = time.time()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     curve = []
@@ -69,10 +72,10 @@ def one(binary, label, args, rnd):
             time.sleep(0.1)
     wall = time.time() - started
     log.close()
-    text = open(os.path.join(args.out, f"log-{label}-{rnd}.txt")).read()
+    text = open(os.path.join(args.out, f"log-{label}-{rnd}{tag}.txt")).read()
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     peak_mb = int(peak.group(1)) / 1024 if peak else max((m for _, m in curve), default=0)
-    with open(os.path.join(args.out, f"rss-{label}-{rnd}.csv"), "w") as f:
+    with open(os.path.join(args.out, f"rss-{label}-{rnd}{tag}.csv"), "w") as f:
         f.write("seconds,rss_mb\n")
         for t, m in curve:
             f.write(f"{t},{m}\n")
@@ -119,6 +122,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", choices=["base", "new"], help="run one binary only")
     ap.add_argument("--new-first", action="store_true", help="in each round, run the new binary first")
+    ap.add_argument("--tag", help="continue the run folders already in DIR (the same command resumes a run) "
+                    "and write this call's log, curve and results under names ending in -TAG")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results = []
@@ -130,7 +135,8 @@ def main():
             r = one(binary, label, args, rnd)
             print(json.dumps(r), file=sys.stderr, flush=True)
             results.append(r)
-            json.dump(results, open(os.path.join(args.out, "compare.json"), "w"), indent=1)
+            name = f"compare-{args.tag}.json" if args.tag else "compare.json"
+            json.dump(results, open(os.path.join(args.out, name), "w"), indent=1)
     print(f"| binary | round | N asked | kept | wall s | kept/min | peak RSS MB | exit |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

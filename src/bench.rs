@@ -77,7 +77,7 @@ pub fn qlora(choice: &Choice, prompt_len: usize) -> anyhow::Result<()> {
     for t in [QuantType::Q4_0, QuantType::Q4k, QuantType::Q8_0] {
         let mut m = choice.load()?;
         let count: usize = m.decoder.linears_mut().iter().map(|(_, l)| l.features().map_or(0, |(i, o)| i * o)).sum();
-        let (_, after) = match crate::model::linear::quantize_projections(m.decoder.linears_mut(), t.ggml()) {
+        let (_, after) = match crate::model::network::linear::quantize_projections(m.decoder.linears_mut(), t.ggml()) {
             Ok(x) => x,
             Err(e) => {
                 println!("{:<6} {e}", format!("{t:?}").to_lowercase());

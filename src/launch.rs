@@ -1,6 +1,6 @@
 //! The runs the workbench starts, typed. Each variant holds what one `selfspec` subcommand takes
 //! from the workbench; [`Launch::argv`] is the one place outside the command line's definition
-//! (src/cli.rs) where those flags are spelled, and src/cli.rs's tests parse every variant's argv
+//! (src/cli/) where those flags are spelled, and src/cli/mod.rs's tests parse every variant's argv
 //! back and compare it field by field, so a renamed flag fails a test instead of a user's run.
 
 use std::ffi::OsString;

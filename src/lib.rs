@@ -13,6 +13,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod launch;
+pub mod lines;
 pub mod metrics;
 pub mod model;
 pub mod parallel;

@@ -1,4 +1,4 @@
-//! The `selfspec` command: parse (src/cli.rs), tune the process, dispatch to the engine's command
+//! The `selfspec` command: parse (src/cli/), tune the process, dispatch to the engine's command
 //! bodies. Nothing else lives here.
 
 mod cli;

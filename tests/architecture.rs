@@ -52,14 +52,17 @@ fn only_download_rs_reaches_the_network() {
     // Besides the hub download: the client of a server the user names (--endpoint), and
     // `selfspec serve`, which listens where the user says.
     for (name, text) in sources() {
-        if matches!(name.as_str(), "model/download.rs" | "backend/openai.rs" | "serve/mod.rs" | "serve/http.rs") {
+        if matches!(
+            name.as_str(),
+            "model/fetching/download.rs" | "backend/openai.rs" | "serve/mod.rs" | "serve/http.rs"
+        ) {
             continue;
         }
         for needle in ["ureq", "TcpStream", "std::net"] {
             assert!(!text.contains(needle), "src/{name} uses {needle}");
         }
     }
-    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/mod.rs")).unwrap();
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/fetching/mod.rs")).unwrap();
     assert!(lib.contains("#[cfg(feature = \"hub-download\")]\npub mod download;"), "download.rs is behind its feature");
 }
 
@@ -83,7 +86,7 @@ fn readme_lists_every_key_of_the_help_overlay() {
 #[test]
 fn only_main_and_cli_know_clap_and_main_stays_small() {
     for (name, text) in sources() {
-        if name == "main.rs" || name == "cli.rs" {
+        if name == "main.rs" || name.starts_with("cli/") {
             continue;
         }
         assert!(!text.contains("clap"), "src/{name} uses clap: the engine takes plain values");
@@ -94,7 +97,7 @@ fn only_main_and_cli_know_clap_and_main_stays_small() {
 
 #[test]
 fn the_workbench_spells_no_flag_and_no_file_of_a_run_folder() {
-    // It starts runs through launch::Launch (whose argv src/cli.rs's tests parse back) and finds
+    // It starts runs through launch::Launch (whose argv src/cli/'s tests parse back) and finds
     // their files through the modules that write them.
     for (name, text) in sources() {
         if !name.starts_with("tui/") {
@@ -136,6 +139,21 @@ fn runs_are_signalled_only_through_the_run_lock() {
         }
         for needle in ["libc::kill", "Command::new(\"kill\")", "mem::forget"] {
             assert!(!text.contains(needle), "src/{name} uses {needle}: stop runs with runs::stop");
+        }
+    }
+}
+
+#[test]
+fn every_line_file_is_read_through_lines_rs() {
+    // Splitting bytes at newlines by hand is what lines.rs is for. Besides it: an HTTP request's
+    // header lines (serve/http.rs), which are not a file.
+    let needles = ["read_until(", "== b'\\n')", "JsonLines", "bounded_lines"];
+    for (name, text) in sources() {
+        if matches!(name.as_str(), "lines.rs" | "serve/http.rs") {
+            continue;
+        }
+        for needle in needles {
+            assert!(!text.contains(needle), "src/{name} splits lines itself ({needle}): use lines::Lines");
         }
     }
 }

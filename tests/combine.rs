@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use selfspec::model::adapter::{self, AdapterConfig};
-use selfspec::model::combine::{merge, Method};
+use selfspec::model::adapters::adapter::{self, AdapterConfig};
+use selfspec::model::adapters::combine::{merge, Method};
 use selfspec::model::{DTypeChoice, Model, Pass};
 
 use common::root;

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var};
 use selfspec::decode::{self, Request, Sampling, SamplingParams, TextStream};
-use selfspec::model::linear::LoraAdapter;
+use selfspec::model::network::linear::LoraAdapter;
 use selfspec::model::{DTypeChoice, Model, Pass};
 
 fn fixture(name: &str) -> PathBuf {
@@ -30,7 +30,7 @@ fn loss(model: &mut Model, a: &Tensor, b: &Tensor, ids: &[u32], pass: Pass) -> T
                 scale: 2.0,
                 enabled: true,
                 dropout: None,
-                gate: selfspec::model::linear::new_gate(),
+                gate: selfspec::model::network::linear::new_gate(),
             }];
         }
     }
@@ -384,7 +384,7 @@ fn a_prefill_in_chunks_equals_one_pass() {
         }
         // The chunk the budget allows: wide and long rows get short chunks, never below the floor.
         assert!(model.decoder.prefill_chunk(1, 10) > model.decoder.prefill_chunk(40, 2000));
-        assert_eq!(model.decoder.prefill_chunk(40, 1 << 40), selfspec::model::decoder::MIN_PREFILL_CHUNK);
+        assert_eq!(model.decoder.prefill_chunk(40, 1 << 40), selfspec::model::network::decoder::MIN_PREFILL_CHUNK);
     }
 }
 

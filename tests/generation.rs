@@ -71,6 +71,12 @@ fn the_mixture_is_the_weighted_sum_of_the_distributions() {
         assert!((*got as f64 - want.ln()).abs() < 1e-6, "token {v}: {got} vs {}", want.ln());
         assert!((mixed[1][v] as f64 - softmax(&rows[3])[v].ln()).abs() < 1e-6);
     }
+    // The batched form equals the one written out token by token (decode::mixing).
+    let dists: Vec<Vec<(usize, f64)>> =
+        rows[..3].iter().map(|r| decode::log_softmax(r).into_iter().map(f64::from).enumerate().collect()).collect();
+    for (v, l) in decode::mixing::mixture(&dists, &w0) {
+        assert!((mixed[0][v] as f64 - l).abs() < 1e-6, "token {v}: {} vs {l}", mixed[0][v]);
+    }
 }
 
 fn greedy_text(model: &Model, requests: &[Request]) -> Vec<Vec<u32>> {

@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 use selfspec::decode::{self, Request};
-use selfspec::model::chat::Message;
 use selfspec::model::gguf::{self, Mode};
+use selfspec::model::text::chat::Message;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf-tokenizer")
@@ -112,7 +112,7 @@ fn broken_tokenizer_metadata_names_the_key() {
     md.insert("tokenizer.ggml.model".to_string(), Value::String("gpt2".into()));
     let file = Path::new("x.gguf");
     let err = |md: &std::collections::HashMap<String, Value>| {
-        selfspec::model::gguf_tokenizer::from_metadata(md, file).err().map(|e| e.to_string()).unwrap_or_default()
+        selfspec::model::text::gguf_tokenizer::from_metadata(md, file).err().map(|e| e.to_string()).unwrap_or_default()
     };
     assert!(err(&md).contains("tokenizer.ggml.tokens is missing"), "{}", err(&md));
     md.insert("tokenizer.ggml.tokens".into(), Value::Array(vec![Value::String("a".into())]));

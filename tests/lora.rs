@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use selfspec::model::adapter;
+use selfspec::model::adapters::adapter;
 use selfspec::model::{DTypeChoice, Model, Pass};
 use selfspec::train::{Batch, TrainConfig, Trainer};
 
@@ -424,7 +424,7 @@ fn contrastive_decoding_matches_two_separate_passes() {
 #[test]
 fn qlora_trains_like_lora_on_the_dequantized_base() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    use selfspec::model::linear::{quantize_projections, Linear};
+    use selfspec::model::network::linear::{quantize_projections, Linear};
     let dir = root().join("tests/fixtures/lora/train");
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("steps.json")).unwrap()).unwrap();

@@ -954,7 +954,7 @@ fn the_model_setting_cycles_through_the_fetchable_models() {
     // Fetched (a file of the pinned size in the cache): its path is the model, and its terms are
     // said the first time it is chosen only.
     let cache = tempfile::tempdir().unwrap();
-    let gemma = selfspec::model::fetch::find("gemma3-270m").unwrap();
+    let gemma = selfspec::model::fetching::fetch::find("gemma3-270m").unwrap();
     std::fs::create_dir_all(gemma.folder(cache.path())).unwrap();
     std::fs::File::create(gemma.path(cache.path())).unwrap().set_len(gemma.gguf_bytes).unwrap();
     app.generate.cache_dir = cache.path().to_path_buf();

@@ -2,7 +2,7 @@
 //! and the feed ([`JobFeed`]) a backend takes them from as rows or request slots come free.
 
 use crate::decode::{Completion, Event, Request, Timing};
-use crate::model::chat::Message;
+use crate::model::text::chat::Message;
 
 /// A prompt as text, before any tokenizer.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,6 @@ pub mod job;
 pub mod openai;
 pub mod remote;
 mod throttle;
-mod tops;
 mod wire;
 
 use std::sync::atomic::AtomicBool;
@@ -114,11 +113,11 @@ pub enum Backend {
 impl Backend {
     /// The model loaded with `adapters`, or the server connected (and checked). A server serves
     /// its own adapters: `adapters` must be empty there, and `instead` says what to pass.
-    pub fn load(&self, adapters: &[crate::model::adapter::Spec], instead: &str) -> anyhow::Result<Loaded> {
+    pub fn load(&self, adapters: &[crate::model::adapters::adapter::Spec], instead: &str) -> anyhow::Result<Loaded> {
         match self {
             Backend::Local(choice) => {
                 let mut model = choice.load()?;
-                crate::model::adapter::load_all(&mut model, adapters)?;
+                crate::model::adapters::adapter::load_all(&mut model, adapters)?;
                 Ok(Loaded::Local(Box::new(model)))
             }
             Backend::Remote(remote) => {

@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 use super::job::{Job, JobFeed, ListJobs};
 use super::remote::Remote;
 use super::throttle::{StopFlag, Throttle, CUT};
-use super::tops::{contrast, mixture};
 use super::wire::{cut, message, prompt_body, token_id, IDS_ADVICE};
+use crate::decode::mixing::{contrast_of_tops, mixture_of_tops};
 use crate::decode::{sampling, Completion, Event, Finish, Rng, Sampling, Timing};
 
 /// Token texts servers give the end of a sequence in their log-probabilities (llama.cpp gives
@@ -627,7 +627,7 @@ impl Client {
                 Some(c) => {
                     let tuned = ask(self.served(Some(&c.adapter))?, 0, &text, &ids, timing)?;
                     let base = ask(self.served(r.adapter.as_deref())?, 0, &text, &ids, timing)?;
-                    contrast(&tuned, &base, c.alpha)
+                    contrast_of_tops(&tuned, &base, c.alpha)
                 }
                 None => {
                     let model = self.served(r.adapter.as_deref())?;
@@ -635,7 +635,7 @@ impl Client {
                     for j in 0..job.prompts.len() {
                         tops.push(ask(model, j, &text, &ids, timing)?);
                     }
-                    mixture(&tops, &weights)
+                    mixture_of_tops(&tops, &weights)
                 }
             };
             // Best first, ties by text: the order decides the argmax and the draws.

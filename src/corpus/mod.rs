@@ -11,7 +11,6 @@ pub mod command;
 pub mod profile;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -109,45 +108,35 @@ pub fn read(source: &Path, each: &mut dyn FnMut(Document) -> Result<(), CorpusEr
             accept(Document { id, title, text }, &path, 1, &mut errors)?;
         }
     } else {
-        let file = std::fs::File::open(source)
-            .map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?;
-        let mut reader = BufReader::new(file);
-        for line_no in 1.. {
-            use std::io::Read;
-            let mut raw = Vec::new();
-            let n = (&mut reader)
-                .take(MAX_DOCUMENT_BYTES + 1)
-                .read_until(b'\n', &mut raw)
-                .map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?;
-            if n == 0 {
-                break;
-            }
-            if raw.len() as u64 > MAX_DOCUMENT_BYTES {
-                errors.push(CorpusError::Record {
-                    file: source.to_path_buf(),
-                    line: line_no,
-                    message: format!(
-                        "is longer than {MAX_DOCUMENT_BYTES} bytes (is this a JSON-lines file?); split the document"
-                    ),
-                });
-                break;
-            }
-            if raw.last() == Some(&b'\n') {
-                raw.pop();
-            }
+        let lines = crate::lines::Lines::open(source)
+            .map_err(|e| CorpusError::File { file: source.to_path_buf(), message: e.to_string() })?
+            .at_most(MAX_DOCUMENT_BYTES)
+            .all();
+        for item in lines {
             if errors.len() > MAX_REPORTED {
                 break;
             }
+            let (line_no, raw) = match item {
+                Ok(line) => line,
+                Err(crate::lines::LineError::TooLong { line, .. }) => {
+                    errors.push(CorpusError::Record {
+                        file: source.to_path_buf(),
+                        line,
+                        message: format!(
+                            "is longer than {MAX_DOCUMENT_BYTES} bytes (is this a JSON-lines file?); split the document"
+                        ),
+                    });
+                    break;
+                }
+                Err(crate::lines::LineError::Io { source: e, .. }) => {
+                    return Err(CorpusError::File { file: source.to_path_buf(), message: e.to_string() })
+                }
+            };
             let bad = |message: String| CorpusError::Record { file: source.to_path_buf(), line: line_no, message };
             let Ok(text) = std::str::from_utf8(&raw) else {
                 errors.push(bad("is not UTF-8".into()));
                 continue;
             };
-            // A byte-order mark (editors on Windows write one) is not part of the first record.
-            let text = if line_no == 1 { crate::fsutil::strip_bom(text) } else { text };
-            if text.trim().is_empty() {
-                continue;
-            }
             match parse_record(text) {
                 Ok(doc) => accept(doc, source, line_no, &mut errors)?,
                 Err(message) => errors.push(bad(message)),

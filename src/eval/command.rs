@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::follow::Evaluation;
 use super::run::{evaluate, EvalJob, BASE};
 use crate::backend::Backend;
-use crate::model::adapter::Spec;
+use crate::model::adapters::adapter::Spec;
 use crate::model::Choice;
 
 /// What `selfspec eval` was asked.
@@ -210,13 +210,13 @@ fn score_one(file: &Path, rows: bool, split: bool) -> anyhow::Result<()> {
         #[serde(default, rename = "id")]
         _id: Option<serde_json::Value>,
     }
-    let text = crate::fsutil::read_text(file)?;
+    let text = crate::lines::read_text(file)?;
     let mut scorer = metrics::Scorer::default();
     let (mut f1_sum, mut rouge_sum, mut n) = (0.0, 0.0, 0usize);
     let mut unreferenced = Vec::new();
     let mut per_row = Vec::new();
     let shape = r#"each line must be {"prediction": "…", "references": ["…", …]}"#;
-    for record in crate::fsutil::jsonl_records::<Line>(file, &text, shape) {
+    for record in crate::lines::jsonl_records::<Line>(file, &text, shape) {
         let (line, rec) = record?;
         // No reference at all scores 0 (as the fixtures from the reference scripts pin), but the
         // user is told: it is usually a data mistake.
@@ -276,11 +276,11 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 
 /// A paired file's lines by id, in file order; a repeated or missing id is an error naming it.
 fn paired_lines(file: &Path) -> anyhow::Result<Vec<(String, usize, PairedLine)>> {
-    let text = crate::fsutil::read_text(file)?;
+    let text = crate::lines::read_text(file)?;
     let shape = r#"each line must be {"id": "…" or a number, "prediction": "…", "references": ["…", …]}"#;
     let mut seen = std::collections::HashMap::new();
     let mut out = Vec::new();
-    for record in crate::fsutil::jsonl_records::<PairedLine>(file, &text, shape) {
+    for record in crate::lines::jsonl_records::<PairedLine>(file, &text, shape) {
         let (line, rec) = record?;
         let id = match &rec.id {
             serde_json::Value::String(s) => s.clone(),

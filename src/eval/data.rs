@@ -40,11 +40,11 @@ struct Line {
 const TASKS: [&str; 8] = ["qa", "ner", "re", "sa", "cls", "sum", "gen", "other"];
 
 fn read(path: &Path) -> anyhow::Result<(String, Vec<Example>)> {
-    let text = crate::fsutil::read_text(path)?;
+    let text = crate::lines::read_text(path)?;
     let mut task = None;
     let mut out = Vec::new();
     let shape = "each line is {dataset, task, instruction, input, output} (or outputs: [...])";
-    for record in crate::fsutil::jsonl_records::<Line>(path, &text, shape) {
+    for record in crate::lines::jsonl_records::<Line>(path, &text, shape) {
         let (line, l) = record?;
         let at = || format!("{}:{line}", path.display());
         anyhow::ensure!(

@@ -9,7 +9,6 @@
 //! record is an error naming the file and its line or row and what the map expected.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -110,7 +109,7 @@ impl Mapping {
 
     /// A map from a YAML file.
     pub fn load(path: &Path) -> anyhow::Result<Mapping> {
-        let text = crate::fsutil::read_text(path)?;
+        let text = crate::lines::read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -304,36 +303,16 @@ fn fill(template: &str, record: &Value, at: &str) -> anyhow::Result<String> {
 /// The largest JSON document read whole (JSON lines, parquet and TSV are read record by record).
 pub const MAX_JSON_BYTES: u64 = 1 << 30;
 
-/// The longest line of a JSON lines or TSV file.
-pub const MAX_LINE_BYTES: u64 = 64 << 20;
-
-/// The lines of `path` (without their line ends, the first without a byte-order mark), each at
-/// most [`MAX_LINE_BYTES`]: a longer one is an error naming it, read no further.
-fn bounded_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<String>>> {
+/// The lines of `path` (without their line ends, the first without a byte-order mark) as text,
+/// each at most [`crate::lines::MAX_LINE_BYTES`]: a longer one is an error naming it, read no
+/// further. Blank lines are skipped; the numbers are the file's.
+fn text_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(usize, String)>>> {
     let shown = path.display().to_string();
-    let mut reader =
-        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?);
-    let mut number = 0usize;
-    Ok(std::iter::from_fn(move || {
-        number += 1;
-        let mut buf = Vec::new();
-        let read = (&mut reader).take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut buf);
-        match read {
-            Ok(0) => None,
-            Ok(_) if buf.len() as u64 > MAX_LINE_BYTES => Some(Err(anyhow::anyhow!(
-                "{shown}:{number}: the line is longer than {MAX_LINE_BYTES} bytes; is this the right file?"
-            ))),
-            Ok(_) => {
-                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    buf.pop();
-                }
-                if number == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
-                    buf.drain(..3);
-                }
-                Some(String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}:{number}: not UTF-8 text")))
-            }
-            Err(e) => Some(Err(anyhow::anyhow!("{shown}:{number}: {e}"))),
-        }
+    let lines = crate::lines::Lines::open(path).with_context(|| format!("cannot read {shown}"))?;
+    Ok(lines.all().map(move |item| {
+        let (n, bytes) = item.map_err(|e| anyhow::anyhow!(e.at(Path::new(&shown))))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown}:{n}: not UTF-8 text"))?;
+        Ok((n, text))
     }))
 }
 
@@ -361,12 +340,9 @@ pub fn records(
         return Ok(());
     }
     if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
-        for (i, line) in bounded_lines(path)?.enumerate() {
-            let at = format!("{shown}:{}", i + 1);
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for line in text_lines(path)? {
+            let (n, line) = line?;
+            let at = format!("{shown}:{n}");
             let v: Value = serde_json::from_str(&line).with_context(|| format!("{at}: not a JSON object"))?;
             if !f(v, at)? {
                 break;
@@ -375,19 +351,16 @@ pub fn records(
         return Ok(());
     }
     if name.ends_with(".tsv") {
-        let mut lines = bounded_lines(path)?.enumerate();
+        let mut lines = text_lines(path)?.enumerate();
         let mut columns = map.columns.clone();
         if columns.is_empty() {
             let (_, head) = lines.next().with_context(|| format!("{shown} is empty"))?;
-            let head = head?;
+            let (_, head) = head?;
             columns = head.split('\t').map(|c| c.trim().to_string()).collect();
         }
         for (i, line) in lines {
-            let at = format!("{shown}:{}", i + 1);
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
+            let (n, line) = line?;
+            let at = format!("{shown}:{n}");
             // A header line naming the map's columns is not a record.
             if i == 0 && line.split('\t').map(str::trim).eq(columns.iter().map(String::as_str)) {
                 continue;
@@ -418,7 +391,7 @@ pub fn records(
         size <= MAX_JSON_BYTES,
         "{shown} is {size} bytes, more than a JSON document read whole may hold ({MAX_JSON_BYTES}); convert it to JSON lines"
     );
-    let text = crate::fsutil::read_text(path)?;
+    let text = crate::lines::read_text(path)?;
     let doc: Value = serde_json::from_str(crate::fsutil::strip_bom(&text))
         .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: not JSON: {e}", e.line(), e.column()))?;
     // Each record with its place: the key of an object's value, or its position in a list.

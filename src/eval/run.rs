@@ -78,7 +78,7 @@ pub fn max_new_tokens(task: &str) -> usize {
 /// are the demonstrations (user: instruction and input; assistant: the answer), then the
 /// example, with the assistant's turn opened.
 pub fn k_shot(format: crate::prompts::PromptFormat, demos: &[Example], k: usize, e: &Example) -> Prompt {
-    use crate::model::chat::Message;
+    use crate::model::text::chat::Message;
     if format != crate::prompts::PromptFormat::Chat {
         return Prompt::Text(prompt(demos, k, e));
     }
@@ -219,7 +219,7 @@ pub fn evaluate(
     }
     let models = job.models();
     let path = dir.join(PREDICTIONS);
-    let mut log = crate::fsutil::JsonLog::open(&path)?;
+    let mut log = crate::lines::JsonLog::open(&path)?;
     if let Some((line, bytes)) = log.cut {
         let text = format!(
             "{}: line {line} was torn ({bytes} bytes) and is cut; that answer is generated again",
@@ -227,7 +227,7 @@ pub fn evaluate(
         );
         emit(&EvalEvent::Note { text }, on_event)?;
     }
-    let mut predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&path)?;
+    let mut predictions: Vec<Prediction> = crate::lines::read_jsonl(&path)?;
     let mut seen = std::collections::HashSet::new();
     predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
     // (model, dataset index, k, example index) of each request still to answer.
@@ -350,7 +350,7 @@ pub fn rereport(dir: &Path, stats: Option<super::stats::Settings>) -> anyhow::Re
     let datasets = super::data::load_dir(&job.data, &job.datasets)
         .with_context(|| format!("the run's datasets ({}) are needed for their names and tasks", job.data.display()))?;
     // A line written twice counts once: the report's per_example keeps the first.
-    let predictions: Vec<Prediction> = crate::fsutil::read_jsonl(&dir.join(PREDICTIONS))?;
+    let predictions: Vec<Prediction> = crate::lines::read_jsonl(&dir.join(PREDICTIONS))?;
     let report = super::report::build(&job.models(), &datasets, &job.shots, &predictions, Some(&settings));
     crate::runs::write_config(dir, crate::runs::Kind::Eval, &job)?;
     write_report(dir, &report)?;

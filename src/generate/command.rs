@@ -11,7 +11,7 @@ use super::follow::Generation;
 use super::pipeline::{self, Job, Mode, Outcome, Progress};
 use crate::backend::{Backend, Loaded};
 use crate::decode::{Request, Sampling, SamplingParams};
-use crate::model::adapter::Spec;
+use crate::model::adapters::adapter::Spec;
 use crate::model::Choice;
 use crate::seeds;
 
@@ -282,7 +282,7 @@ pub struct CompleteOptions {
 /// Runs `selfspec complete`: the continuation streamed to stdout, or one JSON object.
 pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
     let mut model = opts.model.load()?;
-    crate::model::adapter::load_all(&mut model, &opts.adapters)?;
+    crate::model::adapters::adapter::load_all(&mut model, &opts.adapters)?;
     let chosen = match opts.use_adapter.as_deref() {
         Some("none") => None,
         Some(n) => {
@@ -295,14 +295,14 @@ pub fn complete(opts: CompleteOptions) -> anyhow::Result<()> {
         }
         None => opts.adapters.last().map(|s| s.name.clone()),
     };
-    crate::model::adapter::enable_only(&mut model, chosen.as_deref());
+    crate::model::adapters::adapter::enable_only(&mut model, chosen.as_deref());
     let model = model;
     let prompt_ids = if opts.chat {
         let mut messages = Vec::new();
         if let Some(system) = &opts.system {
-            messages.push(crate::model::chat::Message::new("system", system));
+            messages.push(crate::model::text::chat::Message::new("system", system));
         }
-        messages.push(crate::model::chat::Message::new("user", &opts.prompt));
+        messages.push(crate::model::text::chat::Message::new("user", &opts.prompt));
         model.tokenizer.encode_chat(&messages)?
     } else {
         model.tokenizer.encode(&opts.prompt)?

@@ -12,7 +12,7 @@ use super::job::Job;
 use super::progress::{Counters, Progress};
 use super::samples::{Sample, SampleStore};
 use crate::decode::{Finish, SamplingParams};
-use crate::fsutil::JsonLog;
+use crate::lines::JsonLog;
 
 /// A run folder being written.
 pub struct Run {
@@ -78,7 +78,7 @@ impl Run {
         let (store, opened) = SampleStore::open(&dir.join(SAMPLES))?;
         let filtered_path = dir.join(FILTERED);
         let filtered_ids: HashSet<String> =
-            crate::fsutil::read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
+            crate::lines::read_jsonl::<FilteredRecord>(&filtered_path)?.into_iter().map(|r| r.id).collect();
         let filtered = JsonLog::open(&filtered_path)?;
         let (events, torn) = crate::runs::Log::<Progress>::open(dir)?;
         let mut counters = Counters::default();
@@ -106,7 +106,7 @@ impl Run {
         if let Some((line, bytes)) = tasks.cut {
             notes.push(format!("{}: line {line} was cut short ({bytes} bytes) and is dropped", tasks_path.display()));
         }
-        let lists = crate::fsutil::read_jsonl::<ListRecord>(&tasks_path)?;
+        let lists = crate::lines::read_jsonl::<ListRecord>(&tasks_path)?;
         let mut lists_done: HashSet<usize> = lists.iter().map(|l| l.prompt).collect();
         if lists_done.is_empty() {
             lists_done.extend(0..counters.prompts);

@@ -69,7 +69,7 @@ pub(super) fn prompt_of(format: PromptFormat, prompt: &str, primer: &str) -> Pro
         PromptFormat::Chat => {
             let question = prompt.strip_suffix(primer).unwrap_or(prompt).trim_end();
             Prompt::Chat {
-                messages: vec![crate::model::chat::Message::new("user", question)],
+                messages: vec![crate::model::text::chat::Message::new("user", question)],
                 primer: primer.to_string(),
             }
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pipeline::SAMPLES;
 use super::samples::{Sample, Status};
-use crate::fsutil::read_jsonl;
+use crate::lines::read_jsonl;
 
 pub const DECISIONS: &str = "decisions.jsonl";
 
@@ -108,30 +108,30 @@ impl Review {
             (self.read_to, self.lines_read) = (0, 0);
         }
         // Only what was appended since the last call is read.
-        let bytes = match crate::fsutil::read_regular_from(&path, self.read_to) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        let mut lines = match crate::lines::Lines::open_from(&path, self.read_to, self.lines_read) {
+            Ok(lines) => Some(lines),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let lines = crate::fsutil::JsonLines::new(&bytes, self.lines_read);
-        let (complete, lines_read, tail, unterminated) =
-            (lines.complete(), lines.lines(), lines.tail(), lines.unterminated());
         let mut added = 0;
-        for (n, line) in lines {
-            let sample: Sample =
-                serde_json::from_slice(line).with_context(|| format!("{}:{n}: not a sample", path.display()))?;
-            added += usize::from(self.add(sample));
-        }
-        self.read_to += complete as u64;
-        self.lines_read = lines_read;
-        // After the last newline: a whole sample that only lacks its newline (a file edited by
-        // hand) is taken (and read again next time, which adds nothing); anything else is a line
-        // being written now, or cut by a kill, and is reported.
         self.torn = None;
-        if unterminated {
-            match serde_json::from_slice::<Sample>(tail) {
-                Ok(sample) => added += usize::from(self.add(sample)),
-                Err(_) => self.torn = Some((lines_read + 1, tail.len())),
+        if let Some(lines) = lines.as_mut() {
+            for item in lines.by_ref() {
+                let (n, line) = item.map_err(|e| anyhow::anyhow!(e.at(&path)))?;
+                let sample: Sample =
+                    serde_json::from_slice(&line).with_context(|| format!("{}:{n}: not a sample", path.display()))?;
+                added += usize::from(self.add(sample));
+            }
+            self.read_to += lines.complete();
+            self.lines_read = lines.lines();
+            // After the last newline: a whole sample that only lacks its newline (a file edited by
+            // hand) is taken (and read again next time, which adds nothing); anything else is a line
+            // being written now, or cut by a kill, and is reported.
+            if lines.unterminated() {
+                match serde_json::from_slice::<Sample>(lines.tail()) {
+                    Ok(sample) => added += usize::from(self.add(sample)),
+                    Err(_) => self.torn = Some((self.lines_read + 1, lines.tail().len())),
+                }
             }
         }
         if !self.decisions_read {

@@ -125,32 +125,46 @@ impl SampleStore {
     /// Opens (or creates) `path`, reading every sample in it.
     pub fn open(path: &Path) -> Result<(SampleStore, Opened), StoreError> {
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
-        let bytes = match crate::fsutil::read_regular(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        // Read line by line (the store may hold more than memory should).
+        let mut lines = match crate::lines::Lines::open(path) {
+            Ok(lines) => Some(lines),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(e)),
         };
-        // Everything after the last newline is a line whose writing was cut off — unless it is a
-        // whole sample that only lacks its newline (a file edited by hand): that one is kept.
-        let lines = crate::fsutil::JsonLines::new(&bytes, 0);
-        let tail = lines.tail();
-        let unterminated = lines.unterminated() && serde_json::from_slice::<Sample>(tail).is_ok();
-        let complete = if unterminated { bytes.len() } else { lines.complete() };
-        let torn_bytes = bytes.len() - complete;
         let mut samples = Vec::new();
         let mut ids = HashSet::new();
-        let last = unterminated.then(|| (lines.lines() + 1, tail));
-        for (n, line) in lines.chain(last) {
+        let mut keep = |n: usize, line: &[u8]| -> Result<(), StoreError> {
             let corrupt = |message: String| StoreError::Corrupt { path: path.to_path_buf(), line: n, message };
             let sample: Sample = serde_json::from_slice(line).map_err(|e| corrupt(format!("not a sample: {e}")))?;
             if !ids.insert(sample.id.clone()) {
                 return Err(corrupt(format!("sample id {} appears twice", sample.id)));
             }
             samples.push(sample);
+            Ok(())
+        };
+        let (mut complete, mut unterminated, mut torn_bytes) = (0, false, 0);
+        if let Some(lines) = lines.as_mut() {
+            for item in lines.by_ref() {
+                let (n, line) = item.map_err(|e| match e {
+                    crate::lines::LineError::Io { source, .. } => io(source),
+                    e => StoreError::Corrupt { path: path.to_path_buf(), line: e.line(), message: e.to_string() },
+                })?;
+                keep(n, &line)?;
+            }
+            complete = lines.complete();
+            // Everything after the last newline is a line whose writing was cut off — unless it
+            // is a whole sample that only lacks its newline (a file edited by hand): that one is
+            // kept.
+            if lines.unterminated() && serde_json::from_slice::<Sample>(lines.tail()).is_ok() {
+                keep(lines.lines() + 1, lines.tail())?;
+                unterminated = true;
+            } else {
+                torn_bytes = lines.tail().len();
+            }
         }
         let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).map_err(io)?;
         if torn_bytes > 0 {
-            file.set_len(complete as u64).map_err(io)?;
+            file.set_len(complete).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         if unterminated {

@@ -102,7 +102,7 @@ pub fn trace(run: &Path, sample_id: &str, top: usize) -> anyhow::Result<Trace> {
         let _ = model.set_int8_activations(true);
     }
     if let Some(dir) = &job.adapter {
-        crate::model::adapter::load(&mut model, dir, pipeline::ADAPTER)
+        crate::model::adapters::adapter::load(&mut model, dir, pipeline::ADAPTER)
             .with_context(|| format!("cannot load the run's tuned adapter {}", dir.display()))?;
     }
     let seeds = crate::seeds::command::load_usable(&job.seeds, &crate::seeds::Limits::default())?;
@@ -214,12 +214,12 @@ fn contrastive(
     model: &Model,
     prompt: &backend::Prompt,
     doc: &str,
-    (gate, alpha): (&crate::model::linear::Gate, f64),
+    (gate, alpha): (&crate::model::network::linear::Gate, f64),
     ids: &[u32],
     top: usize,
     sampling: &SamplingParams,
 ) -> anyhow::Result<Vec<TokenTrace>> {
-    use crate::model::linear::GateState;
+    use crate::model::network::linear::GateState;
     let set = |state: GateState| *gate.write().unwrap_or_else(|e| e.into_inner()) = state;
     set(GateState::All);
     let tuned = forced_logits(model, prompt, ids);

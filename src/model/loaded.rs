@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::decoder::Decoder;
-use super::int8;
-use super::tokenizer::Tokenizer;
+use super::kernels::int8;
+use super::network::decoder::Decoder;
+use super::text::tokenizer::Tokenizer;
 
 /// A loaded model: the decoder, its tokenizer and the ids that end generation.
 pub struct Model {

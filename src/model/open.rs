@@ -7,11 +7,13 @@ use candle_core::{DType, Device};
 
 use super::arch::read_spec;
 use super::config::GenerationConfig;
-use super::decoder::Decoder;
 use super::error::ModelError;
+use super::fetching::{fetch, hub};
+use super::gguf;
 use super::loaded::Model;
-use super::tokenizer::Tokenizer;
-use super::{fetch, gguf, hub, weights};
+use super::network::decoder::Decoder;
+use super::network::weights;
+use super::text::tokenizer::Tokenizer;
 
 /// Where the model runs. `Auto` takes the first CUDA GPU when selfspec was built with the
 /// `cuda` feature and one is present, else the CPU.
@@ -74,7 +76,7 @@ pub struct Choice {
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     /// Round the activations of GGML-block weights to int8 (integer products, as llama.cpp's
-    /// Q8 activations): faster prefill, not exact ([`super::int8`]).
+    /// Q8 activations): faster prefill, not exact ([`super::kernels::int8`]).
     pub int8: bool,
 }
 

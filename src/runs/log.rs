@@ -3,14 +3,14 @@
 //! One writer appends (fsynced, except the high-rate text events), one reader tails it by offset
 //! and names every line it drops.
 
-use std::io::{Read as _, Seek, SeekFrom};
+use std::io::Read as _;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::JsonLog;
+use crate::lines::JsonLog;
 
 /// The event log's file name.
 pub const EVENTS: &str = "events.jsonl";
@@ -168,20 +168,21 @@ impl Tail {
     /// The whole non-blank lines appended since the last call, with their line numbers.
     fn new_lines(&mut self) -> Vec<(usize, Vec<u8>)> {
         let mut out = Vec::new();
-        let Ok(mut file) = std::fs::File::open(&self.path) else { return out };
-        let len = file.metadata().map_or(0, |m| m.len());
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         self.offset = self.offset.min(len);
-        if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return out;
-        }
-        let mut bytes = Vec::new();
+        let Ok(lines) = crate::lines::Lines::open_from(&self.path, self.offset, self.line) else { return out };
         // At most 64 MiB a read, so a huge log is followed in bounded steps.
-        let Ok(_) = (&mut file).take(64 << 20).read_to_end(&mut bytes) else { return out };
-        let lines = crate::fsutil::JsonLines::new(&bytes, self.line);
+        let mut lines = crate::lines::Lines::new(lines.into_inner().take(64 << 20), self.line, u64::MAX);
+        for item in lines.by_ref() {
+            match item {
+                Ok(line) => out.push(line),
+                // A read that fails is tried again from the same place on the next call.
+                Err(_) => break,
+            }
+        }
         self.pending = lines.tail().len();
-        self.offset += lines.complete() as u64;
+        self.offset += lines.complete();
         self.line = lines.lines();
-        out.extend(lines.map(|(n, line)| (n, line.to_vec())));
         out
     }
 
@@ -216,15 +217,8 @@ fn parse<E: DeserializeOwned>(line: &[u8]) -> Result<Entry<E>, String> {
 /// The end recorded by the last complete line of `dir`'s events.jsonl (None: no such line, or the
 /// run has not ended), read from the file's last 64 KiB.
 pub fn last_end(dir: &Path) -> Option<End> {
-    let mut file = std::fs::File::open(dir.join(EVENTS)).ok()?;
-    let len = file.metadata().ok()?.len();
-    let from = len.saturating_sub(64 << 10);
-    file.seek(SeekFrom::Start(from)).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n')?;
-    let line = bytes[..complete].rsplit(|&b| b == b'\n').next()?;
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let line = crate::lines::last_line(&dir.join(EVENTS), 64 << 10).ok()??;
+    let value: serde_json::Value = serde_json::from_slice(&line).ok()?;
     End::deserialize(value.get("end")?).ok()
 }
 

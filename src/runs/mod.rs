@@ -100,8 +100,11 @@ pub fn kind(dir: &Path) -> Option<Kind> {
         return None;
     }
     // The first event's fields tell too (a run killed before writing any file of its own).
-    let first =
-        crate::fsutil::read_regular_text(&dir.join(EVENTS)).ok().and_then(|t| t.lines().next().map(str::to_string));
+    // Only the first line is read: a long run's log is megabytes.
+    let first = crate::lines::Lines::open(&dir.join(EVENTS))
+        .ok()
+        .and_then(|lines| lines.all().next()?.ok())
+        .map(|(_, line)| String::from_utf8_lossy(&line).into_owned());
     let said = |key: &str| first.as_deref().is_some_and(|l| l.contains(key));
     if dir.join("samples.jsonl").exists() || said("\"budget\"") {
         Some(Kind::Generate)

@@ -105,9 +105,16 @@ type RecordFn = fn(&serde_json::Map<String, Json>, Pos) -> Result<Vec<Seed>, Pro
 fn from_records(text: &str, read: RecordFn) -> Partial {
     let mut file = SeedFile::default();
     let mut bad = Vec::new();
-    for (line, bytes) in crate::fsutil::JsonLines::new(crate::fsutil::strip_bom(text).as_bytes(), 0).all() {
+    for item in crate::lines::Lines::of(text.as_bytes(), 0).all() {
+        let (line, bytes) = match item {
+            Ok(l) => l,
+            Err(e) => {
+                bad.push(issue(Some(Pos { line: e.line(), column: 1 }), "", e.to_string()));
+                break;
+            }
+        };
         let pos = Pos { line, column: 1 };
-        match serde_json::from_slice::<Json>(bytes) {
+        match serde_json::from_slice::<Json>(&bytes) {
             Err(e) => {
                 // serde_json ends its message with the position, which the problem carries.
                 let message = e.to_string();

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::decode::{Completion, Event, Finish, PrefixCache, Request, Sampling, SamplingParams};
-use crate::model::adapter::Spec;
-use crate::model::chat::Message;
+use crate::model::adapters::adapter::Spec;
+use crate::model::text::chat::Message;
 use crate::model::{Choice, Model};
 
 /// Connections handled at once; more are answered 503.
@@ -143,7 +143,7 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let mut model = opts.model.load()?;
-    crate::model::adapter::load_all(&mut model, &opts.adapters)?;
+    crate::model::adapters::adapter::load_all(&mut model, &opts.adapters)?;
     let base = opts.name.clone().unwrap_or_else(|| opts.model.name.clone());
     let adapters: Vec<String> = opts.adapters.iter().map(|s| s.name.clone()).collect();
     anyhow::ensure!(

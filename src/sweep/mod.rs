@@ -257,7 +257,7 @@ pub fn stage(dir: &Path, name: &str, limits: &crate::seeds::Limits, detached: bo
             .with_context(|| format!("the sweep has no point {last:?} to evaluate"))?;
         let adapters = runs[..=upto]
             .iter()
-            .map(|q| crate::model::adapter::Spec {
+            .map(|q| crate::model::adapters::adapter::Spec {
                 name: run_name(q),
                 dir: crate::train::run::adapter_dir(&layout::point_train(dir, &run_name(q))),
             })

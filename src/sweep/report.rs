@@ -81,7 +81,7 @@ pub fn rows(spec: &Spec, eval_dir: &Path, used: &BTreeMap<(Point, usize), usize>
     let settings = job.stats.unwrap_or_default();
     let report = crate::eval::run::Report::read(eval_dir)?;
     let predictions: Vec<crate::eval::run::Prediction> =
-        crate::fsutil::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
+        crate::lines::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
     let scores = per_example(&predictions);
     let get = |m: &str, d: &str, k: usize| scores.get(&(m.to_string(), d.to_string(), k));
     let repeats = spec.repeats.max(1);

@@ -139,8 +139,8 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
         }
         let experts: Vec<PathBuf> = names.iter().map(|t| adapter(&layout::expert(&pd, t))).collect();
         let n = experts.len() as f64;
-        if !crate::model::adapter::saved(&layout::merged(&pd, false)) {
-            crate::model::combine::merge(
+        if !crate::model::adapters::adapter::saved(&layout::merged(&pd, false)) {
+            crate::model::adapters::combine::merge(
                 &experts,
                 &vec![1.0 / n; experts.len()],
                 seeded.merge,
@@ -148,11 +148,11 @@ pub(super) fn run(spec: &Spec, seeded: &Seeded, stages: &mut Stages, by_task: &T
                 &layout::merged(&pd, false),
             )?;
         }
-        if !crate::model::adapter::saved(&layout::merged(&pd, true)) {
+        if !crate::model::adapters::adapter::saved(&layout::merged(&pd, true)) {
             let mut all = experts.clone();
             all.push(adapter(&layout::seed_run(&pd)));
             let w = vec![1.0 / (n + 1.0); all.len()];
-            crate::model::combine::merge(&all, &w, seeded.merge, None, &layout::merged(&pd, true))?;
+            crate::model::adapters::combine::merge(&all, &w, seeded.merge, None, &layout::merged(&pd, true))?;
         }
         if !layout::lmc_file(&pd).exists() {
             let child = format!("lmc:{name}");
@@ -241,7 +241,7 @@ pub(super) fn stage(
             let adapters = points[..=upto]
                 .iter()
                 .flat_map(|q| members(&layout::point(dir, &q.name()), &q.name(), &names))
-                .map(|(name, dir)| crate::model::adapter::Spec { name, dir })
+                .map(|(name, dir)| crate::model::adapters::adapter::Spec { name, dir })
                 .collect();
             let (data, datasets, shots) = (spec.eval.clone(), spec.datasets.clone(), spec.shots.clone());
             let mut opts = crate::eval::command::Options::new(
@@ -458,7 +458,7 @@ fn summaries(dir: &Path, names: &[String], rows: &[Row]) -> anyhow::Result<Vec<S
         .and_then(|j| j.stats)
         .unwrap_or_default();
     let predictions: Vec<crate::eval::run::Prediction> =
-        crate::fsutil::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
+        crate::lines::read_jsonl(&eval_dir.join(crate::eval::run::PREDICTIONS))?;
     let scores = per_example(&predictions);
     let mut seen = Vec::new();
     let mut out = Vec::new();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::pipeline::{Mode, Settings};
-use crate::model::combine::Method;
+use crate::model::adapters::combine::Method;
 use crate::train::{Init, TrainConfig};
 
 /// A sweep as its YAML file states it.
@@ -115,7 +115,7 @@ pub struct Axes {
 impl Spec {
     /// Reads a sweep file; errors name the file and line.
     pub fn load(path: &Path) -> anyhow::Result<Spec> {
-        let text = crate::fsutil::read_text(path)?;
+        let text = crate::lines::read_text(path)?;
         let mut spec: Spec =
             crate::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?;
         // An axes: that lists no value would run the base point alone, which is not what it says.

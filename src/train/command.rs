@@ -40,7 +40,7 @@ pub struct Options {
 pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
     let config: TrainConfig = match &opts.settings_file {
         Some(path) => {
-            let text = crate::fsutil::read_text(path)?;
+            let text = crate::lines::read_text(path)?;
             crate::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.pos, e.message))?
         }
         None => configured.clone(),
@@ -51,7 +51,7 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
     }
     if let super::config::Init::From(dir) = &config.init {
         // The starting adapter decides the shape: its r, lora_alpha and targets are the run's.
-        let cfg = crate::model::adapter::AdapterConfig::read(dir)?;
+        let cfg = crate::model::adapters::adapter::AdapterConfig::read(dir)?;
         let path = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
             .with_context(|| format!("cannot read {} (the adapter to start from)", path.display()))?;
@@ -59,7 +59,7 @@ pub fn train(opts: Options, configured: &TrainConfig) -> anyhow::Result<u8> {
             .keys()
             .filter_map(|k| k.strip_suffix(".lora_A.weight").and_then(|l| l.rsplit('.').next()).map(String::from))
             .collect();
-        targets.sort_by_key(|t| crate::model::adapter::ALL_TARGETS.iter().position(|x| x == t));
+        targets.sort_by_key(|t| crate::model::adapters::adapter::ALL_TARGETS.iter().position(|x| x == t));
         targets.dedup();
         if (config.r, config.lora_alpha, &config.target_modules) != (cfg.r, cfg.lora_alpha, &targets) {
             eprintln!(
@@ -173,7 +173,7 @@ fn set_base(
     let mut said = Vec::new();
     if !types.is_empty() && (dequantize || qlora.is_some()) {
         let dtype = model.decoder.dtype();
-        let (before, after) = crate::model::linear::dequantize_projections(model.decoder.linears_mut(), dtype)
+        let (before, after) = crate::model::network::linear::dequantize_projections(model.decoder.linears_mut(), dtype)
             .context("cannot dequantize the projections")?;
         said.push(match qlora {
             None => format!(
@@ -187,8 +187,9 @@ fn set_base(
         said.push("--dequantize: the model's projections are not quantized; nothing to do".into());
     }
     if let Some(q) = qlora {
-        let (before, after) = crate::model::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())
-            .context("cannot quantize the projections for --qlora")?;
+        let (before, after) =
+            crate::model::network::linear::quantize_projections(model.decoder.linears_mut(), q.ggml())
+                .context("cannot quantize the projections for --qlora")?;
         said.push(format!("QLoRA: projections stored as {q:?}: {:.1} MB instead of {:.1} MB", mb(after), mb(before)));
     } else if !types.is_empty() && !dequantize {
         let bytes: usize = model.decoder.linears_mut().iter().map(|(_, l)| l.weight_bytes()).sum();
@@ -234,7 +235,7 @@ pub struct LmcEval {
 
 /// `selfspec lmc`: the loss along the line between two adapters, printed as a table with the
 /// barriers; with `out`, lmc.json and each point's adapter are kept there.
-// One argument per flag of `selfspec lmc`, as src/cli.rs parses them (its only caller).
+// One argument per flag of `selfspec lmc`, as src/cli/ parses them (its only caller).
 #[allow(clippy::too_many_arguments)]
 pub fn lmc(
     model: &Choice,
@@ -282,7 +283,7 @@ pub fn lmc(
         drop(loaded);
         let adapters = super::lmc::point_adapters(&result, dir)
             .into_iter()
-            .map(|(_, _, name, dir)| crate::model::adapter::Spec { name, dir })
+            .map(|(_, _, name, dir)| crate::model::adapters::adapter::Spec { name, dir })
             .collect();
         let (data, datasets, shots) = (e.data.clone(), e.datasets.clone(), e.shots.clone());
         let opts =

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::adapter;
+use crate::model::adapters::adapter;
 use crate::model::Model;
 
 /// The training settings, under Hugging Face's and PEFT's names (`train:` in config.yaml, or

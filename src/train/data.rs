@@ -39,10 +39,10 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
         anyhow::ensure!(!out.is_empty(), "{}: no accepted samples yet; accept some on the Review tab", path.display());
         return Ok(out);
     }
-    let text = crate::fsutil::read_text(path)?;
+    let text = crate::lines::read_text(path)?;
     let mut out = Vec::new();
     let shape = r#"each line must be {"instruction": …, "input": … (optional), "output": …}"#;
-    for record in crate::fsutil::jsonl_records::<Example>(path, &text, shape) {
+    for record in crate::lines::jsonl_records::<Example>(path, &text, shape) {
         let (line, e) = record?;
         anyhow::ensure!(
             !e.instruction.trim().is_empty() && !e.output.trim().is_empty(),
@@ -97,7 +97,7 @@ pub fn encode(
 }
 
 fn encode_chat(tokenizer: &Tokenizer, e: &Example, max_len: usize) -> anyhow::Result<Encoded> {
-    use crate::model::chat::Message;
+    use crate::model::text::chat::Message;
     let user = [Message::new("user", &prompts::chat_user(&e.instruction, &e.input))];
     let prompt = tokenizer.apply_chat_template(&user, true)?;
     let whole = [user[0].clone(), Message::new("assistant", e.output.trim())];

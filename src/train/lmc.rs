@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use super::data::{self, Encoded, Example};
 use super::trainer::Trainer;
-use crate::model::combine::{self, Method};
-use crate::model::{adapter, Model};
+use crate::model::adapters::adapter;
+use crate::model::adapters::combine::{self, Method};
+use crate::model::Model;
 
 /// The loss at one α.
 #[derive(Debug, Clone, PartialEq, Serialize)]

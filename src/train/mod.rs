@@ -16,7 +16,7 @@ pub mod run;
 mod trainer;
 pub mod warm;
 
-pub use crate::model::adapter::{AdapterConfig, Targets};
+pub use crate::model::adapters::adapter::{AdapterConfig, Targets};
 pub use config::{row_length, Init, Schedule, TrainConfig, MAX_STEPS, REPTILE_DEFAULT};
 pub use plan::{available_memory_mb, base_record, Cost, Plan};
 pub use trainer::{targets, Batch, Moments, Param, StepStats, Trainer};

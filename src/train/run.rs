@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::config::TrainConfig;
 use super::data::{self, Encoded, Example};
 use super::trainer::{Batch, Trainer};
-use crate::model::adapter;
+use crate::model::adapters::adapter;
 use crate::model::Model;
 
 pub const ADAPTER_NAME: &str = "train";

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Init, TrainConfig};
 use super::plan::Cost;
-use crate::model::adapter::{self, AdapterConfig, Targets};
-use crate::model::linear::{Dropout, LoraAdapter};
+use crate::model::adapters::adapter::{self, AdapterConfig, Targets};
+use crate::model::network::linear::{Dropout, LoraAdapter};
 use crate::model::{Model, Pass};
 
 /// One micro-batch: left-padded token rows and their labels (−100: no loss at that position).
@@ -84,7 +84,7 @@ impl Trainer {
         let targets = Targets::List(modules.clone());
         let mut params = Vec::new();
         let scale = config.lora_alpha / config.r as f64;
-        let gate = crate::model::linear::new_gate();
+        let gate = crate::model::network::linear::new_gate();
         for (linear_name, linear) in model.decoder.linears_mut() {
             if !targets.matches(&linear_name) {
                 continue;
@@ -126,7 +126,7 @@ impl Trainer {
         adapter: AdapterConfig,
     ) -> anyhow::Result<Trainer> {
         let mut params = Vec::new();
-        let gate = crate::model::linear::new_gate();
+        let gate = crate::model::network::linear::new_gate();
         for (linear_name, linear) in model.decoder.linears_mut() {
             let Some(found) = linear.adapters.iter().find(|x| x.name == name) else { continue };
             let a = Var::from_tensor(&found.a.to_dtype(DType::F32)?)?;
@@ -363,12 +363,12 @@ impl Trainer {
 
 /// Replaces (or adds) adapter `name` on `linear` with the trainable `a`, `b`.
 fn attach(
-    linear: &mut crate::model::linear::Linear,
+    linear: &mut crate::model::network::linear::Linear,
     name: &str,
     a: &Var,
     b: &Var,
     scale: f64,
-    gate: &crate::model::linear::Gate,
+    gate: &crate::model::network::linear::Gate,
 ) {
     linear.adapters.retain(|x| x.name != name);
     linear.adapters.push(LoraAdapter {

@@ -27,7 +27,8 @@ use candle_core::Tensor;
 use super::config::{Init, Schedule, TrainConfig};
 use super::data::{self, Encoded};
 use super::trainer::Trainer;
-use crate::model::{adapter, Model};
+use crate::model::adapters::adapter;
+use crate::model::Model;
 
 /// What the warm start did, for the run's log.
 pub struct Started {

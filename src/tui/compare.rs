@@ -294,15 +294,15 @@ fn answer(
     };
     let (device, _) = choice.device.open();
     let mut m = crate::model::Model::load(&choice.name, choice.dtype, &device)?;
-    let specs: Vec<crate::model::adapter::Spec> = adapters
+    let specs: Vec<crate::model::adapters::adapter::Spec> = adapters
         .iter()
-        .map(|(name, dir)| crate::model::adapter::Spec { name: name.clone(), dir: dir.clone() })
+        .map(|(name, dir)| crate::model::adapters::adapter::Spec { name: name.clone(), dir: dir.clone() })
         .collect();
-    crate::model::adapter::load_all(&mut m, &specs)?;
+    crate::model::adapters::adapter::load_all(&mut m, &specs)?;
     let _ = tx.send(Message::Loaded);
     // Asked as the model is asked elsewhere: in its chat template when it has one.
     let ids = if m.tokenizer.has_chat_template() {
-        m.tokenizer.encode_chat(&[crate::model::chat::Message::new("user", prompt)])?
+        m.tokenizer.encode_chat(&[crate::model::text::chat::Message::new("user", prompt)])?
     } else {
         let (instruction, input) = prompt.split_once("\n\n").unwrap_or((prompt, ""));
         m.tokenizer.encode(&crate::prompts::alpaca(instruction, input))?

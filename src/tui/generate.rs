@@ -7,7 +7,7 @@
 //! any terminal. `x` asks it to stop (SIGTERM to the proven holder of the run's lock): it
 //! finishes its current token and is continued by starting it again.
 //!
-//! With no model set, `F` fetches the default model ([`crate::model::fetch`]) on a thread, with
+//! With no model set, `F` fetches the default model ([`crate::model::fetching::fetch`]) on a thread, with
 //! a progress bar, and sets it as the model when its hash checks out.
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use crate::generate::pipeline::{Mode, Progress};
 use crate::runs::Following;
 use crate::workspace::Workspace;
 
-use crate::model::fetch::{self, Fetchable};
+use crate::model::fetching::fetch::{self, Fetchable};
 
 const FIELDS: [&str; 6] = ["Seeds", "Model", "Adapter", "Corpus", "Mode", "N"];
 
@@ -43,7 +43,7 @@ struct Fetching {
 }
 
 enum FetchMessage {
-    Event(crate::model::fetch::Event),
+    Event(crate::model::fetching::fetch::Event),
     Done(anyhow::Result<PathBuf>),
 }
 
@@ -434,7 +434,7 @@ impl GenerateScreen {
 
     /// Takes what the fetch thread reported.
     fn tick_fetch(&mut self) -> Option<Outcome> {
-        use crate::model::fetch::Event;
+        use crate::model::fetching::fetch::Event;
         let f = self.fetching.as_mut()?;
         loop {
             match f.rx.try_recv() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::error::ModelError;
+use crate::model::error::ModelError;
 
 struct Entry {
     file: usize,

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::ModelError;
+use crate::model::error::ModelError;
 
 /// `$HF_HOME`, else `~/.cache/huggingface`.
 pub(crate) fn hf_home() -> Option<PathBuf> {

@@ -27,9 +27,9 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::config::Activation;
 use super::cpu_weight::CpuWeight;
 use super::dropout::Dropout;
+use crate::model::config::Activation;
 
 /// Whether `t` can go through these ops: f32 on the CPU.
 pub fn usable(t: &Tensor) -> bool {
@@ -756,7 +756,7 @@ pub fn input_grad_tensor(w: &dyn CpuWeight, grad: &Tensor, shape: &Shape) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::packed::Packed;
+    use crate::model::kernels::packed::Packed;
     use candle_core::{Device, Var, D};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use super::chat::{ChatTemplate, Message};
-use super::error::ModelError;
 use super::gguf_tokenizer::GgufTokenizer;
+use crate::model::error::ModelError;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

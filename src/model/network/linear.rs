@@ -9,10 +9,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
-pub use super::cpu_weight::CpuWeight;
-pub use super::dropout::Dropout;
-use super::packed::Packed;
-use super::qpacked::QPacked;
+pub use crate::model::kernels::cpu_weight::CpuWeight;
+pub use crate::model::kernels::dropout::Dropout;
+use crate::model::kernels::packed::Packed;
+use crate::model::kernels::qpacked::QPacked;
 
 #[derive(Debug, Clone)]
 pub enum Base {
@@ -23,13 +23,13 @@ pub enum Base {
     /// a vocabulary-sized head (examples/mm.rs measures both); see [`Linear::dense`]. Used for
     /// 16-bit weights on the CPU.
     DenseT(Tensor),
-    /// An f32 weight on the CPU in the panel layout of [`crate::model::packed`], multiplied by
+    /// An f32 weight on the CPU in the panel layout of [`crate::model::kernels::packed`], multiplied by
     /// its own kernel (3× candle's matmul at decode's 8 rows: `cargo run --release --example
     /// packed`). Differentiable with respect to the input, so training runs through it too.
     Packed(Arc<Packed>),
     Quantized(Arc<QMatMul>),
     /// A GGML block-type weight on the CPU, decoded at load into selfspec's own quantized
-    /// layout ([`crate::model::qpacked`]) and multiplied by its kernels. Differentiable with
+    /// layout ([`crate::model::kernels::qpacked`]) and multiplied by its kernels. Differentiable with
     /// respect to the input (the backward dequantizes the weight just for it), so QLoRA trains
     /// directly over a GGUF file's blocks.
     QPacked(Arc<QPacked>),
@@ -114,12 +114,12 @@ impl CpuWeight for QPacked {
         scratch
     }
     fn input_grad(&self, dy: &[f32], rows: usize, dx: &mut [f32]) {
-        super::fused::input_grad(self, dy, rows, dx)
+        crate::model::kernels::fused::input_grad(self, dy, rows, dx)
     }
 }
 
 /// `x Wᵀ` through a [`CpuWeight`]; the backward is `grad · W`, read panel by panel from the
-/// packed weight ([`super::fused::input_grad`])
+/// packed weight ([`crate::model::kernels::fused::input_grad`])
 /// (the base is frozen: no gradient for W). Training runs through packed and GGUF weights alike.
 struct CpuMatmul<W: CpuWeight>(Arc<W>);
 
@@ -154,7 +154,7 @@ impl<W: CpuWeight> CustomOp1 for CpuMatmul<W> {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(super::fused::input_grad_tensor(self.0.as_ref(), grad, arg.shape())?))
+        Ok(Some(crate::model::kernels::fused::input_grad_tensor(self.0.as_ref(), grad, arg.shape())?))
     }
 }
 
@@ -357,7 +357,7 @@ impl Linear {
     }
 
     /// The frozen CPU weight behind a projection with no bias and no enabled adapter (what
-    /// [`super::fused::head_nll`] takes), or None.
+    /// [`crate::model::kernels::fused::head_nll`] takes), or None.
     pub fn plain_cpu_weight(&self) -> Option<Arc<dyn CpuWeight>> {
         if self.bias.is_some() || self.adapters.iter().any(|a| a.enabled) {
             return None;
@@ -365,7 +365,7 @@ impl Linear {
         self.cpu_base()
     }
 
-    /// Training's one-node LoRA ([`super::fused::lora`]): a CPU weight in panels, no bias, one
+    /// Training's one-node LoRA ([`crate::model::kernels::fused::lora`]): a CPU weight in panels, no bias, one
     /// adapter on every row whose A and B are being trained, f32 activations.
     fn fused_training(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let Some(base) = self.cpu_base() else { return Ok(None) };
@@ -376,13 +376,13 @@ impl Linear {
         if !everywhere
             || !trained
             || self.bias.is_some()
-            || !super::fused::usable(x)
-            || !super::fused::usable(&adapter.a)
-            || !super::fused::usable(&adapter.b)
+            || !crate::model::kernels::fused::usable(x)
+            || !crate::model::kernels::fused::usable(&adapter.a)
+            || !crate::model::kernels::fused::usable(&adapter.b)
         {
             return Ok(None);
         }
-        super::fused::lora(x, base, &adapter.a, &adapter.b, adapter.scale, adapter.dropout).map(Some)
+        crate::model::kernels::fused::lora(x, base, &adapter.a, &adapter.b, adapter.scale, adapter.dropout).map(Some)
     }
 }
 

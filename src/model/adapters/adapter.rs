@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::linear::LoraAdapter;
 use crate::model::loaded::Model;
+use crate::model::network::linear::LoraAdapter;
 
 /// The projections LoRA can target, by their last name component (PEFT's `target_modules`), in
 /// the Llama-style families' names; [`FAMILY_TARGETS`] gives MPT's and Falcon's.
@@ -235,7 +235,7 @@ pub fn load(model: &mut Model, dir: &Path, name: &str) -> Result<AdapterConfig, 
         candle_core::safetensors::load(&path, &device).map_err(|e| bad(&path, format!("cannot read: {e}")))?;
     let mut used = 0;
     let scale = cfg.scale();
-    let gate = crate::model::linear::new_gate();
+    let gate = crate::model::network::linear::new_gate();
     for (linear_name, linear) in model.decoder.linears_mut() {
         if !cfg.target_modules.matches(&linear_name) {
             continue;

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-use super::config::{Activation, Alibi, DecoderSpec, Parallel, QkvLayout, Rope, RopeScaling};
-use super::error::ModelError;
 pub use super::kv_cache::KV_STEP;
 use super::kv_cache::{Cache, Kv};
 use super::linear::{Base, CpuWeight, Linear};
 pub use super::source::{Names, Source};
-use super::{cpu_attention, flash, fused};
+use crate::model::config::{Activation, Alibi, DecoderSpec, Parallel, QkvLayout, Rope, RopeScaling};
+use crate::model::error::ModelError;
+use crate::model::kernels::{cpu_attention, flash, fused};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -874,7 +874,7 @@ impl Decoder {
     }
 
     /// The row gate of the adapter `name` (shared by all its layers), if it is loaded.
-    pub fn gate(&self, name: &str) -> Option<crate::model::linear::Gate> {
+    pub fn gate(&self, name: &str) -> Option<crate::model::network::linear::Gate> {
         self.projections().find_map(|lin| lin.adapters.iter().find(|a| a.name == name).map(|a| a.gate.clone()))
     }
 

@@ -3,13 +3,13 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{DecoderSpec, GptFamily, Parallel};
-use super::error::ModelError;
 use super::linear::Linear;
 use super::weights::Weights;
+use crate::model::config::{DecoderSpec, GptFamily, Parallel};
+use crate::model::error::ModelError;
 
 /// Where a decoder's tensors come from, addressed by their Hugging Face names: safetensors
-/// ([`Weights`]) or a GGUF file ([`super::gguf`]), which maps the names to llama.cpp's.
+/// ([`Weights`]) or a GGUF file ([`crate::model::gguf`]), which maps the names to llama.cpp's.
 pub trait Source {
     fn device(&self) -> &Device;
     /// The type activations (and dense tensors) use.

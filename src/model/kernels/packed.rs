@@ -480,7 +480,7 @@ mod tests {
             // 300 rows over few panels also splits the rows between threads.
             let w = values(out * inp, out as u64 * 31 + inp as u64);
             let packed = Packed::new(&w, out, inp);
-            assert_eq!(crate::model::linear::CpuWeight::values(&packed), w, "[{out}, {inp}] round trip");
+            assert_eq!(crate::model::network::linear::CpuWeight::values(&packed), w, "[{out}, {inp}] round trip");
             for rows in [1usize, 3, 8, 9, 21, 300] {
                 let x = values(rows * inp, rows as u64);
                 let want = naive(&w, out, inp, &x, rows);
@@ -539,7 +539,7 @@ mod tests {
         let (out, inp) = (130, 9);
         let w = values(out * inp, 3);
         let packed = Packed::new(&w, out, inp);
-        let rows = crate::model::linear::CpuWeight::gather_rows(&packed, &[129, 0, 48, 47]);
+        let rows = crate::model::network::linear::CpuWeight::gather_rows(&packed, &[129, 0, 48, 47]);
         for (i, id) in [129usize, 0, 48, 47].iter().enumerate() {
             assert_eq!(&rows[i * inp..][..inp], &w[id * inp..][..inp]);
         }

@@ -241,7 +241,7 @@ mod vnni512 {
     /// # Safety
     /// AVX-512F and AVX-512 VNNI present.
     pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &Rows) {
-        unsafe { crate::model::panels::by_rows!(rows, rows_n(t, r)) }
+        unsafe { crate::model::kernels::panels::by_rows!(rows, rows_n(t, r)) }
     }
 
     /// [`super::round_groups`] sixteen values at a time (`group` a multiple of 16); the
@@ -322,14 +322,14 @@ mod vnni512 {
             }
         }
         // SAFETY: this tile's rows of this panel belong to this call alone.
-        unsafe { crate::model::panels::avx512::store_rows(&out, t.cols, r.y.at(0), r.ldc) };
+        unsafe { crate::model::kernels::panels::avx512::store_rows(&out, t.cols, r.y.at(0), r.ldc) };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::qpacked::QPacked;
+    use crate::model::kernels::qpacked::QPacked;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 

@@ -523,7 +523,7 @@ mod avx2 {
     pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &RowTile) {
         let mut r0 = 0;
         while r0 < rows {
-            let n = (rows - r0).min(crate::model::packed::AVX2_ROWS);
+            let n = (rows - r0).min(crate::model::kernels::packed::AVX2_ROWS);
             let sub = RowTile {
                 x: unsafe { r.x.add(r0 * t.inp) },
                 sums: if r.sums.is_null() { r.sums } else { unsafe { r.sums.add(r0 * t.groups) } },
@@ -649,7 +649,7 @@ mod tests {
             let packed = QPacked::new(&q).unwrap().expect("a supported type");
             let dy = values(rows * out, 22);
             let mut dx = vec![0f32; rows * inp];
-            crate::model::fused::input_grad(&packed, &dy, rows, &mut dx);
+            crate::model::kernels::fused::input_grad(&packed, &dy, rows, &mut dx);
             for r in 0..rows {
                 for i in 0..inp {
                     let want: f64 = (0..out).map(|o| dy[r * out + o] as f64 * dense[o * inp + i] as f64).sum();
@@ -668,7 +668,7 @@ mod tests {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let packed = QPacked::new(&q).unwrap().expect("a supported type");
-            let got = crate::model::linear::CpuWeight::values(&packed);
+            let got = crate::model::network::linear::CpuWeight::values(&packed);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 // d·q + m in one rounding here, two in candle.
                 assert!((g - e).abs() <= 1e-6 * (1.0 + e.abs()), "{dtype:?} at {i}: {g} vs {e}");

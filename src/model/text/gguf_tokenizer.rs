@@ -28,7 +28,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::Value;
 use serde_json::{json, Value as Json};
 
-use super::error::ModelError;
+use crate::model::error::ModelError;
 
 /// GPT-2's split (the regex its ByteLevel pre-tokenizer uses) needs no entry: it is the default.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
