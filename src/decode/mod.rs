@@ -7,6 +7,7 @@ mod ends;
 pub mod mixing;
 pub mod prefix;
 mod request;
+mod row;
 pub mod sampling;
 mod scheduler;
 pub mod stream;

@@ -1,71 +1,19 @@
 //! The continuous decoder: requests from a feed decoded together, each finished request's cache
 //! rows going to the next waiting one at once; prefill of new groups, the prefix cache, the
-//! adapters' row gates, a KV budget that sets the newest rows aside, and each step's choice of
-//! tokens (plain, eq. 2 mixtures, eq. 3 pairs).
+//! adapters' row gates, and a KV budget that sets the newest rows aside. What one step does to
+//! each row is in row.rs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Tensor, D};
-use rayon::prelude::*;
+use candle_core::{DType, Tensor};
 
-use super::ends::{find_stop, looping, looping_lines};
-use super::mixing::{contrast_scores, log_softmax, mix, normalised};
+use super::mixing::normalised;
 use super::prefix::{self, PrefixCache};
 use super::request::*;
-use super::sampling;
-use super::stream::TextStream;
+use super::row::{advance, pick, top_logits, Row};
 use crate::model::{Model, Pass};
-use crate::rng::Rng;
-
-/// One request being decoded: `width` cache rows (its prompts) that share one text.
-struct Row {
-    /// The caller's number for the request (events name it).
-    request: usize,
-    req: Request,
-    /// The mixture weights of its rows.
-    weights: Vec<f64>,
-    width: usize,
-    /// The top logits at the last prompt position (empty unless asked for).
-    prompt_top: Vec<(u32, f32)>,
-    stream: TextStream,
-    text: String,
-    /// The first prompt and the tokens generated so far (for the repetition penalty).
-    seen: Vec<u32>,
-    prompt_len: usize,
-    rng: Rng,
-    logprobs: Vec<TokenLogprob>,
-    /// Tokens of the first prompt taken from the prefix cache.
-    cached: usize,
-    /// Bytes of text already streamed before the row was set aside to free memory: its replay
-    /// (the same seed, the same tokens) does not stream them again.
-    streamed: usize,
-    /// When it was admitted (the newest rows are set aside first).
-    admitted: usize,
-}
-
-impl Row {
-    fn new(request: usize, req: Request, weights: Vec<f64>, streamed: usize, admitted: usize) -> Row {
-        Row {
-            request,
-            width: req.width(),
-            weights,
-            prompt_top: Vec::new(),
-            stream: TextStream::new(),
-            text: String::new(),
-            seen: req.prompts[0].clone(),
-            prompt_len: req.prompts[0].len(),
-            rng: Rng::new(req.sampling.seed),
-            logprobs: Vec::new(),
-            cached: 0,
-            streamed,
-            admitted,
-            req,
-        }
-    }
-}
 
 /// Where the continuous decoder gets its requests and sends what they make. Requests are handed
 /// out as rows come free; each carries the caller's number, which its events name.
@@ -611,12 +559,6 @@ fn prefix_cache(opts: &Options) -> Option<&PrefixCache> {
     opts.prefix.as_deref().filter(|_| opts.gated)
 }
 
-fn top_logits(row: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    idx.into_iter().take(n).map(|i| (i as u32, row[i])).collect()
-}
-
 /// The adapters' row gates while a batch with per-request adapters decodes; put back to "every
 /// row" when dropped.
 struct Gates {
@@ -659,142 +601,4 @@ impl Drop for Gates {
             *gate.write().unwrap_or_else(|e| e.into_inner()) = crate::model::network::linear::GateState::All;
         }
     }
-}
-
-/// Appends `id` to `row`: streams its text, and returns the completion when it ends the request.
-fn advance(
-    model: &Model,
-    row: &mut Row,
-    id: u32,
-    cancelled: bool,
-    on_event: &mut dyn FnMut(Event),
-) -> anyhow::Result<Option<Completion>> {
-    row.seen.push(id);
-    let text_before = row.text.len();
-    let req = &row.req;
-    let mut finish = None;
-    // Text from byte `from` on is new to the listener, except what a replay already streamed.
-    let request = row.request;
-    let emit = |text: &str, from: usize, streamed: usize, on_event: &mut dyn FnMut(Event)| {
-        let start = from.max(streamed);
-        let replaying = from < streamed && start >= text.len();
-        if let Some(new) = text.get(start..).filter(|_| !replaying) {
-            on_event(Event::Token { request, id, text: new });
-        }
-    };
-    if !req.ignore_eos && model.eos_token_ids.contains(&id) {
-        // The end-of-sequence token is kept in ids, not in text.
-        finish = Some(Finish::Eos);
-    } else {
-        let delta = row.stream.push(id, &model.tokenizer)?;
-        let old = row.text.len();
-        row.text.push_str(&delta);
-        match find_stop(&row.text, &req.stop, old).filter(|_| !delta.is_empty()) {
-            Some((at, stop)) => {
-                row.text.truncate(at);
-                emit(&row.text, old.min(at), row.streamed, on_event);
-                finish = Some(Finish::Stop(stop));
-            }
-            None => emit(&row.text, old, row.streamed, on_event),
-        }
-    }
-    let generated = row.seen.len() - row.prompt_len;
-    let new_line = row.text.len() > text_before && row.text[text_before..].contains('\n');
-    if finish.is_none()
-        && req.stop_on_loop
-        && (looping(&row.seen[row.prompt_len..]).is_some() || (new_line && looping_lines(&row.text)))
-    {
-        finish = Some(Finish::Loop);
-    }
-    if finish.is_none() && new_line && req.stop_when.is_some_and(|bad| bad(&row.text)) {
-        finish = Some(Finish::Loop);
-    }
-    if finish.is_none() && generated >= req.max_new_tokens {
-        finish = Some(Finish::Length);
-    }
-    // The model's context ends the text too: no position past the one it was trained to.
-    let context = model.decoder.spec.max_position_embeddings;
-    if finish.is_none() && context > 0 && req.prompts.iter().map(Vec::len).max().unwrap_or(0) + generated >= context {
-        finish = Some(Finish::Length);
-    }
-    if finish.is_none() && cancelled {
-        finish = Some(Finish::Cancelled);
-    }
-    let Some(finish) = finish else { return Ok(None) };
-    if !matches!(finish, Finish::Stop(_)) {
-        let rest = row.stream.finish(&model.tokenizer)?;
-        if !rest.is_empty() {
-            let old = row.text.len();
-            row.text.push_str(&rest);
-            emit(&row.text, old, row.streamed, on_event);
-        }
-    }
-    Ok(Some(Completion {
-        ids: row.seen[row.prompt_len..].to_vec(),
-        text: std::mem::take(&mut row.text),
-        finish,
-        prompt_top: std::mem::take(&mut row.prompt_top),
-        logprobs: std::mem::take(&mut row.logprobs),
-        cached_tokens: row.cached,
-    }))
-}
-
-/// The next token of every request. Plain requests choose from their logits (an argmax where the
-/// logits are when every request is plain greedy); mixtures from the log of the mixed
-/// distribution, with the same sampling rules.
-fn pick(logits: &Tensor, rows: &mut [Row]) -> anyhow::Result<Vec<u32>> {
-    let per_row = |r: &Row| r.req.contrast.is_some() || r.req.top_logprobs.is_some();
-    if rows.iter().any(per_row) {
-        // Per request on the CPU: contrastive pairs, mixtures and plain rows side by side.
-        // Mixtures (if any in the batch) are mixed where the logits are, all in one product.
-        let any_mixture = rows.iter().any(|r| r.width > 1 && r.req.contrast.is_none());
-        let mixed = if any_mixture {
-            let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
-            let ws: Vec<&[f64]> = rows.iter().map(|r| r.weights.as_slice()).collect();
-            mix(logits, &widths, &ws)?.to_vec2::<f32>()?
-        } else {
-            Vec::new()
-        };
-        let all = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut at = 0;
-        let mut out = Vec::with_capacity(rows.len());
-        for (g, row) in rows.iter_mut().enumerate() {
-            let req = &row.req;
-            let mut scores = match &req.contrast {
-                Some(c) => contrast_scores(&all[at], &all[at + 1], c.alpha),
-                None if row.width == 1 => all[at].clone(),
-                None => mixed[g].clone(),
-            };
-            // A contrastive step reports the tuned model's distribution.
-            let logprobs = req.top_logprobs.map(|n| {
-                let source = if req.contrast.is_some() || row.width == 1 { &all[at] } else { &scores };
-                (n, log_softmax(source))
-            });
-            at += row.width;
-            let id = sampling::choose(&mut scores, &req.sampling, &row.seen, &mut row.rng);
-            if let Some((n, lp)) = logprobs {
-                let top = top_logits(&lp, n);
-                row.logprobs.push(TokenLogprob { id, logprob: lp[id as usize], top });
-            }
-            out.push(id);
-        }
-        return Ok(out);
-    }
-    let scores = if rows.iter().all(|r| r.width == 1) {
-        logits.to_dtype(DType::F32)?
-    } else {
-        let widths: Vec<usize> = rows.iter().map(|r| r.width).collect();
-        let ws: Vec<&[f64]> = rows.iter().map(|r| r.weights.as_slice()).collect();
-        mix(logits, &widths, &ws)?
-    };
-    if rows.iter().all(|r| r.req.sampling.is_plain_greedy()) {
-        return Ok(scores.argmax(D::Minus1)?.to_vec1::<u32>()?);
-    }
-    // Each row draws from its own generator, so drawing rows in parallel draws the same tokens.
-    let all = scores.to_vec2::<f32>()?;
-    Ok(rows
-        .par_iter_mut()
-        .zip(all)
-        .map(|(row, mut l)| sampling::choose(&mut l, &row.req.sampling, &row.seen, &mut row.rng))
-        .collect())
 }
