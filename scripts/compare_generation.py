@@ -57,6 +57,9 @@ def one(binary, label, args, rnd):
         "--mode", "marginal", "--k", str(args.k), "--n", str(args.n), "--seed", str(args.seed),
         "--run", run,
     ]
+    samples = os.path.join(run, "samples.jsonl")
+    # A continued run (--tag) starts with the samples kept before; the rate counts only this call's.
+    before = sum(1 for line in open(samples) if line.strip()) if os.path.exists(samples) else 0
     env = dict(os.environ, HOME=work, XDG_CONFIG_HOME=os.path.join(work, "cfg"), XDG_DATA_HOME=os.path.join(work, "data"))
     tag = f"-{args.tag}" if args.tag else ""
     log = open(os.path.join(args.out, f"log-{label}-{rnd}{tag}.txt"), "w")
@@ -80,7 +83,6 @@ def one(binary, label, args, rnd):
         for t, m in curve:
             f.write(f"{t},{m}\n")
     kept = 0
-    samples = os.path.join(run, "samples.jsonl")
     if os.path.exists(samples):
         kept = sum(1 for line in open(samples) if line.strip())
     counters = {}
@@ -99,7 +101,8 @@ def one(binary, label, args, rnd):
         "exit": proc.returncode,
         "wall_s": round(wall, 1),
         "kept": kept,
-        "kept_per_min": round(kept / (wall / 60), 2),
+        "kept_before": before,
+        "kept_per_min": round((kept - before) / (wall / 60), 2),
         "peak_rss_mb": round(peak_mb, 1),
         "prompts": counters.get("prompts"),
         "parsed": counters.get("parsed"),
