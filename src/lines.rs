@@ -84,13 +84,19 @@ impl Lines<BufReader<File>> {
     /// that follows a growing file goes on from where it stopped (`offset` past the end reads
     /// nothing).
     pub fn open_from(path: &Path, offset: u64, lines_before: usize) -> io::Result<Lines<BufReader<File>>> {
-        use std::io::Seek;
-        let mut file = crate::fsutil::open_regular(path)?;
-        if offset > 0 {
-            file.seek(io::SeekFrom::Start(offset))?;
-        }
-        Ok(Lines::new(BufReader::new(file), lines_before, MAX_LINE_BYTES))
+        Ok(Lines::new(reader_at(path, offset)?, lines_before, MAX_LINE_BYTES))
     }
+}
+
+/// A buffered reader of the regular file `path` from byte `offset` on: what [`Lines`] reads
+/// when a caller bounds the reader itself (a follower's step, a log's last bytes).
+pub fn reader_at(path: &Path, offset: u64) -> io::Result<BufReader<File>> {
+    use std::io::Seek;
+    let mut file = crate::fsutil::open_regular(path)?;
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset))?;
+    }
+    Ok(BufReader::new(file))
 }
 
 /// The last complete non-blank line of `path` that lies wholly within its last `window` bytes
@@ -99,7 +105,7 @@ impl Lines<BufReader<File>> {
 pub fn last_line(path: &Path, window: u64) -> io::Result<Option<Vec<u8>>> {
     let len = std::fs::metadata(path)?.len();
     let from = len.saturating_sub(window);
-    let mut reader = Lines::open_from(path, from.saturating_sub(1), 1)?.into_inner();
+    let mut reader = reader_at(path, from.saturating_sub(1))?;
     if from > 0 {
         // The byte before the window says whether the window starts a line; if not, the piece
         // up to the first newline is the end of a longer line, not a line.
@@ -139,11 +145,6 @@ impl<R: BufRead> Lines<R> {
     pub fn at_most(mut self, max: u64) -> Lines<R> {
         self.max = max;
         self
-    }
-
-    /// The reader, where this stopped.
-    pub fn into_inner(self) -> R {
-        self.reader
     }
 
     /// Bytes read through the last newline: where a follower goes on next time. Final once the

@@ -55,21 +55,32 @@ pub fn mixture<K: Eq + Hash + Clone>(dists: &[Vec<(K, f64)>], weights: &[f64]) -
 }
 
 /// Eq. 3: log p_tuned(t) − log p_base(t) for the tokens whose tuned probability is at least α
-/// times the tuned maximum (the plausibility cut); the others are left out. `base(t)` is the
+/// times the tuned maximum (the plausibility cut); the others are left out. `tuned` lists the
+/// tuned (token, log p) and is walked twice (the maximum, then the cut); `base(t)` is the
 /// base's log-probability of `t`.
-pub fn contrast<K: Clone>(tuned: &[(K, f64)], base: impl Fn(&K) -> f64, alpha: f64) -> Vec<(K, f64)> {
-    let best = tuned.iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
+pub fn contrast<K, I>(tuned: I, base: impl Fn(&K) -> f64, alpha: f64) -> Vec<(K, f64)>
+where
+    I: IntoIterator<Item = (K, f64)> + Clone,
+{
+    let best = tuned.clone().into_iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
     let floor = best + alpha.ln();
-    tuned.iter().filter(|(_, l)| *l >= floor).map(|(t, l)| (t.clone(), l - base(t))).collect()
+    tuned
+        .into_iter()
+        .filter(|(_, l)| *l >= floor)
+        .map(|(t, l)| {
+            let s = l - base(&t);
+            (t, s)
+        })
+        .collect()
 }
 
 /// [`contrast`] over the whole vocabulary, from one step's tuned and base logits: a score per
 /// token id, −∞ for the tokens the plausibility cut leaves out.
 pub fn contrast_scores(tuned: &[f32], base: &[f32], alpha: f64) -> Vec<f32> {
     let (lt, lb) = (log_softmax(tuned), log_softmax(base));
-    let tuned: Vec<(usize, f64)> = lt.iter().enumerate().map(|(i, &l)| (i, f64::from(l))).collect();
+    let tuned = lt.iter().enumerate().map(|(i, &l)| (i, f64::from(l)));
     let mut scores = vec![f32::NEG_INFINITY; lt.len()];
-    for (i, s) in contrast(&tuned, |&i| f64::from(lb[i]), alpha) {
+    for (i, s) in contrast(tuned, |&i| f64::from(lb[i]), alpha) {
         scores[i] = s as f32;
     }
     scores
@@ -85,9 +96,10 @@ pub fn mixture_of_tops(tops: &[Vec<(String, f64)>], weights: &[f64]) -> Vec<(Str
 pub fn contrast_of_tops(tuned: &[(String, f64)], base: &[(String, f64)], alpha: f64) -> Vec<(String, f32)> {
     let base_of: HashMap<&str, f64> = base.iter().map(|(t, l)| (t.as_str(), *l)).collect();
     let bound = base.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
-    contrast(tuned, |t| base_of.get(t.as_str()).copied().unwrap_or(bound), alpha)
+    let tuned = tuned.iter().map(|(t, l)| (t.as_str(), *l));
+    contrast(tuned, |t| base_of.get(t).copied().unwrap_or(bound), alpha)
         .into_iter()
-        .map(|(t, s)| (t, s as f32))
+        .map(|(t, s)| (t.to_string(), s as f32))
         .collect()
 }
 

@@ -307,11 +307,11 @@ pub const MAX_JSON_BYTES: u64 = 1 << 30;
 /// each at most [`crate::lines::MAX_LINE_BYTES`]: a longer one is an error naming it, read no
 /// further. Blank lines are skipped; the numbers are the file's.
 fn text_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(usize, String)>>> {
-    let shown = path.display().to_string();
-    let lines = crate::lines::Lines::open(path).with_context(|| format!("cannot read {shown}"))?;
+    let lines = crate::lines::Lines::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let path = path.to_path_buf();
     Ok(lines.all().map(move |item| {
-        let (n, bytes) = item.map_err(|e| anyhow::anyhow!(e.at(Path::new(&shown))))?;
-        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown}:{n}: not UTF-8 text"))?;
+        let (n, bytes) = item.map_err(|e| anyhow::anyhow!(e.at(&path)))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}:{n}: not UTF-8 text", path.display()))?;
         Ok((n, text))
     }))
 }

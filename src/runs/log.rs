@@ -170,9 +170,9 @@ impl Tail {
         let mut out = Vec::new();
         let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         self.offset = self.offset.min(len);
-        let Ok(lines) = crate::lines::Lines::open_from(&self.path, self.offset, self.line) else { return out };
+        let Ok(reader) = crate::lines::reader_at(&self.path, self.offset) else { return out };
         // At most 64 MiB a read, so a huge log is followed in bounded steps.
-        let mut lines = crate::lines::Lines::new(lines.into_inner().take(64 << 20), self.line, u64::MAX);
+        let mut lines = crate::lines::Lines::new(reader.take(64 << 20), self.line, u64::MAX);
         for item in lines.by_ref() {
             match item {
                 Ok(line) => out.push(line),
