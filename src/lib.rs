@@ -16,6 +16,7 @@ pub mod launch;
 pub mod lines;
 pub mod metrics;
 pub mod model;
+pub mod openai;
 pub mod parallel;
 pub mod plot;
 pub mod prompts;

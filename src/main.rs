@@ -9,13 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{
-    AdaptersCommand, BenchCommand, Cli, Command, Defaults, IndexCommand, ModelCommand, SamplesCommand, SeedsCommand,
-    TuiArgs,
-};
+use cli::{AdaptersCommand, Cli, Command, Defaults, ModelCommand, TuiArgs};
 use selfspec::config::Config;
 use selfspec::workspace::Dirs;
-use selfspec::{bench, corpus, eval, generate, model, runs, seeds, train};
+use selfspec::{eval, generate, model, runs, train};
 
 fn main() -> ExitCode {
     tune_process();
@@ -93,26 +90,8 @@ fn run() -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Stop { run }) => ok(runs::stop_command(&run)),
-        Some(Command::Seeds(cmd)) => match cmd {
-            SeedsCommand::Validate { files } => Ok(seeds::command::validate(&files, limits)),
-            SeedsCommand::Stats { file, json } => ok(seeds::command::stats(&file, json, limits)),
-            SeedsCommand::Import { format, input, output, domain, task, skip_invalid, force } => {
-                let args =
-                    seeds::command::Import { format: format.into(), input, output, domain, task, skip_invalid, force };
-                ok(seeds::command::import(args, limits))
-            }
-            SeedsCommand::Export { file, output, force } => ok(seeds::command::export(&file, &output, force, limits)),
-            SeedsCommand::Fmt { files, check } => seeds::command::fmt(&files, check, limits),
-        },
-        Some(Command::Index(IndexCommand::Build { corpus, out, force })) => {
-            ok(corpus::command::build(&corpus, &out, force))
-        }
-        Some(Command::Index(IndexCommand::Info { corpus, index, json })) => {
-            ok(corpus::command::info(&corpus, index.as_deref(), json))
-        }
-        Some(Command::Index(IndexCommand::Search { index, query, k, json })) => {
-            ok(corpus::command::search(&index, &query, k, json))
-        }
+        Some(Command::Seeds(cmd)) => cmd.run(limits),
+        Some(Command::Index(cmd)) => ok(cmd.run()),
         Some(Command::Model(ModelCommand::Fetch { name, force })) => {
             ok(model::command::fetch(&name, &dirs.cache, force, config.model.as_deref()))
         }
@@ -129,18 +108,7 @@ fn run() -> anyhow::Result<u8> {
             let stats = eval::stats::Settings { resamples, trials: resamples, seed };
             ok(eval::command::score(&files, paired, rows, split_references, json, &stats))
         }
-        Some(Command::Samples(SamplesCommand::Export { run, out, force })) => {
-            ok(generate::command::export(&run, &out, force))
-        }
-        Some(Command::Samples(SamplesCommand::Promote { run, id, task, seeds })) => {
-            ok(generate::command::promote(&run, &id, &task, seeds.as_deref(), limits))
-        }
-        Some(Command::Samples(SamplesCommand::Trace { run, id, json, top })) => {
-            ok(generate::command::trace(&run, &id, json, top))
-        }
-        Some(Command::Samples(SamplesCommand::Decide { run, id, decision, output })) => {
-            ok(generate::command::decide(&run, &id, decision.into(), output))
-        }
+        Some(Command::Samples(cmd)) => ok(cmd.run(limits)),
         Some(Command::Merge { model, adapter, out }) => ok(model::command::merge(&model, &adapter, &out)),
         Some(Command::Lmc { a, b, model, data, points, max_seq_length, prompt_format, out, eval, datasets, shots }) => {
             let choice = model.exact_choice(&defaults, "lmc")?;
@@ -164,22 +132,7 @@ fn run() -> anyhow::Result<u8> {
         Some(Command::Quantize { model, qtype, out, force }) => {
             ok(model::command::quantize(&model, &out, qtype.into(), force))
         }
-        Some(Command::Train(a)) => {
-            let opts = train::command::Options {
-                model: a.model.exact_choice(&defaults, "train")?,
-                data: a.data,
-                run: a.run,
-                settings_file: a.train_config,
-                resume: a.resume,
-                qlora: a.qlora.map(Into::into),
-                dequantize: a.dequantize,
-                plan_only: a.plan,
-                prompt_format: a.prompt_format.into(),
-                init: a.init.or(a.init_from.map(train::Init::From)),
-                detached: a.detached,
-            };
-            train::command::train(opts, &config.train)
-        }
+        Some(Command::Train(a)) => train::command::train(a.options(&defaults)?, &config.train),
         Some(Command::Eval(mut a)) => match a.import.take() {
             Some(cli::EvalCommand::Import { list: true, .. }) => ok(eval::import::list()),
             Some(cli::EvalCommand::Report { run, resamples, stats_seed }) => {
@@ -189,22 +142,7 @@ fn run() -> anyhow::Result<u8> {
             None => eval::command::eval(a.options(&defaults)?),
         },
         Some(Command::Generate(a)) => {
-            let opts = generate::command::Options {
-                seeds: a.seeds,
-                backend: a.server.for_generation(&a.model, &defaults)?,
-                n: a.n,
-                run: a.run,
-                corpus: a.corpus,
-                k: a.k,
-                mode: a.mode.map(Into::into),
-                seed: a.seed,
-                jsonl: matches!(a.progress, cli::ProgressFormat::Jsonl),
-                adapter: a.adapter,
-                contrastive: a.contrastive,
-                alpha: a.alpha,
-                detached: a.detached,
-            };
-            generate::command::generate(opts, &config.generation, limits, &workspace())
+            generate::command::generate(a.options(&defaults)?, &config.generation, limits, &workspace())
         }
         Some(Command::Sweep { spec, run, plan, max_hours, detached, stage }) => {
             if let Some(stage) = stage {
@@ -220,20 +158,7 @@ fn run() -> anyhow::Result<u8> {
             }
             selfspec::sweep::run(&spec, &run, limits, detached, max_hours)
         }
-        Some(Command::Bench(b)) => ok(match b {
-            BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),
-            BenchCommand::Qlora { model, prompt_len } => {
-                bench::qlora(&model.exact_choice(&defaults, "bench qlora")?, prompt_len)
-            }
-            BenchCommand::Memory { json } => bench::memory(json),
-            BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json } => {
-                bench::marginal(&model.choice(&defaults)?, k, prompt_len, new_tokens, repeat, json)
-            }
-            BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, kv_cache, json } => {
-                let shape = bench::Shape { batch, prompt_len, new_tokens, warmup, repeat, half_kv: kv_cache.half() };
-                bench::decode(&model.choice(&defaults)?, shape, json)
-            }
-        }),
+        Some(Command::Bench(b)) => ok(b.run(&defaults)),
         Some(Command::Workspace) => ok(selfspec::workspace::describe(&workspace(), &config, &config_path, &dirs.cache)),
         Some(Command::Config) => {
             let source =

@@ -2,9 +2,10 @@
 //! tokens a server names by id, and the server's own words in an error.
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::job::Prompt;
+use crate::openai::{self as api, Message};
 
 /// What to do when a server cannot step in token ids.
 pub(super) const IDS_ADVICE: &str =
@@ -16,21 +17,22 @@ pub(super) const IDS_ADVICE: &str =
 /// completions; a conversation to chat completions, where a begun assistant turn (primer and
 /// generated text) is continued with `continue_final_message` (vLLM's and `selfspec serve`'s
 /// extension).
-pub(super) fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, Value) {
+pub(super) fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'static str, api::Request) {
+    let mut body = api::Request { model: Some(model.to_string()), ..api::Request::default() };
     match prompt {
-        Prompt::Text(text) => ("completions", json!({"model": model, "prompt": format!("{text}{generated}")})),
+        Prompt::Text(text) => {
+            body.prompt = Some(api::Prompt::Text(format!("{text}{generated}")));
+            ("completions", body)
+        }
         Prompt::Chat { messages, primer } => {
-            let mut messages = serde_json::to_value(messages).unwrap_or_default();
+            let mut messages: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
             let begun = format!("{primer}{generated}");
-            let mut body = json!({"model": model});
             if !begun.is_empty() {
-                if let Some(list) = messages.as_array_mut() {
-                    list.push(json!({"role": "assistant", "content": begun}));
-                }
-                body["continue_final_message"] = json!(true);
-                body["add_generation_prompt"] = json!(false);
+                messages.push(Message::new("assistant", &begun));
+                body.continue_final_message = Some(true);
+                body.add_generation_prompt = Some(false);
             }
-            body["messages"] = messages;
+            body.messages = Some(messages);
             ("chat/completions", body)
         }
     }
@@ -44,7 +46,7 @@ pub(super) fn token_id(name: &str) -> anyhow::Result<u32> {
 }
 
 /// The server's own words in an error body: OpenAI's `error.message`, FastAPI's `detail`, or the
-/// text itself.
+/// text itself. Read as untyped JSON on purpose: this is where servers of every make differ.
 pub(super) fn message(body: &str) -> String {
     if let Ok(v) = serde_json::from_str::<Value>(body) {
         for m in [&v["error"]["message"], &v["error"], &v["detail"], &v["message"]] {

@@ -78,3 +78,24 @@ pub enum BenchCommand {
         json: bool,
     },
 }
+
+impl BenchCommand {
+    /// Runs the benchmark.
+    pub fn run(self, defaults: &super::model::Defaults) -> anyhow::Result<()> {
+        use selfspec::bench;
+        match self {
+            BenchCommand::Search { index, queries, k, json } => bench::search(&index, &queries, k, json),
+            BenchCommand::Qlora { model, prompt_len } => {
+                bench::qlora(&model.exact_choice(defaults, "bench qlora")?, prompt_len)
+            }
+            BenchCommand::Memory { json } => bench::memory(json),
+            BenchCommand::Marginal { model, k, prompt_len, new_tokens, repeat, json } => {
+                bench::marginal(&model.choice(defaults)?, k, prompt_len, new_tokens, repeat, json)
+            }
+            BenchCommand::Decode { model, batch, prompt_len, new_tokens, warmup, repeat, kv_cache, json } => {
+                let shape = bench::Shape { batch, prompt_len, new_tokens, warmup, repeat, half_kv: kv_cache.half() };
+                bench::decode(&model.choice(defaults)?, shape, json)
+            }
+        }
+    }
+}

@@ -167,3 +167,46 @@ pub enum AdaptersCommand {
         out: PathBuf,
     },
 }
+
+impl SeedsCommand {
+    /// Runs the seed command; its exit code.
+    pub fn run(self, limits: &selfspec::seeds::Limits) -> anyhow::Result<u8> {
+        use selfspec::seeds::command;
+        let ok = |r: anyhow::Result<()>| r.map(|()| 0);
+        match self {
+            SeedsCommand::Validate { files } => Ok(command::validate(&files, limits)),
+            SeedsCommand::Stats { file, json } => ok(command::stats(&file, json, limits)),
+            SeedsCommand::Import { format, input, output, domain, task, skip_invalid, force } => {
+                let args = command::Import { format: format.into(), input, output, domain, task, skip_invalid, force };
+                ok(command::import(args, limits))
+            }
+            SeedsCommand::Export { file, output, force } => ok(command::export(&file, &output, force, limits)),
+            SeedsCommand::Fmt { files, check } => command::fmt(&files, check, limits),
+        }
+    }
+}
+
+impl IndexCommand {
+    pub fn run(self) -> anyhow::Result<()> {
+        use selfspec::corpus::command;
+        match self {
+            IndexCommand::Build { corpus, out, force } => command::build(&corpus, &out, force),
+            IndexCommand::Info { corpus, index, json } => command::info(&corpus, index.as_deref(), json),
+            IndexCommand::Search { index, query, k, json } => command::search(&index, &query, k, json),
+        }
+    }
+}
+
+impl SamplesCommand {
+    pub fn run(self, limits: &selfspec::seeds::Limits) -> anyhow::Result<()> {
+        use selfspec::generate::command;
+        match self {
+            SamplesCommand::Export { run, out, force } => command::export(&run, &out, force),
+            SamplesCommand::Promote { run, id, task, seeds } => {
+                command::promote(&run, &id, &task, seeds.as_deref(), limits)
+            }
+            SamplesCommand::Trace { run, id, json, top } => command::trace(&run, &id, json, top),
+            SamplesCommand::Decide { run, id, decision, output } => command::decide(&run, &id, decision.into(), output),
+        }
+    }
+}

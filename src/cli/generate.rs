@@ -62,3 +62,24 @@ pub enum ProgressFormat {
     Human,
     Jsonl,
 }
+
+impl GenerateArgs {
+    /// What `selfspec generate` runs.
+    pub fn options(self, defaults: &super::model::Defaults) -> anyhow::Result<selfspec::generate::command::Options> {
+        Ok(selfspec::generate::command::Options {
+            seeds: self.seeds,
+            backend: self.server.for_generation(&self.model, defaults)?,
+            n: self.n,
+            run: self.run,
+            corpus: self.corpus,
+            k: self.k,
+            mode: self.mode.map(Into::into),
+            seed: self.seed,
+            jsonl: matches!(self.progress, ProgressFormat::Jsonl),
+            adapter: self.adapter,
+            contrastive: self.contrastive,
+            alpha: self.alpha,
+            detached: self.detached,
+        })
+    }
+}

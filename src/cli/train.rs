@@ -61,3 +61,23 @@ pub struct TrainArgs {
 fn parse_init(s: &str) -> Result<crate::train::Init, String> {
     crate::train::Init::try_from(s.to_string())
 }
+
+impl TrainArgs {
+    /// What `selfspec train` runs.
+    pub fn options(self, defaults: &super::model::Defaults) -> anyhow::Result<selfspec::train::command::Options> {
+        use selfspec::train;
+        Ok(train::command::Options {
+            model: self.model.exact_choice(defaults, "train")?,
+            data: self.data,
+            run: self.run,
+            settings_file: self.train_config,
+            resume: self.resume,
+            qlora: self.qlora.map(Into::into),
+            dequantize: self.dequantize,
+            plan_only: self.plan,
+            prompt_format: self.prompt_format.into(),
+            init: self.init.or(self.init_from.map(train::Init::From)),
+            detached: self.detached,
+        })
+    }
+}

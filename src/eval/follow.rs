@@ -20,8 +20,10 @@ pub struct Evaluation {
     pub notes: Vec<String>,
 }
 
-impl Evaluation {
-    pub fn apply_entry(&mut self, entry: &Entry<EvalEvent>) {
+impl crate::runs::Follow for Evaluation {
+    type Event = EvalEvent;
+
+    fn apply_entry(&mut self, entry: &Entry<EvalEvent>) {
         if entry.end.is_some() {
             self.end = entry.end.clone();
         }
@@ -30,6 +32,12 @@ impl Evaluation {
         }
     }
 
+    fn note(&mut self, dropped: Vec<String>) {
+        self.notes.extend(dropped);
+    }
+}
+
+impl Evaluation {
     pub fn apply(&mut self, event: &EvalEvent) {
         match event {
             EvalEvent::Started { requests, scored } => {

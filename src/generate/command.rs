@@ -61,49 +61,15 @@ fn generate_locked(
     // The run's recorded job, read once (None for a new run): what a continued run keeps, and
     // what Run::open compares the new job with.
     let recorded = crate::runs::read_job::<Job>(&opts.run, crate::runs::Kind::Generate)?;
-    let loaded = seeds::load(&opts.seeds, limits)
-        .with_context(|| format!("cannot read the seed file {}", opts.seeds.display()))?;
-    for p in loaded.problems.iter().filter(|p| p.warning) {
-        eprintln!("warning: {p}");
-    }
-    if !loaded.is_valid() {
-        for p in loaded.problems.iter().filter(|p| !p.warning) {
-            eprintln!("{p}");
-        }
-        anyhow::bail!(
-            "{}: {} problems; fix them (`selfspec seeds validate` lists them) before generating",
-            opts.seeds.display(),
-            loaded.errors()
-        );
-    }
+    let loaded = load_seeds(&opts.seeds, limits)?;
     let mut settings = settings.clone();
     if let Some(k) = opts.k {
         settings.k = k;
     }
     settings.check().map_err(anyhow::Error::msg)?;
     let mode = opts.mode.unwrap_or(if opts.corpus.is_some() { Mode::Marginal } else { Mode::None });
-    // A corpus named as a file or .txt folder is indexed beside itself (built when missing,
-    // rebuilt when the corpus changed); the run records the index it retrieves from.
     let index = match &opts.corpus {
-        Some(corpus) => {
-            let (index, done) = crate::corpus::profile::ensure_index(corpus, &mut |n, _| {
-                if n.is_multiple_of(10_000) {
-                    eprint!("\rindexing {}: {n} documents", corpus.display());
-                }
-            })?;
-            match done {
-                crate::corpus::profile::Indexed::Used => {}
-                crate::corpus::profile::Indexed::Built => {
-                    eprintln!("\rindexed {} into {}", corpus.display(), index.display())
-                }
-                crate::corpus::profile::Indexed::Rebuilt => eprintln!(
-                    "\r{} changed after its index was built: indexed it again into {}",
-                    corpus.display(),
-                    index.display()
-                ),
-            }
-            Some(index)
-        }
+        Some(corpus) => Some(index_of(corpus)?),
         None if mode != Mode::None => {
             anyhow::bail!("--mode {mode} needs --corpus (a JSONL corpus, a folder of .txt files, or an index folder)")
         }
@@ -123,22 +89,7 @@ fn generate_locked(
         opts.adapter.iter().map(|dir| Spec { name: pipeline::ADAPTER.into(), dir: dir.clone() }).collect();
     let mut ready =
         opts.backend.load(&adapters, "name the tuned model the server serves with --served-adapter NAME")?;
-    // Int8 activations, from --int8-activations or the configuration, are recorded in the run.
-    match (&opts.backend, &mut ready) {
-        (Backend::Local(choice), Loaded::Local(model)) => {
-            settings.int8_activations |= choice.int8;
-            if settings.int8_activations && !choice.int8 {
-                if let Some(note) = model.set_int8_activations(true) {
-                    eprintln!("note: {note}");
-                }
-            }
-        }
-        _ if settings.int8_activations => {
-            eprintln!("note: int8_activations is this process's setting; the server decodes as it is set up to");
-            settings.int8_activations = false;
-        }
-        _ => {}
-    }
+    int8_activations(&opts.backend, &mut ready, &mut settings);
     let tuned = opts.adapter.is_some() || ready.remote().is_some_and(|r| !r.adapters.is_empty());
     anyhow::ensure!(
         !opts.contrastive || tuned,
@@ -148,24 +99,7 @@ fn generate_locked(
     // sampling of task lists) for this model; a continued run keeps what it resolved. A served
     // model's size and template are not known here: it gets the paper's sampling and plain
     // prompts unless the configuration says otherwise.
-    let settings = match &recorded {
-        Some(old) => {
-            let mut s = settings;
-            if s.prompt_format == pipeline::PromptFormat::Auto {
-                s.prompt_format = old.settings.prompt_format;
-            }
-            s.instruction_temperature = s.instruction_temperature.or(old.settings.instruction_temperature);
-            s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
-            s.kv_cache_dtype = s.kv_cache_dtype.or(old.settings.kv_cache_dtype);
-            s
-        }
-        None => match &ready {
-            Loaded::Local(model) => {
-                settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template())
-            }
-            Loaded::Remote(_) => settings.resolve(u64::MAX, false),
-        },
-    };
+    let settings = resolve(settings, recorded.as_ref(), &ready);
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
         seeds: absolute(&opts.seeds),
@@ -184,12 +118,113 @@ fn generate_locked(
         settings,
     };
     let (mut run, _) = pipeline::Run::open(lock, &opts.run, recorded.as_ref(), job)?;
-    let s = &run.job.settings;
+    say_how(&run.job);
+    let cancel = Arc::new(AtomicBool::new(false));
+    crate::signals::watch(cancel.clone(), opts.detached);
+    let inputs = pipeline::Inputs {
+        engine: ready.engine(),
+        seeds: &loaded.file,
+        templates: &templates,
+        searcher: searcher.as_ref(),
+    };
+    let outcome = pipeline::run(&mut run, &inputs, &cancel, &mut printer(opts.jsonl))?;
+    Ok(said_end(&run, outcome, opts.n))
+}
+
+/// The seed file, its warnings printed; refused with its problems when it has any.
+fn load_seeds(path: &Path, limits: &seeds::Limits) -> anyhow::Result<seeds::Loaded> {
+    let loaded = seeds::load(path, limits).with_context(|| format!("cannot read the seed file {}", path.display()))?;
+    for p in loaded.problems.iter().filter(|p| p.warning) {
+        eprintln!("warning: {p}");
+    }
+    if !loaded.is_valid() {
+        for p in loaded.problems.iter().filter(|p| !p.warning) {
+            eprintln!("{p}");
+        }
+        anyhow::bail!(
+            "{}: {} problems; fix them (`selfspec seeds validate` lists them) before generating",
+            path.display(),
+            loaded.errors()
+        );
+    }
+    Ok(loaded)
+}
+
+/// The index to retrieve from: a corpus named as a file or .txt folder is indexed beside itself
+/// (built when missing, rebuilt when the corpus changed), the one rule of
+/// [`crate::corpus::profile::ensure_index`]; the run records the index.
+fn index_of(corpus: &Path) -> anyhow::Result<PathBuf> {
+    use crate::corpus::profile::{ensure_index, Indexed};
+    let (index, done) = ensure_index(corpus, &mut |n, _| {
+        if n.is_multiple_of(10_000) {
+            eprint!("\rindexing {}: {n} documents", corpus.display());
+        }
+    })?;
+    match done {
+        Indexed::Used => {}
+        Indexed::Built => eprintln!("\rindexed {} into {}", corpus.display(), index.display()),
+        Indexed::Rebuilt => eprintln!(
+            "\r{} changed after its index was built: indexed it again into {}",
+            corpus.display(),
+            index.display()
+        ),
+    }
+    Ok(index)
+}
+
+/// Int8 activations, from --int8-activations or the configuration, set on a local model and
+/// recorded in the run; a server decodes as it is set up to.
+fn int8_activations(backend: &Backend, ready: &mut Loaded, settings: &mut pipeline::Settings) {
+    match (backend, ready) {
+        (Backend::Local(choice), Loaded::Local(model)) => {
+            settings.int8_activations |= choice.int8;
+            if settings.int8_activations && !choice.int8 {
+                if let Some(note) = model.set_int8_activations(true) {
+                    eprintln!("note: {note}");
+                }
+            }
+        }
+        _ if settings.int8_activations => {
+            eprintln!("note: int8_activations is this process's setting; the server decodes as it is set up to");
+            settings.int8_activations = false;
+        }
+        _ => {}
+    }
+}
+
+/// A new run resolves what the configuration leaves to selfspec (the prompt format, the sampling
+/// of task lists) for this model; a continued run keeps what it resolved. A served model's size
+/// and template are not known here: it gets the paper's sampling and plain prompts unless the
+/// configuration says otherwise.
+fn resolve(settings: pipeline::Settings, recorded: Option<&Job>, ready: &Loaded) -> pipeline::Settings {
+    match recorded {
+        Some(old) => {
+            let mut s = settings;
+            if s.prompt_format == pipeline::PromptFormat::Auto {
+                s.prompt_format = old.settings.prompt_format;
+            }
+            s.instruction_temperature = s.instruction_temperature.or(old.settings.instruction_temperature);
+            s.instruction_top_p = s.instruction_top_p.or(old.settings.instruction_top_p);
+            s.kv_cache_dtype = s.kv_cache_dtype.or(old.settings.kv_cache_dtype);
+            s
+        }
+        None => match ready {
+            Loaded::Local(model) => {
+                settings.resolve(model.decoder.spec.parameters(), model.tokenizer.has_chat_template())
+            }
+            Loaded::Remote(_) => settings.resolve(u64::MAX, false),
+        },
+    }
+}
+
+/// Says where the run decodes and how its prompts are written.
+fn say_how(job: &Job) {
+    let s = &job.settings;
     let format = match s.prompt_format {
         pipeline::PromptFormat::Chat => "chat (the model's template)",
         _ => "plain text",
     };
-    if let Some(remote) = &run.job.backend {
+    if let Some(remote) = &job.backend {
         eprintln!(
             "decoding on {} at {} ({} requests at a time)",
             remote.served_model, remote.endpoint, remote.concurrency
@@ -200,19 +235,15 @@ fn generate_locked(
         s.instruction_temperature.unwrap_or(1.0),
         s.instruction_top_p.unwrap_or(0.98)
     );
-    let cancel = Arc::new(AtomicBool::new(false));
-    crate::signals::watch(cancel.clone(), opts.detached);
-    let inputs = pipeline::Inputs {
-        engine: ready.engine(),
-        seeds: &loaded.file,
-        templates: &templates,
-        searcher: searcher.as_ref(),
-    };
+}
+
+/// What hears the run's progress: each event as a JSON line on stdout (`--jsonl`), or a line on
+/// stderr at the start, every 5 s and for each note.
+fn printer(jsonl: bool) -> impl FnMut(&Progress) {
     let started = std::time::Instant::now();
     let mut last: Option<std::time::Instant> = None;
     let mut view = Generation::default();
-    let jsonl = opts.jsonl;
-    let outcome = pipeline::run(&mut run, &inputs, &cancel, &mut |p: &Progress| {
+    move |p: &Progress| {
         if jsonl {
             use std::io::Write;
             // Not a lock held across the run: the decoding runs on a pool worker.
@@ -238,10 +269,15 @@ fn generate_locked(
             Progress::Note { text } => eprintln!("note: {text}"),
             _ => {}
         }
-    })?;
+    }
+}
+
+/// Says how the run ended and what to do next; the exit code (0 done, 130 stopped, 3 the
+/// prompt budget spent).
+fn said_end(run: &pipeline::Run, outcome: Outcome, n: usize) -> u8 {
     let view = Generation { counters: run.counters.clone(), ..Generation::default() };
     let summary = view.summary(&run.dir.join(pipeline::SAMPLES));
-    Ok(match outcome {
+    match outcome {
         Outcome::Done => {
             eprintln!("done: {summary}");
             0
@@ -255,11 +291,11 @@ fn generate_locked(
                 "stopped: the prompt budget ({budget} prompts) is spent with {} of {} samples kept.\n{summary}\n\
                  The model writes too few usable tasks: try a larger model, more or more varied seeds, or raise \
                  generation.prompt_budget in the config; running the same command continues from here.",
-                run.counters.kept, opts.n
+                run.counters.kept, n
             );
             3
         }
-    })
+    }
 }
 
 /// What `selfspec complete` was asked.

@@ -38,9 +38,11 @@ pub struct Generation {
     pub notes: Vec<String>,
 }
 
-impl Generation {
+impl crate::runs::Follow for Generation {
+    type Event = Progress;
+
     /// Applies one logged event.
-    pub fn apply_entry(&mut self, entry: &Entry<Progress>) {
+    fn apply_entry(&mut self, entry: &Entry<Progress>) {
         if entry.time > 0.0 {
             self.last_time = entry.time;
         }
@@ -59,6 +61,12 @@ impl Generation {
         }
     }
 
+    fn note(&mut self, dropped: Vec<String>) {
+        self.notes.extend(dropped);
+    }
+}
+
+impl Generation {
     /// The run failed with `error`.
     pub fn fail(&mut self, error: &str) {
         self.state = format!("failed: {error}");

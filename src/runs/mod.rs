@@ -257,23 +257,55 @@ impl Spawned {
     }
 }
 
-/// A run followed as it goes: its log tailed, its liveness asked of its lock (and, for a run this
-/// process started, of the child, which may not have taken the lock yet).
+/// What a follower builds from one run kind's events: each kind's view (generation, training,
+/// evaluation, sweep) applies them in order, the same way on every screen that shows the run.
+pub trait Follow {
+    type Event: RunEvent;
+    fn apply_entry(&mut self, entry: &Entry<Self::Event>);
+    /// Lines of the log that could not be read, each naming its file and line (shown, never
+    /// dropped silently).
+    fn note(&mut self, dropped: Vec<String>);
+}
+
+/// A run of one kind followed as it goes: its log tailed into the kind's view ([`Follow`]), its
+/// liveness asked of its lock (and, for a run this process started, of the child, which may not
+/// have taken the lock yet), its state as of the last poll.
 #[derive(Debug, Clone)]
-pub struct Following {
+pub struct Following<E> {
     pub dir: PathBuf,
     tail: Tail,
     child: Option<Spawned>,
+    state: State,
+    _event: std::marker::PhantomData<fn() -> E>,
 }
 
-impl Following {
-    pub fn new(dir: &Path, child: Option<Spawned>) -> Following {
-        Following { dir: dir.to_path_buf(), tail: Tail::new(dir), child }
+impl<E: RunEvent> Following<E> {
+    pub fn new(dir: &Path, child: Option<Spawned>) -> Following<E> {
+        Following { dir: dir.to_path_buf(), tail: Tail::new(dir), child, state: State::New, _event: Default::default() }
     }
 
-    /// The events appended since the last call.
-    pub fn poll<E: serde::de::DeserializeOwned>(&mut self) -> log::Batch<Entry<E>> {
-        self.tail.read()
+    /// Applies the events appended since the last call to `view` (lines that cannot be read are
+    /// noted in it) and asks the run's state again; whether any event came.
+    pub fn poll<V: Follow<Event = E>>(&mut self, view: &mut V) -> bool {
+        let batch = self.tail.read::<E>();
+        for entry in &batch.entries {
+            view.apply_entry(entry);
+        }
+        if !batch.dropped.is_empty() {
+            view.note(batch.dropped);
+        }
+        self.state = state(&self.dir);
+        !batch.entries.is_empty()
+    }
+
+    /// The run's state as of the last [`Following::poll`] (or [`Following::refresh_state`]).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Asks the run's state again without reading its events (a list of runs, once a second).
+    pub fn refresh_state(&mut self) {
+        self.state = state(&self.dir);
     }
 
     /// Whether the run is still going.

@@ -129,14 +129,18 @@ pub fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[
     stream.flush()
 }
 
-pub fn json(stream: &mut TcpStream, status: u16, value: &serde_json::Value) -> std::io::Result<()> {
-    respond(stream, status, "application/json", value.to_string().as_bytes())
+pub fn json(stream: &mut TcpStream, status: u16, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    respond(stream, status, "application/json", &body)
 }
 
 /// An error in OpenAI's shape.
 pub fn error(stream: &mut TcpStream, status: u16, message: &str) -> std::io::Result<()> {
     let kind = if status < 500 { "invalid_request_error" } else { "server_error" };
-    json(stream, status, &serde_json::json!({"error": {"message": message, "type": kind, "code": status}}))
+    let answer = crate::openai::ErrorAnswer {
+        error: crate::openai::ErrorDetail { message: message.to_string(), kind: kind.to_string(), code: status },
+    };
+    json(stream, status, &answer)
 }
 
 /// Starts a server-sent event stream (its end is the connection's close).

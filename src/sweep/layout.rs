@@ -11,9 +11,14 @@
 //! SWEEP/points/P/merged/, merged-seed/   the experts merged, without and with the seed
 //! SWEEP/points/P/lmc-run/, lmc.json      the experts' linear-mode-connectivity stage and result
 //! SWEEP/eval/                            the one evaluation run of every adapter
+//! SWEEP/index/                           only in sweeps started before corpora were indexed
+//!                                        beside themselves: the corpus's index, still used
 //! ```
 
 use std::path::{Path, PathBuf};
+
+/// The corpus index of a sweep folder from before corpora were indexed beside themselves.
+pub const OLD_INDEX: &str = "index";
 
 /// The folder of point (or replicate) `name`.
 pub fn point(sweep: &Path, name: &str) -> PathBuf {

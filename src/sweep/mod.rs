@@ -8,11 +8,12 @@
 //! folder that continues where it stopped, so a sweep killed at any moment (even `kill -9`) and
 //! run again redoes no finished stage.
 //!
-//! Folder: `config.yaml` (kind sweep, the spec), `run.lock`, `events.jsonl`, `index/` (a corpus
-//! given as JSONL), `gen-s{S}/` (a generation run per seed count, with its `seeds.yaml`),
+//! Folder: `config.yaml` (kind sweep, the spec), `run.lock`, `events.jsonl`, `index/` (only in
+//! sweeps started before a corpus was indexed beside itself), `gen-s{S}/` (a generation run per seed count, with its `seeds.yaml`),
 //! `points/s{S}-n{N}/` (`train.jsonl`, the first N samples, and `train/`), `eval/` (the base and
 //! every point's adapter), `report.json`, `report.csv`, `report.md`.
 
+pub mod follow;
 pub mod layout;
 pub mod plot;
 pub mod report;
@@ -78,12 +79,11 @@ fn run_locked(
         eprintln!("note: {note}");
     }
     let points = spec.points();
-    if let Some(c) = &spec.corpus {
-        let index = dir.join("index");
-        if prepared.corpus.as_deref() == Some(index.as_path()) && !crate::corpus::is_index(&index) {
-            eprintln!("indexing {}", c.display());
-            crate::corpus::build(c, &index, &mut |_, _| {})?;
-        }
+    // The one corpus rule (`corpus::profile::ensure_index`): indexed once here, beside the
+    // corpus, so the generation stages find it current.
+    if let Some(c) = prepared.corpus.as_deref().filter(|c| !crate::corpus::is_index(c)) {
+        eprintln!("indexing {} (or using its index if current)", c.display());
+        crate::corpus::profile::ensure_index(c, &mut |_, _| {})?;
     }
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), detached);
@@ -181,8 +181,10 @@ fn prepare(spec: &Spec, dir: &Path, limits: &crate::seeds::Limits) -> anyhow::Re
         tasks = seeded::tasks(spec, &loaded.file)?;
         seeded.check(&tasks.keys().cloned().collect::<Vec<_>>())?;
     }
+    // A corpus is given to every generation stage as it is, and indexed beside itself by the
+    // rule every command follows; a sweep folder from before that rule keeps the `index/` it built.
     let corpus = match &spec.corpus {
-        Some(c) if c.is_file() || (c.is_dir() && !crate::corpus::is_index(c)) => Some(dir.join("index")),
+        Some(_) if crate::corpus::is_index(&dir.join(layout::OLD_INDEX)) => Some(dir.join(layout::OLD_INDEX)),
         other => other.clone(),
     };
     let mode = spec.mode.unwrap_or(if corpus.is_some() { Mode::Marginal } else { Mode::None });

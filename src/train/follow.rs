@@ -29,8 +29,10 @@ pub struct Training {
     pub plan: Option<super::plan::Plan>,
 }
 
-impl Training {
-    pub fn apply_entry(&mut self, entry: &Entry<TrainEvent>) {
+impl crate::runs::Follow for Training {
+    type Event = TrainEvent;
+
+    fn apply_entry(&mut self, entry: &Entry<TrainEvent>) {
         if entry.end.is_some() {
             self.end = entry.end.clone();
         }
@@ -39,6 +41,12 @@ impl Training {
         }
     }
 
+    fn note(&mut self, dropped: Vec<String>) {
+        self.notes.extend(dropped);
+    }
+}
+
+impl Training {
     pub fn apply(&mut self, event: &TrainEvent) {
         match event {
             TrainEvent::Started { total_steps, resumed_from, plan, .. } => {

@@ -37,7 +37,7 @@ pub struct EvalScreen {
     pub report: Option<Report>,
     /// What the shown run's events say.
     pub view: Evaluation,
-    following: Option<Following>,
+    following: Option<Following<EvalEvent>>,
     /// The shown run's state as of the last tick.
     state: Option<crate::runs::State>,
     pub row: usize,
@@ -107,19 +107,15 @@ impl EvalScreen {
     /// Follows the run: its new events, then its report.
     pub fn tick(&mut self) {
         let Some(f) = self.following.as_mut() else { return };
-        self.state = Some(crate::runs::state(&f.dir));
+        // Asked before reading, so no event written before the end is missed.
         let running = f.running();
-        let batch = f.poll::<EvalEvent>();
-        for e in &batch.entries {
-            self.view.apply_entry(e);
-        }
-        self.view.notes.extend(batch.dropped);
+        f.poll(&mut self.view);
+        self.state = Some(f.state().clone());
         if self.report.is_none() && self.view.report.is_some() {
             self.report = crate::eval::run::Report::read(&f.dir).ok();
         }
         if !running {
             self.view.notes.extend(f.torn());
-            self.state = Some(crate::runs::state(&f.dir));
             self.following = None;
         }
     }

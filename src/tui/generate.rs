@@ -70,7 +70,7 @@ pub struct GenerateScreen {
     /// The text being typed into Model or N.
     pub typing: Option<String>,
     /// The run being followed (started here, or attached).
-    following: Option<Following>,
+    following: Option<Following<Progress>>,
     /// The run of the last start, continued by the next start if nothing changed.
     last_run: Option<(PathBuf, String)>,
     /// What the run reported.
@@ -478,11 +478,7 @@ impl GenerateScreen {
         let f = self.following.as_mut()?;
         // Asked before reading, so no event written before the end is missed.
         let running = f.running();
-        let batch = f.poll::<Progress>();
-        for entry in &batch.entries {
-            self.view.apply_entry(entry);
-        }
-        self.view.notes.extend(batch.dropped);
+        f.poll(&mut self.view);
         if running {
             return None;
         }
@@ -490,8 +486,8 @@ impl GenerateScreen {
         self.view.notes.extend(f.torn());
         self.view.current = None;
         self.view.response = None;
-        match crate::runs::state(&f.dir) {
-            crate::runs::State::Failed(e) if !self.view.ended => self.view.fail(&e),
+        match f.state() {
+            crate::runs::State::Failed(e) if !self.view.ended => self.view.fail(e),
             crate::runs::State::Interrupted | crate::runs::State::New if !self.view.ended => {
                 let said = crate::runs::last_output(&f.dir).unwrap_or_else(|| "no message".into());
                 self.view.fail(&said);

@@ -25,7 +25,8 @@ use ratatui::Frame;
 use super::shared::Outcome;
 use super::theme::Theme;
 use crate::eval::run::Prediction;
-use crate::runs::{Kind, State, Tail};
+use crate::runs::{Following, Kind, State, Tail};
+use crate::sweep::follow::Sweeping;
 use crate::sweep::{layout, Point, Spec, SweepEvent};
 use crate::workspace::Workspace;
 
@@ -33,9 +34,9 @@ use crate::workspace::Workspace;
 pub struct SweepView {
     pub dir: PathBuf,
     pub spec: Option<Spec>,
-    events: Tail,
-    /// The stage being run, as the sweep's log says.
-    pub stage: Option<(String, String)>,
+    events: Following<SweepEvent>,
+    /// What the sweep's log says (the stage being run).
+    pub progress: Sweeping,
     predictions: Tail,
     /// Each stage, its run folder and its state as of the last refresh.
     pub stages: Vec<(String, PathBuf, State)>,
@@ -59,8 +60,8 @@ impl SweepView {
         let mut v = SweepView {
             dir: dir.to_path_buf(),
             spec: crate::runs::read_job(dir, Kind::Sweep).ok().flatten(),
-            events: Tail::new(dir),
-            stage: None,
+            events: Following::new(dir, None),
+            progress: Sweeping::default(),
             predictions: Tail::file(&layout::eval(dir).join(crate::eval::run::PREDICTIONS)),
             scores: BTreeMap::new(),
             curves: std::cell::RefCell::new(None),
@@ -79,20 +80,16 @@ impl SweepView {
         if self.spec.is_none() {
             self.spec = crate::runs::read_job(&self.dir, Kind::Sweep).ok().flatten();
         }
-        let events = self.events.read::<SweepEvent>();
-        for e in events.entries {
-            if let Some(SweepEvent::Stage { stage, name }) = e.event {
-                self.stage = Some((stage, name));
-            }
-        }
+        self.events.poll(&mut self.progress);
+        let dropped = std::mem::take(&mut self.progress.notes);
+        self.note(dropped);
         let predictions = self.predictions.read_records::<Prediction>();
         for e in predictions.entries {
             self.scores.entry((e.model, e.k)).or_default().entry(e.dataset).or_default().insert(e.index, e.f1);
             self.seen += 1;
         }
-        self.note(events.dropped);
         self.note(predictions.dropped);
-        self.state = crate::runs::state(&self.dir);
+        self.state = self.events.state().clone();
         if let Some(seeded) = self.spec.as_ref().and_then(|s| s.seeded.as_ref()) {
             let have: Vec<String> = self.lmc.iter().map(|(p, _)| p.clone()).collect();
             for p in seeded.points().iter().map(|p| p.name()).filter(|p| !have.contains(p)) {
@@ -388,7 +385,8 @@ impl SweepsScreen {
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(10) {
             for s in &mut self.sweeps {
-                s.state = crate::runs::state(&s.dir);
+                s.events.refresh_state();
+                s.state = s.events.state().clone();
             }
         }
         if let Some(s) = self.sweeps.get_mut(self.selected) {
@@ -553,7 +551,7 @@ impl SweepsScreen {
         let stages = &s.stages;
         let height = (stages.len() as u16 + 2 + u16::from(!s.left_out.is_empty())).min(right.height / 2).max(3);
         let [table, chart] = Layout::vertical([Constraint::Length(height), Constraint::Min(4)]).areas(right);
-        let title = match &s.stage {
+        let title = match &s.progress.stage {
             Some((stage, name)) if s.state.is_running() => format!(" Stages · now {stage} {name} "),
             _ => format!(" Stages · {} ", s.state.label()),
         };

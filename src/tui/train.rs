@@ -20,7 +20,7 @@ use ratatui::Frame;
 use super::shared::{train_runs, truncate, Outcome};
 use super::theme::Theme;
 use crate::model::gguf::QuantType;
-use crate::runs::{State as RunState, Tail};
+use crate::runs::{Following, State as RunState};
 use crate::train::follow::{Step, Training};
 use crate::train::run::TrainEvent;
 use crate::workspace::Workspace;
@@ -32,15 +32,14 @@ const RECENT: usize = 100;
 pub struct RunView {
     pub dir: PathBuf,
     pub view: Training,
-    tail: Tail,
-    /// The run's state as of the last tick (asked of its lock and log, not on every draw).
-    state: RunState,
+    /// Its log followed; its state as of the last tick (asked of its lock and log, not on every
+    /// draw).
+    following: Following<TrainEvent>,
 }
 
 impl RunView {
     fn open(dir: &Path) -> RunView {
-        let mut v =
-            RunView { dir: dir.to_path_buf(), view: Training::default(), tail: Tail::new(dir), state: RunState::New };
+        let mut v = RunView { dir: dir.to_path_buf(), view: Training::default(), following: Following::new(dir, None) };
         v.refresh();
         v
     }
@@ -50,17 +49,11 @@ impl RunView {
         if self.view.job.is_none() {
             self.view.job = crate::runs::read_job(&self.dir, crate::runs::Kind::Train).ok().flatten();
         }
-        let batch = self.tail.read::<TrainEvent>();
-        for e in &batch.entries {
-            self.view.apply_entry(e);
-        }
-        self.view.notes.extend(batch.dropped);
-        self.state = crate::runs::state(&self.dir);
-        !batch.entries.is_empty()
+        self.following.poll(&mut self.view)
     }
 
     pub fn state(&self) -> RunState {
-        self.state.clone()
+        self.following.state().clone()
     }
 
     pub fn name(&self) -> String {
@@ -388,7 +381,7 @@ impl TrainScreen {
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(10) {
             for r in &mut self.runs {
-                r.state = crate::runs::state(&r.dir);
+                r.following.refresh_state();
             }
         }
         if let Some(r) = self.runs.get_mut(self.selected) {

