@@ -265,91 +265,26 @@ pub fn train(
 ) -> anyhow::Result<TrainEvent> {
     let c = &job.config;
     c.check().map_err(anyhow::Error::msg)?;
-    use crate::runs::{Kind, Log};
+    use crate::runs::Log;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let checkpoint = newest_checkpoint(dir);
-    if resume {
-        let old: TrainJob = crate::runs::read_job(dir, Kind::Train)?
-            .with_context(|| format!("--resume: {} has no config.yaml, so no run to resume", dir.display()))?;
-        anyhow::ensure!(
-            old == *job,
-            "{} was started with other settings; run --resume with the same --model, --data and config",
-            dir.display()
-        );
-        // The adapter folder appears only when the last step is done (checkpoints stop before
-        // it): resuming from the newest checkpoint would redo finished steps and replace it.
-        anyhow::ensure!(
-            !adapter_dir(dir).exists(),
-            "{} has finished (its adapter is in {}); there is nothing to resume",
-            dir.display(),
-            adapter_dir(dir).display()
-        );
-    } else {
-        anyhow::ensure!(
-            checkpoint.is_none() && !adapter_dir(dir).exists(),
-            "{} already holds a training run; pass --resume to continue it, or choose a new --run folder",
-            dir.display()
-        );
-        crate::runs::write_config(dir, Kind::Train, job)?;
-    }
+    check_folder(dir, job, resume, checkpoint.is_some())?;
     let prepared = prepare(model, job, examples)?;
     let (total, per_epoch, truncated, dropped) =
         (prepared.steps.len(), prepared.per_epoch, prepared.truncated, prepared.dropped);
-    let base = job.model.clone();
-    let mut warm_note = None;
-    let mut trainer = match (&checkpoint, resume) {
-        (Some((_, path)), true) => {
-            let cfg = adapter::load(model, path, ADAPTER_NAME)?;
-            let mut t = Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?;
-            let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(path.join("trainer_state.json"))?)?;
-            let device = model.decoder.device().clone();
-            let moments = candle_core::safetensors::load(path.join("optimizer.safetensors"), &device)?;
-            t.restore_moments(&moments, &device)?;
-            t.step = state.step;
-            t
-        }
-        _ => match &c.init {
-            super::config::Init::From(dir) => {
-                adapter::load(model, dir, ADAPTER_NAME)?;
-                let modules = adapter::model_targets(&c.target_modules, &model.decoder.spec);
-                let cfg = adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, modules, &base);
-                Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?
-            }
-            super::config::Init::Task(_) | super::config::Init::Reptile { .. } => {
-                match super::warm::start(
-                    model,
-                    ADAPTER_NAME,
-                    c,
-                    &prepared.encoded,
-                    &prepared.tasks,
-                    &base,
-                    dir,
-                    cancel,
-                )? {
-                    Some(s) => {
-                        warm_note = Some(s.note);
-                        s.trainer
-                    }
-                    None => {
-                        // Stopped while finding the start: nothing to keep, the next run starts
-                        // it again.
-                        let (mut events, _) = Log::<TrainEvent>::open(dir)?;
-                        let text = format!(
-                            "stopped while finding the start ({}); --resume finds it again",
-                            String::from(c.init.clone())
-                        );
-                        let note = TrainEvent::Note { text };
-                        events.append(&note)?;
-                        on_event(&note);
-                        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.to_path_buf() };
-                        events.append(&e)?;
-                        on_event(&e);
-                        return Ok(e);
-                    }
-                }
-            }
-            _ => Trainer::new(model, ADAPTER_NAME, c.clone(), &base)?,
-        },
+    let resumed = checkpoint.as_ref().filter(|_| resume).map(|(_, path)| path.as_path());
+    let Some((mut trainer, warm_note)) = start_trainer(model, job, &prepared, dir, resumed, cancel)? else {
+        // Stopped while finding the start: nothing to keep, the next run starts it again.
+        let (mut events, _) = Log::<TrainEvent>::open(dir)?;
+        let text =
+            format!("stopped while finding the start ({}); --resume finds it again", String::from(c.init.clone()));
+        let note = TrainEvent::Note { text };
+        events.append(&note)?;
+        on_event(&note);
+        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.to_path_buf() };
+        events.append(&e)?;
+        on_event(&e);
+        return Ok(e);
     };
     let (mut events, torn) = Log::<TrainEvent>::open(dir)?;
     let mut board = crate::runs::board::Board::create(dir)?;
@@ -437,4 +372,76 @@ pub fn train(
     let e = TrainEvent::Finished { step: trainer.step, adapter: out };
     emit(&e, on_event)?;
     Ok(e)
+}
+
+/// Whether `dir` may take this training: a resumed run must have been started with the same
+/// job and not have finished; a new run needs a folder without one (its job is written then).
+fn check_folder(dir: &Path, job: &TrainJob, resume: bool, has_checkpoint: bool) -> anyhow::Result<()> {
+    use crate::runs::Kind;
+    if resume {
+        let old: TrainJob = crate::runs::read_job(dir, Kind::Train)?
+            .with_context(|| format!("--resume: {} has no config.yaml, so no run to resume", dir.display()))?;
+        anyhow::ensure!(
+            old == *job,
+            "{} was started with other settings; run --resume with the same --model, --data and config",
+            dir.display()
+        );
+        // The adapter folder appears only when the last step is done (checkpoints stop before
+        // it): resuming from the newest checkpoint would redo finished steps and replace it.
+        anyhow::ensure!(
+            !adapter_dir(dir).exists(),
+            "{} has finished (its adapter is in {}); there is nothing to resume",
+            dir.display(),
+            adapter_dir(dir).display()
+        );
+    } else {
+        anyhow::ensure!(
+            !has_checkpoint && !adapter_dir(dir).exists(),
+            "{} already holds a training run; pass --resume to continue it, or choose a new --run folder",
+            dir.display()
+        );
+        crate::runs::write_config(dir, Kind::Train, job)?;
+    }
+    Ok(())
+}
+
+/// The trainer to start from, with a note to log: the checkpoint `resumed` (adapter, optimizer
+/// moments, step), an adapter to start from (`init: DIR`), a task or Reptile start found first
+/// (None when stopped while finding it), or a fresh adapter.
+fn start_trainer(
+    model: &mut Model,
+    job: &TrainJob,
+    prepared: &Prepared,
+    dir: &Path,
+    resumed: Option<&Path>,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<(Trainer, Option<String>)>> {
+    let (c, base) = (&job.config, &job.model);
+    if let Some(path) = resumed {
+        let cfg = adapter::load(model, path, ADAPTER_NAME)?;
+        let mut t = Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?;
+        let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(path.join("trainer_state.json"))?)?;
+        let device = model.decoder.device().clone();
+        let moments = candle_core::safetensors::load(path.join("optimizer.safetensors"), &device)?;
+        t.restore_moments(&moments, &device)?;
+        t.step = state.step;
+        return Ok(Some((t, None)));
+    }
+    Ok(Some(match &c.init {
+        super::config::Init::From(dir) => {
+            adapter::load(model, dir, ADAPTER_NAME)?;
+            let modules = adapter::model_targets(&c.target_modules, &model.decoder.spec);
+            let cfg = adapter::AdapterConfig::new(c.r, c.lora_alpha, c.lora_dropout, modules, base);
+            (Trainer::from_loaded(model, ADAPTER_NAME, c.clone(), cfg)?, None)
+        }
+        super::config::Init::Task(_) | super::config::Init::Reptile { .. } => {
+            let found =
+                super::warm::start(model, ADAPTER_NAME, c, &prepared.encoded, &prepared.tasks, base, dir, cancel)?;
+            match found {
+                Some(s) => (s.trainer, Some(s.note)),
+                None => return Ok(None),
+            }
+        }
+        _ => (Trainer::new(model, ADAPTER_NAME, c.clone(), base)?, None),
+    }))
 }
