@@ -316,23 +316,20 @@ pub struct ErrorDetail {
 /// Reads a JSON object as a `T` whose fields are all optional ([`Request`]); a field of the
 /// wrong shape is named in the error
 /// (`` `stop`: expected a string or an array of strings ``), which serde's own message does not.
-pub fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+pub fn from_object<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     let Value::Object(fields) = value else { return Err("the body must be a JSON object".into()) };
-    match serde_json::from_value(Value::Object(fields.clone())) {
-        Ok(t) => Ok(t),
-        Err(whole) => {
-            // Each field alone, to find the one at fault (every field of a `T` read this way
-            // is optional, so a lone field reads unless it is itself wrong).
-            for (name, v) in &fields {
-                let mut alone = serde_json::Map::new();
-                alone.insert(name.clone(), v.clone());
-                if let Err(e) = serde_json::from_value::<T>(Value::Object(alone)) {
-                    return Err(format!("`{name}`: {e}"));
-                }
+    // Read in place: a body (a long prompt of ids) is not copied on the way.
+    T::deserialize(value).map_err(|whole| {
+        // Each field alone, to find the one at fault (every field of a `T` read this way is
+        // optional, so a lone field reads unless it is itself wrong).
+        for (name, v) in fields {
+            let alone = Value::Object(std::iter::once((name.clone(), v.clone())).collect());
+            if let Err(e) = T::deserialize(&alone) {
+                return format!("`{name}`: {e}");
             }
-            Err(whole.to_string())
         }
-    }
+        whole.to_string()
+    })
 }
 
 #[cfg(test)]
@@ -342,15 +339,15 @@ mod tests {
 
     #[test]
     fn a_field_of_the_wrong_shape_is_named() {
-        let e = from_object::<Request>(json!({"model": "m", "prompt": "x", "stop": 5})).unwrap_err();
+        let e = from_object::<Request>(&json!({"model": "m", "prompt": "x", "stop": 5})).unwrap_err();
         assert_eq!(e, "`stop`: expected a string or an array of strings");
-        let e = from_object::<Request>(json!({"model": "m", "messages": [{"content": "hi"}]})).unwrap_err();
+        let e = from_object::<Request>(&json!({"model": "m", "messages": [{"content": "hi"}]})).unwrap_err();
         assert!(e.starts_with("`messages`: missing field `role`"), "{e}");
-        let e = from_object::<Request>(json!({"stream": "yes"})).unwrap_err();
+        let e = from_object::<Request>(&json!({"stream": "yes"})).unwrap_err();
         assert!(e.starts_with("`stream`: invalid type: string \"yes\", expected a boolean"), "{e}");
-        assert_eq!(from_object::<Request>(json!([1])).unwrap_err(), "the body must be a JSON object");
+        assert_eq!(from_object::<Request>(&json!([1])).unwrap_err(), "the body must be a JSON object");
         // Numbers are kept as sent, for the server to judge.
-        let r: Request = from_object(json!({"max_tokens": "50", "prompt": [1, 2]})).unwrap();
+        let r: Request = from_object(&json!({"max_tokens": "50", "prompt": [1, 2]})).unwrap();
         assert_eq!(r.max_tokens, Some(json!("50")));
         assert_eq!(r.prompt, Some(Prompt::Ids(vec![1, 2])));
     }

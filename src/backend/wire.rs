@@ -38,6 +38,17 @@ pub(super) fn prompt_body(model: &str, prompt: &Prompt, generated: &str) -> (&'s
     }
 }
 
+/// A completions body whose prompt is token ids, asking the server to name tokens by id
+/// (`return_tokens_as_token_ids`): how a client with the served model's tokenizer steps.
+pub(super) fn ids_body(model: &str, ids: impl IntoIterator<Item = u32>) -> api::Request {
+    api::Request {
+        model: Some(model.to_string()),
+        prompt: Some(api::Prompt::Ids(ids.into_iter().map(u64::from).collect())),
+        return_tokens_as_token_ids: Some(true),
+        ..api::Request::default()
+    }
+}
+
 /// The id in a token named `token_id:N` (vLLM's `return_tokens_as_token_ids`).
 pub(super) fn token_id(name: &str) -> anyhow::Result<u32> {
     name.strip_prefix("token_id:")

@@ -95,10 +95,6 @@ fn generate_locked(
         !opts.contrastive || tuned,
         "--contrastive needs the tuned model: --adapter DIR (or --served-adapter NAME through a server)"
     );
-    // A new run resolves what the configuration leaves to selfspec (the prompt format, the
-    // sampling of task lists) for this model; a continued run keeps what it resolved. A served
-    // model's size and template are not known here: it gets the paper's sampling and plain
-    // prompts unless the configuration says otherwise.
     let settings = resolve(settings, recorded.as_ref(), &ready);
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let job = Job {
@@ -152,8 +148,9 @@ fn load_seeds(path: &Path, limits: &seeds::Limits) -> anyhow::Result<seeds::Load
 
 /// The index to retrieve from: a corpus named as a file or .txt folder is indexed beside itself
 /// (built when missing, rebuilt when the corpus changed), the one rule of
-/// [`crate::corpus::profile::ensure_index`]; the run records the index.
-fn index_of(corpus: &Path) -> anyhow::Result<PathBuf> {
+/// [`crate::corpus::profile::ensure_index`], said on stderr when it builds; the run records the
+/// index. A sweep indexes its corpus with it once before its generation stages.
+pub fn index_of(corpus: &Path) -> anyhow::Result<PathBuf> {
     use crate::corpus::profile::{ensure_index, Indexed};
     let (index, done) = ensure_index(corpus, &mut |n, _| {
         if n.is_multiple_of(10_000) {

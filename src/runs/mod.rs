@@ -269,7 +269,7 @@ pub trait Follow {
 
 /// A run of one kind followed as it goes: its log tailed into the kind's view ([`Follow`]), its
 /// liveness asked of its lock (and, for a run this process started, of the child, which may not
-/// have taken the lock yet), its state as of the last poll.
+/// have taken the lock yet), its state as last asked ([`Following::refresh_state`]).
 #[derive(Debug, Clone)]
 pub struct Following<E> {
     pub dir: PathBuf,
@@ -285,7 +285,7 @@ impl<E: RunEvent> Following<E> {
     }
 
     /// Applies the events appended since the last call to `view` (lines that cannot be read are
-    /// noted in it) and asks the run's state again; whether any event came.
+    /// noted in it); whether any event came.
     pub fn poll<V: Follow<Event = E>>(&mut self, view: &mut V) -> bool {
         let batch = self.tail.read::<E>();
         for entry in &batch.entries {
@@ -294,18 +294,19 @@ impl<E: RunEvent> Following<E> {
         if !batch.dropped.is_empty() {
             view.note(batch.dropped);
         }
-        self.state = state(&self.dir);
         !batch.entries.is_empty()
     }
 
-    /// The run's state as of the last [`Following::poll`] (or [`Following::refresh_state`]).
+    /// The run's state as last asked by [`Following::refresh_state`] (New before).
     pub fn state(&self) -> &State {
         &self.state
     }
 
-    /// Asks the run's state again without reading its events (a list of runs, once a second).
-    pub fn refresh_state(&mut self) {
+    /// Asks the run's state again (its lock, then its last event): each tick for a run on show,
+    /// once a second for a list of runs, once at the end for the Generate tab.
+    pub fn refresh_state(&mut self) -> &State {
         self.state = state(&self.dir);
+        &self.state
     }
 
     /// Whether the run is still going.

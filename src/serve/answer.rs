@@ -32,7 +32,7 @@ pub(super) fn complete(
         Ok(v) => v,
         Err(e) => return http::error(stream, 400, &format!("the body is not JSON: {e}")),
     };
-    let asked = match parse(shared, body, chat) {
+    let asked = match parse(shared, &body, chat) {
         Ok(a) => a,
         Err((status, message)) => return http::error(stream, status, &message),
     };
@@ -173,25 +173,25 @@ fn logprobs(model: &Model, c: &Completion, chat: bool, as_ids: bool) -> Logprobs
             .collect();
         return Logprobs { content: Some(content), ..Logprobs::default() };
     }
-    let mut lp = Logprobs {
-        tokens: Some(Vec::new()),
-        token_logprobs: Some(Vec::new()),
-        top_logprobs: Some(Vec::new()),
-        text_offset: Some(Vec::new()),
-        ..Logprobs::default()
-    };
+    let (mut tokens, mut token_logprobs, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut offset = 0;
     for t in &c.logprobs {
         let s = text(t.id);
-        lp.text_offset.get_or_insert_default().push(offset);
+        offsets.push(offset);
         offset += s.len();
-        lp.tokens.get_or_insert_default().push(s);
-        lp.token_logprobs.get_or_insert_default().push(Some(f64::from(t.logprob)));
+        tokens.push(s);
+        token_logprobs.push(Some(f64::from(t.logprob)));
         let mut top = std::collections::BTreeMap::new();
         for &(id, l) in &t.top {
             top.entry(text(id)).or_insert(Some(f64::from(l)));
         }
-        lp.top_logprobs.get_or_insert_default().push(Some(top));
+        tops.push(Some(top));
     }
-    lp
+    Logprobs {
+        tokens: Some(tokens),
+        token_logprobs: Some(token_logprobs),
+        top_logprobs: Some(tops),
+        text_offset: Some(offsets),
+        ..Logprobs::default()
+    }
 }

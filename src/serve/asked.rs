@@ -29,7 +29,7 @@ pub(super) struct Asked {
     pub as_ids: bool,
 }
 
-pub(super) fn parse(shared: &Shared, body: Value, chat: bool) -> Result<Asked, Refused> {
+pub(super) fn parse(shared: &Shared, body: &Value, chat: bool) -> Result<Asked, Refused> {
     let r: wire::Request = wire::from_object(body).map_err(bad)?;
     let model = r.model.clone().ok_or_else(|| bad("`model` is required (see /v1/models)".into()))?;
     let adapter = served_adapter(shared, &model)?;

@@ -79,11 +79,10 @@ fn run_locked(
         eprintln!("note: {note}");
     }
     let points = spec.points();
-    // The one corpus rule (`corpus::profile::ensure_index`): indexed once here, beside the
-    // corpus, so the generation stages find it current.
+    // The one corpus rule: indexed once here, beside the corpus, so the generation stages find
+    // it current.
     if let Some(c) = prepared.corpus.as_deref().filter(|c| !crate::corpus::is_index(c)) {
-        eprintln!("indexing {} (or using its index if current)", c.display());
-        crate::corpus::profile::ensure_index(c, &mut |_, _| {})?;
+        crate::generate::command::index_of(c)?;
     }
     let cancel = Arc::new(AtomicBool::new(false));
     crate::signals::watch(cancel.clone(), detached);

@@ -110,7 +110,7 @@ impl EvalScreen {
         // Asked before reading, so no event written before the end is missed.
         let running = f.running();
         f.poll(&mut self.view);
-        self.state = Some(f.state().clone());
+        self.state = Some(f.refresh_state().clone());
         if self.report.is_none() && self.view.report.is_some() {
             self.report = crate::eval::run::Report::read(&f.dir).ok();
         }

@@ -482,11 +482,11 @@ impl GenerateScreen {
         if running {
             return None;
         }
-        let f = self.following.take()?;
+        let mut f = self.following.take()?;
         self.view.notes.extend(f.torn());
         self.view.current = None;
         self.view.response = None;
-        match f.state() {
+        match f.refresh_state() {
             crate::runs::State::Failed(e) if !self.view.ended => self.view.fail(e),
             crate::runs::State::Interrupted | crate::runs::State::New if !self.view.ended => {
                 let said = crate::runs::last_output(&f.dir).unwrap_or_else(|| "no message".into());

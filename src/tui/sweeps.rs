@@ -47,7 +47,6 @@ pub struct SweepView {
     curves: std::cell::RefCell<Option<((String, usize), Curves)>>,
     /// Predictions read so far.
     seen: usize,
-    pub state: State,
     /// A seeded sweep's LMC per point, as its points' `lmc.json` hold it (in point order).
     pub lmc: Vec<(String, Vec<crate::sweep::seeded::Pair>)>,
     /// What could not be read (event and prediction lines, LMC files), each naming its file and
@@ -67,7 +66,6 @@ impl SweepView {
             curves: std::cell::RefCell::new(None),
             seen: 0,
             stages: Vec::new(),
-            state: State::New,
             lmc: Vec::new(),
             left_out: Vec::new(),
         };
@@ -89,7 +87,7 @@ impl SweepView {
             self.seen += 1;
         }
         self.note(predictions.dropped);
-        self.state = self.events.state().clone();
+        self.events.refresh_state();
         if let Some(seeded) = self.spec.as_ref().and_then(|s| s.seeded.as_ref()) {
             let have: Vec<String> = self.lmc.iter().map(|(p, _)| p.clone()).collect();
             for p in seeded.points().iter().map(|p| p.name()).filter(|p| !have.contains(p)) {
@@ -117,6 +115,11 @@ impl SweepView {
                 (label, dir, state)
             })
             .collect();
+    }
+
+    /// The sweep's state as of the last refresh.
+    pub fn state(&self) -> &State {
+        self.events.state()
     }
 
     /// Keeps messages of what could not be read (the first 20).
@@ -386,7 +389,6 @@ impl SweepsScreen {
         if self.ticks.is_multiple_of(10) {
             for s in &mut self.sweeps {
                 s.events.refresh_state();
-                s.state = s.events.state().clone();
             }
         }
         if let Some(s) = self.sweeps.get_mut(self.selected) {
@@ -501,7 +503,7 @@ impl SweepsScreen {
             KeyCode::Char('n') => return self.open_start(model),
             KeyCode::Char('s') => {
                 let Some(s) = self.sweeps.get(self.selected) else { return Outcome::Error("no sweep selected".into()) };
-                if s.state.is_running() {
+                if s.state().is_running() {
                     return Outcome::Error(format!("{} is running already", s.name()));
                 }
                 let dir = s.dir.clone();
@@ -542,7 +544,7 @@ impl SweepsScreen {
             return;
         }
         let empty = "No sweeps yet. n: choose a sweep file, see its plan and start it (README, Sweeps).";
-        let rows: Vec<(State, String)> = self.sweeps.iter().map(|s| (s.state.clone(), s.name())).collect();
+        let rows: Vec<(State, String)> = self.sweeps.iter().map(|s| (s.state().clone(), s.name())).collect();
         super::train::render_runs(frame, list, " Sweeps ", empty, &rows, self.selected, theme);
         if self.sweeps.is_empty() {
             return;
@@ -552,8 +554,8 @@ impl SweepsScreen {
         let height = (stages.len() as u16 + 2 + u16::from(!s.left_out.is_empty())).min(right.height / 2).max(3);
         let [table, chart] = Layout::vertical([Constraint::Length(height), Constraint::Min(4)]).areas(right);
         let title = match &s.progress.stage {
-            Some((stage, name)) if s.state.is_running() => format!(" Stages · now {stage} {name} "),
-            _ => format!(" Stages · {} ", s.state.label()),
+            Some((stage, name)) if s.state().is_running() => format!(" Stages · now {stage} {name} "),
+            _ => format!(" Stages · {} ", s.state().label()),
         };
         let inner = super::shared::panel(frame, table, &title, theme.border, theme);
         let mut lines: Vec<Line> = Vec::new();

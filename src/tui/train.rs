@@ -49,7 +49,9 @@ impl RunView {
         if self.view.job.is_none() {
             self.view.job = crate::runs::read_job(&self.dir, crate::runs::Kind::Train).ok().flatten();
         }
-        self.following.poll(&mut self.view)
+        let got = self.following.poll(&mut self.view);
+        self.following.refresh_state();
+        got
     }
 
     pub fn state(&self) -> RunState {

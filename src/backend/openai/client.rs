@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::job::{Job, JobFeed, ListJobs};
 use crate::backend::remote::Remote;
 use crate::backend::throttle::{StopFlag, Throttle};
-use crate::backend::wire::{cut, message, token_id, IDS_ADVICE};
+use crate::backend::wire::{cut, ids_body, message, token_id, IDS_ADVICE};
 use crate::decode::{Completion, Event, Timing};
 use crate::openai::{self as api, Answer};
 
@@ -124,13 +124,10 @@ impl Client {
         let side = self.text_side.as_ref().expect("checked with a tokenizer");
         let prompt = side.tokenizer.encode("Hello")?;
         let body = api::Request {
-            model: Some(self.remote.served_model.clone()),
-            prompt: Some(api::Prompt::Ids(prompt.iter().map(|&t| u64::from(t)).collect())),
             max_tokens: Some(1.into()),
             temperature: Some(0.into()),
             logprobs: Some(1.into()),
-            return_tokens_as_token_ids: Some(true),
-            ..api::Request::default()
+            ..ids_body(&self.remote.served_model, prompt)
         };
         let refused = |why: String| {
             let why = cut(why.lines().next().unwrap_or_default(), 200);

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use super::client::{Client, Msg, TextSide, END_TEXTS};
 use crate::backend::job::Job;
 use crate::backend::throttle::StopFlag;
-use crate::backend::wire::{prompt_body, token_id};
+use crate::backend::wire::{ids_body, prompt_body, token_id};
 use crate::decode::mixing::{contrast_of_tops, mixture_of_tops};
 use crate::decode::{sampling, Completion, Finish, Request, Rng, Timing};
 use crate::openai::{self as api, Answer};
@@ -132,16 +132,7 @@ impl Stepping<'_> {
     /// The next token's top after prompt `j` and what is generated so far, on `model`.
     fn ask(&self, model: &str, j: usize, grown: &Grown, timing: &mut Timing) -> anyhow::Result<Vec<(String, f64)>> {
         let (path, body) = match self.client.text_side {
-            Some(_) => {
-                let prompt = self.encoded[j].iter().chain(&grown.ids).map(|&t| u64::from(t)).collect();
-                let body = api::Request {
-                    model: Some(model.to_string()),
-                    prompt: Some(api::Prompt::Ids(prompt)),
-                    return_tokens_as_token_ids: Some(true),
-                    ..api::Request::default()
-                };
-                ("completions", body)
-            }
+            Some(_) => ("completions", ids_body(model, self.encoded[j].iter().chain(&grown.ids).copied())),
             None => prompt_body(model, &self.job.prompts[j], &grown.text),
         };
         self.client.top(path, body, self.cancel, timing)
