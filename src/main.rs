@@ -64,14 +64,7 @@ fn ok(result: anyhow::Result<()>) -> anyhow::Result<u8> {
 fn run() -> anyhow::Result<u8> {
     let mut cli = Cli::parse();
     let dirs = Dirs::new()?;
-    // `selfspec train --config FILE` names the training settings (Hugging Face/PEFT keys), as
-    // --train-config does; a whole selfspec config.yaml is read for its `train:` section.
-    if let (Some(Command::Train(args)), Some(path)) = (&mut cli.command, &cli.config) {
-        if args.train_config.is_none() && selfspec::config::is_settings_file(path) {
-            args.train_config = Some(path.clone());
-            cli.config = None;
-        }
-    }
+    train_settings_as_config(&mut cli);
     let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
     let config = Config::load(&config_path)?;
     let defaults = Defaults { configured: config.model.clone(), cache: dirs.cache.clone() };
@@ -145,29 +138,58 @@ fn run() -> anyhow::Result<u8> {
             generate::command::generate(a.options(&defaults)?, &config.generation, limits, &workspace())
         }
         Some(Command::Sweep { spec, run, plan, max_hours, detached, stage }) => {
-            if let Some(stage) = stage {
-                return selfspec::sweep::stage(&run, &stage, limits, detached);
-            }
-            let spec = match spec {
-                Some(file) => selfspec::sweep::Spec::load(&file)?,
-                None => selfspec::sweep::recorded(&run)?,
-            };
-            if plan {
-                print!("{}", selfspec::sweep::plan(&spec, &run, limits)?);
-                return Ok(0);
-            }
-            selfspec::sweep::run(&spec, &run, limits, detached, max_hours)
+            sweep(spec.as_deref(), &run, plan, max_hours, detached, stage.as_deref(), limits)
         }
         Some(Command::Bench(b)) => ok(b.run(&defaults)),
         Some(Command::Workspace) => ok(selfspec::workspace::describe(&workspace(), &config, &config_path, &dirs.cache)),
         Some(Command::Config) => {
-            let source =
-                if config_path.exists() { config_path.display().to_string() } else { "defaults (no file)".into() };
-            println!("# from {source}");
-            print!("{}", selfspec::yaml::to_string(&config)?);
+            print_config(&config_path, &config)?;
             Ok(0)
         }
     }
+}
+
+/// `selfspec train --config FILE` names the training settings (Hugging Face/PEFT keys), as
+/// --train-config does; a whole selfspec config.yaml is read for its `train:` section.
+fn train_settings_as_config(cli: &mut Cli) {
+    if let (Some(Command::Train(args)), Some(path)) = (&mut cli.command, &cli.config) {
+        if args.train_config.is_none() && selfspec::config::is_settings_file(path) {
+            args.train_config = Some(path.clone());
+            cli.config = None;
+        }
+    }
+}
+
+/// `selfspec sweep`: one stage of a sweep (`--stage`), its plan, or the whole sweep.
+fn sweep(
+    spec: Option<&Path>,
+    run: &Path,
+    plan: bool,
+    max_hours: Option<f64>,
+    detached: bool,
+    stage: Option<&str>,
+    limits: &selfspec::seeds::Limits,
+) -> anyhow::Result<u8> {
+    if let Some(stage) = stage {
+        return selfspec::sweep::stage(run, stage, limits, detached);
+    }
+    let spec = match spec {
+        Some(file) => selfspec::sweep::Spec::load(file)?,
+        None => selfspec::sweep::recorded(run)?,
+    };
+    if plan {
+        print!("{}", selfspec::sweep::plan(&spec, run, limits)?);
+        return Ok(0);
+    }
+    selfspec::sweep::run(&spec, run, limits, detached, max_hours)
+}
+
+/// `selfspec config`: the settings in force, and where they come from.
+fn print_config(config_path: &Path, config: &Config) -> anyhow::Result<()> {
+    let source = if config_path.exists() { config_path.display().to_string() } else { "defaults (no file)".into() };
+    println!("# from {source}");
+    print!("{}", selfspec::yaml::to_string(config)?);
+    Ok(())
 }
 
 fn open_tui(

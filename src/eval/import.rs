@@ -316,28 +316,16 @@ fn text_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result
     }))
 }
 
+/// What [`records`] calls with each record and where it is; false stops the reading.
+type OnRecord<'a> = &'a mut dyn FnMut(Value, String) -> anyhow::Result<bool>;
+
 /// Calls `f` with each record of `path` and where it is (`file:line` or `file:row`), by the
 /// file's kind: `.parquet`, `.jsonl`/`.ndjson`, `.json`, `.tsv`.
-pub fn records(
-    path: &Path,
-    map: &Mapping,
-    f: &mut dyn FnMut(Value, String) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
+pub fn records(path: &Path, map: &Mapping, f: OnRecord) -> anyhow::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let shown = path.display().to_string();
     if name.ends_with(".parquet") {
-        use parquet::file::reader::{FileReader, SerializedFileReader};
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?;
-        let reader = SerializedFileReader::new(file)
-            .with_context(|| format!("{shown} is not a parquet file (or its compression is not supported)"))?;
-        let rows = reader.get_row_iter(None).with_context(|| format!("{shown}: cannot read its rows"))?;
-        for (i, row) in rows.enumerate() {
-            let row = row.with_context(|| format!("{shown}: row {}: cannot be read", i + 1))?;
-            if !f(row.to_json_value(), format!("{shown}: row {}", i + 1))? {
-                break;
-            }
-        }
-        return Ok(());
+        return parquet_records(path, f);
     }
     if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
         for line in text_lines(path)? {
@@ -351,41 +339,76 @@ pub fn records(
         return Ok(());
     }
     if name.ends_with(".tsv") {
-        let mut lines = text_lines(path)?.enumerate();
-        let mut columns = map.columns.clone();
-        if columns.is_empty() {
-            let (_, head) = lines.next().with_context(|| format!("{shown} is empty"))?;
-            let (_, head) = head?;
-            columns = head.split('\t').map(|c| c.trim().to_string()).collect();
-        }
-        for (i, line) in lines {
-            let (n, line) = line?;
-            let at = format!("{shown}:{n}");
-            // A header line naming the map's columns is not a record.
-            if i == 0 && line.split('\t').map(str::trim).eq(columns.iter().map(String::as_str)) {
-                continue;
-            }
-            let cells: Vec<&str> = line.split('\t').collect();
-            anyhow::ensure!(
-                cells.len() == columns.len(),
-                "{at}: {} tab-separated fields where the columns are {} ({})",
-                cells.len(),
-                columns.len(),
-                columns.join(", ")
-            );
-            let v = Value::Object(
-                columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect(),
-            );
-            if !f(v, at)? {
-                break;
-            }
-        }
-        return Ok(());
+        return tsv_records(path, map, f);
     }
     anyhow::ensure!(
         name.ends_with(".json"),
         "{shown}: a file ending in .parquet, .jsonl, .ndjson, .json or .tsv is expected"
     );
+    for (at, v) in json_records(path, map)? {
+        if !f(v, at)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The rows of a parquet file.
+fn parquet_records(path: &Path, f: OnRecord) -> anyhow::Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{shown} is not a parquet file (or its compression is not supported)"))?;
+    let rows = reader.get_row_iter(None).with_context(|| format!("{shown}: cannot read its rows"))?;
+    for (i, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{shown}: row {}: cannot be read", i + 1))?;
+        if !f(row.to_json_value(), format!("{shown}: row {}", i + 1))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The lines of a tab-separated file as objects keyed by the map's columns, else by the
+/// file's header line.
+fn tsv_records(path: &Path, map: &Mapping, f: OnRecord) -> anyhow::Result<()> {
+    let shown = path.display().to_string();
+    let mut lines = text_lines(path)?.enumerate();
+    let mut columns = map.columns.clone();
+    if columns.is_empty() {
+        let (_, head) = lines.next().with_context(|| format!("{shown} is empty"))?;
+        let (_, head) = head?;
+        columns = head.split('\t').map(|c| c.trim().to_string()).collect();
+    }
+    for (i, line) in lines {
+        let (n, line) = line?;
+        let at = format!("{shown}:{n}");
+        // A header line naming the map's columns is not a record.
+        if i == 0 && line.split('\t').map(str::trim).eq(columns.iter().map(String::as_str)) {
+            continue;
+        }
+        let cells: Vec<&str> = line.split('\t').collect();
+        anyhow::ensure!(
+            cells.len() == columns.len(),
+            "{at}: {} tab-separated fields where the columns are {} ({})",
+            cells.len(),
+            columns.len(),
+            columns.join(", ")
+        );
+        let v =
+            Value::Object(columns.iter().cloned().zip(cells.iter().map(|c| Value::String(c.to_string()))).collect());
+        if !f(v, at)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The records of a JSON document (read whole, so its size is bounded) with their places: the
+/// key of an object's value, or its position in a list.
+fn json_records(path: &Path, map: &Mapping) -> anyhow::Result<Vec<(String, Value)>> {
+    let shown = path.display().to_string();
     let size = std::fs::metadata(path).with_context(|| format!("cannot read {shown}"))?.len();
     anyhow::ensure!(
         size <= MAX_JSON_BYTES,
@@ -394,8 +417,7 @@ pub fn records(
     let text = crate::lines::read_text(path)?;
     let doc: Value = serde_json::from_str(crate::fsutil::strip_bom(&text))
         .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: not JSON: {e}", e.line(), e.column()))?;
-    // Each record with its place: the key of an object's value, or its position in a list.
-    let list: Vec<(String, Value)> = match map.records.as_deref() {
+    Ok(match map.records.as_deref() {
         Some("values") => match doc {
             Value::Object(m) => m
                 .into_iter()
@@ -420,13 +442,7 @@ pub fn records(
                 kind(&other)
             ),
         },
-    };
-    for (at, v) in list {
-        if !f(v, at)? {
-            break;
-        }
-    }
-    Ok(())
+    })
 }
 
 fn numbered(shown: &str, items: Vec<Value>) -> Vec<(String, Value)> {

@@ -230,30 +230,7 @@ pub fn evaluate(
     let mut predictions: Vec<Prediction> = crate::lines::read_jsonl(&path)?;
     let mut seen = std::collections::HashSet::new();
     predictions.retain(|p| seen.insert((p.model.clone(), p.dataset.clone(), p.k, p.index)));
-    // (model, dataset index, k, example index) of each request still to answer.
-    let mut keys = Vec::new();
-    let mut requests = Vec::new();
-    let mut total = 0;
-    for m in &models {
-        for (di, d) in datasets.iter().enumerate() {
-            for &k in &job.shots {
-                for (i, e) in d.test.iter().enumerate() {
-                    total += 1;
-                    if seen.contains(&(m.clone(), d.name.clone(), k, i)) {
-                        continue;
-                    }
-                    let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
-                    let request = Request {
-                        stop: vec!["\n\n".into()],
-                        adapter: (m != BASE).then(|| m.clone()),
-                        ..Request::new(Vec::new(), limit)
-                    };
-                    requests.push(Job::new(vec![k_shot(job.prompt_format, &d.train, k, e)], request));
-                    keys.push((m.clone(), di, k, i));
-                }
-            }
-        }
-    }
+    let (keys, requests, total) = pending(job, &models, datasets, &seen);
     let scored = total - requests.len();
     emit(&EvalEvent::Started { requests: total, scored }, on_event)?;
     let mut done = scored;
@@ -275,24 +252,7 @@ pub fn evaluate(
                 return;
             }
             let (m, di, k, i) = &keys[request];
-            let d = &datasets[*di];
-            let mut text = completion.text.trim().to_string();
-            if job.postprocess.as_deref() == Some("first-line") {
-                text = text.lines().next().unwrap_or("").trim().to_string();
-            }
-            let refs: Vec<&str> = d.test[*i].references.iter().map(String::as_str).collect();
-            let refs = if job.split_references { split_references(&refs) } else { refs };
-            let (f1, rouge_l) = scorer.score(&text, &refs);
-            let p = Prediction {
-                model: m.clone(),
-                dataset: d.name.clone(),
-                k: *k,
-                index: *i,
-                prediction: text,
-                references: d.test[*i].references.clone(),
-                f1: f1 * 100.0,
-                rouge_l: rouge_l * 100.0,
-            };
+            let p = prediction(job, &mut scorer, m, &datasets[*di], *k, *i, &completion.text);
             if let Err(err) = log.append(&p) {
                 failure = Some(err);
                 return;
@@ -319,6 +279,65 @@ pub fn evaluate(
     write_report(dir, &report)?;
     emit(&EvalEvent::Finished { report: dir.join("report.json") }, on_event)?;
     Ok(Some(report))
+}
+
+/// A request still to answer: (model, dataset index, k, example index).
+type Key = (String, usize, usize, usize);
+
+/// The requests of `job` not yet answered (`seen`: the (model, dataset, k, example) answered),
+/// each with its key, and the number of requests in all.
+fn pending(
+    job: &EvalJob,
+    models: &[String],
+    datasets: &[Dataset],
+    seen: &std::collections::HashSet<(String, String, usize, usize)>,
+) -> (Vec<Key>, Vec<Job>, usize) {
+    let mut keys = Vec::new();
+    let mut requests = Vec::new();
+    let mut total = 0;
+    for m in models {
+        for (di, d) in datasets.iter().enumerate() {
+            for &k in &job.shots {
+                for (i, e) in d.test.iter().enumerate() {
+                    total += 1;
+                    if seen.contains(&(m.clone(), d.name.clone(), k, i)) {
+                        continue;
+                    }
+                    let limit = job.max_new_tokens.unwrap_or_else(|| max_new_tokens(&d.task));
+                    let request = Request {
+                        stop: vec!["\n\n".into()],
+                        adapter: (m != BASE).then(|| m.clone()),
+                        ..Request::new(Vec::new(), limit)
+                    };
+                    requests.push(Job::new(vec![k_shot(job.prompt_format, &d.train, k, e)], request));
+                    keys.push((m.clone(), di, k, i));
+                }
+            }
+        }
+    }
+    (keys, requests, total)
+}
+
+/// Model `m`'s answer `text` to example `i` of `d` at `k` shots, post-processed as the job says
+/// and scored against the example's references (F1 and ROUGE-L, 0–100).
+fn prediction(job: &EvalJob, scorer: &mut Scorer, m: &str, d: &Dataset, k: usize, i: usize, text: &str) -> Prediction {
+    let mut text = text.trim().to_string();
+    if job.postprocess.as_deref() == Some("first-line") {
+        text = text.lines().next().unwrap_or("").trim().to_string();
+    }
+    let refs: Vec<&str> = d.test[i].references.iter().map(String::as_str).collect();
+    let refs = if job.split_references { split_references(&refs) } else { refs };
+    let (f1, rouge_l) = scorer.score(&text, &refs);
+    Prediction {
+        model: m.to_string(),
+        dataset: d.name.clone(),
+        k,
+        index: i,
+        prediction: text,
+        references: d.test[i].references.clone(),
+        f1: f1 * 100.0,
+        rouge_l: rouge_l * 100.0,
+    }
 }
 
 /// Writes `report` into the run folder `dir` as report.json, report.csv and report.md, and its

@@ -99,20 +99,8 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
             ids.insert(id, i);
         }
 
-        match seed.task.trim() {
-            "" => add(Some(i), "task", format!("is missing; use one of {}", TASK_NAMES.join(", "))),
-            t if t.parse::<Task>().is_err() => {
-                let hint =
-                    did_you_mean(t, &TASK_NAMES).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default();
-                add(Some(i), "task", format!("\"{t}\" is not a task{hint}; use one of {}", TASK_NAMES.join(", ")));
-            }
-            _ => {}
-        }
-
-        for (k, tag) in seed.tags.iter().enumerate() {
-            if tag.trim().is_empty() {
-                add(Some(i), "tags", format!("tag {} is empty; remove it or name it", k + 1));
-            }
+        for (field, message) in task_problems(seed) {
+            add(Some(i), field, message);
         }
 
         if seed.instruction.trim().is_empty() {
@@ -139,23 +127,8 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
                 }
             }
         }
-        if seed.output.trim().is_empty() {
-            add(Some(i), "output", "is missing or empty; write the response an expert would give".into());
-        }
-
-        for (field, text, max) in [
-            ("instruction", &seed.instruction, limits.instruction),
-            ("input", &seed.input, limits.input),
-            ("output", &seed.output, limits.output),
-        ] {
-            let n = text.chars().count();
-            if n > max {
-                add(
-                    Some(i),
-                    field,
-                    format!("is {n} characters long, over the limit of {max}; shorten it or raise seeds.limits.{field} in config.yaml"),
-                );
-            }
+        for (field, message) in content_problems(seed, limits) {
+            add(Some(i), field, message);
         }
     }
     for (i, first) in repeated {
@@ -168,6 +141,47 @@ pub fn validate(file: &SeedFile, limits: &Limits, spans: Option<&Spans>) -> Vec<
             ),
             true,
         );
+    }
+    out
+}
+
+/// A seed's task and tags: the task known, no tag empty.
+fn task_problems(seed: &super::file::Seed) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    match seed.task.trim() {
+        "" => out.push(("task", format!("is missing; use one of {}", TASK_NAMES.join(", ")))),
+        t if t.parse::<Task>().is_err() => {
+            let hint = did_you_mean(t, &TASK_NAMES).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default();
+            out.push(("task", format!("\"{t}\" is not a task{hint}; use one of {}", TASK_NAMES.join(", "))));
+        }
+        _ => {}
+    }
+    for (k, tag) in seed.tags.iter().enumerate() {
+        if tag.trim().is_empty() {
+            out.push(("tags", format!("tag {} is empty; remove it or name it", k + 1)));
+        }
+    }
+    out
+}
+
+/// A seed's output present and every text within its limit.
+fn content_problems(seed: &super::file::Seed, limits: &Limits) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if seed.output.trim().is_empty() {
+        out.push(("output", "is missing or empty; write the response an expert would give".into()));
+    }
+    for (field, text, max) in [
+        ("instruction", &seed.instruction, limits.instruction),
+        ("input", &seed.input, limits.input),
+        ("output", &seed.output, limits.output),
+    ] {
+        let n = text.chars().count();
+        if n > max {
+            out.push((
+                field,
+                format!("is {n} characters long, over the limit of {max}; shorten it or raise seeds.limits.{field} in config.yaml"),
+            ));
+        }
     }
     out
 }

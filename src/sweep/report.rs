@@ -164,9 +164,16 @@ pub fn rows(spec: &Spec, eval_dir: &Path, used: &BTreeMap<(Point, usize), usize>
 /// The dataset name of the rows that average over the datasets.
 pub const AVERAGE: &str = "average";
 
+/// Writes report.json, report.csv and report.md.
 pub(super) fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Result<()> {
-    use crate::eval::report::{delta_text, p_text, with_interval};
     crate::fsutil::atomic_write(&dir.join("report.json"), serde_json::to_string_pretty(rows)?.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.csv"), to_csv(rows).as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("report.md"), to_markdown(spec, rows).as_bytes())?;
+    Ok(())
+}
+
+/// report.csv: a line per row, intervals and tests against the base in their own columns.
+fn to_csv(rows: &[Row]) -> String {
     let mut csv = String::from(
         "axis,value,model,dataset,k,f1,f1_lo,f1_hi,rougeL,rougeL_lo,rougeL_hi,samples_used,replicates,f1_sd_replicates,\
          delta_f1,delta_f1_lo,delta_f1_hi,p_f1,holm_p_f1,detectable_f1,delta_rougeL,delta_rougeL_lo,delta_rougeL_hi,\
@@ -196,9 +203,12 @@ pub(super) fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Res
             d(false),
         ));
     }
-    crate::fsutil::atomic_write(&dir.join("report.csv"), csv.as_bytes())?;
-    // Markdown: per axis and k, dataset × value: the tuned F1 with its interval, and its Δ
-    // against the base with the paired interval (`*`: significant after Holm).
+    csv
+}
+
+/// report.md: per axis and k, dataset × value: the tuned F1 with its interval, and its Δ
+/// against the base with the paired interval (`*`: significant after Holm).
+fn to_markdown(spec: &Spec, rows: &[Row]) -> String {
     let repeats = spec.repeats.max(1);
     let mut md = format!(
         "# Sweep of {}\n\nF1 (0–100) of the tuned model with its 95 % bootstrap interval; below it Δ = tuned − base on \
@@ -230,53 +240,58 @@ pub(super) fn write_report(dir: &Path, spec: &Spec, rows: &[Row]) -> anyhow::Res
             continue;
         }
         for &k in &spec.shots {
-            md.push_str(&format!("\n## {axis}, {k}-shot\n\n| dataset | base |"));
-            for v in &values {
-                md.push_str(&format!(" {axis} {v} |"));
-            }
-            md.push_str("\n|---|---:|");
-            md.push_str(&"---:|".repeat(values.len()));
-            md.push('\n');
-            for d in &datasets {
-                let find = |v: usize, m: &str| {
-                    rows.iter().find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == *d && r.model == m)
-                };
-                let base = values.first().and_then(|&v| find(v, "base"));
-                let label = if *d == AVERAGE { "**average**".to_string() } else { d.to_string() };
-                md.push_str(&format!("| {label} | {} |", base.map_or("–".into(), |b| with_interval(b.f1, b.f1_ci))));
-                for &v in &values {
-                    match find(v, "tuned") {
-                        Some(t) => {
-                            let sd = t.replicate_sd.map_or(String::new(), |s| format!(" ±{:.1}", s[0]));
-                            let delta = t.vs_base.as_ref().map_or(String::new(), |x| {
-                                format!("<br>{} p {}", delta_text(&x.f1), p_text(x.f1.holm_p.unwrap_or(x.f1.p)))
-                            });
-                            md.push_str(&format!(" {}{sd}{delta} |", with_interval(t.f1, t.f1_ci)));
-                        }
-                        None => md.push_str(" – |"),
-                    }
-                }
-                md.push('\n');
-            }
-            let detect: Vec<String> = values
-                .iter()
-                .filter_map(|&v| {
-                    rows.iter()
-                        .find(|r| {
-                            r.axis == axis && r.value == v && r.k == k && r.dataset == AVERAGE && r.model == "tuned"
-                        })
-                        .and_then(|r| r.vs_base.as_ref())
-                        .map(|x| format!("{axis} {v}: {:.1}", x.f1.detectable))
-                })
-                .collect();
-            if !detect.is_empty() {
-                md.push_str(&format!(
-                    "\nThe smallest average Δ F1 these examples detect (80 % power, 5 %): {}.\n",
-                    detect.join(", ")
-                ));
-            }
+            md.push_str(&axis_table(rows, axis, &values, k, &datasets));
         }
     }
-    crate::fsutil::atomic_write(&dir.join("report.md"), md.as_bytes())?;
-    Ok(())
+    md
+}
+
+/// One axis at `k` shots: a row per dataset, a column per value, then the smallest average Δ
+/// each value's examples detect.
+fn axis_table(rows: &[Row], axis: &str, values: &[usize], k: usize, datasets: &[&str]) -> String {
+    use crate::eval::report::{delta_text, p_text, with_interval};
+    let mut md = format!("\n## {axis}, {k}-shot\n\n| dataset | base |");
+    for v in values {
+        md.push_str(&format!(" {axis} {v} |"));
+    }
+    md.push_str("\n|---|---:|");
+    md.push_str(&"---:|".repeat(values.len()));
+    md.push('\n');
+    for d in datasets {
+        let find = |v: usize, m: &str| {
+            rows.iter().find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == *d && r.model == m)
+        };
+        let base = values.first().and_then(|&v| find(v, "base"));
+        let label = if *d == AVERAGE { "**average**".to_string() } else { d.to_string() };
+        md.push_str(&format!("| {label} | {} |", base.map_or("–".into(), |b| with_interval(b.f1, b.f1_ci))));
+        for &v in values {
+            match find(v, "tuned") {
+                Some(t) => {
+                    let sd = t.replicate_sd.map_or(String::new(), |s| format!(" ±{:.1}", s[0]));
+                    let delta = t.vs_base.as_ref().map_or(String::new(), |x| {
+                        format!("<br>{} p {}", delta_text(&x.f1), p_text(x.f1.holm_p.unwrap_or(x.f1.p)))
+                    });
+                    md.push_str(&format!(" {}{sd}{delta} |", with_interval(t.f1, t.f1_ci)));
+                }
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+    let detect: Vec<String> = values
+        .iter()
+        .filter_map(|&v| {
+            rows.iter()
+                .find(|r| r.axis == axis && r.value == v && r.k == k && r.dataset == AVERAGE && r.model == "tuned")
+                .and_then(|r| r.vs_base.as_ref())
+                .map(|x| format!("{axis} {v}: {:.1}", x.f1.detectable))
+        })
+        .collect();
+    if !detect.is_empty() {
+        md.push_str(&format!(
+            "\nThe smallest average Δ F1 these examples detect (80 % power, 5 %): {}.\n",
+            detect.join(", ")
+        ));
+    }
+    md
 }

@@ -226,6 +226,75 @@ fn train_locked(
     Ok(if matches!(end, TrainEvent::Stopped { .. }) { 130 } else { 0 })
 }
 
+/// `lmc --eval`: scores every point's adapter on the datasets (an evaluation run in `dir`) and
+/// prints F1 and ROUGE-L along both lines.
+fn lmc_eval(model: &Choice, e: &LmcEval, dir: &Path, result: &mut super::lmc::Lmc) -> anyhow::Result<()> {
+    let adapters = super::lmc::point_adapters(result, dir)
+        .into_iter()
+        .map(|(_, _, name, dir)| crate::model::adapters::adapter::Spec { name, dir })
+        .collect();
+    let (data, datasets, shots) = (e.data.clone(), e.datasets.clone(), e.shots.clone());
+    let opts =
+        crate::eval::command::Options::new(model.clone(), adapters, data, datasets, shots, dir.join("eval"), false);
+    let code = crate::eval::command::eval(opts)?;
+    anyhow::ensure!(code == 0, "the evaluation stopped; run the same command to continue it");
+    let report = crate::eval::run::Report::read(&dir.join("eval"))?;
+    result.scores = super::lmc::scores(result, dir, &report);
+    println!(
+        "\n{:>5}  {:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
+        "α", "k", "F1 ΔW", "F1 (A, B)", "ROUGE-L ΔW", "ROUGE-L (A, B)"
+    );
+    for p in &result.points {
+        for &k in &e.shots {
+            let at = |line: &str| result.scores.iter().find(|s| s.line == line && s.k == k && s.alpha == p.alpha);
+            let show = |s: Option<&super::lmc::Score>, f: fn(&super::lmc::Score) -> f64| {
+                s.map_or("–".to_string(), |s| format!("{:.1}", f(s)))
+            };
+            let (m, fa) = (at("merged"), at("factors"));
+            println!(
+                "{:>5.2}  {k:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
+                p.alpha,
+                show(m, |s| s.f1),
+                show(fa, |s| s.f1),
+                show(m, |s| s.rouge_l),
+                show(fa, |s| s.rouge_l)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The loss along both lines, and F1 where the points were scored, as plots in `dir` (a plot
+/// that cannot be drawn is a warning).
+fn lmc_plots(dir: &Path, result: &super::lmc::Lmc, eval: Option<&LmcEval>) {
+    let mut lines =
+        vec![("ΔW line".to_string(), result.points.iter().map(|p| (p.alpha, p.merged)).collect::<Vec<_>>())];
+    if result.barrier_factors.is_some() {
+        lines.push(("(A, B) line".into(), result.points.iter().filter_map(|p| Some((p.alpha, p.factors?))).collect()));
+    }
+    let title = "loss between the two adapters";
+    match crate::plot::chart(dir, "lmc-loss", title, "α", "loss per token", &lines) {
+        Ok(files) => println!("plot: {}", files[0].display()),
+        Err(e) => eprintln!("warning: no plot: {e:#}"),
+    }
+    if result.scores.is_empty() {
+        return;
+    }
+    let mut lines = Vec::new();
+    for &k in eval.map(|e| e.shots.as_slice()).unwrap_or_default() {
+        for (line, label) in [("merged", "ΔW"), ("factors", "(A, B)")] {
+            let pts: Vec<(f64, f64)> =
+                result.scores.iter().filter(|s| s.line == line && s.k == k).map(|s| (s.alpha, s.f1)).collect();
+            if !pts.is_empty() {
+                lines.push((format!("{label} {k}-shot"), pts));
+            }
+        }
+    }
+    if let Err(e) = crate::plot::chart(dir, "lmc-f1", "F1 between the two adapters", "α", "F1 (0-100)", &lines) {
+        eprintln!("warning: no plot: {e:#}");
+    }
+}
+
 /// `lmc --eval`: the evaluation datasets scored at every point of both lines.
 pub struct LmcEval {
     pub data: PathBuf,
@@ -281,69 +350,10 @@ pub fn lmc(
     println!("loss: mean over {} response tokens of {} examples", result.tokens, examples.len());
     if let (Some(e), Some(dir)) = (eval, out) {
         drop(loaded);
-        let adapters = super::lmc::point_adapters(&result, dir)
-            .into_iter()
-            .map(|(_, _, name, dir)| crate::model::adapters::adapter::Spec { name, dir })
-            .collect();
-        let (data, datasets, shots) = (e.data.clone(), e.datasets.clone(), e.shots.clone());
-        let opts =
-            crate::eval::command::Options::new(model.clone(), adapters, data, datasets, shots, dir.join("eval"), false);
-        let code = crate::eval::command::eval(opts)?;
-        anyhow::ensure!(code == 0, "the evaluation stopped; run the same command to continue it");
-        let report = crate::eval::run::Report::read(&dir.join("eval"))?;
-        result.scores = super::lmc::scores(&result, dir, &report);
-        println!(
-            "\n{:>5}  {:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
-            "α", "k", "F1 ΔW", "F1 (A, B)", "ROUGE-L ΔW", "ROUGE-L (A, B)"
-        );
-        for p in &result.points {
-            for &k in &e.shots {
-                let at = |line: &str| result.scores.iter().find(|s| s.line == line && s.k == k && s.alpha == p.alpha);
-                let show = |s: Option<&super::lmc::Score>, f: fn(&super::lmc::Score) -> f64| {
-                    s.map_or("–".to_string(), |s| format!("{:.1}", f(s)))
-                };
-                let (m, fa) = (at("merged"), at("factors"));
-                println!(
-                    "{:>5.2}  {k:>3}  {:>10}  {:>10}  {:>13}  {:>13}",
-                    p.alpha,
-                    show(m, |s| s.f1),
-                    show(fa, |s| s.f1),
-                    show(m, |s| s.rouge_l),
-                    show(fa, |s| s.rouge_l)
-                );
-            }
-        }
+        lmc_eval(model, e, dir, &mut result)?;
     }
     if let Some(dir) = out {
-        let mut lines =
-            vec![("ΔW line".to_string(), result.points.iter().map(|p| (p.alpha, p.merged)).collect::<Vec<_>>())];
-        if result.barrier_factors.is_some() {
-            lines.push((
-                "(A, B) line".into(),
-                result.points.iter().filter_map(|p| Some((p.alpha, p.factors?))).collect(),
-            ));
-        }
-        let title = "loss between the two adapters";
-        match crate::plot::chart(dir, "lmc-loss", title, "α", "loss per token", &lines) {
-            Ok(files) => println!("plot: {}", files[0].display()),
-            Err(e) => eprintln!("warning: no plot: {e:#}"),
-        }
-        if !result.scores.is_empty() {
-            let mut lines = Vec::new();
-            for &k in eval.map(|e| e.shots.as_slice()).unwrap_or_default() {
-                for (line, label) in [("merged", "ΔW"), ("factors", "(A, B)")] {
-                    let pts: Vec<(f64, f64)> =
-                        result.scores.iter().filter(|s| s.line == line && s.k == k).map(|s| (s.alpha, s.f1)).collect();
-                    if !pts.is_empty() {
-                        lines.push((format!("{label} {k}-shot"), pts));
-                    }
-                }
-            }
-            if let Err(e) = crate::plot::chart(dir, "lmc-f1", "F1 between the two adapters", "α", "F1 (0-100)", &lines)
-            {
-                eprintln!("warning: no plot: {e:#}");
-            }
-        }
+        lmc_plots(dir, &result, eval);
         let path = dir.join("lmc.json");
         crate::fsutil::atomic_write(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
         println!("written: {}", path.display());

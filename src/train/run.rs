@@ -274,17 +274,7 @@ pub fn train(
         (prepared.steps.len(), prepared.per_epoch, prepared.truncated, prepared.dropped);
     let resumed = checkpoint.as_ref().filter(|_| resume).map(|(_, path)| path.as_path());
     let Some((mut trainer, warm_note)) = start_trainer(model, job, &prepared, dir, resumed, cancel)? else {
-        // Stopped while finding the start: nothing to keep, the next run starts it again.
-        let (mut events, _) = Log::<TrainEvent>::open(dir)?;
-        let text =
-            format!("stopped while finding the start ({}); --resume finds it again", String::from(c.init.clone()));
-        let note = TrainEvent::Note { text };
-        events.append(&note)?;
-        on_event(&note);
-        let e = TrainEvent::Stopped { step: 0, checkpoint: dir.to_path_buf() };
-        events.append(&e)?;
-        on_event(&e);
-        return Ok(e);
+        return stopped_at_start(dir, job, on_event);
     };
     let (mut events, torn) = Log::<TrainEvent>::open(dir)?;
     let mut board = crate::runs::board::Board::create(dir)?;
@@ -331,22 +321,8 @@ pub fn train(
         let t0 = Instant::now();
         let stats = trainer.step(model, &micro, total)?;
         let secs = t0.elapsed().as_secs_f64();
-        let done = trainer.step - first;
-        let eta = started.elapsed().as_secs_f64() / done as f64 * (total - trainer.step) as f64;
-        emit(
-            &TrainEvent::Step {
-                step: trainer.step,
-                epoch: trainer.step as f64 / per_epoch.max(1) as f64,
-                loss: stats.loss,
-                lr: stats.lr,
-                grad_norm: stats.grad_norm,
-                step_s: secs,
-                tokens_per_s: stats.tokens as f64 / secs.max(1e-9),
-                peak_memory_mb: peak_memory_mb(),
-                eta_s: eta,
-            },
-            on_event,
-        )?;
+        let eta = started.elapsed().as_secs_f64() / (trainer.step - first) as f64 * (total - trainer.step) as f64;
+        emit(&step_event(trainer.step, per_epoch, &stats, secs, eta), on_event)?;
         // A diverged run is an error, not a finished adapter of NaNs (nothing after this step is
         // saved; the last checkpoint is kept).
         anyhow::ensure!(
@@ -363,15 +339,51 @@ pub fn train(
             emit(&TrainEvent::Checkpoint { step: trainer.step, path }, on_event)?;
         }
     }
+    let out = save_adapter(model, &trainer, dir)?;
+    let e = TrainEvent::Finished { step: trainer.step, adapter: out };
+    emit(&e, on_event)?;
+    Ok(e)
+}
+
+/// The event of step `step`, which took `secs`, with the time left (`eta`).
+fn step_event(step: usize, per_epoch: usize, stats: &super::trainer::StepStats, secs: f64, eta: f64) -> TrainEvent {
+    TrainEvent::Step {
+        step,
+        epoch: step as f64 / per_epoch.max(1) as f64,
+        loss: stats.loss,
+        lr: stats.lr,
+        grad_norm: stats.grad_norm,
+        step_s: secs,
+        tokens_per_s: stats.tokens as f64 / secs.max(1e-9),
+        peak_memory_mb: peak_memory_mb(),
+        eta_s: eta,
+    }
+}
+
+/// The events of a run stopped while its start (a warm start's search) was being found:
+/// nothing is kept, and the next run finds the start again.
+fn stopped_at_start(dir: &Path, job: &TrainJob, on_event: &mut dyn FnMut(&TrainEvent)) -> anyhow::Result<TrainEvent> {
+    let (mut events, _) = crate::runs::Log::<TrainEvent>::open(dir)?;
+    let text =
+        format!("stopped while finding the start ({}); --resume finds it again", String::from(job.config.init.clone()));
+    let note = TrainEvent::Note { text };
+    events.append(&note)?;
+    on_event(&note);
+    let e = TrainEvent::Stopped { step: 0, checkpoint: dir.to_path_buf() };
+    events.append(&e)?;
+    on_event(&e);
+    Ok(e)
+}
+
+/// Writes the trained adapter into the run folder (beside it first, then renamed into place).
+fn save_adapter(model: &mut Model, trainer: &Trainer, dir: &Path) -> anyhow::Result<PathBuf> {
     let out = adapter_dir(dir);
     let tmp = dir.join(".adapter.partial");
     let _ = std::fs::remove_dir_all(&tmp);
     adapter::save(model, &trainer.name, &trainer.adapter, &tmp)?;
     let _ = std::fs::remove_dir_all(&out);
     std::fs::rename(&tmp, &out)?;
-    let e = TrainEvent::Finished { step: trainer.step, adapter: out };
-    emit(&e, on_event)?;
-    Ok(e)
+    Ok(out)
 }
 
 /// Whether `dir` may take this training: a resumed run must have been started with the same

@@ -86,77 +86,16 @@ pub fn start(
     let standard = TrainConfig { init: Init::Standard, ..config.clone() };
     let mut trainer = Trainer::new(model, name, standard.clone(), base)?;
     let note = match &config.init {
-        Init::Task(task) => {
-            let Some((_, rows)) = groups.iter().find(|(t, _)| t == task) else {
-                let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
-                anyhow::bail!(
-                    "init task:{task}: no training example has task {task:?}; the data's tasks: {}",
-                    names.join(", ")
-                );
-            };
-            let lengths: Vec<usize> = rows.iter().map(|&i| encoded[i].ids.len()).collect();
-            let (steps, _) = data::schedule(&lengths, &standard)?;
-            let mut losses = Vec::new();
-            for step in &steps {
-                if cancel.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                let micro: Vec<_> = step
-                    .iter()
-                    .map(|b| data::batch(encoded, &b.iter().map(|&j| rows[j]).collect::<Vec<_>>()))
-                    .collect();
-                losses.push(trainer.step(model, &micro, steps.len())?.loss);
-            }
-            format!(
-                "start: the expert of task {task}, {} steps on its {} examples (loss {:.4} → {:.4})",
-                steps.len(),
-                rows.len(),
-                losses.first().copied().unwrap_or(f64::NAN),
-                losses.last().copied().unwrap_or(f64::NAN)
-            )
-        }
+        Init::Task(task) => task_expert(model, &mut trainer, task, &groups, encoded, &standard, cancel)?,
         Init::Reptile { outer, inner } => {
-            let inner_config =
-                TrainConfig { lr_scheduler_type: Schedule::Constant, warmup_steps: 0, ..standard.clone() };
-            trainer.config = inner_config;
-            let mut rng = crate::rng::Rng::new(config.seed ^ 0x7e97_11e5);
-            let mut last = Vec::new();
-            for t in 0..*outer {
-                let (_, rows) = &groups[(rng.next_u64() % groups.len() as u64) as usize];
-                let before: Vec<(Tensor, Tensor)> = trainer
-                    .params
-                    .iter()
-                    .map(|p| Ok((p.a.as_tensor().copy()?, p.b.as_tensor().copy()?)))
-                    .collect::<candle_core::Result<_>>()?;
-                trainer.reset_optimizer()?;
-                for _ in 0..*inner {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                    let pick: Vec<usize> = (0..config.per_device_train_batch_size.min(rows.len()))
-                        .map(|_| rows[(rng.next_u64() % rows.len() as u64) as usize])
-                        .collect();
-                    let loss = trainer.step(model, &[data::batch(encoded, &pick)], *inner)?.loss;
-                    if t + 1 == *outer {
-                        last.push(loss);
-                    }
-                }
-                let eps = 1.0 - t as f64 / *outer as f64;
-                for (p, (a0, b0)) in trainer.params.iter().zip(before) {
-                    for (var, old) in [(&p.a, a0), (&p.b, b0)] {
-                        let moved = (&old + ((var.as_tensor() - &old)? * eps)?)?;
-                        var.set(&moved)?;
-                    }
-                }
-            }
-            format!(
-                "start: Reptile over {} tasks, {outer} outer steps of {inner} (last inner losses {})",
-                groups.len(),
-                last.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" ")
-            )
+            trainer.config = TrainConfig { lr_scheduler_type: Schedule::Constant, warmup_steps: 0, ..standard.clone() };
+            let batch = config.per_device_train_batch_size;
+            let seed = config.seed;
+            reptile(model, &mut trainer, (*outer, *inner), batch, seed, &groups, encoded, cancel)?
         }
         other => anyhow::bail!("init {}: not a learned start", String::from(other.clone())),
     };
+    let Some(note) = note else { return Ok(None) };
     let tmp = dir.join(".start.partial");
     let _ = std::fs::remove_dir_all(&tmp);
     adapter::save(model, name, &trainer.adapter, &tmp)?;
@@ -166,4 +105,93 @@ pub fn start(
     trainer.config = config.clone();
     trainer.reset_optimizer()?;
     Ok(Some(Started { trainer, note }))
+}
+
+/// The expert of `task`: the trainer trained on that task's examples alone, on the run's
+/// schedule. Returns its note; None when `cancel` was set.
+fn task_expert(
+    model: &mut Model,
+    trainer: &mut Trainer,
+    task: &str,
+    groups: &[(String, Vec<usize>)],
+    encoded: &[Encoded],
+    standard: &TrainConfig,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<String>> {
+    let Some((_, rows)) = groups.iter().find(|(t, _)| t == task) else {
+        let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
+        anyhow::bail!(
+            "init task:{task}: no training example has task {task:?}; the data's tasks: {}",
+            names.join(", ")
+        );
+    };
+    let lengths: Vec<usize> = rows.iter().map(|&i| encoded[i].ids.len()).collect();
+    let (steps, _) = data::schedule(&lengths, standard)?;
+    let mut losses = Vec::new();
+    for step in &steps {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let micro: Vec<_> =
+            step.iter().map(|b| data::batch(encoded, &b.iter().map(|&j| rows[j]).collect::<Vec<_>>())).collect();
+        losses.push(trainer.step(model, &micro, steps.len())?.loss);
+    }
+    Ok(Some(format!(
+        "start: the expert of task {task}, {} steps on its {} examples (loss {:.4} → {:.4})",
+        steps.len(),
+        rows.len(),
+        losses.first().copied().unwrap_or(f64::NAN),
+        losses.last().copied().unwrap_or(f64::NAN)
+    )))
+}
+
+/// Reptile over the tasks: `outer` times, a random task's `inner` steps of `batch` random
+/// examples from where the adapter is, then the adapter moved toward the result by a share
+/// that falls from 1 to 0. Returns its note; None when `cancel` was set.
+// The trainer, its data and the two loop counts, from `start` alone.
+#[allow(clippy::too_many_arguments)]
+fn reptile(
+    model: &mut Model,
+    trainer: &mut Trainer,
+    (outer, inner): (usize, usize),
+    batch: usize,
+    seed: u64,
+    groups: &[(String, Vec<usize>)],
+    encoded: &[Encoded],
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<String>> {
+    let mut rng = crate::rng::Rng::new(seed ^ 0x7e97_11e5);
+    let mut last = Vec::new();
+    for t in 0..outer {
+        let (_, rows) = &groups[(rng.next_u64() % groups.len() as u64) as usize];
+        let before: Vec<(Tensor, Tensor)> = trainer
+            .params
+            .iter()
+            .map(|p| Ok((p.a.as_tensor().copy()?, p.b.as_tensor().copy()?)))
+            .collect::<candle_core::Result<_>>()?;
+        trainer.reset_optimizer()?;
+        for _ in 0..inner {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let pick: Vec<usize> =
+                (0..batch.min(rows.len())).map(|_| rows[(rng.next_u64() % rows.len() as u64) as usize]).collect();
+            let loss = trainer.step(model, &[data::batch(encoded, &pick)], inner)?.loss;
+            if t + 1 == outer {
+                last.push(loss);
+            }
+        }
+        let eps = 1.0 - t as f64 / outer as f64;
+        for (p, (a0, b0)) in trainer.params.iter().zip(before) {
+            for (var, old) in [(&p.a, a0), (&p.b, b0)] {
+                let moved = (&old + ((var.as_tensor() - &old)? * eps)?)?;
+                var.set(&moved)?;
+            }
+        }
+    }
+    Ok(Some(format!(
+        "start: Reptile over {} tasks, {outer} outer steps of {inner} (last inner losses {})",
+        groups.len(),
+        last.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" ")
+    )))
 }

@@ -258,64 +258,15 @@ impl ReviewScreen {
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Outcome {
-        if let Some(view) = self.trace.as_mut() {
-            let n = match &view.state {
-                TraceState::Ready(t) => t.tokens.len(),
-                _ => 0,
-            };
-            match key.code {
-                KeyCode::Esc | KeyCode::Char('t') | KeyCode::Char('q') => self.trace = None,
-                KeyCode::Right | KeyCode::Char('l') => view.cursor = (view.cursor + 1).min(n.saturating_sub(1)),
-                KeyCode::Left | KeyCode::Char('h') => view.cursor = view.cursor.saturating_sub(1),
-                KeyCode::End | KeyCode::Char('G') => view.cursor = n.saturating_sub(1),
-                KeyCode::Home | KeyCode::Char('g') => view.cursor = 0,
-                _ => {}
-            }
+        if self.trace.is_some() {
+            self.trace_key(key.code);
             return Outcome::Done;
         }
-        if let Some(task) = self.promoting {
-            match key.code {
-                KeyCode::Left | KeyCode::Char('h') => self.promoting = Some(task.prev()),
-                KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => self.promoting = Some(task.next()),
-                KeyCode::Esc => {
-                    self.promoting = None;
-                    return Outcome::Notice("promotion cancelled".into());
-                }
-                KeyCode::Enter => {
-                    self.promoting = None;
-                    let (Some(run), Some(s)) = (self.review.as_ref().map(|r| r.dir.clone()), self.current()) else {
-                        return Outcome::Error("no sample selected".into());
-                    };
-                    self.promotion = Some(Promotion { run, id: s.id.clone(), task });
-                }
-                _ => {}
-            }
-            return Outcome::Done;
+        if self.promoting.is_some() {
+            return self.promoting_key(key.code);
         }
-        if let Some(ed) = self.editing.as_mut() {
-            let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-            match key.code {
-                KeyCode::Esc => {
-                    let text = self.editing.take().map(|e| e.text()).unwrap_or_default();
-                    return self.decide(Status::Edited, Some(text));
-                }
-                KeyCode::Char('c') if ctrl => {
-                    self.editing = None;
-                    return Outcome::Notice("edit discarded".into());
-                }
-                KeyCode::Enter => ed.newline(),
-                KeyCode::Backspace => ed.backspace(),
-                KeyCode::Delete => ed.delete(),
-                KeyCode::Left => ed.left(),
-                KeyCode::Right => ed.right(),
-                KeyCode::Up => ed.vertical(-1, 60),
-                KeyCode::Down => ed.vertical(1, 60),
-                KeyCode::Home => ed.home(),
-                KeyCode::End => ed.end(),
-                KeyCode::Char(c) => ed.insert_char(c),
-                _ => {}
-            }
-            return Outcome::Done;
+        if self.editing.is_some() {
+            return self.editing_key(key);
         }
         match key.code {
             KeyCode::Char('j') | KeyCode::Down => self.move_by(1),
@@ -331,23 +282,7 @@ impl ReviewScreen {
                 Some(s) => self.editing = Some(TextEditor::new(&s.output, true)),
                 None => return Outcome::Error("no sample selected".into()),
             },
-            KeyCode::Char('u') => {
-                let Some(r) = self.review.as_mut() else { return Outcome::Ignored };
-                return match r.undo() {
-                    Ok(Some(id)) => {
-                        if let Some(pos) = self
-                            .visible()
-                            .iter()
-                            .position(|&i| self.review.as_ref().is_some_and(|r| r.samples[i].id == id))
-                        {
-                            self.selected = pos;
-                        }
-                        Outcome::Notice(format!("undone: {id}"))
-                    }
-                    Ok(None) => Outcome::Notice("nothing to undo".into()),
-                    Err(e) => Outcome::Error(format!("{e:#}")),
-                };
-            }
+            KeyCode::Char('u') => return self.undo(),
             KeyCode::Char('f') => {
                 let i = FILTERS.iter().position(|f| *f == self.filter).unwrap_or(0);
                 self.filter = FILTERS[(i + 1) % FILTERS.len()];
@@ -373,17 +308,104 @@ impl ReviewScreen {
                 Some(_) => self.promoting = Some(Task::Qa),
                 None => return Outcome::Error("no sample selected".into()),
             },
-            KeyCode::Char('x') => {
-                let Some(r) = &self.review else { return Outcome::Error("no run open".into()) };
-                let out = r.alpaca_file();
-                return match r.export_alpaca(&out) {
-                    Ok(n) => Outcome::Notice(format!("{n} accepted samples written to {}", out.display())),
-                    Err(e) => Outcome::Error(format!("{e:#}")),
-                };
-            }
+            KeyCode::Char('x') => return self.export(),
             _ => return Outcome::Ignored,
         }
         Outcome::Done
+    }
+
+    /// A key while a sample's trace is shown: moves its cursor or closes it.
+    fn trace_key(&mut self, code: KeyCode) {
+        let Some(view) = self.trace.as_mut() else { return };
+        let n = match &view.state {
+            TraceState::Ready(t) => t.tokens.len(),
+            _ => 0,
+        };
+        match code {
+            KeyCode::Esc | KeyCode::Char('t') | KeyCode::Char('q') => self.trace = None,
+            KeyCode::Right | KeyCode::Char('l') => view.cursor = (view.cursor + 1).min(n.saturating_sub(1)),
+            KeyCode::Left | KeyCode::Char('h') => view.cursor = view.cursor.saturating_sub(1),
+            KeyCode::End | KeyCode::Char('G') => view.cursor = n.saturating_sub(1),
+            KeyCode::Home | KeyCode::Char('g') => view.cursor = 0,
+            _ => {}
+        }
+    }
+
+    /// A key while a sample's promotion to a seed waits for its task.
+    fn promoting_key(&mut self, code: KeyCode) -> Outcome {
+        let Some(task) = self.promoting else { return Outcome::Ignored };
+        match code {
+            KeyCode::Left | KeyCode::Char('h') => self.promoting = Some(task.prev()),
+            KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => self.promoting = Some(task.next()),
+            KeyCode::Esc => {
+                self.promoting = None;
+                return Outcome::Notice("promotion cancelled".into());
+            }
+            KeyCode::Enter => {
+                self.promoting = None;
+                let (Some(run), Some(s)) = (self.review.as_ref().map(|r| r.dir.clone()), self.current()) else {
+                    return Outcome::Error("no sample selected".into());
+                };
+                self.promotion = Some(Promotion { run, id: s.id.clone(), task });
+            }
+            _ => {}
+        }
+        Outcome::Done
+    }
+
+    /// A key while a response is being edited: Esc keeps the edit, Ctrl-C drops it.
+    fn editing_key(&mut self, key: KeyEvent) -> Outcome {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let Some(ed) = self.editing.as_mut() else { return Outcome::Ignored };
+        match key.code {
+            KeyCode::Esc => {
+                let text = self.editing.take().map(|e| e.text()).unwrap_or_default();
+                return self.decide(Status::Edited, Some(text));
+            }
+            KeyCode::Char('c') if ctrl => {
+                self.editing = None;
+                return Outcome::Notice("edit discarded".into());
+            }
+            KeyCode::Enter => ed.newline(),
+            KeyCode::Backspace => ed.backspace(),
+            KeyCode::Delete => ed.delete(),
+            KeyCode::Left => ed.left(),
+            KeyCode::Right => ed.right(),
+            KeyCode::Up => ed.vertical(-1, 60),
+            KeyCode::Down => ed.vertical(1, 60),
+            KeyCode::Home => ed.home(),
+            KeyCode::End => ed.end(),
+            KeyCode::Char(c) => ed.insert_char(c),
+            _ => {}
+        }
+        Outcome::Done
+    }
+
+    /// Takes back the last decision and selects its sample.
+    fn undo(&mut self) -> Outcome {
+        let Some(r) = self.review.as_mut() else { return Outcome::Ignored };
+        match r.undo() {
+            Ok(Some(id)) => {
+                if let Some(pos) =
+                    self.visible().iter().position(|&i| self.review.as_ref().is_some_and(|r| r.samples[i].id == id))
+                {
+                    self.selected = pos;
+                }
+                Outcome::Notice(format!("undone: {id}"))
+            }
+            Ok(None) => Outcome::Notice("nothing to undo".into()),
+            Err(e) => Outcome::Error(format!("{e:#}")),
+        }
+    }
+
+    /// Writes the run's accepted samples as Alpaca JSON.
+    fn export(&self) -> Outcome {
+        let Some(r) = &self.review else { return Outcome::Error("no run open".into()) };
+        let out = r.alpaca_file();
+        match r.export_alpaca(&out) {
+            Ok(n) => Outcome::Notice(format!("{n} accepted samples written to {}", out.display())),
+            Err(e) => Outcome::Error(format!("{e:#}")),
+        }
     }
 
     pub fn status_line(&self) -> String {

@@ -140,17 +140,7 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
         .strings("tokenizer.ggml.tokens")?
         .ok_or_else(|| m.err("tokenizer.ggml.tokens", "is missing, but tokenizer.ggml.model is set"))?;
     let n = tokens.len();
-    let types: Vec<i32> = match m.array("tokenizer.ggml.token_type")? {
-        None => vec![1; n],
-        Some(items) => {
-            let types: Vec<i32> =
-                items.iter().map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).unwrap_or(1)).collect();
-            if types.len() != n {
-                return Err(m.err("tokenizer.ggml.token_type", format!("has {} entries for {n} tokens", types.len())));
-            }
-            types
-        }
-    };
+    let types = token_types(&m, n)?;
     let merges = m.strings("tokenizer.ggml.merges")?;
     let ids = [
         ("bos_token", m.id("tokenizer.ggml.bos_token_id", n)?),
@@ -166,85 +156,10 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
     let chat_template = m.string("tokenizer.chat_template")?;
     let arch = m.string("general.architecture")?.unwrap_or_default();
     let gemma = model == "llama" && matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3");
-    let mut normalizer = Json::Null;
-
-    let (vocab_tokens, model_json, pre_tokenizer, decoder, byte_level) = match model.as_str() {
-        "gpt2" => {
-            let alphabet = bytes_to_unicode();
-            let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-            let spelled: Vec<String> = tokens
-                .iter()
-                .map(|t| if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| alphabet[b as usize]).collect() })
-                .collect();
-            let merges = merges.ok_or_else(|| {
-                m.err("tokenizer.ggml.merges", "is missing; a gpt2 (byte-level BPE) tokenizer needs its merges")
-            })?;
-            let pairs: Vec<Json> = merges.iter().map(|s| Json::from(s.split(' ').collect::<Vec<_>>())).collect();
-            let pre = m.string("tokenizer.ggml.pre")?.unwrap_or_default();
-            let pre_tokenizer = match split_regex(&pre) {
-                Some(regex) => json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-                ]}),
-                None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
-            };
-            let model_json = json!({"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
-                "byte_fallback": false, "ignore_merges": false, "vocab": vocab_json(&spelled), "merges": pairs});
-            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-            (spelled, model_json, pre_tokenizer, decoder, true)
-        }
-        "llama" if gemma => {
-            let respelled: Vec<String> = tokens
-                .iter()
-                .map(|t| if t.contains(' ') && t.chars().all(py_space) { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
-                .collect();
-            let pairs = match merges {
-                Some(merges) => merges.iter().map(|s| Json::from(s.split(' ').collect::<Vec<_>>())).collect(),
-                None => {
-                    let ranks: Vec<f32> = (0..n).map(|i| -(i as f32)).collect();
-                    merges_from_scores(&respelled, &ranks)
-                }
-            };
-            let unk = ids[2].1.map(|i| Json::from(respelled[i].clone())).unwrap_or(Json::Null);
-            let model_json = json!({"type": "BPE", "dropout": null, "unk_token": unk,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                "byte_fallback": true, "ignore_merges": false, "vocab": vocab_json(&respelled), "merges": pairs});
-            normalizer = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
-            let pre_tokenizer = json!({"type": "Split", "pattern": {"String": " "},
-                "behavior": "MergedWithPrevious", "invert": false});
-            let decoder = json!({"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"},
-            ]});
-            (respelled, model_json, pre_tokenizer, decoder, false)
-        }
-        "llama" => {
-            let pairs = match merges {
-                Some(merges) => merges.iter().map(|s| Json::from(s.split(' ').collect::<Vec<_>>())).collect(),
-                None => {
-                    let scores = m.array("tokenizer.ggml.scores")?.ok_or_else(|| {
-                        m.err("tokenizer.ggml.scores", "is missing; a llama tokenizer needs merges or scores")
-                    })?;
-                    let scores: Vec<f32> = scores.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect();
-                    if scores.len() != n {
-                        return Err(m.err("tokenizer.ggml.scores", format!("has {} entries for {n} tokens", scores.len())));
-                    }
-                    merges_from_scores(&tokens, &scores)
-                }
-            };
-            let model_json = json!({"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                "byte_fallback": true, "ignore_merges": false, "vocab": vocab_json(&tokens), "merges": pairs});
-            let pre_tokenizer =
-                json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
-            let decoder = json!({"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-            ]});
-            (tokens.clone(), model_json, pre_tokenizer, decoder, false)
-        }
+    let parts = match model.as_str() {
+        "gpt2" => gpt2_parts(&m, &tokens, merges)?,
+        "llama" if gemma => gemma_parts(&tokens, merges, ids[2].1),
+        "llama" => llama_parts(&m, &tokens, merges)?,
         other => {
             return Err(m.err(
                 "tokenizer.ggml.model",
@@ -252,36 +167,183 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
             ))
         }
     };
+    let added = added_tokens(&tokens, &types, &parts, &special_ids);
+    let bos = ids[0].1.filter(|_| add_bos);
+    let eos = ids[1].1.filter(|_| add_eos);
+    let json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": parts.normalizer,
+        "pre_tokenizer": parts.pre_tokenizer,
+        "post_processor": post_processor(&parts.vocab_tokens, bos, eos),
+        "decoder": parts.decoder,
+        "model": parts.model,
+    });
+    Ok(Some(GgufTokenizer { json, chat_template, special }))
+}
 
-    // Control tokens are special; in a byte-level vocabulary one spelled outside the alphabet is
-    // a converter's mislabel and is left out (transformers does the same). The bos/eos/unk/pad
-    // tokens are special whatever their type; user-defined tokens are matched whole, not special.
+/// Each token's type (`tokenizer.ggml.token_type`; normal where the file has none).
+fn token_types(m: &Meta, n: usize) -> Result<Vec<i32>, ModelError> {
+    let Some(items) = m.array("tokenizer.ggml.token_type")? else { return Ok(vec![1; n]) };
+    let types: Vec<i32> =
+        items.iter().map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).unwrap_or(1)).collect();
+    if types.len() != n {
+        return Err(m.err("tokenizer.ggml.token_type", format!("has {} entries for {n} tokens", types.len())));
+    }
+    Ok(types)
+}
+
+/// The parts of a tokenizer.json that differ between the kinds of tokenizer.
+struct Parts {
+    /// The tokens as the vocabulary spells them (respelled where the kind needs it).
+    vocab_tokens: Vec<String>,
+    model: Json,
+    normalizer: Json,
+    pre_tokenizer: Json,
+    decoder: Json,
+    /// Byte-level BPE: tokens are spelled in GPT-2's byte alphabet.
+    byte_level: bool,
+}
+
+/// The file's merges as tokenizer.json pairs.
+fn merge_pairs(merges: &[String]) -> Vec<Json> {
+    merges.iter().map(|s| Json::from(s.split(' ').collect::<Vec<_>>())).collect()
+}
+
+/// `gpt2`: byte-level BPE with the file's merges and its family's split.
+fn gpt2_parts(m: &Meta, tokens: &[String], merges: Option<Vec<String>>) -> Result<Parts, ModelError> {
+    let alphabet = bytes_to_unicode();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|t| if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| alphabet[b as usize]).collect() })
+        .collect();
+    let merges = merges.ok_or_else(|| {
+        m.err("tokenizer.ggml.merges", "is missing; a gpt2 (byte-level BPE) tokenizer needs its merges")
+    })?;
+    let pre = m.string("tokenizer.ggml.pre")?.unwrap_or_default();
+    let pre_tokenizer = match split_regex(&pre) {
+        Some(regex) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        ]}),
+        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+    };
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+        "byte_fallback": false, "ignore_merges": false, "vocab": vocab_json(&spelled), "merges": merge_pairs(&merges)});
+    let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    Ok(Parts { vocab_tokens: spelled, model, normalizer: Json::Null, pre_tokenizer, decoder, byte_level: true })
+}
+
+/// `llama` in a Gemma file: transformers' GemmaTokenizer (see the module's notes).
+fn gemma_parts(tokens: &[String], merges: Option<Vec<String>>, unk: Option<usize>) -> Parts {
+    let respelled: Vec<String> =
+        tokens
+            .iter()
+            .map(|t| {
+                if t.contains(' ') && t.chars().all(py_space) {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+    let pairs = match merges {
+        Some(merges) => merge_pairs(&merges),
+        None => {
+            let ranks: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+            merges_from_scores(&respelled, &ranks)
+        }
+    };
+    let unk = unk.map(|i| Json::from(respelled[i].clone())).unwrap_or(Json::Null);
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": unk,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+        "byte_fallback": true, "ignore_merges": false, "vocab": vocab_json(&respelled), "merges": pairs});
+    let normalizer = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let pre_tokenizer = json!({"type": "Split", "pattern": {"String": " "},
+        "behavior": "MergedWithPrevious", "invert": false});
+    let decoder = json!({"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+    ]});
+    Parts { vocab_tokens: respelled, model, normalizer, pre_tokenizer, decoder, byte_level: false }
+}
+
+/// `llama`: SentencePiece BPE, merges from the file or recovered from the scores.
+fn llama_parts(m: &Meta, tokens: &[String], merges: Option<Vec<String>>) -> Result<Parts, ModelError> {
+    let n = tokens.len();
+    let pairs = match merges {
+        Some(merges) => merge_pairs(&merges),
+        None => {
+            let scores = m.array("tokenizer.ggml.scores")?.ok_or_else(|| {
+                m.err("tokenizer.ggml.scores", "is missing; a llama tokenizer needs merges or scores")
+            })?;
+            let scores: Vec<f32> = scores.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect();
+            if scores.len() != n {
+                return Err(m.err("tokenizer.ggml.scores", format!("has {} entries for {n} tokens", scores.len())));
+            }
+            merges_from_scores(tokens, &scores)
+        }
+    };
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+        "byte_fallback": true, "ignore_merges": false, "vocab": vocab_json(tokens), "merges": pairs});
+    let pre_tokenizer =
+        json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
+    let decoder = json!({"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+    ]});
+    Ok(Parts {
+        vocab_tokens: tokens.to_vec(),
+        model,
+        normalizer: Json::Null,
+        pre_tokenizer,
+        decoder,
+        byte_level: false,
+    })
+}
+
+/// The added tokens. Control tokens are special; in a byte-level vocabulary one spelled outside
+/// the alphabet is a converter's mislabel and is left out (transformers does the same). The
+/// bos/eos/unk/pad tokens are special whatever their type; user-defined tokens are matched
+/// whole, not special.
+fn added_tokens(tokens: &[String], types: &[i32], parts: &Parts, special_ids: &[usize]) -> Vec<Json> {
     let alphabet = bytes_to_unicode();
     let mut added = Vec::new();
-    for (id, (token, &kind)) in tokens.iter().zip(&types).enumerate() {
-        let spelled_ok = !byte_level || token.chars().all(|c| alphabet.contains(&c));
+    for (id, (token, &kind)) in tokens.iter().zip(types).enumerate() {
+        let spelled_ok = !parts.byte_level || token.chars().all(|c| alphabet.contains(&c));
         let is_special = (kind == 3 && spelled_ok) || special_ids.contains(&id);
         // transformers adds a user-defined token only under its file spelling, which a respelled
         // Gemma token of spaces no longer has.
-        let user_defined = kind == 4 && vocab_tokens[id] == *token;
+        let user_defined = kind == 4 && parts.vocab_tokens[id] == *token;
         if is_special || user_defined {
-            added.push(json!({"id": id, "content": vocab_tokens[id], "single_word": false, "lstrip": false,
+            added.push(json!({"id": id, "content": parts.vocab_tokens[id], "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": is_special}));
         }
     }
+    added
+}
+
+/// The template that adds the bos and eos tokens (`bos`, `eos`: their ids where the file asks
+/// for them) around one sequence or a pair.
+fn post_processor(vocab_tokens: &[String], bos: Option<usize>, eos: Option<usize>) -> Json {
     let template_piece = |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
-    let bos = ids[0].1.filter(|_| add_bos).map(|i| vocab_tokens[i].clone());
-    let eos = ids[1].1.filter(|_| add_eos).map(|i| vocab_tokens[i].clone());
+    let bos_text = bos.map(|i| vocab_tokens[i].clone());
+    let eos_text = eos.map(|i| vocab_tokens[i].clone());
     let mut single = Vec::new();
     let mut pair = Vec::new();
-    let mut specials = serde_json::Map::new();
     for (type_id, seq) in [(0u32, "A"), (1, "B")] {
         let mut part = Vec::new();
-        if let Some(b) = &bos {
+        if let Some(b) = &bos_text {
             part.push(template_piece(b, type_id));
         }
         part.push(json!({"Sequence": {"id": seq, "type_id": type_id}}));
-        if let Some(e) = &eos {
+        if let Some(e) = &eos_text {
             part.push(template_piece(e, type_id));
         }
         if type_id == 0 {
@@ -289,23 +351,13 @@ pub fn from_metadata(md: &HashMap<String, Value>, file: &Path) -> Result<Option<
         }
         pair.extend(part);
     }
-    for (token, id) in [(bos, ids[0].1), (eos, ids[1].1)] {
+    let mut specials = serde_json::Map::new();
+    for (token, id) in [(bos_text, bos), (eos_text, eos)] {
         if let (Some(t), Some(i)) = (token, id) {
             specials.insert(t.clone(), json!({"id": t, "ids": [i], "tokens": [t]}));
         }
     }
-    let json = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials},
-        "decoder": decoder,
-        "model": model_json,
-    });
-    Ok(Some(GgufTokenizer { json, chat_template, special }))
+    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
 }
 
 /// Python's `str.isspace` for one character: Unicode white space and the four separators

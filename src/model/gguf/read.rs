@@ -1,37 +1,26 @@
-//! GGUF files of the supported families, for quantized inference, and writing them.
-//!
-//! Layout and names follow llama.cpp (what its `convert_hf_to_gguf.py` writes): `token_embd`,
-//! `blk.N.attn_q`, …, `output`; metadata under the architecture's prefix (`llama.block_count`,
-//! …). Llama-family files (Mistral included, which llama.cpp files as `llama`) store q/k rows
-//! permuted for rotary embedding over adjacent pairs, so they run with interleaved rope; Qwen2
-//! and Qwen3 files keep Hugging Face's halves layout. On the CPU, projections in the block types
-//! real files carry run through selfspec's own kernels ([`super::kernels::qpacked`]); other types, and
-//! every type on a GPU, through candle's `QMatMul`. Norms and embeddings are dequantized to f32.
-//!
-//! The tokenizer is the one the file's metadata describes ([`super::text::gguf_tokenizer`]); a file
-//! without one (`selfspec quantize` writes none) takes the tokenizer.json beside it.
+//! Reading GGUF files: the decoder a file describes, its weights by llama.cpp's names, and
+//! its tokenizer.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Activation, Alibi, DecoderSpec, GemmaParts, GptFamily, GptParts, Parallel, QkvLayout};
-use super::config::{Rope, RopeScaling};
-use super::error::ModelError;
-use super::loaded::Model;
-use super::network::decoder::{Decoder, Names, Source};
-use super::network::linear::Linear;
-use super::network::weights::Weights;
-use super::text::tokenizer::Tokenizer;
+use crate::model::config::{Activation, Alibi, DecoderSpec, GemmaParts, GptFamily, GptParts, Parallel, QkvLayout};
+use crate::model::config::{Rope, RopeScaling};
+use crate::model::error::ModelError;
+use crate::model::loaded::Model;
+use crate::model::network::decoder::{Decoder, Names, Source};
+use crate::model::network::linear::Linear;
+use crate::model::text::tokenizer::Tokenizer;
 
 /// The Hugging Face name of a tensor in llama.cpp's naming. Gemma's `post_attention_layernorm`
 /// is its attention's output norm, not the pre-MLP norm it is in Llama.
-fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
+pub(super) fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("transformer.wte.weight", "token_embd.weight"),
@@ -151,7 +140,7 @@ impl GgufSource {
         let name = gguf_name(hf, self.gemma).ok_or_else(|| self.err(format!("no GGUF name for tensor {hf}")))?;
         let Some(info) = self.content.tensor_infos.get(&name) else {
             return Err(ModelError::MissingTensor {
-                files: super::network::weights::file_name(&self.path),
+                files: crate::model::network::weights::file_name(&self.path),
                 tensor: name,
             });
         };
@@ -177,7 +166,7 @@ impl GgufSource {
             return Ok(Linear::dense(q.dequantize(&self.device)?, bias)?);
         }
         if self.device.is_cpu() {
-            if let Some(packed) = super::kernels::qpacked::QPacked::new(&q)? {
+            if let Some(packed) = crate::model::kernels::qpacked::QPacked::new(&q)? {
                 return Ok(Linear::qpacked(packed, bias));
             }
         }
@@ -279,7 +268,7 @@ fn token_id(content: &gguf_file::Content, key: &str) -> Option<u32> {
 }
 
 fn tokenizer_of(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, ModelError> {
-    if let Some(t) = super::text::gguf_tokenizer::from_metadata(&content.metadata, path)? {
+    if let Some(t) = crate::model::text::gguf_tokenizer::from_metadata(&content.metadata, path)? {
         return Tokenizer::from_gguf(t, path);
     }
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -300,117 +289,8 @@ pub const ARCHITECTURES: [&str; 7] = ["llama", "mistral", "qwen2", "qwen3", "gem
 /// Opens a .gguf file for inference (f32 activations).
 pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelError> {
     let (mut reader, content) = open(path)?;
-    let arch = meta(&content, path, "general.architecture")?
-        .to_string()
-        .map_err(|_| ModelError::Config {
-            file: path.to_path_buf(),
-            key: "general.architecture".into(),
-            message: "must be a string".into(),
-        })?
-        .clone();
-    let (interleaved, qkv_bias, qk_norm) = match arch.as_str() {
-        "llama" | "mistral" => (true, false, false),
-        "qwen2" => (false, true, false),
-        "qwen3" | "gemma3" => (false, false, true),
-        "mpt" | "falcon" => (false, false, false),
-        other => {
-            return Err(ModelError::Config {
-                file: path.to_path_buf(),
-                key: "general.architecture".into(),
-                message: format!(
-                    "\"{other}\" is not supported; selfspec reads {} GGUF files",
-                    ARCHITECTURES.join(", ")
-                ),
-            })
-        }
-    };
-    let gemma = arch == "gemma3";
-    let key = |k: &str| format!("{arch}.{k}");
-    let hidden = meta_u(&content, path, &key("embedding_length"))?;
-    let heads = meta_u(&content, path, &key("attention.head_count"))?;
-    let kv_heads = match content.metadata.get(&key("attention.head_count_kv")) {
-        Some(_) => meta_u(&content, path, &key("attention.head_count_kv"))?,
-        None => heads,
-    };
-    let head_dim = match content.metadata.get(&key("attention.key_length")) {
-        Some(_) => meta_u(&content, path, &key("attention.key_length"))?,
-        None => hidden / heads.max(1),
-    };
-    let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
-        files: super::network::weights::file_name(path),
-        tensor: "token_embd.weight".into(),
-    })?;
-    let vocab = embd.shape.dims()[0];
-    let num_layers = meta_u(&content, path, &key("block_count"))?;
-    let rope_freq_factors = match content.tensor_infos.get("rope_freqs.weight") {
-        None => None,
-        Some(_) => {
-            let q = content.tensor(&mut reader, "rope_freqs.weight", &Device::Cpu)?;
-            Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        }
-    };
-    let scaling = match content.metadata.get(&key("rope.scaling.type")) {
-        None => RopeScaling::None,
-        Some(v) => match v.to_string().map(String::as_str) {
-            Ok("none") => RopeScaling::None,
-            Ok("linear") => RopeScaling::Linear { factor: meta_f(&content, path, &key("rope.scaling.factor"), 1.0)? },
-            other => {
-                return Err(ModelError::Config {
-                    file: path.to_path_buf(),
-                    key: key("rope.scaling.type"),
-                    message: format!(
-                        "{other:?} is not supported; selfspec reads none and linear (and Llama 3's rope_freqs tensor)"
-                    ),
-                })
-            }
-        },
-    };
-    let sliding_window = match content.metadata.get(&key("attention.sliding_window")) {
-        Some(_) => Some(meta_u(&content, path, &key("attention.sliding_window"))?),
-        None => None,
-    };
-    let gemma_parts =
-        if gemma { Some(gemma_parts(&content, path, &arch, hidden, heads, head_dim, num_layers)?) } else { None };
-    let sliding_layers = match &gemma_parts {
-        Some((_, layers)) => layers.clone(),
-        None => vec![sliding_window.is_some(); num_layers],
-    };
-    let spec = DecoderSpec {
-        architecture: match arch.as_str() {
-            "qwen2" => "qwen2",
-            "qwen3" => "qwen3",
-            "gemma3" => "gemma3",
-            _ => "llama",
-        },
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: meta_u(&content, path, &key("feed_forward_length"))?,
-        num_layers,
-        num_heads: heads,
-        num_kv_heads: kv_heads,
-        head_dim,
-        rms_norm_eps: meta_f(&content, path, &key("attention.layer_norm_rms_epsilon"), 1e-6)?,
-        rope: Rope { theta: meta_f(&content, path, &key("rope.freq_base"), 10_000.0)?, scaling },
-        max_position_embeddings: meta_u(&content, path, &key("context_length")).unwrap_or(4096),
-        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        qkv_bias,
-        o_bias: false,
-        mlp_bias: false,
-        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-        qk_norm,
-        sliding_window,
-        sliding_layers,
-        rope_interleaved: interleaved,
-        rope_freq_factors,
-        eos_token_ids: eos_ids(&content),
-        bos_token_id: token_id(&content, "tokenizer.ggml.bos_token_id"),
-        gemma: gemma_parts.map(|(g, _)| g),
-        gpt: None,
-    };
-    let spec = match arch.as_str() {
-        "mpt" | "falcon" => gpt_spec(spec, &content, path, &arch)?,
-        _ => spec,
-    };
+    let arch = architecture(&content, path)?;
+    let spec = spec_of(&content, &mut reader, path, &arch)?;
     let falcon_qkv = (arch == "falcon").then_some((spec.num_heads, spec.num_kv_heads, spec.head_dim));
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let tokenizer = tokenizer_of(&content, path)?;
@@ -421,11 +301,140 @@ pub fn load(path: &Path, device: &Device, mode: Mode) -> Result<Model, ModelErro
         file: Mutex::new(reader),
         device: device.clone(),
         dequantize: mode == Mode::Dequantized,
-        gemma,
+        gemma: arch == "gemma3",
         falcon_qkv,
     };
     let decoder = Decoder::load(spec, &source)?;
     Ok(Model { dir, decoder, tokenizer, eos_token_ids })
+}
+
+/// The file's `general.architecture`, one of [`ARCHITECTURES`].
+fn architecture(content: &gguf_file::Content, path: &Path) -> Result<String, ModelError> {
+    let arch = meta(content, path, "general.architecture")?.to_string().map_err(|_| ModelError::Config {
+        file: path.to_path_buf(),
+        key: "general.architecture".into(),
+        message: "must be a string".into(),
+    })?;
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(ModelError::Config {
+            file: path.to_path_buf(),
+            key: "general.architecture".into(),
+            message: format!("\"{arch}\" is not supported; selfspec reads {} GGUF files", ARCHITECTURES.join(", ")),
+        });
+    }
+    Ok(arch.clone())
+}
+
+/// The decoder a file of architecture `arch` describes, from its metadata and tensor shapes.
+fn spec_of(
+    content: &gguf_file::Content,
+    reader: &mut BufReader<File>,
+    path: &Path,
+    arch: &str,
+) -> Result<DecoderSpec, ModelError> {
+    // Llama-family files store q/k permuted for interleaved rope; Qwen2 has q/k/v biases;
+    // Qwen3 and Gemma 3 normalize queries and keys.
+    let (interleaved, qkv_bias, qk_norm) = match arch {
+        "llama" | "mistral" => (true, false, false),
+        "qwen2" => (false, true, false),
+        "qwen3" | "gemma3" => (false, false, true),
+        _ => (false, false, false),
+    };
+    let gemma = arch == "gemma3";
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = meta_u(content, path, &key("embedding_length"))?;
+    let heads = meta_u(content, path, &key("attention.head_count"))?;
+    let kv_heads = match content.metadata.get(&key("attention.head_count_kv")) {
+        Some(_) => meta_u(content, path, &key("attention.head_count_kv"))?,
+        None => heads,
+    };
+    let head_dim = match content.metadata.get(&key("attention.key_length")) {
+        Some(_) => meta_u(content, path, &key("attention.key_length"))?,
+        None => hidden / heads.max(1),
+    };
+    let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
+        files: crate::model::network::weights::file_name(path),
+        tensor: "token_embd.weight".into(),
+    })?;
+    let vocab = embd.shape.dims()[0];
+    let num_layers = meta_u(content, path, &key("block_count"))?;
+    let rope_freq_factors = match content.tensor_infos.get("rope_freqs.weight") {
+        None => None,
+        Some(_) => {
+            let q = content.tensor(reader, "rope_freqs.weight", &Device::Cpu)?;
+            Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        }
+    };
+    let sliding_window = match content.metadata.get(&key("attention.sliding_window")) {
+        Some(_) => Some(meta_u(content, path, &key("attention.sliding_window"))?),
+        None => None,
+    };
+    let gemma_parts =
+        if gemma { Some(gemma_parts(content, path, arch, hidden, heads, head_dim, num_layers)?) } else { None };
+    let sliding_layers = match &gemma_parts {
+        Some((_, layers)) => layers.clone(),
+        None => vec![sliding_window.is_some(); num_layers],
+    };
+    let spec = DecoderSpec {
+        architecture: match arch {
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            "gemma3" => "gemma3",
+            _ => "llama",
+        },
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: meta_u(content, path, &key("feed_forward_length"))?,
+        num_layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        rms_norm_eps: meta_f(content, path, &key("attention.layer_norm_rms_epsilon"), 1e-6)?,
+        rope: Rope {
+            theta: meta_f(content, path, &key("rope.freq_base"), 10_000.0)?,
+            scaling: rope_scaling(content, path, arch)?,
+        },
+        max_position_embeddings: meta_u(content, path, &key("context_length")).unwrap_or(4096),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        qkv_bias,
+        o_bias: false,
+        mlp_bias: false,
+        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        qk_norm,
+        sliding_window,
+        sliding_layers,
+        rope_interleaved: interleaved,
+        rope_freq_factors,
+        eos_token_ids: eos_ids(content),
+        bos_token_id: token_id(content, "tokenizer.ggml.bos_token_id"),
+        gemma: gemma_parts.map(|(g, _)| g),
+        gpt: None,
+    };
+    match arch {
+        "mpt" | "falcon" => gpt_spec(spec, content, path, arch),
+        _ => Ok(spec),
+    }
+}
+
+/// `rope.scaling.type`: none or linear (Llama 3's scaling comes as the `rope_freqs` tensor).
+fn rope_scaling(content: &gguf_file::Content, path: &Path, arch: &str) -> Result<RopeScaling, ModelError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    match content.metadata.get(&key("rope.scaling.type")) {
+        None => Ok(RopeScaling::None),
+        Some(v) => match v.to_string().map(String::as_str) {
+            Ok("none") => Ok(RopeScaling::None),
+            Ok("linear") => {
+                Ok(RopeScaling::Linear { factor: meta_f(content, path, &key("rope.scaling.factor"), 1.0)? })
+            }
+            other => Err(ModelError::Config {
+                file: path.to_path_buf(),
+                key: key("rope.scaling.type"),
+                message: format!(
+                    "{other:?} is not supported; selfspec reads none and linear (and Llama 3's rope_freqs tensor)"
+                ),
+            }),
+        },
+    }
 }
 
 /// MPT's and Falcon's parts as llama.cpp reads them: LayerNorms (with a bias where the file has
@@ -533,7 +542,7 @@ fn gemma_parts(
 
 /// MPT's and Falcon's tensors by their Hugging Face names, with shapes, in file order (the LM
 /// head, when untied, is added after).
-fn gpt_tensor_names(s: &DecoderSpec) -> Vec<(String, Vec<usize>)> {
+pub(super) fn gpt_tensor_names(s: &DecoderSpec) -> Vec<(String, Vec<usize>)> {
     let n = Names::of(s);
     let Some(g) = &s.gpt else { return Vec::new() };
     let (h, f, hd) = (s.hidden_size, s.intermediate_size, s.head_dim);
@@ -560,278 +569,6 @@ fn gpt_tensor_names(s: &DecoderSpec) -> Vec<(String, Vec<usize>)> {
     }
     norm(&mut names, n.final_norm.to_string());
     names
-}
-
-/// The quantized types `selfspec quantize` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuantType {
-    Q4_0,
-    Q4k,
-    Q8_0,
-}
-
-impl QuantType {
-    pub fn ggml(self) -> GgmlDType {
-        FileType::from(self).ggml()
-    }
-}
-
-impl From<QuantType> for FileType {
-    fn from(q: QuantType) -> FileType {
-        match q {
-            QuantType::Q4_0 => FileType::Q4_0,
-            QuantType::Q4k => FileType::Q4k,
-            QuantType::Q8_0 => FileType::Q8_0,
-        }
-    }
-}
-
-/// The types `selfspec quantize` writes a model's matrices in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
-    F32,
-    F16,
-    Q8_0,
-    Q4k,
-    Q4_0,
-}
-
-impl FileType {
-    pub fn ggml(self) -> GgmlDType {
-        match self {
-            FileType::F32 => GgmlDType::F32,
-            FileType::F16 => GgmlDType::F16,
-            FileType::Q8_0 => GgmlDType::Q8_0,
-            FileType::Q4k => GgmlDType::Q4K,
-            FileType::Q4_0 => GgmlDType::Q4_0,
-        }
-    }
-
-    /// llama.cpp's `general.file_type` (its `llama_ftype`).
-    fn llama_cpp_id(self) -> u32 {
-        match self {
-            FileType::F32 => 0,
-            FileType::F16 => 1,
-            FileType::Q4_0 => 2,
-            FileType::Q8_0 => 7,
-            FileType::Q4k => 15,
-        }
-    }
-}
-
-/// llama.cpp's permutation of q/k rows for rotary embedding over adjacent pairs.
-fn permute_for_pairs(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let dims = w.dims().to_vec();
-    let rows = dims[0];
-    let mut shape = vec![heads, 2, rows / heads / 2];
-    shape.extend_from_slice(&dims[1..]);
-    w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
-}
-
-/// Writes the Hugging Face model in `dir` as a GGUF file of type `qtype` (projections and
-/// embeddings quantized where their rows fit the type's blocks, everything else f32), and puts
-/// its tokenizer.json beside the output unless one is there. Returns notes for the user.
-///
-/// Rope scaling goes where llama.cpp puts it: Llama 3's as the `rope_freqs` tensor (each
-/// frequency's divisor), linear as `rope.scaling.type`/`rope.scaling.factor`. A sliding window
-/// over every layer is written as `attention.sliding_window` (llama.cpp's key; its `llama`
-/// architecture ignores it, selfspec applies it).
-pub fn quantize(dir: &Path, out: &Path, qtype: FileType) -> anyhow::Result<Vec<String>> {
-    let spec = super::arch::read_spec(&dir.join("config.json"))?;
-    let gemma = spec.gemma.clone();
-    if gemma.is_none() && spec.sliding_window.is_some() && !spec.sliding_layers.iter().all(|&s| s) {
-        anyhow::bail!(
-            "{}: a sliding window on some layers only (max_window_layers) has no GGUF key; only a window over every layer is carried",
-            dir.display()
-        );
-    }
-    if let Some(g) = &spec.gpt {
-        let why = match (g.alibi, g.parallel, g.family) {
-            (Some(_), _, GptFamily::Falcon) => Some("Falcon with ALiBi (Falcon-RW)"),
-            (_, Parallel::No, GptFamily::Falcon) => Some("Falcon with sequential blocks (parallel_attn false)"),
-            (_, _, GptFamily::Mpt) if (g.attention_scale - (spec.head_dim as f64).powf(-0.5)).abs() > 1e-12 => {
-                Some("MPT with its own softmax_scale")
-            }
-            _ => None,
-        };
-        if let Some(why) = why {
-            anyhow::bail!("{}: {why} has no form llama.cpp reads, so no GGUF file is written", dir.display());
-        }
-    }
-    let weights = Weights::open(dir, DType::F32, &Device::Cpu)?;
-    let arch = spec.architecture;
-    let llama = arch == "llama" || arch == "mistral";
-    let gguf_arch = if llama { "llama" } else { arch };
-    let mut notes = Vec::new();
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let s = &spec;
-    let mut names: Vec<(String, Vec<usize>)> = match &s.gpt {
-        Some(_) => gpt_tensor_names(s),
-        None => vec![("model.embed_tokens.weight".into(), vec![s.vocab_size, s.hidden_size])],
-    };
-    for i in (0..s.num_layers).filter(|_| s.gpt.is_none()) {
-        let p = format!("model.layers.{i}");
-        let (q, kv, h, f) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.hidden_size, s.intermediate_size);
-        names.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        for (n, o, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
-            names.push((format!("{p}.self_attn.{n}.weight"), vec![o, inp]));
-            if s.qkv_bias && n != "o_proj" || s.o_bias && n == "o_proj" {
-                names.push((format!("{p}.self_attn.{n}.bias"), vec![o]));
-            }
-        }
-        if s.qk_norm {
-            names.push((format!("{p}.self_attn.q_norm.weight"), vec![s.head_dim]));
-            names.push((format!("{p}.self_attn.k_norm.weight"), vec![s.head_dim]));
-        }
-        names.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        if gemma.is_some() {
-            names.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
-            names.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
-        }
-        for (n, o, inp) in [("gate_proj", f, h), ("up_proj", f, h), ("down_proj", h, f)] {
-            names.push((format!("{p}.mlp.{n}.weight"), vec![o, inp]));
-        }
-    }
-    if s.gpt.is_none() {
-        names.push(("model.norm.weight".into(), vec![s.hidden_size]));
-    }
-    if !s.tie_word_embeddings {
-        names.push(("lm_head.weight".into(), vec![s.vocab_size, s.hidden_size]));
-    }
-    let block = qtype.ggml().block_size();
-    let mut kept_f32 = 0;
-    for (hf, shape) in &names {
-        let mut t = weights.get(hf, shape, "config.json")?;
-        if llama && (hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias")) {
-            t = permute_for_pairs(&t, s.num_heads)?;
-        } else if llama && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias")) {
-            t = permute_for_pairs(&t, s.num_kv_heads)?;
-        }
-        if s.gpt.is_some() && hf.contains("query_key_value.") {
-            // Back to llama.cpp's order: all queries, all keys, all values.
-            let grouped = falcon_grouped_rows(s.num_heads, s.num_kv_heads, s.head_dim);
-            let mut contiguous = vec![0u32; grouped.len()];
-            for (i, &r) in grouped.iter().enumerate() {
-                contiguous[r] = i as u32;
-            }
-            t = t.index_select(&Tensor::new(contiguous, &Device::Cpu)?, 0)?;
-        }
-        if gemma.is_some() && hf.ends_with("norm.weight") {
-            // llama.cpp's convention: Gemma's norms stored with their 1 added.
-            t = t.affine(1.0, 1.0)?;
-        }
-        let name = gguf_name(hf, gemma.is_some()).ok_or_else(|| anyhow::anyhow!("no GGUF name for {hf}"))?;
-        let q = if shape.len() == 2 && shape[1] % block == 0 {
-            QTensor::quantize(&t, qtype.ggml())?
-        } else {
-            if shape.len() == 2 {
-                kept_f32 += 1;
-            }
-            QTensor::quantize(&t, GgmlDType::F32)?
-        };
-        tensors.push((name, q));
-    }
-    if let RopeScaling::Llama3 { .. } = s.rope.scaling {
-        let plain =
-            super::network::decoder::inv_freq(&Rope { theta: s.rope.theta, scaling: RopeScaling::None }, s.head_dim);
-        let scaled = super::network::decoder::inv_freq(&s.rope, s.head_dim);
-        let divisors: Vec<f32> = plain.iter().zip(&scaled).map(|(p, q)| p / q).collect();
-        let n = divisors.len();
-        tensors.push((
-            "rope_freqs.weight".into(),
-            QTensor::quantize(&Tensor::from_vec(divisors, n, &Device::Cpu)?, GgmlDType::F32)?,
-        ));
-    }
-    if kept_f32 > 0 {
-        notes.push(format!("{kept_f32} matrices have rows not a multiple of {block} and stay f32"));
-    }
-    let u32v = |n: usize| Value::U32(n as u32);
-    let mut metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(gguf_arch.into())),
-        (
-            "general.name".into(),
-            Value::String(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
-        ),
-        ("general.file_type".into(), Value::U32(qtype.llama_cpp_id())),
-        (format!("{gguf_arch}.context_length"), u32v(s.max_position_embeddings)),
-        (format!("{gguf_arch}.embedding_length"), u32v(s.hidden_size)),
-        (format!("{gguf_arch}.feed_forward_length"), u32v(s.intermediate_size)),
-        (format!("{gguf_arch}.block_count"), u32v(s.num_layers)),
-        (format!("{gguf_arch}.attention.head_count"), u32v(s.num_heads)),
-        (format!("{gguf_arch}.attention.head_count_kv"), u32v(s.num_kv_heads)),
-        (format!("{gguf_arch}.attention.key_length"), u32v(s.head_dim)),
-        (format!("{gguf_arch}.attention.value_length"), u32v(s.head_dim)),
-        (
-            match s.gpt {
-                Some(_) => format!("{gguf_arch}.attention.layer_norm_epsilon"),
-                None => format!("{gguf_arch}.attention.layer_norm_rms_epsilon"),
-            },
-            Value::F32(s.rms_norm_eps as f32),
-        ),
-        (format!("{gguf_arch}.rope.freq_base"), Value::F32(s.rope.theta as f32)),
-        (format!("{gguf_arch}.rope.dimension_count"), u32v(s.head_dim)),
-        (format!("{gguf_arch}.vocab_size"), u32v(s.vocab_size)),
-    ];
-    if let RopeScaling::Linear { factor } = s.rope.scaling {
-        metadata.push((format!("{gguf_arch}.rope.scaling.type"), Value::String("linear".into())));
-        metadata.push((format!("{gguf_arch}.rope.scaling.factor"), Value::F32(factor as f32)));
-    }
-    if let Some(window) = s.sliding_window {
-        metadata.push((format!("{gguf_arch}.attention.sliding_window"), u32v(window)));
-    }
-    if let Some(g) = &s.gpt {
-        if let Some(Alibi::Mpt { max_bias }) = g.alibi {
-            metadata.push((format!("{gguf_arch}.attention.max_alibi_bias"), Value::F32(max_bias as f32)));
-        }
-        if let Some(clip) = g.clip_qkv {
-            metadata.push((format!("{gguf_arch}.attention.clamp_kqv"), Value::F32(clip as f32)));
-        }
-    }
-    if let Some(g) = &gemma {
-        // What llama.cpp assumes for Gemma 3 is left out; what differs goes under its keys for
-        // other architectures (`rope.freq_base_swa`, `attention.scale`), which selfspec reads.
-        let every_sixth: Vec<bool> = (0..s.num_layers).map(|i| (i + 1) % 6 != 0).collect();
-        if s.sliding_layers != every_sixth {
-            let flags = s.sliding_layers.iter().map(|&b| Value::Bool(b)).collect();
-            metadata.push((format!("{gguf_arch}.attention.sliding_window_pattern"), Value::Array(flags)));
-        }
-        if g.local_rope.scaling != RopeScaling::None {
-            anyhow::bail!("{}: rope scaling on Gemma's sliding layers has no GGUF key", dir.display());
-        }
-        if g.local_rope.theta != 10_000.0 {
-            metadata.push((format!("{gguf_arch}.rope.freq_base_swa"), Value::F32(g.local_rope.theta as f32)));
-        }
-        if (g.attention_scale - (s.head_dim as f64).powf(-0.5)).abs() > 1e-12 {
-            metadata.push((format!("{gguf_arch}.attention.scale"), Value::F32(g.attention_scale as f32)));
-        }
-        if let Some(cap) = g.final_logit_softcapping {
-            metadata.push((format!("{gguf_arch}.final_logit_softcapping"), Value::F32(cap as f32)));
-        }
-    }
-    if let Some(&eos) = s.eos_token_ids.first() {
-        metadata.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
-    }
-    if let Some(bos) = s.bos_token_id {
-        metadata.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
-    }
-    let tmp = out.with_extension("gguf.tmp");
-    {
-        let mut w =
-            BufWriter::new(File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?);
-        let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
-        use std::io::Write;
-        w.flush()?;
-        w.get_ref().sync_all()?;
-    }
-    std::fs::rename(&tmp, out)?;
-    let tokenizer_out = out.parent().map_or_else(|| PathBuf::from("tokenizer.json"), |p| p.join("tokenizer.json"));
-    if !tokenizer_out.exists() {
-        std::fs::copy(dir.join("tokenizer.json"), &tokenizer_out)?;
-        notes.push(format!("copied tokenizer.json to {}", tokenizer_out.display()));
-    }
-    Ok(notes)
 }
 
 #[cfg(test)]

@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
+use super::kv_cache::Cache;
 pub use super::kv_cache::KV_STEP;
-use super::kv_cache::{Cache, Kv};
 use super::linear::{Base, CpuWeight, Linear};
 pub use super::source::{Names, Source};
-use crate::model::config::{Activation, Alibi, DecoderSpec, Parallel, QkvLayout, Rope, RopeScaling};
-use crate::model::error::ModelError;
+use crate::model::config::{Activation, Alibi, DecoderSpec, Parallel, Rope, RopeScaling};
 use crate::model::kernels::{cpu_attention, flash, fused};
+
+mod attention;
+mod load;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -139,172 +141,7 @@ pub struct Decoder {
     device: Device,
 }
 
-/// Inverse frequencies as transformers computes them for each rope type (in f32).
-pub fn inv_freq(rope: &Rope, head_dim: usize) -> Vec<f32> {
-    let base: Vec<f32> =
-        (0..head_dim / 2).map(|i| 1.0 / (rope.theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
-    match rope.scaling {
-        RopeScaling::None => base,
-        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
-            let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, old as f32);
-            let low_wavelen = old / low;
-            let high_wavelen = old / high;
-            base.iter()
-                .map(|&f| {
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                    if medium {
-                        let smooth = (old / wavelen - low) / (high - low);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    } else {
-                        scaled
-                    }
-                })
-                .collect()
-        }
-    }
-}
-
-/// The RMSNorm `name`; with `plus_one` (a Gemma checkpoint) its scale is `1 + weight`.
-fn norm(w: &dyn Source, name: &str, size: usize, eps: f64, plus_one: bool) -> std::result::Result<RmsNorm, ModelError> {
-    let weight = w.tensor(name, &[size], "the config's hidden size")?;
-    let weight = if plus_one { weight.affine(1.0, 1.0)? } else { weight };
-    Ok(RmsNorm { weight, eps })
-}
-
-/// The block norm `prefix` (`prefix.weight`, and `prefix.bias` for a LayerNorm with bias).
-fn block_norm(w: &dyn Source, spec: &DecoderSpec, prefix: &str) -> std::result::Result<Norm, ModelError> {
-    let (h, eps) = (spec.hidden_size, spec.rms_norm_eps);
-    let Some(gpt) = &spec.gpt else {
-        let plus_one = spec.gemma.as_ref().is_some_and(|g| g.norm_plus_one);
-        return Ok(Norm::Rms(norm(w, &format!("{prefix}.weight"), h, eps, plus_one)?));
-    };
-    let weight = w.tensor(&format!("{prefix}.weight"), &[h], "the config's hidden size")?;
-    let bias = match gpt.norm_bias {
-        true => w.tensor(&format!("{prefix}.bias"), &[h], "the config's hidden size")?,
-        false => weight.zeros_like()?,
-    };
-    Ok(Norm::Layer { weight, bias, eps })
-}
-
 impl Decoder {
-    pub fn load(spec: DecoderSpec, w: &dyn Source) -> std::result::Result<Decoder, ModelError> {
-        let s = &spec;
-        let (h, hd) = (s.hidden_size, s.head_dim);
-        let attn = format!("hidden_size {h}, {} heads × head_dim {hd}", s.num_heads);
-        let kv = format!("hidden_size {h}, {} key/value heads × head_dim {hd}", s.num_kv_heads);
-        let mlp = format!("hidden_size {h}, intermediate_size {}", s.intermediate_size);
-        let plus_one = s.gemma.as_ref().is_some_and(|g| g.norm_plus_one);
-        let eps = s.rms_norm_eps;
-        let norm = |name: &str, size: usize| norm(w, name, size, eps, plus_one);
-        let gemma = s.gemma.is_some();
-        let n = Names::of(s);
-        let gpt_bias = s.gpt.as_ref().is_some_and(|g| g.bias);
-        let (o_bias, mlp_bias) = (s.o_bias || gpt_bias, s.mlp_bias || gpt_bias);
-        let mut layers = Vec::with_capacity(s.num_layers);
-        for i in 0..s.num_layers {
-            let p = format!("{}.{i}", n.layers);
-            let input_norm = block_norm(w, s, &format!("{p}.{}", n.input_norm))?;
-            let shared = s.gpt.as_ref().is_some_and(|g| g.parallel == Parallel::SharedNorm);
-            let mlp_norm = if shared { None } else { Some(block_norm(w, s, &format!("{p}.{}", n.mlp_norm))?) };
-            let (attn_out_norm, mlp_out_norm) = if gemma {
-                (
-                    Some(norm(&format!("{p}.post_attention_layernorm.weight"), h)?),
-                    Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), h)?),
-                )
-            } else {
-                (None, None)
-            };
-            let qkv = match s.gpt {
-                Some(_) => {
-                    let out = (s.num_heads + 2 * s.num_kv_heads) * hd;
-                    let why = format!("{attn}, {} key/value heads", s.num_kv_heads);
-                    Qkv::Fused(w.linear(&format!("{p}.{}", n.q), out, h, gpt_bias, &why)?)
-                }
-                None => Qkv::Split {
-                    q: w.linear(&format!("{p}.{}", n.q), s.num_heads * hd, h, s.qkv_bias, &attn)?,
-                    k: w.linear(&format!("{p}.{}", n.k), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                    v: w.linear(&format!("{p}.{}", n.v), s.num_kv_heads * hd, h, s.qkv_bias, &kv)?,
-                },
-            };
-            let gate = match s.gpt {
-                Some(_) => None,
-                None => Some(w.linear(&format!("{p}.{}", n.gate), s.intermediate_size, h, mlp_bias, &mlp)?),
-            };
-            layers.push(Layer {
-                input_norm,
-                qkv,
-                o: w.linear(&format!("{p}.{}", n.o), h, s.num_heads * hd, o_bias, &attn)?,
-                q_norm: match s.qk_norm {
-                    true => Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?),
-                    false => None,
-                },
-                k_norm: match s.qk_norm {
-                    true => Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?),
-                    false => None,
-                },
-                attn_out_norm,
-                mlp_norm,
-                mlp_out_norm,
-                gate,
-                up: w.linear(&format!("{p}.{}", n.up), s.intermediate_size, h, mlp_bias, &mlp)?,
-                down: w.linear(&format!("{p}.{}", n.down), h, s.intermediate_size, mlp_bias, &mlp)?,
-                sliding: s.sliding_window.is_some() && s.sliding_layers.get(i).copied().unwrap_or(false),
-            });
-        }
-        let vocab = format!("vocab_size {}, hidden_size {h}", s.vocab_size);
-        let table = || w.tensor(n.embed, &[s.vocab_size, h], &vocab);
-        // Tied embeddings: one matrix is the head and the table. A packed or GGML-block head on
-        // the CPU gives the embedding rows itself, so no f32 table is ever loaded for it.
-        // An untied checkpoint must carry lm_head.
-        let (embed, lm_head) = if s.tie_word_embeddings {
-            let head = w.tied_head(n.embed, s.vocab_size, h, &vocab)?;
-            let embed = match &head.base {
-                Base::Packed(p) => Embeddings::Head(p.clone() as Arc<dyn CpuWeight>),
-                Base::QPacked(q) => Embeddings::Head(q.clone() as Arc<dyn CpuWeight>),
-                Base::Dense(t) => Embeddings::Table(t.clone()),
-                _ => Embeddings::Table(table()?),
-            };
-            (embed, head)
-        } else {
-            (Embeddings::Table(table()?), w.linear("lm_head", s.vocab_size, h, false, &vocab)?)
-        };
-        let norm = block_norm(w, s, n.final_norm)?;
-        let freqs = |rope: &Rope| -> Result<Tensor> {
-            let mut freqs = inv_freq(rope, hd);
-            if let Some(factors) = &s.rope_freq_factors {
-                for (f, d) in freqs.iter_mut().zip(factors) {
-                    *f /= d;
-                }
-            }
-            Tensor::new(freqs, w.device())
-        };
-        let inv_freq = freqs(&s.rope)?;
-        let inv_freq_local = match &s.gemma {
-            Some(g) if g.local_rope != s.rope => Some(freqs(&g.local_rope)?),
-            _ => None,
-        };
-        let attention_scale = match (&s.gemma, &s.gpt) {
-            (Some(g), _) => g.attention_scale as f32,
-            (_, Some(g)) => g.attention_scale as f32,
-            _ => 1.0 / (hd as f32).sqrt(),
-        };
-        Ok(Decoder {
-            embed,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
-            inv_freq_local,
-            attention_scale,
-            dtype: w.dtype(),
-            device: w.device().clone(),
-            spec,
-        })
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -622,241 +459,6 @@ impl Decoder {
         Ok(total)
     }
 
-    /// The additive attention mask `[rows, 1, new, total]` (f32): padding, the future and, with
-    /// a window, keys `window` or more positions back are `-inf`. `None` when nothing is hidden.
-    /// A padding slot attends to itself only: a row of all `-inf` would make NaN, and NaN in a
-    /// padding slot's values poisons the real rows through `0 · NaN`.
-    fn mask(&self, cache: &Cache, new: usize, window: Option<usize>) -> Result<Option<Tensor>> {
-        let (start, total, rows) = (cache.len, cache.len + new, cache.rows());
-        let mut data = Vec::with_capacity(rows * new * total);
-        let mut any = false;
-        for &pad in &cache.pad {
-            for q in start..total {
-                for k in 0..total {
-                    let hidden = hides(q, k, pad, window);
-                    any |= hidden;
-                    data.push(if hidden { f32::NEG_INFINITY } else { 0.0 });
-                }
-            }
-        }
-        any.then(|| Tensor::from_vec(data, (rows, 1, new, total), &self.device)).transpose()
-    }
-
-    /// The causal mask with each head's ALiBi bias, `[rows, heads, new, total]` (f32): as
-    /// [`Decoder::mask`], with the bias of key position `k` seen from query position `q` where
-    /// the key is visible (MPT: `slope · (k − q)`; Falcon: `bf16(slope · k) / √head_dim`, as
-    /// transformers rounds it; each differs from the other form by a constant per query, which
-    /// softmax ignores).
-    fn alibi_mask(&self, cache: &Cache, new: usize, alibi: Alibi) -> Result<Tensor> {
-        let (start, total, rows, heads) = (cache.len, cache.len + new, cache.rows(), self.spec.num_heads);
-        let slopes = alibi_slopes(alibi, heads);
-        let scale = 1.0 / (self.spec.head_dim as f32).sqrt();
-        let mut data = Vec::with_capacity(rows * heads * new * total);
-        for &pad in &cache.pad {
-            for &slope in &slopes {
-                for q in start..total {
-                    for k in 0..total {
-                        data.push(match (!hides(q, k, pad, None), alibi) {
-                            (false, _) => f32::NEG_INFINITY,
-                            (true, _) if q < pad => 0.0,
-                            (true, Alibi::Mpt { .. }) => slope * (k as f32 - q as f32),
-                            (true, Alibi::Falcon) => bf16_round(bf16_round(slope) * (k - pad) as f32) * scale,
-                        });
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(data, (rows, heads, new, total), &self.device)
-    }
-
-    // One layer's attention as the forward reaches it: the layer, its input, the pass's rope
-    // and mask, the layer's cache slot, the first position. The caller keeps each in a
-    // different place, so a struct would be built per layer only to be taken apart again.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        rope: Rotary,
-        mask: Mask,
-        (cache, store): (&mut Option<Kv>, Option<DType>),
-        start: usize,
-        pass: Pass,
-    ) -> Result<Tensor> {
-        let s = &self.spec;
-        let (rows, new, _) = x.dims3()?;
-        let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
-        let (mut q, mut k, v) = self.split_qkv(layer, x)?;
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = qn.forward(&q, pass)?;
-            k = kn.forward(&k, pass)?;
-        }
-        if let Some(f) = rope.fused {
-            let Mask::Ranges(visible) = mask else {
-                candle_core::bail!("training's tiled attention without its ranges")
-            };
-            return self.flash_attention(layer, f, visible, (q, k, v), cache, start);
-        }
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let (cos, sin) = (rope.cos, rope.sin);
-        let alibi = s.gpt.as_ref().is_some_and(|g| g.alibi.is_some());
-        let (q, k) = match (pass, s.rope_interleaved) {
-            _ if alibi => (q, k),
-            (Pass::Inference, false) => {
-                (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
-            }
-            (Pass::Inference, true) => {
-                (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
-            }
-            (Pass::Training, false) => (rope_differentiable(&q, cos, sin)?, rope_differentiable(&k, cos, sin)?),
-            (Pass::Training, true) => {
-                (rope_interleaved_differentiable(&q, cos, sin)?, rope_interleaved_differentiable(&k, cos, sin)?)
-            }
-        };
-        let total = start + new;
-        let (k, v) = match store {
-            Some(store) if pass == Pass::Inference && store != k.dtype() => (k.to_dtype(store)?, v.to_dtype(store)?),
-            _ => (k, v),
-        };
-        let (k, v) = match (pass, cache.as_mut()) {
-            // Training: plain tensors so gradients flow (one forward, no reuse of the cache).
-            (Pass::Training, _) => {
-                let (k, v) = match cache.take() {
-                    Some(kv) => (
-                        Tensor::cat(&[&kv.k.narrow(2, 0, start)?, &k], 2)?,
-                        Tensor::cat(&[&kv.v.narrow(2, 0, start)?, &v], 2)?,
-                    ),
-                    None => (k, v),
-                };
-                *cache = Some(Kv { k: k.clone(), v: v.clone() });
-                (k, v)
-            }
-            (Pass::Inference, Some(kv)) => {
-                kv.append(&k, &v, start)?;
-                (kv.k.narrow(2, 0, total)?, kv.v.narrow(2, 0, total)?)
-            }
-            (Pass::Inference, None) => {
-                let kv = Kv::first(&k, &v)?;
-                let view = (kv.k.narrow(2, 0, total)?, kv.v.narrow(2, 0, total)?);
-                *cache = Some(kv);
-                view
-            }
-        };
-
-        let mask = match mask {
-            Mask::Ranges(visible) => {
-                // A prefill is bound by its products, not by reading the cache: a half cache is
-                // widened whole.
-                let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
-                return layer.o.forward(&flash::attend_cached(&q, &k, &v, self.attention_scale, visible)?);
-            }
-            Mask::Dense(mask) => mask,
-        };
-        let per_head_mask = mask.is_some_and(|m| m.dim(1).is_ok_and(|h| h > 1));
-        if pass == Pass::Inference && cpu_attention::usable(&q) && !per_head_mask {
-            return layer.o.forward(&cpu_attention::attend(&q, &k, &v, self.attention_scale, mask)?);
-        }
-        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
-        // Grouped-query attention without copying keys and values: the query heads that share a
-        // key/value head are stacked along the sequence axis.
-        let rep = nh / nkv;
-        let q = q.reshape((rows, nkv, rep * new, hd))?;
-        // One statement, so the unscaled product is freed before the mask's copy is made.
-        let mut scores = (q.matmul(&k.t()?)? * f64::from(self.attention_scale))?
-            .to_dtype(DType::F32)?
-            .reshape((rows, nkv, rep, new, total))?;
-        if let Some(mask) = mask {
-            let mask = match per_head_mask {
-                true => mask.reshape((rows, nkv, rep, new, total))?,
-                false => mask.unsqueeze(2)?,
-            };
-            scores = scores.broadcast_add(&mask)?;
-        }
-        let scores = scores.reshape((rows, nkv, rep * new, total))?;
-        let probs = match pass {
-            Pass::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Pass::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
-        };
-        let out = probs.to_dtype(self.dtype)?.matmul(&v)?;
-        let out = out.reshape((rows, nh, new, hd))?.transpose(1, 2)?.reshape((rows, new, nh * hd))?;
-        layer.o.forward(&out)
-    }
-
-    /// q `[rows, new, heads, hd]`, k and v `[rows, new, kv_heads, hd]` from `x`: three
-    /// projections, or one fused output cut by the family's layout (clamped first where the
-    /// config says so).
-    fn split_qkv(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let s = &self.spec;
-        let (rows, new, _) = x.dims3()?;
-        let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
-        let (fused, gpt) = match (&layer.qkv, &s.gpt) {
-            (Qkv::Split { q, k, v }, _) => {
-                return Ok((
-                    q.forward(x)?.reshape((rows, new, nh, hd))?,
-                    k.forward(x)?.reshape((rows, new, nkv, hd))?,
-                    v.forward(x)?.reshape((rows, new, nkv, hd))?,
-                ))
-            }
-            (Qkv::Fused(fused), Some(gpt)) => (fused, gpt),
-            (Qkv::Fused(_), None) => candle_core::bail!("a fused q/k/v projection without its layout"),
-        };
-        let mut y = fused.forward(x)?;
-        if let Some(c) = gpt.clip_qkv {
-            y = y.clamp(-c, c)?;
-        }
-        match gpt.qkv {
-            QkvLayout::Contiguous => Ok((
-                y.narrow(2, 0, nh * hd)?.reshape((rows, new, nh, hd))?,
-                y.narrow(2, nh * hd, nkv * hd)?.reshape((rows, new, nkv, hd))?,
-                y.narrow(2, (nh + nkv) * hd, nkv * hd)?.reshape((rows, new, nkv, hd))?,
-            )),
-            QkvLayout::Grouped => {
-                let rep = nh / nkv;
-                let y = y.reshape((rows, new, nkv, rep + 2, hd))?;
-                Ok((
-                    y.narrow(3, 0, rep)?.reshape((rows, new, nh, hd))?,
-                    y.narrow(3, rep, 1)?.reshape((rows, new, nkv, hd))?,
-                    y.narrow(3, rep + 1, 1)?.reshape((rows, new, nkv, hd))?,
-                ))
-            }
-        }
-    }
-
-    /// Training's attention on the CPU in f32 ([`flash::attend`]), token-major from the
-    /// projections to the output projection: q, k, v `[rows, new, heads, hd]` (normed), rotated
-    /// in place of a transpose. Earlier keys in `cache` (head-major views) come first; the cache
-    /// keeps this pass's keys and values as head-major views of token-major tensors.
-    fn flash_attention(
-        &self,
-        layer: &Layer,
-        f: &Fused,
-        visible: &flash::Visible,
-        (q, k, v): (Tensor, Tensor, Tensor),
-        cache: &mut Option<Kv>,
-        start: usize,
-    ) -> Result<Tensor> {
-        let s = &self.spec;
-        let (rows, new, nh, hd) = q.dims4()?;
-        let angles = match (&f.local_angles, layer.sliding) {
-            (Some(local), true) => local,
-            _ => &f.angles,
-        };
-        let q = fused::rope(&q, angles, s.rope_interleaved)?;
-        let k = fused::rope(&k, angles, s.rope_interleaved)?;
-        let (k, v) = match cache.take() {
-            Some(kv) => (
-                Tensor::cat(&[&kv.k.narrow(2, 0, start)?.transpose(1, 2)?, &k], 1)?,
-                Tensor::cat(&[&kv.v.narrow(2, 0, start)?.transpose(1, 2)?, &v], 1)?,
-            ),
-            None => (k, v),
-        };
-        *cache = Some(Kv { k: k.transpose(1, 2)?, v: v.transpose(1, 2)? });
-        let out = flash::attend(&q, &k, &v, self.attention_scale, visible)?;
-        layer.o.forward(&out.reshape((rows, new, nh * hd))?)
-    }
-
     /// The blocks' projections, layer by layer (seven, or four with a fused q/k/v and no gate).
     fn projections(&self) -> impl Iterator<Item = &Linear> {
         self.layers.iter().flat_map(|l| {
@@ -975,14 +577,31 @@ struct Rotary<'a> {
     fused: Option<&'a Fused>,
 }
 
-/// Whether query slot `q` of a row with `pad` padding slots does not see key slot `k`: padding,
-/// the future and, with a window, keys `window` or more positions back. A padding slot sees
-/// itself only (see [`Decoder::mask`]).
-fn hides(q: usize, k: usize, pad: usize, window: Option<usize>) -> bool {
-    if q < pad {
-        k != q
-    } else {
-        k < pad || k > q || window.is_some_and(|w| q - k >= w)
+/// Inverse frequencies as transformers computes them for each rope type (in f32).
+pub fn inv_freq(rope: &Rope, head_dim: usize) -> Vec<f32> {
+    let base: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / (rope.theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    match rope.scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, old as f32);
+            let low_wavelen = old / low;
+            let high_wavelen = old / high;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    if medium {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
     }
 }
 
@@ -1014,37 +633,6 @@ pub fn alibi_slopes(alibi: Alibi, heads: usize) -> Vec<f32> {
             slopes
         }
     }
-}
-
-/// `x` rounded to the nearest bfloat16 (ties to even), as an f32.
-fn bf16_round(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-    f32::from_bits(rounded & 0xffff_0000)
-}
-
-/// `rotate_half` rotary embedding from differentiable ops; `cos`/`sin` are `[rows, new, hd/2]`.
-fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-}
-
-/// Rotary embedding over adjacent pairs `(x₀, x₁), (x₂, x₃), …`, from differentiable ops.
-fn rope_interleaved_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (rows, heads, new, dim) = x.dims4()?;
-    let pairs = x.reshape((rows, heads, new, dim / 2, 2))?;
-    let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
-    let x1 = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
-    let cos = cos.unsqueeze(1)?;
-    let sin = sin.unsqueeze(1)?;
-    let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-    let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-    Tensor::stack(&[&r0, &r1], D::Minus1)?.reshape((rows, heads, new, dim))
 }
 
 impl Module for RmsNorm {
