@@ -114,7 +114,10 @@ mod tests {
         let (rows, nh, nkv) = (3, 6, 2);
         // Head sizes the general kernel takes (40) and the wide kernels' blocks (64: AVX-512's 16
         // keys, AVX2's 8), with partial blocks and left padding.
-        for (hd, new, total) in [(40, 1usize, 7usize), (40, 3, 9), (64, 1, 7), (64, 2, 37), (64, 1, 48)] {
+        // 128 and 256: Qwen's and Gemma 3's heads, the wide kernels' other instances.
+        let shapes =
+            [(40, 1usize, 7usize), (40, 3, 9), (64, 1, 7), (64, 2, 37), (64, 1, 48), (128, 1, 21), (256, 2, 19)];
+        for (hd, new, total) in shapes {
             let cap = total + 3;
             let q = Tensor::from_vec(numbers(rows * nh * new * hd, 1), (rows, nh, new, hd), &Device::Cpu).unwrap();
             // A cache of `cap` slots of which `total` are used, as `Kv` narrows it.
