@@ -1,4 +1,4 @@
-//! selfspec's quantized kernels (src/model/kernels/qpacked.rs) against candle's `QMatMul` and against the
+//! selfspec's quantized kernels (src/model/kernels/qpacked/) against candle's `QMatMul` and against the
 //! packed f32 kernel, on the projections of one decode step of SmolLM2-135M's shape (30 layers,
 //! hidden 576, intermediate 1536, 3 of 9 heads for k/v; cold: more than any cache), at the row
 //! counts of decoding and prefill. Prints GB/s of weights streamed, the time per step, and the

@@ -143,7 +143,7 @@ fn dequantized_gguf_matches_transformers_exactly() {
 
 #[test]
 fn quantized_gguf_on_the_cpu_matches_transformers() {
-    // selfspec's own kernels (src/model/kernels/qpacked.rs) keep the activations f32 and decode the blocks
+    // selfspec's own kernels (src/model/kernels/qpacked/) keep the activations f32 and decode the blocks
     // exactly, so the quantized path gives what transformers gives on the dequantized weights,
     // up to the order of the sums.
     for (path, cases) in files() {
