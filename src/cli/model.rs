@@ -43,7 +43,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t)]
     pub dtype: DType,
     /// Round activations to int8 for the products with a .gguf file's quantized weights
-    /// (integer dot products, AVX-512 VNNI, as llama.cpp does): faster prefill, not exact
+    /// (integer dot products, AVX-512 VNNI or AVX2, as llama.cpp does): faster prefill with VNNI, not exact
     #[arg(long)]
     pub int8_activations: bool,
 }

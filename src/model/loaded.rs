@@ -17,7 +17,7 @@ pub struct Model {
 impl Model {
     /// Int8 activations for every GGML-block weight (the projections and a quantized head), or
     /// exact ones again. Returns a note when nothing or not all of it can follow: no such
-    /// weight (a dense or GPU model), or a CPU without AVX-512 VNNI (plain loops, slower).
+    /// weight (a dense or GPU model), or a CPU with neither AVX-512 VNNI nor AVX2 (plain loops, slower).
     pub fn set_int8_activations(&mut self, on: bool) -> Option<String> {
         let n = self.decoder.set_int8_activations(on);
         if !on {
@@ -31,7 +31,7 @@ impl Model {
             );
         }
         (int8::IntKernel::detect() == int8::IntKernel::Portable).then(|| {
-            "this CPU has no AVX-512 VNNI: the int8 products run in plain loops, slower than the exact ones".into()
+            "this CPU has neither AVX-512 VNNI nor AVX2: the int8 products run in plain loops, slower than the exact ones".into()
         })
     }
 }

@@ -365,6 +365,8 @@ fn spec_of(
             Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         }
     };
+    // Checked where the file's other rope settings are read, before the window and Gemma's keys.
+    let scaling = rope_scaling(content, path, arch)?;
     let sliding_window = match content.metadata.get(&key("attention.sliding_window")) {
         Some(_) => Some(meta_u(content, path, &key("attention.sliding_window"))?),
         None => None,
@@ -390,10 +392,7 @@ fn spec_of(
         num_kv_heads: kv_heads,
         head_dim,
         rms_norm_eps: meta_f(content, path, &key("attention.layer_norm_rms_epsilon"), 1e-6)?,
-        rope: Rope {
-            theta: meta_f(content, path, &key("rope.freq_base"), 10_000.0)?,
-            scaling: rope_scaling(content, path, arch)?,
-        },
+        rope: Rope { theta: meta_f(content, path, &key("rope.freq_base"), 10_000.0)?, scaling },
         max_position_embeddings: meta_u(content, path, &key("context_length")).unwrap_or(4096),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         qkv_bias,

@@ -27,6 +27,9 @@ pub struct Quads {
     q: Vec<i8>,
     /// `panels × groups × NR`: each group's `Σ q` per column.
     qsum: Vec<i32>,
+    /// Whether every quant lies in −64..64: AVX2's `vpmaddubsw` adds two 255 · q products in 16
+    /// bits, exactly only then (Q8_0's quants reach ±127; every 4-, 5- and 6-bit type fits).
+    small: bool,
 }
 
 /// Which integer kernel this CPU runs.
@@ -34,6 +37,9 @@ pub struct Quads {
 pub(crate) enum IntKernel {
     #[cfg(target_arch = "x86_64")]
     Vnni512,
+    /// AVX2's `vpmaddubsw` + `vpmaddwd`, for quants in −64..64 ([`Quads`]' `small`).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
@@ -42,6 +48,10 @@ impl IntKernel {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512f") {
             return IntKernel::Vnni512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return IntKernel::Avx2;
         }
         IntKernel::Portable
     }
@@ -69,7 +79,8 @@ impl Quads {
                 }
             }
         });
-        Quads { q: out, qsum }
+        let small = out.iter().all(|&v| (-64..64).contains(&v));
+        Quads { q: out, qsum, small }
     }
 
     pub fn size_in_bytes(&self) -> usize {
@@ -156,6 +167,16 @@ struct Rows<'a> {
     ldc: usize,
 }
 
+/// Whether this CPU's integer kernel takes `w`: all but AVX2 with quants beyond −64..64 (Q8_0),
+/// which keep the exact products (the plain loops would be slower than those).
+pub fn takes(w: &Weight) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if IntKernel::detect() == IntKernel::Avx2 {
+        return w.quads.small;
+    }
+    true
+}
+
 /// `y = x Wᵀ` with `x` rounded to int8 per group (`y`: `rows × out`, overwritten).
 pub fn matmul(w: &Weight, x: &[f32], rows: usize, y: &mut [f32]) {
     matmul_with(IntKernel::detect(), w, x, rows, y)
@@ -167,6 +188,9 @@ pub(crate) fn matmul_with(kernel: IntKernel, w: &Weight, x: &[f32], rows: usize,
     if rows == 0 || w.out == 0 {
         return;
     }
+    // AVX2 adds pairs of products in 16 bits: exact for small quants only.
+    #[cfg(target_arch = "x86_64")]
+    let kernel = if kernel == IntKernel::Avx2 && !w.quads.small { IntKernel::Portable } else { kernel };
     let acts = quantize(kernel, x, w.group, !w.min.is_empty());
     let groups = w.inp / w.group;
     let y_out = Out(y.as_mut_ptr());
@@ -195,6 +219,9 @@ pub(crate) fn matmul_with(kernel: IntKernel, w: &Weight, x: &[f32], rows: usize,
                 // SAFETY: detect() chose it, so this CPU has AVX-512F and VNNI.
                 #[cfg(target_arch = "x86_64")]
                 IntKernel::Vnni512 => unsafe { vnni512::tile(mr, &tile, &rt) },
+                // SAFETY: detect() chose it, so this CPU has AVX2 and FMA; the quants are small.
+                #[cfg(target_arch = "x86_64")]
+                IntKernel::Avx2 => unsafe { avx2::tile(mr, &tile, &rt) },
                 IntKernel::Portable => portable(mr, &tile, &rt),
             }
             r0 += mr;
@@ -326,6 +353,79 @@ mod vnni512 {
     }
 }
 
+/// [`vnni512`]'s products with AVX2: `vpmaddubsw` multiplies the activations' bytes (unsigned)
+/// by the quants (signed) and adds neighbouring pairs in 16 bits, `vpmaddwd` by ones adds those
+/// pairs into each column's 32-bit sum: the same integers as `vpdpbusd` while every pair stays
+/// within 16 bits (quants in −64..64). The float steps run in the portable kernel's order.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Rows, Tile, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Vectors of 8 columns in a panel.
+    const V: usize = NR / 8;
+
+    /// # Safety
+    /// AVX2 and FMA present; every quant of the tile in −64..64.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(rows: usize, t: &Tile, r: &Rows) {
+        let ones = _mm256_set1_epi16(1);
+        let mut out = [[_mm256_setzero_ps(); V]; MR];
+        let quads = t.group / 4;
+        for g in 0..t.groups {
+            let base = g * NR;
+            // SAFETY: group g's NR sums, scales and minimums lie inside the panel's slices.
+            let (corr, d, m) = unsafe {
+                let corr: [__m256i; V] = std::array::from_fn(|v| {
+                    _mm256_slli_epi32::<7>(_mm256_loadu_si256(t.qsum.as_ptr().add(base + v * 8).cast()))
+                });
+                let d: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(t.scale.as_ptr().add(base + v * 8)));
+                let m: Option<[__m256; V]> = (!t.min.is_empty())
+                    .then(|| std::array::from_fn(|v| _mm256_loadu_ps(t.min.as_ptr().add(base + v * 8))));
+                (corr, d, m)
+            };
+            for (row, o) in out.iter_mut().enumerate().take(rows) {
+                let mut acc = [_mm256_setzero_si256(); V];
+                for qd in 0..quads {
+                    let k0 = (g * quads + qd) * 4;
+                    // SAFETY: k0 + 3 < inp; the panel holds inp/4 × NR × 4 quants.
+                    unsafe {
+                        let w = t.q.as_ptr().add(k0 * NR);
+                        let a = _mm256_set1_epi32(std::ptr::read_unaligned(
+                            r.a.as_ptr().add(row * t.inp + k0).cast::<i32>(),
+                        ));
+                        for (v, acc) in acc.iter_mut().enumerate() {
+                            let pairs = _mm256_maddubs_epi16(a, _mm256_loadu_si256(w.add(32 * v).cast()));
+                            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                }
+                let s = _mm256_set1_ps(r.s[row * t.groups + g]);
+                for v in 0..V {
+                    let exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[v], corr[v]));
+                    o[v] = _mm256_fmadd_ps(exact, _mm256_mul_ps(d[v], s), o[v]);
+                }
+                if let Some(m) = &m {
+                    let sx = _mm256_set1_ps(r.sums[row * t.groups + g]);
+                    for v in 0..V {
+                        o[v] = _mm256_fmadd_ps(sx, m[v], o[v]);
+                    }
+                }
+            }
+        }
+        for (row, o) in out.iter().enumerate().take(rows) {
+            let mut vals = [0f32; NR];
+            for (v, o) in o.iter().enumerate() {
+                // SAFETY: `vals` holds NR = 8 · V floats.
+                unsafe { _mm256_storeu_ps(vals.as_mut_ptr().add(8 * v), *o) };
+            }
+            // SAFETY: this row's `cols` outputs of this panel belong to this call alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(r.y.at(row * r.ldc), t.cols) };
+            dst.copy_from_slice(&vals[..t.cols]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +486,12 @@ mod tests {
                 packed.matmul_int8_with(IntKernel::Portable, &x, rows, &mut portable);
                 let mut fast = vec![0f32; rows * out];
                 packed.matmul(&x, rows, &mut fast);
+                // AVX2 leaves Q8_0's quants (beyond −64..64) to the exact products.
+                #[cfg(target_arch = "x86_64")]
+                if IntKernel::detect() == IntKernel::Avx2 && dtype == GgmlDType::Q8_0 {
+                    assert_eq!(exact, fast, "{rows} rows: Q8_0 on AVX2 stays exact");
+                    continue;
+                }
                 assert_eq!(portable, fast, "{dtype:?}, {rows} rows: the kernels differ");
                 let norm = exact.iter().map(|v| v * v).sum::<f32>().sqrt();
                 let err = exact.iter().zip(&fast).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();

@@ -95,7 +95,8 @@ unsafe fn run<const HALF: bool, const CH: usize>(c: &Ctx, task: usize, k: *const
             *sum = crate::model::kernels::vexp::exp_shift(p, max);
         }
         // Values: 16 slots at a time for every query head (the block stays in L1 across the
-        // heads), each head's sums in registers.
+        // heads), each head's sums in registers (heads of 64; larger
+        // ones spill some).
         for a in acc.iter_mut() {
             *a = [_mm256_setzero_ps(); CH];
         }

@@ -213,8 +213,8 @@ impl QPacked {
     /// exact on f32 activations, or with them rounded to int8 after [`Self::set_int8`].
     pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         match self.int8_weight() {
-            Some(w) => super::int8::matmul(&w, x, rows, y),
-            None => self.matmul_exact(x, rows, y),
+            Some(w) if super::int8::takes(&w) => super::int8::matmul(&w, x, rows, y),
+            _ => self.matmul_exact(x, rows, y),
         }
     }
 
