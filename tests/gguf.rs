@@ -228,7 +228,9 @@ fn int8_activations_stay_close_and_training_refuses_them() {
             assert_eq!(&last_logits(&model, case), exact, "{}: exact again after switching back", path.display());
         }
     }
-    assert!(switched >= 3, "only {switched} files have GGML-block weights the int8 path takes");
+    // q4_0.gguf and q4k.gguf on every CPU; the Q8_0 files too except on AVX2 without VNNI,
+    // which leaves quants beyond ±64 to the exact products.
+    assert!(switched >= 2, "only {switched} files have GGML-block weights the int8 path takes");
     let run = tempfile::tempdir().unwrap();
     for args in
         [vec!["train", "--data", "missing.jsonl", "--run"], vec!["lmc", "x", "y", "--data", "missing.jsonl", "--out"]]

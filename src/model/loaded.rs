@@ -25,8 +25,8 @@ impl Model {
         }
         if n == 0 {
             return Some(
-                "--int8-activations applies to GGML-block weights (a .gguf file's Q4_0…Q6_K) on the CPU; \
-                 this model has none, so its products stay exact"
+                "--int8-activations applies to GGML-block weights (a .gguf file's Q4_0…Q6_K) on the CPU \
+                 (Q8_0 only with AVX-512 VNNI); this model has none, so its products stay exact"
                     .into(),
             );
         }

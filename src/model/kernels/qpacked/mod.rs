@@ -145,11 +145,14 @@ impl QPacked {
     /// Rounds the activations to int8 in [`Self::matmul`] (integer products, as llama.cpp's Q8
     /// activations), or stops. The repacked quants are made the first time (as many bytes as
     /// the quants again) and kept.
-    pub fn set_int8(&self, on: bool) {
+    /// Returns whether the products now take int8 activations (off: false; on: unless this
+    /// CPU's integer kernel leaves this weight to the exact products, [`super::int8::takes`]).
+    pub fn set_int8(&self, on: bool) -> bool {
         if on {
             self.int8.get_or_init(|| super::int8::Quads::new(&self.q, self.inp, self.group));
         }
         self.int8_on.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.int8_weight().is_some_and(|w| super::int8::takes(&w))
     }
 
     fn int8_weight(&self) -> Option<super::int8::Weight<'_>> {

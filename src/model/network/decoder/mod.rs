@@ -491,8 +491,10 @@ impl Decoder {
         let mut n = 0;
         for linear in self.projections().chain([&self.lm_head]) {
             if let Base::QPacked(q) = &linear.base {
-                q.set_int8(on);
-                n += 1;
+                // Off, every such weight follows; on, those the CPU's integer kernel takes.
+                if q.set_int8(on) || !on {
+                    n += 1;
+                }
             }
         }
         n
