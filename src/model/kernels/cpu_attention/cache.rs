@@ -120,3 +120,23 @@ pub(super) struct Ctx<'a> {
     pub(super) scale: f32,
     pub(super) out: Out,
 }
+
+/// The first slot a new position's mask row (`total` slots, additive) lets it see; 0 without a
+/// mask. The slots before it are left padding: the wide kernels never read them.
+#[inline(always)]
+pub(super) fn first_visible(mask: Option<&[f32]>, total: usize) -> usize {
+    mask.map_or(0, |m| m.iter().position(|&b| b != f32::NEG_INFINITY).unwrap_or(total))
+}
+
+/// Each of the first `rep` rows of scores in `p` (`total` slots each) turned into weights
+/// e^(s − max) from slot `lo` on; returns their sums (`rep` ≤ 64).
+#[inline(always)]
+pub(super) fn weights(p: &mut [f32], rep: usize, total: usize, lo: usize) -> [f32; 64] {
+    let mut sums = [0f32; 64];
+    for (r, sum) in sums.iter_mut().enumerate().take(rep) {
+        let p = &mut p[r * total + lo..(r + 1) * total];
+        let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        *sum = crate::model::kernels::vexp::exp_shift(p, max);
+    }
+    sums
+}

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::cache::{Ctx, Src};
+use super::cache::{first_visible, weights, Ctx, Src};
 
 /// Whether [`group`] takes heads of `hd` on this CPU.
 pub fn takes(hd: usize) -> bool {
@@ -49,7 +49,7 @@ unsafe fn run<const HALF: bool, const CH: usize>(c: &Ctx, task: usize, k: *const
     for t in 0..new {
         let m = c.mask.map(|m| &m[(row * new + t) * total..][..total]);
         // Slots before `lo` (left padding) are never read.
-        let lo = m.map_or(0, |m| m.iter().position(|&b| b != f32::NEG_INFINITY).unwrap_or(total));
+        let lo = first_visible(m, total);
         for (r, qv) in qv.iter_mut().enumerate() {
             let q = c.q[((row * c.nh + kv * rep + r) * new + t) * hd..][..hd].as_ptr();
             for (ch, qv) in qv.iter_mut().enumerate() {
@@ -88,12 +88,7 @@ unsafe fn run<const HALF: bool, const CH: usize>(c: &Ctx, task: usize, k: *const
             j0 += 8;
         }
         // Weights: e^(s − max), and their sums.
-        let mut sums = [0f32; 64];
-        for (r, sum) in sums.iter_mut().enumerate().take(rep) {
-            let p = &mut p[r * total + lo..(r + 1) * total];
-            let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            *sum = crate::model::kernels::vexp::exp_shift(p, max);
-        }
+        let sums = weights(&mut p, rep, total, lo);
         // Values: 16 slots at a time for every query head (the block stays in L1 across the
         // heads), each head's sums in registers (heads of 64; larger
         // ones spill some).

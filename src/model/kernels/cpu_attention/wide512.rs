@@ -3,7 +3,7 @@
 //! in vectors, an f16 cache widened as it is loaded (no copy).
 use std::arch::x86_64::*;
 
-use super::cache::{Ctx, Src};
+use super::cache::{first_visible, weights, Ctx, Src};
 
 /// Whether [`group`] takes heads of `hd`.
 pub fn takes(hd: usize) -> bool {
@@ -70,7 +70,7 @@ unsafe fn run<const HALF: bool, const CH: usize>(c: &Ctx, task: usize, k: *const
     for t in 0..new {
         let m = c.mask.map(|m| &m[(row * new + t) * total..][..total]);
         // Slots before `lo` (left padding) are never read.
-        let lo = m.map_or(0, |m| m.iter().position(|&b| b != f32::NEG_INFINITY).unwrap_or(total));
+        let lo = first_visible(m, total);
         for (r, qv) in qv.iter_mut().enumerate() {
             let q = c.q[((row * c.nh + kv * rep + r) * new + t) * hd..][..hd].as_ptr();
             for (ch, qv) in qv.iter_mut().enumerate() {
@@ -109,12 +109,7 @@ unsafe fn run<const HALF: bool, const CH: usize>(c: &Ctx, task: usize, k: *const
             j0 += 16;
         }
         // Weights: e^(s − max), and their sums.
-        let mut sums = [0f32; 64];
-        for (r, sum) in sums.iter_mut().enumerate().take(rep) {
-            let p = &mut p[r * total + lo..(r + 1) * total];
-            let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            *sum = crate::model::kernels::vexp::exp_shift(p, max);
-        }
+        let sums = weights(&mut p, rep, total, lo);
         // Values: 16 slots at a time for every query head, each head's sums in registers.
         for a in acc.iter_mut() {
             *a = [_mm512_setzero_ps(); CH];
