@@ -167,14 +167,21 @@ struct Rows<'a> {
     ldc: usize,
 }
 
-/// Whether this CPU's integer kernel takes `w`: all but AVX2 with quants beyond −64..64 (Q8_0),
-/// which keep the exact products (the plain loops would be slower than those).
-pub fn takes(w: &Weight) -> bool {
+/// Whether `kernel` gives `quads`' exact integer sums: all but AVX2 with quants beyond
+/// −64..64 (Q8_0), whose pairs of products leave 16 bits.
+fn fits(kernel: IntKernel, quads: &Quads) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if IntKernel::detect() == IntKernel::Avx2 {
-        return w.quads.small;
+    if kernel == IntKernel::Avx2 {
+        return quads.small;
     }
+    let _ = (kernel, quads);
     true
+}
+
+/// Whether this CPU's integer kernel takes `w`. One that does not ([`fits`]: Q8_0 on AVX2)
+/// keeps the exact products, which are faster than the plain loops.
+pub fn takes(w: &Weight) -> bool {
+    fits(IntKernel::detect(), w.quads)
 }
 
 /// `y = x Wᵀ` with `x` rounded to int8 per group (`y`: `rows × out`, overwritten).
@@ -188,9 +195,8 @@ pub(crate) fn matmul_with(kernel: IntKernel, w: &Weight, x: &[f32], rows: usize,
     if rows == 0 || w.out == 0 {
         return;
     }
-    // AVX2 adds pairs of products in 16 bits: exact for small quants only.
-    #[cfg(target_arch = "x86_64")]
-    let kernel = if kernel == IntKernel::Avx2 && !w.quads.small { IntKernel::Portable } else { kernel };
+    // A kernel whose sums would not be exact for these quants leaves them to the plain loops.
+    let kernel = if fits(kernel, w.quads) { kernel } else { IntKernel::Portable };
     let acts = quantize(kernel, x, w.group, !w.min.is_empty());
     let groups = w.inp / w.group;
     let y_out = Out(y.as_mut_ptr());
